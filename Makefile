@@ -1,0 +1,46 @@
+# bouquet: `make run` sets everything up and runs the default experiment; `make test` sets
+# everything up and runs ruff + the test suite. Both work on a fresh clone with only the
+# package registries reachable.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.bouquet-installed
+
+export BOUQUET_DATA ?= $(CURDIR)/.data
+export FLWR_TELEMETRY_ENABLED := 0
+export FLWR_DISABLE_UPDATE_CHECK := 1
+export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
+export RAY_USAGE_STATS_ENABLED := 0
+export HYDRA_FULL_ERROR ?= 0
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: setup data run test lint bench deploy-demo clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch + torchvision exactly as FLOWER_NOTES.md says (pip takes them from the local wheels)
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(STAMP)
+
+data: setup
+	scripts/fetch_data.sh mnist fashion_mnist
+
+run: setup data
+	$(BIN)/bouquet-sim $(ARGS)
+
+lint: setup
+	$(BIN)/ruff check .
+
+test: setup data lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: setup data
+	@echo "Benchmarks are scripts in benchmarks/; see benchmarks/README.md"
+
+clean:
+	rm -rf outputs multirun .pytest_cache .ruff_cache

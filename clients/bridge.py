@@ -1,0 +1,137 @@
+"""The bridge that turns any ``NumPyClient`` into a Message-API ``ClientApp``.
+
+A bare ``NumPyClient`` speaks Flower's legacy protocol: against a Message-API strategy
+(``flwr.serverapp.strategy.*``) every client fails with ``KeyError: 'fitins.parameters'`` and
+the run still returns normally. :func:`numpyclient_app` wraps a ``client_fn(context) ->
+NumPyClient`` in a ``ClientApp`` whose ``train`` / ``evaluate`` handlers speak the Message API:
+
+* the received ``ArrayRecord`` is handed to ``fit``/``evaluate`` as a list of arrays in the
+  record's key order, and the returned arrays are put back under the same keys;
+* ``num-examples`` and the client's metrics go into one ``MetricRecord``;
+* a client may encode its own reply arrays (e.g. compressed updates) by defining
+  ``encode_train_reply(names, received, returned) -> ArrayRecord`` (see
+  :class:`ReplyEncoder`); it also receives the node's ``Context`` as ``client.context`` (if it
+  has that attribute) so that per-node state (error-feedback residuals) can live in
+  ``context.state``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.client import NumPyClient
+from flwr.clientapp import ClientApp
+
+from bouquet import keys
+
+logger = logging.getLogger(__name__)
+
+ClientFn = Callable[[Context], NumPyClient]
+
+
+@runtime_checkable
+class ReplyEncoder(Protocol):
+    """A NumPyClient that builds its own train-reply ``ArrayRecord`` (e.g. compressed)."""
+
+    def encode_train_reply(
+        self, names: Sequence[str], received: Sequence[np.ndarray], returned: Sequence[np.ndarray]
+    ) -> ArrayRecord: ...
+
+
+def single_record(content: RecordDict, kind: str, preferred: str) -> Any:
+    """Return the record under ``preferred``, or the only record of that kind.
+
+    Raises
+    ------
+    ValueError
+        If there is no such record, or several and none under ``preferred``.
+    """
+    records = {"array": content.array_records, "config": content.config_records, "metric": content.metric_records}[kind]
+    if preferred in records:
+        return records[preferred]
+    if len(records) == 1:
+        return next(iter(records.values()))
+    if not records and kind == "config":
+        return ConfigRecord()
+    raise ValueError(f"message has {len(records)} {kind} records ({list(records)}); expected one or key {preferred!r}")
+
+
+def _to_scalar_metrics(metrics: dict[str, Any]) -> MetricRecord:
+    clean: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if isinstance(value, (list, tuple, np.ndarray)):
+            vals = list(np.asarray(value).ravel().tolist())
+            clean[key] = vals
+        elif isinstance(value, (bool, np.bool_)):
+            clean[key] = int(value)
+        elif isinstance(value, (int, np.integer)):
+            clean[key] = int(value)
+        elif isinstance(value, (float, np.floating)):
+            clean[key] = float(value)
+        else:
+            raise ValueError(f"metric {key!r} has unsupported type {type(value).__name__}")
+    return MetricRecord(clean)
+
+
+def dense_arrayrecord(names: Sequence[str], arrays: Sequence[np.ndarray]) -> ArrayRecord:
+    """An ``ArrayRecord`` of dense numpy arrays under ``names``."""
+    return ArrayRecord(OrderedDict((n, Array(np.ascontiguousarray(a))) for n, a in zip(names, arrays, strict=True)))
+
+
+def _prepare(client_fn: ClientFn, msg: Message, context: Context) -> tuple[NumPyClient, list[str], list[np.ndarray], dict[str, Any]]:
+    client = client_fn(context)
+    if hasattr(client, "context"):
+        client.context = context
+    record = single_record(msg.content, "array", keys.ARRAYS)
+    names = list(record.keys())
+    arrays = [record[n].numpy() for n in names]
+    config = dict(single_record(msg.content, "config", keys.CONFIG))
+    return client, names, arrays, config
+
+
+def numpyclient_app(client_fn: ClientFn, mods: Sequence[Callable[..., Message]] | None = None) -> ClientApp:
+    """Build a Message-API ``ClientApp`` that runs the ``NumPyClient`` from ``client_fn``.
+
+    Parameters
+    ----------
+    client_fn : callable
+        ``client_fn(context) -> NumPyClient``; called once per message.
+    mods : list, optional
+        Flower client mods applied to every handler (e.g. ``compression_mod``).
+
+    Returns
+    -------
+    flwr.clientapp.ClientApp
+        With ``train`` and ``evaluate`` handlers.
+    """
+    app = ClientApp(mods=list(mods or []))
+
+    @app.train()
+    def _train(msg: Message, context: Context) -> Message:
+        client, names, arrays, config = _prepare(client_fn, msg, context)
+        returned, num_examples, metrics = client.fit(arrays, config)
+        returned = [np.asarray(a) for a in returned]
+        if len(returned) != len(names):
+            raise ValueError(f"fit returned {len(returned)} arrays, the message carried {len(names)}")
+        if isinstance(client, ReplyEncoder):
+            out = client.encode_train_reply(names, arrays, returned)
+        else:
+            out = dense_arrayrecord(names, returned)
+        metric_record = _to_scalar_metrics({**metrics, keys.NUM_EXAMPLES: int(num_examples)})
+        return Message(RecordDict({keys.ARRAYS: out, keys.METRICS: metric_record}), reply_to=msg)
+
+    @app.evaluate()
+    def _evaluate(msg: Message, context: Context) -> Message:
+        client, _, arrays, config = _prepare(client_fn, msg, context)
+        loss, num_examples, metrics = client.evaluate(arrays, config)
+        metric_record = _to_scalar_metrics(
+            {**metrics, keys.EVAL_LOSS: float(loss), keys.NUM_EXAMPLES: int(num_examples)}
+        )
+        return Message(RecordDict({keys.METRICS: metric_record}), reply_to=msg)
+
+    return app

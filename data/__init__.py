@@ -1,0 +1,24 @@
+"""bouquet.data: offline loaders, partitioning and label histograms (numpy, flwr-datasets)."""
+
+from bouquet.data.loaders import DATASETS, DataMissingError, Dataset, data_root, load_dataset, read_idx
+from bouquet.data.partition import (
+    PARTITIONERS,
+    label_histogram,
+    partition_indices,
+    split_server_holdout,
+    validate_partition_args,
+)
+
+__all__ = [
+    "DATASETS",
+    "PARTITIONERS",
+    "DataMissingError",
+    "Dataset",
+    "data_root",
+    "label_histogram",
+    "load_dataset",
+    "partition_indices",
+    "read_idx",
+    "split_server_holdout",
+    "validate_partition_args",
+]

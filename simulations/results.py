@@ -1,0 +1,210 @@
+"""Run outputs: ``metrics.jsonl``, ``summary.json``, ``final_model.npz`` and ``curves.png``.
+
+:class:`RunRecorder` is the ``evaluate_fn`` of a Flower strategy's ``start()``: Flower calls it
+before the first round (round 0) and after every round with the current global arrays; it
+evaluates them on the server test set, reads the :class:`~bouquet.simulations.metering.MeteredGrid`
+counters of that round, writes one JSON line and logs one progress line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, MetricRecord
+
+from bouquet.simulations.metering import MeteredGrid
+
+logger = logging.getLogger("bouquet.progress")
+
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+MODEL_FILE = "final_model.npz"
+CURVES_FILE = "curves.png"
+
+
+class RunFailed(RuntimeError):
+    """A run that must end with a non-zero exit (e.g. no client result came back)."""
+
+
+def arrays_to_numpy(arrays: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in arrays.items()}
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class RunRecorder:
+    """Write per-round metrics and the final outputs of one run into ``run_dir``.
+
+    Parameters
+    ----------
+    run_dir : path
+        Output directory (created).
+    evaluate : callable
+        ``evaluate(arrays_by_name) -> dict`` of server-side metrics (at least ``accuracy``
+        and ``loss``).
+    grid : MeteredGrid
+        Source of bytes and client counts.
+    extra : callable, optional
+        ``extra() -> dict`` of strategy-specific values merged into each line (e.g. dropped
+        replies, KL weights).
+    """
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike[str],
+        evaluate: Callable[[dict[str, np.ndarray]], dict[str, float]],
+        grid: MeteredGrid,
+        extra: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.evaluate_arrays = evaluate
+        self.grid = grid
+        self.extra = extra
+        self.rows: list[dict[str, Any]] = []
+        self.t_start = time.perf_counter()
+        self.t_last = self.t_start
+        self.last_arrays: ArrayRecord | None = None
+        (self.run_dir / METRICS_FILE).write_text("")
+
+    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        """Flower ``evaluate_fn``: evaluate, record one line, return the metrics."""
+        metrics = self.evaluate_arrays(arrays_to_numpy(arrays))
+        self.record(server_round, metrics)
+        self.last_arrays = arrays
+        return MetricRecord({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)})
+
+    def record(self, step: int, metrics: dict[str, Any], step_key: str = "round") -> dict[str, Any]:
+        now = time.perf_counter()
+        period = self.grid.take_period()
+        row: dict[str, Any] = {
+            step_key: step,
+            **{k: _finite(v) for k, v in metrics.items()},
+            "bytes_up": period.bytes_up,
+            "bytes_down": period.bytes_down,
+            "clients_ok": period.clients_ok,
+            "clients_failed": period.clients_failed,
+            "train_loss": period.train_loss,
+            "client_train_s": round(period.client_train_s, 4),
+            "wall_s": round(now - self.t_last, 4),
+            "elapsed_s": round(now - self.t_start, 4),
+        }
+        if self.extra is not None:
+            extra = self.extra()
+            dropped = int(extra.pop("clients_dropped", 0))  # replies the strategy rejected
+            row["clients_failed"] += dropped
+            row["clients_ok"] = max(0, row["clients_ok"] - dropped)
+            row.update(extra)
+        self.t_last = now
+        self.rows.append(row)
+        with open(self.run_dir / METRICS_FILE, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        logger.info(
+            "%s %d: accuracy=%.4f loss=%.4f up=%.3f MB down=%.3f MB ok=%d failed=%d (%.1f s)",
+            step_key,
+            step,
+            row.get("accuracy") or float("nan"),
+            row.get("loss") or float("nan"),
+            row["bytes_up"] / 1e6,
+            row["bytes_down"] / 1e6,
+            row["clients_ok"],
+            row["clients_failed"],
+            row["wall_s"],
+        )
+        return row
+
+    def finish(self, arrays: ArrayRecord | dict[str, np.ndarray] | None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Write ``final_model.npz``, ``summary.json`` and ``curves.png``.
+
+        Raises
+        ------
+        RunFailed
+            If no client result came back during the whole run.
+        """
+        arrays = arrays if arrays is not None else self.last_arrays
+        total = self.grid.total
+        ok = sum(r["clients_ok"] for r in self.rows)
+        summary = summarize(self.rows, total_wall=time.perf_counter() - self.t_start)
+        summary.update(extra or {})
+        if ok == 0:
+            reason = (
+                f"no client result came back ({total.clients_failed} failed, "
+                f"{total.train_messages} train messages sent); see the client errors in the log"
+            )
+            summary.update(status="failed", reason=reason)
+            atomic_write_text(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
+            raise RunFailed(reason)
+        if arrays is not None:
+            named = arrays_to_numpy(arrays) if isinstance(arrays, ArrayRecord) else arrays
+            np.savez(self.run_dir / MODEL_FILE, **named)
+        summary["status"] = "ok"
+        atomic_write_text(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
+        plot_curves(self.rows, self.run_dir / CURVES_FILE)
+        logger.info("results in %s", self.run_dir)
+        return summary
+
+    def fail(self, reason: str) -> None:
+        """Record a failed run (summary with ``status: failed``)."""
+        summary = summarize(self.rows, total_wall=time.perf_counter() - self.t_start)
+        summary.update(status="failed", reason=reason)
+        atomic_write_text(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
+
+
+def summarize(rows: list[dict[str, Any]], total_wall: float) -> dict[str, Any]:
+    """Summary of a run from its metric rows."""
+    accs = [r["accuracy"] for r in rows if r.get("accuracy") is not None]
+    trained = [r for r in rows if r.get("round", r.get("updates", 0))]
+    return {
+        "final_accuracy": accs[-1] if accs else None,
+        "best_accuracy": max(accs) if accs else None,
+        "final_loss": rows[-1].get("loss") if rows else None,
+        "total_bytes_up": int(sum(r["bytes_up"] for r in rows)),
+        "total_bytes_down": int(sum(r["bytes_down"] for r in rows)),
+        "rounds": len(trained),
+        "clients_ok": int(sum(r["clients_ok"] for r in rows)),
+        "clients_failed": int(sum(r["clients_failed"] for r in rows)),
+        "wall_s": round(total_wall, 3),
+    }
+
+
+def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
+    """Accuracy vs round and vs MB uploaded (cumulative)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    step_key = "round" if rows and "round" in rows[0] else "updates"
+    xs = [r[step_key] for r in rows]
+    accs = [r.get("accuracy") if r.get("accuracy") is not None else float("nan") for r in rows]
+    mb = np.cumsum([r["bytes_up"] for r in rows]) / 1e6
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(xs, accs, marker="o")
+    ax1.set_xlabel(step_key)
+    ax1.set_ylabel("test accuracy")
+    ax1.grid(alpha=0.3)
+    ax2.plot(mb, accs, marker="o")
+    ax2.set_xlabel("MB uploaded (cumulative)")
+    ax2.set_ylabel("test accuracy")
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

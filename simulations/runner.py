@@ -1,0 +1,47 @@
+"""Run a configured experiment in Flower's simulation engine (the one place that calls it)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from bouquet.simulations.results import SUMMARY_FILE, RunFailed
+from bouquet.simulations.server import make_client_app, make_server_app
+
+logger = logging.getLogger(__name__)
+
+
+def run_in_simulation(cfg: dict[str, Any], run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Run ``cfg`` with ``flwr.simulation.run_simulation`` and return the run's summary.
+
+    ``run_simulation`` returns normally even when every client failed or the ServerApp raised;
+    this function reads the ``summary.json`` the ServerApp wrote and raises
+    :class:`~bouquet.simulations.results.RunFailed` with the reason instead.
+    """
+    from flwr.simulation import run_simulation
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    summary_path = run_dir / SUMMARY_FILE
+    summary_path.unlink(missing_ok=True)
+    sim = cfg["simulation"]
+    backend_config = {
+        "client_resources": {"num_cpus": float(sim["client_cpus"]), "num_gpus": 0.0},
+        "init_args": {"num_cpus": int(sim["total_cpus"]) if sim.get("total_cpus") else os.cpu_count(),
+                      "include_dashboard": False},
+    }
+    run_simulation(
+        server_app=make_server_app(cfg, run_dir),
+        client_app=make_client_app(cfg),
+        num_supernodes=int(sim["num_clients"]),
+        backend_config=backend_config,  # type: ignore[arg-type]
+    )
+    if not summary_path.exists():
+        raise RunFailed(f"the ServerApp ended without writing {summary_path}; see the log above for its error")
+    summary = json.loads(summary_path.read_text())
+    if summary.get("status") != "ok":
+        raise RunFailed(f"run failed: {summary.get('reason', 'unknown reason')}")
+    return summary

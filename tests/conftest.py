@@ -1,0 +1,74 @@
+"""Shared test fixtures: data cache location, Flower env, and a ``make_reply`` helper."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("BOUQUET_DATA", str(ROOT / ".data"))
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def make_reply(
+    arrays: dict[str, np.ndarray] | None,
+    num_examples: int,
+    metrics: dict | None = None,
+    *,
+    node_id: int = 1,
+    error: str | None = None,
+    array_record=None,
+):
+    """Build a train reply Message by hand, as a ClientApp would send it.
+
+    ``arrays`` become dense Arrays (or pass a ready ``array_record``, e.g. compressed);
+    ``error`` builds an error reply instead.
+    """
+    from flwr.app import Array, ArrayRecord, Error, Message, MessageType, MetricRecord, RecordDict
+    from flwr.app.metadata import Metadata
+
+    from bouquet import keys
+
+    content = RecordDict()
+    if array_record is None and arrays is not None:
+        array_record = ArrayRecord({k: Array(np.asarray(v)) for k, v in arrays.items()})
+    if array_record is not None:
+        content[keys.ARRAYS] = array_record
+    content[keys.METRICS] = MetricRecord({keys.NUM_EXAMPLES: num_examples, **(metrics or {})})
+    metadata = Metadata(
+        run_id=1,
+        message_id=f"r{node_id}",
+        src_node_id=node_id,
+        dst_node_id=0,
+        reply_to_message_id=f"m{node_id}",
+        group_id="",
+        created_at=0.0,
+        ttl=3600.0,
+        message_type=MessageType.TRAIN,
+    )
+    if error is not None:
+        return Message(metadata=metadata, error=Error(code=0, reason=error))
+    return Message(metadata=metadata, content=content)
+
+
+def set_task_identity() -> None:
+    """Let strategies build instruction Messages outside a running ServerApp (unit tests)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id = 1
+    TaskIdentity.node_id = 0
+    TaskIdentity.task_id = 0
+
+
+set_task_identity()
+
+
+@pytest.fixture
+def reply_factory():
+    return make_reply
