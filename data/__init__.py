@@ -1,6 +1,13 @@
 """bouquet.data: offline loaders, partitioning and label histograms (numpy, flwr-datasets)."""
 
-from bouquet.data.loaders import DATASETS, DataMissingError, Dataset, data_root, load_dataset, read_idx
+from bouquet.data.loaders import (
+    DATASETS,
+    DataMissingError,
+    Dataset,
+    data_root,
+    load_dataset,
+    read_idx,
+)
 from bouquet.data.partition import (
     PARTITIONERS,
     label_histogram,

@@ -65,7 +65,8 @@ def partition_indices(
         (:class:`~flwr_datasets.partitioner.DirichletPartitioner`, by label, concentration
         ``alpha``) or ``pathological``
         (:class:`~flwr_datasets.partitioner.PathologicalPartitioner`, ``labels_per_client``
-        classes per client, chosen at random).
+        classes per client; the first class of client i is i mod C, so every class is used,
+        the others at random).
     min_partition_size : int
         Dirichlet only: resample until every client has at least this many samples.
     seed : int
@@ -106,7 +107,7 @@ def partition_indices(
             num_partitions=num_partitions,
             partition_by="label",
             num_classes_per_partition=labels_per_client,
-            class_assignment_mode="random",
+            class_assignment_mode="first-deterministic",  # every class is used (as in the paper)
             seed=seed,
         )
         order = np.arange(len(labels))

@@ -72,3 +72,14 @@ set_task_identity()
 @pytest.fixture
 def reply_factory():
     return make_reply
+
+
+def run_bouquet_sim(overrides: list[str], run_dir, *, multirun: bool = False, timeout: float = 600):
+    """Run the real ``bouquet-sim`` CLI in a subprocess; returns the CompletedProcess."""
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).with_name("bouquet-sim")
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    cmd = [str(exe), *(["--multirun"] if multirun else []), *overrides, f"{key}={run_dir}"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)

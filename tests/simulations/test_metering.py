@@ -1,0 +1,53 @@
+"""MeteredGrid counts the bytes of real Array payloads and client outcomes."""
+
+from __future__ import annotations
+
+import numpy as np
+from conftest import make_reply
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+
+from bouquet.simulations.metering import MeteredGrid, message_array_bytes
+
+
+class FakeGrid:
+    """Replies to train messages with a scripted reply per node."""
+
+    def __init__(self, replies: dict[int, Message]) -> None:
+        self.replies = replies
+        self.pushed: list[Message] = []
+
+    def get_node_ids(self):
+        return list(self.replies)
+
+    def push_messages(self, messages):
+        ids = []
+        for msg in messages:
+            self.pushed.append(msg)
+            ids.append(f"m{msg.metadata.dst_node_id}")
+        return ids
+
+    def pull_messages(self, message_ids):
+        return [self.replies[int(m[1:])] for m in list(message_ids) if int(m[1:]) in self.replies and self.replies[int(m[1:])] is not None]
+
+
+def _train_msg(node: int, arr: np.ndarray) -> Message:
+    content = RecordDict({"arrays": ArrayRecord({"w": Array(arr)}), "config": ConfigRecord()})
+    return Message(content=content, dst_node_id=node, message_type=MessageType.TRAIN)
+
+
+def test_bytes_and_outcomes_counted() -> None:
+    arr = np.zeros(100, dtype=np.float32)
+    ok = make_reply({"w": np.ones(10, dtype=np.float32)}, 7, {"train-loss": 2.0, "train-time-s": 0.5}, node_id=1)
+    failed = make_reply(None, 1, node_id=2, error="boom")
+    grid = MeteredGrid(FakeGrid({1: ok, 2: failed, 3: None}))  # node 3 never answers
+    replies = grid.send_and_receive([_train_msg(n, arr) for n in (1, 2, 3)], timeout=0.3)
+    assert len(replies) == 2
+    period = grid.take_period()
+    per_msg = message_array_bytes(_train_msg(1, arr))
+    assert per_msg == len(Array(arr).data) and per_msg > 400
+    assert period.bytes_down == 3 * per_msg
+    assert period.bytes_up == len(Array(np.ones(10, dtype=np.float32)).data)
+    assert (period.clients_ok, period.clients_failed) == (1, 2)
+    assert period.train_loss == 2.0 and period.client_train_s == 0.5
+    assert grid.take_period().bytes_down == 0  # a new period starts empty
+    assert grid.total.clients_failed == 2
