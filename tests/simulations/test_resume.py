@@ -1,0 +1,160 @@
+"""Checkpoints, resume after a crash, bounded waits, tolerated failures (issue 10)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT, make_reply, run_bouquet_sim
+
+from bouquet.simulations.checkpoint import (
+    CHECKPOINT,
+    CheckpointError,
+    config_differences,
+    load_checkpoint,
+    load_strategy_state,
+    save_checkpoint,
+    strategy_state,
+)
+from bouquet.simulations.metering import MeteredGrid, NodesUnavailable
+
+BASE = ["dataset=digits", "simulation.num_clients=3", "client.lr=0.05"]
+
+
+def test_truncated_checkpoint_falls_back_to_previous(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path, {"round": 1, "arrays": {"w": np.ones(3)}})
+    save_checkpoint(tmp_path, {"round": 2, "arrays": {"w": np.full(3, 2.0)}})
+    assert load_checkpoint(tmp_path)["round"] == 2
+    latest = tmp_path / CHECKPOINT
+    latest.write_bytes(latest.read_bytes()[:-10])  # cut mid-write
+    payload = load_checkpoint(tmp_path)
+    assert payload["round"] == 1 and np.array_equal(payload["arrays"]["w"], np.ones(3))
+    (tmp_path / "checkpoint.prev.pkl").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="no usable checkpoint"):
+        load_checkpoint(tmp_path)
+
+
+def test_config_differences_name_the_keys() -> None:
+    saved = {"seed": 0, "client": {"lr": 0.1}, "simulation": {"num_rounds": 3, "resume": None}}
+    current = {"seed": 1, "client": {"lr": 0.1}, "simulation": {"num_rounds": 5, "resume": "/x"}}
+    assert config_differences(saved, current) == ["seed"]
+
+
+def test_fedadam_state_round_trip() -> None:
+    from flwr.app import Array, ArrayRecord, ConfigRecord
+    from flwr.serverapp.strategy import FedAdam
+
+    class _Grid:
+        def get_node_ids(self):
+            return [1, 2]
+
+    def run_round(strategy: FedAdam, server_round: int, value: float) -> np.ndarray:
+        arrays = ArrayRecord({"w": Array(np.zeros(4, dtype=np.float32))}) if strategy.current_arrays is None else ArrayRecord({"w": Array(strategy.current_arrays["w"])})
+        list(strategy.configure_train(server_round, arrays, ConfigRecord(), _Grid()))
+        agg, _ = strategy.aggregate_train(server_round, [make_reply({"w": np.full(4, value, dtype=np.float32)}, 3)])
+        return agg["w"].numpy()
+
+    a = FedAdam(min_available_nodes=1, min_train_nodes=1)
+    run_round(a, 1, 1.0)
+    state = strategy_state(a)
+    b = FedAdam(min_available_nodes=1, min_train_nodes=1)
+    load_strategy_state(b, state)
+    np.testing.assert_array_equal(run_round(a, 2, 2.0), run_round(b, 2, 2.0))
+
+
+def test_node_wait_is_bounded() -> None:
+    class _Empty:
+        def get_node_ids(self):
+            return []
+
+    grid = MeteredGrid(_Empty(), node_wait_s=0.2)
+    grid.get_node_ids()
+    time.sleep(0.3)
+    with pytest.raises(NodesUnavailable, match="node_wait_s"):
+        grid.get_node_ids()
+
+
+def _final(run_dir: Path) -> dict[str, np.ndarray]:
+    return dict(np.load(run_dir / "final_model.npz"))
+
+
+@pytest.mark.e2e
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
+    full = tmp_path / "full"
+    proc = run_bouquet_sim([*BASE, "simulation.num_rounds=4"], full)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    crashed = tmp_path / "crashed"
+    exe = Path(sys.executable).with_name("bouquet-sim")
+    child = subprocess.Popen(
+        [str(exe), *BASE, "simulation.num_rounds=4", f"hydra.run.dir={crashed}"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            if (crashed / CHECKPOINT).exists():
+                try:
+                    if load_checkpoint(crashed)["round"] >= 2:
+                        break
+                except CheckpointError:
+                    pass
+            assert child.poll() is None, "run ended before it could be killed"
+            time.sleep(0.2)
+        os.killpg(child.pid, signal.SIGKILL)
+    finally:
+        child.wait(timeout=60)
+    killed_at = load_checkpoint(crashed)["round"]
+    assert 2 <= killed_at < 4
+    assert not (crashed / "final_model.npz").exists()
+
+    # a config that differs in a way that matters is refused, naming the key
+    bad = run_bouquet_sim([*BASE, "simulation.num_rounds=4", "client.lr=0.2", f"simulation.resume={crashed}"], tmp_path / "r0")
+    assert bad.returncode != 0 and "client.lr" in bad.stderr
+
+    proc = run_bouquet_sim([*BASE, "simulation.num_rounds=4", f"simulation.resume={crashed}"], tmp_path / "r1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(x) for x in (crashed / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [0, 1, 2, 3, 4]
+    a, b = _final(full), _final(crashed)
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.e2e
+def test_run_survives_crashing_hanging_and_corrupting_clients(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = run_bouquet_sim(
+        [
+            "dataset=digits",
+            "simulation.num_clients=6",
+            "simulation.num_rounds=3",
+            "fault=mixed",  # 30% crash, 10% hang, 10% corrupt
+            # seed 10 draws 3 crashes, 4 corrupt replies and one hang (round 2) over 6 x 3 messages
+            "fault.seed=10",
+            "fault.hang_s=45",
+            "simulation.round_timeout_s=40",
+        ],
+        run_dir,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert sum(r["clients_failed"] for r in rows) >= 3 + 4 + 1
+    assert sum(r["clients_ok"] for r in rows) > 0
+    reasons = [reason for r in rows for reason in r.get("drop_reasons", [])]
+    assert len(reasons) == 4, reasons  # every corrupted reply was caught by the guard
+    for arr in _final(run_dir).values():
+        assert np.all(np.isfinite(arr))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["clients_failed"] == sum(r["clients_failed"] for r in rows)
