@@ -141,19 +141,20 @@ def test_run_survives_crashing_hanging_and_corrupting_clients(tmp_path: Path) ->
             "simulation.num_clients=6",
             "simulation.num_rounds=3",
             "fault=mixed",  # 30% crash, 10% hang, 10% corrupt
-            # seed 10 draws 3 crashes, 4 corrupt replies and one hang (round 2) over 6 x 3 messages
-            "fault.seed=10",
-            "fault.hang_s=45",
-            "simulation.round_timeout_s=40",
+            # seed 9 draws 5 crashes, 2 corrupt replies and one hang (round 3) over 6 x 3 messages;
+            # the timeout is generous because a loaded machine can take long for the first round
+            "fault.seed=9",
+            "fault.hang_s=95",
+            "simulation.round_timeout_s=90",
         ],
         run_dir,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert sum(r["clients_failed"] for r in rows) >= 3 + 4 + 1
+    assert sum(r["clients_failed"] for r in rows) >= 5 + 2 + 1
     assert sum(r["clients_ok"] for r in rows) > 0
     reasons = [reason for r in rows for reason in r.get("drop_reasons", [])]
-    assert len(reasons) == 4, reasons  # every corrupted reply was caught by the guard
+    assert len(reasons) == 2, reasons  # every corrupted reply was caught by the guard
     for arr in _final(run_dir).values():
         assert np.all(np.isfinite(arr))
     summary = json.loads((run_dir / "summary.json").read_text())
