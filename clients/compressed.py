@@ -1,0 +1,207 @@
+"""Clients and a client mod that upload compressed updates (methods S1 and S5).
+
+A compressing client trains like :class:`~bouquet.clients.torch_client.TorchClient`, then
+uploads the update :math:`u = w_{\\text{local}} - w_{\\text{received}}` of every tensor encoded
+by a compressor of :mod:`bouquet.codecs` (top-k with error feedback, Lin et al. 2018; TernGrad,
+Wen et al. 2017; sparse ternary compression, Sattler et al. 2019), through the bridge hook
+``encode_train_reply``. The error-feedback residual
+
+.. math::
+
+    e_t = (u_t + \\beta e_{t-1}) - C(u_t + \\beta e_{t-1})
+
+is kept in the node's ``context.state`` (an ``ArrayRecord`` under ``keys.EF_RESIDUAL``), so it
+survives across rounds on that node and is never sent. The round index of the top-k schedule
+comes from the train config's ``server-round``.
+
+:func:`compression_mod` does the same for the train reply of *any* Message-API ClientApp (a
+Flower client mod): it compresses the reply's arrays against the arrays of the instruction.
+Pair either with :class:`bouquet.strategies.Compressed` on the server.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Context, Message, MessageType, RecordDict
+
+from bouquet import keys
+from bouquet.clients.bridge import single_record
+from bouquet.clients.torch_client import TorchClient
+from bouquet.codecs import (
+    Encoded,
+    STCCompressor,
+    TernaryCompressor,
+    TopKCompressor,
+    UpdateCompressor,
+    is_bouquet_stype,
+    make_compressor,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def encoded_arrayrecord(names: Sequence[str], encoded: Sequence[Encoded]) -> ArrayRecord:
+    """An ``ArrayRecord`` of encoded tensors (``Array(dtype, shape, stype, data)``)."""
+    return ArrayRecord(OrderedDict(
+        (n, Array(dtype=e.dtype, shape=tuple(e.shape), stype=e.stype, data=e.data)) for n, e in zip(names, encoded, strict=True)
+    ))
+
+
+def load_residuals(state: RecordDict | None, names: Sequence[str], updates: Sequence[np.ndarray], key: str) -> list[np.ndarray] | None:
+    """Residuals stored under ``key`` in ``state`` if they match ``names`` and shapes, else None."""
+    if state is None or key not in state.array_records:
+        return None
+    record = state.array_records[key]
+    if list(record.keys()) != list(names):
+        logger.warning("residual in context.state[%r] has other tensors; starting from zero", key)
+        return None
+    residuals = [record[n].numpy() for n in names]
+    if any(r.shape != u.shape for r, u in zip(residuals, updates, strict=True)):
+        logger.warning("residual in context.state[%r] has other shapes; starting from zero", key)
+        return None
+    return residuals
+
+
+def compress_update(
+    compressor: UpdateCompressor,
+    names: Sequence[str],
+    received: Sequence[np.ndarray],
+    returned: Sequence[np.ndarray],
+    *,
+    state: RecordDict | None,
+    server_round: int,
+    rng: np.random.Generator,
+    state_key: str = keys.EF_RESIDUAL,
+) -> ArrayRecord:
+    """Encode ``returned - received`` with error feedback kept in ``state[state_key]``."""
+    updates = [np.asarray(r) - np.asarray(g).astype(np.asarray(r).dtype) for g, r in zip(received, returned, strict=True)]
+    residuals = load_residuals(state, names, updates, state_key) if compressor.residual_decay > 0 else None
+    encoded, new = compressor.compress(updates, residuals, server_round=server_round, rng=rng)
+    if new is not None and state is not None:
+        state[state_key] = ArrayRecord(OrderedDict((n, Array(np.ascontiguousarray(r))) for n, r in zip(names, new, strict=True)))
+    elif new is not None:
+        logger.warning("no context.state: the error-feedback residual is not kept")
+    return encoded_arrayrecord(names, encoded)
+
+
+class CompressingClient(TorchClient):
+    """A :class:`TorchClient` uploading its update encoded by ``compressor``.
+
+    Parameters
+    ----------
+    compressor : bouquet.codecs.UpdateCompressor
+        The codec and its settings (top-k, ternary, STC, dense).
+    **kwargs
+        :class:`TorchClient` arguments (model, data, training settings).
+    """
+
+    def __init__(self, *args: Any, compressor: UpdateCompressor, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not isinstance(compressor, UpdateCompressor):
+            raise ValueError(f"compressor must be a bouquet.codecs.UpdateCompressor, got {type(compressor).__name__}")
+        self.compressor = compressor
+        self.server_round = 1
+
+    def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict[str, Any]]:
+        self.server_round = int(config.get(keys.SERVER_ROUND, 1))
+        return super().fit(parameters, config)
+
+    def encode_train_reply(self, names: Sequence[str], received: Sequence[np.ndarray], returned: Sequence[np.ndarray]) -> ArrayRecord:
+        """Compressed update arrays; the residual goes to ``self.context.state``."""
+        state = self.context.state if self.context is not None else None
+        rng = np.random.default_rng([self.seed, self.server_round, 17])
+        return compress_update(self.compressor, names, received, returned, state=state, server_round=self.server_round, rng=rng)
+
+
+class TopKClient(CompressingClient):
+    """Uploads the top-:math:`m_j` elements of its update, with error feedback (``bouquet.topk/1``).
+
+    ``alpha``, ``rho``, ``min_k``, ``scope`` (``tensor`` | ``model``), ``value_dtype``
+    (``float32`` | ``float16``) and ``residual_decay`` are those of
+    :class:`bouquet.codecs.TopKCompressor`; other arguments go to :class:`TorchClient`.
+    """
+
+    def __init__(self, *args: Any, alpha: float = 0.01, rho: float = 1.0, min_k: int = 1, scope: str = "tensor",
+                 value_dtype: str = "float32", residual_decay: float = 1.0, **kwargs: Any) -> None:
+        comp = TopKCompressor(alpha=alpha, rho=rho, min_k=min_k, scope=scope, value_dtype=value_dtype, residual_decay=residual_decay)
+        super().__init__(*args, compressor=comp, **kwargs)
+
+
+class TernaryClient(CompressingClient):
+    """Uploads its update ternarised (TernGrad; ``bouquet.ternary/1``).
+
+    ``stochastic``, ``clip_c``, ``packing`` (``auto`` | ``trit`` | ``2bit`` | ``sparse``) and
+    ``residual_decay`` (default 0: unbiased, no error feedback) are those of
+    :class:`bouquet.codecs.TernaryCompressor`.
+    """
+
+    def __init__(self, *args: Any, stochastic: bool = True, clip_c: float | None = None, packing: str = "auto",
+                 residual_decay: float = 0.0, **kwargs: Any) -> None:
+        comp = TernaryCompressor(stochastic=stochastic, clip_c=clip_c, packing=packing, residual_decay=residual_decay)
+        super().__init__(*args, compressor=comp, **kwargs)
+
+
+class STCClient(CompressingClient):
+    """Uploads its update as sparse ternary (STC; ``bouquet.stc/1``), with error feedback."""
+
+    def __init__(self, *args: Any, alpha: float = 0.01, rho: float = 1.0, min_k: int = 1, scope: str = "tensor",
+                 residual_decay: float = 1.0, **kwargs: Any) -> None:
+        comp = STCCompressor(alpha=alpha, rho=rho, min_k=min_k, scope=scope, residual_decay=residual_decay)
+        super().__init__(*args, compressor=comp, **kwargs)
+
+
+Mod = Callable[[Message, Context, Callable[[Message, Context], Message]], Message]
+
+
+def compression_mod(compressor: UpdateCompressor | str = "topk", *, state_key: str = keys.EF_RESIDUAL, seed: int = 0,
+                    **codec_kwargs: Any) -> Mod:
+    """A Flower client mod compressing the train reply of any Message-API ClientApp.
+
+    Parameters
+    ----------
+    compressor : UpdateCompressor or str
+        A compressor, or a codec name (``topk``, ``ternary``, ``stc``, ``dense``) built with
+        ``codec_kwargs`` (e.g. ``alpha=0.01``).
+    state_key : str
+        ``context.state`` key of the error-feedback residual.
+    seed : int
+        Seed of the stochastic rounding (mixed with node id and round).
+
+    Returns
+    -------
+    callable
+        ``mod(msg, context, call_next) -> Message``; only train messages are touched.
+    """
+    comp = make_compressor(compressor, **codec_kwargs) if isinstance(compressor, str) else compressor
+    if not isinstance(comp, UpdateCompressor):
+        raise ValueError(f"compressor must be an UpdateCompressor or a codec name, got {type(compressor).__name__}")
+
+    def _mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
+        if msg.metadata.message_type != MessageType.TRAIN:
+            return call_next(msg, context)
+        sent_record = single_record(msg.content, "array", keys.ARRAYS)
+        received = {name: np.array(arr.numpy(), copy=True) for name, arr in sent_record.items()}
+        config = single_record(msg.content, "config", keys.CONFIG)
+        reply = call_next(msg, context)
+        if reply.has_error():
+            return reply
+        rec_key = keys.ARRAYS if keys.ARRAYS in reply.content.array_records else next(iter(reply.content.array_records))
+        record = reply.content.array_records[rec_key]
+        if any(is_bouquet_stype(a.stype) for a in record.values()):
+            return reply  # already compressed by the client
+        names = list(record.keys())
+        if set(names) != set(received):
+            raise ValueError(f"reply arrays {names[:3]}... differ from the received arrays {list(received)[:3]}...")
+        server_round = int(config.get(keys.SERVER_ROUND, 1))
+        rng = np.random.default_rng([seed, int(context.node_id) % 2**32, server_round])
+        out = compress_update(comp, names, [received[n] for n in names], [record[n].numpy() for n in names],
+                              state=context.state, server_round=server_round, rng=rng, state_key=state_key)
+        reply.content[rec_key] = out
+        return reply
+
+    return _mod

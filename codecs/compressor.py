@@ -1,0 +1,162 @@
+"""Update compressors: a codec, its settings and error feedback, for a list of tensors.
+
+A compressor turns the update tensors of one client and round (local weights minus the
+received global weights) into payloads (:class:`~bouquet.codecs.wire.Encoded`), applying error
+feedback (``error_feedback.py``) when ``residual_decay > 0``:
+
+* :class:`TopKCompressor`: top-:math:`m_j` per tensor or over the whole model
+  (``topk.py``; Lin et al. 2018), values float32 or float16;
+* :class:`TernaryCompressor`: TernGrad (``ternary.py``; Wen et al. 2017);
+* :class:`STCCompressor`: sparse ternary compression (``stc.py``; Sattler et al. 2019);
+* :class:`DenseCompressor`: no compression (``bouquet.dense/1``), for tests and baselines.
+
+Non-floating tensors (counters, integer buffers) are always sent dense. Compressors are pure
+numpy and hold only settings; residuals are passed in and returned so the caller keeps them
+in the node's state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from bouquet.codecs.error_feedback import accumulate, check_decay, new_residual
+from bouquet.codecs.stc import encode_stc
+from bouquet.codecs.ternary import PACKINGS, encode_ternary, ternarize
+from bouquet.codecs.topk import (
+    VALUE_DTYPES,
+    encode_topk,
+    select_topk,
+    select_topk_model,
+    topk_count,
+)
+from bouquet.codecs.wire import Encoded, encode_dense
+
+SCOPES = ("tensor", "model")
+
+
+class UpdateCompressor:
+    """Base class: error feedback around :meth:`encode` (override it)."""
+
+    codec = "dense"
+
+    def __init__(self, *, residual_decay: float = 0.0) -> None:
+        self.residual_decay = check_decay(residual_decay)
+
+    def encode(self, tensors: list[np.ndarray], round_index: int, rng: np.random.Generator) -> list[tuple[Encoded, np.ndarray]]:
+        """Encode float tensors; return payloads and what the receiver decodes."""
+        return [(encode_dense(t), t) for t in tensors]
+
+    def compress(
+        self,
+        updates: Sequence[np.ndarray],
+        residuals: Sequence[np.ndarray] | None = None,
+        *,
+        server_round: int = 1,
+        rng: np.random.Generator | None = None,
+    ) -> tuple[list[Encoded], list[np.ndarray] | None]:
+        """Compress ``updates`` (+ decayed ``residuals``) for ``server_round`` (1-based).
+
+        Returns
+        -------
+        (list of Encoded, list of numpy.ndarray or None)
+            One payload per update, and the new residuals (``None`` without error feedback).
+        """
+        if residuals is not None and len(residuals) != len(updates):
+            raise ValueError(f"{len(residuals)} residuals for {len(updates)} updates")
+        rng = rng if rng is not None else np.random.default_rng()
+        round_index = max(int(server_round) - 1, 0)
+        acc = [accumulate(np.asarray(u), None if residuals is None else residuals[i], self.residual_decay)
+               for i, u in enumerate(updates)]
+        floats = [i for i, a in enumerate(acc) if a.dtype.kind == "f"]
+        encoded: list[tuple[Encoded, np.ndarray] | None] = [None] * len(acc)
+        for i, pair in zip(floats, self.encode([acc[i] for i in floats], round_index, rng), strict=True):
+            encoded[i] = pair
+        for i, a in enumerate(acc):
+            if encoded[i] is None:
+                encoded[i] = (encode_dense(a), a)
+        payloads = [e for e, _ in encoded]  # type: ignore[misc]
+        if self.residual_decay == 0.0:
+            return payloads, None
+        return payloads, [new_residual(a, sent) for a, (_, sent) in zip(acc, encoded, strict=True)]  # type: ignore[misc]
+
+
+class DenseCompressor(UpdateCompressor):
+    """No compression: every tensor as ``bouquet.dense/1``."""
+
+
+class _TopKSelection(UpdateCompressor):
+    def __init__(self, *, alpha: float, rho: float = 1.0, min_k: int = 1, scope: str = "tensor", residual_decay: float = 1.0) -> None:
+        super().__init__(residual_decay=residual_decay)
+        topk_count(1, alpha, rho=rho, min_k=min_k)  # validates alpha, rho, min_k
+        if scope not in SCOPES:
+            raise ValueError(f"scope={scope!r} is not allowed; allowed: {list(SCOPES)}")
+        self.alpha, self.rho, self.min_k, self.scope = float(alpha), float(rho), int(min_k), scope
+
+    def select(self, tensors: list[np.ndarray], round_index: int) -> list[np.ndarray]:
+        """Flat kept indices of each tensor for this round."""
+        if self.scope == "model":
+            total = sum(t.size for t in tensors)
+            m = topk_count(total, self.alpha, rho=self.rho, round_index=round_index, min_k=self.min_k)
+            return select_topk_model(tensors, m)
+        return [select_topk(t.reshape(-1), topk_count(t.size, self.alpha, rho=self.rho, round_index=round_index, min_k=self.min_k))
+                for t in tensors]
+
+
+class TopKCompressor(_TopKSelection):
+    """Top-k sparsification with error feedback (``bouquet.topk/1``)."""
+
+    codec = "topk"
+
+    def __init__(self, *, alpha: float, rho: float = 1.0, min_k: int = 1, scope: str = "tensor",
+                 value_dtype: str = "float32", residual_decay: float = 1.0) -> None:
+        super().__init__(alpha=alpha, rho=rho, min_k=min_k, scope=scope, residual_decay=residual_decay)
+        if value_dtype not in VALUE_DTYPES:
+            raise ValueError(f"value_dtype={value_dtype!r} is not allowed; allowed: {sorted(VALUE_DTYPES)}")
+        self.value_dtype = value_dtype
+
+    def encode(self, tensors: list[np.ndarray], round_index: int, rng: np.random.Generator) -> list[tuple[Encoded, np.ndarray]]:
+        return [encode_topk(t, idx, value_dtype=self.value_dtype) for t, idx in zip(tensors, self.select(tensors, round_index), strict=True)]
+
+
+class STCCompressor(_TopKSelection):
+    """Sparse ternary compression with error feedback (``bouquet.stc/1``)."""
+
+    codec = "stc"
+
+    def encode(self, tensors: list[np.ndarray], round_index: int, rng: np.random.Generator) -> list[tuple[Encoded, np.ndarray]]:
+        return [encode_stc(t, idx) for t, idx in zip(tensors, self.select(tensors, round_index), strict=True)]
+
+
+class TernaryCompressor(UpdateCompressor):
+    """TernGrad ternarisation (``bouquet.ternary/1``); error feedback off by default."""
+
+    codec = "ternary"
+
+    def __init__(self, *, stochastic: bool = True, clip_c: float | None = None, packing: str = "auto", residual_decay: float = 0.0) -> None:
+        super().__init__(residual_decay=residual_decay)
+        if clip_c is not None and not clip_c > 0:
+            raise ValueError(f"clip_c={clip_c} must be > 0 or None")
+        if packing not in PACKINGS:
+            raise ValueError(f"packing={packing!r} is not allowed; allowed: {list(PACKINGS)}")
+        self.stochastic, self.clip_c, self.packing = bool(stochastic), clip_c, packing
+
+    def encode(self, tensors: list[np.ndarray], round_index: int, rng: np.random.Generator) -> list[tuple[Encoded, np.ndarray]]:
+        out = []
+        for t in tensors:
+            trits, scale = ternarize(t, stochastic=self.stochastic, clip_c=self.clip_c, rng=rng)
+            out.append(encode_ternary(trits, scale, dtype=str(t.dtype), packing_form=self.packing))
+        return out
+
+
+COMPRESSORS: dict[str, type[UpdateCompressor]] = {
+    "dense": DenseCompressor, "topk": TopKCompressor, "ternary": TernaryCompressor, "stc": STCCompressor,
+}
+
+
+def make_compressor(codec: str, **kwargs: object) -> UpdateCompressor:
+    """Build a compressor by codec name (``dense``, ``topk``, ``ternary``, ``stc``)."""
+    if codec not in COMPRESSORS:
+        raise ValueError(f"codec={codec!r} is unknown; allowed: {sorted(COMPRESSORS)}")
+    return COMPRESSORS[codec](**kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,51 @@
+"""Sparse Ternary Compression (STC) of model updates.
+
+Sattler et al. 2019 (arXiv:1903.02891): keep the top-:math:`m` elements of the (error-feedback
+accumulated) update :math:`a`, replace each kept value by its sign times the mean kept magnitude
+
+.. math::
+
+    \\mu = \\frac{1}{m} \\sum_{i \\in \\mathrm{top}_m} |a_i|, \\qquad
+    \\tilde a_i = \\mu \\operatorname{sign}(a_i)\\,[i \\in \\mathrm{top}_m],
+
+and send :math:`\\mu`, the positions (Golomb-Rice or whichever coding is smallest) and one sign
+bit per position. :math:`m` follows :func:`bouquet.codecs.topk.topk_count`.
+
+Body of ``bouquet.stc/1`` (after the ``wire`` header)::
+
+    mu f32 | k u32 | position coding u8 | position bytes u32 | positions | ceil(k/8) sign bytes
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bouquet.codecs.ternary import read_scale, read_sparse_ternary, sparse_ternary_body
+from bouquet.codecs.wire import Decoded, Encoded, Reader, stype_for, write_header
+
+
+def encode_stc(x: np.ndarray, indices: np.ndarray, *, pos_coding: int | None = None) -> tuple[Encoded, np.ndarray]:
+    """Encode ``x`` at sorted unique flat ``indices`` as :math:`\\pm\\mu`.
+
+    Returns the payload and the dense tensor the receiver will decode.
+    """
+    x = np.asarray(x)
+    flat = x.reshape(-1)
+    idx = np.asarray(indices, dtype=np.int64)
+    kept = flat[idx]
+    mu = np.float32(np.abs(kept).mean()) if idx.size else np.float32(0.0)
+    t = np.zeros(flat.size, dtype=np.int8)
+    t[idx] = np.sign(kept).astype(np.int8)  # an exact zero stays unsent
+    if mu == 0:  # all kept values are zero: send nothing
+        t[:] = 0
+    shape, dtype = tuple(x.shape), str(x.dtype)
+    data = write_header("stc", dtype, shape) + mu.astype("<f4").tobytes() + sparse_ternary_body(t, flat.size, pos_coding)
+    sent = (mu * t.astype(np.float32)).astype(x.dtype).reshape(x.shape)
+    return Encoded(stype_for("stc"), dtype, shape, data), sent
+
+
+def decode_stc_body(reader: Reader, dtype: np.dtype, n: int) -> Decoded:
+    """Read a ``bouquet.stc/1`` body (header already read)."""
+    mu = read_scale(reader)
+    indices, signs = read_sparse_ternary(reader, n)
+    return Decoded((), dtype, indices, (np.float32(mu) * signs).astype(dtype))

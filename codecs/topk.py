@@ -1,0 +1,134 @@
+"""Top-k sparsification of model updates (sparse upload, method S1).
+
+Keep the :math:`m` largest-magnitude elements of an update and send them with their positions.
+The number kept in round :math:`j` (counted from 0 for the first round) decays with the
+attenuation coefficient :math:`\\rho` from the upload-scale coefficient :math:`\\alpha`:
+
+.. math::
+
+    m_j = \\min\\bigl(M,\\ \\max(k_{\\min},\\ \\lceil \\alpha\\, \\rho^{j} M \\rceil)\\bigr)
+
+for a tensor (or, with whole-model selection, a model) of :math:`M` elements; :math:`\\rho = 1`
+keeps :math:`m` constant. With error feedback (``error_feedback.py``) this is Deep Gradient
+Compression's sparsification (Lin et al. 2018, arXiv:1712.01887; Aji & Heafield 2017).
+
+Body of ``bouquet.topk/1`` (after the ``wire`` header)::
+
+    k u32 | value dtype u8 (0 float32, 1 float16) | position coding u8 | position bytes u32
+    | position block | k values
+
+Values are sent as float32 or float16 (float16 values beyond its range are clipped to
++-65504; with error feedback the clipped part stays in the residual).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from bouquet.codecs import packing
+from bouquet.codecs.wire import Decoded, Encoded, Reader, stype_for, write_header
+
+VALUE_DTYPES = {"float32": 0, "float16": 1}
+_VALUE_NAMES = {v: k for k, v in VALUE_DTYPES.items()}
+_F16_MAX = float(np.finfo(np.float16).max)
+_SAMPLE_MIN, _SAMPLE_SIZE = 100_000, 20_000
+
+
+def topk_count(size: int, alpha: float, *, rho: float = 1.0, round_index: int = 0, min_k: int = 1) -> int:
+    """:math:`m_j` of the module docstring for ``size`` elements in round ``round_index``."""
+    if not 0.0 < alpha <= 1.0:
+        raise ValueError(f"alpha={alpha} must be in (0, 1]")
+    if not 0.0 < rho <= 1.0:
+        raise ValueError(f"rho={rho} must be in (0, 1]")
+    if min_k < 0:
+        raise ValueError(f"min_k={min_k} must be >= 0")
+    if round_index < 0:
+        raise ValueError(f"round_index={round_index} must be >= 0")
+    return min(size, max(min_k, math.ceil(alpha * rho**round_index * size)))
+
+
+def select_topk(flat: np.ndarray, m: int) -> np.ndarray:
+    """Sorted flat indices of the ``m`` largest ``|flat|`` (ties broken by ``argpartition``)."""
+    n = flat.size
+    if not 0 <= m <= n:
+        raise ValueError(f"m={m} must be in [0, {n}]")
+    if m == n:
+        return np.arange(n, dtype=np.int64)
+    if m == 0:
+        return np.zeros(0, dtype=np.int64)
+    mag = np.abs(flat)
+    if n >= _SAMPLE_MIN and m <= n // 20:
+        # DGC-style: a threshold from a strided sample keeps ~2m candidates; exact whenever at
+        # least m elements pass it (all elements below it are smaller than every candidate)
+        sample = mag[:: max(1, n // _SAMPLE_SIZE)]
+        threshold = np.quantile(sample, max(0.0, 1.0 - 2.0 * m / n))
+        cand = np.flatnonzero(mag >= threshold)
+        if cand.size >= m:
+            part = cand[np.argpartition(mag[cand], cand.size - m)[cand.size - m :]]
+            return np.sort(part).astype(np.int64)
+    part = np.argpartition(mag, n - m)[n - m :]
+    return np.sort(part).astype(np.int64)
+
+
+def select_topk_model(tensors: list[np.ndarray], m: int) -> list[np.ndarray]:
+    """Whole-model top-``m``: one global magnitude threshold, indices split per tensor."""
+    sizes = [t.size for t in tensors]
+    flat = np.concatenate([np.abs(t.reshape(-1)) for t in tensors]) if tensors else np.zeros(0)
+    chosen = select_topk(flat, m)
+    bounds = np.cumsum([0, *sizes])
+    cuts = np.searchsorted(chosen, bounds)
+    return [chosen[cuts[i] : cuts[i + 1]] - bounds[i] for i in range(len(tensors))]
+
+
+def _quantise(values: np.ndarray, value_dtype: str) -> np.ndarray:
+    if value_dtype == "float16":
+        return np.clip(values, -_F16_MAX, _F16_MAX).astype(np.float16)
+    return values.astype(np.float32)
+
+
+def encode_topk(x: np.ndarray, indices: np.ndarray, *, value_dtype: str = "float32", pos_coding: int | None = None) -> tuple[Encoded, np.ndarray]:
+    """Encode ``x`` at sorted unique flat ``indices``.
+
+    Returns
+    -------
+    (Encoded, numpy.ndarray)
+        The payload and the dense tensor the receiver will decode (for error feedback).
+    """
+    if value_dtype not in VALUE_DTYPES:
+        raise ValueError(f"value_dtype={value_dtype!r} is not allowed; allowed: {sorted(VALUE_DTYPES)}")
+    x = np.asarray(x)
+    flat = x.reshape(-1)
+    idx = np.asarray(indices, dtype=np.int64)
+    values = _quantise(flat[idx], value_dtype)
+    coding, block = packing.encode_positions(idx, flat.size, pos_coding)
+    shape, dtype = tuple(x.shape), str(x.dtype)
+    data = b"".join([
+        write_header("topk", dtype, shape),
+        np.array([idx.size], "<u4").tobytes(),
+        bytes([VALUE_DTYPES[value_dtype], coding]),
+        np.array([len(block)], "<u4").tobytes(),
+        block,
+        values.astype(values.dtype.newbyteorder("<")).tobytes(),
+    ])
+    sent = np.zeros(flat.size, dtype=x.dtype)
+    sent[idx] = values
+    return Encoded(stype_for("topk"), dtype, shape, data), sent.reshape(x.shape)
+
+
+def decode_topk_body(reader: Reader, dtype: np.dtype, n: int) -> Decoded:
+    """Read a ``bouquet.topk/1`` body (header already read) for a tensor of ``n`` elements."""
+    (k,) = reader.unpack("I", "k")
+    if k > n:
+        raise ValueError(f"k={k} > tensor size {n}")
+    vcode, coding = reader.unpack("BB", "value dtype and position coding")
+    if vcode not in _VALUE_NAMES:
+        raise ValueError(f"value dtype code {vcode} is unknown; allowed: {sorted(_VALUE_NAMES)}")
+    (plen,) = reader.unpack("I", "position block length")
+    indices = packing.decode_positions(coding, reader.take(plen, "position block"), k, n)
+    vdtype = np.dtype(_VALUE_NAMES[vcode]).newbyteorder("<")
+    values = np.frombuffer(reader.take(k * vdtype.itemsize, "values"), dtype=vdtype)
+    if not np.all(np.isfinite(values)):
+        raise ValueError("top-k values contain NaN or inf")
+    return Decoded((), dtype, None if coding == packing.POS_ALL else indices, values.astype(dtype))

@@ -1,0 +1,170 @@
+"""The wire format of bouquet's compressed tensors: versioned, self-describing, validated.
+
+Every compressed tensor travels as one Flower ``Array(dtype, shape, stype, data)``: ``dtype``
+and ``shape`` are those of the *decoded* tensor, ``stype`` names codec and version
+(``bouquet.<codec>/<version>``, e.g. ``bouquet.topk/1``) and ``data`` is::
+
+    header  = magic "BQ" | version u8 | codec u8 | dtype u8 | ndim u8 | shape u32[ndim]
+    body    = codec specific (see ``topk``, ``ternary``, ``stc``; ``dense`` = raw little-endian
+              elements)
+
+All integers are little-endian. The decoder checks that the ``stype`` and the header agree
+(codec, version), that the header's dtype and shape equal the ``Array``'s, that the body has
+exactly the announced length (no truncation, no trailing bytes), and every codec checks its own
+fields (index range and order, finite values and scales). Anything wrong raises ``ValueError``
+saying what was wrong.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+MAGIC = b"BQ"
+VERSION = 1
+STYPE_PREFIX = "bouquet."
+CODEC_IDS: dict[str, int] = {"dense": 0, "topk": 1, "ternary": 2, "stc": 3}
+DTYPE_CODES: dict[str, int] = {
+    "float32": 0, "float16": 1, "float64": 2, "int64": 3, "int32": 4, "int16": 5, "int8": 6, "uint8": 7, "bool": 8,
+}
+DTYPE_NAMES = {v: k for k, v in DTYPE_CODES.items()}
+MAX_NDIM = 8
+
+
+def stype_for(codec: str) -> str:
+    """The ``stype`` string of ``codec`` at the current version, e.g. ``bouquet.topk/1``."""
+    if codec not in CODEC_IDS:
+        raise ValueError(f"codec={codec!r} is unknown; allowed: {sorted(CODEC_IDS)}")
+    return f"{STYPE_PREFIX}{codec}/{VERSION}"
+
+
+def is_bouquet_stype(stype: str) -> bool:
+    """Whether ``stype`` claims to be one of bouquet's encodings."""
+    return stype.startswith(STYPE_PREFIX)
+
+
+def parse_stype(stype: str) -> tuple[str, int]:
+    """Split ``bouquet.<codec>/<version>`` into ``(codec, version)``, validating both."""
+    if not is_bouquet_stype(stype) or "/" not in stype:
+        raise ValueError(f"stype {stype!r} is not of the form 'bouquet.<codec>/<version>'")
+    codec, _, version = stype[len(STYPE_PREFIX):].partition("/")
+    if codec not in CODEC_IDS:
+        raise ValueError(f"stype {stype!r}: codec {codec!r} is unknown; allowed: {sorted(CODEC_IDS)}")
+    if version != str(VERSION):
+        raise ValueError(f"stype {stype!r}: version {version!r} is not supported (this decoder reads {VERSION})")
+    return codec, VERSION
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One encoded tensor: the four fields of a Flower ``Array``."""
+
+    stype: str
+    dtype: str
+    shape: tuple[int, ...]
+    data: bytes
+
+
+@dataclass
+class Decoded:
+    """A decoded tensor: ``values`` at flat ``indices`` (``indices is None``: dense, all elements)."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    indices: np.ndarray | None
+    values: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def to_dense(self) -> np.ndarray:
+        """The dense tensor (zeros where nothing was sent)."""
+        if self.indices is None:
+            return self.values.astype(self.dtype, copy=False).reshape(self.shape)
+        out = np.zeros(self.size, dtype=self.dtype)
+        out[self.indices] = self.values
+        return out.reshape(self.shape)
+
+    def add_to(self, acc: np.ndarray, weight: float) -> None:
+        """``acc += weight * tensor`` on a flat accumulator, in O(k) for sparse tensors."""
+        if self.indices is None:
+            acc += weight * self.values.reshape(-1)
+        else:  # indices are unique (validated), so fancy-index += is exact
+            acc[self.indices] += weight * self.values
+
+
+class Reader:
+    """Sequential reader over a payload that raises ``ValueError`` on truncation."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = memoryview(data)
+        self.offset = 0
+
+    def take(self, n: int, what: str) -> bytes:
+        if n < 0 or self.offset + n > len(self.data):
+            raise ValueError(f"payload truncated: {what} needs {n} bytes at offset {self.offset}, {len(self.data) - self.offset} left")
+        out = bytes(self.data[self.offset : self.offset + n])
+        self.offset += n
+        return out
+
+    def unpack(self, fmt: str, what: str) -> tuple:
+        return struct.unpack("<" + fmt, self.take(struct.calcsize("<" + fmt), what))
+
+    def finish(self) -> None:
+        left = len(self.data) - self.offset
+        if left:
+            raise ValueError(f"payload has {left} trailing bytes after the body")
+
+
+def numpy_dtype(name: str) -> np.dtype:
+    if name not in DTYPE_CODES:
+        raise ValueError(f"dtype {name!r} is not supported; allowed: {sorted(DTYPE_CODES)}")
+    return np.dtype(name)
+
+
+def write_header(codec: str, dtype: str, shape: tuple[int, ...]) -> bytes:
+    """Header bytes for a tensor of ``dtype`` and ``shape`` coded with ``codec``."""
+    if len(shape) > MAX_NDIM:
+        raise ValueError(f"shape {shape} has more than {MAX_NDIM} dimensions")
+    code = DTYPE_CODES.get(str(dtype))
+    if code is None:
+        raise ValueError(f"dtype {dtype!r} is not supported; allowed: {sorted(DTYPE_CODES)}")
+    return MAGIC + struct.pack(f"<BBBB{len(shape)}I", VERSION, CODEC_IDS[codec], code, len(shape), *shape)
+
+
+def read_header(reader: Reader, codec: str, dtype: str, shape: tuple[int, ...]) -> None:
+    """Read and check a header against the ``Array``'s stype codec, dtype and shape."""
+    magic = reader.take(2, "magic")
+    if magic != MAGIC:
+        raise ValueError(f"bad magic {magic!r}, expected {MAGIC!r}")
+    version, codec_id, dtype_code, ndim = reader.unpack("BBBB", "header")
+    if version != VERSION:
+        raise ValueError(f"header version {version} is not supported (this decoder reads {VERSION})")
+    if codec_id != CODEC_IDS[codec]:
+        raise ValueError(f"header codec id {codec_id} does not match stype codec {codec!r} ({CODEC_IDS[codec]})")
+    if DTYPE_NAMES.get(dtype_code) != str(dtype):
+        raise ValueError(f"header dtype code {dtype_code} ({DTYPE_NAMES.get(dtype_code)}) does not match Array dtype {dtype!r}")
+    if ndim > MAX_NDIM:
+        raise ValueError(f"header ndim {ndim} > {MAX_NDIM}")
+    header_shape = reader.unpack(f"{ndim}I", "shape") if ndim else ()
+    if tuple(header_shape) != tuple(shape):
+        raise ValueError(f"header shape {tuple(header_shape)} does not match Array shape {tuple(shape)}")
+
+
+def encode_dense(x: np.ndarray) -> Encoded:
+    """Uncompressed tensor in the bouquet wire format (``bouquet.dense/1``)."""
+    x = np.ascontiguousarray(x)
+    dtype = str(x.dtype)
+    body = x.astype(x.dtype.newbyteorder("<"), copy=False).tobytes()
+    return Encoded(stype_for("dense"), dtype, tuple(x.shape), write_header("dense", dtype, tuple(x.shape)) + body)
+
+
+def decode_dense_body(reader: Reader, dtype: np.dtype, n: int) -> Decoded:
+    raw = reader.take(n * dtype.itemsize, "dense values")
+    values = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype)
+    if dtype.kind == "f" and not np.all(np.isfinite(values)):
+        raise ValueError("dense values contain NaN or inf")
+    return Decoded((), dtype, None, values)

@@ -1,0 +1,84 @@
+"""Compressing NumPyClients through the bridge: the reply carries encoded updates, the
+error-feedback residual stays in ``context.state`` across rounds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+
+from bouquet import keys
+from bouquet.clients import STCClient, TernaryClient, TopKClient, numpyclient_app
+from bouquet.codecs import decode
+from bouquet.models import build_model, get_weights
+
+
+def _train_message(weights: dict[str, np.ndarray], server_round: int) -> Message:
+    content = RecordDict({
+        keys.ARRAYS: ArrayRecord({k: Array(v) for k, v in weights.items()}),
+        keys.CONFIG: ConfigRecord({keys.SERVER_ROUND: server_round}),
+    })
+    msg = Message(content=content, dst_node_id=5, message_type=MessageType.TRAIN)
+    msg.metadata.__dict__["_message_id"] = f"m{server_round}"
+    return msg
+
+
+def _factory(cls, **kwargs):
+    def client_fn(context: Context):
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(40, 1, 8, 8)).astype(np.float32)
+        y = (np.arange(40) % 3).astype(np.int64)
+        return cls(build_model("mlp", (1, 8, 8), 3, seed=0), x, y, num_classes=3, lr=0.1, **kwargs)
+    return client_fn
+
+
+def _decoded(reply: Message) -> dict[str, np.ndarray]:
+    rec = reply.content[keys.ARRAYS]
+    return {k: decode(a.stype, a.dtype, a.shape, a.data).to_dense() for k, a in rec.items()}
+
+
+@pytest.mark.parametrize(("cls", "kwargs", "stype"), [
+    (TopKClient, {"alpha": 0.05}, "bouquet.topk/1"),
+    (STCClient, {"alpha": 0.05}, "bouquet.stc/1"),
+    (TernaryClient, {}, "bouquet.ternary/1"),
+])
+def test_reply_is_the_encoded_update_and_residual_stays_on_the_node(cls, kwargs, stype):
+    weights = dict(get_weights(build_model("mlp", (1, 8, 8), 3, seed=1)))
+    app = numpyclient_app(_factory(cls, **kwargs))
+    context = Context(run_id=1, node_id=5, node_config={keys.PARTITION_ID: 0}, state=RecordDict(), run_config={})
+    reply = app(_train_message(weights, 1), context)
+    assert not reply.has_error(), reply.error
+    rec = reply.content[keys.ARRAYS]
+    assert list(rec.keys()) == list(weights)
+    assert all(a.stype == stype for a in rec.values())
+    sent = _decoded(reply)
+    dense_bytes = sum(v.nbytes for v in weights.values())
+    assert sum(len(a.data) for a in rec.values()) < dense_bytes / 8
+    assert reply.content[keys.METRICS][keys.NUM_EXAMPLES] == 40
+    if cls is TernaryClient:  # no error feedback by default
+        assert keys.EF_RESIDUAL not in context.state.array_records
+        return
+    residual = {k: v.numpy() for k, v in context.state[keys.EF_RESIDUAL].items()}
+    # sent + residual = the real update (local - received), for every tensor
+    local = dict(get_weights(build_model("mlp", (1, 8, 8), 3, seed=1)))
+    client = _factory(cls, **kwargs)(context)
+    trained, _, _ = client.fit(list(local.values()), {keys.SERVER_ROUND: 1})
+    for (name, w), t in zip(weights.items(), trained, strict=True):
+        np.testing.assert_allclose(sent[name] + residual[name], t - w, atol=1e-5)
+    # round 2 starts from the stored residual and replaces it
+    reply2 = app(_train_message(weights, 2), context)
+    assert not reply2.has_error()
+    residual2 = {k: v.numpy() for k, v in context.state[keys.EF_RESIDUAL].items()}
+    sent2 = _decoded(reply2)
+    trained2, _, _ = client.fit(list(local.values()), {keys.SERVER_ROUND: 2})
+    for (name, w), t in zip(weights.items(), trained2, strict=True):
+        np.testing.assert_allclose(sent2[name] + residual2[name], (t - w) + residual[name], atol=1e-5)
+
+
+def test_bad_codec_settings_raise():
+    with pytest.raises(ValueError, match="alpha"):
+        _factory(TopKClient, alpha=0.0)(None)
+    with pytest.raises(ValueError, match="value_dtype"):
+        _factory(TopKClient, value_dtype="int8")(None)
+    with pytest.raises(ValueError, match="packing"):
+        _factory(TernaryClient, packing="zip")(None)
