@@ -1,0 +1,171 @@
+"""Early-exit model, client and the federated S2 run on digits."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_bouquet_sim
+from flwr.app import Context, RecordDict
+
+from bouquet import keys
+from bouquet.clients.early_exit import EarlyExitClient
+from bouquet.models.early_exit import (
+    EarlyExitNet,
+    build_early_exit,
+    depth_names,
+    evaluate_exits,
+    exit_macs,
+    multi_exit_loss,
+    name_depth,
+)
+from bouquet.models.nas import Architecture, make_space
+from bouquet.models.training import get_weights, set_weights
+from bouquet.simulations.early_exit import best_exit
+
+
+def _client(model, max_depth=None, node_config=None):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 1, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 10, 40).astype(np.int64)
+    client = EarlyExitClient(model, x, y, num_classes=10, max_depth=max_depth, batch_size=16, lr=0.05)
+    client.context = Context(run_id=1, node_id=1, node_config=node_config or {}, state=RecordDict(), run_config={})
+    return client
+
+
+def test_submodel_names_are_subsets_with_same_shapes():
+    model = build_early_exit((1, 28, 28), 10, seed=0)
+    full = model.state_dict()
+    previous: set[str] = set()
+    for d in (1, 2, 3):
+        sub = model.submodel(d).state_dict()
+        assert set(sub) <= set(full)
+        assert list(sub) == depth_names(model, d)  # same order as the full model, filtered
+        assert previous < set(sub)  # strictly nested
+        assert all(sub[n].shape == full[n].shape for n in sub)
+        assert {name_depth(n) for n in sub} == set(range(d + 1))
+        previous = set(sub)
+    assert previous == set(full)
+
+
+def test_forward_gives_one_output_per_exit():
+    model = build_early_exit((1, 8, 8), 10, seed=0)
+    outs = model(torch.zeros(3, 1, 8, 8))
+    assert [o.shape for o in outs] == [(3, 10)] * 3
+    assert len(model.submodel(2)(torch.zeros(3, 1, 8, 8))) == 2
+
+
+def test_multi_exit_loss_is_weighted_sum():
+    torch.manual_seed(0)
+    z = [torch.randn(4, 10) for _ in range(3)]
+    y = torch.tensor([1, 2, 3, 4])
+    ce = [torch.nn.functional.cross_entropy(zi, y) for zi in z]
+    assert torch.allclose(multi_exit_loss(z, y, [0.5, 1.0, 2.0]), 0.5 * ce[0] + ce[1] + 2 * ce[2])
+    assert torch.allclose(multi_exit_loss(z[:2], y, [0.5, 1.0, 2.0]), 0.5 * ce[0] + ce[1])
+    with pytest.raises(ValueError, match="exit_weights"):
+        build_early_exit((1, 8, 8), 10, exit_weights=[1.0, 1.0])
+
+
+def test_macs_and_params_grow_with_depth():
+    model = build_early_exit((1, 28, 28), 10, seed=0)
+    macs = exit_macs(model)
+    assert len(macs) == 3 and macs[0] > 0
+    assert macs[2] > macs[0]  # the deepest exit costs more than the first
+    stem_conv = model.stem[0]
+    assert macs[0] > 14 * 14 * stem_conv.out_channels * 9  # at least the stem's convolution
+
+
+def test_architecture_json_round_trip(tmp_path):
+    space = make_space((1, 8, 8), 10)
+    arch = Architecture(space, ["bottleneckx1", "basicx2", "bottleneckx2"])
+    path = tmp_path / "architecture.json"
+    path.write_text(json.dumps({"architecture": arch.to_dict(), "accuracy": 0.5}))
+    model = build_early_exit((1, 8, 8), 10, seed=0, architecture=str(path))
+    assert model.architecture.choices == arch.choices
+    with pytest.raises(ValueError, match="searched for inputs"):
+        build_early_exit((1, 28, 28), 10, architecture=str(path))
+
+
+def test_client_trains_only_the_depth_it_received():
+    model = build_early_exit((1, 8, 8), 10, seed=0)
+    client = _client(model)
+    names = depth_names(model, 2)
+    full = get_weights(model)
+    sent = [full[n] for n in names]
+    returned, n, metrics = client.fit(sent, {})
+    assert n == 40 and metrics[keys.TRAINED_DEPTH] == 2
+    record = client.encode_train_reply(names, sent, returned)
+    assert list(record.keys()) == names  # nothing outside what arrived
+    moved = [not np.array_equal(record[k].numpy(), full[k]) for k in names]
+    assert all(moved)
+    with pytest.raises(ValueError, match="not a sub-model"):
+        client.fit(sent[:-1], {})
+
+
+def test_client_with_capacity_returns_its_subset():
+    model = build_early_exit((1, 8, 8), 10, seed=0)
+    client = _client(model, node_config={keys.MAX_DEPTH: 1})
+    names = depth_names(model, 3)
+    full = get_weights(model)
+    sent = [full[n] for n in names]
+    returned, _, metrics = client.fit(sent, {})
+    assert metrics[keys.TRAINED_DEPTH] == 1 and metrics[keys.MAX_DEPTH] == 1
+    assert len(returned) == len(names)
+    record = client.encode_train_reply(names, sent, returned)
+    assert list(record.keys()) == depth_names(model, 1)
+    by_name = dict(zip(names, returned, strict=True))
+    untouched = [n for n in names if name_depth(n) > 1]
+    assert all(np.array_equal(by_name[n], full[n]) for n in untouched)
+
+
+def test_client_rejects_wrong_names():
+    model = build_early_exit((1, 8, 8), 10, seed=0)
+    client = _client(model)
+    names = depth_names(model, 1)
+    full = get_weights(model)
+    sent = [full[n] for n in names]
+    returned, _, _ = client.fit(sent, {})
+    with pytest.raises(ValueError, match="names do not match"):
+        client.encode_train_reply(list(reversed(names)), sent, returned)
+
+
+def test_evaluate_exits_and_best_exit():
+    model = build_early_exit((1, 8, 8), 10, seed=0)
+    x = np.zeros((5, 1, 8, 8), np.float32)
+    y = np.arange(5, dtype=np.int64)
+    res = evaluate_exits(model, x, y)
+    assert len(res["accuracy"]) == 3 and len(res["loss"]) == 3
+    assert res["total_loss"] == pytest.approx(sum(res["loss"]))
+    assert best_exit([0.5, 0.9, 0.9], [1.0, 0.4, 0.3]) == 3
+    assert best_exit([0.5, 0.9, 0.9], [1.0, 0.3, 0.3]) == 2
+    sub = EarlyExitNet(model.architecture, depth=1)
+    set_weights(sub, {n: v for n, v in get_weights(model).items() if n in sub.state_dict()})
+
+
+@pytest.mark.e2e
+def test_short_federated_run_on_digits(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_bouquet_sim(
+        ["experiment=s2_federated", "dataset=digits", "simulation.num_clients=3", "simulation.num_rounds=2",
+         "server.shared_fraction=0.1", "client.max_depth_by_partition=[1,3,3]"],
+        run_dir,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    for row in rows:
+        assert {"accuracy_exit_1", "accuracy_exit_2", "accuracy_exit_3", "loss_exit_1", "total_loss"} <= set(row)
+    for row in rows[1:]:
+        assert row["clients_ok"] == 3 and row["clients_failed"] == 0
+        assert sum(row["nodes_per_depth"]) == 3
+    assert rows[2]["nodes_per_depth"][0] >= 1  # the capacity-1 node trains depth 1 from round 2 on
+    info = json.loads((run_dir / "best_exit.json").read_text())
+    assert info["selected_on"] == "server-validation" and 1 <= info["exit"] <= 3
+    best = np.load(run_dir / "best_exit_model.npz")
+    model = build_early_exit((1, 8, 8), 10)
+    assert sorted(best.files) == sorted(depth_names(model, info["exit"]))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "ok"
+    assert max(rows[-1][f"accuracy_exit_{i}"] for i in (1, 2, 3)) > 0.15  # some exit learned (chance 0.1)
