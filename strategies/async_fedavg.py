@@ -1,0 +1,380 @@
+"""Asynchronous federated averaging with staleness-aware mixing (FedAsync / FedBuff / S4).
+
+:class:`AsyncFedAvg` owns its ``start()`` loop on ``grid.push_messages`` /
+``grid.pull_messages``: every available node always has one train message in flight; each reply
+is applied as soon as it arrives, and the node at once gets the current model again. Every train
+message carries the global model version :math:`v_c` in its ConfigRecord
+(``model-version``); a reply applied at version :math:`v` has staleness :math:`\\tau = v - v_c`.
+The server remembers the version it sent with each message id (authoritative; a client cannot
+make its update look fresher), and a reply that echoes a different version is rejected.
+
+Update rules (:math:`x` the global model, :math:`y` the client's returned model trained from
+:math:`x_{v_c}`, :math:`\\Delta = y - x_{v_c}` its update, :math:`s(\\tau)` the policy's scale,
+see :mod:`bouquet.strategies.staleness`):
+
+* mixing policies (constant, polynomial, hinge, sliding_window; FedAsync, Xie et al. 2019):
+
+  .. math:: x \\leftarrow (1 - \\alpha s(\\tau))\\, x + \\alpha s(\\tau)\\, y
+      \\qquad (v \\leftarrow v + 1 \\text{ per update})
+
+* buffered policy (FedBuff, Nguyen et al. 2022), after :math:`K` accepted updates:
+
+  .. math:: x \\leftarrow x + \\eta_g \\frac{1}{K} \\sum_{i=1}^{K} s(\\tau_i)\\, \\Delta_i
+      \\qquad (v \\leftarrow v + 1 \\text{ per buffer})
+
+Compressed replies (arrays whose ``stype`` is not a dense numpy array) are decoded into the
+update :math:`\\Delta` by the ``decoder`` callable (``decoder(record, reference) -> {name:
+delta}``, e.g. bouquet's codecs), so :math:`y = x_{v_c} + \\Delta`. To have :math:`x_{v_c}`, the
+server keeps a snapshot of every version that still has a message in flight.
+
+Bad input never reaches the model: error replies, malformed or non-finite arrays, undecodable
+payloads and updates beyond ``max_staleness`` are dropped (logged, counted as failed) and the
+node is re-dispatched; a node that does not answer within ``reply_timeout_s`` is abandoned for
+that message and re-dispatched; after ``max_node_failures`` consecutive failures it is no longer
+used. The grid is asked for its nodes only when a node may be idle (at the start, after a
+reply or a timeout), so a node that joins later gets work at the next reply. The run stops after ``max_updates`` accepted updates (default ``num_rounds`` x nodes, the
+work of the synchronous run), after ``max_wall_s`` seconds, or when the evaluation metric has
+not improved by ``plateau_min_delta`` over the last ``plateau_window`` evaluations.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result, Strategy
+
+from bouquet import keys
+from bouquet.strategies.async_state import (
+    AsyncState,
+    Decoder,
+    InFlight,
+    buffered_step,
+    mix,
+    plateaued,
+    reply_update,
+)
+from bouquet.strategies.reports import CLIENTS_DROPPED, DROP_REASONS
+from bouquet.strategies.staleness import StalenessPolicy, make_policy
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["AsyncFedAvg", "buffered_step", "mix"]
+
+
+class AsyncFedAvg(Strategy):
+    """Asynchronous FedAvg with a staleness policy (see the module docstring).
+
+    Parameters
+    ----------
+    policy : str or StalenessPolicy
+        ``constant | polynomial | hinge | fedbuff | sliding_window`` (built by
+        :func:`~bouquet.strategies.staleness.make_policy` from the policy keyword arguments
+        below) or a ready policy object.
+    alpha : float
+        Mixing rate of the mixing policies, in (0, 1].
+    exponent, hinge_a, hinge_b, buffer_size, server_lr, window, context, max_scale, per_node,
+    max_staleness :
+        Policy settings (see :mod:`bouquet.strategies.staleness`).
+    max_updates : int, optional
+        Budget of accepted client updates (``None``: ``num_rounds`` x number of nodes).
+    max_wall_s : float, optional
+        Wall-time budget in seconds.
+    eval_every : int
+        Evaluate (``evaluate_fn`` / run recorder) every this many accepted updates.
+    plateau_window, plateau_min_delta, plateau_metric, plateau_mode :
+        Stop when the best ``plateau_metric`` of the last ``plateau_window`` evaluations is not
+        better than the best before by ``plateau_min_delta`` (``plateau_window=0``: never).
+    reply_timeout_s : float, optional
+        Abandon a message after this many seconds (``None``: the ``timeout`` of ``start``).
+    max_node_failures : int
+        Consecutive failures (errors, timeouts, rejected replies) after which a node is unused.
+    poll_interval_s : float
+        Sleep between polls when no reply arrived.
+    decoder : callable, optional
+        ``decoder(record, reference) -> {name: delta}`` for compressed replies (default:
+        :func:`bouquet.strategies.compressed.decode_update`).
+    """
+
+    def __init__(
+        self,
+        *,
+        policy: str | StalenessPolicy = "polynomial",
+        alpha: float = 0.6,
+        exponent: float | None = None,
+        hinge_a: float = 10.0,
+        hinge_b: float = 4.0,
+        buffer_size: int = 5,
+        server_lr: float = 1.0,
+        window: int = 20,
+        context: str = "mean",
+        max_scale: float = 1.0,
+        per_node: bool = False,
+        max_staleness: int | None = None,
+        max_updates: int | None = None,
+        max_wall_s: float | None = None,
+        eval_every: int = 10,
+        plateau_window: int = 0,
+        plateau_min_delta: float = 0.001,
+        plateau_metric: str = "accuracy",
+        plateau_mode: str = "max",
+        reply_timeout_s: float | None = None,
+        max_node_failures: int = 3,
+        poll_interval_s: float = 0.02,
+        decoder: Decoder | None = None,
+    ) -> None:
+        if not 0.0 < alpha <= 1.0:
+            raise ValueError(f"alpha={alpha} must be in (0, 1]")
+        for name, value in (("max_updates", max_updates), ("max_wall_s", max_wall_s), ("reply_timeout_s", reply_timeout_s)):
+            if value is not None and not value > 0:
+                raise ValueError(f"{name}={value} must be > 0 or null")
+        if int(eval_every) < 1:
+            raise ValueError(f"eval_every={eval_every} must be >= 1")
+        if int(plateau_window) < 0:
+            raise ValueError(f"plateau_window={plateau_window} must be >= 0 (0 = off)")
+        if plateau_mode not in ("max", "min"):
+            raise ValueError(f"plateau_mode={plateau_mode!r} is unknown; allowed: max, min")
+        if int(max_node_failures) < 1:
+            raise ValueError(f"max_node_failures={max_node_failures} must be >= 1")
+        if isinstance(policy, StalenessPolicy):
+            self.policy = policy
+        else:
+            self.policy = make_policy(
+                policy, exponent=exponent, hinge_a=hinge_a, hinge_b=hinge_b, buffer_size=buffer_size,
+                server_lr=server_lr, window=window, context=context, max_scale=max_scale,
+                per_node=per_node, max_staleness=max_staleness,
+            )  # fmt: skip
+        self.alpha = float(alpha)
+        self.max_updates = None if max_updates is None else int(max_updates)
+        self.max_wall_s = None if max_wall_s is None else float(max_wall_s)
+        self.eval_every = int(eval_every)
+        self.plateau_window = int(plateau_window)
+        self.plateau_min_delta = float(plateau_min_delta)
+        self.plateau_metric = plateau_metric
+        self.plateau_mode = plateau_mode
+        self.reply_timeout_s = reply_timeout_s
+        self.max_node_failures = int(max_node_failures)
+        self.poll_interval_s = float(poll_interval_s)
+        self.decoder = decoder
+        self.recorder: Any = None
+        self.state = AsyncState()
+
+    # ------------------------------------------------------------ Strategy API
+    def summary(self) -> None:
+        logger.info("AsyncFedAvg: %s, alpha=%s, eval every %d updates", self.policy.describe(), self.alpha, self.eval_every)
+
+    def bind_recorder(self, recorder: Any) -> Strategy:
+        """Record one ``metrics.jsonl`` line per evaluation through the run recorder.
+
+        Returns the strategy whose ``start()`` drives the run (this one: an asynchronous loop
+        does its own reply validation and decoding, so synchronous wrappers do not apply).
+        """
+        self.recorder = recorder
+        return self
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        """One train message (model version ``server_round``) for every node of ``grid``."""
+        return [self._message(node, arrays, server_round, config, 1) for node in grid.get_node_ids()]
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Not used: :meth:`start` applies every reply as it arrives (no synchronous rounds)."""
+        raise NotImplementedError("AsyncFedAvg applies replies in start(); it has no synchronous aggregation")
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        return []  # evaluation is server-side (evaluate_fn)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return None
+
+    def round_report(self) -> dict[str, Any]:
+        """Staleness statistics and dropped replies since the previous report."""
+        st = self.state
+        taus, scales = st.period_staleness, st.period_scales
+        report: dict[str, Any] = {
+            "version": st.version,
+            "staleness_mean": float(np.mean(taus)) if taus else None,
+            "staleness_max": int(max(taus)) if taus else None,
+            "lr_scale": float(np.mean(scales)) if scales else None,
+            CLIENTS_DROPPED: len(st.period_dropped),
+            DROP_REASONS: list(st.period_dropped),
+        }
+        if st.stop_reason:
+            report["stop_reason"] = st.stop_reason
+        st.period_staleness, st.period_scales, st.period_dropped = [], [], []
+        return report
+
+    # ------------------------------------------------------------------ loop
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+    ) -> Result:
+        """Run asynchronous training on ``grid`` until a stop condition holds."""
+        st = self.state = AsyncState()
+        st.reset({k: v.numpy().copy() for k, v in initial_arrays.items()})
+        config = ConfigRecord(dict(train_config or {}))
+        reply_timeout = float(self.reply_timeout_s or timeout)
+        nodes = self._wait_for_nodes(grid, reply_timeout)
+        st.budget = self.max_updates or int(num_rounds) * max(1, len(nodes))
+        self.summary()
+        logger.info("async: %d nodes, budget %d updates, reply timeout %.0f s", len(nodes), st.budget, reply_timeout)
+        result = Result()
+        self._evaluate(evaluate_fn, result)
+        idle = True  # some node may be idle: ask the grid for nodes only then (an RPC on a SuperLink)
+        while st.stop_reason is None:
+            if idle:
+                self._dispatch(grid, config)
+            if not st.inflight:
+                st.stop_reason = "no usable node left"
+                break
+            replies = list(grid.pull_messages(list(st.inflight)))
+            idle = bool(replies)
+            for reply in sorted(replies, key=lambda m: m.metadata.created_at):  # arrival order
+                self._handle(reply)
+                st.stop_reason = self._stop_reason()
+                if st.stop_reason is None and st.updates_since_eval >= self.eval_every:
+                    self._evaluate(evaluate_fn, result)  # may find a plateau
+                if st.stop_reason:
+                    break
+            st.stop_reason = st.stop_reason or self._stop_reason()
+            if st.stop_reason is None:
+                idle = self._expire(grid, reply_timeout) or idle
+                if not replies:
+                    time.sleep(self.poll_interval_s)
+        logger.info("async: stopped after %d updates (version %d): %s", st.updates, st.version, st.stop_reason)
+        if st.updates_since_eval:
+            self._evaluate(evaluate_fn, result)  # the final line carries the stop reason
+        result.arrays = st.record()
+        return result
+
+    def _wait_for_nodes(self, grid: Grid, timeout: float) -> list[int]:
+        end = time.monotonic() + timeout
+        while True:
+            nodes = list(grid.get_node_ids())
+            if nodes or time.monotonic() > end:
+                return nodes
+            time.sleep(0.5)
+
+    def _message(self, node: int, arrays: ArrayRecord, version: int, config: ConfigRecord, task: int) -> Message:
+        cfg = ConfigRecord(dict(config))
+        cfg[keys.MODEL_VERSION] = int(version)
+        cfg[keys.SERVER_ROUND] = int(task)  # the node's task counter (seeds its local shuffling)
+        content = RecordDict({keys.ARRAYS: arrays, keys.CONFIG: cfg})
+        return Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node)
+
+    def _dispatch(self, grid: Grid, config: ConfigRecord) -> None:
+        """Push the current model to every available node that has nothing in flight."""
+        st = self.state
+        busy = {f.node_id for f in st.inflight.values()}
+        idle = [n for n in grid.get_node_ids() if n not in busy and n not in st.excluded]
+        if not idle:
+            return
+        for node in idle:  # one push per message: a grid may drop a message it cannot store
+            st.tasks[node] = st.tasks.get(node, 0) + 1
+            ids = [m for m in grid.push_messages([self._message(node, st.record(), st.version, config, st.tasks[node])]) if m]
+            if ids:
+                st.send(ids[0], InFlight(node_id=node, version=st.version, sent_at=time.monotonic()))
+            else:
+                self._fail(node, "push failed", count=False)
+
+    def _expire(self, grid: Grid, reply_timeout: float) -> bool:
+        """Abandon messages older than ``reply_timeout`` (their nodes become idle); any?"""
+        st = self.state
+        now = time.monotonic()
+        late = [mid for mid, f in st.inflight.items() if now - f.sent_at > reply_timeout]
+        if not late:
+            return False
+        abandon = getattr(grid, "abandon", None)
+        if callable(abandon):
+            abandon(late)  # MeteredGrid counts them as failed
+        for mid in late:
+            flight = st.receive(mid)
+            self._fail(flight.node_id, f"no reply within {reply_timeout:.1f} s", count=False)
+        return True
+
+    def _fail(self, node: int, reason: str, count: bool = True) -> None:
+        st = self.state
+        st.failures[node] = st.failures.get(node, 0) + 1
+        logger.warning("async: node %s: %s", node, reason)
+        if count:
+            st.drop(f"node {node}: {reason}")
+        if st.failures[node] >= self.max_node_failures and node not in st.excluded:
+            st.excluded.add(node)
+            logger.warning("async: node %s failed %d times in a row; not used any more", node, st.failures[node])
+
+    def _handle(self, reply: Message) -> None:
+        """Validate one reply and apply (or buffer) it."""
+        st = self.state
+        mid = reply.metadata.reply_to_message_id
+        if mid not in st.inflight:
+            return  # a reply to an abandoned message
+        flight = st.receive(mid)
+        node = flight.node_id
+        if reply.has_error():
+            # MeteredGrid already counts error replies as failed: not a drop.
+            self._fail(node, f"error reply: {reply.error.reason}", count=False)
+            return
+        delta, reason = reply_update(reply, st.snapshot(flight.version), flight.version, self.decoder)
+        tau = st.version - flight.version
+        logger.debug("async: reply from node %s sent at version %d, now %d", node, flight.version, st.version)
+        if reason is None and not self.policy.accepts(tau):
+            reason = f"staleness {tau} > max_staleness {self.policy.max_staleness}"
+        if reason is not None:
+            self._fail(node, f"reply rejected: {reason}")
+            return
+        st.failures[node] = 0
+        scale = self.policy(tau, node)
+        st.accept(tau, scale)
+        if self.policy.buffer_size > 1:
+            st.buffer.append((delta, scale))
+            if len(st.buffer) >= self.policy.buffer_size:
+                deltas, scales = zip(*st.buffer, strict=True)
+                lr = self.policy.server_lr if self.policy.server_lr is not None else 1.0
+                st.advance(buffered_step(st.arrays, list(deltas), list(scales), lr))
+                st.buffer = []
+        else:
+            client = {k: st.snapshot(flight.version)[k] + delta[k] for k in delta}
+            st.advance(mix(st.arrays, client, self.alpha * scale))
+
+    def _evaluate(self, evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None, result: Result) -> None:
+        st = self.state
+        st.updates_since_eval = 0
+        record = st.record()
+        metrics: dict[str, Any] = {}
+        if self.recorder is not None:
+            metrics = dict(self.recorder.evaluate_arrays({k: v.copy() for k, v in st.arrays.items()}))
+        elif evaluate_fn is not None:
+            metrics = dict(evaluate_fn(st.updates, record) or {})
+        if self.plateau_metric in metrics:
+            st.history.append(float(metrics[self.plateau_metric]))
+        st.stop_reason = st.stop_reason or self._stop_reason()  # so that this line carries it
+        if self.recorder is not None:
+            self.recorder.record(st.updates, {**metrics}, step_key="updates")
+            self.recorder.last_arrays = record
+        else:
+            logger.info("async: updates %d %s %s", st.updates, metrics, self.round_report())
+        if metrics:
+            result.evaluate_metrics_serverapp[st.updates] = MetricRecord(
+                {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+            )
+
+    def _stop_reason(self) -> str | None:
+        st = self.state
+        if st.updates >= st.budget:
+            return f"update budget {st.budget} reached"
+        if self.max_wall_s is not None and time.monotonic() - st.t_start >= self.max_wall_s:
+            return f"wall-time budget {self.max_wall_s:.0f} s reached"
+        if plateaued(st.history, self.plateau_window, self.plateau_min_delta, self.plateau_mode):
+            return f"{self.plateau_metric} plateaued over {self.plateau_window} evaluations"
+        return None
+

@@ -1,0 +1,181 @@
+"""Bookkeeping and update rules of the asynchronous loop (:mod:`~bouquet.strategies.async_fedavg`).
+
+Model versions, in-flight messages and staleness statistics (:class:`AsyncState`), the pure
+update rules :func:`mix` (FedAsync, Xie et al. 2019) and :func:`buffered_step` (FedBuff,
+Nguyen et al. 2022), and the convergence test :func:`plateaued`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message
+
+from bouquet import keys
+from bouquet.strategies.guard import DENSE_STYPE, check_dense_reply
+
+Arrays = dict[str, np.ndarray]
+Decoder = Callable[[ArrayRecord, Arrays], Arrays]
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """A train message waiting for its reply: destination, model version sent, send time."""
+
+    node_id: int
+    version: int
+    sent_at: float
+
+
+def plateaued(history: list[float], window: int, min_delta: float, mode: str = "max") -> bool:
+    """Whether the metric stopped improving.
+
+    True when ``window > 0``, there are more than ``window`` values, and the best of the last
+    ``window`` values is not better than the best before them by at least ``min_delta``
+    (``mode="max"``: higher is better, e.g. accuracy; ``"min"``: lower is better, e.g. loss).
+    """
+    if window <= 0 or len(history) <= window:
+        return False
+    before, recent = history[:-window], history[-window:]
+    if mode == "max":
+        return max(recent) - max(before) < min_delta
+    if mode == "min":
+        return min(before) - min(recent) < min_delta
+    raise ValueError(f"mode={mode!r} is unknown; allowed: max, min")
+
+
+def mix(current: Arrays, client: Arrays, rate: float) -> Arrays:
+    """FedAsync mixing :math:`(1 - r) x + r y` per array."""
+    return {k: (current[k] + rate * (client[k].astype(current[k].dtype) - current[k])).astype(current[k].dtype) for k in current}
+
+
+def buffered_step(current: Arrays, deltas: list[Arrays], scales: list[float], server_lr: float) -> Arrays:
+    """FedBuff step :math:`x + \\eta_g \\frac{1}{K} \\sum_i s_i \\Delta_i`."""
+    if not deltas:
+        return current
+    out = {}
+    for k, v in current.items():
+        acc = np.zeros_like(v, dtype=np.float64)
+        for d, s in zip(deltas, scales, strict=True):
+            acc += s * d[k]
+        out[k] = (v + server_lr * acc / len(deltas)).astype(v.dtype)
+    return out
+
+
+def reply_update(reply: Message, base: Arrays, sent_version: int, decoder: Decoder | None = None) -> tuple[Arrays, str | None]:
+    """The update :math:`\\Delta` a train reply carries against ``base`` (the model sent).
+
+    Dense replies hold the client's full weights (:math:`\\Delta = y - x_{v_c}`, checked by
+    :func:`~bouquet.strategies.guard.check_dense_reply`); compressed ones (a non-dense
+    ``stype``) hold the encoded update, decoded by ``decoder`` (default: bouquet's codecs).
+    Returns ``(delta, None)``, or ``({}, reason)`` when the reply is unusable.
+    """
+    metrics = list(reply.content.metric_records.values())
+    echoed = metrics[0].get(keys.MODEL_VERSION) if len(metrics) == 1 else None
+    if echoed is not None and (not isinstance(echoed, (int, float)) or int(echoed) != sent_version):
+        return {}, f"echoed model version {echoed!r} != sent version {sent_version}"
+    records = list(reply.content.array_records.values())
+    if len(records) == 1 and any(a.stype != DENSE_STYPE for a in records[0].values()):
+        decoder = decoder or _default_decoder()
+        if decoder is None:
+            return {}, "compressed reply but no decoder configured"
+        try:
+            delta = decoder(records[0], base)
+        except ValueError as exc:
+            return {}, f"cannot decode: {exc}"
+        bad = [k for k in base if k not in delta or delta[k].shape != base[k].shape or not np.all(np.isfinite(delta[k]))]
+        return delta, (f"decoded update unusable for {bad[:3]}" if bad else None)
+    reason = check_dense_reply(reply, {k: (tuple(v.shape), str(v.dtype)) for k, v in base.items()})
+    if reason is not None:
+        return {}, reason
+    return {k: records[0][k].numpy() - base[k] for k in base}, None
+
+
+def _default_decoder() -> Decoder | None:
+    """bouquet's codec decoder (:func:`bouquet.strategies.compressed.decode_update`), if present."""
+    try:
+        from bouquet.strategies.compressed import decode_update
+    except ImportError:
+        return None
+    return decode_update
+
+
+class AsyncState:
+    """Global model, its version, snapshots of versions still in flight, and counters."""
+
+    def __init__(self) -> None:
+        self.arrays: Arrays = {}
+        self.version = 0
+        self.updates = 0
+        self.updates_since_eval = 0
+        self.budget = 0
+        self.snapshots: dict[int, Arrays] = {}
+        self.inflight: dict[str, InFlight] = {}
+        self.tasks: dict[int, int] = {}
+        self.failures: dict[int, int] = {}
+        self.excluded: set[int] = set()
+        self.buffer: list[tuple[Arrays, float]] = []
+        self.history: list[float] = []
+        self.applied_versions: list[int] = []
+        self.staleness_log: list[int] = []
+        self.scale_log: list[float] = []
+        self.dropped: list[str] = []
+        self.period_staleness: list[int] = []
+        self.period_scales: list[float] = []
+        self.period_dropped: list[str] = []
+        self.stop_reason: str | None = None
+        self.t_start = time.monotonic()
+        self._record: ArrayRecord | None = None
+
+    def reset(self, arrays: Arrays) -> None:
+        """Start at version 0 with ``arrays``."""
+        self.__init__()  # type: ignore[misc]
+        self.arrays = arrays
+        self.snapshots = {0: arrays}
+
+    def record(self) -> ArrayRecord:
+        """The current model as an ``ArrayRecord`` (built once per version)."""
+        if self._record is None:
+            self._record = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in self.arrays.items()})
+        return self._record
+
+    def snapshot(self, version: int) -> Arrays:
+        """The model at ``version`` (kept while a message sent with it is in flight)."""
+        if version not in self.snapshots:
+            raise ValueError(f"model version {version} is not kept (current {self.version})")
+        return self.snapshots[version]
+
+    def send(self, message_id: str, flight: InFlight) -> None:
+        self.inflight[message_id] = flight
+
+    def receive(self, message_id: str) -> InFlight:
+        """Remove and return the in-flight entry of ``message_id``."""
+        return self.inflight.pop(message_id)
+
+    def accept(self, staleness: int, scale: float) -> None:
+        """Count an accepted update of this staleness and scale."""
+        self.updates += 1
+        self.updates_since_eval += 1
+        self.staleness_log.append(int(staleness))
+        self.scale_log.append(float(scale))
+        self.period_staleness.append(int(staleness))
+        self.period_scales.append(float(scale))
+
+    def drop(self, reason: str) -> None:
+        """Count a reply that arrived but was rejected."""
+        self.dropped.append(reason)
+        self.period_dropped.append(reason)
+
+    def advance(self, arrays: Arrays) -> None:
+        """Install a new global model (next version); drop snapshots nobody waits for."""
+        self.arrays = arrays
+        self.version += 1
+        self.applied_versions.append(self.version)
+        self._record = None
+        self.snapshots[self.version] = arrays
+        needed = {f.version for f in self.inflight.values()} | {self.version}
+        for v in [v for v in self.snapshots if v not in needed]:
+            del self.snapshots[v]

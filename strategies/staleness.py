@@ -1,0 +1,292 @@
+"""Staleness policies for asynchronous federated training (method S4 and its relatives).
+
+In asynchronous training an update computed from model version :math:`v_c` is applied when the
+server is already at version :math:`v`; its **staleness** is :math:`\\tau = v - v_c \\ge 0`.
+A policy maps :math:`\\tau` to a scale :math:`s(\\tau) \\in [0, s_{max}]` that multiplies the
+server's mixing rate (see :mod:`bouquet.strategies.async_fedavg` for the update rules).
+
+* **constant**: :math:`s(\\tau) = 1` (plain asynchronous training).
+* **polynomial** (FedAsync, Xie, Koyejo & Gupta 2019, "Asynchronous Federated Optimization"):
+
+  .. math:: s(\\tau) = (1 + \\tau)^{-a}
+
+* **hinge** (FedAsync):
+
+  .. math:: s(\\tau) = 1 \\text{ if } \\tau \\le b, \\quad
+            s(\\tau) = \\frac{1}{a (\\tau - b) + 1} \\text{ otherwise}
+
+* **fedbuff** (Nguyen et al. 2022, "Federated Learning with Buffered Asynchronous
+  Aggregation"): the server buffers :math:`K` updates, each scaled by
+  :math:`(1 + \\tau)^{-a}` (:math:`a = 0.5` in the paper, :math:`a = 0` switches scaling off),
+  and applies their mean at once (one new model version per :math:`K` updates).
+* **sliding_window** (S4; in the spirit of staleness-aware async-SGD, Zhang, Gupta, Lian & Liu
+  2016, "Staleness-aware Async-SGD for Distributed Deep Learning", which divides the learning
+  rate by the staleness): keep the last :math:`W` staleness samples
+  :math:`\\tau_{t-W}, \\dots, \\tau_{t-1}`, compute a staleness context value
+  :math:`c_t` from them (their mean, or median), and scale the update by its staleness
+  *relative to that context*:
+
+  .. math::
+      c_t = \\frac{1}{|\\mathcal{W}_t|} \\sum_{\\tau' \\in \\mathcal{W}_t} \\tau', \\qquad
+      s(\\tau_t) = \\min\\Big(s_{max}, \\Big(\\frac{1 + c_t}{1 + \\tau_t}\\Big)^{a}\\Big)
+
+  An update as stale as is usual right now gets the full rate, a staler one is damped, a
+  fresher one gets up to :math:`s_{max}` (1 by default: never boosted). With an empty window
+  :math:`c_t = \\tau_t` (scale 1). The sample is added to the window *after* it is scaled.
+  With ``per_node=True`` every node keeps its own window (S4's "each learner keeps a window of
+  its own staleness samples"), otherwise one window is shared by the whole federation.
+
+Every policy also has a **max-staleness cutoff**: an update with :math:`\\tau >` ``max_staleness``
+is rejected (scale 0; the strategy drops it and re-dispatches the node).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+POLICIES = ("constant", "polynomial", "hinge", "fedbuff", "sliding_window")
+CONTEXTS = ("mean", "median")
+
+
+def _check_staleness(staleness: float) -> float:
+    if not (isinstance(staleness, (int, float)) and math.isfinite(staleness) and staleness >= 0):
+        raise ValueError(f"staleness={staleness!r} must be a finite number >= 0")
+    return float(staleness)
+
+
+def polynomial_scale(staleness: float, exponent: float) -> float:
+    """FedAsync polynomial scale :math:`(1 + \\tau)^{-a}`."""
+    return (1.0 + _check_staleness(staleness)) ** (-exponent)
+
+
+def hinge_scale(staleness: float, a: float, b: float) -> float:
+    """FedAsync hinge scale: 1 up to ``b``, then :math:`1 / (a (\\tau - b) + 1)`."""
+    tau = _check_staleness(staleness)
+    return 1.0 if tau <= b else 1.0 / (a * (tau - b) + 1.0)
+
+
+def staleness_context(samples: Iterable[float], kind: str = "mean") -> float | None:
+    """The staleness context value of a window (``None`` for an empty window)."""
+    values = sorted(float(s) for s in samples)
+    if not values:
+        return None
+    if kind == "mean":
+        return sum(values) / len(values)
+    if kind == "median":
+        mid = len(values) // 2
+        return values[mid] if len(values) % 2 else 0.5 * (values[mid - 1] + values[mid])
+    raise ValueError(f"context={kind!r} is unknown; allowed: {', '.join(CONTEXTS)}")
+
+
+def sliding_window_scale(staleness: float, context: float | None, exponent: float = 1.0, max_scale: float = 1.0) -> float:
+    """S4 scale :math:`\\min(s_{max}, ((1 + c) / (1 + \\tau))^a)`; ``context=None`` gives 1."""
+    tau = _check_staleness(staleness)
+    if context is None:
+        return min(max_scale, 1.0)
+    return min(max_scale, ((1.0 + float(context)) / (1.0 + tau)) ** exponent)
+
+
+class StalenessPolicy:
+    """Base policy: scale 1 (``constant``) and the max-staleness cutoff.
+
+    Parameters
+    ----------
+    max_staleness : int, optional
+        Updates staler than this are rejected (``None``: no cutoff).
+
+    Attributes
+    ----------
+    buffer_size : int
+        Number of updates the server buffers before applying them (1: apply each at once).
+    server_lr : float or None
+        Server learning rate of buffered policies (``None``: the strategy's mixing rate).
+    """
+
+    name = "constant"
+
+    def __init__(self, *, max_staleness: int | None = None) -> None:
+        if max_staleness is not None and int(max_staleness) < 0:
+            raise ValueError(f"max_staleness={max_staleness} must be >= 0 or null")
+        self.max_staleness = None if max_staleness is None else int(max_staleness)
+        self.buffer_size = 1
+        self.server_lr: float | None = None
+
+    def accepts(self, staleness: float) -> bool:
+        """Whether an update this stale passes the max-staleness cutoff."""
+        return self.max_staleness is None or _check_staleness(staleness) <= self.max_staleness
+
+    def scale(self, staleness: float, context: float | None = None) -> float:
+        """Pure scale of an update with this staleness (``context`` only for windowed policies)."""
+        _check_staleness(staleness)
+        return 1.0
+
+    def context(self, node_id: int | None = None) -> float | None:
+        """Current staleness context value (``None`` for policies without a window)."""
+        return None
+
+    def observe(self, staleness: float, node_id: int | None = None) -> None:
+        """Record a staleness sample (no-op unless the policy keeps a window)."""
+
+    def __call__(self, staleness: float, node_id: int | None = None) -> float:
+        """Scale of the next update from ``node_id`` (0 if cut off), then record its staleness."""
+        if not self.accepts(staleness):
+            return 0.0
+        value = self.scale(staleness, self.context(node_id))
+        self.observe(staleness, node_id)
+        return value
+
+    def describe(self) -> dict[str, Any]:
+        """The policy's name and settings (for logs)."""
+        return {"policy": self.name, **{k: v for k, v in vars(self).items() if not k.startswith("_")}}
+
+
+class ConstantPolicy(StalenessPolicy):
+    """Plain asynchronous training: every update gets scale 1."""
+
+
+class PolynomialPolicy(StalenessPolicy):
+    """FedAsync polynomial :math:`(1 + \\tau)^{-a}`."""
+
+    name = "polynomial"
+
+    def __init__(self, *, exponent: float = 0.5, max_staleness: int | None = None) -> None:
+        super().__init__(max_staleness=max_staleness)
+        if not exponent >= 0:
+            raise ValueError(f"exponent={exponent} must be >= 0")
+        self.exponent = float(exponent)
+
+    def scale(self, staleness: float, context: float | None = None) -> float:
+        return polynomial_scale(staleness, self.exponent)
+
+
+class HingePolicy(StalenessPolicy):
+    """FedAsync hinge: 1 for :math:`\\tau \\le b`, then :math:`1 / (a(\\tau - b) + 1)`."""
+
+    name = "hinge"
+
+    def __init__(self, *, hinge_a: float = 10.0, hinge_b: float = 4.0, max_staleness: int | None = None) -> None:
+        super().__init__(max_staleness=max_staleness)
+        if not hinge_a > 0:
+            raise ValueError(f"hinge_a={hinge_a} must be > 0")
+        if not hinge_b >= 0:
+            raise ValueError(f"hinge_b={hinge_b} must be >= 0")
+        self.a = float(hinge_a)
+        self.b = float(hinge_b)
+
+    def scale(self, staleness: float, context: float | None = None) -> float:
+        return hinge_scale(staleness, self.a, self.b)
+
+
+class FedBuffPolicy(PolynomialPolicy):
+    """FedBuff: buffer ``buffer_size`` updates scaled by :math:`(1+\\tau)^{-a}`, apply their mean."""
+
+    name = "fedbuff"
+
+    def __init__(
+        self, *, buffer_size: int = 5, exponent: float = 0.5, server_lr: float = 1.0, max_staleness: int | None = None
+    ) -> None:
+        super().__init__(exponent=exponent, max_staleness=max_staleness)
+        if int(buffer_size) < 1:
+            raise ValueError(f"buffer_size={buffer_size} must be >= 1")
+        if not server_lr > 0:
+            raise ValueError(f"server_lr={server_lr} must be > 0")
+        self.buffer_size = int(buffer_size)
+        self.server_lr = float(server_lr)
+
+
+class SlidingWindowPolicy(StalenessPolicy):
+    """S4: scale by staleness relative to the context value of the last ``window`` samples."""
+
+    name = "sliding_window"
+
+    def __init__(
+        self,
+        *,
+        window: int = 20,
+        exponent: float = 1.0,
+        context: str = "mean",
+        max_scale: float = 1.0,
+        per_node: bool = False,
+        max_staleness: int | None = None,
+    ) -> None:
+        super().__init__(max_staleness=max_staleness)
+        if int(window) < 1:
+            raise ValueError(f"window={window} must be >= 1")
+        if not exponent >= 0:
+            raise ValueError(f"exponent={exponent} must be >= 0")
+        if context not in CONTEXTS:
+            raise ValueError(f"context={context!r} is unknown; allowed: {', '.join(CONTEXTS)}")
+        if not max_scale > 0:
+            raise ValueError(f"max_scale={max_scale} must be > 0")
+        self.window = int(window)
+        self.exponent = float(exponent)
+        self.context_kind = context
+        self.max_scale = float(max_scale)
+        self.per_node = bool(per_node)
+        self._windows: dict[int | None, deque[float]] = {}
+
+    def _window(self, node_id: int | None) -> deque[float]:
+        key = node_id if self.per_node else None
+        if key not in self._windows:
+            self._windows[key] = deque(maxlen=self.window)
+        return self._windows[key]
+
+    def samples(self, node_id: int | None = None) -> list[float]:
+        """The staleness samples currently in the (node's) window."""
+        return list(self._window(node_id))
+
+    def scale(self, staleness: float, context: float | None = None) -> float:
+        return sliding_window_scale(staleness, context, self.exponent, self.max_scale)
+
+    def context(self, node_id: int | None = None) -> float | None:
+        return staleness_context(self._window(node_id), self.context_kind)
+
+    def observe(self, staleness: float, node_id: int | None = None) -> None:
+        self._window(node_id).append(_check_staleness(staleness))
+
+
+def make_policy(
+    policy: str,
+    *,
+    exponent: float | None = None,
+    hinge_a: float = 10.0,
+    hinge_b: float = 4.0,
+    buffer_size: int = 5,
+    server_lr: float = 1.0,
+    window: int = 20,
+    context: str = "mean",
+    max_scale: float = 1.0,
+    per_node: bool = False,
+    max_staleness: int | None = None,
+) -> StalenessPolicy:
+    """Build a policy by name (one of :data:`POLICIES`) from flat keyword arguments.
+
+    ``exponent=None`` takes each policy's default (0.5 for polynomial/fedbuff, 1 for the
+    sliding window).
+    """
+    if policy == "constant":
+        return ConstantPolicy(max_staleness=max_staleness)
+    if policy == "polynomial":
+        return PolynomialPolicy(exponent=0.5 if exponent is None else exponent, max_staleness=max_staleness)
+    if policy == "hinge":
+        return HingePolicy(hinge_a=hinge_a, hinge_b=hinge_b, max_staleness=max_staleness)
+    if policy == "fedbuff":
+        return FedBuffPolicy(
+            buffer_size=buffer_size,
+            exponent=0.5 if exponent is None else exponent,
+            server_lr=server_lr,
+            max_staleness=max_staleness,
+        )
+    if policy == "sliding_window":
+        return SlidingWindowPolicy(
+            window=window,
+            exponent=1.0 if exponent is None else exponent,
+            context=context,
+            max_scale=max_scale,
+            per_node=per_node,
+            max_staleness=max_staleness,
+        )
+    raise ValueError(f"policy={policy!r} is unknown; allowed: {', '.join(POLICIES)}")

@@ -1,0 +1,264 @@
+"""AsyncFedAvg: version/staleness bookkeeping on a scripted fake Grid, and a real short run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
+
+from bouquet import keys
+from bouquet.strategies.async_fedavg import AsyncFedAvg, buffered_step, mix
+from bouquet.strategies.async_state import plateaued
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A node's behaviour: ("ok", latency_in_polls, delta) | ("error", latency, None) | ("hang", 0, None)
+Behaviour = tuple[str, int, float | None]
+
+
+class FakeGrid:
+    """In-memory Grid: each pull is one tick; replies become ready after the node's latency.
+
+    Replies are built as a ClientApp would: the received arrays plus a per-node constant, the
+    echoed model version and ``num-examples``. Replies ready in the same tick are returned in
+    the order their messages were pushed (their ``created_at`` follows that order).
+    """
+
+    def __init__(self, behaviours: dict[int, Behaviour | Callable[[int], Behaviour]], tick_s: float = 0.0) -> None:
+        self.behaviours = behaviours
+        self.tick_s = tick_s
+        self.tick = 0
+        self.counter = 0
+        self.pending: dict[str, tuple[int, Message]] = {}
+        self.abandoned: list[str] = []
+        self.pushed: list[tuple[int, int]] = []  # (node, version) per train message
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.behaviours)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = []
+        for msg in messages:
+            self.counter += 1
+            mid = f"m{self.counter}"
+            msg.metadata.__dict__["_message_id"] = mid
+            node = msg.metadata.dst_node_id
+            version = int(msg.content["config"][keys.MODEL_VERSION])
+            self.pushed.append((node, version))
+            self.pending[mid] = (self.tick, msg)
+            ids.append(mid)
+        return ids
+
+    def _behaviour(self, node: int) -> Behaviour:
+        b = self.behaviours[node]
+        return b(sum(1 for n, _ in self.pushed if n == node)) if callable(b) else b
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        self.tick += 1
+        time.sleep(self.tick_s)
+        out = []
+        for mid in list(message_ids):
+            if mid not in self.pending:
+                continue
+            sent, msg = self.pending[mid]
+            kind, latency, delta = self._behaviour(msg.metadata.dst_node_id)
+            if kind == "hang" or self.tick - sent < latency:
+                continue
+            del self.pending[mid]
+            if kind == "error":
+                out.append(Message(Error(code=1, reason="boom"), reply_to=msg))
+                continue
+            arrays = {k: v.numpy() + delta for k, v in msg.content["arrays"].items()}
+            version = int(msg.content["config"][keys.MODEL_VERSION])
+            content = RecordDict(
+                {
+                    "arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
+                    "metrics": MetricRecord({keys.NUM_EXAMPLES: 10, keys.MODEL_VERSION: version}),
+                }
+            )
+            out.append(Message(content, reply_to=msg))
+        return out
+
+    def abandon(self, message_ids: Iterable[str]) -> None:
+        self.abandoned.extend(message_ids)
+
+
+def _initial() -> ArrayRecord:
+    return ArrayRecord({"w": Array(np.zeros(3, dtype=np.float32)), "b": Array(np.zeros(1, dtype=np.float32))})
+
+
+def _run(strategy: AsyncFedAvg, grid: FakeGrid, evals: list[int] | None = None, num_rounds: int = 3):
+    def evaluate_fn(step: int, arrays: ArrayRecord) -> MetricRecord:
+        if evals is not None:
+            evals.append(step)
+        return MetricRecord({"accuracy": float(step)})
+
+    return strategy.start(grid, _initial(), num_rounds=num_rounds, timeout=60, evaluate_fn=evaluate_fn)
+
+
+def test_versions_and_staleness_in_arrival_order() -> None:
+    # Node 1 answers every tick, node 2 every 3 ticks: node 2's updates are stale.
+    grid = FakeGrid({1: ("ok", 1, 1.0), 2: ("ok", 3, 10.0)})
+    strategy = AsyncFedAvg(policy="constant", alpha=0.5, max_updates=5, eval_every=2, poll_interval_s=0.0)
+    result = _run(strategy, grid)
+    st = strategy.state
+    # Tick 1: node 1 (sent v0) -> v1. Tick 2: node 1 (sent v1) -> v2. Tick 3: node 2 (sent v0,
+    # now v2: tau 2) -> v3, then node 1 (sent v2, tau 1 since v3) -> v4. Tick 4: node 1 (v4) -> v5.
+    assert st.staleness_log == [0, 0, 2, 1, 0]
+    assert st.applied_versions == [1, 2, 3, 4, 5]
+    # The exact model: x <- x + 0.5 (x_start + delta - x), by hand.
+    x, snaps = 0.0, {0: 0.0}
+    for start, delta in [(0, 1.0), (1, 1.0), (0, 10.0), (2, 1.0), (4, 1.0)]:
+        x = x + 0.5 * (snaps[start] + delta - x)
+        snaps[len(snaps)] = x
+    np.testing.assert_allclose(result.arrays["w"].numpy(), np.full(3, x, dtype=np.float32), rtol=1e-6)
+    assert st.stop_reason == "update budget 5 reached"
+    # Every pushed message carries the version of the model it holds, never decreasing.
+    versions = [v for _, v in grid.pushed]
+    assert versions == sorted(versions)
+
+
+def test_stale_updates_are_down_weighted_and_cut_off() -> None:
+    # Node 2 takes 3 ticks for its first task (tau 2: accepted), 5 for the next (tau 4: cut off).
+    grid = FakeGrid({1: ("ok", 1, 1.0), 2: lambda n: ("ok", 3 if n == 1 else 5, 1.0)})
+    strategy = AsyncFedAvg(policy="polynomial", exponent=1.0, alpha=1.0, max_staleness=2, max_updates=12, poll_interval_s=0.0)
+    _run(strategy, grid)
+    st = strategy.state
+    assert max(st.staleness_log) <= 2  # staler ones were rejected, not applied
+    assert any("max_staleness" in r for r in st.dropped)
+    # polynomial with a = 1: scale = 1 / (1 + tau) for every accepted update
+    assert st.scale_log == pytest.approx([1.0 / (1 + t) for t in st.staleness_log])
+    assert 2 in st.staleness_log and min(st.scale_log) == pytest.approx(1.0 / 3)
+
+
+def test_failing_and_silent_nodes_do_not_stop_the_others() -> None:
+    # A tick takes 10 ms: 40 updates of node 1 take >= 0.4 s, node 3 times out after 0.05 s twice.
+    grid = FakeGrid({1: ("ok", 1, 1.0), 2: ("error", 1, None), 3: ("hang", 0, None)}, tick_s=0.01)
+    strategy = AsyncFedAvg(
+        policy="constant", alpha=0.5, max_updates=40, reply_timeout_s=0.05, max_node_failures=2, poll_interval_s=0.01
+    )
+    result = _run(strategy, grid)
+    st = strategy.state
+    assert st.updates == 40 and st.stop_reason == "update budget 40 reached"
+    assert st.excluded == {2, 3}  # failed twice in a row each: no longer used
+    assert sum(1 for n, _ in grid.pushed if n == 2) == 2  # re-dispatched once after its first error
+    assert sum(1 for n, _ in grid.pushed if n == 3) == 2  # abandoned after the timeout, retried once
+    assert len(grid.abandoned) == 2
+    assert np.all(np.isfinite(result.arrays["w"].numpy()))
+
+
+def test_bad_reply_never_reaches_the_model() -> None:
+    def corrupt(n: int) -> Behaviour:
+        return ("ok", 1, float("nan"))
+
+    grid = FakeGrid({1: ("ok", 1, 1.0), 2: corrupt})
+    strategy = AsyncFedAvg(policy="constant", alpha=1.0, max_updates=4, poll_interval_s=0.0)
+    result = _run(strategy, grid)
+    assert np.all(np.isfinite(result.arrays["w"].numpy()))
+    assert strategy.state.excluded == {2}
+    np.testing.assert_allclose(result.arrays["w"].numpy(), 4.0)  # only node 1's +1 updates, alpha=1
+
+
+def test_fedbuff_applies_the_mean_of_k_updates() -> None:
+    grid = FakeGrid({1: ("ok", 1, 1.0), 2: ("ok", 1, 3.0)})
+    strategy = AsyncFedAvg(policy="fedbuff", buffer_size=2, exponent=0.0, server_lr=1.0, max_updates=4, poll_interval_s=0.0)
+    result = _run(strategy, grid)
+    # Both answer every tick: tick 1 -> buffer [1, 3] -> +2 (v1); tick 2 -> both sent at v1 -> +2.
+    assert strategy.state.applied_versions == [1, 2]
+    assert strategy.state.staleness_log == [0, 0, 0, 0]
+    np.testing.assert_allclose(result.arrays["w"].numpy(), 4.0)
+
+
+def test_eval_every_and_plateau_stop() -> None:
+    evals: list[int] = []
+    grid = FakeGrid({1: ("ok", 1, 1.0)})
+    strategy = AsyncFedAvg(policy="constant", max_updates=10, eval_every=3, poll_interval_s=0.0)
+    _run(strategy, grid, evals)
+    assert evals == [0, 3, 6, 9, 10]
+    assert plateaued([0.5, 0.6, 0.6, 0.6], window=2, min_delta=0.01)
+    assert not plateaued([0.5, 0.6, 0.61, 0.7], window=2, min_delta=0.01)
+    assert plateaued([1.0, 0.9, 0.95, 0.91], window=2, min_delta=0.05, mode="min")
+    assert not plateaued([0.5, 0.6], window=2, min_delta=0.01)
+
+    strategy = AsyncFedAvg(policy="constant", max_updates=1000, eval_every=1, plateau_window=3, poll_interval_s=0.0)
+    flat_evals: list[int] = []
+
+    def flat_fn(step: int, arrays: ArrayRecord) -> MetricRecord:
+        flat_evals.append(step)
+        return MetricRecord({"accuracy": 0.5})
+
+    strategy.start(FakeGrid({1: ("ok", 1, 1.0)}), _initial(), timeout=60, evaluate_fn=flat_fn)
+    assert "plateaued" in strategy.state.stop_reason
+    # the 4th flat evaluation (after update 3) shows no gain over the window of 3: stop at once
+    assert strategy.state.updates == 3
+    assert flat_evals == [0, 1, 2, 3]
+
+
+def test_pure_update_rules() -> None:
+    x = {"a": np.array([0.0, 2.0])}
+    np.testing.assert_allclose(mix(x, {"a": np.array([4.0, 4.0])}, 0.25)["a"], [1.0, 2.5])
+    out = buffered_step(x, [{"a": np.array([2.0, 0.0])}, {"a": np.array([0.0, 4.0])}], [1.0, 0.5], 2.0)
+    np.testing.assert_allclose(out["a"], [2.0, 4.0])
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="alpha"):
+        AsyncFedAvg(alpha=0.0)
+    with pytest.raises(ValueError, match="policy"):
+        AsyncFedAvg(policy="nope")
+    with pytest.raises(ValueError, match="eval_every"):
+        AsyncFedAvg(eval_every=0)
+
+
+def test_real_async_simulation_on_digits(tmp_path: Path) -> None:
+    """A short real run: 3 nodes of different speed, one very slow; stops by itself."""
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+    cmd = [
+        sys.executable, "-m", "bouquet.simulations.main", "dataset=digits", "simulation.num_clients=3",
+        "simulation.num_rounds=6", "strategy=async", "strategy.policy=polynomial", "strategy.eval_every=4",
+        "client=slow", "client.base_time_s=0.5", "client.slow_fraction=0.34", "client.slow_factor=4",
+        "simulation.client_cpus=0.5", f"hydra.run.dir={run_dir}",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for key in ("updates", "version", "accuracy", "loss", "staleness_mean", "staleness_max", "lr_scale", "bytes_up", "wall_s"):
+        assert all(key in r for r in rows), key
+    assert [r["updates"] for r in rows] == sorted(r["updates"] for r in rows)
+    assert [r["version"] for r in rows] == sorted(r["version"] for r in rows)
+    assert rows[-1]["updates"] == 18 and rows[-1]["stop_reason"] == "update budget 18 reached"
+    # The slow node's updates arrive late: some staleness > 0, and those are down-weighted.
+    assert max(r["staleness_max"] or 0 for r in rows) >= 1
+    assert min(r["lr_scale"] for r in rows[1:]) < 1.0
+    assert sum(r["bytes_up"] for r in rows) > 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["clients_ok"] >= 18
+
+
+def test_reply_update_checks_echo_and_payload(reply_factory) -> None:
+    from bouquet.strategies.async_state import reply_update
+
+    base = {"w": np.ones(3, dtype=np.float32)}
+    ok = reply_factory({"w": np.full(3, 3.0, dtype=np.float32)}, 5, {keys.MODEL_VERSION: 7})
+    delta, reason = reply_update(ok, base, sent_version=7)
+    assert reason is None
+    np.testing.assert_allclose(delta["w"], 2.0)
+    _, reason = reply_update(ok, base, sent_version=6)  # a client claiming a fresher model
+    assert "echoed model version 7" in reason
+    wrong_shape = reply_factory({"w": np.ones(4, dtype=np.float32)}, 5)
+    assert "shape" in reply_update(wrong_shape, base, sent_version=0)[1]
+    no_weight = reply_factory({"w": np.ones(3, dtype=np.float32)}, 0)
+    assert "num-examples" in reply_update(no_weight, base, sent_version=0)[1]
+    odd = ArrayRecord({"w": Array(dtype="float32", shape=(3,), stype="bouquet.nope/1", data=b"xx")})
+    garbage = reply_factory(None, 5, array_record=odd)
+    delta, reason = reply_update(garbage, base, sent_version=0)
+    assert delta == {} and reason.startswith("cannot decode")
