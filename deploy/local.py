@@ -1,0 +1,319 @@
+"""Run a bouquet experiment on a real Flower deployment on this machine (127.0.0.1 only).
+
+What :class:`LocalDeployment` does, in order (every wait has a timeout):
+
+1. writes a CA, a SuperLink certificate (subjectAltName ``IP:127.0.0.1``, ``DNS:localhost``) and
+   one ECDSA key pair per SuperNode into the git-ignored ``deploy/.state/`` (:mod:`pki`);
+2. starts ``flower-superlink`` with TLS and ``--enable-supernode-auth`` on a free port;
+3. registers every SuperNode's public key (``flwr supernode register``);
+4. starts N ``flower-supernode`` processes (own port, own ``FLWR_HOME``, ``--node-config
+   "partition-id=i num-partitions=N"``) and waits until the SuperLink lists them online;
+5. :meth:`LocalDeployment.run` submits the app with ``flwr run <app> <connection> --stream
+   --run-config 'overrides="..." run-dir="..."'``, reads the final status with ``flwr ls``
+   (``flwr run`` exits 0 even when the run failed), copies the logs into the run directory
+   and raises :class:`DeployFailed` with the reason if the run did not complete;
+6. :meth:`LocalDeployment.stop` stops every process it started, children included, by PID;
+   the context manager, the CLI's ``try/finally`` and its SIGTERM/SIGINT/SIGHUP handlers make
+   sure that also happens on failure.
+
+Command line (``make deploy-demo`` runs it with defaults)::
+
+    python deploy/local.py --nodes 2 --overrides "dataset=digits simulation.num_rounds=2"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the `deploy` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from deploy.flwrcli import FlwrCli, free_port, https_answers, wait_until  # noqa: E402
+from deploy.pki import TlsFiles, make_node_key, make_tls  # noqa: E402
+from deploy.processes import ManagedProcess, flower_env  # noqa: E402
+
+logger = logging.getLogger("bouquet.deploy")
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_STATE = ROOT / "deploy" / ".state"
+CONNECTION = "bouquet-local"
+HOST = "127.0.0.1"
+RUN_STARTED = re.compile(r"Successfully started run (\d+)")
+EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Failed|Exit)\b(?::.*)?$", re.MULTILINE)
+
+
+class DeployFailed(RuntimeError):
+    """The deployment could not start, or the run did not complete."""
+
+
+@dataclass
+class RunOutcome:
+    """Result of one ``flwr run`` on the deployment."""
+
+    run_id: str
+    status: str
+    details: str
+    run_dir: Path
+    summary: dict[str, Any] | None
+    wall_s: float
+    log_path: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class LocalDeployment:
+    """A SuperLink and ``num_nodes`` SuperNodes on 127.0.0.1 with TLS and node authentication.
+
+    Parameters
+    ----------
+    num_nodes : int
+        SuperNodes to start (partition ids ``0..num_nodes-1``).
+    state_dir : path
+        Where certificates, keys, ``FLWR_HOME`` folders and logs go (git-ignored by default).
+    port : int
+        SuperLink port; 0 picks a free one.
+    start_timeout_s : float
+        Bound on each start-up wait (SuperLink ready, nodes online).
+    """
+
+    def __init__(self, *, num_nodes: int = 2, state_dir: str | Path = DEFAULT_STATE, port: int = 0, start_timeout_s: float = 90.0) -> None:
+        if num_nodes < 1:
+            raise ValueError(f"num_nodes={num_nodes} must be >= 1")
+        if port < 0 or port > 65535:
+            raise ValueError(f"port={port} must be in [0, 65535]")
+        self.num_nodes = num_nodes
+        self.state = Path(state_dir).resolve()
+        self.port = port or free_port()
+        self.start_timeout_s = start_timeout_s
+        self.logs = self.state / "logs"
+        self.processes: list[ManagedProcess] = []  # running, stopped by stop()
+        self.started_pids: list[int] = []  # every PID ever started (for checks)
+        self.superlink: ManagedProcess | None = None
+        self.nodes: list[ManagedProcess] = []
+        self.tls: TlsFiles | None = None
+        self.cli = FlwrCli(self.state / "cli-home", CONNECTION)
+        self.timings: dict[str, float] = {}  # seconds per start-up step (for benchmarks)
+
+    # ---------------------------------------------------------------- start
+    def __enter__(self) -> LocalDeployment:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Certificates, SuperLink, key registration, SuperNodes; waits until all are online."""
+        self.state.mkdir(parents=True, exist_ok=True)
+        for old in self.logs.glob("*.log"):
+            old.unlink()
+        step = time.perf_counter()
+
+        def done(name: str) -> None:
+            nonlocal step
+            now = time.perf_counter()
+            self.timings[name] = round(now - step, 2)
+            step = now
+
+        self.tls = make_tls(self.state / "tls")
+        node_keys = [self.node_key(f"supernode-{i}") for i in range(self.num_nodes)]
+        self.cli.write_connection(f"{HOST}:{self.port}", self.tls.ca_cert)
+        done("certificates + node keys")
+        self.start_superlink()
+        done("SuperLink started, TLS answering")
+        self.cli.register_all([k.with_name(k.name + ".pub") for k in node_keys])
+        done("node keys registered (flwr supernode register)")
+        for i, key in enumerate(node_keys):
+            self.nodes.append(self.start_supernode(i, key))
+        self.wait_nodes_online(self.num_nodes)
+        done("SuperNodes started and online")
+
+    def node_key(self, name: str) -> Path:
+        """Private key path of a fresh ECDSA key pair ``keys/<name>`` (public key: ``.pub``)."""
+        private, _ = make_node_key(self.state / "keys" / name)
+        return private
+
+    def start_superlink(self) -> ManagedProcess:
+        """Start ``flower-superlink`` with TLS and SuperNode authentication; wait until ready."""
+        tls = self._tls()
+        argv = [
+            "flower-superlink",
+            "--ssl-ca-certfile", str(tls.ca_cert),
+            "--ssl-certfile", str(tls.server_cert),
+            "--ssl-keyfile", str(tls.server_key),
+            "--enable-supernode-auth",
+            "--disable-runtime-dependency-installation",
+            "--host", HOST,
+            "--port", str(self.port),
+        ]
+        proc = self._spawn("superlink", argv, self.state / "superlink-home")
+        self.superlink = proc
+        wait_until(
+            lambda: https_answers(HOST, self.port, tls.ca_cert) or _raise_if_dead(proc),
+            self.start_timeout_s,
+            f"SuperLink on {HOST}:{self.port} ready (log: {proc.log_path})",
+        )
+        return proc
+
+    def start_supernode(self, index: int, key: Path, *, partition_id: int | None = None, max_wait_s: int = 60) -> ManagedProcess:
+        """Start SuperNode ``index`` authenticating with ``key`` (no wait)."""
+        tls = self._tls()
+        pid = index if partition_id is None else partition_id
+        argv = [
+            "flower-supernode",
+            "--root-certificates", str(tls.ca_cert),
+            "--superlink", f"{HOST}:{self.port}",
+            "--host", HOST,
+            "--port", str(free_port()),
+            "--auth-supernode-private-key", str(key),
+            "--node-config", f"partition-id={pid} num-partitions={self.num_nodes}",
+            "--max-wait-time", str(max_wait_s),
+        ]
+        return self._spawn(f"supernode-{index}", argv, self.state / f"node-{index}-home")
+
+    def _tls(self) -> TlsFiles:
+        if self.tls is None:
+            raise RuntimeError("LocalDeployment.start() writes the certificates first")
+        return self.tls
+
+    def wait_nodes_online(self, count: int) -> None:
+        def online() -> bool:
+            for node in self.nodes:
+                _raise_if_dead(node)
+            return self.cli.nodes_online() >= count
+
+        wait_until(online, self.start_timeout_s, f"{count} SuperNodes online")
+
+    def _spawn(self, name: str, argv: list[str], home: Path) -> ManagedProcess:
+        home.mkdir(parents=True, exist_ok=True)
+        proc = ManagedProcess(name, argv, self.logs / f"{name}.log", flower_env(home), cwd=self.state)
+        self.processes.append(proc)
+        self.started_pids.append(proc.pid)
+        return proc
+
+    # ------------------------------------------------------------------ run
+    def run(self, overrides: str, run_dir: str | Path, *, app: str | Path = ROOT, timeout_s: float = 900.0) -> RunOutcome:
+        """Run the app with these Hydra overrides; return the outcome or raise :class:`DeployFailed`."""
+        run_dir = Path(run_dir).resolve()
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "summary.json").unlink(missing_ok=True)
+        if "'" in overrides:
+            raise ValueError(f"overrides={overrides!r} must not contain single quotes (use double quotes)")
+        full = f"simulation.num_clients={self.num_nodes} {overrides}".strip()
+        run_config = f"overrides='{full}' run-dir='{run_dir}'"
+        log_path = run_dir / "flwr_run.log"
+        start = time.monotonic()
+        code, output = self.cli.run_stream(Path(app), run_config, log_path, timeout_s)
+        wall = time.monotonic() - start
+        match = RUN_STARTED.search(output)
+        if match is None:
+            raise DeployFailed(f"flwr run did not start a run (exit {code}); output in {log_path}:\n{output[-2000:]}")
+        run_id = match.group(1)
+        if code is None:
+            self.cli.stop_run(run_id)
+        try:
+            info = self.cli.wait_finished(run_id, timeout_s=60.0)
+        except (TimeoutError, RuntimeError) as exc:
+            info = {"status": "unknown", "status-details": str(exc)}
+        status, details = str(info.get("status", "unknown")), str(info.get("status-details", ""))
+        self.collect_logs(run_dir)
+        summary_path = run_dir / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+        outcome = RunOutcome(run_id, status, details, run_dir, summary, wall, log_path, extra=info)
+        if code is None:
+            raise DeployFailed(f"run {run_id} did not finish within {timeout_s:.0f} s and was stopped; see {log_path}")
+        if status != "finished:completed":
+            reason = (summary or {}).get("reason") or last_exception(log_path.read_text(errors="replace")) or details
+            raise DeployFailed(f"run {run_id} ended with status {status}: {reason}; see {log_path}")
+        if not summary or summary.get("status") != "ok":
+            raise DeployFailed(f"run {run_id} completed but {summary_path} says {summary!r}")
+        return outcome
+
+    def collect_logs(self, run_dir: Path) -> None:
+        """Copy every process log into ``run_dir/deploy-logs``."""
+        dest = run_dir / "deploy-logs"
+        dest.mkdir(parents=True, exist_ok=True)
+        for proc in self.processes:
+            if proc.log_path.exists():
+                shutil.copyfile(proc.log_path, dest / proc.log_path.name)
+
+    # ----------------------------------------------------------------- stop
+    def stop(self) -> None:
+        """Stop every process started (newest first), children included."""
+        while self.processes:
+            proc = self.processes.pop()
+            try:
+                proc.stop()
+            except Exception:  # keep stopping the others
+                logger.exception("could not stop %s (pid %d)", proc.name, proc.pid)
+        self.nodes = []
+        self.superlink = None
+
+
+def last_exception(log: str) -> str:
+    """The last Python exception line (``ValueError: ...``) in a streamed ServerApp log."""
+    found = EXCEPTION_LINE.findall(log)
+    return found[-1].strip() if found else ""
+
+
+def _raise_if_dead(proc: ManagedProcess) -> bool:
+    if not proc.running():
+        raise DeployFailed(f"{proc.name} exited with code {proc.popen.returncode}; log {proc.log_path}:\n{proc.log_text()[-2000:]}")
+    return False
+
+
+def _raise_signal(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit code."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nodes", type=int, default=2, help="SuperNodes to start (default 2)")
+    parser.add_argument("--overrides", default="dataset=digits simulation.num_rounds=2",
+                        help="Hydra overrides, as for bouquet-sim (simulation.num_clients is set to --nodes)")
+    parser.add_argument("--run-dir", default=None, help="results directory (default outputs/deploy/<timestamp>)")
+    parser.add_argument("--state-dir", default=str(DEFAULT_STATE), help="certificates, keys, logs")
+    parser.add_argument("--port", type=int, default=0, help="SuperLink port (0 = a free one)")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds allowed for the run")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_dir = Path(args.run_dir or ROOT / "outputs" / "deploy" / time.strftime("%Y-%m-%d_%H-%M-%S"))
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, _raise_signal)
+    deployment = LocalDeployment(num_nodes=args.nodes, state_dir=args.state_dir, port=args.port)
+    try:
+        deployment.start()
+        outcome = deployment.run(args.overrides, run_dir, timeout_s=args.timeout)
+    except (DeployFailed, ValueError, TimeoutError, RuntimeError) as exc:
+        logger.error("deployment failed: %s", exc)
+        return 1
+    except KeyboardInterrupt as exc:
+        logger.error("interrupted (%s); stopping everything", exc)
+        return 130
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)  # stopping has its own timeouts: let it finish
+        deployment.stop()
+    summary = outcome.summary or {}
+    logger.info("run %s %s: final accuracy %s, %d bytes up, %.1f s; results in %s",
+                outcome.run_id, outcome.status, summary.get("final_accuracy"),
+                summary.get("total_bytes_up", 0), outcome.wall_s, outcome.run_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

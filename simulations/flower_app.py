@@ -1,0 +1,231 @@
+"""The Flower App behind ``flwr run``: one ``ServerApp`` and one ``ClientApp`` for every config.
+
+``pyproject.toml`` points ``[tool.flwr.app.components]`` at :data:`server_app` and
+:data:`client_app`. Both read the run config (``[tool.flwr.app.config]``, overridable with
+``flwr run --run-config``):
+
+* ``overrides``: Hydra overrides, space separated, exactly as on the ``bouquet-sim`` command
+  line (``"dataset=digits strategy=fedprox simulation.num_rounds=3"``). Both apps compose
+  ``bouquet.conf/config.yaml`` with them, so ``strategy=... client=...`` means the same thing in
+  the simulation engine and on a SuperLink. Pass the string as a TOML literal (single-quoted)
+  string; a value with spaces goes in double quotes inside it, which Hydra parses:
+  ``flwr run . <connection> --run-config "overrides='dataset=digits' run-dir='/abs/dir'"``.
+  Only ``task=federated`` runs here (``task=search`` is server-only: use ``bouquet-sim``).
+* ``run-dir``: where the ServerApp writes ``config.json``, ``metrics.jsonl``, ``summary.json``,
+  ``final_model.npz`` and ``curves.png``. Empty means ``~/.cache/bouquet/runs/<UTC
+  timestamp>-run<run id>`` of the user running the SuperLink (``$XDG_CACHE_HOME`` is honoured).
+  A relative path is taken relative to the SuperLink's working directory: prefer absolute.
+
+The server side reuses :func:`bouquet.simulations.server.run_server`; before the first round it
+waits (at most ``simulation.round_timeout_s``) until ``strategy.min_available_nodes`` SuperNodes
+are connected and fails the run with a clear message otherwise (Flower's own sampler would wait
+forever). The client side reuses the NumPyClient bridge: each node builds its client with
+:meth:`~bouquet.simulations.experiment.Experiment.client` for the ``partition-id`` in its node
+config; a ``num-partitions`` there overrides ``simulation.num_clients`` on that node, so the
+node cuts the same partitions as a simulation with that many clients.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from bouquet import keys
+from bouquet.simulations.experiment import get_experiment
+from bouquet.simulations.results import RunFailed
+from bouquet.simulations.server import make_client_app, run_server
+from bouquet.simulations.validate import validate_config
+
+logger = logging.getLogger(__name__)
+
+RUN_CONFIG_OVERRIDES = keys.RUN_OVERRIDES  # run-config key: Hydra overrides (space separated)
+RUN_CONFIG_RUN_DIR = keys.RUN_DIR  # run-config key: output directory ("" = default below)
+NODE_WAIT_POLL_S = 1.0
+
+
+def default_runs_root() -> Path:
+    """``$XDG_CACHE_HOME/bouquet/runs`` (default ``~/.cache/bouquet/runs``)."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache).expanduser() / "bouquet" / "runs"
+
+
+def split_overrides(overrides: str) -> list[str]:
+    """Split a space-separated override string at spaces outside quotes, keeping the quotes.
+
+    Hydra parses the quotes itself (``key="a b"`` is the string ``a b``).
+
+    Raises
+    ------
+    ValueError
+        If a quote is not closed.
+    """
+    tokens: list[str] = []
+    current: list[str] = []
+    quote = ""
+    for char in overrides:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char.isspace():
+            if current:
+                tokens.append("".join(current))
+                current = []
+            continue
+        current.append(char)
+    if quote:
+        raise ValueError(f"run config {RUN_CONFIG_OVERRIDES}={overrides!r} has an unclosed {quote} quote")
+    if current:
+        tokens.append("".join(current))
+    return tokens
+
+
+@lru_cache(maxsize=8)
+def _compose_json(overrides: str) -> str:
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    with initialize_config_module("bouquet.conf", version_base="1.3"):
+        cfg = compose("config", overrides=split_overrides(overrides))
+    container = OmegaConf.to_container(cfg, resolve=True)
+    if not isinstance(container, dict):
+        raise ValueError(f"the config composed from {RUN_CONFIG_OVERRIDES}={overrides!r} is not a mapping")
+    return json.dumps(container, sort_keys=True)
+
+
+def compose_config(overrides: str = "") -> dict[str, Any]:
+    """The resolved config (a plain ``dict``) for a Hydra override string.
+
+    Composed with Hydra's compose API from the packaged ``bouquet.conf``; cached per process
+    (a fresh copy is returned every time).
+    """
+    return json.loads(_compose_json(overrides.strip()))
+
+
+def _run_config_str(context: Context, key: str) -> str:
+    value = context.run_config.get(key, "")
+    if not isinstance(value, str):
+        raise ValueError(f"run config {key}={value!r} must be a string")
+    return value
+
+
+def resolve_run_dir(value: str, run_id: int | None = None) -> Path:
+    """The run directory for the run config value ``run-dir`` (empty = timestamped default)."""
+    if value.strip():
+        return Path(value).expanduser().resolve()
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d_%H-%M-%S")
+    suffix = f"-run{run_id}" if run_id is not None else ""
+    return default_runs_root() / f"{stamp}{suffix}"
+
+
+def wait_for_nodes(grid: Grid, num_nodes: int, timeout_s: float) -> int:
+    """Wait until ``grid`` has ``num_nodes`` connected nodes; return how many it has.
+
+    Raises
+    ------
+    RunFailed
+        If fewer than ``num_nodes`` are connected after ``timeout_s`` seconds.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        have = len(list(grid.get_node_ids()))
+        if have >= num_nodes:
+            return have
+        if time.monotonic() >= deadline:
+            raise RunFailed(
+                f"only {have} of the {num_nodes} SuperNodes the strategy needs "
+                f"(strategy.min_available_nodes) connected within {timeout_s:.0f} s "
+                "(simulation.round_timeout_s); start more SuperNodes or lower "
+                "simulation.num_clients"
+            )
+        time.sleep(NODE_WAIT_POLL_S)
+
+
+def _ensure_progress_logging() -> None:
+    """Show bouquet's progress lines in the ServerApp's log (streamed by ``flwr run --stream``)."""
+    root = logging.getLogger("bouquet")
+    if not root.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+
+
+server_app = ServerApp()
+
+
+@server_app.main()
+def _server_main(grid: Grid, context: Context) -> None:
+    _ensure_progress_logging()
+    overrides = _run_config_str(context, RUN_CONFIG_OVERRIDES)
+    cfg = compose_config(overrides)
+    task = cfg.get("task", "federated")
+    if task != "federated":
+        raise ValueError(f"task={task!r} does not run on a SuperLink (only task=federated does); use bouquet-sim")
+    validate_config(cfg)
+    validate_config(cfg, num_train_samples=len(get_experiment(cfg).dataset.y_train))
+    run_dir = resolve_run_dir(_run_config_str(context, RUN_CONFIG_RUN_DIR), context.run_id)
+    logger.info("run %s: overrides=%r, results in %s", context.run_id, overrides, run_dir)
+    needed = int(cfg["strategy"].get("min_available_nodes", cfg["simulation"]["num_clients"]) or 1)
+    have = wait_for_nodes(grid, needed, float(cfg["simulation"]["round_timeout_s"]))
+    logger.info("%d SuperNodes connected (strategy needs %d)", have, needed)
+    run_server(grid, cfg, run_dir)
+
+
+def client_config(context: Context) -> dict[str, Any]:
+    """The node's config: composed from the run config, ``num-partitions`` from the node config.
+
+    Raises
+    ------
+    ValueError
+        If the node config's ``partition-id`` is not in ``[0, num-partitions)``.
+    """
+    cfg = compose_config(_run_config_str(context, RUN_CONFIG_OVERRIDES))
+    node = context.node_config
+    if keys.NUM_PARTITIONS in node:
+        num = int(node[keys.NUM_PARTITIONS])
+        if num != int(cfg["simulation"]["num_clients"]):
+            logger.warning(
+                "node config %s=%d overrides simulation.num_clients=%s on this node",
+                keys.NUM_PARTITIONS, num, cfg["simulation"]["num_clients"],
+            )
+            cfg["simulation"]["num_clients"] = num
+    pid = int(node.get(keys.PARTITION_ID, 0))
+    num_clients = int(cfg["simulation"]["num_clients"])
+    if not 0 <= pid < num_clients:
+        raise ValueError(f"node config {keys.PARTITION_ID}={pid} is not in [0, {num_clients})")
+    return cfg
+
+
+@lru_cache(maxsize=8)
+def _client_app_for(cfg_json: str) -> ClientApp:
+    return make_client_app(json.loads(cfg_json))
+
+
+def _dispatch(msg: Message, context: Context) -> Message:
+    cfg = client_config(context)
+    app = _client_app_for(json.dumps(cfg, sort_keys=True))
+    return app(msg, context)
+
+
+client_app = ClientApp()
+
+
+@client_app.train()
+def _train(msg: Message, context: Context) -> Message:
+    return _dispatch(msg, context)
+
+
+@client_app.evaluate()
+def _evaluate(msg: Message, context: Context) -> Message:
+    return _dispatch(msg, context)
