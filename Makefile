@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 data: setup
-	scripts/fetch_data.sh mnist fashion_mnist
+	scripts/fetch_data.sh mnist fashion_mnist movielens
 
 run: setup data
 	$(BIN)/bouquet-sim $(ARGS)
@@ -41,6 +41,13 @@ test: setup data lint
 
 bench: setup data
 	@echo "Benchmarks are scripts in benchmarks/; see benchmarks/README.md"
+
+# A real SuperLink + N SuperNodes on 127.0.0.1 (TLS, node auth), one experiment via `flwr run`.
+# make deploy-demo NODES=3 OVERRIDES="dataset=digits client=topk strategy=kl_weighted"
+NODES ?= 2
+OVERRIDES ?= dataset=digits simulation.num_rounds=3
+deploy-demo: setup
+	deploy/demo.sh --nodes $(NODES) --overrides "$(OVERRIDES)"
 
 clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache

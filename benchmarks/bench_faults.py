@@ -68,12 +68,14 @@ def main() -> None:
     parser.add_argument("--shares", default="0,0.1,0.3,0.5")
     parser.add_argument("--strategies", default="fedavg,kl,topk")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--epochs", type=int, default=5)
     args = parser.parse_args()
-    base = [f"dataset={args.dataset}", f"simulation.num_clients={args.clients}", f"simulation.num_rounds={args.rounds}", f"seed={args.seed}"]
+    base = [f"dataset={args.dataset}", f"simulation.num_clients={args.clients}", f"simulation.num_rounds={args.rounds}", f"seed={args.seed}", f"client.lr={args.lr}", f"client.local_epochs={args.epochs}"]
     rows = []
     for strat in args.strategies.split(","):
         for share in (float(s) for s in args.shares.split(",")):
-            name = f"{args.dataset}-{strat}-f{share}-r{args.rounds}-s{args.seed}"
+            name = f"{args.dataset}-{strat}-f{share}-r{args.rounds}-lr{args.lr}-e{args.epochs}-s{args.seed}"
             res = run(name, [*base, *STRATEGIES[strat], f"fault.crash_rate={share / 2}", f"fault.corrupt_rate={share / 2}"])
             res.update(strategy=strat, faulty_share=share)
             print(json.dumps(res), flush=True)
@@ -82,7 +84,7 @@ def main() -> None:
     ck_off = run(f"{args.dataset}-ckpt-off-r{args.rounds}", [*base, "simulation.checkpoint_every=0"])
     ratio = ck_on["checkpoint_s"] / ck_on["round_s"] if ck_on["round_s"] else float("nan")
     body = (
-        f"{args.dataset}, {args.clients} clients, {args.rounds} rounds, seed {args.seed}; faulty share split evenly "
+        f"{args.dataset}, {args.clients} clients, {args.rounds} rounds, {args.epochs} local epochs, lr {args.lr}, seed {args.seed}; faulty share split evenly "
         "between crashing and corrupting clients (seeded per partition and round).\n\n"
         + markdown_table(rows, ["strategy", "faulty_share", "status", "final_accuracy", "clients_ok", "clients_failed"])
         + f"\nCheckpointing every round: {ck_on['checkpoint_s']:.4f} s in total for {args.rounds} checkpoints, "

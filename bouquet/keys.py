@@ -15,3 +15,15 @@ LOCAL_EPOCHS = "local-epochs"
 PARTITION_ID = "partition-id"  # node_config
 NUM_PARTITIONS = "num-partitions"  # node_config
 PROXIMAL_MU = "proximal-mu"  # sent by Flower's FedProx in the train config
+MODEL_VERSION = "model-version"  # async: global model version sent in the train config, echoed in the reply
+SPEED_FACTOR = "speed-factor"  # simulated compute-time factor reported by SlowClient
+RECSYS_USER_STATE = "recsys-user-state"  # context.state ArrayRecord: a node's private user factors
+EVAL_MSE = "eval-mse"  # recommendation: mean squared error on the client's held-out ratings
+EVAL_HR_AT_10 = "eval-hr-at-10"  # recommendation: hit rate at 10 against sampled negatives
+EVAL_NDCG_AT_10 = "eval-ndcg-at-10"  # recommendation: NDCG at 10 against sampled negatives
+EF_RESIDUAL = "ef-residual"  # context.state ArrayRecord: a node's error-feedback residual (never sent)
+SUBMODEL_DEPTH = "submodel-depth"  # train config: depth of the sub-model sent to a node (early exits)
+MAX_DEPTH = "max-depth"  # node_config / reply metric: deepest sub-model a node can train (0 = no limit)
+TRAINED_DEPTH = "trained-depth"  # reply metric: depth of the sub-model the node trained
+RUN_OVERRIDES = "overrides"  # run config ([tool.flwr.app.config]): Hydra overrides for `flwr run`
+RUN_DIR = "run-dir"  # run config: the ServerApp's output directory ("" = ~/.cache/bouquet/runs/...)

@@ -20,9 +20,26 @@ from torch import nn
 
 from bouquet import keys
 from bouquet.data import label_histogram
-from bouquet.models.training import LossFn, cross_entropy_loss, evaluate, get_weights, set_weights, train
+from bouquet.models.training import (
+    LossFn,
+    cross_entropy_loss,
+    evaluate,
+    get_weights,
+    set_weights,
+    train,
+)
 
 logger = logging.getLogger(__name__)
+
+
+def check_training_args(local_epochs: int, batch_size: int, lr: float) -> None:
+    """Refuse impossible client training settings, naming the config key."""
+    if local_epochs < 0:
+        raise ValueError(f"client.local_epochs={local_epochs} must be >= 0")
+    if batch_size < 1:
+        raise ValueError(f"client.batch_size={batch_size} must be >= 1")
+    if not lr > 0:
+        raise ValueError(f"client.lr={lr} must be > 0")
 
 
 class TorchClient(NumPyClient):
@@ -62,12 +79,7 @@ class TorchClient(NumPyClient):
     ) -> None:
         if len(x) != len(y):
             raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
-        if local_epochs < 0:
-            raise ValueError(f"client.local_epochs={local_epochs} must be >= 0")
-        if batch_size < 1:
-            raise ValueError(f"client.batch_size={batch_size} must be >= 1")
-        if not lr > 0:
-            raise ValueError(f"client.lr={lr} must be > 0")
+        check_training_args(local_epochs, batch_size, lr)
         self.model = model
         self.x = x
         self.y = y

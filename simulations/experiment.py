@@ -11,6 +11,7 @@ import json
 import logging
 from collections.abc import Callable
 from functools import cached_property, lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,7 @@ class Experiment:
         self.cfg = cfg
         self.seed = int(cfg.get("seed", 0))
         self.num_clients = int(cfg["simulation"]["num_clients"])
+        self.run_dir: Path | None = None  # set by the ServerApp (where extra outputs go)
 
     # ------------------------------------------------------------------ data
     @cached_property
@@ -113,6 +115,12 @@ def experiment_class(cfg: dict[str, Any]) -> type[Experiment]:
     task_type = cfg.get("dataset", {}).get("task_type", "classification")
     if task_type not in EXPERIMENT_TYPES:
         raise ValueError(f"dataset.task_type={task_type!r} is unknown; allowed: {', '.join(EXPERIMENT_TYPES)}")
+    if task_type == "classification" and (cfg.get("model") or {}).get("name") == "early_exit":
+        from bouquet.simulations.early_exit import (
+            EarlyExitExperiment,  # subclass: imported here (cycle)
+        )
+
+        return EarlyExitExperiment
     return EXPERIMENT_TYPES[task_type]
 
 
@@ -125,3 +133,8 @@ def _cached(cfg_json: str) -> Experiment:
 def get_experiment(cfg: dict[str, Any]) -> Experiment:
     """The process-wide cached :class:`Experiment` for ``cfg`` (data is loaded once)."""
     return _cached(json.dumps(cfg, sort_keys=True))
+
+
+# EXPERIMENT_TYPES["recommendation"] = RecsysExperiment: the module registers itself on import
+# (imported last because it subclasses Experiment; works whichever of the two is imported first).
+import bouquet.simulations.recsys  # noqa: E402,F401

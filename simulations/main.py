@@ -19,12 +19,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from bouquet.simulations.experiment import get_experiment
 from bouquet.simulations.runner import run_in_simulation
+from bouquet.simulations.search import run_search
 from bouquet.simulations.validate import validate_config
 
 logger = logging.getLogger("bouquet.progress")
 
 # task name -> function(cfg, run_dir) -> summary
-TASKS: dict[str, Callable[[dict[str, Any], str], dict[str, Any]]] = {"federated": run_in_simulation}
+TASKS: dict[str, Callable[[dict[str, Any], str], dict[str, Any]]] = {"federated": run_in_simulation, "search": run_search}
 
 
 def run_task(cfg: dict[str, Any], run_dir: str) -> dict[str, Any]:
@@ -58,11 +59,12 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     if not isinstance(container, dict):
         raise ValueError("the composed config is not a mapping")
     summary = run_task(container, run_dir)
+    finals = ", ".join(f"{k} {v:.4f}" for k, v in summary.items() if k.startswith("final_") and isinstance(v, float))
     logger.info(
-        "done: final accuracy %s, %.3f MB up; results in %s",
-        summary.get("final_accuracy"),
+        "done: %s, %.3f MB up; results in %s",
+        finals or "no evaluation",
         summary.get("total_bytes_up", 0) / 1e6,
-        run_dir,
+        summary.get("run_dir", run_dir),
     )
     acc = summary.get("final_accuracy")
     return float(acc) if acc is not None else None

@@ -16,6 +16,7 @@ own strategies, bouquet's wrappers and custom ``start()`` loops.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,10 @@ from flwr.app import Message, MessageType
 from flwr.serverapp import Grid
 
 from bouquet import keys
+
+
+class NodesUnavailable(RuntimeError):
+    """Too few nodes connected for longer than the configured wait."""
 
 
 def message_array_bytes(msg: Message) -> int:
@@ -54,11 +59,13 @@ class Period:
 class MeteredGrid(Grid):
     """Wrap a Flower ``Grid`` and count bytes and client outcomes (see module docstring)."""
 
-    def __init__(self, grid: Grid) -> None:
+    def __init__(self, grid: Grid, node_wait_s: float | None = None) -> None:
         self._grid = grid
+        self.node_wait_s = node_wait_s
         self.period = Period()
         self.total = Period()
         self._pending_train: set[str] = set()
+        self._waiting_since: float | None = None
 
     # --- delegation --------------------------------------------------------
     def set_run(self, run_id: int) -> None:  # type: ignore[override]
@@ -72,7 +79,23 @@ class MeteredGrid(Grid):
         return self._grid.create_message(*args, **kwargs)
 
     def get_node_ids(self) -> Iterable[int]:
-        return self._grid.get_node_ids()
+        """Forward; and bound the wait for nodes.
+
+        Flower's samplers poll ``get_node_ids()`` once a second, forever, until
+        ``min_available_nodes`` are connected. Polls that keep coming without a push in between
+        for longer than ``node_wait_s`` raise :class:`NodesUnavailable` instead.
+        """
+        ids = list(self._grid.get_node_ids())
+        if self.node_wait_s is not None:
+            now = time.monotonic()
+            if self._waiting_since is None:
+                self._waiting_since = now
+            elif now - self._waiting_since > self.node_wait_s:
+                raise NodesUnavailable(
+                    f"waited {self.node_wait_s:.0f} s (simulation.node_wait_s) for nodes; "
+                    f"{len(ids)} connected, fewer than the strategy's min_available_nodes"
+                )
+        return ids
 
     def get_nodes(self) -> Iterable[Any]:  # type: ignore[override]
         return self._grid.get_nodes()
@@ -82,6 +105,7 @@ class MeteredGrid(Grid):
 
     # --- metering ------------------------------------------------------------
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        self._waiting_since = None
         messages = list(messages)
         ids = list(self._grid.push_messages(messages))
         for msg, mid in zip(messages, ids, strict=False):
@@ -102,8 +126,6 @@ class MeteredGrid(Grid):
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         # Implemented with our own push/pull so every byte is metered.
-        import time
-
         ids = [mid for mid in self.push_messages(messages) if mid]
         pending = set(ids)
         replies: list[Message] = []

@@ -73,23 +73,42 @@ class RunRecorder:
         evaluate: Callable[[dict[str, np.ndarray]], dict[str, float]],
         grid: MeteredGrid,
         extra: Callable[[], dict[str, Any]] | None = None,
+        *,
+        round_offset: int = 0,
+        previous_rows: list[dict[str, Any]] | None = None,
+        on_round: Callable[[int, dict[str, np.ndarray]], None] | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.evaluate_arrays = evaluate
         self.grid = grid
         self.extra = extra
-        self.rows: list[dict[str, Any]] = []
+        self.round_offset = round_offset
+        self.on_round = on_round
+        self.rows: list[dict[str, Any]] = list(previous_rows or [])
         self.t_start = time.perf_counter()
         self.t_last = self.t_start
         self.last_arrays: ArrayRecord | None = None
-        (self.run_dir / METRICS_FILE).write_text("")
+        # A resumed run rewrites the lines up to its checkpoint, then appends.
+        (self.run_dir / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in self.rows))
 
-    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        """Flower ``evaluate_fn``: evaluate, record one line, return the metrics."""
-        metrics = self.evaluate_arrays(arrays_to_numpy(arrays))
-        self.record(server_round, metrics)
+    def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        """Flower ``evaluate_fn``: evaluate, record one line, return the metrics.
+
+        With ``round_offset`` (a resumed run) the call before the first new round is skipped:
+        that round was recorded before the checkpoint.
+        """
         self.last_arrays = arrays
+        if server_round == 0 and self.round_offset > 0:
+            self.grid.take_period()
+            self.t_last = time.perf_counter()
+            return None
+        named = arrays_to_numpy(arrays)
+        metrics = self.evaluate_arrays(named)
+        actual_round = server_round + self.round_offset
+        self.record(actual_round, metrics)
+        if self.on_round is not None and actual_round > 0:
+            self.on_round(actual_round, named)
         return MetricRecord({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)})
 
     def record(self, step: int, metrics: dict[str, Any], step_key: str = "round") -> dict[str, Any]:
@@ -117,12 +136,12 @@ class RunRecorder:
         self.rows.append(row)
         with open(self.run_dir / METRICS_FILE, "a") as fh:
             fh.write(json.dumps(row) + "\n")
+        shown = " ".join(f"{k}={row[k]:.4f}" for k in (*QUALITY, "loss") if isinstance(row.get(k), (int, float)))
         logger.info(
-            "%s %d: accuracy=%.4f loss=%.4f up=%.3f MB down=%.3f MB ok=%d failed=%d (%.1f s)",
+            "%s %d: %s up=%.3f MB down=%.3f MB ok=%d failed=%d (%.1f s)",
             step_key,
             step,
-            row.get("accuracy") or float("nan"),
-            row.get("loss") or float("nan"),
+            shown or "(not evaluated)",
             row["bytes_up"] / 1e6,
             row["bytes_down"] / 1e6,
             row["clients_ok"],
@@ -168,13 +187,37 @@ class RunRecorder:
         atomic_write_text(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
 
 
+def read_rows(run_dir: Path, up_to_round: int | None = None) -> list[dict[str, Any]]:
+    """Rows of an existing ``metrics.jsonl`` (only complete lines, rounds <= ``up_to_round``)."""
+    path = Path(run_dir) / METRICS_FILE
+    rows = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a crash
+                break
+            if up_to_round is None or row.get("round", 0) <= up_to_round:
+                rows.append(row)
+    return rows
+
+
+# Quality metrics a run may report, with the direction that counts as better.
+QUALITY = {"accuracy": max, "rmse": min, "hr_at_10": max, "ndcg_at_10": max}
+
+
 def summarize(rows: list[dict[str, Any]], total_wall: float) -> dict[str, Any]:
-    """Summary of a run from its metric rows."""
-    accs = [r["accuracy"] for r in rows if r.get("accuracy") is not None]
+    """Summary of a run from its metric rows: ``final_X``/``best_X`` for every quality metric
+    the rows carry (``accuracy`` always present, ``None`` when never evaluated)."""
+    quality: dict[str, Any] = {}
+    for name, better in QUALITY.items():
+        values = [r[name] for r in rows if r.get(name) is not None]
+        if values or name == "accuracy":
+            quality[f"final_{name}"] = values[-1] if values else None
+            quality[f"best_{name}"] = better(values) if values else None
     trained = [r for r in rows if r.get("round", r.get("updates", 0))]
     return {
-        "final_accuracy": accs[-1] if accs else None,
-        "best_accuracy": max(accs) if accs else None,
+        **quality,
         "final_loss": rows[-1].get("loss") if rows else None,
         "total_bytes_up": int(sum(r["bytes_up"] for r in rows)),
         "total_bytes_down": int(sum(r["bytes_down"] for r in rows)),
@@ -193,17 +236,18 @@ def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     step_key = "round" if rows and "round" in rows[0] else "updates"
+    metric = next((m for m in QUALITY if any(r.get(m) is not None for r in rows)), "accuracy")
     xs = [r[step_key] for r in rows]
-    accs = [r.get("accuracy") if r.get("accuracy") is not None else float("nan") for r in rows]
+    accs = [r.get(metric) if r.get(metric) is not None else float("nan") for r in rows]
     mb = np.cumsum([r["bytes_up"] for r in rows]) / 1e6
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     ax1.plot(xs, accs, marker="o")
     ax1.set_xlabel(step_key)
-    ax1.set_ylabel("test accuracy")
+    ax1.set_ylabel(metric)
     ax1.grid(alpha=0.3)
     ax2.plot(mb, accs, marker="o")
     ax2.set_xlabel("MB uploaded (cumulative)")
-    ax2.set_ylabel("test accuracy")
+    ax2.set_ylabel(metric)
     ax2.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

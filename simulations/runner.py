@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
+from bouquet.simulations.checkpoint import resume_dir
 from bouquet.simulations.results import SUMMARY_FILE, RunFailed
 from bouquet.simulations.server import make_client_app, make_server_app
 
@@ -23,15 +23,17 @@ def run_in_simulation(cfg: dict[str, Any], run_dir: str | os.PathLike[str]) -> d
     """
     from flwr.simulation import run_simulation
 
-    run_dir = Path(run_dir)
+    run_dir = resume_dir(cfg, run_dir)  # a resumed run writes into the run it continues
     run_dir.mkdir(parents=True, exist_ok=True)
     summary_path = run_dir / SUMMARY_FILE
     summary_path.unlink(missing_ok=True)
     sim = cfg["simulation"]
+    init_args: dict[str, Any] = {"include_dashboard": False}
+    if not os.environ.get("RAY_ADDRESS"):  # joining an existing Ray cluster: it owns its CPUs
+        init_args["num_cpus"] = int(sim["total_cpus"]) if sim.get("total_cpus") else os.cpu_count()
     backend_config = {
         "client_resources": {"num_cpus": float(sim["client_cpus"]), "num_gpus": 0.0},
-        "init_args": {"num_cpus": int(sim["total_cpus"]) if sim.get("total_cpus") else os.cpu_count(),
-                      "include_dashboard": False},
+        "init_args": init_args,
     }
     run_simulation(
         server_app=make_server_app(cfg, run_dir),
@@ -44,4 +46,5 @@ def run_in_simulation(cfg: dict[str, Any], run_dir: str | os.PathLike[str]) -> d
     summary = json.loads(summary_path.read_text())
     if summary.get("status") != "ok":
         raise RunFailed(f"run failed: {summary.get('reason', 'unknown reason')}")
+    summary["run_dir"] = str(run_dir)
     return summary

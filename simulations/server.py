@@ -32,9 +32,26 @@ from flwr.serverapp.strategy import Strategy
 from hydra.utils import instantiate
 
 from bouquet.clients.bridge import numpyclient_app
+from bouquet.clients.faults import fault_mod
+from bouquet.data import label_histogram
+from bouquet.simulations.adjust import wrap_server_adjust
+from bouquet.simulations.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    config_differences,
+    is_resuming,
+    load_checkpoint,
+    load_strategy_state,
+    resume_dir,
+    set_rng_state,
+)
+from bouquet.simulations.compression import wrap_compression
 from bouquet.simulations.experiment import Experiment, get_experiment
 from bouquet.simulations.metering import MeteredGrid
-from bouquet.simulations.results import RunFailed, RunRecorder
+from bouquet.simulations.recsys import wrap_recommendation_evaluation
+from bouquet.simulations.results import RunFailed, RunRecorder, read_rows
+from bouquet.strategies.guard import ReplyGuard
+from bouquet.strategies.round_offset import RoundOffset
 
 logger = logging.getLogger(__name__)
 
@@ -42,12 +59,9 @@ StrategyWrapper = Callable[[dict[str, Any], Experiment, Strategy], Strategy]
 ClientMods = Callable[[dict[str, Any]], list[Callable[..., Any]]]
 
 
-def _no_wrap(cfg: dict[str, Any], exp: Experiment, strategy: Strategy) -> Strategy:
-    return strategy
-
-
 # Wrappers applied in order to the configured strategy (compression, server-side adjustment...).
-STRATEGY_WRAPPERS: list[StrategyWrapper] = []
+# Server-side adjustment stays last (it adjusts the decoded aggregate): insert others before it.
+STRATEGY_WRAPPERS: list[StrategyWrapper] = [wrap_compression, wrap_recommendation_evaluation, wrap_server_adjust]
 
 
 def build_strategy(cfg: dict[str, Any], exp: Experiment) -> Strategy:
@@ -57,51 +71,95 @@ def build_strategy(cfg: dict[str, Any], exp: Experiment) -> Strategy:
         strategy = strategy(**strategy_runtime_kwargs(cfg, exp, strategy))
     if not isinstance(strategy, Strategy):
         raise ValueError(f"strategy._target_ built {type(strategy).__name__}, not a flwr.serverapp.strategy.Strategy")
+    # Innermost: drop malformed dense replies before any aggregation rule sees them.
+    strategy = ReplyGuard(strategy, min_replies=int(cfg["simulation"].get("min_replies", 1)))
     for wrap in STRATEGY_WRAPPERS:
         strategy = wrap(cfg, exp, strategy)
     return strategy
 
 
 def strategy_runtime_kwargs(cfg: dict[str, Any], exp: Experiment, factory: partial) -> dict[str, Any]:
-    """Run-time keyword arguments for a ``_partial_`` strategy config (none yet)."""
-    return {}
+    """Run-time keyword arguments for a ``_partial_`` strategy config."""
+    kwargs: dict[str, Any] = {}
+    if factory.keywords.get("reference") == "server":  # KL weighting: Q = the server's test-set labels
+        kwargs["reference_distribution"] = label_histogram(exp.dataset.y_test, exp.dataset.num_classes).tolist()
+    return kwargs
 
 
 def client_mods(cfg: dict[str, Any]) -> list[Callable[..., Any]]:
-    """Client mods the config asks for (none by default)."""
-    return []
+    """Client mods the config asks for: fault injection when ``fault.*`` rates are set."""
+    mods: list[Callable[..., Any]] = []
+    fault = cfg.get("fault") or {}
+    rates = [float(fault.get(k, 0.0)) for k in ("crash_rate", "hang_rate", "corrupt_rate")]
+    if any(rates):
+        mods.append(
+            fault_mod(*rates, hang_s=float(fault.get("hang_s", 30.0)), seed=int(fault.get("seed", cfg.get("seed", 0))))
+        )
+    return mods
 
 
 def run_server(grid: Grid, cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
-    """Run the configured strategy on ``grid`` and write the run's outputs into ``run_dir``."""
+    """Run the configured strategy on ``grid`` and write the run's outputs into ``run_dir``.
+
+    With ``simulation.resume`` set, the run continues from the last valid checkpoint of that
+    run directory (see :mod:`bouquet.simulations.checkpoint`) and writes into it.
+    """
+    sim = cfg["simulation"]
     seed = int(cfg.get("seed", 0))
     random.seed(seed)  # Flower's samplers use the `random` module
     np.random.seed(seed)
-    run_dir = Path(run_dir)
+    run_dir = resume_dir(cfg, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
     exp = get_experiment(cfg)
-    metered = MeteredGrid(grid)
+    exp.run_dir = run_dir  # experiments that write extra outputs (e.g. the best exit model)
+    metered = MeteredGrid(grid, node_wait_s=float(sim.get("node_wait_s") or 0) or None)
     strategy = build_strategy(cfg, exp)
-    report = getattr(strategy, "round_report", None)
-    recorder = RunRecorder(run_dir, exp.evaluate_arrays, metered, extra=report)
-    sim = cfg["simulation"]
-    initial = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in exp.initial_arrays().items()})
+    num_rounds = int(sim["num_rounds"])
+    start_round, previous_rows = 0, None
+    initial_named = exp.initial_arrays()
+    if is_resuming(cfg):
+        ckpt = load_checkpoint(run_dir)
+        diffs = config_differences(ckpt["config"], cfg)
+        if diffs:
+            raise CheckpointError(f"cannot resume {run_dir}: config differs in {', '.join(diffs)}")
+        if hasattr(strategy, "bind_recorder"):
+            raise CheckpointError(f"{type(strategy).__name__} runs its own loop and cannot be resumed by round")
+        start_round, initial_named = int(ckpt["round"]), ckpt["arrays"]
+        load_strategy_state(strategy, ckpt["strategy"])
+        set_rng_state(ckpt["rng"])
+        previous_rows = read_rows(run_dir, up_to_round=start_round)
+        logger.info("resuming %s after round %d of %d", run_dir, start_round, num_rounds)
+    (run_dir / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    checkpointer = Checkpointer(run_dir, cfg, strategy, int(sim.get("checkpoint_every", 1)), num_rounds)
+    recorder = RunRecorder(
+        run_dir,
+        exp.evaluate_arrays,
+        metered,
+        extra=getattr(strategy, "round_report", None),
+        round_offset=start_round,
+        previous_rows=previous_rows,
+        on_round=checkpointer,
+    )
+    if hasattr(strategy, "bind_recorder"):  # asynchronous: records per update, owns its start()
+        strategy = strategy.bind_recorder(recorder)
+    initial = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in initial_named.items()})
+    driver = RoundOffset(strategy, start_round) if start_round else strategy
     try:
-        strategy.start(
-            grid=metered,
-            initial_arrays=initial,
-            num_rounds=int(sim["num_rounds"]),
-            timeout=float(sim["round_timeout_s"]),
-            train_config=ConfigRecord(dict(cfg.get("train_config") or {})),
-            evaluate_fn=recorder,
-        )
+        if num_rounds > start_round:
+            driver.start(
+                grid=metered,
+                initial_arrays=initial,
+                num_rounds=num_rounds - start_round,
+                timeout=float(sim["round_timeout_s"]),
+                train_config=ConfigRecord(dict(cfg.get("train_config") or {})),
+                evaluate_fn=recorder,
+            )
     except RunFailed:
         raise
     except Exception as exc:  # record why, then fail the run
         recorder.fail(f"{type(exc).__name__}: {exc}")
         raise
-    return recorder.finish(None)
+    return recorder.finish(recorder.last_arrays or initial, extra={"checkpoint_s": round(checkpointer.seconds, 4)})
 
 
 def make_server_app(cfg: dict[str, Any], run_dir: str | Path) -> ServerApp:

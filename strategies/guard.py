@@ -13,6 +13,14 @@ whole run. ``ReplyGuard(strategy)`` wraps any Message-API strategy and, before i
 * has metric keys that differ from the most common key set of the round (only when the inner
   strategy does not declare ``validates_metrics = True``, i.e. handles such replies itself).
 
+A strategy that sends different arrays to different nodes (e.g. sub-models of an early-exit
+network) declares ``validates_arrays = True``; the guard then leaves the array checks to it and
+only checks the weight.
+
+A round with fewer than ``min_replies`` usable replies is skipped: the inner strategy is not
+called, ``aggregate_train`` returns ``(None, None)`` and Flower's loop keeps the current global
+model; the round is counted in ``rounds_skipped``.
+
 The remaining replies go to the inner strategy unchanged; error replies pass through (Flower's
 strategies skip them). The guard never changes a valid reply, so ``ReplyGuard(FedAvg)`` gives
 exactly FedAvg's result on valid input.
@@ -64,6 +72,12 @@ def check_dense_reply(
             return f"array {name!r} has shape {value.shape}, expected {reference[name][0]}"
         if value.dtype.kind in "fc" and not np.all(np.isfinite(value)):
             return f"array {name!r} has non-finite values"
+    return check_weight(msg, weight_key)
+
+
+def check_weight(msg: Message, weight_key: str = keys.NUM_EXAMPLES) -> str | None:
+    """Return why the reply's single MetricRecord / weight is unusable, or ``None``."""
+    content = msg.content
     if len(content.metric_records) != 1:
         return f"expected one MetricRecord, got {len(content.metric_records)}"
     metrics = next(iter(content.metric_records.values()))
@@ -84,10 +98,17 @@ class ReplyGuard(Strategy):
         The strategy to protect.
     weight_key : str
         The weight metric (Flower's ``weighted_by_key``).
+    min_replies : int
+        Fewer usable replies than this skip the round (global model unchanged).
     """
 
-    def __init__(self, strategy: Strategy, weight_key: str | None = None) -> None:
+    def __init__(self, strategy: Strategy, weight_key: str | None = None, min_replies: int = 1) -> None:
+        if min_replies < 1:
+            raise ValueError(f"simulation.min_replies={min_replies} must be >= 1")
         self.strategy = strategy
+        self.min_replies = min_replies
+        self.rounds_skipped = 0
+        self._skipped_now = False
         self.weight_key = weight_key or getattr(strategy, "weighted_by_key", keys.NUM_EXAMPLES)
         self._reference: dict[str, tuple[tuple[int, ...], str]] | None = None
         self._dropped: list[str] = []
@@ -120,7 +141,10 @@ class ReplyGuard(Strategy):
             if msg.has_error():
                 checked.append(msg)
                 continue
-            reason = check_dense_reply(msg, self._reference, self.weight_key)
+            if getattr(self.strategy, "validates_arrays", False):
+                reason = check_weight(msg, self.weight_key)
+            else:
+                reason = check_dense_reply(msg, self._reference, self.weight_key)
             if reason is None:
                 checked.append(msg)
             else:
@@ -147,7 +171,19 @@ class ReplyGuard(Strategy):
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         self._dropped = []
-        return self.strategy.aggregate_train(server_round, self.filter_replies(replies))
+        kept = self.filter_replies(replies)
+        usable = sum(1 for m in kept if not m.has_error())
+        if usable < self.min_replies:
+            self.rounds_skipped += 1
+            self._skipped_now = True
+            logger.warning(
+                "round %d skipped: %d usable replies < min_replies=%d; global model unchanged",
+                server_round,
+                usable,
+                self.min_replies,
+            )
+            return None, None
+        return self.strategy.aggregate_train(server_round, kept)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         return self.strategy.configure_evaluate(server_round, arrays, config, grid)
@@ -157,5 +193,8 @@ class ReplyGuard(Strategy):
 
     def round_report(self) -> dict[str, Any]:
         own: dict[str, Any] = {CLIENTS_DROPPED: len(self._dropped), DROP_REASONS: list(self._dropped)}
+        if self._skipped_now:
+            own["round_skipped"] = True
         self._dropped = []
+        self._skipped_now = False
         return merge_reports(inner_report(self.strategy), own)

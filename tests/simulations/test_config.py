@@ -109,13 +109,22 @@ def test_every_strategy_instantiates(option: str) -> None:
         assert isinstance(built, Strategy)
 
 
+# Each model with a dataset it is meant for (the recommendation model needs ratings).
+MODEL_DATASET = {"mf": ["dataset=movielens", "dataset.max_users=30"]}
+
+
 @pytest.mark.parametrize("option", _options("model"))
 def test_every_model_instantiates(option: str) -> None:
     import torch
 
-    cfg = _compose([f"model={option}", "dataset=mnist"])
-    factory = instantiate(cfg["model"])
-    model = factory(input_shape=(1, 28, 28), num_classes=10, seed=0)
+    from bouquet.simulations.experiment import Experiment, experiment_class
+
+    cfg = _compose([f"model={option}", *MODEL_DATASET.get(option, ["dataset=mnist"])])
+    exp: Experiment = experiment_class(cfg)(cfg)
+    model = exp.build_model()
+    assert isinstance(model, torch.nn.Module) and sum(p.numel() for p in model.parameters()) > 0
+    if option in MODEL_DATASET:
+        return
     out = model(torch.zeros(2, 1, 28, 28))
     logits = out[-1] if isinstance(out, (list, tuple)) else out
     assert logits.shape == (2, 10)

@@ -68,3 +68,16 @@ def test_all_bad_gives_no_update() -> None:
     nan["b"][:] = np.inf
     agg, _ = _guarded().aggregate_train(1, [make_reply(nan, 5, node_id=1)])
     assert agg is None
+
+
+def test_strategy_that_validates_arrays_gets_sub_model_replies() -> None:
+    class SubModelFedAvg(FedAvg):
+        validates_arrays = True
+
+    guard = ReplyGuard(SubModelFedAvg(min_available_nodes=1, min_train_nodes=1))
+    guard.configure_train(1, ArrayRecord({k: Array(v) for k, v in GLOBAL.items()}), ConfigRecord(), _Grid())
+    partial = make_reply({"w": np.ones((2, 3), dtype=np.float32)}, 4, node_id=1)  # fewer names
+    no_weight = make_reply({"w": np.ones((2, 3), dtype=np.float32)}, 0, node_id=2)
+    agg, _ = guard.aggregate_train(1, [partial, no_weight])
+    np.testing.assert_allclose(agg["w"].numpy(), 1.0)
+    assert guard.round_report()["clients_dropped"] == 1  # the weight is still checked
