@@ -58,14 +58,14 @@ from bouquet.data.movielens import (
 from bouquet.models.recsys import MatrixFactorization, build_recsys_model, shared_weights
 from bouquet.simulations.experiment import EXPERIMENT_TYPES, Experiment
 from bouquet.strategies.compressed import Compressed
-from bouquet.strategies.reports import inner_report, merge_reports
+from bouquet.strategies.wrapper import StrategyWrapper
 
 logger = logging.getLogger(__name__)
 
 REPORT_KEYS = ("rmse", "hr_at_10", "ndcg_at_10")
 
 
-class FederatedEvaluation(Strategy):
+class FederatedEvaluation(StrategyWrapper):
     """Wrap any strategy; run the recommendation evaluation on the clients every round.
 
     Training is the inner strategy's (decoding compressed updates included); evaluation is this
@@ -84,26 +84,15 @@ class FederatedEvaluation(Strategy):
     def __init__(self, strategy: Strategy, *, fraction: float = 1.0, seed: int = 0) -> None:
         if not 0.0 < fraction <= 1.0:
             raise ValueError(f"dataset.eval_fraction={fraction} must be in (0, 1]")
-        self.strategy = strategy
+        super().__init__(strategy)
         self.fraction = fraction
         self.seed = seed
         self._report: dict[str, Any] = {}
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "strategy":
-            raise AttributeError(name)
-        return getattr(self.strategy, name)
 
     def summary(self) -> None:
         self.strategy.summary()
         logger.info("recommendation metrics: federated evaluation on %.0f%% of the clients each round "
                     "(the inner strategy's fraction_evaluate is not used)", 100 * self.fraction)
-
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        return self.strategy.configure_train(server_round, arrays, config, grid)
-
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        return self.strategy.aggregate_train(server_round, replies)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         nodes = sorted(grid.get_node_ids())
@@ -119,11 +108,11 @@ class FederatedEvaluation(Strategy):
         self._report = report
         return record
 
-    def round_report(self) -> dict[str, Any]:
-        """Inner report plus this round's pooled evaluation (``None`` values before any)."""
+    def own_report(self) -> dict[str, Any]:
+        """This round's pooled evaluation (``None`` values before any)."""
         own = self._report or {k: None for k in REPORT_KEYS}
         self._report = {}
-        return merge_reports(inner_report(self.strategy), own)
+        return own
 
 
 def _check_eval_metrics(metrics: MetricRecord) -> str | None:

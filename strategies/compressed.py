@@ -49,7 +49,8 @@ from flwr.serverapp.strategy import FedAvg, Strategy
 from bouquet import keys
 from bouquet.codecs import Decoded, decode, is_bouquet_stype
 from bouquet.strategies.guard import DENSE_STYPE, ReplyGuard
-from bouquet.strategies.reports import CLIENTS_DROPPED, DROP_REASONS, inner_report, merge_reports
+from bouquet.strategies.reports import CLIENTS_DROPPED, DROP_REASONS
+from bouquet.strategies.wrapper import StrategyWrapper
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def reply_weight(content: RecordDict, weight_key: str) -> float:
     return float(weight)
 
 
-class Compressed(Strategy):
+class Compressed(StrategyWrapper):
     """Decode compressed updates around ``strategy`` (see module docstring).
 
     Parameters
@@ -141,22 +142,12 @@ class Compressed(Strategy):
     def __init__(self, strategy: Strategy, server_lr: float = 1.0, *, fast_path: bool = True) -> None:
         if not np.isfinite(server_lr) or server_lr <= 0:
             raise ValueError(f"server_lr={server_lr} must be finite and > 0")
-        self.strategy = strategy
+        super().__init__(strategy)
         self.server_lr = float(server_lr)
         self.fast_path = bool(fast_path)
         self._global: dict[str, np.ndarray] | None = None
         self._dropped: list[str] = []
         self.last_path = ""
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "strategy":
-            raise AttributeError(name)
-        return getattr(self.strategy, name)
-
-    # ------------------------------------------------------------------ Flower API
-    def start(self, grid: Grid, initial_arrays: ArrayRecord, *args: Any, **kwargs: Any) -> Any:
-        """Flower's synchronous loop (which calls this wrapper's configure/aggregate methods)."""
-        return Strategy.start(self, grid, initial_arrays, *args, **kwargs)
 
     def summary(self) -> None:
         logger.info("Compressed(server_lr=%s) around %s", self.server_lr, type(self.strategy).__name__)
@@ -178,16 +169,10 @@ class Compressed(Strategy):
         self.last_path = "dense"
         return self.strategy.aggregate_train(server_round, self._densify(replies))
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return self.strategy.aggregate_evaluate(server_round, replies)
-
-    def round_report(self) -> dict[str, Any]:
+    def own_report(self) -> dict[str, Any]:
         own: dict[str, Any] = {CLIENTS_DROPPED: len(self._dropped), DROP_REASONS: list(self._dropped)}
         self._dropped = []
-        return merge_reports(inner_report(self.strategy), own)
+        return own
 
     # ------------------------------------------------------------------ internals
     def _drop(self, msg: Message, reason: str) -> None:

@@ -39,7 +39,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from bouquet import keys
-from bouquet.strategies.reports import CLIENTS_DROPPED, DROP_REASONS, inner_report, merge_reports
+from bouquet.strategies.reports import CLIENTS_DROPPED, DROP_REASONS
+from bouquet.strategies.wrapper import StrategyWrapper
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def check_weight(msg: Message, weight_key: str = keys.NUM_EXAMPLES) -> str | Non
     return None
 
 
-class ReplyGuard(Strategy):
+class ReplyGuard(StrategyWrapper):
     """Wrap ``strategy`` and drop malformed train replies (see module docstring).
 
     Parameters
@@ -105,29 +106,13 @@ class ReplyGuard(Strategy):
     def __init__(self, strategy: Strategy, weight_key: str | None = None, min_replies: int = 1) -> None:
         if min_replies < 1:
             raise ValueError(f"simulation.min_replies={min_replies} must be >= 1")
-        self.strategy = strategy
+        super().__init__(strategy)
         self.min_replies = min_replies
         self.rounds_skipped = 0
         self._skipped_now = False
         self.weight_key = weight_key or getattr(strategy, "weighted_by_key", keys.NUM_EXAMPLES)
         self._reference: dict[str, tuple[tuple[int, ...], str]] | None = None
         self._dropped: list[str] = []
-
-    def __getattr__(self, name: str) -> Any:
-        # Forward attributes of the wrapped strategy (e.g. fraction_train) for introspection.
-        if name == "strategy":
-            raise AttributeError(name)
-        return getattr(self.strategy, name)
-
-    def start(self, grid: Grid, initial_arrays: ArrayRecord, *args: Any, **kwargs: Any) -> Any:
-        """Flower's synchronous loop; a strategy with its own ``start()`` keeps it."""
-        if type(self.strategy).start is not Strategy.start:
-            return self.strategy.start(grid, initial_arrays, *args, **kwargs)
-        return super().start(grid, initial_arrays, *args, **kwargs)
-
-    def summary(self) -> None:
-        logger.info("ReplyGuard around %s", type(self.strategy).__name__)
-        self.strategy.summary()
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         self._reference = {k: (tuple(v.shape), v.dtype) for k, v in arrays.items()}
@@ -185,16 +170,10 @@ class ReplyGuard(Strategy):
             return None, None
         return self.strategy.aggregate_train(server_round, kept)
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return self.strategy.aggregate_evaluate(server_round, replies)
-
-    def round_report(self) -> dict[str, Any]:
+    def own_report(self) -> dict[str, Any]:
         own: dict[str, Any] = {CLIENTS_DROPPED: len(self._dropped), DROP_REASONS: list(self._dropped)}
         if self._skipped_now:
             own["round_skipped"] = True
         self._dropped = []
         self._skipped_now = False
-        return merge_reports(inner_report(self.strategy), own)
+        return own

@@ -9,26 +9,22 @@ top-k attenuation ``rho ** round``) see the same round numbers as an uninterrupt
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from bouquet.strategies.reports import inner_report
+from bouquet.strategies.wrapper import StrategyWrapper
 
 
-class RoundOffset(Strategy):
+class RoundOffset(StrategyWrapper):
     """Forward every call to ``strategy`` with ``server_round + offset``."""
 
     def __init__(self, strategy: Strategy, offset: int) -> None:
         if offset < 0:
             raise ValueError(f"offset={offset} must be >= 0")
-        self.strategy = strategy
+        super().__init__(strategy)
         self.offset = offset
-
-    def summary(self) -> None:
-        self.strategy.summary()
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         return self.strategy.configure_train(server_round + self.offset, arrays, config, grid)
@@ -41,6 +37,3 @@ class RoundOffset(Strategy):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         return self.strategy.aggregate_evaluate(server_round + self.offset, replies)
-
-    def round_report(self) -> dict[str, Any]:
-        return inner_report(self.strategy)

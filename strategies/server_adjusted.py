@@ -29,11 +29,10 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
-from flwr.serverapp import Grid
+from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import Strategy
 
-from bouquet.strategies.reports import inner_report, merge_reports
+from bouquet.strategies.wrapper import StrategyWrapper
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +49,7 @@ def as_array_record(arrays: ArrayRecord | dict[str, np.ndarray]) -> ArrayRecord:
     raise ValueError(f"adjust_fn returned {type(arrays).__name__}; allowed: ArrayRecord, dict of arrays, or (arrays, dict)")
 
 
-class ServerAdjusted(Strategy):
+class ServerAdjusted(StrategyWrapper):
     """Adjust the inner strategy's aggregate with ``adjust_fn`` (see module docstring).
 
     Parameters
@@ -70,24 +69,15 @@ class ServerAdjusted(Strategy):
             raise ValueError(f"adjust_fn={adjust_fn!r} is not callable")
         if int(every_n_rounds) < 1:
             raise ValueError(f"every_n_rounds={every_n_rounds} must be >= 1")
-        self.strategy = strategy
+        super().__init__(strategy)
         self.adjust_fn = adjust_fn
         self.every_n_rounds = int(every_n_rounds)
         self.adjusted_rounds: list[int] = []
         self._report: dict[str, Any] = {}
 
-    def __getattr__(self, name: str) -> Any:
-        # Forward attributes of the wrapped strategy (e.g. weighted_by_key) for introspection.
-        if name == "strategy":
-            raise AttributeError(name)
-        return getattr(self.strategy, name)
-
     def summary(self) -> None:
         logger.info("ServerAdjusted (every %d rounds) around %s", self.every_n_rounds, type(self.strategy).__name__)
         self.strategy.summary()
-
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        return self.strategy.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Aggregate with the inner strategy, then adjust the aggregate in adjusted rounds."""
@@ -110,13 +100,7 @@ class ServerAdjusted(Strategy):
         self._report = {"adjusted": True, **extra}
         return adjusted, metrics
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return self.strategy.aggregate_evaluate(server_round, replies)
-
-    def round_report(self) -> dict[str, Any]:
-        """The inner strategy's report merged with this round's adjustment report."""
+    def own_report(self) -> dict[str, Any]:
+        """This round's adjustment report (merged with the inner strategy's by the base)."""
         own, self._report = self._report, {}
-        return merge_reports(inner_report(self.strategy), own)
+        return own
