@@ -8,7 +8,26 @@ from bouquet.clients.compressed import (
     TopKClient,
     compression_mod,
 )
+from bouquet.clients.early_exit import EarlyExitClient
+from bouquet.clients.faults import fault_mod
+from bouquet.clients.recsys_client import RecsysClient
 from bouquet.clients.slow import SlowClient, speed_factors
 from bouquet.clients.torch_client import TorchClient
 
-__all__ = ["CompressingClient", "STCClient", "TernaryClient", "TopKClient", "compression_mod", "ReplyEncoder", "SlowClient", "TorchClient", "dense_arrayrecord", "numpyclient_app", "single_record", "speed_factors"]
+__all__ = [
+    "CompressingClient",
+    "EarlyExitClient",
+    "RecsysClient",
+    "ReplyEncoder",
+    "STCClient",
+    "SlowClient",
+    "TernaryClient",
+    "TopKClient",
+    "TorchClient",
+    "compression_mod",
+    "dense_arrayrecord",
+    "fault_mod",
+    "numpyclient_app",
+    "single_record",
+    "speed_factors",
+]

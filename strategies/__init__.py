@@ -1,7 +1,25 @@
 """bouquet.strategies: Flower Message-API strategies and strategy wrappers (no torch)."""
 
+from bouquet.strategies.async_fedavg import AsyncFedAvg
 from bouquet.strategies.compressed import Compressed
+from bouquet.strategies.depth_fedavg import DepthFedAvg
 from bouquet.strategies.guard import ReplyGuard, check_dense_reply
+from bouquet.strategies.kl_weighted import KLWeightedFedAvg
 from bouquet.strategies.reports import inner_report, merge_reports
+from bouquet.strategies.round_offset import RoundOffset
+from bouquet.strategies.server_adjusted import ServerAdjusted
+from bouquet.strategies.wrapper import StrategyWrapper
 
-__all__ = ["Compressed", "ReplyGuard", "check_dense_reply", "inner_report", "merge_reports"]
+__all__ = [
+    "AsyncFedAvg",
+    "Compressed",
+    "DepthFedAvg",
+    "KLWeightedFedAvg",
+    "ReplyGuard",
+    "RoundOffset",
+    "ServerAdjusted",
+    "StrategyWrapper",
+    "check_dense_reply",
+    "inner_report",
+    "merge_reports",
+]
