@@ -37,7 +37,6 @@ bad weight) is dropped, logged with the node id and the reason, and counted in
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -48,7 +47,7 @@ from flwr.serverapp.strategy import FedAvg, Strategy
 
 from bouquet import keys
 from bouquet.codecs import Decoded, decode, is_bouquet_stype
-from bouquet.strategies.guard import DENSE_STYPE, ReplyGuard
+from bouquet.strategies.guard import DENSE_STYPE, ReplyGuard, metric_key_outliers
 from bouquet.strategies.reports import CLIENTS_DROPPED, DROP_REASONS
 from bouquet.strategies.wrapper import StrategyWrapper
 
@@ -160,8 +159,7 @@ class Compressed(StrategyWrapper):
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         self._dropped = []
         replies = list(replies)
-        if self._global is None:
-            raise RuntimeError("aggregate_train called before configure_train: no global arrays to decode against")
+        self._global_arrays()  # fail early, before any decoding
         base = weighted_mean_base(self.strategy) if self.fast_path else None
         if base is not None:
             self.last_path = "fast"
@@ -187,7 +185,7 @@ class Compressed(StrategyWrapper):
         With ``keep_dense=False`` a reply holding a dense-form tensor keeps ``None`` instead of
         its decoded arrays (decoded again when needed), so memory stays O(payloads + model).
         """
-        assert self._global is not None  # set in configure_train (checked by the caller)
+        global_arrays = self._global_arrays()
         accepted: list[tuple[Message, dict[str, Decoded] | None]] = []
         errors: list[Message] = []
         for msg in replies:
@@ -197,7 +195,7 @@ class Compressed(StrategyWrapper):
                 continue
             try:
                 reply_weight(msg.content, weight_key)
-                decoded: dict[str, Decoded] | None = decode_reply(msg.content, self._global)
+                decoded: dict[str, Decoded] | None = decode_reply(msg.content, global_arrays)
                 if not keep_dense and any(d.indices is None for d in decoded.values()):  # type: ignore[union-attr]
                     decoded = None
                 accepted.append((msg, decoded))
@@ -209,14 +207,15 @@ class Compressed(StrategyWrapper):
 
     def _densify(self, replies: list[Message]) -> list[Message]:
         """Replace each reply's arrays by the dense :math:`w + \\eta \\hat u_i` (error replies pass)."""
-        assert self._global is not None
+        global_arrays = self._global_arrays()
         accepted, errors = self._accept(replies, getattr(self.strategy, "weighted_by_key", keys.NUM_EXAMPLES))
         out: list[Message] = list(errors)
         for msg, decoded in accepted:
-            assert decoded is not None  # keep_dense=True
+            if decoded is None:  # only with keep_dense=False, which this path never asks for
+                raise RuntimeError("_accept returned no decoded arrays on the dense path")
             dense = ArrayRecord({
                 name: Array(np.ascontiguousarray(ref + (self.server_lr * decoded[name].to_dense()).astype(ref.dtype)))
-                for name, ref in self._global.items()
+                for name, ref in global_arrays.items()
             })
             content = RecordDict({next(iter(msg.content.array_records)): dense})
             for key, rec in msg.content.metric_records.items():
@@ -228,21 +227,21 @@ class Compressed(StrategyWrapper):
         return out
 
     def _consistent_metrics(self, accepted: list[tuple[Message, dict[str, Decoded] | None]]) -> list[tuple[Message, dict[str, Decoded] | None]]:
-        key_sets = [frozenset(next(iter(m.content.metric_records.values())).keys()) for m, _ in accepted]
-        if len(set(key_sets)) <= 1:
-            return accepted
-        common = Counter(key_sets).most_common(1)[0][0]
-        kept = []
-        for (msg, dec), ks in zip(accepted, key_sets, strict=True):
-            if ks == common:
-                kept.append((msg, dec))
-            else:
+        outliers = set(map(id, metric_key_outliers([m for m, _ in accepted])))
+        for msg, _ in accepted:
+            if id(msg) in outliers:
                 self._drop(msg, "metric keys differ from the other replies")
-        return kept
+        return [(m, d) for m, d in accepted if id(m) not in outliers]
+
+    def _global_arrays(self) -> dict[str, np.ndarray]:
+        """The global arrays sent this round (decoding needs them)."""
+        if self._global is None:
+            raise RuntimeError("aggregate_train called before configure_train: no global arrays to decode against")
+        return self._global
 
     def _aggregate_weighted_mean(self, base: FedAvg, replies: list[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """:math:`w + \\eta \\sum_i n_i \\hat u_i / \\sum_i n_i`, adding sparse updates at their indices."""
-        assert self._global is not None
+        global_arrays = self._global_arrays()
         weight_key = base.weighted_by_key
         accepted, _ = self._accept(replies, weight_key, keep_dense=False)
         if not accepted:
@@ -256,13 +255,13 @@ class Compressed(StrategyWrapper):
             raise ValueError(f"aggregation weights {weights[:5]} must be finite, >= 0, one per reply, with a positive sum")
         # accumulate in the model's float dtype (like Flower's FedAvg); integer tensors in float64
         acc = {name: np.zeros(ref.size, dtype=ref.dtype if ref.dtype.kind == "f" else np.float64)
-               for name, ref in self._global.items()}
+               for name, ref in global_arrays.items()}
         total = float(sum(weights))
         for (msg, decoded), weight in zip(accepted, weights, strict=True):
-            for name, dec in (decoded or decode_reply(msg.content, self._global)).items():
+            for name, dec in (decoded or decode_reply(msg.content, global_arrays)).items():
                 dec.add_to(acc[name], weight)
         out: dict[str, Array] = {}
-        for name, ref in self._global.items():
+        for name, ref in global_arrays.items():
             step = acc.pop(name)  # in place from here on: no extra model-sized temporaries
             step *= self.server_lr / total
             step += ref.reshape(-1)

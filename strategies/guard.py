@@ -76,6 +76,19 @@ def check_dense_reply(
     return check_weight(msg, weight_key)
 
 
+def metric_key_outliers(replies: list[Message]) -> list[Message]:
+    """Replies whose MetricRecord keys differ from the round's most common key set.
+
+    Flower's FedAvg raises ``InconsistentMessageReplies`` (and ends the run) when metric keys
+    differ between replies; dropping the outliers keeps the round going.
+    """
+    key_sets = [frozenset(next(iter(m.content.metric_records.values())).keys()) for m in replies]
+    if len(set(key_sets)) <= 1:
+        return []
+    common = Counter(key_sets).most_common(1)[0][0]
+    return [m for m, ks in zip(replies, key_sets, strict=True) if ks != common]
+
+
 def check_weight(msg: Message, weight_key: str = keys.NUM_EXAMPLES) -> str | None:
     """Return why the reply's single MetricRecord / weight is unusable, or ``None``."""
     content = msg.content
@@ -137,16 +150,11 @@ class ReplyGuard(StrategyWrapper):
         if getattr(self.strategy, "validates_metrics", False):
             return checked
         ok = [m for m in checked if not m.has_error()]
-        key_sets = [frozenset(next(iter(m.content.metric_records.values())).keys()) for m in ok]
-        if len(set(key_sets)) > 1:
-            common = Counter(key_sets).most_common(1)[0][0]
-            kept = []
-            for msg in checked:
-                if msg.has_error() or frozenset(next(iter(msg.content.metric_records.values())).keys()) == common:
-                    kept.append(msg)
-                else:
-                    self._drop(msg, "metric keys differ from the other replies")
-            checked = kept
+        outliers = set(map(id, metric_key_outliers(ok)))
+        for msg in ok:
+            if id(msg) in outliers:
+                self._drop(msg, "metric keys differ from the other replies")
+        checked = [m for m in checked if id(m) not in outliers]
         return checked
 
     def _drop(self, msg: Message, reason: str) -> None:
