@@ -31,7 +31,6 @@ import datetime as _dt
 import json
 import logging
 import os
-import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -41,16 +40,13 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from bouquet import keys
-from bouquet.simulations.experiment import get_experiment
-from bouquet.simulations.results import RunFailed
 from bouquet.simulations.server import make_client_app, run_server
-from bouquet.simulations.validate import validate_config
+from bouquet.simulations.validate import validate_run
 
 logger = logging.getLogger(__name__)
 
 RUN_CONFIG_OVERRIDES = keys.RUN_OVERRIDES  # run-config key: Hydra overrides (space separated)
 RUN_CONFIG_RUN_DIR = keys.RUN_DIR  # run-config key: output directory ("" = default below)
-NODE_WAIT_POLL_S = 1.0
 
 
 def default_runs_root() -> Path:
@@ -128,29 +124,6 @@ def resolve_run_dir(value: str, run_id: int | None = None) -> Path:
     return default_runs_root() / f"{stamp}{suffix}"
 
 
-def wait_for_nodes(grid: Grid, num_nodes: int, timeout_s: float) -> int:
-    """Wait until ``grid`` has ``num_nodes`` connected nodes; return how many it has.
-
-    Raises
-    ------
-    RunFailed
-        If fewer than ``num_nodes`` are connected after ``timeout_s`` seconds.
-    """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        have = len(list(grid.get_node_ids()))
-        if have >= num_nodes:
-            return have
-        if time.monotonic() >= deadline:
-            raise RunFailed(
-                f"only {have} of the {num_nodes} SuperNodes the strategy needs "
-                f"(strategy.min_available_nodes) connected within {timeout_s:.0f} s "
-                "(simulation.round_timeout_s); start more SuperNodes or lower "
-                "simulation.num_clients"
-            )
-        time.sleep(NODE_WAIT_POLL_S)
-
-
 def _ensure_progress_logging() -> None:
     """Show bouquet's progress lines in the ServerApp's log (streamed by ``flwr run --stream``)."""
     root = logging.getLogger("bouquet")
@@ -172,13 +145,9 @@ def _server_main(grid: Grid, context: Context) -> None:
     task = cfg.get("task", "federated")
     if task != "federated":
         raise ValueError(f"task={task!r} does not run on a SuperLink (only task=federated does); use bouquet-sim")
-    validate_config(cfg)
-    validate_config(cfg, num_train_samples=len(get_experiment(cfg).dataset.y_train))
+    validate_run(cfg)
     run_dir = resolve_run_dir(_run_config_str(context, RUN_CONFIG_RUN_DIR), context.run_id)
     logger.info("run %s: overrides=%r, results in %s", context.run_id, overrides, run_dir)
-    needed = int(cfg["strategy"].get("min_available_nodes", cfg["simulation"]["num_clients"]) or 1)
-    have = wait_for_nodes(grid, needed, float(cfg["simulation"]["round_timeout_s"]))
-    logger.info("%d SuperNodes connected (strategy needs %d)", have, needed)
     run_server(grid, cfg, run_dir)
 
 

@@ -17,10 +17,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from bouquet.simulations.experiment import get_experiment
 from bouquet.simulations.runner import run_in_simulation
 from bouquet.simulations.search import run_search
-from bouquet.simulations.validate import validate_config
+from bouquet.simulations.validate import validate_run
 
 logger = logging.getLogger("bouquet.progress")
 
@@ -33,9 +32,7 @@ def run_task(cfg: dict[str, Any], run_dir: str) -> dict[str, Any]:
     task = cfg.get("task", "federated")
     if task not in TASKS:
         raise ValueError(f"task={task!r} is unknown; allowed: {', '.join(TASKS)}")
-    validate_config(cfg)
-    exp = get_experiment(cfg)
-    validate_config(cfg, num_train_samples=len(exp.dataset.y_train))
+    validate_run(cfg)
     return TASKS[task](cfg, run_dir)
 
 

@@ -104,6 +104,27 @@ class MeteredGrid(Grid):
         return getattr(self._grid, name)
 
     # --- metering ------------------------------------------------------------
+    def wait_for_nodes(self, num_nodes: int, timeout_s: float, poll_s: float = 0.5) -> int:
+        """Wait until ``num_nodes`` nodes are connected; return how many are.
+
+        Raises
+        ------
+        NodesUnavailable
+            If fewer are connected after ``timeout_s`` seconds.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            have = len(list(self._grid.get_node_ids()))
+            if have >= num_nodes:
+                return have
+            if time.monotonic() >= deadline:
+                raise NodesUnavailable(
+                    f"only {have} of the {num_nodes} nodes the strategy needs (min_available_nodes) "
+                    f"connected within {timeout_s:.0f} s (simulation.node_wait_s); start more "
+                    "SuperNodes or lower simulation.num_clients"
+                )
+            time.sleep(poll_s)
+
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         self._waiting_since = None
         messages = list(messages)

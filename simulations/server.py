@@ -130,6 +130,10 @@ def run_server(grid: Grid, cfg: dict[str, Any], run_dir: str | Path) -> dict[str
         previous_rows = read_rows(run_dir, up_to_round=start_round)
         logger.info("resuming %s after round %d of %d", run_dir, start_round, num_rounds)
     (run_dir / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    node_wait_s = float(sim.get("node_wait_s") or 0)
+    if node_wait_s:  # Flower's samplers would wait forever for min_available_nodes
+        needed = int(getattr(strategy, "min_available_nodes", 1) or 1)
+        logger.info("%d nodes connected", metered.wait_for_nodes(needed, node_wait_s))
     checkpointer = Checkpointer(run_dir, cfg, strategy, int(sim.get("checkpoint_every", 1)), num_rounds)
     recorder = RunRecorder(
         run_dir,

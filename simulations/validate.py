@@ -45,3 +45,11 @@ def validate_config(cfg: dict[str, Any], num_train_samples: int | None = None) -
         _require(float(part["alpha"]) > 0, "partition.alpha", part["alpha"], "> 0")
     if part.get("kind") == "pathological":
         _require(int(part["labels_per_client"]) >= 1, "partition.labels_per_client", part["labels_per_client"], ">= 1")
+
+
+def validate_run(cfg: dict[str, Any]) -> None:
+    """:func:`validate_config`, then the checks that need the data (clients vs samples)."""
+    from bouquet.simulations.experiment import get_experiment
+
+    validate_config(cfg)
+    validate_config(cfg, num_train_samples=len(get_experiment(cfg).dataset.y_train))

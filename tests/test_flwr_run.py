@@ -165,14 +165,12 @@ def test_run_dir_default_is_timestamped_under_cache(monkeypatch: pytest.MonkeyPa
     assert resolve_run_dir(str(tmp_path / "x")) == tmp_path / "x"
 
 
-def test_wait_for_nodes_fails_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
-    from bouquet.simulations import flower_app
-    from bouquet.simulations.results import RunFailed
+def test_wait_for_nodes_fails_clearly() -> None:
+    from bouquet.simulations.metering import MeteredGrid, NodesUnavailable
 
-    monkeypatch.setattr(flower_app, "NODE_WAIT_POLL_S", 0.01)
-    assert flower_app.wait_for_nodes(_FakeGrid([0, 1, 2]), 2, timeout_s=5) == 2
-    with pytest.raises(RunFailed, match="only 1 of the 3 SuperNodes"):
-        flower_app.wait_for_nodes(_FakeGrid([1]), 3, timeout_s=0.05)
+    assert MeteredGrid(_FakeGrid([0, 1, 2])).wait_for_nodes(2, timeout_s=5, poll_s=0.01) == 2
+    with pytest.raises(NodesUnavailable, match="only 1 of the 3 nodes"):
+        MeteredGrid(_FakeGrid([1])).wait_for_nodes(3, timeout_s=0.05, poll_s=0.01)
 
 
 def test_client_app_trains_through_the_bridge() -> None:
