@@ -1,137 +1,180 @@
-"""Accuracy against megabytes uploaded: dense FedAvg vs top-k (+-EF), ternary and STC.
+"""Accuracy against megabytes uploaded: dense FedAvg vs top-k + EF, STC and TernGrad (issue 15 §1).
 
-Every cell is a real ``bouquet-sim`` run (10 clients, Dirichlet(0.5), the same rounds and seed
-for all); bytes are the bytes of ``Array.data`` that crossed the grid (``metrics.jsonl``).
-Cells whose ``summary.json`` exists are skipped, so the script can be resumed. Writes the
-``compression`` section of ``benchmarks/RESULTS.md`` and ``benchmarks/compression_curves.png``.
+Protocol: MNIST and Fashion-MNIST, 10 clients, Dirichlet(0.5), all clients every round, LeNet,
+30 rounds, 1 local epoch, batch 32, SGD momentum 0.9 (``client=plain`` defaults: lr 0.01);
+seeds 0, 1, 2. Every cell is a real ``bouquet-sim`` run in Flower's simulation engine; bytes are
+the measured ``Array.data`` bytes of every train reply (``metrics.jsonl``).
 
-Full grid (issue 3)::
+Raw per-cell results: ``benchmarks/results/compression.jsonl`` (one line per finished cell,
+never rerun). ``--report`` rebuilds the ``compression`` section of ``RESULTS.md`` and
+``benchmarks/compression_curves.png`` from that file alone::
 
-    nice -n 10 .venv/bin/python benchmarks/bench_compression.py --datasets mnist fashion_mnist \\
-        --model lenet --rounds 30 --local-epochs 1
-
-Reduced default (fits ~10 CPU minutes on 2 shared cores): MNIST only, MLP, 10 rounds.
+    nice -n 10 .venv/bin/python benchmarks/bench_compression.py --commit     # run what is missing
+    .venv/bin/python benchmarks/bench_compression.py --report                # tables + plot only
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
-import time
+from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._grid import (  # noqa: E402
+    Cell,
+    cumulative_mb,
+    first_reaching,
+    load_results,
+    mean_sd,
+    pm,
+    run_grid,
+)
 from benchmarks._results import markdown_table, write_section  # noqa: E402
 
-CELLS: dict[str, list[str]] = {
-    "plain": ["client=plain"],
+SECTION = "compression"
+# Arms: the issue's five first; the literature's remedies are arms of their own (--arms).
+ARMS: dict[str, list[str]] = {
+    "dense FedAvg": ["client=plain"],
     "topk 1% + EF": ["client=topk", "client.alpha=0.01", "client.residual_decay=1.0"],
-    "topk 1% no EF": ["client=topk", "client.alpha=0.01", "client.residual_decay=0.0"],
     "topk 0.1% + EF": ["client=topk", "client.alpha=0.001", "client.residual_decay=1.0"],
-    "topk 0.1% no EF": ["client=topk", "client.alpha=0.001", "client.residual_decay=0.0"],
-    "ternary": ["client=ternary"],
     "STC 1%": ["client=stc", "client.alpha=0.01"],
+    "ternary (TernGrad)": ["client=ternary"],
 }
+DEFAULT_ARMS = list(ARMS)
+TARGETS = {"mnist": 0.98, "fashion_mnist": 0.85}
+PROTOCOL = {"model": "lenet", "rounds": 30, "local_epochs": 1, "batch_size": 32, "clients": 10}
 
 
-def slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name).strip("_").replace("__", "_")
+def cells(datasets: list[str], arms: list[str], seeds: list[int]) -> list[Cell]:
+    p = PROTOCOL
+    out = []
+    for seed in seeds:  # seed-major: a partial grid has whole seeds of every arm
+        for dataset in datasets:
+            for arm in arms:
+                overrides = [
+                    f"dataset={dataset}", f"model={p['model']}", "partition=dirichlet", "partition.alpha=0.5",
+                    f"simulation.num_clients={p['clients']}", f"simulation.num_rounds={p['rounds']}",
+                    "simulation.fraction_train=1.0", f"client.local_epochs={p['local_epochs']}",
+                    f"client.batch_size={p['batch_size']}", "client.momentum=0.9", f"seed={seed}", *ARMS[arm],
+                ]
+                out.append(Cell.of(overrides, dataset=dataset, arm=arm, seed=seed, **p))
+    return out
 
 
-def run_cell(dataset: str, name: str, args: argparse.Namespace, out: Path) -> Path:
-    run_dir = out / dataset / slug(name)
-    if (run_dir / "summary.json").exists():
-        print(f"skip {dataset}/{name} (done)")
-        return run_dir
-    cmd = [
-        str(ROOT / ".venv/bin/bouquet-sim"), f"dataset={dataset}", f"model={args.model}", "partition=dirichlet",
-        "partition.alpha=0.5", f"simulation.num_clients={args.clients}", f"simulation.num_rounds={args.rounds}",
-        f"client.local_epochs={args.local_epochs}", f"seed={args.seed}", f"hydra.run.dir={run_dir}", *CELLS[name],
-    ]
-    env = {**os.environ, "BOUQUET_DATA": str(ROOT / ".data"), "FLWR_TELEMETRY_ENABLED": "0",
-           "FLWR_DISABLE_UPDATE_CHECK": "1", "RAY_USAGE_STATS_ENABLED": "0"}
-    t0 = time.time()
-    print(f"run {dataset}/{name}: {' '.join(cmd[1:])}", flush=True)
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if res.returncode != 0:
-        raise RuntimeError(f"{dataset}/{name} failed:\n{res.stderr[-3000:]}")
-    print(f"  done in {time.time() - t0:.0f} s", flush=True)
-    return run_dir
-
-
-def load_curve(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-
-
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--datasets", nargs="+", default=["mnist"])
-    p.add_argument("--cells", nargs="+", default=list(CELLS))
-    p.add_argument("--model", default="mlp")
-    p.add_argument("--rounds", type=int, default=10)
-    p.add_argument("--clients", type=int, default=10)
-    p.add_argument("--local-epochs", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=str(ROOT / "benchmarks/.runs/compression"))
-    args = p.parse_args()
-    out = Path(args.out)
+def report() -> list[Path]:
+    """Rebuild the RESULTS.md section and the plot from the raw results; return what changed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(args.datasets), figsize=(6 * len(args.datasets), 4.5), squeeze=False)
+    results = load_results(SECTION)
+    by: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in results:
+        by[(r["key"]["dataset"], r["key"]["arm"])].append(r)
+    datasets = [d for d in TARGETS if any(k[0] == d for k in by)]
+    arms = [a for a in ARMS if any(k[1] == a for k in by)]
+    if not datasets:
+        return []
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4.8), squeeze=False)
     rows = []
-    for ax, dataset in zip(axes[0], args.datasets, strict=True):
-        curves = {name: load_curve(run_cell(dataset, name, args, out)) for name in args.cells}
-        plain = curves.get("plain")
-        plain_up = sum(r["bytes_up"] for r in plain) if plain else None
-        plain_acc = plain[-1]["accuracy"] if plain else None
-        for name, curve in curves.items():
-            mb, total = [], 0
-            for r in curve:
-                total += r["bytes_up"]
-                mb.append(total / 1e6)
-            pts = [(m, r["accuracy"]) for m, r in zip(mb, curve, strict=True) if m > 0]  # round 0: nothing sent yet
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=name)
-            up = sum(r["bytes_up"] for r in curve)
+    for ax, ds in zip(axes[0], datasets, strict=True):
+        dense = {r["key"]["seed"]: r for r in by.get((ds, "dense FedAvg"), [])}
+        target = TARGETS[ds]
+        target_note = f"{target:.0%}"
+        if dense and not all(first_reaching(r["rounds"], target)[0] for r in dense.values()):
+            # the issue's fallback target: the dense arm's accuracy at round 10 (mean over seeds)
+            target = mean_sd([r["rounds"][10]["accuracy"] for r in dense.values() if len(r["rounds"]) > 10])[0]
+            target_note = f"{target:.4f} (dense at round 10; {TARGETS[ds]:.0%} not reached by every dense seed)"
+        for arm in arms:
+            cells_ = sorted(by.get((ds, arm), []), key=lambda r: r["key"]["seed"])
+            if not cells_:
+                continue
+            finals = [r["rounds"][-1]["accuracy"] for r in cells_]
+            mbs = [cumulative_mb(r["rounds"])[-1] for r in cells_]
+            diffs = [r["rounds"][-1]["accuracy"] - dense[r["key"]["seed"]]["rounds"][-1]["accuracy"]
+                     for r in cells_ if r["key"]["seed"] in dense]
+            ratios = [cumulative_mb(dense[r["key"]["seed"]]["rounds"])[-1] / max(m, 1e-12)
+                      for r, m in zip(cells_, mbs, strict=True) if r["key"]["seed"] in dense]
+            reach = [first_reaching(r["rounds"], target) for r in cells_]
+            reached = [x for x in reach if x[0] is not None]
             rows.append({
-                "dataset": dataset, "method": name, "final acc": round(curve[-1]["accuracy"], 4),
-                "best acc": round(max(r["accuracy"] for r in curve), 4),
-                "acc - plain (pt)": None if plain_acc is None else round(100 * (curve[-1]["accuracy"] - plain_acc), 2),
-                "MB up": round(up / 1e6, 4), "x fewer bytes": None if not plain_up else round(plain_up / max(up, 1), 1),
-                "failed": sum(r["clients_failed"] for r in curve),
+                "dataset": ds, "arm": arm, "seeds": ",".join(str(r["key"]["seed"]) for r in cells_),
+                "final acc (%)": pm(finals, 100), "acc - dense (pt)": pm(diffs, 100) if diffs else "",
+                "MB up": pm(mbs, 1, 3), "x fewer bytes": pm(ratios, 1, 1) if ratios else "",
+                "MB to target": pm([x[1] for x in reached], 1, 3) + ("" if len(reached) == len(reach)
+                                                                     else f" ({len(reached)}/{len(reach)} reached)"),
+                "round reached": pm([float(x[0]) for x in reached], 1, 1) if reached else "not reached",
+                "failed replies": sum(sum(x.get("clients_failed", 0) for x in r["rounds"]) for r in cells_),
+                "wall s / cell": f"{mean_sd([r['wall_s'] for r in cells_])[0]:.0f}",
             })
+            rows[-1]["target"] = target_note
+            _plot_arm(ax, arm, cells_)
         ax.set_xscale("log")
         ax.set_xlabel("MB uploaded (cumulative, all clients)")
         ax.set_ylabel("test accuracy")
-        ax.set_title(f"{dataset}: {args.clients} clients, Dirichlet(0.5), {args.model}, {args.rounds} rounds")
+        ax.set_title(f"{ds}: 10 clients, Dirichlet(0.5), LeNet, 30 rounds (mean, band = min..max over seeds)",
+                     fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(ROOT / "benchmarks/compression_curves.png", dpi=110)
-    cols = ["dataset", "method", "final acc", "best acc", "acc - plain (pt)", "MB up", "x fewer bytes", "failed"]
-    reduced = (args.datasets != ["mnist", "fashion_mnist"] or args.model != "lenet" or args.rounds < 30)
+    png = ROOT / "benchmarks/compression_curves.png"
+    fig.savefig(png, dpi=110)
+    cols = ["dataset", "arm", "seeds", "final acc (%)", "acc - dense (pt)", "MB up", "x fewer bytes",
+            "MB to target", "round reached", "failed replies", "wall s / cell"]
+    targets = "; ".join(f"{r['dataset']}: {r['target']}" for r in {r["dataset"]: r for r in rows}.values())
+    missing = _missing(results)
     body = (
-        f"Real `bouquet-sim` runs: {args.clients} clients, Dirichlet(0.5), model `{args.model}`, {args.rounds} rounds, "
-        f"{args.local_epochs} local epoch(s), seed {args.seed}; bytes are the measured `Array.data` bytes of all train "
-        "replies. Plot: `benchmarks/compression_curves.png`.\n\n" + markdown_table(rows, cols)
+        "Real `bouquet-sim` runs in Flower's simulation engine: 10 clients, Dirichlet(0.5), all clients every round, "
+        "LeNet, 30 rounds, 1 local epoch, batch 32, SGD lr 0.01 momentum 0.9. Mean ± sd over seeds (n=3 unless "
+        "marked); `acc - dense` and `x fewer bytes` are paired by seed. Bytes are the measured `Array.data` bytes "
+        f"of all train replies. Target accuracy: {targets}. Plot: `benchmarks/compression_curves.png`. "
+        "Raw per-cell results: `benchmarks/results/compression.jsonl`.\n\n" + markdown_table(rows, cols)
     )
-    if reduced:
-        body += (
-            "\n\n**Reduced grid** (2 CPU cores shared by several engineers). The issue's full grid is "
-            "`nice -n 10 .venv/bin/python benchmarks/bench_compression.py --datasets mnist fashion_mnist "
-            "--model lenet --rounds 30`."
-        )
-    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    body += f"\n\nLoad average when the table was written: {load} on {os.cpu_count()} shared cores.\n"
-    write_section("compression", "Compressed uploads: accuracy vs MB uploaded", body, command=" ".join(sys.argv))
-    print(markdown_table(rows, cols))
+    if missing:
+        body += ("\n**Not yet run** (" + str(len(missing)) + " cells): " + ", ".join(missing[:12])
+                 + (" ..." if len(missing) > 12 else "")
+                 + ". Command: `nice -n 10 .venv/bin/python benchmarks/bench_compression.py --commit`.\n")
+    write_section(SECTION, "Compressed uploads: accuracy vs MB uploaded (LeNet, 30 rounds, 3 seeds)", body,
+                  command="nice -n 10 .venv/bin/python benchmarks/bench_compression.py --commit "
+                          "(report: --report)")
+    return [ROOT / "benchmarks/RESULTS.md", png]
+
+
+def _plot_arm(ax, arm: str, cells_: list[dict]) -> None:
+    import numpy as np
+
+    n = min(len(r["rounds"]) for r in cells_)
+    mb = np.mean([cumulative_mb(r["rounds"])[:n] for r in cells_], axis=0)
+    acc = np.array([[x["accuracy"] for x in r["rounds"][:n]] for r in cells_])
+    keep = mb > 0  # round 0: nothing uploaded yet
+    line = ax.plot(mb[keep], acc.mean(axis=0)[keep], marker=".", ms=3, label=f"{arm} (n={len(cells_)})")[0]
+    ax.fill_between(mb[keep], acc.min(axis=0)[keep], acc.max(axis=0)[keep], alpha=0.15, color=line.get_color())
+
+
+def _missing(results: list[dict]) -> list[str]:
+    done = {(r["key"]["dataset"], r["key"]["arm"], r["key"]["seed"]) for r in results}
+    return [f"{c.key_dict['dataset']}/{c.key_dict['arm']}/seed {c.key_dict['seed']}"
+            for c in cells(list(TARGETS), DEFAULT_ARMS, [0, 1, 2])
+            if (c.key_dict["dataset"], c.key_dict["arm"], c.key_dict["seed"]) not in done]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--datasets", nargs="+", default=list(TARGETS))
+    p.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=list(ARMS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--commit", action="store_true", help="git-commit the raw results after every cell")
+    p.add_argument("--report", action="store_true", help="only rebuild RESULTS.md and the plot")
+    args = p.parse_args()
+    if not args.report:
+        run_grid(SECTION, cells(args.datasets, args.arms, args.seeds), commit=args.commit, after_cell=report)
+    report()
+    print(f"load average: {', '.join(f'{v:.1f}' for v in os.getloadavg())}")
 
 
 if __name__ == "__main__":

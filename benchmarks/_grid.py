@@ -1,0 +1,164 @@
+"""Resumable benchmark grids whose raw per-cell results live in ``benchmarks/results/``.
+
+A grid is a list of :class:`Cell` s; each cell is one real ``bouquet-sim`` run. When a cell
+finishes, one JSON line (the cell's key, its overrides, every round of ``metrics.jsonl``, its
+``summary.json`` and wall time) is appended to ``benchmarks/results/<section>.jsonl``, and, with
+``commit=True``, that file alone is committed (``git commit --only``), so a session that ends
+mid-grid loses no finished cell. A cell whose key is already in the file is never rerun.
+Reports (``RESULTS.md`` sections, plots) are built from these files only.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of a grid: ``key`` identifies it (dataset, arm, seed, ...), ``overrides`` are the
+    ``bouquet-sim`` arguments."""
+
+    key: tuple[tuple[str, Any], ...]
+    overrides: tuple[str, ...] = field(default=())
+
+    @classmethod
+    def of(cls, overrides: Iterable[str], **key: Any) -> Cell:
+        return cls(tuple(sorted(key.items())), tuple(overrides))
+
+    @property
+    def key_dict(self) -> dict[str, Any]:
+        return dict(self.key)
+
+    def label(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in self.key)
+
+
+def results_path(section: str) -> Path:
+    return RESULTS_DIR / f"{section}.jsonl"
+
+
+def load_results(section: str) -> list[dict[str, Any]]:
+    """Every finished cell of ``section`` (one dict per cell, in the order they finished)."""
+    path = results_path(section)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def done_keys(section: str) -> set[str]:
+    return {json.dumps(r["key"], sort_keys=True) for r in load_results(section)}
+
+
+def _append(section: str, record: dict[str, Any]) -> None:
+    path = results_path(section)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.write(json.dumps(record, sort_keys=True) + "\n")
+        fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _commit(paths: list[Path], message: str) -> None:
+    """Commit only ``paths`` (other staged work is left alone); a busy index is retried once,
+    then left for the next cell's commit."""
+    rel = [str(p.relative_to(ROOT)) for p in paths if p.exists()]
+    for attempt in range(2):
+        subprocess.run(["git", "-C", str(ROOT), "add", "--", *rel], capture_output=True)
+        res = subprocess.run(["git", "-C", str(ROOT), "commit", "-q", "--only", "-m", message, "--", *rel],
+                             capture_output=True, text=True)
+        if res.returncode == 0 or "nothing" in (res.stdout + res.stderr):
+            return
+        time.sleep(5 * (attempt + 1))
+    print(f"  (commit of {rel} deferred: {res.stderr.strip()[:200]})", flush=True)
+
+
+def run_cell(section: str, cell: Cell, *, timeout_s: float = 3 * 3600) -> dict[str, Any]:
+    """Run one cell with ``bouquet-sim`` in a scratch run directory and append its raw record."""
+    env = {**os.environ, "BOUQUET_DATA": os.environ.get("BOUQUET_DATA", str(ROOT / ".data")),
+           "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    with tempfile.TemporaryDirectory(prefix=f"bouquet-{section}-") as tmp:
+        run_dir = Path(tmp) / "run"
+        cmd = [str(ROOT / ".venv/bin/bouquet-sim"), *cell.overrides, f"hydra.run.dir={run_dir}",
+               "simulation.checkpoint_every=0"]
+        t0 = time.time()
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
+        wall = time.time() - t0
+        if res.returncode != 0:
+            raise RuntimeError(f"{section} {cell.label()} failed (exit {res.returncode}):\n{res.stderr[-3000:]}")
+        rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        summary = json.loads((run_dir / "summary.json").read_text())
+    record = {
+        "key": cell.key_dict, "overrides": list(cell.overrides), "rounds": rounds, "summary": summary,
+        "wall_s": round(wall, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "loadavg": [round(v, 2) for v in os.getloadavg()], "cpus": os.cpu_count(),
+    }
+    _append(section, record)
+    return record
+
+
+def run_grid(section: str, cells: list[Cell], *, commit: bool = False, after_cell: Any = None) -> None:
+    """Run every cell of ``cells`` not yet in ``results/<section>.jsonl``, one at a time."""
+    todo = [c for c in cells if json.dumps(c.key_dict, sort_keys=True) not in done_keys(section)]
+    print(f"{section}: {len(cells) - len(todo)} of {len(cells)} cells done, {len(todo)} to run", flush=True)
+    for i, cell in enumerate(todo, 1):
+        print(f"[{i}/{len(todo)}] {section} {cell.label()}", flush=True)
+        rec = run_cell(section, cell)
+        last = rec["rounds"][-1] if rec["rounds"] else {}
+        print(f"  done in {rec['wall_s']:.0f} s, final accuracy {last.get('accuracy')}", flush=True)
+        touched = [results_path(section)]
+        if after_cell is not None:
+            touched += list(after_cell() or [])
+        if commit:
+            _commit(touched, f"benchmarks: {section} cell {cell.label()}")
+
+
+# ----------------------------------------------------------------------------- statistics
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return math.nan, math.nan
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def pm(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
+    """``mean +- sd (n)`` of ``values`` times ``scale``."""
+    m, s = mean_sd(values)
+    if math.isnan(m):
+        return ""
+    n = len([v for v in values if v is not None])
+    return f"{m * scale:.{digits}f} ± {s * scale:.{digits}f}" + ("" if n == 3 else f" (n={n})")
+
+
+def cumulative_mb(rounds: list[dict[str, Any]]) -> list[float]:
+    total, out = 0, []
+    for r in rounds:
+        total += r.get("bytes_up", 0)
+        out.append(total / 1e6)
+    return out
+
+
+def first_reaching(rounds: list[dict[str, Any]], target: float) -> tuple[int | None, float | None]:
+    """(round, cumulative MB uploaded) at which accuracy first reaches ``target``."""
+    for r, mb in zip(rounds, cumulative_mb(rounds), strict=True):
+        if r.get("accuracy") is not None and r["accuracy"] >= target:
+            return int(r["round"]), mb
+    return None, None
+
+
+def python() -> str:
+    return sys.executable
