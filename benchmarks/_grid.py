@@ -6,6 +6,10 @@ finishes, one JSON line (the cell's key, its overrides, every round of ``metrics
 ``commit=True``, that file alone is committed (``git commit --only``), so a session that ends
 mid-grid loses no finished cell. A cell whose key is already in the file is never rerun.
 Reports (``RESULTS.md`` sections, plots) are built from these files only.
+
+``pin`` (a commit) runs every cell against that commit's code, checked out once into a
+detached worktree under ``$TMPDIR`` and put first on ``PYTHONPATH``, so edits in the working
+tree cannot leak into a running grid; each raw line records the commit its cell ran.
 """
 
 from __future__ import annotations
@@ -87,23 +91,52 @@ def _commit(paths: list[Path], message: str) -> None:
     print(f"  (commit of {rel} deferred: {res.stderr.strip()[:200]})", flush=True)
 
 
-def run_cell(section: str, cell: Cell, *, timeout_s: float = 3 * 3600) -> dict[str, Any]:
+PACKAGES = ("codecs", "strategies", "clients", "models", "data", "simulations", "conf")
+
+
+def pinned_tree(commit: str) -> tuple[str, Path]:
+    """(full sha, import root) of ``commit`` checked out in a detached worktree, laid out as the
+    ``bouquet`` package (the project maps top-level folders into ``bouquet.*``)."""
+    sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", commit], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    tree = Path(tempfile.gettempdir()) / f"bouquet-pinned-{sha[:12]}"
+    if not (tree / "bouquet").exists():
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--force", str(tree), sha],
+                       capture_output=True, check=True)
+    pkg = tree / ".pkg" / "bouquet"
+    if not pkg.exists():
+        pkg.mkdir(parents=True)
+        for entry in (tree / "bouquet").iterdir():
+            (pkg / entry.name).symlink_to(entry)
+        for name in PACKAGES:
+            (pkg / name).symlink_to(tree / name)
+    return sha, tree / ".pkg"
+
+
+def run_cell(section: str, cell: Cell, *, timeout_s: float = 3 * 3600, pin: str | None = None) -> dict[str, Any]:
     """Run one cell with ``bouquet-sim`` in a scratch run directory and append its raw record."""
     env = {**os.environ, "BOUQUET_DATA": os.environ.get("BOUQUET_DATA", str(ROOT / ".data")),
            "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    if pin is not None:
+        commit, root = pinned_tree(pin)
+        env["PYTHONPATH"] = os.pathsep.join([str(root), *filter(None, [os.environ.get("PYTHONPATH")])])
+    else:
+        commit = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
+                                text=True).stdout.strip()
     with tempfile.TemporaryDirectory(prefix=f"bouquet-{section}-") as tmp:
         run_dir = Path(tmp) / "run"
         cmd = [str(ROOT / ".venv/bin/bouquet-sim"), *cell.overrides, f"hydra.run.dir={run_dir}",
                "simulation.checkpoint_every=0"]
         t0 = time.time()
-        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
+        # cwd outside the checkout: Ray workers put the driver's cwd on sys.path
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s, cwd=tmp)
         wall = time.time() - t0
         if res.returncode != 0:
             raise RuntimeError(f"{section} {cell.label()} failed (exit {res.returncode}):\n{res.stderr[-3000:]}")
         rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
         summary = json.loads((run_dir / "summary.json").read_text())
     record = {
-        "key": cell.key_dict, "overrides": list(cell.overrides), "rounds": rounds, "summary": summary,
+        "key": cell.key_dict, "overrides": list(cell.overrides), "rounds": rounds, "summary": summary, "commit": commit,
         "wall_s": round(wall, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "loadavg": [round(v, 2) for v in os.getloadavg()], "cpus": os.cpu_count(),
     }
@@ -111,13 +144,14 @@ def run_cell(section: str, cell: Cell, *, timeout_s: float = 3 * 3600) -> dict[s
     return record
 
 
-def run_grid(section: str, cells: list[Cell], *, commit: bool = False, after_cell: Any = None) -> None:
+def run_grid(section: str, cells: list[Cell], *, commit: bool = False, after_cell: Any = None,
+             pin: str | None = None) -> None:
     """Run every cell of ``cells`` not yet in ``results/<section>.jsonl``, one at a time."""
     todo = [c for c in cells if json.dumps(c.key_dict, sort_keys=True) not in done_keys(section)]
     print(f"{section}: {len(cells) - len(todo)} of {len(cells)} cells done, {len(todo)} to run", flush=True)
     for i, cell in enumerate(todo, 1):
         print(f"[{i}/{len(todo)}] {section} {cell.label()}", flush=True)
-        rec = run_cell(section, cell)
+        rec = run_cell(section, cell, pin=pin)
         last = rec["rounds"][-1] if rec["rounds"] else {}
         print(f"  done in {rec['wall_s']:.0f} s, final accuracy {last.get('accuracy')}", flush=True)
         touched = [results_path(section)]

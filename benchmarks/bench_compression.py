@@ -170,9 +170,10 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--commit", action="store_true", help="git-commit the raw results after every cell")
     p.add_argument("--report", action="store_true", help="only rebuild RESULTS.md and the plot")
+    p.add_argument("--pin", default=None, help="run the cells against this commit's code (a detached worktree)")
     args = p.parse_args()
     if not args.report:
-        run_grid(SECTION, cells(args.datasets, args.arms, args.seeds), commit=args.commit, after_cell=report)
+        run_grid(SECTION, cells(args.datasets, args.arms, args.seeds), commit=args.commit, after_cell=report, pin=args.pin)
     report()
     print(f"load average: {', '.join(f'{v:.1f}' for v in os.getloadavg())}")
 
