@@ -1,55 +1,222 @@
-"""Checks on a resolved config before anything starts: impossible values name their key."""
+"""Checks on a composed config before anything starts: one ``ValueError`` naming the key.
+
+Three layers, all before the simulation engine (or a SuperLink run) starts:
+
+1. :func:`check_schema`: every key of every config group value against the table of
+   :mod:`bouquet.simulations.schema` (unknown and missing keys, types, ranges, allowed values);
+2. :data:`COMBINATIONS` (:mod:`bouquet.simulations.combinations`): values that are fine alone but
+   cannot work together, most of them known silent failures;
+3. :func:`validate_run`: the checks that need the data (clients vs samples, the model built for
+   the dataset's inputs, the strategy's depths vs the model's exits).
+
+Every message is one line: ``client.alpha=2 is out of range (0, 1]``.
+"""
 
 from __future__ import annotations
 
+import math
+import re
+from functools import cache
 from typing import Any
 
+from bouquet.simulations.schema import GROUPS, ROOT, Key
 
-def _require(cond: bool, key: str, value: Any, allowed: str) -> None:
-    if not cond:
-        raise ValueError(f"{key}={value!r} is not allowed: must be {allowed}")
+Options = dict[str, str]  # config group -> its value (``{"client": "topk", ...}``)
+
+_TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+               "str or bool": "a string or true", "dict": "a mapping"}
+_INTERVAL = re.compile(r"^([\[(])\s*(-inf|[-+0-9.e]+)\s*,\s*(inf|[-+0-9.e]+)\s*([\])])$")
 
 
-def validate_config(cfg: dict[str, Any], num_train_samples: int | None = None) -> None:
-    """Raise ``ValueError`` naming the first impossible value in ``cfg``.
+@cache
+def interval(text: str) -> tuple[float, float, bool, bool]:
+    """``(low, high, low_closed, high_closed)`` of an interval such as ``"(0, 1]"``."""
+    match = _INTERVAL.match(text)
+    if match is None:
+        raise ValueError(f"range={text!r} is not an interval like '(0, 1]' or '[1, inf)'")
+    opening, low, high, closing = match.groups()
+    return float(low), float(high), opening == "[", closing == "]"
 
-    ``num_train_samples`` (when known) lets it refuse more clients than samples.
+
+def in_range(value: float, text: str) -> bool:
+    """Whether ``value`` is finite and in the interval ``text`` ("" = any finite value)."""
+    if not math.isfinite(value):
+        return False
+    if not text:
+        return True
+    low, high, low_closed, high_closed = interval(text)
+    return (value >= low if low_closed else value > low) and (value <= high if high_closed else value < high)
+
+
+def fmt(value: Any) -> str:
+    """A value as it is written on the command line (``null``, ``true``, ``'tensor'``, ``[1, 2]``)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(fmt(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {fmt(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def describe(key: Key) -> str:
+    """What ``key`` allows, in words: ``a number in (0, 1]``, ``one of 'tensor', 'model' or null``."""
+    element = key.kind.removesuffix(" list")
+    what = _TYPE_NAMES[element]
+    if len(key.choices) == 1:
+        what = f"exactly {fmt(key.choices[0])}"
+    elif key.choices:
+        what = "one of " + ", ".join(fmt(c) for c in key.choices)
+    elif key.range:
+        what = f"{what} in {key.range}"
+    if key.kind.endswith(" list"):
+        what = f"a non-empty list, each element {what}"
+    return f"{what} or null" if key.null else what
+
+
+def _type_ok(kind: str, value: Any) -> bool:
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "str":
+        return isinstance(value, str)
+    if kind == "str or bool":
+        return isinstance(value, (str, bool))
+    return isinstance(value, dict)
+
+
+def _check_one(path: str, key: Key, kind: str, value: Any, shown: Any) -> None:
+    if not _type_ok(kind, value):
+        raise ValueError(f"{path}={fmt(shown)} has the wrong type; allowed: {describe(key)}")
+    if key.choices and value not in key.choices:
+        raise ValueError(f"{path}={fmt(shown)} is not allowed; allowed: {describe(key)}")
+    if kind in ("int", "float") and not in_range(float(value), key.range):
+        where = key.range or "(-inf, inf)"
+        if shown is value:
+            raise ValueError(f"{path}={fmt(value)} is out of range {where}")
+        raise ValueError(f"{path}={fmt(shown)} is out of range: every element must be in {where}")
+
+
+def check_value(path: str, key: Key, value: Any) -> None:
+    """Raise ``ValueError`` naming ``path`` if ``value`` is not what ``key`` allows."""
+    if value is None:
+        if key.null:
+            return
+        raise ValueError(f"{path}=null is not allowed; allowed: {describe(key)}")
+    if key.kind.endswith(" list"):
+        if not isinstance(value, list) or not value:
+            raise ValueError(f"{path}={fmt(value)} is not allowed; allowed: {describe(key)}")
+        for element in value:
+            _check_one(path, key, key.kind.removesuffix(" list"), element, value)
+        return
+    _check_one(path, key, key.kind, value, value)
+
+
+def check_keys(prefix: str, label: str, table: dict[str, Key], section: dict[str, Any]) -> None:
+    """Unknown and missing keys of one group value, then every value (``prefix.key`` in messages)."""
+    for name in section:
+        if name not in table:
+            raise ValueError(f"{prefix}.{name} is not a key of {label}; allowed: {', '.join(table)}")
+    for name, key in table.items():
+        if name not in section:
+            if key.optional:
+                continue
+            raise ValueError(f"{prefix}.{name} is missing ({label} needs it)")
+        check_value(f"{prefix}.{name}", key, section[name])
+
+
+def group_value(name: str, section: dict[str, Any]) -> str:
+    """Which value of config group ``name`` the composed ``section`` is (``"*"`` for one-table groups)."""
+    group = GROUPS[name]
+    if not group.by:
+        return "*"
+    found = section.get(group.by)
+    for value, table in group.values.items():
+        if found in table[group.by].choices:
+            return value
+    allowed = [c for table in group.values.values() for c in table[group.by].choices]
+    raise ValueError(
+        f"{name}.{group.by}={fmt(found)} is not allowed; allowed: {', '.join(fmt(a) for a in allowed)} "
+        f"(choose {name}={'|'.join(group.values)})"
+    )
+
+
+def check_schema(cfg: dict[str, Any]) -> Options:
+    """Check ``cfg`` against :mod:`bouquet.simulations.schema`; return each group's value.
+
+    Raises
+    ------
+    ValueError
+        Naming the first key that is unknown, missing, of the wrong type or out of range.
     """
-    sim = cfg["simulation"]
-    _require(int(sim["num_clients"]) >= 1, "simulation.num_clients", sim["num_clients"], ">= 1")
-    _require(int(sim["num_rounds"]) >= 1, "simulation.num_rounds", sim["num_rounds"], ">= 1")
-    frac = float(sim["fraction_train"])
-    _require(0.0 < frac <= 1.0, "simulation.fraction_train", frac, "in (0, 1]")
-    _require(float(sim["round_timeout_s"]) > 0, "simulation.round_timeout_s", sim["round_timeout_s"], "> 0")
-    _require(float(sim["client_cpus"]) > 0, "simulation.client_cpus", sim["client_cpus"], "> 0")
-    if num_train_samples is not None:
-        _require(
-            int(sim["num_clients"]) <= num_train_samples,
-            "simulation.num_clients",
-            sim["num_clients"],
-            f"<= the {num_train_samples} training samples",
-        )
-    client = cfg["client"]
-    for key in ("lr",):
-        if key in client:
-            _require(float(client[key]) > 0, f"client.{key}", client[key], "> 0")
-    for key in ("local_epochs",):
-        if key in client:
-            _require(int(client[key]) >= 0, f"client.{key}", client[key], ">= 0")
-    if "batch_size" in client:
-        _require(int(client["batch_size"]) >= 1, "client.batch_size", client["batch_size"], ">= 1")
-    if "momentum" in client:
-        _require(0.0 <= float(client["momentum"]) < 1.0, "client.momentum", client["momentum"], "in [0, 1)")
-    part = cfg["partition"]
-    if part.get("kind") == "dirichlet":
-        _require(float(part["alpha"]) > 0, "partition.alpha", part["alpha"], "> 0")
-    if part.get("kind") == "pathological":
-        _require(int(part["labels_per_client"]) >= 1, "partition.labels_per_client", part["labels_per_client"], ">= 1")
+    known = [*ROOT, *GROUPS]
+    for name in cfg:
+        if name not in known:
+            raise ValueError(f"{name} is not a config key; allowed: {', '.join(known)}")
+    for name, key in ROOT.items():
+        if name not in cfg:
+            raise ValueError(f"{name} is missing from the config")
+        check_value(name, key, cfg[name])
+    options: Options = {}
+    for name, group in GROUPS.items():
+        if name not in cfg:
+            if group.optional:
+                continue
+            raise ValueError(f"config group {name} is missing; allowed: {', '.join(group.values)}")
+        section = cfg[name]
+        if not isinstance(section, dict):
+            raise ValueError(f"{name}={fmt(section)} is not a config group; allowed: {', '.join(group.values)}")
+        value = group_value(name, section)
+        options[name] = value
+        check_keys(name, name if value == "*" else f"{name}={value}", group.values[value], section)
+    return options
 
 
-def validate_run(cfg: dict[str, Any]) -> None:
-    """:func:`validate_config`, then the checks that need the data (clients vs samples)."""
-    from bouquet.simulations.experiment import get_experiment
+def validate_config(cfg: dict[str, Any], num_train_samples: int | None = None, *, in_simulation: bool = True) -> Options:
+    """Raise ``ValueError`` naming the first impossible value or combination in ``cfg``.
 
-    validate_config(cfg)
-    validate_config(cfg, num_train_samples=len(get_experiment(cfg).dataset.y_train))
+    Parameters
+    ----------
+    cfg : dict
+        The resolved config (``OmegaConf.to_container(cfg, resolve=True)``).
+    num_train_samples : int, optional
+        When known, more clients than samples are refused too.
+    in_simulation : bool
+        Also apply the checks that hold only in the simulation engine (``False`` for ``flwr run``).
+
+    Returns
+    -------
+    dict
+        The value of each config group (``{"client": "topk", "simulation": "*", ...}``).
+    """
+    from bouquet.simulations.combinations import check_combinations
+
+    options = check_schema(cfg)
+    check_combinations(cfg, options, in_simulation=in_simulation)
+    num_clients = int(cfg["simulation"]["num_clients"])
+    if num_train_samples is not None and num_clients > num_train_samples:
+        raise ValueError(f"simulation.num_clients={num_clients} is more than the {num_train_samples} training samples")
+    return options
+
+
+def validate_run(cfg: dict[str, Any], *, in_simulation: bool = True) -> None:
+    """:func:`validate_config`, then the checks that need the data.
+
+    Raises
+    ------
+    ValueError
+        For an impossible value or combination (naming the key).
+    bouquet.data.loaders.DataMissingError
+        If the dataset is not in the cache (a ``FileNotFoundError`` naming ``make data``).
+    """
+    from bouquet.simulations.combinations import check_data
+
+    options = validate_config(cfg, in_simulation=in_simulation)
+    check_data(cfg, options)
