@@ -78,10 +78,22 @@ def compress_update(
     rng: np.random.Generator,
     state_key: str = keys.EF_RESIDUAL,
 ) -> ArrayRecord:
-    """Encode ``returned - received`` with error feedback kept in ``state[state_key]``."""
-    updates = [np.asarray(r) - np.asarray(g).astype(np.asarray(r).dtype) for g, r in zip(received, returned, strict=True)]
+    """Encode ``returned - received`` with error feedback kept in ``state[state_key]``.
+
+    The update has the dtype of the array the server sent (the server checks it), so an integer
+    buffer returned against a float64 global (Flower's FedAvg averages integers in float64) is
+    converted first. A non-finite update raises ``ValueError`` (the ClientApp replies with an
+    error) before the residual in ``state`` is touched.
+    """
+    updates = []
+    for name, g, r in zip(names, received, returned, strict=True):
+        g, r = np.asarray(g), np.asarray(r)
+        converted = r.astype(g.dtype, copy=False)
+        if g.dtype.kind == "f" and r.dtype.kind == "f" and np.isfinite(r.sum()) and not np.isfinite(converted.sum()):
+            raise ValueError(f"tensor {name!r} overflows {g.dtype} when converted from {r.dtype}: not uploaded")
+        updates.append(np.subtract(converted, g, dtype=g.dtype))
     residuals = load_residuals(state, names, updates, state_key) if compressor.residual_decay > 0 else None
-    encoded, new = compressor.compress(updates, residuals, server_round=server_round, rng=rng)
+    encoded, new = compressor.compress(updates, residuals, server_round=server_round, rng=rng, inplace=True)
     if new is not None and state is not None:
         state[state_key] = ArrayRecord(OrderedDict((n, Array(np.ascontiguousarray(r))) for n, r in zip(names, new, strict=True)))
     elif new is not None:

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from bouquet.codecs.error_feedback import accumulate, check_decay, new_residual
+from bouquet.codecs.error_feedback import accumulate, check_decay, subtract_sent
 from bouquet.codecs.stc import encode_stc
 from bouquet.codecs.ternary import PACKINGS, encode_ternary, ternarize
 from bouquet.codecs.topk import (
@@ -31,7 +31,7 @@ from bouquet.codecs.topk import (
     select_topk_model,
     topk_count,
 )
-from bouquet.codecs.wire import Encoded, encode_dense
+from bouquet.codecs.wire import Decoded, Encoded, encode_dense
 
 SCOPES = ("tensor", "model")
 
@@ -44,9 +44,9 @@ class UpdateCompressor:
     def __init__(self, *, residual_decay: float = 0.0) -> None:
         self.residual_decay = check_decay(residual_decay)
 
-    def encode(self, tensors: list[np.ndarray], round_index: int, rng: np.random.Generator) -> list[tuple[Encoded, np.ndarray]]:
+    def encode(self, tensors: list[np.ndarray], round_index: int, rng: np.random.Generator) -> list[tuple[Encoded, Decoded]]:
         """Encode float tensors; return payloads and what the receiver decodes."""
-        return [(encode_dense(t), t) for t in tensors]
+        return [_dense(t) for t in tensors]
 
     def compress(
         self,
@@ -55,8 +55,14 @@ class UpdateCompressor:
         *,
         server_round: int = 1,
         rng: np.random.Generator | None = None,
+        inplace: bool = False,
     ) -> tuple[list[Encoded], list[np.ndarray] | None]:
         """Compress ``updates`` (+ decayed ``residuals``) for ``server_round`` (1-based).
+
+        A non-finite float update raises ``ValueError`` before anything (the residual included)
+        is touched. ``inplace=True`` lets the compressor overwrite ``updates`` and ``residuals``
+        (the caller's fresh copies): error feedback then costs one pass for the accumulation and
+        O(k) for the new residual.
 
         Returns
         -------
@@ -67,19 +73,39 @@ class UpdateCompressor:
             raise ValueError(f"{len(residuals)} residuals for {len(updates)} updates")
         rng = rng if rng is not None else np.random.default_rng()
         round_index = max(int(server_round) - 1, 0)
-        acc = [accumulate(np.asarray(u), None if residuals is None else residuals[i], self.residual_decay)
-               for i, u in enumerate(updates)]
-        floats = [i for i, a in enumerate(acc) if a.dtype.kind == "f"]
-        encoded: list[tuple[Encoded, np.ndarray] | None] = [None] * len(acc)
+        arrays = [np.asarray(u) for u in updates]
+        for i, u in enumerate(arrays):
+            check_finite_update(u, i)
+        use_ef = self.residual_decay > 0
+        floats = [i for i, u in enumerate(arrays) if u.dtype.kind == "f"]
+        acc = list(arrays)
+        if use_ef:  # integer / bool tensors are sent exactly: no residual to carry
+            for i in floats:
+                acc[i] = accumulate(arrays[i], None if residuals is None else residuals[i], self.residual_decay, inplace=inplace)
+        encoded: list[tuple[Encoded, Decoded] | None] = [None] * len(acc)
         for i, pair in zip(floats, self.encode([acc[i] for i in floats], round_index, rng), strict=True):
             encoded[i] = pair
         for i, a in enumerate(acc):
-            if encoded[i] is None:
-                encoded[i] = (encode_dense(a), a)
+            if encoded[i] is None:  # integer / bool tensors travel dense and exact
+                encoded[i] = _dense(a)
         payloads = [e for e, _ in encoded]  # type: ignore[misc]
-        if self.residual_decay == 0.0:
+        if not use_ef:
             return payloads, None
-        return payloads, [new_residual(a, sent) for a, (_, sent) in zip(acc, encoded, strict=True)]  # type: ignore[misc]
+        new = [subtract_sent(acc[i], encoded[i][1]) if i in floats else np.zeros_like(a)  # type: ignore[index]
+               for i, a in enumerate(acc)]
+        return payloads, new
+
+
+def check_finite_update(u: np.ndarray, index: int) -> None:
+    """``ValueError`` if a float update holds NaN or inf (one summing pass; exact check only
+    when the sum is not finite)."""
+    if u.dtype.kind == "f" and u.size and not np.isfinite(u.sum()) and not np.all(np.isfinite(u)):
+        raise ValueError(f"update tensor {index} holds NaN or inf: not uploaded (the error-feedback residual is unchanged)")
+
+
+def _dense(t: np.ndarray) -> tuple[Encoded, Decoded]:
+    enc = encode_dense(t)
+    return enc, Decoded(tuple(t.shape), t.dtype, None, t)
 
 
 class DenseCompressor(UpdateCompressor):
@@ -116,7 +142,7 @@ class TopKCompressor(_TopKSelection):
             raise ValueError(f"value_dtype={value_dtype!r} is not allowed; allowed: {sorted(VALUE_DTYPES)}")
         self.value_dtype = value_dtype
 
-    def encode(self, tensors: list[np.ndarray], round_index: int, rng: np.random.Generator) -> list[tuple[Encoded, np.ndarray]]:
+    def encode(self, tensors: list[np.ndarray], round_index: int, rng: np.random.Generator) -> list[tuple[Encoded, Decoded]]:
         return [encode_topk(t, idx, value_dtype=self.value_dtype) for t, idx in zip(tensors, self.select(tensors, round_index), strict=True)]
 
 
@@ -125,7 +151,7 @@ class STCCompressor(_TopKSelection):
 
     codec = "stc"
 
-    def encode(self, tensors: list[np.ndarray], round_index: int, rng: np.random.Generator) -> list[tuple[Encoded, np.ndarray]]:
+    def encode(self, tensors: list[np.ndarray], round_index: int, rng: np.random.Generator) -> list[tuple[Encoded, Decoded]]:
         return [encode_stc(t, idx) for t, idx in zip(tensors, self.select(tensors, round_index), strict=True)]
 
 
@@ -142,7 +168,7 @@ class TernaryCompressor(UpdateCompressor):
             raise ValueError(f"packing={packing!r} is not allowed; allowed: {list(PACKINGS)}")
         self.stochastic, self.clip_c, self.packing = bool(stochastic), clip_c, packing
 
-    def encode(self, tensors: list[np.ndarray], round_index: int, rng: np.random.Generator) -> list[tuple[Encoded, np.ndarray]]:
+    def encode(self, tensors: list[np.ndarray], round_index: int, rng: np.random.Generator) -> list[tuple[Encoded, Decoded]]:
         out = []
         for t in tensors:
             trits, scale = ternarize(t, stochastic=self.stochastic, clip_c=self.clip_c, rng=rng)

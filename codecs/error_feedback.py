@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from bouquet.codecs.wire import Decoded
+
 
 def check_decay(decay: float) -> float:
     """Validate a residual decay in [0, 1]."""
@@ -26,16 +28,36 @@ def check_decay(decay: float) -> float:
     return float(decay)
 
 
-def accumulate(update: np.ndarray, residual: np.ndarray | None, decay: float) -> np.ndarray:
-    """:math:`a = \\Delta + \\beta e` (a new array; ``residual=None`` or ``decay=0`` gives a copy)."""
-    out = np.array(update, dtype=update.dtype, copy=True)
-    if residual is not None and decay > 0:
-        if residual.shape != update.shape:
-            raise ValueError(f"residual shape {residual.shape} != update shape {update.shape}")
-        out += decay * residual.astype(update.dtype, copy=False)
-    return out
+def accumulate(update: np.ndarray, residual: np.ndarray | None, decay: float, *, inplace: bool = False) -> np.ndarray:
+    """:math:`a = \\Delta + \\beta e`.
+
+    ``inplace=False`` returns a new array. ``inplace=True`` may reuse the residual's buffer (or
+    the update's, when there is no residual) and touches each element once:
+    :math:`e \\leftarrow \\beta e;\\ e \\mathrel{+}= \\Delta`.
+    """
+    use = residual is not None and decay > 0
+    if use and residual.shape != update.shape:  # type: ignore[union-attr]
+        raise ValueError(f"residual shape {residual.shape} != update shape {update.shape}")  # type: ignore[union-attr]
+    if not inplace:
+        out = np.array(update, dtype=update.dtype, copy=True)
+        if use:
+            out += decay * residual.astype(update.dtype, copy=False)  # type: ignore[union-attr]
+        return out
+    if not use:
+        return update if update.flags.writeable else update.copy()
+    acc = residual if residual.flags.writeable and residual.dtype == update.dtype else residual.astype(update.dtype)  # type: ignore[union-attr]
+    if decay != 1.0:
+        acc *= decay
+    acc += update
+    return acc
 
 
 def new_residual(accumulated: np.ndarray, sent: np.ndarray) -> np.ndarray:
-    """:math:`e = a - \\tilde a`."""
+    """:math:`e = a - \\tilde a` (a new array; see :func:`subtract_sent` for the in-place form)."""
     return accumulated - sent.astype(accumulated.dtype, copy=False)
+
+
+def subtract_sent(accumulated: np.ndarray, sent: Decoded) -> np.ndarray:
+    """:math:`e = a - \\tilde a` in place on ``accumulated``: O(k) for a sparse ``sent``."""
+    sent.subtract_from(accumulated.reshape(-1))
+    return accumulated

@@ -32,6 +32,10 @@ POS_ALL, POS_BITMAP, POS_VARINT, POS_RICE, POS_RAW = 0, 1, 2, 3, 4
 POS_CODING_NAMES = {POS_ALL: "all", POS_BITMAP: "bitmap", POS_VARINT: "varint", POS_RICE: "rice", POS_RAW: "raw"}
 _MAX_U32 = 2**32 - 1
 _TRIT_POW = np.array([1, 3, 9, 27, 81], dtype=np.uint16)
+_ZEROS_IN_BYTE = np.array([8 - bin(i).count("1") for i in range(256)], dtype=np.uint8)
+# byte -> its 5 trits (bytes >= 243 are invalid) and byte -> its 4 two-bit trits (code 3 invalid)
+_TRIT_TABLE = ((np.arange(243, dtype=np.int16)[:, None] // _TRIT_POW.astype(np.int16)) % 3 - 1).astype(np.int8)
+_2BIT_TABLE = (((np.arange(256)[:, None] >> np.array([0, 2, 4, 6])) & 3) - 1).astype(np.int8)
 
 
 # --------------------------------------------------------------------------- varint
@@ -104,22 +108,46 @@ def rice_encode(gaps: np.ndarray, r: int) -> bytes:
     return np.packbits(bits).tobytes()
 
 
-def rice_decode(data: bytes, count: int, r: int) -> np.ndarray:
-    """Decode ``count`` Rice-coded gaps with parameter ``r`` (see :func:`rice_encode`)."""
-    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))
-    zeros = np.flatnonzero(bits == 0) if count else np.zeros(0, dtype=np.int64)
-    if zeros.size < count:
-        raise ValueError(f"rice block ends after {zeros.size} of {count} codes")
-    unary_end = int(zeros[count - 1]) + 1 if count else 0
-    q = np.diff(np.concatenate(([-1], zeros[:count]))) - 1
+def _fixed_width_fields(b: np.ndarray, bit_offset: int, count: int, r: int) -> np.ndarray:
+    """``count`` consecutive ``r``-bit big-endian fields (r <= 31) starting at ``bit_offset`` of ``b``,
+    read with five byte gathers per field (no expansion to one byte per bit)."""
+    padded = np.zeros(b.size + 8, dtype=np.uint64)
+    padded[: b.size] = b
+    off = np.uint64(bit_offset) + np.arange(count, dtype=np.uint64) * np.uint64(r)
+    byte = (off >> np.uint64(3)).astype(np.intp)
+    window = np.zeros(count, dtype=np.uint64)
+    for j in range(5):  # 40 bits hold any field of <= 31 bits at a bit shift of <= 7
+        window = (window << np.uint64(8)) | padded[byte + j]
+    shift = np.uint64(40 - r) - (off & np.uint64(7))
+    return ((window >> shift) & np.uint64((1 << r) - 1)).astype(np.int64)
+
+
+def rice_decode(data: bytes | memoryview, count: int, r: int) -> np.ndarray:
+    """Decode ``count`` Rice-coded gaps with parameter ``r`` (see :func:`rice_encode`).
+
+    Only the unary stream is expanded to bits (it ends at the ``count``-th zero bit, found with
+    a per-byte zero count); the remainders are read as fixed-width fields.
+    """
+    b = np.frombuffer(data, dtype=np.uint8)
+    if count == 0:
+        if b.size:
+            raise ValueError(f"rice block has {b.size} bytes but 0 codes")
+        return np.zeros(0, dtype=np.int64)
+    if count > 8 * b.size:
+        raise ValueError(f"rice block of {b.size} bytes cannot hold {count} codes")
+    zeros_to = np.cumsum(_ZEROS_IN_BYTE[b], dtype=np.int64)
+    last = int(np.searchsorted(zeros_to, count))  # the byte holding the count-th zero
+    if last >= b.size:
+        raise ValueError(f"rice block ends after {int(zeros_to[-1])} of {count} codes")
+    zeros = np.flatnonzero(np.unpackbits(b[: last + 1]) == 0)[:count]
+    unary_end = int(zeros[-1]) + 1
     total = unary_end + count * r
-    if not total <= bits.size < total + 8:
-        raise ValueError(f"rice block has {bits.size} bits, expected {total} plus padding")
-    rem = np.zeros(count, dtype=np.int64)
-    if r:
-        rb = bits[unary_end:total].reshape(count, r).astype(np.int64)
-        rem = rb @ (np.int64(1) << np.arange(r - 1, -1, -1, dtype=np.int64))
-    return (q.astype(np.int64) << r) | rem
+    if not total <= 8 * b.size < total + 8:
+        raise ValueError(f"rice block has {8 * b.size} bits, expected {total} plus padding")
+    q = np.diff(zeros, prepend=-1) - 1
+    if not r:
+        return q.astype(np.int64)
+    return (q.astype(np.int64) << r) | _fixed_width_fields(b, unary_end, count, r)
 
 
 # ------------------------------------------------------------------------ positions
@@ -180,20 +208,22 @@ def decode_positions(coding: int, block: bytes, k: int, n: int) -> np.ndarray:
     if coding == POS_BITMAP:
         if len(block) != (n + 7) // 8:
             raise ValueError(f"bitmap has {len(block)} bytes, a tensor of {n} elements needs {(n + 7) // 8}")
-        bits = np.unpackbits(np.frombuffer(block, dtype=np.uint8))
-        if bits[n:].any():
-            raise ValueError("bitmap has bits set beyond the tensor size (index out of range)")
-        idx = np.flatnonzero(bits[:n])
+        b = np.frombuffer(block, dtype=np.uint8)
+        nonzero = np.flatnonzero(b)  # only bytes with a set bit are expanded
+        rows, cols = np.nonzero(np.unpackbits(b[nonzero][:, None], axis=1))
+        idx = nonzero[rows].astype(np.int64) * 8 + cols
         if idx.size != k:
             raise ValueError(f"bitmap marks {idx.size} positions, header says k={k}")
-        return idx.astype(np.int64)
+        if k and idx[-1] >= n:
+            raise ValueError("bitmap has bits set beyond the tensor size (index out of range)")
+        return idx
     if coding == POS_VARINT:
         gaps = varint_decode(block, k)
         if k and gaps.min() < 1:
             raise ValueError("varint gaps must be >= 1 (indices not strictly increasing)")
         idx = np.cumsum(gaps) - 1
     elif coding == POS_RICE:
-        if not block:
+        if not len(block):
             raise ValueError("rice block is empty (no parameter byte)")
         r = block[0]
         if r > 31:
@@ -215,40 +245,48 @@ def decode_positions(coding: int, block: bytes, k: int, n: int) -> np.ndarray:
 # -------------------------------------------------------------------------- trits
 def pack_trits(t: np.ndarray) -> bytes:
     """Pack values in {-1, 0, 1} five per byte (base 3, digit = t + 1)."""
-    d = (np.asarray(t, dtype=np.int8).ravel() + 1).astype(np.uint16)
+    d = np.asarray(t, dtype=np.int8).reshape(-1).view(np.uint8) + np.uint8(1)  # -1 -> 0, 0 -> 1, 1 -> 2
     pad = (-d.size) % 5
-    d = np.concatenate([d, np.ones(pad, dtype=np.uint16)]).reshape(-1, 5)  # pad with t = 0
-    return (d @ _TRIT_POW).astype(np.uint8).tobytes()
+    if pad:
+        d = np.concatenate([d, np.ones(pad, dtype=np.uint8)])  # pad with t = 0
+    d5 = d.reshape(-1, 5)
+    out = d5[:, 4] * np.uint8(3)
+    for j in (3, 2, 1):  # Horner: ((d4 * 3 + d3) * 3 + d2) * 3 + ...; stays < 243 in uint8
+        out += d5[:, j]
+        out *= np.uint8(3)
+    out += d5[:, 0]
+    return out.tobytes()
 
 
-def unpack_trits(data: bytes, n: int) -> np.ndarray:
+def unpack_trits(data: bytes | memoryview, n: int) -> np.ndarray:
     """Unpack ``n`` trits packed by :func:`pack_trits` (bytes must be < 243)."""
     b = np.frombuffer(data, dtype=np.uint8)
     if b.size != (n + 4) // 5:
         raise ValueError(f"trit block has {b.size} bytes, {n} trits need {(n + 4) // 5}")
     if b.size and b.max() >= 243:
         raise ValueError(f"trit byte {int(b.max())} >= 243 is not 5 base-3 digits")
-    digits = (b[:, None].astype(np.uint16) // _TRIT_POW) % 3
-    return digits.ravel()[:n].astype(np.int8) - 1
+    return _TRIT_TABLE[b].reshape(-1)[:n]
 
 
 def pack_2bit(t: np.ndarray) -> bytes:
     """Pack values in {-1, 0, 1} four per byte (code t + 1 in 2 bits; code 3 is invalid)."""
-    d = (np.asarray(t, dtype=np.int8).ravel() + 1).astype(np.uint8)
+    d = np.asarray(t, dtype=np.int8).reshape(-1).view(np.uint8) + np.uint8(1)
     pad = (-d.size) % 4
-    d = np.concatenate([d, np.ones(pad, dtype=np.uint8)]).reshape(-1, 4)
-    return (d[:, 0] | (d[:, 1] << 2) | (d[:, 2] << 4) | (d[:, 3] << 6)).astype(np.uint8).tobytes()
+    if pad:
+        d = np.concatenate([d, np.ones(pad, dtype=np.uint8)])
+    d4 = d.reshape(-1, 4)
+    return (d4[:, 0] | (d4[:, 1] << 2) | (d4[:, 2] << 4) | (d4[:, 3] << 6)).astype(np.uint8).tobytes()
 
 
-def unpack_2bit(data: bytes, n: int) -> np.ndarray:
+def unpack_2bit(data: bytes | memoryview, n: int) -> np.ndarray:
     """Unpack ``n`` 2-bit trits packed by :func:`pack_2bit`."""
     b = np.frombuffer(data, dtype=np.uint8)
     if b.size != (n + 3) // 4:
         raise ValueError(f"2-bit block has {b.size} bytes, {n} trits need {(n + 3) // 4}")
-    d = ((b[:, None] >> np.array([0, 2, 4, 6], dtype=np.uint8)) & 3).ravel()[:n]
-    if np.any(d == 3):
+    t = _2BIT_TABLE[b].reshape(-1)
+    if np.any(t == 2):
         raise ValueError("2-bit code 3 is not a trit")
-    return d.astype(np.int8) - 1
+    return t[:n]
 
 
 def pack_signs(negative: np.ndarray) -> bytes:
@@ -256,7 +294,7 @@ def pack_signs(negative: np.ndarray) -> bytes:
     return np.packbits(np.asarray(negative, dtype=np.uint8)).tobytes()
 
 
-def unpack_signs(data: bytes, k: int) -> np.ndarray:
+def unpack_signs(data: bytes | memoryview, k: int) -> np.ndarray:
     """``k`` signs (+1 / -1 as int8) from :func:`pack_signs`."""
     if len(data) != (k + 7) // 8:
         raise ValueError(f"sign block has {len(data)} bytes, {k} signs need {(k + 7) // 8}")

@@ -3,6 +3,11 @@
 :func:`decode` is the one entry point a receiver needs: given the four fields of a Flower
 ``Array`` it checks the stype (codec and version), the header (against the Array's dtype and
 shape), the codec's body, and that nothing trails it. See ``wire.py`` for the format.
+
+Bounded work: every body decoder checks that the bytes left are exactly what its header fields
+declare *before* it allocates, so memory and time are proportional to the payload's bytes plus
+the declared tensor size (which a receiver checks against its own model first). Only floating
+tensors may use a lossy codec; integer and bool tensors travel as ``bouquet.dense/1``.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from bouquet.codecs.npy import element_count
 from bouquet.codecs.stc import decode_stc_body
 from bouquet.codecs.ternary import decode_ternary_body
 from bouquet.codecs.topk import decode_topk_body
@@ -37,12 +43,14 @@ def decode(stype: str, dtype: str, shape: tuple[int, ...] | list[int], data: byt
     """Decode one tensor; raises ``ValueError`` saying what is wrong with a bad payload."""
     codec, _ = parse_stype(stype)
     np_dtype = numpy_dtype(str(dtype))
+    if codec != "dense" and np_dtype.kind != "f":
+        raise ValueError(f"codec {codec!r} carries floating-point tensors only; a {np_dtype} tensor must be sent dense")
     shape = tuple(int(s) for s in shape)
-    if any(s < 0 for s in shape):
-        raise ValueError(f"shape {shape} has a negative dimension")
+    n = element_count(shape)  # exact and bounded: no int64 wrap-around
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ValueError(f"payload is {type(data).__name__}, not bytes")
     reader = Reader(data)
     read_header(reader, codec, str(dtype), shape)
-    n = int(np.prod(shape, dtype=np.int64))
     decoded = BODY_DECODERS[codec](reader, np_dtype, n)
     reader.finish()
     decoded.shape = shape

@@ -21,31 +21,32 @@ from __future__ import annotations
 import numpy as np
 
 from bouquet.codecs.ternary import read_scale, read_sparse_ternary, sparse_ternary_body
-from bouquet.codecs.wire import Decoded, Encoded, Reader, stype_for, write_header
+from bouquet.codecs.wire import Decoded, Encoded, Reader, checked_scale, stype_for, write_header
 
 
-def encode_stc(x: np.ndarray, indices: np.ndarray, *, pos_coding: int | None = None) -> tuple[Encoded, np.ndarray]:
-    """Encode ``x`` at sorted unique flat ``indices`` as :math:`\\pm\\mu`.
-
-    Returns the payload and the dense tensor the receiver will decode.
-    """
+def encode_stc(x: np.ndarray, indices: np.ndarray, *, pos_coding: int | None = None) -> tuple[Encoded, Decoded]:
+    """Encode ``x`` at sorted unique flat ``indices`` as :math:`\\pm\\mu` (an exact zero among
+    the kept values is not sent). Returns the payload and what the receiver decodes (sparse)."""
     x = np.asarray(x)
     flat = x.reshape(-1)
     idx = np.asarray(indices, dtype=np.int64)
     kept = flat[idx]
     mu = np.float32(np.abs(kept).mean()) if idx.size else np.float32(0.0)
-    t = np.zeros(flat.size, dtype=np.int8)
-    t[idx] = np.sign(kept).astype(np.int8)  # an exact zero stays unsent
+    nonzero = kept != 0
     if mu == 0:  # all kept values are zero: send nothing
-        t[:] = 0
+        nonzero[:] = False
+    if not nonzero.all():
+        idx, kept = idx[nonzero], kept[nonzero]
     shape, dtype = tuple(x.shape), str(x.dtype)
-    data = write_header("stc", dtype, shape) + mu.astype("<f4").tobytes() + sparse_ternary_body(t, flat.size, pos_coding)
-    sent = (mu * t.astype(np.float32)).astype(x.dtype).reshape(x.shape)
+    data = write_header("stc", dtype, shape) + mu.astype("<f4").tobytes() + sparse_ternary_body(idx, kept < 0, flat.size, pos_coding)
+    signs = np.where(kept < 0, -1, 1).astype(np.int8)
+    full = idx.size == flat.size and pos_coding is None  # all kept: positions coded as 'all'
+    sent = Decoded(shape, x.dtype, None if full else idx, signs, scale=float(x.dtype.type(mu)))
     return Encoded(stype_for("stc"), dtype, shape, data), sent
 
 
 def decode_stc_body(reader: Reader, dtype: np.dtype, n: int) -> Decoded:
-    """Read a ``bouquet.stc/1`` body (header already read)."""
-    mu = read_scale(reader)
+    """Read a ``bouquet.stc/1`` body (header already read); the signs stay int8."""
+    mu = checked_scale(read_scale(reader), dtype)
     indices, signs = read_sparse_ternary(reader, n)
-    return Decoded((), dtype, indices, (np.float32(mu) * signs).astype(dtype))
+    return Decoded((), dtype, indices, signs, scale=mu)

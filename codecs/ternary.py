@@ -33,55 +33,97 @@ from __future__ import annotations
 import numpy as np
 
 from bouquet.codecs import packing
-from bouquet.codecs.wire import Decoded, Encoded, Reader, stype_for, write_header
+from bouquet.codecs.wire import Decoded, Encoded, Reader, checked_scale, stype_for, write_header
 
 FORMS = {"2bit": 0, "trit": 1, "sparse": 2}
 PACKINGS = ("auto", *FORMS)
 TWN_THRESHOLD = 0.7
+_BLOCK = 1 << 16
+
+
+def _max_abs(g: np.ndarray) -> float:
+    return float(max(g.max(), -g.min())) if g.size else 0.0
 
 
 def ternarize(g: np.ndarray, *, stochastic: bool = True, clip_c: float | None = None,
               rng: np.random.Generator | None = None) -> tuple[np.ndarray, float]:
-    """Trits (int8, same shape) and scale of ``g`` (see module docstring)."""
+    """Trits (int8, same shape) and scale of ``g`` (see module docstring).
+
+    Works block by block (cache-sized temporaries); the random draws are float32 (float64 for a
+    float64 tensor), one per element.
+    """
     g = np.asarray(g)
-    g = g.astype(np.float32 if g.dtype in (np.float16, np.float32) else np.float64, copy=False)
+    if g.dtype.kind != "f":
+        raise ValueError(f"ternarize needs a floating tensor, got {g.dtype}")
+    work = np.float64 if g.dtype == np.float64 else np.float32
+    flat = g.reshape(-1)
+    bound = None
     if clip_c is not None:
         if not clip_c > 0:
             raise ValueError(f"clip_c={clip_c} must be > 0 (or None for no clipping)")
-        bound = clip_c * float(g.std())
-        g = np.clip(g, -bound, bound)
-    mag = np.abs(g)
-    if g.size == 0 or not mag.max() > 0:
-        return np.zeros(g.shape, dtype=np.int8), 0.0
-    if stochastic:
-        rng = rng if rng is not None else np.random.default_rng()
-        scale = float(mag.max())
-        keep = rng.random(g.shape, dtype=g.dtype) * scale < mag  # P(keep) = |g| / s
-        return (np.sign(g) * keep).astype(np.int8), scale
-    delta = TWN_THRESHOLD * float(mag.mean())
-    keep = mag > delta
+        bound = clip_c * float(flat.std(dtype=np.float64))
+    top = _max_abs(flat)
+    scale = top if bound is None else min(top, bound)
+    t = np.zeros(flat.size, dtype=np.int8)
+    if not scale > 0:
+        return t.reshape(g.shape), 0.0
+    if not stochastic:
+        return _twn(flat, bound, t, work, g.shape)
+    rng = rng if rng is not None else np.random.default_rng()
+    mag = np.empty(min(_BLOCK, flat.size), dtype=work)
+    draw = np.empty_like(mag)
+    hit = np.empty(mag.size, dtype=bool)
+    for start in range(0, flat.size, _BLOCK):
+        part = flat[start : start + _BLOCK]
+        m, d, h = mag[: part.size], draw[: part.size], hit[: part.size]
+        np.abs(part, out=m, casting="unsafe")
+        if bound is not None:
+            np.minimum(m, bound, out=m)
+        rng.random(out=d, dtype=work)
+        d *= scale
+        np.less(d, m, out=h)  # P(keep) = |g| / s
+        block = t[start : start + part.size]
+        np.copyto(block, h, casting="unsafe")
+        np.negative(block, out=block, where=part < 0)
+    return t.reshape(g.shape), float(scale)
+
+
+def _twn(flat: np.ndarray, bound: float | None, t: np.ndarray, work: type, shape: tuple[int, ...]) -> tuple[np.ndarray, float]:
+    """Deterministic ternarisation with the TWN threshold (see module docstring)."""
+    mag = np.abs(flat).astype(work, copy=False)
+    if bound is not None:
+        mag = np.minimum(mag, bound)
+    keep = mag > TWN_THRESHOLD * float(mag.mean())
     scale = float(mag[keep].mean()) if keep.any() else 0.0
-    return (np.sign(g) * keep).astype(np.int8), scale
+    t[keep] = 1
+    t[keep & (flat < 0)] = -1
+    return t.reshape(shape), scale
 
 
-def sparse_ternary_body(t_flat: np.ndarray, n: int, pos_coding: int | None = None) -> bytes:
-    """``k | coding | len | positions | signs`` of the non-zero trits of ``t_flat``."""
-    idx = np.flatnonzero(t_flat)
-    coding, block = packing.encode_positions(idx, n, pos_coding)
+def sparse_ternary_body(indices: np.ndarray, negative: np.ndarray, n: int, pos_coding: int | None = None) -> bytes:
+    """``k | coding | len | positions | signs`` of the non-zero trits at sorted ``indices``."""
+    coding, block = packing.encode_positions(indices, n, pos_coding)
     return b"".join([
-        np.array([idx.size], "<u4").tobytes(), bytes([coding]), np.array([len(block)], "<u4").tobytes(),
-        block, packing.pack_signs(t_flat[idx] < 0),
+        np.array([indices.size], "<u4").tobytes(), bytes([coding]), np.array([len(block)], "<u4").tobytes(),
+        block, packing.pack_signs(negative),
     ])
 
 
-def read_sparse_ternary(reader: Reader, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and signs (+-1 int8) of a sparse ternary body."""
+def read_sparse_ternary(reader: Reader, n: int) -> tuple[np.ndarray | None, np.ndarray]:
+    """Indices (``None``: all ``n`` elements) and signs (+-1 int8) of a sparse ternary body,
+    which must be the rest of the payload."""
     (k,) = reader.unpack("I", "k")
     if k > n:
         raise ValueError(f"k={k} > tensor size {n}")
     (coding,) = reader.unpack("B", "position coding")
     (plen,) = reader.unpack("I", "position block length")
-    indices = packing.decode_positions(coding, reader.take(plen, "position block"), k, n)
+    reader.expect_remaining(plen + (k + 7) // 8, f"a position block of {plen} bytes and {k} signs")
+    if coding == packing.POS_ALL:
+        if k != n or plen:
+            raise ValueError(f"position coding 'all' needs an empty block and k == n (k={k}, n={n})")
+        indices = None
+    else:
+        indices = packing.decode_positions(coding, reader.take(plen, "position block"), k, n)
     signs = packing.unpack_signs(reader.take((k + 7) // 8, "sign block"), k)
     return indices, signs
 
@@ -93,22 +135,25 @@ def read_scale(reader: Reader) -> float:
     return float(scale)
 
 
-def encode_ternary(t: np.ndarray, scale: float, *, dtype: str = "float32", packing_form: str = "auto") -> tuple[Encoded, np.ndarray]:
-    """Encode trits ``t`` with ``scale``; returns the payload and the dense decoded tensor."""
+def encode_ternary(t: np.ndarray, scale: float, *, dtype: str = "float32", packing_form: str = "auto") -> tuple[Encoded, Decoded]:
+    """Encode trits ``t`` with ``scale``; returns the payload and what the receiver decodes."""
     if packing_form not in PACKINGS:
         raise ValueError(f"packing={packing_form!r} is not allowed; allowed: {list(PACKINGS)}")
     if not np.isfinite(scale) or scale < 0:
         raise ValueError(f"scale={scale} must be finite and >= 0")
     flat = np.asarray(t, dtype=np.int8).reshape(-1)
     n = flat.size
-    form, body = packing_form, b""
+    form, body, idx = packing_form, b"", None
+    if packing_form in ("auto", "sparse"):
+        idx = np.flatnonzero(flat)
     if packing_form == "auto":  # 2-bit is never smaller than 5 trits per byte
         form = "trit"
-        if np.count_nonzero(flat) < 0.6 * n:  # positions + signs may beat 1.6 bits per element
-            body = sparse_ternary_body(flat, n)
+        if idx is not None and idx.size < 0.6 * n:  # positions + signs may beat 1.6 bits per element
+            body = sparse_ternary_body(idx, flat[idx] < 0, n)
             form = "sparse" if len(body) < (n + 4) // 5 else "trit"
     if form == "sparse" and not body:
-        body = sparse_ternary_body(flat, n)
+        idx = np.flatnonzero(flat)
+        body = sparse_ternary_body(idx, flat[idx] < 0, n)
     elif form == "trit":
         body = packing.pack_trits(flat)
     elif form == "2bit":
@@ -116,21 +161,26 @@ def encode_ternary(t: np.ndarray, scale: float, *, dtype: str = "float32", packi
     shape = tuple(np.shape(t))
     scale32 = np.float32(scale)
     data = write_header("ternary", dtype, shape) + scale32.astype("<f4").tobytes() + bytes([FORMS[form]]) + body
-    sent = (scale32 * flat.astype(np.float32)).astype(dtype).reshape(shape)
+    np_dtype = np.dtype(dtype)
+    typed = float(np_dtype.type(scale32))
+    if form == "sparse" and idx is not None and idx.size < n:
+        sent = Decoded(shape, np_dtype, idx, flat[idx], scale=typed)
+    else:
+        sent = Decoded(shape, np_dtype, None, flat, scale=typed)
     return Encoded(stype_for("ternary"), dtype, shape, data), sent
 
 
 def decode_ternary_body(reader: Reader, dtype: np.dtype, n: int) -> Decoded:
-    """Read a ``bouquet.ternary/1`` body (header already read)."""
-    scale = read_scale(reader)
+    """Read a ``bouquet.ternary/1`` body (header already read); the trits stay int8."""
+    scale = checked_scale(read_scale(reader), dtype)
     (form,) = reader.unpack("B", "form")
     if form == FORMS["sparse"]:
         indices, signs = read_sparse_ternary(reader, n)
-        return Decoded((), dtype, indices, (np.float32(scale) * signs).astype(dtype))
+        return Decoded((), dtype, indices, signs, scale=scale)
     if form == FORMS["2bit"]:
         t = packing.unpack_2bit(reader.take((n + 3) // 4, "2-bit trits"), n)
     elif form == FORMS["trit"]:
         t = packing.unpack_trits(reader.take((n + 4) // 5, "5-per-byte trits"), n)
     else:
         raise ValueError(f"ternary form {form} is unknown; allowed: {sorted(FORMS.values())}")
-    return Decoded((), dtype, None, (np.float32(scale) * t).astype(dtype))
+    return Decoded((), dtype, None, t, scale=scale)

@@ -28,7 +28,7 @@ import math
 import numpy as np
 
 from bouquet.codecs import packing
-from bouquet.codecs.wire import Decoded, Encoded, Reader, stype_for, write_header
+from bouquet.codecs.wire import Decoded, Encoded, Reader, finite_or_raise, stype_for, write_header
 
 VALUE_DTYPES = {"float32": 0, "float16": 1}
 _VALUE_NAMES = {v: k for k, v in VALUE_DTYPES.items()}
@@ -50,7 +50,12 @@ def topk_count(size: int, alpha: float, *, rho: float = 1.0, round_index: int = 
 
 
 def select_topk(flat: np.ndarray, m: int) -> np.ndarray:
-    """Sorted flat indices of the ``m`` largest ``|flat|`` (ties broken by ``argpartition``)."""
+    """Sorted flat indices of the ``m`` largest ``|flat|`` (ties broken by ``argpartition``).
+
+    Large tensors (DGC-style): a threshold from a strided sample keeps ~2m candidates, found
+    block by block in cache-sized pieces; exact whenever at least m elements pass it (all
+    elements below it are smaller than every candidate), else the full ``argpartition``.
+    """
     n = flat.size
     if not 0 <= m <= n:
         raise ValueError(f"m={m} must be in [0, {n}]")
@@ -58,18 +63,29 @@ def select_topk(flat: np.ndarray, m: int) -> np.ndarray:
         return np.arange(n, dtype=np.int64)
     if m == 0:
         return np.zeros(0, dtype=np.int64)
-    mag = np.abs(flat)
     if n >= _SAMPLE_MIN and m <= n // 20:
-        # DGC-style: a threshold from a strided sample keeps ~2m candidates; exact whenever at
-        # least m elements pass it (all elements below it are smaller than every candidate)
-        sample = mag[:: max(1, n // _SAMPLE_SIZE)]
+        sample = np.abs(flat[:: max(1, n // _SAMPLE_SIZE)])
         threshold = np.quantile(sample, max(0.0, 1.0 - 2.0 * m / n))
-        cand = np.flatnonzero(mag >= threshold)
+        cand = _at_least(flat, threshold)
         if cand.size >= m:
-            part = cand[np.argpartition(mag[cand], cand.size - m)[cand.size - m :]]
-            return np.sort(part).astype(np.int64)
-    part = np.argpartition(mag, n - m)[n - m :]
+            part = cand[np.argpartition(np.abs(flat[cand]), cand.size - m)[cand.size - m :]]
+            return np.sort(part)
+    part = np.argpartition(np.abs(flat), n - m)[n - m :]
     return np.sort(part).astype(np.int64)
+
+
+def _at_least(flat: np.ndarray, threshold: float) -> np.ndarray:
+    """Sorted indices with ``|flat| >= threshold``, computed in blocks that stay in cache."""
+    block = 1 << 16
+    mag = np.empty(min(block, flat.size), dtype=flat.dtype)
+    hit = np.empty(mag.size, dtype=bool)
+    found = []
+    for start in range(0, flat.size, block):
+        part = flat[start : start + block]
+        np.abs(part, out=mag[: part.size])
+        np.greater_equal(mag[: part.size], threshold, out=hit[: part.size])
+        found.append(np.flatnonzero(hit[: part.size]) + start)
+    return np.concatenate(found).astype(np.int64, copy=False)
 
 
 def select_topk_model(tensors: list[np.ndarray], m: int) -> list[np.ndarray]:
@@ -88,13 +104,13 @@ def _quantise(values: np.ndarray, value_dtype: str) -> np.ndarray:
     return values.astype(np.float32)
 
 
-def encode_topk(x: np.ndarray, indices: np.ndarray, *, value_dtype: str = "float32", pos_coding: int | None = None) -> tuple[Encoded, np.ndarray]:
+def encode_topk(x: np.ndarray, indices: np.ndarray, *, value_dtype: str = "float32", pos_coding: int | None = None) -> tuple[Encoded, Decoded]:
     """Encode ``x`` at sorted unique flat ``indices``.
 
     Returns
     -------
-    (Encoded, numpy.ndarray)
-        The payload and the dense tensor the receiver will decode (for error feedback).
+    (Encoded, Decoded)
+        The payload and what the receiver will decode (sparse; for error feedback).
     """
     if value_dtype not in VALUE_DTYPES:
         raise ValueError(f"value_dtype={value_dtype!r} is not allowed; allowed: {sorted(VALUE_DTYPES)}")
@@ -112,9 +128,8 @@ def encode_topk(x: np.ndarray, indices: np.ndarray, *, value_dtype: str = "float
         block,
         values.astype(values.dtype.newbyteorder("<")).tobytes(),
     ])
-    sent = np.zeros(flat.size, dtype=x.dtype)
-    sent[idx] = values
-    return Encoded(stype_for("topk"), dtype, shape, data), sent.reshape(x.shape)
+    sent = Decoded(shape, x.dtype, None if coding == packing.POS_ALL else idx, values.astype(x.dtype))
+    return Encoded(stype_for("topk"), dtype, shape, data), sent
 
 
 def decode_topk_body(reader: Reader, dtype: np.dtype, n: int) -> Decoded:
@@ -126,9 +141,13 @@ def decode_topk_body(reader: Reader, dtype: np.dtype, n: int) -> Decoded:
     if vcode not in _VALUE_NAMES:
         raise ValueError(f"value dtype code {vcode} is unknown; allowed: {sorted(_VALUE_NAMES)}")
     (plen,) = reader.unpack("I", "position block length")
-    indices = packing.decode_positions(coding, reader.take(plen, "position block"), k, n)
     vdtype = np.dtype(_VALUE_NAMES[vcode]).newbyteorder("<")
-    values = np.frombuffer(reader.take(k * vdtype.itemsize, "values"), dtype=vdtype)
-    if not np.all(np.isfinite(values)):
-        raise ValueError("top-k values contain NaN or inf")
-    return Decoded((), dtype, None if coding == packing.POS_ALL else indices, values.astype(dtype))
+    reader.expect_remaining(plen + k * vdtype.itemsize, f"a position block of {plen} bytes and {k} values")
+    if coding == packing.POS_ALL:
+        if k != n or plen:
+            raise ValueError(f"position coding 'all' needs an empty block and k == n (k={k}, n={n})")
+        indices = None
+    else:
+        indices = packing.decode_positions(coding, reader.take(plen, "position block"), k, n)
+    values = np.frombuffer(reader.take(k * vdtype.itemsize, "values"), dtype=vdtype).astype(dtype)
+    return Decoded((), dtype, indices, finite_or_raise(values, "top-k values"))

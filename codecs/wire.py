@@ -17,6 +17,7 @@ saying what was wrong.
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 
@@ -67,56 +68,118 @@ class Encoded:
     data: bytes
 
 
+_CHUNK = 1 << 18  # elements per block when a dense tensor is added to an accumulator
+
+
 @dataclass
 class Decoded:
-    """A decoded tensor: ``values`` at flat ``indices`` (``indices is None``: dense, all elements)."""
+    """A decoded tensor: ``values`` at flat ``indices`` (``indices is None``: dense, all elements).
+
+    With ``scale`` set, ``values`` are int8 trits or signs in {-1, 0, 1} and the tensor is
+    ``scale * values`` (ternary and STC payloads stay 1 byte per element until they are added).
+    """
 
     shape: tuple[int, ...]
     dtype: np.dtype
     indices: np.ndarray | None
     values: np.ndarray
+    scale: float | None = None
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)
+
+    def real_values(self) -> np.ndarray:
+        """The values as the tensor's dtype (``scale * values`` when scaled)."""
+        if self.scale is None:
+            return self.values.astype(self.dtype, copy=False)
+        return (self.dtype.type(self.scale) * self.values).astype(self.dtype, copy=False)
 
     def to_dense(self) -> np.ndarray:
         """The dense tensor (zeros where nothing was sent)."""
         if self.indices is None:
-            return self.values.astype(self.dtype, copy=False).reshape(self.shape)
+            return self.real_values().reshape(self.shape)
         out = np.zeros(self.size, dtype=self.dtype)
-        out[self.indices] = self.values
+        out[self.indices] = self.real_values()
         return out.reshape(self.shape)
 
     def add_to(self, acc: np.ndarray, weight: float) -> None:
-        """``acc += weight * tensor`` on a flat accumulator, in O(k) for sparse tensors."""
-        if self.indices is None:
-            acc += weight * self.values.reshape(-1)
-        else:  # indices are unique (validated), so fancy-index += is exact
-            acc[self.indices] += weight * self.values
+        """``acc += weight * tensor`` on a flat accumulator: O(k) for sparse tensors, dense ones
+        block by block (no temporary of the tensor's size)."""
+        factor = weight if self.scale is None else weight * float(self.scale)
+        if self.indices is not None:  # indices are unique and sorted (validated): fancy += is exact
+            acc[self.indices] += factor * self.values.astype(acc.dtype, copy=False)
+            return
+        flat = self.values.reshape(-1)
+        tmp = np.empty(min(_CHUNK, flat.size), dtype=acc.dtype)
+        for start in range(0, flat.size, _CHUNK):
+            part = tmp[: min(_CHUNK, flat.size - start)]
+            np.multiply(flat[start : start + part.size], factor, out=part, casting="unsafe")
+            acc[start : start + part.size] += part
+
+    def subtract_from(self, target: np.ndarray) -> None:
+        """``target -= tensor`` on a flat array (the error-feedback residual), O(k) when sparse."""
+        self.add_to(target, -1.0)
+
+    def sq_norm(self) -> float:
+        """Squared L2 norm of the tensor (float64)."""
+        v = self.values.astype(np.float64, copy=False) if self.values.size <= _CHUNK else None
+        if v is not None:
+            total = float(np.dot(v, v))
+        else:
+            total = sum(float(np.dot(c, c)) for c in (self.values[i : i + _CHUNK].astype(np.float64)
+                                                      for i in range(0, self.values.size, _CHUNK)))
+        return total * (1.0 if self.scale is None else float(self.scale) ** 2)
 
 
 class Reader:
-    """Sequential reader over a payload that raises ``ValueError`` on truncation."""
+    """Sequential reader over a payload that raises ``ValueError`` on truncation; ``take``
+    returns zero-copy views."""
 
-    def __init__(self, data: bytes) -> None:
-        self.data = memoryview(data)
+    def __init__(self, data: bytes | memoryview) -> None:
+        self.data = memoryview(data).cast("B")
         self.offset = 0
 
-    def take(self, n: int, what: str) -> bytes:
-        if n < 0 or self.offset + n > len(self.data):
-            raise ValueError(f"payload truncated: {what} needs {n} bytes at offset {self.offset}, {len(self.data) - self.offset} left")
-        out = bytes(self.data[self.offset : self.offset + n])
+    @property
+    def remaining(self) -> int:
+        return len(self.data) - self.offset
+
+    def take(self, n: int, what: str) -> memoryview:
+        if n < 0 or n > self.remaining:
+            raise ValueError(f"payload truncated: {what} needs {n} bytes at offset {self.offset}, {self.remaining} left")
+        out = self.data[self.offset : self.offset + n]
         self.offset += n
         return out
 
     def unpack(self, fmt: str, what: str) -> tuple:
         return struct.unpack("<" + fmt, self.take(struct.calcsize("<" + fmt), what))
 
+    def expect_remaining(self, n: int, what: str) -> None:
+        """The rest of the payload must be exactly ``n`` bytes (checked before any allocation)."""
+        if self.remaining < n:
+            raise ValueError(f"payload truncated: {what} need {n} bytes at offset {self.offset}, {self.remaining} left")
+        if self.remaining > n:
+            raise ValueError(f"payload has {self.remaining - n} trailing bytes after {what}")
+
     def finish(self) -> None:
         left = len(self.data) - self.offset
         if left:
             raise ValueError(f"payload has {left} trailing bytes after the body")
+
+
+def finite_or_raise(values: np.ndarray, what: str) -> np.ndarray:
+    """``values`` unchanged if all finite, else ``ValueError`` (NaN, inf or overflow of the dtype)."""
+    if values.dtype.kind in "fc" and not np.all(np.isfinite(values)):
+        raise ValueError(f"{what} contain NaN or inf (or overflow the tensor dtype {values.dtype})")
+    return values
+
+
+def checked_scale(scale: float, dtype: np.dtype) -> float:
+    """The float32 wire scale as the tensor's dtype; ``ValueError`` if it overflows that dtype."""
+    typed = dtype.type(np.float32(scale))
+    if not np.isfinite(typed):
+        raise ValueError(f"scale {scale} overflows the tensor dtype {dtype}")
+    return float(typed)
 
 
 def numpy_dtype(name: str) -> np.dtype:
@@ -163,8 +226,8 @@ def encode_dense(x: np.ndarray) -> Encoded:
 
 
 def decode_dense_body(reader: Reader, dtype: np.dtype, n: int) -> Decoded:
-    raw = reader.take(n * dtype.itemsize, "dense values")
-    values = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype)
-    if dtype.kind == "f" and not np.all(np.isfinite(values)):
-        raise ValueError("dense values contain NaN or inf")
-    return Decoded((), dtype, None, values)
+    reader.expect_remaining(n * dtype.itemsize, "dense values")
+    values = np.frombuffer(reader.take(n * dtype.itemsize, "dense values"), dtype=dtype.newbyteorder("<"))
+    if values.dtype != dtype:  # big-endian hosts only
+        values = values.astype(dtype)
+    return Decoded((), dtype, None, finite_or_raise(values, "dense values"))

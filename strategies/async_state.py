@@ -15,6 +15,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message
 
 from bouquet import keys
+from bouquet.strategies.decoding import dense_view
 from bouquet.strategies.guard import DENSE_STYPE, check_dense_reply
 
 Arrays = dict[str, np.ndarray]
@@ -84,14 +85,14 @@ def reply_update(reply: Message, base: Arrays, sent_version: int, decoder: Decod
             return {}, "compressed reply but no decoder configured"
         try:
             delta = decoder(records[0], base)
-        except ValueError as exc:
-            return {}, f"cannot decode: {exc}"
+        except Exception as exc:  # noqa: BLE001 - any failure of one reply is that reply's rejection
+            return {}, f"cannot decode: {exc if isinstance(exc, ValueError) else repr(exc)}"
         bad = [k for k in base if k not in delta or delta[k].shape != base[k].shape or not np.all(np.isfinite(delta[k]))]
         return delta, (f"decoded update unusable for {bad[:3]}" if bad else None)
-    reason = check_dense_reply(reply, {k: (tuple(v.shape), str(v.dtype)) for k, v in base.items()})
+    reason = check_dense_reply(reply, base)
     if reason is not None:
         return {}, reason
-    return {k: records[0][k].numpy() - base[k] for k in base}, None
+    return {k: dense_view(records[0][k]) - base[k] for k in base}, None
 
 
 def _default_decoder() -> Decoder | None:

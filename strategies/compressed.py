@@ -29,9 +29,18 @@ which equals FedAvg over the :math:`\\hat w_i`; it costs :math:`O(\\sum_i |\\tex
 |w|)` time and :math:`O(|w|)` memory (sparse updates are added at their indices). Train metrics
 are aggregated by the inner strategy's ``train_metrics_aggr_fn``.
 
-A reply that cannot be decoded (bad stype, header, shape, index, non-finite value, missing or
-bad weight) is dropped, logged with the node id and the reason, and counted in
-``round_report()["clients_dropped"]``; the round goes on with the others.
+Every reply is hostile (:mod:`bouquet.strategies.decoding`): names, shapes, dtypes and lengths
+are checked against the global model before anything is allocated, decoding is bounded by the
+payload's bytes and the model size, and *any* exception while reading one reply drops that
+reply (logged at WARNING through Flower's logger with the node id and the reason, counted in
+``round_report()["clients_dropped"]``); the round goes on with the others. The weighted mean
+is accumulated with normalised weights :math:`n_i / \\sum_j n_j` straight into the output
+buffer (a copy of :math:`w`), so it is finite wherever Flower's dense FedAvg is; a non-finite
+aggregate skips the round instead of poisoning the model.
+
+Looked through on the fast path: bouquet's ``ReplyGuard`` (its ``min_replies``, its update-norm
+bound and its skipped-round count apply exactly as on the dense path). Dtype and shape rules are
+FedAvg's: a 0-d array stays 0-d, an integer tensor's mean is float64.
 """
 
 from __future__ import annotations
@@ -42,40 +51,58 @@ from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
 from bouquet import keys
-from bouquet.codecs import Decoded, decode, is_bouquet_stype
-from bouquet.strategies.guard import DENSE_STYPE, ReplyGuard, metric_key_outliers
+from bouquet.codecs import Decoded
+from bouquet.codecs.npy import npy_buffer
+from bouquet.strategies.decoding import (
+    DENSE_STYPE,
+    aggregate_dtype,
+    decode_record,
+    reference_arrays,
+    reply_weight,
+    single_array_record,
+    update_norm,
+)
+from bouquet.strategies.guard import ReplyGuard, metric_key_outliers
 from bouquet.strategies.reports import CLIENTS_DROPPED, DROP_REASONS
-from bouquet.strategies.wrapper import StrategyWrapper
+from bouquet.strategies.wrapper import StrategyWrapper, chain
 
 logger = logging.getLogger(__name__)
 
 
-def weighted_mean_base(strategy: Strategy) -> FedAvg | None:
-    """The FedAvg-family strategy whose ``aggregate_train`` is a plain weighted mean, or None.
+def weighted_mean_chain(strategy: Strategy) -> tuple[FedAvg | None, list[ReplyGuard]]:
+    """The FedAvg-family strategy whose ``aggregate_train`` is a plain weighted mean (or None),
+    and the ``ReplyGuard`` s looked through on the way to it.
 
     True for a strategy whose class uses ``FedAvg.aggregate_train`` unchanged (FedAvg, FedProx)
-    or that declares ``weighted_mean_aggregation = True``; bouquet's ``ReplyGuard`` is looked
-    through (it does not change valid replies).
+    or that declares ``weighted_mean_aggregation = True``.
     """
-    declared = getattr(type(strategy), "weighted_mean_aggregation", None)
-    if declared is not None:
-        return strategy if declared and isinstance(strategy, FedAvg) else None
-    if isinstance(strategy, ReplyGuard):
-        return weighted_mean_base(strategy.strategy)
-    if isinstance(strategy, FedAvg) and type(strategy).aggregate_train is FedAvg.aggregate_train:
-        return strategy
-    return None
+    guards: list[ReplyGuard] = []
+    while True:
+        declared = getattr(type(strategy), "weighted_mean_aggregation", None)
+        if declared is not None:
+            return (strategy if declared and isinstance(strategy, FedAvg) else None), guards
+        if isinstance(strategy, ReplyGuard):
+            guards.append(strategy)
+            strategy = strategy.strategy
+            continue
+        if isinstance(strategy, FedAvg) and type(strategy).aggregate_train is FedAvg.aggregate_train:
+            return strategy, guards
+        return None, guards
+
+
+def weighted_mean_base(strategy: Strategy) -> FedAvg | None:
+    """The FedAvg-family strategy of :func:`weighted_mean_chain` (or None)."""
+    return weighted_mean_chain(strategy)[0]
 
 
 def decode_reply(content: RecordDict, reference: dict[str, np.ndarray]) -> dict[str, Decoded]:
     """Decode every array of a reply into an update against ``reference`` (validated)."""
-    if len(content.array_records) != 1:
-        raise ValueError(f"expected one ArrayRecord, got {len(content.array_records)}")
-    return decode_record(next(iter(content.array_records.values())), reference)
+    return decode_record(single_array_record(content), reference)
 
 
 def decode_update(record: ArrayRecord, reference: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -84,54 +111,13 @@ def decode_update(record: ArrayRecord, reference: dict[str, np.ndarray]) -> dict
     return {name: dec.to_dense() for name, dec in decode_record(record, reference).items()}
 
 
-def decode_record(record: ArrayRecord, reference: dict[str, np.ndarray]) -> dict[str, Decoded]:
-    """Decode every array of ``record`` into an update against ``reference`` (validated)."""
-    if set(record.keys()) != set(reference):
-        missing = sorted(set(reference) - set(record.keys()))[:3]
-        extra = sorted(set(record.keys()) - set(reference))[:3]
-        raise ValueError(f"array names differ from the global model (missing {missing}, extra {extra})")
-    out: dict[str, Decoded] = {}
-    for name, arr in record.items():
-        ref = reference[name]
-        try:
-            if is_bouquet_stype(arr.stype):
-                dec = decode(arr.stype, arr.dtype, tuple(arr.shape), arr.data)
-            elif arr.stype == DENSE_STYPE:  # full local weights from an uncompressed client
-                full = arr.numpy()
-                if full.shape != ref.shape:
-                    raise ValueError(f"shape {full.shape}, expected {ref.shape}")
-                if full.dtype.kind == "f" and not np.all(np.isfinite(full)):
-                    raise ValueError("non-finite values")
-                dec = Decoded(ref.shape, ref.dtype, None, (full.astype(ref.dtype) - ref).reshape(-1))
-            else:
-                raise ValueError(f"stype {arr.stype!r} is neither bouquet.<codec>/<version> nor {DENSE_STYPE!r}")
-        except ValueError as exc:
-            raise ValueError(f"array {name!r}: {exc}") from exc
-        if dec.shape != ref.shape or dec.dtype != ref.dtype:
-            raise ValueError(f"array {name!r} decodes to {dec.shape} {dec.dtype}, global is {ref.shape} {ref.dtype}")
-        out[name] = dec
-    return out
-
-
-def reply_weight(content: RecordDict, weight_key: str) -> float:
-    """The positive finite weight of a reply (``num-examples``), else ``ValueError``."""
-    if len(content.metric_records) != 1:
-        raise ValueError(f"expected one MetricRecord, got {len(content.metric_records)}")
-    weight = next(iter(content.metric_records.values())).get(weight_key)
-    if weight is None or isinstance(weight, (list, bool)):
-        raise ValueError(f"metric {weight_key!r} missing or not a number")
-    if not np.isfinite(float(weight)) or float(weight) <= 0:
-        raise ValueError(f"metric {weight_key!r}={weight} must be finite and > 0")
-    return float(weight)
-
-
 class Compressed(StrategyWrapper):
     """Decode compressed updates around ``strategy`` (see module docstring).
 
     Parameters
     ----------
     strategy : flwr.serverapp.strategy.Strategy
-        Any Message-API strategy.
+        Any Message-API strategy (put ``ReplyGuard`` inside: ``Compressed(ReplyGuard(s))``).
     server_lr : float
         :math:`\\eta`, the step applied to the decoded update (1.0: the clients' weights).
     fast_path : bool
@@ -141,29 +127,32 @@ class Compressed(StrategyWrapper):
     def __init__(self, strategy: Strategy, server_lr: float = 1.0, *, fast_path: bool = True) -> None:
         if not np.isfinite(server_lr) or server_lr <= 0:
             raise ValueError(f"server_lr={server_lr} must be finite and > 0")
+        if any(isinstance(s, Compressed) for s in chain(strategy)):
+            raise ValueError("Compressed is already in this chain: wrap a strategy in Compressed once")
         super().__init__(strategy)
         self.server_lr = float(server_lr)
         self.fast_path = bool(fast_path)
         self._global: dict[str, np.ndarray] | None = None
         self._dropped: list[str] = []
+        self._bytes_in = 0
         self.last_path = ""
 
     def summary(self) -> None:
-        logger.info("Compressed(server_lr=%s) around %s", self.server_lr, type(self.strategy).__name__)
+        log(logging.INFO, "Compressed(server_lr=%s) around %s", self.server_lr, type(self.strategy).__name__)
         self.strategy.summary()
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        self._global = {k: v.numpy() for k, v in arrays.items()}  # numpy() deserialises: a new array
+        self._global = reference_arrays(arrays)  # zero-copy views of the bytes the server sends
         return self.strategy.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         self._dropped = []
         replies = list(replies)
         self._global_arrays()  # fail early, before any decoding
-        base = weighted_mean_base(self.strategy) if self.fast_path else None
+        base, guards = weighted_mean_chain(self.strategy) if self.fast_path else (None, [])
         if base is not None:
             self.last_path = "fast"
-            return self._aggregate_weighted_mean(base, replies)
+            return self._aggregate_weighted_mean(server_round, base, guards, replies)
         self.last_path = "dense"
         return self.strategy.aggregate_train(server_round, self._densify(replies))
 
@@ -175,48 +164,52 @@ class Compressed(StrategyWrapper):
     # ------------------------------------------------------------------ internals
     def _drop(self, msg: Message, reason: str) -> None:
         node = msg.metadata.src_node_id
-        logger.warning("dropping compressed reply from node %s: %s", node, reason)
+        log(logging.WARNING, "Compressed: dropping reply from node %s: %s", node, reason)
         self._dropped.append(f"node {node}: {reason}")
 
-    def _accept(self, replies: list[Message], weight_key: str, keep_dense: bool = True
-                ) -> tuple[list[tuple[Message, dict[str, Decoded] | None]], list[Message]]:
-        """Decode and validate the replies: (accepted with their updates, error replies).
-
-        With ``keep_dense=False`` a reply holding a dense-form tensor keeps ``None`` instead of
-        its decoded arrays (decoded again when needed), so memory stays O(payloads + model).
-        """
-        global_arrays = self._global_arrays()
-        accepted: list[tuple[Message, dict[str, Decoded] | None]] = []
-        errors: list[Message] = []
+    def _candidates(self, replies: list[Message], weight_key: str) -> tuple[list[Message], list[Message]]:
+        """Replies whose records, array headers and weight look right (nothing decoded yet), and
+        the error replies."""
+        ok, errors = [], []
         for msg in replies:
             if msg.has_error():
-                logger.info("reply from node %s is an error: %s", msg.metadata.src_node_id, msg.error.reason)
+                log(logging.INFO, "Compressed: reply from node %s is an error: %s", msg.metadata.src_node_id, msg.error.reason)
                 errors.append(msg)
                 continue
             try:
                 reply_weight(msg.content, weight_key)
-                decoded: dict[str, Decoded] | None = decode_reply(msg.content, global_arrays)
-                if not keep_dense and any(d.indices is None for d in decoded.values()):  # type: ignore[union-attr]
-                    decoded = None
-                accepted.append((msg, decoded))
-            except ValueError as exc:
-                self._drop(msg, str(exc))
-        accepted = self._consistent_metrics(accepted)
-        logger.info("aggregate_train: %d decoded replies, %d dropped, %d errors", len(accepted), len(self._dropped), len(errors))
-        return accepted, errors
+                single_array_record(msg.content)
+                ok.append(msg)
+            except Exception as exc:  # noqa: BLE001 - any failure of one reply is that reply's drop
+                self._drop(msg, _reason(exc))
+        return ok, errors
+
+    def _metric_outliers(self, decoded: list[Message]) -> set[int]:
+        """Drop the decoded replies whose metric keys differ from the round's most common set
+        (checked after decoding, so undecodable replies cannot outvote the good ones)."""
+        outliers = set(map(id, metric_key_outliers(decoded)))
+        for msg in decoded:
+            if id(msg) in outliers:
+                self._drop(msg, "metric keys differ from the other replies")
+        return outliers
+
+    def _decode(self, msg: Message) -> dict[str, Decoded] | None:
+        try:
+            return decode_reply(msg.content, self._global_arrays())
+        except Exception as exc:  # noqa: BLE001 - MemoryError, struct.error, ...: a dropped reply
+            self._drop(msg, _reason(exc))
+            return None
 
     def _densify(self, replies: list[Message]) -> list[Message]:
         """Replace each reply's arrays by the dense :math:`w + \\eta \\hat u_i` (error replies pass)."""
         global_arrays = self._global_arrays()
-        accepted, errors = self._accept(replies, getattr(self.strategy, "weighted_by_key", keys.NUM_EXAMPLES))
-        out: list[Message] = list(errors)
-        for msg, decoded in accepted:
-            if decoded is None:  # only with keep_dense=False, which this path never asks for
-                raise RuntimeError("_accept returned no decoded arrays on the dense path")
-            dense = ArrayRecord({
-                name: Array(np.ascontiguousarray(ref + (self.server_lr * decoded[name].to_dense()).astype(ref.dtype)))
-                for name, ref in global_arrays.items()
-            })
+        candidates, out = self._candidates(replies, getattr(self.strategy, "weighted_by_key", keys.NUM_EXAMPLES))
+        decoded_replies = [(m, d) for m, d in ((m, self._decode(m)) for m in candidates) if d is not None]
+        outliers = self._metric_outliers([m for m, _ in decoded_replies])
+        for msg, decoded in decoded_replies:
+            if id(msg) in outliers:
+                continue
+            dense = ArrayRecord({name: _npy_array(ref, [(decoded[name], self.server_lr)]) for name, ref in global_arrays.items()})
             content = RecordDict({next(iter(msg.content.array_records)): dense})
             for key, rec in msg.content.metric_records.items():
                 content[key] = rec
@@ -224,14 +217,9 @@ class Compressed(StrategyWrapper):
                 content[key] = rec
             msg.content = content
             out.append(msg)
+        log(logging.INFO, "Compressed: %d replies decoded for %s, %d dropped", len(out), type(self.strategy).__name__,
+            len(self._dropped))
         return out
-
-    def _consistent_metrics(self, accepted: list[tuple[Message, dict[str, Decoded] | None]]) -> list[tuple[Message, dict[str, Decoded] | None]]:
-        outliers = set(map(id, metric_key_outliers([m for m, _ in accepted])))
-        for msg, _ in accepted:
-            if id(msg) in outliers:
-                self._drop(msg, "metric keys differ from the other replies")
-        return [(m, d) for m, d in accepted if id(m) not in outliers]
 
     def _global_arrays(self) -> dict[str, np.ndarray]:
         """The global arrays sent this round (decoding needs them)."""
@@ -239,34 +227,118 @@ class Compressed(StrategyWrapper):
             raise RuntimeError("aggregate_train called before configure_train: no global arrays to decode against")
         return self._global
 
-    def _aggregate_weighted_mean(self, base: FedAvg, replies: list[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """:math:`w + \\eta \\sum_i n_i \\hat u_i / \\sum_i n_i`, adding sparse updates at their indices."""
-        global_arrays = self._global_arrays()
+    def _aggregate_weighted_mean(self, server_round: int, base: FedAvg, guards: list[ReplyGuard],
+                                 replies: list[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """:math:`w + \\eta \\sum_i n_i \\hat u_i / \\sum_i n_i`, each payload decoded once and added at
+        its indices, in place, in the output buffers."""
         weight_key = base.weighted_by_key
-        accepted, _ = self._accept(replies, weight_key, keep_dense=False)
-        if not accepted:
+        candidates, _ = self._candidates(replies, weight_key)
+        accepted = self._accumulate_once(candidates, base, guards)
+        min_replies = max([g.min_replies for g in guards] or [1])
+        if len(accepted[0]) < min_replies:
+            for guard in guards[:1]:
+                guard.skip_round(server_round, len(accepted[0]))
+            if not guards:
+                log(logging.WARNING, "Compressed: round %d has no usable reply; global model unchanged", server_round)
             return None, None
+        msgs, out = accepted
+        bad = [name for name, arr in out.items() if not _finite_npy(arr)]
+        if bad:
+            log(logging.WARNING, "Compressed: round %d aggregate of %s is not finite; global model unchanged", server_round, bad[:3])
+            return None, None
+        log(logging.INFO, "Compressed: aggregate_train: Received %d results and %d failures (%d dropped)",
+            len(msgs), len(replies) - len(msgs), len(self._dropped))
+        metrics = base.train_metrics_aggr_fn([m.content for m in msgs], weight_key)
+        return ArrayRecord(out), metrics
+
+    def _accumulate_once(self, candidates: list[Message], base: FedAvg, guards: list[ReplyGuard]
+                         ) -> tuple[list[Message], dict[str, Array]]:
+        """Decode every candidate once and add it, with its normalised weight, straight into the
+        output buffers (a copy of :math:`w`). A reply dropped on the way (bad payload, norm bound)
+        changes the normalisation: then one more pass over the survivors (decoded again)."""
+        survivors: list[Message] = []
+        for attempt in range(2):
+            weights = self._weights(candidates, base)
+            total = float(sum(weights))
+            acc = {name: _Accumulator(ref) for name, ref in self._global_arrays().items()}
+            survivors, norms, clean = [], [], True
+            for msg, weight in zip(candidates, weights, strict=True):
+                decoded = self._decode(msg)
+                if decoded is None:
+                    clean = False
+                    continue
+                survivors.append(msg)
+                norms.append(update_norm(decoded) * self.server_lr)
+                if clean:
+                    for name, dec in decoded.items():
+                        acc[name].add(dec, self.server_lr * weight / total)
+            keep = _within_norm_bounds(norms, guards) if attempt == 0 else list(range(len(survivors)))
+            for i in sorted(set(range(len(survivors))) - set(keep)):
+                self._drop(survivors[i], f"update norm {norms[i]:.4g} exceeds the guard's bound")
+            survivors = [survivors[i] for i in keep]
+            outliers = self._metric_outliers(survivors)
+            survivors = [m for m in survivors if id(m) not in outliers]
+            if clean and len(survivors) == len(candidates):
+                return survivors, {name: a.array() for name, a in acc.items()}
+            candidates = survivors
+            if not candidates:
+                break
+        return survivors, {}
+
+    def _weights(self, candidates: list[Message], base: FedAvg) -> list[float]:
         custom = getattr(base, "reply_weights", None)
         if callable(custom):  # a declared weighted mean with its own weights (e.g. KL weighting)
-            weights = [float(w) for w in custom([m.content for m, _ in accepted])]
+            weights = [float(w) for w in custom([m.content for m in candidates])]
         else:
-            weights = [reply_weight(m.content, weight_key) for m, _ in accepted]
-        if len(weights) != len(accepted) or not all(np.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
+            weights = [reply_weight(m.content, base.weighted_by_key) for m in candidates]
+        if len(weights) != len(candidates) or not all(np.isfinite(w) and w >= 0 for w in weights) or (candidates and sum(weights) <= 0):
             raise ValueError(f"aggregation weights {weights[:5]} must be finite, >= 0, one per reply, with a positive sum")
-        # accumulate in the model's float dtype (like Flower's FedAvg); integer tensors in float64
-        acc = {name: np.zeros(ref.size, dtype=ref.dtype if ref.dtype.kind == "f" else np.float64)
-               for name, ref in global_arrays.items()}
-        total = float(sum(weights))
-        for (msg, decoded), weight in zip(accepted, weights, strict=True):
-            for name, dec in (decoded or decode_reply(msg.content, global_arrays)).items():
-                dec.add_to(acc[name], weight)
-        out: dict[str, Array] = {}
-        for name, ref in global_arrays.items():
-            step = acc.pop(name)  # in place from here on: no extra model-sized temporaries
-            step *= self.server_lr / total
-            step += ref.reshape(-1)
-            out[name] = Array(np.ascontiguousarray(step.reshape(ref.shape).astype(ref.dtype, copy=False)))
-            del step
-        arrays = ArrayRecord(out)
-        metrics = base.train_metrics_aggr_fn([m.content for m, _ in accepted], weight_key)
-        return arrays, metrics
+        return weights
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+
+
+def _within_norm_bounds(norms: list[float], guards: list[ReplyGuard]) -> list[int]:
+    keep = list(range(len(norms)))
+    for guard in guards:
+        keep = [keep[i] for i in guard.norm_keep([norms[j] for j in keep])]
+    return keep
+
+
+class _Accumulator:
+    """``ref + sum(weight * update)`` built in the bytes of a dense ``Array`` (Flower's dtype
+    rule: floats keep their dtype, the rest becomes float64; float16 is summed in float32)."""
+
+    def __init__(self, ref: np.ndarray) -> None:
+        self.shape = tuple(int(s) for s in ref.shape)
+        self.dtype = aggregate_dtype(ref)
+        self.buf, self.flat = npy_buffer(self.dtype, self.shape)
+        self.acc = self.flat if self.dtype.itemsize >= 4 else np.empty(self.flat.size, dtype=np.float32)
+        np.copyto(self.acc, ref.reshape(-1), casting="unsafe")
+
+    def add(self, dec: Decoded, weight: float) -> None:
+        dec.add_to(self.acc, weight)
+
+    def array(self) -> Array:
+        if self.acc is not self.flat:
+            np.copyto(self.flat, self.acc, casting="unsafe")
+        data = bytes(self.buf)
+        self.buf = bytearray()  # release the buffer now: one tensor-sized copy at a time
+        return Array(dtype=str(self.dtype), shape=self.shape, stype=DENSE_STYPE, data=data)
+
+
+def _npy_array(ref: np.ndarray, adds: list[tuple[Decoded, float]]) -> Array:
+    """``ref + sum(weight * update)`` as a dense ``Array`` (see :class:`_Accumulator`)."""
+    acc = _Accumulator(ref)
+    for dec, weight in adds:
+        acc.add(dec, weight)
+    return acc.array()
+
+
+def _finite_npy(arr: Array) -> bool:
+    from bouquet.strategies.decoding import dense_view
+
+    view = dense_view(arr)
+    return view.dtype.kind != "f" or bool(np.isfinite(view.sum())) or bool(np.all(np.isfinite(view)))

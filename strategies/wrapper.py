@@ -17,12 +17,21 @@ from collections.abc import Iterable
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from bouquet.strategies.reports import inner_report, merge_reports
 
 logger = logging.getLogger(__name__)
+
+
+def chain(strategy: Strategy) -> list[Strategy]:
+    """``strategy`` and every strategy it wraps, outermost first."""
+    out = [strategy]
+    while isinstance(out[-1], StrategyWrapper):
+        out.append(out[-1].strategy)
+    return out
 
 
 def innermost(strategy: Strategy) -> Strategy:
@@ -46,6 +55,15 @@ class StrategyWrapper(Strategy):
             raise AttributeError(name)
         return getattr(self.strategy, name)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # A write of a name the wrapper does not own but the wrapped strategy has (e.g.
+        # ``fraction_train``) goes to the wrapped strategy, so reads and writes see one value.
+        own = name.startswith("_") or name in self.__dict__ or hasattr(type(self), name) or "strategy" not in self.__dict__
+        if not own and hasattr(innermost(self.__dict__["strategy"]), name):
+            setattr(self.__dict__["strategy"], name, value)
+            return
+        object.__setattr__(self, name, value)
+
     def start(self, grid: Grid, initial_arrays: ArrayRecord, *args: Any, **kwargs: Any) -> Any:
         """Flower's synchronous loop; a strategy with its own ``start()`` keeps it."""
         base = innermost(self.strategy)
@@ -54,7 +72,7 @@ class StrategyWrapper(Strategy):
         return Strategy.start(self, grid, initial_arrays, *args, **kwargs)
 
     def summary(self) -> None:
-        logger.info("%s around %s", type(self).__name__, type(self.strategy).__name__)
+        log(logging.INFO, "%s around %s", type(self).__name__, type(self.strategy).__name__)
         self.strategy.summary()
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:

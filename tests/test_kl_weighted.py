@@ -282,7 +282,7 @@ def _topk_reply(node: int, n: int, hist, global_arrays: dict[str, np.ndarray], k
         update = _arrays(node)[name] - ref
         enc, sent = encode_topk(update, select_topk(update.reshape(-1), k))
         record[name] = Array(dtype=enc.dtype, shape=tuple(enc.shape), stype=enc.stype, data=enc.data)
-        dense[name] = ref + sent
+        dense[name] = ref + sent.to_dense()
     reply = make_reply(None, n, {H: hist, keys.TRAIN_LOSS: 1.0}, node_id=node, array_record=ArrayRecord(record))
     return reply, dense
 

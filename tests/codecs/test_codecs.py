@@ -37,7 +37,7 @@ def test_topk_round_trip_keeps_exactly_m(x, alpha, value_dtype):
     dec = decode_encoded(enc)
     dense = dec.to_dense()
     assert dense.shape == x.shape and dense.dtype == x.dtype
-    assert np.array_equal(dense, sent)
+    assert np.array_equal(dense, sent.to_dense())
     if m < x.size:
         assert dec.indices.size == m
         assert np.array_equal(dec.indices, idx)
@@ -86,7 +86,7 @@ def test_ternary_values_in_minus_s_0_s(x, stochastic, clip_c, form, seed):
     assert set(np.unique(t)) <= {-1, 0, 1}
     enc, sent = encode_ternary(t, s, packing_form=form)
     dense = decode_encoded(enc).to_dense()
-    assert np.array_equal(dense, sent)
+    assert np.array_equal(dense, sent.to_dense())
     s32 = np.float32(s)
     assert set(np.unique(dense).tolist()) <= {-s32, 0.0, s32}
     assert np.all(dense * x >= 0)  # never the wrong sign
@@ -122,7 +122,7 @@ def test_stc_round_trip(x, alpha):
     enc, sent = encode_stc(x, idx)
     dec = decode_encoded(enc)
     dense = dec.to_dense()
-    assert np.array_equal(dense, sent)
+    assert np.array_equal(dense, sent.to_dense())
     nz = dense[dense != 0]
     if nz.size:
         mu = np.float32(np.abs(x.reshape(-1)[idx]).mean())

@@ -1,0 +1,138 @@
+"""Reading client replies against the global model, treating every byte as hostile.
+
+Shared by :class:`~bouquet.strategies.Compressed` and :class:`~bouquet.strategies.ReplyGuard`:
+
+* :func:`reference_arrays` turns the global ``ArrayRecord`` the server sends into zero-copy
+  read-only views (no deserialising copy of the model);
+* :func:`check_record` compares a reply's arrays with the global model *without decoding*:
+  names, shape and dtype of every ``Array``, its stype, and for dense arrays the ``.npy`` header
+  and exact length. Nothing is allocated from what a reply declares;
+* :func:`decode_record` then decodes (:func:`bouquet.codecs.decode`, bounded by the payload's
+  bytes and the model size) into updates :math:`\\hat u_i` against the global arrays;
+* :func:`reply_weight` reads the positive finite weight.
+
+Dtype rule (Flower's FedAvg): a floating tensor keeps its dtype; an integer or bool tensor is
+averaged in float64 (so from round 2 on its global array is float64). A compressed (bouquet)
+array must have exactly the global array's dtype; a dense array (full local weights) may have
+any numeric dtype and is converted, and must still be finite after the conversion.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, RecordDict
+
+from bouquet.codecs import Decoded, decode, is_bouquet_stype
+from bouquet.codecs.npy import read_npy
+from bouquet.codecs.wire import finite_or_raise
+
+DENSE_STYPE = "numpy.ndarray"
+
+
+def reference_arrays(arrays: ArrayRecord) -> dict[str, np.ndarray]:
+    """Read-only views of the global arrays (zero-copy for Flower's dense stype)."""
+    out = {}
+    for name, arr in arrays.items():
+        if arr.stype == DENSE_STYPE:
+            out[name] = read_npy(arr.data, shape=tuple(arr.shape), dtype=arr.dtype)
+        else:
+            raise ValueError(f"global array {name!r} has stype {arr.stype!r}; the server must send {DENSE_STYPE!r} arrays")
+    return out
+
+
+def aggregate_dtype(ref: np.ndarray) -> np.dtype:
+    """The dtype Flower's FedAvg gives a tensor like ``ref``: float stays, the rest is float64."""
+    return ref.dtype if ref.dtype.kind == "f" else np.dtype(np.float64)
+
+
+def single_array_record(content: RecordDict) -> ArrayRecord:
+    if len(content.array_records) != 1:
+        raise ValueError(f"expected one ArrayRecord, got {len(content.array_records)}")
+    return next(iter(content.array_records.values()))
+
+
+def check_record(record: ArrayRecord, reference: dict[str, np.ndarray], *, dense_only: bool = False) -> None:
+    """Check names, shapes, dtypes and stypes of ``record`` against ``reference`` (no decoding).
+
+    ``dense_only``: every array must be Flower's dense stype (``ReplyGuard`` without
+    ``Compressed`` around it).
+    """
+    names = list(record.keys())
+    if set(names) != set(reference):
+        missing = sorted(set(reference) - set(names))[:3]
+        extra = sorted(set(names) - set(reference))[:3]
+        raise ValueError(f"array names differ from the global model (missing {missing}, extra {extra})")
+    for name in names:
+        arr, ref = record[name], reference[name]
+        if not isinstance(arr, Array) or not isinstance(arr.data, bytes):
+            raise ValueError(f"array {name!r} is not a Flower Array with bytes")
+        shape = tuple(arr.shape)
+        if shape != ref.shape:
+            raise ValueError(f"array {name!r} has shape {shape}, the global model's is {ref.shape}")
+        if arr.stype == DENSE_STYPE:
+            view = read_npy(arr.data, shape=shape, dtype=_numeric(arr.dtype, name))
+            if view.dtype.kind not in "biuf":
+                raise ValueError(f"array {name!r} has dtype {view.dtype}, not a real number type")
+        elif dense_only:
+            raise ValueError(f"array {name!r} has stype {arr.stype!r}, not a dense numpy array "
+                             "(compressed replies need Compressed around ReplyGuard)")
+        elif not is_bouquet_stype(arr.stype):
+            raise ValueError(f"array {name!r} has stype {arr.stype!r}, neither bouquet.<codec>/<version> nor {DENSE_STYPE!r}")
+        elif arr.dtype != str(ref.dtype):
+            raise ValueError(f"array {name!r} has dtype {arr.dtype}, the global model's is {ref.dtype}")
+
+
+def _numeric(dtype: str, name: str) -> np.dtype:
+    try:
+        return np.dtype(dtype)
+    except TypeError as exc:
+        raise ValueError(f"array {name!r} declares dtype {dtype!r}, not a numpy dtype") from exc
+
+
+def dense_view(arr: Array) -> np.ndarray:
+    """The validated read-only view of a dense Array (after :func:`check_record`)."""
+    return read_npy(arr.data, shape=tuple(arr.shape), dtype=np.dtype(arr.dtype))
+
+
+def decode_record(record: ArrayRecord, reference: dict[str, np.ndarray]) -> dict[str, Decoded]:
+    """Decode every array of ``record`` into an update against ``reference`` (validated).
+
+    Raises ``ValueError`` naming the array and what is wrong.
+    """
+    check_record(record, reference)
+    out: dict[str, Decoded] = {}
+    for name, arr in record.items():
+        ref = reference[name]
+        try:
+            if arr.stype == DENSE_STYPE:  # full local weights from an uncompressed client
+                out[name] = dense_update(dense_view(arr), ref)
+            else:
+                out[name] = decode(arr.stype, arr.dtype, tuple(arr.shape), arr.data)
+        except ValueError as exc:
+            raise ValueError(f"array {name!r}: {exc}") from exc
+    return out
+
+
+def dense_update(full: np.ndarray, ref: np.ndarray) -> Decoded:
+    """:math:`w_i - w` of full weights, in the aggregate dtype; finite after the conversion."""
+    work = aggregate_dtype(ref)
+    converted = finite_or_raise(full.astype(work, copy=False), "dense weights")
+    update = finite_or_raise(np.subtract(converted, ref, dtype=work), "dense update")
+    return Decoded(ref.shape, np.dtype(work), None, update.reshape(-1))
+
+
+def reply_weight(content: RecordDict, weight_key: str) -> float:
+    """The positive finite weight of a reply (``num-examples``), else ``ValueError``."""
+    if len(content.metric_records) != 1:
+        raise ValueError(f"expected one MetricRecord, got {len(content.metric_records)}")
+    weight = next(iter(content.metric_records.values())).get(weight_key)
+    if weight is None or isinstance(weight, (list, bool)):
+        raise ValueError(f"metric {weight_key!r} missing or not a number")
+    if not np.isfinite(float(weight)) or float(weight) <= 0:
+        raise ValueError(f"metric {weight_key!r}={weight} must be finite and > 0")
+    return float(weight)
+
+
+def update_norm(decoded: dict[str, Decoded]) -> float:
+    """L2 norm of a decoded update over all its tensors."""
+    return float(np.sqrt(sum(d.sq_norm() for d in decoded.values())))
