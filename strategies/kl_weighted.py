@@ -56,7 +56,9 @@ from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.common.logger import log
 from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from bouquet import keys
 from bouquet.strategies.reports import CLIENTS_DROPPED, DROP_REASONS
@@ -157,6 +159,30 @@ def disco_values(num_examples: np.ndarray, signed_div: np.ndarray, a: float, b: 
     """FedDisco's :math:`\\mathrm{ReLU}(n_i / N - a s_i + b)` (before renormalising)."""
     n = np.asarray(num_examples, dtype=np.float64)
     return np.maximum(n / n.sum() - a * np.asarray(signed_div, dtype=np.float64) + b, 0.0)
+
+
+def _mean_compatible(contents: list[RecordDict]) -> list[RecordDict]:
+    """The replies' records unchanged when every metric key is present in all of them with the
+    same kind and list length (the usual case); otherwise copies without the keys that differ
+    (e.g. a malformed label histogram, kept by ``bad_histogram="fallback"``), which a
+    weighted mean of metrics cannot combine."""
+    def shape(v: Any) -> Any:
+        return ("list", len(v)) if isinstance(v, list) else "scalar"
+
+    records = [next(iter(c.metric_records.values())) for c in contents]
+    common = {k: shape(v) for k, v in records[0].items()} if records else {}
+    for rec in records[1:]:
+        common = {k: sh for k, sh in common.items() if k in rec and shape(rec[k]) == sh}
+    if all(set(rec.keys()) == set(common) for rec in records):
+        return contents
+    left_out = sorted({k for rec in records for k in rec.keys()} - set(common))
+    logger.warning("KL weighting: metric keys %s differ between replies; left out of the metrics mean", left_out)
+    out = []
+    for content, rec in zip(contents, records, strict=True):
+        copy = RecordDict({k: a for k, a in content.array_records.items()})
+        copy[next(iter(content.metric_records))] = MetricRecord({k: rec[k] for k in common})
+        out.append(copy)
+    return out
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -323,16 +349,20 @@ class KLWeightedFedAvg(FedAvg):
         if not usable:
             return super().aggregate_train(server_round, errors)
         weights, div, _, q = self.compute_weights(usable)
-        scalar_keys = set.intersection(*[{k for k, v in _metrics(m).items() if not isinstance(v, list)} for m in usable])
-        scalar_keys.discard(self.weighted_by_key)
-        rebuilt = [self._reweighted(m, self.weighted_by_key, w, scalar_keys) for m, w in zip(usable, weights, strict=True)]
+        rebuilt = [self._reweighted(m, self.weighted_by_key, w, set()) for m, w in zip(usable, weights, strict=True)]
         self._report.update(
             kl_node_ids=[int(m.metadata.src_node_id) for m in usable],
             kl_weights=[float(w) for w in weights / weights.sum()],
             kl_div=[None if not math.isfinite(d) else float(d) for d in div],
             kl_reference=None if q is None else [float(v) for v in q],
         )
-        return super().aggregate_train(server_round, rebuilt + errors)
+        # arrays: the KL-weighted mean; metrics: the user's (or FedAvg's) aggregation of the
+        # replies' own, untouched MetricRecords (weighted by num-examples, lists included)
+        log(logging.INFO, "aggregate_train: Received %d results and %d failures (KL-weighted)", len(usable),
+            len(replies) - len(usable))
+        arrays = aggregate_arrayrecords([m.content for m in rebuilt], self.weighted_by_key)
+        metrics = self.train_metrics_aggr_fn(_mean_compatible([m.content for m in usable]), self.weighted_by_key)
+        return arrays, metrics
 
     def round_report(self) -> dict[str, Any]:
         """This round's ``kl_weights``, ``kl_div``, ``kl_node_ids``, ``kl_reference`` (Q) and counts."""
