@@ -16,6 +16,13 @@
   timestamp>-run<run id>`` of the user running the SuperLink (``$XDG_CACHE_HOME`` is honoured).
   A relative path is taken relative to the SuperLink's working directory: prefer absolute.
 
+A refused config (:func:`~bouquet.simulations.validate.validate_run`: an unknown key, a value out
+of range, a combination that cannot work, a missing dataset) fails the run before its first
+round: the ServerApp logs the reason in one line, writes ``summary.json`` with ``status: failed``
+and the reason into the run directory, and raises, so that ``flwr ls`` shows the run as
+``finished:failed`` with the reason in its status details. A ClientApp refuses the same config
+(``validate_config``) before it builds anything.
+
 The server side reuses :func:`bouquet.simulations.server.run_server`; before the first round it
 waits (at most ``simulation.round_timeout_s``) until ``strategy.min_available_nodes`` SuperNodes
 are connected and fails the run with a clear message otherwise (Flower's own sampler would wait
@@ -40,8 +47,9 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from bouquet import keys
+from bouquet.simulations.results import SUMMARY_FILE
 from bouquet.simulations.server import make_client_app, run_server
-from bouquet.simulations.validate import validate_run
+from bouquet.simulations.validate import validate_config, validate_run
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +142,36 @@ def _ensure_progress_logging() -> None:
         root.setLevel(logging.INFO)
 
 
+def refusal_reason(exc: BaseException) -> str:
+    """The reason of a refused config on one line (Hydra's and OmegaConf's messages included)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def checked_server_config(context: Context) -> dict[str, Any]:
+    """The run's config, composed and checked as ``bouquet-sim`` checks it (the data included).
+
+    Raises
+    ------
+    ValueError
+        For a refused config (Hydra's composition errors for unknown keys are raised as they are).
+    FileNotFoundError
+        If the dataset is missing.
+    """
+    cfg = compose_config(_run_config_str(context, RUN_CONFIG_OVERRIDES))
+    task = cfg.get("task", "federated")
+    if task != "federated":
+        raise ValueError(f"task={task!r} does not run on a SuperLink (only task=federated does); use bouquet-sim")
+    validate_run(cfg, in_simulation=False)
+    return cfg
+
+
+def record_refusal(run_dir: Path, reason: str) -> None:
+    """Write ``summary.json`` with ``status: failed`` and ``reason`` into ``run_dir``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    summary = {"status": "failed", "reason": f"config refused: {reason}"}
+    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+
+
 server_app = ServerApp()
 
 
@@ -141,12 +179,14 @@ server_app = ServerApp()
 def _server_main(grid: Grid, context: Context) -> None:
     _ensure_progress_logging()
     overrides = _run_config_str(context, RUN_CONFIG_OVERRIDES)
-    cfg = compose_config(overrides)
-    task = cfg.get("task", "federated")
-    if task != "federated":
-        raise ValueError(f"task={task!r} does not run on a SuperLink (only task=federated does); use bouquet-sim")
-    validate_run(cfg)
     run_dir = resolve_run_dir(_run_config_str(context, RUN_CONFIG_RUN_DIR), context.run_id)
+    try:
+        cfg = checked_server_config(context)
+    except Exception as exc:  # refused before the first round: say why, where the user looks
+        reason = refusal_reason(exc)
+        logger.error("run %s refused: %s", context.run_id, reason)
+        record_refusal(run_dir, reason)
+        raise
     logger.info("run %s: overrides=%r, results in %s", context.run_id, overrides, run_dir)
     run_server(grid, cfg, run_dir)
 
@@ -178,7 +218,9 @@ def client_config(context: Context) -> dict[str, Any]:
 
 @lru_cache(maxsize=8)
 def _client_app_for(cfg_json: str) -> ClientApp:
-    return make_client_app(json.loads(cfg_json))
+    cfg = json.loads(cfg_json)
+    validate_config(cfg, in_simulation=False)  # the same refusals as the ServerApp's, before building
+    return make_client_app(cfg)
 
 
 def _dispatch(msg: Message, context: Context) -> Message:
