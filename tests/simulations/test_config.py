@@ -137,3 +137,100 @@ def test_every_partition_instantiates(option: str) -> None:
     cfg = _compose([f"partition={option}"])
     parts = instantiate(cfg["partition"])(np.repeat(np.arange(10), 20), 4, seed=0)
     assert len(parts) == 4
+
+
+# ------------------------------------------------------------- combinations that cannot work
+# One case per rule of COMBINATIONS (rule name -> overrides, text the one-line reason contains).
+COMBINATION_CASES: dict[str, tuple[list[str], list[str]]] = {
+    "_async_adjust": (["strategy=async", "server=adjust"], ["strategy=async", "server=adjust", "never runs"]),
+    "_early_exit_adjust": (["model=early_exit", "client=early_exit", "server=adjust"],
+                           ["model=early_exit", "server=adjust", "cannot train"]),
+    "_depth_needs_early_exit": (["strategy=depth_fedavg"], ["strategy=depth_fedavg", "model=early_exit"]),
+    "_early_exit_pair": (["model=early_exit"], ["model=early_exit", "client=early_exit"]),
+    "_recsys_pair": (["client=recsys"], ["client=recsys", "dataset=movielens"]),
+    "_recsys_strategy": (["experiment=s5_recsys", "strategy=kl_weighted"], ["dataset=movielens", "strategy=kl_weighted"]),
+    "_lenet_digits": (["dataset=digits", "model=lenet"], ["model=lenet", "dataset=digits"]),
+    "_async_resume": (["strategy=async", "simulation.resume=true"], ["strategy=async", "simulation.resume"]),
+    "_async_capacity": (["strategy=async", "model=early_exit", "client=early_exit", "client.max_depth=2"],
+                        ["strategy=async", "client.max_depth=2"]),
+    "_codec_args": (["experiment=s5_recsys", "client.codec=topk"], ["client.codec=topk", "client.codec_args.alpha"]),
+    "_compression": (["+compression.server_lr=0.5"], ["compression.server_lr", "client=plain"]),
+    "_fault_rates": (["fault=mixed", "fault.crash_rate=0.9"], ["fault.crash_rate=0.9", "fault.hang_rate", "[0, 1]"]),
+    "_early_exit_model": (["model=early_exit", "client=early_exit", "model.widths=[16,30,64]"], ["model.widths"]),
+    "_depth_probs": (["experiment=s2_federated", "strategy.depth_probs=[0.5,0.5]"], ["strategy.depth_probs", "strategy.depths"]),
+    "_search": (["+search=default"], ["search.", "task=federated"]),
+    "_users": (["experiment=s5_recsys", "dataset.max_users=5"], ["simulation.num_clients=10", "dataset.max_users=5"]),
+    "_train_config": (["+train_config.lr=0"], ["train_config.lr=0"]),
+    "_cpus": (["simulation.total_cpus=2", "simulation.client_cpus=3"], ["simulation.client_cpus=3", "total_cpus"]),
+    "_min_nodes": (["strategy.min_train_nodes=11"], ["strategy.min_train_nodes=11", "simulation.num_clients=10"]),
+}
+
+
+@pytest.mark.parametrize("rule", sorted(COMBINATION_CASES))
+def test_each_combination_rule_refuses_naming_the_keys(rule: str) -> None:
+    from bouquet.simulations.combinations import COMBINATIONS
+
+    overrides, expected = COMBINATION_CASES[rule]
+    cfg = _compose(overrides)
+    with pytest.raises(ValueError) as info:
+        validate_config(cfg)
+    message = str(info.value)
+    assert "\n" not in message
+    for text in expected:
+        assert text in message, message
+    refusing = [c.rule.__name__ for c in COMBINATIONS if c.rule(cfg, _group_values(cfg))]
+    assert refusing[:1] == [rule]
+
+
+def _group_values(cfg: dict) -> dict:
+    from bouquet.simulations.validate import check_schema
+
+    return check_schema(cfg)
+
+
+def test_every_combination_rule_has_a_case() -> None:
+    from bouquet.simulations.combinations import COMBINATIONS
+
+    assert {c.rule.__name__ for c in COMBINATIONS} == set(COMBINATION_CASES)
+
+
+def test_the_two_known_silent_failures_are_refused_in_one_line() -> None:
+    for overrides, a, b in [(["strategy=async", "server=adjust"], "strategy=async", "server=adjust"),
+                            (["experiment=s2_federated", "server=adjust"], "model=early_exit", "server=adjust")]:
+        with pytest.raises(ValueError, match=rf"^{a} and {b} cannot be combined: [^\n]+$"):
+            validate_config(_compose(overrides))
+
+
+def test_flwr_run_skips_the_simulation_only_checks() -> None:
+    cfg = _compose(["strategy.min_train_nodes=11"])
+    validate_config(cfg, in_simulation=False)  # a SuperLink may have more nodes than partitions
+    with pytest.raises(ValueError, match="min_train_nodes"):
+        validate_config(cfg)
+
+
+# ------------------------------------------------------------------ checks that need the data
+@pytest.mark.parametrize(
+    ("overrides", "text"),
+    [
+        (["dataset=digits", "simulation.num_clients=2000"], "simulation.num_clients=2000 is more than the"),
+        (["dataset=digits", "partition=pathological", "partition.labels_per_client=11"], "partition.labels_per_client=11"),
+        (["dataset=digits", "model=early_exit", "client=early_exit", "strategy=depth_fedavg", "strategy.depths=[4]"],
+         "strategy.depths=[4] is out of range: the model has 3 exits"),
+        (["dataset=digits", "model=early_exit", "client=early_exit", "model.exit_weights=[1,1]"], "model.exit_weights"),
+    ],
+)
+def test_data_checks_refuse_before_the_engine(overrides: list[str], text: str) -> None:
+    from bouquet.simulations.validate import validate_run
+
+    cfg = _compose(overrides)
+    validate_config(cfg)  # fine without the data
+    with pytest.raises(ValueError) as info:
+        validate_run(cfg)
+    assert text in str(info.value)
+
+
+def test_missing_dataset_is_a_file_not_found_naming_make_data(tmp_path: Path) -> None:
+    from bouquet.simulations.validate import validate_run
+
+    with pytest.raises(FileNotFoundError, match="make data"):
+        validate_run(_compose([f"dataset.root={tmp_path}"]))
