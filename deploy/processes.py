@@ -103,6 +103,14 @@ def stop_tree(pid: int, timeout_s: float = 20.0, popen: subprocess.Popen | None 
             popen.wait(timeout=5)
         except subprocess.TimeoutExpired:
             logger.warning("pid %d did not exit after SIGKILL", popen.pid)
+    # SIGKILL is delivered asynchronously: a grandchild can still be running (state R/S) for a
+    # moment, then is a zombie until init reaps it. Wait until every killed PID is gone or a zombie.
+    deadline = time.monotonic() + 5.0
+    while any(alive(p) for p in killed) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    still = [p for p in killed if alive(p)]
+    if still:
+        logger.warning("pids %s still alive 5 s after SIGKILL", still)
     if killed:
         logger.warning("had to SIGKILL %s", killed)
     return killed

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import resource
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +57,20 @@ def make_reply(
     if error is not None:
         return Message(metadata=metadata, error=Error(code=0, reason=error))
     return Message(metadata=metadata, content=content)
+
+
+@contextlib.contextmanager
+def address_space_limit(extra_bytes: int):
+    """Cap this process's address space at its current size + ``extra_bytes`` (soft limit,
+    restored afterwards): an allocation beyond it raises MemoryError instead of swapping."""
+    with open("/proc/self/statm") as fh:
+        vsize = int(fh.read().split()[0]) * resource.getpagesize()
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (vsize + extra_bytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
 def set_task_identity() -> None:

@@ -5,15 +5,13 @@ Each test reproduces one observation of the issue (they failed before the fix).
 
 from __future__ import annotations
 
-import contextlib
-import resource
 import struct
 import time
 from collections import OrderedDict
 
 import numpy as np
 import pytest
-from conftest import make_reply
+from conftest import address_space_limit, make_reply
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
@@ -46,20 +44,6 @@ def _with(node: int, n: int, **arrays: Array):
     record = {k: Array(np.asarray(v)) for k, v in GLOBAL.items()}
     record.update(arrays)
     return make_reply(None, n, node_id=node, array_record=ArrayRecord(record))
-
-
-@contextlib.contextmanager
-def address_space_limit(extra_bytes: int):
-    """Cap this process's address space at its current size + ``extra_bytes`` (soft limit,
-    restored afterwards): an allocation beyond it raises MemoryError instead of swapping."""
-    with open("/proc/self/statm") as fh:
-        vsize = int(fh.read().split()[0]) * resource.getpagesize()
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    resource.setrlimit(resource.RLIMIT_AS, (vsize + extra_bytes, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
 def _topk_all_payload(shape: tuple[int, ...]) -> bytes:
