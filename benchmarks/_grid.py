@@ -144,12 +144,27 @@ def run_cell(section: str, cell: Cell, *, timeout_s: float = 3 * 3600, pin: str 
     return record
 
 
+PAUSE_FILE = RESULTS_DIR / ".pause"
+
+
+def wait_while_paused() -> None:
+    """Hold the next cell while ``benchmarks/results/.pause`` exists (a speed benchmark wants
+    the machine to itself; the running cell is never interrupted)."""
+    announced = False
+    while PAUSE_FILE.exists():
+        if not announced:
+            print(f"  paused ({PAUSE_FILE} exists)", flush=True)
+            announced = True
+        time.sleep(5)
+
+
 def run_grid(section: str, cells: list[Cell], *, commit: bool = False, after_cell: Any = None,
              pin: str | None = None) -> None:
     """Run every cell of ``cells`` not yet in ``results/<section>.jsonl``, one at a time."""
     todo = [c for c in cells if json.dumps(c.key_dict, sort_keys=True) not in done_keys(section)]
     print(f"{section}: {len(cells) - len(todo)} of {len(cells)} cells done, {len(todo)} to run", flush=True)
     for i, cell in enumerate(todo, 1):
+        wait_while_paused()
         print(f"[{i}/{len(todo)}] {section} {cell.label()}", flush=True)
         rec = run_cell(section, cell, pin=pin)
         last = rec["rounds"][-1] if rec["rounds"] else {}

@@ -23,7 +23,13 @@ import numpy as np
 
 from bouquet.codecs.error_feedback import accumulate, check_decay, subtract_sent
 from bouquet.codecs.stc import encode_stc
-from bouquet.codecs.ternary import PACKINGS, encode_ternary, ternarize
+from bouquet.codecs.ternary import (
+    PACKINGS,
+    encode_ternary,
+    encode_ternary_sparse,
+    ternarize,
+    ternarize_sparse,
+)
 from bouquet.codecs.topk import (
     VALUE_DTYPES,
     encode_topk,
@@ -40,6 +46,7 @@ class UpdateCompressor:
     """Base class: error feedback around :meth:`encode` (override it)."""
 
     codec = "dense"
+    checks_finite = False  # True: encode() raises ValueError on NaN / inf in the accumulated update
 
     def __init__(self, *, residual_decay: float = 0.0) -> None:
         self.residual_decay = check_decay(residual_decay)
@@ -59,8 +66,9 @@ class UpdateCompressor:
     ) -> tuple[list[Encoded], list[np.ndarray] | None]:
         """Compress ``updates`` (+ decayed ``residuals``) for ``server_round`` (1-based).
 
-        A non-finite float update raises ``ValueError`` before anything (the residual included)
-        is touched. ``inplace=True`` lets the compressor overwrite ``updates`` and ``residuals``
+        A non-finite float update raises ``ValueError`` and nothing is returned (with
+        ``inplace=True`` the caller's residual buffers may have been overwritten; the client keeps
+        the residual as bytes in ``context.state``, which is then left unchanged). ``inplace=True`` lets the compressor overwrite ``updates`` and ``residuals``
         (the caller's fresh copies): error feedback then costs one pass for the accumulation and
         O(k) for the new residual.
 
@@ -74,8 +82,9 @@ class UpdateCompressor:
         rng = rng if rng is not None else np.random.default_rng()
         round_index = max(int(server_round) - 1, 0)
         arrays = [np.asarray(u) for u in updates]
-        for i, u in enumerate(arrays):
-            check_finite_update(u, i)
+        if not self.checks_finite:  # the selecting codecs check NaN / inf in their own pass
+            for i, u in enumerate(arrays):
+                check_finite_update(u, i)
         use_ef = self.residual_decay > 0
         floats = [i for i, u in enumerate(arrays) if u.dtype.kind == "f"]
         acc = list(arrays)
@@ -113,6 +122,8 @@ class DenseCompressor(UpdateCompressor):
 
 
 class _TopKSelection(UpdateCompressor):
+    checks_finite = True  # select_topk checks every block it scans
+
     def __init__(self, *, alpha: float, rho: float = 1.0, min_k: int = 1, scope: str = "tensor", residual_decay: float = 1.0) -> None:
         super().__init__(residual_decay=residual_decay)
         topk_count(1, alpha, rho=rho, min_k=min_k)  # validates alpha, rho, min_k
@@ -159,6 +170,7 @@ class TernaryCompressor(UpdateCompressor):
     """TernGrad ternarisation (``bouquet.ternary/1``); error feedback off by default."""
 
     codec = "ternary"
+    checks_finite = True  # ternarize / ternarize_sparse refuse NaN and inf
 
     def __init__(self, *, stochastic: bool = True, clip_c: float | None = None, packing: str = "auto", residual_decay: float = 0.0) -> None:
         super().__init__(residual_decay=residual_decay)
@@ -171,7 +183,14 @@ class TernaryCompressor(UpdateCompressor):
     def encode(self, tensors: list[np.ndarray], round_index: int, rng: np.random.Generator) -> list[tuple[Encoded, Decoded]]:
         out = []
         for t in tensors:
+            if self.stochastic and self.packing in ("auto", "sparse"):
+                idx, negative, scale = ternarize_sparse(t, clip_c=self.clip_c, rng=rng)
+                out.append(encode_ternary_sparse(idx, negative, scale, tuple(t.shape), dtype=str(t.dtype),
+                                                 packing_form=self.packing))
+                continue
             trits, scale = ternarize(t, stochastic=self.stochastic, clip_c=self.clip_c, rng=rng)
+            if not np.isfinite(scale):
+                raise ValueError("update holds NaN or inf: not sent")
             out.append(encode_ternary(trits, scale, dtype=str(t.dtype), packing_form=self.packing))
         return out
 

@@ -81,31 +81,63 @@ def varint_decode(data: bytes, count: int) -> np.ndarray:
 # ----------------------------------------------------------------------- Golomb-Rice
 def rice_size_bits(gaps: np.ndarray, r: int) -> int:
     """Bits of the Rice code of non-negative ``gaps`` with parameter ``r``."""
-    return int(np.sum(gaps >> r)) + gaps.size * (1 + r)
+    return int(np.sum(gaps >> r, dtype=np.int64)) + gaps.size * (1 + r)
 
 
 def best_rice_parameter(gaps: np.ndarray) -> int:
-    """The Rice parameter in a window around ``log2(mean gap)`` giving the fewest bits."""
+    """The Rice parameter in a window around ``log2(mean gap)`` giving the fewest bits (the
+    optimum for geometric gaps is within one of it)."""
     if gaps.size == 0:
         return 0
-    centre = int(math.log2(max(float(gaps.mean()), 1.0)))
-    candidates = range(max(0, centre - 2), min(31, centre + 3))
-    return min(candidates, key=lambda r: rice_size_bits(gaps, r))
+    g = gaps.astype(np.int32, copy=False) if int(gaps.max()) < 2**31 else gaps
+    centre = int(math.log2(max(float(g.mean()), 1.0)))
+    candidates = range(max(0, centre - 1), min(31, centre + 2))
+    return min(candidates, key=lambda r: rice_size_bits(g, r))
 
 
 def rice_encode(gaps: np.ndarray, r: int) -> bytes:
     """Rice-code non-negative ``gaps``: unary stream (``q`` ones, one zero), then remainders."""
-    g = np.asarray(gaps, dtype=np.int64)
+    g = np.asarray(gaps)
+    g = g.astype(np.int32 if g.size and int(g.max()) < 2**31 else np.int64, copy=False)
     q = g >> r
-    unary_len = int(q.sum()) + g.size
+    ends = np.cumsum(q, dtype=np.int64)
+    ends += np.arange(1, g.size + 1)  # the zero closing code j is at bit q_0 + ... + q_j + j
+    unary_len = int(ends[-1]) if g.size else 0
     unary = np.ones(unary_len, dtype=np.uint8)
-    unary[np.cumsum(q + 1) - 1] = 0
-    if r:
-        rem = ((g[:, None] >> np.arange(r - 1, -1, -1)) & 1).astype(np.uint8).ravel()
-        bits = np.concatenate([unary, rem])
-    else:
-        bits = unary
-    return np.packbits(bits).tobytes()
+    unary[ends - 1] = 0
+    if not r:
+        return np.packbits(unary).tobytes()
+    if r > 8:
+        rem_bits = ((g[:, None] >> np.arange(r - 1, -1, -1)) & 1).astype(np.uint8).reshape(-1)
+        return np.packbits(np.concatenate([unary, rem_bits])).tobytes()
+    return _append_bits(np.packbits(unary), unary_len, _pack_fixed_width(g & ((1 << r) - 1), r), g.size * r)
+
+
+def _pack_fixed_width(values: np.ndarray, r: int) -> np.ndarray:
+    """``values`` (each < 2**r, r <= 8) as consecutive r-bit fields, MSB first, packed in bytes:
+    8 values make r bytes, built as one 64-bit word per group."""
+    pad = (-values.size) % 8
+    v = np.concatenate([values, np.zeros(pad, dtype=values.dtype)]) if pad else values
+    v = v.astype(np.uint64).reshape(-1, 8)
+    word = np.zeros(v.shape[0], dtype=np.uint64)
+    for j in range(8):
+        word |= v[:, j] << np.uint64(r * (7 - j) + 64 - 8 * r)
+    packed = word.astype(">u8").view(np.uint8).reshape(-1, 8)[:, :r].reshape(-1)
+    return packed[: (values.size * r + 7) // 8]
+
+
+def _append_bits(head: np.ndarray, head_bits: int, tail: np.ndarray, tail_bits: int) -> bytes:
+    """The bit string ``head[:head_bits] + tail[:tail_bits]`` packed in bytes (both MSB first)."""
+    shift = head_bits % 8
+    if shift == 0 or tail.size == 0:
+        return head.tobytes() + tail.tobytes()
+    t = tail.astype(np.uint16)
+    out_head = head.copy()
+    out_head[-1] |= np.uint8(t[0] >> shift)
+    rest = ((t << (8 - shift)) & 0xFF).astype(np.uint8)
+    rest[:-1] |= (t[1:] >> shift).astype(np.uint8)
+    total = (head_bits + tail_bits + 7) // 8
+    return (out_head.tobytes() + rest.tobytes())[:total]
 
 
 def _fixed_width_fields(b: np.ndarray, bit_offset: int, count: int, r: int) -> np.ndarray:
@@ -155,6 +187,11 @@ def _gaps(indices: np.ndarray) -> np.ndarray:
     return np.diff(indices, prepend=-1)
 
 
+def varint_size(gaps: np.ndarray) -> int:
+    """Bytes of :func:`varint_encode` of ``gaps`` without building it."""
+    return int(gaps.size + sum(int(np.count_nonzero(gaps >= (1 << s))) for s in (7, 14, 21, 28)))
+
+
 def encode_positions(indices: np.ndarray, n: int, coding: int | None = None) -> tuple[int, bytes]:
     """Code sorted unique ``indices`` in ``[0, n)``; the smallest coding unless ``coding`` is given.
 
@@ -165,21 +202,20 @@ def encode_positions(indices: np.ndarray, n: int, coding: int | None = None) -> 
     """
     idx = np.asarray(indices, dtype=np.int64)
     k = idx.size
+    if coding is None and k == n:
+        return POS_ALL, b""
+    gaps = _gaps(idx)
+    rice_r = None
     if coding is None:
-        if k == n:
-            return POS_ALL, b""
-        gaps = _gaps(idx)
         rice_r = best_rice_parameter(gaps - 1)
         sizes = {
             POS_BITMAP: (n + 7) // 8,
             POS_RICE: 1 + (rice_size_bits(gaps - 1, rice_r) + 7) // 8,
             POS_RAW: 4 * k,
         }
+        if min(sizes.values()) > k:  # varint costs >= k bytes: only when it may win
+            sizes[POS_VARINT] = varint_size(gaps)
         coding = min(sizes, key=sizes.__getitem__)
-        if sizes[coding] > k:  # varint costs >= k bytes: only worth building when it may win
-            block = varint_encode(gaps)
-            if len(block) < sizes[coding]:
-                return POS_VARINT, block
     if coding == POS_ALL:
         if k != n:
             raise ValueError(f"position coding 'all' needs k == n, got k={k}, n={n}")
@@ -189,11 +225,10 @@ def encode_positions(indices: np.ndarray, n: int, coding: int | None = None) -> 
         bits[idx] = 1
         return POS_BITMAP, np.packbits(bits).tobytes()
     if coding == POS_VARINT:
-        return POS_VARINT, varint_encode(_gaps(idx))
+        return POS_VARINT, varint_encode(gaps)
     if coding == POS_RICE:
-        gaps = _gaps(idx) - 1
-        r = best_rice_parameter(gaps)
-        return POS_RICE, bytes([r]) + rice_encode(gaps, r)
+        r = best_rice_parameter(gaps - 1) if rice_r is None else rice_r
+        return POS_RICE, bytes([r]) + rice_encode(gaps - 1, r)
     if coding == POS_RAW:
         return POS_RAW, idx.astype("<u4").tobytes()
     raise ValueError(f"position coding={coding!r} is unknown; allowed: {sorted(POS_CODING_NAMES)}")

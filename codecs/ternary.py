@@ -30,6 +30,8 @@ Sparse Ternary Compression (``stc.py``).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from bouquet.codecs import packing
@@ -63,6 +65,8 @@ def ternarize(g: np.ndarray, *, stochastic: bool = True, clip_c: float | None = 
             raise ValueError(f"clip_c={clip_c} must be > 0 (or None for no clipping)")
         bound = clip_c * float(flat.std(dtype=np.float64))
     top = _max_abs(flat)
+    if not np.isfinite(top):
+        raise ValueError("update holds NaN or inf: not sent")
     scale = top if bound is None else min(top, bound)
     t = np.zeros(flat.size, dtype=np.int8)
     if not scale > 0:
@@ -86,6 +90,64 @@ def ternarize(g: np.ndarray, *, stochastic: bool = True, clip_c: float | None = 
         np.copyto(block, h, casting="unsafe")
         np.negative(block, out=block, where=part < 0)
     return t.reshape(g.shape), float(scale)
+
+
+def ternarize_sparse(g: np.ndarray, *, clip_c: float | None = None, rng: np.random.Generator | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, float]:
+    """Stochastic ternarisation returned sparse: sorted kept indices, their signs (True =
+    negative) and the scale; ``ValueError`` on NaN or inf.
+
+    The same distribution as :func:`ternarize` (unbiased, :math:`P(\\text{keep}_i) = |g_i| / s`)
+    with one random *byte* per element: with :math:`q_i = 256 |g_i| / s`, keep when the byte
+    :math:`u_i < \\lfloor q_i \\rfloor`, drop when :math:`u_i > \\lfloor q_i \\rfloor`, and on a tie
+    (probability 1/256) keep with probability :math:`q_i - \\lfloor q_i \\rfloor` from a float draw:
+    :math:`P = (\\lfloor q_i \\rfloor + \\{q_i\\}) / 256 = |g_i| / s` exactly.
+    """
+    flat = np.asarray(g).reshape(-1)
+    if flat.dtype.kind != "f":
+        raise ValueError(f"ternarize needs a floating tensor, got {flat.dtype}")
+    work = np.float64 if flat.dtype == np.float64 else np.float32
+    bound = None
+    if clip_c is not None:
+        if not clip_c > 0:
+            raise ValueError(f"clip_c={clip_c} must be > 0 (or None for no clipping)")
+        bound = clip_c * float(flat.std(dtype=np.float64))
+    top = _max_abs(flat)
+    if not np.isfinite(top):
+        raise ValueError("update holds NaN or inf: not sent")
+    scale = top if bound is None else min(top, bound)
+    if not scale > 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool), 0.0
+    rng = rng if rng is not None else np.random.default_rng()
+    size = min(_BLOCK, flat.size)
+    q = np.empty(size, dtype=work)
+    qi = np.empty(size, dtype=np.uint8)
+    keep = np.empty(size, dtype=bool)
+    tie = np.empty(size, dtype=bool)
+    factor = 256.0 / scale
+    found = []
+    for start in range(0, flat.size, _BLOCK):
+        part = flat[start : start + _BLOCK]
+        b = part.size
+        qb, qib, kb, tb = q[:b], qi[:b], keep[:b], tie[:b]
+        np.abs(part, out=qb, casting="unsafe")
+        if bound is not None:
+            np.minimum(qb, bound, out=qb)
+        qb *= factor
+        np.minimum(qb, 255.0, out=qb)  # q = 256 (the largest element): byte 255 ties, frac 1
+        np.copyto(qib, qb, casting="unsafe")  # floor of a non-negative value
+        u = np.frombuffer(rng.bytes(b), dtype=np.uint8)
+        np.less(u, qib, out=kb)
+        np.equal(u, qib, out=tb)
+        ties = np.flatnonzero(tb)
+        if ties.size:  # the fraction from the unclamped q
+            mag = np.abs(part[ties]).astype(work)
+            if bound is not None:
+                mag = np.minimum(mag, bound)
+            kb[ties] = rng.random(ties.size) < (mag * factor - qib[ties])
+        found.append(np.flatnonzero(kb) + start)
+    idx = np.concatenate(found).astype(np.int64, copy=False)
+    return idx, flat[idx] < 0, float(scale)
 
 
 def _twn(flat: np.ndarray, bound: float | None, t: np.ndarray, work: type, shape: tuple[int, ...]) -> tuple[np.ndarray, float]:
@@ -137,36 +199,48 @@ def read_scale(reader: Reader) -> float:
 
 def encode_ternary(t: np.ndarray, scale: float, *, dtype: str = "float32", packing_form: str = "auto") -> tuple[Encoded, Decoded]:
     """Encode trits ``t`` with ``scale``; returns the payload and what the receiver decodes."""
+    flat = np.asarray(t, dtype=np.int8).reshape(-1)
+    idx = np.flatnonzero(flat) if packing_form in ("auto", "sparse") else None
+    return _encode(idx, None if idx is None else flat[idx] < 0, flat, scale, tuple(np.shape(t)), dtype, packing_form)
+
+
+def encode_ternary_sparse(indices: np.ndarray, negative: np.ndarray, scale: float, shape: tuple[int, ...], *,
+                          dtype: str = "float32", packing_form: str = "auto") -> tuple[Encoded, Decoded]:
+    """:func:`encode_ternary` of the trits given sparse (sorted ``indices``, ``negative`` signs):
+    the dense trit array is built only if a dense form is chosen."""
+    return _encode(np.asarray(indices, dtype=np.int64), np.asarray(negative, dtype=bool), None, scale, shape, dtype,
+                   packing_form)
+
+
+def _encode(idx: np.ndarray | None, negative: np.ndarray | None, flat: np.ndarray | None, scale: float,
+            shape: tuple[int, ...], dtype: str, packing_form: str) -> tuple[Encoded, Decoded]:
     if packing_form not in PACKINGS:
         raise ValueError(f"packing={packing_form!r} is not allowed; allowed: {list(PACKINGS)}")
     if not np.isfinite(scale) or scale < 0:
         raise ValueError(f"scale={scale} must be finite and >= 0")
-    flat = np.asarray(t, dtype=np.int8).reshape(-1)
-    n = flat.size
-    form, body, idx = packing_form, b"", None
-    if packing_form in ("auto", "sparse"):
-        idx = np.flatnonzero(flat)
+    n = math.prod(shape)
+    form, body = packing_form, b""
     if packing_form == "auto":  # 2-bit is never smaller than 5 trits per byte
         form = "trit"
         if idx is not None and idx.size < 0.6 * n:  # positions + signs may beat 1.6 bits per element
-            body = sparse_ternary_body(idx, flat[idx] < 0, n)
+            body = sparse_ternary_body(idx, negative, n)  # type: ignore[arg-type]
             form = "sparse" if len(body) < (n + 4) // 5 else "trit"
     if form == "sparse" and not body:
-        idx = np.flatnonzero(flat)
-        body = sparse_ternary_body(idx, flat[idx] < 0, n)
-    elif form == "trit":
-        body = packing.pack_trits(flat)
-    elif form == "2bit":
-        body = packing.pack_2bit(flat)
-    shape = tuple(np.shape(t))
+        body = sparse_ternary_body(idx, negative, n)  # type: ignore[arg-type]
+    elif form in ("trit", "2bit"):
+        if flat is None:
+            flat = np.zeros(n, dtype=np.int8)
+            flat[idx] = np.where(negative, -1, 1)  # type: ignore[call-overload]
+        body = packing.pack_trits(flat) if form == "trit" else packing.pack_2bit(flat)
     scale32 = np.float32(scale)
     data = write_header("ternary", dtype, shape) + scale32.astype("<f4").tobytes() + bytes([FORMS[form]]) + body
     np_dtype = np.dtype(dtype)
     typed = float(np_dtype.type(scale32))
     if form == "sparse" and idx is not None and idx.size < n:
-        sent = Decoded(shape, np_dtype, idx, flat[idx], scale=typed)
+        signs = np.where(negative, -1, 1).astype(np.int8)  # type: ignore[call-overload]
+        sent = Decoded(shape, np_dtype, idx, signs, scale=typed)
     else:
-        sent = Decoded(shape, np_dtype, None, flat, scale=typed)
+        sent = Decoded(shape, np_dtype, None, flat, scale=typed)  # type: ignore[arg-type]
     return Encoded(stype_for("ternary"), dtype, shape, data), sent
 
 

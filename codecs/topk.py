@@ -50,41 +50,57 @@ def topk_count(size: int, alpha: float, *, rho: float = 1.0, round_index: int = 
 
 
 def select_topk(flat: np.ndarray, m: int) -> np.ndarray:
-    """Sorted flat indices of the ``m`` largest ``|flat|`` (ties broken by ``argpartition``).
+    """Sorted flat indices of the ``m`` largest ``|flat|``; ``ValueError`` if ``flat`` holds
+    NaN or inf (checked in the same pass).
 
     Large tensors (DGC-style): a threshold from a strided sample keeps ~2m candidates, found
-    block by block in cache-sized pieces; exact whenever at least m elements pass it (all
-    elements below it are smaller than every candidate), else the full ``argpartition``.
+    block by block in cache-sized pieces; the exact m-th magnitude among them (a partition of
+    the candidates' magnitudes) then picks the m indices in order, without a sort. Exact
+    whenever at least m elements pass the sample threshold, else the full ``argpartition``.
     """
     n = flat.size
     if not 0 <= m <= n:
         raise ValueError(f"m={m} must be in [0, {n}]")
+    if n >= _SAMPLE_MIN and 0 < m <= n // 20:
+        sample = np.abs(flat[:: max(1, n // _SAMPLE_SIZE)])
+        threshold = float(np.quantile(sample, max(0.0, 1.0 - 2.0 * m / n))) if np.isfinite(sample.max()) else 0.0
+        cand = _at_least(flat, threshold)
+        if cand.size >= m:
+            mag = np.abs(flat[cand])
+            kth = mag[np.argpartition(mag, cand.size - m)[cand.size - m]]
+            above = mag > kth
+            chosen = above | (mag == kth)
+            extra = int(np.count_nonzero(chosen)) - m
+            if extra > 0:  # ties at the m-th magnitude: keep the first ones
+                ties = np.flatnonzero(chosen & ~above)
+                chosen[ties[len(ties) - extra :]] = False
+            return cand[chosen]
+    mag = np.abs(flat)
+    if mag.size and not np.isfinite(mag.max()):
+        raise ValueError("update holds NaN or inf: not sent")
     if m == n:
         return np.arange(n, dtype=np.int64)
     if m == 0:
         return np.zeros(0, dtype=np.int64)
-    if n >= _SAMPLE_MIN and m <= n // 20:
-        sample = np.abs(flat[:: max(1, n // _SAMPLE_SIZE)])
-        threshold = np.quantile(sample, max(0.0, 1.0 - 2.0 * m / n))
-        cand = _at_least(flat, threshold)
-        if cand.size >= m:
-            part = cand[np.argpartition(np.abs(flat[cand]), cand.size - m)[cand.size - m :]]
-            return np.sort(part)
-    part = np.argpartition(np.abs(flat), n - m)[n - m :]
+    part = np.argpartition(mag, n - m)[n - m :]
     return np.sort(part).astype(np.int64)
 
 
 def _at_least(flat: np.ndarray, threshold: float) -> np.ndarray:
-    """Sorted indices with ``|flat| >= threshold``, computed in blocks that stay in cache."""
-    block = 1 << 16
+    """Sorted indices with ``|flat| >= threshold``, computed in blocks that stay in cache;
+    ``ValueError`` on NaN or inf (the block maximum is checked on the way)."""
+    block = 1 << 17
     mag = np.empty(min(block, flat.size), dtype=flat.dtype)
     hit = np.empty(mag.size, dtype=bool)
     found = []
     for start in range(0, flat.size, block):
         part = flat[start : start + block]
-        np.abs(part, out=mag[: part.size])
-        np.greater_equal(mag[: part.size], threshold, out=hit[: part.size])
-        found.append(np.flatnonzero(hit[: part.size]) + start)
+        m, h = mag[: part.size], hit[: part.size]
+        np.abs(part, out=m)
+        if not np.isfinite(m.max()):
+            raise ValueError("update holds NaN or inf: not sent")
+        np.greater_equal(m, threshold, out=h)
+        found.append(np.flatnonzero(h) + start)
     return np.concatenate(found).astype(np.int64, copy=False)
 
 
