@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
@@ -166,7 +167,7 @@ class AsyncFedAvg(Strategy):
 
     # ------------------------------------------------------------ Strategy API
     def summary(self) -> None:
-        logger.info("AsyncFedAvg: %s, alpha=%s, eval every %d updates", self.policy.describe(), self.alpha, self.eval_every)
+        log(logging.INFO, "AsyncFedAvg: %s, alpha=%s, eval every %d updates", self.policy.describe(), self.alpha, self.eval_every)
 
     def bind_recorder(self, recorder: Any) -> Strategy:
         """Record one ``metrics.jsonl`` line per evaluation through the run recorder.
@@ -227,7 +228,7 @@ class AsyncFedAvg(Strategy):
         nodes = self._wait_for_nodes(grid, reply_timeout)
         st.budget = self.max_updates or int(num_rounds) * max(1, len(nodes))
         self.summary()
-        logger.info("async: %d nodes, budget %d updates, reply timeout %.0f s", len(nodes), st.budget, reply_timeout)
+        log(logging.INFO, "async: %d nodes, budget %d updates, reply timeout %.0f s", len(nodes), st.budget, reply_timeout)
         result = Result()
         self._evaluate(evaluate_fn, result)
         idle = True  # some node may be idle: ask the grid for nodes only then (an RPC on a SuperLink)
@@ -251,7 +252,7 @@ class AsyncFedAvg(Strategy):
                 idle = self._expire(grid, reply_timeout) or idle
                 if not replies:
                     time.sleep(self.poll_interval_s)
-        logger.info("async: stopped after %d updates (version %d): %s", st.updates, st.version, st.stop_reason)
+        log(logging.INFO, "async: stopped after %d updates (version %d): %s", st.updates, st.version, st.stop_reason)
         if st.updates_since_eval:
             self._evaluate(evaluate_fn, result)  # the final line carries the stop reason
         result.arrays = st.record()
@@ -305,12 +306,12 @@ class AsyncFedAvg(Strategy):
     def _fail(self, node: int, reason: str, count: bool = True) -> None:
         st = self.state
         st.failures[node] = st.failures.get(node, 0) + 1
-        logger.warning("async: node %s: %s", node, reason)
+        log(logging.WARNING, "async: node %s: %s", node, reason)
         if count:
             st.drop(f"node {node}: {reason}")
         if st.failures[node] >= self.max_node_failures and node not in st.excluded:
             st.excluded.add(node)
-            logger.warning("async: node %s failed %d times in a row; not used any more", node, st.failures[node])
+            log(logging.WARNING, "async: node %s failed %d times in a row; not used any more", node, st.failures[node])
 
     def _handle(self, reply: Message) -> None:
         """Validate one reply and apply (or buffer) it."""
@@ -362,7 +363,7 @@ class AsyncFedAvg(Strategy):
             self.recorder.record(st.updates, {**metrics}, step_key="updates")
             self.recorder.last_arrays = record
         else:
-            logger.info("async: updates %d %s %s", st.updates, metrics, self.round_report())
+            log(logging.INFO, "async: updates %d %s %s", st.updates, metrics, self.round_report())
         if metrics:
             result.evaluate_metrics_serverapp[st.updates] = MetricRecord(
                 {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}

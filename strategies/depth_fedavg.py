@@ -51,6 +51,7 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
+from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
@@ -259,13 +260,13 @@ class DepthFedAvg(FedAvg):
         contents: list[RecordDict] = []
         for msg in replies:
             if msg.has_error():
-                logger.info("node %d failed: %s", msg.metadata.src_node_id, msg.error.reason)
+                log(logging.INFO, "node %d failed: %s", msg.metadata.src_node_id, msg.error.reason)
                 continue
             try:
                 arrays, weight = self.check_reply(msg)
             except ValueError as exc:
                 self._dropped += 1
-                logger.warning("round %d: dropped the reply of node %d: %s", server_round, msg.metadata.src_node_id, exc)
+                log(logging.WARNING, "round %d: dropped the reply of node %d: %s", server_round, msg.metadata.src_node_id, exc)
                 continue
             accepted.append((arrays, weight))
             contents.append(msg.content)
@@ -292,4 +293,4 @@ class DepthFedAvg(FedAvg):
 
     def summary(self) -> None:
         super().summary()
-        logger.info("DepthFedAvg: depths %s (probs %s), seed %d", self.depths or "all", self.depth_probs, self.seed)
+        log(logging.INFO, "DepthFedAvg: depths %s (probs %s), seed %d", self.depths or "all", self.depth_probs, self.seed)

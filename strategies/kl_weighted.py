@@ -150,7 +150,7 @@ def kl_weights(
         return n**a * np.exp(-(s - s.min()) / tau)
     raw = disco_values(n, s, a, b)
     if raw.sum() <= 0:
-        logger.warning("disco weights are all zero (a=%s, b=%s): falling back to num-examples", a, b)
+        log(logging.WARNING, "disco weights are all zero (a=%s, b=%s): falling back to num-examples", a, b)
         return n.copy()
     return raw
 
@@ -176,7 +176,7 @@ def _mean_compatible(contents: list[RecordDict]) -> list[RecordDict]:
     if all(set(rec.keys()) == set(common) for rec in records):
         return contents
     left_out = sorted({k for rec in records for k in rec.keys()} - set(common))
-    logger.warning("KL weighting: metric keys %s differ between replies; left out of the metrics mean", left_out)
+    log(logging.WARNING, "KL weighting: metric keys %s differ between replies; left out of the metrics mean", left_out)
     out = []
     for content, rec in zip(contents, records, strict=True):
         copy = RecordDict({k: a for k, a in content.array_records.items()})
@@ -336,13 +336,13 @@ class KLWeightedFedAvg(FedAvg):
         bad = [m for m in usable if histogram_problem(_metrics(m).get(keys.LABEL_HISTOGRAM), num_classes) is not None]
         for m in bad:
             why = histogram_problem(_metrics(m).get(keys.LABEL_HISTOGRAM), num_classes)
-            logger.warning("round %d: node %s label histogram %s (%s)", server_round, m.metadata.src_node_id, why, self.bad_histogram)
+            log(logging.WARNING, "round %d: node %s label histogram %s (%s)", server_round, m.metadata.src_node_id, why, self.bad_histogram)
         if self.bad_histogram == "drop":
             dropped += [f"node {m.metadata.src_node_id}: bad label histogram" for m in bad]
             bad_ids = {id(m) for m in bad}
             usable = [m for m in usable if id(m) not in bad_ids]
         for reason in dropped:
-            logger.warning("round %d: dropping reply from %s", server_round, reason)
+            log(logging.WARNING, "round %d: dropping reply from %s", server_round, reason)
         usable.sort(key=lambda m: m.metadata.src_node_id)
         self._report = {CLIENTS_DROPPED: len(dropped), DROP_REASONS: dropped, "kl_bad_histograms": len(bad),
                         "kl_node_ids": [], "kl_weights": [], "kl_div": [], "kl_reference": None}
@@ -371,5 +371,5 @@ class KLWeightedFedAvg(FedAvg):
 
     def summary(self) -> None:
         super().summary()
-        logger.info("KL weighting: mode=%s tau=%s a=%s b=%s reference=%s direction=%s bad_histogram=%s",
+        log(logging.INFO, "KL weighting: mode=%s tau=%s a=%s b=%s reference=%s direction=%s bad_histogram=%s",
                     self.mode, self.tau, self.a, self.b, self.reference, self.direction, self.bad_histogram)

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
+from flwr.common.logger import log
 from flwr.serverapp.strategy import Strategy
 
 from bouquet.strategies.wrapper import StrategyWrapper
@@ -76,7 +77,7 @@ class ServerAdjusted(StrategyWrapper):
         self._report: dict[str, Any] = {}
 
     def summary(self) -> None:
-        logger.info("ServerAdjusted (every %d rounds) around %s", self.every_n_rounds, type(self.strategy).__name__)
+        log(logging.INFO, "ServerAdjusted (every %d rounds) around %s", self.every_n_rounds, type(self.strategy).__name__)
         self.strategy.summary()
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
