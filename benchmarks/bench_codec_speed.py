@@ -195,7 +195,9 @@ def main() -> None:
         + markdown_table(codec, codec_cols)
         + f"\n`Compressed(FedAvg)` (`configure_train` + `aggregate_train`, decoding every payload) against Flower's dense "
         f"`FedAvg.aggregate_train` on the same {args.clients} updates of {args.agg_size:,} elements as dense weights, warm "
-        "median; peak memory by `tracemalloc` during the call (replies allocated before), `peak / model` in model sizes.\n\n"
+        "median; peak memory by `tracemalloc` during the call (replies allocated before), `peak / model` in model sizes. "
+        "`Compressed` keeps one model-sized accumulation buffer from round to round (allocated in the warm-up call, so not "
+        "in its peak): add 1 to its `peak / model` for the total.\n\n"
         + markdown_table(agg, agg_cols)
         + f"\nLoad average (1, 5, 15 min) before: {', '.join(f'{v:.2f}' for v in load_before)}; after: "
         f"{', '.join(f'{v:.2f}' for v in load_after)} on {os.cpu_count()} cores. Raw numbers of every run: "

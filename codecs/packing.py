@@ -179,7 +179,41 @@ def rice_decode(data: bytes | memoryview, count: int, r: int) -> np.ndarray:
     q = np.diff(zeros, prepend=-1) - 1
     if not r:
         return q.astype(np.int64)
-    return (q.astype(np.int64) << r) | _fixed_width_fields(b, unary_end, count, r)
+    if r <= 8:
+        rem = _unpack_fixed_width(_bits_from(b, unary_end, count * r), count, r)
+    else:
+        rem = _fixed_width_fields(b, unary_end, count, r)
+    return (q.astype(np.int64) << r) | rem
+
+
+def _bits_from(b: np.ndarray, bit_offset: int, nbits: int) -> np.ndarray:
+    """The ``nbits`` bits of ``b`` from ``bit_offset`` on, re-aligned to start a byte."""
+    start, shift = divmod(bit_offset, 8)
+    nbytes = (nbits + 7) // 8
+    part = b[start : start + nbytes + 1]
+    if shift == 0:
+        return part[:nbytes]
+    t = part.astype(np.uint16)
+    out = ((t[:nbytes] << shift) & 0xFF).astype(np.uint8)
+    nxt = t[1 : nbytes + 1] >> (8 - shift)
+    out[: nxt.size] |= nxt.astype(np.uint8)
+    return out
+
+
+def _unpack_fixed_width(packed: np.ndarray, count: int, r: int) -> np.ndarray:
+    """Inverse of :func:`_pack_fixed_width`: ``count`` r-bit fields (r <= 8) from aligned bytes."""
+    groups = (count + 7) // 8
+    buf = np.zeros(groups * r, dtype=np.uint8)
+    buf[: packed.size] = packed[: groups * r]
+    g = buf.reshape(groups, r).astype(np.uint64)
+    word = np.zeros(groups, dtype=np.uint64)
+    for j in range(r):
+        word = (word << np.uint64(8)) | g[:, j]
+    mask = np.uint64((1 << r) - 1)
+    fields = np.empty((groups, 8), dtype=np.int64)
+    for j in range(8):
+        fields[:, j] = (word >> np.uint64(r * (7 - j))) & mask
+    return fields.reshape(-1)[:count]
 
 
 # ------------------------------------------------------------------------ positions

@@ -57,7 +57,7 @@ from flwr.serverapp.strategy import FedAvg, Strategy
 
 from bouquet import keys
 from bouquet.codecs import Decoded
-from bouquet.codecs.npy import npy_buffer
+from bouquet.codecs.npy import npy_header
 from bouquet.strategies.decoding import (
     DENSE_STYPE,
     aggregate_dtype,
@@ -134,7 +134,7 @@ class Compressed(StrategyWrapper):
         self.fast_path = bool(fast_path)
         self._global: dict[str, np.ndarray] | None = None
         self._dropped: list[str] = []
-        self._bytes_in = 0
+        self._scratch: dict[str, np.ndarray] = {}  # accumulation buffers lent from round to round
         self.last_path = ""
 
     def summary(self) -> None:
@@ -260,7 +260,7 @@ class Compressed(StrategyWrapper):
         for attempt in range(2):
             weights = self._weights(candidates, base)
             total = float(sum(weights))
-            acc = {name: _Accumulator(ref) for name, ref in self._global_arrays().items()}
+            acc = {name: _Accumulator(name, ref, self._scratch) for name, ref in self._global_arrays().items()}
             survivors, norms, clean = [], [], True
             for msg, weight in zip(candidates, weights, strict=True):
                 decoded = self._decode(msg)
@@ -308,30 +308,38 @@ def _within_norm_bounds(norms: list[float], guards: list[ReplyGuard]) -> list[in
 
 
 class _Accumulator:
-    """``ref + sum(weight * update)`` built in the bytes of a dense ``Array`` (Flower's dtype
-    rule: floats keep their dtype, the rest becomes float64; float16 is summed in float32)."""
+    """``ref + sum(weight * update)`` summed in a flat buffer (Flower's dtype rule: floats keep
+    their dtype, the rest becomes float64; float16 is summed in float32), returned as the
+    bytes of a dense ``Array``.
 
-    def __init__(self, ref: np.ndarray) -> None:
+    ``scratch`` (a dict kept by the strategy) lends the buffer from round to round, so a warm
+    server pays no page faults for it: one model-sized buffer lives between rounds.
+    """
+
+    def __init__(self, name: str, ref: np.ndarray, scratch: dict[str, np.ndarray] | None = None) -> None:
         self.shape = tuple(int(s) for s in ref.shape)
         self.dtype = aggregate_dtype(ref)
-        self.buf, self.flat = npy_buffer(self.dtype, self.shape)
-        self.acc = self.flat if self.dtype.itemsize >= 4 else np.empty(self.flat.size, dtype=np.float32)
+        work = self.dtype if self.dtype.itemsize >= 4 else np.dtype(np.float32)
+        buf = None if scratch is None else scratch.get(name)
+        if buf is None or buf.dtype != work or buf.size != ref.size:
+            buf = np.empty(ref.size, dtype=work)
+            if scratch is not None:
+                scratch[name] = buf
+        self.acc = buf
         np.copyto(self.acc, ref.reshape(-1), casting="unsafe")
 
     def add(self, dec: Decoded, weight: float) -> None:
         dec.add_to(self.acc, weight)
 
     def array(self) -> Array:
-        if self.acc is not self.flat:
-            np.copyto(self.flat, self.acc, casting="unsafe")
-        data = bytes(self.buf)
-        self.buf = bytearray()  # release the buffer now: one tensor-sized copy at a time
+        body = memoryview(np.ascontiguousarray(self.acc.astype(self.dtype, copy=False))).cast("B")
+        data = b"".join((npy_header(self.dtype, self.shape), body))  # one copy into the reply bytes
         return Array(dtype=str(self.dtype), shape=self.shape, stype=DENSE_STYPE, data=data)
 
 
 def _npy_array(ref: np.ndarray, adds: list[tuple[Decoded, float]]) -> Array:
     """``ref + sum(weight * update)`` as a dense ``Array`` (see :class:`_Accumulator`)."""
-    acc = _Accumulator(ref)
+    acc = _Accumulator("", ref)
     for dec, weight in adds:
         acc.add(dec, weight)
     return acc.array()
