@@ -12,6 +12,7 @@ EVAL_ACCURACY = "eval-accuracy"
 SERVER_ROUND = "server-round"  # injected by Flower's strategies into the train config
 LR = "lr"
 LOCAL_EPOCHS = "local-epochs"
+LOCAL_STEPS = "local-steps"
 PARTITION_ID = "partition-id"  # node_config
 NUM_PARTITIONS = "num-partitions"  # node_config
 PROXIMAL_MU = "proximal-mu"  # sent by Flower's FedProx in the train config

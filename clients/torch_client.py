@@ -1,9 +1,10 @@
 """A NumPyClient that trains a torch model on its partition.
 
-``fit`` trains for ``local_epochs`` with SGD (momentum) and reports ``num-examples``,
+``fit`` trains for ``local_epochs`` (or exactly ``local_steps`` batches, when set) with SGD
+(momentum) and reports ``num-examples``,
 ``train-loss``, ``train-time-s`` and ``label-histogram`` (counts per class, so that
 distribution-aware strategies such as KL weighting can use it). The server's train config may
-override ``lr`` and ``local-epochs`` per round.
+override ``lr``, ``local-epochs`` and ``local-steps`` per round.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ class TorchClient(NumPyClient):
     num_classes : int
         Length of the reported label histogram.
     local_epochs, batch_size, lr, momentum, weight_decay : training settings.
+    local_steps : int, optional
+        Train exactly this many batches per round instead of ``local_epochs`` (``1`` with
+        ``momentum=0`` is one SGD iteration per round: the S1 source's per-iteration form).
     seed : int
         Base seed; each round trains with ``seed + server_round``.
     torch_threads : int
@@ -69,6 +73,7 @@ class TorchClient(NumPyClient):
         *,
         num_classes: int,
         local_epochs: int = 1,
+        local_steps: int | None = None,
         batch_size: int = 32,
         lr: float = 0.01,
         momentum: float = 0.9,
@@ -84,7 +89,10 @@ class TorchClient(NumPyClient):
         self.x = x
         self.y = y
         self.num_classes = num_classes
+        if local_steps is not None and int(local_steps) < 1:
+            raise ValueError(f"client.local_steps={local_steps} must be >= 1 (or null: use local_epochs)")
         self.local_epochs = local_epochs
+        self.local_steps = None if local_steps is None else int(local_steps)
         self.batch_size = batch_size
         self.lr = lr
         self.momentum = momentum
@@ -102,6 +110,7 @@ class TorchClient(NumPyClient):
         set_weights(self.model, list(parameters))
         server_round = int(config.get(keys.SERVER_ROUND, 0))
         epochs = int(config.get(keys.LOCAL_EPOCHS, self.local_epochs))
+        steps = config.get(keys.LOCAL_STEPS, self.local_steps)
         lr = float(config.get(keys.LR, self.lr))
         mu = float(config.get(keys.PROXIMAL_MU, 0.0))
         proximal = None
@@ -120,6 +129,7 @@ class TorchClient(NumPyClient):
             seed=self.seed + server_round,
             loss_fn=self.loss_fn,
             proximal=proximal,
+            steps=None if steps is None else int(steps),
         )
         elapsed = time.perf_counter() - start
         metrics = {

@@ -73,14 +73,19 @@ def train(
     seed: int = 0,
     loss_fn: LossFn = cross_entropy_loss,
     proximal: tuple[float, dict[str, torch.Tensor]] | None = None,
+    steps: int | None = None,
 ) -> float:
     """Train with SGD (momentum) and return the mean training loss over the last epoch.
 
     ``proximal=(mu, reference)`` adds ``mu/2 * ||w - w_ref||^2`` (FedProx / a server-side
-    proximal adjustment).
+    proximal adjustment). ``steps`` (instead of ``epochs``): exactly that many batches, drawn
+    from seeded reshuffles of the data (``steps=1`` with ``momentum=0`` is one SGD iteration);
+    the loss returned is then the mean over those steps.
     """
-    if epochs < 0 or batch_size < 1 or lr <= 0:
-        raise ValueError(f"bad training settings: epochs={epochs}, batch_size={batch_size}, lr={lr}")
+    if epochs < 0 or batch_size < 1 or lr <= 0 or (steps is not None and steps < 1):
+        raise ValueError(f"bad training settings: epochs={epochs}, steps={steps}, batch_size={batch_size}, lr={lr}")
+    if steps is not None:
+        return _train_steps(model, x, y, steps, batch_size, lr, momentum, weight_decay, seed, loss_fn, proximal)
     if len(y) == 0 or epochs == 0:
         return float("nan")
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -116,3 +121,30 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 1
         total_loss += float(nn.functional.cross_entropy(logits, yb, reduction="sum"))
         correct += int((logits.argmax(1) == yb).sum())
     return total_loss / len(y), correct / len(y)
+
+
+def _train_steps(model: nn.Module, x: np.ndarray, y: np.ndarray, steps: int, batch_size: int, lr: float, momentum: float,
+                 weight_decay: float, seed: int, loss_fn: LossFn,
+                 proximal: tuple[float, dict[str, torch.Tensor]] | None) -> float:
+    """``steps`` SGD steps on batches of seeded reshuffles (see :func:`train`)."""
+    if len(y) == 0:
+        return float("nan")
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    rng = np.random.default_rng(seed)
+    model.train()
+    total, count, done = 0.0, 0, 0
+    while done < steps:
+        for xb, yb in iterate_batches(x, y, batch_size, shuffle=True, rng=rng):
+            opt.zero_grad()
+            loss = loss_fn(model, xb, yb)
+            if proximal is not None and proximal[0] > 0:
+                mu, ref = proximal
+                loss = loss + 0.5 * mu * sum(((p - ref[n]) ** 2).sum() for n, p in model.named_parameters() if n in ref)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(yb)
+            count += len(yb)
+            done += 1
+            if done == steps:
+                break
+    return total / max(count, 1)

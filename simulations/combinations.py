@@ -191,6 +191,8 @@ def _compression(cfg: dict[str, Any], opt: Options) -> str | None:
         return f"{name} has no effect: client={opt['client']} does not upload compressed updates"
     if opt["strategy"] == "async":
         return _both(name, "strategy=async", "the asynchronous loop decodes each reply itself")
+    if "gamma" in cfg["compression"] and "server_lr" in cfg["compression"]:
+        return _both("compression.gamma", "compression.server_lr", "gamma sets server_lr = gamma / client.lr: give one")
     return None
 
 

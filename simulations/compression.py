@@ -8,7 +8,11 @@
 * ``compression.server_lr`` (optional, default 1.0; e.g. ``+compression.server_lr=0.5``): the
   step :math:`\\eta` applied to the decoded mean update;
 * ``compression.fast_path`` (optional, default true): sparse weighted-mean aggregation when the
-  strategy is FedAvg-like.
+  strategy is FedAvg-like;
+* ``compression.gamma`` (optional, instead of ``server_lr``): the S1 source's learning rate
+  :math:`\\gamma` of :math:`W \\leftarrow W - \\gamma \\sum_i c_i G_i`. A client uploads its update
+  :math:`u_i = -\\text{lr}\\, G_i` (one SGD step with ``client.local_steps=1``, momentum 0; top-k
+  selects the same positions in :math:`u_i` as in :math:`G_i`), so ``server_lr = gamma / client.lr``.
 
 A strategy with its own ``start()`` loop that takes a ``decoder`` (the asynchronous strategy)
 is not wrapped: it gets :func:`~bouquet.strategies.compressed.decode_update` as its decoder.
@@ -64,6 +68,8 @@ def wrap_compression(cfg: dict[str, Any], exp: Any, strategy: Strategy) -> Strat
         return strategy
     comp = cfg.get("compression") or {}
     server_lr = float(comp.get("server_lr", 1.0))
+    if "gamma" in comp:  # S1: W <- W - gamma * sum_i c_i G_i, and the client uploads -lr * G_i
+        server_lr = float(comp["gamma"]) / float(cfg["client"]["lr"])
     logger.info("client %s compresses: wrapping %s in Compressed(server_lr=%s)", cfg["client"]["_target_"],
                 type(strategy).__name__, server_lr)
     return Compressed(strategy, server_lr=server_lr, fast_path=bool(comp.get("fast_path", True)))

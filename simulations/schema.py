@@ -108,6 +108,8 @@ TRAINING = {
     "weight_decay": real("[0, inf)"),
     "torch_threads": integer("[1, inf)", doc="torch threads per client"),
 }
+STEPS = {"local_steps": integer("[1, inf)", null="use local_epochs", optional=True,
+                                doc="batches per round instead of local_epochs (1 with momentum 0: one SGD step)")}
 TOPK = {
     "alpha": real("(0, 1]", doc="fraction of elements kept in round 1"),
     "rho": real("(0, 1]", doc="attenuation: alpha * rho**(round - 1)"),
@@ -132,12 +134,12 @@ if set(CODEC_ARGS) != set(COMPRESSORS):  # import time: a new codec needs its se
     raise ValueError(f"schema CODEC_ARGS has {sorted(CODEC_ARGS)}, bouquet.codecs has {sorted(COMPRESSORS)}")
 
 CLIENT = {
-    "plain": {"_target_": target("bouquet.clients.TorchClient"), **TRAINING},
-    "topk": {"_target_": target("bouquet.clients.TopKClient"), **TRAINING, **TOPK},
-    "stc": {"_target_": target("bouquet.clients.STCClient"), **TRAINING, **STC},
-    "ternary": {"_target_": target("bouquet.clients.TernaryClient"), **TRAINING, **TERNARY},
+    "plain": {"_target_": target("bouquet.clients.TorchClient"), **TRAINING, **STEPS},
+    "topk": {"_target_": target("bouquet.clients.TopKClient"), **TRAINING, **STEPS, **TOPK},
+    "stc": {"_target_": target("bouquet.clients.STCClient"), **TRAINING, **STEPS, **STC},
+    "ternary": {"_target_": target("bouquet.clients.TernaryClient"), **TRAINING, **STEPS, **TERNARY},
     "slow": {
-        "_target_": target("bouquet.clients.SlowClient"), **TRAINING,
+        "_target_": target("bouquet.clients.SlowClient"), **TRAINING, **STEPS,
         "speed_sigma": real("[0, inf)", doc="log-normal sigma of the per-node compute-time factor"),
         "slow_fraction": real("[0, 1]", doc="share of very slow nodes"),
         "slow_factor": real("[1, inf)", doc="extra factor of the slow nodes"),
@@ -316,6 +318,8 @@ SEARCH = {
 COMPRESSION = {
     "server_lr": real("(0, inf)", optional=True, doc="step applied to the decoded mean update (absent: 1.0)"),
     "fast_path": flag(optional=True, doc="sparse weighted-mean aggregation (absent: true)"),
+    "gamma": real("(0, inf)", optional=True,
+                  doc="S1's server learning rate on the combined sparse gradient: server_lr = gamma / client.lr"),
 }
 
 # Checked in this order: keys that others interpolate (simulation.*, seed) come first.

@@ -57,3 +57,42 @@ def test_compressed_client_runs(tmp_path: Path, plain_up: int, client: str, extr
     assert rows[-1]["accuracy"] > 0.2, rows[-1]
     cfg = json.loads((run_dir / "config.json").read_text())
     assert cfg["client"]["_target_"].endswith({"topk": "TopKClient", "ternary": "TernaryClient", "stc": "STCClient"}[client])
+
+
+def test_rho_schedule_reaches_the_wire(tmp_path: Path) -> None:
+    """Issue 22: in a real 3-round simulation the bytes uploaded in round j follow
+    m_j = ceil(alpha * rho**(j-1) * M) per tensor (values are 4 bytes each; header and positions
+    add at most 4 bytes per value plus a fixed header per tensor). A client that ignores the
+    round number (or a counter stuck at 0) sends the same bytes every round and fails."""
+    import math
+
+    import numpy as np
+
+    alpha, rho, clients = 0.2, 0.5, 3
+    rows = _run(["client=topk", f"client.alpha={alpha}", f"client.rho={rho}", "client.residual_decay=0.0",
+                 "client.local_steps=1", "client.momentum=0.0", "model=mlp"], tmp_path / "rho")
+    model = np.load(tmp_path / "rho" / "final_model.npz")
+    sizes = [model[k].size for k in model.files]
+    per_round = []
+    for row in rows[1:]:
+        j = row["round"] - 1
+        m = [min(s, max(1, math.ceil(alpha * rho**j * s))) for s in sizes]
+        values, header = 4 * sum(m), sum(6 + 4 * model[k].ndim + 10 for k in model.files)
+        up = row["bytes_up"] / clients
+        assert values <= up <= 2 * values + header, (row["round"], up, values)
+        per_round.append(up)
+    assert per_round[1] / per_round[0] == pytest.approx(rho, rel=0.15)
+    assert per_round[2] / per_round[1] == pytest.approx(rho, rel=0.15)
+
+
+def test_s1_source_preset_runs_one_step_per_round_with_gamma(tmp_path: Path) -> None:
+    """The s1_source preset: one SGD step per round, no error feedback, KL weights, gamma."""
+    proc = run_bouquet_sim(["experiment=s1_source", "dataset=digits", "simulation.num_clients=3", "simulation.num_rounds=3",
+                            "client.alpha=0.5"], tmp_path / "s1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg = json.loads((tmp_path / "s1" / "config.json").read_text())
+    assert cfg["client"]["local_steps"] == 1 and cfg["client"]["residual_decay"] == 0.0
+    assert cfg["compression"]["gamma"] == 0.1 and cfg["strategy"]["_target_"].endswith("KLWeightedFedAvg")
+    rows = _rows(tmp_path / "s1")
+    assert all(len(r["kl_weights"]) == 3 for r in rows[1:])
+    assert rows[-1]["loss"] < rows[0]["loss"]  # three SGD iterations moved the model
