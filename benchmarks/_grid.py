@@ -115,8 +115,7 @@ def pinned_tree(commit: str) -> tuple[str, Path]:
 
 def run_cell(section: str, cell: Cell, *, timeout_s: float = 3 * 3600, pin: str | None = None) -> dict[str, Any]:
     """Run one cell with ``bouquet-sim`` in a scratch run directory and append its raw record."""
-    env = {**os.environ, "BOUQUET_DATA": os.environ.get("BOUQUET_DATA", str(ROOT / ".data")),
-           "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "RAY_USAGE_STATS_ENABLED": "0"}
     if pin is not None:
         commit, root = pinned_tree(pin)
         env["PYTHONPATH"] = os.pathsep.join([str(root), *filter(None, [os.environ.get("PYTHONPATH")])])

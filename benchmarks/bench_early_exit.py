@@ -35,7 +35,7 @@ from _results import markdown_table, write_section  # noqa: E402
 from bouquet.models.early_exit import build_early_exit  # noqa: E402
 from bouquet.models.nas import count_params  # noqa: E402
 
-ENV = {**os.environ, "BOUQUET_DATA": os.environ.get("BOUQUET_DATA", str(ROOT / ".data")),
+ENV = {**os.environ,
        "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "RAY_USAGE_STATS_ENABLED": "0"}
 SHAPES = {"mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "digits": (1, 8, 8)}
 

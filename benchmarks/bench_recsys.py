@@ -130,7 +130,6 @@ def main() -> None:
     parser.add_argument("--cells", nargs="*", default=list(CELLS))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / ".runs" / "recsys")
     args = parser.parse_args()
-    os.environ.setdefault("BOUQUET_DATA", str(ROOT / ".data"))
     for k in ("FLWR_TELEMETRY_ENABLED", "FLWR_DISABLE_UPDATE_CHECK", "RAY_USAGE_STATS_ENABLED"):
         os.environ.setdefault(k, "0" if k != "FLWR_DISABLE_UPDATE_CHECK" else "1")
     out = args.out / f"c{args.clients}_r{args.rounds}_s{args.seed}"

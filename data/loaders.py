@@ -72,14 +72,16 @@ class DataMissingError(FileNotFoundError):
 def data_root(root: str | os.PathLike[str] | None = None) -> Path:
     """Resolve the data cache directory.
 
-    Order: the explicit ``root``, then ``$BOUQUET_DATA``, then ``~/.cache/bouquet/data``.
+    Order: the explicit ``root``, then ``$BOUQUET_DATA``, then ``$XDG_CACHE_HOME/bouquet/data``
+    (default ``~/.cache/bouquet/data``), which is also where ``make data`` puts the datasets.
     """
     if root:
         return Path(root).expanduser().resolve()
     env = os.environ.get(DATA_ENV)
     if env:
         return Path(env).expanduser().resolve()
-    return Path("~/.cache/bouquet/data").expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
+    return Path(cache).expanduser() / "bouquet" / "data"
 
 
 def read_idx(path: Path) -> np.ndarray:

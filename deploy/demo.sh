@@ -8,5 +8,5 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-$ROOT/.venv/bin/python}"
 export PATH="$(dirname "$PY"):$PATH"
 export FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1 FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
-export BOUQUET_DATA="${BOUQUET_DATA:-$ROOT/.data}"
+export BOUQUET_DATA="${BOUQUET_DATA:-${XDG_CACHE_HOME:-$HOME/.cache}/bouquet/data}"
 exec "$PY" "$ROOT/deploy/local.py" "$@"

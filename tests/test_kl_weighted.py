@@ -240,7 +240,7 @@ def test_runtime_kwargs_give_the_server_reference():
 # ------------------------------------------------------------------ end to end
 def sim_env() -> dict[str, str]:
     env = dict(os.environ)
-    env.update(BOUQUET_DATA=str(ROOT / ".data"), FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1",
+    env.update(FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1",
                RAY_USAGE_STATS_ENABLED="0")
     return env
 

@@ -188,7 +188,7 @@ def test_bouquet_sim_with_server_adjust_and_kl(tmp_path):
     cmd = [str(Path(sys.executable).parent / "bouquet-sim"), "dataset=digits", "simulation.num_clients=3",
            "simulation.num_rounds=2", "server=adjust", "server.shared_fraction=0.1", "strategy=kl_weighted",
            "partition=pathological", f"hydra.run.dir={run_dir}"]
-    env = {**os.environ, "BOUQUET_DATA": str(ROOT / ".data"), "FLWR_TELEMETRY_ENABLED": "0",
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0",
            "FLWR_DISABLE_UPDATE_CHECK": "1", "RAY_USAGE_STATS_ENABLED": "0"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)  # slow when the cores are shared
     assert proc.returncode == 0, proc.stderr[-3000:]
