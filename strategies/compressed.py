@@ -149,12 +149,21 @@ class Compressed(StrategyWrapper):
         self._dropped = []
         replies = list(replies)
         self._global_arrays()  # fail early, before any decoding
+        received, dense = _payload_bytes(replies, self._global_arrays())
         base, guards = weighted_mean_chain(self.strategy) if self.fast_path else (None, [])
         if base is not None:
             self.last_path = "fast"
-            return self._aggregate_weighted_mean(server_round, base, guards, replies)
-        self.last_path = "dense"
-        return self.strategy.aggregate_train(server_round, self._densify(replies))
+            arrays, metrics = self._aggregate_weighted_mean(server_round, base, guards, replies)
+        else:
+            self.last_path = "dense"
+            arrays, metrics = self.strategy.aggregate_train(server_round, self._densify(replies))
+        facts = {BYTES_UP: received, DENSE_BYTES: dense, DROPPED: len(self._dropped)}
+        log(logging.INFO, "Compressed: round %d: %d replies, %d dropped, %.3f MB received vs %.3f MB dense (%.1fx fewer)",
+            server_round, len(replies), len(self._dropped), received / 1e6, dense / 1e6, dense / max(received, 1))
+        if metrics is not None:  # documented: bouquet's facts ride along in the aggregated MetricRecord
+            for key, value in facts.items():
+                metrics[key] = value
+        return arrays, metrics
 
     def own_report(self) -> dict[str, Any]:
         own: dict[str, Any] = {CLIENTS_DROPPED: len(self._dropped), DROP_REASONS: list(self._dropped)}
@@ -294,6 +303,24 @@ class Compressed(StrategyWrapper):
         if len(weights) != len(candidates) or not all(np.isfinite(w) and w >= 0 for w in weights) or (candidates and sum(weights) <= 0):
             raise ValueError(f"aggregation weights {weights[:5]} must be finite, >= 0, one per reply, with a positive sum")
         return weights
+
+
+BYTES_UP = "bouquet-bytes-up"  # payload bytes of the round's replies (Array.data)
+DENSE_BYTES = "bouquet-dense-bytes"  # what the same replies would have been as dense float arrays
+DROPPED = "bouquet-dropped"  # replies dropped by Compressed this round
+
+
+def _payload_bytes(replies: list[Message], reference: dict[str, np.ndarray]) -> tuple[int, int]:
+    """(bytes of every array of the non-error replies, bytes of the same arrays sent dense)."""
+    received = dense = 0
+    per_reply = sum(int(ref.nbytes) for ref in reference.values())
+    for msg in replies:
+        if msg.has_error():
+            continue
+        received += sum(len(a.data) for rec in msg.content.array_records.values() for a in rec.values()
+                        if isinstance(a.data, bytes))
+        dense += per_reply
+    return received, dense
 
 
 def _reason(exc: BaseException) -> str:
