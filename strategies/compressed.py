@@ -224,8 +224,7 @@ class Compressed(StrategyWrapper):
                 content[key] = rec
             for key, rec in msg.content.config_records.items():
                 content[key] = rec
-            msg.content = content
-            out.append(msg)
+            out.append(Message(metadata=msg.metadata, content=content))  # the caller's reply is left as it came
         log(logging.INFO, "Compressed: %d replies decoded for %s, %d dropped", len(out), type(self.strategy).__name__,
             len(self._dropped))
         return out
