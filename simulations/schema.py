@@ -221,7 +221,8 @@ STRATEGY = {
 # ------------------------------------------------------------------- other config groups
 ROOT_DIR = Key("str", null="$BOUQUET_DATA or ~/.cache/bouquet/data", doc="data cache or torchvision-layout directory")
 DATASET = {
-    **{name: {"_target_": target("bouquet.data.load_dataset"), "name": choice(name), "root": ROOT_DIR}
+    **{name: {"_target_": target("bouquet.data.load_dataset"), "name": choice(name), "root": ROOT_DIR,
+              "train": Key("dict", doc="training defaults that client.local_epochs / client.lr follow")}
        for name in ("mnist", "fashion_mnist", "digits")},
     "movielens": {
         "name": choice("movielens"), "task_type": choice("recommendation"), "root": ROOT_DIR,
@@ -229,6 +230,7 @@ DATASET = {
         "num_negatives": integer("[1, inf)", doc="sampled unrated items per user (HR@10, NDCG@10)"),
         "max_users": integer("[1, inf)", null="all 943 users", doc="a seeded subset of users"),
         "eval_fraction": real("(0, 1]", doc="share of clients that evaluate each round"),
+        "train": Key("dict", doc="training defaults that client.local_epochs / client.lr follow"),
     },
 }
 if set(DATASET) - {"movielens"} != set(DATASETS):
