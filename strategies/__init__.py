@@ -5,12 +5,14 @@ from bouquet.strategies.compressed import Compressed
 from bouquet.strategies.depth_fedavg import DepthFedAvg
 from bouquet.strategies.guard import ReplyGuard, check_dense_reply
 from bouquet.strategies.kl_weighted import KLWeightedFedAvg
+from bouquet.strategies.metrics import scalar_metrics_mean
 from bouquet.strategies.reports import inner_report, merge_reports
 from bouquet.strategies.round_offset import RoundOffset
 from bouquet.strategies.server_adjusted import ServerAdjusted
 from bouquet.strategies.wrapper import StrategyWrapper
 
 __all__ = [
+    "scalar_metrics_mean",
     "AsyncFedAvg",
     "Compressed",
     "DepthFedAvg",
