@@ -1,6 +1,6 @@
-"""The README's config reference, generated from :mod:`bouquet.simulations.schema`.
+"""The config reference (``docs/config.md``), generated from :mod:`bouquet.simulations.schema`.
 
-``python -m bouquet.simulations.schema --markdown`` prints it; the README holds it between
+``python -m bouquet.simulations.schema --markdown`` prints it; ``docs/config.md`` holds it between
 :data:`BEGIN` and :data:`END`, and a test checks that the two are equal, so the reference cannot
 drift from the checks. Defaults are read from the yaml files under ``conf/`` (where they are
 defined), interpolations such as ``${seed}`` shown as written.

@@ -76,3 +76,21 @@ def test_quick_start_example_learns(tmp_path: Path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["final_accuracy"] > 0.6, summary
+
+
+def snippets() -> list[tuple[str, str]]:
+    """(file, code) of every fenced ``python`` block of the docs."""
+    out = []
+    for path in DOCS:
+        for block in re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S):
+            out.append((path.name, block))
+    return out
+
+
+@pytest.mark.parametrize("where,code", snippets(), ids=[f"{w}:{i}" for i, (w, _) in enumerate(snippets())])
+def test_every_python_snippet_imports(where, code):
+    """The import lines of every documented snippet run (the rest needs the user's data)."""
+    imports = [line for line in code.splitlines() if re.match(r"^(from \S+ import .+|import \S+)$", line.strip())
+               and not line.startswith(" ")]
+    assert imports, f"{where}: a python snippet without imports"
+    exec(compile("\n".join(imports), f"<{where}>", "exec"), {})

@@ -158,9 +158,9 @@ def test_the_issue_example_message() -> None:
 
 
 def test_readme_config_reference_is_the_generated_one() -> None:
-    readme = (ROOT_DIR / "README.md").read_text()
+    readme = (ROOT_DIR / "docs" / "config.md").read_text()
     assert readme_section(readme) == markdown(), (
-        "README's config reference is stale: regenerate it with `python -m bouquet.simulations.schema --markdown`"
+        "docs/config.md's config reference is stale: regenerate it with `python -m bouquet.simulations.schema --markdown`"
     )
 
 
