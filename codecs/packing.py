@@ -25,6 +25,7 @@ Ternary digits :math:`t \\in \\{-1, 0, 1\\}` are packed 5 per byte (:math:`3^5 =
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -374,3 +375,13 @@ def unpack_signs(data: bytes | memoryview, k: int) -> np.ndarray:
 def position_entropy_bits(n: int, k: int) -> float:
     """:math:`\\log_2 \\binom{n}{k}`: the information limit of a set of k positions out of n."""
     return (math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)) / math.log(2)
+
+
+def read_position_block(reader: Any, coding: int, plen: int, k: int, n: int) -> np.ndarray | None:
+    """The positions of a body from ``reader`` (a :class:`bouquet.codecs.wire.Reader` whose rest
+    was already checked to hold ``plen`` position bytes): ``None`` for coding 'all'."""
+    if coding == POS_ALL:
+        if k != n or plen:
+            raise ValueError(f"position coding 'all' needs an empty block and k == n (k={k}, n={n})")
+        return None
+    return decode_positions(coding, reader.take(plen, "position block"), k, n)

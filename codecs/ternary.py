@@ -47,14 +47,9 @@ def _max_abs(g: np.ndarray) -> float:
     return float(max(g.max(), -g.min())) if g.size else 0.0
 
 
-def ternarize(g: np.ndarray, *, stochastic: bool = True, clip_c: float | None = None,
-              rng: np.random.Generator | None = None) -> tuple[np.ndarray, float]:
-    """Trits (int8, same shape) and scale of ``g`` (see module docstring).
-
-    Works block by block (cache-sized temporaries); the random draws are float32 (float64 for a
-    float64 tensor), one per element.
-    """
-    g = np.asarray(g)
+def _prepare(g: np.ndarray, clip_c: float | None) -> tuple[np.ndarray, type, float | None, float]:
+    """(flat view, working float type, clip bound or None, scale s) of a tensor to ternarise;
+    ``ValueError`` for a non-float tensor, NaN or inf."""
     if g.dtype.kind != "f":
         raise ValueError(f"ternarize needs a floating tensor, got {g.dtype}")
     work = np.float64 if g.dtype == np.float64 else np.float32
@@ -67,7 +62,18 @@ def ternarize(g: np.ndarray, *, stochastic: bool = True, clip_c: float | None = 
     top = _max_abs(flat)
     if not np.isfinite(top):
         raise ValueError("update holds NaN or inf: not sent")
-    scale = top if bound is None else min(top, bound)
+    return flat, work, bound, top if bound is None else min(top, bound)
+
+
+def ternarize(g: np.ndarray, *, stochastic: bool = True, clip_c: float | None = None,
+              rng: np.random.Generator | None = None) -> tuple[np.ndarray, float]:
+    """Trits (int8, same shape) and scale of ``g`` (see module docstring).
+
+    Works block by block (cache-sized temporaries); the random draws are float32 (float64 for a
+    float64 tensor), one per element.
+    """
+    g = np.asarray(g)
+    flat, work, bound, scale = _prepare(g, clip_c)
     t = np.zeros(flat.size, dtype=np.int8)
     if not scale > 0:
         return t.reshape(g.shape), 0.0
@@ -103,19 +109,7 @@ def ternarize_sparse(g: np.ndarray, *, clip_c: float | None = None, rng: np.rand
     (probability 1/256) keep with probability :math:`q_i - \\lfloor q_i \\rfloor` from a float draw:
     :math:`P = (\\lfloor q_i \\rfloor + \\{q_i\\}) / 256 = |g_i| / s` exactly.
     """
-    flat = np.asarray(g).reshape(-1)
-    if flat.dtype.kind != "f":
-        raise ValueError(f"ternarize needs a floating tensor, got {flat.dtype}")
-    work = np.float64 if flat.dtype == np.float64 else np.float32
-    bound = None
-    if clip_c is not None:
-        if not clip_c > 0:
-            raise ValueError(f"clip_c={clip_c} must be > 0 (or None for no clipping)")
-        bound = clip_c * float(flat.std(dtype=np.float64))
-    top = _max_abs(flat)
-    if not np.isfinite(top):
-        raise ValueError("update holds NaN or inf: not sent")
-    scale = top if bound is None else min(top, bound)
+    flat, work, bound, scale = _prepare(np.asarray(g), clip_c)
     if not scale > 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool), 0.0
     rng = rng if rng is not None else np.random.default_rng()
@@ -180,12 +174,7 @@ def read_sparse_ternary(reader: Reader, n: int) -> tuple[np.ndarray | None, np.n
     (coding,) = reader.unpack("B", "position coding")
     (plen,) = reader.unpack("I", "position block length")
     reader.expect_remaining(plen + (k + 7) // 8, f"a position block of {plen} bytes and {k} signs")
-    if coding == packing.POS_ALL:
-        if k != n or plen:
-            raise ValueError(f"position coding 'all' needs an empty block and k == n (k={k}, n={n})")
-        indices = None
-    else:
-        indices = packing.decode_positions(coding, reader.take(plen, "position block"), k, n)
+    indices = packing.read_position_block(reader, coding, plen, k, n)
     signs = packing.unpack_signs(reader.take((k + 7) // 8, "sign block"), k)
     return indices, signs
 

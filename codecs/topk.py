@@ -159,11 +159,6 @@ def decode_topk_body(reader: Reader, dtype: np.dtype, n: int) -> Decoded:
     (plen,) = reader.unpack("I", "position block length")
     vdtype = np.dtype(_VALUE_NAMES[vcode]).newbyteorder("<")
     reader.expect_remaining(plen + k * vdtype.itemsize, f"a position block of {plen} bytes and {k} values")
-    if coding == packing.POS_ALL:
-        if k != n or plen:
-            raise ValueError(f"position coding 'all' needs an empty block and k == n (k={k}, n={n})")
-        indices = None
-    else:
-        indices = packing.decode_positions(coding, reader.take(plen, "position block"), k, n)
+    indices = packing.read_position_block(reader, coding, plen, k, n)
     values = np.frombuffer(reader.take(k * vdtype.itemsize, "values"), dtype=vdtype).astype(dtype)
     return Decoded((), dtype, indices, finite_or_raise(values, "top-k values"))
