@@ -34,6 +34,7 @@ run: setup data
 
 lint: setup
 	$(BIN)/ruff check .
+	scripts/typecheck.sh
 
 test: setup data lint
 	$(BIN)/pytest $(PYTEST_ARGS)

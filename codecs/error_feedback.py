@@ -35,17 +35,18 @@ def accumulate(update: np.ndarray, residual: np.ndarray | None, decay: float, *,
     the update's, when there is no residual) and touches each element once:
     :math:`e \\leftarrow \\beta e;\\ e \\mathrel{+}= \\Delta`.
     """
-    use = residual is not None and decay > 0
-    if use and residual.shape != update.shape:  # type: ignore[union-attr]
-        raise ValueError(f"residual shape {residual.shape} != update shape {update.shape}")  # type: ignore[union-attr]
+    if residual is None or decay <= 0:
+        if not inplace:
+            return np.array(update, dtype=update.dtype, copy=True)
+        return update if update.flags.writeable else update.copy()
+    if residual.shape != update.shape:
+        raise ValueError(f"residual shape {residual.shape} != update shape {update.shape}")
     if not inplace:
         out = np.array(update, dtype=update.dtype, copy=True)
-        if use:
-            out += decay * residual.astype(update.dtype, copy=False)  # type: ignore[union-attr]
+        out += decay * residual.astype(update.dtype, copy=False)
         return out
-    if not use:
-        return update if update.flags.writeable else update.copy()
-    acc = residual if residual.flags.writeable and residual.dtype == update.dtype else residual.astype(update.dtype)  # type: ignore[union-attr]
+    reuse = residual.flags.writeable and residual.dtype == update.dtype
+    acc = residual if reuse else residual.astype(update.dtype)
     if decay != 1.0:
         acc *= decay
     acc += update

@@ -80,7 +80,7 @@ def ternarize(g: np.ndarray, *, stochastic: bool = True, clip_c: float | None = 
     if not stochastic:
         return _twn(flat, bound, t, work, g.shape)
     rng = rng if rng is not None else np.random.default_rng()
-    mag = np.empty(min(_BLOCK, flat.size), dtype=work)
+    mag: np.ndarray = np.empty(min(_BLOCK, flat.size), dtype=work)
     draw = np.empty_like(mag)
     hit = np.empty(mag.size, dtype=bool)
     for start in range(0, flat.size, _BLOCK):
@@ -114,7 +114,7 @@ def ternarize_sparse(g: np.ndarray, *, clip_c: float | None = None, rng: np.rand
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool), 0.0
     rng = rng if rng is not None else np.random.default_rng()
     size = min(_BLOCK, flat.size)
-    q = np.empty(size, dtype=work)
+    q: np.ndarray = np.empty(size, dtype=work)
     qi = np.empty(size, dtype=np.uint8)
     keep = np.empty(size, dtype=bool)
     tie = np.empty(size, dtype=bool)
@@ -219,14 +219,14 @@ def _encode(idx: np.ndarray | None, negative: np.ndarray | None, flat: np.ndarra
     elif form in ("trit", "2bit"):
         if flat is None:
             flat = np.zeros(n, dtype=np.int8)
-            flat[idx] = np.where(negative, -1, 1)  # type: ignore[call-overload]
+            flat[idx] = np.where(np.asarray(negative), -1, 1)
         body = packing.pack_trits(flat) if form == "trit" else packing.pack_2bit(flat)
     scale32 = np.float32(scale)
     data = write_header("ternary", dtype, shape) + scale32.astype("<f4").tobytes() + bytes([FORMS[form]]) + body
     np_dtype = np.dtype(dtype)
     typed = float(np_dtype.type(scale32))
     if form == "sparse" and idx is not None and idx.size < n:
-        signs = np.where(negative, -1, 1).astype(np.int8)  # type: ignore[call-overload]
+        signs = np.where(np.asarray(negative), -1, 1).astype(np.int8)
         sent = Decoded(shape, np_dtype, idx, signs, scale=typed)
     else:
         sent = Decoded(shape, np_dtype, None, flat, scale=typed)  # type: ignore[arg-type]

@@ -222,9 +222,10 @@ class Compressed(StrategyWrapper):
             content = RecordDict({next(iter(msg.content.array_records)): dense})
             for key, rec in msg.content.metric_records.items():
                 content[key] = rec
-            for key, rec in msg.content.config_records.items():
-                content[key] = rec
-            out.append(Message(metadata=msg.metadata, content=content))  # the caller's reply is left as it came
+            for key, conf in msg.content.config_records.items():
+                content[key] = conf
+            # a new reply with the same metadata: the caller's reply is left as it came
+            out.append(Message(metadata=msg.metadata, content=content))  # type: ignore[call-overload]
         log(logging.INFO, "Compressed: %d replies decoded for %s, %d dropped", len(out), type(self.strategy).__name__,
             len(self._dropped))
         return out
@@ -358,7 +359,7 @@ class _Accumulator:
         dec.add_to(self.acc, weight)
 
     def array(self) -> Array:
-        body = memoryview(np.ascontiguousarray(self.acc.astype(self.dtype, copy=False))).cast("B")
+        body = memoryview(np.ascontiguousarray(self.acc.astype(self.dtype, copy=False))).cast("B")  # type: ignore[arg-type]
         data = b"".join((npy_header(self.dtype, self.shape), body))  # one copy into the reply bytes
         return Array(dtype=str(self.dtype), shape=self.shape, stype=DENSE_STYPE, data=data)
 

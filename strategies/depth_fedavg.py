@@ -190,7 +190,7 @@ class DepthFedAvg(FedAvg):
         for msg in messages:
             node = msg.metadata.dst_node_id
             depth = self.depth_for(node)
-            config = ConfigRecord(dict(msg.content[self.configrecord_key]))
+            config = ConfigRecord(dict(msg.content.config_records[self.configrecord_key]))
             config[keys.SUBMODEL_DEPTH] = depth
             if message_type == MessageType.TRAIN:
                 self.sent[node] = depth

@@ -159,7 +159,7 @@ class ReplyGuard(StrategyWrapper):
         self.max_norm_ratio = max_norm_ratio
         self.rounds_skipped = 0
         self._skipped_now = False
-        self.weight_key = weight_key or getattr(strategy, "weighted_by_key", keys.NUM_EXAMPLES)
+        self.weight_key: str = weight_key or str(getattr(strategy, "weighted_by_key", keys.NUM_EXAMPLES))
         self._reference: dict[str, np.ndarray] | None = None
         self._dropped: list[str] = []
 

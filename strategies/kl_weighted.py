@@ -114,15 +114,15 @@ def kl_divergence(p: np.ndarray, q: np.ndarray) -> float:
     return float(np.sum(p[mask] * np.log(p[mask] / q[mask])))
 
 
-def kl_divergences(histograms: Sequence[Sequence[float]], reference: Sequence[float], smoothing: float) -> np.ndarray:
+def kl_divergences(histograms: Sequence[Sequence[float]], reference: Sequence[float] | np.ndarray, smoothing: float) -> np.ndarray:
     """:math:`D_{KL}(\\tilde P_i \\| \\tilde Q)` for every histogram against ``reference``."""
     q = smooth_distribution(reference, smoothing)
     return np.array([kl_divergence(smooth_distribution(h, smoothing), q) for h in histograms])
 
 
 def kl_weights(
-    num_examples: Sequence[float],
-    divergences: Sequence[float],
+    num_examples: Sequence[float] | np.ndarray,
+    divergences: Sequence[float] | np.ndarray,
     *,
     mode: str = "exp",
     tau: float = 1.0,
@@ -193,6 +193,14 @@ def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
 def _metrics(msg: Message) -> MetricRecord | None:
     records = msg.content.metric_records
     return next(iter(records.values())) if len(records) == 1 else None
+
+
+def _record(msg: Message) -> MetricRecord:
+    """The single MetricRecord of a reply that :meth:`KLWeightedFedAvg._usable` accepted."""
+    record = _metrics(msg)
+    if record is None:
+        raise ValueError(f"reply of node {msg.metadata.src_node_id} has no single MetricRecord")
+    return record
 
 
 class KLWeightedFedAvg(FedAvg):
@@ -288,7 +296,7 @@ class KLWeightedFedAvg(FedAvg):
     def _expected_classes(self, replies: list[Message]) -> int | None:
         if self.num_classes is not None:
             return self.num_classes
-        lengths = [len(h) for m in replies if isinstance(h := _metrics(m).get(keys.LABEL_HISTOGRAM), list)]
+        lengths = [len(h) for m in replies if isinstance(h := _record(m).get(keys.LABEL_HISTOGRAM), list)]
         return Counter(lengths).most_common(1)[0][0] if lengths else None
 
     def compute_weights(self, replies: list[Message]) -> tuple[np.ndarray, np.ndarray, list[bool], np.ndarray | None]:
@@ -298,9 +306,9 @@ class KLWeightedFedAvg(FedAvg):
         the caller has removed the invalid ones already.
         """
         num_classes = self._expected_classes(replies)
-        hists = [_metrics(m).get(keys.LABEL_HISTOGRAM) for m in replies]
+        hists: list[Any] = [_record(m).get(keys.LABEL_HISTOGRAM) for m in replies]
         valid = [histogram_problem(h, num_classes) is None for h in hists]
-        n = np.array([float(_metrics(m)[self.weighted_by_key]) for m in replies])
+        n = np.array([float(_record(m)[self.weighted_by_key]) for m in replies])  # type: ignore[arg-type]
         div = np.full(len(replies), np.nan)
         good = [i for i, v in enumerate(valid) if v]
         if not good:
@@ -321,11 +329,11 @@ class KLWeightedFedAvg(FedAvg):
 
     @staticmethod
     def _reweighted(msg: Message, weight_key: str, weight: float, scalar_keys: set[str]) -> Message:
-        metrics = _metrics(msg)
+        metrics = _record(msg)
         record = MetricRecord({k: metrics[k] for k in scalar_keys})
         record[weight_key] = float(weight)
         content = RecordDict({keys.ARRAYS: next(iter(msg.content.array_records.values())), keys.METRICS: record})
-        return Message(metadata=msg.metadata, content=content)
+        return Message(metadata=msg.metadata, content=content)  # type: ignore[call-overload]  # Flower's reply constructor
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Weight the usable replies by their KL weights, then aggregate as FedAvg."""
@@ -333,9 +341,9 @@ class KLWeightedFedAvg(FedAvg):
         errors = [m for m in replies if m.has_error()]
         usable, dropped = self._usable([m for m in replies if not m.has_error()])
         num_classes = self._expected_classes(usable)
-        bad = [m for m in usable if histogram_problem(_metrics(m).get(keys.LABEL_HISTOGRAM), num_classes) is not None]
+        bad = [m for m in usable if histogram_problem(_record(m).get(keys.LABEL_HISTOGRAM), num_classes) is not None]
         for m in bad:
-            why = histogram_problem(_metrics(m).get(keys.LABEL_HISTOGRAM), num_classes)
+            why = histogram_problem(_record(m).get(keys.LABEL_HISTOGRAM), num_classes)
             log(logging.WARNING, "round %d: node %s label histogram %s (%s)", server_round, m.metadata.src_node_id, why, self.bad_histogram)
         if self.bad_histogram == "drop":
             dropped += [f"node {m.metadata.src_node_id}: bad label histogram" for m in bad]

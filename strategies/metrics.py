@@ -18,10 +18,16 @@ def scalar_metrics_mean(records: list[RecordDict], weighting_metric_name: str) -
     metrics = [next(iter(r.metric_records.values())) for r in records if r.metric_records]
     if not metrics:
         return MetricRecord()
-    weights = [float(m[weighting_metric_name]) for m in metrics]
+    weights = [float(m[weighting_metric_name]) for m in metrics]  # type: ignore[arg-type]
     total = sum(weights)
     keys = set.intersection(*[{k for k, v in m.items() if not isinstance(v, list)} for m in metrics])
     keys.discard(weighting_metric_name)
     if total <= 0:
         return MetricRecord()
-    return MetricRecord({k: sum(w * float(m[k]) for w, m in zip(weights, metrics, strict=True)) / total for k in sorted(keys)})
+    means: dict[str, float] = {}
+    for k in sorted(keys):
+        acc = 0.0
+        for w, m in zip(weights, metrics, strict=True):
+            acc += w * float(m[k])  # type: ignore[arg-type]
+        means[k] = acc / total
+    return MetricRecord(means)  # type: ignore[arg-type]

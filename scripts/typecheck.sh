@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# mypy on bouquet's library packages. The repository maps top-level folders into `bouquet.*`
+# (pyproject's package-dir) and the editable install resolves them with an import hook that mypy
+# cannot follow, so this lays the package out once as symlinks in .mypy-tree/ (git-ignored).
+# Usage: scripts/typecheck.sh [package ...]   (default: codecs strategies)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+tree=.mypy-tree/bouquet
+if [ ! -d "$tree" ]; then
+  mkdir -p "$tree"
+  for f in bouquet/*.py; do ln -s "../../$f" "$tree/$(basename "$f")"; done
+  for d in codecs strategies clients models data simulations; do ln -s "../../$d" "$tree/$d"; done
+fi
+pkgs=("$@"); [ ${#pkgs[@]} -eq 0 ] && pkgs=(codecs strategies)
+args=(); for p in "${pkgs[@]}"; do args+=(-p "bouquet.$p"); done
+MYPYPATH="$PWD/.mypy-tree" exec .venv/bin/mypy --python-executable .venv/bin/python "${args[@]}"
