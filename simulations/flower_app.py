@@ -11,6 +11,12 @@
   string; a value with spaces goes in double quotes inside it, which Hydra parses:
   ``flwr run . <connection> --run-config "overrides='dataset=digits' run-dir='/abs/dir'"``.
   Only ``task=federated`` runs here (``task=search`` is server-only: use ``bouquet-sim``).
+* Flower-style keys (:data:`RUN_CONFIG_KEYS`): ``num-server-rounds``, ``num-clients``,
+  ``fraction-train``, ``local-epochs``, ``local-steps``, ``lr``, ``batch-size``, ``dataset``,
+  ``partition``, ``strategy``, ``codec`` (``plain`` | ``topk`` | ``stc`` | ``ternary``), ``alpha``,
+  ``seed``: ``flwr run . --run-config "num-server-rounds=5 codec='topk' alpha=0.01"``. Empty
+  (the declared default) keeps bouquet's default; without ``num-clients`` the number of clients
+  is the number of connected SuperNodes (a simulation federation's ``num-supernodes``).
 * ``run-dir``: where the ServerApp writes ``config.json``, ``metrics.jsonl``, ``summary.json``,
   ``final_model.npz`` and ``curves.png``. Empty means ``~/.cache/bouquet/runs/<UTC
   timestamp>-run<run id>`` of the user running the SuperLink (``$XDG_CACHE_HOME`` is honoured).
@@ -55,6 +61,53 @@ logger = logging.getLogger(__name__)
 
 RUN_CONFIG_OVERRIDES = keys.RUN_OVERRIDES  # run-config key: Hydra overrides (space separated)
 RUN_CONFIG_RUN_DIR = keys.RUN_DIR  # run-config key: output directory ("" = default below)
+
+# Flower-style run-config keys ([tool.flwr.app.config], kebab-case) -> the Hydra key they set.
+# A value of "" (the declared default) leaves bouquet's default; a set value wins over the
+# defaults, and naming the same Hydra key in ``overrides`` too is refused.
+RUN_CONFIG_KEYS: dict[str, str] = {
+    "num-server-rounds": "simulation.num_rounds",
+    "num-clients": "simulation.num_clients",
+    "fraction-train": "simulation.fraction_train",
+    "local-epochs": "client.local_epochs",
+    "local-steps": "client.local_steps",
+    "lr": "client.lr",
+    "batch-size": "client.batch_size",
+    "dataset": "dataset",
+    "partition": "partition",
+    "strategy": "strategy",
+    "codec": "client",
+    "alpha": "client.alpha",
+    "seed": "seed",
+}
+
+
+def run_config_overrides(run_config: dict[str, Any]) -> list[str]:
+    """Hydra overrides for ``overrides`` plus the Flower-style keys of :data:`RUN_CONFIG_KEYS`.
+
+    Group choices (``dataset``, ``partition``, ``strategy``, ``codec``) come first so that the
+    keys they define can be set by the others.
+
+    Raises
+    ------
+    ValueError
+        If a key of the run config is set and ``overrides`` names the same Hydra key.
+    """
+    raw = run_config.get(RUN_CONFIG_OVERRIDES, "")
+    if not isinstance(raw, str):
+        raise ValueError(f"run config {RUN_CONFIG_OVERRIDES}={raw!r} must be a string")
+    base = split_overrides(raw)
+    named = {o.split("=", 1)[0].lstrip("+~") for o in base}
+    groups, values = [], []
+    for key, target in RUN_CONFIG_KEYS.items():
+        value = run_config.get(key, "")
+        if value == "" or value is None:
+            continue
+        if target in named:
+            raise ValueError(f"run config {key}={value!r} and {RUN_CONFIG_OVERRIDES} both set {target}: give one")
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        (groups if "." not in target and target != "seed" else values).append(f"{target}={text}")
+    return groups + base + values
 
 
 def default_runs_root() -> Path:
@@ -147,6 +200,11 @@ def refusal_reason(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+def context_config(context: Context) -> dict[str, Any]:
+    """The config composed from the run config (``overrides`` + Flower-style keys)."""
+    return compose_config(" ".join(run_config_overrides(dict(context.run_config))))
+
+
 def checked_server_config(context: Context) -> dict[str, Any]:
     """The run's config, composed and checked as ``bouquet-sim`` checks it (the data included).
 
@@ -157,11 +215,29 @@ def checked_server_config(context: Context) -> dict[str, Any]:
     FileNotFoundError
         If the dataset is missing.
     """
-    cfg = compose_config(_run_config_str(context, RUN_CONFIG_OVERRIDES))
+    cfg = context_config(context)
     task = cfg.get("task", "federated")
     if task != "federated":
         raise ValueError(f"task={task!r} does not run on a SuperLink (only task=federated does); use bouquet-sim")
     validate_run(cfg, in_simulation=False)
+    return cfg
+
+
+def follow_federation_size(cfg: dict[str, Any], context: Context, grid: Grid) -> dict[str, Any]:
+    """Unless ``num-clients`` (or ``simulation.num_clients`` in ``overrides``) is set, the number
+    of clients is the number of SuperNodes connected at the start (a simulation federation's
+    ``num-supernodes``); ``min_available_nodes`` follows it."""
+    named = {o.split("=", 1)[0] for o in run_config_overrides(dict(context.run_config))}
+    if "simulation.num_clients" in named:
+        return cfg
+    nodes = len(list(grid.get_node_ids()))
+    if nodes and nodes != int(cfg["simulation"]["num_clients"]):
+        logger.info("simulation.num_clients follows the %d connected SuperNodes (was %s)", nodes,
+                    cfg["simulation"]["num_clients"])
+        cfg["simulation"]["num_clients"] = nodes
+        if cfg["strategy"].get("min_available_nodes") is not None:
+            cfg["strategy"]["min_available_nodes"] = min(int(cfg["strategy"]["min_available_nodes"]), nodes)
+        validate_run(cfg, in_simulation=False)
     return cfg
 
 
@@ -182,6 +258,7 @@ def _server_main(grid: Grid, context: Context) -> None:
     run_dir = resolve_run_dir(_run_config_str(context, RUN_CONFIG_RUN_DIR), context.run_id)
     try:
         cfg = checked_server_config(context)
+        cfg = follow_federation_size(cfg, context, grid)
     except Exception as exc:  # refused before the first round: say why, where the user looks
         reason = refusal_reason(exc)
         logger.error("run %s refused: %s", context.run_id, reason)
@@ -199,7 +276,7 @@ def client_config(context: Context) -> dict[str, Any]:
     ValueError
         If the node config's ``partition-id`` is not in ``[0, num-partitions)``.
     """
-    cfg = compose_config(_run_config_str(context, RUN_CONFIG_OVERRIDES))
+    cfg = context_config(context)
     node = context.node_config
     if keys.NUM_PARTITIONS in node:
         num = int(node[keys.NUM_PARTITIONS])
