@@ -171,3 +171,22 @@ def test_short_federated_run_on_digits(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "ok"
     assert max(rows[-1][f"accuracy_exit_{i}"] for i in (1, 2, 3)) > 0.15  # some exit learned (chance 0.1)
+
+
+def test_exit_cost_grows_with_depth_for_every_network_in_the_space():
+    """Issue 16: stopping at exit i costs less than going on, for all N^L candidate networks
+    (MNIST-sized and digits-sized inputs), and the intermediate exits are cheap heads."""
+    import itertools
+
+    from bouquet.models.early_exit import EarlyExitNet, exit_macs
+    from bouquet.models.nas import Architecture, make_space
+
+    for shape in [(1, 28, 28), (1, 8, 8)]:
+        space = make_space(shape, 10)
+        ratios = []
+        for choices in itertools.product(space.candidates, repeat=space.num_pools):
+            macs = exit_macs(EarlyExitNet(Architecture(space, tuple(choices))))
+            assert all(a < b for a, b in zip(macs, macs[1:], strict=False)), (choices, macs)
+            ratios.append(macs[0] / macs[-1])
+        median = sorted(ratios)[len(ratios) // 2]
+        assert max(ratios) < 1.0 and median < (0.4 if shape[1] == 28 else 0.45), (shape, median)
