@@ -98,3 +98,11 @@ def run_bouquet_sim(overrides: list[str], run_dir, *, multirun: bool = False, ti
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     cmd = [str(exe), *(["--multirun"] if multirun else []), *overrides, f"{key}={run_dir}"]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Everything under ``tests/e2e/`` starts real engines (Ray, ``flwr run``, a SuperLink):
+    mark it ``e2e`` so that ``-m "not e2e"`` is the fast unit loop and ``-m e2e`` the slow one."""
+    for item in items:
+        if "e2e" in Path(str(item.fspath)).parts:
+            item.add_marker(pytest.mark.e2e)
