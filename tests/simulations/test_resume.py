@@ -24,6 +24,7 @@ from bouquet.simulations.checkpoint import (
     strategy_state,
 )
 from bouquet.simulations.metering import MeteredGrid, NodesUnavailable
+from bouquet.simulations.results import read_rows
 
 BASE = ["dataset=digits", "simulation.num_clients=3", "client.lr=0.05"]
 
@@ -85,37 +86,54 @@ def _final(run_dir: Path) -> dict[str, np.ndarray]:
     return dict(np.load(run_dir / "final_model.npz"))
 
 
+# ``bouquet-sim`` (argv[3:]) that, once round argv[1]'s checkpoint is on disk, writes the marker
+# file argv[2] and waits to be killed: the kill lands after that round whatever the round times.
+PAUSING_SIM = """
+import sys, threading
+from pathlib import Path
+from bouquet.simulations import checkpoint, main
+pause, marker = int(sys.argv[1]), Path(sys.argv[2])
+save = checkpoint.Checkpointer.__call__
+def save_then_pause(self, server_round, arrays):
+    save(self, server_round, arrays)
+    if server_round == pause:
+        marker.write_text(str(server_round))
+        threading.Event().wait()
+checkpoint.Checkpointer.__call__ = save_then_pause
+sys.argv = ["bouquet-sim", *sys.argv[3:]]
+main.main()
+"""
+
+
 @pytest.mark.e2e
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
     full = tmp_path / "full"
     proc = run_bouquet_sim([*BASE, "simulation.num_rounds=4"], full)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
-    crashed = tmp_path / "crashed"
-    exe = Path(sys.executable).with_name("bouquet-sim")
-    child = subprocess.Popen(
-        [str(exe), *BASE, "simulation.num_rounds=4", f"hydra.run.dir={crashed}"],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    crashed, marker, log = tmp_path / "crashed", tmp_path / "paused-after-round", tmp_path / "crashed.log"
+    with open(log, "wb") as out:
+        child = subprocess.Popen(
+            [sys.executable, "-c", PAUSING_SIM, "2", str(marker), *BASE, "simulation.num_rounds=4", f"hydra.run.dir={crashed}"],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.time() + 600
-        while time.time() < deadline:
-            if (crashed / CHECKPOINT).exists():
-                try:
-                    if load_checkpoint(crashed)["round"] >= 2:
-                        break
-                except CheckpointError:
-                    pass
-            assert child.poll() is None, "run ended before it could be killed"
-            time.sleep(0.2)
-        os.killpg(child.pid, signal.SIGKILL)
+        while not marker.exists():
+            assert child.poll() is None, f"run ended before round 2: {log.read_text()[-3000:]}"
+            assert time.time() < deadline, "round 2 did not end within 600 s"
+            time.sleep(0.1)
+        os.killpg(child.pid, signal.SIGKILL)  # the whole session: the driver and its Ray workers
     finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
         child.wait(timeout=60)
-    killed_at = load_checkpoint(crashed)["round"]
-    assert 2 <= killed_at < 4
+    assert child.returncode == -signal.SIGKILL
+    assert load_checkpoint(crashed)["round"] == 2
+    assert [r["round"] for r in read_rows(crashed)] == [0, 1, 2]
     assert not (crashed / "final_model.npz").exists()
 
     # a config that differs in a way that matters is refused, naming the key
