@@ -148,15 +148,16 @@ def _async_resume(cfg: dict[str, Any], opt: Options) -> str | None:
     return None
 
 
-@combination("strategy=async + client.max_depth|max_depth_by_partition")
-def _async_capacity(cfg: dict[str, Any], opt: Options) -> str | None:
-    """A node with a capacity returns a sub-model, which the asynchronous loop refuses."""
+@combination("client.max_depth|max_depth_by_partition without strategy=depth_fedavg")
+def _capacity_needs_depths(cfg: dict[str, Any], opt: Options) -> str | None:
+    """A node with a capacity returns a sub-model; only strategy=depth_fedavg aggregates sub-models
+    (every other strategy drops such replies, the asynchronous loop refuses them)."""
     client = cfg["client"]
-    if opt["strategy"] == "async" and opt["client"] == "early_exit":
+    if opt["client"] == "early_exit" and opt["strategy"] != "depth_fedavg":
         for name in ("max_depth", "max_depth_by_partition"):
             if client[name]:
-                return _both("strategy=async", f"client.{name}={fmt(client[name])}", "a node with a capacity "
-                             "returns a sub-model, which the asynchronous loop refuses (use strategy=depth_fedavg)")
+                return _both(f"strategy={opt['strategy']}", f"client.{name}={fmt(client[name])}", "a node with a "
+                             "capacity returns a sub-model, which only strategy=depth_fedavg aggregates")
     return None
 
 
