@@ -1,0 +1,119 @@
+"""End-to-end runs split out of tests/simulations/test_resume.py (they start bouquet-sim / Ray)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT, run_bouquet_sim
+
+from bouquet.simulations.checkpoint import (
+    load_checkpoint,
+)
+from bouquet.simulations.results import read_rows
+
+BASE = ["dataset=digits", "simulation.num_clients=3", "client.lr=0.05"]
+
+
+def _final(run_dir: Path) -> dict[str, np.ndarray]:
+    return dict(np.load(run_dir / "final_model.npz"))
+
+
+# ``bouquet-sim`` (argv[3:]) that, once round argv[1]'s checkpoint is on disk, writes the marker
+# file argv[2] and waits to be killed: the kill lands after that round whatever the round times.
+PAUSING_SIM = """
+import sys, threading
+from pathlib import Path
+from bouquet.simulations import checkpoint, main
+pause, marker = int(sys.argv[1]), Path(sys.argv[2])
+save = checkpoint.Checkpointer.__call__
+def save_then_pause(self, server_round, arrays):
+    save(self, server_round, arrays)
+    if server_round == pause:
+        marker.write_text(str(server_round))
+        threading.Event().wait()
+checkpoint.Checkpointer.__call__ = save_then_pause
+sys.argv = ["bouquet-sim", *sys.argv[3:]]
+main.main()
+"""
+
+
+@pytest.mark.e2e
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
+    full = tmp_path / "full"
+    proc = run_bouquet_sim([*BASE, "simulation.num_rounds=4"], full)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    crashed, marker, log = tmp_path / "crashed", tmp_path / "paused-after-round", tmp_path / "crashed.log"
+    with open(log, "wb") as out:
+        child = subprocess.Popen(
+            [sys.executable, "-c", PAUSING_SIM, "2", str(marker), *BASE, "simulation.num_rounds=4", f"hydra.run.dir={crashed}"],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.time() + 600
+        while not marker.exists():
+            assert child.poll() is None, f"run ended before round 2: {log.read_text()[-3000:]}"
+            assert time.time() < deadline, "round 2 did not end within 600 s"
+            time.sleep(0.1)
+        os.killpg(child.pid, signal.SIGKILL)  # the whole session: the driver and its Ray workers
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+        child.wait(timeout=60)
+    assert child.returncode == -signal.SIGKILL
+    assert load_checkpoint(crashed)["round"] == 2
+    assert [r["round"] for r in read_rows(crashed)] == [0, 1, 2]
+    assert not (crashed / "final_model.npz").exists()
+
+    # a config that differs in a way that matters is refused, naming the key
+    bad = run_bouquet_sim([*BASE, "simulation.num_rounds=4", "client.lr=0.2", f"simulation.resume={crashed}"], tmp_path / "r0")
+    assert bad.returncode != 0 and "client.lr" in bad.stderr
+
+    proc = run_bouquet_sim([*BASE, "simulation.num_rounds=4", f"simulation.resume={crashed}"], tmp_path / "r1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(x) for x in (crashed / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [0, 1, 2, 3, 4]
+    a, b = _final(full), _final(crashed)
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.e2e
+def test_run_survives_crashing_hanging_and_corrupting_clients(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = run_bouquet_sim(
+        [
+            "dataset=digits",
+            "simulation.num_clients=6",
+            "simulation.num_rounds=3",
+            "fault=mixed",  # 30% crash, 10% hang, 10% corrupt
+            # seed 9 draws 5 crashes, 2 corrupt replies and one hang (round 3) over 6 x 3 messages;
+            # the timeout is generous because a loaded machine can take long for the first round
+            "fault.seed=9",
+            "fault.hang_s=95",
+            "simulation.round_timeout_s=90",
+        ],
+        run_dir,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert sum(r["clients_failed"] for r in rows) >= 5 + 2 + 1
+    assert sum(r["clients_ok"] for r in rows) > 0
+    reasons = [reason for r in rows for reason in r.get("drop_reasons", [])]
+    assert len(reasons) == 2, reasons  # every corrupted reply was caught by the guard
+    for arr in _final(run_dir).values():
+        assert np.all(np.isfinite(arr))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["clients_failed"] == sum(r["clients_failed"] for r in rows)
