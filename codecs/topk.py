@@ -160,5 +160,6 @@ def decode_topk_body(reader: Reader, dtype: np.dtype, n: int) -> Decoded:
     vdtype = np.dtype(_VALUE_NAMES[vcode]).newbyteorder("<")
     reader.expect_remaining(plen + k * vdtype.itemsize, f"a position block of {plen} bytes and {k} values")
     indices = packing.read_position_block(reader, coding, plen, k, n)
-    values = np.frombuffer(reader.take(k * vdtype.itemsize, "values"), dtype=vdtype).astype(dtype)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused just below, not warned
+        values = np.frombuffer(reader.take(k * vdtype.itemsize, "values"), dtype=vdtype).astype(dtype)
     return Decoded((), dtype, indices, finite_or_raise(values, "top-k values"))
