@@ -57,10 +57,8 @@ from flwr.serverapp.strategy import FedAvg, Strategy
 
 from bouquet import keys
 from bouquet.codecs import Decoded
-from bouquet.codecs.npy import npy_header
+from bouquet.strategies.accumulate import Accumulator, finite_npy, npy_array
 from bouquet.strategies.decoding import (
-    DENSE_STYPE,
-    aggregate_dtype,
     decode_record,
     reference_arrays,
     reply_weight,
@@ -218,7 +216,7 @@ class Compressed(StrategyWrapper):
         for msg, decoded in decoded_replies:
             if id(msg) in outliers:
                 continue
-            dense = ArrayRecord({name: _npy_array(ref, [(decoded[name], self.server_lr)]) for name, ref in global_arrays.items()})
+            dense = ArrayRecord({name: npy_array(ref, [(decoded[name], self.server_lr)]) for name, ref in global_arrays.items()})
             content = RecordDict({next(iter(msg.content.array_records)): dense})
             for key, rec in msg.content.metric_records.items():
                 content[key] = rec
@@ -251,7 +249,7 @@ class Compressed(StrategyWrapper):
                 log(logging.WARNING, "Compressed: round %d has no usable reply; global model unchanged", server_round)
             return None, None
         msgs, out = accepted
-        bad = [name for name, arr in out.items() if not _finite_npy(arr)]
+        bad = [name for name, arr in out.items() if not finite_npy(arr)]
         if bad:
             log(logging.WARNING, "Compressed: round %d aggregate of %s is not finite; global model unchanged", server_round, bad[:3])
             return None, None
@@ -269,7 +267,7 @@ class Compressed(StrategyWrapper):
         for attempt in range(2):
             weights = self._weights(candidates, base)
             total = float(sum(weights))
-            acc = {name: _Accumulator(name, ref, self._scratch) for name, ref in self._global_arrays().items()}
+            acc = {name: Accumulator(name, ref, self._scratch) for name, ref in self._global_arrays().items()}
             survivors, norms, clean = [], [], True
             for msg, weight in zip(candidates, weights, strict=True):
                 decoded = self._decode(msg)
@@ -332,48 +330,3 @@ def _within_norm_bounds(norms: list[float], guards: list[ReplyGuard]) -> list[in
     for guard in guards:
         keep = [keep[i] for i in guard.norm_keep([norms[j] for j in keep])]
     return keep
-
-
-class _Accumulator:
-    """``ref + sum(weight * update)`` summed in a flat buffer (Flower's dtype rule: floats keep
-    their dtype, the rest becomes float64; float16 is summed in float32), returned as the
-    bytes of a dense ``Array``.
-
-    ``scratch`` (a dict kept by the strategy) lends the buffer from round to round, so a warm
-    server pays no page faults for it: one model-sized buffer lives between rounds.
-    """
-
-    def __init__(self, name: str, ref: np.ndarray, scratch: dict[str, np.ndarray] | None = None) -> None:
-        self.shape = tuple(int(s) for s in ref.shape)
-        self.dtype = aggregate_dtype(ref)
-        work = self.dtype if self.dtype.itemsize >= 4 else np.dtype(np.float32)
-        buf = None if scratch is None else scratch.get(name)
-        if buf is None or buf.dtype != work or buf.size != ref.size:
-            buf = np.empty(ref.size, dtype=work)
-            if scratch is not None:
-                scratch[name] = buf
-        self.acc = buf
-        np.copyto(self.acc, ref.reshape(-1), casting="unsafe")
-
-    def add(self, dec: Decoded, weight: float) -> None:
-        dec.add_to(self.acc, weight)
-
-    def array(self) -> Array:
-        body = memoryview(np.ascontiguousarray(self.acc.astype(self.dtype, copy=False))).cast("B")  # type: ignore[arg-type]
-        data = b"".join((npy_header(self.dtype, self.shape), body))  # one copy into the reply bytes
-        return Array(dtype=str(self.dtype), shape=self.shape, stype=DENSE_STYPE, data=data)
-
-
-def _npy_array(ref: np.ndarray, adds: list[tuple[Decoded, float]]) -> Array:
-    """``ref + sum(weight * update)`` as a dense ``Array`` (see :class:`_Accumulator`)."""
-    acc = _Accumulator("", ref)
-    for dec, weight in adds:
-        acc.add(dec, weight)
-    return acc.array()
-
-
-def _finite_npy(arr: Array) -> bool:
-    from bouquet.strategies.decoding import dense_view
-
-    view = dense_view(arr)
-    return view.dtype.kind != "f" or bool(np.isfinite(view.sum())) or bool(np.all(np.isfinite(view)))
