@@ -28,3 +28,8 @@ MAX_DEPTH = "max-depth"  # node_config / reply metric: deepest sub-model a node 
 TRAINED_DEPTH = "trained-depth"  # reply metric: depth of the sub-model the node trained
 RUN_OVERRIDES = "overrides"  # run config ([tool.flwr.app.config]): Hydra overrides for `flwr run`
 RUN_DIR = "run-dir"  # run config: the ServerApp's output directory ("" = ~/.cache/bouquet/runs/...)
+# Asynchronous FedAvg, learner-side sliding window (S4): sent in every train config, echoed in the reply
+PREV_STALENESS = "prev-staleness"  # staleness of this node's previous applied update (absent before the first)
+APPLIED_UPDATES = "applied-updates"  # how many of this node's updates the server applied (a new sample when it grows)
+LR_SCALE = "lr-scale"  # reply metric: the learning-rate scale the learner trained with
+STALENESS_WINDOW = "staleness-window"  # context.state ConfigRecord: a node's recent staleness samples

@@ -12,6 +12,7 @@ from bouquet.clients.early_exit import EarlyExitClient
 from bouquet.clients.faults import fault_mod
 from bouquet.clients.recsys_client import RecsysClient
 from bouquet.clients.slow import SlowClient, speed_factors
+from bouquet.clients.staleness import staleness_window_mod
 from bouquet.clients.torch_client import TorchClient
 
 __all__ = [
@@ -30,4 +31,5 @@ __all__ = [
     "numpyclient_app",
     "single_record",
     "speed_factors",
+    "staleness_window_mod",
 ]
