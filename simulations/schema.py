@@ -26,6 +26,7 @@ from bouquet.codecs.topk import VALUE_DTYPES
 from bouquet.data.loaders import DATASETS
 from bouquet.models.nas import FAMILIES
 from bouquet.simulations.adjust import OPTIMIZERS as ADJUST_OPTIMIZERS
+from bouquet.strategies.async_fedavg import LEARNER_RATES, WINDOW_SIDES
 from bouquet.strategies.kl_weighted import BAD_HISTOGRAM_RULES, DIRECTIONS, MODES, REFERENCES
 from bouquet.strategies.staleness import CONTEXTS, POLICIES
 
@@ -203,7 +204,9 @@ STRATEGY = {
         "window": integer("[1, inf)", doc="sliding_window: staleness samples kept"),
         "context": choice(*CONTEXTS, doc="sliding_window: context value of the window"),
         "max_scale": real("(0, inf)", doc="sliding_window: cap of the scale"),
-        "per_node": flag(doc="sliding_window: one window per node"),
+        "per_node": flag(doc="sliding_window, window_side=server: one window per node"),
+        "window_side": choice(*WINDOW_SIDES, doc="sliding_window: who keeps the window and picks the scale"),
+        "learner_rate": choice(*LEARNER_RATES, doc="window_side=learner: the scale acts on the local lr, the server mixing, or both"),
         "max_staleness": integer("[0, inf)", null="no cutoff"),
         "max_updates": integer("[1, inf)", null="simulation.num_rounds x nodes"),
         "max_wall_s": real("(0, inf)", null="no wall-time budget"),

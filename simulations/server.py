@@ -33,6 +33,7 @@ from hydra.utils import instantiate
 
 from bouquet.clients.bridge import numpyclient_app
 from bouquet.clients.faults import fault_mod
+from bouquet.clients.staleness import staleness_window_mod
 from bouquet.data import label_histogram
 from bouquet.simulations.adjust import wrap_server_adjust
 from bouquet.simulations.checkpoint import (
@@ -87,7 +88,12 @@ def strategy_runtime_kwargs(cfg: dict[str, Any], exp: Experiment, factory: parti
 
 
 def client_mods(cfg: dict[str, Any]) -> list[Callable[..., Any]]:
-    """Client mods the config asks for: fault injection when ``fault.*`` rates are set."""
+    """Client mods the config asks for, outermost first.
+
+    Fault injection when ``fault.*`` rates are set; the learner-side sliding window
+    (:func:`~bouquet.clients.staleness.staleness_window_mod`) for ``strategy=async
+    strategy.policy=sliding_window strategy.window_side=learner``.
+    """
     mods: list[Callable[..., Any]] = []
     fault = cfg.get("fault") or {}
     rates = [float(fault.get(k, 0.0)) for k in ("crash_rate", "hang_rate", "corrupt_rate")]
@@ -95,6 +101,19 @@ def client_mods(cfg: dict[str, Any]) -> list[Callable[..., Any]]:
         mods.append(
             fault_mod(*rates, hang_s=float(fault.get("hang_s", 30.0)), seed=int(fault.get("seed", cfg.get("seed", 0))))
         )
+    strategy = cfg.get("strategy") or {}
+    if (
+        str(strategy.get("_target_", "")).endswith(".AsyncFedAvg")
+        and strategy.get("policy") == "sliding_window"
+        and strategy.get("window_side", "learner") == "learner"
+    ):
+        exponent = strategy.get("exponent")
+        lr = (cfg.get("client") or {}).get("lr")  # train_config's lr, when set, is in every message and wins
+        mods.append(staleness_window_mod(
+            window=int(strategy.get("window", 20)), context=str(strategy.get("context", "mean")),
+            exponent=1.0 if exponent is None else float(exponent), max_scale=float(strategy.get("max_scale", 1.0)),
+            base_lr=None if lr is None else float(lr), scale_lr=strategy.get("learner_rate", "both") != "server",
+        ))  # fmt: skip
     return mods
 
 

@@ -22,6 +22,21 @@ see :mod:`bouquet.strategies.staleness`):
   .. math:: x \\leftarrow x + \\eta_g \\frac{1}{K} \\sum_{i=1}^{K} s(\\tau_i)\\, \\Delta_i
       \\qquad (v \\leftarrow v + 1 \\text{ per buffer})
 
+Where the sliding window lives (``policy="sliding_window"``; formulas in
+:mod:`bouquet.strategies.staleness`): with ``window_side="learner"`` (default) every train
+message also carries ``applied-updates`` :math:`k` (how many of that node's updates were applied)
+and ``prev-staleness`` :math:`\\tau_k` (the staleness of the last one); the node keeps its window
+in ``context.state``, scales its local learning rate by its :math:`s` and reports it
+(``lr-scale``; :func:`bouquet.clients.staleness_window_mod`), echoing the values it was sent. The
+server uses the reported :math:`s` in place of :math:`s(\\tau)`: ``learner_rate="both"`` (the
+learner trained with :math:`s \\eta` *and* the server mixes with :math:`\\alpha s`), ``"local"``
+(only the local rate; the server mixes with :math:`\\alpha`) or ``"server"`` (the learner trains
+with :math:`\\eta`, the server mixes with :math:`\\alpha s`). A reported :math:`s` that is
+missing, not a finite number or outside :math:`[0, s_{max}]` is not used: the server's rule is
+(counted as ``lr_scale_fallbacks``). A reply whose echo differs from what its message carried is
+rejected. With ``window_side="server"`` the server keeps the window(s); other policies ignore
+``window_side``.
+
 Compressed replies (arrays whose ``stype`` is not a dense numpy array) are decoded into the
 update :math:`\\Delta` by the ``decoder`` callable (``decoder(record, reference) -> {name:
 delta}``, e.g. bouquet's codecs), so :math:`y = x_{v_c} + \\Delta`. To have :math:`x_{v_c}`, the
@@ -59,13 +74,17 @@ from bouquet.strategies.async_state import (
     mix,
     plateaued,
     reply_update,
+    reported_scale,
 )
 from bouquet.strategies.reports import CLIENTS_DROPPED, DROP_REASONS
 from bouquet.strategies.staleness import StalenessPolicy, make_policy
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AsyncFedAvg", "buffered_step", "mix"]
+__all__ = ["LEARNER_RATES", "WINDOW_SIDES", "AsyncFedAvg", "buffered_step", "mix"]
+
+WINDOW_SIDES = ("learner", "server")
+LEARNER_RATES = ("both", "local", "server")
 
 
 class AsyncFedAvg(Strategy):
@@ -82,6 +101,12 @@ class AsyncFedAvg(Strategy):
     exponent, hinge_a, hinge_b, buffer_size, server_lr, window, context, max_scale, per_node,
     max_staleness :
         Policy settings (see :mod:`bouquet.strategies.staleness`).
+    window_side : str
+        ``learner`` (each node keeps its window and reports its scale) or ``server`` (the server
+        keeps the window); only the sliding window has one (see the module docstring).
+    learner_rate : str
+        With the learner-side window: ``both`` (local rate and server mixing scaled), ``local``
+        (only the local rate) or ``server`` (only the server mixing).
     max_updates : int, optional
         Budget of accepted client updates (``None``: ``num_rounds`` x number of nodes).
     max_wall_s : float, optional
@@ -116,6 +141,8 @@ class AsyncFedAvg(Strategy):
         context: str = "mean",
         max_scale: float = 1.0,
         per_node: bool = False,
+        window_side: str = "learner",
+        learner_rate: str = "both",
         max_staleness: int | None = None,
         max_updates: int | None = None,
         max_wall_s: float | None = None,
@@ -140,6 +167,10 @@ class AsyncFedAvg(Strategy):
             raise ValueError(f"plateau_window={plateau_window} must be >= 0 (0 = off)")
         if plateau_mode not in ("max", "min"):
             raise ValueError(f"plateau_mode={plateau_mode!r} is unknown; allowed: max, min")
+        if window_side not in WINDOW_SIDES:
+            raise ValueError(f"window_side={window_side!r} is unknown; allowed: {', '.join(WINDOW_SIDES)}")
+        if learner_rate not in LEARNER_RATES:
+            raise ValueError(f"learner_rate={learner_rate!r} is unknown; allowed: {', '.join(LEARNER_RATES)}")
         if int(max_node_failures) < 1:
             raise ValueError(f"max_node_failures={max_node_failures} must be >= 1")
         if isinstance(policy, StalenessPolicy):
@@ -151,6 +182,11 @@ class AsyncFedAvg(Strategy):
                 per_node=per_node, max_staleness=max_staleness,
             )  # fmt: skip
         self.alpha = float(alpha)
+        self.window_side = window_side
+        self.learner_rate = learner_rate
+        # the learner-side window acts only for the sliding window (other policies have none)
+        self.learner_side = window_side == "learner" and self.policy.name == "sliding_window"
+        self.max_scale = float(getattr(self.policy, "max_scale", max_scale))
         self.max_updates = None if max_updates is None else int(max_updates)
         self.max_wall_s = None if max_wall_s is None else float(max_wall_s)
         self.eval_every = int(eval_every)
@@ -167,7 +203,8 @@ class AsyncFedAvg(Strategy):
 
     # ------------------------------------------------------------ Strategy API
     def summary(self) -> None:
-        log(logging.INFO, "AsyncFedAvg: %s, alpha=%s, eval every %d updates", self.policy.describe(), self.alpha, self.eval_every)
+        side = f", window on the learners (learner_rate={self.learner_rate})" if self.learner_side else ""
+        log(logging.INFO, "AsyncFedAvg: %s%s, alpha=%s, eval every %d updates", self.policy.describe(), side, self.alpha, self.eval_every)
 
     def bind_recorder(self, recorder: Any) -> Strategy:
         """Record one ``metrics.jsonl`` line per evaluation through the run recorder.
@@ -180,7 +217,7 @@ class AsyncFedAvg(Strategy):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         """One train message (model version ``server_round``) for every node of ``grid``."""
-        return [self._message(node, arrays, server_round, config, 1) for node in grid.get_node_ids()]
+        return [self._message(node, arrays, server_round, config, 1, self._flight(node, server_round)) for node in grid.get_node_ids()]
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Not used: :meth:`start` applies every reply as it arrives (no synchronous rounds)."""
@@ -204,9 +241,11 @@ class AsyncFedAvg(Strategy):
             CLIENTS_DROPPED: len(st.period_dropped),
             DROP_REASONS: list(st.period_dropped),
         }
+        if self.learner_side:
+            report["lr_scale_fallbacks"] = st.period_fallbacks
         if st.stop_reason:
             report["stop_reason"] = st.stop_reason
-        st.period_staleness, st.period_scales, st.period_dropped = [], [], []
+        st.period_staleness, st.period_scales, st.period_dropped, st.period_fallbacks = [], [], [], 0
         return report
 
     # ------------------------------------------------------------------ loop
@@ -266,10 +305,16 @@ class AsyncFedAvg(Strategy):
                 return nodes
             time.sleep(0.5)
 
-    def _message(self, node: int, arrays: ArrayRecord, version: int, config: ConfigRecord, task: int) -> Message:
+    def _message(
+        self, node: int, arrays: ArrayRecord, version: int, config: ConfigRecord, task: int, flight: InFlight | None = None
+    ) -> Message:
         cfg = ConfigRecord(dict(config))
         cfg[keys.MODEL_VERSION] = int(version)
         cfg[keys.SERVER_ROUND] = int(task)  # the node's task counter (seeds its local shuffling)
+        if flight is not None and flight.applied is not None:  # the learner-side window's sample
+            cfg[keys.APPLIED_UPDATES] = flight.applied
+            if flight.prev_staleness is not None:
+                cfg[keys.PREV_STALENESS] = flight.prev_staleness
         content = RecordDict({keys.ARRAYS: arrays, keys.CONFIG: cfg})
         return Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node)
 
@@ -282,11 +327,21 @@ class AsyncFedAvg(Strategy):
             return
         for node in idle:  # one push per message: a grid may drop a message it cannot store
             st.tasks[node] = st.tasks.get(node, 0) + 1
-            ids = [m for m in grid.push_messages([self._message(node, st.record(), st.version, config, st.tasks[node])]) if m]
+            flight = self._flight(node, st.version)
+            ids = [m for m in grid.push_messages([self._message(node, st.record(), st.version, config, st.tasks[node], flight)]) if m]
             if ids:
-                st.send(ids[0], InFlight(node_id=node, version=st.version, sent_at=time.monotonic()))
+                st.send(ids[0], flight)
             else:
                 self._fail(node, "push failed", count=False)
+
+    def _flight(self, node: int, version: int) -> InFlight:
+        """The in-flight entry of a message to ``node`` now (with the learner-side window's sample)."""
+        st = self.state
+        if not self.learner_side:
+            return InFlight(node_id=node, version=version, sent_at=time.monotonic())
+        applied = st.node_applied.get(node, 0)
+        prev = st.node_staleness.get(node) if applied else None
+        return InFlight(node_id=node, version=version, sent_at=time.monotonic(), prev_staleness=prev, applied=applied)
 
     def _expire(self, grid: Grid, reply_timeout: float) -> bool:
         """Abandon messages older than ``reply_timeout`` (their nodes become idle); any?"""
@@ -325,7 +380,7 @@ class AsyncFedAvg(Strategy):
             # MeteredGrid already counts error replies as failed: not a drop.
             self._fail(node, f"error reply: {reply.error.reason}", count=False)
             return
-        delta, reason = reply_update(reply, st.snapshot(flight.version), flight.version, self.decoder)
+        delta, reason = reply_update(reply, st.snapshot(flight.version), flight.version, self.decoder, flight.echo())
         tau = st.version - flight.version
         logger.debug("async: reply from node %s sent at version %d, now %d", node, flight.version, st.version)
         if reason is None and not self.policy.accepts(tau):
@@ -334,10 +389,10 @@ class AsyncFedAvg(Strategy):
             self._fail(node, f"reply rejected: {reason}")
             return
         st.failures[node] = 0
-        scale = self.policy(tau, node)
-        st.accept(tau, scale)
+        scale, rate = self._scale(reply, tau, node)
+        st.accept(tau, scale, node)
         if self.policy.buffer_size > 1:
-            st.buffer.append((delta, scale))
+            st.buffer.append((delta, rate))
             if len(st.buffer) >= self.policy.buffer_size:
                 deltas, scales = zip(*st.buffer, strict=True)
                 lr = self.policy.server_lr if self.policy.server_lr is not None else 1.0
@@ -345,7 +400,23 @@ class AsyncFedAvg(Strategy):
                 st.buffer = []
         else:
             client = {k: st.snapshot(flight.version)[k] + delta[k] for k in delta}
-            st.advance(mix(st.arrays, client, self.alpha * scale))
+            st.advance(mix(st.arrays, client, self.alpha * rate))
+
+    def _scale(self, reply: Message, tau: int, node: int) -> tuple[float, float]:
+        """The update's rate scale and the scale the server mixes with (see the module docstring).
+
+        The server's rule always sees ``tau`` (its window stays current for fallbacks).
+        """
+        server_scale = self.policy(tau, node)
+        if not self.learner_side:
+            return server_scale, server_scale
+        reported, problem = reported_scale(reply, self.max_scale)
+        if reported is None:
+            self.state.fallback(f"node {node}: {problem}")
+            level = logging.WARNING if len(self.state.fallbacks) == 1 else logging.DEBUG
+            log(level, "async: node %s: %s; the server-side rule applies (scale %.3g)", node, problem, server_scale)
+            return server_scale, server_scale
+        return reported, (1.0 if self.learner_rate == "local" else reported)
 
     def _evaluate(self, evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None, result: Result) -> None:
         st = self.state

@@ -2,13 +2,16 @@
 
 Model versions, in-flight messages and staleness statistics (:class:`AsyncState`), the pure
 update rules :func:`mix` (FedAsync, Xie et al. 2019) and :func:`buffered_step` (FedBuff,
-Nguyen et al. 2022), and the convergence test :func:`plateaued`.
+Nguyen et al. 2022), the convergence test :func:`plateaued`, the reply checks
+:func:`reply_update` (payload and echoes) and :func:`reported_scale` (the learning-rate scale a
+learner reports with the learner-side sliding window, bounded to :math:`[0, s_{max}]`).
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,11 +27,21 @@ Decoder = Callable[[ArrayRecord, Arrays], Arrays]
 
 @dataclass(frozen=True)
 class InFlight:
-    """A train message waiting for its reply: destination, model version sent, send time."""
+    """A train message waiting for its reply: destination, model version sent, send time.
+
+    ``prev_staleness`` and ``applied`` are the learner-side window values the message carried
+    (``None``: not sent); a reply must echo them unchanged or not at all.
+    """
 
     node_id: int
     version: int
     sent_at: float
+    prev_staleness: int | None = None
+    applied: int | None = None
+
+    def echo(self) -> dict[str, int | None]:
+        """The values a reply may echo, by key (``None``: the message carried none)."""
+        return {keys.MODEL_VERSION: self.version, keys.PREV_STALENESS: self.prev_staleness, keys.APPLIED_UPDATES: self.applied}
 
 
 def plateaued(history: list[float], window: int, min_delta: float, mode: str = "max") -> bool:
@@ -66,18 +79,66 @@ def buffered_step(current: Arrays, deltas: list[Arrays], scales: list[float], se
     return out
 
 
-def reply_update(reply: Message, base: Arrays, sent_version: int, decoder: Decoder | None = None) -> tuple[Arrays, str | None]:
+def _reply_metrics(reply: Message) -> Mapping[str, object]:
+    """The reply's only ``MetricRecord`` (empty if it has none or several)."""
+    metrics = list(reply.content.metric_records.values())
+    return metrics[0] if len(metrics) == 1 else {}
+
+
+def check_echo(reply: Message, sent: Mapping[str, int | None]) -> str | None:
+    """Why the values the reply echoes differ from those its message carried (``None``: they match).
+
+    ``sent`` maps each echoed key (``model-version``, ``prev-staleness``, ``applied-updates``) to
+    the value sent, or ``None`` when the message carried none: then any echo is a mismatch. A key
+    the reply does not echo is not checked.
+    """
+    metrics = _reply_metrics(reply)
+    for key, value in sent.items():
+        echoed = metrics.get(key)
+        if echoed is None:
+            continue
+        if value is None:
+            return f"echoed {key.replace('-', ' ')} {echoed!r} but the message carried none"
+        if isinstance(echoed, bool) or not isinstance(echoed, (int, float)) or echoed != value:
+            return f"echoed {key.replace('-', ' ')} {echoed!r} != sent {value}"
+    return None
+
+
+def reported_scale(reply: Message, max_scale: float) -> tuple[float | None, str | None]:
+    """The learning-rate scale the learner reports (``lr-scale``), bounded to ``[0, max_scale]``.
+
+    Returns ``(scale, None)``, or ``(None, reason)`` when it is missing, not a number, not
+    finite, negative or above ``max_scale`` (the caller falls back to the server-side rule).
+    """
+    value = _reply_metrics(reply).get(keys.LR_SCALE)
+    if value is None:
+        return None, f"no {keys.LR_SCALE} in the reply"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None, f"{keys.LR_SCALE}={value!r} is not a number"
+    if not math.isfinite(value) or not 0.0 <= value <= max_scale:
+        return None, f"{keys.LR_SCALE}={value!r} is outside [0, {max_scale}]"
+    return float(value), None
+
+
+def reply_update(
+    reply: Message,
+    base: Arrays,
+    sent_version: int,
+    decoder: Decoder | None = None,
+    echo: Mapping[str, int | None] | None = None,
+) -> tuple[Arrays, str | None]:
     """The update :math:`\\Delta` a train reply carries against ``base`` (the model sent).
 
     Dense replies hold the client's full weights (:math:`\\Delta = y - x_{v_c}`, checked by
     :func:`~bouquet.strategies.guard.check_dense_reply`); compressed ones (a non-dense
     ``stype``) hold the encoded update, decoded by ``decoder`` (default: bouquet's codecs).
-    Returns ``(delta, None)``, or ``({}, reason)`` when the reply is unusable.
+    The echoed ``model-version`` must be ``sent_version``, and every other echo the value in
+    ``echo`` (:func:`check_echo`). Returns ``(delta, None)``, or ``({}, reason)`` when the reply
+    is unusable.
     """
-    metrics = list(reply.content.metric_records.values())
-    echoed = metrics[0].get(keys.MODEL_VERSION) if len(metrics) == 1 else None
-    if echoed is not None and (not isinstance(echoed, (int, float)) or int(echoed) != sent_version):
-        return {}, f"echoed model version {echoed!r} != sent version {sent_version}"
+    mismatch = check_echo(reply, {**(echo or {}), keys.MODEL_VERSION: sent_version})
+    if mismatch is not None:
+        return {}, mismatch
     records = list(reply.content.array_records.values())
     if len(records) == 1 and any(a.stype != DENSE_STYPE for a in records[0].values()):
         decoder = decoder or _default_decoder()
@@ -124,6 +185,10 @@ class AsyncState:
         self.staleness_log: list[int] = []
         self.scale_log: list[float] = []
         self.dropped: list[str] = []
+        self.node_staleness: dict[int, int] = {}
+        self.node_applied: dict[int, int] = {}
+        self.fallbacks: list[str] = []
+        self.period_fallbacks = 0
         self.period_staleness: list[int] = []
         self.period_scales: list[float] = []
         self.period_dropped: list[str] = []
@@ -140,7 +205,7 @@ class AsyncState:
     def record(self) -> ArrayRecord:
         """The current model as an ``ArrayRecord`` (built once per version)."""
         if self._record is None:
-            self._record = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in self.arrays.items()})
+            self._record = ArrayRecord({k: Array(np.asarray(v)) for k, v in self.arrays.items()})
         return self._record
 
     def snapshot(self, version: int) -> Arrays:
@@ -156,14 +221,22 @@ class AsyncState:
         """Remove and return the in-flight entry of ``message_id``."""
         return self.inflight.pop(message_id)
 
-    def accept(self, staleness: int, scale: float) -> None:
-        """Count an accepted update of this staleness and scale."""
+    def accept(self, staleness: int, scale: float, node_id: int | None = None) -> None:
+        """Count an accepted update of this staleness and scale (from ``node_id``, if known)."""
+        if node_id is not None:
+            self.node_staleness[node_id] = int(staleness)
+            self.node_applied[node_id] = self.node_applied.get(node_id, 0) + 1
         self.updates += 1
         self.updates_since_eval += 1
         self.staleness_log.append(int(staleness))
         self.scale_log.append(float(scale))
         self.period_staleness.append(int(staleness))
         self.period_scales.append(float(scale))
+
+    def fallback(self, reason: str) -> None:
+        """Count a learner-reported scale that could not be used (the server's rule was)."""
+        self.fallbacks.append(reason)
+        self.period_fallbacks += 1
 
     def drop(self, reason: str) -> None:
         """Count a reply that arrived but was rejected."""

@@ -33,8 +33,27 @@ server's mixing rate (see :mod:`bouquet.strategies.async_fedavg` for the update 
   An update as stale as is usual right now gets the full rate, a staler one is damped, a
   fresher one gets up to :math:`s_{max}` (1 by default: never boosted). With an empty window
   :math:`c_t = \\tau_t` (scale 1). The sample is added to the window *after* it is scaled.
-  With ``per_node=True`` every node keeps its own window (S4's "each learner keeps a window of
-  its own staleness samples"), otherwise one window is shared by the whole federation.
+
+  Where the window lives (``window_side`` of :class:`~bouquet.strategies.async_fedavg.AsyncFedAvg`):
+
+  - ``learner`` (the default; S4's "each learner keeps a sliding window of its own staleness
+    samples, adjusts its learning rate, the server applies the update with that rate"): the
+    server sends each node the staleness :math:`\\tau_k` of its previous applied update; the
+    node (:func:`bouquet.clients.staleness_window_mod`) keeps its own window of these samples in
+    ``context.state`` and, when a new one arrives, computes
+
+    .. math::
+        c = \\operatorname{ctx}(\\tau_{k-W}, \\dots, \\tau_{k-1}), \\qquad
+        s = \\min\\Big(s_{max}, \\Big(\\frac{1 + c}{1 + \\tau_k}\\Big)^{a}\\Big), \\qquad
+        \\eta_{local} = s\\, \\eta
+
+    (the same rule, with the last applied staleness as the estimate of the next one: **our
+    reading**), trains with :math:`\\eta_{local}` and reports :math:`s`; the server applies the
+    update with the reported :math:`s` (bounded to :math:`[0, s_{max}]`; otherwise this
+    class's rule is the fallback). This class then only keeps the server's fallback window.
+  - ``server``: this class keeps the window and its :math:`s(\\tau_t)` is applied. With
+    ``per_node=True`` every node has its own window here, otherwise one window is shared by the
+    whole federation.
 
 Every policy also has a **max-staleness cutoff**: an update with :math:`\\tau >` ``max_staleness``
 is rejected (scale 0; the strategy drops it and re-dispatches the node).
