@@ -80,7 +80,7 @@ def _to_scalar_metrics(metrics: dict[str, Any]) -> MetricRecord:
 
 def dense_arrayrecord(names: Sequence[str], arrays: Sequence[np.ndarray]) -> ArrayRecord:
     """An ``ArrayRecord`` of dense numpy arrays under ``names``."""
-    return ArrayRecord(OrderedDict((n, Array(np.ascontiguousarray(a))) for n, a in zip(names, arrays, strict=True)))
+    return ArrayRecord(OrderedDict((n, Array(np.asarray(a))) for n, a in zip(names, arrays, strict=True)))
 
 
 def _prepare(client_fn: ClientFn, msg: Message, context: Context) -> tuple[NumPyClient, list[str], list[np.ndarray], dict[str, Any]]:

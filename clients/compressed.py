@@ -67,6 +67,16 @@ def load_residuals(state: RecordDict | None, names: Sequence[str], updates: Sequ
     return residuals
 
 
+STATISTIC_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def is_statistic(name: str) -> bool:
+    """Whether ``name`` is a normalisation statistic (BatchNorm's running mean / variance /
+    counter): sent dense and exact, never through a lossy codec (a ternary or sign code could
+    make a running variance negative). Our choice; they are a tiny share of any model."""
+    return name.endswith(STATISTIC_SUFFIXES)
+
+
 def compress_update(
     compressor: UpdateCompressor,
     names: Sequence[str],
@@ -93,9 +103,11 @@ def compress_update(
             raise ValueError(f"tensor {name!r} overflows {g.dtype} when converted from {r.dtype}: not uploaded")
         updates.append(np.subtract(converted, g, dtype=g.dtype))
     residuals = load_residuals(state, names, updates, state_key) if compressor.residual_decay > 0 else None
-    encoded, new = compressor.compress(updates, residuals, server_round=server_round, rng=rng, inplace=True)
+    exact = [is_statistic(n) for n in names]
+    encoded, new = compressor.compress(updates, residuals, server_round=server_round, rng=rng, inplace=True,
+                                       exact=exact)
     if new is not None and state is not None:
-        state[state_key] = ArrayRecord(OrderedDict((n, Array(np.ascontiguousarray(r))) for n, r in zip(names, new, strict=True)))
+        state[state_key] = ArrayRecord(OrderedDict((n, Array(np.asarray(r))) for n, r in zip(names, new, strict=True)))
     elif new is not None:
         logger.warning("no context.state: the error-feedback residual is not kept")
     return encoded_arrayrecord(names, encoded)

@@ -63,10 +63,13 @@ class UpdateCompressor:
         server_round: int = 1,
         rng: np.random.Generator | None = None,
         inplace: bool = False,
+        exact: Sequence[bool] | None = None,
     ) -> tuple[list[Encoded], list[np.ndarray] | None]:
         """Compress ``updates`` (+ decayed ``residuals``) for ``server_round`` (1-based).
 
-        A non-finite float update raises ``ValueError`` and nothing is returned (with
+        ``exact[i]`` sends tensor ``i`` dense and exact (e.g. BatchNorm statistics, whose
+        variances a sign-and-scale code could make negative); integer and bool tensors always
+        are. A non-finite float update raises ``ValueError`` and nothing is returned (with
         ``inplace=True`` the caller's residual buffers may have been overwritten; the client keeps
         the residual as bytes in ``context.state``, which is then left unchanged). ``inplace=True`` lets the compressor overwrite ``updates`` and ``residuals``
         (the caller's fresh copies): error feedback then costs one pass for the accumulation and
@@ -82,11 +85,13 @@ class UpdateCompressor:
         rng = rng if rng is not None else np.random.default_rng()
         round_index = max(int(server_round) - 1, 0)
         arrays = [np.asarray(u) for u in updates]
-        if not self.checks_finite:  # the selecting codecs check NaN / inf in their own pass
-            for i, u in enumerate(arrays):
+        if exact is not None and len(exact) != len(arrays):
+            raise ValueError(f"{len(exact)} exact flags for {len(arrays)} updates")
+        for i, u in enumerate(arrays):  # the selecting codecs check NaN / inf in their own pass
+            if not self.checks_finite or (exact is not None and exact[i]):
                 check_finite_update(u, i)
         use_ef = self.residual_decay > 0
-        floats = [i for i, u in enumerate(arrays) if u.dtype.kind == "f"]
+        floats = [i for i, u in enumerate(arrays) if u.dtype.kind == "f" and not (exact is not None and exact[i])]
         acc = list(arrays)
         if use_ef:  # integer / bool tensors are sent exactly: no residual to carry
             for i in floats:

@@ -219,7 +219,7 @@ def read_header(reader: Reader, codec: str, dtype: str, shape: tuple[int, ...]) 
 
 def encode_dense(x: np.ndarray) -> Encoded:
     """Uncompressed tensor in the bouquet wire format (``bouquet.dense/1``)."""
-    x = np.ascontiguousarray(x)
+    x = np.asarray(x)
     dtype = str(x.dtype)
     body = x.astype(x.dtype.newbyteorder("<"), copy=False).tobytes()
     return Encoded(stype_for("dense"), dtype, tuple(x.shape), write_header("dense", dtype, tuple(x.shape)) + body)

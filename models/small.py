@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-MODELS = ("auto", "mlp", "lenet")
+MODELS = ("auto", "mlp", "lenet", "cnn_bn")
 
 
 class MLP(nn.Module):
@@ -66,6 +66,29 @@ class LeNet(nn.Module):
         return self.classifier(self.features(x))
 
 
+class BatchNormCNN(nn.Module):
+    """A small CNN with BatchNorm: conv 16 - BN - ReLU - pool - conv 32 - BN - ReLU - global pool
+    - linear. Its BatchNorm buffers include the 0-d int64 ``num_batches_tracked`` that every
+    BatchNorm model carries (any input size >= 2x2)."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 16, 3, padding=1, bias=False),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1, bias=False),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+        )
+        self.classifier = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
 def build_model(
     name: str, input_shape: tuple[int, ...], num_classes: int, hidden: int = 64, seed: int | None = None
 ) -> nn.Module:
@@ -84,4 +107,6 @@ def build_model(
         torch.manual_seed(seed)
     if name == "mlp":
         return MLP(math.prod(input_shape), num_classes, hidden)
+    if name == "cnn_bn":
+        return BatchNormCNN(input_shape[0], num_classes)
     return LeNet(input_shape[0], num_classes, input_shape[1])

@@ -137,7 +137,7 @@ class ServerAdjuster:
             report.update(acc_before_adjust=float(acc), loss_before_adjust=float(loss))
         report["adjust_loss"] = self.train(server_round)
         report["adjust_s"] = round(time.perf_counter() - start, 4)
-        out = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in get_weights(self.model).items()})
+        out = ArrayRecord({k: Array(np.asarray(v)) for k, v in get_weights(self.model).items()})
         return out, report
 
 

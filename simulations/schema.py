@@ -249,7 +249,7 @@ PARTITION = {
 SMALL_MODEL = {"_target_": target("bouquet.models.build_model"), "_partial_": PARTIAL}
 MODEL = {
     **{name: {**SMALL_MODEL, "name": choice(name), "hidden": integer("[1, inf)", doc="hidden width (mlp)")}
-       for name in ("auto", "mlp", "lenet")},
+       for name in ("auto", "mlp", "lenet", "cnn_bn")},
     "early_exit": {
         "_target_": target("bouquet.models.early_exit.build_early_exit"), "_partial_": PARTIAL,
         "name": choice("early_exit"),

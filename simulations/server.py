@@ -165,7 +165,7 @@ def run_server(grid: Grid, cfg: dict[str, Any], run_dir: str | Path) -> dict[str
     )
     if hasattr(strategy, "bind_recorder"):  # asynchronous: records per update, owns its start()
         strategy = strategy.bind_recorder(recorder)
-    initial = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in initial_named.items()})
+    initial = ArrayRecord({k: Array(np.asarray(v)) for k, v in initial_named.items()})
     driver = RoundOffset(strategy, start_round) if start_round else strategy
     try:
         if num_rounds > start_round:

@@ -46,7 +46,7 @@ def as_array_record(arrays: ArrayRecord | dict[str, np.ndarray]) -> ArrayRecord:
     if isinstance(arrays, ArrayRecord):
         return arrays
     if isinstance(arrays, dict):
-        return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+        return ArrayRecord({k: Array(np.asarray(v)) for k, v in arrays.items()})
     raise ValueError(f"adjust_fn returned {type(arrays).__name__}; allowed: ArrayRecord, dict of arrays, or (arrays, dict)")
 
 

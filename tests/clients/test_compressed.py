@@ -82,3 +82,25 @@ def test_bad_codec_settings_raise():
         _factory(TopKClient, value_dtype="int8")(None)
     with pytest.raises(ValueError, match="packing"):
         _factory(TernaryClient, packing="zip")(None)
+
+
+def test_normalisation_statistics_travel_dense_and_exact():
+    """BatchNorm running statistics are never sent through a lossy code (a ternary or sign code
+    could make a running variance negative); the weights next to them are."""
+    import numpy as np
+    from flwr.app import RecordDict
+
+    from bouquet.clients.compressed import compress_update
+    from bouquet.codecs import STCCompressor, decode
+
+    names = ["conv.weight", "bn.running_mean", "bn.running_var", "bn.num_batches_tracked"]
+    received = [np.zeros((8, 8), np.float32), np.zeros(8, np.float32), np.ones(8, np.float32), np.array(3, np.int64)]
+    rng = np.random.default_rng(0)
+    returned = [rng.normal(size=(8, 8)).astype(np.float32), rng.normal(size=8).astype(np.float32),
+                np.full(8, 0.5, np.float32), np.array(5, np.int64)]
+    out = compress_update(STCCompressor(alpha=0.1), names, received, returned, state=RecordDict(), server_round=1, rng=rng)
+    assert out["conv.weight"].stype == "bouquet.stc/1"
+    for name, g, r in zip(names[1:], received[1:], returned[1:], strict=True):
+        arr = out[name]
+        assert arr.stype == "bouquet.dense/1" and tuple(arr.shape) == r.shape
+        np.testing.assert_array_equal(decode(arr.stype, arr.dtype, tuple(arr.shape), arr.data).to_dense(), r - g)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import run_bouquet_sim
 
@@ -96,3 +97,16 @@ def test_s1_source_preset_runs_one_step_per_round_with_gamma(tmp_path: Path) -> 
     rows = _rows(tmp_path / "s1")
     assert all(len(r["kl_weights"]) == 3 for r in rows[1:])
     assert rows[-1]["loss"] < rows[0]["loss"]  # three SGD iterations moved the model
+
+
+@pytest.mark.parametrize("client", ["topk", "stc", "ternary"])
+def test_batchnorm_model_trains_compressed_without_a_dropped_reply(tmp_path: Path, client: str) -> None:
+    """Issue 21: a CNN with BatchNorm (0-d int64 num_batches_tracked) trains 3 compressed rounds
+    in simulation with every reply accepted, and learns."""
+    rows = _run([f"client={client}", "model=cnn_bn", "client.alpha=0.1"] if client != "ternary"
+                else ["client=ternary", "model=cnn_bn"], tmp_path / client)
+    assert all(r.get("clients_dropped", 0) == 0 and r["clients_failed"] == 0 for r in rows[1:]), rows
+    assert rows[-1]["accuracy"] > rows[0]["accuracy"] + 0.1
+    model = np.load(tmp_path / client / "final_model.npz")
+    counters = [k for k in model.files if k.endswith("num_batches_tracked")]
+    assert counters and all(model[k].shape == () for k in counters)  # 0-d stays 0-d
