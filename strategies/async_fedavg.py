@@ -49,7 +49,10 @@ that message and re-dispatched; after ``max_node_failures`` consecutive failures
 used. The grid is asked for its nodes only when a node may be idle (at the start, after a
 reply or a timeout), so a node that joins later gets work at the next reply. The run stops after ``max_updates`` accepted updates (default ``num_rounds`` x nodes, the
 work of the synchronous run), after ``max_wall_s`` seconds, or when the evaluation metric has
-not improved by ``plateau_min_delta`` over the last ``plateau_window`` evaluations.
+not improved by ``plateau_min_delta`` over the last ``plateau_window`` evaluations (default
+:math:`\\max(5, \\lceil 5 N / E \\rceil)` for :math:`N` nodes evaluated every :math:`E`
+updates, see :func:`~bouquet.strategies.async_state.plateau_evaluations`; the update budget caps
+the run either way).
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ from bouquet.strategies.async_state import (
     InFlight,
     buffered_step,
     mix,
+    plateau_evaluations,
     plateaued,
     reply_update,
     reported_scale,
@@ -115,7 +119,8 @@ class AsyncFedAvg(Strategy):
         Evaluate (``evaluate_fn`` / run recorder) every this many accepted updates.
     plateau_window, plateau_min_delta, plateau_metric, plateau_mode :
         Stop when the best ``plateau_metric`` of the last ``plateau_window`` evaluations is not
-        better than the best before by ``plateau_min_delta`` (``plateau_window=0``: never).
+        better than the best before by ``plateau_min_delta`` (``plateau_window=0``: never;
+        ``None``: at least 5 evaluations and 5 updates per node, see the module docstring).
     reply_timeout_s : float, optional
         Abandon a message after this many seconds (``None``: the ``timeout`` of ``start``).
     max_node_failures : int
@@ -147,7 +152,7 @@ class AsyncFedAvg(Strategy):
         max_updates: int | None = None,
         max_wall_s: float | None = None,
         eval_every: int = 10,
-        plateau_window: int = 0,
+        plateau_window: int | None = None,
         plateau_min_delta: float = 0.001,
         plateau_metric: str = "accuracy",
         plateau_mode: str = "max",
@@ -163,8 +168,10 @@ class AsyncFedAvg(Strategy):
                 raise ValueError(f"{name}={value} must be > 0 or null")
         if int(eval_every) < 1:
             raise ValueError(f"eval_every={eval_every} must be >= 1")
-        if int(plateau_window) < 0:
-            raise ValueError(f"plateau_window={plateau_window} must be >= 0 (0 = off)")
+        if plateau_window is not None and int(plateau_window) < 0:
+            raise ValueError(f"plateau_window={plateau_window} must be >= 0 (0 = off) or None (the default window)")
+        if not 0.0 <= plateau_min_delta < float("inf"):
+            raise ValueError(f"plateau_min_delta={plateau_min_delta} must be a finite number >= 0")
         if plateau_mode not in ("max", "min"):
             raise ValueError(f"plateau_mode={plateau_mode!r} is unknown; allowed: max, min")
         if window_side not in WINDOW_SIDES:
@@ -190,7 +197,7 @@ class AsyncFedAvg(Strategy):
         self.max_updates = None if max_updates is None else int(max_updates)
         self.max_wall_s = None if max_wall_s is None else float(max_wall_s)
         self.eval_every = int(eval_every)
-        self.plateau_window = int(plateau_window)
+        self.plateau_window = None if plateau_window is None else int(plateau_window)
         self.plateau_min_delta = float(plateau_min_delta)
         self.plateau_metric = plateau_metric
         self.plateau_mode = plateau_mode
@@ -266,8 +273,10 @@ class AsyncFedAvg(Strategy):
         reply_timeout = float(self.reply_timeout_s or timeout)
         nodes = self._wait_for_nodes(grid, reply_timeout)
         st.budget = self.max_updates or int(num_rounds) * max(1, len(nodes))
+        st.plateau_window = plateau_evaluations(self.plateau_window, len(nodes), self.eval_every)
         self.summary()
-        log(logging.INFO, "async: %d nodes, budget %d updates, reply timeout %.0f s", len(nodes), st.budget, reply_timeout)
+        log(logging.INFO, "async: %d nodes, budget %d updates, reply timeout %.0f s, plateau after %d evaluations",
+            len(nodes), st.budget, reply_timeout, st.plateau_window)  # fmt: skip
         result = Result()
         self._evaluate(evaluate_fn, result)
         idle = True  # some node may be idle: ask the grid for nodes only then (an RPC on a SuperLink)
@@ -446,7 +455,7 @@ class AsyncFedAvg(Strategy):
             return f"update budget {st.budget} reached"
         if self.max_wall_s is not None and time.monotonic() - st.t_start >= self.max_wall_s:
             return f"wall-time budget {self.max_wall_s:.0f} s reached"
-        if plateaued(st.history, self.plateau_window, self.plateau_min_delta, self.plateau_mode):
-            return f"{self.plateau_metric} plateaued over {self.plateau_window} evaluations"
+        if plateaued(st.history, st.plateau_window, self.plateau_min_delta, self.plateau_mode):
+            return f"{self.plateau_metric} plateaued over {st.plateau_window} evaluations"
         return None
 

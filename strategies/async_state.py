@@ -44,6 +44,24 @@ class InFlight:
         return {keys.MODEL_VERSION: self.version, keys.PREV_STALENESS: self.prev_staleness, keys.APPLIED_UPDATES: self.applied}
 
 
+PLATEAU_MIN_EVALUATIONS = 5  # the default plateau window: at least this many evaluations ...
+PLATEAU_UPDATES_PER_NODE = 5  # ... and at least this many updates per node
+
+
+def plateau_evaluations(window: int | None, num_nodes: int, eval_every: int) -> int:
+    """Evaluations without gain after which the run stops (``0``: never).
+
+    ``window`` if set, else the default
+    :math:`\\max(5, \\lceil 5 N / E \\rceil)` for :math:`N` nodes evaluated every :math:`E`
+    updates: at least 5 evaluations and at least 5 updates per node (five rounds' worth of
+    client work) without a gain.
+    """
+    if window is not None:
+        return int(window)
+    per_node = math.ceil(PLATEAU_UPDATES_PER_NODE * max(1, num_nodes) / max(1, eval_every))
+    return max(PLATEAU_MIN_EVALUATIONS, per_node)
+
+
 def plateaued(history: list[float], window: int, min_delta: float, mode: str = "max") -> bool:
     """Whether the metric stopped improving.
 
@@ -174,6 +192,7 @@ class AsyncState:
         self.updates = 0
         self.updates_since_eval = 0
         self.budget = 0
+        self.plateau_window = 0
         self.snapshots: dict[int, Arrays] = {}
         self.inflight: dict[str, InFlight] = {}
         self.tasks: dict[int, int] = {}

@@ -497,3 +497,37 @@ def test_learner_side_window_through_the_real_loop_in_process(tmp_path: Path, mo
         state = grid.contexts[node].state.config_records[keys.STALENESS_WINDOW]
         assert state["samples"] == pytest.approx(samples[-window:]) and state["count"] == len(mine) - 1
     assert min(scales) < 0.5 and max(scales) == 1.0  # the late node's window damped it, the others not
+
+
+# ------------------------------------------------------------------ stopping on convergence
+def test_default_plateau_window_by_hand() -> None:
+    from bouquet.strategies.async_state import plateau_evaluations
+
+    assert plateau_evaluations(None, num_nodes=1, eval_every=10) == 5  # at least 5 evaluations
+    assert plateau_evaluations(None, num_nodes=20, eval_every=10) == 10  # 5 updates per node = 100 updates
+    assert plateau_evaluations(None, num_nodes=3, eval_every=4) == 5  # ceil(15 / 4) = 4 < 5
+    assert plateau_evaluations(None, num_nodes=30, eval_every=4) == 38  # ceil(150 / 4)
+    assert plateau_evaluations(3, num_nodes=20, eval_every=10) == 3 and plateau_evaluations(0, 20, 10) == 0
+
+
+def _flat(step: int, arrays: ArrayRecord) -> MetricRecord:
+    return MetricRecord({"accuracy": 0.5})
+
+
+def test_a_flat_metric_stops_the_run_by_default_and_the_budget_caps_it_otherwise() -> None:
+    # 2 nodes, evaluated every update: default window max(5, ceil(5 * 2 / 1)) = 10 evaluations
+    strategy = AsyncFedAvg(policy="sliding_window", max_updates=1000, eval_every=1, poll_interval_s=0.0)
+    strategy.start(FakeGrid({1: ("ok", 1, 1.0), 2: ("ok", 1, 1.0)}, extra=_learner(lambda t: 1.0)), _initial(), timeout=60, evaluate_fn=_flat)
+    assert strategy.state.stop_reason == "accuracy plateaued over 10 evaluations"
+    assert strategy.state.updates == 10  # the 11th flat evaluation (after update 10) shows no gain
+    # a metric that keeps improving by more than plateau_min_delta runs to the update budget
+    strategy = AsyncFedAvg(policy="sliding_window", max_updates=40, eval_every=1, plateau_min_delta=0.5, poll_interval_s=0.0)
+    strategy.start(FakeGrid({1: ("ok", 1, 1.0)}, extra=_learner(lambda t: 1.0)), _initial(), timeout=60,
+                   evaluate_fn=lambda step, arrays: MetricRecord({"accuracy": float(step)}))  # fmt: skip
+    assert strategy.state.stop_reason == "update budget 40 reached"
+    # plateau_window=0 switches the stop off
+    strategy = AsyncFedAvg(policy="constant", max_updates=30, eval_every=1, plateau_window=0, poll_interval_s=0.0)
+    strategy.start(FakeGrid({1: ("ok", 1, 1.0)}), _initial(), timeout=60, evaluate_fn=_flat)
+    assert strategy.state.stop_reason == "update budget 30 reached"
+    with pytest.raises(ValueError, match="plateau_min_delta=nan must be a finite number >= 0"):
+        AsyncFedAvg(plateau_min_delta=float("nan"))
