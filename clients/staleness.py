@@ -39,7 +39,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord
 
@@ -72,6 +72,11 @@ def learner_scale(prev_staleness: float, context: float | None, exponent: float 
     return min(max_scale, ((1.0 + float(context)) / (1.0 + float(prev_staleness))) ** exponent)
 
 
+def _number(value: Any) -> TypeGuard[int | float]:
+    """A finite int or float (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _count(config: Any, key: str) -> int | None:
     """A non-negative integer of the train config (``None`` if absent)."""
     value = config.get(key)
@@ -97,14 +102,15 @@ class LearnerWindow:
         if record is None:
             return cls([], 0, None)
         samples, count, scale = record.get("samples", []), record.get("count", 0), record.get("scale", -1.0)
-        ok = (
-            isinstance(samples, list) and all(isinstance(s, (int, float)) and math.isfinite(s) and s >= 0 for s in samples)
-            and isinstance(count, int) and count >= 0 and isinstance(scale, (int, float))
-        )  # fmt: skip
-        if not ok:
+        values = [float(v) for v in samples if _number(v) and v >= 0] if isinstance(samples, list) else []
+        if (
+            not isinstance(samples, list) or len(values) != len(samples)
+            or not isinstance(count, int) or isinstance(count, bool) or count < 0
+            or not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale)
+        ):  # fmt: skip
             logger.warning("context.state[%r] is not a staleness window; starting a new one", key)
             return cls([], 0, None)
-        return cls([float(s) for s in samples], int(count), float(scale) if scale >= 0 else None)
+        return cls(values, count, float(scale) if scale >= 0 else None)
 
     def save(self, context: Context, key: str) -> None:
         context.state[key] = ConfigRecord(
@@ -189,7 +195,7 @@ def staleness_window_mod(
         reply = call_next(msg, ctx)
         if reply.has_error():
             return reply
-        echo = {keys.LR_SCALE: float(scale), keys.APPLIED_UPDATES: count}
+        echo: dict[str, Any] = {keys.LR_SCALE: float(scale), keys.APPLIED_UPDATES: count}
         if prev is not None:
             echo[keys.PREV_STALENESS] = prev
         if version is not None:
