@@ -37,6 +37,7 @@ from flwr.app import Array
 from inprocess_grid import Delivery
 
 from bouquet import keys
+from bouquet.clients.compressed import is_statistic
 from bouquet.codecs import decode
 from bouquet.strategies.depth_fedavg import name_depths, submodel_names
 from bouquet.strategies.wrapper import chain
@@ -125,8 +126,12 @@ def compressed_uploads(codec: str) -> Check:
     """Replies carry ``bouquet.<codec>/1``, smaller than dense; the server decoded them."""
 
     def check(o: Outcome) -> str | None:
-        if _stypes(o) != {f"bouquet.{codec}/1"}:
-            return f"reply stypes {_stypes(o)}, not bouquet.{codec}/1"
+        lossy = {a.stype for d in _train(o) for n, a in d.reply_arrays.items() if not is_statistic(n)}
+        exact = {a.stype for d in _train(o) for n, a in d.reply_arrays.items() if is_statistic(n)}
+        if lossy != {f"bouquet.{codec}/1"}:
+            return f"reply stypes {lossy}, not bouquet.{codec}/1"
+        if exact - {"bouquet.dense/1"}:  # normalisation statistics travel dense and exact
+            return f"normalisation statistics sent as {exact}, not bouquet.dense/1"
         for d in _train(o):
             if not d.reply_bytes * 4 < d.received_bytes:
                 return f"node {d.node_id} sent {d.reply_bytes} bytes for a {d.received_bytes}-byte model"
@@ -315,6 +320,7 @@ FEATURES: dict[tuple[str, str], Check] = {
     ("model", "auto"): model_is("MLP", "MatrixFactorization"),  # digits are 8x8: auto picks the MLP
     ("model", "mlp"): model_is("MLP"),
     ("model", "lenet"): model_is("LeNet"),
+    ("model", "cnn_bn"): model_is("BatchNormCNN"),
     ("model", "early_exit"): early_exit_evaluation,
     ("model", "mf"): model_is("MatrixFactorization"),
 }
