@@ -1,0 +1,20 @@
+"""ClientApp: Flower's quickstart shape; bouquet's compression_mod compresses the train reply."""
+
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from bouquet.clients import compression_mod
+from quickstart_compressed.task import Net, histogram, load_data, train
+
+# top-5% of every tensor's update, error feedback in context.state: one line for compression
+app = ClientApp(mods=[compression_mod("topk", alpha=0.05)])
+
+
+@app.train()
+def train_fn(msg: Message, context: Context) -> Message:
+    net = Net()
+    net.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    x, y = load_data(int(context.node_config["partition-id"]), int(context.node_config["num-partitions"]))
+    loss = train(net, x, y, int(context.run_config["local-epochs"]), float(context.run_config["lr"]))
+    metrics = MetricRecord({"train-loss": loss, "num-examples": len(y), "label-histogram": histogram(y)})
+    return Message(RecordDict({"arrays": ArrayRecord(net.state_dict()), "metrics": metrics}), reply_to=msg)

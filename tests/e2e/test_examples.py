@@ -1,0 +1,39 @@
+"""``examples/quickstart-compressed``: a plain Flower app using bouquet runs with ``flwr run`` on a
+local simulation federation, completes (read from ``flwr ls``: ``flwr run`` exits 0 on a failed
+run), and its uploads are much smaller than dense (issue 18)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from conftest import ROOT
+from flwr_helpers import _flwr, _pids_with_arg
+
+from deploy.flwrcli import parse_json_output
+from deploy.processes import stop_tree
+
+APP = ROOT / "examples" / "quickstart-compressed"
+
+
+def test_quickstart_compressed_runs_and_uploads_less(flwr_home, tmp_path: Path) -> None:
+    home, env = flwr_home
+    out_file = tmp_path / "metrics.json"
+    out = _flwr(env, "run", str(APP), "local", "--stream", "--run-config",
+                f"num-server-rounds=2 out-file='{out_file}'",
+                "--federation-config", "num-supernodes=2 client-resources-num-cpus=1", timeout=420)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-3000:]
+    run_id = re.search(r"Successfully started run (\d+)", text).group(1)  # type: ignore[union-attr]
+    runs = parse_json_output(_flwr(env, "ls", "local", "--run-id", run_id, "--format", "json").stdout)["runs"]
+    assert runs[0]["status"] == "finished:completed", runs[0]
+    metrics = json.loads(out_file.read_text())
+    for rnd in ("1", "2"):
+        train = metrics["train"][rnd]
+        assert 0 < train["bouquet-bytes-up"] < train["bouquet-dense-bytes"] / 5, train
+        assert train["bouquet-dropped"] == 0 and "label-histogram" not in train
+    assert "Compressed: round 1" in text  # bouquet's line in Flower's log
+    assert metrics["eval"]["2"]["accuracy"] > 0.3
+    for pid in _pids_with_arg(str(home / "local-superlink")):
+        stop_tree(pid)
