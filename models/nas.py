@@ -49,9 +49,18 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchvision.models.resnet import BasicBlock, Bottleneck
 
-FAMILIES: dict[str, type[nn.Module]] = {"basic": BasicBlock, "bottleneck": Bottleneck}
+# Residual families by name; the torchvision classes are imported on first use (importing
+# torchvision.models costs ~1.4 s, paid by every deployed ClientApp process otherwise).
+FAMILIES: dict[str, str] = {"basic": "BasicBlock", "bottleneck": "Bottleneck"}
+
+
+def family_class(family: str) -> type[nn.Module]:
+    """torchvision's residual block class of ``family``."""
+    from torchvision.models import resnet
+
+    cls: type[nn.Module] = getattr(resnet, FAMILIES[family])
+    return cls
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
@@ -168,7 +177,7 @@ def stage_channels(space: SearchSpace, pool: int) -> tuple[int, int, int]:
 def make_stage(space: SearchSpace, pool: int, candidate: str) -> nn.Sequential:
     """One candidate stage: ``blocks`` torchvision residual blocks of ``family``."""
     family, blocks = parse_candidate(candidate)
-    block_cls = FAMILIES[family]
+    block_cls = family_class(family)
     in_ch, out_ch, stride = stage_channels(space, pool)
     planes = out_ch // getattr(block_cls, "expansion", 1)
     layers: list[nn.Module] = []
