@@ -366,8 +366,12 @@ class KLWeightedFedAvg(FedAvg):
         )
         # arrays: the KL-weighted mean; metrics: the user's (or FedAvg's) aggregation of the
         # replies' own, untouched MetricRecords (weighted by num-examples, lists included)
-        log(logging.INFO, "aggregate_train: Received %d results and %d failures (KL-weighted)", len(usable),
-            len(replies) - len(usable))
+        norm = weights / weights.sum()
+        counts = np.array([float(_record(m)[self.weighted_by_key]) for m in usable])  # type: ignore[arg-type]
+        shares = counts / counts.sum()
+        log(logging.INFO, "aggregate_train: Received %d results and %d failures (KL weights %.3f-%.3f; FedAvg's "
+            "shares would be %.3f-%.3f)", len(usable), len(replies) - len(usable), float(norm.min()), float(norm.max()),
+            float(shares.min()), float(shares.max()))
         arrays = aggregate_arrayrecords([m.content for m in rebuilt], self.weighted_by_key)
         metrics = self.train_metrics_aggr_fn(_mean_compatible([m.content for m in usable]), self.weighted_by_key)
         return arrays, metrics
