@@ -46,7 +46,7 @@ class Accumulator:
 
 
 def npy_array(ref: np.ndarray, adds: list[tuple[Decoded, float]]) -> Array:
-    """``ref + sum(weight * update)`` as a dense ``Array`` (see :class:`_Accumulator`)."""
+    """``ref + sum(weight * update)`` as a dense ``Array`` (see :class:`Accumulator`)."""
     acc = Accumulator("", ref)
     for dec, weight in adds:
         acc.add(dec, weight)
