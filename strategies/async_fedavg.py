@@ -62,33 +62,32 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
-from bouquet import keys
 from bouquet.strategies.async_state import (
+    LEARNER_RATES,
+    WINDOW_SIDES,
     AsyncState,
     Decoder,
-    InFlight,
     buffered_step,
+    check_settings,
     mix,
     plateau_evaluations,
     plateaued,
     reply_update,
     reported_scale,
+    train_message,
+    wait_for_nodes,
 )
-from bouquet.strategies.reports import CLIENTS_DROPPED, DROP_REASONS
 from bouquet.strategies.staleness import StalenessPolicy, make_policy
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["LEARNER_RATES", "WINDOW_SIDES", "AsyncFedAvg", "buffered_step", "mix"]
 
-WINDOW_SIDES = ("learner", "server")
-LEARNER_RATES = ("both", "local", "server")
 
 
 class AsyncFedAvg(Strategy):
@@ -161,25 +160,10 @@ class AsyncFedAvg(Strategy):
         poll_interval_s: float = 0.02,
         decoder: Decoder | None = None,
     ) -> None:
-        if not 0.0 < alpha <= 1.0:
-            raise ValueError(f"alpha={alpha} must be in (0, 1]")
-        for name, value in (("max_updates", max_updates), ("max_wall_s", max_wall_s), ("reply_timeout_s", reply_timeout_s)):
-            if value is not None and not value > 0:
-                raise ValueError(f"{name}={value} must be > 0 or null")
-        if int(eval_every) < 1:
-            raise ValueError(f"eval_every={eval_every} must be >= 1")
-        if plateau_window is not None and int(plateau_window) < 0:
-            raise ValueError(f"plateau_window={plateau_window} must be >= 0 (0 = off) or None (the default window)")
-        if not 0.0 <= plateau_min_delta < float("inf"):
-            raise ValueError(f"plateau_min_delta={plateau_min_delta} must be a finite number >= 0")
-        if plateau_mode not in ("max", "min"):
-            raise ValueError(f"plateau_mode={plateau_mode!r} is unknown; allowed: max, min")
-        if window_side not in WINDOW_SIDES:
-            raise ValueError(f"window_side={window_side!r} is unknown; allowed: {', '.join(WINDOW_SIDES)}")
-        if learner_rate not in LEARNER_RATES:
-            raise ValueError(f"learner_rate={learner_rate!r} is unknown; allowed: {', '.join(LEARNER_RATES)}")
-        if int(max_node_failures) < 1:
-            raise ValueError(f"max_node_failures={max_node_failures} must be >= 1")
+        check_settings(alpha=alpha, max_updates=max_updates, max_wall_s=max_wall_s, reply_timeout_s=reply_timeout_s,
+                       eval_every=eval_every, plateau_window=plateau_window, plateau_min_delta=plateau_min_delta,
+                       plateau_mode=plateau_mode, window_side=window_side, learner_rate=learner_rate,
+                       max_node_failures=max_node_failures)
         if isinstance(policy, StalenessPolicy):
             self.policy = policy
         else:
@@ -224,7 +208,7 @@ class AsyncFedAvg(Strategy):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         """One train message (model version ``server_round``) for every node of ``grid``."""
-        return [self._message(node, arrays, server_round, config, 1, self._flight(node, server_round)) for node in grid.get_node_ids()]
+        return [train_message(node, arrays, server_round, config, 1, self.state.flight(node, server_round, self.learner_side)) for node in grid.get_node_ids()]
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Not used: :meth:`start` applies every reply as it arrives (no synchronous rounds)."""
@@ -238,22 +222,7 @@ class AsyncFedAvg(Strategy):
 
     def round_report(self) -> dict[str, Any]:
         """Staleness statistics and dropped replies since the previous report."""
-        st = self.state
-        taus, scales = st.period_staleness, st.period_scales
-        report: dict[str, Any] = {
-            "version": st.version,
-            "staleness_mean": float(np.mean(taus)) if taus else None,
-            "staleness_max": int(max(taus)) if taus else None,
-            "lr_scale": float(np.mean(scales)) if scales else None,
-            CLIENTS_DROPPED: len(st.period_dropped),
-            DROP_REASONS: list(st.period_dropped),
-        }
-        if self.learner_side:
-            report["lr_scale_fallbacks"] = st.period_fallbacks
-        if st.stop_reason:
-            report["stop_reason"] = st.stop_reason
-        st.period_staleness, st.period_scales, st.period_dropped, st.period_fallbacks = [], [], [], 0
-        return report
+        return self.state.report(self.learner_side)
 
     # ------------------------------------------------------------------ loop
     def start(
@@ -271,7 +240,7 @@ class AsyncFedAvg(Strategy):
         st.reset({k: v.numpy().copy() for k, v in initial_arrays.items()})
         config = ConfigRecord(dict(train_config or {}))
         reply_timeout = float(self.reply_timeout_s or timeout)
-        nodes = self._wait_for_nodes(grid, reply_timeout)
+        nodes = wait_for_nodes(grid, reply_timeout)
         st.budget = self.max_updates or int(num_rounds) * max(1, len(nodes))
         st.plateau_window = plateau_evaluations(self.plateau_window, len(nodes), self.eval_every)
         self.summary()
@@ -306,27 +275,6 @@ class AsyncFedAvg(Strategy):
         result.arrays = st.record()
         return result
 
-    def _wait_for_nodes(self, grid: Grid, timeout: float) -> list[int]:
-        end = time.monotonic() + timeout
-        while True:
-            nodes = list(grid.get_node_ids())
-            if nodes or time.monotonic() > end:
-                return nodes
-            time.sleep(0.5)
-
-    def _message(
-        self, node: int, arrays: ArrayRecord, version: int, config: ConfigRecord, task: int, flight: InFlight | None = None
-    ) -> Message:
-        cfg = ConfigRecord(dict(config))
-        cfg[keys.MODEL_VERSION] = int(version)
-        cfg[keys.SERVER_ROUND] = int(task)  # the node's task counter (seeds its local shuffling)
-        if flight is not None and flight.applied is not None:  # the learner-side window's sample
-            cfg[keys.APPLIED_UPDATES] = flight.applied
-            if flight.prev_staleness is not None:
-                cfg[keys.PREV_STALENESS] = flight.prev_staleness
-        content = RecordDict({keys.ARRAYS: arrays, keys.CONFIG: cfg})
-        return Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node)
-
     def _dispatch(self, grid: Grid, config: ConfigRecord) -> None:
         """Push the current model to every available node that has nothing in flight."""
         st = self.state
@@ -336,21 +284,12 @@ class AsyncFedAvg(Strategy):
             return
         for node in idle:  # one push per message: a grid may drop a message it cannot store
             st.tasks[node] = st.tasks.get(node, 0) + 1
-            flight = self._flight(node, st.version)
-            ids = [m for m in grid.push_messages([self._message(node, st.record(), st.version, config, st.tasks[node], flight)]) if m]
+            flight = st.flight(node, st.version, self.learner_side)
+            ids = [m for m in grid.push_messages([train_message(node, st.record(), st.version, config, st.tasks[node], flight)]) if m]
             if ids:
                 st.send(ids[0], flight)
             else:
                 self._fail(node, "push failed", count=False)
-
-    def _flight(self, node: int, version: int) -> InFlight:
-        """The in-flight entry of a message to ``node`` now (with the learner-side window's sample)."""
-        st = self.state
-        if not self.learner_side:
-            return InFlight(node_id=node, version=version, sent_at=time.monotonic())
-        applied = st.node_applied.get(node, 0)
-        prev = st.node_staleness.get(node) if applied else None
-        return InFlight(node_id=node, version=version, sent_at=time.monotonic(), prev_staleness=prev, applied=applied)
 
     def _expire(self, grid: Grid, reply_timeout: float) -> bool:
         """Abandon messages older than ``reply_timeout`` (their nodes become idle); any?"""

@@ -13,13 +13,16 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
 
 from bouquet import keys
 from bouquet.strategies.decoding import dense_view
 from bouquet.strategies.guard import DENSE_STYPE, check_dense_reply
+from bouquet.strategies.reports import CLIENTS_DROPPED, DROP_REASONS
 
 Arrays = dict[str, np.ndarray]
 Decoder = Callable[[ArrayRecord, Arrays], Arrays]
@@ -262,6 +265,33 @@ class AsyncState:
         self.dropped.append(reason)
         self.period_dropped.append(reason)
 
+    def report(self, learner_side: bool) -> dict[str, Any]:
+        """Staleness statistics and dropped replies since the previous report (then reset)."""
+        st = self
+        taus, scales = st.period_staleness, st.period_scales
+        report: dict[str, Any] = {
+            "version": st.version,
+            "staleness_mean": float(np.mean(taus)) if taus else None,
+            "staleness_max": int(max(taus)) if taus else None,
+            "lr_scale": float(np.mean(scales)) if scales else None,
+            CLIENTS_DROPPED: len(st.period_dropped),
+            DROP_REASONS: list(st.period_dropped),
+        }
+        if learner_side:
+            report["lr_scale_fallbacks"] = st.period_fallbacks
+        if st.stop_reason:
+            report["stop_reason"] = st.stop_reason
+        st.period_staleness, st.period_scales, st.period_dropped, st.period_fallbacks = [], [], [], 0
+        return report
+
+    def flight(self, node: int, version: int, learner_side: bool) -> InFlight:
+        """The in-flight entry of a message to ``node`` now (with the learner-side window's sample)."""
+        if not learner_side:
+            return InFlight(node_id=node, version=version, sent_at=time.monotonic())
+        applied = self.node_applied.get(node, 0)
+        prev = self.node_staleness.get(node) if applied else None
+        return InFlight(node_id=node, version=version, sent_at=time.monotonic(), prev_staleness=prev, applied=applied)
+
     def advance(self, arrays: Arrays) -> None:
         """Install a new global model (next version); drop snapshots nobody waits for."""
         self.arrays = arrays
@@ -272,3 +302,57 @@ class AsyncState:
         needed = {f.version for f in self.inflight.values()} | {self.version}
         for v in [v for v in self.snapshots if v not in needed]:
             del self.snapshots[v]
+
+
+WINDOW_SIDES = ("learner", "server")  # where the sliding window lives (policy=sliding_window)
+LEARNER_RATES = ("both", "local", "server")  # where a learner-reported scale acts
+
+
+def check_settings(*, alpha: float, max_updates: int | None, max_wall_s: float | None, reply_timeout_s: float | None,
+                   eval_every: int, plateau_window: int | None, plateau_min_delta: float, plateau_mode: str,
+                   window_side: str, learner_rate: str, max_node_failures: int) -> None:
+    """``ValueError`` naming the first impossible :class:`AsyncFedAvg` setting."""
+    if not 0.0 < alpha <= 1.0:
+        raise ValueError(f"alpha={alpha} must be in (0, 1]")
+    for name, value in (("max_updates", max_updates), ("max_wall_s", max_wall_s), ("reply_timeout_s", reply_timeout_s)):
+        if value is not None and not value > 0:
+            raise ValueError(f"{name}={value} must be > 0 or null")
+    if int(eval_every) < 1:
+        raise ValueError(f"eval_every={eval_every} must be >= 1")
+    if plateau_window is not None and int(plateau_window) < 0:
+        raise ValueError(f"plateau_window={plateau_window} must be >= 0 (0 = off) or None (the default window)")
+    if not 0.0 <= plateau_min_delta < float("inf"):
+        raise ValueError(f"plateau_min_delta={plateau_min_delta} must be a finite number >= 0")
+    if plateau_mode not in ("max", "min"):
+        raise ValueError(f"plateau_mode={plateau_mode!r} is unknown; allowed: max, min")
+    if window_side not in WINDOW_SIDES:
+        raise ValueError(f"window_side={window_side!r} is unknown; allowed: {', '.join(WINDOW_SIDES)}")
+    if learner_rate not in LEARNER_RATES:
+        raise ValueError(f"learner_rate={learner_rate!r} is unknown; allowed: {', '.join(LEARNER_RATES)}")
+    if int(max_node_failures) < 1:
+        raise ValueError(f"max_node_failures={max_node_failures} must be >= 1")
+
+
+def wait_for_nodes(grid: Grid, timeout: float) -> list[int]:
+    """The grid's node ids, waiting (at most ``timeout`` seconds) until there is one."""
+    end = time.monotonic() + timeout
+    while True:
+        nodes = list(grid.get_node_ids())
+        if nodes or time.monotonic() > end:
+            return nodes
+        time.sleep(0.5)
+
+
+def train_message(node: int, arrays: ArrayRecord, version: int, config: ConfigRecord, task: int,
+                  flight: InFlight | None = None) -> Message:
+    """The train message for ``node``: the model, its version, the node's task counter and, for
+    the learner-side window, the sample of its previous applied update."""
+    cfg = ConfigRecord(dict(config))
+    cfg[keys.MODEL_VERSION] = int(version)
+    cfg[keys.SERVER_ROUND] = int(task)  # the node's task counter (seeds its local shuffling)
+    if flight is not None and flight.applied is not None:  # the learner-side window's sample
+        cfg[keys.APPLIED_UPDATES] = flight.applied
+        if flight.prev_staleness is not None:
+            cfg[keys.PREV_STALENESS] = flight.prev_staleness
+    content = RecordDict({keys.ARRAYS: arrays, keys.CONFIG: cfg})
+    return Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node)
