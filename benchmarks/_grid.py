@@ -39,10 +39,13 @@ class Cell:
 
     key: tuple[tuple[str, Any], ...]
     overrides: tuple[str, ...] = field(default=())
+    #: ``None``: a ``bouquet-sim`` run; else a script under ``benchmarks/`` run with ``overrides``
+    #: as its arguments, which writes ``metrics.jsonl`` and ``summary.json`` into ``--run-dir``
+    script: str | None = None
 
     @classmethod
-    def of(cls, overrides: Iterable[str], **key: Any) -> Cell:
-        return cls(tuple(sorted(key.items())), tuple(overrides))
+    def of(cls, overrides: Iterable[str], *, script: str | None = None, **key: Any) -> Cell:
+        return cls(tuple(sorted(key.items())), tuple(overrides), script)
 
     @property
     def key_dict(self) -> dict[str, Any]:
@@ -124,8 +127,12 @@ def run_cell(section: str, cell: Cell, *, timeout_s: float = 3 * 3600, pin: str 
                                 text=True).stdout.strip()
     with tempfile.TemporaryDirectory(prefix=f"bouquet-{section}-") as tmp:
         run_dir = Path(tmp) / "run"
-        cmd = [str(ROOT / ".venv/bin/bouquet-sim"), *cell.overrides, f"hydra.run.dir={run_dir}",
-               "simulation.checkpoint_every=0"]
+        if cell.script is None:
+            cmd = [str(ROOT / ".venv/bin/bouquet-sim"), *cell.overrides, f"hydra.run.dir={run_dir}",
+                   "simulation.checkpoint_every=0"]
+        else:
+            tree = ROOT if pin is None else pinned_tree(pin)[1].parent
+            cmd = [sys.executable, str(tree / "benchmarks" / cell.script), f"--run-dir={run_dir}", *cell.overrides]
         t0 = time.time()
         # cwd outside the checkout: Ray workers put the driver's cwd on sys.path
         res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s, cwd=tmp)

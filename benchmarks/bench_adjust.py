@@ -1,129 +1,146 @@
-"""Server-side adjustment on shared data vs FedAvg, and the shared data alone trained centrally.
+"""Server-side adjustment on a shared dataset vs FedAvg and vs the shared data alone (issue 15 §3).
 
-Arms per partition and seed: ``fedavg`` (``server=none``, clients hold all training data),
-``adjust 1%`` / ``adjust 5%`` (``server=adjust``, the server fine-tunes each round's aggregate
-for ``server.epochs`` epochs on a class-balanced 1% / 5% slice carved out of the training set
-before partitioning), and ``central 1%`` / ``central 5%``: the same slice and the same
-:class:`~bouquet.simulations.adjust.ServerAdjuster`, applied ``rounds`` times from the initial
-model with no clients at all (so any gain over it is not just the shared data). Federated
-cells run like ``bench_kl`` (real server and ClientApp code, clients in-process); they are
-resumable (cells whose ``summary.json`` says ``ok`` under ``benchmarks/.runs/adjust/`` are
-skipped). Writes the ``adjust`` section of ``benchmarks/RESULTS.md``.
+Protocol: MNIST and Fashion-MNIST, 10 clients, all clients every round, LeNet, 30 rounds, 1 local
+epoch, batch 32, SGD lr 0.01 momentum 0.9; partitions 1, 2, 3 labels per client and
+Dirichlet(0.5); seeds 0, 1, 2. Arms:
 
-Full grid of issue 5::
+- ``fedavg``: ``server=none``, the clients hold all training data;
+- ``adjust x%``: ``server=adjust``, the server fine-tunes every round's aggregate for one epoch
+  on a class-balanced x% slice carved out of the training set before partitioning;
+- ``central x%``: the same slice and the same adjuster applied 30 times to the initial model,
+  with no clients (``benchmarks/central_adjust.py``); it does not depend on the partition.
 
-    nice -n 10 .venv/bin/python benchmarks/bench_adjust.py --datasets mnist fashion_mnist \\
-        --partitions path1 path2 path3 dir0.5 --seeds 0 1 2 --rounds 30 --model lenet
+Every federated cell is a real ``bouquet-sim`` run in Flower's simulation engine. Raw per-cell
+results: ``benchmarks/results/adjust.jsonl`` (a finished cell is never rerun). ``--report``
+rebuilds the ``adjust`` section of ``RESULTS.md`` from that file alone::
 
-Reduced default: MNIST, 10 clients, MLP, 2 seeds, 10 rounds of 1 local epoch.
+    nice -n 10 .venv/bin/python benchmarks/bench_adjust.py --commit --pin HEAD   # run what is missing
+    .venv/bin/python benchmarks/bench_adjust.py --report                         # table only
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
+import os
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._grid import Cell, load_results, pm, run_grid  # noqa: E402
 from benchmarks._results import markdown_table, write_section  # noqa: E402
-from benchmarks.bench_kl import PARTITIONS, compose_cfg, mean_sd, reproduce_command, run_cell, slug  # noqa: E402
 
-FEDERATED: dict[str, list[str]] = {
-    "fedavg": ["server=none", "server.shared_fraction=0.0"],
-    "adjust 1%": ["server=adjust", "server.shared_fraction=0.01"],
-    "adjust 5%": ["server=adjust", "server.shared_fraction=0.05"],
+SECTION = "adjust"
+PARTITIONS: dict[str, list[str]] = {
+    "1 label": ["partition=pathological", "partition.labels_per_client=1"],
+    "2 labels": ["partition=pathological", "partition.labels_per_client=2"],
+    "3 labels": ["partition=pathological", "partition.labels_per_client=3"],
+    "dir0.5": ["partition=dirichlet", "partition.alpha=0.5"],
 }
-CENTRAL = {"central 1%": 0.01, "central 5%": 0.05}
+ARMS: dict[str, list[str]] = {
+    "fedavg": ["server=none"],
+    "adjust 5%": ["server=adjust", "server.shared_fraction=0.05"],
+    "adjust 1%": ["server=adjust", "server.shared_fraction=0.01"],
+}
+CENTRAL = {"central 5%": 0.05, "central 1%": 0.01}
+DEFAULT_ARMS = ["fedavg", "adjust 5%", "central 5%"]
+DATASETS = ["fashion_mnist", "mnist"]
+PROTOCOL = {"model": "lenet", "rounds": 30, "local_epochs": 1, "batch_size": 32, "clients": 10}
+COMMAND = "nice -n 10 .venv/bin/python benchmarks/bench_adjust.py --commit --pin HEAD"
 
 
-def central_accuracy(overrides: list[str], fraction: float, rounds: int, out: Path) -> float:
-    """Test accuracy of the shared slice alone, trained by the server's adjuster ``rounds`` times."""
-    path = out / "central.json"
-    if path.exists():
-        return float(json.loads(path.read_text())["accuracy"])
-    from flwr.app import Array, ArrayRecord
+def base(dataset: str, seed: int) -> list[str]:
+    p = PROTOCOL
+    return [f"dataset={dataset}", f"model={p['model']}", f"simulation.num_clients={p['clients']}",
+            f"simulation.num_rounds={p['rounds']}", "simulation.fraction_train=1.0", "client=plain",
+            f"client.local_epochs={p['local_epochs']}", f"client.batch_size={p['batch_size']}",
+            "client.lr=0.01", "client.momentum=0.9", f"seed={seed}"]
 
-    from bouquet.simulations.adjust import build_adjust_fn
-    from bouquet.simulations.experiment import Experiment
 
-    cfg = compose_cfg([*overrides, "server=adjust", f"server.shared_fraction={fraction}", "server.record_before=false"])
-    exp = Experiment(cfg)
-    adjust = build_adjust_fn(cfg, exp)
-    arrays = ArrayRecord({k: Array(v) for k, v in exp.initial_arrays().items()})
-    for rnd in range(1, rounds + 1):
-        arrays, _ = adjust(arrays, rnd)
-    acc = exp.evaluate_arrays({k: v.numpy() for k, v in arrays.items()})["accuracy"]
-    out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"accuracy": acc, "shared_samples": int(len(adjust.y))}))
-    return float(acc)
+def cells(datasets: list[str], partitions: list[str], arms: list[str], seeds: list[int]) -> list[Cell]:
+    out = []
+    for seed in seeds:  # seed-major: a partial grid has whole seeds
+        for ds in datasets:
+            for arm in arms:
+                if arm in CENTRAL:
+                    out.append(Cell.of([*base(ds, seed), f"server.shared_fraction={CENTRAL[arm]}"],
+                                       script="central_adjust.py", dataset=ds, partition="-", arm=arm, seed=seed,
+                                       **PROTOCOL))
+            for part in partitions:
+                for arm in arms:
+                    if arm not in CENTRAL:
+                        out.append(Cell.of([*base(ds, seed), *PARTITIONS[part], *ARMS[arm]],
+                                           dataset=ds, partition=part, arm=arm, seed=seed, **PROTOCOL))
+    return out
+
+
+def report() -> list[Path]:
+    results = load_results(SECTION)
+    final: dict[tuple[str, str, str], dict[int, float]] = defaultdict(dict)
+    before: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for r in results:
+        k = r["key"]
+        final[(k["dataset"], k["partition"], k["arm"])][k["seed"]] = r["rounds"][-1]["accuracy"]
+        if r["rounds"][-1].get("acc_before_adjust") is not None:
+            before[(k["dataset"], k["partition"], k["arm"])].append(r["rounds"][-1]["acc_before_adjust"])
+    rows = []
+    for ds in DATASETS:
+        for part in PARTITIONS:
+            for arm in [*ARMS, *CENTRAL]:
+                accs = final.get((ds, "-" if arm in CENTRAL else part, arm))
+                if not accs:
+                    continue
+                row = {"dataset": ds, "partition": part, "arm": arm, "seeds": ",".join(map(str, sorted(accs))),
+                       "final acc (%)": pm(list(accs.values()), 100)}
+                if arm.startswith("adjust"):
+                    frac = arm.split()[1]
+                    for ref, col in ((("fedavg", part), "vs fedavg (pt)"), ((f"central {frac}", "-"), "vs central (pt)")):
+                        other = final.get((ds, ref[1], ref[0]), {})
+                        diffs = [accs[s] - other[s] for s in accs if s in other]
+                        row[col] = pm(diffs, 100) if diffs else ""
+                    row["before adjust (%)"] = pm(before[(ds, part, arm)], 100)
+                rows.append(row)
+    cols = ["dataset", "partition", "arm", "seeds", "final acc (%)", "vs fedavg (pt)", "vs central (pt)",
+            "before adjust (%)"]
+    todo = [c for c in cells(DATASETS, list(PARTITIONS), DEFAULT_ARMS, [0, 1, 2])
+            if c.key_dict["seed"] not in final.get((c.key_dict["dataset"], c.key_dict["partition"],
+                                                    c.key_dict["arm"]), {})]
+    body = (
+        "Real `bouquet-sim` runs in Flower's simulation engine: 10 clients, all clients every round, LeNet, 30 rounds, "
+        "1 local epoch, batch 32, SGD lr 0.01 momentum 0.9. Server adjustment: 1 epoch of SGD (lr 0.01, momentum 0.9, "
+        "batch 32, no proximal term) on the shared slice after every aggregation. `central x%`: the slice alone, "
+        "the same adjuster applied 30 times from the initial model (independent of the partition). FedAvg's clients "
+        "hold all training data; in the adjust arms they lose the x% slice. `vs fedavg` / `vs central` are paired by "
+        "seed; `before adjust` is the last round's aggregate before the server's step. Mean ± sd over seeds. "
+        "Raw per-cell results: `benchmarks/results/adjust.jsonl`.\n\n" + markdown_table(rows, cols)
+    )
+    if todo:
+        body += (f"\n**Not yet run** ({len(todo)} cells of the default arms): "
+                 + ", ".join(f"{c.key_dict['dataset']}/{c.key_dict['partition']}/{c.key_dict['arm']}/seed "
+                             f"{c.key_dict['seed']}" for c in todo[:10]) + (" ..." if len(todo) > 10 else "")
+                 + f". Command: `{COMMAND}`.\n")
+    write_section(SECTION, "Server-side adjustment on a shared dataset (LeNet, 30 rounds)", body,
+                  command=COMMAND + " (report: --report)")
+    return [ROOT / "benchmarks/RESULTS.md"]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--datasets", nargs="+", default=["mnist"])
-    p.add_argument("--clients", type=int, default=10)
-    p.add_argument("--partitions", nargs="+", default=["path1", "path2", "path3", "dir0.5"], choices=list(PARTITIONS))
-    p.add_argument("--arms", nargs="+", default=[*FEDERATED, *CENTRAL], choices=[*FEDERATED, *CENTRAL])
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    p.add_argument("--rounds", type=int, default=10)
-    p.add_argument("--local-epochs", type=int, default=1)
-    p.add_argument("--model", default="mlp")
-    p.add_argument("--out", default=str(ROOT / "benchmarks/.runs/adjust"))
-    p.add_argument("--no-write", action="store_true", help="print the table, leave RESULTS.md alone")
-    p.add_argument("--report-only", action="store_true", help="tabulate the finished cells, run nothing")
-    p.add_argument("--note", default="", help="markdown appended to the RESULTS.md section (observations)")
+    p.add_argument("--datasets", nargs="+", default=DATASETS, choices=DATASETS)
+    p.add_argument("--partitions", nargs="+", default=list(PARTITIONS), choices=list(PARTITIONS))
+    p.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=[*ARMS, *CENTRAL])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--commit", action="store_true", help="git-commit the raw results after every cell")
+    p.add_argument("--report", action="store_true", help="only rebuild the RESULTS.md section")
+    p.add_argument("--pin", default=None, help="run the cells against this commit's code (a detached worktree)")
     args = p.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("flwr").setLevel(logging.WARNING)
-    out = Path(args.out)
-    table: list[dict] = []
-    for ds in args.datasets:
-        for part in args.partitions:
-            for arm in args.arms:
-                finals: list[float] = []
-                befores: list[float] = []
-                for seed in args.seeds:
-                    base = [f"dataset={ds}", f"model={args.model}", f"simulation.num_clients={args.clients}",
-                            f"simulation.num_rounds={args.rounds}", f"client.local_epochs={args.local_epochs}",
-                            f"seed={seed}", *PARTITIONS[part]]
-                    run_dir = out / ds / part / slug(arm) / f"s{seed}"
-                    if arm in CENTRAL:
-                        if args.report_only and not (run_dir / "central.json").exists():
-                            continue
-                        print(f"central {ds}/{part}/{arm}/s{seed}", flush=True)
-                        finals.append(central_accuracy(base, CENTRAL[arm], args.rounds, run_dir))
-                        continue
-                    cell = run_cell(run_dir, [*base, *FEDERATED[arm]], args.report_only)
-                    if cell is None:
-                        continue
-                    rows, summary = cell
-                    finals.append(summary["final_accuracy"])
-                    if rows[-1].get("acc_before_adjust") is not None:
-                        befores.append(rows[-1]["acc_before_adjust"])
-                if not finals:
-                    continue
-                table.append({
-                    "dataset": ds, "partition": part, "arm": arm, "seeds": len(finals),
-                    "final acc (mean ± sd)": mean_sd(finals),
-                    "per seed": " ".join(f"{a:.3f}" for a in finals),
-                    "last round before adjust": mean_sd(befores) if befores else "",
-                })
-    cols = ["dataset", "partition", "arm", "seeds", "final acc (mean ± sd)", "per seed", "last round before adjust"]
-    body = (
-        f"Setup: {args.model} model, {args.clients} clients, {args.rounds} rounds, {args.local_epochs} local epoch(s), "
-        f"client SGD lr 0.01 momentum 0.9 batch 32; server adjustment 1 epoch SGD lr 0.01 momentum 0.9 batch 32, "
-        f"no proximal term, every round. `central x%` = the x% slice alone, "
-        f"trained by the same adjuster for {args.rounds} epochs. 'last round before adjust' = test accuracy "
-        "of the last round's aggregate before the server's step.\n\n" + markdown_table(table, cols)
-        + ("\n" + args.note if args.note else "")
-    )
-    if not args.no_write:
-        write_section("adjust", "Server-side adjustment on a shared dataset (issue 5)", body, reproduce_command())
-    print(markdown_table(table, cols))
+    if not args.report:
+        run_grid(SECTION, cells(args.datasets, args.partitions, args.arms, args.seeds), commit=args.commit,
+                 after_cell=report, pin=args.pin)
+    report()
+    print(f"load average: {', '.join(f'{v:.1f}' for v in os.getloadavg())}")
 
 
 if __name__ == "__main__":
