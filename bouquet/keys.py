@@ -26,6 +26,7 @@ EF_RESIDUAL = "ef-residual"  # context.state ArrayRecord: a node's error-feedbac
 SUBMODEL_DEPTH = "submodel-depth"  # train config: depth of the sub-model sent to a node (early exits)
 MAX_DEPTH = "max-depth"  # node_config / reply metric: deepest sub-model a node can train (0 = no limit)
 TRAINED_DEPTH = "trained-depth"  # reply metric: depth of the sub-model the node trained
+NODE_INFO = "node-info"  # query config: asks a node for its partition-id and max-depth (early exits)
 RUN_OVERRIDES = "overrides"  # run config ([tool.flwr.app.config]): Hydra overrides for `flwr run`
 RUN_DIR = "run-dir"  # run config: the ServerApp's output directory ("" = ~/.cache/bouquet/runs/...)
 # Asynchronous FedAvg, learner-side sliding window (S4): sent in every train config, echoed in the reply

@@ -107,7 +107,8 @@ def numpyclient_app(client_fn: ClientFn, mods: Sequence[Callable[..., Message]] 
     Returns
     -------
     flwr.clientapp.ClientApp
-        With ``train`` and ``evaluate`` handlers.
+        With ``train`` and ``evaluate`` handlers, and a ``query`` handler answering ``node-info``
+        (the node's ``partition-id`` and ``max-depth``).
     """
     app = ClientApp(mods=list(mods or []))
 
@@ -133,5 +134,23 @@ def numpyclient_app(client_fn: ClientFn, mods: Sequence[Callable[..., Message]] 
             {**metrics, keys.EVAL_LOSS: float(loss), keys.NUM_EXAMPLES: int(num_examples)}
         )
         return Message(RecordDict({keys.METRICS: metric_record}), reply_to=msg)
+
+    @app.query()
+    def _query(msg: Message, context: Context) -> Message:
+        # ``node-info``: what a strategy needs to know about a node before training it
+        # (DepthFedAvg draws depths by partition-id and caps them by capacity).
+        config = dict(single_record(msg.content, "config", keys.CONFIG))
+        if not config.get(keys.NODE_INFO):
+            raise ValueError(f"unknown query {sorted(config)}: this ClientApp answers {keys.NODE_INFO!r} only")
+        info: dict[str, Any] = {}
+        pid = context.node_config.get(keys.PARTITION_ID)
+        if isinstance(pid, int):
+            info[keys.PARTITION_ID] = pid
+        client = client_fn(context)
+        if hasattr(client, "context"):
+            client.context = context
+        capacity = getattr(client, "capacity", None)
+        info[keys.MAX_DEPTH] = int(capacity()) if callable(capacity) else int(context.node_config.get(keys.MAX_DEPTH, 0))
+        return Message(RecordDict({keys.METRICS: MetricRecord(info)}), reply_to=msg)
 
     return app

@@ -190,6 +190,9 @@ STRATEGY = {
         "_target_": target("bouquet.strategies.depth_fedavg.DepthFedAvg"), **FEDAVG,
         "depths": Key("int list", "[1, inf)", null="1..L", doc="depths to draw from"),
         "depth_probs": Key("float list", "[0, inf)", null="uniform", doc="weights of depths (one per depth)"),
+        "assignment": choice("per_round", "fixed", doc="redraw depths every round (seeded by seed, round, "
+                             "partition-id) or once per node"),
+        "node_info_timeout": real("(0, inf)", doc="seconds to wait for the nodes' node-info answers"),
         "seed": SEED,
     },
     "async": {

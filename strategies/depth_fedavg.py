@@ -11,12 +11,18 @@ every node). The depth-``d`` sub-model is the set of names whose tag is ``<= d``
 specific to an architecture and nothing is matched by list position.
 
 Depth of a node
-    Drawn at random once per node from ``depths`` (probabilities ``depth_probs``) with a
-    generator seeded by ``seed`` and the node id, so a node keeps its depth and a run is
-    reproducible for the same node ids. The server learns a node's capacity from its replies:
-    the client reports ``max-depth`` (from its ``node_config``; 0 = no limit) in every train
-    reply, and a client whose capacity is below the depth it received trains and returns only
-    its capacity's sub-model. From then on the node is sent ``min(assigned, capacity)``.
+    Drawn at random from ``depths`` (probabilities ``depth_probs``) by a generator seeded with
+    ``(seed, round, partition-id)``: with ``assignment="per_round"`` (the default, the method's
+    reading: branch models are reassigned at random every round) a node gets a new depth every
+    round; with ``assignment="fixed"`` the round is left out and a node keeps its depth. The
+    ``partition-id`` (not Flower's node id, which changes from run to run) makes two runs with
+    the same seed draw the same depths. The server asks each node once, before its first train
+    message, with a ``query`` message (config ``node-info``) answered by bouquet's ClientApp with
+    the node's ``partition-id`` and ``max-depth`` (its capacity; 0 = no limit). A node that does
+    not answer (another ClientApp, a timeout) is drawn by its node id instead, logged at WARNING.
+    The capacity is also read from every train reply: a client whose capacity is below the
+    depth it received trains and returns only its capacity's sub-model. A node is sent
+    ``min(drawn, capacity)``.
 
 Aggregation, for every name :math:`k` over the accepted replies :math:`S_k` that carry it:
 
@@ -119,6 +125,10 @@ class DepthFedAvg(FedAvg):
         Probabilities of ``depths`` (default uniform).
     seed : int
         Seed of the depth draw.
+    assignment : {"per_round", "fixed"}
+        Redraw every node's depth every round (default) or draw it once per node.
+    node_info_timeout : float
+        Seconds to wait for the nodes' ``node-info`` answers.
     depth_pattern : str
         Regular expression whose group 1 is a name's depth.
     **kwargs
@@ -135,10 +145,16 @@ class DepthFedAvg(FedAvg):
         depths: Sequence[int] | None = None,
         depth_probs: Sequence[float] | None = None,
         seed: int = 0,
+        assignment: str = "per_round",
+        node_info_timeout: float = 120.0,
         depth_pattern: str = DEFAULT_DEPTH_PATTERN,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if assignment not in ("per_round", "fixed"):
+            raise ValueError(f"strategy.assignment={assignment!r} must be 'per_round' or 'fixed'")
+        if not float(node_info_timeout) > 0:
+            raise ValueError(f"strategy.node_info_timeout={node_info_timeout} must be > 0 seconds")
         if depths is not None and (not depths or any(int(d) < 1 for d in depths)):
             raise ValueError(f"strategy.depths={depths} must be a non-empty list of depths >= 1")
         if depth_probs is not None:
@@ -151,8 +167,12 @@ class DepthFedAvg(FedAvg):
         self.depth_probs = [float(p) for p in depth_probs] if depth_probs is not None else None
         self.seed = int(seed)
         self.depth_pattern = depth_pattern
-        self.assigned: dict[int, int] = {}  # node id -> drawn depth
+        self.assignment = assignment
+        self.node_info_timeout = float(node_info_timeout)
+        self.assigned: dict[int, int] = {}  # node id -> depth drawn for the current round
+        self.partition: dict[int, int | None] = {}  # node id -> partition-id it reported (None: no answer)
         self.capacity: dict[int, int] = {}  # node id -> max-depth reported by the node
+        self._round = 0
         self.sent: dict[int, int] = {}  # node id -> depth sent this round
         self._global: ArrayRecord | None = None
         self._depths: dict[str, int] = {}
@@ -163,19 +183,63 @@ class DepthFedAvg(FedAvg):
     def num_depths(self) -> int:
         return max(self._depths.values(), default=0)
 
+    def draw(self, partition_id: int, server_round: int) -> int:
+        """The depth drawn for ``partition_id`` in ``server_round`` (before any capacity cap)."""
+        return self._draw([0, int(partition_id)], server_round)
+
+    def _draw(self, ident: list[int], server_round: int) -> int:
+        choices = self.depths or list(range(1, self.num_depths + 1))
+        bad = [d for d in choices if d > self.num_depths]
+        if bad:
+            raise ValueError(f"strategy.depths={choices}: the model has only {self.num_depths} depths")
+        probs = None
+        if self.depth_probs is not None:
+            probs = np.asarray(self.depth_probs) / sum(self.depth_probs)
+        rnd = int(server_round) if self.assignment == "per_round" else 0
+        rng = np.random.default_rng([self.seed, rnd, *ident])
+        return int(rng.choice(choices, p=probs))
+
     def depth_for(self, node_id: int) -> int:
-        """The depth that ``node_id`` is sent this round."""
+        """The depth that ``node_id`` is sent this round (drawn on first use in the round)."""
         if node_id not in self.assigned:
-            choices = self.depths or list(range(1, self.num_depths + 1))
-            bad = [d for d in choices if d > self.num_depths]
-            if bad:
-                raise ValueError(f"strategy.depths={choices}: the model has only {self.num_depths} depths")
-            probs = None
-            if self.depth_probs is not None:
-                probs = np.asarray(self.depth_probs) / sum(self.depth_probs)
-            rng = np.random.default_rng([self.seed, int(node_id) % (2**63)])
-            self.assigned[node_id] = int(rng.choice(choices, p=probs))
+            pid = self.partition.get(node_id)
+            ident = [0, pid] if pid is not None else [1, int(node_id) % (2**63)]
+            self.assigned[node_id] = self._draw(ident, self._round)
         return min(self.assigned[node_id], self.capacity.get(node_id, self.num_depths))
+
+    def learn_nodes(self, node_ids: Iterable[int], grid: Grid) -> None:
+        """Ask every node not asked before for its ``partition-id`` and ``max-depth`` (one query).
+
+        Answers are client bytes: a ``partition-id`` must be an int in ``[0, 2**31)`` and a
+        ``max-depth`` an int in ``[0, 1000]``; anything else counts as no answer.
+        """
+        unknown = [int(n) for n in node_ids if int(n) not in self.partition]
+        if not unknown:
+            return
+        query = [
+            Message(RecordDict({self.configrecord_key: ConfigRecord({keys.NODE_INFO: 1})}), dst_node_id=node,
+                    message_type=MessageType.QUERY)
+            for node in unknown
+        ]
+        answered: set[int] = set()
+        for reply in grid.send_and_receive(query, timeout=self.node_info_timeout):
+            node = int(reply.metadata.src_node_id)
+            if node not in unknown or reply.has_error() or len(reply.content.metric_records) != 1:
+                continue
+            info = next(iter(reply.content.metric_records.values()))
+            pid, cap = info.get(keys.PARTITION_ID), info.get(keys.MAX_DEPTH, 0)
+            if type(pid) is not int or not 0 <= pid < 2**31 or type(cap) is not int or not 0 <= cap <= 1000:
+                continue
+            self.partition[node] = pid
+            if cap >= 1:
+                self.capacity[node] = cap
+            answered.add(node)
+        missing = [n for n in unknown if n not in answered]
+        for node in missing:
+            self.partition[node] = None
+        if missing:
+            log(logging.WARNING, "DepthFedAvg: %d node(s) did not report a partition-id (%s): their depths are "
+                "drawn by node id, which differs from run to run", len(missing), missing[:5])
 
     def _sub_record(self, arrays: ArrayRecord, depth: int) -> ArrayRecord:
         return ArrayRecord({n: arrays[n] for n in submodel_names(self._depths, depth)})
@@ -201,11 +265,17 @@ class DepthFedAvg(FedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         """Sample nodes as FedAvg does, then send each its depth's arrays only."""
         self.sent = {}
-        messages = super().configure_train(server_round, arrays, config, grid)
+        if self.assignment == "per_round":
+            self.assigned = {}
+        self._round = server_round
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        self.learn_nodes([m.metadata.dst_node_id for m in messages], grid)
         return self._per_node(messages, arrays, MessageType.TRAIN)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        messages = super().configure_evaluate(server_round, arrays, config, grid)
+        messages = list(super().configure_evaluate(server_round, arrays, config, grid))
+        if messages:
+            self.learn_nodes([m.metadata.dst_node_id for m in messages], grid)
         return self._per_node(messages, arrays, MessageType.EVALUATE) if messages else []
 
     def check_reply(self, msg: Message) -> tuple[dict[str, np.ndarray], float]:
@@ -293,4 +363,5 @@ class DepthFedAvg(FedAvg):
 
     def summary(self) -> None:
         super().summary()
-        log(logging.INFO, "DepthFedAvg: depths %s (probs %s), seed %d", self.depths or "all", self.depth_probs, self.seed)
+        log(logging.INFO, "DepthFedAvg: depths %s (probs %s), seed %d, assignment %s", self.depths or "all",
+            self.depth_probs, self.seed, self.assignment)

@@ -85,3 +85,33 @@ def test_bad_client_settings_refused() -> None:
         TorchClient(build_model("mlp", (1, 8, 8), 3), x, np.zeros(4, dtype=np.int64), num_classes=3, lr=0.0)
     with pytest.raises(ValueError, match="samples"):
         TorchClient(build_model("mlp", (1, 8, 8), 3), x, np.zeros(3, dtype=np.int64), num_classes=3)
+
+
+def _query(config: dict) -> Message:
+    msg = Message(content=RecordDict({keys.CONFIG: ConfigRecord(config)}), dst_node_id=5,
+                  message_type=MessageType.QUERY)
+    msg.metadata.__dict__["_message_id"] = "q1"
+    return msg
+
+
+def test_node_info_query_answers_partition_id_and_capacity() -> None:
+    from bouquet.clients.early_exit import EarlyExitClient
+    from bouquet.models.early_exit import build_early_exit
+
+    app = numpyclient_app(_client)
+    reply = app(_query({keys.NODE_INFO: 1}), _context(pid=4))
+    assert not reply.has_error(), reply.error
+    assert dict(reply.content[keys.METRICS]) == {keys.PARTITION_ID: 4, keys.MAX_DEPTH: 0}
+
+    def early(context: Context) -> EarlyExitClient:
+        x = np.zeros((4, 1, 8, 8), np.float32)
+        return EarlyExitClient(build_early_exit((1, 8, 8), 3, seed=0), x, np.zeros(4, np.int64), num_classes=3,
+                               max_depth_by_partition=[1, 2, 3])
+    reply = numpyclient_app(early)(_query({keys.NODE_INFO: 1}), _context(pid=4))
+    assert dict(reply.content[keys.METRICS]) == {keys.PARTITION_ID: 4, keys.MAX_DEPTH: 2}  # capacity of partition 4
+
+
+def test_unknown_query_is_refused_naming_what_is_answered() -> None:
+    # Flower's runtime turns the exception into an error reply for the server
+    with pytest.raises(ValueError, match="answers 'node-info' only"):
+        numpyclient_app(_client)(_query({"something": 1}), _context())
