@@ -226,6 +226,20 @@ def exit_macs(model: EarlyExitNet, batch: int = 1) -> list[int]:
     return macs
 
 
+def exit_params(model: EarlyExitNet) -> list[int]:
+    """Parameters of the network up to each exit (stem + stages 1..i + exit i)."""
+    out = []
+    for d in range(1, model.depth + 1):
+        out.append(sum(p.numel() for n, p in model.named_parameters()
+                       if name_depth(n) <= d and not _other_exit(n, d)))
+    return out
+
+
+def exit_costs(model: EarlyExitNet) -> dict[str, list[int]]:
+    """``params_per_exit`` and ``macs_per_exit`` of ``model`` (see :func:`exit_params`, :func:`exit_macs`)."""
+    return {"params_per_exit": exit_params(model), "macs_per_exit": exit_macs(model)}
+
+
 def _other_exit(module_name: str, depth: int) -> bool:
     """True for modules of exits ``1..depth-1`` (not on the path to exit ``depth``)."""
     match = re.match(r"^exits\.d(\d+)", module_name)

@@ -7,7 +7,8 @@ DepthFL, Kim et al., ICLR 2023). :class:`EarlyExitExperiment` is chosen by
 
 Each round's ``metrics.jsonl`` line gets, on the server test set, ``accuracy_exit_i`` and
 ``loss_exit_i`` for ``i = 1..L``, ``total_loss`` (``sum_i lambda_i CE_i``), and ``accuracy`` /
-``loss`` of the last exit (comparable with single-exit runs).
+``loss`` of the last exit (comparable with single-exit runs), and the cost of running up to each
+exit: ``macs_exit_i`` (multiply-accumulates per sample) and ``params_exit_i``.
 
 Best exit model: on the validation set (the server's class-balanced slice of the training data,
 ``server.shared_fraction``; the test set when that is 0, marked ``selected_on: test``), the
@@ -27,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from bouquet.models.early_exit import EarlyExitNet, depth_names, evaluate_exits
+from bouquet.models.early_exit import EarlyExitNet, depth_names, evaluate_exits, exit_costs
 from bouquet.models.training import set_weights
 from bouquet.simulations.experiment import Experiment
 
@@ -65,6 +66,7 @@ class EarlyExitExperiment(Experiment):
         self._round = 0
         self._bound_dir: Path | None = None
         self._warned = False
+        self._costs: dict[str, list[int]] | None = None
 
     def _validation(self) -> tuple[np.ndarray, np.ndarray, str]:
         idx = self.server_shared_indices
@@ -91,9 +93,13 @@ class EarlyExitExperiment(Experiment):
             "loss": test["loss"][-1],
             "total_loss": test["total_loss"],
         }
+        if self._costs is None:
+            self._costs = exit_costs(model)
         for i, (acc, loss) in enumerate(zip(test["accuracy"], test["loss"], strict=True), start=1):
             metrics[f"accuracy_exit_{i}"] = acc
             metrics[f"loss_exit_{i}"] = loss
+            metrics[f"macs_exit_{i}"] = float(self._costs["macs_per_exit"][i - 1])
+            metrics[f"params_exit_{i}"] = float(self._costs["params_per_exit"][i - 1])
         xv, yv, source = self._validation()
         val = test if source == "test" else evaluate_exits(model, xv, yv)
         exit_i = best_exit(val["accuracy"], val["loss"])

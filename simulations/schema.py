@@ -321,8 +321,10 @@ SEARCH = {
     "max_train_samples": integer("[10, inf)", null="all"),
     "final_samples": integer("[0, inf)"),
     "final_val_samples": integer("[1, inf)"),
-    "beta": integer("[1, inf)", doc="exponent of the size term"),
+    "beta": integer("[1, inf)", doc="exponent of the cost term: a k-times cheaper network gains k^(beta*w)"),
     "w": real("[0, inf)", doc="soft-constraint weight"),
+    "cost": choice("params", "macs", "params_macs", doc="what the reward prices, on the early-exit model "
+                   "(MACs: mean over exits)"),
 }
 COMPRESSION = {
     "server_lr": real("(0, inf)", optional=True, doc="step applied to the decoded mean update (absent: 1.0)"),

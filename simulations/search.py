@@ -2,7 +2,11 @@
 
 Method S2, steps S1-S3 (ENAS, Pham et al., 2018, arXiv:1802.03268; reward after MnasNet, Tan
 et al., 2019, arXiv:1807.11626). The search space, the supernet, the controller and the reward
-:math:`R = Acc(h) \\cdot (p_h / P)^{-\\beta w}` are in :mod:`bouquet.models.nas`.
+:math:`R = Acc(h) \\cdot \\prod_c (c(h) / C)^{-\\beta w}` are in :mod:`bouquet.models.nas`; the costs
+:math:`c(h)` priced (``search.cost``: ``params``, ``macs`` or ``params_macs``, the default) are
+measured on the early-exit model of each network (:func:`network_costs`). Every sampled network's
+accuracy, parameters, MACs and reward are in ``search.jsonl`` (``sampled``) and plotted as
+accuracy vs MACs in ``search_curve.png``.
 
 The server's image samples are the dataset's training split (at most ``search.max_train_samples``
 of them, drawn with the seed), split into a search-training part and a validation part
@@ -41,9 +45,9 @@ from bouquet.models.nas import (
     SearchSpace,
     SuperNet,
     baseline_architecture,
+    cost_reward,
     make_space,
     search_space_size,
-    size_reward,
 )
 from bouquet.simulations.experiment import get_experiment
 
@@ -58,7 +62,10 @@ DEFAULTS: dict[str, Any] = {
     "threads": 1, "controller_samples": 4, "controller_lr": 0.02, "controller_hidden": 32,
     "baseline_decay": 0.9, "entropy_weight": 0.001, "val_fraction": 0.1, "val_batch": 256,
     "max_train_samples": 20000, "final_samples": 8, "final_val_samples": 2000, "beta": 1, "w": 0.07,
+    "cost": "params_macs",
 }
+#: ``search.cost``: what the reward prices, measured on the early-exit model of a network
+COSTS = {"params": ("params",), "macs": ("macs",), "params_macs": ("params", "macs")}
 
 
 def search_settings(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -79,7 +86,20 @@ def search_settings(cfg: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"search.max_train_samples={s['max_train_samples']} must be >= 10 or null")
     if float(s["shared_lr"]) <= 0:
         raise ValueError(f"search.shared_lr={s['shared_lr']} must be > 0")
+    if s["cost"] not in COSTS:
+        raise ValueError(f"search.cost={s['cost']!r} must be one of {', '.join(COSTS)}")
     return s
+
+
+def network_costs(space: SearchSpace, indices: list[int]) -> dict[str, Any]:
+    """Costs of the early-exit model on network ``indices``: ``params`` (all of it), ``macs``
+    (mean over the exits of the MACs up to each exit), and both per exit."""
+    from bouquet.models.early_exit import EarlyExitNet, exit_costs
+
+    model = EarlyExitNet(Architecture.from_indices(space, indices))
+    per_exit = exit_costs(model)
+    return {"params": sum(p.numel() for p in model.parameters()),
+            "macs": float(np.mean(per_exit["macs_per_exit"])), **per_exit}
 
 
 def split_server_data(
@@ -121,12 +141,23 @@ class Search:
         self.baseline = baseline_architecture(space)
         self.baseline_indices = [space.candidates.index(c) for c in self.baseline.choices]
         self.baseline_params = self.net.path_params(self.baseline_indices)
+        self._costs: dict[tuple[int, ...], dict[str, Any]] = {}
+        self.baseline_costs = self.costs(self.baseline_indices)
         self.seen: dict[tuple[int, ...], float] = {}
         self.history: list[dict[str, Any]] = []
 
+    def costs(self, indices: list[int]) -> dict[str, Any]:
+        """:func:`network_costs` of ``indices`` (cached: the space has ``N^L`` networks)."""
+        key = tuple(indices)
+        if key not in self._costs:
+            self._costs[key] = network_costs(self.space, list(indices))
+        return self._costs[key]
+
     def reward(self, indices: list[int], accuracy: float) -> float:
-        return size_reward(accuracy, self.net.path_params(indices), self.baseline_params,
-                           beta=int(self.s["beta"]), w=float(self.s["w"]))
+        """:func:`cost_reward` of ``accuracy`` and the costs ``search.cost`` prices."""
+        costs = self.costs(indices)
+        ratios = {c: costs[c] / self.baseline_costs[c] for c in COSTS[str(self.s["cost"])]}
+        return cost_reward(accuracy, ratios, beta=int(self.s["beta"]), w=float(self.s["w"]))
 
     def train_shared(self, warmup: bool) -> float:
         self.net.train()
@@ -147,7 +178,7 @@ class Search:
 
     def train_controller(self) -> dict[str, float]:
         vidx = self.rng.choice(len(self.y_val), size=min(int(self.s["val_batch"]), len(self.y_val)), replace=False)
-        samples, accs = [], []
+        samples, accs, sampled = [], [], []
         for _ in range(int(self.s["controller_samples"])):
             indices, logp, ent = self.controller.sample()
             acc = path_accuracy(self.net, self.x_val[vidx], self.y_val[vidx], indices)
@@ -155,8 +186,12 @@ class Search:
             self.seen[tuple(indices)] = max(r, self.seen.get(tuple(indices), -1.0))
             samples.append((logp, ent, r))
             accs.append(acc)
+            costs = self.costs(indices)
+            sampled.append({"indices": list(indices), "accuracy": acc, "params": costs["params"],
+                            "macs": costs["macs"], "reward": r})
         diag = self.rl.update(samples)
-        return {"mean_reward": float(np.mean([s[2] for s in samples])), "mean_accuracy": float(np.mean(accs)), **diag}
+        return {"mean_reward": float(np.mean([s[2] for s in samples])), "mean_accuracy": float(np.mean(accs)),
+                "sampled": sampled, **diag}
 
     def run(self) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -186,6 +221,7 @@ class Search:
             scored.append((self.reward(list(indices), acc), acc, list(indices)))
         reward, acc, best = max(scored, key=lambda t: (t[0], t[1]))
         arch = Architecture.from_indices(self.space, best)
+        chosen, base = self.costs(best), self.baseline_costs
         return {
             "architecture": arch.to_dict(),
             "choices": arch.choices,
@@ -195,10 +231,18 @@ class Search:
             "baseline_choices": self.baseline.choices,
             "baseline_params": self.baseline_params,
             "baseline_accuracy": path_accuracy(self.net, xv, yv, self.baseline_indices),
+            "model_params": chosen["params"],
+            "baseline_model_params": base["params"],
+            "params_per_exit": chosen["params_per_exit"],
+            "macs_per_exit": chosen["macs_per_exit"],
+            "baseline_params_per_exit": base["params_per_exit"],
+            "baseline_macs_per_exit": base["macs_per_exit"],
+            "cost": str(self.s["cost"]),
             "beta": int(self.s["beta"]),
             "w": float(self.s["w"]),
             "search_space": search_space_size(self.space),
-            "candidates_scored": [{"choices": Architecture.from_indices(self.space, i).choices, "accuracy": a, "reward": r}
+            "candidates_scored": [{"choices": Architecture.from_indices(self.space, i).choices, "accuracy": a, "reward": r,
+                                   "params": self.costs(i)["params"], "macs": self.costs(i)["macs"]}
                                   for r, a, i in scored],
             "steps": int(self.s["steps"]),
             "search_wall_s": round(search_s, 3),
@@ -206,13 +250,13 @@ class Search:
 
 
 def plot_search_curve(history: list[dict[str, Any]], path: Path) -> None:
-    """Shared-weight loss and mean controller reward per step."""
+    """Shared-weight loss and mean controller reward per step; accuracy vs MACs of the sampled networks."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4))
     ax1.plot([r["step"] for r in history], [r["shared_loss"] for r in history])
     ax1.set_xlabel("step")
     ax1.set_ylabel("shared-weight training loss")
@@ -222,7 +266,14 @@ def plot_search_curve(history: list[dict[str, Any]], path: Path) -> None:
     ax2.set_xlabel("step")
     ax2.set_ylabel("reward")
     ax2.legend()
-    for ax in (ax1, ax2):
+    pts = [(x["macs"], x["accuracy"], r["step"]) for r in rows for x in r.get("sampled", [])]
+    if pts:
+        sc = ax3.scatter([p[0] / 1e6 for p in pts], [p[1] for p in pts], c=[p[2] for p in pts], s=12, cmap="viridis")
+        fig.colorbar(sc, ax=ax3, label="step")
+    ax3.set_xlabel("mean MACs over exits (M) of the sampled network")
+    ax3.set_ylabel("validation accuracy (shared weights)")
+    ax3.set_title("accuracy vs cost of the sampled networks", fontsize=9)
+    for ax in (ax1, ax2, ax3):
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -257,6 +308,8 @@ def run_search(cfg: dict[str, Any], run_dir: str) -> dict[str, Any]:
                "reward": result["reward"], "choices": result["choices"], "wall_s": round(time.perf_counter() - t0, 3),
                "total_bytes_up": 0}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    logger.info("best network %s: accuracy %.4f, %d params (baseline %d), reward %.4f; %s",
-                result["choices"], result["accuracy"], result["params"], result["baseline_params"], result["reward"], out / ARCH_FILE)
+    logger.info("best network %s: accuracy %.4f, %d params (baseline %d), MACs per exit %s (baseline %s), "
+                "reward %.4f (cost %s, beta %d); %s", result["choices"], result["accuracy"], result["params"],
+                result["baseline_params"], result["macs_per_exit"], result["baseline_macs_per_exit"], result["reward"],
+                result["cost"], result["beta"], out / ARCH_FILE)
     return summary

@@ -29,6 +29,8 @@ def test_short_federated_run_on_digits(tmp_path):
     assert [r["round"] for r in rows] == [0, 1, 2, 3, 4]
     for row in rows:
         assert {"accuracy_exit_1", "accuracy_exit_2", "accuracy_exit_3", "loss_exit_1", "total_loss"} <= set(row)
+        macs = [row[f"macs_exit_{i}"] for i in (1, 2, 3)]
+        assert macs == sorted(macs) and row["params_exit_1"] < row["params_exit_3"]
     for row in rows[1:]:
         assert row["clients_ok"] == 3 and row["clients_failed"] == 0
         assert sum(row["nodes_per_depth"]) == 3

@@ -9,7 +9,7 @@ from conftest import run_bouquet_sim
 
 from bouquet.models.nas import (
     Architecture,
-    size_reward,
+    cost_reward,
 )
 
 
@@ -24,7 +24,16 @@ def test_short_search_on_digits(tmp_path):
     assert set(arch) >= {"architecture", "accuracy", "params", "reward"}
     assert arch["search_space"] == {"N": 4, "L": 3, "count": 64}
     assert 0.0 <= arch["accuracy"] <= 1.0 and arch["params"] > 0
-    assert arch["reward"] == pytest.approx(size_reward(arch["accuracy"], arch["params"], arch["baseline_params"]))
+    assert arch["cost"] == "params_macs" and len(arch["macs_per_exit"]) == len(arch["params_per_exit"]) == 3
+    chosen = next(c for c in arch["candidates_scored"] if c["choices"] == arch["choices"])
+    base_macs = sum(arch["baseline_macs_per_exit"]) / 3
+    assert arch["reward"] == pytest.approx(chosen["reward"])
+    assert chosen["macs"] == pytest.approx(sum(arch["macs_per_exit"]) / 3)
+    assert arch["reward"] == pytest.approx(cost_reward(arch["accuracy"], {
+        "params": chosen["params"] / arch["baseline_model_params"], "macs": chosen["macs"] / base_macs}))
+    rows = [json.loads(line) for line in (tmp_path / "search.jsonl").read_text().splitlines()]
+    sampled = [x for r in rows for x in r.get("sampled", [])]
+    assert sampled and all({"accuracy", "params", "macs", "reward"} <= set(x) for x in sampled)
     assert (tmp_path / "search_curve.png").stat().st_size > 0
     assert len((tmp_path / "search.jsonl").read_text().splitlines()) == 6
     Architecture.from_dict(arch["architecture"])  # loadable

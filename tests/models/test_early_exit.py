@@ -148,15 +148,18 @@ def test_exit_cost_grows_with_depth_for_every_network_in_the_space():
     (MNIST-sized and digits-sized inputs), and the intermediate exits are cheap heads."""
     import itertools
 
-    from bouquet.models.early_exit import EarlyExitNet, exit_macs
+    from bouquet.models.early_exit import EarlyExitNet, exit_macs, exit_params
     from bouquet.models.nas import Architecture, make_space
 
     for shape in [(1, 28, 28), (1, 8, 8)]:
         space = make_space(shape, 10)
         ratios = []
         for choices in itertools.product(space.candidates, repeat=space.num_pools):
-            macs = exit_macs(EarlyExitNet(Architecture(space, tuple(choices))))
+            model = EarlyExitNet(Architecture(space, tuple(choices)))
+            macs, params = exit_macs(model), exit_params(model)
             assert all(a < b for a, b in zip(macs, macs[1:], strict=False)), (choices, macs)
+            assert all(a < b for a, b in zip(params, params[1:], strict=False)), (choices, params)
+            assert params[-1] <= sum(p.numel() for p in model.parameters())
             ratios.append(macs[0] / macs[-1])
         median = sorted(ratios)[len(ratios) // 2]
         assert max(ratios) < 1.0 and median < (0.4 if shape[1] == 28 else 0.45), (shape, median)

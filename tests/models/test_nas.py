@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -106,6 +107,57 @@ def test_size_reward_formula_and_validation():
     for beta in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="beta"):
             size_reward(0.9, 50, 100, beta=beta)
+
+
+def test_cost_reward_moves_with_beta_and_prices_each_cost():
+    from bouquet.models.nas import cost_reward
+
+    assert cost_reward(0.9, {"params": 1.0, "macs": 1.0}) == pytest.approx(0.9)
+    assert cost_reward(0.9, {"macs": 0.5}, beta=1) == pytest.approx(0.9 * 2 ** 0.07)
+    assert cost_reward(0.9, {"params": 0.5, "macs": 0.25}, beta=2) == pytest.approx(0.9 * 2 ** 0.14 * 4 ** 0.14)
+    # the reward of a cheaper network grows with beta, that of a costlier one falls
+    cheap = [cost_reward(0.9, {"macs": 0.5}, beta=b) for b in (1, 2, 3, 4)]
+    dear = [cost_reward(0.9, {"macs": 2.0}, beta=b) for b in (1, 2, 3, 4)]
+    assert cheap == sorted(cheap) and len(set(cheap)) == 4 and dear == sorted(dear, reverse=True)
+    with pytest.raises(ValueError, match="cost ratios"):
+        cost_reward(0.9, {})
+    with pytest.raises(ValueError, match="cost ratios"):
+        cost_reward(0.9, {"macs": 0.0})
+
+
+def test_beta_changes_which_network_wins():
+    """A 3x cheaper network 15 points less accurate loses at beta 1-2 and wins at beta 3-4."""
+    from bouquet.models.nas import cost_reward
+
+    candidates = {"accurate": (0.90, 1.0), "cheap": (0.75, 1 / 3)}
+
+    def winner(beta):
+        return max(candidates, key=lambda k: cost_reward(candidates[k][0], {"macs": candidates[k][1]}, beta=beta))
+    assert [winner(b) for b in (1, 2, 3, 4)] == ["accurate", "accurate", "cheap", "cheap"]
+
+
+def test_search_reward_prices_the_early_exit_models_costs():
+    from bouquet.simulations.search import Search, network_costs, search_settings
+
+    space = make_space((1, 8, 8), 10)
+    rng = np.random.default_rng(0)
+    data = (rng.normal(size=(20, 1, 8, 8)).astype(np.float32), rng.integers(0, 10, 20),
+            rng.normal(size=(10, 1, 8, 8)).astype(np.float32), rng.integers(0, 10, 10))
+    cheap = [space.candidates.index("basicx1")] * 3
+    by_cost = {}
+    for cost in ("params", "macs", "params_macs"):
+        for beta in (1, 3):
+            search = Search(space, data, search_settings({"search": {"cost": cost, "beta": beta}}), seed=0)
+            by_cost[cost, beta] = search.reward(cheap, 0.5)
+    c, base = network_costs(space, cheap), network_costs(space, [space.candidates.index("basicx2")] * 3)
+    assert c["macs"] == pytest.approx(np.mean(c["macs_per_exit"])) and c["params"] < base["params"]
+    assert by_cost["params", 1] == pytest.approx(0.5 * (c["params"] / base["params"]) ** -0.07)
+    assert by_cost["macs", 1] == pytest.approx(0.5 * (c["macs"] / base["macs"]) ** -0.07)
+    assert by_cost["params_macs", 3] == pytest.approx(
+        0.5 * (c["params"] / base["params"]) ** -0.21 * (c["macs"] / base["macs"]) ** -0.21)
+    assert by_cost["macs", 3] > by_cost["macs", 1] > 0.5
+    with pytest.raises(ValueError, match="search.cost"):
+        search_settings({"search": {"cost": "latency"}})
 
 
 def test_baseline_is_deepest_basic_network():
