@@ -1,21 +1,28 @@
-"""Per-round checkpoints and resume.
+"""Checkpoints and resume (per round; per applied update for the asynchronous strategy).
 
 After every ``simulation.checkpoint_every`` rounds the run directory gets ``checkpoint.pkl``:
 the global arrays, the round number, the strategy's state, the RNG states (``random``, numpy,
 torch) and the resolved config, written atomically (temporary file, ``fsync``, rename) with a
-SHA-256 of the payload. The previous checkpoint is kept as ``checkpoint.prev.pkl``; a
+SHA-256 of the payload. An asynchronous run (``strategy=async``, no rounds) reads
+``checkpoint_every`` as **applied updates** between checkpoints: its checkpoint has ``updates``
+in place of ``round``, the strategy's state holds the model version, the counters and the
+staleness windows the server keeps (:meth:`bouquet.strategies.async_fedavg.AsyncFedAvg.state_dict`),
+and ``period`` holds the traffic counted since the last ``metrics.jsonl`` line. The previous checkpoint is kept as ``checkpoint.prev.pkl``; a
 checkpoint whose checksum does not match (e.g. truncated by a crash mid-write) is detected and
 the previous one is used.
 
-Strategy state: an object (each level of a wrapper chain: ``obj``, ``obj.strategy``, ...) with
-``state_dict()`` / ``load_state_dict()`` uses them; otherwise its plain-data attributes
+Strategy state: an object (each level of a wrapper chain: ``obj``, ``obj.strategy``, ...) whose
+class defines ``state_dict()`` / ``load_state_dict()`` uses them (a wrapper does not borrow its
+inner strategy's); otherwise its plain-data attributes
 (numbers, strings, numpy arrays, and lists / dicts of those, e.g. FedAdam's moments) are saved
 and restored. Attributes holding functions or other objects are not (they are rebuilt from the
 config).
 
 What a resume cannot restore in simulation: per-node ``context.state`` of the clients (e.g.
-error-feedback residuals), which lives in the simulation's worker processes; a real deployment
-keeps it on the SuperNodes.
+error-feedback residuals, a learner's own staleness window), which lives in the simulation's
+worker processes; a real deployment keeps it on the SuperNodes. A simulation also gives its
+nodes new ids, so per-node values the server kept (an asynchronous run's per-node windows and
+counters) are not used after a resume there (logged as a warning).
 """
 
 from __future__ import annotations
@@ -44,6 +51,9 @@ RESUME_FREE_KEYS = (
     "simulation.checkpoint_every",
     "simulation.client_cpus",
     "simulation.total_cpus",
+    "strategy.max_updates",  # asynchronous: the budget of a resumed run may grow
+    "strategy.max_wall_s",
+    "strategy.reply_timeout_s",
     "verbose",
     "fault.hang_s",
 )
@@ -77,7 +87,7 @@ def strategy_state(strategy: Any) -> list[dict[str, Any]]:
     """The state of every level of a wrapper chain (see module docstring)."""
     states = []
     for obj in _chain(strategy):
-        if callable(getattr(obj, "state_dict", None)):
+        if callable(getattr(type(obj), "state_dict", None)):  # not a wrapper's forwarded attribute
             states.append({"__state_dict__": obj.state_dict()})
         else:
             states.append({k: v for k, v in vars(obj).items() if k != "strategy" and _is_data(v)})
@@ -159,7 +169,8 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any]:
             errors.append(str(exc))
             continue
         if name == PREVIOUS:
-            logger.warning("using the previous checkpoint %s (round %s)", path, payload.get("round"))
+            step = "updates" if "updates" in payload else "round"
+            logger.warning("using the previous checkpoint %s (%s %s)", path, step, payload.get(step))
         return payload
     raise CheckpointError("no usable checkpoint: " + "; ".join(errors))
 
@@ -199,7 +210,8 @@ def resume_dir(cfg: dict[str, Any], run_dir: str | os.PathLike[str]) -> Path:
 
 
 class Checkpointer:
-    """Write a checkpoint every ``every`` rounds (and after the last round).
+    """Write a checkpoint every ``every`` rounds (and after the last round); :meth:`save` is the
+    asynchronous strategy's (it decides when: every ``every`` applied updates).
 
     Parameters
     ----------
@@ -210,7 +222,7 @@ class Checkpointer:
     strategy : object
         The strategy whose state is saved (the configured chain, not the driver wrappers).
     every : int
-        Rounds between checkpoints; 0 disables checkpointing.
+        Rounds (asynchronous: applied updates) between checkpoints; 0 disables checkpointing.
     last_round : int
         The final round (always checkpointed when ``every`` > 0).
     """
@@ -228,17 +240,20 @@ class Checkpointer:
     def __call__(self, server_round: int, arrays: dict[str, np.ndarray]) -> None:
         if self.every == 0 or (server_round % self.every and server_round != self.last_round):
             return
+        self.save(server_round, arrays)
+
+    def save(self, step: int, arrays: dict[str, np.ndarray], *, step_key: str = "round", extra: dict[str, Any] | None = None) -> None:
+        """Write the checkpoint of ``step`` (``step_key``: ``round`` or ``updates``) now."""
         import time
 
         start = time.perf_counter()
-        save_checkpoint(
-            self.run_dir,
-            {
-                "round": server_round,
-                "arrays": arrays,
-                "strategy": strategy_state(self.strategy),
-                "rng": rng_state(),
-                "config": self.cfg,
-            },
-        )
+        payload = {
+            step_key: step,
+            "arrays": arrays,
+            "strategy": strategy_state(self.strategy),
+            "rng": rng_state(),
+            "config": self.cfg,
+            **(extra or {}),
+        }
+        save_checkpoint(self.run_dir, payload)
         self.seconds += time.perf_counter() - start

@@ -139,15 +139,6 @@ def _lenet_digits(cfg: dict[str, Any], opt: Options) -> str | None:
     return None
 
 
-@combination("strategy=async + simulation.resume")
-def _async_resume(cfg: dict[str, Any], opt: Options) -> str | None:
-    """The asynchronous loop has no rounds to resume from."""
-    resume = cfg["simulation"]["resume"]
-    if opt["strategy"] == "async" and resume not in (None, False, "", "false", "null"):
-        return _both("strategy=async", f"simulation.resume={fmt(resume)}", "the asynchronous loop cannot be resumed by round")
-    return None
-
-
 @combination("client.max_depth|max_depth_by_partition without strategy=depth_fedavg")
 def _capacity_needs_depths(cfg: dict[str, Any], opt: Options) -> str | None:
     """A node with a capacity returns a sub-model; only strategy=depth_fedavg aggregates sub-models

@@ -294,7 +294,7 @@ SIMULATION = {
     "client_cpus": real("(0, inf)", doc="CPUs per simulated client (<= total_cpus)"),
     "total_cpus": integer("[1, inf)", null="all cores of this machine"),
     "node_wait_s": real("[0, inf)", null="no bound", doc="fail when too few nodes connect this long (0: no bound)"),
-    "checkpoint_every": integer("[0, inf)", doc="rounds between checkpoints (0: off)"),
+    "checkpoint_every": integer("[0, inf)", doc="rounds between checkpoints (strategy=async: applied updates; 0: off)"),
     "resume": Key("str or bool", null="a fresh run", doc="run dir to continue, or true = this run's own dir"),
     "min_replies": integer("[1, inf)", doc="fewer valid replies: the round is skipped"),
 }

@@ -15,6 +15,7 @@ Strategy hooks read by the runner (all optional, forwarded by bouquet's wrappers
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import random
@@ -136,18 +137,27 @@ def run_server(grid: Grid, cfg: dict[str, Any], run_dir: str | Path) -> dict[str
     num_rounds = int(sim["num_rounds"])
     start_round, previous_rows = 0, None
     initial_named = exp.initial_arrays()
+    own_loop = hasattr(strategy, "bind_recorder")  # asynchronous: checkpoints count applied updates
     if is_resuming(cfg):
         ckpt = load_checkpoint(run_dir)
         diffs = config_differences(ckpt["config"], cfg)
         if diffs:
             raise CheckpointError(f"cannot resume {run_dir}: config differs in {', '.join(diffs)}")
-        if hasattr(strategy, "bind_recorder"):
-            raise CheckpointError(f"{type(strategy).__name__} runs its own loop and cannot be resumed by round")
-        start_round, initial_named = int(ckpt["round"]), ckpt["arrays"]
+        if own_loop != ("updates" in ckpt):
+            raise CheckpointError(f"cannot resume {run_dir}: its checkpoint is not one of {type(strategy).__name__}'s")
+        initial_named = ckpt["arrays"]
         load_strategy_state(strategy, ckpt["strategy"])
         set_rng_state(ckpt["rng"])
-        previous_rows = read_rows(run_dir, up_to_round=start_round)
-        logger.info("resuming %s after round %d of %d", run_dir, start_round, num_rounds)
+        if own_loop:
+            updates = int(ckpt["updates"])
+            previous_rows = [r for r in read_rows(run_dir) if r.get("updates", 0) <= updates]
+            if "period" in ckpt:  # traffic since the last line before the checkpoint
+                metered.period = ckpt["period"]
+            logger.info("resuming %s after %d applied updates", run_dir, updates)
+        else:
+            start_round = int(ckpt["round"])
+            previous_rows = read_rows(run_dir, up_to_round=start_round)
+            logger.info("resuming %s after round %d of %d", run_dir, start_round, num_rounds)
     (run_dir / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
     node_wait_s = float(sim.get("node_wait_s") or 0)
     if node_wait_s:  # Flower's samplers would wait forever for min_available_nodes
@@ -163,8 +173,11 @@ def run_server(grid: Grid, cfg: dict[str, Any], run_dir: str | Path) -> dict[str
         previous_rows=previous_rows,
         on_round=checkpointer,
     )
-    if hasattr(strategy, "bind_recorder"):  # asynchronous: records per update, owns its start()
-        strategy = strategy.bind_recorder(recorder)
+    if own_loop:  # asynchronous: records per update, owns its start(), checkpoints per applied updates
+        def save_updates(updates: int, arrays: dict[str, np.ndarray]) -> None:
+            checkpointer.save(updates, arrays, step_key="updates", extra={"period": copy.copy(metered.period)})
+
+        strategy = strategy.bind_recorder(recorder).bind_checkpoint(save_updates, checkpointer.every)
     initial = ArrayRecord({k: Array(np.asarray(v)) for k, v in initial_named.items()})
     driver = RoundOffset(strategy, start_round) if start_round else strategy
     try:

@@ -53,6 +53,12 @@ not improved by ``plateau_min_delta`` over the last ``plateau_window`` evaluatio
 :math:`\\max(5, \\lceil 5 N / E \\rceil)` for :math:`N` nodes evaluated every :math:`E`
 updates, see :func:`~bouquet.strategies.async_state.plateau_evaluations`; the update budget caps
 the run either way).
+
+Checkpoints and resume (:meth:`AsyncFedAvg.bind_checkpoint`, :meth:`AsyncFedAvg.state_dict`,
+:meth:`AsyncFedAvg.load_state_dict`): a bound ``save(updates, arrays)`` is called every ``every``
+applied updates (after that update's evaluation line) and when the run stops; a loaded state makes
+the next :meth:`AsyncFedAvg.start` continue that run (version, counters, windows, budgets; what is
+kept and what is not: :mod:`bouquet.strategies.async_state` and ``docs/async.md``).
 """
 
 from __future__ import annotations
@@ -79,6 +85,7 @@ from bouquet.strategies.async_state import (
     plateaued,
     reply_update,
     reported_scale,
+    split_state,
     train_message,
     wait_for_nodes,
 )
@@ -191,6 +198,9 @@ class AsyncFedAvg(Strategy):
         self.decoder = decoder
         self.recorder: Any = None
         self.state = AsyncState()
+        self.checkpoint: Callable[[int, dict[str, Any]], None] | None = None
+        self.checkpoint_every = 0
+        self._resume: dict[str, Any] | None = None  # set by load_state_dict, used by the next start()
 
     # ------------------------------------------------------------ Strategy API
     def summary(self) -> None:
@@ -205,6 +215,23 @@ class AsyncFedAvg(Strategy):
         """
         self.recorder = recorder
         return self
+
+    def bind_checkpoint(self, save: Callable[[int, dict[str, Any]], None] | None, every: int) -> AsyncFedAvg:
+        """Call ``save(updates, arrays)`` every ``every`` applied updates and at the end (0: never)."""
+        if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+            raise ValueError(f"checkpoint every={every!r} must be an integer >= 0 (applied updates; 0: off)")
+        self.checkpoint, self.checkpoint_every = save, every
+        return self
+
+    def state_dict(self) -> dict[str, Any]:
+        """The run's state without the model, as plain data (see the module docstring)."""
+        return {"run": self.state.state_dict(), "policy": {"name": self.policy.name, **self.policy.state_dict()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue the run of :meth:`state_dict` at the next :meth:`start` (see the module docstring)."""
+        run, policy = split_state(state, self.policy.name)
+        self.policy.load_state_dict(policy)
+        self._resume = run
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         """One train message (model version ``server_round``) for every node of ``grid``."""
@@ -235,19 +262,31 @@ class AsyncFedAvg(Strategy):
         evaluate_config: ConfigRecord | None = None,
         evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
     ) -> Result:
-        """Run asynchronous training on ``grid`` until a stop condition holds."""
+        """Run asynchronous training on ``grid`` until a stop condition holds (or continue the
+        run loaded by :meth:`load_state_dict`, ``initial_arrays`` being its model)."""
+        resume, self._resume = self._resume, None
         st = self.state = AsyncState()
-        st.reset({k: v.numpy().copy() for k, v in initial_arrays.items()})
+        arrays = {k: v.numpy().copy() for k, v in initial_arrays.items()}
+        if resume is None:
+            st.reset(arrays)
+        else:
+            st.restore(resume, arrays)
         config = ConfigRecord(dict(train_config or {}))
         reply_timeout = float(self.reply_timeout_s or timeout)
         nodes = wait_for_nodes(grid, reply_timeout)
-        st.budget = self.max_updates or int(num_rounds) * max(1, len(nodes))
-        st.plateau_window = plateau_evaluations(self.plateau_window, len(nodes), self.eval_every)
+        if resume is None:
+            st.nodes = len(nodes)
+        st.budget = self.max_updates or int(num_rounds) * max(1, st.nodes)
+        st.plateau_window = plateau_evaluations(self.plateau_window, st.nodes, self.eval_every)
         self.summary()
         log(logging.INFO, "async: %d nodes, budget %d updates, reply timeout %.0f s, plateau after %d evaluations",
             len(nodes), st.budget, reply_timeout, st.plateau_window)  # fmt: skip
         result = Result()
-        self._evaluate(evaluate_fn, result)
+        if resume is None:
+            self._evaluate(evaluate_fn, result)
+        else:
+            self._log_resume(nodes)
+            st.stop_reason = self._stop_reason()
         idle = True  # some node may be idle: ask the grid for nodes only then (an RPC on a SuperLink)
         while st.stop_reason is None:
             if idle:
@@ -264,6 +303,7 @@ class AsyncFedAvg(Strategy):
                     self._evaluate(evaluate_fn, result)  # may find a plateau
                 if st.stop_reason:
                     break
+                self._checkpoint(final=False)
             st.stop_reason = st.stop_reason or self._stop_reason()
             if st.stop_reason is None:
                 idle = self._expire(grid, reply_timeout) or idle
@@ -272,8 +312,33 @@ class AsyncFedAvg(Strategy):
         log(logging.INFO, "async: stopped after %d updates (version %d): %s", st.updates, st.version, st.stop_reason)
         if st.updates_since_eval:
             self._evaluate(evaluate_fn, result)  # the final line carries the stop reason
+        self._checkpoint(final=True)
         result.arrays = st.record()
         return result
+
+    def _checkpoint(self, final: bool) -> None:
+        """Save through the bound callable every ``checkpoint_every`` applied updates (and at the end)."""
+        st = self.state
+        if self.checkpoint is None or self.checkpoint_every <= 0 or st.updates == st.checkpointed:
+            return
+        if not final and st.updates % self.checkpoint_every:
+            return
+        previous, st.checkpointed = st.checkpointed, st.updates
+        try:
+            self.checkpoint(st.updates, st.arrays)
+        except OSError as exc:  # the previous checkpoint stays valid (written atomically): go on
+            st.checkpointed = previous
+            log(logging.WARNING, "async: checkpoint after %d updates skipped: %s", st.updates, exc)
+
+    def _log_resume(self, nodes: list[int]) -> None:
+        """Say where a resumed run continues, and which per-node values cannot be used."""
+        st = self.state
+        log(logging.INFO, "async: resuming at version %d after %d updates (%d evaluations), budget %d",
+            st.version, st.updates, len(st.history), st.budget)  # fmt: skip
+        gone, known = st.absent_nodes(nodes)
+        if gone:
+            log(logging.WARNING, "async: %d of the %d nodes in the checkpoint are not connected (a simulation gives its nodes "
+                "new ids); their counters and windows are not used, the nodes now connected start afresh", gone, known)
 
     def _dispatch(self, grid: Grid, config: ConfigRecord) -> None:
         """Push the current model to every available node that has nothing in flight."""

@@ -5,10 +5,16 @@ update rules :func:`mix` (FedAsync, Xie et al. 2019) and :func:`buffered_step` (
 Nguyen et al. 2022), the convergence test :func:`plateaued`, the reply checks
 :func:`reply_update` (payload and echoes) and :func:`reported_scale` (the learning-rate scale a
 learner reports with the learner-side sliding window, bounded to :math:`[0, s_{max}]`).
+
+:meth:`AsyncState.state_dict` / :meth:`AsyncState.restore` are what a checkpoint of an
+asynchronous run holds besides the model: the version, the counters, the per-node values the
+learner-side window is sent, FedBuff's partial buffer and the plateau history. Messages in flight
+are not saved: a resumed run sends every node the current model again.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -195,6 +201,8 @@ class AsyncState:
         self.updates = 0
         self.updates_since_eval = 0
         self.budget = 0
+        self.nodes = 0  # nodes at the start of the run (the default budget and plateau window)
+        self.checkpointed = 0  # updates at the last checkpoint
         self.plateau_window = 0
         self.snapshots: dict[int, Arrays] = {}
         self.inflight: dict[str, InFlight] = {}
@@ -214,6 +222,7 @@ class AsyncState:
         self.period_staleness: list[int] = []
         self.period_scales: list[float] = []
         self.period_dropped: list[str] = []
+        self.period_log: list[list[Any]] = []
         self.stop_reason: str | None = None
         self.t_start = time.monotonic()
         self._record: ArrayRecord | None = None
@@ -254,6 +263,7 @@ class AsyncState:
         self.scale_log.append(float(scale))
         self.period_staleness.append(int(staleness))
         self.period_scales.append(float(scale))
+        self.period_log.append([node_id, int(staleness), float(scale)])
 
     def fallback(self, reason: str) -> None:
         """Count a learner-reported scale that could not be used (the server's rule was)."""
@@ -274,6 +284,7 @@ class AsyncState:
             "staleness_mean": float(np.mean(taus)) if taus else None,
             "staleness_max": int(max(taus)) if taus else None,
             "lr_scale": float(np.mean(scales)) if scales else None,
+            "update_log": list(st.period_log),
             CLIENTS_DROPPED: len(st.period_dropped),
             DROP_REASONS: list(st.period_dropped),
         }
@@ -282,7 +293,41 @@ class AsyncState:
         if st.stop_reason:
             report["stop_reason"] = st.stop_reason
         st.period_staleness, st.period_scales, st.period_dropped, st.period_fallbacks = [], [], [], 0
+        st.period_log = []
         return report
+
+    # Counters a checkpoint holds (see the module docstring), restored as they were.
+    SAVED = (
+        "version", "updates", "updates_since_eval", "nodes", "checkpointed", "tasks", "failures", "history",
+        "applied_versions", "staleness_log", "scale_log", "dropped", "node_staleness", "node_applied", "fallbacks",
+        "period_fallbacks", "period_staleness", "period_scales", "period_dropped", "period_log",
+    )  # fmt: skip
+
+    def state_dict(self) -> dict[str, Any]:
+        """The run's state as plain data, without the model (see the module docstring)."""
+        state: dict[str, Any] = {name: copy.deepcopy(getattr(self, name)) for name in self.SAVED}
+        state["excluded"] = sorted(self.excluded)
+        state["buffer"] = [[{k: v.copy() for k, v in delta.items()}, float(rate)] for delta, rate in self.buffer]
+        state["elapsed_s"] = time.monotonic() - self.t_start
+        return state
+
+    def restore(self, state: Mapping[str, Any], arrays: Arrays) -> None:
+        """Continue from :meth:`state_dict` with ``arrays`` as the model at its version."""
+        missing = [k for k in (*self.SAVED, "excluded", "buffer", "elapsed_s") if k not in state]
+        if missing:
+            raise ValueError(f"async checkpoint state lacks {', '.join(missing)}")
+        self.reset(arrays)
+        for name in self.SAVED:
+            setattr(self, name, copy.deepcopy(state[name]))
+        self.excluded = set(state["excluded"])
+        self.buffer = [(dict(delta), float(rate)) for delta, rate in state["buffer"]]
+        self.snapshots = {self.version: arrays}
+        self.t_start = time.monotonic() - float(state["elapsed_s"])
+
+    def absent_nodes(self, nodes: list[int]) -> tuple[int, int]:
+        """(how many of the nodes this state has values for are not in ``nodes``, how many it has)."""
+        known = set(self.node_applied) | set(self.tasks)
+        return len(known - set(nodes)), len(known)
 
     def flight(self, node: int, version: int, learner_side: bool) -> InFlight:
         """The in-flight entry of a message to ``node`` now (with the learner-side window's sample)."""
@@ -302,6 +347,18 @@ class AsyncState:
         needed = {f.version for f in self.inflight.values()} | {self.version}
         for v in [v for v in self.snapshots if v not in needed]:
             del self.snapshots[v]
+
+
+def split_state(state: Any, policy_name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(run state, policy state) of an :class:`~bouquet.strategies.async_fedavg.AsyncFedAvg`
+    ``state_dict()``; ``ValueError`` if it is not one, or of another policy."""
+    if not isinstance(state, dict) or set(state) != {"run", "policy"}:
+        raise ValueError(f"not an AsyncFedAvg state: keys {sorted(state) if isinstance(state, dict) else type(state).__name__}")
+    policy = dict(state["policy"])
+    name = policy.pop("name", None)
+    if name != policy_name:
+        raise ValueError(f"the checkpoint's policy is {name!r}, this strategy's {policy_name!r}")
+    return dict(state["run"]), policy
 
 
 WINDOW_SIDES = ("learner", "server")  # where the sliding window lives (policy=sliding_window)

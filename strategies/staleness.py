@@ -161,6 +161,15 @@ class StalenessPolicy:
         """The policy's name and settings (for logs)."""
         return {"policy": self.name, **{k: v for k, v in vars(self).items() if not k.startswith("_")}}
 
+    def state_dict(self) -> dict[str, Any]:
+        """What the policy learned during a run, as plain data (none for memoryless policies)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (a checkpoint of a run with the same policy)."""
+        if state:
+            raise ValueError(f"policy {self.name!r} keeps no state, got keys {sorted(state)}")
+
 
 class ConstantPolicy(StalenessPolicy):
     """Plain asynchronous training: every update gets scale 1."""
@@ -265,6 +274,23 @@ class SlidingWindowPolicy(StalenessPolicy):
 
     def observe(self, staleness: float, node_id: int | None = None) -> None:
         self._window(node_id).append(_check_staleness(staleness))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The windows: ``{"windows": [[node_id or None (shared), [samples]], ...]}``."""
+        return {"windows": [[key, list(samples)] for key, samples in self._windows.items()]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the windows of :meth:`state_dict` (each cut to this policy's ``window``)."""
+        windows = state.get("windows")
+        if set(state) != {"windows"} or not isinstance(windows, list):
+            raise ValueError(f"sliding_window state must be {{'windows': [[node, samples], ...]}}, got keys {sorted(state)}")
+        restored: dict[int | None, deque[float]] = {}
+        for entry in windows:
+            if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and (entry[0] is None or isinstance(entry[0], int))
+                    and isinstance(entry[1], (list, tuple))):  # fmt: skip
+                raise ValueError(f"sliding_window state: {entry!r} is not [node_id or None, [samples]]")
+            restored[entry[0]] = deque((_check_staleness(s) for s in entry[1]), maxlen=self.window)
+        self._windows = restored
 
 
 def make_policy(

@@ -117,3 +117,73 @@ def test_run_survives_crashing_hanging_and_corrupting_clients(tmp_path: Path) ->
         assert np.all(np.isfinite(arr))
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["clients_failed"] == sum(r["clients_failed"] for r in rows)
+
+
+# As PAUSING_SIM, for an asynchronous run: pauses once the checkpoint of argv[1] applied updates is on disk.
+PAUSING_ASYNC_SIM = """
+import sys, threading
+from pathlib import Path
+from bouquet.simulations import checkpoint, main
+pause, marker = int(sys.argv[1]), Path(sys.argv[2])
+save = checkpoint.Checkpointer.save
+def save_then_pause(self, step, arrays, *, step_key="round", extra=None):
+    save(self, step, arrays, step_key=step_key, extra=extra)
+    if step_key == "updates" and step == pause:
+        marker.write_text(str(step))
+        threading.Event().wait()
+checkpoint.Checkpointer.save = save_then_pause
+sys.argv = ["bouquet-sim", *sys.argv[3:]]
+main.main()
+"""
+
+ASYNC = [
+    *BASE, "simulation.num_rounds=6", "strategy=async", "strategy.eval_every=3", "strategy.plateau_window=0",
+    "simulation.checkpoint_every=4", "simulation.client_cpus=0.5",
+]  # fmt: skip
+
+
+def test_async_run_sigkilled_after_a_checkpoint_resumes_its_versions_and_updates(tmp_path: Path) -> None:
+    """``strategy=async`` (sliding window on the learners) with a checkpoint every 4 applied
+    updates, SIGKILLed after the one of update 8, resumed: the update count and the model
+    version go on from 8 to the budget of 18 (6 rounds x 3 nodes), not from 0."""
+    crashed, marker, log = tmp_path / "crashed", tmp_path / "paused-after-updates", tmp_path / "crashed.log"
+    with open(log, "wb") as out:
+        child = subprocess.Popen(
+            [sys.executable, "-c", PAUSING_ASYNC_SIM, "8", str(marker), *ASYNC, f"hydra.run.dir={crashed}"],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.time() + 600
+        while not marker.exists():
+            assert child.poll() is None, f"run ended before update 8: {log.read_text()[-3000:]}"
+            assert time.time() < deadline, "update 8 was not checkpointed within 600 s"
+            time.sleep(0.1)
+        os.killpg(child.pid, signal.SIGKILL)  # the whole session: the driver and its Ray workers
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+        child.wait(timeout=60)
+    assert child.returncode == -signal.SIGKILL
+    ckpt = load_checkpoint(crashed)
+    assert ckpt["updates"] == 8 and ckpt["strategy"][-1]["__state_dict__"]["run"]["version"] == 8
+    assert [r["updates"] for r in read_rows(crashed)] == [0, 3, 6]
+    assert not (crashed / "final_model.npz").exists() and not (crashed / "summary.json").exists()
+
+    proc = run_bouquet_sim([*ASYNC, f"simulation.resume={crashed}"], tmp_path / "r1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(x) for x in (crashed / "metrics.jsonl").read_text().splitlines()]
+    assert [r["updates"] for r in rows] == [0, 3, 6, 9, 12, 15, 18]
+    assert [r["version"] for r in rows] == [0, 3, 6, 9, 12, 15, 18]  # one version per applied update, continued
+    assert rows[-1]["stop_reason"] == "update budget 18 reached"
+    assert sum(len(r["update_log"]) for r in rows) == 18 and all(r["lr_scale_fallbacks"] == 0 for r in rows)
+    # Flower's engine gives the resumed run's nodes new ids: the server says it does not reuse their values
+    main_log = (tmp_path / "r1" / "main.log").read_text()
+    assert "async: resuming at version 8 after 8 updates" in main_log
+    assert "WARNING] - async: 3 of the 3 nodes in the checkpoint are not connected" in main_log
+    assert load_checkpoint(crashed)["updates"] == 18
+    summary = json.loads((crashed / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["final_accuracy"] > rows[0]["accuracy"] + 0.2, summary
+    assert all(np.all(np.isfinite(v)) for v in _final(crashed).values())

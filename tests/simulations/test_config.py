@@ -150,7 +150,6 @@ COMBINATION_CASES: dict[str, tuple[list[str], list[str]]] = {
     "_recsys_pair": (["client=recsys"], ["client=recsys", "dataset=movielens"]),
     "_recsys_strategy": (["experiment=s5_recsys", "strategy=kl_weighted"], ["dataset=movielens", "strategy=kl_weighted"]),
     "_lenet_digits": (["dataset=digits", "model=lenet"], ["model=lenet", "dataset=digits"]),
-    "_async_resume": (["strategy=async", "simulation.resume=true"], ["strategy=async", "simulation.resume"]),
     "_capacity_needs_depths": (["model=early_exit", "client=early_exit", "client.max_depth=2"],
                                ["strategy=fedavg", "client.max_depth=2", "depth_fedavg"]),
     "_codec_args": (["experiment=s5_recsys", "client.codec=topk"], ["client.codec=topk", "client.codec_args.alpha"]),

@@ -76,3 +76,81 @@ def test_node_wait_is_bounded() -> None:
         grid.get_node_ids()
 
 
+
+
+# ------------------------------------------------------------ asynchronous runs (in process)
+class _Crash(BaseException):
+    """Stands for a SIGKILL: not an Exception, so run_server records nothing more."""
+
+
+def _async_cfg(*extra: str) -> dict:
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    with initialize_config_module("bouquet.conf", version_base="1.3"):
+        cfg = compose("config", overrides=[
+            "dataset=digits", "model=mlp", "client=plain", "strategy=async", "simulation.num_clients=3",
+            "strategy.max_updates=12", "strategy.eval_every=6", "strategy.plateau_window=0",
+            "simulation.checkpoint_every=3", *extra,
+        ])  # fmt: skip
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def test_async_run_resumes_where_its_checkpoint_left_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``run_server`` on an in-process grid whose 3 nodes answer at once (each batch of 3 replies
+    is handled before the next push, so nothing is in flight at a checkpoint every 3 updates):
+    killed right after the checkpoint of update 9 and resumed with nodes that kept their
+    ``context.state`` (as SuperNodes do), the run ends exactly as the uninterrupted one."""
+    from inprocess_grid import InProcessGrid
+
+    from bouquet.simulations import checkpoint, results, server
+    from bouquet.simulations.results import read_rows
+
+    monkeypatch.setattr(results, "plot_curves", lambda rows, path: None)
+    cfg = _async_cfg()
+    full = tmp_path / "full"
+    server.run_server(InProcessGrid(server.make_client_app(cfg), 3), cfg, full)
+    assert load_checkpoint(full)["updates"] == 12
+
+    save = checkpoint.Checkpointer.save
+
+    def save_then_crash(self, step, arrays, *, step_key="round", extra=None):
+        save(self, step, arrays, step_key=step_key, extra=extra)
+        if step_key == "updates" and step == 9:
+            raise _Crash
+
+    crashed = tmp_path / "crashed"
+    grid = InProcessGrid(server.make_client_app(cfg), 3)
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoint.Checkpointer, "save", save_then_crash)
+        with pytest.raises(_Crash):
+            server.run_server(grid, cfg, crashed)
+    ckpt = load_checkpoint(crashed)
+    assert ckpt["updates"] == 9 and "round" not in ckpt
+    assert ckpt["period"].clients_ok == 3  # the replies after the line of update 6
+    assert [r["updates"] for r in read_rows(crashed)] == [0, 6]
+    assert not (crashed / "final_model.npz").exists()
+
+    with pytest.raises(CheckpointError, match="config differs in strategy.alpha"):
+        server.run_server(grid, {**cfg, "strategy": {**cfg["strategy"], "alpha": 0.3}, "simulation": {**cfg["simulation"], "resume": str(crashed)}}, tmp_path / "x")
+
+    again = InProcessGrid(server.make_client_app(cfg), 3)
+    again.contexts = grid.contexts  # the nodes kept their learner windows
+    resumed = {**cfg, "simulation": {**cfg["simulation"], "resume": str(crashed)}}
+    summary = server.run_server(again, resumed, tmp_path / "elsewhere")
+    assert summary["status"] == "ok"
+    assert not (tmp_path / "elsewhere" / "metrics.jsonl").exists()  # a resume writes into the run it continues
+    rows, expected = read_rows(crashed), read_rows(full)
+    assert [r["updates"] for r in rows] == [0, 6, 12] and [r["version"] for r in rows] == [0, 6, 12]
+    assert rows[-1]["stop_reason"] == "update budget 12 reached"
+    keys_ = ("accuracy", "loss", "clients_ok", "clients_failed", "bytes_up", "bytes_down", "staleness_mean", "lr_scale", "update_log")
+    for row, want in zip(rows, expected, strict=True):
+        assert {k: row[k] for k in keys_ if k in want} == {k: want[k] for k in keys_ if k in want}
+    a, b = _final(full), _final(crashed)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+    assert load_checkpoint(crashed)["updates"] == 12
+
+
+def _final(run_dir: Path) -> dict[str, np.ndarray]:
+    return dict(np.load(run_dir / "final_model.npz"))

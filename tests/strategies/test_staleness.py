@@ -145,3 +145,24 @@ def test_speed_factors_are_seeded_and_heterogeneous() -> None:
     np.testing.assert_allclose(speed_factors(5, 0.0, 0.0, 1.0, seed=0), 1.0)
     with pytest.raises(ValueError, match="slow_fraction"):
         speed_factors(5, 0.5, 1.5, 5.0, seed=0)
+
+
+def test_sliding_window_state_round_trip() -> None:
+    policy = SlidingWindowPolicy(window=3, per_node=True)
+    for node, tau in [(1, 0), (2, 4), (1, 2), (1, 5), (2, 1), (1, 1)]:
+        policy(tau, node)
+    state = policy.state_dict()
+    assert state == {"windows": [[1, [2.0, 5.0, 1.0]], [2, [4.0, 1.0]]]}
+    copy = SlidingWindowPolicy(window=3, per_node=True)
+    copy.load_state_dict(state)
+    assert [copy(t, n) for n, t in [(1, 3), (2, 0), (3, 2)]] == [policy(t, n) for n, t in [(1, 3), (2, 0), (3, 2)]]
+    shared = SlidingWindowPolicy(window=2)
+    shared.load_state_dict({"windows": [[None, [1, 2, 3]]]})
+    assert shared.samples() == [2.0, 3.0]  # cut to this policy's window
+    with pytest.raises(ValueError, match="is not \\[node_id or None, \\[samples\\]\\]"):
+        shared.load_state_dict({"windows": [["a", [1]]]})
+    with pytest.raises(ValueError, match="staleness=-1"):
+        shared.load_state_dict({"windows": [[None, [-1]]]})
+    assert PolynomialPolicy().state_dict() == {}
+    with pytest.raises(ValueError, match="policy 'constant' keeps no state"):
+        ConstantPolicy().load_state_dict({"windows": []})
