@@ -42,10 +42,12 @@ class Cell:
     #: ``None``: a ``bouquet-sim`` run; else a script under ``benchmarks/`` run with ``overrides``
     #: as its arguments, which writes ``metrics.jsonl`` and ``summary.json`` into ``--run-dir``
     script: str | None = None
+    #: JSON files of the run directory kept in the raw record (``record["files"][name]``)
+    keep: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, overrides: Iterable[str], *, script: str | None = None, **key: Any) -> Cell:
-        return cls(tuple(sorted(key.items())), tuple(overrides), script)
+    def of(cls, overrides: Iterable[str], *, script: str | None = None, keep: Iterable[str] = (), **key: Any) -> Cell:
+        return cls(tuple(sorted(key.items())), tuple(overrides), script, tuple(keep))
 
     @property
     def key_dict(self) -> dict[str, Any]:
@@ -139,10 +141,13 @@ def run_cell(section: str, cell: Cell, *, timeout_s: float = 3 * 3600, pin: str 
         wall = time.time() - t0
         if res.returncode != 0:
             raise RuntimeError(f"{section} {cell.label()} failed (exit {res.returncode}):\n{res.stderr[-3000:]}")
-        rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        metrics = run_dir / "metrics.jsonl"  # a search run has none
+        rounds = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.exists() else []
         summary = json.loads((run_dir / "summary.json").read_text())
+        files = {name: json.loads((run_dir / name).read_text()) for name in cell.keep}
     record = {
         "key": cell.key_dict, "overrides": list(cell.overrides), "rounds": rounds, "summary": summary, "commit": commit,
+        **({"files": files} if files else {}),
         "wall_s": round(wall, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "loadavg": [round(v, 2) for v in os.getloadavg()], "cpus": os.cpu_count(),
     }

@@ -1,20 +1,23 @@
-"""Benchmark of method S2: searched vs baseline early-exit backbone, and depth-heterogeneous FL.
+"""Early exits that save compute: accuracy and cost per exit, searched vs baseline network (issue 16).
 
-For each dataset it runs (real ``bouquet-sim`` runs, resumable: a cell whose run directory has a
-``summary.json`` is not run again)
+Protocol: MNIST and Fashion-MNIST, 10 clients, Dirichlet(0.5), all clients every round, 20 rounds,
+``client.local_steps=50`` batches of 32 per round (the early-exit ResNets cost ~5-15x LeNet per
+sample; a full local epoch would make a cell ~20 min on 2 cores), SGD lr 0.05 momentum 0.9;
+seeds 0, 1, 2. Per dataset and seed, the search (``experiment=s2_search``, its defaults: 40 steps,
+reward pricing parameters and MACs) runs first; its ``architecture.json`` is kept in the raw
+record and written to ``benchmarks/results/early_exit_arch/``. Arms (``experiment=s2_federated``):
 
-1. the search (``experiment=s2_search``): wall time, chosen network, shared-weight validation
-   accuracy of the searched and the baseline network;
-2. parameters and MACs per exit of the searched and the baseline early-exit models;
-3. federated training (``experiment=s2_federated``) of the searched architecture with mixed
-   depths (drawn uniformly per node), all full depth (= FedAvg) and all shallow (depth 1), and
-   of the baseline architecture with mixed depths: accuracy per exit after the last round.
+- ``searched, per-round depths``: the searched network, every node's depth redrawn every round
+  uniformly from 1..3 (``strategy.assignment=per_round``, the default);
+- ``searched, full depth (FedAvg)``: the same network, every node at depth 3 (``strategy.depths=[3]``);
+- ``baseline, per-round depths``: the hand-picked network (BasicBlock x2 in every pool).
 
-The default is reduced to fit ~10 minutes of a shared 2-core machine (MNIST only, 20 search
-steps, 10 clients with 30% sampled per round, 3 rounds); the full grid is::
+Every cell is a real ``bouquet-sim`` run in Flower's simulation engine. Raw per-cell results:
+``benchmarks/results/early_exit.jsonl`` (never rerun). ``--report`` rebuilds the ``early-exit``
+section of ``RESULTS.md`` and ``benchmarks/early_exit_exits.png`` from that file alone::
 
-    python benchmarks/bench_early_exit.py --datasets mnist fashion_mnist --search-steps 40 \\
-        --clients 10 --fraction 1.0 --rounds 10
+    nice -n 10 .venv/bin/python benchmarks/bench_early_exit.py --commit --pin HEAD
+    .venv/bin/python benchmarks/bench_early_exit.py --report
 """
 
 from __future__ import annotations
@@ -22,119 +25,182 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
+from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT))
 
-from _results import markdown_table, write_section  # noqa: E402
+from benchmarks._grid import RESULTS_DIR, Cell, load_results, mean_sd, pm, run_grid  # noqa: E402
+from benchmarks._results import markdown_table, write_section  # noqa: E402
 
-from bouquet.models.early_exit import build_early_exit  # noqa: E402
-from bouquet.models.nas import count_params  # noqa: E402
-
-ENV = {**os.environ,
-       "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "RAY_USAGE_STATS_ENABLED": "0"}
-SHAPES = {"mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "digits": (1, 8, 8)}
-
-
-def run_cell(run_dir: Path, overrides: list[str]) -> dict:
-    """Run ``bouquet-sim`` once (skipped when ``summary.json`` exists); return its summary."""
-    summary = run_dir / "summary.json"
-    if not (summary.exists() and json.loads(summary.read_text()).get("status") == "ok"):
-        exe = Path(sys.executable).with_name("bouquet-sim")
-        cmd = ["nice", "-n", "10", str(exe), *overrides, f"hydra.run.dir={run_dir}"]
-        print("running:", " ".join(cmd[3:]), flush=True)
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, env=ENV, cwd=ROOT, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-        print(f"  done in {time.perf_counter() - t0:.0f} s", flush=True)
-    return json.loads(summary.read_text())
+SECTION = "early_exit"
+ARCH_DIR = RESULTS_DIR / "early_exit_arch"
+DATASETS = ["mnist", "fashion_mnist"]
+ARMS = {
+    "searched, per-round depths": ("searched", []),
+    "searched, full depth (FedAvg)": ("searched", ["strategy.depths=[3]"]),
+    "baseline, per-round depths": ("baseline", []),
+}
+PROTOCOL = {"rounds": 20, "clients": 10, "local_steps": 50, "batch_size": 32}
+COMMAND = "nice -n 10 .venv/bin/python benchmarks/bench_early_exit.py --commit --pin HEAD"
+EXITS = (1, 2, 3)
 
 
-def model_costs(shape: tuple[int, ...], arch_path: str | None) -> dict:
-    from bouquet.models.early_exit import exit_macs
-
-    model = build_early_exit(shape, 10, seed=0, architecture=arch_path)
-    subs = [count_params(model.submodel(d)) for d in range(1, model.num_exits + 1)]
-    return {"choices": " / ".join(model.architecture.choices), "params_per_exit": subs, "macs_per_exit": exit_macs(model)}
+def arch_path(dataset: str, seed: int) -> Path:
+    return ARCH_DIR / f"{dataset}_s{seed}.json"
 
 
-def last_row(run_dir: Path) -> dict:
-    return json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+def search_cell(dataset: str, seed: int) -> Cell:
+    return Cell.of(["experiment=s2_search", f"dataset={dataset}", f"seed={seed}"], keep=["architecture.json"],
+                   dataset=dataset, arm="search", seed=seed)
 
 
-def bench_dataset(ds: str, args: argparse.Namespace, out: Path) -> tuple[list[dict], list[dict], dict]:
-    search_dir = out / ds / "search"
-    search = run_cell(search_dir, ["experiment=s2_search", f"dataset={ds}", f"search.steps={args.search_steps}"])
-    arch = json.loads((search_dir / "architecture.json").read_text())
-    arch_path = str(search_dir / "architecture.json")
-    searched, baseline = model_costs(SHAPES[ds], arch_path), model_costs(SHAPES[ds], None)
-    models = [
-        {"dataset": ds, "network": "searched", **searched, "shared_weight_val_acc": arch["accuracy"]},
-        {"dataset": ds, "network": "baseline", **baseline, "shared_weight_val_acc": arch["baseline_accuracy"]},
-    ]
-    common = [f"dataset={ds}", f"simulation.num_clients={args.clients}", f"simulation.fraction_train={args.fraction}",
-              f"simulation.num_rounds={args.rounds}", "experiment=s2_federated"]
-    cells = [
-        ("searched", "mixed (1,2,3)", [f"model.architecture={arch_path}"]),
-        ("searched", "all full (3)", [f"model.architecture={arch_path}", "strategy.depths=[3]"]),
-        ("searched", "all shallow (1)", [f"model.architecture={arch_path}", "strategy.depths=[1]"]),
-        ("baseline", "mixed (1,2,3)", []),
-    ]
-    fed = []
-    for net, depths, extra in cells:
-        name = f"{net}-" + depths.split(" (")[0].replace(" ", "-")  # searched-all-full, ...
-        summary = run_cell(out / ds / name, common + extra)
-        row = last_row(out / ds / name)
-        info = json.loads((out / ds / name / "best_exit.json").read_text())
-        fed.append({
-            "dataset": ds, "network": net, "depths": depths,
-            **{f"acc_exit_{i}": row.get(f"accuracy_exit_{i}") for i in (1, 2, 3)},
-            "best_exit": f"exit {info['exit']} (round {info['round']})",
-            "MB_up": summary["total_bytes_up"] / 1e6, "wall_s": summary["wall_s"],
-        })
-    return models, fed, {"dataset": ds, "search_wall_s": search["wall_s"], "steps": args.search_steps,
-                         "chosen": " / ".join(arch["choices"]), "reward": arch["reward"]}
+def federated_cell(dataset: str, arm: str, seed: int) -> Cell:
+    net, extra = ARMS[arm]
+    p = PROTOCOL
+    overrides = ["experiment=s2_federated", f"dataset={dataset}", "partition=dirichlet", "partition.alpha=0.5",
+                 f"simulation.num_clients={p['clients']}", f"simulation.num_rounds={p['rounds']}",
+                 "simulation.fraction_train=1.0", f"client.local_steps={p['local_steps']}",
+                 f"client.batch_size={p['batch_size']}", f"seed={seed}", *extra]
+    if net == "searched":
+        overrides.append(f"model.architecture={arch_path(dataset, seed)}")
+    return Cell.of(overrides, dataset=dataset, arm=arm, seed=seed, **p)
+
+
+def write_architectures() -> list[Path]:
+    """The searched architectures of the raw search records, as files the federated cells read."""
+    out = []
+    for r in load_results(SECTION):
+        if r["key"]["arm"] == "search":
+            path = arch_path(r["key"]["dataset"], r["key"]["seed"])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            text = json.dumps(r["files"]["architecture.json"], indent=2) + "\n"
+            if not path.exists() or path.read_text() != text:
+                path.write_text(text)
+            out.append(path)
+    return out
+
+
+def report() -> list[Path]:
+    touched = write_architectures()
+    results = load_results(SECTION)
+    by: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in results:
+        by[(r["key"]["dataset"], r["key"]["arm"])].append(r)
+    search_rows, rows = [], []
+    for ds in DATASETS:
+        searches = sorted(by.get((ds, "search"), []), key=lambda r: r["key"]["seed"])
+        for r in searches:
+            a = r["files"]["architecture.json"]
+            search_rows.append({
+                "dataset": ds, "seed": r["key"]["seed"], "chosen": " / ".join(a["choices"]),
+                "MACs per exit (M)": " / ".join(f"{m / 1e6:.2f}" for m in a["macs_per_exit"]),
+                "params per exit (k)": " / ".join(f"{p / 1e3:.1f}" for p in a["params_per_exit"]),
+                "baseline MACs per exit (M)": " / ".join(f"{m / 1e6:.2f}" for m in a["baseline_macs_per_exit"]),
+                "shared-weight acc (chosen / baseline)": f"{a['accuracy']:.3f} / {a['baseline_accuracy']:.3f}",
+                "search s": f"{a['search_wall_s']:.0f}",
+            })
+        for arm in ARMS:
+            cells_ = sorted(by.get((ds, arm), []), key=lambda r: r["key"]["seed"])
+            if not cells_:
+                continue
+            last = [c["rounds"][-1] for c in cells_]
+            row = {"dataset": ds, "arm": arm, "seeds": ",".join(str(c["key"]["seed"]) for c in cells_)}
+            for i in EXITS:
+                row[f"exit {i} acc (%)"] = pm([x[f"accuracy_exit_{i}"] for x in last], 100)
+                row[f"exit {i} MACs (M)"] = pm([x[f"macs_exit_{i}"] for x in last], 1e-6)
+            row["exit 1 / full MACs"] = pm([x["macs_exit_1"] / x["macs_exit_3"] for x in last], 1)
+            row["MB up"] = pm([c["summary"]["total_bytes_up"] / 1e6 for c in cells_], 1, 1)
+            row["wall s / cell"] = f"{mean_sd([c['wall_s'] for c in cells_])[0]:.0f}"
+            rows.append(row)
+    body = (
+        "Real `bouquet-sim` runs in Flower's simulation engine: 10 clients, Dirichlet(0.5), all clients every round, "
+        f"{PROTOCOL['rounds']} rounds of {PROTOCOL['local_steps']} local batches of {PROTOCOL['batch_size']} "
+        "(SGD lr 0.05, momentum 0.9), multi-exit loss with all exit weights 1. Test accuracy per exit after the last "
+        "round (mean ± sd over seeds); MACs per sample of running up to each exit (stem + stages 1..i + exit i), "
+        "counted on the model (`exit_macs`). Per-round depths: every node's depth redrawn each round from 1..3, "
+        "seeded by (seed, round, partition-id). Raw per-cell results: `benchmarks/results/early_exit.jsonl`; "
+        "plot: `benchmarks/early_exit_exits.png`.\n\n### Search (one per dataset and seed)\n\n"
+        + markdown_table(search_rows, list(search_rows[0]) if search_rows else ["dataset"])
+        + "\n### Federated training: accuracy and cost per exit\n\n"
+        + markdown_table(rows, ["dataset", "arm", "seeds", *[f"exit {i} acc (%)" for i in EXITS],
+                                *[f"exit {i} MACs (M)" for i in EXITS], "exit 1 / full MACs", "MB up",
+                                "wall s / cell"])
+    )
+    todo = [c for c in all_cells(DATASETS, list(ARMS), [0, 1, 2])
+            if (c.key_dict["dataset"], c.key_dict["arm"], c.key_dict["seed"])
+            not in {(r["key"]["dataset"], r["key"]["arm"], r["key"]["seed"]) for r in results}]
+    if todo:
+        body += (f"\n**Not yet run** ({len(todo)} cells): " + ", ".join(
+            f"{c.key_dict['dataset']}/{c.key_dict['arm']}/seed {c.key_dict['seed']}" for c in todo[:8])
+            + (" ..." if len(todo) > 8 else "") + f". Command: `{COMMAND}`.\n")
+    write_section("early-exit", "S2: early exits, accuracy and cost per exit (20 rounds, 3 seeds)", body,
+                  command=COMMAND + " (report: --report)")
+    png = plot(by)
+    return [ROOT / "benchmarks/RESULTS.md", *touched, *([png] if png else [])]
+
+
+def plot(by: dict[tuple[str, str], list[dict]]) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = [d for d in DATASETS if any((d, a) in by for a in ARMS)]
+    if not datasets:
+        return None
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4.5), squeeze=False)
+    for ax, ds in zip(axes[0], datasets, strict=True):
+        for arm in ARMS:
+            cells_ = by.get((ds, arm), [])
+            if not cells_:
+                continue
+            macs = [mean_sd([c["rounds"][-1][f"macs_exit_{i}"] / 1e6 for c in cells_])[0] for i in EXITS]
+            acc = [mean_sd([c["rounds"][-1][f"accuracy_exit_{i}"] for c in cells_]) for i in EXITS]
+            ax.errorbar(macs, [a[0] for a in acc], yerr=[a[1] for a in acc], marker="o", capsize=3,
+                        label=f"{arm} (n={len(cells_)})")
+        ax.set_xlabel("MACs per sample up to the exit (M)")
+        ax.set_ylabel("test accuracy")
+        ax.set_title(f"{ds}: accuracy vs cost per exit (exits 1, 2, 3)", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    png = ROOT / "benchmarks/early_exit_exits.png"
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png
+
+
+def all_cells(datasets: list[str], arms: list[str], seeds: list[int]) -> list[Cell]:
+    out = []
+    for seed in seeds:  # seed-major: a partial grid has whole seeds
+        for ds in datasets:
+            out.append(search_cell(ds, seed))
+            out += [federated_cell(ds, arm, seed) for arm in arms]
+    return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", nargs="+", default=["mnist"])
-    parser.add_argument("--search-steps", type=int, default=20)
-    parser.add_argument("--clients", type=int, default=10)
-    parser.add_argument("--fraction", type=float, default=0.3)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", default=str(ROOT / "outputs" / "bench_early_exit"))
-    args = parser.parse_args()
-    out = Path(args.out)
-    models, fed, searches = [], [], []
-    for ds in args.datasets:
-        m, f, s = bench_dataset(ds, args, out)
-        models += m
-        fed += f
-        searches.append(s)
-    body = (
-        f"Reduced grid: datasets {', '.join(args.datasets)}; search {args.search_steps} controller steps; "
-        f"federated: {args.clients} clients (Dirichlet 0.5), {args.fraction:.0%} sampled per round, "
-        f"{args.rounds} rounds, 1 local epoch. Full grid: see the docstring of `benchmarks/bench_early_exit.py`.\n\n"
-        "### Search\n\n" + markdown_table(searches, ["dataset", "steps", "search_wall_s", "chosen", "reward"])
-        + "\n### Searched vs baseline network (params and MACs per exit; accuracy with the shared search weights)\n\n"
-        + markdown_table(models, ["dataset", "network", "choices", "params_per_exit", "macs_per_exit", "shared_weight_val_acc"])
-        + "\n### Federated training: test accuracy per exit after the last round\n\n"
-        + markdown_table(fed, ["dataset", "network", "depths", "acc_exit_1", "acc_exit_2", "acc_exit_3", "best_exit", "MB_up", "wall_s"])
-        + "\nNotes: `shared_weight_val_acc` is measured with the supernet's shared weights, so a network the "
-        "controller stopped sampling (often the baseline) is under-trained there; the federated rows compare "
-        "the networks fairly. With random depths and few sampled nodes a depth may get no node in a short run "
-        "(an exit at chance accuracy, 0.1, was never trained). MACs per exit include that exit's own branch "
-        "(a 3x3 convolution for exits 1..L-1), which can cost more than a Bottleneck stage. Wall times are on a "
-        "machine shared with other jobs.\n"
-    )
-    write_section("early-exit", "S2: NAS early-exit models trained at mixed depths", body)
-    print(body)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--datasets", nargs="+", default=DATASETS, choices=DATASETS)
+    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--commit", action="store_true", help="git-commit the raw results after every cell")
+    p.add_argument("--report", action="store_true", help="only rebuild RESULTS.md and the plot")
+    p.add_argument("--pin", default=None, help="run the cells against this commit's code (a detached worktree)")
+    args = p.parse_args()
+    if not args.report:
+        for seed in args.seeds:
+            for ds in args.datasets:
+                # the search first: its architecture file is what the federated cells read
+                run_grid(SECTION, [search_cell(ds, seed)], commit=args.commit, after_cell=report, pin=args.pin)
+                write_architectures()
+                run_grid(SECTION, [federated_cell(ds, arm, seed) for arm in args.arms], commit=args.commit,
+                         after_cell=report, pin=args.pin)
+    report()
+    print(f"load average: {', '.join(f'{v:.1f}' for v in os.getloadavg())}")
 
 
 if __name__ == "__main__":

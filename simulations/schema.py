@@ -148,7 +148,7 @@ CLIENT = {
         "speed_seed": SEED,
     },
     "early_exit": {
-        "_target_": target("bouquet.clients.early_exit.EarlyExitClient"), **TRAINING,
+        "_target_": target("bouquet.clients.early_exit.EarlyExitClient"), **TRAINING, **STEPS,
         "max_depth": integer("[0, inf)", null="no limit", doc="this node's capacity (0 = no limit)"),
         "max_depth_by_partition": Key("int list", "[0, inf)", null="no capacities", doc="capacity by partition-id"),
     },
