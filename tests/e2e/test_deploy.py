@@ -146,6 +146,37 @@ def test_compressed_kl_weighted_run(deployment: LocalDeployment, tmp_path: Path)
         assert (run_dir / name).is_file(), name
 
 
+def test_async_sliding_window_run(deployment: LocalDeployment, tmp_path: Path) -> None:
+    """``strategy=async`` (sliding window on the learners, the default) on the TLS SuperLink: each
+    SuperNode keeps its window in ``context.state`` between its ``flwr-clientapp`` processes."""
+    from async_checks import learner_scales, update_log
+
+    run_dir = tmp_path / "async"
+    budget = NUM_ROUNDS * NUM_NODES + NUM_NODES  # a few tasks per node, so that windows fill
+    overrides = (f"dataset=digits strategy=async strategy.max_updates={budget} strategy.eval_every=2 "
+                 "strategy.plateau_window=0 strategy.window=4")
+    deployment.run(overrides, run_dir, timeout_s=RUN_TIMEOUT_S)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["updates"] for r in rows] == list(range(0, budget + 1, 2))
+    assert [r["version"] for r in rows] == [r["updates"] for r in rows]  # one version per applied update
+    assert rows[-1]["stop_reason"] == f"update budget {budget} reached"
+    assert all(isinstance(r["accuracy"], float) and isinstance(r["loss"], float) for r in rows)
+    assert rows[-1]["accuracy"] > rows[0]["accuracy"]
+    trained = rows[1:]
+    assert all(r["staleness_mean"] is not None and r["staleness_max"] is not None for r in trained)
+    # both nodes always have a message in flight: the second reply of a pair is at least 1 version stale
+    assert max(r["staleness_max"] for r in trained) >= 1
+    assert sum(r["clients_failed"] for r in rows) == 0 and sum(r["lr_scale_fallbacks"] for r in trained) == 0
+    log = update_log(rows)
+    assert len(log) == budget and len({node for node, _, _ in log}) == NUM_NODES
+    assert [tau for _, tau, _ in log] == [t for r in trained for _, t, _ in r["update_log"]]
+    assert [s for *_, s in log] == pytest.approx(learner_scales(log, window=4))  # each learner's own window
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["clients_ok"] >= budget
+    cfg = json.loads((run_dir / "config.json").read_text())
+    assert cfg["strategy"]["policy"] == "sliding_window" and cfg["strategy"]["window_side"] == "learner"
+
+
 def test_failed_run_raises_with_reason(deployment: LocalDeployment, tmp_path: Path) -> None:
     # the ServerApp refuses this config: the run ends "finished:failed" although `flwr run` exits 0
     with pytest.raises(DeployFailed, match="finished:failed") as info:

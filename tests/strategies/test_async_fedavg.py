@@ -497,6 +497,11 @@ def test_learner_side_window_through_the_real_loop_in_process(tmp_path: Path, mo
         state = grid.contexts[node].state.config_records[keys.STALENESS_WINDOW]
         assert state["samples"] == pytest.approx(samples[-window:]) and state["count"] == len(mine) - 1
     assert min(scales) < 0.5 and max(scales) == 1.0  # the late node's window damped it, the others not
+    # the end-to-end tests' hand computation from metrics.jsonl agrees with this one
+    from async_checks import learner_scales, update_log
+
+    log = update_log(rows)
+    assert len(log) == updates and [s for *_, s in log] == pytest.approx(learner_scales(log, window))
 
 
 # ------------------------------------------------------------------ stopping on convergence
@@ -667,3 +672,21 @@ def test_checkpoint_settings_and_foreign_states_are_refused() -> None:
     strategy.load_state_dict(broken)
     with pytest.raises(ValueError, match="async checkpoint state lacks version"):
         _run(strategy, FakeGrid({1: ("ok", 1, 1.0)}))
+
+
+def test_update_log_lists_every_accepted_update_with_the_scale_of_its_window() -> None:
+    from async_checks import server_scales, update_log
+
+    def schedule() -> FakeGrid:  # node 3 is slow on every third task: staleness varies by node
+        return FakeGrid({1: ("ok", 1, 1.0), 2: ("ok", 2, 1.0), 3: lambda n: ("ok", 4 if n % 3 == 0 else 1, 1.0)})
+
+    for per_node in (True, False):
+        strategy = AsyncFedAvg(policy="sliding_window", window_side="server", per_node=per_node, window=3, max_updates=30,
+                               eval_every=4, plateau_window=0, poll_interval_s=0.0)  # fmt: skip
+        log = update_log(_run_recorded(strategy, schedule()))
+        assert [t for _, t, _ in log] == strategy.state.staleness_log and [s for *_, s in log] == strategy.state.scale_log
+        assert {n for n, _, _ in log} == {1, 2, 3}
+        scales = [s for *_, s in log]
+        assert scales == pytest.approx(server_scales(log, 3, per_node))
+        assert scales != pytest.approx(server_scales(log, 3, not per_node))  # per node or shared: it shows
+        assert min(scales) < 0.6
