@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from bouquet.codecs import kernels
+
 POS_ALL, POS_BITMAP, POS_VARINT, POS_RICE, POS_RAW = 0, 1, 2, 3, 4
 POS_CODING_NAMES = {POS_ALL: "all", POS_BITMAP: "bitmap", POS_VARINT: "varint", POS_RICE: "rice", POS_RAW: "raw"}
 _MAX_U32 = 2**32 - 1
@@ -91,9 +93,13 @@ def best_rice_parameter(gaps: np.ndarray) -> int:
     if gaps.size == 0:
         return 0
     g = gaps.astype(np.int32, copy=False) if int(gaps.max()) < 2**31 else gaps
-    centre = int(math.log2(max(float(g.mean()), 1.0)))
-    candidates = range(max(0, centre - 1), min(31, centre + 2))
-    return min(candidates, key=lambda r: rice_size_bits(g, r))
+    return min(rice_window(g), key=lambda r: rice_size_bits(g, r))
+
+
+def rice_window(gaps: np.ndarray) -> range:
+    """The Rice parameters tried for ``gaps``: ``log2(mean gap)`` and its neighbours."""
+    centre = int(math.log2(max(float(gaps.mean()), 1.0))) if gaps.size else 0
+    return range(max(0, centre - 1), min(31, centre + 2))
 
 
 def rice_encode(gaps: np.ndarray, r: int) -> bytes:
@@ -240,12 +246,17 @@ def encode_positions(indices: np.ndarray, n: int, coding: int | None = None) -> 
     if coding is None and k == n:
         return POS_ALL, b""
     gaps = _gaps(idx)
-    rice_r = None
+    rice_r = rice_bits = None
     if coding is None:
-        rice_r = best_rice_parameter(gaps - 1)
+        compiled = kernels.rice_best(gaps - 1, rice_window(gaps - 1)) if k else None
+        if compiled is not None:
+            rice_r, rice_bits = compiled
+        else:
+            rice_r = best_rice_parameter(gaps - 1)
+            rice_bits = rice_size_bits(gaps - 1, rice_r)
         sizes = {
             POS_BITMAP: (n + 7) // 8,
-            POS_RICE: 1 + (rice_size_bits(gaps - 1, rice_r) + 7) // 8,
+            POS_RICE: 1 + (rice_bits + 7) // 8,
             POS_RAW: 4 * k,
         }
         if min(sizes.values()) > k:  # varint costs >= k bytes: only when it may win
@@ -263,7 +274,8 @@ def encode_positions(indices: np.ndarray, n: int, coding: int | None = None) -> 
         return POS_VARINT, varint_encode(gaps)
     if coding == POS_RICE:
         r = best_rice_parameter(gaps - 1) if rice_r is None else rice_r
-        return POS_RICE, bytes([r]) + rice_encode(gaps - 1, r)
+        fast = None if rice_bits is None else kernels.rice_encode(gaps - 1, r, rice_bits)
+        return POS_RICE, bytes([r]) + (fast if fast is not None else rice_encode(gaps - 1, r))
     if coding == POS_RAW:
         return POS_RAW, idx.astype("<u4").tobytes()
     raise ValueError(f"position coding={coding!r} is unknown; allowed: {sorted(POS_CODING_NAMES)}")
@@ -298,7 +310,10 @@ def decode_positions(coding: int, block: bytes, k: int, n: int) -> np.ndarray:
         r = block[0]
         if r > 31:
             raise ValueError(f"rice parameter r={r} > 31")
-        idx = np.cumsum(rice_decode(block[1:], k, r) + 1) - 1
+        if k > 8 * (len(block) - 1):
+            raise ValueError(f"rice block of {len(block) - 1} bytes cannot hold {k} codes")
+        fast = kernels.rice_positions(block[1:], k, r, n)
+        idx = fast if fast is not None else np.cumsum(rice_decode(block[1:], k, r) + 1) - 1
     elif coding == POS_RAW:
         if len(block) != 4 * k:
             raise ValueError(f"raw position block has {len(block)} bytes, k={k} needs {4 * k}")

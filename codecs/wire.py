@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bouquet.codecs import kernels
+
 MAGIC = b"BQ"
 VERSION = 1
 STYPE_PREFIX = "bouquet."
@@ -108,7 +110,8 @@ class Decoded:
         block by block (no temporary of the tensor's size)."""
         factor = weight if self.scale is None else weight * float(self.scale)
         if self.indices is not None:  # indices are unique and sorted (validated): fancy += is exact
-            acc[self.indices] += factor * self.values.astype(acc.dtype, copy=False)
+            if not kernels.scatter_add(acc, self.indices, self.values, factor):
+                acc[self.indices] += factor * self.values.astype(acc.dtype, copy=False)
             return
         flat = self.values.reshape(-1)
         tmp = np.empty(min(_CHUNK, flat.size), dtype=acc.dtype)
