@@ -92,30 +92,35 @@ def rice_positions(b, count, r, n, out):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True)
-def rice_sizes(gaps, r_lo, r_hi):  # type: ignore[no-untyped-def]
-    """Bits of the Rice code of ``gaps`` for every parameter in ``r_lo..r_hi`` (one pass)."""
+def rice_sizes(idx, r_lo, r_hi):  # type: ignore[no-untyped-def]
+    """Bits of the Rice code of the gaps ``idx[i] - idx[i-1] - 1`` (``idx[-1] = -1``) of sorted
+    positions, for every parameter in ``r_lo..r_hi`` (one pass, no gap array)."""
     m = r_hi - r_lo + 1
     sums = np.zeros(m, dtype=np.int64)
-    for i in range(gaps.size):
-        g = gaps[i]
+    prev = -1
+    for i in range(idx.size):
+        g = idx[i] - prev - 1
+        prev = idx[i]
         for t in range(m):
             sums[t] += g >> (r_lo + t)
     for t in range(m):
-        sums[t] += gaps.size * (1 + r_lo + t)
+        sums[t] += idx.size * (1 + r_lo + t)
     return sums
 
 
 @njit(cache=True, nogil=True)
-def rice_encode(gaps, r, out):  # type: ignore[no-untyped-def]
-    """Write the Rice code of ``gaps`` into ``out`` (sized by the caller from :func:`rice_sizes`):
+def rice_encode(idx, r, out):  # type: ignore[no-untyped-def]
+    """Write the Rice code of the gaps of sorted positions ``idx`` (see :func:`rice_sizes`) into ``out`` (sized by the caller from :func:`rice_sizes`):
     the unary stream (``q`` ones, a zero), then the ``r``-bit remainders, MSB first, the last byte
     zero-padded. Bits gather in a register and leave a byte at a time; returns the bit count."""
     reg = 0  # pending bits (fewer than 8 after each flush) in the low bits
     held = 0
     pos = 0
     total = 0
-    for i in range(gaps.size):
-        q = gaps[i] >> r
+    prev = -1
+    for i in range(idx.size):
+        q = (idx[i] - prev - 1) >> r
+        prev = idx[i]
         total += q + 1
         while q >= 24:  # ones in chunks, so the register never holds more than 32 bits
             reg = (reg << 24) | 0xFFFFFF
@@ -135,8 +140,10 @@ def rice_encode(gaps, r, out):  # type: ignore[no-untyped-def]
         reg &= (1 << held) - 1
     if r:
         mask = (1 << r) - 1
-        for i in range(gaps.size):
-            reg = (reg << r) | (gaps[i] & mask)
+        prev = -1
+        for i in range(idx.size):
+            reg = (reg << r) | ((idx[i] - prev - 1) & mask)
+            prev = idx[i]
             held += r
             total += r
             while held >= 8:
@@ -163,3 +170,28 @@ def scatter_add(acc, idx, values, factor):  # type: ignore[no-untyped-def]
     for j in range(idx.size):
         acc[idx[j]] += factor * values[j]
     return OK
+
+
+@njit(cache=True, nogil=True)
+def ternary_candidates(part, u, bound, factor, start, cand, tie, neg):  # type: ignore[no-untyped-def]
+    """One block of TernGrad's byte-draw ternarisation (``ternary.ternarize_sparse``), float32:
+    ``q = min(min(|g|, bound) * factor, 255)`` in float32, keep when ``u < floor(q)``, a tie when
+    ``u == floor(q)``. Writes the candidates' positions (``start`` + offset), tie flags and sign
+    flags in order; returns how many."""
+    m = 0
+    b32 = np.float32(bound)
+    f32 = np.float32(factor)
+    top = np.float32(255.0)
+    for i in range(part.size):
+        q = abs(part[i])
+        if bound >= 0 and q > b32:
+            q = b32
+        q = q * f32
+        if q > top:
+            q = top
+        qi = np.uint8(q)
+        cand[m] = start + i  # written always, kept by advancing m (no unpredictable branch)
+        tie[m] = u[i] == qi
+        neg[m] = part[i] < 0
+        m += u[i] <= qi
+    return m

@@ -63,25 +63,26 @@ def rice_positions(block: bytes | memoryview, count: int, r: int, n: int) -> np.
     return out
 
 
-def rice_best(gaps: np.ndarray, r_window: range) -> tuple[int, int] | None:
-    """``(r, bits)``: the parameter in ``r_window`` giving the shortest Rice code of non-negative
-    ``gaps`` (the first on a tie) and its length (``None``: use the numpy code)."""
-    k = enabled(gaps.size)
+def rice_best(idx: np.ndarray, r_window: range) -> tuple[int, int] | None:
+    """``(r, bits)``: the parameter in ``r_window`` giving the shortest Rice code of the gaps
+    ``idx[i] - idx[i-1] - 1`` of sorted positions (the first on a tie) and its length (``None``:
+    use the numpy code)."""
+    k = enabled(idx.size)
     if k is None:
         return None
-    sizes = k.rice_sizes(np.ascontiguousarray(gaps, dtype=np.int64), r_window.start, r_window.stop - 1)
+    sizes = k.rice_sizes(np.ascontiguousarray(idx, dtype=np.int64), r_window.start, r_window.stop - 1)
     best = int(np.argmin(sizes))
     return r_window.start + best, int(sizes[best])
 
 
-def rice_encode(gaps: np.ndarray, r: int, bits: int) -> bytes | None:
-    """The Rice code of ``gaps`` with parameter ``r`` and length ``bits`` (from :func:`rice_best`);
-    ``None``: use the numpy encoder."""
-    k = enabled(gaps.size)
+def rice_encode(idx: np.ndarray, r: int, bits: int) -> bytes | None:
+    """The Rice code of the gaps of sorted positions ``idx`` with parameter ``r`` and length
+    ``bits`` (from :func:`rice_best`); ``None``: use the numpy encoder."""
+    k = enabled(idx.size)
     if k is None:
         return None
     out = np.empty((bits + 7) // 8, dtype=np.uint8)
-    written = k.rice_encode(np.ascontiguousarray(gaps, dtype=np.int64), r, out)
+    written = k.rice_encode(np.ascontiguousarray(idx, dtype=np.int64), r, out)
     if written != bits:  # a bug, not client input
         raise RuntimeError(f"rice encoder wrote {written} bits, sized {bits}")
     return out.tobytes()
@@ -98,3 +99,18 @@ def scatter_add(acc: np.ndarray, idx: np.ndarray, values: np.ndarray, factor: fl
     if status:
         raise status_error(int(status), "sparse update")
     return True
+
+
+def ternary_block(part: np.ndarray, u: np.ndarray, bound: float | None, factor: float, start: int,
+                  buffers: tuple[np.ndarray, np.ndarray, np.ndarray]) -> int | None:
+    """Candidates of one float32 block of TernGrad's byte-draw ternarisation into ``buffers``
+    (positions, tie flags, sign flags; each at least ``part.size`` long); ``None``: use numpy.
+    The caller decides by the whole tensor's size (:func:`enabled`); a block may be smaller."""
+    k = _kernels() if part.dtype == np.float32 else None
+    if k is None:
+        return None
+    cand, tie, neg = buffers
+    if min(cand.size, tie.size, neg.size, u.size) < part.size:
+        raise ValueError("ternary_block buffers are shorter than the block")
+    return int(k.ternary_candidates(part, u, -1.0 if bound is None else float(bound), float(factor), int(start),
+                                    cand, tie, neg))

@@ -93,12 +93,13 @@ def best_rice_parameter(gaps: np.ndarray) -> int:
     if gaps.size == 0:
         return 0
     g = gaps.astype(np.int32, copy=False) if int(gaps.max()) < 2**31 else gaps
-    return min(rice_window(g), key=lambda r: rice_size_bits(g, r))
+    return min(rice_window(int(gaps.sum(dtype=np.int64)), gaps.size), key=lambda r: rice_size_bits(g, r))
 
 
-def rice_window(gaps: np.ndarray) -> range:
-    """The Rice parameters tried for ``gaps``: ``log2(mean gap)`` and its neighbours."""
-    centre = int(math.log2(max(float(gaps.mean()), 1.0))) if gaps.size else 0
+def rice_window(total: int, count: int) -> range:
+    """The Rice parameters tried for ``count`` gaps summing to ``total``: ``log2(mean gap)`` and
+    its neighbours (from exact integers, so every encoder picks the same window)."""
+    centre = int(math.log2(max(total / count, 1.0))) if count else 0
     return range(max(0, centre - 1), min(31, centre + 2))
 
 
@@ -245,13 +246,15 @@ def encode_positions(indices: np.ndarray, n: int, coding: int | None = None) -> 
     k = idx.size
     if coding is None and k == n:
         return POS_ALL, b""
-    gaps = _gaps(idx)
+    # big position sets: the compiled loops read the gaps straight off idx (no gap arrays)
+    compiled = kernels.rice_best(idx, rice_window(int(idx[-1]) + 1 - k, k)) if k and coding in (None, POS_RICE) else None
+    gaps = None if compiled is not None else _gaps(idx)
     rice_r = rice_bits = None
     if coding is None:
-        compiled = kernels.rice_best(gaps - 1, rice_window(gaps - 1)) if k else None
         if compiled is not None:
             rice_r, rice_bits = compiled
         else:
+            assert gaps is not None
             rice_r = best_rice_parameter(gaps - 1)
             rice_bits = rice_size_bits(gaps - 1, rice_r)
         sizes = {
@@ -260,7 +263,7 @@ def encode_positions(indices: np.ndarray, n: int, coding: int | None = None) -> 
             POS_RAW: 4 * k,
         }
         if min(sizes.values()) > k:  # varint costs >= k bytes: only when it may win
-            sizes[POS_VARINT] = varint_size(gaps)
+            sizes[POS_VARINT] = varint_size(_gaps(idx) if gaps is None else gaps)
         coding = min(sizes, key=sizes.__getitem__)
     if coding == POS_ALL:
         if k != n:
@@ -271,11 +274,15 @@ def encode_positions(indices: np.ndarray, n: int, coding: int | None = None) -> 
         bits[idx] = 1
         return POS_BITMAP, np.packbits(bits).tobytes()
     if coding == POS_VARINT:
-        return POS_VARINT, varint_encode(gaps)
+        return POS_VARINT, varint_encode(_gaps(idx) if gaps is None else gaps)
     if coding == POS_RICE:
-        r = best_rice_parameter(gaps - 1) if rice_r is None else rice_r
-        fast = None if rice_bits is None else kernels.rice_encode(gaps - 1, r, rice_bits)
-        return POS_RICE, bytes([r]) + (fast if fast is not None else rice_encode(gaps - 1, r))
+        if compiled is not None:
+            fast = kernels.rice_encode(idx, compiled[0], compiled[1])
+            if fast is not None:
+                return POS_RICE, bytes([compiled[0]]) + fast
+        g1 = (_gaps(idx) if gaps is None else gaps) - 1
+        r = best_rice_parameter(g1) if rice_r is None else rice_r
+        return POS_RICE, bytes([r]) + rice_encode(g1, r)
     if coding == POS_RAW:
         return POS_RAW, idx.astype("<u4").tobytes()
     raise ValueError(f"position coding={coding!r} is unknown; allowed: {sorted(POS_CODING_NAMES)}")

@@ -34,7 +34,7 @@ import math
 
 import numpy as np
 
-from bouquet.codecs import packing
+from bouquet.codecs import kernels, packing
 from bouquet.codecs.wire import Decoded, Encoded, Reader, checked_scale, stype_for, write_header
 
 FORMS = {"2bit": 0, "trit": 1, "sparse": 2}
@@ -113,6 +113,8 @@ def ternarize_sparse(g: np.ndarray, *, clip_c: float | None = None, rng: np.rand
     if not scale > 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool), 0.0
     rng = rng if rng is not None else np.random.default_rng()
+    if kernels.enabled(flat.size) is not None and flat.dtype == np.float32:
+        return (*_ternarize_sparse_compiled(flat, bound, scale, rng), float(scale))
     size = min(_BLOCK, flat.size)
     q: np.ndarray = np.empty(size, dtype=work)
     qi = np.empty(size, dtype=np.uint8)
@@ -142,6 +144,34 @@ def ternarize_sparse(g: np.ndarray, *, clip_c: float | None = None, rng: np.rand
         found.append(np.flatnonzero(kb) + start)
     idx = np.concatenate(found).astype(np.int64, copy=False)
     return idx, flat[idx] < 0, float(scale)
+
+
+def _ternarize_sparse_compiled(flat: np.ndarray, bound: float | None, scale: float, rng: np.random.Generator
+                               ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`ternarize_sparse` of a big float32 tensor with one compiled pass per block: the
+    same random draws in the same order, the same float32 arithmetic, the same result."""
+    size = min(_BLOCK, flat.size)
+    buffers = (np.empty(size, dtype=np.int64), np.empty(size, dtype=np.bool_), np.empty(size, dtype=np.bool_))
+    factor = 256.0 / scale
+    found, signs = [], []
+    for start in range(0, flat.size, _BLOCK):
+        part = flat[start : start + _BLOCK]
+        u = np.frombuffer(rng.bytes(part.size), dtype=np.uint8)
+        m = kernels.ternary_block(part, u, bound, factor, start, buffers)
+        assert m is not None  # enabled for this size and dtype (checked by the caller)
+        cand, tie, neg = buffers[0][:m], buffers[1][:m], buffers[2][:m]
+        ties = np.flatnonzero(tie)
+        if ties.size:  # the fraction from the unclamped q, as in the numpy code
+            pos = cand[ties]
+            mag = np.abs(flat[pos]).astype(np.float32)
+            if bound is not None:
+                mag = np.minimum(mag, bound)
+            kept = np.ones(m, dtype=bool)
+            kept[ties] = rng.random(ties.size) < (mag * factor - u[pos - start])
+            cand, neg = cand[kept], neg[kept]
+        found.append(cand.copy())
+        signs.append(neg.copy())
+    return np.concatenate(found), np.concatenate(signs)
 
 
 def _twn(flat: np.ndarray, bound: float | None, t: np.ndarray, work: type, shape: tuple[int, ...]) -> tuple[np.ndarray, float]:
@@ -226,7 +256,7 @@ def _encode(idx: np.ndarray | None, negative: np.ndarray | None, flat: np.ndarra
     np_dtype = np.dtype(dtype)
     typed = float(np_dtype.type(scale32))
     if form == "sparse" and idx is not None and idx.size < n:
-        signs = np.where(np.asarray(negative), -1, 1).astype(np.int8)
+        signs = np.where(np.asarray(negative), np.int8(-1), np.int8(1))
         sent = Decoded(shape, np_dtype, idx, signs, scale=typed)
     else:
         sent = Decoded(shape, np_dtype, None, flat, scale=typed)  # type: ignore[arg-type]

@@ -154,3 +154,16 @@ def test_small_tensors_never_import_numba():
             "print('numba' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"
+
+
+@pytest.mark.parametrize("clip_c", [None, 2.5])
+def test_ternary_draws_are_identical_with_and_without_kernels(clip_c):
+    from bouquet.codecs.ternary import ternarize_sparse
+
+    x = np.random.default_rng(8).normal(size=200_003).astype(np.float32)
+    x[17] = 0.0
+    x[99] = -np.abs(x).max()  # the largest element: q = 256, byte 255 ties with fraction 1
+    a, b = both(lambda: ternarize_sparse(x, clip_c=clip_c, rng=np.random.default_rng(4)))
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert a[2] == b[2] and 0 < a[0].size < x.size and 99 in a[0]
