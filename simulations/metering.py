@@ -50,6 +50,7 @@ class Period:
     client_train_s: float = 0.0
     train_loss_sum: float = 0.0
     train_examples: int = 0
+    first_reply_at: float | None = None  # time.perf_counter() of the period's first train reply
 
     @property
     def train_loss(self) -> float | None:
@@ -177,7 +178,10 @@ class MeteredGrid(Grid):
         if mid not in self._pending_train:
             return
         self._pending_train.discard(mid)
+        now = time.perf_counter()
         for p in (self.period, self.total):
+            if p.first_reply_at is None:
+                p.first_reply_at = now
             if reply.has_error():
                 p.clients_failed += 1
                 continue

@@ -126,6 +126,8 @@ class RunRecorder:
             "wall_s": round(now - self.t_last, 4),
             "elapsed_s": round(now - self.t_start, 4),
         }
+        if period.first_reply_at is not None and self.grid.total.first_reply_at == period.first_reply_at:
+            row["first_reply_s"] = round(period.first_reply_at - self.t_start, 4)  # the run's first train reply
         if self.extra is not None:
             extra = self.extra()
             dropped = int(extra.pop("clients_dropped", 0))  # replies the strategy rejected

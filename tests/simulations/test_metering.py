@@ -51,3 +51,21 @@ def test_bytes_and_outcomes_counted() -> None:
     assert period.train_loss == 2.0 and period.client_train_s == 0.5
     assert grid.take_period().bytes_down == 0  # a new period starts empty
     assert grid.total.clients_failed == 2
+
+
+def test_first_train_reply_time_is_kept_for_the_run_and_per_period() -> None:
+    import time
+
+    arr = np.zeros(10, dtype=np.float32)
+    ok = make_reply({"w": np.ones(10, dtype=np.float32)}, 7, node_id=1)
+    grid = MeteredGrid(FakeGrid({1: ok}))
+    assert grid.total.first_reply_at is None
+    before = time.perf_counter()
+    grid.send_and_receive([_train_msg(1, arr)], timeout=0.3)
+    first = grid.total.first_reply_at
+    assert first is not None and before <= first <= time.perf_counter()
+    assert grid.take_period().first_reply_at == first
+    grid.send_and_receive([_train_msg(1, arr)], timeout=0.3)
+    assert grid.total.first_reply_at == first  # the run's first reply does not move
+    later = grid.take_period().first_reply_at
+    assert later is not None and later > first

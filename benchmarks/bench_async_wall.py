@@ -1,0 +1,149 @@
+"""S4 on the wall clock in Flower's simulation engine: synchronous FedAvg vs asynchronous policies.
+
+Protocol: MNIST, MLP, 10 clients (IID) of seeded heterogeneous speed (``client=slow``: log-normal
+factors, sigma 0.5, 20% stragglers x5, a median node's task padded to 1 s by sleeping, so two
+cores can host ten concurrent clients: ``simulation.client_cpus=0.2``); seeds 0, 1, 2; the same
+client work for every arm (10 rounds x 10 clients = 100 updates; ``strategy.max_updates=100``,
+plateau stop off). Arms: ``sync`` (Flower's FedAvg: each round waits for its slowest node),
+``constant``, ``polynomial`` (FedAsync), ``fedbuff`` (FedBuff, K=5), ``sliding window
+(learner)`` (S4, the learners keep their windows and scale their rate: the default) and
+``sliding window (server)`` (one shared window on the server). Asynchronous runs evaluate every
+5 applied updates, synchronous ones every round.
+
+Every cell is a real ``bouquet-sim`` run in Flower's simulation engine; times are **measured**
+wall seconds from the run's first train reply (``first_reply_s`` of ``metrics.jsonl``; the
+clients' start-up before it is reported apart: it is the same work for every arm). Raw per-cell results: ``benchmarks/results/async_wall.jsonl``;
+``--report`` rebuilds the ``async_wall`` section of ``RESULTS.md``. The virtual-clock preview
+(``bench_async.py``, section *S4*) is modelled, not measured. Run it alone (speed benchmark)::
+
+    nice -n 10 .venv/bin/python benchmarks/bench_async_wall.py --commit --pin HEAD
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._grid import Cell, load_results, mean_sd, pm, run_grid  # noqa: E402
+from benchmarks._results import markdown_table, write_section  # noqa: E402
+
+SECTION = "async_wall"
+ARMS: dict[str, list[str]] = {
+    "sync (FedAvg)": ["strategy=fedavg"],
+    "constant": ["strategy=async", "strategy.policy=constant"],
+    "polynomial (FedAsync)": ["strategy=async", "strategy.policy=polynomial"],
+    "fedbuff": ["strategy=async", "strategy.policy=fedbuff"],
+    "sliding window (learner)": ["strategy=async", "strategy.policy=sliding_window", "strategy.window_side=learner"],
+    "sliding window (server)": ["strategy=async", "strategy.policy=sliding_window", "strategy.window_side=server"],
+}
+PROTOCOL = {"clients": 10, "rounds": 10, "base_time_s": 1.0, "eval_every": 5}
+TARGET = 0.90
+LAST_EVALS = 5  # fluctuation: std of the evaluation loss over the last 5 evaluations of every arm
+COMMAND = "nice -n 10 .venv/bin/python benchmarks/bench_async_wall.py --commit --pin HEAD"
+
+
+def cell(arm: str, seed: int) -> Cell:
+    p = PROTOCOL
+    overrides = [
+        "dataset=mnist", "model=mlp", "partition=iid", "client=slow", f"client.base_time_s={p['base_time_s']}",
+        "client.slow_fraction=0.2", "client.slow_factor=5.0", "client.speed_sigma=0.5", "client.local_epochs=1",
+        f"simulation.num_clients={p['clients']}", f"simulation.num_rounds={p['rounds']}", "simulation.client_cpus=0.2",
+        f"seed={seed}", *ARMS[arm],
+    ]
+    if arm != "sync (FedAvg)":
+        overrides += [f"strategy.max_updates={p['rounds'] * p['clients']}", "strategy.plateau_window=0",
+                      f"strategy.eval_every={p['eval_every']}"]
+    return Cell.of(overrides, arm=arm, seed=seed, **p)
+
+
+def figures(rows: list[dict]) -> dict:
+    """Times from the run's first train reply (``first_reply_s``): the clients' process start-up
+    before it (actor imports, data loading: ~40 s for ten actors on two cores) is the same for
+    every arm and would otherwise swamp a run of a minute."""
+    t0 = next((r["first_reply_s"] for r in rows if r.get("first_reply_s") is not None), 0.0)
+    evals = [r for r in rows if r.get("accuracy") is not None and r.get("elapsed_s", 0.0) >= t0]
+    t = np.array([r.get("elapsed_s", 0.0) - t0 for r in evals])
+    acc = np.array([r["accuracy"] for r in evals])
+    loss = np.array([r["loss"] for r in evals])
+    hit = np.flatnonzero(acc >= TARGET)
+    stale = [r["staleness_max"] for r in rows if r.get("staleness_max") is not None]
+    means = [r["staleness_mean"] for r in rows if r.get("staleness_mean") is not None]
+    return {"final": float(acc[-1]), "wall": float(t[-1]), "startup": float(t0), "to_target": float(t[hit[0]]) if len(hit) else None,
+            "fluct": float(np.std(loss[1:][-LAST_EVALS:])), "stale_mean": float(np.mean(means)) if means else None,
+            "stale_max": max(stale) if stale else None}
+
+
+def report() -> list[Path]:
+    by: dict[str, list[dict]] = defaultdict(list)
+    for r in load_results(SECTION):
+        by[r["key"]["arm"]].append(r)
+    sync = {r["key"]["seed"]: figures(r["rounds"]) for r in by.get("sync (FedAvg)", [])}
+    rows = []
+    for arm in ARMS:
+        cells_ = sorted(by.get(arm, []), key=lambda r: r["key"]["seed"])
+        if not cells_:
+            continue
+        figs = [(c["key"]["seed"], figures(c["rounds"])) for c in cells_]
+        speedups = [sync[s]["to_target"] / f["to_target"] for s, f in figs
+                    if s in sync and f["to_target"] and sync[s]["to_target"]]
+        reached = [f["to_target"] for _, f in figs if f["to_target"] is not None]
+        rows.append({
+            "arm": arm, "seeds": ",".join(str(s) for s, _ in figs),
+            "final acc (%)": pm([f["final"] for _, f in figs], 100),
+            f"wall s to {TARGET:.0%}": pm(reached, 1, 1) + ("" if len(reached) == len(figs)
+                                                         else f" ({len(reached)}/{len(figs)} reached)"),
+            "x sooner than sync": pm(speedups, 1, 2) if arm != "sync (FedAvg)" else "1",
+            "wall s (all 100 updates)": pm([f["wall"] for _, f in figs], 1, 1),
+            "start-up s (to 1st reply)": pm([f["startup"] for _, f in figs], 1, 1),
+            f"fluctuation (std loss, last {LAST_EVALS} evals)": pm([f["fluct"] for _, f in figs], 1, 4),
+            "staleness mean / max": ("-" if figs[0][1]["stale_mean"] is None else
+                                     f"{mean_sd([f['stale_mean'] for _, f in figs])[0]:.1f} / "
+                                     f"{max(f['stale_max'] for _, f in figs)}"),
+        })
+    body = (
+        "**Measured** wall-clock seconds in Flower's simulation engine (Ray), from each run's first train reply "
+        "(the clients' start-up before it, actor imports and data loading, is its own column); "
+        "MNIST, MLP, 10 IID clients of seeded heterogeneous speed (`client=slow`: log-normal sigma 0.5, 20% "
+        "stragglers x5, a median task padded to 1 s by sleeping; `simulation.client_cpus=0.2`, so all ten run at once "
+        "on 2 cores), the same client work for every arm (100 local epochs: 10 sync rounds or 100 async updates, "
+        "plateau stop off), async evaluation every 5 updates, sync every round. `x sooner` is paired by seed. "
+        "Mean ± sd over seeds. Raw per-cell results: `benchmarks/results/async_wall.jsonl`.\n\n"
+        + markdown_table(rows, list(rows[0]) if rows else ["arm"])
+    )
+    todo = [c for c in cells_all() if c.key_dict["seed"] not in {r["key"]["seed"] for r in by.get(c.key_dict["arm"], [])}]
+    if todo:
+        body += f"\n**Not yet run** ({len(todo)} cells). Command: `{COMMAND}`.\n"
+    write_section(SECTION, "S4 on the wall clock: sync vs async in Flower's simulation engine (measured)", body,
+                  command=COMMAND + " (report: --report)")
+    return [ROOT / "benchmarks/RESULTS.md"]
+
+
+def cells_all(arms: list[str] | None = None, seeds: list[int] | None = None) -> list[Cell]:
+    return [cell(arm, s) for s in (seeds or [0, 1, 2]) for arm in (arms or list(ARMS))]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--commit", action="store_true", help="git-commit the raw results after every cell")
+    p.add_argument("--report", action="store_true", help="only rebuild the RESULTS.md section")
+    p.add_argument("--pin", default=None, help="run the cells against this commit's code (a detached worktree)")
+    args = p.parse_args()
+    if not args.report:
+        print(f"load average: {', '.join(f'{v:.1f}' for v in os.getloadavg())}", flush=True)
+        run_grid(SECTION, cells_all(args.arms, args.seeds), commit=args.commit, after_cell=report, pin=args.pin)
+    report()
+    print(f"load average: {', '.join(f'{v:.1f}' for v in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
