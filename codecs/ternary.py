@@ -108,70 +108,75 @@ def ternarize_sparse(g: np.ndarray, *, clip_c: float | None = None, rng: np.rand
     :math:`u_i < \\lfloor q_i \\rfloor`, drop when :math:`u_i > \\lfloor q_i \\rfloor`, and on a tie
     (probability 1/256) keep with probability :math:`q_i - \\lfloor q_i \\rfloor` from a float draw:
     :math:`P = (\\lfloor q_i \\rfloor + \\{q_i\\}) / 256 = |g_i| / s` exactly.
+
+    Draw order (the same for any block size, so the compiled path gives the same result): two
+    raw words of ``rng`` seed a child generator for the ties' float draws; then byte ``i`` of
+    ``rng``'s raw 64-bit stream (``bit_generator.random_raw``, little-endian) is element ``i``'s
+    byte, and the ties draw their floats from the child generator in index order.
     """
     flat, work, bound, scale = _prepare(np.asarray(g), clip_c)
     if not scale > 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool), 0.0
     rng = rng if rng is not None else np.random.default_rng()
-    if kernels.enabled(flat.size) is not None and flat.dtype == np.float32:
-        return (*_ternarize_sparse_compiled(flat, bound, scale, rng), float(scale))
-    size = min(_BLOCK, flat.size)
-    q: np.ndarray = np.empty(size, dtype=work)
-    qi = np.empty(size, dtype=np.uint8)
-    keep = np.empty(size, dtype=bool)
-    tie = np.empty(size, dtype=bool)
+    tie_rng = np.random.default_rng(rng.bit_generator.random_raw(2))
     factor = 256.0 / scale
-    found = []
-    for start in range(0, flat.size, _BLOCK):
-        part = flat[start : start + _BLOCK]
-        b = part.size
-        qb, qib, kb, tb = q[:b], qi[:b], keep[:b], tie[:b]
-        np.abs(part, out=qb, casting="unsafe")
-        if bound is not None:
-            np.minimum(qb, bound, out=qb)
-        qb *= factor
-        np.minimum(qb, 255.0, out=qb)  # q = 256 (the largest element): byte 255 ties, frac 1
-        np.copyto(qib, qb, casting="unsafe")  # floor of a non-negative value
-        u = np.frombuffer(rng.bytes(b), dtype=np.uint8)
-        np.less(u, qib, out=kb)
-        np.equal(u, qib, out=tb)
-        ties = np.flatnonzero(tb)
-        if ties.size:  # the fraction from the unclamped q
-            mag = np.abs(part[ties]).astype(work)
-            if bound is not None:
-                mag = np.minimum(mag, bound)
-            kb[ties] = rng.random(ties.size) < (mag * factor - qib[ties])
-        found.append(np.flatnonzero(kb) + start)
-    idx = np.concatenate(found).astype(np.int64, copy=False)
-    return idx, flat[idx] < 0, float(scale)
+    compiled = kernels.enabled(flat.size) is not None and flat.dtype == np.float32
+    block = _BIG_BLOCK if compiled else _BLOCK
+    select = _TernaryBlocks(flat, bound, factor, work, min(block, flat.size), compiled)
+    cands, negs = [], []
+    for start in range(0, flat.size, block):
+        part = flat[start : start + block]
+        words = rng.bit_generator.random_raw((part.size + 7) // 8)
+        u = words.astype("<u8", copy=False).view(np.uint8)[: part.size]
+        cand, tie, neg, frac = select(part, u, start)
+        if frac.size:  # ties keep with probability frac
+            keep = ~tie
+            keep[tie] = tie_rng.random(frac.size) < frac
+            cand, neg = cand[keep], neg[keep]
+        cands.append(cand.copy() if compiled and not frac.size else cand)  # the compiled buffers are reused
+        negs.append(neg.copy() if compiled and not frac.size else neg)
+    return np.concatenate(cands).astype(np.int64, copy=False), np.concatenate(negs), float(scale)
 
 
-def _ternarize_sparse_compiled(flat: np.ndarray, bound: float | None, scale: float, rng: np.random.Generator
-                               ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`ternarize_sparse` of a big float32 tensor with one compiled pass per block: the
-    same random draws in the same order, the same float32 arithmetic, the same result."""
-    size = min(_BLOCK, flat.size)
-    buffers = (np.empty(size, dtype=np.int64), np.empty(size, dtype=np.bool_), np.empty(size, dtype=np.bool_))
-    factor = 256.0 / scale
-    found, signs = [], []
-    for start in range(0, flat.size, _BLOCK):
-        part = flat[start : start + _BLOCK]
-        u = np.frombuffer(rng.bytes(part.size), dtype=np.uint8)
-        m = kernels.ternary_block(part, u, bound, factor, start, buffers)
-        assert m is not None  # enabled for this size and dtype (checked by the caller)
-        cand, tie, neg = buffers[0][:m], buffers[1][:m], buffers[2][:m]
-        ties = np.flatnonzero(tie)
-        if ties.size:  # the fraction from the unclamped q, as in the numpy code
-            pos = cand[ties]
-            mag = np.abs(flat[pos]).astype(np.float32)
-            if bound is not None:
-                mag = np.minimum(mag, bound)
-            kept = np.ones(m, dtype=bool)
-            kept[ties] = rng.random(ties.size) < (mag * factor - u[pos - start])
-            cand, neg = cand[kept], neg[kept]
-        found.append(cand.copy())
-        signs.append(neg.copy())
-    return np.concatenate(found), np.concatenate(signs)
+_BIG_BLOCK = 1 << 20  # elements per block of the compiled path
+
+
+class _TernaryBlocks:
+    """One block of :func:`ternarize_sparse`: candidates (kept or tied, in order), tie flags,
+    sign flags and the ties' keep probabilities; numpy or one compiled pass (the same float32
+    arithmetic: ``q = min(min(|g|, bound) * factor, 255)``, byte ``u`` keeps when
+    ``u < floor(q)``, ties when equal; the fraction from the unclamped ``q``)."""
+
+    def __init__(self, flat: np.ndarray, bound: float | None, factor: float, work: type, size: int,
+                 compiled: bool) -> None:
+        self.flat, self.bound, self.factor, self.work, self.compiled = flat, bound, factor, work, compiled
+        if compiled:
+            self.buffers = (np.empty(size, dtype=np.int64), np.empty(size, dtype=np.bool_), np.empty(size, dtype=np.bool_))
+        else:
+            self.q: np.ndarray = np.empty(size, dtype=work)
+            self.qi = np.empty(size, dtype=np.uint8)
+
+    def __call__(self, part: np.ndarray, u: np.ndarray, start: int) -> tuple[np.ndarray, ...]:
+        if self.compiled:
+            m = kernels.ternary_block(part, u, self.bound, self.factor, start, self.buffers)
+            assert m is not None  # enabled for float32 (checked by the caller)
+            cand, tie, neg = (b[:m] for b in self.buffers)
+        else:
+            b = part.size
+            qb, qib = self.q[:b], self.qi[:b]
+            np.abs(part, out=qb, casting="unsafe")
+            if self.bound is not None:
+                np.minimum(qb, self.bound, out=qb)
+            qb *= self.factor
+            np.minimum(qb, 255.0, out=qb)  # q = 256 (the largest element): byte 255 ties, frac 1
+            np.copyto(qib, qb, casting="unsafe")  # floor of a non-negative value
+            local = np.flatnonzero(u <= qib)
+            cand, tie, neg = local + start, u[local] == qib[local], part[local] < 0
+        at = cand[tie]
+        mag = np.abs(self.flat[at]).astype(self.work)
+        if self.bound is not None:
+            mag = np.minimum(mag, self.bound)
+        return cand, tie, neg, mag * self.factor - u[at - start]
 
 
 def _twn(flat: np.ndarray, bound: float | None, t: np.ndarray, work: type, shape: tuple[int, ...]) -> tuple[np.ndarray, float]:
