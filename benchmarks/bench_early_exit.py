@@ -10,7 +10,9 @@ record and written to ``benchmarks/results/early_exit_arch/``. Arms (``experimen
 - ``searched, per-round depths``: the searched network, every node's depth redrawn every round
   uniformly from 1..3 (``strategy.assignment=per_round``, the default);
 - ``searched, full depth (FedAvg)``: the same network, every node at depth 3 (``strategy.depths=[3]``);
-- ``baseline, per-round depths``: the hand-picked network (BasicBlock x2 in every pool).
+- ``baseline, per-round depths``: the hand-picked network (BasicBlock x2 in every pool);
+- ``searched, per-round depths + self-distillation``: DepthFL's mutual self-distillation among
+  the exits on the clients (``client.self_distillation=1.0``).
 
 Every cell is a real ``bouquet-sim`` run in Flower's simulation engine. Raw per-cell results:
 ``benchmarks/results/early_exit.jsonl`` (never rerun). ``--report`` rebuilds the ``early-exit``
@@ -42,6 +44,7 @@ ARMS = {
     "searched, per-round depths": ("searched", []),
     "searched, full depth (FedAvg)": ("searched", ["strategy.depths=[3]"]),
     "baseline, per-round depths": ("baseline", []),
+    "searched, per-round depths + self-distillation": ("searched", ["client.self_distillation=1.0"]),
 }
 PROTOCOL = {"rounds": 20, "clients": 10, "local_steps": 50, "batch_size": 32}
 COMMAND = "nice -n 10 .venv/bin/python benchmarks/bench_early_exit.py --commit --pin HEAD"

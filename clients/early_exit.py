@@ -8,7 +8,9 @@ et al., 2016; DepthFL, Kim et al., ICLR 2023)
 
     \\mathcal{L} = \\sum_{i=1}^{d} \\lambda_i \\, \\mathrm{CE}(\\mathrm{softmax}(z_i), y),
 
-with :math:`\\lambda` from the model config (``model.exit_weights``).
+with :math:`\\lambda` from the model config (``model.exit_weights``), plus DepthFL's mutual
+self-distillation among the exits when ``self_distillation > 0`` (see
+:func:`bouquet.models.early_exit.multi_exit_loss`).
 
 The arrays that arrive define the depth: the client finds the unique ``d`` whose sub-model has
 as many tensors with the same shapes (the bridge hands arrays over in the record's order, which
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -48,6 +51,8 @@ class EarlyExitClient(TorchClient):
         This node's capacity (0 or ``None`` = no limit); ``max-depth`` in the node config wins.
     max_depth_by_partition : list of int, optional
         Capacity by ``partition-id`` (simulations, where nodes have no custom node config).
+    self_distillation : float
+        Weight of DepthFL's mutual self-distillation among the exits (0 = off).
     **kwargs
         Passed to :class:`TorchClient` (``x``, ``y``, ``num_classes``, ``lr``, ...).
     """
@@ -60,11 +65,15 @@ class EarlyExitClient(TorchClient):
         *,
         max_depth: int | None = None,
         max_depth_by_partition: Sequence[int] | None = None,
+        self_distillation: float = 0.0,
         **kwargs: Any,
     ) -> None:
         if not isinstance(model, EarlyExitNet):
             raise ValueError(f"EarlyExitClient needs model=early_exit, got {type(model).__name__}")
-        super().__init__(model, x, y, loss_fn=early_exit_loss_fn, **kwargs)
+        if not float(self_distillation) >= 0:
+            raise ValueError(f"client.self_distillation={self_distillation} must be >= 0 (0 = off)")
+        super().__init__(model, x, y, loss_fn=partial(early_exit_loss_fn, distill=float(self_distillation)), **kwargs)
+        self.self_distillation = float(self_distillation)
         if max_depth is not None and int(max_depth) < 0:
             raise ValueError(f"client.max_depth={max_depth} must be >= 0 (0 = no limit)")
         if max_depth_by_partition is not None and any(int(d) < 0 for d in max_depth_by_partition):

@@ -153,20 +153,34 @@ def depth_names(model: EarlyExitNet, depth: int) -> list[str]:
     return [n for n in model.state_dict() if name_depth(n) <= depth]
 
 
-def multi_exit_loss(logits: list[torch.Tensor], y: torch.Tensor, weights: list[float]) -> torch.Tensor:
-    """``sum_i lambda_i * CE(z_i, y)`` over the exits present (weights cut to their number)."""
+def multi_exit_loss(logits: list[torch.Tensor], y: torch.Tensor, weights: list[float],
+                    distill: float = 0.0) -> torch.Tensor:
+    """``sum_i lambda_i * CE(z_i, y)`` over the exits present (weights cut to their number), plus,
+    with ``distill > 0``, DepthFL's mutual self-distillation (Kim et al., ICLR 2023; Flower's
+    DepthFL baseline): every exit learns from each other exit's softened prediction as a fixed
+    teacher, ``distill / (d - 1) * sum_i sum_{j != i} KL(softmax(z_j).detach() || softmax(z_i))``
+    (temperature 1; the weight is ours to set, DepthFL's reading is 1)."""
     if len(weights) < len(logits):
         raise ValueError(f"{len(logits)} exits but only {len(weights)} exit weights")
-    return torch.stack(
+    loss = torch.stack(
         [w * nn.functional.cross_entropy(z, y) for z, w in zip(logits, weights, strict=False)]
     ).sum()
+    if distill > 0 and len(logits) > 1:
+        teachers = [nn.functional.softmax(z.detach(), dim=1) for z in logits]
+        kl = torch.stack([
+            nn.functional.kl_div(nn.functional.log_softmax(zi, dim=1), teachers[j], reduction="batchmean")
+            for i, zi in enumerate(logits) for j in range(len(logits)) if j != i
+        ]).sum()
+        loss = loss + distill * kl / (len(logits) - 1)
+    return loss
 
 
-def early_exit_loss_fn(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-    """A ``LossFn`` for :func:`bouquet.models.training.train`: the model's multi-exit loss."""
+def early_exit_loss_fn(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, distill: float = 0.0) -> torch.Tensor:
+    """A ``LossFn`` for :func:`bouquet.models.training.train`: the model's multi-exit loss
+    (with ``distill``: mutual self-distillation, see :func:`multi_exit_loss`)."""
     if not isinstance(model, EarlyExitNet):
         raise ValueError(f"early_exit_loss_fn needs an EarlyExitNet, got {type(model).__name__}")
-    return multi_exit_loss(model(xb), yb, model.exit_weights)
+    return multi_exit_loss(model(xb), yb, model.exit_weights, distill)
 
 
 @torch.no_grad()

@@ -151,6 +151,7 @@ CLIENT = {
         "_target_": target("bouquet.clients.early_exit.EarlyExitClient"), **TRAINING, **STEPS,
         "max_depth": integer("[0, inf)", null="no limit", doc="this node's capacity (0 = no limit)"),
         "max_depth_by_partition": Key("int list", "[0, inf)", null="no capacities", doc="capacity by partition-id"),
+        "self_distillation": real("[0, inf)", doc="weight of DepthFL's mutual self-distillation among exits (0: off)"),
     },
     "recsys": {
         "_target_": target("bouquet.clients.recsys_client.RecsysClient"), "_partial_": PARTIAL,

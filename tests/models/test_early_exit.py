@@ -25,11 +25,11 @@ from bouquet.models.training import get_weights, set_weights
 from bouquet.simulations.early_exit import best_exit
 
 
-def _client(model, max_depth=None, node_config=None):
+def _client(model, max_depth=None, node_config=None, **kwargs):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, 1, 8, 8)).astype(np.float32)
     y = rng.integers(0, 10, 40).astype(np.int64)
-    client = EarlyExitClient(model, x, y, num_classes=10, max_depth=max_depth, batch_size=16, lr=0.05)
+    client = EarlyExitClient(model, x, y, num_classes=10, max_depth=max_depth, batch_size=16, lr=0.05, **kwargs)
     client.context = Context(run_id=1, node_id=1, node_config=node_config or {}, state=RecordDict(), run_config={})
     return client
 
@@ -163,3 +163,40 @@ def test_exit_cost_grows_with_depth_for_every_network_in_the_space():
             ratios.append(macs[0] / macs[-1])
         median = sorted(ratios)[len(ratios) // 2]
         assert max(ratios) < 1.0 and median < (0.4 if shape[1] == 28 else 0.45), (shape, median)
+
+
+def test_self_distillation_adds_the_exits_mutual_kl_with_fixed_teachers():
+    import torch
+
+    from bouquet.models.early_exit import multi_exit_loss
+
+    torch.manual_seed(0)
+    z = [torch.randn(8, 10, requires_grad=True) for _ in range(3)]
+    y = torch.randint(0, 10, (8,))
+    plain = multi_exit_loss(z, y, [1.0, 1.0, 1.0])
+    assert torch.equal(multi_exit_loss(z, y, [1.0, 1.0, 1.0], distill=0.0), plain)
+    kl = sum(torch.nn.functional.kl_div(torch.log_softmax(z[i], 1), torch.softmax(z[j], 1), reduction="batchmean")
+             for i in range(3) for j in range(3) if i != j)
+    with_kd = multi_exit_loss(z, y, [1.0, 1.0, 1.0], distill=0.5)
+    assert torch.allclose(with_kd, plain + 0.5 * kl / 2)
+    # teachers are fixed: the KL term's gradient on z_0 comes only from z_0 as a student
+    (g_kd,) = torch.autograd.grad(with_kd - plain, z[0])
+    student = sum(torch.nn.functional.kl_div(torch.log_softmax(z[0], 1), torch.softmax(z[j].detach(), 1),
+                                             reduction="batchmean") for j in (1, 2))
+    (g_student,) = torch.autograd.grad(0.5 * student / 2, z[0])
+    assert torch.allclose(g_kd, g_student, atol=1e-6)
+    one = [z[0]]  # a single exit has nobody to learn from
+    assert torch.equal(multi_exit_loss(one, y, [1.0], distill=1.0), multi_exit_loss(one, y, [1.0]))
+
+
+def test_client_self_distillation_changes_training_only_when_on():
+    weights = dict(get_weights(build_early_exit((1, 8, 8), 10, seed=0)))
+    trained = {}
+    for name, kd in (("off", 0.0), ("off again", 0.0), ("on", 1.0)):
+        client = _client(build_early_exit((1, 8, 8), 10, seed=0), self_distillation=kd)
+        out, _, _ = client.fit(list(weights.values()), {})
+        trained[name] = out
+    assert all(np.array_equal(a, b) for a, b in zip(trained["off"], trained["off again"], strict=True))
+    assert any(not np.array_equal(a, b) for a, b in zip(trained["off"], trained["on"], strict=True))
+    with pytest.raises(ValueError, match="self_distillation"):
+        _client(build_early_exit((1, 8, 8), 10, seed=0), self_distillation=-1.0)
