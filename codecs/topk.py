@@ -64,9 +64,8 @@ def select_topk(flat: np.ndarray, m: int) -> np.ndarray:
     if n >= _SAMPLE_MIN and 0 < m <= n // 20:
         sample = np.abs(flat[:: max(1, n // _SAMPLE_SIZE)])
         threshold = float(np.quantile(sample, max(0.0, 1.0 - 2.0 * m / n))) if np.isfinite(sample.max()) else 0.0
-        cand = _at_least(flat, threshold)
+        cand, mag = _at_least(flat, threshold)
         if cand.size >= m:
-            mag = np.abs(flat[cand])
             kth = mag[np.argpartition(mag, cand.size - m)[cand.size - m]]
             above = mag > kth
             chosen = above | (mag == kth)
@@ -86,13 +85,13 @@ def select_topk(flat: np.ndarray, m: int) -> np.ndarray:
     return np.sort(part).astype(np.int64)
 
 
-def _at_least(flat: np.ndarray, threshold: float) -> np.ndarray:
-    """Sorted indices with ``|flat| >= threshold``, computed in blocks that stay in cache;
-    ``ValueError`` on NaN or inf (the block maximum is checked on the way)."""
+def _at_least(flat: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted indices with ``|flat| >= threshold`` and their magnitudes, computed in blocks that
+    stay in cache; ``ValueError`` on NaN or inf (the block maximum is checked on the way)."""
     block = 1 << 17
     mag = np.empty(min(block, flat.size), dtype=flat.dtype)
     hit = np.empty(mag.size, dtype=bool)
-    found = []
+    found, mags = [], []
     for start in range(0, flat.size, block):
         part = flat[start : start + block]
         m, h = mag[: part.size], hit[: part.size]
@@ -100,8 +99,10 @@ def _at_least(flat: np.ndarray, threshold: float) -> np.ndarray:
         if not np.isfinite(m.max()):
             raise ValueError("update holds NaN or inf: not sent")
         np.greater_equal(m, threshold, out=h)
-        found.append(np.flatnonzero(h) + start)
-    return np.concatenate(found).astype(np.int64, copy=False)
+        local = np.flatnonzero(h)
+        found.append(local + start)
+        mags.append(m[local])
+    return np.concatenate(found).astype(np.int64, copy=False), np.concatenate(mags)
 
 
 def select_topk_model(tensors: list[np.ndarray], m: int) -> list[np.ndarray]:
