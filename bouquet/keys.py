@@ -23,6 +23,7 @@ EVAL_MSE = "eval-mse"  # recommendation: mean squared error on the client's held
 EVAL_HR_AT_10 = "eval-hr-at-10"  # recommendation: hit rate at 10 against sampled negatives
 EVAL_NDCG_AT_10 = "eval-ndcg-at-10"  # recommendation: NDCG at 10 against sampled negatives
 EF_RESIDUAL = "ef-residual"  # context.state ArrayRecord: a node's error-feedback residual (never sent)
+DGC_MOMENTUM = "dgc-momentum"  # context.state ArrayRecord: a node's DGC momentum u_t, masked where sent (never sent)
 SUBMODEL_DEPTH = "submodel-depth"  # train config: depth of the sub-model sent to a node (early exits)
 MAX_DEPTH = "max-depth"  # node_config / reply metric: deepest sub-model a node can train (0 = no limit)
 TRAINED_DEPTH = "trained-depth"  # reply metric: depth of the sub-model the node trained

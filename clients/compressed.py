@@ -12,7 +12,10 @@ Wen et al. 2017; sparse ternary compression, Sattler et al. 2019), through the b
 
 is kept in the node's ``context.state`` (an ``ArrayRecord`` under ``keys.EF_RESIDUAL``), so it
 survives across rounds on that node and is never sent. The round index of the top-k schedule
-comes from the train config's ``server-round``.
+(and of its density warm-up) comes from the train config's ``server-round``. With DGC's
+momentum correction (``momentum_correction`` > 0, Lin et al. 2018; see
+:mod:`bouquet.codecs.compressor`) the masked momentum :math:`u_t` is kept next to it, under
+``keys.DGC_MOMENTUM``, on the same terms.
 
 :func:`compression_mod` does the same for the train reply of *any* Message-API ClientApp (a
 Flower client mod): it compresses the reply's arrays against the arrays of the instruction.
@@ -42,6 +45,10 @@ from bouquet.codecs import (
     make_compressor,
 )
 
+# Normalisation statistics (sent dense and exact): defined in bouquet.codecs, which the server
+# uses too; importable from here as before.
+from bouquet.codecs.compressor import STATISTIC_SUFFIXES, is_statistic  # noqa: F401
+
 logger = logging.getLogger(__name__)
 
 
@@ -53,7 +60,8 @@ def encoded_arrayrecord(names: Sequence[str], encoded: Sequence[Encoded]) -> Arr
 
 
 def load_residuals(state: RecordDict | None, names: Sequence[str], updates: Sequence[np.ndarray], key: str) -> list[np.ndarray] | None:
-    """Residuals stored under ``key`` in ``state`` if they match ``names`` and shapes, else None."""
+    """Residuals (or DGC momenta) stored under ``key`` in ``state`` if they match ``names`` and
+    shapes, else None."""
     if state is None or key not in state.array_records:
         return None
     record = state.array_records[key]
@@ -67,16 +75,6 @@ def load_residuals(state: RecordDict | None, names: Sequence[str], updates: Sequ
     return residuals
 
 
-STATISTIC_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
-
-
-def is_statistic(name: str) -> bool:
-    """Whether ``name`` is a normalisation statistic (BatchNorm's running mean / variance /
-    counter): sent dense and exact, never through a lossy codec (a ternary or sign code could
-    make a running variance negative). Our choice; they are a tiny share of any model."""
-    return name.endswith(STATISTIC_SUFFIXES)
-
-
 def compress_update(
     compressor: UpdateCompressor,
     names: Sequence[str],
@@ -87,13 +85,15 @@ def compress_update(
     server_round: int,
     rng: np.random.Generator,
     state_key: str = keys.EF_RESIDUAL,
+    momentum_key: str = keys.DGC_MOMENTUM,
 ) -> ArrayRecord:
-    """Encode ``returned - received`` with error feedback kept in ``state[state_key]``.
+    """Encode ``returned - received`` with error feedback kept in ``state[state_key]`` (and, with
+    momentum correction, the masked momentum in ``state[momentum_key]``).
 
     The update has the dtype of the array the server sent (the server checks it), so an integer
     buffer returned against a float64 global (Flower's FedAvg averages integers in float64) is
     converted first. A non-finite update raises ``ValueError`` (the ClientApp replies with an
-    error) before the residual in ``state`` is touched.
+    error) before the residual (or momentum) in ``state`` is touched.
     """
     updates = []
     for name, g, r in zip(names, received, returned, strict=True):
@@ -103,14 +103,18 @@ def compress_update(
             raise ValueError(f"tensor {name!r} overflows {g.dtype} when converted from {r.dtype}: not uploaded")
         updates.append(np.subtract(converted, g, dtype=g.dtype))
     residuals = load_residuals(state, names, updates, state_key) if compressor.residual_decay > 0 else None
+    momenta = load_residuals(state, names, updates, momentum_key) if compressor.momentum_correction > 0 else None
     exact = [is_statistic(n) for n in names]
-    encoded, new = compressor.compress(updates, residuals, server_round=server_round, rng=rng, inplace=True,
+    out = compressor.compress_stateful(updates, residuals, momenta, server_round=server_round, rng=rng, inplace=True,
                                        exact=exact)
-    if new is not None and state is not None:
-        state[state_key] = ArrayRecord(OrderedDict((n, Array(np.asarray(r))) for n, r in zip(names, new, strict=True)))
-    elif new is not None:
-        logger.warning("no context.state: the error-feedback residual is not kept")
-    return encoded_arrayrecord(names, encoded)
+    for key, kept, what in ((state_key, out.residuals, "error-feedback residual"), (momentum_key, out.momenta, "DGC momentum")):
+        if kept is None:
+            continue
+        if state is None:
+            logger.warning("no context.state: the %s is not kept", what)
+            continue
+        state[key] = ArrayRecord(OrderedDict((n, Array(np.asarray(r))) for n, r in zip(names, kept, strict=True)))
+    return encoded_arrayrecord(names, out.payloads)
 
 
 class CompressingClient(TorchClient):
@@ -146,13 +150,16 @@ class TopKClient(CompressingClient):
     """Uploads the top-:math:`m_j` elements of its update, with error feedback (``bouquet.topk/1``).
 
     ``alpha``, ``rho``, ``min_k``, ``scope`` (``tensor`` | ``model``), ``value_dtype``
-    (``float32`` | ``float16``) and ``residual_decay`` are those of
-    :class:`bouquet.codecs.TopKCompressor`; other arguments go to :class:`TorchClient`.
+    (``float32`` | ``float16``), ``residual_decay`` and DGC's ``momentum_correction``,
+    ``clip_norm`` and ``warmup_rounds`` are those of :class:`bouquet.codecs.TopKCompressor`;
+    other arguments go to :class:`TorchClient`.
     """
 
     def __init__(self, *args: Any, alpha: float = 0.01, rho: float = 1.0, min_k: int = 1, scope: str = "tensor",
-                 value_dtype: str = "float32", residual_decay: float = 1.0, **kwargs: Any) -> None:
-        comp = TopKCompressor(alpha=alpha, rho=rho, min_k=min_k, scope=scope, value_dtype=value_dtype, residual_decay=residual_decay)
+                 value_dtype: str = "float32", residual_decay: float = 1.0, momentum_correction: float = 0.0,
+                 clip_norm: float | None = None, warmup_rounds: int = 0, **kwargs: Any) -> None:
+        comp = TopKCompressor(alpha=alpha, rho=rho, min_k=min_k, scope=scope, value_dtype=value_dtype, residual_decay=residual_decay,
+                              momentum_correction=momentum_correction, clip_norm=clip_norm, warmup_rounds=warmup_rounds)
         super().__init__(*args, compressor=comp, **kwargs)
 
 
@@ -171,11 +178,15 @@ class TernaryClient(CompressingClient):
 
 
 class STCClient(CompressingClient):
-    """Uploads its update as sparse ternary (STC; ``bouquet.stc/1``), with error feedback."""
+    """Uploads its update as sparse ternary (STC; ``bouquet.stc/1``), with error feedback; the
+    codec options (DGC's ``momentum_correction``, ``clip_norm``, ``warmup_rounds`` included) are
+    those of :class:`bouquet.codecs.STCCompressor`."""
 
     def __init__(self, *args: Any, alpha: float = 0.01, rho: float = 1.0, min_k: int = 1, scope: str = "tensor",
-                 residual_decay: float = 1.0, **kwargs: Any) -> None:
-        comp = STCCompressor(alpha=alpha, rho=rho, min_k=min_k, scope=scope, residual_decay=residual_decay)
+                 residual_decay: float = 1.0, momentum_correction: float = 0.0, clip_norm: float | None = None,
+                 warmup_rounds: int = 0, **kwargs: Any) -> None:
+        comp = STCCompressor(alpha=alpha, rho=rho, min_k=min_k, scope=scope, residual_decay=residual_decay,
+                             momentum_correction=momentum_correction, clip_norm=clip_norm, warmup_rounds=warmup_rounds)
         super().__init__(*args, compressor=comp, **kwargs)
 
 
@@ -183,7 +194,7 @@ Mod = Callable[[Message, Context, Callable[[Message, Context], Message]], Messag
 
 
 def compression_mod(compressor: UpdateCompressor | str = "topk", *, state_key: str = keys.EF_RESIDUAL, seed: int = 0,
-                    **codec_kwargs: Any) -> Mod:
+                    momentum_key: str = keys.DGC_MOMENTUM, **codec_kwargs: Any) -> Mod:
     """A Flower client mod compressing the train reply of any Message-API ClientApp.
 
     Parameters
@@ -193,6 +204,8 @@ def compression_mod(compressor: UpdateCompressor | str = "topk", *, state_key: s
         ``codec_kwargs`` (e.g. ``alpha=0.01``).
     state_key : str
         ``context.state`` key of the error-feedback residual.
+    momentum_key : str
+        ``context.state`` key of the DGC momentum (with ``momentum_correction`` > 0).
     seed : int
         Seed of the stochastic rounding (mixed with node id and round).
 
@@ -224,7 +237,8 @@ def compression_mod(compressor: UpdateCompressor | str = "topk", *, state_key: s
         server_round = int(config.get(keys.SERVER_ROUND, 1))
         rng = np.random.default_rng([seed, int(context.node_id) % 2**32, server_round])
         out = compress_update(comp, names, [received[n] for n in names], [record[n].numpy() for n in names],
-                              state=context.state, server_round=server_round, rng=rng, state_key=state_key)
+                              state=context.state, server_round=server_round, rng=rng, state_key=state_key,
+                              momentum_key=momentum_key)
         reply.content[rec_key] = out
         return reply
 

@@ -7,11 +7,13 @@ compression (``stc``), error feedback (``error_feedback``), position/trit packin
 
 from bouquet.codecs.compressor import (
     COMPRESSORS,
+    CompressOutput,
     DenseCompressor,
     STCCompressor,
     TernaryCompressor,
     TopKCompressor,
     UpdateCompressor,
+    is_statistic,
     make_compressor,
 )
 from bouquet.codecs.error_feedback import accumulate, new_residual
@@ -30,6 +32,7 @@ from bouquet.codecs.wire import (
 
 __all__ = [
     "COMPRESSORS",
+    "CompressOutput",
     "Decoded",
     "DenseCompressor",
     "Encoded",
@@ -45,6 +48,7 @@ __all__ = [
     "encode_ternary",
     "encode_topk",
     "is_bouquet_stype",
+    "is_statistic",
     "make_compressor",
     "new_residual",
     "parse_stype",

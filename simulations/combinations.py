@@ -171,6 +171,36 @@ def _codec_args(cfg: dict[str, Any], opt: Options) -> str | None:
     return None
 
 
+def _codec_settings(cfg: dict[str, Any], opt: Options) -> tuple[str, dict[str, Any]] | None:
+    """(prefix of the keys, settings) of a top-k or STC upload (client=topk|stc, or client=recsys
+    with client.codec=topk|stc; absent codec_args take the codec's defaults), else None."""
+    if opt["client"] in ("topk", "stc"):
+        return "client", cfg["client"]
+    if opt["client"] == "recsys" and cfg["client"]["codec"] in ("topk", "stc"):
+        return "client.codec_args", {"residual_decay": 1.0, "rho": 1.0, **cfg["client"]["codec_args"]}
+    return None
+
+
+@combination("client.momentum_correction | warmup_rounds vs residual_decay, alpha, rho")
+def _dgc_options(cfg: dict[str, Any], opt: Options) -> str | None:
+    """DGC's momentum correction accumulates the momentum in the error-feedback residual, so it needs
+    residual_decay > 0; a density warm-up from a density of 1 (alpha = rho = 1) sends nothing less."""
+    found = _codec_settings(cfg, opt)
+    if found is None:
+        return None
+    prefix, codec = found
+    mc = codec.get("momentum_correction", 0.0) or 0.0
+    if mc > 0 and codec.get("residual_decay", 1.0) == 0:
+        return _both(f"{prefix}.momentum_correction={fmt(mc)}", f"{prefix}.residual_decay=0",
+                     "momentum correction accumulates the momentum in the error-feedback residual and zeroes it where "
+                     "sent; without error feedback the unsent momentum is lost (use residual_decay > 0)")
+    warmup = codec.get("warmup_rounds", 0) or 0
+    if warmup > 0 and codec.get("alpha") == 1.0 and codec.get("rho", 1.0) == 1.0:
+        return _both(f"{prefix}.warmup_rounds={warmup}", f"{prefix}.alpha=1.0",
+                     "the warm-up starts denser than the target, and a target density of 1 is already dense")
+    return None
+
+
 @combination("compression.* without compressed uploads")
 def _compression(cfg: dict[str, Any], opt: Options) -> str | None:
     """compression.* sets how the server decodes compressed uploads: it needs a compressing client and a

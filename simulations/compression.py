@@ -9,6 +9,9 @@
   step :math:`\\eta` applied to the decoded mean update;
 * ``compression.fast_path`` (optional, default true): sparse weighted-mean aggregation when the
   strategy is FedAvg-like;
+* ``compression.server_momentum`` (optional, default 0 = off): :math:`\\beta` of the server
+  momentum :math:`m \\leftarrow \\beta m + \\bar u`, :math:`w \\leftarrow w + \\eta m` on the decoded
+  mean update;
 * ``compression.gamma`` (optional, instead of ``server_lr``): the S1 source's learning rate
   :math:`\\gamma` of :math:`W \\leftarrow W - \\gamma \\sum_i c_i G_i`. A client uploads its update
   :math:`u_i = -\\text{lr}\\, G_i` (one SGD step with ``client.local_steps=1``, momentum 0; top-k
@@ -19,7 +22,8 @@ is not wrapped: it gets :func:`~bouquet.strategies.compressed.decode_update` as 
 
 The codec settings themselves (``client.alpha``, ``client.rho``, ``client.min_k``,
 ``client.scope``, ``client.value_dtype``, ``client.residual_decay``, ``client.stochastic``,
-``client.clip_c``, ``client.packing``) go to the client's constructor.
+``client.clip_c``, ``client.packing``, and DGC's ``client.momentum_correction``,
+``client.clip_norm``, ``client.warmup_rounds``) go to the client's constructor.
 """
 
 from __future__ import annotations
@@ -70,6 +74,8 @@ def wrap_compression(cfg: dict[str, Any], exp: Any, strategy: Strategy) -> Strat
     server_lr = float(comp.get("server_lr", 1.0))
     if "gamma" in comp:  # S1: W <- W - gamma * sum_i c_i G_i, and the client uploads -lr * G_i
         server_lr = float(comp["gamma"]) / float(cfg["client"]["lr"])
-    logger.info("client %s compresses: wrapping %s in Compressed(server_lr=%s)", cfg["client"]["_target_"],
-                type(strategy).__name__, server_lr)
-    return Compressed(strategy, server_lr=server_lr, fast_path=bool(comp.get("fast_path", True)))
+    server_momentum = float(comp.get("server_momentum", 0.0))
+    logger.info("client %s compresses: wrapping %s in Compressed(server_lr=%s, server_momentum=%s)",
+                cfg["client"]["_target_"], type(strategy).__name__, server_lr, server_momentum)
+    return Compressed(strategy, server_lr=server_lr, fast_path=bool(comp.get("fast_path", True)),
+                      server_momentum=server_momentum)

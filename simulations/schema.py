@@ -118,8 +118,12 @@ TOPK = {
     "scope": choice(*SCOPES, doc="top-k per tensor or over the whole model"),
     "value_dtype": choice(*VALUE_DTYPES, doc="dtype of the kept values on the wire"),
     "residual_decay": real("[0, 1]", doc="error feedback: 1 classic, 0 none"),
+    "momentum_correction": real("[0, 1)", doc="DGC momentum correction m: u = m u + update, u zeroed where sent (0: off)"),
+    "clip_norm": real("(0, inf)", null="no clipping", doc="DGC local clipping: L2 bound on the round's update"),
+    "warmup_rounds": integer("[0, inf)", doc="DGC density warm-up: round r <= W keeps d_r**(r/(W+1)) (0: off)"),
 }
-STC = {k: TOPK[k] for k in ("alpha", "rho", "min_k", "scope", "residual_decay")}
+STC = {k: TOPK[k] for k in ("alpha", "rho", "min_k", "scope", "residual_decay", "momentum_correction", "clip_norm",
+                            "warmup_rounds")}
 TERNARY = {
     "stochastic": flag(doc="unbiased stochastic rounding (false: deterministic threshold)"),
     "clip_c": real("(0, inf)", null="no clipping", doc="clip at clip_c * std before ternarising"),
@@ -330,6 +334,8 @@ SEARCH = {
 COMPRESSION = {
     "server_lr": real("(0, inf)", optional=True, doc="step applied to the decoded mean update (absent: 1.0)"),
     "fast_path": flag(optional=True, doc="sparse weighted-mean aggregation (absent: true)"),
+    "server_momentum": real("[0, 1)", optional=True,
+                            doc="beta of the server momentum on the decoded mean update (absent: 0, off)"),
     "gamma": real("(0, inf)", optional=True,
                   doc="S1's server learning rate on the combined sparse gradient: server_lr = gamma / client.lr"),
 }

@@ -38,6 +38,22 @@ is accumulated with normalised weights :math:`n_i / \\sum_j n_j` straight into t
 buffer (a copy of :math:`w`), so it is finite wherever Flower's dense FedAvg is; a non-finite
 aggregate skips the round instead of poisoning the model.
 
+Server momentum (``server_momentum`` :math:`\\beta`, default 0 = off; FedAvgM, Hsu et al. 2019,
+arXiv:1909.06335, applied here to the decoded mean update :math:`\\bar u_t = (w_{agg} - w)/\\eta`,
+where :math:`w_{agg}` is the inner aggregation's result, :math:`w + \\eta\\,\\bar u_t` for the
+weighted-mean family):
+
+.. math::
+
+    m_t = \\beta\\, m_{t-1} + \\bar u_t, \\qquad w' = w + \\eta\\, m_t,
+
+on every float tensor except normalisation statistics (``running_mean`` / ``running_var``, which
+take the plain aggregate: momentum could make a running variance negative) and integer tensors.
+:math:`m` is the strategy's state (:meth:`Compressed.state_dict`), so a checkpoint keeps it; a
+skipped round (no aggregate) leaves :math:`m` and the model unchanged. With all clients in
+every round, client-side DGC momentum correction with :math:`m = \\beta` and no sparsification
+is the same update (both are heavy-ball momentum on the mean update).
+
 Looked through on the fast path: bouquet's ``ReplyGuard`` (its ``min_replies``, its update-norm
 bound and its skipped-round count apply exactly as on the dense path). Dtype and shape rules are
 FedAvg's: a 0-d array stays 0-d, an integer tensor's mean is float64.
@@ -53,10 +69,11 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, Strategy
+from flwr.serverapp.strategy import FedAvg, FedAvgM, Strategy
+from flwr.serverapp.strategy.fedopt import FedOpt
 
 from bouquet import keys
-from bouquet.codecs import Decoded
+from bouquet.codecs import Decoded, is_statistic
 from bouquet.strategies.accumulate import Accumulator, finite_npy, npy_array
 from bouquet.strategies.decoding import (
     decode_record,
@@ -120,13 +137,27 @@ class Compressed(StrategyWrapper):
         :math:`\\eta`, the step applied to the decoded update (1.0: the clients' weights).
     fast_path : bool
         Use the sparse weighted-mean aggregation when the inner strategy allows it.
+    server_momentum : float
+        :math:`\\beta \\in [0, 1)` of the server momentum on the decoded mean update (0: off).
     """
 
-    def __init__(self, strategy: Strategy, server_lr: float = 1.0, *, fast_path: bool = True) -> None:
+    def __init__(self, strategy: Strategy, server_lr: float = 1.0, *, fast_path: bool = True,
+                 server_momentum: float = 0.0) -> None:
         if not np.isfinite(server_lr) or server_lr <= 0:
             raise ValueError(f"server_lr={server_lr} must be finite and > 0")
+        if not (np.isfinite(server_momentum) and 0.0 <= server_momentum < 1.0):
+            raise ValueError(f"server_momentum={server_momentum} must be in [0, 1)")
         if any(isinstance(s, Compressed) for s in chain(strategy)):
             raise ValueError("Compressed is already in this chain: wrap a strategy in Compressed once")
+        if server_momentum > 0:
+            for inner in chain(strategy):
+                if isinstance(inner, FedOpt) or (isinstance(inner, FedAvgM) and inner.server_momentum > 0):
+                    raise ValueError(f"server_momentum={server_momentum} cannot be combined with {type(inner).__name__}: "
+                                     "it already applies its own server optimiser (momentum) to the aggregate")
+        # set before StrategyWrapper.__init__: afterwards a name the inner strategy also has (FedAvgM's
+        # server_momentum) would be written to the inner strategy
+        self.server_momentum = float(server_momentum)
+        self._momentum: dict[str, np.ndarray] = {}  # m_t per float tensor (the strategy's state)
         super().__init__(strategy)
         self.server_lr = float(server_lr)
         self.fast_path = bool(fast_path)
@@ -136,7 +167,8 @@ class Compressed(StrategyWrapper):
         self.last_path = ""
 
     def summary(self) -> None:
-        log(logging.INFO, "Compressed(server_lr=%s) around %s", self.server_lr, type(self.strategy).__name__)
+        log(logging.INFO, "Compressed(server_lr=%s, server_momentum=%s) around %s", self.server_lr, self.server_momentum,
+            type(self.strategy).__name__)
         self.strategy.summary()
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
@@ -155,6 +187,8 @@ class Compressed(StrategyWrapper):
         else:
             self.last_path = "dense"
             arrays, metrics = self.strategy.aggregate_train(server_round, self._densify(replies))
+        if arrays is not None and self.server_momentum > 0:
+            arrays = self._apply_server_momentum(server_round, arrays)
         facts = {BYTES_UP: received, DENSE_BYTES: dense, DROPPED: len(self._dropped)}
         log(logging.INFO, "Compressed: round %d: %d replies, %d dropped, %.3f MB received vs %.3f MB dense (%.1fx fewer)",
             server_round, len(replies), len(self._dropped), received / 1e6, dense / 1e6, dense / max(received, 1))
@@ -162,6 +196,23 @@ class Compressed(StrategyWrapper):
             for key, value in facts.items():
                 metrics[key] = value
         return arrays, metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        """The server momentum :math:`m` (copies; empty before the first step or when off)."""
+        return {"server_momentum": self.server_momentum, "momentum": {k: v.copy() for k, v in self._momentum.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue with the momentum of :meth:`state_dict` (``ValueError`` if it is not one)."""
+        momentum = state.get("momentum") if isinstance(state, dict) else None
+        if not isinstance(momentum, dict) or not all(
+                isinstance(k, str) and isinstance(v, np.ndarray) and v.dtype.kind == "f" and np.all(np.isfinite(v))
+                for k, v in momentum.items()):
+            raise ValueError("Compressed.load_state_dict: 'momentum' must map tensor names to finite float arrays")
+        saved = state.get("server_momentum")
+        if momentum and saved != self.server_momentum:
+            log(logging.WARNING, "Compressed: the loaded momentum was built with server_momentum=%s, this strategy "
+                "has %s; continuing with it", saved, self.server_momentum)
+        self._momentum = {k: np.array(v, copy=True) for k, v in momentum.items()}
 
     def own_report(self) -> dict[str, Any]:
         own: dict[str, Any] = {CLIENTS_DROPPED: len(self._dropped), DROP_REASONS: list(self._dropped)}
@@ -227,6 +278,42 @@ class Compressed(StrategyWrapper):
         log(logging.INFO, "Compressed: %d replies decoded for %s, %d dropped", len(out), type(self.strategy).__name__,
             len(self._dropped))
         return out
+
+    def _apply_server_momentum(self, server_round: int, arrays: ArrayRecord) -> ArrayRecord | None:
+        """:math:`m = \\beta m + (w_{agg} - w)/\\eta`, :math:`w' = w + \\eta m` on the float tensors
+        (see the module docstring); None (round skipped, :math:`m` unchanged) if it is not finite."""
+        beta, eta = self.server_momentum, self.server_lr
+        global_arrays = self._global_arrays()
+        momentum: dict[str, np.ndarray] = {}
+        out: dict[str, Array] = {}
+        for name, arr in arrays.items():
+            ref = global_arrays.get(name)
+            if ref is None or ref.dtype.kind != "f" or is_statistic(name):
+                out[name] = arr  # integer tensors and statistics: the plain aggregate
+                continue
+            agg = arr.numpy()
+            if agg.shape != ref.shape:
+                log(logging.WARNING, "Compressed: round %d: no server momentum on %r: aggregate shape %s != %s",
+                    server_round, name, agg.shape, ref.shape)
+                out[name] = arr
+                continue
+            previous = self._momentum.get(name)
+            if previous is not None and previous.shape != ref.shape:
+                log(logging.WARNING, "Compressed: server momentum of %r has shape %s, the tensor %s: restarting it "
+                    "from zero", name, previous.shape, ref.shape)
+                previous = None
+            with np.errstate(over="ignore", invalid="ignore"):  # an overflow is caught just below
+                step = (agg.astype(ref.dtype, copy=False) - ref) / ref.dtype.type(eta)
+                m = step if previous is None else ref.dtype.type(beta) * previous.astype(ref.dtype, copy=False) + step
+                new = ref + ref.dtype.type(eta) * m
+            if not (np.all(np.isfinite(m)) and np.all(np.isfinite(new))):
+                log(logging.WARNING, "Compressed: round %d: server momentum makes %r non-finite; global model and "
+                    "momentum unchanged", server_round, name)
+                return None
+            momentum[name] = m
+            out[name] = Array(np.ascontiguousarray(new))
+        self._momentum.update(momentum)
+        return ArrayRecord(out)
 
     def _global_arrays(self) -> dict[str, np.ndarray]:
         """The global arrays sent this round (decoding needs them)."""

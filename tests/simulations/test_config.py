@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -153,6 +154,8 @@ COMBINATION_CASES: dict[str, tuple[list[str], list[str]]] = {
     "_capacity_needs_depths": (["model=early_exit", "client=early_exit", "client.max_depth=2"],
                                ["strategy=fedavg", "client.max_depth=2", "depth_fedavg"]),
     "_codec_args": (["experiment=s5_recsys", "client.codec=topk"], ["client.codec=topk", "client.codec_args.alpha"]),
+    "_dgc_options": (["client=topk", "client.momentum_correction=0.9", "client.residual_decay=0"],
+                     ["client.momentum_correction=0.9", "client.residual_decay=0", "error-feedback residual"]),
     "_compression": (["+compression.server_lr=0.5"], ["compression.server_lr", "client=plain"]),
     "_fault_rates": (["fault=mixed", "fault.crash_rate=0.9"], ["fault.crash_rate=0.9", "fault.hang_rate", "[0, 1]"]),
     "_early_exit_model": (["model=early_exit", "client=early_exit", "model.widths=[16,30,64]"], ["model.widths"]),
@@ -185,6 +188,32 @@ def _group_values(cfg: dict) -> dict:
     from bouquet.simulations.validate import check_schema
 
     return check_schema(cfg)
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    (["client=stc", "client.momentum_correction=0.5", "client.residual_decay=0.0"], "client.momentum_correction=0.5 and"),
+    (["client=stc", "client.alpha=1.0", "client.warmup_rounds=3"], "client.warmup_rounds=3 and client.alpha=1.0"),
+    (["experiment=s5_recsys", "client.codec=topk", "+client.codec_args.alpha=0.1",
+      "+client.codec_args.momentum_correction=0.9", "+client.codec_args.residual_decay=0"],
+     "client.codec_args.momentum_correction=0.9 and client.codec_args.residual_decay=0"),
+    (["client=ternary", "+client.momentum_correction=0.9"], "client.momentum_correction is not a key of client=ternary"),
+    (["experiment=s5_recsys", "client.codec=ternary", "+client.codec_args.momentum_correction=0.9"],
+     "client.codec_args.momentum_correction is not a setting of client.codec=ternary"),
+    (["client=topk", "+compression.server_momentum=1.0"], "compression.server_momentum=1.0 is out of range [0, 1)"),
+    (["+compression.server_momentum=0.9"], "compression.server_momentum has no effect: client=plain"),
+])
+def test_dgc_and_server_momentum_refusals(overrides: list[str], expected: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        validate_config(_compose(overrides))
+
+
+def test_dgc_and_server_momentum_settings_pass() -> None:
+    for overrides in (["client=topk", "client.momentum_correction=0.9", "client.clip_norm=1.0", "client.warmup_rounds=4",
+                       "+compression.server_momentum=0.9", "+compression.server_lr=0.1"],
+                      ["client=stc", "client.alpha=1.0", "client.rho=0.5", "client.warmup_rounds=2"],
+                      ["experiment=s5_recsys", "client.codec=stc", "+client.codec_args.alpha=0.1",
+                       "+client.codec_args.momentum_correction=0.9"]):
+        validate_config(_compose(overrides))
 
 
 def test_every_combination_rule_has_a_case() -> None:
