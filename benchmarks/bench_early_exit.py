@@ -132,6 +132,7 @@ def report() -> list[Path]:
                                 *[f"exit {i} MACs (M)" for i in EXITS], "exit 1 / full MACs", "MB up",
                                 "wall s / cell"])
     )
+    body += _reading(by)
     todo = [c for c in all_cells(DATASETS, list(ARMS), [0, 1, 2])
             if (c.key_dict["dataset"], c.key_dict["arm"], c.key_dict["seed"])
             not in {(r["key"]["dataset"], r["key"]["arm"], r["key"]["seed"]) for r in results}]
@@ -143,6 +144,49 @@ def report() -> list[Path]:
                   command=COMMAND + " (report: --report)")
     png = plot(by)
     return [ROOT / "benchmarks/RESULTS.md", *touched, *([png] if png else [])]
+
+
+def _paired(by: dict[tuple[str, str], list[dict]], ds: str, arm: str, ref: str, exit_i: int) -> list[float]:
+    """Per-seed differences of exit ``exit_i``'s final accuracy, ``arm`` minus ``ref``."""
+    other = {c["key"]["seed"]: c["rounds"][-1][f"accuracy_exit_{exit_i}"] for c in by.get((ds, ref), [])}
+    return [c["rounds"][-1][f"accuracy_exit_{exit_i}"] - other[c["key"]["seed"]]
+            for c in by.get((ds, arm), []) if c["key"]["seed"] in other]
+
+
+def _reading(by: dict[tuple[str, str], list[dict]]) -> str:
+    """The issue's goals checked on the raw results (computed, not written by hand)."""
+    mixed, full, kd = "searched, per-round depths", "searched, full depth (FedAvg)", \
+        "searched, per-round depths + self-distillation"
+    lines = ["", "**Goals, computed from the raw results** (paired by seed, mean ± sd, percentage points):", ""]
+    mn = by.get(("mnist", mixed), [])
+    if mn:
+        worst = min(min(c["rounds"][-1][f"accuracy_exit_{i}"] for i in EXITS) for c in mn)
+        ratio = max(c["rounds"][-1]["macs_exit_1"] / c["rounds"][-1]["macs_exit_3"] for c in mn)
+        lines.append(f"- MNIST, searched network with per-round depths: lowest exit accuracy over all seeds and exits "
+                     f"{100 * worst:.2f}% (goal > 95%: {'met' if worst > 0.95 else 'missed'}); exit 1 costs at most "
+                     f"{100 * ratio:.0f}% of the full network's MACs (goal <= 40%: {'met' if ratio <= 0.4 else 'missed'}).")
+    for ds in DATASETS:
+        gap = _paired(by, ds, mixed, full, 3)
+        if gap:
+            m, sd = mean_sd(gap)
+            lines.append(f"- {ds}: last exit, per-round depths minus full depth (FedAvg): {100 * m:+.2f} ± {100 * sd:.2f} "
+                         f"(goal within 1 point: {'met' if m >= -0.01 else 'missed'}).")
+        diffs = [_paired(by, ds, kd, mixed, i) for i in EXITS]
+        if all(diffs):
+            parts = []
+            for i, d in zip(EXITS, diffs, strict=True):
+                m, sd = mean_sd(d)
+                parts.append(f"exit {i} {100 * m:+.2f} ± {100 * sd:.2f}")
+            beyond = [abs(mean_sd(d)[0]) > mean_sd(d)[1] for d in diffs]
+            lines.append(f"- {ds}: self-distillation minus none (per-round depths): {', '.join(parts)}; "
+                         + ("a difference beyond one sd of the pairs at exit(s) "
+                            + ", ".join(str(i) for i, b in zip(EXITS, beyond, strict=True) if b)
+                            if any(beyond) else "no difference beyond one sd of the pairs") + ".")
+    lines.append("")
+    lines.append("The searched networks differ by seed (each seed runs its own search), hence the spread of their "
+                 "MACs. `shared-weight acc` is measured with the supernet's shared weights: the baseline network, "
+                 "which the controller rarely samples, is under-trained there, so that column ranks candidates only.")
+    return "\n".join(lines) + "\n"
 
 
 def plot(by: dict[tuple[str, str], list[dict]]) -> Path | None:
