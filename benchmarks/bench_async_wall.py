@@ -45,7 +45,8 @@ ARMS: dict[str, list[str]] = {
     "sliding window (server)": ["strategy=async", "strategy.policy=sliding_window", "strategy.window_side=server"],
 }
 PROTOCOL = {"clients": 10, "rounds": 10, "base_time_s": 1.0, "eval_every": 5}
-TARGET = 0.90
+TARGET = 0.96  # every arm passes 90% with its first evaluation (MLP, 1 local epoch per update)
+TARGET_LOW = 0.95
 LAST_EVALS = 5  # fluctuation: std of the evaluation loss over the last 5 evaluations of every arm
 COMMAND = "nice -n 10 .venv/bin/python benchmarks/bench_async_wall.py --commit --pin HEAD"
 
@@ -74,9 +75,11 @@ def figures(rows: list[dict]) -> dict:
     acc = np.array([r["accuracy"] for r in evals])
     loss = np.array([r["loss"] for r in evals])
     hit = np.flatnonzero(acc >= TARGET)
+    low = np.flatnonzero(acc >= TARGET_LOW)
     stale = [r["staleness_max"] for r in rows if r.get("staleness_max") is not None]
     means = [r["staleness_mean"] for r in rows if r.get("staleness_mean") is not None]
     return {"final": float(acc[-1]), "wall": float(t[-1]), "startup": float(t0), "to_target": float(t[hit[0]]) if len(hit) else None,
+            "to_low": float(t[low[0]]) if len(low) else None,
             "fluct": float(np.std(loss[1:][-LAST_EVALS:])), "stale_mean": float(np.mean(means)) if means else None,
             "stale_max": max(stale) if stale else None}
 
@@ -95,12 +98,15 @@ def report() -> list[Path]:
         speedups = [sync[s]["to_target"] / f["to_target"] for s, f in figs
                     if s in sync and f["to_target"] and sync[s]["to_target"]]
         reached = [f["to_target"] for _, f in figs if f["to_target"] is not None]
+        reached_low = [f["to_low"] for _, f in figs if f["to_low"] is not None]
         rows.append({
             "arm": arm, "seeds": ",".join(str(s) for s, _ in figs),
             "final acc (%)": pm([f["final"] for _, f in figs], 100),
+            f"wall s to {TARGET_LOW:.0%}": pm(reached_low, 1, 1) + ("" if len(reached_low) == len(figs)
+                                                                 else f" ({len(reached_low)}/{len(figs)} reached)"),
             f"wall s to {TARGET:.0%}": pm(reached, 1, 1) + ("" if len(reached) == len(figs)
                                                          else f" ({len(reached)}/{len(figs)} reached)"),
-            "x sooner than sync": pm(speedups, 1, 2) if arm != "sync (FedAvg)" else "1",
+            f"x sooner than sync (to {TARGET:.0%})": pm(speedups, 1, 2) if arm != "sync (FedAvg)" else "1",
             "wall s (all 100 updates)": pm([f["wall"] for _, f in figs], 1, 1),
             "start-up s (to 1st reply)": pm([f["startup"] for _, f in figs], 1, 1),
             f"fluctuation (std loss, last {LAST_EVALS} evals)": pm([f["fluct"] for _, f in figs], 1, 4),
@@ -114,7 +120,9 @@ def report() -> list[Path]:
         "MNIST, MLP, 10 IID clients of seeded heterogeneous speed (`client=slow`: log-normal sigma 0.5, 20% "
         "stragglers x5, a median task padded to 1 s by sleeping; `simulation.client_cpus=0.2`, so all ten run at once "
         "on 2 cores), the same client work for every arm (100 local epochs: 10 sync rounds or 100 async updates, "
-        "plateau stop off), async evaluation every 5 updates, sync every round. `x sooner` is paired by seed. "
+        "plateau stop off), async evaluation every 5 updates, sync every round. Targets 95% and 96% (every arm passes "
+        "90% at its first evaluation). `x sooner` is paired by seed; a seed that never reaches the target is left out "
+        "of it and counted in the reach column. "
         "Mean ± sd over seeds. Raw per-cell results: `benchmarks/results/async_wall.jsonl`.\n\n"
         + markdown_table(rows, list(rows[0]) if rows else ["arm"])
     )
