@@ -1,61 +1,80 @@
-"""KL-weighted aggregation vs FedAvg: final/best accuracy and rounds to FedAvg's final accuracy.
+"""KL-weighted aggregation vs FedAvg on the unbalanced cell (issue 15 §3).
 
-Each cell is one federated run built from the Hydra config (``conf/``) exactly as ``bouquet-sim``
-builds it: the same ``run_server`` (strategy + wrappers + ``MeteredGrid`` + ``RunRecorder``) and
-the same ``ClientApp``. To fit 2 shared cores, the clients are called in-process, one after the
-other, by :class:`InlineGrid` instead of Flower's Ray simulation engine (no Ray start-up, no
-worker processes; the messages, strategy code and client code are the real ones). Cells whose
-``summary.json`` says ``ok`` under ``benchmarks/.runs/kl/`` are skipped (resumable). Writes the
-``kl`` section of ``benchmarks/RESULTS.md``.
+Protocol: Fashion-MNIST, 10 clients, ``partition=unbalanced`` (client sizes by flwr-datasets'
+exponential rule over what is left after 32 samples each, labels by its
+``InnerDirichletPartitioner`` with Dirichlet(0.5); ``docs/kl-weighting.md``), all clients every
+round, LeNet, 30 rounds, 1 local epoch, batch 32, SGD lr 0.01 momentum 0.9; seeds 0, 1, 2. Arms:
+FedAvg and the KL-weighted settings of the earlier reduced grid (``exp`` tau=1 a=1 towards the
+clients close to Q or far from it, FedDisco's published a=0.5 b=0.1, and a=0.05 b=0.1; Q = the
+pooled client histograms, smoothing 1e-3).
 
-Full grid of issue 4 (hours on 2 cores)::
+Every cell is a real ``bouquet-sim`` run in Flower's simulation engine. Raw per-cell results:
+``benchmarks/results/kl.jsonl`` (a finished cell is never rerun). ``--report`` rebuilds the ``kl``
+section of ``RESULTS.md`` from that file alone (and leaves it alone while the file has no cell)::
 
-    nice -n 10 .venv/bin/python benchmarks/bench_kl.py --datasets mnist fashion_mnist \\
-        --clients 10 50 --partitions iid dir0.1 dir0.5 path2 --seeds 0 1 2 --rounds 30 --model lenet
-
-Reduced default: MNIST, 10 clients, MLP, Dirichlet(0.1) and 2 labels per client, 3 seeds,
-10 rounds of 1 local epoch.
+    nice -n 10 .venv/bin/python benchmarks/bench_kl.py --commit --pin HEAD   # run what is missing
+    .venv/bin/python benchmarks/bench_kl.py --report                         # table only
+    .venv/bin/python benchmarks/bench_kl.py --check                          # compose + validate every cell
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import random
-import shlex
+import os
+import statistics
 import sys
-import time
-from collections.abc import Iterable
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
-from uuid import uuid4
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._grid import Cell, load_results, mean_sd, pm, run_grid  # noqa: E402
 from benchmarks._results import markdown_table, write_section  # noqa: E402
 
+SECTION = "kl"
+TITLE = "KL-divergence-weighted aggregation: the unbalanced cell (LeNet, 30 rounds, 3 seeds)"
+# The settings are explicit, so a changed yaml default cannot change a cell silently.
 PARTITIONS: dict[str, list[str]] = {
-    "iid": ["partition=iid"],
-    "dir0.1": ["partition=dirichlet", "partition.alpha=0.1"],
-    "dir0.5": ["partition=dirichlet", "partition.alpha=0.5"],
-    "path1": ["partition=pathological", "partition.labels_per_client=1"],
-    "path2": ["partition=pathological", "partition.labels_per_client=2"],
-    "path3": ["partition=pathological", "partition.labels_per_client=3"],
+    "unbalanced exp, min 32, dir0.5": ["partition=unbalanced", "partition.sizes=exponential",
+                                       "partition.min_size=32", "partition.alpha=0.5"],
+    "unbalanced linear, min 32, dir0.5": ["partition=unbalanced", "partition.sizes=linear",
+                                          "partition.min_size=32", "partition.alpha=0.5"],
+    "unbalanced exp, min 32, dir0.1": ["partition=unbalanced", "partition.sizes=exponential",
+                                       "partition.min_size=32", "partition.alpha=0.1"],
 }
+DEFAULT_PARTITIONS = ["unbalanced exp, min 32, dir0.5"]
+_KL = ["strategy=kl_weighted", "strategy.reference=pooled", "strategy.smoothing=0.001"]
 ARMS: dict[str, list[str]] = {
     "fedavg": ["strategy=fedavg"],
-    "exp closer": ["strategy=kl_weighted", "strategy.mode=exp", "strategy.direction=closer"],
-    "exp farther": ["strategy=kl_weighted", "strategy.mode=exp", "strategy.direction=farther"],
-    "disco": ["strategy=kl_weighted", "strategy.mode=disco", "strategy.a=0.5", "strategy.b=0.1"],
-    "disco a=0.05": ["strategy=kl_weighted", "strategy.mode=disco", "strategy.a=0.05", "strategy.b=0.1"],
+    "exp closer": [*_KL, "strategy.mode=exp", "strategy.tau=1.0", "strategy.a=1.0", "strategy.direction=closer"],
+    "exp farther": [*_KL, "strategy.mode=exp", "strategy.tau=1.0", "strategy.a=1.0", "strategy.direction=farther"],
+    "disco": [*_KL, "strategy.mode=disco", "strategy.a=0.5", "strategy.b=0.1", "strategy.direction=closer"],
+    "disco a=0.05": [*_KL, "strategy.mode=disco", "strategy.a=0.05", "strategy.b=0.1", "strategy.direction=closer"],
 }
+DATASETS = ["fashion_mnist", "mnist"]
+DEFAULT_DATASETS = ["fashion_mnist"]
+SEEDS = [0, 1, 2]
+PROTOCOL = {"model": "lenet", "rounds": 30, "local_epochs": 1, "batch_size": 32, "clients": 10}
+COMMAND = "nice -n 10 .venv/bin/python benchmarks/bench_kl.py --commit --pin HEAD"
 
 
-# ---------------------------------------------------------------------------- in-process runs
+def base(dataset: str, seed: int) -> list[str]:
+    p = PROTOCOL
+    return [f"dataset={dataset}", f"model={p['model']}", f"simulation.num_clients={p['clients']}",
+            f"simulation.num_rounds={p['rounds']}", "simulation.fraction_train=1.0", "client=plain",
+            f"client.local_epochs={p['local_epochs']}", f"client.batch_size={p['batch_size']}",
+            "client.lr=0.01", "client.momentum=0.9", f"seed={seed}"]
+
+
+def cells(datasets: list[str], partitions: list[str], arms: list[str], seeds: list[int]) -> list[Cell]:
+    """Seed-major, so a partial grid has whole seeds of every arm."""
+    return [Cell.of([*base(ds, seed), *PARTITIONS[part], *ARMS[arm]], dataset=ds, partition=part, arm=arm,
+                    seed=seed, **PROTOCOL)
+            for seed in seeds for ds in datasets for part in partitions for arm in arms]
+
+
 def compose_cfg(overrides: list[str]) -> dict[str, Any]:
     """The resolved config ``bouquet-sim <overrides>`` would run."""
     from hydra import compose, initialize_config_dir
@@ -64,179 +83,167 @@ def compose_cfg(overrides: list[str]) -> dict[str, Any]:
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     container = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(container, dict)
-    return container
+    if not isinstance(container, dict):
+        raise TypeError(f"composed config is a {type(container).__name__}, not a mapping")
+    return container  # type: ignore[return-value]
 
 
-class InlineGrid:
-    """A Flower ``Grid`` that delivers each message to the real ``ClientApp`` in this process.
+def check(grid: list[Cell], *, with_data: bool = True) -> None:
+    """Compose and validate every cell as ``bouquet-sim`` would (with the data: cuts and caches
+    the partitions too); raise on the first refusal."""
+    from bouquet.simulations.validate import validate_config, validate_run
 
-    Nodes ``1..N`` have ``partition-id`` ``0..N-1`` and a persistent ``context.state``.
-    """
-
-    def __init__(self, cfg: dict[str, Any]) -> None:
-        from flwr.app import Context, RecordDict
-
-        from bouquet.simulations.server import make_client_app
-
-        self.app = make_client_app(cfg)
-        n = int(cfg["simulation"]["num_clients"])
-        self.contexts = {
-            node: Context(run_id=1, node_id=node, node_config={"partition-id": node - 1, "num-partitions": n},
-                          state=RecordDict(), run_config={})
-            for node in range(1, n + 1)
-        }
-        self._replies: dict[str, Any] = {}
-
-    def get_node_ids(self) -> Iterable[int]:
-        return list(self.contexts)
-
-    def create_message(self, content: Any, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None) -> Any:
-        from flwr.app import Message
-
-        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
-
-    def push_messages(self, messages: Iterable[Any]) -> list[str]:
-        ids = []
-        for msg in messages:
-            msg.metadata.__dict__["_message_id"] = str(uuid4())
-            msg.metadata.__dict__["_run_id"] = 1
-            self._replies[msg.metadata.message_id] = self.app(msg, self.contexts[msg.metadata.dst_node_id])
-            ids.append(msg.metadata.message_id)
-        return ids
-
-    def pull_messages(self, message_ids: Iterable[str]) -> list[Any]:
-        return [self._replies.pop(i) for i in list(message_ids) if i in self._replies]
-
-    def send_and_receive(self, messages: Iterable[Any], *, timeout: float | None = None) -> list[Any]:
-        return self.pull_messages(self.push_messages(messages))
+    for cell in grid:
+        cfg = compose_cfg(list(cell.overrides))
+        (validate_run if with_data else validate_config)(cfg)
+        print(f"ok: {cell.label()}", flush=True)
 
 
-def run_inline(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    """Run ``cfg`` through ``run_server`` on an :class:`InlineGrid`; return the summary."""
-    from flwr.serverapp import Grid
-    from flwr.supercore.task_identity import TaskIdentity
-
-    from bouquet.simulations.server import run_server
-    from bouquet.simulations.validate import validate_config
-
-    Grid.register(InlineGrid)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0  # as the ServerApp runtime sets
-    validate_config(cfg)
-    random.seed(int(cfg.get("seed", 0)))
-    return run_server(InlineGrid(cfg), cfg, run_dir)  # type: ignore[arg-type]
+# ---------------------------------------------------------------------------------- report
+def _final(record: dict[str, Any]) -> float:
+    return float(record["rounds"][-1]["accuracy"])
 
 
-def run_cell(run_dir: Path, overrides: list[str], report_only: bool = False) -> tuple[list[dict], dict] | None:
-    """Run (or reuse) one cell; return its metric rows and summary (None: not run, report only)."""
-    summary_path = run_dir / "summary.json"
-    if not summary_path.exists() or json.loads(summary_path.read_text()).get("status") != "ok":
-        if report_only:
-            return None
-        t0 = time.process_time()
-        print(f"run {run_dir}: {' '.join(overrides)}", flush=True)
-        run_inline(compose_cfg(overrides), run_dir)
-        print(f"  {time.process_time() - t0:.0f} s CPU", flush=True)
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return rows, json.loads((run_dir / "summary.json").read_text())
-
-
-def reproduce_command() -> str:
-    """This invocation without ``--no-write``/``--report-only``/``--note`` (for RESULTS.md)."""
-    out, skip = [], False
-    for arg in sys.argv[1:]:
-        if skip:
-            skip = False
-        elif arg == "--note":
-            skip = True
-        elif arg not in ("--no-write", "--report-only"):
-            out.append(shlex.quote(arg))
-    return "nice -n 10 .venv/bin/python " + " ".join([f"benchmarks/{Path(sys.argv[0]).name}", *out])
-
-
-def weight_range(res: list[tuple[list[dict], dict]]) -> str:
+def _weight_range(records: list[dict[str, Any]]) -> str:
     """Smallest and largest normalised client weight of the last round (mean over seeds)."""
-    last = [r[0][-1].get("kl_weights") for r in res if r[0] and r[0][-1].get("kl_weights")]
+    last = [r["rounds"][-1].get("kl_weights") for r in records if r["rounds"] and r["rounds"][-1].get("kl_weights")]
     if not last:
         return "n_i/N"
-    return f"{np.mean([min(w) for w in last]):.3f}-{np.mean([max(w) for w in last]):.3f}"
+    return (f"{statistics.fmean(min(w) for w in last):.3f}-{statistics.fmean(max(w) for w in last):.3f}")
 
 
-def slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name)
+def _fallback_rounds(records: list[dict[str, Any]]) -> str:
+    """Rounds in which FedDisco's weights were all 0 (the round fell back to n_i), per seed."""
+    counts = [sum(1 for x in r["rounds"] if x.get("kl_disco_all_zero")) for r in records]
+    return " ".join(map(str, counts)) if any("kl_disco_all_zero" in x for r in records for x in r["rounds"]) else ""
 
 
-def mean_sd(values: list[float]) -> str:
-    arr = np.asarray([v for v in values if v is not None], dtype=float)
-    if arr.size == 0:
-        return "-"
-    return f"{arr.mean():.4f} ± {arr.std(ddof=1) if arr.size > 1 else 0.0:.4f}"
+def verdict(dataset: str, partition: str, finals: dict[str, dict[int, float]]) -> str:
+    """One plain sentence per (dataset, partition): does any KL setting gain beyond the seed spread?
+
+    An arm gains beyond the seed spread when it beats FedAvg in every paired seed (at least 3) and
+    its mean paired difference exceeds the larger standard deviation over seeds of the two arms'
+    final accuracies; it loses beyond the spread in the mirror case.
+    """
+    where = f"On {dataset} ({partition})"
+    fedavg = finals.get("fedavg", {})
+    decided, gains, losses, pending = [], [], [], []
+    for arm in (a for a in ARMS if a != "fedavg"):
+        accs = finals.get(arm, {})
+        seeds = sorted(set(accs) & set(fedavg))
+        if len(seeds) < len(SEEDS):
+            if accs or fedavg:
+                pending.append(f"{arm} ({len(seeds)} paired seeds)")
+            continue
+        diffs = [accs[s] - fedavg[s] for s in seeds]
+        spread = max(mean_sd([fedavg[s] for s in seeds])[1], mean_sd([accs[s] for s in seeds])[1])
+        mean = statistics.fmean(diffs)
+        decided.append((mean, arm, spread))
+        text = f"{arm} ({100 * mean:+.2f} pt, per seed {' '.join(f'{100 * d:+.2f}' for d in diffs)}; spread {100 * spread:.2f} pt)"
+        if all(d > 0 for d in diffs) and mean > spread:
+            gains.append(text)
+        elif all(d < 0 for d in diffs) and -mean > spread:
+            losses.append(text)
+    if not decided:
+        return f"{where}: no verdict yet (no KL setting has {len(SEEDS)} seeds paired with FedAvg)."
+    if gains:
+        out = f"{where}, {'; '.join(gains)} {'gains' if len(gains) == 1 else 'gain'} over FedAvg beyond the seed spread."
+    else:
+        mean, arm, spread = max(decided)
+        out = (f"{where}, no KL-weighted setting gains over FedAvg beyond the seed spread: the largest mean paired "
+               f"difference is {arm}'s {100 * mean:+.2f} pt, against a seed spread of {100 * spread:.2f} pt.")
+    if losses:
+        out += f" Below FedAvg beyond the spread: {'; '.join(losses)}."
+    if pending:
+        out += f" Not decided yet: {', '.join(pending)}."
+    return out
 
 
-def rounds_to(rows: list[dict], target: float) -> int | None:
-    """First round whose accuracy reaches ``target`` (None if never)."""
-    return next((r["round"] for r in rows if r["round"] > 0 and (r.get("accuracy") or 0) >= target), None)
+def render(results: list[dict[str, Any]]) -> str | None:
+    """The section's body from the raw records (None when there is no finished cell)."""
+    if not results:
+        return None
+    by: dict[tuple[str, str, str], dict[int, dict[str, Any]]] = defaultdict(dict)
+    for r in results:
+        k = r["key"]
+        by[(k["dataset"], k["partition"], k["arm"])][int(k["seed"])] = r
+    rows, sentences = [], []
+    for ds in DATASETS:
+        for part in PARTITIONS:
+            finals = {arm: {s: _final(r) for s, r in by[(ds, part, arm)].items()} for arm in ARMS if by.get((ds, part, arm))}
+            if not finals:
+                continue
+            fedavg = finals.get("fedavg", {})
+            for arm, accs in finals.items():
+                records = [by[(ds, part, arm)][s] for s in sorted(accs)]
+                diffs = {s: accs[s] - fedavg[s] for s in sorted(accs) if s in fedavg}
+                rows.append({
+                    "dataset": ds, "partition": part, "arm": arm, "seeds": ",".join(map(str, sorted(accs))),
+                    "final acc (%)": pm(list(accs.values()), 100),
+                    "Δ vs FedAvg per seed (pt)": "" if arm == "fedavg" else " ".join(f"{100 * d:+.2f}" for d in diffs.values()),
+                    "Δ vs FedAvg (pt)": "" if arm == "fedavg" or not diffs else pm(list(diffs.values()), 100),
+                    "weights min-max (last round)": _weight_range(records),
+                    "disco rounds all 0 (per seed)": _fallback_rounds(records),
+                    "wall s / cell": f"{mean_sd([r['wall_s'] for r in records])[0]:.0f}",
+                })
+            sentences.append(verdict(ds, part, finals))
+    cols = ["dataset", "partition", "arm", "seeds", "final acc (%)", "Δ vs FedAvg per seed (pt)", "Δ vs FedAvg (pt)",
+            "weights min-max (last round)", "disco rounds all 0 (per seed)", "wall s / cell"]
+    done = {(r["key"]["dataset"], r["key"]["partition"], r["key"]["arm"], r["key"]["seed"]) for r in results}
+    todo = [c.key_dict for c in cells(DEFAULT_DATASETS, DEFAULT_PARTITIONS, list(ARMS), SEEDS)
+            if (c.key_dict["dataset"], c.key_dict["partition"], c.key_dict["arm"], c.key_dict["seed"]) not in done]
+    body = (
+        "Real `bouquet-sim` runs in Flower's simulation engine: 10 clients, all clients every round, LeNet, 30 rounds, "
+        "1 local epoch, batch 32, SGD lr 0.01 momentum 0.9. `partition=unbalanced`: every client gets `min_size` "
+        "samples, the rest is split by flwr-datasets' size rule (exponential: client i = 1..10 gets a share ~ e^i; "
+        "linear: ~ i), labels within those sizes by flwr-datasets' `InnerDirichletPartitioner` (Dirichlet(alpha) "
+        "class priors per client). `exp`: w_i ~ n_i^a exp(-(s_i - min s)/tau), tau=1, a=1; `disco`: "
+        "w_i ~ ReLU(n_i/N - a s_i + b), FedDisco's a=0.5, b=0.1, and a=0.05, b=0.1; s_i = KL(P_i || Q) "
+        "(`closer`) or its negative (`farther`); Q = the pooled client histograms, smoothing 1e-3. Mean ± sd "
+        "over seeds; `Δ vs FedAvg` is paired by seed. An arm *gains beyond the seed spread* when it beats FedAvg "
+        "in every paired seed (3) and its mean paired difference exceeds the larger sd over seeds of the two "
+        "arms' final accuracies. Raw per-cell results: `benchmarks/results/kl.jsonl`.\n\n"
+        + markdown_table(rows, cols) + "\n**Reading (computed).** " + " ".join(sentences) + "\n"
+    )
+    if todo:
+        body += (f"\n**Not yet run** ({len(todo)} cells): "
+                 + ", ".join(f"{k['dataset']}/{k['arm']}/seed {k['seed']}" for k in todo)
+                 + f". Command: `{COMMAND}`.\n")
+    body += ("\nThe earlier reduced grid of issue 4 (MNIST, MLP, 10 rounds, Dirichlet(0.1) and 2 labels per client, "
+             "clients called in-process) found no gain beyond the seed spread; its table is in this file's git "
+             "history.\n")
+    return body
 
 
-# ---------------------------------------------------------------------------- report
+def report() -> list[Path]:
+    """Rebuild the ``kl`` section from ``results/kl.jsonl``; leave RESULTS.md alone while it has no cell."""
+    body = render(load_results(SECTION))
+    if body is None:
+        print(f"no finished {SECTION} cell in benchmarks/results/{SECTION}.jsonl: RESULTS.md left alone", flush=True)
+        return []
+    write_section(SECTION, TITLE, body, command=COMMAND + " (report: --report)")
+    return [ROOT / "benchmarks/RESULTS.md"]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--datasets", nargs="+", default=["mnist"])
-    p.add_argument("--clients", nargs="+", type=int, default=[10])
-    p.add_argument("--partitions", nargs="+", default=["dir0.1", "path2"], choices=list(PARTITIONS))
+    p.add_argument("--datasets", nargs="+", default=DEFAULT_DATASETS, choices=DATASETS)
+    p.add_argument("--partitions", nargs="+", default=DEFAULT_PARTITIONS, choices=list(PARTITIONS))
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--rounds", type=int, default=10)
-    p.add_argument("--local-epochs", type=int, default=1)
-    p.add_argument("--model", default="mlp")
-    p.add_argument("--out", default=str(ROOT / "benchmarks/.runs/kl"))
-    p.add_argument("--no-write", action="store_true", help="print the table, leave RESULTS.md alone")
-    p.add_argument("--report-only", action="store_true", help="tabulate the finished cells, run nothing")
-    p.add_argument("--note", default="", help="markdown appended to the RESULTS.md section (observations)")
+    p.add_argument("--seeds", nargs="+", type=int, default=SEEDS)
+    p.add_argument("--commit", action="store_true", help="git-commit the raw results after every cell")
+    p.add_argument("--report", action="store_true", help="only rebuild the RESULTS.md section")
+    p.add_argument("--check", action="store_true", help="compose and validate every cell (with the data), run nothing")
+    p.add_argument("--pin", default=None, help="run the cells against this commit's code (a detached worktree)")
     args = p.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("flwr").setLevel(logging.WARNING)
-    out = Path(args.out)
-    table: list[dict] = []
-    for ds in args.datasets:
-        for nc in args.clients:
-            for part in args.partitions:
-                results: dict[str, dict[int, tuple[list[dict], dict]]] = {}
-                for arm in args.arms:
-                    for seed in args.seeds:
-                        run_dir = out / ds / f"c{nc}" / part / slug(arm) / f"s{seed}"
-                        overrides = [f"dataset={ds}", f"model={args.model}", f"simulation.num_clients={nc}",
-                                     f"simulation.num_rounds={args.rounds}", f"client.local_epochs={args.local_epochs}",
-                                     f"seed={seed}", *PARTITIONS[part], *ARMS[arm]]
-                        cell = run_cell(run_dir, overrides, args.report_only)
-                        if cell is not None:
-                            results.setdefault(arm, {})[seed] = cell
-                base = {s: res[1]["final_accuracy"] for s, res in results.get("fedavg", {}).items()}
-                for arm, by_seed in results.items():
-                    res = list(by_seed.values())
-                    finals = [r[1]["final_accuracy"] for r in res]
-                    reach = [rounds_to(r[0], base[s]) for s, r in by_seed.items() if s in base]
-                    deltas = [r[1]["final_accuracy"] - base[s] for s, r in by_seed.items() if s in base]
-                    table.append({
-                        "dataset": ds, "clients": nc, "partition": part, "arm": arm, "seeds": " ".join(map(str, by_seed)),
-                        "final acc (mean ± sd)": mean_sd(finals),
-                        "best acc": mean_sd([r[1]["best_accuracy"] for r in res]),
-                        "Δ final vs FedAvg (per seed)": " ".join(f"{d:+.3f}" for d in deltas),
-                        "rounds to FedAvg final": " ".join("-" if x is None else str(x) for x in reach),
-                        "weights min-max (last round)": weight_range(res),
-                    })
-    cols = ["dataset", "clients", "partition", "arm", "seeds", "final acc (mean ± sd)", "best acc",
-            "Δ final vs FedAvg (per seed)", "rounds to FedAvg final", "weights min-max (last round)"]
-    body = (
-        f"Setup: {args.model} model, {args.rounds} rounds, {args.local_epochs} local epoch(s), SGD lr 0.01 momentum 0.9, "
-        f"batch 32, all clients every round; `exp`: tau=1, a=1; `disco`: FedDisco's a=0.5, b=0.1; `disco a=0.05`: a=0.05, b=0.1; "
-        "Q = pooled client histograms; smoothing 1e-3. Runs use the real server and ClientApp code, "
-        "clients called in-process (see the script's docstring).\n\n" + markdown_table(table, cols)
-        + ("\n" + args.note if args.note else "")
-    )
-    if not args.no_write:
-        write_section("kl", "KL-divergence-weighted aggregation (issue 4)", body, reproduce_command())
-    print(markdown_table(table, cols))
+    grid = cells(args.datasets, args.partitions, args.arms, args.seeds)
+    if args.check:
+        check(grid)
+        return
+    if not args.report:
+        run_grid(SECTION, grid, commit=args.commit, after_cell=report, pin=args.pin)
+    report()
+    print(f"load average: {', '.join(f'{v:.1f}' for v in os.getloadavg())}")
 
 
 if __name__ == "__main__":

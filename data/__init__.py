@@ -10,15 +10,18 @@ from bouquet.data.loaders import (
 )
 from bouquet.data.partition import (
     PARTITIONERS,
+    SIZE_RULES,
     label_histogram,
     partition_indices,
     split_server_holdout,
+    unbalanced_sizes,
     validate_partition_args,
 )
 
 __all__ = [
     "DATASETS",
     "PARTITIONERS",
+    "SIZE_RULES",
     "DataMissingError",
     "Dataset",
     "data_root",
@@ -27,5 +30,6 @@ __all__ = [
     "partition_indices",
     "read_idx",
     "split_server_holdout",
+    "unbalanced_sizes",
     "validate_partition_args",
 ]

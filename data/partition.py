@@ -1,8 +1,20 @@
-"""Partitioning of a training set across clients with flwr-datasets' partitioners.
+r"""Partitioning of a training set across clients with flwr-datasets' partitioners.
 
 Partitions are lists of indices into the training arrays; the server-side test set is never
 partitioned. A class-balanced slice can be carved out of the training set for the server
 (:func:`split_server_holdout`) before partitioning, so it is disjoint from every client.
+
+``kind="unbalanced"`` gives clients very different sizes *and* skewed labels: the sizes follow
+one of flwr-datasets' id-to-size rules (``ExponentialPartitioner``, ``LinearPartitioner``,
+``SquarePartitioner``: client ``i = 1..N`` gets a share proportional to ``f(i)``), computed by
+:func:`unbalanced_sizes` on what is left after every client got ``min_size`` samples, and the
+labels within those sizes come from flwr-datasets' ``InnerDirichletPartitioner`` (Dirichlet(alpha)
+class priors per client, Acar et al., FedDyn, 2021).
+
+.. math::
+
+    n_i = m + \left\lfloor \frac{f(i)}{\sum_{j=1}^{N} f(j)} (n - N m) \right\rfloor
+    \quad (\text{the remainder goes to client } N), \qquad f \in \{e^i,\ i,\ i^2\}
 """
 
 from __future__ import annotations
@@ -10,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +31,13 @@ from bouquet.data.loaders import data_root
 
 logger = logging.getLogger(__name__)
 
-PARTITIONERS = ("iid", "dirichlet", "pathological")
+PARTITIONERS = ("iid", "dirichlet", "pathological", "unbalanced")
+#: Size rules of ``kind="unbalanced"``: the id-to-size functions of flwr-datasets'
+#: ``ExponentialPartitioner`` (``np.exp``), ``LinearPartitioner`` and ``SquarePartitioner``.
+SIZE_RULES = ("exponential", "linear", "square")
+_SIZE_FNS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "exponential": np.exp, "linear": lambda x: x, "square": np.square,
+}
 
 
 def _as_hf_dataset(labels: np.ndarray):  # type: ignore[no-untyped-def]
@@ -28,7 +47,8 @@ def _as_hf_dataset(labels: np.ndarray):  # type: ignore[no-untyped-def]
 
 
 def validate_partition_args(
-    kind: str, num_partitions: int, num_samples: int, alpha: float, labels_per_client: int, num_classes: int
+    kind: str, num_partitions: int, num_samples: int, alpha: float, labels_per_client: int, num_classes: int,
+    *, sizes: str = "exponential", min_size: int = 0,
 ) -> None:
     """Refuse impossible partition settings with a message naming the key."""
     if kind not in PARTITIONERS:
@@ -39,8 +59,10 @@ def validate_partition_args(
         raise ValueError(
             f"simulation.num_clients={num_partitions} is more than the {num_samples} training samples"
         )
-    if kind == "dirichlet" and not alpha > 0:
+    if kind in ("dirichlet", "unbalanced") and not alpha > 0:
         raise ValueError(f"partition.alpha={alpha} must be > 0")
+    if kind == "unbalanced":
+        unbalanced_sizes(num_samples, num_partitions, sizes, min_size)  # raises naming the key
     if kind == "pathological" and not 1 <= labels_per_client <= num_classes:
         raise ValueError(
             f"partition.labels_per_client={labels_per_client} must be in [1, {num_classes}]"
@@ -55,6 +77,8 @@ def partition_indices(
     alpha: float = 0.5,
     labels_per_client: int = 2,
     min_partition_size: int = 2,
+    sizes: str = "exponential",
+    min_size: int = 0,
     seed: int = 0,
 ) -> list[np.ndarray]:
     """Split sample indices into ``num_partitions`` disjoint client partitions.
@@ -71,9 +95,15 @@ def partition_indices(
         ``alpha``) or ``pathological``
         (:class:`~flwr_datasets.partitioner.PathologicalPartitioner`, ``labels_per_client``
         classes per client; the first class of client i is i mod C, so every class is used,
-        the others at random).
+        the others at random), or ``unbalanced`` (sizes by :func:`unbalanced_sizes`, labels by
+        :class:`~flwr_datasets.partitioner.InnerDirichletPartitioner` with concentration
+        ``alpha``; client 0 is the smallest, client N-1 the largest).
     min_partition_size : int
         Dirichlet only: resample until every client has at least this many samples.
+    sizes : str
+        Unbalanced only: the size rule, one of :data:`SIZE_RULES`.
+    min_size : int
+        Unbalanced only: samples every client gets before the size rule splits the rest.
     seed : int
         Same seed, same partition.
 
@@ -83,13 +113,93 @@ def partition_indices(
         Sorted int64 index arrays, one per client, pairwise disjoint.
     """
     num_classes = int(labels.max()) + 1 if len(labels) else 0
-    validate_partition_args(kind, num_partitions, len(labels), alpha, labels_per_client, num_classes)
-    settings = (kind, num_partitions, alpha, labels_per_client, min_partition_size, seed)
+    validate_partition_args(kind, num_partitions, len(labels), alpha, labels_per_client, num_classes,
+                            sizes=sizes, min_size=min_size)
+    settings: tuple
+    if kind == "unbalanced":
+        settings = (kind, num_partitions, float(alpha), sizes, int(min_size), seed)
+    else:  # unchanged, so the partitions cached before stay valid
+        settings = (kind, num_partitions, alpha, labels_per_client, min_partition_size, seed)
     cached = _cached_partitions(labels, settings)
     if cached is not None:
         return cached
-    parts = _partition(labels, num_partitions, kind, alpha, labels_per_client, min_partition_size, seed, num_classes)
+    if kind == "unbalanced":
+        parts = _unbalanced(labels, unbalanced_sizes(len(labels), num_partitions, sizes, min_size), float(alpha), seed)
+    else:
+        parts = _partition(labels, num_partitions, kind, alpha, labels_per_client, min_partition_size, seed, num_classes)
     _store_partitions(labels, settings, parts)
+    return parts
+
+
+def unbalanced_sizes(num_samples: int, num_partitions: int, sizes: str = "exponential", min_size: int = 0) -> np.ndarray:
+    """Client sizes of ``kind="unbalanced"``: ``min_size`` each, the rest split by a flwr-datasets size rule.
+
+    The rest ``n - N * min_size`` is split exactly as flwr-datasets' ``IdToSizeFncPartitioner``
+    splits a dataset (``ExponentialPartitioner``: ``f = exp``, ``LinearPartitioner``: ``f(i) = i``,
+    ``SquarePartitioner``: ``f(i) = i**2``, for ``i = 1..N``): client ``i`` gets
+    ``floor(f(i) / sum_j f(j) * rest)`` samples and the last (largest) client the remainder. With
+    ``min_size=0`` the sizes are flwr-datasets' own.
+
+    Our reading: ``exp`` over 10 clients puts ~63% of the data on the last client and a handful of
+    samples (4 of 60,000) on the first; ``min_size`` is an additive floor, so every client can
+    train, while the rule still shapes the sizes above it.
+
+    Raises
+    ------
+    ValueError
+        Naming ``partition.sizes`` (unknown rule), ``partition.min_size`` (negative, more than the
+        samples allow, or a client left with no sample) or ``simulation.num_clients``.
+    """
+    if sizes not in SIZE_RULES:
+        raise ValueError(f"partition.sizes={sizes!r} is unknown; allowed: {', '.join(SIZE_RULES)}")
+    if isinstance(min_size, bool) or not isinstance(min_size, (int, np.integer)) or min_size < 0:
+        raise ValueError(f"partition.min_size={min_size!r} must be an integer >= 0")
+    if num_partitions < 1:
+        raise ValueError(f"simulation.num_clients={num_partitions} must be >= 1")
+    rest = num_samples - num_partitions * int(min_size)
+    if rest < 0:
+        raise ValueError(f"partition.min_size={min_size} x simulation.num_clients={num_partitions} is more than "
+                         f"the {num_samples} training samples")
+    ids = np.linspace(start=1, stop=num_partitions, num=num_partitions)  # flwr-datasets' partition ids 1..N
+    with np.errstate(over="ignore", invalid="ignore"):
+        units = _SIZE_FNS[sizes](ids)
+        fractions = units / units.sum()
+    if not np.all(np.isfinite(fractions)):  # exp(i) overflows float64 beyond i = 709: same fractions, shifted
+        units = np.exp(ids - ids[-1])
+        fractions = units / units.sum()
+    out = np.array(fractions * rest, dtype=np.int64)  # truncation, as flwr-datasets does
+    out[-1] += rest - out.sum()
+    out += int(min_size)
+    if out.min() < 1:
+        empty = int(np.argmin(out))
+        raise ValueError(f"partition.sizes={sizes} leaves client {empty} without samples ({num_partitions} clients, "
+                         f"{num_samples} samples): set partition.min_size >= 1")
+    return out
+
+
+def _unbalanced(labels: np.ndarray, sizes: np.ndarray, alpha: float, seed: int) -> list[np.ndarray]:
+    """flwr-datasets' ``InnerDirichletPartitioner`` over ``sizes`` (which sum to ``len(labels)``)."""
+    from flwr_datasets.partitioner import InnerDirichletPartitioner
+
+    # It looks classes up as 0..K-1 (K = the number of distinct labels): relabel densely.
+    dense = np.unique(labels, return_inverse=True)[1].reshape(-1)
+    partitioner = InnerDirichletPartitioner(
+        partition_sizes=[int(s) for s in sizes], partition_by="label", alpha=alpha, shuffle=False, seed=seed
+    )
+    partitioner.dataset = _as_hf_dataset(dense)
+    try:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            parts = [np.sort(np.asarray(partitioner.load_partition(pid)["idx"], dtype=np.int64))
+                     for pid in range(len(sizes))]
+    except ValueError as exc:
+        if "NaN" not in str(exc):
+            raise
+        # A client's Dirichlet prior put all its mass on classes that ran out: nothing left to draw.
+        raise ValueError(
+            f"partition.alpha={alpha} is too small for partition=unbalanced with these sizes and seed: "
+            "flwr-datasets' InnerDirichletPartitioner drew a client whose classes all ran out before it was full "
+            f"({exc}); use a larger partition.alpha"
+        ) from exc
     return parts
 
 

@@ -24,6 +24,7 @@ from bouquet.codecs.compressor import SCOPES
 from bouquet.codecs.ternary import PACKINGS
 from bouquet.codecs.topk import VALUE_DTYPES
 from bouquet.data.loaders import DATASETS
+from bouquet.data.partition import PARTITIONERS, SIZE_RULES
 from bouquet.models.nas import FAMILIES
 from bouquet.simulations.adjust import OPTIMIZERS as ADJUST_OPTIMIZERS
 from bouquet.strategies.async_fedavg import LEARNER_RATES, WINDOW_SIDES
@@ -254,7 +255,15 @@ PARTITION = {
                   "min_partition_size": integer("[0, inf)", doc="resample until every client has this many")},
     "pathological": {**PARTITION_BASE, "kind": choice("pathological"),
                      "labels_per_client": integer("[1, inf)", doc="classes per client (<= the dataset's classes)")},
+    "unbalanced": {**PARTITION_BASE, "kind": choice("unbalanced"),
+                   "sizes": choice(*SIZE_RULES, doc="client i = 1..N gets a share ~ exp(i), i or i^2 of the rest "
+                                   "(flwr-datasets' Exponential/Linear/SquarePartitioner)"),
+                   "min_size": integer("[0, inf)", doc="samples every client gets before the size rule splits the rest"),
+                   "alpha": real("(0, inf)", doc="Dirichlet concentration of each client's labels "
+                                 "(InnerDirichletPartitioner)")},
 }
+if set(PARTITION) != set(PARTITIONERS):
+    raise ValueError(f"schema PARTITION has {sorted(PARTITION)}, bouquet.data has {sorted(PARTITIONERS)}")
 SMALL_MODEL = {"_target_": target("bouquet.models.build_model"), "_partial_": PARTIAL}
 MODEL = {
     **{name: {**SMALL_MODEL, "name": choice(name), "hidden": integer("[1, inf)", doc="hidden width (mlp)")}

@@ -242,6 +242,9 @@ def test_flwr_run_skips_the_simulation_only_checks() -> None:
     [
         (["dataset=digits", "simulation.num_clients=2000"], "simulation.num_clients=2000 is more than the"),
         (["dataset=digits", "partition=pathological", "partition.labels_per_client=11"], "partition.labels_per_client=11"),
+        (["dataset=digits", "partition=unbalanced", "partition.min_size=200"],
+         "partition.min_size=200 x simulation.num_clients=10 is more than the 1438 training samples"),
+        (["dataset=digits", "partition=unbalanced", "partition.alpha=0.00001"], "partition.alpha=1e-05 is too small"),
         (["dataset=digits", "model=early_exit", "client=early_exit", "strategy=depth_fedavg", "strategy.depths=[4]"],
          "strategy.depths=[4] is out of range: the model has 3 exits"),
         (["dataset=digits", "model=early_exit", "client=early_exit", "model.exit_weights=[1,1]"], "model.exit_weights"),
