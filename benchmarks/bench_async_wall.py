@@ -126,12 +126,39 @@ def report() -> list[Path]:
         "Mean ± sd over seeds. Raw per-cell results: `benchmarks/results/async_wall.jsonl`.\n\n"
         + markdown_table(rows, list(rows[0]) if rows else ["arm"])
     )
+    body += _goals(by, sync)
     todo = [c for c in cells_all() if c.key_dict["seed"] not in {r["key"]["seed"] for r in by.get(c.key_dict["arm"], [])}]
     if todo:
         body += f"\n**Not yet run** ({len(todo)} cells). Command: `{COMMAND}`.\n"
     write_section(SECTION, "S4 on the wall clock: sync vs async in Flower's simulation engine (measured)", body,
                   command=COMMAND + " (report: --report)")
     return [ROOT / "benchmarks/RESULTS.md"]
+
+
+def _goals(by: dict[str, list[dict]], sync: dict[int, dict]) -> str:
+    """Issue 17's goals checked on the raw results (computed, not written by hand)."""
+    out = ["", "**Goals, computed from the raw results:**", ""]
+    for arm in ARMS:
+        if arm == "sync (FedAvg)" or not by.get(arm):
+            continue
+        figs = {c["key"]["seed"]: figures(c["rounds"]) for c in by[arm]}
+        ratios = [sync[s]["to_target"] / f["to_target"] for s, f in figs.items()
+                  if s in sync and f["to_target"] and sync[s]["to_target"]]
+        if ratios:
+            out.append(f"- {arm}: {min(ratios):.2f}x to {max(ratios):.2f}x sooner than sync to {TARGET:.0%} over "
+                       f"{len(ratios)} seed(s) (goal >= 2x in every seed: {'met' if min(ratios) >= 2 else 'missed'}).")
+    plain = {c["key"]["seed"]: figures(c["rounds"]) for c in by.get("constant", [])}
+    for arm in ("sliding window (learner)", "sliding window (server)"):
+        win = {c["key"]["seed"]: figures(c["rounds"]) for c in by.get(arm, [])}
+        seeds = sorted(set(win) & set(plain))
+        if seeds:
+            df = mean_sd([win[s]["fluct"] - plain[s]["fluct"] for s in seeds])
+            da = mean_sd([win[s]["final"] - plain[s]["final"] for s in seeds])
+            out.append(f"- {arm} minus plain async (constant), paired: fluctuation {df[0]:+.4f} ± {df[1]:.4f}, final "
+                       f"accuracy {100 * da[0]:+.2f} ± {100 * da[1]:.2f} points (goal: lower fluctuation at equal or "
+                       f"better accuracy; {'lower' if df[0] < 0 else 'not lower'} fluctuation, accuracy "
+                       f"{'within one sd' if abs(da[0]) <= da[1] else ('better' if da[0] > 0 else 'worse')}).")
+    return "\n".join(out) + "\n"
 
 
 def cells_all(arms: list[str] | None = None, seeds: list[int] | None = None) -> list[Cell]:
