@@ -220,5 +220,26 @@ def first_reaching(rounds: list[dict[str, Any]], target: float) -> tuple[int | N
     return None, None
 
 
+def grid_arguments(parser: Any, seeds: list[int] | None = None) -> None:
+    """The options every grid benchmark takes: ``--seeds``, ``--commit``, ``--report``, ``--pin``."""
+    parser.add_argument("--seeds", nargs="+", type=int, default=seeds if seeds is not None else [0, 1, 2])
+    parser.add_argument("--commit", action="store_true", help="git-commit the raw results after every cell")
+    parser.add_argument("--report", action="store_true", help="only rebuild the RESULTS.md section (and plots)")
+    parser.add_argument("--pin", default=None, help="run the cells against this commit's code (a detached worktree)")
+
+
+#: Issue 15's LeNet protocol: 10 clients, all every round, 30 rounds, 1 local epoch, batch 32, SGD lr 0.01 m 0.9
+LENET_PROTOCOL = {"model": "lenet", "rounds": 30, "local_epochs": 1, "batch_size": 32, "clients": 10}
+
+
+def lenet_overrides(dataset: str, seed: int) -> list[str]:
+    """``bouquet-sim`` overrides of :data:`LENET_PROTOCOL` for ``dataset`` and ``seed`` (``client=plain``)."""
+    p = LENET_PROTOCOL
+    return [f"dataset={dataset}", f"model={p['model']}", f"simulation.num_clients={p['clients']}",
+            f"simulation.num_rounds={p['rounds']}", "simulation.fraction_train=1.0", "client=plain",
+            f"client.local_epochs={p['local_epochs']}", f"client.batch_size={p['batch_size']}",
+            "client.lr=0.01", "client.momentum=0.9", f"seed={seed}"]
+
+
 def python() -> str:
     return sys.executable

@@ -29,7 +29,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._grid import Cell, load_results, pm, run_grid  # noqa: E402
+from benchmarks._grid import (  # noqa: E402
+    LENET_PROTOCOL,
+    Cell,
+    grid_arguments,
+    lenet_overrides,
+    load_results,
+    pm,
+    run_grid,
+)
 from benchmarks._results import markdown_table, write_section  # noqa: E402
 
 SECTION = "adjust"
@@ -47,16 +55,12 @@ ARMS: dict[str, list[str]] = {
 CENTRAL = {"central 5%": 0.05, "central 1%": 0.01}
 DEFAULT_ARMS = ["fedavg", "adjust 5%", "central 5%"]
 DATASETS = ["fashion_mnist", "mnist"]
-PROTOCOL = {"model": "lenet", "rounds": 30, "local_epochs": 1, "batch_size": 32, "clients": 10}
+PROTOCOL = LENET_PROTOCOL
 COMMAND = "nice -n 10 .venv/bin/python benchmarks/bench_adjust.py --commit --pin HEAD"
 
 
 def base(dataset: str, seed: int) -> list[str]:
-    p = PROTOCOL
-    return [f"dataset={dataset}", f"model={p['model']}", f"simulation.num_clients={p['clients']}",
-            f"simulation.num_rounds={p['rounds']}", "simulation.fraction_train=1.0", "client=plain",
-            f"client.local_epochs={p['local_epochs']}", f"client.batch_size={p['batch_size']}",
-            "client.lr=0.01", "client.momentum=0.9", f"seed={seed}"]
+    return lenet_overrides(dataset, seed)
 
 
 def cells(datasets: list[str], partitions: list[str], arms: list[str], seeds: list[int]) -> list[Cell]:
@@ -131,10 +135,7 @@ def main() -> None:
     p.add_argument("--datasets", nargs="+", default=DATASETS, choices=DATASETS)
     p.add_argument("--partitions", nargs="+", default=list(PARTITIONS), choices=list(PARTITIONS))
     p.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=[*ARMS, *CENTRAL])
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--commit", action="store_true", help="git-commit the raw results after every cell")
-    p.add_argument("--report", action="store_true", help="only rebuild the RESULTS.md section")
-    p.add_argument("--pin", default=None, help="run the cells against this commit's code (a detached worktree)")
+    grid_arguments(p)
     args = p.parse_args()
     if not args.report:
         run_grid(SECTION, cells(args.datasets, args.partitions, args.arms, args.seeds), commit=args.commit,

@@ -35,6 +35,7 @@ from benchmarks._grid import (  # noqa: E402
     Cell,
     cumulative_mb,
     first_reaching,
+    grid_arguments,
     load_results,
     mean_sd,
     pm,
@@ -201,10 +202,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--datasets", nargs="+", default=list(TARGETS))
     p.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=list(ARMS))
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--commit", action="store_true", help="git-commit the raw results after every cell")
-    p.add_argument("--report", action="store_true", help="only rebuild RESULTS.md and the plot")
-    p.add_argument("--pin", default=None, help="run the cells against this commit's code (a detached worktree)")
+    grid_arguments(p)
     p.add_argument("--list-arms", action="store_true", help="print every arm and its overrides, then exit")
     args = p.parse_args()
     if args.list_arms:

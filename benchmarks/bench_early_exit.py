@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._grid import RESULTS_DIR, Cell, load_results, mean_sd, pm, run_grid  # noqa: E402
+from benchmarks._grid import RESULTS_DIR, Cell, grid_arguments, load_results, mean_sd, pm, run_grid  # noqa: E402
 from benchmarks._results import markdown_table, write_section  # noqa: E402
 
 SECTION = "early_exit"
@@ -233,10 +233,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--datasets", nargs="+", default=DATASETS, choices=DATASETS)
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--commit", action="store_true", help="git-commit the raw results after every cell")
-    p.add_argument("--report", action="store_true", help="only rebuild RESULTS.md and the plot")
-    p.add_argument("--pin", default=None, help="run the cells against this commit's code (a detached worktree)")
+    grid_arguments(p)
     args = p.parse_args()
     if not args.report:
         for seed in args.seeds:

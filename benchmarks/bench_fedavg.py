@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._grid import Cell, load_results, run_grid  # noqa: E402
+from benchmarks._grid import Cell, grid_arguments, load_results, run_grid  # noqa: E402
 from benchmarks._results import markdown_table, write_section  # noqa: E402
 
 SECTION = "fedavg"
@@ -82,10 +82,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--datasets", nargs="+", default=DATASETS, choices=DATASETS)
     p.add_argument("--partitions", nargs="+", default=FIRST, choices=list(PARTITIONS))
-    p.add_argument("--seeds", nargs="+", type=int, default=[0])
-    p.add_argument("--commit", action="store_true", help="git-commit the raw results after every cell")
-    p.add_argument("--report", action="store_true", help="only rebuild the RESULTS.md section")
-    p.add_argument("--pin", default=None, help="run the cells against this commit's code (a detached worktree)")
+    grid_arguments(p, [0])
     args = p.parse_args()
     if not args.report:
         run_grid(SECTION, cells(args.partitions, args.datasets, args.seeds), commit=args.commit, after_cell=report,

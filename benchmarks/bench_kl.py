@@ -30,7 +30,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._grid import Cell, load_results, mean_sd, pm, run_grid  # noqa: E402
+from benchmarks._grid import (  # noqa: E402
+    LENET_PROTOCOL,
+    Cell,
+    grid_arguments,
+    lenet_overrides,
+    load_results,
+    mean_sd,
+    pm,
+    run_grid,
+)
 from benchmarks._results import markdown_table, write_section  # noqa: E402
 
 SECTION = "kl"
@@ -56,16 +65,12 @@ ARMS: dict[str, list[str]] = {
 DATASETS = ["fashion_mnist", "mnist"]
 DEFAULT_DATASETS = ["fashion_mnist"]
 SEEDS = [0, 1, 2]
-PROTOCOL = {"model": "lenet", "rounds": 30, "local_epochs": 1, "batch_size": 32, "clients": 10}
+PROTOCOL = LENET_PROTOCOL
 COMMAND = "nice -n 10 .venv/bin/python benchmarks/bench_kl.py --commit --pin HEAD"
 
 
 def base(dataset: str, seed: int) -> list[str]:
-    p = PROTOCOL
-    return [f"dataset={dataset}", f"model={p['model']}", f"simulation.num_clients={p['clients']}",
-            f"simulation.num_rounds={p['rounds']}", "simulation.fraction_train=1.0", "client=plain",
-            f"client.local_epochs={p['local_epochs']}", f"client.batch_size={p['batch_size']}",
-            "client.lr=0.01", "client.momentum=0.9", f"seed={seed}"]
+    return lenet_overrides(dataset, seed)
 
 
 def cells(datasets: list[str], partitions: list[str], arms: list[str], seeds: list[int]) -> list[Cell]:
@@ -230,11 +235,8 @@ def main() -> None:
     p.add_argument("--datasets", nargs="+", default=DEFAULT_DATASETS, choices=DATASETS)
     p.add_argument("--partitions", nargs="+", default=DEFAULT_PARTITIONS, choices=list(PARTITIONS))
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    p.add_argument("--seeds", nargs="+", type=int, default=SEEDS)
-    p.add_argument("--commit", action="store_true", help="git-commit the raw results after every cell")
-    p.add_argument("--report", action="store_true", help="only rebuild the RESULTS.md section")
+    grid_arguments(p, SEEDS)
     p.add_argument("--check", action="store_true", help="compose and validate every cell (with the data), run nothing")
-    p.add_argument("--pin", default=None, help="run the cells against this commit's code (a detached worktree)")
     args = p.parse_args()
     grid = cells(args.datasets, args.partitions, args.arms, args.seeds)
     if args.check:

@@ -254,9 +254,9 @@ def encode_positions(indices: np.ndarray, n: int, coding: int | None = None) -> 
         if compiled is not None:
             rice_r, rice_bits = compiled
         else:
-            assert gaps is not None
-            rice_r = best_rice_parameter(gaps - 1)
-            rice_bits = rice_size_bits(gaps - 1, rice_r)
+            g1 = _gaps(idx) - 1 if gaps is None else gaps - 1
+            rice_r = best_rice_parameter(g1)
+            rice_bits = rice_size_bits(g1, rice_r)
         sizes = {
             POS_BITMAP: (n + 7) // 8,
             POS_RICE: 1 + (rice_bits + 7) // 8,

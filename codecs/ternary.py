@@ -159,7 +159,8 @@ class _TernaryBlocks:
     def __call__(self, part: np.ndarray, u: np.ndarray, start: int) -> tuple[np.ndarray, ...]:
         if self.compiled:
             m = kernels.ternary_block(part, u, self.bound, self.factor, start, self.buffers)
-            assert m is not None  # enabled for float32 (checked by the caller)
+            if m is None:  # the caller chose the compiled path: numba must be importable
+                raise RuntimeError("the compiled ternary selection is not available")
             cand, tie, neg = (b[:m] for b in self.buffers)
         else:
             b = part.size
