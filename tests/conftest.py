@@ -17,6 +17,22 @@ os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
+def make_train_message(weights: dict[str, np.ndarray], server_round: int = 1, config: dict | None = None):
+    """A train Message as a server sends it to node 5: ``weights`` as dense Arrays, the round and
+    ``config`` in its ConfigRecord."""
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+
+    from bouquet import keys
+
+    content = RecordDict({
+        keys.ARRAYS: ArrayRecord({k: Array(np.asarray(v)) for k, v in weights.items()}),
+        keys.CONFIG: ConfigRecord({keys.SERVER_ROUND: server_round, **(config or {})}),
+    })
+    msg = Message(content=content, dst_node_id=5, message_type=MessageType.TRAIN)
+    msg.metadata.__dict__["_message_id"] = f"m{server_round}"
+    return msg
+
+
 def make_reply(
     arrays: dict[str, np.ndarray] | None,
     num_examples: int,

@@ -5,22 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from conftest import make_train_message
+from flwr.app import Context, Message, RecordDict
 
 from bouquet import keys
 from bouquet.clients import STCClient, TernaryClient, TopKClient, numpyclient_app
 from bouquet.codecs import decode
 from bouquet.models import build_model, get_weights
-
-
-def _train_message(weights: dict[str, np.ndarray], server_round: int) -> Message:
-    content = RecordDict({
-        keys.ARRAYS: ArrayRecord({k: Array(v) for k, v in weights.items()}),
-        keys.CONFIG: ConfigRecord({keys.SERVER_ROUND: server_round}),
-    })
-    msg = Message(content=content, dst_node_id=5, message_type=MessageType.TRAIN)
-    msg.metadata.__dict__["_message_id"] = f"m{server_round}"
-    return msg
 
 
 def _factory(cls, **kwargs):
@@ -46,7 +37,7 @@ def test_reply_is_the_encoded_update_and_residual_stays_on_the_node(cls, kwargs,
     weights = dict(get_weights(build_model("mlp", (1, 8, 8), 3, seed=1)))
     app = numpyclient_app(_factory(cls, **kwargs))
     context = Context(run_id=1, node_id=5, node_config={keys.PARTITION_ID: 0}, state=RecordDict(), run_config={})
-    reply = app(_train_message(weights, 1), context)
+    reply = app(make_train_message(weights, 1), context)
     assert not reply.has_error(), reply.error
     rec = reply.content[keys.ARRAYS]
     assert list(rec.keys()) == list(weights)
@@ -66,7 +57,7 @@ def test_reply_is_the_encoded_update_and_residual_stays_on_the_node(cls, kwargs,
     for (name, w), t in zip(weights.items(), trained, strict=True):
         np.testing.assert_allclose(sent[name] + residual[name], t - w, atol=1e-5)
     # round 2 starts from the stored residual and replaces it
-    reply2 = app(_train_message(weights, 2), context)
+    reply2 = app(make_train_message(weights, 2), context)
     assert not reply2.has_error()
     residual2 = {k: v.numpy() for k, v in context.state[keys.EF_RESIDUAL].items()}
     sent2 = _decoded(reply2)

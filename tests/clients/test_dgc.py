@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import make_train_message
 from flwr.app import (
     Array,
     ArrayRecord,
@@ -99,14 +100,6 @@ def _factory(cls, **kwargs):
     return client_fn
 
 
-def _train_message(weights: dict[str, np.ndarray], server_round: int) -> Message:
-    content = RecordDict({
-        keys.ARRAYS: ArrayRecord({k: Array(v) for k, v in weights.items()}),
-        keys.CONFIG: ConfigRecord({keys.SERVER_ROUND: server_round}),
-    })
-    msg = Message(content=content, dst_node_id=5, message_type=MessageType.TRAIN)
-    msg.metadata.__dict__["_message_id"] = f"m{server_round}"
-    return msg
 
 
 @pytest.mark.parametrize("cls", [TopKClient, STCClient])
@@ -118,7 +111,7 @@ def test_client_options_reach_the_codec_and_the_node_state(cls):
     weights = dict(get_weights(build_model("mlp", (1, 8, 8), 3, seed=1)))
     app = numpyclient_app(_factory(cls, **opts))
     context = Context(run_id=1, node_id=5, node_config={keys.PARTITION_ID: 0}, state=RecordDict(), run_config={})
-    reply = app(_train_message(weights, 1), context)
+    reply = app(make_train_message(weights, 1), context)
     assert not reply.has_error(), reply.error
     sent = {k: _dense(a) for k, a in reply.content[keys.ARRAYS].items()}
     total = np.sqrt(sum(float(np.sum(v.astype(np.float64) ** 2)) for v in sent.values()))
