@@ -10,85 +10,106 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-OK, UNARY_SHORT, BIT_COUNT, OUT_OF_RANGE, LENGTHS = 0, 1, 2, 3, 4
+OK, UNARY_SHORT, BIT_COUNT, OUT_OF_RANGE, LENGTHS, UNSORTED = 0, 1, 2, 3, 4, 5
 
 
-def _zero_table() -> tuple[np.ndarray, np.ndarray]:
-    """Per byte value: how many zero bits it has and where (0 = MSB), for the unary stream."""
+def _unary_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per byte value of the unary stream (MSB first; a code is ones ended by a zero):
+    how many zero bits it has, where they are, the runs of ones that each of them ends, and the
+    ones after the last zero (8 when there is no zero)."""
     count = np.zeros(256, dtype=np.int64)
     where = np.zeros((256, 8), dtype=np.int64)
+    runs = np.zeros((256, 8), dtype=np.int64)
+    tail = np.zeros(256, dtype=np.int64)
     for v in range(256):
+        ones = 0
         for t in range(8):
-            if not (v >> (7 - t)) & 1:
+            if (v >> (7 - t)) & 1:
+                ones += 1
+            else:
                 where[v, count[v]] = t
+                runs[v, count[v]] = ones
                 count[v] += 1
-    return count, where
+                ones = 0
+        tail[v] = ones
+    return count, where, runs, tail
 
 
-ZERO_COUNT, ZERO_AT = _zero_table()
+ZERO_COUNT, ZERO_AT, ZERO_RUNS, ONES_TAIL = _unary_tables()
+SLACK = 8  # extra entries ``rice_positions`` may write past ``count`` in ``out``
 
 
 @njit(cache=True, nogil=True)
 def rice_positions(b, count, r, n, out):  # type: ignore[no-untyped-def]
     """Decode ``count`` Rice-coded gaps (unary stream, then ``r``-bit remainders, see
     ``packing.rice_encode``) into sorted positions ``out[j] = sum(gap + 1) - 1``; the status is
-    ``OK`` or why the block is invalid. Positions are checked against ``n`` as they are made.
-    The unary stream is read a byte at a time through a table of its zero bits."""
+    ``OK`` or why the block is invalid. ``out`` needs ``count + SLACK`` entries.
+
+    The unary stream is read a byte at a time: the byte's runs of ones come from a table and
+    are written as eight entries whatever the byte holds (no branch per code), the count of
+    its zeros advances the output. Remainders come out of a 64-bit bit register. Quotients
+    and positions are checked against ``n`` (no overflow, nothing outside the tensor)."""
     nbits = b.size * 8
+    if out.size < count + SLACK:
+        return LENGTHS
     if count <= 0:
         return OK if nbits == 0 else BIT_COUNT
-    zc, za = ZERO_COUNT, ZERO_AT
-    q = 0
+    zc, za, runs, tail = ZERO_COUNT, ZERO_AT, ZERO_RUNS, ONES_TAIL
+    carry = 0  # ones since the last zero bit
     j = 0
-    bit = -1
-    for i in range(b.size):
+    i = 0
+    while i < b.size:
         v = b[i]
         z = zc[v]
-        if z == 0:
-            q += 8
-            if q > n:  # (q << r) >= n: out of range whatever follows (and no overflow)
-                return OUT_OF_RANGE
-            continue
-        last = -1
-        for t in range(z):
-            p = za[v, t]
-            q += p - last - 1
-            last = p
-            if q > n:
-                return OUT_OF_RANGE
-            out[j] = q
-            q = 0
-            j += 1
-            if j == count:
-                bit = 8 * i + p + 1
-                break
-        if j == count:
+        if j + z >= count:
             break
-        q = 7 - last
-    if j < count:
+        for t in range(8):
+            out[j + t] = runs[v, t]
+        out[j] += carry
+        j += z
+        carry = tail[v] + (carry if z == 0 else 0)
+        if carry > n:  # (q << r) >= n: out of range whatever follows (and no overflow)
+            return OUT_OF_RANGE
+        i += 1
+    if i == b.size:
         return UNARY_SHORT
+    v = b[i]  # the byte holding the count-th zero bit
+    t = 0
+    while j < count:
+        out[j] = runs[v, t] + (carry if t == 0 else 0)
+        j += 1
+        t += 1
+    bit = 8 * i + za[v, t - 1] + 1  # first remainder bit
     total = bit + count * r
     if not (total <= nbits < total + 8):
         return BIT_COUNT
+    limit = n >> r
     pos = -1
-    mask = (1 << r) - 1
-    padded = np.zeros(b.size + 5, dtype=np.uint8)  # no bounds test per field (the tail reads as 0)
-    padded[: b.size] = b
+    if r == 0:
+        for j in range(count):
+            if out[j] > limit:
+                return OUT_OF_RANGE
+            pos += out[j] + 1
+            out[j] = pos
+        return OK if pos < n else OUT_OF_RANGE
+    mask = np.uint64((1 << r) - 1)
+    byte = bit >> 3
+    have = 8 - (bit & 7)
+    reg = np.uint64(b[byte]) & np.uint64((1 << have) - 1)
+    byte += 1
     for j in range(count):
-        if out[j] > (n >> r):  # (q << r) >= n, checked before shifting (no overflow)
+        while have < r:  # at most 4 bytes (r <= 31); past the block reads as 0 (counted above)
+            reg = (reg << np.uint64(8)) | (np.uint64(b[byte]) if byte < b.size else np.uint64(0))
+            byte += 1
+            have += 8
+        have -= r
+        rem = np.int64((reg >> np.uint64(have)) & mask)
+        reg &= (np.uint64(1) << np.uint64(have)) - np.uint64(1)
+        if out[j] > limit:  # (q << r) >= n, checked before shifting (no overflow)
             return OUT_OF_RANGE
-        rem = 0
-        if r:
-            byte = bit >> 3  # the 5 bytes from ``byte`` hold any r <= 31 field at a shift <= 7
-            w = (np.int64(padded[byte]) << 32) | (np.int64(padded[byte + 1]) << 24) \
-                | (np.int64(padded[byte + 2]) << 16) | (np.int64(padded[byte + 3]) << 8) | np.int64(padded[byte + 4])
-            rem = (w >> (40 - r - (bit & 7))) & mask
-            bit += r
-        pos += (out[j] << r) + rem + 1
-        if pos >= n:
-            return OUT_OF_RANGE
+        pos += (out[j] << r) + rem + 1  # positions increase: the last one is checked below
         out[j] = pos
-    return OK
+    return OK if pos < n else OUT_OF_RANGE
 
 
 @njit(cache=True, nogil=True)
@@ -195,3 +216,56 @@ def ternary_candidates(part, u, bound, factor, start, cand, tie, neg):  # type: 
         neg[m] = part[i] < 0
         m += u[i] <= qi
     return m
+
+
+@njit(cache=True, nogil=True)
+def stage_positions(idx, n, out):  # type: ignore[no-untyped-def]
+    """Copy positions into ``out`` (same length) while checking they are strictly increasing and
+    inside ``[0, n)``: what :func:`sparse_sum` relies on to stay inside its arrays."""
+    if out.size != idx.size:
+        return LENGTHS
+    prev = -1
+    for j in range(idx.size):
+        v = idx[j]
+        if v >= n or v < 0:
+            return OUT_OF_RANGE
+        if v <= prev:
+            return UNSORTED
+        out[j] = v
+        prev = v
+    return OK
+
+
+@njit(cache=True, nogil=True)
+def sparse_sum(acc, src, idx, vals, starts, tile):  # type: ignore[no-untyped-def]
+    """``acc[idx[s]] += vals[s]`` for the segments ``starts[r]:starts[r+1]`` (one per update, each
+    strictly increasing, staged by :func:`stage_positions`), in tiles of ``acc``: each tile is
+    first set from ``src`` (when ``src`` is not empty), then gets every segment's entries in it,
+    segment after segment, so each element sees its additions in segment order (numpy's result)
+    while the tile stays in cache. Re-checks the staged bounds before writing anything."""
+    n = acc.size
+    m = starts.size - 1
+    if src.size != 0 and src.size != n:
+        return LENGTHS
+    if m < 0 or starts[0] != 0 or starts[m] > idx.size or starts[m] > vals.size:
+        return LENGTHS
+    for r in range(m):
+        if starts[r + 1] < starts[r]:
+            return LENGTHS
+        if starts[r + 1] > starts[r] and (idx[starts[r]] < 0 or idx[starts[r + 1] - 1] >= n):
+            return OUT_OF_RANGE
+    cur = starts[:m].copy()
+    for t0 in range(0, n, tile):
+        t1 = min(n, t0 + tile)
+        if src.size:
+            acc[t0:t1] = src[t0:t1]
+        for r in range(m):
+            j = cur[r]
+            end = starts[r + 1]
+            stop = j
+            while stop < end and idx[stop] < t1:
+                stop += 1
+            for q in range(j, stop):
+                acc[idx[q]] += vals[q]
+            cur[r] = stop
+    return OK

@@ -63,7 +63,7 @@ from bouquet.codecs.topk import (
     select_topk_model,
     topk_count,
 )
-from bouquet.codecs.wire import Decoded, Encoded, encode_dense
+from bouquet.codecs.wire import Decoded, Encoded, encode_dense, sum_squares
 
 SCOPES = ("tensor", "model")
 
@@ -206,13 +206,7 @@ class UpdateCompressor:
 
 def update_norm(tensors: Sequence[np.ndarray]) -> float:
     """L2 norm over all ``tensors`` (float64, in blocks: no overflow for finite float32 input)."""
-    total = 0.0
-    for t in tensors:
-        flat = t.reshape(-1)
-        for start in range(0, flat.size, _BLOCK):
-            part = flat[start : start + _BLOCK].astype(np.float64)
-            total += float(np.dot(part, part))
-    return math.sqrt(total)
+    return math.sqrt(sum(sum_squares(t) for t in tensors))
 
 
 def clip_update(tensors: list[np.ndarray], bound: float, *, inplace: bool = False) -> tuple[list[np.ndarray], float]:
@@ -259,9 +253,6 @@ def mask_sent(velocity: np.ndarray, sent: Decoded) -> np.ndarray:
     else:
         np.put(velocity, sent.indices, np.zeros(1, dtype=velocity.dtype))
     return velocity
-
-
-_BLOCK = 1 << 20
 
 
 def check_finite_update(u: np.ndarray, index: int) -> None:

@@ -46,7 +46,8 @@ def enabled(count: int) -> ModuleType | None:
 def status_error(status: int, what: str) -> ValueError:
     """The ``ValueError`` for a kernel's non-zero ``status``."""
     reasons = {1: "the unary stream ends before all codes", 2: "the bit count does not match the codes",
-               3: "a position is out of range for the tensor", 4: "values and positions differ in number"}
+               3: "a position is out of range for the tensor", 4: "values and positions differ in number",
+               5: "positions are not strictly increasing"}
     return ValueError(f"{what}: {reasons.get(status, f'status {status}')}")
 
 
@@ -56,11 +57,11 @@ def rice_positions(block: bytes | memoryview, count: int, r: int, n: int) -> np.
     k = enabled(count)
     if k is None:
         return None
-    out = np.empty(count, dtype=np.int64)
+    out = np.empty(count + k.SLACK, dtype=np.int64)
     status = k.rice_positions(np.frombuffer(block, dtype=np.uint8), count, r, n, out)
     if status:
         raise status_error(int(status), "rice position block")
-    return out
+    return out[:count]
 
 
 def rice_best(idx: np.ndarray, r_window: range) -> tuple[int, int] | None:
@@ -99,6 +100,88 @@ def scatter_add(acc: np.ndarray, idx: np.ndarray, values: np.ndarray, factor: fl
     if status:
         raise status_error(int(status), "sparse update")
     return True
+
+
+TILE = 1 << 16  # accumulator elements per tile of :class:`SparseSum` (256 KiB of float32: stays in L2)
+SPARSE_FROM = 16  # :class:`SparseSum` stages updates keeping at most 1 element in this many
+
+
+class SparseSum:
+    """Sparse additions ``acc[idx] += factor * values`` of many updates, staged and then applied
+    in one tiled compiled pass.
+
+    One update at a time, every addition lands on its own cache line of a model-sized
+    accumulator (20 updates of 1% of 11.7M elements: 2.3M cache misses, 19 ms here). Staged, the
+    pass walks the accumulator tile by tile and adds every update's entries in that tile while
+    it sits in cache, optionally setting the tile from the global model first (the copy comes
+    free). Each element still gets its additions in the order they were staged, so the sums are
+    bit-identical to numpy's ``acc[idx] += factor * values`` applied update after update.
+
+    Staging copies positions (checked: strictly increasing, inside the tensor; int32 when the
+    tensor allows) and the values times their factor, in the accumulator's dtype. At most
+    ``capacity`` entries are staged (default a quarter of the tensor: 2 bytes per element of a
+    float32 tensor under 2^31 elements); :meth:`take` returns
+    ``False`` when an update does not fit, and the caller then applies what is staged and adds
+    that update itself. Denser updates (more than 1 element in :data:`SPARSE_FROM`) are not
+    staged: their additions already walk the accumulator nearly in order.
+    """
+
+    def __init__(self, size: int, dtype: np.dtype, capacity: int | None = None) -> None:
+        self.size, self.dtype = int(size), np.dtype(dtype)
+        self.capacity = max(MIN_CODES, self.size // 4) if capacity is None else int(capacity)
+        self._idx: np.ndarray | None = None
+        self._val: np.ndarray | None = None
+        self._starts = [0]
+
+    @classmethod
+    def create(cls, size: int, dtype: np.dtype) -> SparseSum | None:
+        """A stager for an accumulator of ``size`` elements of ``dtype``, or ``None`` when the
+        compiled loops are off or cannot handle it (then add update by update)."""
+        if np.dtype(dtype) not in (np.float32, np.float64) or enabled(max(size, 0)) is None:
+            return None
+        return cls(size, dtype)
+
+    @property
+    def pending(self) -> bool:
+        return len(self._starts) > 1
+
+    def take(self, idx: np.ndarray, values: np.ndarray, factor: float) -> bool:
+        """Stage ``factor * values`` at ``idx`` (``False``: not staged, add it yourself);
+        ``ValueError`` if the positions are not strictly increasing inside the tensor."""
+        k = enabled(idx.size)
+        off = self._starts[-1]
+        if k is None or idx.dtype != np.int64 or off + idx.size > self.capacity or idx.size * SPARSE_FROM > self.size:
+            return False
+        if values.size != idx.size:
+            raise status_error(4, "sparse update")
+        if self._idx is None or self._val is None:
+            self._idx = np.empty(self.capacity, dtype=np.int32 if self.size <= 1 << 31 else np.int64)
+            self._val = np.empty(self.capacity, dtype=self.dtype)
+        end = off + idx.size
+        status = k.stage_positions(idx, self.size, self._idx[off:end])
+        if status:
+            raise status_error(int(status), "sparse update")
+        np.multiply(values, self.dtype.type(factor), out=self._val[off:end], dtype=self.dtype, casting="unsafe")
+        self._starts.append(end)
+        return True
+
+    def apply(self, acc: np.ndarray, src: np.ndarray | None = None) -> None:
+        """Add everything staged to the flat ``acc`` (first set from ``src`` when given) and
+        empty the stage."""
+        k = _kernels()
+        if k is None or self._idx is None or self._val is None:
+            raise RuntimeError("SparseSum.apply without staged updates")
+        if acc.dtype != self.dtype or acc.size != self.size:
+            raise RuntimeError(f"SparseSum of {self.size} {self.dtype} applied to {acc.size} {acc.dtype}")
+        if src is not None and src.dtype != acc.dtype:
+            np.copyto(acc, src, casting="unsafe")
+            src = None
+        empty = np.empty(0, dtype=acc.dtype)
+        status = k.sparse_sum(acc, empty if src is None else src.reshape(-1), self._idx, self._val,
+                              np.asarray(self._starts, dtype=np.int64), TILE)
+        if status:  # staged data is checked: a bug, not client input
+            raise RuntimeError(f"sparse_sum failed: {status_error(int(status), 'staged updates')}")
+        self._starts = [0]
 
 
 def ternary_block(part: np.ndarray, u: np.ndarray, bound: float | None, factor: float, start: int,

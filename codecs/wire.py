@@ -73,6 +73,22 @@ class Encoded:
 _CHUNK = 1 << 18  # elements per block when a dense tensor is added to an accumulator
 
 
+def sum_squares(values: np.ndarray) -> float:
+    """Sum of squares of ``values`` in float64, in blocks of ``_CHUNK`` elements.
+
+    Not ``np.dot``: float64 ``dot`` goes to the BLAS, whose threads made it 30-50x slower
+    (7.5 ms for 117,000 elements) on this 2-core machine whenever another process was busy.
+    """
+    flat = values.reshape(-1)
+    buf = np.empty(min(_CHUNK, flat.size), dtype=np.float64)
+    total = 0.0
+    for start in range(0, flat.size, _CHUNK):
+        part = buf[: min(_CHUNK, flat.size - start)]
+        np.square(flat[start : start + part.size], out=part, dtype=np.float64)
+        total += float(part.sum())
+    return total
+
+
 @dataclass
 class Decoded:
     """A decoded tensor: ``values`` at flat ``indices`` (``indices is None``: dense, all elements).
@@ -105,10 +121,14 @@ class Decoded:
         out[self.indices] = self.real_values()
         return out.reshape(self.shape)
 
+    def factor(self, weight: float) -> float:
+        """What ``values`` are multiplied by when the tensor is added with ``weight``."""
+        return weight if self.scale is None else weight * float(self.scale)
+
     def add_to(self, acc: np.ndarray, weight: float) -> None:
         """``acc += weight * tensor`` on a flat accumulator: O(k) for sparse tensors, dense ones
         block by block (no temporary of the tensor's size)."""
-        factor = weight if self.scale is None else weight * float(self.scale)
+        factor = self.factor(weight)
         if self.indices is not None:  # indices are unique and sorted (validated): fancy += is exact
             if not kernels.scatter_add(acc, self.indices, self.values, factor):
                 acc[self.indices] += factor * self.values.astype(acc.dtype, copy=False)
@@ -126,13 +146,7 @@ class Decoded:
 
     def sq_norm(self) -> float:
         """Squared L2 norm of the tensor (float64)."""
-        v = self.values.astype(np.float64, copy=False) if self.values.size <= _CHUNK else None
-        if v is not None:
-            total = float(np.dot(v, v))
-        else:
-            total = sum(float(np.dot(c, c)) for c in (self.values[i : i + _CHUNK].astype(np.float64)
-                                                      for i in range(0, self.values.size, _CHUNK)))
-        return total * (1.0 if self.scale is None else float(self.scale) ** 2)
+        return sum_squares(self.values) * (1.0 if self.scale is None else float(self.scale) ** 2)
 
 
 class Reader:

@@ -163,7 +163,6 @@ class Compressed(StrategyWrapper):
         self.fast_path = bool(fast_path)
         self._global: dict[str, np.ndarray] | None = None
         self._dropped: list[str] = []
-        self._scratch: dict[str, np.ndarray] = {}  # accumulation buffers lent from round to round
         self.last_path = ""
 
     def summary(self) -> None:
@@ -354,7 +353,7 @@ class Compressed(StrategyWrapper):
         for attempt in range(2):
             weights = self._weights(candidates, base)
             total = float(sum(weights))
-            acc = {name: Accumulator(name, ref, self._scratch) for name, ref in self._global_arrays().items()}
+            acc = {name: Accumulator(ref) for name, ref in self._global_arrays().items()}
             survivors, norms, clean = [], [], True
             for msg, weight in zip(candidates, weights, strict=True):
                 decoded = self._decode(msg)
@@ -362,7 +361,7 @@ class Compressed(StrategyWrapper):
                     clean = False
                     continue
                 survivors.append(msg)
-                norms.append(update_norm(decoded) * self.server_lr)
+                norms.append(update_norm(decoded) * self.server_lr if guards else 0.0)  # only guards read it
                 if clean:
                     for name, dec in decoded.items():
                         acc[name].add(dec, self.server_lr * weight / total)

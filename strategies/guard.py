@@ -54,6 +54,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from bouquet import keys
+from bouquet.codecs.wire import sum_squares
 from bouquet.strategies.decoding import (
     DENSE_STYPE,
     check_record,
@@ -91,11 +92,8 @@ def check_dense_reply(msg: Message, reference: dict[str, np.ndarray] | None, wei
 def dense_update_norm(msg: Message, reference: dict[str, np.ndarray]) -> float:
     """:math:`\\lVert w_i - w \\rVert_2` of a reply that passed :func:`check_dense_reply`."""
     record = single_array_record(msg.content)
-    total = 0.0
-    for name, arr in record.items():
-        diff = dense_view(arr).astype(np.float64) - reference[name]
-        total += float(np.dot(diff.reshape(-1), diff.reshape(-1)))
-    return float(np.sqrt(total))
+    return float(np.sqrt(sum(sum_squares(dense_view(arr).astype(np.float64) - reference[name])
+                             for name, arr in record.items())))
 
 
 def metric_key_outliers(replies: list[Message]) -> list[Message]:

@@ -167,3 +167,65 @@ def test_ternary_draws_are_identical_with_and_without_kernels(clip_c):
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
     assert a[2] == b[2] and 0 < a[0].size < x.size and 99 in a[0]
+
+
+def _sparse_updates(rng, n, dtype):
+    """(idx, values, factor) updates of several densities and value dtypes (int8: STC signs)."""
+    out = []
+    for k, vdt in [(n // 40, "float32"), (n // 100, "float16"), (n // 20, "int8"), (1, "float32"), (n // 17, dtype)]:
+        idx = np.sort(rng.choice(n, k, replace=False)).astype(np.int64)
+        values = (rng.integers(-1, 2, k) if vdt == "int8" else rng.normal(size=k)).astype(vdt)
+        out.append((idx, values, float(rng.uniform(0.01, 2.0))))
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("capacity", [None, 6000], ids=["one-pass", "several-passes"])
+def test_staged_sums_are_bit_identical_to_adding_update_after_update(dtype, capacity):
+    rng = np.random.default_rng(11)
+    n = 100_003  # not a multiple of the tile
+    src = rng.normal(size=n).astype(dtype)
+    updates = _sparse_updates(rng, n, dtype)
+    want = src.copy()
+    for idx, values, factor in updates:
+        want[idx] += want.dtype.type(factor) * values.astype(want.dtype)
+    acc = np.full(n, np.nan, dtype=dtype)  # every element must be set from src
+    with compiled(True):
+        staged = kernels.SparseSum(n, np.dtype(dtype), capacity)
+        first, applied = True, 0
+        for idx, values, factor in updates:
+            if not staged.take(idx, values, factor):
+                assert staged.pending and capacity is not None  # full: apply and stage afresh
+                staged.apply(acc, src if first else None)
+                first, applied = False, applied + 1
+                assert staged.take(idx, values, factor)
+        staged.apply(acc, src if first else None)
+    assert applied == (0 if capacity is None else 2) and not staged.pending
+    np.testing.assert_array_equal(acc, want)
+
+
+@pytest.mark.parametrize("idx,match", [([3, 5, 5], "strictly increasing"), ([7, 5, 9], "strictly increasing"),
+                                       ([-1, 5, 9], "out of range"), ([3, 5, 100], "out of range")])
+def test_staging_refuses_bad_positions_and_keeps_what_was_staged(idx, match):
+    acc = np.zeros(100, np.float32)
+    with compiled(True):
+        staged = kernels.SparseSum(100, np.dtype(np.float32))
+        assert staged.take(np.array([1, 2], np.int64), np.ones(2, np.float32), 1.0)
+        with pytest.raises(ValueError, match=match):
+            staged.take(np.array(idx, np.int64), np.ones(3, np.float32), 1.0)
+        with pytest.raises(ValueError, match="differ in number"):
+            staged.take(np.array([4, 6], np.int64), np.ones(3, np.float32), 1.0)
+        staged.apply(acc)
+    assert acc.tolist() == [0, 1, 1] + [0] * 97  # only the good update landed
+
+
+def test_dense_updates_are_not_staged():
+    with compiled(True):
+        staged = kernels.SparseSum(1000, np.dtype(np.float32))
+        assert not staged.take(np.arange(0, 1000, 10, dtype=np.int64), np.ones(100, np.float32), 1.0)
+        assert staged.take(np.arange(0, 1000, 20, dtype=np.int64), np.ones(50, np.float32), 1.0)
+    with compiled(False):
+        assert kernels.SparseSum.create(1000, np.dtype(np.float32)) is None
+    with compiled(True):
+        assert kernels.SparseSum.create(1000, np.dtype(np.float16)) is None
+        assert kernels.SparseSum.create(1000, np.dtype(np.float32)) is not None

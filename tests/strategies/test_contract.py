@@ -192,12 +192,18 @@ def test_kl_keeps_list_metrics_and_hands_the_users_function_the_replies_own_reco
     assert [c for c in seen] == [m.content for m in sorted(replies, key=lambda m: m.metadata.src_node_id)]
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "numpy"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_fast_path_equals_flower_fedavg_on_random_compressed_updates(seed):
+def test_fast_path_equals_flower_fedavg_on_random_compressed_updates(seed, compiled, monkeypatch):
     """Issue 14: the sparse fast path and Flower's dense FedAvg agree to 1e-6 on the same
-    updates (top-k with float32 and float16 values, STC, ternary in sparse and trit forms)."""
+    updates (top-k with float32 and float16 values, STC, ternary in sparse and trit forms),
+    with the compiled loops (staged tiled sums, forced on these small tensors) and without."""
     from bouquet.clients.compressed import encoded_arrayrecord
-    from bouquet.codecs import STCCompressor, TernaryCompressor, TopKCompressor, decode
+    from bouquet.codecs import STCCompressor, TernaryCompressor, TopKCompressor, decode, kernels
+
+    if compiled:
+        pytest.importorskip("numba", reason="numba is a declared dependency: `make setup` installs it")
+    monkeypatch.setattr(kernels, "MIN_CODES", 0 if compiled else 1 << 62)
 
     rng = np.random.default_rng(seed)
     glob = {"w": rng.normal(size=(64, 50)).astype(np.float32), "b": rng.normal(size=50).astype(np.float32)}
