@@ -130,11 +130,25 @@ def rice_sizes(idx, r_lo, r_hi):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, nogil=True)
+def _flush32(reg, held, out, pos):  # type: ignore[no-untyped-def]
+    """Move the oldest 32 of the ``held`` (>= 32) bits in ``reg`` to ``out[pos:pos + 4]``."""
+    held -= 32
+    word = reg >> held
+    out[pos] = (word >> 24) & 0xFF
+    out[pos + 1] = (word >> 16) & 0xFF
+    out[pos + 2] = (word >> 8) & 0xFF
+    out[pos + 3] = word & 0xFF
+    return reg & ((1 << held) - 1), held, pos + 4
+
+
+@njit(cache=True, nogil=True)
 def rice_encode(idx, r, out):  # type: ignore[no-untyped-def]
-    """Write the Rice code of the gaps of sorted positions ``idx`` (see :func:`rice_sizes`) into ``out`` (sized by the caller from :func:`rice_sizes`):
-    the unary stream (``q`` ones, a zero), then the ``r``-bit remainders, MSB first, the last byte
-    zero-padded. Bits gather in a register and leave a byte at a time; returns the bit count."""
-    reg = 0  # pending bits (fewer than 8 after each flush) in the low bits
+    """Write the Rice code of the gaps of sorted positions ``idx`` (see :func:`rice_sizes`) into
+    ``out`` (sized by the caller from :func:`rice_sizes`): the unary stream (``q`` ones, a
+    zero), then the ``r``-bit remainders, MSB first, the last byte zero-padded. Bits gather in
+    a 64-bit register (under 32 pending between codes) and leave 32 at a time; returns the bit
+    count."""
+    reg = 0
     held = 0
     pos = 0
     total = 0
@@ -143,22 +157,16 @@ def rice_encode(idx, r, out):  # type: ignore[no-untyped-def]
         q = (idx[i] - prev - 1) >> r
         prev = idx[i]
         total += q + 1
-        while q >= 24:  # ones in chunks, so the register never holds more than 32 bits
-            reg = (reg << 24) | 0xFFFFFF
-            held += 24
-            q -= 24
-            while held >= 8:
-                held -= 8
-                out[pos] = (reg >> held) & 0xFF
-                pos += 1
-            reg &= (1 << held) - 1
-        reg = (((reg << q) | ((1 << q) - 1)) << 1)  # q ones and the closing zero
+        while q >= 31:  # ones in chunks: the register never holds more than 62 bits
+            reg = (reg << 31) | 0x7FFFFFFF
+            held += 31
+            q -= 31
+            if held >= 32:
+                reg, held, pos = _flush32(reg, held, out, pos)
+        reg = (reg << (q + 1)) | (((1 << q) - 1) << 1)  # q ones and the closing zero
         held += q + 1
-        while held >= 8:
-            held -= 8
-            out[pos] = (reg >> held) & 0xFF
-            pos += 1
-        reg &= (1 << held) - 1
+        if held >= 32:
+            reg, held, pos = _flush32(reg, held, out, pos)
     if r:
         mask = (1 << r) - 1
         prev = -1
@@ -167,11 +175,13 @@ def rice_encode(idx, r, out):  # type: ignore[no-untyped-def]
             prev = idx[i]
             held += r
             total += r
-            while held >= 8:
-                held -= 8
-                out[pos] = (reg >> held) & 0xFF
-                pos += 1
-            reg &= (1 << held) - 1
+            if held >= 32:
+                reg, held, pos = _flush32(reg, held, out, pos)
+    while held >= 8:
+        held -= 8
+        out[pos] = (reg >> held) & 0xFF
+        pos += 1
+        reg &= (1 << held) - 1
     if held:
         out[pos] = (reg << (8 - held)) & 0xFF
     return total
@@ -198,7 +208,9 @@ def ternary_candidates(part, u, bound, factor, start, cand, tie, neg):  # type: 
     """One block of TernGrad's byte-draw ternarisation (``ternary.ternarize_sparse``), float32:
     ``q = min(min(|g|, bound) * factor, 255)`` in float32, keep when ``u < floor(q)``, a tie when
     ``u == floor(q)``. Writes the candidates' positions (``start`` + offset), tie flags and sign
-    flags in order; returns how many."""
+    flags in order; returns how many (or -1 when a buffer is shorter than the block)."""
+    if min(cand.size, tie.size, neg.size, u.size) < part.size:
+        return -1
     m = 0
     b32 = np.float32(bound)
     f32 = np.float32(factor)
@@ -216,6 +228,30 @@ def ternary_candidates(part, u, bound, factor, start, cand, tie, neg):  # type: 
         neg[m] = part[i] < 0
         m += u[i] <= qi
     return m
+
+
+@njit(cache=True, nogil=True)
+def drop_entries(a, b, drop):  # type: ignore[no-untyped-def]
+    """Remove entries ``drop`` (strictly increasing, inside both arrays) from ``a`` and ``b`` in
+    place, keeping the order; returns the new length (-1 when ``drop`` is not valid)."""
+    n = min(a.size, b.size)
+    prev = -1
+    for j in range(drop.size):
+        if drop[j] <= prev or drop[j] >= n:
+            return -1
+        prev = drop[j]
+    if drop.size == 0:
+        return n
+    w = drop[0]
+    d = 0
+    for i in range(drop[0], n):
+        if d < drop.size and i == drop[d]:
+            d += 1
+            continue
+        a[w] = a[i]
+        b[w] = b[i]
+        w += 1
+    return w
 
 
 @njit(cache=True, nogil=True)

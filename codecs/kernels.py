@@ -184,16 +184,47 @@ class SparseSum:
         self._starts = [0]
 
 
-def ternary_block(part: np.ndarray, u: np.ndarray, bound: float | None, factor: float, start: int,
-                  buffers: tuple[np.ndarray, np.ndarray, np.ndarray]) -> int | None:
-    """Candidates of one float32 block of TernGrad's byte-draw ternarisation into ``buffers``
-    (positions, tie flags, sign flags; each at least ``part.size`` long); ``None``: use numpy.
-    The caller decides by the whole tensor's size (:func:`enabled`); a block may be smaller."""
-    k = _kernels() if part.dtype == np.float32 else None
+def drop_entries(a: np.ndarray, b: np.ndarray, drop: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """``a`` and ``b`` without the entries at the strictly increasing positions ``drop``,
+    compacted in place (``None``: use numpy)."""
+    k = enabled(a.size)
     if k is None:
         return None
-    cand, tie, neg = buffers
-    if min(cand.size, tie.size, neg.size, u.size) < part.size:
-        raise ValueError("ternary_block buffers are shorter than the block")
-    return int(k.ternary_candidates(part, u, -1.0 if bound is None else float(bound), float(factor), int(start),
-                                    cand, tie, neg))
+    m = int(k.drop_entries(a, b, np.ascontiguousarray(drop, dtype=np.int64)))
+    if m < 0:
+        raise ValueError("drop_entries: positions are not strictly increasing inside the arrays")
+    return a[:m], b[:m]
+
+
+TERNARY_BLOCK = 1 << 20  # elements per call of the compiled ternary selection
+
+
+def ternary_candidates(g: np.ndarray, u: np.ndarray, bound: float | None, factor: float
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Candidates of TernGrad's byte-draw ternarisation of a flat float32 ``g`` (``u``: one
+    random byte per element), compiled: positions, tie flags and sign flags, in order
+    (``None``: use numpy). Written block by block straight into the output buffers, which start
+    at a quarter of ``g`` and double when a gradient keeps more."""
+    k = enabled(g.size) if g.dtype == np.float32 else None
+    if k is None:
+        return None
+    if u.size < g.size:
+        raise ValueError(f"{u.size} random bytes for {g.size} elements")
+    cap = max(TERNARY_BLOCK, g.size // 4)
+    bufs = (np.empty(cap, dtype=np.int64), np.empty(cap, dtype=np.bool_), np.empty(cap, dtype=np.bool_))
+    m = 0
+    bound_arg = -1.0 if bound is None else float(bound)
+    for start in range(0, g.size, TERNARY_BLOCK):
+        part = g[start : start + TERNARY_BLOCK]
+        if cap - m < part.size:  # a block can keep all its elements
+            cap = max(2 * cap, m + part.size)
+            grown = (np.empty(cap, dtype=np.int64), np.empty(cap, dtype=np.bool_), np.empty(cap, dtype=np.bool_))
+            for old, new in zip(bufs, grown, strict=True):
+                new[:m] = old[:m]
+            bufs = grown
+        got = k.ternary_candidates(part, u[start : start + part.size], bound_arg, float(factor), start,
+                                   *(b[m:] for b in bufs))
+        if got < 0:
+            raise RuntimeError("ternary selection buffers are shorter than the block")
+        m += int(got)
+    return bufs[0][:m], bufs[1][:m], bufs[2][:m]

@@ -120,64 +120,60 @@ def ternarize_sparse(g: np.ndarray, *, clip_c: float | None = None, rng: np.rand
     rng = rng if rng is not None else np.random.default_rng()
     tie_rng = np.random.default_rng(rng.bit_generator.random_raw(2))
     factor = 256.0 / scale
-    compiled = kernels.enabled(flat.size) is not None and flat.dtype == np.float32
-    block = _BIG_BLOCK if compiled else _BLOCK
-    select = _TernaryBlocks(flat, bound, factor, work, min(block, flat.size), compiled)
+    if kernels.enabled(flat.size) is not None and flat.dtype == np.float32:
+        u = _random_bytes(rng, flat.size)
+        found = kernels.ternary_candidates(flat, u, bound, factor)
+        if found is None:  # enabled() said numba is there
+            raise RuntimeError("the compiled ternary selection is not available")
+        cand, tie, neg = found
+        return _settle_ties(flat, bound, factor, work, u, cand, tie, neg, tie_rng) + (float(scale),)
+    q: np.ndarray = np.empty(min(_BLOCK, flat.size), dtype=work)
+    qi = np.empty(q.size, dtype=np.uint8)
     cands, negs = [], []
-    for start in range(0, flat.size, block):
-        part = flat[start : start + block]
-        words = rng.bit_generator.random_raw((part.size + 7) // 8)
-        u = words.astype("<u8", copy=False).view(np.uint8)[: part.size]
-        cand, tie, neg, frac = select(part, u, start)
-        if frac.size:  # ties keep with probability frac
-            keep = ~tie
-            keep[tie] = tie_rng.random(frac.size) < frac
-            cand, neg = cand[keep], neg[keep]
-        cands.append(cand.copy() if compiled and not frac.size else cand)  # the compiled buffers are reused
-        negs.append(neg.copy() if compiled and not frac.size else neg)
+    for start in range(0, flat.size, _BLOCK):
+        part = flat[start : start + _BLOCK]
+        u = _random_bytes(rng, part.size)
+        qb, qib = q[: part.size], qi[: part.size]
+        np.abs(part, out=qb, casting="unsafe")
+        if bound is not None:
+            np.minimum(qb, bound, out=qb)
+        qb *= factor
+        np.minimum(qb, 255.0, out=qb)  # q = 256 (the largest element): byte 255 ties, frac 1
+        np.copyto(qib, qb, casting="unsafe")  # floor of a non-negative value
+        local = np.flatnonzero(u <= qib)
+        cand, neg = _settle_ties(part, bound, factor, work, u, local, u[local] == qib[local], part[local] < 0, tie_rng)
+        cands.append(cand + start)
+        negs.append(neg)
     return np.concatenate(cands).astype(np.int64, copy=False), np.concatenate(negs), float(scale)
 
 
-_BIG_BLOCK = 1 << 20  # elements per block of the compiled path
+def _random_bytes(rng: np.random.Generator, count: int) -> np.ndarray:
+    """The next ``count`` bytes of ``rng``'s raw 64-bit stream (little-endian words)."""
+    words = rng.bit_generator.random_raw((count + 7) // 8)
+    return words.astype("<u8", copy=False).view(np.uint8)[:count]
 
 
-class _TernaryBlocks:
-    """One block of :func:`ternarize_sparse`: candidates (kept or tied, in order), tie flags,
-    sign flags and the ties' keep probabilities; numpy or one compiled pass (the same float32
-    arithmetic: ``q = min(min(|g|, bound) * factor, 255)``, byte ``u`` keeps when
-    ``u < floor(q)``, ties when equal; the fraction from the unclamped ``q``)."""
-
-    def __init__(self, flat: np.ndarray, bound: float | None, factor: float, work: type, size: int,
-                 compiled: bool) -> None:
-        self.flat, self.bound, self.factor, self.work, self.compiled = flat, bound, factor, work, compiled
-        if compiled:
-            self.buffers = (np.empty(size, dtype=np.int64), np.empty(size, dtype=np.bool_), np.empty(size, dtype=np.bool_))
-        else:
-            self.q: np.ndarray = np.empty(size, dtype=work)
-            self.qi = np.empty(size, dtype=np.uint8)
-
-    def __call__(self, part: np.ndarray, u: np.ndarray, start: int) -> tuple[np.ndarray, ...]:
-        if self.compiled:
-            m = kernels.ternary_block(part, u, self.bound, self.factor, start, self.buffers)
-            if m is None:  # the caller chose the compiled path: numba must be importable
-                raise RuntimeError("the compiled ternary selection is not available")
-            cand, tie, neg = (b[:m] for b in self.buffers)
-        else:
-            b = part.size
-            qb, qib = self.q[:b], self.qi[:b]
-            np.abs(part, out=qb, casting="unsafe")
-            if self.bound is not None:
-                np.minimum(qb, self.bound, out=qb)
-            qb *= self.factor
-            np.minimum(qb, 255.0, out=qb)  # q = 256 (the largest element): byte 255 ties, frac 1
-            np.copyto(qib, qb, casting="unsafe")  # floor of a non-negative value
-            local = np.flatnonzero(u <= qib)
-            cand, tie, neg = local + start, u[local] == qib[local], part[local] < 0
-        at = cand[tie]
-        mag = np.abs(self.flat[at]).astype(self.work)
-        if self.bound is not None:
-            mag = np.minimum(mag, self.bound)
-        return cand, tie, neg, mag * self.factor - u[at - start]
+def _settle_ties(flat: np.ndarray, bound: float | None, factor: float, work: type, u: np.ndarray, cand: np.ndarray,
+                 tie: np.ndarray, neg: np.ndarray, tie_rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Candidates (positions into ``flat`` and ``u``) and their signs without the ties that lose
+    their float draw: a tie keeps with probability ``q - floor(q)`` (``q`` unclamped by 255),
+    drawn from ``tie_rng`` in position order."""
+    ties = np.flatnonzero(tie)
+    if not ties.size:
+        return cand, neg
+    at = cand[ties]
+    mag = np.abs(flat[at]).astype(work)
+    if bound is not None:
+        mag = np.minimum(mag, bound)
+    lose = ties[tie_rng.random(ties.size) >= mag * factor - u[at]]
+    if not lose.size:
+        return cand, neg
+    compacted = kernels.drop_entries(cand, neg, lose)  # in place: cand and neg are this call's own
+    if compacted is not None:
+        return compacted
+    keep = np.ones(cand.size, dtype=bool)
+    keep[lose] = False
+    return cand[keep], neg[keep]
 
 
 def _twn(flat: np.ndarray, bound: float | None, t: np.ndarray, work: type, shape: tuple[int, ...]) -> tuple[np.ndarray, float]:
@@ -262,7 +258,8 @@ def _encode(idx: np.ndarray | None, negative: np.ndarray | None, flat: np.ndarra
     np_dtype = np.dtype(dtype)
     typed = float(np_dtype.type(scale32))
     if form == "sparse" and idx is not None and idx.size < n:
-        signs = np.where(np.asarray(negative), np.int8(-1), np.int8(1))
+        signs = np.asarray(negative, dtype=bool).view(np.int8) * np.int8(-2)  # 1 - 2 * negative
+        signs += np.int8(1)
         sent = Decoded(shape, np_dtype, idx, signs, scale=typed)
     else:
         sent = Decoded(shape, np_dtype, None, flat, scale=typed)  # type: ignore[arg-type]

@@ -169,6 +169,30 @@ def test_ternary_draws_are_identical_with_and_without_kernels(clip_c):
     assert a[2] == b[2] and 0 < a[0].size < x.size and 99 in a[0]
 
 
+def test_ternary_selection_grows_its_buffers_when_most_elements_are_kept(monkeypatch):
+    """Magnitudes near the maximum keep nearly every element: more than the quarter the
+    compiled selection starts with (blocks made small so it must grow several times)."""
+    from bouquet.codecs.ternary import ternarize_sparse
+
+    monkeypatch.setattr(kernels, "TERNARY_BLOCK", 1000)
+    rng = np.random.default_rng(2)
+    x = (rng.choice([-1.0, 1.0], 20_011) * rng.uniform(0.97, 1.0, 20_011)).astype(np.float32)
+    a, b = both(lambda: ternarize_sparse(x, rng=np.random.default_rng(6)))
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert a[0].size > 0.9 * x.size and np.array_equal(a[1], x[a[0]] < 0)
+
+
+def test_drop_entries_compacts_in_place_or_refuses():
+    a, b = np.arange(10, dtype=np.int64), np.arange(10) % 3 == 0
+    with compiled(True):
+        got_a, got_b = kernels.drop_entries(a, b, np.array([0, 4, 9]))
+        assert got_a.tolist() == [1, 2, 3, 5, 6, 7, 8] and got_b.tolist() == [v % 3 == 0 for v in [1, 2, 3, 5, 6, 7, 8]]
+        for bad in ([3, 3], [5, 2], [10], [-1]):
+            with pytest.raises(ValueError, match="strictly increasing"):
+                kernels.drop_entries(np.arange(10, dtype=np.int64), np.zeros(10, bool), np.array(bad))
+
+
 def _sparse_updates(rng, n, dtype):
     """(idx, values, factor) updates of several densities and value dtypes (int8: STC signs)."""
     out = []
