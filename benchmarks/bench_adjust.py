@@ -51,6 +51,11 @@ ARMS: dict[str, list[str]] = {
     "fedavg": ["server=none"],
     "adjust 5%": ["server=adjust", "server.shared_fraction=0.05"],
     "adjust 1%": ["server=adjust", "server.shared_fraction=0.01"],
+    # stronger or gentler server steps (issue 15 §3), not in the default grid
+    "adjust 5% lr 0.003": ["server=adjust", "server.shared_fraction=0.05", "server.lr=0.003"],
+    "adjust 5% 3 epochs prox 0.1": ["server=adjust", "server.shared_fraction=0.05", "server.epochs=3",
+                                    "server.proximal_mu=0.1"],
+    "adjust 5% every 3 rounds": ["server=adjust", "server.shared_fraction=0.05", "server.every_n_rounds=3"],
 }
 CENTRAL = {"central 5%": 0.05, "central 1%": 0.01}
 DEFAULT_ARMS = ["fedavg", "adjust 5%", "central 5%"]
@@ -117,7 +122,9 @@ def report() -> list[Path]:
         "batch 32, no proximal term) on the shared slice after every aggregation. `central x%`: the slice alone, "
         "the same adjuster applied 30 times from the initial model (independent of the partition). FedAvg's clients "
         "hold all training data; in the adjust arms they lose the x% slice. `vs fedavg` / `vs central` are paired by "
-        "seed; `before adjust` is the last round's aggregate before the server's step. Mean ± sd over seeds. "
+        "seed; `before adjust` is the last round's aggregate before the server's step. Variant arms change one setting of "
+        "the server's step: `lr 0.003`, `3 epochs prox 0.1` (3 epochs with 0.1 ||w - w_agg||^2 added to the loss), "
+        "`every 3 rounds` (adjust after rounds 3, 6, ..., 30). Mean ± sd over seeds. "
         "Raw per-cell results: `benchmarks/results/adjust.jsonl`.\n\n" + markdown_table(rows, cols)
     )
     if todo:
