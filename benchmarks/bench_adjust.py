@@ -35,6 +35,7 @@ from benchmarks._grid import (  # noqa: E402
     grid_arguments,
     lenet_overrides,
     load_results,
+    mean_sd,
     pm,
     run_grid,
 )
@@ -113,6 +114,24 @@ def report() -> list[Path]:
                 rows.append(row)
     cols = ["dataset", "partition", "arm", "seeds", "final acc (%)", "vs fedavg (pt)", "vs central (pt)",
             "before adjust (%)"]
+    goals = []
+    for ds in DATASETS:
+        for part in ("1 label", "2 labels", "3 labels"):
+            adj, fed, cen = (final.get((ds, p_, a), {}) for p_, a in ((part, "adjust 5%"), (part, "fedavg"),
+                                                                       ("-", "central 5%")))
+            seeds = sorted(set(adj) & set(fed) & set(cen))
+            if not seeds:
+                continue
+            margin = 2.0 if part != "1 label" else 0.0
+            d_fed = [100 * (adj[s] - fed[s]) for s in seeds]
+            d_cen = [100 * (adj[s] - cen[s]) for s in seeds]
+            worst = min(sum(d_fed) / len(seeds), sum(d_cen) / len(seeds))
+            verdict = "met" if worst > margin else "**missed**"
+            within = [name for name, d in (("FedAvg", d_fed), ("central", d_cen))
+                      if len(d) > 1 and abs(sum(d) / len(d)) <= mean_sd(d)[1]]
+            goals.append(f"{ds} {part} ({len(seeds)} seeds): adjust 5% vs FedAvg {pm(d_fed)}, vs central {pm(d_cen)} points "
+                         "(goal: beat both" + (f" by >= {margin:g}" if margin else "") + f"): {verdict}"
+                         + (f"; the gain over {' and '.join(within)} is within its seed spread" if within else ""))
     todo = [c for c in cells(DATASETS, list(PARTITIONS), DEFAULT_ARMS, [0, 1, 2])
             if c.key_dict["seed"] not in final.get((c.key_dict["dataset"], c.key_dict["partition"],
                                                     c.key_dict["arm"]), {})]
@@ -126,6 +145,8 @@ def report() -> list[Path]:
         "the server's step: `lr 0.003`, `3 epochs prox 0.1` (3 epochs with 0.1 ||w - w_agg||^2 added to the loss), "
         "`every 3 rounds` (adjust after rounds 3, 6, ..., 30). Mean ± sd over seeds. "
         "Raw per-cell results: `benchmarks/results/adjust.jsonl`.\n\n" + markdown_table(rows, cols)
+        + ("\nGoals (issue 15 §3, means of the paired differences, computed from the raw file):\n\n"
+           + "".join(f"- {g}\n" for g in goals) if goals else "")
     )
     if todo:
         body += (f"\n**Not yet run** ({len(todo)} cells of the default arms): "
