@@ -2,7 +2,8 @@
 
 Top-k sparsification (``topk``), TernGrad ternarisation (``ternary``), sparse ternary
 compression (``stc``), error feedback (``error_feedback``), position/trit packing
-(``packing``) and the versioned wire format (``wire``). :func:`decode` reads any of them.
+(``packing``, its varint and Golomb-Rice gap codes in ``gap_codes``) and the versioned wire
+format (``wire``). :func:`decode` reads any of them.
 """
 
 from bouquet.codecs.compressor import (
