@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
-from flwr.serverapp import Grid
 
 from bouquet import keys
 from bouquet.strategies.decoding import dense_view
@@ -388,16 +387,6 @@ def check_settings(*, alpha: float, max_updates: int | None, max_wall_s: float |
         raise ValueError(f"learner_rate={learner_rate!r} is unknown; allowed: {', '.join(LEARNER_RATES)}")
     if int(max_node_failures) < 1:
         raise ValueError(f"max_node_failures={max_node_failures} must be >= 1")
-
-
-def wait_for_nodes(grid: Grid, timeout: float) -> list[int]:
-    """The grid's node ids, waiting (at most ``timeout`` seconds) until there is one."""
-    end = time.monotonic() + timeout
-    while True:
-        nodes = list(grid.get_node_ids())
-        if nodes or time.monotonic() > end:
-            return nodes
-        time.sleep(0.5)
 
 
 def train_message(node: int, arrays: ArrayRecord, version: int, config: ConfigRecord, task: int,

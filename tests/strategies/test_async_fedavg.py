@@ -564,6 +564,16 @@ def _continue(strategy: AsyncFedAvg, grid: FakeGrid, arrays: dict, state: dict, 
     return strategy.start(grid, record, num_rounds=3, timeout=60, evaluate_fn=evaluate_fn)
 
 
+def _loop_warnings(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The warnings AsyncFedAvg logs from now on (its own and its per-node steps'), as strings."""
+    from bouquet.strategies import async_fedavg, async_nodes
+
+    warnings: list[str] = []
+    for module in (async_fedavg, async_nodes):
+        monkeypatch.setattr(module, "log", lambda level, msg, *a: warnings.append(msg % a) if level >= 30 else None)
+    return warnings
+
+
 @pytest.mark.parametrize("policy", [{"policy": "constant", "alpha": 0.5}, {"policy": "fedbuff", "buffer_size": 3, "exponent": 0.0}])
 def test_checkpoint_every_n_applied_updates_and_resume_continues_the_run(policy: dict) -> None:
     # One node answering every tick has nothing in flight at a checkpoint (it is re-dispatched
@@ -591,8 +601,6 @@ def test_checkpoint_every_n_applied_updates_and_resume_continues_the_run(policy:
 
 
 def test_resume_sends_the_learner_window_values_on_and_warns_about_unknown_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
-    from bouquet.strategies import async_fedavg
-
     def make() -> AsyncFedAvg:
         return AsyncFedAvg(policy="sliding_window", max_updates=12, eval_every=4, plateau_window=0, poll_interval_s=0.0)
 
@@ -605,8 +613,7 @@ def test_resume_sends_the_learner_window_values_on_and_warns_about_unknown_nodes
     assert sum(applied.values()) == 6 and set(applied) == {1, 2}
 
     grid = FakeGrid(behaviours, extra=_learner(lambda t: 1.0))
-    warnings: list[str] = []
-    monkeypatch.setattr(async_fedavg, "log", lambda level, msg, *a: warnings.append(msg % a) if level >= 30 else None)
+    warnings = _loop_warnings(monkeypatch)
     _continue(make(), grid, arrays, state)
     assert warnings == []
     first = {node: next(c for n, c in grid.configs if n == node) for node in (1, 2)}
@@ -641,8 +648,6 @@ def test_resumed_budgets_count_what_happened_before_the_checkpoint() -> None:
 
 
 def test_a_failed_checkpoint_write_is_logged_and_the_run_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    from bouquet.strategies import async_fedavg
-
     calls: list[int] = []
 
     def save(updates: int, arrays: dict) -> None:
@@ -650,8 +655,7 @@ def test_a_failed_checkpoint_write_is_logged_and_the_run_goes_on(monkeypatch: py
         if updates == 2:
             raise OSError("disk full")
 
-    warnings: list[str] = []
-    monkeypatch.setattr(async_fedavg, "log", lambda level, msg, *a: warnings.append(msg % a) if level >= 30 else None)
+    warnings = _loop_warnings(monkeypatch)
     strategy = AsyncFedAvg(policy="constant", max_updates=6, plateau_window=0, poll_interval_s=0.0).bind_checkpoint(save, 2)
     _run(strategy, FakeGrid({1: ("ok", 1, 1.0)}))
     assert calls == [2, 4, 6] and strategy.state.updates == 6

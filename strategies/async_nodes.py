@@ -1,0 +1,147 @@
+"""The per-node steps of the asynchronous loop (:mod:`~bouquet.strategies.async_fedavg`).
+
+:class:`NodeSteps`, a base class of :class:`~bouquet.strategies.async_fedavg.AsyncFedAvg`,
+does what the loop does for one node or one reply, on the strategy's settings and its
+:class:`~bouquet.strategies.async_state.AsyncState`: push the current model to every idle node
+(``_dispatch``), abandon messages older than the reply timeout (``_expire``), count a node's
+consecutive failures and stop using it after ``max_node_failures`` (``_fail``), and validate one
+reply and apply or buffer its update (``_handle``) with the scale of the server's rule or the
+one the learner reported (``_scale``). :func:`wait_for_nodes` waits for the grid's first node.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from flwr.app import ConfigRecord, Message
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+
+from bouquet.strategies.async_state import (
+    AsyncState,
+    Decoder,
+    buffered_step,
+    mix,
+    reply_update,
+    reported_scale,
+    train_message,
+)
+from bouquet.strategies.staleness import StalenessPolicy
+
+logger = logging.getLogger(__name__)
+
+
+def wait_for_nodes(grid: Grid, timeout: float) -> list[int]:
+    """The grid's node ids, waiting (at most ``timeout`` seconds) until there is one."""
+    end = time.monotonic() + timeout
+    while True:
+        nodes = list(grid.get_node_ids())
+        if nodes or time.monotonic() > end:
+            return nodes
+        time.sleep(0.5)
+
+
+class NodeSteps:
+    """The loop's per-node steps (see the module docstring); the attributes below are the
+    :class:`~bouquet.strategies.async_fedavg.AsyncFedAvg` settings and state they use."""
+
+    state: AsyncState
+    policy: StalenessPolicy
+    alpha: float
+    learner_side: bool
+    learner_rate: str
+    max_scale: float
+    max_node_failures: int
+    decoder: Decoder | None
+
+    def _dispatch(self, grid: Grid, config: ConfigRecord) -> None:
+        """Push the current model to every available node that has nothing in flight."""
+        st = self.state
+        busy = {f.node_id for f in st.inflight.values()}
+        idle = [n for n in grid.get_node_ids() if n not in busy and n not in st.excluded]
+        if not idle:
+            return
+        for node in idle:  # one push per message: a grid may drop a message it cannot store
+            st.tasks[node] = st.tasks.get(node, 0) + 1
+            flight = st.flight(node, st.version, self.learner_side)
+            ids = [m for m in grid.push_messages([train_message(node, st.record(), st.version, config, st.tasks[node], flight)]) if m]
+            if ids:
+                st.send(ids[0], flight)
+            else:
+                self._fail(node, "push failed", count=False)
+
+    def _expire(self, grid: Grid, reply_timeout: float) -> bool:
+        """Abandon messages older than ``reply_timeout`` (their nodes become idle); any?"""
+        st = self.state
+        now = time.monotonic()
+        late = [mid for mid, f in st.inflight.items() if now - f.sent_at > reply_timeout]
+        if not late:
+            return False
+        abandon = getattr(grid, "abandon", None)
+        if callable(abandon):
+            abandon(late)  # MeteredGrid counts them as failed
+        for mid in late:
+            flight = st.receive(mid)
+            self._fail(flight.node_id, f"no reply within {reply_timeout:.1f} s", count=False)
+        return True
+
+    def _fail(self, node: int, reason: str, count: bool = True) -> None:
+        st = self.state
+        st.failures[node] = st.failures.get(node, 0) + 1
+        log(logging.WARNING, "async: node %s: %s", node, reason)
+        if count:
+            st.drop(f"node {node}: {reason}")
+        if st.failures[node] >= self.max_node_failures and node not in st.excluded:
+            st.excluded.add(node)
+            log(logging.WARNING, "async: node %s failed %d times in a row; not used any more", node, st.failures[node])
+
+    def _handle(self, reply: Message) -> None:
+        """Validate one reply and apply (or buffer) it."""
+        st = self.state
+        mid = reply.metadata.reply_to_message_id
+        if mid not in st.inflight:
+            return  # a reply to an abandoned message
+        flight = st.receive(mid)
+        node = flight.node_id
+        if reply.has_error():
+            # MeteredGrid already counts error replies as failed: not a drop.
+            self._fail(node, f"error reply: {reply.error.reason}", count=False)
+            return
+        delta, reason = reply_update(reply, st.snapshot(flight.version), flight.version, self.decoder, flight.echo())
+        tau = st.version - flight.version
+        logger.debug("async: reply from node %s sent at version %d, now %d", node, flight.version, st.version)
+        if reason is None and not self.policy.accepts(tau):
+            reason = f"staleness {tau} > max_staleness {self.policy.max_staleness}"
+        if reason is not None:
+            self._fail(node, f"reply rejected: {reason}")
+            return
+        st.failures[node] = 0
+        scale, rate = self._scale(reply, tau, node)
+        st.accept(tau, scale, node)
+        if self.policy.buffer_size > 1:
+            st.buffer.append((delta, rate))
+            if len(st.buffer) >= self.policy.buffer_size:
+                deltas, scales = zip(*st.buffer, strict=True)
+                lr = self.policy.server_lr if self.policy.server_lr is not None else 1.0
+                st.advance(buffered_step(st.arrays, list(deltas), list(scales), lr))
+                st.buffer = []
+        else:
+            client = {k: st.snapshot(flight.version)[k] + delta[k] for k in delta}
+            st.advance(mix(st.arrays, client, self.alpha * rate))
+
+    def _scale(self, reply: Message, tau: int, node: int) -> tuple[float, float]:
+        """The update's rate scale and the scale the server mixes with (see the module docstring).
+
+        The server's rule always sees ``tau`` (its window stays current for fallbacks).
+        """
+        server_scale = self.policy(tau, node)
+        if not self.learner_side:
+            return server_scale, server_scale
+        reported, problem = reported_scale(reply, self.max_scale)
+        if reported is None:
+            self.state.fallback(f"node {node}: {problem}")
+            level = logging.WARNING if len(self.state.fallbacks) == 1 else logging.DEBUG
+            log(level, "async: node %s: %s; the server-side rule applies (scale %.3g)", node, problem, server_scale)
+            return server_scale, server_scale
+        return reported, (1.0 if self.learner_rate == "local" else reported)
