@@ -51,7 +51,7 @@ reply or a timeout), so a node that joins later gets work at the next reply. The
 work of the synchronous run), after ``max_wall_s`` seconds, or when the evaluation metric has
 not improved by ``plateau_min_delta`` over the last ``plateau_window`` evaluations (default
 :math:`\\max(5, \\lceil 5 N / E \\rceil)` for :math:`N` nodes evaluated every :math:`E`
-updates, see :func:`~bouquet.strategies.async_state.plateau_evaluations`; the update budget caps
+updates, see :func:`~bouquet.strategies.async_rules.plateau_evaluations`; the update budget caps
 the run either way).
 
 Checkpoints and resume (:meth:`AsyncFedAvg.bind_checkpoint`, :meth:`AsyncFedAvg.state_dict`,
@@ -62,8 +62,9 @@ kept and what is not: :mod:`bouquet.strategies.async_state` and ``docs/async.md`
 
 Layout: this module holds the strategy (settings, the Strategy API, checkpoints, the ``start()``
 loop with its evaluations and stop conditions); the loop's per-node steps are
-:class:`~bouquet.strategies.async_nodes.NodeSteps`, its bookkeeping, messages and rules
-:mod:`~bouquet.strategies.async_state`.
+:class:`~bouquet.strategies.async_nodes.NodeSteps`, its bookkeeping
+:class:`~bouquet.strategies.async_state.AsyncState`, the messages and reply checks
+:mod:`~bouquet.strategies.async_messages`, and the pure rules :mod:`~bouquet.strategies.async_rules`.
 """
 
 from __future__ import annotations
@@ -78,20 +79,18 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
+from bouquet.strategies.async_messages import Decoder, train_message
 from bouquet.strategies.async_nodes import NodeSteps, wait_for_nodes
-from bouquet.strategies.async_state import (
+from bouquet.strategies.async_rules import (
     LEARNER_RATES,
     WINDOW_SIDES,
-    AsyncState,
-    Decoder,
     buffered_step,
     check_settings,
     mix,
     plateau_evaluations,
     plateaued,
-    split_state,
-    train_message,
 )
+from bouquet.strategies.async_state import AsyncState, split_state
 from bouquet.strategies.staleness import StalenessPolicy, make_policy
 
 __all__ = ["LEARNER_RATES", "WINDOW_SIDES", "AsyncFedAvg", "buffered_step", "mix"]

@@ -18,15 +18,9 @@ from flwr.app import ConfigRecord, Message
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from bouquet.strategies.async_state import (
-    AsyncState,
-    Decoder,
-    buffered_step,
-    mix,
-    reply_update,
-    reported_scale,
-    train_message,
-)
+from bouquet.strategies.async_messages import Decoder, reply_update, reported_scale, train_message
+from bouquet.strategies.async_rules import buffered_step, mix
+from bouquet.strategies.async_state import AsyncState
 from bouquet.strategies.staleness import StalenessPolicy
 
 logger = logging.getLogger(__name__)

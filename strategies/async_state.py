@@ -1,194 +1,29 @@
-"""Bookkeeping and update rules of the asynchronous loop (:mod:`~bouquet.strategies.async_fedavg`).
+"""Bookkeeping of the asynchronous loop (:mod:`~bouquet.strategies.async_fedavg`).
 
-Model versions, in-flight messages and staleness statistics (:class:`AsyncState`), the pure
-update rules :func:`mix` (FedAsync, Xie et al. 2019) and :func:`buffered_step` (FedBuff,
-Nguyen et al. 2022), the convergence test :func:`plateaued`, the reply checks
-:func:`reply_update` (payload and echoes) and :func:`reported_scale` (the learning-rate scale a
-learner reports with the learner-side sliding window, bounded to :math:`[0, s_{max}]`).
+:class:`AsyncState` holds the global model and its version, snapshots of the versions still in
+flight, the messages in flight (:class:`~bouquet.strategies.async_messages.InFlight`), the
+per-node counters and the staleness statistics of each report.
 
 :meth:`AsyncState.state_dict` / :meth:`AsyncState.restore` are what a checkpoint of an
 asynchronous run holds besides the model: the version, the counters, the per-node values the
 learner-side window is sent, FedBuff's partial buffer and the plateau history. Messages in flight
-are not saved: a resumed run sends every node the current model again.
+are not saved: a resumed run sends every node the current model again. :func:`split_state`
+takes apart an :class:`~bouquet.strategies.async_fedavg.AsyncFedAvg` state.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import Array, ArrayRecord
 
-from bouquet import keys
-from bouquet.strategies.decoding import dense_view
-from bouquet.strategies.guard import DENSE_STYPE, check_dense_reply
+from bouquet.strategies.async_messages import InFlight
+from bouquet.strategies.async_rules import Arrays
 from bouquet.strategies.reports import CLIENTS_DROPPED, DROP_REASONS
-
-Arrays = dict[str, np.ndarray]
-Decoder = Callable[[ArrayRecord, Arrays], Arrays]
-
-
-@dataclass(frozen=True)
-class InFlight:
-    """A train message waiting for its reply: destination, model version sent, send time.
-
-    ``prev_staleness`` and ``applied`` are the learner-side window values the message carried
-    (``None``: not sent); a reply must echo them unchanged or not at all.
-    """
-
-    node_id: int
-    version: int
-    sent_at: float
-    prev_staleness: int | None = None
-    applied: int | None = None
-
-    def echo(self) -> dict[str, int | None]:
-        """The values a reply may echo, by key (``None``: the message carried none)."""
-        return {keys.MODEL_VERSION: self.version, keys.PREV_STALENESS: self.prev_staleness, keys.APPLIED_UPDATES: self.applied}
-
-
-PLATEAU_MIN_EVALUATIONS = 5  # the default plateau window: at least this many evaluations ...
-PLATEAU_UPDATES_PER_NODE = 5  # ... and at least this many updates per node
-
-
-def plateau_evaluations(window: int | None, num_nodes: int, eval_every: int) -> int:
-    """Evaluations without gain after which the run stops (``0``: never).
-
-    ``window`` if set, else the default
-    :math:`\\max(5, \\lceil 5 N / E \\rceil)` for :math:`N` nodes evaluated every :math:`E`
-    updates: at least 5 evaluations and at least 5 updates per node (five rounds' worth of
-    client work) without a gain.
-    """
-    if window is not None:
-        return int(window)
-    per_node = math.ceil(PLATEAU_UPDATES_PER_NODE * max(1, num_nodes) / max(1, eval_every))
-    return max(PLATEAU_MIN_EVALUATIONS, per_node)
-
-
-def plateaued(history: list[float], window: int, min_delta: float, mode: str = "max") -> bool:
-    """Whether the metric stopped improving.
-
-    True when ``window > 0``, there are more than ``window`` values, and the best of the last
-    ``window`` values is not better than the best before them by at least ``min_delta``
-    (``mode="max"``: higher is better, e.g. accuracy; ``"min"``: lower is better, e.g. loss).
-    """
-    if window <= 0 or len(history) <= window:
-        return False
-    before, recent = history[:-window], history[-window:]
-    if mode == "max":
-        return max(recent) - max(before) < min_delta
-    if mode == "min":
-        return min(before) - min(recent) < min_delta
-    raise ValueError(f"mode={mode!r} is unknown; allowed: max, min")
-
-
-def mix(current: Arrays, client: Arrays, rate: float) -> Arrays:
-    """FedAsync mixing :math:`(1 - r) x + r y` per array."""
-    return {k: (current[k] + rate * (client[k].astype(current[k].dtype) - current[k])).astype(current[k].dtype) for k in current}
-
-
-def buffered_step(current: Arrays, deltas: list[Arrays], scales: list[float], server_lr: float) -> Arrays:
-    """FedBuff step :math:`x + \\eta_g \\frac{1}{K} \\sum_i s_i \\Delta_i`."""
-    if not deltas:
-        return current
-    out = {}
-    for k, v in current.items():
-        acc = np.zeros_like(v, dtype=np.float64)
-        for d, s in zip(deltas, scales, strict=True):
-            acc += s * d[k]
-        out[k] = (v + server_lr * acc / len(deltas)).astype(v.dtype)
-    return out
-
-
-def _reply_metrics(reply: Message) -> Mapping[str, object]:
-    """The reply's only ``MetricRecord`` (empty if it has none or several)."""
-    metrics = list(reply.content.metric_records.values())
-    return metrics[0] if len(metrics) == 1 else {}
-
-
-def check_echo(reply: Message, sent: Mapping[str, int | None]) -> str | None:
-    """Why the values the reply echoes differ from those its message carried (``None``: they match).
-
-    ``sent`` maps each echoed key (``model-version``, ``prev-staleness``, ``applied-updates``) to
-    the value sent, or ``None`` when the message carried none: then any echo is a mismatch. A key
-    the reply does not echo is not checked.
-    """
-    metrics = _reply_metrics(reply)
-    for key, value in sent.items():
-        echoed = metrics.get(key)
-        if echoed is None:
-            continue
-        if value is None:
-            return f"echoed {key.replace('-', ' ')} {echoed!r} but the message carried none"
-        if isinstance(echoed, bool) or not isinstance(echoed, (int, float)) or echoed != value:
-            return f"echoed {key.replace('-', ' ')} {echoed!r} != sent {value}"
-    return None
-
-
-def reported_scale(reply: Message, max_scale: float) -> tuple[float | None, str | None]:
-    """The learning-rate scale the learner reports (``lr-scale``), bounded to ``[0, max_scale]``.
-
-    Returns ``(scale, None)``, or ``(None, reason)`` when it is missing, not a number, not
-    finite, negative or above ``max_scale`` (the caller falls back to the server-side rule).
-    """
-    value = _reply_metrics(reply).get(keys.LR_SCALE)
-    if value is None:
-        return None, f"no {keys.LR_SCALE} in the reply"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None, f"{keys.LR_SCALE}={value!r} is not a number"
-    if not math.isfinite(value) or not 0.0 <= value <= max_scale:
-        return None, f"{keys.LR_SCALE}={value!r} is outside [0, {max_scale}]"
-    return float(value), None
-
-
-def reply_update(
-    reply: Message,
-    base: Arrays,
-    sent_version: int,
-    decoder: Decoder | None = None,
-    echo: Mapping[str, int | None] | None = None,
-) -> tuple[Arrays, str | None]:
-    """The update :math:`\\Delta` a train reply carries against ``base`` (the model sent).
-
-    Dense replies hold the client's full weights (:math:`\\Delta = y - x_{v_c}`, checked by
-    :func:`~bouquet.strategies.guard.check_dense_reply`); compressed ones (a non-dense
-    ``stype``) hold the encoded update, decoded by ``decoder`` (default: bouquet's codecs).
-    The echoed ``model-version`` must be ``sent_version``, and every other echo the value in
-    ``echo`` (:func:`check_echo`). Returns ``(delta, None)``, or ``({}, reason)`` when the reply
-    is unusable.
-    """
-    mismatch = check_echo(reply, {**(echo or {}), keys.MODEL_VERSION: sent_version})
-    if mismatch is not None:
-        return {}, mismatch
-    records = list(reply.content.array_records.values())
-    if len(records) == 1 and any(a.stype != DENSE_STYPE for a in records[0].values()):
-        decoder = decoder or _default_decoder()
-        if decoder is None:
-            return {}, "compressed reply but no decoder configured"
-        try:
-            delta = decoder(records[0], base)
-        except Exception as exc:  # noqa: BLE001 - any failure of one reply is that reply's rejection
-            return {}, f"cannot decode: {exc if isinstance(exc, ValueError) else repr(exc)}"
-        bad = [k for k in base if k not in delta or delta[k].shape != base[k].shape or not np.all(np.isfinite(delta[k]))]
-        return delta, (f"decoded update unusable for {bad[:3]}" if bad else None)
-    reason = check_dense_reply(reply, base)
-    if reason is not None:
-        return {}, reason
-    return {k: dense_view(records[0][k]) - base[k] for k in base}, None
-
-
-def _default_decoder() -> Decoder | None:
-    """bouquet's codec decoder (:func:`bouquet.strategies.compressed.decode_update`), if present."""
-    try:
-        from bouquet.strategies.compressed import decode_update
-    except ImportError:
-        return None
-    return decode_update
 
 
 class AsyncState:
@@ -358,47 +193,3 @@ def split_state(state: Any, policy_name: str) -> tuple[dict[str, Any], dict[str,
     if name != policy_name:
         raise ValueError(f"the checkpoint's policy is {name!r}, this strategy's {policy_name!r}")
     return dict(state["run"]), policy
-
-
-WINDOW_SIDES = ("learner", "server")  # where the sliding window lives (policy=sliding_window)
-LEARNER_RATES = ("both", "local", "server")  # where a learner-reported scale acts
-
-
-def check_settings(*, alpha: float, max_updates: int | None, max_wall_s: float | None, reply_timeout_s: float | None,
-                   eval_every: int, plateau_window: int | None, plateau_min_delta: float, plateau_mode: str,
-                   window_side: str, learner_rate: str, max_node_failures: int) -> None:
-    """``ValueError`` naming the first impossible :class:`AsyncFedAvg` setting."""
-    if not 0.0 < alpha <= 1.0:
-        raise ValueError(f"alpha={alpha} must be in (0, 1]")
-    for name, value in (("max_updates", max_updates), ("max_wall_s", max_wall_s), ("reply_timeout_s", reply_timeout_s)):
-        if value is not None and not value > 0:
-            raise ValueError(f"{name}={value} must be > 0 or null")
-    if int(eval_every) < 1:
-        raise ValueError(f"eval_every={eval_every} must be >= 1")
-    if plateau_window is not None and int(plateau_window) < 0:
-        raise ValueError(f"plateau_window={plateau_window} must be >= 0 (0 = off) or None (the default window)")
-    if not 0.0 <= plateau_min_delta < float("inf"):
-        raise ValueError(f"plateau_min_delta={plateau_min_delta} must be a finite number >= 0")
-    if plateau_mode not in ("max", "min"):
-        raise ValueError(f"plateau_mode={plateau_mode!r} is unknown; allowed: max, min")
-    if window_side not in WINDOW_SIDES:
-        raise ValueError(f"window_side={window_side!r} is unknown; allowed: {', '.join(WINDOW_SIDES)}")
-    if learner_rate not in LEARNER_RATES:
-        raise ValueError(f"learner_rate={learner_rate!r} is unknown; allowed: {', '.join(LEARNER_RATES)}")
-    if int(max_node_failures) < 1:
-        raise ValueError(f"max_node_failures={max_node_failures} must be >= 1")
-
-
-def train_message(node: int, arrays: ArrayRecord, version: int, config: ConfigRecord, task: int,
-                  flight: InFlight | None = None) -> Message:
-    """The train message for ``node``: the model, its version, the node's task counter and, for
-    the learner-side window, the sample of its previous applied update."""
-    cfg = ConfigRecord(dict(config))
-    cfg[keys.MODEL_VERSION] = int(version)
-    cfg[keys.SERVER_ROUND] = int(task)  # the node's task counter (seeds its local shuffling)
-    if flight is not None and flight.applied is not None:  # the learner-side window's sample
-        cfg[keys.APPLIED_UPDATES] = flight.applied
-        if flight.prev_staleness is not None:
-            cfg[keys.PREV_STALENESS] = flight.prev_staleness
-    content = RecordDict({keys.ARRAYS: arrays, keys.CONFIG: cfg})
-    return Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node)

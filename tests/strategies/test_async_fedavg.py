@@ -12,7 +12,7 @@ from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDic
 
 from bouquet import keys
 from bouquet.strategies.async_fedavg import AsyncFedAvg, buffered_step, mix
-from bouquet.strategies.async_state import plateaued
+from bouquet.strategies.async_rules import plateaued
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -233,7 +233,7 @@ def test_bad_settings_are_refused() -> None:
 
 
 def test_reply_update_checks_echo_and_payload(reply_factory) -> None:
-    from bouquet.strategies.async_state import reply_update
+    from bouquet.strategies.async_messages import reply_update
 
     base = {"w": np.ones(3, dtype=np.float32)}
     ok = reply_factory({"w": np.full(3, 3.0, dtype=np.float32)}, 5, {keys.MODEL_VERSION: 7})
@@ -361,7 +361,7 @@ def test_staleness_echo_from_another_message_is_rejected(echo: Callable[[dict], 
 
 
 def test_check_echo_by_hand(reply_factory) -> None:
-    from bouquet.strategies.async_state import check_echo
+    from bouquet.strategies.async_messages import check_echo
 
     sent = {keys.MODEL_VERSION: 3, keys.PREV_STALENESS: 2, keys.APPLIED_UPDATES: 5}
     echo = {keys.MODEL_VERSION: 3, keys.PREV_STALENESS: 2, keys.APPLIED_UPDATES: 5}
@@ -506,7 +506,7 @@ def test_learner_side_window_through_the_real_loop_in_process(tmp_path: Path, mo
 
 # ------------------------------------------------------------------ stopping on convergence
 def test_default_plateau_window_by_hand() -> None:
-    from bouquet.strategies.async_state import plateau_evaluations
+    from bouquet.strategies.async_rules import plateau_evaluations
 
     assert plateau_evaluations(None, num_nodes=1, eval_every=10) == 5  # at least 5 evaluations
     assert plateau_evaluations(None, num_nodes=20, eval_every=10) == 10  # 5 updates per node = 100 updates
