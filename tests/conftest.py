@@ -1,4 +1,5 @@
-"""Shared test fixtures: data cache location, Flower env, and a ``make_reply`` helper."""
+"""Shared test fixtures: data cache location, Flower env, and the helpers that build train
+messages (``make_train_message``), replies (``make_reply``) and clients (``client_factory``)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,10 @@ os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
-def make_train_message(weights: dict[str, np.ndarray], server_round: int = 1, config: dict | None = None):
-    """A train Message as a server sends it to node 5: ``weights`` as dense Arrays, the round and
-    ``config`` in its ConfigRecord."""
+def make_train_message(weights: dict[str, np.ndarray], server_round: int = 1, config: dict | None = None,
+                       *, node_id: int = 5):
+    """A train Message as a server sends it to ``node_id``: ``weights`` as dense Arrays, the round
+    and ``config`` in its ConfigRecord, message id ``m<server_round>``."""
     from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
     from bouquet import keys
@@ -28,9 +30,22 @@ def make_train_message(weights: dict[str, np.ndarray], server_round: int = 1, co
         keys.ARRAYS: ArrayRecord({k: Array(np.asarray(v)) for k, v in weights.items()}),
         keys.CONFIG: ConfigRecord({keys.SERVER_ROUND: server_round, **(config or {})}),
     })
-    msg = Message(content=content, dst_node_id=5, message_type=MessageType.TRAIN)
+    msg = Message(content=content, dst_node_id=node_id, message_type=MessageType.TRAIN)
     msg.metadata.__dict__["_message_id"] = f"m{server_round}"
     return msg
+
+
+def client_factory(cls, **kwargs):
+    """A ``client_fn`` building NumPyClient ``cls`` (e.g. ``TopKClient``) on 40 seeded random
+    1x8x8 samples of 3 classes with an MLP and ``lr=0.1``; ``kwargs`` go to ``cls``."""
+    from bouquet.models import build_model
+
+    def client_fn(context):
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(40, 1, 8, 8)).astype(np.float32)
+        y = (np.arange(40) % 3).astype(np.int64)
+        return cls(build_model("mlp", (1, 8, 8), 3, seed=0), x, y, num_classes=3, lr=0.1, **kwargs)
+    return client_fn
 
 
 def make_reply(

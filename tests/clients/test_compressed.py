@@ -5,22 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import make_train_message
+from conftest import client_factory, make_train_message
 from flwr.app import Context, Message, RecordDict
 
 from bouquet import keys
 from bouquet.clients import STCClient, TernaryClient, TopKClient, numpyclient_app
 from bouquet.codecs import decode
 from bouquet.models import build_model, get_weights
-
-
-def _factory(cls, **kwargs):
-    def client_fn(context: Context):
-        rng = np.random.default_rng(0)
-        x = rng.normal(size=(40, 1, 8, 8)).astype(np.float32)
-        y = (np.arange(40) % 3).astype(np.int64)
-        return cls(build_model("mlp", (1, 8, 8), 3, seed=0), x, y, num_classes=3, lr=0.1, **kwargs)
-    return client_fn
 
 
 def _decoded(reply: Message) -> dict[str, np.ndarray]:
@@ -35,7 +26,7 @@ def _decoded(reply: Message) -> dict[str, np.ndarray]:
 ])
 def test_reply_is_the_encoded_update_and_residual_stays_on_the_node(cls, kwargs, stype):
     weights = dict(get_weights(build_model("mlp", (1, 8, 8), 3, seed=1)))
-    app = numpyclient_app(_factory(cls, **kwargs))
+    app = numpyclient_app(client_factory(cls, **kwargs))
     context = Context(run_id=1, node_id=5, node_config={keys.PARTITION_ID: 0}, state=RecordDict(), run_config={})
     reply = app(make_train_message(weights, 1), context)
     assert not reply.has_error(), reply.error
@@ -52,7 +43,7 @@ def test_reply_is_the_encoded_update_and_residual_stays_on_the_node(cls, kwargs,
     residual = {k: v.numpy() for k, v in context.state[keys.EF_RESIDUAL].items()}
     # sent + residual = the real update (local - received), for every tensor
     local = dict(get_weights(build_model("mlp", (1, 8, 8), 3, seed=1)))
-    client = _factory(cls, **kwargs)(context)
+    client = client_factory(cls, **kwargs)(context)
     trained, _, _ = client.fit(list(local.values()), {keys.SERVER_ROUND: 1})
     for (name, w), t in zip(weights.items(), trained, strict=True):
         np.testing.assert_allclose(sent[name] + residual[name], t - w, atol=1e-5)
@@ -68,11 +59,11 @@ def test_reply_is_the_encoded_update_and_residual_stays_on_the_node(cls, kwargs,
 
 def test_bad_codec_settings_raise():
     with pytest.raises(ValueError, match="alpha"):
-        _factory(TopKClient, alpha=0.0)(None)
+        client_factory(TopKClient, alpha=0.0)(None)
     with pytest.raises(ValueError, match="value_dtype"):
-        _factory(TopKClient, value_dtype="int8")(None)
+        client_factory(TopKClient, value_dtype="int8")(None)
     with pytest.raises(ValueError, match="packing"):
-        _factory(TernaryClient, packing="zip")(None)
+        client_factory(TernaryClient, packing="zip")(None)
 
 
 def test_normalisation_statistics_travel_dense_and_exact():

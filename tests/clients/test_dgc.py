@@ -6,17 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import make_train_message
-from flwr.app import (
-    Array,
-    ArrayRecord,
-    ConfigRecord,
-    Context,
-    Message,
-    MessageType,
-    MetricRecord,
-    RecordDict,
-)
+from conftest import client_factory, make_train_message
+from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 
 from bouquet import keys
 from bouquet.clients import STCClient, TopKClient, compression_mod, numpyclient_app
@@ -91,25 +82,14 @@ def test_warmup_bytes_per_round_follow_the_schedule():
     assert nbytes[0] > nbytes[1] > nbytes[2] == nbytes[3]
 
 
-def _factory(cls, **kwargs):
-    def client_fn(context: Context):
-        rng = np.random.default_rng(0)
-        x = rng.normal(size=(40, 1, 8, 8)).astype(np.float32)
-        y = (np.arange(40) % 3).astype(np.int64)
-        return cls(build_model("mlp", (1, 8, 8), 3, seed=0), x, y, num_classes=3, lr=0.1, **kwargs)
-    return client_fn
-
-
-
-
 @pytest.mark.parametrize("cls", [TopKClient, STCClient])
 def test_client_options_reach_the_codec_and_the_node_state(cls):
     opts = {"alpha": 0.05, "momentum_correction": 0.9, "clip_norm": 0.01, "warmup_rounds": 3}
-    client = _factory(cls, **opts)(None)
+    client = client_factory(cls, **opts)(None)
     for name, value in opts.items():
         assert getattr(client.compressor, name) == value
     weights = dict(get_weights(build_model("mlp", (1, 8, 8), 3, seed=1)))
-    app = numpyclient_app(_factory(cls, **opts))
+    app = numpyclient_app(client_factory(cls, **opts))
     context = Context(run_id=1, node_id=5, node_config={keys.PARTITION_ID: 0}, state=RecordDict(), run_config={})
     reply = app(make_train_message(weights, 1), context)
     assert not reply.has_error(), reply.error
@@ -121,16 +101,13 @@ def test_client_options_reach_the_codec_and_the_node_state(cls):
     for name, v in sent.items():
         assert np.all(momentum[name].reshape(-1)[np.flatnonzero(v)] == 0)
     with pytest.raises(ValueError, match="residual_decay"):
-        _factory(cls, alpha=0.05, momentum_correction=0.9, residual_decay=0.0)(None)
+        client_factory(cls, alpha=0.05, momentum_correction=0.9, residual_decay=0.0)(None)
 
 
 def test_compression_mod_keeps_the_momentum_under_its_key():
     mod = compression_mod("stc", alpha=0.25, momentum_correction=0.5, momentum_key="my-momentum")
     received = {"w": np.zeros(4, np.float32)}
-    msg = Message(content=RecordDict({keys.ARRAYS: ArrayRecord({"w": Array(received["w"])}),
-                                      keys.CONFIG: ConfigRecord({keys.SERVER_ROUND: 1})}),
-                  dst_node_id=3, message_type=MessageType.TRAIN)
-    msg.metadata.__dict__["_message_id"] = "m1"
+    msg = make_train_message(received, 1, node_id=3)
     ctx = Context(run_id=1, node_id=3, node_config={}, state=RecordDict(), run_config={})
 
     def app(m: Message, c: Context) -> Message:

@@ -8,16 +8,8 @@ import math
 
 import numpy as np
 import pytest
-from flwr.app import (
-    Array,
-    ArrayRecord,
-    ConfigRecord,
-    Context,
-    Message,
-    MessageType,
-    MetricRecord,
-    RecordDict,
-)
+from conftest import make_train_message
+from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 
 from bouquet import keys
 from bouquet.clients import staleness_window_mod
@@ -32,17 +24,14 @@ def _context(node: int = 7) -> Context:
 
 
 def _train(applied: int | None, prev: int | None = None, *, version: int = 0, lr: float | None = BASE_LR, task: int = 1) -> Message:
-    config: dict = {keys.MODEL_VERSION: version, keys.SERVER_ROUND: task}
+    config: dict = {keys.MODEL_VERSION: version}
     if applied is not None:
         config[keys.APPLIED_UPDATES] = applied
     if prev is not None:
         config[keys.PREV_STALENESS] = prev
     if lr is not None:
         config[keys.LR] = lr
-    content = RecordDict({keys.ARRAYS: ArrayRecord({"w": Array(np.zeros(2, dtype=np.float32))}), keys.CONFIG: ConfigRecord(config)})
-    msg = Message(content=content, dst_node_id=7, message_type=MessageType.TRAIN)
-    msg.metadata.__dict__["_message_id"] = f"m{task}"
-    return msg
+    return make_train_message({"w": np.zeros(2, dtype=np.float32)}, task, config, node_id=7)
 
 
 class FakeApp:
