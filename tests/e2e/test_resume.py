@@ -45,16 +45,14 @@ main.main()
 """
 
 
-@pytest.mark.e2e
-def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
-    full = tmp_path / "full"
-    proc = run_bouquet_sim([*BASE, "simulation.num_rounds=4"], full)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-
-    crashed, marker, log = tmp_path / "crashed", tmp_path / "paused-after-round", tmp_path / "crashed.log"
+def _sigkill_when_paused(script: str, pause: int, what: str, args: list[str], run_dir: Path) -> None:
+    """Run ``script`` (:data:`PAUSING_SIM` or :data:`PAUSING_ASYNC_SIM`) with ``args`` into
+    ``run_dir`` until it pauses at ``pause`` (``what``: "round 2", "update 8"), then SIGKILL its
+    whole session (the driver and its Ray workers). Its output goes to ``<run_dir>.log``."""
+    marker, log = run_dir.with_name(f"{run_dir.name}.paused"), run_dir.with_name(f"{run_dir.name}.log")
     with open(log, "wb") as out:
         child = subprocess.Popen(
-            [sys.executable, "-c", PAUSING_SIM, "2", str(marker), *BASE, "simulation.num_rounds=4", f"hydra.run.dir={crashed}"],
+            [sys.executable, "-c", script, str(pause), str(marker), *args, f"hydra.run.dir={run_dir}"],
             cwd=ROOT,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -63,8 +61,8 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
     try:
         deadline = time.time() + 600
         while not marker.exists():
-            assert child.poll() is None, f"run ended before round 2: {log.read_text()[-3000:]}"
-            assert time.time() < deadline, "round 2 did not end within 600 s"
+            assert child.poll() is None, f"run ended before {what}: {log.read_text()[-3000:]}"
+            assert time.time() < deadline, f"{what} was not checkpointed within 600 s"
             time.sleep(0.1)
         os.killpg(child.pid, signal.SIGKILL)  # the whole session: the driver and its Ray workers
     finally:
@@ -72,6 +70,16 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
             os.killpg(child.pid, signal.SIGKILL)
         child.wait(timeout=60)
     assert child.returncode == -signal.SIGKILL
+
+
+@pytest.mark.e2e
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
+    full = tmp_path / "full"
+    proc = run_bouquet_sim([*BASE, "simulation.num_rounds=4"], full)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    crashed = tmp_path / "crashed"
+    _sigkill_when_paused(PAUSING_SIM, 2, "round 2", [*BASE, "simulation.num_rounds=4"], crashed)
     assert load_checkpoint(crashed)["round"] == 2
     assert [r["round"] for r in read_rows(crashed)] == [0, 1, 2]
     assert not (crashed / "final_model.npz").exists()
@@ -146,27 +154,8 @@ def test_async_run_sigkilled_after_a_checkpoint_resumes_its_versions_and_updates
     """``strategy=async`` (sliding window on the learners) with a checkpoint every 4 applied
     updates, SIGKILLed after the one of update 8, resumed: the update count and the model
     version go on from 8 to the budget of 18 (6 rounds x 3 nodes), not from 0."""
-    crashed, marker, log = tmp_path / "crashed", tmp_path / "paused-after-updates", tmp_path / "crashed.log"
-    with open(log, "wb") as out:
-        child = subprocess.Popen(
-            [sys.executable, "-c", PAUSING_ASYNC_SIM, "8", str(marker), *ASYNC, f"hydra.run.dir={crashed}"],
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.time() + 600
-        while not marker.exists():
-            assert child.poll() is None, f"run ended before update 8: {log.read_text()[-3000:]}"
-            assert time.time() < deadline, "update 8 was not checkpointed within 600 s"
-            time.sleep(0.1)
-        os.killpg(child.pid, signal.SIGKILL)  # the whole session: the driver and its Ray workers
-    finally:
-        if child.poll() is None:
-            os.killpg(child.pid, signal.SIGKILL)
-        child.wait(timeout=60)
-    assert child.returncode == -signal.SIGKILL
+    crashed = tmp_path / "crashed"
+    _sigkill_when_paused(PAUSING_ASYNC_SIM, 8, "update 8", ASYNC, crashed)
     ckpt = load_checkpoint(crashed)
     assert ckpt["updates"] == 8 and ckpt["strategy"][-1]["__state_dict__"]["run"]["version"] == 8
     assert [r["updates"] for r in read_rows(crashed)] == [0, 3, 6]
