@@ -82,11 +82,16 @@ from bouquet.strategies.decoding import (
     single_array_record,
     update_norm,
 )
-from bouquet.strategies.guard import ReplyGuard, metric_key_outliers
-from bouquet.strategies.reports import CLIENTS_DROPPED, DROP_REASONS
+from bouquet.strategies.guard import ReplyGuard, metric_key_outliers, within_norm_bounds
+from bouquet.strategies.reports import (
+    BYTES_UP,
+    CLIENTS_DROPPED,
+    DENSE_BYTES,
+    DROP_REASONS,
+    DROPPED,
+    payload_bytes,
+)
 from bouquet.strategies.wrapper import StrategyWrapper, chain
-
-logger = logging.getLogger(__name__)
 
 
 def weighted_mean_chain(strategy: Strategy) -> tuple[FedAvg | None, list[ReplyGuard]]:
@@ -178,7 +183,7 @@ class Compressed(StrategyWrapper):
         self._dropped = []
         replies = list(replies)
         self._global_arrays()  # fail early, before any decoding
-        received, dense = _payload_bytes(replies, self._global_arrays())
+        received, dense = payload_bytes(replies, self._global_arrays())
         base, guards = weighted_mean_chain(self.strategy) if self.fast_path else (None, [])
         if base is not None:
             self.last_path = "fast"
@@ -365,7 +370,7 @@ class Compressed(StrategyWrapper):
                 if clean:
                     for name, dec in decoded.items():
                         acc[name].add(dec, self.server_lr * weight / total)
-            keep = _within_norm_bounds(norms, guards) if attempt == 0 else list(range(len(survivors)))
+            keep = within_norm_bounds(norms, guards) if attempt == 0 else list(range(len(survivors)))
             for i in sorted(set(range(len(survivors))) - set(keep)):
                 self._drop(survivors[i], f"update norm {norms[i]:.4g} exceeds the guard's bound")
             survivors = [survivors[i] for i in keep]
@@ -389,30 +394,6 @@ class Compressed(StrategyWrapper):
         return weights
 
 
-BYTES_UP = "bouquet-bytes-up"  # payload bytes of the round's replies (Array.data)
-DENSE_BYTES = "bouquet-dense-bytes"  # what the same replies would have been as dense float arrays
-DROPPED = "bouquet-dropped"  # replies dropped by Compressed this round
-
-
-def _payload_bytes(replies: list[Message], reference: dict[str, np.ndarray]) -> tuple[int, int]:
-    """(bytes of every array of the non-error replies, bytes of the same arrays sent dense)."""
-    received = dense = 0
-    per_reply = sum(int(ref.nbytes) for ref in reference.values())
-    for msg in replies:
-        if msg.has_error():
-            continue
-        received += sum(len(a.data) for rec in msg.content.array_records.values() for a in rec.values()
-                        if isinstance(a.data, bytes))
-        dense += per_reply
-    return received, dense
-
-
 def _reason(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
 
-
-def _within_norm_bounds(norms: list[float], guards: list[ReplyGuard]) -> list[int]:
-    keep = list(range(len(norms)))
-    for guard in guards:
-        keep = [keep[i] for i in guard.norm_keep([norms[j] for j in keep])]
-    return keep

@@ -239,3 +239,11 @@ class ReplyGuard(StrategyWrapper):
         self._dropped = []
         self._skipped_now = False
         return own
+
+
+def within_norm_bounds(norms: list[float], guards: list[ReplyGuard]) -> list[int]:
+    """Indices of the update ``norms`` within every guard's norm bounds (all when no guard)."""
+    keep = list(range(len(norms)))
+    for guard in guards:
+        keep = [keep[i] for i in guard.norm_keep([norms[j] for j in keep])]
+    return keep

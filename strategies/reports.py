@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+from flwr.app import Message
+
 CLIENTS_DROPPED = "clients_dropped"
 DROP_REASONS = "drop_reasons"
 
@@ -39,3 +42,21 @@ def merge_reports(*reports: dict[str, Any]) -> dict[str, Any]:
     if reasons:
         out[DROP_REASONS] = reasons
     return out
+
+
+BYTES_UP = "bouquet-bytes-up"  # payload bytes of the round's replies (Array.data)
+DENSE_BYTES = "bouquet-dense-bytes"  # what the same replies would have been as dense float arrays
+DROPPED = "bouquet-dropped"  # replies dropped by Compressed this round
+
+
+def payload_bytes(replies: list[Message], reference: dict[str, np.ndarray]) -> tuple[int, int]:
+    """(bytes of every array of the non-error replies, bytes of the same arrays sent dense)."""
+    received = dense = 0
+    per_reply = sum(int(ref.nbytes) for ref in reference.values())
+    for msg in replies:
+        if msg.has_error():
+            continue
+        received += sum(len(a.data) for rec in msg.content.array_records.values() for a in rec.values()
+                        if isinstance(a.data, bytes))
+        dense += per_reply
+    return received, dense
