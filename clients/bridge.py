@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -51,7 +51,12 @@ def single_record(content: RecordDict, kind: str, preferred: str) -> Any:
     ValueError
         If there is no such record, or several and none under ``preferred``.
     """
-    records = {"array": content.array_records, "config": content.config_records, "metric": content.metric_records}[kind]
+    by_kind: dict[str, Mapping[str, Any]] = {
+        "array": content.array_records,
+        "config": content.config_records,
+        "metric": content.metric_records,
+    }
+    records = by_kind[kind]
     if preferred in records:
         return records[preferred]
     if len(records) == 1:

@@ -84,8 +84,9 @@ def fault_mod(
         if msg.metadata.message_type != MessageType.TRAIN:
             return call_next(msg, context)
         pid = int(context.node_config.get(keys.PARTITION_ID, 0))
-        config = next(iter(msg.content.config_records.values()), {})
-        server_round = int(config.get(keys.SERVER_ROUND, 0)) if config else 0
+        config = next(iter(msg.content.config_records.values()), None)
+        value = config.get(keys.SERVER_ROUND, 0) if config else 0
+        server_round = int(value) if isinstance(value, int | float) else 0
         rng = np.random.default_rng([seed, pid, server_round])
         u = rng.random()
         if u < crash_rate:

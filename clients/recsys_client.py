@@ -145,8 +145,8 @@ class RecsysClient(NumPyClient):
     # ---------------------------------------------------------------- state
     def _load_private(self) -> None:
         stored: dict[str, np.ndarray] | None = self._private
-        if self.context is not None and keys.RECSYS_USER_STATE in self.context.state:
-            record = self.context.state[keys.RECSYS_USER_STATE]
+        if self.context is not None and keys.RECSYS_USER_STATE in self.context.state.array_records:
+            record = self.context.state.array_records[keys.RECSYS_USER_STATE]
             stored = {k: v.numpy() for k, v in record.items()}
         if stored is None:
             stored = self.model.init_private(self.seed)

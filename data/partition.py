@@ -24,6 +24,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -232,7 +233,8 @@ def _store_partitions(labels: np.ndarray, settings: tuple, parts: list[np.ndarra
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.npz")
-        np.savez(tmp, **{f"p{i}": p for i, p in enumerate(parts)})
+        arrays: dict[str, Any] = {f"p{i}": p for i, p in enumerate(parts)}
+        np.savez(tmp, **arrays)
         os.replace(tmp, path)
     except OSError as exc:  # a read-only cache only costs the recomputation
         logger.info("could not cache partitions in %s: %s", path, exc)

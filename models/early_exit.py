@@ -224,7 +224,7 @@ def exit_macs(model: EarlyExitNet, batch: int = 1) -> list[int]:
             if isinstance(mod, nn.Conv2d):
                 k = mod.in_channels // mod.groups * mod.kernel_size[0] * mod.kernel_size[1]
                 counts[name] = counts.get(name, 0) + out[0].numel() * k
-            else:
+            elif isinstance(mod, nn.Linear):
                 counts[name] = counts.get(name, 0) + mod.in_features * mod.out_features
         return _count
 
@@ -262,7 +262,7 @@ def exit_costs(model: EarlyExitNet) -> dict[str, list[int]]:
 def _other_exit(module_name: str, depth: int) -> bool:
     """True for modules of exits ``1..depth-1`` (not on the path to exit ``depth``)."""
     match = re.match(r"^exits\.d(\d+)", module_name)
-    return bool(match) and int(match.group(1)) != depth
+    return match is not None and int(match.group(1)) != depth
 
 
 def load_architecture(path: str | Path) -> Architecture:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -238,11 +238,15 @@ class SuperNet(nn.Module):
         if len(indices) != self.space.num_pools:
             raise ValueError(f"indices={indices} must pick one candidate in each of {self.space.num_pools} pools")
         x = self.stem(x)
-        for pool, i in zip(self.pools, indices, strict=True):
-            x = pool[i](x)
+        for stage in self._stages(indices):
+            x = stage(x)
         return self.heads[indices[-1]](x)
+
+    def _stages(self, indices: list[int]) -> list[nn.Module]:
+        """The candidate ``indices`` picks in each pool, in order."""
+        return [cast(nn.ModuleList, pool)[i] for pool, i in zip(self.pools, indices, strict=True)]
 
     def path_params(self, indices: list[int]) -> int:
         """Parameters of the stand-alone network picked by ``indices``."""
-        stages = sum(count_params(pool[i]) for pool, i in zip(self.pools, indices, strict=True))
+        stages = sum(count_params(stage) for stage in self._stages(indices))
         return count_params(self.stem) + stages + count_params(self.heads[indices[-1]])

@@ -2,7 +2,7 @@
 # mypy on bouquet's library packages. The repository maps top-level folders into `bouquet.*`
 # (pyproject's package-dir) and the editable install resolves them with an import hook that mypy
 # cannot follow, so this lays the package out once as symlinks in .mypy-tree/ (git-ignored).
-# Usage: scripts/typecheck.sh [package ...]   (default: codecs strategies)
+# Usage: scripts/typecheck.sh [package ...]   (default: the whole bouquet package)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tree=.mypy-tree/bouquet
@@ -11,6 +11,5 @@ if [ ! -d "$tree" ]; then
   for f in bouquet/*.py; do ln -s "../../$f" "$tree/$(basename "$f")"; done
   for d in codecs strategies clients models data simulations; do ln -s "../../$d" "$tree/$d"; done
 fi
-pkgs=("$@"); [ ${#pkgs[@]} -eq 0 ] && pkgs=(codecs strategies)
-args=(); for p in "${pkgs[@]}"; do args+=(-p "bouquet.$p"); done
+args=(-p bouquet); [ $# -gt 0 ] && { args=(); for p in "$@"; do args+=(-p "bouquet.$p"); done; }
 MYPYPATH="$PWD/.mypy-tree" exec .venv/bin/mypy --python-executable .venv/bin/python "${args[@]}"

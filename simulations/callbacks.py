@@ -24,7 +24,7 @@ def collect_multirun(sweep_dir: Path) -> list[dict[str, Any]]:
         if not overrides_file.exists():
             continue
         overrides = OmegaConf.to_container(OmegaConf.load(overrides_file))
-        row: dict[str, Any] = {"job": job_dir.name, "overrides": " ".join(overrides or [])}
+        row: dict[str, Any] = {"job": job_dir.name, "overrides": " ".join(map(str, overrides if isinstance(overrides, list) else []))}
         summary_file = job_dir / "summary.json"
         if summary_file.exists():
             row.update(json.loads(summary_file.read_text()))

@@ -76,7 +76,8 @@ def _is_data(value: Any, depth: int = 0) -> bool:
 
 
 def _chain(strategy: Any) -> list[Any]:
-    chain, obj = [], strategy
+    chain: list[Any] = []
+    obj = strategy
     while obj is not None and len(chain) < 16:
         chain.append(obj)
         obj = vars(obj).get("strategy") if hasattr(obj, "__dict__") else None

@@ -340,7 +340,7 @@ def check_data(cfg: dict[str, Any], options: Options) -> None:
     from bouquet.data import load_dataset
     from bouquet.simulations.experiment import get_experiment
 
-    exp = get_experiment(cfg)
+    exp: Any = get_experiment(cfg)  # a RecsysExperiment for dataset=movielens
     data = exp.dataset
     n = int(cfg["simulation"]["num_clients"])
     if options["dataset"] == "movielens":

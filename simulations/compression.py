@@ -52,7 +52,7 @@ def client_compresses(cfg: dict[str, Any]) -> bool:
 def _own_start_loop(strategy: Strategy) -> Strategy | None:
     """The strategy (looking through ``.strategy`` wrappers) that runs its own ``start()`` loop
     and takes a ``decoder`` (bouquet's asynchronous strategy), else None."""
-    seen = strategy
+    seen: Strategy | None = strategy
     while seen is not None:
         if "decoder" in vars(seen) and type(seen).start is not Strategy.start:
             return seen
@@ -64,7 +64,7 @@ def wrap_compression(cfg: dict[str, Any], exp: Any, strategy: Strategy) -> Strat
     """``Compressed(strategy, server_lr)`` if the configured client compresses, else ``strategy``."""
     if not client_compresses(cfg):
         return strategy
-    own_loop = _own_start_loop(strategy)
+    own_loop: Any = _own_start_loop(strategy)
     if own_loop is not None:  # asynchronous strategies decode each reply themselves
         if getattr(own_loop, "decoder", None) is None:
             own_loop.decoder = decode_update

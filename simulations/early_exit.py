@@ -134,6 +134,7 @@ class EarlyExitExperiment(Experiment):
             return
         out_dir.mkdir(parents=True, exist_ok=True)
         names = depth_names(model, int(self.best["exit"]))
-        np.savez(out_dir / BEST_MODEL_FILE, **{n: arrays[n] for n in names})
+        best: dict[str, Any] = {n: arrays[n] for n in names}
+        np.savez(out_dir / BEST_MODEL_FILE, **best)
         info = {**self.best, "architecture": model.architecture.to_dict(), "exit_weights": model.exit_weights}
         (out_dir / BEST_INFO_FILE).write_text(json.dumps(info, indent=2))

@@ -98,7 +98,8 @@ def run_config_overrides(run_config: dict[str, Any]) -> list[str]:
         raise ValueError(f"run config {RUN_CONFIG_OVERRIDES}={raw!r} must be a string")
     base = split_overrides(raw)
     named = {o.split("=", 1)[0].lstrip("+~") for o in base}
-    groups, values = [], []
+    groups: list[str] = []
+    values: list[str] = []
     for key, target in RUN_CONFIG_KEYS.items():
         value = run_config.get(key, "")
         if value == "" or value is None:

@@ -122,9 +122,9 @@ def quiet_console(verbose: bool) -> None:
         if not verbose:
             handler.addFilter(ConsoleFilter())
             handler.setFormatter(OneLineFormatter(handler.formatter))
-    for handler in logging.getLogger("flwr").handlers:
-        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-            handler.setLevel(logging.DEBUG if verbose else logging.CRITICAL + 1)
+    for flwr_handler in logging.getLogger("flwr").handlers:
+        if isinstance(flwr_handler, logging.StreamHandler) and not isinstance(flwr_handler, logging.FileHandler):
+            flwr_handler.setLevel(logging.DEBUG if verbose else logging.CRITICAL + 1)
     if not verbose:
         warnings.filterwarnings("ignore", message="Tip: In future versions of Ray", category=FutureWarning)
 
@@ -143,7 +143,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         container = OmegaConf.to_container(cfg, resolve=True)
         if not isinstance(container, dict):
             raise ValueError("the composed config is not a mapping")
-        summary = run_task(container, run_dir)
+        summary = run_task({str(k): v for k, v in container.items()}, run_dir)
     except REPORTED as exc:
         # Into main.log. A single run ends here with the line on stderr (Hydra would add its own
         # "Error executing job" line); a sweep logs it and goes on with the next job.

@@ -69,8 +69,8 @@ class MeteredGrid(Grid):
         self._waiting_since: float | None = None
 
     # --- delegation --------------------------------------------------------
-    def set_run(self, run_id: int) -> None:  # type: ignore[override]
-        self._grid.set_run(run_id)
+    def set_run(self, run: Any) -> None:  # type: ignore[override]
+        self._grid.set_run(run)
 
     @property
     def run(self) -> Any:  # type: ignore[override]
@@ -189,7 +189,8 @@ class MeteredGrid(Grid):
             for rec in reply.content.metric_records.values():
                 n = rec.get(keys.NUM_EXAMPLES, 0)
                 loss = rec.get(keys.TRAIN_LOSS)
-                p.client_train_s += float(rec.get(keys.TRAIN_TIME, 0.0) or 0.0)
+                train_s = rec.get(keys.TRAIN_TIME, 0.0)
+                p.client_train_s += float(train_s) if isinstance(train_s, int | float) else 0.0
                 if isinstance(n, (int, float)) and isinstance(loss, (int, float)):
                     p.train_loss_sum += float(loss) * float(n)
                     p.train_examples += int(n)

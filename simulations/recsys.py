@@ -29,7 +29,7 @@ import math
 import random
 from collections.abc import Iterable
 from functools import cached_property
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from flwr.app import (
@@ -144,7 +144,7 @@ def pool_evaluation(replies: list[Message]) -> tuple[dict[str, Any], MetricRecor
             dropped += 1
             continue
         m = records[0]
-        n = float(m[keys.NUM_EXAMPLES])
+        n = float(cast(float, m[keys.NUM_EXAMPLES]))  # a number: checked by _check_eval_metrics
         total += n
         sums += n * np.array([m[keys.EVAL_MSE], m[keys.EVAL_HR_AT_10], m[keys.EVAL_NDCG_AT_10]], dtype=float)
     report: dict[str, Any] = {"eval_clients": len(replies) - dropped, "eval_dropped": dropped}
@@ -158,10 +158,11 @@ def pool_evaluation(replies: list[Message]) -> tuple[dict[str, Any], MetricRecor
 
 
 def _has_compressed(strategy: Strategy) -> bool:
-    while strategy is not None:
-        if isinstance(strategy, Compressed):
+    seen: Strategy | None = strategy
+    while seen is not None:
+        if isinstance(seen, Compressed):
             return True
-        strategy = getattr(strategy, "__dict__", {}).get("strategy")
+        seen = getattr(seen, "__dict__", {}).get("strategy")
     return False
 
 

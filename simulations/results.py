@@ -174,7 +174,7 @@ class RunRecorder:
             atomic_write_text(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
             raise RunFailed(reason)
         if arrays is not None:
-            named = arrays_to_numpy(arrays) if isinstance(arrays, ArrayRecord) else arrays
+            named: dict[str, Any] = arrays_to_numpy(arrays) if isinstance(arrays, ArrayRecord) else arrays
             np.savez(self.run_dir / MODEL_FILE, **named)
         summary["status"] = "ok"
         atomic_write_text(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2))

@@ -23,9 +23,9 @@ def run_in_simulation(cfg: dict[str, Any], run_dir: str | os.PathLike[str]) -> d
     """
     from flwr.simulation import run_simulation
 
-    run_dir = resume_dir(cfg, run_dir)  # a resumed run writes into the run it continues
-    run_dir.mkdir(parents=True, exist_ok=True)
-    summary_path = run_dir / SUMMARY_FILE
+    out = resume_dir(cfg, run_dir)  # a resumed run writes into the run it continues
+    out.mkdir(parents=True, exist_ok=True)
+    summary_path = out / SUMMARY_FILE
     summary_path.unlink(missing_ok=True)
     sim = cfg["simulation"]
     init_args: dict[str, Any] = {"include_dashboard": False}
@@ -36,7 +36,7 @@ def run_in_simulation(cfg: dict[str, Any], run_dir: str | os.PathLike[str]) -> d
         "init_args": init_args,
     }
     run_simulation(
-        server_app=make_server_app(cfg, run_dir),
+        server_app=make_server_app(cfg, out),
         client_app=make_client_app(cfg),
         num_supernodes=int(sim["num_clients"]),
         backend_config=backend_config,  # type: ignore[arg-type]
@@ -46,5 +46,5 @@ def run_in_simulation(cfg: dict[str, Any], run_dir: str | os.PathLike[str]) -> d
     summary = json.loads(summary_path.read_text())
     if summary.get("status") != "ok":
         raise RunFailed(f"run failed: {summary.get('reason', 'unknown reason')}")
-    summary["run_dir"] = str(run_dir)
+    summary["run_dir"] = str(out)
     return summary

@@ -34,7 +34,7 @@ def load_yaml(group: str, value: str) -> dict[str, Any]:
     for entry in raw.pop("defaults", []):
         if entry != "_self_":
             merged.update(load_yaml(group, str(entry)))
-    merged.update(raw)
+    merged.update({str(k): v for k, v in raw.items()})
     return merged
 
 

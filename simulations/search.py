@@ -189,7 +189,7 @@ class Search:
             costs = self.costs(indices)
             sampled.append({"indices": list(indices), "accuracy": acc, "params": costs["params"],
                             "macs": costs["macs"], "reward": r})
-        diag = self.rl.update(samples)
+        diag: dict[str, Any] = dict(self.rl.update(samples))
         return {"mean_reward": float(np.mean([s[2] for s in samples])), "mean_accuracy": float(np.mean(accs)),
                 "sampled": sampled, **diag}
 

@@ -22,7 +22,7 @@ import random
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context
@@ -97,10 +97,10 @@ def client_mods(cfg: dict[str, Any]) -> list[Callable[..., Any]]:
     """
     mods: list[Callable[..., Any]] = []
     fault = cfg.get("fault") or {}
-    rates = [float(fault.get(k, 0.0)) for k in ("crash_rate", "hang_rate", "corrupt_rate")]
-    if any(rates):
+    crash, hang, corrupt = (float(fault.get(k, 0.0)) for k in ("crash_rate", "hang_rate", "corrupt_rate"))
+    if crash or hang or corrupt:
         mods.append(
-            fault_mod(*rates, hang_s=float(fault.get("hang_s", 30.0)), seed=int(fault.get("seed", cfg.get("seed", 0))))
+            fault_mod(crash, hang, corrupt, hang_s=float(fault.get("hang_s", 30.0)), seed=int(fault.get("seed", cfg.get("seed", 0))))
         )
     strategy = cfg.get("strategy") or {}
     if (
@@ -177,7 +177,7 @@ def run_server(grid: Grid, cfg: dict[str, Any], run_dir: str | Path) -> dict[str
         def save_updates(updates: int, arrays: dict[str, np.ndarray]) -> None:
             checkpointer.save(updates, arrays, step_key="updates", extra={"period": copy.copy(metered.period)})
 
-        strategy = strategy.bind_recorder(recorder).bind_checkpoint(save_updates, checkpointer.every)
+        strategy = cast(Any, strategy).bind_recorder(recorder).bind_checkpoint(save_updates, checkpointer.every)
     initial = ArrayRecord({k: Array(np.asarray(v)) for k, v in initial_named.items()})
     driver = RoundOffset(strategy, start_round) if start_round else strategy
     try:
