@@ -1,4 +1,4 @@
-"""End-to-end runs split out of tests/strategies/test_async_fedavg.py (they start bouquet-sim / Ray)."""
+"""End-to-end runs of AsyncFedAvg (they start bouquet-sim / Ray); the unit tests are in tests/strategies/test_async_*.py."""
 
 from __future__ import annotations
 
