@@ -129,7 +129,7 @@ def report() -> list[Path]:
             verdict = "met" if worst > margin else "**missed**"
             within = [name for name, d in (("FedAvg", d_fed), ("central", d_cen))
                       if len(d) > 1 and abs(sum(d) / len(d)) <= mean_sd(d)[1]]
-            goals.append(f"{ds} {part} ({len(seeds)} seeds): adjust 5% vs FedAvg {pm(d_fed)}, vs central {pm(d_cen)} points "
+            goals.append(f"{ds} {part} ({len(seeds)} seed{'s' if len(seeds) != 1 else ''}): adjust 5% vs FedAvg {pm(d_fed)}, vs central {pm(d_cen)} points "
                          "(goal: beat both" + (f" by >= {margin:g}" if margin else "") + f"): {verdict}"
                          + (f"; the gain over {' and '.join(within)} is within its seed spread" if within else ""))
     todo = [c for c in cells(DATASETS, list(PARTITIONS), DEFAULT_ARMS, [0, 1, 2])
