@@ -204,6 +204,19 @@ def pm(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
     return f"{m * scale:.{digits}f} ± {s * scale:.{digits}f}" + ("" if n == 3 else f" (n={n})")
 
 
+def overhead_note(results: list[dict[str, Any]]) -> str:
+    """A sentence on the share of each cell's wall time spent outside its rounds (process and Ray
+    start-up, data loading, shutdown), from the cells whose run summary records its round time."""
+    shares = [1 - r["summary"]["wall_s"] / r["wall_s"] for r in results
+              if (r.get("summary") or {}).get("wall_s") and r.get("wall_s")]
+    if not shares:
+        return ""
+    return (f"\nPer-cell overhead outside the rounds (process and Ray start-up, data loading, shutdown), measured in "
+            f"{len(shares)} cells: {100 * mean_sd(shares)[0]:.0f}% of a cell's wall time on average (min "
+            f"{100 * min(shares):.0f}%, max {100 * max(shares):.0f}%); the cells ran one at a time beside other work "
+            "on the same 2 cores, so their wall times vary.\n")
+
+
 def cumulative_mb(rounds: list[dict[str, Any]]) -> list[float]:
     total, out = 0, []
     for r in rounds:

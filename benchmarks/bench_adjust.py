@@ -36,6 +36,7 @@ from benchmarks._grid import (  # noqa: E402
     lenet_overrides,
     load_results,
     mean_sd,
+    overhead_note,
     pm,
     run_grid,
 )
@@ -147,7 +148,7 @@ def report() -> list[Path]:
         "Raw per-cell results: `benchmarks/results/adjust.jsonl`.\n\n" + markdown_table(rows, cols)
         + ("\nGoals (issue 15 §3, means of the paired differences, computed from the raw file):\n\n"
            + "".join(f"- {g}\n" for g in goals) if goals else "")
-    )
+    ) + overhead_note(results)
     if todo:
         body += (f"\n**Not yet run** ({len(todo)} cells of the default arms): "
                  + ", ".join(f"{c.key_dict['dataset']}/{c.key_dict['partition']}/{c.key_dict['arm']}/seed "

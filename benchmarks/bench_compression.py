@@ -38,6 +38,7 @@ from benchmarks._grid import (  # noqa: E402
     grid_arguments,
     load_results,
     mean_sd,
+    overhead_note,
     pm,
     run_grid,
 )
@@ -160,7 +161,6 @@ def report() -> list[Path]:
             "MB to target", "round reached", "failed replies", "wall s / cell"]
     targets = "; ".join(f"{r['dataset']}: {r['target']}" for r in {r["dataset"]: r for r in rows}.values())
     missing = _missing(results)
-    shares = [1 - r["summary"]["wall_s"] / r["wall_s"] for r in results if r.get("summary", {}).get("wall_s")]
     body = (
         "Real `bouquet-sim` runs in Flower's simulation engine: 10 clients, Dirichlet(0.5), all clients every round, "
         "LeNet, 30 rounds, 1 local epoch, batch 32, SGD lr 0.01 momentum 0.9. Mean ± sd over seeds (n=3 unless "
@@ -168,11 +168,7 @@ def report() -> list[Path]:
         f"of all train replies. Target accuracy: {targets}. Plot: `benchmarks/compression_curves.png`. "
         "Raw per-cell results: `benchmarks/results/compression.jsonl`.\n\n" + markdown_table(rows, cols)
     )
-    if shares:
-        body += (f"\nPer-cell overhead outside the rounds (process and Ray start-up, data loading, shutdown): "
-                 f"{100 * mean_sd(shares)[0]:.0f}% of a cell's wall time on average (min {100 * min(shares):.0f}%, "
-                 f"max {100 * max(shares):.0f}%); the cells ran one at a time beside other work on the same 2 cores, so "
-                 "their wall times vary.\n")
+    body += overhead_note(results)
     if missing:
         body += ("\n**Not yet run** (" + str(len(missing)) + " cells): " + ", ".join(missing[:12])
                  + (" ..." if len(missing) > 12 else "")

@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._grid import Cell, grid_arguments, load_results, run_grid  # noqa: E402
+from benchmarks._grid import Cell, grid_arguments, load_results, mean_sd, overhead_note, run_grid  # noqa: E402
 from benchmarks._results import markdown_table, write_section  # noqa: E402
 
 SECTION = "fedavg"
@@ -54,7 +54,8 @@ def cells(partitions: list[str], datasets: list[str], seeds: list[int]) -> list[
 
 def report() -> list[Path]:
     rows = []
-    for r in load_results(SECTION):
+    results = load_results(SECTION)
+    for r in results:
         acc = [x["accuracy"] for x in r["rounds"] if x.get("accuracy") is not None]
         train_s = sum(x.get("client_train_s", 0.0) for x in r["rounds"])
         rounds_s = r["summary"].get("wall_s") or 0.0
@@ -62,15 +63,18 @@ def report() -> list[Path]:
                      "final acc (%)": f"{100 * acc[-1]:.2f}", "best acc (%)": f"{100 * max(acc):.2f}",
                      "wall min": f"{r['wall_s'] / 60:.1f}",
                      "outside client training": f"{100 * max(0.0, 1 - train_s / 2 / rounds_s):.0f}%" if rounds_s else ""})
-    done = {(r["key"]["dataset"], r["key"]["partition"], r["key"]["seed"]) for r in load_results(SECTION)}
+    done = {(r["key"]["dataset"], r["key"]["partition"], r["key"]["seed"]) for r in results}
     todo = [c for c in cells(list(PARTITIONS), DATASETS, [0])
             if (c.key_dict["dataset"], c.key_dict["partition"], c.key_dict["seed"]) not in done]
     body = ("Real `bouquet-sim` runs in Flower's simulation engine at the FedAvg benchmark's protocol: 10 clients, all "
             "every round, 50 rounds, 10 local epochs, batch 64, SGD lr 0.01 momentum 0.9, LeNet; seed 0. `outside client "
             "training` = 1 - client training seconds / 2 parallel slots / the run's round time. Raw per-cell results: "
             "`benchmarks/results/fedavg.jsonl`.\n\n" + (markdown_table(rows, list(rows[0])) if rows else "No cell yet.\n"))
+    body += overhead_note(results)
     if todo:
-        body += ("\n**Not yet run** (" + str(len(todo)) + " cells, ~35 min each on 2 cores): "
+        per_cell = (f"{mean_sd([r['wall_s'] / 60 for r in results])[0]:.0f} min each as measured here" if results
+                    else "~35 min each on 2 cores, estimated")
+        body += ("\n**Not yet run** (" + str(len(todo)) + f" cells, {per_cell}): "
                  + ", ".join(f"{c.key_dict['dataset']}/{c.key_dict['partition']}" for c in todo)
                  + f". Command: `{COMMAND}` (the issue's six cells first; then `--partitions \"1 label\" \"3 labels\"`).\n")
     write_section(SECTION, "FedAvg reference at the peer protocol (50 rounds x 10 local epochs)", body,

@@ -37,6 +37,7 @@ from benchmarks._grid import (  # noqa: E402
     lenet_overrides,
     load_results,
     mean_sd,
+    overhead_note,
     pm,
     run_grid,
 )
@@ -209,7 +210,7 @@ def render(results: list[dict[str, Any]]) -> str | None:
         "in every paired seed (3) and its mean paired difference exceeds the larger sd over seeds of the two "
         "arms' final accuracies. Raw per-cell results: `benchmarks/results/kl.jsonl`.\n\n"
         + markdown_table(rows, cols) + "\n**Reading (computed).** " + " ".join(sentences) + "\n"
-    )
+    ) + overhead_note(results)
     if todo:
         body += (f"\n**Not yet run** ({len(todo)} cells): "
                  + ", ".join(f"{k['dataset']}/{k['arm']}/seed {k['seed']}" for k in todo)
