@@ -168,7 +168,7 @@ def report() -> list[Path]:
         f"of all train replies. Target accuracy: {targets}. Plot: `benchmarks/compression_curves.png`. "
         "Raw per-cell results: `benchmarks/results/compression.jsonl`.\n\n" + markdown_table(rows, cols)
     )
-    body += overhead_note(results)
+    body += _gap_by_round(by, datasets, arms) + overhead_note(results)
     if missing:
         body += ("\n**Not yet run** (" + str(len(missing)) + " cells): " + ", ".join(missing[:12])
                  + (" ..." if len(missing) > 12 else "")
@@ -188,6 +188,37 @@ def _plot_arm(ax, arm: str, cells_: list[dict]) -> None:
     keep = mb > 0  # round 0: nothing uploaded yet
     line = ax.plot(mb[keep], acc.mean(axis=0)[keep], marker=".", ms=3, label=f"{arm} (n={len(cells_)})")[0]
     ax.fill_between(mb[keep], acc.min(axis=0)[keep], acc.max(axis=0)[keep], alpha=0.15, color=line.get_color())
+
+
+def _accuracy_at(rec: dict, rnd: int) -> float | None:
+    return next((x["accuracy"] for x in rec["rounds"] if x.get("round") == rnd), None)
+
+
+def _gap_by_round(by: dict[tuple[str, str], list[dict]], datasets: list[str], arms: list[str]) -> str:
+    """Accuracy minus dense at rounds 10, 20, 30 (paired by seed), and the first round at which the
+    same seed's dense run reached the arm's final accuracy: how far behind per round an arm is."""
+    rows = []
+    for ds in datasets:
+        dense = {r["key"]["seed"]: r for r in by.get((ds, "dense FedAvg"), [])}
+        for arm in arms:
+            paired = [r for r in by.get((ds, arm), []) if r["key"]["seed"] in dense]
+            if arm == "dense FedAvg" or not paired:
+                continue
+            row: dict[str, str] = {"dataset": ds, "arm": arm}
+            for rnd in (10, 20, 30):
+                d = [a - b for r in paired
+                     if (a := _accuracy_at(r, rnd)) is not None and (b := _accuracy_at(dense[r["key"]["seed"]], rnd))
+                     is not None]
+                row[f"vs dense at round {rnd} (pt)"] = pm(d, 100) if d else ""
+            caught = [first_reaching(dense[r["key"]["seed"]]["rounds"], r["rounds"][-1]["accuracy"])[0] for r in paired]
+            row["dense reached its final acc. at round"] = (
+                pm([float(c) for c in caught if c is not None], 1, 1)
+                + ("" if all(c is not None for c in caught) else f" ({sum(c is None for c in caught)} never)"))
+            rows.append(row)
+    if not rows:
+        return ""
+    return ("\nThe gap to dense by round (paired by seed; the last column: the first round at which the same seed's "
+            "dense run was as accurate as the arm's final model):\n\n" + markdown_table(rows, list(rows[0])))
 
 
 def _missing(results: list[dict]) -> list[str]:
