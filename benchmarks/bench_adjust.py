@@ -132,7 +132,10 @@ def report() -> list[Path]:
                       if len(d) > 1 and abs(sum(d) / len(d)) <= mean_sd(d)[1]]
             goals.append(f"{ds} {part} ({len(seeds)} seed{'s' if len(seeds) != 1 else ''}): adjust 5% vs FedAvg {pm(d_fed)}, vs central {pm(d_cen)} points "
                          "(goal: beat both" + (f" by >= {margin:g}" if margin else "") + f"): {verdict}"
-                         + (f"; the gain over {' and '.join(within)} is within its seed spread" if within else ""))
+                         + (f"; the difference from {' and '.join(within)} is within its seed spread" if within else "")
+                         + (f"; FedAvg's {headroom_from:.2f}% leaves less than {margin:g} points to 100%"
+                            if margin and (headroom_from := 100 * sum(fed[s] for s in seeds) / len(seeds)) > 100 - margin
+                            else ""))
     todo = [c for c in cells(DATASETS, list(PARTITIONS), DEFAULT_ARMS, [0, 1, 2])
             if c.key_dict["seed"] not in final.get((c.key_dict["dataset"], c.key_dict["partition"],
                                                     c.key_dict["arm"]), {})]
