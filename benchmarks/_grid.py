@@ -211,9 +211,10 @@ def overhead_note(results: list[dict[str, Any]]) -> str:
               if (r.get("summary") or {}).get("wall_s") and r.get("wall_s")]
     if not shares:
         return ""
+    n = len(shares)
     return (f"\nPer-cell overhead outside the rounds (process and Ray start-up, data loading, shutdown), measured in "
-            f"{len(shares)} cells: {100 * mean_sd(shares)[0]:.0f}% of a cell's wall time on average (min "
-            f"{100 * min(shares):.0f}%, max {100 * max(shares):.0f}%); the cells ran one at a time beside other work "
+            f"{n} cell{'s' if n != 1 else ''}: {100 * mean_sd(shares)[0]:.1f}% of a cell's wall time on average (min "
+            f"{100 * min(shares):.1f}%, max {100 * max(shares):.1f}%); the cells ran one at a time beside other work "
             "on the same 2 cores, so their wall times vary.\n")
 
 
