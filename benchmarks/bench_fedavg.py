@@ -52,15 +52,23 @@ def cells(partitions: list[str], datasets: list[str], seeds: list[int]) -> list[
     return [cell(ds, part, s) for s in seeds for part in partitions for ds in datasets]
 
 
+def _accuracies(record: dict) -> list[float]:
+    return [x["accuracy"] for x in record["rounds"] if x.get("accuracy") is not None]
+
+
 def report() -> list[Path]:
     rows = []
     results = load_results(SECTION)
+    final = {(r["key"]["dataset"], r["key"]["partition"], r["key"]["seed"]): _accuracies(r)[-1] for r in results}
     for r in results:
-        acc = [x["accuracy"] for x in r["rounds"] if x.get("accuracy") is not None]
+        acc = _accuracies(r)
+        iid = final.get((r["key"]["dataset"], "iid", r["key"]["seed"]))
         train_s = sum(x.get("client_train_s", 0.0) for x in r["rounds"])
         rounds_s = r["summary"].get("wall_s") or 0.0
         rows.append({"dataset": r["key"]["dataset"], "partition": r["key"]["partition"], "seed": r["key"]["seed"],
                      "final acc (%)": f"{100 * acc[-1]:.2f}", "best acc (%)": f"{100 * max(acc):.2f}",
+                     "final vs IID (pt)": "" if iid is None or r["key"]["partition"] == "iid"
+                     else f"{100 * (acc[-1] - iid):+.2f}",
                      "wall min": f"{r['wall_s'] / 60:.1f}",
                      "outside client training": f"{100 * max(0.0, 1 - train_s / 2 / rounds_s):.0f}%" if rounds_s else ""})
     done = {(r["key"]["dataset"], r["key"]["partition"], r["key"]["seed"]) for r in results}
@@ -69,14 +77,17 @@ def report() -> list[Path]:
     body = ("Real `bouquet-sim` runs in Flower's simulation engine at the FedAvg benchmark's protocol: 10 clients, all "
             "every round, 50 rounds, 10 local epochs, batch 64, SGD lr 0.01 momentum 0.9, LeNet; seed 0. `outside client "
             "training` = 1 - client training seconds / 2 parallel slots / the run's round time. Raw per-cell results: "
-            "`benchmarks/results/fedavg.jsonl`.\n\n" + (markdown_table(rows, list(rows[0])) if rows else "No cell yet.\n"))
+            "`benchmarks/results/fedavg.jsonl`. It counts server work and a slot's idle time while the other slot trains a "
+            "larger client (client sizes differ under Dirichlet and label skew).\n\n" + (markdown_table(rows, list(rows[0])) if rows else "No cell yet.\n"))
     body += overhead_note(results)
     if todo:
         per_cell = (f"{mean_sd([r['wall_s'] / 60 for r in results])[0]:.0f} min each as measured here" if results
                     else "~35 min each on 2 cores, estimated")
         body += ("\n**Not yet run** (" + str(len(todo)) + f" cells, {per_cell}): "
                  + ", ".join(f"{c.key_dict['dataset']}/{c.key_dict['partition']}" for c in todo)
-                 + f". Command: `{COMMAND}` (the issue's six cells first; then `--partitions \"1 label\" \"3 labels\"`).\n")
+                 + f". Command: `{COMMAND}" + ("`" if any(c.key_dict["partition"] in FIRST for c in todo) else
+                                              " --partitions \"1 label\" \"3 labels\"`")
+                 + " (a finished cell is never rerun).\n")
     write_section(SECTION, "FedAvg reference at the peer protocol (50 rounds x 10 local epochs)", body,
                   command=COMMAND + " (report: --report)")
     return [ROOT / "benchmarks/RESULTS.md"]
