@@ -83,7 +83,7 @@ def report() -> list[Path]:
     if todo:
         per_cell = (f"{mean_sd([r['wall_s'] / 60 for r in results])[0]:.0f} min each as measured here" if results
                     else "~35 min each on 2 cores, estimated")
-        body += ("\n**Not yet run** (" + str(len(todo)) + f" cells, {per_cell}): "
+        body += ("\n**Not yet run** (" + str(len(todo)) + (" cell" if len(todo) == 1 else " cells") + f", {per_cell}): "
                  + ", ".join(f"{c.key_dict['dataset']}/{c.key_dict['partition']}" for c in todo)
                  + f". Command: `{COMMAND}" + ("`" if any(c.key_dict["partition"] in FIRST for c in todo) else
                                               " --partitions \"1 label\" \"3 labels\"`")
