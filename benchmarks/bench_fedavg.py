@@ -71,18 +71,20 @@ def report() -> list[Path]:
                      else f"{100 * (acc[-1] - iid):+.2f}",
                      "wall min": f"{r['wall_s'] / 60:.1f}",
                      "outside client training": f"{100 * max(0.0, 1 - train_s / 2 / rounds_s):.0f}%" if rounds_s else ""})
-    done = {(r["key"]["dataset"], r["key"]["partition"], r["key"]["seed"]) for r in results}
+    done = set(final)
     todo = [c for c in cells(list(PARTITIONS), DATASETS, [0])
             if (c.key_dict["dataset"], c.key_dict["partition"], c.key_dict["seed"]) not in done]
     body = ("Real `bouquet-sim` runs in Flower's simulation engine at the FedAvg benchmark's protocol: 10 clients, all "
             "every round, 50 rounds, 10 local epochs, batch 64, SGD lr 0.01 momentum 0.9, LeNet; seed 0. `outside client "
             "training` = 1 - client training seconds / 2 parallel slots / the run's round time. Raw per-cell results: "
-            "`benchmarks/results/fedavg.jsonl`. It counts server work and a slot's idle time while the other slot trains a "
-            "larger client (client sizes differ under Dirichlet and label skew).\n\n" + (markdown_table(rows, list(rows[0])) if rows else "No cell yet.\n"))
+            "`benchmarks/results/fedavg.jsonl`. It counts server work and a slot's idle time while the other slot "
+            "trains a larger client (client sizes differ under Dirichlet and label skew).\n\n")
+    body += markdown_table(rows, list(rows[0])) if rows else "No cell yet.\n"
     body += overhead_note(results)
     if todo:
-        per_cell = (f"{mean_sd([r['wall_s'] / 60 for r in results])[0]:.0f} min each as measured here" if results
-                    else "~35 min each on 2 cores, estimated")
+        each = "" if len(todo) == 1 else " each"
+        per_cell = (f"{mean_sd([r['wall_s'] / 60 for r in results])[0]:.0f} min{each} as measured here" if results
+                    else f"~35 min{each} on 2 cores, estimated")
         body += ("\n**Not yet run** (" + str(len(todo)) + (" cell" if len(todo) == 1 else " cells") + f", {per_cell}): "
                  + ", ".join(f"{c.key_dict['dataset']}/{c.key_dict['partition']}" for c in todo)
                  + f". Command: `{COMMAND}" + ("`" if any(c.key_dict["partition"] in FIRST for c in todo) else
