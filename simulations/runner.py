@@ -7,8 +7,8 @@ import logging
 import os
 from typing import Any
 
-from bouquet.simulations.checkpoint import resume_dir
 from bouquet.simulations.results import SUMMARY_FILE, RunFailed
+from bouquet.simulations.resume import check_resume
 from bouquet.simulations.server import make_client_app, make_server_app
 
 logger = logging.getLogger(__name__)
@@ -23,7 +23,9 @@ def run_in_simulation(cfg: dict[str, Any], run_dir: str | os.PathLike[str]) -> d
     """
     from flwr.simulation import run_simulation
 
-    out = resume_dir(cfg, run_dir)  # a resumed run writes into the run it continues
+    # A resumed run writes into the run it continues: every check of the resume comes before
+    # anything is written (the ServerApp loads the checkpoint again, with its warnings).
+    out, _ = check_resume(cfg, run_dir, warn=False)
     out.mkdir(parents=True, exist_ok=True)
     summary_path = out / SUMMARY_FILE
     summary_path.unlink(missing_ok=True)

@@ -15,7 +15,7 @@ Strategy hooks read by the runner (all optional, forwarded by bouquet's wrappers
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import json
 import logging
 import random
@@ -38,20 +38,18 @@ from bouquet.clients.staleness import staleness_window_mod
 from bouquet.data import label_histogram
 from bouquet.simulations.adjust import wrap_server_adjust
 from bouquet.simulations.checkpoint import (
+    CONFIG_FILE,
     Checkpointer,
     CheckpointError,
-    config_differences,
-    is_resuming,
-    load_checkpoint,
     load_strategy_state,
-    resume_dir,
     set_rng_state,
 )
 from bouquet.simulations.compression import wrap_compression
 from bouquet.simulations.experiment import Experiment, get_experiment
-from bouquet.simulations.metering import MeteredGrid
+from bouquet.simulations.metering import MeteredGrid, Period
 from bouquet.simulations.recsys import wrap_recommendation_evaluation
 from bouquet.simulations.results import RunFailed, RunRecorder, read_rows
+from bouquet.simulations.resume import check_resume
 from bouquet.strategies.guard import ReplyGuard
 from bouquet.strategies.round_offset import RoundOffset
 
@@ -118,17 +116,27 @@ def client_mods(cfg: dict[str, Any]) -> list[Callable[..., Any]]:
     return mods
 
 
+def period_from_state(state: Any) -> Period:
+    """The :class:`~bouquet.simulations.metering.Period` of a checkpoint's ``period`` (its fields)."""
+    fields = {f.name for f in dataclasses.fields(Period)}
+    if not isinstance(state, dict) or not set(state) <= fields or not all(
+            v is None or type(v) in (int, float) for v in state.values()):
+        raise CheckpointError(f"the checkpoint's period is not a Period: keys {sorted(state) if isinstance(state, dict) else state!r}")
+    return Period(**state)
+
+
 def run_server(grid: Grid, cfg: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
     """Run the configured strategy on ``grid`` and write the run's outputs into ``run_dir``.
 
     With ``simulation.resume`` set, the run continues from the last valid checkpoint of that
-    run directory (see :mod:`bouquet.simulations.checkpoint`) and writes into it.
+    run directory (see :mod:`bouquet.simulations.checkpoint`) and writes into it; every check
+    of the resume is done before anything is written (:func:`~bouquet.simulations.resume.check_resume`).
     """
     sim = cfg["simulation"]
     seed = int(cfg.get("seed", 0))
     random.seed(seed)  # Flower's samplers use the `random` module
     np.random.seed(seed)
-    run_dir = resume_dir(cfg, run_dir)
+    run_dir, ckpt = check_resume(cfg, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     exp = get_experiment(cfg)
     exp.run_dir = run_dir  # experiments that write extra outputs (e.g. the best exit model)
@@ -138,11 +146,7 @@ def run_server(grid: Grid, cfg: dict[str, Any], run_dir: str | Path) -> dict[str
     start_round, previous_rows = 0, None
     initial_named = exp.initial_arrays()
     own_loop = hasattr(strategy, "bind_recorder")  # asynchronous: checkpoints count applied updates
-    if is_resuming(cfg):
-        ckpt = load_checkpoint(run_dir)
-        diffs = config_differences(ckpt["config"], cfg)
-        if diffs:
-            raise CheckpointError(f"cannot resume {run_dir}: config differs in {', '.join(diffs)}")
+    if ckpt is not None:
         if own_loop != ("updates" in ckpt):
             raise CheckpointError(f"cannot resume {run_dir}: its checkpoint is not one of {type(strategy).__name__}'s")
         initial_named = ckpt["arrays"]
@@ -152,13 +156,13 @@ def run_server(grid: Grid, cfg: dict[str, Any], run_dir: str | Path) -> dict[str
             updates = int(ckpt["updates"])
             previous_rows = [r for r in read_rows(run_dir) if r.get("updates", 0) <= updates]
             if "period" in ckpt:  # traffic since the last line before the checkpoint
-                metered.period = ckpt["period"]
+                metered.period = period_from_state(ckpt["period"])
             logger.info("resuming %s after %d applied updates", run_dir, updates)
         else:
             start_round = int(ckpt["round"])
             previous_rows = read_rows(run_dir, up_to_round=start_round)
             logger.info("resuming %s after round %d of %d", run_dir, start_round, num_rounds)
-    (run_dir / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    (run_dir / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, sort_keys=True))
     node_wait_s = float(sim.get("node_wait_s") or 0)
     if node_wait_s:  # Flower's samplers would wait forever for min_available_nodes
         needed = int(getattr(strategy, "min_available_nodes", 1) or 1)
@@ -175,7 +179,7 @@ def run_server(grid: Grid, cfg: dict[str, Any], run_dir: str | Path) -> dict[str
     )
     if own_loop:  # asynchronous: records per update, owns its start(), checkpoints per applied updates
         def save_updates(updates: int, arrays: dict[str, np.ndarray]) -> None:
-            checkpointer.save(updates, arrays, step_key="updates", extra={"period": copy.copy(metered.period)})
+            checkpointer.save(updates, arrays, step_key="updates", extra={"period": dataclasses.asdict(metered.period)})
 
         strategy = cast(Any, strategy).bind_recorder(recorder).bind_checkpoint(save_updates, checkpointer.every)
     initial = ArrayRecord({k: Array(np.asarray(v)) for k, v in initial_named.items()})

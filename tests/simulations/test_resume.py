@@ -11,14 +11,15 @@ from conftest import make_reply
 
 from bouquet.simulations.checkpoint import (
     CHECKPOINT,
+    PREVIOUS,
     CheckpointError,
-    config_differences,
     load_checkpoint,
     load_strategy_state,
     save_checkpoint,
     strategy_state,
 )
 from bouquet.simulations.metering import MeteredGrid, NodesUnavailable
+from bouquet.simulations.resume import config_differences
 
 BASE = ["dataset=digits", "simulation.num_clients=3", "client.lr=0.05"]
 
@@ -27,11 +28,11 @@ def test_truncated_checkpoint_falls_back_to_previous(tmp_path: Path) -> None:
     save_checkpoint(tmp_path, {"round": 1, "arrays": {"w": np.ones(3)}})
     save_checkpoint(tmp_path, {"round": 2, "arrays": {"w": np.full(3, 2.0)}})
     assert load_checkpoint(tmp_path)["round"] == 2
-    latest = tmp_path / CHECKPOINT
+    latest = tmp_path / CHECKPOINT / "arrays.npz"
     latest.write_bytes(latest.read_bytes()[:-10])  # cut mid-write
     payload = load_checkpoint(tmp_path)
     assert payload["round"] == 1 and np.array_equal(payload["arrays"]["w"], np.ones(3))
-    (tmp_path / "checkpoint.prev.pkl").write_bytes(b"garbage")
+    (tmp_path / PREVIOUS / "state.json").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="no usable checkpoint"):
         load_checkpoint(tmp_path)
 
@@ -127,7 +128,7 @@ def test_async_run_resumes_where_its_checkpoint_left_off(tmp_path: Path, monkeyp
             server.run_server(grid, cfg, crashed)
     ckpt = load_checkpoint(crashed)
     assert ckpt["updates"] == 9 and "round" not in ckpt
-    assert ckpt["period"].clients_ok == 3  # the replies after the line of update 6
+    assert ckpt["period"]["clients_ok"] == 3  # the replies after the line of update 6
     assert [r["updates"] for r in read_rows(crashed)] == [0, 6]
     assert not (crashed / "final_model.npz").exists()
 
