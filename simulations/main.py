@@ -6,8 +6,10 @@ Flower's simulation engine and writes the results into the Hydra run directory::
     bouquet-sim dataset=digits simulation.num_clients=3 simulation.num_rounds=2
     bouquet-sim --multirun partition=iid,dirichlet seed=0,1,2
 
-A refused config (:mod:`bouquet.simulations.validate`), a missing dataset, a misspelled key and a
-failed run end with one line on stderr and exit code 2::
+A refused config (:mod:`bouquet.simulations.validate`; a command-line value that names a file
+is checked before Hydra opens it, :func:`~bouquet.simulations.values.check_overrides`), a missing
+dataset, a misspelled key, a refused resume and a failed run end with one line on stderr and
+exit code 2::
 
     bouquet-sim: error: client.alpha=2 is out of range (0, 1]
 
@@ -18,6 +20,7 @@ console shows bouquet's progress lines and warnings only; everything goes to the
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -35,13 +38,16 @@ from omegaconf.errors import OmegaConfBaseException
 from bouquet.simulations.checkpoint import CheckpointError
 from bouquet.simulations.results import RunFailed
 from bouquet.simulations.runner import run_in_simulation
+from bouquet.simulations.schema import GROUPS
 from bouquet.simulations.search import run_search
 from bouquet.simulations.validate import validate_run
+from bouquet.simulations.values import check_overrides
 
 logger = logging.getLogger("bouquet.progress")
 
 PROG = "bouquet-sim"
 EXIT_REFUSED = 2
+CONFIG_GROUPS = (*GROUPS, "experiment")  # conf/<group>/<choice>.yaml
 # Errors reported in one line (anything else is a bug: its traceback is shown).
 REPORTED: tuple[type[BaseException], ...] = (
     ValueError, FileNotFoundError, RunFailed, CheckpointError, HydraException, OmegaConfBaseException,
@@ -175,6 +181,7 @@ def main() -> None:
     _full_error = full_error == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing; this function reports
     try:
+        check_overrides(sys.argv[1:], CONFIG_GROUPS)
         _hydra_main()
     except REPORTED as exc:
         if _full_error or _verbose:
@@ -183,6 +190,13 @@ def main() -> None:
         if len(_failed_jobs) > 1:
             line = f"{PROG}: error: {len(_failed_jobs)} jobs failed, the first: {_failed_jobs[0]}"
         sys.stderr.write(line + "\n")
+        sys.exit(EXIT_REFUSED)
+    except OSError as exc:  # a name the checks above missed and the file system refuses
+        if exc.errno != errno.ENAMETOOLONG or _full_error or _verbose:
+            raise
+        name = str(exc.filename or "")
+        shown = name if len(name) <= 60 else f"{name[:60]}... ({len(name)} characters)"
+        sys.stderr.write(f"{PROG}: error: {exc.strerror}: {shown}\n")
         sys.exit(EXIT_REFUSED)
     finally:
         if full_error is None:

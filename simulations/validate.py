@@ -1,12 +1,14 @@
 """Checks on a composed config before anything starts: one ``ValueError`` naming the key.
 
-Three layers, all before the simulation engine (or a SuperLink run) starts:
+Four layers, all before the simulation engine (or a SuperLink run) starts:
 
 1. :func:`check_schema`: every key of every config group value against the table of
    :mod:`bouquet.simulations.schema` (unknown and missing keys, types, ranges, allowed values);
-2. :data:`COMBINATIONS` (:mod:`bouquet.simulations.combinations`): values that are fine alone but
+2. :func:`~bouquet.simulations.values.check_values`: values that reach the file system or the
+   clients (paths, ``train_config``) and options the chosen dataset would ignore;
+3. :data:`COMBINATIONS` (:mod:`bouquet.simulations.combinations`): values that are fine alone but
    cannot work together, most of them known silent failures;
-3. :func:`validate_run`: the checks that need the data (clients vs samples, the model built for
+4. :func:`validate_run`: the checks that need the data (clients vs samples, the model built for
    the dataset's inputs, the strategy's depths vs the model's exits).
 
 Every message is one line: ``client.alpha=2 is out of range (0, 1]``.
@@ -197,8 +199,10 @@ def validate_config(cfg: dict[str, Any], num_train_samples: int | None = None, *
         The value of each config group (``{"client": "topk", "simulation": "*", ...}``).
     """
     from bouquet.simulations.combinations import check_combinations
+    from bouquet.simulations.values import check_values
 
     options = check_schema(cfg)
+    check_values(cfg, options)
     check_combinations(cfg, options, in_simulation=in_simulation)
     num_clients = int(cfg["simulation"]["num_clients"])
     if num_train_samples is not None and num_clients > num_train_samples:
