@@ -35,3 +35,11 @@ PREV_STALENESS = "prev-staleness"  # staleness of this node's previous applied u
 APPLIED_UPDATES = "applied-updates"  # how many of this node's updates the server applied (a new sample when it grows)
 LR_SCALE = "lr-scale"  # reply metric: the learning-rate scale the learner trained with
 STALENESS_WINDOW = "staleness-window"  # context.state ConfigRecord: a node's recent staleness samples
+# Compressed downlink (CompressedDownlink + downlink_mod)
+DOWNLINK = "bouquet-downlink"  # ConfigRecord in train messages (version, base, digest, kind) and in replies (digest)
+DOWNLINK_STEP_PREFIX = "bouquet-downlink-step-"  # + version: ArrayRecord of one broadcast step
+DOWNLINK_HELD = "bouquet-downlink-held"  # context.state ArrayRecord: the model this node holds
+DOWNLINK_VERSION = "bouquet-downlink-version"  # context.state ConfigRecord: its version and digest
+SYNC_MISMATCHES = "bouquet-sync-mismatches"  # aggregated train metric: replies trained from another model
+CATCHUP_BYTES = "bouquet-catchup-bytes"  # aggregated train metric: bytes of multi-step catch-ups sent
+DOWNLINK_RESYNC = "bouquet-downlink-resync"  # starts a client's error reason when it cannot rebuild the broadcast model

@@ -3,6 +3,7 @@
 from bouquet.strategies.async_fedavg import AsyncFedAvg
 from bouquet.strategies.compressed import Compressed
 from bouquet.strategies.depth_fedavg import DepthFedAvg
+from bouquet.strategies.downlink import CompressedDownlink
 from bouquet.strategies.guard import ReplyGuard, check_dense_reply
 from bouquet.strategies.kl_weighted import KLWeightedFedAvg
 from bouquet.strategies.metrics import scalar_metrics_mean
@@ -15,6 +16,7 @@ __all__ = [
     "scalar_metrics_mean",
     "AsyncFedAvg",
     "Compressed",
+    "CompressedDownlink",
     "DepthFedAvg",
     "KLWeightedFedAvg",
     "ReplyGuard",

@@ -15,6 +15,13 @@ from flwr.app import Message
 
 CLIENTS_DROPPED = "clients_dropped"
 DROP_REASONS = "drop_reasons"
+MAX_REASON_CHARS = 300  # a drop reason (and its log line) is cut to this size, whatever a reply holds
+
+
+def truncate_reason(reason: str) -> str:
+    """``reason`` cut to :data:`MAX_REASON_CHARS` characters (a reply's names and values can be
+    any size; the log and ``metrics.jsonl`` must not be)."""
+    return reason if len(reason) <= MAX_REASON_CHARS else reason[: MAX_REASON_CHARS - 12] + "... (cut)"
 
 
 def inner_report(strategy: object) -> dict[str, Any]:
