@@ -43,3 +43,5 @@ DOWNLINK_VERSION = "bouquet-downlink-version"  # context.state ConfigRecord: its
 SYNC_MISMATCHES = "bouquet-sync-mismatches"  # aggregated train metric: replies trained from another model
 CATCHUP_BYTES = "bouquet-catchup-bytes"  # aggregated train metric: bytes of multi-step catch-ups sent
 DOWNLINK_RESYNC = "bouquet-downlink-resync"  # starts a client's error reason when it cannot rebuild the broadcast model
+BYTES_DOWN = "bouquet-bytes-down"  # aggregated train metric: Array bytes of the train messages the downlink built
+DENSE_BYTES_DOWN = "bouquet-dense-bytes-down"  # aggregated train metric: the same messages with the dense model

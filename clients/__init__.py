@@ -8,7 +8,7 @@ from bouquet.clients.compressed import (
     TopKClient,
     compression_mod,
 )
-from bouquet.clients.downlink import downlink_mod
+from bouquet.clients.downlink import DownlinkMod, downlink_mod
 from bouquet.clients.early_exit import EarlyExitClient
 from bouquet.clients.faults import fault_mod
 from bouquet.clients.recsys_client import RecsysClient
@@ -28,6 +28,7 @@ __all__ = [
     "TorchClient",
     "compression_mod",
     "dense_arrayrecord",
+    "DownlinkMod",
     "downlink_mod",
     "fault_mod",
     "numpyclient_app",

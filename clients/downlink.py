@@ -42,6 +42,9 @@ def _fail(why: str) -> ValueError:
     return ValueError(f"{keys.DOWNLINK_RESYNC}: {why}")
 
 
+Initial = Callable[[], dict[str, np.ndarray]]
+
+
 def _info(content: RecordDict) -> tuple[int, int, str, str, str]:
     rec = content.config_records[keys.DOWNLINK]
     version, base, digest, kind, record = (rec.get(k) for k in ("version", "base", "digest", "kind", "record"))
@@ -85,8 +88,13 @@ def held_model(state: RecordDict) -> tuple[int, dict[str, np.ndarray]] | None:
     return version, {n: np.array(a.numpy(), copy=True) for n, a in state.array_records[keys.DOWNLINK_HELD].items()}
 
 
-def rebuild(content: RecordDict, state: RecordDict) -> tuple[dict[str, np.ndarray], int, str, str]:
-    """(model, version, digest, record key) rebuilt from a broadcast; ``ValueError`` if it cannot be."""
+def rebuild(content: RecordDict, state: RecordDict, initial: Initial | None = None
+            ) -> tuple[dict[str, np.ndarray], int, str, str]:
+    """(model, version, digest, record key) rebuilt from a broadcast; ``ValueError`` if it cannot be.
+
+    ``initial()`` builds version 1 (the initial model) on a node that holds nothing yet, for
+    steps that start there; its digest must equal the broadcast's ``base-digest``.
+    """
     version, base, digest, kind, rec_key = _info(content)
     step_keys = {k for k in content.array_records if k.startswith(keys.DOWNLINK_STEP_PREFIX)}
     if kind == "dense":
@@ -98,6 +106,10 @@ def rebuild(content: RecordDict, state: RecordDict) -> tuple[dict[str, np.ndarra
         if step_keys != expected or rec_key in content.array_records:
             raise _fail(f"steps {sorted(step_keys)[:3]}... are not exactly versions {base + 1}..{version}")
         held = held_model(state)
+        if held is None and base == 1 and initial is not None:
+            held = (1, {n: np.array(a, copy=True) for n, a in initial().items()})
+            if model_digest(held[1]) != content.config_records[keys.DOWNLINK].get("base-digest"):
+                raise _fail("the initial model built here differs from the server's (digest)")
         if held is None:
             raise _fail("steps sent but this node holds no model")
         have, model = held
@@ -116,23 +128,41 @@ def rebuild(content: RecordDict, state: RecordDict) -> tuple[dict[str, np.ndarra
     return model, version, digest, rec_key
 
 
-def downlink_mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
+class DownlinkMod:
     """A Flower client mod: rebuild the model of a compressed broadcast (see module docstring).
+
+    Parameters
+    ----------
+    initial : callable, optional
+        ``initial() -> {name: array}``: the initial model, built on this node exactly as the
+        server built it (e.g. from the run's seed); lets the server skip the dense model on a
+        node's first round (``CompressedDownlink(..., initial_known=True)``). Checked by digest.
 
     Messages without a ``bouquet-downlink`` record pass unchanged.
     """
-    if msg.has_error() or keys.DOWNLINK not in msg.content.config_records:
-        return call_next(msg, context)
-    model, version, digest, rec_key = rebuild(msg.content, context.state)
-    context.state[keys.DOWNLINK_HELD] = ArrayRecord({n: Array(a) for n, a in model.items()})
-    context.state[keys.DOWNLINK_VERSION] = ConfigRecord({"version": version, "digest": digest})
-    content = RecordDict()
-    for key, value in msg.content.items():
-        if key != keys.DOWNLINK and not key.startswith(keys.DOWNLINK_STEP_PREFIX) and key != rec_key:
-            content[key] = value
-    content[rec_key] = ArrayRecord({n: Array(a) for n, a in model.items()})
-    msg.content = content
-    reply = call_next(msg, context)
-    if not reply.has_error():
-        reply.content[keys.DOWNLINK] = ConfigRecord({"digest": digest})
-    return reply
+
+    def __init__(self, initial: Initial | None = None) -> None:
+        if initial is not None and not callable(initial):
+            raise ValueError(f"initial={initial!r} must be a callable returning the initial arrays by name")
+        self.initial = initial
+
+    def __call__(self, msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
+        if msg.has_error() or keys.DOWNLINK not in msg.content.config_records:
+            return call_next(msg, context)
+        model, version, digest, rec_key = rebuild(msg.content, context.state, self.initial)
+        context.state[keys.DOWNLINK_HELD] = ArrayRecord({n: Array(a) for n, a in model.items()})
+        context.state[keys.DOWNLINK_VERSION] = ConfigRecord({"version": version, "digest": digest})
+        content = RecordDict()
+        for key, value in msg.content.items():
+            if key != keys.DOWNLINK and not key.startswith(keys.DOWNLINK_STEP_PREFIX) and key != rec_key:
+                content[key] = value
+        content[rec_key] = ArrayRecord({n: Array(a) for n, a in model.items()})
+        msg.content = content
+        reply = call_next(msg, context)
+        if not reply.has_error():
+            reply.content[keys.DOWNLINK] = ConfigRecord({"digest": digest})
+        return reply
+
+
+downlink_mod = DownlinkMod()
+"""The mod for apps whose clients cannot build the initial model themselves."""

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bouquet import keys
+from bouquet.simulations.downlink import DOWNLINK_STRATEGIES
 from bouquet.simulations.schema import CODEC_ARGS, CODEC_REQUIRED
 from bouquet.simulations.validate import Options, check_value, fmt
 
@@ -59,6 +60,22 @@ def check_combinations(cfg: dict[str, Any], options: Options, *, in_simulation: 
 
 def _both(a: str, b: str, why: str) -> str:
     return f"{a} and {b} cannot be combined: {why}"
+
+
+@combination("downlink + strategy")
+def _downlink_strategy(cfg: dict[str, Any], opt: Options) -> str | None:
+    """A compressed downlink broadcasts one global model each round: strategy=fedavg|fedprox|kl_weighted,
+    with an image-classification client (not early-exit sub-models, recommendation or the asynchronous loop)."""
+    down = opt.get("downlink", "none")
+    if down == "none":
+        return None
+    if opt["strategy"] not in DOWNLINK_STRATEGIES:
+        return _both(f"downlink={down}", f"strategy={opt['strategy']}", "the compressed downlink serves strategies "
+                     f"that broadcast one global model in synchronous rounds: strategy={'|'.join(DOWNLINK_STRATEGIES)}")
+    if opt["client"] in ("early_exit", "recsys"):
+        return _both(f"downlink={down}", f"client={opt['client']}", "the compressed downlink is built and tested for "
+                     "image-classification clients (plain|topk|stc|ternary|slow)")
+    return None
 
 
 @combination("strategy=async + server=adjust")

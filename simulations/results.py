@@ -65,6 +65,10 @@ class RunRecorder:
     extra : callable, optional
         ``extra() -> dict`` of strategy-specific values merged into each line (e.g. dropped
         replies, KL weights).
+    view : callable, optional
+        ``view(arrays) -> arrays``: the model that is evaluated, when it is not the server's
+        (with a compressed downlink, the model the clients hold); checkpoints and
+        ``final_model.npz`` keep the server's.
     """
 
     def __init__(
@@ -77,7 +81,9 @@ class RunRecorder:
         round_offset: int = 0,
         previous_rows: list[dict[str, Any]] | None = None,
         on_round: Callable[[int, dict[str, np.ndarray]], None] | None = None,
+        view: Callable[[ArrayRecord], ArrayRecord] | None = None,
     ) -> None:
+        self.view = view
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.evaluate_arrays = evaluate
@@ -104,7 +110,7 @@ class RunRecorder:
             self.t_last = time.perf_counter()
             return None
         named = arrays_to_numpy(arrays)
-        metrics = self.evaluate_arrays(named)
+        metrics = self.evaluate_arrays(named if self.view is None else arrays_to_numpy(self.view(arrays)))
         actual_round = server_round + self.round_offset
         self.record(actual_round, metrics)
         if self.on_round is not None and actual_round > 0:
@@ -204,6 +210,9 @@ def read_rows(run_dir: Path, up_to_round: int | None = None) -> list[dict[str, A
     return rows
 
 
+# Per-round counts of a strategy's report that summary.json totals (two-way compression).
+SUMMED = ("sync_mismatches", "catchup_bytes", "dense_sends")
+
 # Quality metrics a run may report, with the direction that counts as better.
 QUALITY = {"accuracy": max, "rmse": min, "hr_at_10": max, "ndcg_at_10": max}
 
@@ -227,6 +236,7 @@ def summarize(rows: list[dict[str, Any]], total_wall: float) -> dict[str, Any]:
         "clients_ok": int(sum(r["clients_ok"] for r in rows)),
         "clients_failed": int(sum(r["clients_failed"] for r in rows)),
         "wall_s": round(total_wall, 3),
+        **{key: int(sum(r.get(key) or 0 for r in rows)) for key in SUMMED if any(key in r for r in rows)},
     }
 
 

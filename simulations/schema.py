@@ -300,6 +300,12 @@ SERVER = {
         "record_before": flag(doc="evaluate the aggregate before adjusting"),
     },
 }
+DOWNLINK = {
+    "none": {"name": choice("none")},
+    "topk": {"name": choice("topk"), **{k: TOPK[k] for k in ("alpha", "min_k", "scope", "value_dtype")}},
+    "stc": {"name": choice("stc"), **{k: STC[k] for k in ("alpha", "min_k", "scope")}},
+    "ternary": {"name": choice("ternary"), **{k: TERNARY[k] for k in ("stochastic", "clip_c", "packing")}},
+}
 SIMULATION = {
     "num_clients": integer("[1, inf)", doc="simulated SuperNodes (= data partitions)"),
     "num_rounds": integer("[1, inf)"),
@@ -358,6 +364,7 @@ GROUPS: dict[str, Group] = {
     "client": Group("_target_", CLIENT),
     "strategy": Group("_target_", STRATEGY),
     "server": Group("name", SERVER),
+    "downlink": Group("name", DOWNLINK, optional=True, doc="compressed broadcast of the global model (two-way compression)"),
     "fault": Group("", {"*": FAULT}, doc="fault injection (tests, benchmarks)"),
     "search": Group("", {"*": SEARCH}, optional=True, doc="only with task=search"),
     "compression": Group("", {"*": COMPRESSION}, optional=True,

@@ -45,6 +45,7 @@ from bouquet.simulations.checkpoint import (
     set_rng_state,
 )
 from bouquet.simulations.compression import wrap_compression
+from bouquet.simulations.downlink import client_downlink_mods, wrap_downlink
 from bouquet.simulations.experiment import Experiment, get_experiment
 from bouquet.simulations.metering import MeteredGrid, Period
 from bouquet.simulations.recsys import wrap_recommendation_evaluation
@@ -60,8 +61,10 @@ ClientMods = Callable[[dict[str, Any]], list[Callable[..., Any]]]
 
 
 # Wrappers applied in order to the configured strategy (compression, server-side adjustment...).
-# Server-side adjustment stays last (it adjusts the decoded aggregate): insert others before it.
-STRATEGY_WRAPPERS: list[StrategyWrapper] = [wrap_compression, wrap_recommendation_evaluation, wrap_server_adjust]
+# Server-side adjustment comes after compression (it adjusts the decoded aggregate).
+# The compressed downlink goes last (outermost): it broadcasts whatever the others made the global model.
+STRATEGY_WRAPPERS: list[StrategyWrapper] = [wrap_compression, wrap_recommendation_evaluation, wrap_server_adjust,
+                                            wrap_downlink]
 
 
 def build_strategy(cfg: dict[str, Any], exp: Experiment) -> Strategy:
@@ -89,11 +92,12 @@ def strategy_runtime_kwargs(cfg: dict[str, Any], exp: Experiment, factory: parti
 def client_mods(cfg: dict[str, Any]) -> list[Callable[..., Any]]:
     """Client mods the config asks for, outermost first.
 
-    Fault injection when ``fault.*`` rates are set; the learner-side sliding window
+    The compressed downlink's model rebuild (``downlink != none``) first; fault injection when
+    ``fault.*`` rates are set; the learner-side sliding window
     (:func:`~bouquet.clients.staleness.staleness_window_mod`) for ``strategy=async
     strategy.policy=sliding_window strategy.window_side=learner``.
     """
-    mods: list[Callable[..., Any]] = []
+    mods: list[Callable[..., Any]] = list(client_downlink_mods(cfg))  # outermost: rebuilds the model first
     fault = cfg.get("fault") or {}
     crash, hang, corrupt = (float(fault.get(k, 0.0)) for k in ("crash_rate", "hang_rate", "corrupt_rate"))
     if crash or hang or corrupt:
@@ -176,6 +180,7 @@ def run_server(grid: Grid, cfg: dict[str, Any], run_dir: str | Path) -> dict[str
         round_offset=start_round,
         previous_rows=previous_rows,
         on_round=checkpointer,
+        view=getattr(strategy, "held_model", None),  # two-way compression: evaluate the clients' copy
     )
     if own_loop:  # asynchronous: records per update, owns its start(), checkpoints per applied updates
         def save_updates(updates: int, arrays: dict[str, np.ndarray]) -> None:

@@ -31,6 +31,11 @@ The history keeps the most recent steps whose bytes add up to at most the dense 
 longer catch-up is never sent): at most one model size of memory, plus :math:`x_v`, plus one
 version number per node seen.
 
+Per round, the aggregated train ``MetricRecord`` gets ``bouquet-bytes-down`` (the ``Array`` bytes
+of the train messages built), ``bouquet-dense-bytes-down`` (the same messages with the dense
+model), ``bouquet-catchup-bytes`` and ``bouquet-sync-mismatches``, so a plain Flower app sees
+both directions in its ``Result``.
+
 Replies: the client mod (:func:`bouquet.clients.downlink_mod`) adds a ``ConfigRecord``
 ``bouquet-downlink`` holding the digest of the model it trained from; the wrapper removes it
 before the inner strategy sees the reply. A digest that differs from what was sent counts as
@@ -90,10 +95,15 @@ class CompressedDownlink(StrategyWrapper):
         residual is carried by construction.
     seed : int
         Seed of the codec's stochastic rounding (mixed with the version).
+    initial_known : bool
+        Every client can build the initial model itself (e.g. from the run's seed, as
+        ``bouquet-sim`` clients do; give the mod ``DownlinkMod(initial=...)``). A node the server
+        has not served yet then gets the steps since the initial model instead of the dense
+        model, while those are smaller; the client checks the initial model's digest first.
     """
 
     def __init__(self, strategy: Strategy, compressor: UpdateCompressor | str = "topk", *, seed: int = 0,
-                 **codec_kwargs: Any) -> None:
+                 initial_known: bool = False, **codec_kwargs: Any) -> None:
         if isinstance(compressor, str):
             if compressor not in CODECS:
                 raise ValueError(f"compressor={compressor!r} is not a downlink codec; allowed: {list(CODECS)}")
@@ -109,18 +119,21 @@ class CompressedDownlink(StrategyWrapper):
         super().__init__(strategy)
         self.compressor = compressor
         self.seed = int(seed)
+        self.initial_known = bool(initial_known)
         self._version = 0
+        self._digests: dict[int, str] = {}  # version -> digest of x_version (the initial one and the history's)
         self._held: dict[str, np.ndarray] = {}
         self._held_digest = ""
         self._server_digest = ""  # digest of the w_t the current version was cut from
         self._dense_record: ArrayRecord | None = None  # x_v as Flower arrays, built once per version
         self._steps: deque[tuple[int, dict[str, Encoded], int]] = deque()  # (version, payloads, bytes)
         self._nodes: dict[int, int] = {}  # node -> confirmed version
+        self._resync: set[int] = set()  # nodes out of sync: the dense model next time
         self._sent: dict[int, tuple[int, str, bool]] = {}  # node -> (version, digest, dense) this round
         self._residual: dict[str, np.ndarray] | None = None  # w_t - x_v, built when a dense reply needs it
         self._server: dict[str, np.ndarray] = {}
         self._dropped: list[str] = []
-        self._round = {"mismatches": 0, "catchup_bytes": 0, "dense_sends": 0}
+        self._round = {"mismatches": 0, "catchup_bytes": 0, "dense_sends": 0, "bytes_down": 0, "dense_down": 0}
         self.sync_mismatches = 0
         self._warned_no_mod: set[int] = set()
 
@@ -155,6 +168,7 @@ class CompressedDownlink(StrategyWrapper):
             self._held = {n: np.array(a, copy=True) for n, a in server.items()}
             self._steps.clear()
             self._nodes.clear()
+            self._digests.clear()
         else:
             updates = [np.subtract(server[n], self._held[n], dtype=self._held[n].dtype) for n in server]
             rng = np.random.default_rng([self.seed, self._version, 29])
@@ -164,9 +178,12 @@ class CompressedDownlink(StrategyWrapper):
             apply_decoded(self._held, decode_step(step, self._held))  # exactly what a client does
             self._steps.append((self._version + 1, step, sum(len(p.data) for p in payloads)))
             while sum(b for _, _, b in self._steps) > self._dense_bytes():
-                self._steps.popleft()
+                dropped, _, _ = self._steps.popleft()
+                if dropped - 1 > 1:
+                    self._digests.pop(dropped - 1, None)
         self._version += 1
         self._held_digest = model_digest(self._held)
+        self._digests[self._version] = self._held_digest
         self._dense_record = None
 
     def _dense_bytes(self) -> int:
@@ -176,7 +193,7 @@ class CompressedDownlink(StrategyWrapper):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         self._advance(arrays)
         self._sent = {}
-        self._round = {"mismatches": 0, "catchup_bytes": 0, "dense_sends": 0}
+        self._round = {"mismatches": 0, "catchup_bytes": 0, "dense_sends": 0, "bytes_down": 0, "dense_down": 0}
         out = []
         for msg in self.strategy.configure_train(server_round, arrays, config, grid):
             out.append(self._compress_message(msg, arrays))
@@ -199,6 +216,8 @@ class CompressedDownlink(StrategyWrapper):
             if key != rec_key:
                 new[key] = value
         base = self._nodes.get(node)
+        if base is None and self.initial_known and 1 in self._digests and node not in self._resync:
+            base = 1  # a new node builds the initial model itself (its digest is checked)
         steps = self._catchup(base)
         dense = steps is None
         if dense:
@@ -206,17 +225,21 @@ class CompressedDownlink(StrategyWrapper):
                 self._dense_record = ArrayRecord({n: Array(a) for n, a in self._held.items()})
             new[rec_key] = self._dense_record
             self._round["dense_sends"] += 1
+            self._resync.discard(node)
         else:
             for version, payloads, nbytes in steps or []:
                 new[step_record_key(version)] = ArrayRecord({
                     n: Array(dtype=p.dtype, shape=tuple(p.shape), stype=p.stype, data=p.data) for n, p in payloads.items()})
                 if len(steps or []) > 1:
-                    self._round["catchup_bytes"] += nbytes
+                    self._round["catchup_bytes"] += nbytes  # more than this round's step: catching up
         new[keys.DOWNLINK] = ConfigRecord({
             "version": self._version, "base": 0 if dense else int(base or 0), "digest": self._held_digest,
+            "base-digest": "" if dense else self._digests.get(int(base or 0), ""),
             "kind": "dense" if dense else "steps", "record": rec_key,
         })
         self._sent[node] = (self._version, self._held_digest, dense)
+        self._round["bytes_down"] += sum(len(a.data) for r in new.array_records.values() for a in r.values())
+        self._round["dense_down"] += sum(len(a.data) for a in record.values())
         msg.content = new
         return msg
 
@@ -246,6 +269,8 @@ class CompressedDownlink(StrategyWrapper):
         if metrics is not None:
             metrics[keys.SYNC_MISMATCHES] = self._round["mismatches"]
             metrics[keys.CATCHUP_BYTES] = self._round["catchup_bytes"]
+            metrics[keys.BYTES_DOWN] = self._round["bytes_down"]
+            metrics[keys.DENSE_BYTES_DOWN] = self._round["dense_down"]
         return arrays, metrics
 
     def _check_reply(self, msg: Message) -> Message | None:
@@ -269,6 +294,7 @@ class CompressedDownlink(StrategyWrapper):
                 return self._strip(msg)
             self._drop(node, "no downlink digest in a reply to compressed steps (is downlink_mod installed?)")
             self._nodes.pop(node, None)
+            self._resync.add(node)
             return None
         if got != digest:
             self._mismatch(node, f"trained from a model with digest {str(got)[:32]!r}, the broadcast's is {digest!r}")
@@ -280,6 +306,7 @@ class CompressedDownlink(StrategyWrapper):
     def _mismatch(self, node: int, why: str) -> None:
         self._round["mismatches"] += 1
         self._nodes.pop(node, None)
+        self._resync.add(node)
         log(logging.WARNING, "CompressedDownlink: node %s out of sync (%s): it gets the dense model next time", node, why)
 
     def _drop(self, node: int, reason: str) -> None:
@@ -354,5 +381,7 @@ class CompressedDownlink(StrategyWrapper):
         self._server_digest, self._dense_record = "", None
         self._steps.clear()
         self._nodes.clear()
+        self._resync.clear()
+        self._digests = {version: self._held_digest} if self._held else {}
         self.sync_mismatches = int(state.get("sync_mismatches", 0))
 

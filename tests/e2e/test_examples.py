@@ -1,6 +1,6 @@
 """``examples/quickstart-compressed``: a plain Flower app using bouquet runs with ``flwr run`` on a
 local simulation federation, completes (read from ``flwr ls``: ``flwr run`` exits 0 on a failed
-run), and its uploads are much smaller than dense (issue 18)."""
+run), and its uploads and (from round 2) its broadcasts are much smaller than dense (issues 18, 29)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,10 @@ def test_quickstart_compressed_runs_and_uploads_less(flwr_home, tmp_path: Path) 
         train = metrics["train"][rnd]
         assert 0 < train["bouquet-bytes-up"] < train["bouquet-dense-bytes"] / 5, train
         assert train["bouquet-dropped"] == 0 and "label-histogram" not in train
+        assert train["bouquet-sync-mismatches"] == 0
+    # round 1 broadcasts the dense model (new nodes), round 2 the STC step: both directions compressed
+    down = metrics["train"]["2"]
+    assert 0 < down["bouquet-bytes-down"] < down["bouquet-dense-bytes-down"] / 5, down
     assert "Compressed: round 1" in text  # bouquet's line in Flower's log
     assert metrics["eval"]["2"]["accuracy"] > 0.3
     for pid in _pids_with_arg(str(home / "local-superlink")):

@@ -191,3 +191,18 @@ def test_client_app_refuses_the_same_config() -> None:
     cfg = flower_app.compose_config("client=topk client.alpha=2")
     with pytest.raises(ValueError, match=r"client\.alpha=2 is out of range"):
         flower_app._client_app_for(json.dumps(cfg, sort_keys=True))
+
+
+@pytest.mark.parametrize("overrides,named", [
+    (["downlink=stc", "strategy=async"], "downlink=stc and strategy=async cannot be combined"),
+    (["downlink=topk", "downlink.alpha=0"], "downlink.alpha=0 is out of range (0, 1]"),
+    (["downlink=ternary", "downlink.alpha=0.1"], "downlink.alpha"),
+])
+def test_downlink_combinations_it_cannot_serve_are_refused(monkeypatch, tmp_path, capsys, no_full_error,
+                                                            overrides, named) -> None:
+    with pytest.raises(SystemExit) as info:
+        _run_main(monkeypatch, tmp_path, "dataset=digits", *overrides)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert named in err and err.count("\n") == 1
+    assert not (tmp_path / "run" / "summary.json").exists()

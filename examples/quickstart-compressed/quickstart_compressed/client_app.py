@@ -3,11 +3,12 @@
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from bouquet.clients import compression_mod
+from bouquet.clients import compression_mod, downlink_mod
 from quickstart_compressed.task import Net, histogram, load_data, train
 
-# top-5% of every tensor's update, error feedback in context.state: one line for compression
-app = ClientApp(mods=[compression_mod("topk", alpha=0.05)])
+# downlink_mod rebuilds the model from the server's compressed broadcast (outermost, first);
+# compression_mod uploads the top-5% of every tensor's update, error feedback in context.state
+app = ClientApp(mods=[downlink_mod, compression_mod("topk", alpha=0.05)])
 
 
 @app.train()

@@ -1,11 +1,18 @@
-"""ServerApp: KL-weighted FedAvg, malformed replies dropped, compressed replies decoded."""
+"""ServerApp: KL-weighted FedAvg, malformed replies dropped, compressed replies decoded, and the
+global model broadcast compressed (both directions)."""
 
 import json
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from bouquet.strategies import Compressed, KLWeightedFedAvg, ReplyGuard, scalar_metrics_mean
+from bouquet.strategies import (
+    Compressed,
+    CompressedDownlink,
+    KLWeightedFedAvg,
+    ReplyGuard,
+    scalar_metrics_mean,
+)
 from quickstart_compressed.task import Net, evaluate, test_data
 
 app = ServerApp()
@@ -17,6 +24,8 @@ def main(grid: Grid, context: Context) -> None:
     strategy = Compressed(ReplyGuard(KLWeightedFedAvg(  # three bouquet pieces, wrapped the documented way
         fraction_train=float(context.run_config["fraction-train"]), fraction_evaluate=0.0,
         train_metrics_aggr_fn=scalar_metrics_mean)))
+    # outermost: broadcast STC steps of the global model (5% of each tensor) instead of the model
+    strategy = CompressedDownlink(strategy, "stc", alpha=0.05)
     x, y = test_data()
 
     def global_eval(server_round: int, arrays: ArrayRecord) -> MetricRecord:
