@@ -38,6 +38,9 @@ ARMS: dict[str, list[str]] = {
     "STC 1% both ways": ["client=stc", "client.alpha=0.01", "downlink=stc", "downlink.alpha=0.01"],
     "top-k 1% + EF both ways": ["client=topk", "client.alpha=0.01", "downlink=topk", "downlink.alpha=0.01"],
     "TernGrad both ways": ["client=ternary", "downlink=ternary"],
+    # our remedy from the lab grid (compression section): sparse replies dilute in the mean, a server step of 2
+    "STC 1% both ways, server_lr 2": ["client=stc", "client.alpha=0.01", "downlink=stc", "downlink.alpha=0.01",
+                                      "+compression.server_lr=2.0"],
 }
 DEFAULT_ARMS = list(ARMS)
 DATASETS = ("mnist", "fashion_mnist")
