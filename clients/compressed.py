@@ -193,8 +193,8 @@ class STCClient(CompressingClient):
 Mod = Callable[[Message, Context, Callable[[Message, Context], Message]], Message]
 
 
-def compression_mod(compressor: UpdateCompressor | str = "topk", *, state_key: str = keys.EF_RESIDUAL, seed: int = 0,
-                    momentum_key: str = keys.DGC_MOMENTUM, **codec_kwargs: Any) -> Mod:
+def compression_mod(compressor: UpdateCompressor | str = "topk", *not_options: Any, state_key: str = keys.EF_RESIDUAL,
+                    seed: int = 0, momentum_key: str = keys.DGC_MOMENTUM, **codec_kwargs: Any) -> Mod:
     """A Flower client mod compressing the train reply of any Message-API ClientApp.
 
     Parameters
@@ -213,7 +213,18 @@ def compression_mod(compressor: UpdateCompressor | str = "topk", *, state_key: s
     -------
     callable
         ``mod(msg, context, call_next) -> Message``; only train messages are touched.
+
+    Raises
+    ------
+    TypeError
+        When used as a mod without being called (``mods=[compression_mod]``) or given
+        positional options.
+    ValueError
+        For an unknown codec, an option the codec does not take, or a missing required one.
     """
+    if isinstance(compressor, Message) or not_options:
+        raise TypeError("compression_mod builds a mod: write mods=[compression_mod('topk', alpha=0.01)] (called, "
+                        "options by keyword), not mods=[compression_mod]")
     comp = make_compressor(compressor, **codec_kwargs) if isinstance(compressor, str) else compressor
     if not isinstance(comp, UpdateCompressor):
         raise ValueError(f"compressor must be an UpdateCompressor or a codec name, got {type(compressor).__name__}")

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, MetricRecord
 
+from bouquet.curves import plot_curves
 from bouquet.simulations.metering import MeteredGrid
 
 logger = logging.getLogger("bouquet.progress")
@@ -238,29 +239,3 @@ def summarize(rows: list[dict[str, Any]], total_wall: float) -> dict[str, Any]:
         "wall_s": round(total_wall, 3),
         **{key: int(sum(r.get(key) or 0 for r in rows)) for key in SUMMED if any(key in r for r in rows)},
     }
-
-
-def plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
-    """Accuracy vs round and vs MB uploaded (cumulative)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    step_key = "round" if rows and "round" in rows[0] else "updates"
-    metric = next((m for m in QUALITY if any(r.get(m) is not None for r in rows)), "accuracy")
-    xs = [r[step_key] for r in rows]
-    accs = [r.get(metric) if r.get(metric) is not None else float("nan") for r in rows]
-    mb = np.cumsum([r["bytes_up"] for r in rows]) / 1e6
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(xs, accs, marker="o")
-    ax1.set_xlabel(step_key)
-    ax1.set_ylabel(metric)
-    ax1.grid(alpha=0.3)
-    ax2.plot(mb, accs, marker="o")
-    ax2.set_xlabel("MB uploaded (cumulative)")
-    ax2.set_ylabel(metric)
-    ax2.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -68,6 +68,7 @@ from bouquet import keys
 from bouquet.codecs import Encoded, UpdateCompressor, is_statistic, make_compressor
 from bouquet.codecs.npy import read_npy
 from bouquet.codecs.sync import apply_decoded, decode_step, model_digest
+from bouquet.strategies.client_errors import explain_client_error
 from bouquet.strategies.decoding import DENSE_STYPE, reference_arrays
 from bouquet.strategies.reports import CLIENTS_DROPPED, DROP_REASONS, truncate_reason
 from bouquet.strategies.wrapper import StrategyWrapper, chain
@@ -136,6 +137,7 @@ class CompressedDownlink(StrategyWrapper):
         self._round = {"mismatches": 0, "catchup_bytes": 0, "dense_sends": 0, "bytes_down": 0, "dense_down": 0}
         self.sync_mismatches = 0
         self._warned_no_mod: set[int] = set()
+        self._explained: set[str] = set()  # set-up mistakes already logged
 
     def summary(self) -> None:
         log(logging.INFO, "CompressedDownlink(%s) around %s", self.compressor.codec, type(self.strategy).__name__)
@@ -277,8 +279,12 @@ class CompressedDownlink(StrategyWrapper):
         node = int(msg.metadata.src_node_id)
         sent = self._sent.get(node)
         if msg.has_error():
-            if sent is not None and RESYNC in str(msg.error.reason):
+            reason = str(msg.error.reason)
+            if sent is not None and RESYNC in reason:
                 self._mismatch(node, "the client could not rebuild the broadcast model")
+            elif (meaning := explain_client_error(reason)) is not None and meaning not in self._explained:
+                self._explained.add(meaning)
+                log(logging.WARNING, "CompressedDownlink: node %s replied with an error: %s", node, meaning)
             return msg
         if sent is None:
             return self._strip(msg)  # not ours to judge: the inner strategy decides
