@@ -10,8 +10,10 @@
 * ``compression.fast_path`` (optional, default true): sparse weighted-mean aggregation when the
   strategy is FedAvg-like;
 * ``compression.server_momentum`` (optional, default 0 = off): :math:`\\beta` of the server
-  momentum :math:`m \\leftarrow \\beta m + \\bar u`, :math:`w \\leftarrow w + \\eta m` on the decoded
-  mean update;
+  momentum on the decoded mean update: the chain becomes
+  ``ServerMomentum(Compressed(strategy, server_lr), momentum=beta)``
+  (:class:`~bouquet.strategies.ServerMomentum`, :math:`m \\leftarrow \\beta m + \\eta \\bar u`,
+  :math:`w \\leftarrow w + m`);
 * ``compression.gamma`` (optional, instead of ``server_lr``): the S1 source's learning rate
   :math:`\\gamma` of :math:`W \\leftarrow W - \\gamma \\sum_i c_i G_i`. A client uploads its update
   :math:`u_i = -\\text{lr}\\, G_i` (one SGD step with ``client.local_steps=1``, momentum 0; top-k
@@ -36,6 +38,7 @@ from hydra.utils import get_class
 
 from bouquet.clients.compressed import CompressingClient
 from bouquet.strategies.compressed import Compressed, decode_update
+from bouquet.strategies.server_momentum import ServerMomentum
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +64,8 @@ def _own_start_loop(strategy: Strategy) -> Strategy | None:
 
 
 def wrap_compression(cfg: dict[str, Any], exp: Any, strategy: Strategy) -> Strategy:
-    """``Compressed(strategy, server_lr)`` if the configured client compresses, else ``strategy``."""
+    """``Compressed(strategy, server_lr)`` (inside ``ServerMomentum`` when
+    ``compression.server_momentum`` > 0) if the configured client compresses, else ``strategy``."""
     if not client_compresses(cfg):
         return strategy
     own_loop: Any = _own_start_loop(strategy)
@@ -77,5 +81,7 @@ def wrap_compression(cfg: dict[str, Any], exp: Any, strategy: Strategy) -> Strat
     server_momentum = float(comp.get("server_momentum", 0.0))
     logger.info("client %s compresses: wrapping %s in Compressed(server_lr=%s, server_momentum=%s)",
                 cfg["client"]["_target_"], type(strategy).__name__, server_lr, server_momentum)
-    return Compressed(strategy, server_lr=server_lr, fast_path=bool(comp.get("fast_path", True)),
-                      server_momentum=server_momentum)
+    wrapped: Strategy = Compressed(strategy, server_lr=server_lr, fast_path=bool(comp.get("fast_path", True)))
+    if server_momentum > 0:
+        wrapped = ServerMomentum(wrapped, momentum=server_momentum)
+    return wrapped

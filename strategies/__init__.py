@@ -10,6 +10,7 @@ from bouquet.strategies.metrics import scalar_metrics_mean
 from bouquet.strategies.reports import inner_report, merge_reports
 from bouquet.strategies.round_offset import RoundOffset
 from bouquet.strategies.server_adjusted import ServerAdjusted
+from bouquet.strategies.server_momentum import ServerMomentum
 from bouquet.strategies.wrapper import StrategyWrapper
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "ReplyGuard",
     "RoundOffset",
     "ServerAdjusted",
+    "ServerMomentum",
     "StrategyWrapper",
     "check_dense_reply",
     "inner_report",

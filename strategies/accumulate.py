@@ -20,16 +20,17 @@ from bouquet.strategies.decoding import DENSE_STYPE, aggregate_dtype, dense_view
 
 
 class Accumulator:
-    """``ref + sum(weight * update)`` for one tensor, returned as a dense ``Array``.
+    """``ref + sum(weight * update)`` for one tensor, returned as a dense ``Array`` of ``dtype``
+    (default: Flower's aggregate dtype of ``ref``).
 
     The sum is made in the output bytes themselves when the tensor's aggregate dtype is at least
     4 bytes wide (else in a float32 buffer converted at the end). Additions land in the order
     they are made, so the result is bit-identical to adding update after update with numpy.
     """
 
-    def __init__(self, ref: np.ndarray) -> None:
+    def __init__(self, ref: np.ndarray, dtype: np.dtype | None = None) -> None:
         self.shape = tuple(int(s) for s in ref.shape)
-        self.dtype = aggregate_dtype(ref)
+        self.dtype = aggregate_dtype(ref) if dtype is None else np.dtype(dtype)
         self.work = self.dtype if self.dtype.itemsize >= 4 else np.dtype(np.float32)
         self._ref = ref.reshape(-1)
         self._data: bytes | None = None  # the output bytes, when the sum is made in them
@@ -83,9 +84,9 @@ class Accumulator:
         return Array(dtype=str(self.dtype), shape=self.shape, stype=DENSE_STYPE, data=data)
 
 
-def npy_array(ref: np.ndarray, adds: list[tuple[Decoded, float]]) -> Array:
+def npy_array(ref: np.ndarray, adds: list[tuple[Decoded, float]], dtype: np.dtype | None = None) -> Array:
     """``ref + sum(weight * update)`` as a dense ``Array`` (see :class:`Accumulator`)."""
-    acc = Accumulator(ref)
+    acc = Accumulator(ref, dtype)
     for dec, weight in adds:
         acc.add(dec, weight)
     return acc.array()

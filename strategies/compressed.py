@@ -15,74 +15,75 @@ every reply in ``aggregate_train``. The inner strategy receives dense replies ho
     \\hat w_i = w + \\eta\\, \\hat u_i
 
 (:math:`\\hat u_i` the decoded update), so it composes with any aggregation rule (FedAvg,
-FedProx, FedAdam, FedMedian, Krum, bouquet's strategies). For the weighted-mean family
-(exactly Flower's ``FedAvg.aggregate_train``, e.g. FedAvg and FedProx, or a FedAvg subclass
-declaring ``weighted_mean_aggregation = True``, optionally with its own weights
-``reply_weights(contents) -> list[float]`` instead of :math:`n_i`; bouquet's ``ReplyGuard`` is
-looked through) the wrapper aggregates directly, without a dense copy per client:
+FedProx, FedAdam, FedMedian, Krum, Flower's DP wrappers, bouquet's strategies). A reply whose
+arrays are all dense is handed on as it came when :math:`\\eta = 1` (no rebuilt copy, so a
+float16 model's replies keep their bits), and then needs no :math:`w`: ``aggregate_train``
+works without ``configure_train`` (as Flower's strategies do) on dense replies, checked against
+each other (names and shapes held by a strict majority of them, finite values); a compressed
+reply with no :math:`w` to decode against is dropped with that reason.
+
+Weighted-mean family (Flower's ``FedAvg.aggregate_train`` unchanged, e.g. FedAvg and FedProx,
+or a strategy offering :class:`~bouquet.strategies.hooks.ReplyWeights`): the wrapper
+aggregates directly, without a dense copy per client,
 
 .. math::
 
-    w' = w + \\eta\\, \\frac{\\sum_i n_i \\hat u_i}{\\sum_i n_i},
+    w' = w + \\eta\\, \\sum_i c_i \\hat u_i, \\qquad c_i = \\frac{n_i / \\max_j n_j}{\\sum_k n_k / \\max_j n_j},
 
 which equals FedAvg over the :math:`\\hat w_i`; it costs :math:`O(\\sum_i |\\text{payload}_i| +
-|w|)` time and :math:`O(|w|)` memory (sparse updates are added at their indices). Train metrics
-are aggregated by the inner strategy's ``train_metrics_aggr_fn``.
+|w|)` time and :math:`O(|w|)` memory (sparse updates are added at their indices, straight into
+the output bytes). Wrappers offering :class:`~bouquet.strategies.hooks.ReplyScreen`
+(``ReplyGuard``) are looked through: their norm bounds and ``min_replies`` are applied through
+that protocol. Train metrics are aggregated by the inner strategy's ``train_metrics_aggr_fn``.
 
-Every reply is hostile (:mod:`bouquet.strategies.decoding`): names, shapes, dtypes and lengths
-are checked against the global model before anything is allocated, decoding is bounded by the
-payload's bytes and the model size, and *any* exception while reading one reply drops that
-reply (logged at WARNING through Flower's logger with the node id and the reason, counted in
-``round_report()["clients_dropped"]``); the round goes on with the others. The weighted mean
-is accumulated with normalised weights :math:`n_i / \\sum_j n_j` straight into the output
-buffer (a copy of :math:`w`), so it is finite wherever Flower's dense FedAvg is; a non-finite
-aggregate skips the round instead of poisoning the model.
+Dtypes: without a screen, Flower's FedAvg rule (a tensor of the aggregate takes the dtype of the
+first accepted reply's tensor, float64 for integer ones; compressed arrays carry the global
+array's dtype); behind a screen, the screen's rule (the server's dtypes).
 
-Server momentum (``server_momentum`` :math:`\\beta`, default 0 = off; FedAvgM, Hsu et al. 2019,
-arXiv:1909.06335, applied here to the decoded mean update :math:`\\bar u_t = (w_{agg} - w)/\\eta`,
-where :math:`w_{agg}` is the inner aggregation's result, :math:`w + \\eta\\,\\bar u_t` for the
-weighted-mean family):
+Every reply is hostile (:mod:`bouquet.strategies.decoding`, :mod:`bouquet.strategies.screening`):
+identity (one reply per message sent this round, from its node), names, shapes, dtypes and
+lengths are checked before anything is allocated, decoding is bounded by the payload's bytes and
+the model size, an update whose values could overflow the aggregate's dtype
+(:math:`|\\eta \\hat u_i| > 0.45\\,\\max`) is refused, and *any* exception while reading one
+reply drops that reply (logged at WARNING through Flower's logger with the node id and a reason
+cut to 300 characters, counted in ``round_report()["clients_dropped"]``); the round goes on
+with the others. Weights are normalised without overflow. Differing metric keys cost no reply:
+only the keys every accepted reply shares are aggregated.
 
-.. math::
-
-    m_t = \\beta\\, m_{t-1} + \\bar u_t, \\qquad w' = w + \\eta\\, m_t,
-
-on every float tensor except normalisation statistics (``running_mean`` / ``running_var``, which
-take the plain aggregate: momentum could make a running variance negative) and integer tensors.
-:math:`m` is the strategy's state (:meth:`Compressed.state_dict`), so a checkpoint keeps it; a
-skipped round (no aggregate) leaves :math:`m` and the model unchanged. With all clients in
-every round, client-side DGC momentum correction with :math:`m = \\beta` and no sparsification
-is the same update (both are heavy-ball momentum on the mean update).
-
-Looked through on the fast path: bouquet's ``ReplyGuard`` (its ``min_replies``, its update-norm
-bound and its skipped-round count apply exactly as on the dense path). Dtype and shape rules are
-FedAvg's: a 0-d array stays 0-d, an integer tensor's mean is float64.
+Server momentum is not this wrapper's job: :class:`~bouquet.strategies.ServerMomentum`.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, FedAvgM, Strategy
-from flwr.serverapp.strategy.fedopt import FedOpt
+from flwr.serverapp.strategy import FedAvg, Strategy
 
-from bouquet import keys
-from bouquet.codecs import Decoded, is_statistic
+from bouquet.codecs import Decoded, decode
+from bouquet.codecs.npy import read_npy
 from bouquet.strategies.accumulate import Accumulator, finite_npy, npy_array
 from bouquet.strategies.decoding import (
+    DENSE_STYPE,
+    NPY_READER_MAX_HEADER,
+    aggregate_dtype,
+    check_record,
     decode_record,
+    dense_update,
+    dense_view,
+    npy_header_length,
     reference_arrays,
-    reply_weight,
     single_array_record,
     update_norm,
 )
-from bouquet.strategies.guard import ReplyGuard, metric_key_outliers, within_norm_bounds
+from bouquet.strategies.guard import cast_to_reference
+from bouquet.strategies.hooks import ReplyScreen, ReplyWeights, ValidatesMetrics
 from bouquet.strategies.reports import (
     BYTES_UP,
     CLIENTS_DROPPED,
@@ -90,29 +91,33 @@ from bouquet.strategies.reports import (
     DROP_REASONS,
     DROPPED,
     payload_bytes,
+    truncate_reason,
 )
-from bouquet.strategies.wrapper import StrategyWrapper, chain
+from bouquet.strategies.screening import SentMessages, normalised, reply_weight, shared_metrics
+from bouquet.strategies.wrapper import StrategyWrapper, nested, refuse_byte_models, weight_key_of
+
+OVERFLOW_SHARE = 0.45  # |eta u_i| above this share of the dtype's max could overflow w + sum c_i eta u_i
 
 
-def weighted_mean_chain(strategy: Strategy) -> tuple[FedAvg | None, list[ReplyGuard]]:
+def weighted_mean_chain(strategy: Strategy) -> tuple[FedAvg | None, list[Any]]:
     """The FedAvg-family strategy whose ``aggregate_train`` is a plain weighted mean (or None),
-    and the ``ReplyGuard`` s looked through on the way to it.
+    and the :class:`~bouquet.strategies.hooks.ReplyScreen` s looked through on the way to it.
 
-    True for a strategy whose class uses ``FedAvg.aggregate_train`` unchanged (FedAvg, FedProx)
-    or that declares ``weighted_mean_aggregation = True``.
+    A weighted mean: a FedAvg whose class uses ``FedAvg.aggregate_train`` unchanged (FedAvg,
+    FedProx), or declares ``weighted_mean_aggregation = True``
+    (:class:`~bouquet.strategies.hooks.ReplyWeights`); a class declaring it ``False`` opts out.
     """
-    guards: list[ReplyGuard] = []
-    while True:
-        declared = getattr(type(strategy), "weighted_mean_aggregation", None)
-        if declared is not None:
-            return (strategy if declared and isinstance(strategy, FedAvg) else None), guards
-        if isinstance(strategy, ReplyGuard):
-            guards.append(strategy)
-            strategy = strategy.strategy
-            continue
-        if isinstance(strategy, FedAvg) and type(strategy).aggregate_train is FedAvg.aggregate_train:
-            return strategy, guards
-        return None, guards
+    screens: list[Any] = []
+    level: Any = strategy
+    while isinstance(level, ReplyScreen):
+        screens.append(level)
+        level = level.strategy
+    if not isinstance(level, FedAvg):
+        return None, screens
+    declared = getattr(type(level), "weighted_mean_aggregation", None)
+    if declared is not None:
+        return (level if declared else None), screens
+    return (level if type(level).aggregate_train is FedAvg.aggregate_train else None), screens
 
 
 def weighted_mean_base(strategy: Strategy) -> FedAvg | None:
@@ -131,6 +136,22 @@ def decode_update(record: ArrayRecord, reference: dict[str, np.ndarray]) -> dict
     return {name: dec.to_dense() for name, dec in decode_record(record, reference).items()}
 
 
+def max_abs(dec: Decoded) -> float:
+    """:math:`\\max |\\hat u|` of a decoded update (no allocation)."""
+    if dec.values.size == 0:
+        return 0.0
+    top = max(abs(float(np.max(dec.values))), abs(float(np.min(dec.values))))
+    return top * (1.0 if dec.scale is None else abs(float(dec.scale)))
+
+
+def check_overflow(decoded: dict[str, Decoded], dtypes: dict[str, np.dtype], server_lr: float) -> None:
+    """``ValueError`` if an update's values could overflow the aggregate's dtype (module docstring)."""
+    for name, dec in decoded.items():
+        dtype = dtypes[name]
+        if dtype.kind == "f" and server_lr * max_abs(dec) > OVERFLOW_SHARE * float(np.finfo(dtype).max):
+            raise ValueError(f"array {name!r}: update values up to {server_lr * max_abs(dec):.3g} could overflow {dtype}")
+
+
 class Compressed(StrategyWrapper):
     """Decode compressed updates around ``strategy`` (see module docstring).
 
@@ -142,81 +163,57 @@ class Compressed(StrategyWrapper):
         :math:`\\eta`, the step applied to the decoded update (1.0: the clients' weights).
     fast_path : bool
         Use the sparse weighted-mean aggregation when the inner strategy allows it.
-    server_momentum : float
-        :math:`\\beta \\in [0, 1)` of the server momentum on the decoded mean update (0: off).
     """
 
-    def __init__(self, strategy: Strategy, server_lr: float = 1.0, *, fast_path: bool = True,
-                 server_momentum: float = 0.0) -> None:
-        if not np.isfinite(server_lr) or server_lr <= 0:
-            raise ValueError(f"server_lr={server_lr} must be finite and > 0")
-        if not (np.isfinite(server_momentum) and 0.0 <= server_momentum < 1.0):
-            raise ValueError(f"server_momentum={server_momentum} must be in [0, 1)")
-        if any(isinstance(s, Compressed) for s in chain(strategy)):
+    def __init__(self, strategy: Strategy, server_lr: float = 1.0, *, fast_path: bool = True) -> None:
+        if isinstance(server_lr, bool) or not isinstance(server_lr, (int, float)) or not (np.isfinite(server_lr) and server_lr > 0):
+            raise ValueError(f"server_lr={server_lr!r} must be a finite number > 0")
+        if any(isinstance(s, Compressed) for s in nested(strategy)):
             raise ValueError("Compressed is already in this chain: wrap a strategy in Compressed once")
-        if server_momentum > 0:
-            for inner in chain(strategy):
-                if isinstance(inner, FedOpt) or (isinstance(inner, FedAvgM) and inner.server_momentum > 0):
-                    raise ValueError(f"server_momentum={server_momentum} cannot be combined with {type(inner).__name__}: "
-                                     "it already applies its own server optimiser (momentum) to the aggregate")
-        # set before StrategyWrapper.__init__: afterwards a name the inner strategy also has (FedAvgM's
-        # server_momentum) would be written to the inner strategy
-        self.server_momentum = float(server_momentum)
-        self._momentum: dict[str, np.ndarray] = {}  # m_t per float tensor (the strategy's state)
+        refuse_byte_models(strategy, "Compressed")
         super().__init__(strategy)
         self.server_lr = float(server_lr)
         self.fast_path = bool(fast_path)
-        self._global: dict[str, np.ndarray] | None = None
-        self._dropped: list[str] = []
         self.last_path = ""
+        self._global: dict[str, np.ndarray] | None = None
+        self._sent = SentMessages()
+        self._dropped: list[str] = []
 
     def summary(self) -> None:
-        log(logging.INFO, "Compressed(server_lr=%s, server_momentum=%s) around %s", self.server_lr, self.server_momentum,
-            type(self.strategy).__name__)
+        log(logging.INFO, "Compressed(server_lr=%s) around %s", self.server_lr, type(self.strategy).__name__)
         self.strategy.summary()
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         self._global = reference_arrays(arrays)  # zero-copy views of the bytes the server sends
-        return self.strategy.configure_train(server_round, arrays, config, grid)
+        return self._sent.remember(self.strategy.configure_train(server_round, arrays, config, grid))
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         self._dropped = []
         replies = list(replies)
-        self._global_arrays()  # fail early, before any decoding
-        received, dense = payload_bytes(replies, self._global_arrays())
-        base, guards = weighted_mean_chain(self.strategy) if self.fast_path else (None, [])
+        received, dense = payload_bytes(replies, self._global)
+        kept, wrong = self._sent.screen(replies)
+        for msg, reason in wrong:
+            self._drop(msg, reason)
+        errors = [m for m in kept if m.has_error()]
+        candidates = self._candidates([m for m in kept if not m.has_error()])
+        base, screens = weighted_mean_chain(self.strategy) if self.fast_path and self._global is not None else (None, [])
         if base is not None:
             self.last_path = "fast"
-            arrays, metrics = self._aggregate_weighted_mean(server_round, base, guards, replies)
+            arrays, metrics = self._aggregate_weighted_mean(server_round, base, screens, candidates)
         else:
             self.last_path = "dense"
-            arrays, metrics = self.strategy.aggregate_train(server_round, self._densify(replies))
-        if arrays is not None and self.server_momentum > 0:
-            arrays = self._apply_server_momentum(server_round, arrays)
-        facts = {BYTES_UP: received, DENSE_BYTES: dense, DROPPED: len(self._dropped)}
+            usable = self._densify(candidates)
+            if not (isinstance(self.strategy, ValidatesMetrics) and self.strategy.validates_metrics):
+                usable = shared_metrics(usable, weight_key_of(self.strategy), "Compressed")
+            log(logging.INFO, "Compressed: %d replies for %s, %d dropped", len(usable), type(self.strategy).__name__,
+                len(self._dropped))
+            arrays, metrics = self.strategy.aggregate_train(server_round, usable + errors)
         log(logging.INFO, "Compressed: round %d: %d replies, %d dropped, %.3f MB received vs %.3f MB dense (%.1fx fewer)",
             server_round, len(replies), len(self._dropped), received / 1e6, dense / 1e6, dense / max(received, 1))
         if metrics is not None:  # documented: bouquet's facts ride along in the aggregated MetricRecord
-            for key, value in facts.items():
+            for key, value in ((BYTES_UP, received), (DENSE_BYTES, dense), (DROPPED, len(self._dropped))):
                 metrics[key] = value
         return arrays, metrics
-
-    def state_dict(self) -> dict[str, Any]:
-        """The server momentum :math:`m` (copies; empty before the first step or when off)."""
-        return {"server_momentum": self.server_momentum, "momentum": {k: v.copy() for k, v in self._momentum.items()}}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue with the momentum of :meth:`state_dict` (``ValueError`` if it is not one)."""
-        momentum = state.get("momentum") if isinstance(state, dict) else None
-        if not isinstance(momentum, dict) or not all(
-                isinstance(k, str) and isinstance(v, np.ndarray) and v.dtype.kind == "f" and np.all(np.isfinite(v))
-                for k, v in momentum.items()):
-            raise ValueError("Compressed.load_state_dict: 'momentum' must map tensor names to finite float arrays")
-        saved = state.get("server_momentum")
-        if momentum and saved != self.server_momentum:
-            log(logging.WARNING, "Compressed: the loaded momentum was built with server_momentum=%s, this strategy "
-                "has %s; continuing with it", saved, self.server_momentum)
-        self._momentum = {k: np.array(v, copy=True) for k, v in momentum.items()}
 
     def own_report(self) -> dict[str, Any]:
         own: dict[str, Any] = {CLIENTS_DROPPED: len(self._dropped), DROP_REASONS: list(self._dropped)}
@@ -226,174 +223,219 @@ class Compressed(StrategyWrapper):
     # ------------------------------------------------------------------ internals
     def _drop(self, msg: Message, reason: str) -> None:
         node = msg.metadata.src_node_id
+        reason = truncate_reason(reason)
         log(logging.WARNING, "Compressed: dropping reply from node %s: %s", node, reason)
         self._dropped.append(f"node {node}: {reason}")
 
-    def _candidates(self, replies: list[Message], weight_key: str) -> tuple[list[Message], list[Message]]:
-        """Replies whose records, array headers and weight look right (nothing decoded yet), and
-        the error replies."""
-        ok, errors = [], []
+    def _candidates(self, replies: list[Message]) -> list[Message]:
+        """Replies whose records and weight look right (nothing decoded yet)."""
+        weight_key = weight_key_of(self.strategy)
+        ok = []
         for msg in replies:
-            if msg.has_error():
-                log(logging.INFO, "Compressed: reply from node %s is an error: %s", msg.metadata.src_node_id, msg.error.reason)
-                errors.append(msg)
-                continue
             try:
                 reply_weight(msg.content, weight_key)
                 single_array_record(msg.content)
                 ok.append(msg)
             except Exception as exc:  # noqa: BLE001 - any failure of one reply is that reply's drop
                 self._drop(msg, _reason(exc))
-        return ok, errors
+        return ok
 
-    def _metric_outliers(self, decoded: list[Message]) -> set[int]:
-        """Drop the decoded replies whose metric keys differ from the round's most common set
-        (checked after decoding, so undecodable replies cannot outvote the good ones)."""
-        outliers = set(map(id, metric_key_outliers(decoded)))
-        for msg in decoded:
-            if id(msg) in outliers:
-                self._drop(msg, "metric keys differ from the other replies")
-        return outliers
+    def _densify(self, candidates: list[Message]) -> list[Message]:
+        """Each reply as dense :math:`w + \\eta \\hat u_i` (a dense reply with :math:`\\eta = 1` as it came)."""
+        out = []
+        for msg in candidates:
+            try:
+                out.append(self._dense_reply(msg))
+            except Exception as exc:  # noqa: BLE001 - MemoryError, struct.error, ...: a dropped reply
+                self._drop(msg, _reason(exc))
+        return out if self._global is not None else self._majority_layout(out)
 
-    def _decode(self, msg: Message) -> dict[str, Decoded] | None:
-        try:
-            return decode_reply(msg.content, self._global_arrays())
-        except Exception as exc:  # noqa: BLE001 - MemoryError, struct.error, ...: a dropped reply
-            self._drop(msg, _reason(exc))
-            return None
+    def _dense_reply(self, msg: Message) -> Message:
+        record = single_array_record(msg.content)
+        all_dense = all(a.stype == DENSE_STYPE for a in record.values())
+        reference = self._global
+        if reference is None:
+            if not all_dense:
+                raise ValueError("a compressed reply, but no global arrays to decode it against "
+                                 "(configure_train was not called on Compressed)")
+            if self.server_lr != 1.0:
+                raise ValueError(f"server_lr={self.server_lr} needs the global arrays (configure_train was not called)")
+            for name, arr in record.items():
+                _finite(_dense_alone(arr, name), name)
+            return msg
+        if all_dense and self.server_lr == 1.0:
+            check_record(record, reference)
+            for name, arr in record.items():
+                _finite(dense_view(arr), name)
+            return msg
+        decoded = decode_record(record, reference)
+        check_overflow(decoded, {n: aggregate_dtype(r) for n, r in reference.items()}, self.server_lr)
+        dense = ArrayRecord({name: npy_array(ref, [(decoded[name], self.server_lr)]) for name, ref in reference.items()})
+        content = RecordDict()
+        for key, value in msg.content.items():
+            content[key] = dense if value is record else value
+        return Message(metadata=msg.metadata, content=content)  # type: ignore[call-overload]
 
-    def _densify(self, replies: list[Message]) -> list[Message]:
-        """Replace each reply's arrays by the dense :math:`w + \\eta \\hat u_i` (error replies pass)."""
-        global_arrays = self._global_arrays()
-        candidates, out = self._candidates(replies, getattr(self.strategy, "weighted_by_key", keys.NUM_EXAMPLES))
-        decoded_replies = [(m, d) for m, d in ((m, self._decode(m)) for m in candidates) if d is not None]
-        outliers = self._metric_outliers([m for m, _ in decoded_replies])
-        for msg, decoded in decoded_replies:
-            if id(msg) in outliers:
-                continue
-            dense = ArrayRecord({name: npy_array(ref, [(decoded[name], self.server_lr)]) for name, ref in global_arrays.items()})
-            content = RecordDict({next(iter(msg.content.array_records)): dense})
-            for key, rec in msg.content.metric_records.items():
-                content[key] = rec
-            for key, conf in msg.content.config_records.items():
-                content[key] = conf
-            # a new reply with the same metadata: the caller's reply is left as it came
-            out.append(Message(metadata=msg.metadata, content=content))  # type: ignore[call-overload]
-        log(logging.INFO, "Compressed: %d replies decoded for %s, %d dropped", len(out), type(self.strategy).__name__,
-            len(self._dropped))
-        return out
+    def _majority_layout(self, replies: list[Message]) -> list[Message]:
+        """Without global arrays: the replies whose names and shapes a strict majority shares."""
+        layouts = [frozenset((n, tuple(a.shape)) for n, a in single_array_record(m.content).items()) for m in replies]
+        if len(set(layouts)) <= 1:
+            return replies
+        layout, count = Counter(layouts).most_common(1)[0]
+        for msg, other in zip(replies, layouts, strict=True):
+            if other != layout or 2 * count <= len(replies):
+                self._drop(msg, "array names or shapes differ from most replies' and there are no global arrays to "
+                           "compare with (configure_train was not called)")
+        return [m for m, other in zip(replies, layouts, strict=True) if other == layout and 2 * count > len(replies)]
 
-    def _apply_server_momentum(self, server_round: int, arrays: ArrayRecord) -> ArrayRecord | None:
-        """:math:`m = \\beta m + (w_{agg} - w)/\\eta`, :math:`w' = w + \\eta m` on the float tensors
-        (see the module docstring); None (round skipped, :math:`m` unchanged) if it is not finite."""
-        beta, eta = self.server_momentum, self.server_lr
-        global_arrays = self._global_arrays()
-        momentum: dict[str, np.ndarray] = {}
-        out: dict[str, Array] = {}
-        for name, arr in arrays.items():
-            ref = global_arrays.get(name)
-            if ref is None or ref.dtype.kind != "f" or is_statistic(name):
-                out[name] = arr  # integer tensors and statistics: the plain aggregate
-                continue
-            agg = arr.numpy()
-            if agg.shape != ref.shape:
-                log(logging.WARNING, "Compressed: round %d: no server momentum on %r: aggregate shape %s != %s",
-                    server_round, name, agg.shape, ref.shape)
-                out[name] = arr
-                continue
-            previous = self._momentum.get(name)
-            if previous is not None and previous.shape != ref.shape:
-                log(logging.WARNING, "Compressed: server momentum of %r has shape %s, the tensor %s: restarting it "
-                    "from zero", name, previous.shape, ref.shape)
-                previous = None
-            with np.errstate(over="ignore", invalid="ignore"):  # an overflow is caught just below
-                step = (agg.astype(ref.dtype, copy=False) - ref) / ref.dtype.type(eta)
-                m = step if previous is None else ref.dtype.type(beta) * previous.astype(ref.dtype, copy=False) + step
-                new = ref + ref.dtype.type(eta) * m
-            if not (np.all(np.isfinite(m)) and np.all(np.isfinite(new))):
-                log(logging.WARNING, "Compressed: round %d: server momentum makes %r non-finite; global model and "
-                    "momentum unchanged", server_round, name)
-                return None
-            momentum[name] = m
-            out[name] = Array(np.ascontiguousarray(new))
-        self._momentum.update(momentum)
-        return ArrayRecord(out)
-
-    def _global_arrays(self) -> dict[str, np.ndarray]:
-        """The global arrays sent this round (decoding needs them)."""
-        if self._global is None:
-            raise RuntimeError("aggregate_train called before configure_train: no global arrays to decode against")
-        return self._global
-
-    def _aggregate_weighted_mean(self, server_round: int, base: FedAvg, guards: list[ReplyGuard],
-                                 replies: list[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """:math:`w + \\eta \\sum_i n_i \\hat u_i / \\sum_i n_i`, each payload decoded once and added at
-        its indices, in place, in the output buffers."""
-        weight_key = base.weighted_by_key
-        candidates, _ = self._candidates(replies, weight_key)
-        accepted = self._accumulate_once(candidates, base, guards)
-        min_replies = max([g.min_replies for g in guards] or [1])
-        if len(accepted[0]) < min_replies:
-            for guard in guards[:1]:
-                guard.skip_round(server_round, len(accepted[0]))
-            if not guards:
-                log(logging.WARNING, "Compressed: round %d has no usable reply; global model unchanged", server_round)
+    def _aggregate_weighted_mean(self, server_round: int, base: FedAvg, screens: list[Any],
+                                 candidates: list[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """:math:`w + \\eta \\sum_i c_i \\hat u_i`, each payload decoded and added at its indices,
+        in place, in the output buffers."""
+        accepted, out = self._accumulate(candidates, base, screens)
+        for screen in screens:
+            if not screen.admit_round(server_round, len(accepted)):
+                return None, None
+        if not accepted or out is None:
+            log(logging.WARNING, "Compressed: round %d has no usable reply; global model unchanged", server_round)
             return None, None
-        msgs, out = accepted
         bad = [name for name, arr in out.items() if not finite_npy(arr)]
-        if bad:
-            log(logging.WARNING, "Compressed: round %d aggregate of %s is not finite; global model unchanged", server_round, bad[:3])
+        if bad:  # only a non-finite global model gets here: every update was bounded
+            log(logging.WARNING, "Compressed: round %d aggregate of %s is not finite; global model unchanged", server_round,
+                truncate_reason(str(bad[:3])))
             return None, None
         log(logging.INFO, "Compressed: aggregate_train: Received %d results and %d failures (%d dropped)",
-            len(msgs), len(replies) - len(msgs), len(self._dropped))
-        metrics = base.train_metrics_aggr_fn([m.content for m in msgs], weight_key)
+            len(accepted), len(self._dropped), len(self._dropped))
+        if not (isinstance(base, ValidatesMetrics) and base.validates_metrics):
+            accepted = shared_metrics(accepted, base.weighted_by_key, "Compressed")
+        try:
+            metrics = base.train_metrics_aggr_fn([m.content for m in accepted], base.weighted_by_key)
+        except Exception as exc:  # noqa: BLE001 - the metrics function read something odd: keep the model
+            log(logging.WARNING, "Compressed: round %d: train_metrics_aggr_fn failed (%s); no train metrics",
+                server_round, truncate_reason(_reason(exc)))
+            metrics = MetricRecord()
         return ArrayRecord(out), metrics
 
-    def _accumulate_once(self, candidates: list[Message], base: FedAvg, guards: list[ReplyGuard]
-                         ) -> tuple[list[Message], dict[str, Array]]:
-        """Decode every candidate once and add it, with its normalised weight, straight into the
-        output buffers (a copy of :math:`w`). A reply dropped on the way (bad payload, norm bound)
-        changes the normalisation: then one more pass over the survivors (decoded again)."""
-        survivors: list[Message] = []
-        for attempt in range(2):
-            weights = self._weights(candidates, base)
-            total = float(sum(weights))
-            acc = {name: Accumulator(ref) for name, ref in self._global_arrays().items()}
-            survivors, norms, clean = [], [], True
-            for msg, weight in zip(candidates, weights, strict=True):
-                decoded = self._decode(msg)
+    def _accumulate(self, candidates: list[Message], base: FedAvg, screens: list[Any]
+                    ) -> tuple[list[Message], dict[str, Any] | None]:
+        """Decode every candidate and add it, with its normalised weight, straight into the output
+        buffers. A reply dropped on the way changes the normalisation: then one more pass over
+        the survivors (decoded again)."""
+        reference = self._global
+        if reference is None:
+            return [], None
+        for attempt in range(3):
+            weighted = self._weighted(candidates, base)
+            if not weighted:
+                return [], None
+            shares = normalised([w for _, w in weighted])
+            dtypes = self._out_dtypes(weighted[0][0], reference, bool(screens))
+            acc = {name: Accumulator(ref, dtypes[name]) for name, ref in reference.items()}
+            survivors: list[Message] = []
+            norms: list[float] = []
+            clean = True
+            for (msg, _), share in zip(weighted, shares, strict=True):
+                decoded = self._decode(msg, acc, screens)
                 if decoded is None:
                     clean = False
                     continue
                 survivors.append(msg)
-                norms.append(update_norm(decoded) * self.server_lr if guards else 0.0)  # only guards read it
+                norms.append(update_norm(decoded) * self.server_lr if screens else 0.0)
                 if clean:
                     for name, dec in decoded.items():
-                        acc[name].add(dec, self.server_lr * weight / total)
-            keep = within_norm_bounds(norms, guards) if attempt == 0 else list(range(len(survivors)))
+                        acc[name].add(dec, self.server_lr * share)
+            keep = list(range(len(survivors)))
+            if attempt == 0:
+                for screen in screens:
+                    keep = [keep[i] for i in screen.screen_norms([norms[j] for j in keep])]
             for i in sorted(set(range(len(survivors))) - set(keep)):
                 self._drop(survivors[i], f"update norm {norms[i]:.4g} exceeds the guard's bound")
-            survivors = [survivors[i] for i in keep]
-            outliers = self._metric_outliers(survivors)
-            survivors = [m for m in survivors if id(m) not in outliers]
-            if clean and len(survivors) == len(candidates):
+            if clean and len(keep) == len(weighted):
                 return survivors, {name: a.array() for name, a in acc.items()}
-            candidates = survivors
-            if not candidates:
-                break
-        return survivors, {}
+            candidates = [survivors[i] for i in keep]
+        return [], None
 
-    def _weights(self, candidates: list[Message], base: FedAvg) -> list[float]:
-        custom = getattr(base, "reply_weights", None)
-        if callable(custom):  # a declared weighted mean with its own weights (e.g. KL weighting)
-            weights = [float(w) for w in custom([m.content for m in candidates])]
+    def _weighted(self, msgs: list[Message], base: FedAvg) -> list[tuple[Message, float]]:
+        """(reply, weight) for the replies with a positive weight (custom weights of a
+        :class:`~bouquet.strategies.hooks.ReplyWeights` strategy, else ``weighted_by_key``)."""
+        if isinstance(base, ReplyWeights) and base.weighted_mean_aggregation:
+            try:
+                weights = [float(w) for w in base.reply_weights([m.content for m in msgs])]
+                if len(weights) != len(msgs):
+                    raise ValueError(f"{len(weights)} weights for {len(msgs)} replies")
+            except Exception as exc:  # noqa: BLE001 - the strategy's own weights failed: no aggregate this round
+                log(logging.WARNING, "Compressed: %s.reply_weights failed (%s); round not aggregated", type(base).__name__,
+                    truncate_reason(_reason(exc)))
+                return []
         else:
-            weights = [reply_weight(m.content, base.weighted_by_key) for m in candidates]
-        if len(weights) != len(candidates) or not all(np.isfinite(w) and w >= 0 for w in weights) or (candidates and sum(weights) <= 0):
-            raise ValueError(f"aggregation weights {weights[:5]} must be finite, >= 0, one per reply, with a positive sum")
-        return weights
+            weights = [reply_weight(m.content, base.weighted_by_key) for m in msgs]  # checked in _candidates
+        out = []
+        for msg, weight in zip(msgs, weights, strict=True):
+            if np.isfinite(weight) and weight > 0:
+                out.append((msg, weight))
+            else:
+                self._drop(msg, f"aggregation weight {weight:.4g} from {type(base).__name__} is not finite and > 0")
+        return out
+
+    def _out_dtypes(self, first: Message, reference: dict[str, np.ndarray], screened: bool) -> dict[str, np.dtype]:
+        """Flower's rule (the first reply's dtypes; float64 for integers), or the server's behind a screen."""
+        dtypes = {name: aggregate_dtype(ref) for name, ref in reference.items()}
+        if screened:
+            return dtypes
+        for name, arr in single_array_record(first.content).items():
+            if name in dtypes and arr.stype == DENSE_STYPE:
+                try:
+                    dtypes[name] = aggregate_dtype(np.empty(0, dtype=np.dtype(arr.dtype)))
+                except TypeError:
+                    pass  # the reply is dropped when decoded
+        return dtypes
+
+    def _decode(self, msg: Message, acc: dict[str, Accumulator], screens: list[Any]) -> dict[str, Decoded] | None:
+        """The reply's updates (dense arrays in the accumulators' working dtype), or None (dropped)."""
+        reference = self._global or {}
+        try:
+            record = single_array_record(msg.content)
+            check_record(record, reference)
+            decoded: dict[str, Decoded] = {}
+            for name, arr in record.items():
+                ref = reference[name]
+                try:
+                    if arr.stype == DENSE_STYPE:
+                        view = dense_view(arr)
+                        if screens and view.dtype != ref.dtype:
+                            view = cast_to_reference(view, ref, name)
+                        decoded[name] = dense_update(view, ref, acc[name].work)
+                    else:
+                        decoded[name] = decode(arr.stype, arr.dtype, tuple(arr.shape), arr.data)
+                except ValueError as exc:
+                    raise ValueError(f"array {name!r}: {exc}") from exc
+            check_overflow(decoded, {n: a.dtype for n, a in acc.items()}, self.server_lr)
+            return decoded
+        except Exception as exc:  # noqa: BLE001 - MemoryError, struct.error, ...: a dropped reply
+            self._drop(msg, _reason(exc))
+            return None
+
+
+def _dense_alone(arr: Any, name: str) -> np.ndarray:
+    """A dense array read without a reference (header within Flower's reader's limit, real dtype)."""
+    if arr.stype != DENSE_STYPE or not isinstance(arr.data, bytes):
+        raise ValueError(f"array {name!r} is not a dense numpy array")
+    if npy_header_length(arr.data) > NPY_READER_MAX_HEADER:
+        raise ValueError(f"array {name!r} has a .npy header over {NPY_READER_MAX_HEADER} characters")
+    try:
+        dtype = np.dtype(arr.dtype)
+    except TypeError as exc:
+        raise ValueError(f"array {name!r} declares dtype {arr.dtype!r}, not a numpy dtype") from exc
+    view = read_npy(arr.data, shape=tuple(arr.shape), dtype=dtype)
+    if view.dtype.kind not in "biuf":
+        raise ValueError(f"array {name!r} has dtype {view.dtype}, not a real number type")
+    return view
+
+
+def _finite(view: np.ndarray, name: str) -> None:
+    if view.dtype.kind == "f" and not np.isfinite(view.sum()) and not np.all(np.isfinite(view)):
+        raise ValueError(f"array {name!r} has non-finite values")
 
 
 def _reason(exc: BaseException) -> str:
-    return str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
-
+    return truncate_reason(str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}")

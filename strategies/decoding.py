@@ -14,7 +14,12 @@ Shared by :class:`~bouquet.strategies.Compressed` and :class:`~bouquet.strategie
 Dtype rule (Flower's FedAvg): a floating tensor keeps its dtype; an integer or bool tensor is
 averaged in float64 (so from round 2 on its global array is float64). A compressed (bouquet)
 array must have exactly the global array's dtype; a dense array (full local weights) may have
-any numeric dtype and is converted, and must still be finite after the conversion.
+any real numeric dtype and is converted, and must still be finite after the conversion.
+
+One reader, one limit: a dense array's ``.npy`` header must also be one that Flower's own
+reader (``Array.numpy()``, i.e. ``np.load``, which refuses headers over
+:data:`NPY_READER_MAX_HEADER` characters) accepts, because the inner strategy reads the
+replies a wrapper passes on with it.
 """
 
 from __future__ import annotations
@@ -25,8 +30,24 @@ from flwr.app import Array, ArrayRecord, RecordDict
 from bouquet.codecs import Decoded, decode, is_bouquet_stype
 from bouquet.codecs.npy import read_npy
 from bouquet.codecs.wire import finite_or_raise
+from bouquet.strategies.screening import reply_weight
 
 DENSE_STYPE = "numpy.ndarray"
+NPY_READER_MAX_HEADER = 10000  # np.load's default max_header_size (numpy.lib.format._MAX_HEADER_SIZE)
+
+__all__ = ["DENSE_STYPE", "NPY_READER_MAX_HEADER", "aggregate_dtype", "check_record", "decode_record", "dense_update",
+           "dense_view", "npy_header_length", "reference_arrays", "reply_weight", "single_array_record", "update_norm"]
+
+
+def npy_header_length(data: bytes) -> int:
+    """Length of the header dict of a ``.npy`` payload (``ValueError`` if it is not one)."""
+    if len(data) < 10 or data[:6] != b"\x93NUMPY":
+        raise ValueError("not a .npy payload")
+    if data[6] == 1:
+        return int.from_bytes(data[8:10], "little")
+    if len(data) < 12:
+        raise ValueError(".npy header truncated")
+    return int.from_bytes(data[8:12], "little")
 
 
 def reference_arrays(arrays: ArrayRecord) -> dict[str, np.ndarray]:
@@ -70,6 +91,9 @@ def check_record(record: ArrayRecord, reference: dict[str, np.ndarray], *, dense
         if shape != ref.shape:
             raise ValueError(f"array {name!r} has shape {shape}, the global model's is {ref.shape}")
         if arr.stype == DENSE_STYPE:
+            if npy_header_length(arr.data) > NPY_READER_MAX_HEADER:
+                raise ValueError(f"array {name[:60]!r} has a .npy header over {NPY_READER_MAX_HEADER} characters, "
+                                 "which Flower's reader (np.load) refuses")
             view = read_npy(arr.data, shape=shape, dtype=_numeric(arr.dtype, name))
             if view.dtype.kind not in "biuf":
                 raise ValueError(f"array {name!r} has dtype {view.dtype}, not a real number type")
@@ -113,24 +137,13 @@ def decode_record(record: ArrayRecord, reference: dict[str, np.ndarray]) -> dict
     return out
 
 
-def dense_update(full: np.ndarray, ref: np.ndarray) -> Decoded:
-    """:math:`w_i - w` of full weights, in the aggregate dtype; finite after the conversion."""
-    work = aggregate_dtype(ref)
+def dense_update(full: np.ndarray, ref: np.ndarray, work: np.dtype | None = None) -> Decoded:
+    """:math:`w_i - w` of full weights in ``work`` (default: the aggregate dtype of ``ref``);
+    finite after the conversion."""
+    work = aggregate_dtype(ref) if work is None else np.dtype(work)
     converted = finite_or_raise(full.astype(work, copy=False), "dense weights")
     update = finite_or_raise(np.subtract(converted, ref, dtype=work), "dense update")
     return Decoded(ref.shape, np.dtype(work), None, update.reshape(-1))
-
-
-def reply_weight(content: RecordDict, weight_key: str) -> float:
-    """The positive finite weight of a reply (``num-examples``), else ``ValueError``."""
-    if len(content.metric_records) != 1:
-        raise ValueError(f"expected one MetricRecord, got {len(content.metric_records)}")
-    weight = next(iter(content.metric_records.values())).get(weight_key)
-    if weight is None or isinstance(weight, (list, bool)):
-        raise ValueError(f"metric {weight_key!r} missing or not a number")
-    if not np.isfinite(float(weight)) or float(weight) <= 0:
-        raise ValueError(f"metric {weight_key!r}={weight} must be finite and > 0")
-    return float(weight)
 
 
 def update_norm(decoded: dict[str, Decoded]) -> float:

@@ -3,19 +3,34 @@
 Flower's strategies trust their replies: a NaN array is averaged into the global model, and a
 reply whose records differ from the others raises ``InconsistentMessageReplies`` and ends the
 whole run. ``ReplyGuard(strategy)`` wraps any Message-API strategy and, before its
-``aggregate_train``, drops (logs, counts) every reply that
+``aggregate_train``, drops (logs, counts, with a reason cut to
+:data:`~bouquet.strategies.reports.MAX_REASON_CHARS`) every reply that
 
+* does not answer a message sent this round from the node it went to, or answers it twice
+  (identity, :class:`~bouquet.strategies.screening.SentMessages`; not checked when
+  ``configure_train`` was not called on the guard);
 * has no ``ArrayRecord`` or several, or array names different from the global model's;
-* carries an array that is not a dense numpy array, or whose shape differs from the global
-  array's, or that holds non-finite values;
-* has not exactly one ``MetricRecord``, or a weight (``num-examples``) that is missing,
-  a list, non-finite or <= 0;
-* has metric keys that differ from the most common key set of the round (only when the inner
-  strategy does not declare ``validates_metrics = True``, i.e. handles such replies itself).
+* carries an array that is not a dense numpy array, whose shape differs from the global
+  array's, whose ``.npy`` header Flower's reader would refuse, or whose values are not finite
+  once cast to the global array's dtype (the *dtype rule* below);
+* has not exactly one ``MetricRecord``, or a weight (``weighted_by_key``, looked up through
+  Flower's DP wrappers too) that is missing, a list, not a finite number in (0, 2**53].
 
-A strategy that sends different arrays to different nodes (e.g. sub-models of an early-exit
-network) declares ``validates_arrays = True``; the guard then leaves the array checks to it and
-only checks the weight.
+Metric keys never cost a reply: the keys every remaining reply holds with one kind are kept, the
+others left out of the aggregated metrics (unless the inner strategy declares
+``validates_metrics``, :class:`~bouquet.strategies.hooks.ValidatesMetrics`).
+
+Dtype rule: every tensor of a reply must have the dtype of the global array the server sent,
+or is cast to it when the cast is exact enough: to a floating dtype when every cast value is
+finite (a float64 1e300 for a float32 model is refused, a float16 reply for a float32 model is
+widened), to an integer or bool dtype when every value survives the cast unchanged. The inner
+strategy therefore sees replies of the server's dtypes only, and Flower's FedAvg gives a global
+model of the server's dtypes (integer tensors become float64 as in Flower). A reply that needed
+a cast is passed on as a new message (one copy of that reply's arrays).
+
+A strategy that sends different arrays to different nodes (sub-models of an early-exit network)
+declares ``validates_arrays = True`` (:class:`~bouquet.strategies.hooks.ValidatesArrays`); the
+guard then leaves the array checks to it and only checks identity and weight.
 
 Nothing is deserialised from what a reply declares: the ``.npy`` header of every dense array is
 parsed and checked (shape, dtype, exact length) before a zero-copy view is made, and any
@@ -27,33 +42,32 @@ norm exceeds that multiple of the round's median update norm. Both are plain nor
 a Byzantine-robust aggregation.
 
 Order: ``ReplyGuard`` checks dense arrays, so it goes *inside* ``Compressed``
-(``Compressed(ReplyGuard(strategy))``: it then sees decoded, dense replies, and on
-``Compressed``'s fast path its ``min_replies`` and norm bounds are applied by ``Compressed``).
-``ReplyGuard(Compressed(...))`` is refused at construction.
+(``Compressed(ReplyGuard(strategy))``: on ``Compressed``'s fast path, which never builds dense
+replies, the guard's norm bounds and ``min_replies`` are applied through its
+:class:`~bouquet.strategies.hooks.ReplyScreen` hooks). ``ReplyGuard(Compressed(...))`` is
+refused at construction, and so are Flower's XGBoost strategies (byte-array models).
 
 A round with fewer than ``min_replies`` usable replies is skipped: the inner strategy is not
 called, ``aggregate_train`` returns ``(None, None)`` and Flower's loop keeps the current global
 model; the round is counted in ``rounds_skipped``.
 
-The remaining replies go to the inner strategy unchanged; error replies pass through (Flower's
-strategies skip them). The guard never changes a valid reply, so ``ReplyGuard(FedAvg)`` gives
-exactly FedAvg's result on valid input.
+The remaining replies go to the inner strategy unchanged (error replies pass through: Flower's
+strategies skip them), so on valid replies of the server's dtypes ``ReplyGuard(FedAvg)`` gives
+exactly FedAvg's result.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from bouquet import keys
 from bouquet.codecs.wire import sum_squares
 from bouquet.strategies.decoding import (
     DENSE_STYPE,
@@ -62,30 +76,60 @@ from bouquet.strategies.decoding import (
     reference_arrays,
     single_array_record,
 )
-from bouquet.strategies.reports import CLIENTS_DROPPED, DROP_REASONS
-from bouquet.strategies.wrapper import StrategyWrapper, chain
+from bouquet.strategies.hooks import ValidatesArrays, ValidatesMetrics
+from bouquet.strategies.reports import CLIENTS_DROPPED, DROP_REASONS, truncate_reason
+from bouquet.strategies.screening import SentMessages, reply_weight, shared_metrics
+from bouquet.strategies.wrapper import StrategyWrapper, nested, refuse_byte_models, weight_key_of
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DENSE_STYPE", "ReplyGuard", "check_dense_reply", "check_weight", "metric_key_outliers"]
+__all__ = ["DENSE_STYPE", "ReplyGuard", "cast_to_reference", "check_dense_reply", "check_weight"]
 
 
-def check_dense_reply(msg: Message, reference: dict[str, np.ndarray] | None, weight_key: str = keys.NUM_EXAMPLES) -> str | None:
+def cast_to_reference(view: np.ndarray, ref: np.ndarray, name: str) -> np.ndarray:
+    """``view`` in ``ref``'s dtype under the guard's dtype rule (module docstring), else ``ValueError``."""
+    if view.dtype == ref.dtype:
+        return view
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = view.astype(ref.dtype)
+    if ref.dtype.kind in "fc":
+        if not np.all(np.isfinite(cast)):
+            raise ValueError(f"array {name!r} ({view.dtype}) has values that are not finite as {ref.dtype}")
+    elif not np.array_equal(cast, view):
+        raise ValueError(f"array {name!r} ({view.dtype}) has values that {ref.dtype} cannot hold exactly")
+    return cast
+
+
+def _checked_arrays(msg: Message, reference: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+    """The reply's arrays cast to the reference's dtypes when one differs (None: all equal)."""
+    record = single_array_record(msg.content)
+    check_record(record, reference, dense_only=True)
+    cast: dict[str, np.ndarray] = {}
+    for name, arr in record.items():
+        view, ref = dense_view(arr), reference[name]
+        if view.dtype != ref.dtype:
+            cast[name] = cast_to_reference(view, ref, name)
+        elif view.dtype.kind in "fc" and not np.isfinite(view.sum()) and not np.all(np.isfinite(view)):
+            raise ValueError(f"array {name!r} has non-finite values")
+    if not cast:
+        return None
+    return {name: cast.get(name, dense_view(arr)) for name, arr in record.items()}
+
+
+def check_dense_reply(msg: Message, reference: dict[str, np.ndarray] | None, weight_key: str = "num-examples") -> str | None:
     """Return why ``msg`` is unusable for dense aggregation, or ``None`` if it is fine.
 
     ``reference`` maps array name -> the global array sent this round (``None``: only the
-    records and the weight are checked).
+    records and the weight are checked). A dtype that differs from the reference's is fine
+    when the guard's dtype rule can cast it.
     """
     try:
-        record = single_array_record(msg.content)
         if reference is not None:
-            check_record(record, reference, dense_only=True)
-            for name, arr in record.items():
-                value = dense_view(arr)
-                if value.dtype.kind in "fc" and not np.isfinite(value.sum()) and not np.all(np.isfinite(value)):
-                    return f"array {name!r} has non-finite values"
+            _checked_arrays(msg, reference)
+        else:
+            single_array_record(msg.content)
     except Exception as exc:  # noqa: BLE001 - a malformed reply is a dropped reply
-        return str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+        return _reason(exc)
     return check_weight(msg, weight_key)
 
 
@@ -96,30 +140,12 @@ def dense_update_norm(msg: Message, reference: dict[str, np.ndarray]) -> float:
                              for name, arr in record.items())))
 
 
-def metric_key_outliers(replies: list[Message]) -> list[Message]:
-    """Replies whose MetricRecord keys differ from the round's most common key set.
-
-    Flower's FedAvg raises ``InconsistentMessageReplies`` (and ends the run) when metric keys
-    differ between replies; dropping the outliers keeps the round going.
-    """
-    key_sets = [frozenset(next(iter(m.content.metric_records.values())).keys()) for m in replies]
-    if len(set(key_sets)) <= 1:
-        return []
-    common = Counter(key_sets).most_common(1)[0][0]
-    return [m for m, ks in zip(replies, key_sets, strict=True) if ks != common]
-
-
-def check_weight(msg: Message, weight_key: str = keys.NUM_EXAMPLES) -> str | None:
+def check_weight(msg: Message, weight_key: str = "num-examples") -> str | None:
     """Return why the reply's single MetricRecord / weight is unusable, or ``None``."""
-    content = msg.content
-    if len(content.metric_records) != 1:
-        return f"expected one MetricRecord, got {len(content.metric_records)}"
-    metrics = next(iter(content.metric_records.values()))
-    weight = metrics.get(weight_key)
-    if weight is None or isinstance(weight, (list, bool)):
-        return f"metric {weight_key!r} missing or not a number"
-    if not np.isfinite(float(weight)) or float(weight) <= 0:
-        return f"metric {weight_key!r}={weight} must be finite and > 0"
+    try:
+        reply_weight(msg.content, weight_key)
+    except ValueError as exc:
+        return str(exc)
     return None
 
 
@@ -130,8 +156,9 @@ class ReplyGuard(StrategyWrapper):
     ----------
     strategy : flwr.serverapp.strategy.Strategy
         The strategy to protect (not one that contains ``Compressed``).
-    weight_key : str
-        The weight metric (Flower's ``weighted_by_key``).
+    weight_key : str, optional
+        The weight metric (default: the ``weighted_by_key`` of the strategy, looked up through
+        Flower's DP wrappers, else ``num-examples``).
     min_replies : int
         Fewer usable replies than this skip the round (global model unchanged).
     max_update_norm : float, optional
@@ -142,66 +169,72 @@ class ReplyGuard(StrategyWrapper):
 
     def __init__(self, strategy: Strategy, weight_key: str | None = None, min_replies: int = 1, *,
                  max_update_norm: float | None = None, max_norm_ratio: float | None = None) -> None:
-        if min_replies < 1:
-            raise ValueError(f"simulation.min_replies={min_replies} must be >= 1")
+        from bouquet.strategies.compressed import Compressed
+
+        if isinstance(min_replies, bool) or not isinstance(min_replies, int) or min_replies < 1:
+            raise ValueError(f"simulation.min_replies={min_replies!r} must be an integer >= 1")
         for name, value in (("max_update_norm", max_update_norm), ("max_norm_ratio", max_norm_ratio)):
             if value is not None and not (np.isfinite(value) and value > 0):
                 raise ValueError(f"{name}={value} must be finite and > 0 (or None: no bound)")
-        inner_compressed = [type(s).__name__ for s in chain(strategy) if type(s).__name__ == "Compressed"]
-        if inner_compressed:
+        if any(isinstance(s, Compressed) for s in nested(strategy)):
             raise ValueError("ReplyGuard(Compressed(...)) would drop every compressed reply: put the guard inside, "
                              "Compressed(ReplyGuard(strategy))")
+        refuse_byte_models(strategy, "ReplyGuard")
         super().__init__(strategy)
         self.min_replies = min_replies
         self.max_update_norm = max_update_norm
         self.max_norm_ratio = max_norm_ratio
         self.rounds_skipped = 0
+        self.weight_key: str = weight_key or weight_key_of(strategy)
         self._skipped_now = False
-        self.weight_key: str = weight_key or str(getattr(strategy, "weighted_by_key", keys.NUM_EXAMPLES))
         self._reference: dict[str, np.ndarray] | None = None
+        self._sent = SentMessages()
         self._dropped: list[str] = []
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         self._reference = reference_arrays(arrays)
-        return self.strategy.configure_train(server_round, arrays, config, grid)
+        return self._sent.remember(self.strategy.configure_train(server_round, arrays, config, grid))
+
+    def _inner_flag(self, hook: type, flag: str) -> bool:
+        return isinstance(self.strategy, hook) and bool(getattr(self.strategy, flag))
 
     def filter_replies(self, replies: Iterable[Message]) -> list[Message]:
         """Keep the usable replies (and error replies); record why the others were dropped."""
-        checked: list[Message] = []
-        for msg in replies:
+        kept, wrong = self._sent.screen(replies)
+        for msg, reason in wrong:
+            self._drop(msg, reason)
+        own_arrays = self._inner_flag(ValidatesArrays, "validates_arrays")
+        errors = [m for m in kept if m.has_error()]
+        ok: list[Message] = []
+        for msg in kept:
             if msg.has_error():
-                checked.append(msg)
                 continue
-            if getattr(self.strategy, "validates_arrays", False):
-                reason = check_weight(msg, self.weight_key)
-            else:
-                reason = check_dense_reply(msg, self._reference, self.weight_key)
-            if reason is None:
-                checked.append(msg)
-            else:
-                self._drop(msg, reason)
-        ok = [m for m in checked if not m.has_error()]
-        if not getattr(self.strategy, "validates_metrics", False):
-            outliers = set(map(id, metric_key_outliers(ok)))
-            for msg in ok:
-                if id(msg) in outliers:
-                    self._drop(msg, "metric keys differ from the other replies")
-            checked = [m for m in checked if id(m) not in outliers]
-            ok = [m for m in ok if id(m) not in outliers]
-        if self._norm_bounded() and self._reference is not None and not getattr(self.strategy, "validates_arrays", False):
+            try:
+                reply_weight(msg.content, self.weight_key)
+                cast = None if own_arrays or self._reference is None else _checked_arrays(msg, self._reference)
+                if own_arrays or self._reference is None:
+                    single_array_record(msg.content)
+            except Exception as exc:  # noqa: BLE001 - a malformed reply is a dropped reply
+                self._drop(msg, _reason(exc))
+                continue
+            ok.append(msg if cast is None else _with_arrays(msg, cast))
+        if self._norm_bounded() and self._reference is not None and not own_arrays:
             norms = [dense_update_norm(m, self._reference) for m in ok]
-            keep = set(map(id, (ok[i] for i in self.norm_keep(norms))))
-            for msg, norm in zip(ok, norms, strict=True):
-                if id(msg) not in keep:
+            keep = set(self.screen_norms(norms))
+            for i, (msg, norm) in enumerate(zip(ok, norms, strict=True)):
+                if i not in keep:
                     self._drop(msg, f"update norm {norm:.4g} exceeds the guard's bound")
-            checked = [m for m in checked if m.has_error() or id(m) in keep]
-        return checked
+            ok = [m for i, m in enumerate(ok) if i in keep]
+        if not self._inner_flag(ValidatesMetrics, "validates_metrics"):
+            ok = shared_metrics(ok, self.weight_key, "ReplyGuard")
+        return ok + errors
 
     def _norm_bounded(self) -> bool:
         return self.max_update_norm is not None or self.max_norm_ratio is not None
 
-    def norm_keep(self, norms: list[float]) -> list[int]:
-        """Indices of the update norms within this guard's bounds (all when none is set)."""
+    def screen_norms(self, norms: Sequence[float]) -> list[int]:
+        """Indices of the update norms within this guard's bounds (all finite ones when none is
+        set; :class:`~bouquet.strategies.hooks.ReplyScreen`)."""
         keep = [i for i, n in enumerate(norms) if np.isfinite(n)]
         if self.max_update_norm is not None:
             keep = [i for i in keep if norms[i] <= self.max_update_norm]
@@ -210,25 +243,27 @@ class ReplyGuard(StrategyWrapper):
             keep = [i for i in keep if norms[i] <= limit]
         return keep
 
-    def _drop(self, msg: Message, reason: str) -> None:
-        node = msg.metadata.src_node_id
-        log(logging.WARNING, "ReplyGuard: dropping reply from node %s: %s", node, reason)
-        self._dropped.append(f"node {node}: {reason}")
-
-    def skip_round(self, server_round: int, usable: int) -> None:
-        """Count and log a round skipped for too few usable replies (also called by
-        ``Compressed``'s fast path, which looks through the guard)."""
+    def admit_round(self, server_round: int, usable: int) -> bool:
+        """Whether a round with ``usable`` replies is aggregated; a skipped one is counted and
+        logged (:class:`~bouquet.strategies.hooks.ReplyScreen`)."""
+        if usable >= self.min_replies:
+            return True
         self.rounds_skipped += 1
         self._skipped_now = True
         log(logging.WARNING, "round %d skipped: %d usable replies < min_replies=%d; global model unchanged",
             server_round, usable, self.min_replies)
+        return False
+
+    def _drop(self, msg: Message, reason: str) -> None:
+        node = msg.metadata.src_node_id
+        reason = truncate_reason(reason)
+        log(logging.WARNING, "ReplyGuard: dropping reply from node %s: %s", node, reason)
+        self._dropped.append(f"node {node}: {reason}")
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         self._dropped = []
         kept = self.filter_replies(replies)
-        usable = sum(1 for m in kept if not m.has_error())
-        if usable < self.min_replies:
-            self.skip_round(server_round, usable)
+        if not self.admit_round(server_round, sum(1 for m in kept if not m.has_error())):
             return None, None
         return self.strategy.aggregate_train(server_round, kept)
 
@@ -241,9 +276,14 @@ class ReplyGuard(StrategyWrapper):
         return own
 
 
-def within_norm_bounds(norms: list[float], guards: list[ReplyGuard]) -> list[int]:
-    """Indices of the update ``norms`` within every guard's norm bounds (all when no guard)."""
-    keep = list(range(len(norms)))
-    for guard in guards:
-        keep = [keep[i] for i in guard.norm_keep([norms[j] for j in keep])]
-    return keep
+def _with_arrays(msg: Message, arrays: dict[str, np.ndarray]) -> Message:
+    """A new reply with the same metadata and records, its arrays replaced by ``arrays``."""
+    record_key = next(iter(msg.content.array_records))
+    content = RecordDict()
+    for key, value in msg.content.items():
+        content[key] = ArrayRecord({n: Array(a if a.flags.c_contiguous else a.copy()) for n, a in arrays.items()}) if key == record_key else value
+    return Message(metadata=msg.metadata, content=content)  # type: ignore[call-overload]
+
+
+def _reason(exc: BaseException) -> str:
+    return truncate_reason(str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}")

@@ -56,14 +56,16 @@ DENSE_BYTES = "bouquet-dense-bytes"  # what the same replies would have been as 
 DROPPED = "bouquet-dropped"  # replies dropped by Compressed this round
 
 
-def payload_bytes(replies: list[Message], reference: dict[str, np.ndarray]) -> tuple[int, int]:
-    """(bytes of every array of the non-error replies, bytes of the same arrays sent dense)."""
+def payload_bytes(replies: list[Message], reference: dict[str, np.ndarray] | None) -> tuple[int, int]:
+    """(bytes of every array of the non-error replies, bytes of the same arrays sent dense;
+    without ``reference``, the replies' own bytes)."""
     received = dense = 0
-    per_reply = sum(int(ref.nbytes) for ref in reference.values())
+    per_reply = None if reference is None else sum(int(ref.nbytes) for ref in reference.values())
     for msg in replies:
         if msg.has_error():
             continue
-        received += sum(len(a.data) for rec in msg.content.array_records.values() for a in rec.values()
-                        if isinstance(a.data, bytes))
-        dense += per_reply
+        got = sum(len(a.data) for rec in msg.content.array_records.values() for a in rec.values()
+                  if isinstance(a.data, bytes))
+        received += got
+        dense += got if per_reply is None else per_reply
     return received, dense

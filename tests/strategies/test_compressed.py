@@ -83,7 +83,7 @@ def test_density_one_equals_flower_fedavg_over_rounds(fast_path):
 
 
 def configure(strategy, arrays=None):
-    list(strategy.configure_train(1, arrays or initial(), ConfigRecord(), FakeGrid(3, dense_record)))
+    list(strategy.configure_train(1, arrays or initial(), ConfigRecord(), FakeGrid(8, dense_record)))  # nodes 1..8 asked
 
 
 def reply(node, n, encoded: dict, metrics=None):

@@ -25,8 +25,11 @@ H = keys.LABEL_HISTOGRAM
 
 
 class _Grid:
+    def __init__(self, nodes=None):
+        self.nodes = list(nodes or NODES)
+
     def get_node_ids(self):
-        return list(NODES)
+        return list(self.nodes)
 
 
 def _kw(weight_key: str) -> dict:
@@ -81,7 +84,8 @@ def _replies(global_arrays: dict[str, np.ndarray], dtypes: dict[str, np.dtype], 
 
 
 def _round(strategy, rnd: int, arrays: ArrayRecord, replies: list):
-    list(strategy.configure_train(rnd, arrays, ConfigRecord(), _Grid()))
+    nodes = [int(m.metadata.src_node_id) for m in replies] or NODES
+    list(strategy.configure_train(rnd, arrays, ConfigRecord(), _Grid(nodes)))
     return strategy.aggregate_train(rnd, replies)
 
 
