@@ -37,8 +37,14 @@ from flwr.serverapp.strategy import (
     QFedAvg,
 )
 
-from bouquet.strategies import Compressed, ReplyGuard, RoundOffset, ServerAdjusted, ServerMomentum
-from bouquet.strategies import hooks
+from bouquet.strategies import (
+    Compressed,
+    ReplyGuard,
+    RoundOffset,
+    ServerAdjusted,
+    ServerMomentum,
+    hooks,
+)
 from bouquet.strategies.kl_weighted import KLWeightedFedAvg
 
 NODES = [1, 2, 3, 4, 5]
