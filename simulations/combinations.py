@@ -348,8 +348,8 @@ def check_data(cfg: dict[str, Any], options: Options) -> None:
     Raises
     ------
     ValueError
-        More clients than samples (or users), more labels per client than classes, an unbalanced
-        partition that leaves a client empty or that flwr-datasets cannot cut, a shared source or
+        More clients than samples (or users), more labels per client than classes, a partition
+        that leaves a client empty or that flwr-datasets cannot cut, a shared source or
         a model that does not fit the dataset, depths beyond the model's exits.
     bouquet.data.loaders.DataMissingError
         If the dataset is not in the cache.
@@ -373,10 +373,10 @@ def check_data(cfg: dict[str, Any], options: Options) -> None:
     if options["partition"] == "pathological" and cfg["partition"]["labels_per_client"] > data.num_classes:
         raise ValueError(f"partition.labels_per_client={cfg['partition']['labels_per_client']} is out of range "
                          f"[1, {data.num_classes}] (dataset={options['dataset']} has {data.num_classes} classes)")
-    if options["partition"] == "unbalanced":
-        # Cut now (cached for the clients): the sizes need the sample count, and flwr-datasets'
-        # InnerDirichletPartitioner can fail on a small alpha; both raise naming the key.
-        _ = exp.partitions
+    # Cut the partitions now, once (cached on disk for every ClientApp): a partition flwr-datasets
+    # cannot cut (a Dirichlet minimum a large population cannot meet, an unbalanced split that runs
+    # out of a class) is refused here in one line, not by every client in every round.
+    _ = exp.partitions
     source = cfg["server"].get("shared_source")
     if source:
         other = load_dataset(source, cfg["dataset"]["root"])

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from flwr.app import Message, MessageType
 from flwr.serverapp import Grid
 
 from bouquet import keys
+
+MAX_REASONS = 1000  # error reasons kept per period (each cut to 300 characters)
 
 
 class NodesUnavailable(RuntimeError):
@@ -51,6 +53,7 @@ class Period:
     train_loss_sum: float = 0.0
     train_examples: int = 0
     first_reply_at: float | None = None  # time.perf_counter() of the period's first train reply
+    error_reasons: list[str] = field(default_factory=list)  # of the train error replies (cut, at most MAX_REASONS)
 
     @property
     def train_loss(self) -> float | None:
@@ -184,6 +187,8 @@ class MeteredGrid(Grid):
                 p.first_reply_at = now
             if reply.has_error():
                 p.clients_failed += 1
+                if len(p.error_reasons) < MAX_REASONS:
+                    p.error_reasons.append(str(reply.error.reason)[:300])
                 continue
             p.clients_ok += 1
             for rec in reply.content.metric_records.values():

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -145,6 +146,12 @@ class RunRecorder:
         self.rows.append(row)
         with open(self.run_dir / METRICS_FILE, "a") as fh:
             fh.write(json.dumps(row) + "\n")
+        repeated = repeating_failure(period)
+        if repeated is not None:  # it will fail the same way in every round: stop now, with the reason
+            reason = (f"no client result came back in {step_key} {step}: all {period.clients_failed} clients failed "
+                      f"with the same error, which would repeat every {step_key}: {repeated}")
+            self.fail(reason)
+            raise RunFailed(reason)
         shown = " ".join(f"{k}={row[k]:.4f}" for k in (*QUALITY, "loss") if isinstance(row.get(k), (int, float)))
         logger.info(
             "%s %d: %s up=%.3f MB down=%.3f MB ok=%d failed=%d (%.1f s)",
@@ -194,6 +201,19 @@ class RunRecorder:
         summary = summarize(self.rows, total_wall=time.perf_counter() - self.t_start)
         summary.update(status="failed", reason=reason)
         atomic_write_text(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
+
+
+def repeating_failure(period: Any) -> str | None:
+    """The one error every client of ``period`` replied with (digits aside), or None.
+
+    None when a client succeeded, timed out (no reason) or failed otherwise: only a failure that
+    is the same for every client will repeat in every round.
+    """
+    reasons = list(getattr(period, "error_reasons", []))
+    if period.clients_ok or not reasons or len(reasons) != period.clients_failed:
+        return None
+    shapes = {re.sub(r"\d+", "#", r) for r in reasons}
+    return " ".join(reasons[0].split()) if len(shapes) == 1 else None
 
 
 def read_rows(run_dir: Path, up_to_round: int | None = None) -> list[dict[str, Any]]:

@@ -206,3 +206,15 @@ def test_downlink_combinations_it_cannot_serve_are_refused(monkeypatch, tmp_path
     err = capsys.readouterr().err
     assert named in err and err.count("\n") == 1
     assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_a_partition_flwr_datasets_cannot_cut_is_refused_before_start(monkeypatch, tmp_path, capsys, no_full_error):
+    """Dirichlet with a minimum the population cannot meet: one line, exit code 2, before any round (issue 32)."""
+    with pytest.raises(SystemExit) as info:
+        _run_main(monkeypatch, tmp_path, "dataset=digits", "simulation.num_clients=400", "partition.alpha=0.05",
+                  "partition.min_partition_size=4")
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bouquet-sim: error: partition=dirichlet cannot give each of simulation.num_clients=400")
+    assert "partition.min_partition_size=0" in err and err.count("\n") == 1
+    assert not (tmp_path / "run" / "summary.json").exists()
