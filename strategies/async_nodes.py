@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 
+import numpy as np
 from flwr.app import ConfigRecord, Message
 from flwr.common.logger import log
 from flwr.serverapp import Grid
@@ -21,6 +22,8 @@ from flwr.serverapp import Grid
 from bouquet.strategies.async_messages import Decoder, reply_update, reported_scale, train_message
 from bouquet.strategies.async_rules import buffered_step, mix
 from bouquet.strategies.async_state import AsyncState
+from bouquet.strategies.reports import truncate_reason
+from bouquet.strategies.screening import node_label
 from bouquet.strategies.staleness import StalenessPolicy
 
 logger = logging.getLogger(__name__)
@@ -96,8 +99,13 @@ class NodeSteps:
         mid = reply.metadata.reply_to_message_id
         if mid not in st.inflight:
             return  # a reply to an abandoned message
+        node = st.inflight[mid].node_id
+        if reply.metadata.src_node_id != node:  # identity: only the node the message went to answers it
+            st.drop(f"node {node_label(reply)}: " + truncate_reason(f"answers the message sent to node {node}"))
+            log(logging.WARNING, "async: a reply from node %s answers the message sent to node %s; ignored",
+                node_label(reply), node)
+            return
         flight = st.receive(mid)
-        node = flight.node_id
         if reply.has_error():
             # MeteredGrid already counts error replies as failed: not a drop.
             self._fail(node, f"error reply: {reply.error.reason}", count=False)
@@ -118,11 +126,22 @@ class NodeSteps:
             if len(st.buffer) >= self.policy.buffer_size:
                 deltas, scales = zip(*st.buffer, strict=True)
                 lr = self.policy.server_lr if self.policy.server_lr is not None else 1.0
-                st.advance(buffered_step(st.arrays, list(deltas), list(scales), lr))
-                st.buffer = []
+                with np.errstate(over="ignore", invalid="ignore"):
+                    stepped = buffered_step(st.arrays, list(deltas), list(scales), lr)
+                if _finite(stepped):
+                    st.advance(stepped)
+                    st.buffer = []
+                else:  # this reply tipped the step over: it goes, the others wait for the next one
+                    st.buffer.pop()
+                    self._fail(node, "reply rejected: adding it to the buffered step would make the model non-finite")
         else:
-            client = {k: st.snapshot(flight.version)[k] + delta[k] for k in delta}
-            st.advance(mix(st.arrays, client, self.alpha * rate))
+            with np.errstate(over="ignore", invalid="ignore"):
+                client = {k: st.snapshot(flight.version)[k] + delta[k] for k in delta}
+                mixed = mix(st.arrays, client, self.alpha * rate)
+            if _finite(mixed):
+                st.advance(mixed)
+            else:
+                self._fail(node, "reply rejected: applying it would make the model non-finite")
 
     def _scale(self, reply: Message, tau: int, node: int) -> tuple[float, float]:
         """The update's rate scale and the scale the server mixes with (see the module docstring).
@@ -139,3 +158,8 @@ class NodeSteps:
             log(level, "async: node %s: %s; the server-side rule applies (scale %.3g)", node, problem, server_scale)
             return server_scale, server_scale
         return reported, (1.0 if self.learner_rate == "local" else reported)
+
+
+def _finite(arrays: dict[str, np.ndarray]) -> bool:
+    """Whether every float array holds only finite values (a model worth installing)."""
+    return all(a.dtype.kind not in "fc" or bool(np.isfinite(a).all()) for a in arrays.values())

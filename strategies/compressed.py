@@ -38,7 +38,9 @@ that protocol. Train metrics are aggregated by the inner strategy's ``train_metr
 
 Dtypes: without a screen, Flower's FedAvg rule (a tensor of the aggregate takes the dtype of the
 first accepted reply's tensor, float64 for integer ones; compressed arrays carry the global
-array's dtype); behind a screen, the screen's rule (the server's dtypes).
+array's dtype), except that a reply never narrows a tensor below the dtype the server sent (a
+float16 reply listed first does not make the float32 replies after it overflow); behind a
+screen, the screen's rule (the server's dtypes).
 
 Every reply is hostile (:mod:`bouquet.strategies.decoding`, :mod:`bouquet.strategies.screening`):
 identity (one reply per message sent this round, from its node), names, shapes, dtypes and
@@ -93,7 +95,13 @@ from bouquet.strategies.reports import (
     payload_bytes,
     truncate_reason,
 )
-from bouquet.strategies.screening import SentMessages, normalised, reply_weight, shared_metrics
+from bouquet.strategies.screening import (
+    SentMessages,
+    node_label,
+    normalised,
+    reply_weight,
+    shared_metrics,
+)
 from bouquet.strategies.wrapper import StrategyWrapper, nested, refuse_byte_models, weight_key_of
 
 OVERFLOW_SHARE = 0.45  # |eta u_i| above this share of the dtype's max could overflow w + sum c_i eta u_i
@@ -222,7 +230,7 @@ class Compressed(StrategyWrapper):
 
     # ------------------------------------------------------------------ internals
     def _drop(self, msg: Message, reason: str) -> None:
-        node = msg.metadata.src_node_id
+        node = node_label(msg)
         reason = truncate_reason(reason)
         log(logging.WARNING, "Compressed: dropping reply from node %s: %s", node, reason)
         self._dropped.append(f"node {node}: {reason}")
@@ -378,16 +386,18 @@ class Compressed(StrategyWrapper):
         return out
 
     def _out_dtypes(self, first: Message, reference: dict[str, np.ndarray], screened: bool) -> dict[str, np.dtype]:
-        """Flower's rule (the first reply's dtypes; float64 for integers), or the server's behind a screen."""
+        """Flower's rule (the first reply's dtypes, float64 for integers; never narrower than the
+        server's, so one reply cannot make the others overflow), or the server's behind a screen."""
         dtypes = {name: aggregate_dtype(ref) for name, ref in reference.items()}
         if screened:
             return dtypes
         for name, arr in single_array_record(first.content).items():
             if name in dtypes and arr.stype == DENSE_STYPE:
                 try:
-                    dtypes[name] = aggregate_dtype(np.empty(0, dtype=np.dtype(arr.dtype)))
+                    promoted = np.result_type(reference[name].dtype, np.dtype(arr.dtype))
                 except TypeError:
-                    pass  # the reply is dropped when decoded
+                    continue  # the reply is dropped when decoded
+                dtypes[name] = aggregate_dtype(np.empty(0, dtype=promoted))
         return dtypes
 
     def _decode(self, msg: Message, acc: dict[str, Accumulator], screens: list[Any]) -> dict[str, Decoded] | None:

@@ -78,7 +78,7 @@ from bouquet.strategies.decoding import (
 )
 from bouquet.strategies.hooks import ValidatesArrays, ValidatesMetrics
 from bouquet.strategies.reports import CLIENTS_DROPPED, DROP_REASONS, truncate_reason
-from bouquet.strategies.screening import SentMessages, reply_weight, shared_metrics
+from bouquet.strategies.screening import SentMessages, node_label, reply_weight, shared_metrics
 from bouquet.strategies.wrapper import StrategyWrapper, nested, refuse_byte_models, weight_key_of
 
 logger = logging.getLogger(__name__)
@@ -255,7 +255,7 @@ class ReplyGuard(StrategyWrapper):
         return False
 
     def _drop(self, msg: Message, reason: str) -> None:
-        node = msg.metadata.src_node_id
+        node = node_label(msg)
         reason = truncate_reason(reason)
         log(logging.WARNING, "ReplyGuard: dropping reply from node %s: %s", node, reason)
         self._dropped.append(f"node {node}: {reason}")

@@ -61,7 +61,8 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from bouquet import keys
-from bouquet.strategies.reports import CLIENTS_DROPPED, DROP_REASONS
+from bouquet.strategies.reports import CLIENTS_DROPPED, DROP_REASONS, truncate_reason
+from bouquet.strategies.screening import node_label, reply_weight, shared_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +88,11 @@ def histogram_problem(value: Any, num_classes: int | None) -> str | None:
         return "non-finite entries"
     if np.any(arr < 0):
         return "negative entries"
-    if arr.sum() <= 0:
+    with np.errstate(over="ignore"):
+        total = arr.sum()
+    if not np.isfinite(total):
+        return "entries sum to more than a float holds"
+    if total <= 0:
         return "all zero"
     return None
 
@@ -159,30 +164,6 @@ def disco_values(num_examples: np.ndarray, signed_div: np.ndarray, a: float, b: 
     """FedDisco's :math:`\\mathrm{ReLU}(n_i / N - a s_i + b)` (before renormalising)."""
     n = np.asarray(num_examples, dtype=np.float64)
     return np.maximum(n / n.sum() - a * np.asarray(signed_div, dtype=np.float64) + b, 0.0)
-
-
-def _mean_compatible(contents: list[RecordDict]) -> list[RecordDict]:
-    """The replies' records unchanged when every metric key is present in all of them with the
-    same kind and list length (the usual case); otherwise copies without the keys that differ
-    (e.g. a malformed label histogram, kept by ``bad_histogram="fallback"``), which a
-    weighted mean of metrics cannot combine."""
-    def shape(v: Any) -> Any:
-        return ("list", len(v)) if isinstance(v, list) else "scalar"
-
-    records = [next(iter(c.metric_records.values())) for c in contents]
-    common = {k: shape(v) for k, v in records[0].items()} if records else {}
-    for rec in records[1:]:
-        common = {k: sh for k, sh in common.items() if k in rec and shape(rec[k]) == sh}
-    if all(set(rec.keys()) == set(common) for rec in records):
-        return contents
-    left_out = sorted({k for rec in records for k in rec.keys()} - set(common))
-    log(logging.WARNING, "KL weighting: metric keys %s differ between replies; left out of the metrics mean", left_out)
-    out = []
-    for content, rec in zip(contents, records, strict=True):
-        copy = RecordDict({k: a for k, a in content.array_records.items()})
-        copy[next(iter(content.metric_records))] = MetricRecord({k: rec[k] for k in common})
-        out.append(copy)
-    return out
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -278,18 +259,19 @@ class KLWeightedFedAvg(FedAvg):
         dropped: list[str] = []
         ok: list[Message] = []
         for msg in replies:
-            metrics = _metrics(msg)
-            weight = metrics.get(self.weighted_by_key) if metrics is not None else None
             if len(msg.content.array_records) != 1:
-                dropped.append(f"node {msg.metadata.src_node_id}: expected one ArrayRecord")
-            elif weight is None or isinstance(weight, list) or not math.isfinite(weight) or weight <= 0:
-                dropped.append(f"node {msg.metadata.src_node_id}: {self.weighted_by_key}={weight!r} unusable")
-            else:
-                ok.append(msg)
+                dropped.append(f"node {node_label(msg)}: expected one ArrayRecord")
+                continue
+            try:
+                reply_weight(msg.content, self.weighted_by_key)
+            except ValueError as exc:
+                dropped.append(f"node {node_label(msg)}: {truncate_reason(str(exc))}")
+                continue
+            ok.append(msg)
         if ok:  # array names must agree (Flower raises otherwise): keep the most common set
             names = [frozenset(next(iter(m.content.array_records.values())).keys()) for m in ok]
             common = Counter(names).most_common(1)[0][0]
-            dropped += [f"node {m.metadata.src_node_id}: array names differ" for m, k in zip(ok, names, strict=True) if k != common]
+            dropped += [f"node {node_label(m)}: array names differ" for m, k in zip(ok, names, strict=True) if k != common]
             ok = [m for m, k in zip(ok, names, strict=True) if k == common]
         return ok, dropped
 
@@ -344,9 +326,9 @@ class KLWeightedFedAvg(FedAvg):
         bad = [m for m in usable if histogram_problem(_record(m).get(keys.LABEL_HISTOGRAM), num_classes) is not None]
         for m in bad:
             why = histogram_problem(_record(m).get(keys.LABEL_HISTOGRAM), num_classes)
-            log(logging.WARNING, "round %d: node %s label histogram %s (%s)", server_round, m.metadata.src_node_id, why, self.bad_histogram)
+            log(logging.WARNING, "round %d: node %s label histogram %s (%s)", server_round, node_label(m), why, self.bad_histogram)
         if self.bad_histogram == "drop":
-            dropped += [f"node {m.metadata.src_node_id}: bad label histogram" for m in bad]
+            dropped += [f"node {node_label(m)}: bad label histogram" for m in bad]
             bad_ids = {id(m) for m in bad}
             usable = [m for m in usable if id(m) not in bad_ids]
         for reason in dropped:
@@ -373,7 +355,13 @@ class KLWeightedFedAvg(FedAvg):
             "shares would be %.3f-%.3f)", len(usable), len(replies) - len(usable), float(norm.min()), float(norm.max()),
             float(shares.min()), float(shares.max()))
         arrays = aggregate_arrayrecords([m.content for m in rebuilt], self.weighted_by_key)
-        metrics = self.train_metrics_aggr_fn(_mean_compatible([m.content for m in usable]), self.weighted_by_key)
+        try:
+            shared = shared_metrics(usable, self.weighted_by_key, "KL weighting")
+            metrics = self.train_metrics_aggr_fn([m.content for m in shared], self.weighted_by_key)
+        except Exception as exc:  # noqa: BLE001 - a metric value the function cannot read: keep the model
+            log(logging.WARNING, "round %d: train_metrics_aggr_fn failed (%s); no train metrics", server_round,
+                truncate_reason(f"{type(exc).__name__}: {exc}"))
+            metrics = MetricRecord()
         return arrays, metrics
 
     def round_report(self) -> dict[str, Any]:

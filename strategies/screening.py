@@ -40,6 +40,11 @@ from bouquet.strategies.reports import truncate_reason
 MAX_WEIGHT = float(2**53)  # any more "examples" is not a count; the sum of 2**900 such weights is finite
 
 
+def node_label(msg: Message) -> str:
+    """The reply's source node id as text for a log line or a drop reason (bounded)."""
+    return str(msg.metadata.src_node_id)[:24]
+
+
 def reply_weight(content: RecordDict, weight_key: str) -> float:
     """The weight of a reply (``ValueError`` with a bounded reason if it is unusable)."""
     if len(content.metric_records) != 1:
