@@ -42,6 +42,7 @@ import logging
 import os
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -275,6 +276,7 @@ class Checkpointer:
         self.every = every
         self.last_round = last_round
         self.seconds = 0.0
+        self.after_save: Callable[[int, str], None] | None = None  # (step, step_key) once a checkpoint is on disk
 
     def __call__(self, server_round: int, arrays: dict[str, np.ndarray]) -> None:
         if self.every == 0 or (server_round % self.every and server_round != self.last_round):
@@ -295,4 +297,6 @@ class Checkpointer:
             **(extra or {}),
         }
         save_checkpoint(self.run_dir, payload)
+        if self.after_save is not None:
+            self.after_save(step, step_key)
         self.seconds += time.perf_counter() - start

@@ -9,7 +9,7 @@ from typing import Any
 
 from bouquet.simulations.results import SUMMARY_FILE, RunFailed
 from bouquet.simulations.resume import check_resume
-from bouquet.simulations.server import make_client_app, make_server_app
+from bouquet.simulations.server import CLIENT_STATE_DIR, make_client_app, make_server_app
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def run_in_simulation(cfg: dict[str, Any], run_dir: str | os.PathLike[str]) -> d
     }
     run_simulation(
         server_app=make_server_app(cfg, out),
-        client_app=make_client_app(cfg),
+        client_app=make_client_app(cfg, out / CLIENT_STATE_DIR),
         num_supernodes=int(sim["num_clients"]),
         backend_config=backend_config,  # type: ignore[arg-type]
     )

@@ -19,6 +19,7 @@ import dataclasses
 import json
 import logging
 import random
+import shutil
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -35,6 +36,7 @@ from hydra.utils import instantiate
 from bouquet.clients.bridge import numpyclient_app
 from bouquet.clients.faults import fault_mod
 from bouquet.clients.staleness import staleness_window_mod
+from bouquet.clients.state_store import SpilledState, prune
 from bouquet.data import label_histogram
 from bouquet.simulations.adjust import wrap_server_adjust
 from bouquet.simulations.checkpoint import (
@@ -172,6 +174,13 @@ def run_server(grid: Grid, cfg: dict[str, Any], run_dir: str | Path) -> dict[str
         needed = int(getattr(strategy, "min_available_nodes", 1) or 1)
         logger.info("%d nodes connected", metered.wait_for_nodes(needed, node_wait_s))
     checkpointer = Checkpointer(run_dir, cfg, strategy, int(sim.get("checkpoint_every", 1)), num_rounds)
+    state_dir = run_dir / CLIENT_STATE_DIR
+    if not own_loop:  # the nodes' spilled state follows the checkpoints (clients/state_store.py)
+        if start_round:
+            prune(state_dir, start_round, resuming=True)
+        elif ckpt is None:  # a fresh run: no state of an earlier run in the same directory
+            shutil.rmtree(state_dir, ignore_errors=True)
+        checkpointer.after_save = lambda step, _key: prune(state_dir, step)
     recorder = RunRecorder(
         run_dir,
         exp.evaluate_arrays,
@@ -222,6 +231,17 @@ def _client_from_cfg(cfg: dict[str, Any], context: Context) -> NumPyClient:
     return get_experiment(cfg).client(context)
 
 
-def make_client_app(cfg: dict[str, Any]) -> ClientApp:
-    """A Message-API ``ClientApp`` running the configured NumPyClient on the node's partition."""
-    return numpyclient_app(partial(_client_from_cfg, cfg), mods=client_mods(cfg))
+CLIENT_STATE_DIR = "client_state"  # in the run directory: the nodes' spilled context.state (simulation)
+
+
+def spills_client_state(cfg: dict[str, Any]) -> bool:
+    """Synchronous rounds keep each node's ``context.state`` on disk between its messages (the
+    asynchronous loop has no rounds to version it by: its state stays in memory)."""
+    return not str((cfg.get("strategy") or {}).get("_target_", "")).endswith(".AsyncFedAvg")
+
+
+def make_client_app(cfg: dict[str, Any], state_dir: Path | None = None) -> ClientApp:
+    """A Message-API ``ClientApp`` running the configured NumPyClient on the node's partition;
+    with ``state_dir`` (simulation) each node's ``context.state`` lives there between messages."""
+    spill: list[Callable[..., Any]] = [SpilledState(state_dir)] if state_dir is not None and spills_client_state(cfg) else []
+    return numpyclient_app(partial(_client_from_cfg, cfg), mods=[*spill, *client_mods(cfg)])

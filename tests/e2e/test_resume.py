@@ -73,22 +73,28 @@ def _sigkill_when_paused(script: str, pause: int, what: str, args: list[str], ru
 
 
 @pytest.mark.e2e
-def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("client", [[], ["client=topk", "client.alpha=0.1"]], ids=["plain", "topk"])
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path, client: list[str]) -> None:
+    """With ``client=topk`` the error-feedback residuals live in the run directory
+    (``client_state/``, versioned by round), so the resumed run continues them (issue 32)."""
+    base = [*BASE, *client]
     full = tmp_path / "full"
-    proc = run_bouquet_sim([*BASE, "simulation.num_rounds=4"], full)
+    proc = run_bouquet_sim([*base, "simulation.num_rounds=4"], full)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     crashed = tmp_path / "crashed"
-    _sigkill_when_paused(PAUSING_SIM, 2, "round 2", [*BASE, "simulation.num_rounds=4"], crashed)
+    _sigkill_when_paused(PAUSING_SIM, 2, "round 2", [*base, "simulation.num_rounds=4"], crashed)
+    if client:
+        assert sorted(p.name for p in (crashed / "client_state").iterdir()) == ["0", "1", "2"]
     assert load_checkpoint(crashed)["round"] == 2
     assert [r["round"] for r in read_rows(crashed)] == [0, 1, 2]
     assert not (crashed / "final_model.npz").exists()
 
     # a config that differs in a way that matters is refused, naming the key
-    bad = run_bouquet_sim([*BASE, "simulation.num_rounds=4", "client.lr=0.2", f"simulation.resume={crashed}"], tmp_path / "r0")
+    bad = run_bouquet_sim([*base, "simulation.num_rounds=4", "client.lr=0.2", f"simulation.resume={crashed}"], tmp_path / "r0")
     assert bad.returncode != 0 and "client.lr" in bad.stderr
 
-    proc = run_bouquet_sim([*BASE, "simulation.num_rounds=4", f"simulation.resume={crashed}"], tmp_path / "r1")
+    proc = run_bouquet_sim([*base, "simulation.num_rounds=4", f"simulation.resume={crashed}"], tmp_path / "r1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(x) for x in (crashed / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [0, 1, 2, 3, 4]
