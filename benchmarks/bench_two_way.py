@@ -13,7 +13,7 @@ rerun). ``--report`` rebuilds the ``two_way`` section of ``RESULTS.md`` and
 
     nice -n 10 .venv/bin/python benchmarks/bench_two_way.py --commit     # run what is missing
     .venv/bin/python benchmarks/bench_two_way.py --report                # tables + plot only
-    touch benchmarks/.pause                                              # pause between cells
+    touch benchmarks/results/.pause                                      # pause between cells
 """
 
 from __future__ import annotations
