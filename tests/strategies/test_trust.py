@@ -16,7 +16,15 @@ import tracemalloc
 import numpy as np
 import pytest
 from conftest import make_reply
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.app.metadata import Metadata
 from flwr.serverapp.strategy import FedAvg
 from hypothesis import HealthCheck, given, settings
@@ -249,7 +257,7 @@ def test_7_one_update_that_would_overflow_is_dropped_and_never_skips_the_round(c
                  array_record=encoded_arrayrecord(["w", "b"], [tern, zero_b]))
     arrays, _ = strategy.aggregate_train(1, [bad, *(_good(ids, n, 2.0) for n in range(2, others + 2))])
     assert arrays is not None
-    np.testing.assert_allclose(arrays["w"].numpy(), 2.0, rtol=1e-5)
+    np.testing.assert_allclose(arrays["w"].numpy(), 2.0, rtol=1e-4)  # float32 sums of 999 terms
     report = _report(strategy)
     assert report["clients_dropped"] == 1 and "overflow" in report["drop_reasons"][0]
 
