@@ -26,6 +26,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -149,7 +150,13 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         container = OmegaConf.to_container(cfg, resolve=True)
         if not isinstance(container, dict):
             raise ValueError("the composed config is not a mapping")
-        summary = run_task({str(k): v for k, v in container.items()}, run_dir)
+        run_cfg = {str(k): v for k, v in container.items()}
+        tracker = run_cfg.get("logger")
+        if isinstance(tracker, dict) and tracker.get("name") == "mlflow" and not tracker.get("dir"):
+            # one store per sweep (every job an MLflow run of it), or per single run
+            sweep = hydra_cfg.mode == RunMode.MULTIRUN
+            tracker["dir"] = str(Path(hydra_cfg.sweep.dir if sweep else run_dir).resolve() / "mlruns")
+        summary = run_task(run_cfg, run_dir)
     except REPORTED as exc:
         # Into main.log. A single run ends here with the line on stderr (Hydra would add its own
         # "Error executing job" line); a sweep logs it and goes on with the next job.

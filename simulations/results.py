@@ -23,6 +23,7 @@ from flwr.app import ArrayRecord, MetricRecord
 
 from bouquet.curves import plot_curves
 from bouquet.simulations.metering import MeteredGrid
+from bouquet.simulations.trackers import Tracker
 
 logger = logging.getLogger("bouquet.progress")
 
@@ -67,6 +68,10 @@ class RunRecorder:
     extra : callable, optional
         ``extra() -> dict`` of strategy-specific values merged into each line (e.g. dropped
         replies, KL weights).
+    tracker : Tracker, optional
+        Gets every line, and the summary and artifacts at the end (``logger=...``).
+    total_steps : int, optional
+        Rounds (or evaluations) of the run, for the ETA of the progress line.
     view : callable, optional
         ``view(arrays) -> arrays``: the model that is evaluated, when it is not the server's
         (with a compressed downlink, the model the clients hold); checkpoints and
@@ -84,8 +89,12 @@ class RunRecorder:
         previous_rows: list[dict[str, Any]] | None = None,
         on_round: Callable[[int, dict[str, np.ndarray]], None] | None = None,
         view: Callable[[ArrayRecord], ArrayRecord] | None = None,
+        tracker: Tracker | None = None,
+        total_steps: int | None = None,
     ) -> None:
         self.view = view
+        self.tracker = tracker if tracker is not None else Tracker()
+        self.total_steps = total_steps
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.evaluate_arrays = evaluate
@@ -152,9 +161,10 @@ class RunRecorder:
                       f"with the same error, which would repeat every {step_key}: {repeated}")
             self.fail(reason)
             raise RunFailed(reason)
+        self.tracker.log(step, row, step_key)
         shown = " ".join(f"{k}={row[k]:.4f}" for k in (*QUALITY, "loss") if isinstance(row.get(k), (int, float)))
         logger.info(
-            "%s %d: %s up=%.3f MB down=%.3f MB ok=%d failed=%d (%.1f s)",
+            "%s %d: %s up=%.3f MB down=%.3f MB ok=%d failed=%d (%.1f s%s)",
             step_key,
             step,
             shown or "(not evaluated)",
@@ -163,8 +173,17 @@ class RunRecorder:
             row["clients_ok"],
             row["clients_failed"],
             row["wall_s"],
+            self._eta(step),
         )
         return row
+
+    def _eta(self, step: int) -> str:
+        """``, ETA 3m20s`` from the mean wall time of the steps recorded so far."""
+        done = [r["wall_s"] for r in self.rows[-20:] if r.get("wall_s")]
+        if not self.total_steps or step <= 0 or step >= self.total_steps or not done:
+            return ""
+        left = (self.total_steps - step) * sum(done) / len(done)
+        return f", {self.total_steps - step} of {self.total_steps} left, ETA {int(left // 60)}m{int(left % 60):02d}s"
 
     def finish(self, arrays: ArrayRecord | dict[str, np.ndarray] | None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write ``final_model.npz``, ``summary.json`` and ``curves.png``.
@@ -186,6 +205,7 @@ class RunRecorder:
             )
             summary.update(status="failed", reason=reason)
             atomic_write_text(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
+            self.tracker.finish(summary, [self.run_dir / SUMMARY_FILE])
             raise RunFailed(reason)
         if arrays is not None:
             named: dict[str, Any] = arrays_to_numpy(arrays) if isinstance(arrays, ArrayRecord) else arrays
@@ -193,6 +213,7 @@ class RunRecorder:
         summary["status"] = "ok"
         atomic_write_text(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
         plot_curves(self.rows, self.run_dir / CURVES_FILE)
+        self.tracker.finish(summary, [self.run_dir / f for f in (MODEL_FILE, CURVES_FILE, SUMMARY_FILE, METRICS_FILE)])
         logger.info("results in %s", self.run_dir)
         return summary
 
@@ -201,6 +222,7 @@ class RunRecorder:
         summary = summarize(self.rows, total_wall=time.perf_counter() - self.t_start)
         summary.update(status="failed", reason=reason)
         atomic_write_text(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
+        self.tracker.finish(summary, [self.run_dir / SUMMARY_FILE])
 
 
 def repeating_failure(period: Any) -> str | None:

@@ -306,6 +306,14 @@ DOWNLINK = {
     "stc": {"name": choice("stc"), **{k: STC[k] for k in ("alpha", "min_k", "scope")}},
     "ternary": {"name": choice("ternary"), **{k: TERNARY[k] for k in ("stochastic", "clip_c", "packing")}},
 }
+LOGGER = {
+    "none": {"name": choice("none")},
+    "csv": {"name": choice("csv")},
+    "tensorboard": {"name": choice("tensorboard")},
+    "mlflow": {"name": choice("mlflow"), "dir": Key("str", null="mlruns under the sweep (multirun) or run dir",
+                                                     doc="MLflow's local file store"),
+               "experiment": Key("str", doc="MLflow experiment name")},
+}
 SIMULATION = {
     "num_clients": integer("[1, inf)", doc="simulated SuperNodes (= data partitions)"),
     "num_rounds": integer("[1, inf)"),
@@ -364,6 +372,7 @@ GROUPS: dict[str, Group] = {
     "client": Group("_target_", CLIENT),
     "strategy": Group("_target_", STRATEGY),
     "server": Group("name", SERVER),
+    "logger": Group("name", LOGGER, optional=True, doc="experiment tracker (offline): per-round metrics, config, artifacts"),
     "downlink": Group("name", DOWNLINK, optional=True, doc="compressed broadcast of the global model (two-way compression)"),
     "fault": Group("", {"*": FAULT}, doc="fault injection (tests, benchmarks)"),
     "search": Group("", {"*": SEARCH}, optional=True, doc="only with task=search"),

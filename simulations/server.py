@@ -53,6 +53,7 @@ from bouquet.simulations.metering import MeteredGrid, Period
 from bouquet.simulations.recsys import wrap_recommendation_evaluation
 from bouquet.simulations.results import RunFailed, RunRecorder, read_rows
 from bouquet.simulations.resume import check_resume
+from bouquet.simulations.trackers import make_tracker
 from bouquet.strategies.guard import ReplyGuard
 from bouquet.strategies.round_offset import RoundOffset
 
@@ -173,6 +174,8 @@ def run_server(grid: Grid, cfg: dict[str, Any], run_dir: str | Path) -> dict[str
     if node_wait_s:  # Flower's samplers would wait forever for min_available_nodes
         needed = int(getattr(strategy, "min_available_nodes", 1) or 1)
         logger.info("%d nodes connected", metered.wait_for_nodes(needed, node_wait_s))
+    tracker = make_tracker(cfg, run_dir)
+    tracker.start(cfg)
     checkpointer = Checkpointer(run_dir, cfg, strategy, int(sim.get("checkpoint_every", 1)), num_rounds)
     state_dir = run_dir / CLIENT_STATE_DIR
     if not own_loop:  # the nodes' spilled state follows the checkpoints (clients/state_store.py)
@@ -190,6 +193,8 @@ def run_server(grid: Grid, cfg: dict[str, Any], run_dir: str | Path) -> dict[str
         previous_rows=previous_rows,
         on_round=checkpointer,
         view=getattr(strategy, "held_model", None),  # two-way compression: evaluate the clients' copy
+        tracker=tracker,
+        total_steps=None if own_loop else num_rounds,
     )
     if own_loop:  # asynchronous: records per update, owns its start(), checkpoints per applied updates
         def save_updates(updates: int, arrays: dict[str, np.ndarray]) -> None:
