@@ -58,7 +58,6 @@ Server momentum is not this wrapper's job: :class:`~bouquet.strategies.ServerMom
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -69,17 +68,19 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
 from bouquet.codecs import Decoded, decode
-from bouquet.codecs.npy import read_npy
 from bouquet.strategies.accumulate import Accumulator, finite_npy, npy_array
 from bouquet.strategies.decoding import (
     DENSE_STYPE,
-    NPY_READER_MAX_HEADER,
     aggregate_dtype,
+    check_overflow,
     check_record,
     decode_record,
+    decode_reply,
+    decode_update,
     dense_update,
     dense_view,
-    npy_header_length,
+    finite_or_drop,
+    read_dense_alone,
     reference_arrays,
     single_array_record,
     update_norm,
@@ -97,6 +98,7 @@ from bouquet.strategies.reports import (
 )
 from bouquet.strategies.screening import (
     SentMessages,
+    majority_layout,
     node_label,
     normalised,
     reply_weight,
@@ -104,7 +106,7 @@ from bouquet.strategies.screening import (
 )
 from bouquet.strategies.wrapper import StrategyWrapper, nested, refuse_byte_models, weight_key_of
 
-OVERFLOW_SHARE = 0.45  # |eta u_i| above this share of the dtype's max could overflow w + sum c_i eta u_i
+__all__ = ["Compressed", "decode_reply", "decode_update", "weighted_mean_base", "weighted_mean_chain"]
 
 
 def weighted_mean_chain(strategy: Strategy) -> tuple[FedAvg | None, list[Any]]:
@@ -131,33 +133,6 @@ def weighted_mean_chain(strategy: Strategy) -> tuple[FedAvg | None, list[Any]]:
 def weighted_mean_base(strategy: Strategy) -> FedAvg | None:
     """The FedAvg-family strategy of :func:`weighted_mean_chain` (or None)."""
     return weighted_mean_chain(strategy)[0]
-
-
-def decode_reply(content: RecordDict, reference: dict[str, np.ndarray]) -> dict[str, Decoded]:
-    """Decode every array of a reply into an update against ``reference`` (validated)."""
-    return decode_record(single_array_record(content), reference)
-
-
-def decode_update(record: ArrayRecord, reference: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Dense decoded updates of ``record`` against ``reference`` (the ``decoder`` hook of
-    bouquet's asynchronous strategy); raises ``ValueError`` on a bad payload."""
-    return {name: dec.to_dense() for name, dec in decode_record(record, reference).items()}
-
-
-def max_abs(dec: Decoded) -> float:
-    """:math:`\\max |\\hat u|` of a decoded update (no allocation)."""
-    if dec.values.size == 0:
-        return 0.0
-    top = max(abs(float(np.max(dec.values))), abs(float(np.min(dec.values))))
-    return top * (1.0 if dec.scale is None else abs(float(dec.scale)))
-
-
-def check_overflow(decoded: dict[str, Decoded], dtypes: dict[str, np.dtype], server_lr: float) -> None:
-    """``ValueError`` if an update's values could overflow the aggregate's dtype (module docstring)."""
-    for name, dec in decoded.items():
-        dtype = dtypes[name]
-        if dtype.kind == "f" and server_lr * max_abs(dec) > OVERFLOW_SHARE * float(np.finfo(dtype).max):
-            raise ValueError(f"array {name!r}: update values up to {server_lr * max_abs(dec):.3g} could overflow {dtype}")
 
 
 class Compressed(StrategyWrapper):
@@ -256,7 +231,12 @@ class Compressed(StrategyWrapper):
                 out.append(self._dense_reply(msg))
             except Exception as exc:  # noqa: BLE001 - MemoryError, struct.error, ...: a dropped reply
                 self._drop(msg, _reason(exc))
-        return out if self._global is not None else self._majority_layout(out)
+        if self._global is not None:
+            return out
+        out, odd = majority_layout(out)
+        for msg, reason in odd:
+            self._drop(msg, reason)
+        return out
 
     def _dense_reply(self, msg: Message) -> Message:
         record = single_array_record(msg.content)
@@ -269,12 +249,12 @@ class Compressed(StrategyWrapper):
             if self.server_lr != 1.0:
                 raise ValueError(f"server_lr={self.server_lr} needs the global arrays (configure_train was not called)")
             for name, arr in record.items():
-                _finite(_dense_alone(arr, name), name)
+                finite_or_drop(read_dense_alone(arr, name), name)
             return msg
         if all_dense and self.server_lr == 1.0:
             check_record(record, reference)
             for name, arr in record.items():
-                _finite(dense_view(arr), name)
+                finite_or_drop(dense_view(arr), name)
             return msg
         decoded = decode_record(record, reference)
         check_overflow(decoded, {n: aggregate_dtype(r) for n, r in reference.items()}, self.server_lr)
@@ -283,18 +263,6 @@ class Compressed(StrategyWrapper):
         for key, value in msg.content.items():
             content[key] = dense if value is record else value
         return Message(metadata=msg.metadata, content=content)  # type: ignore[call-overload]
-
-    def _majority_layout(self, replies: list[Message]) -> list[Message]:
-        """Without global arrays: the replies whose names and shapes a strict majority shares."""
-        layouts = [frozenset((n, tuple(a.shape)) for n, a in single_array_record(m.content).items()) for m in replies]
-        if len(set(layouts)) <= 1:
-            return replies
-        layout, count = Counter(layouts).most_common(1)[0]
-        for msg, other in zip(replies, layouts, strict=True):
-            if other != layout or 2 * count <= len(replies):
-                self._drop(msg, "array names or shapes differ from most replies' and there are no global arrays to "
-                           "compare with (configure_train was not called)")
-        return [m for m, other in zip(replies, layouts, strict=True) if other == layout and 2 * count > len(replies)]
 
     def _aggregate_weighted_mean(self, server_round: int, base: FedAvg, screens: list[Any],
                                  candidates: list[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -424,27 +392,6 @@ class Compressed(StrategyWrapper):
         except Exception as exc:  # noqa: BLE001 - MemoryError, struct.error, ...: a dropped reply
             self._drop(msg, _reason(exc))
             return None
-
-
-def _dense_alone(arr: Any, name: str) -> np.ndarray:
-    """A dense array read without a reference (header within Flower's reader's limit, real dtype)."""
-    if arr.stype != DENSE_STYPE or not isinstance(arr.data, bytes):
-        raise ValueError(f"array {name!r} is not a dense numpy array")
-    if npy_header_length(arr.data) > NPY_READER_MAX_HEADER:
-        raise ValueError(f"array {name!r} has a .npy header over {NPY_READER_MAX_HEADER} characters")
-    try:
-        dtype = np.dtype(arr.dtype)
-    except TypeError as exc:
-        raise ValueError(f"array {name!r} declares dtype {arr.dtype!r}, not a numpy dtype") from exc
-    view = read_npy(arr.data, shape=tuple(arr.shape), dtype=dtype)
-    if view.dtype.kind not in "biuf":
-        raise ValueError(f"array {name!r} has dtype {view.dtype}, not a real number type")
-    return view
-
-
-def _finite(view: np.ndarray, name: str) -> None:
-    if view.dtype.kind == "f" and not np.isfinite(view.sum()) and not np.all(np.isfinite(view)):
-        raise ValueError(f"array {name!r} has non-finite values")
 
 
 def _reason(exc: BaseException) -> str:

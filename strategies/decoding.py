@@ -24,6 +24,8 @@ replies a wrapper passes on with it.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from flwr.app import Array, ArrayRecord, RecordDict
 
@@ -35,8 +37,10 @@ from bouquet.strategies.screening import reply_weight
 DENSE_STYPE = "numpy.ndarray"
 NPY_READER_MAX_HEADER = 10000  # np.load's default max_header_size (numpy.lib.format._MAX_HEADER_SIZE)
 
-__all__ = ["DENSE_STYPE", "NPY_READER_MAX_HEADER", "aggregate_dtype", "check_record", "decode_record", "dense_update",
-           "dense_view", "npy_header_length", "reference_arrays", "reply_weight", "single_array_record", "update_norm"]
+__all__ = ["DENSE_STYPE", "NPY_READER_MAX_HEADER", "OVERFLOW_SHARE", "aggregate_dtype", "check_overflow", "check_record",
+           "decode_record", "decode_reply", "decode_update", "dense_update", "dense_view", "finite_or_drop", "max_abs",
+           "npy_header_length", "read_dense_alone", "reference_arrays", "reply_weight", "single_array_record",
+           "update_norm"]
 
 
 def npy_header_length(data: bytes) -> int:
@@ -149,3 +153,55 @@ def dense_update(full: np.ndarray, ref: np.ndarray, work: np.dtype | None = None
 def update_norm(decoded: dict[str, Decoded]) -> float:
     """L2 norm of a decoded update over all its tensors."""
     return float(np.sqrt(sum(d.sq_norm() for d in decoded.values())))
+
+
+OVERFLOW_SHARE = 0.45  # |eta u_i| above this share of the dtype's max could overflow w + sum c_i eta u_i
+
+
+def decode_reply(content: RecordDict, reference: dict[str, np.ndarray]) -> dict[str, Decoded]:
+    """Decode every array of a reply into an update against ``reference`` (validated)."""
+    return decode_record(single_array_record(content), reference)
+
+
+def decode_update(record: ArrayRecord, reference: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Dense decoded updates of ``record`` against ``reference`` (the ``decoder`` hook of
+    bouquet's asynchronous strategy); raises ``ValueError`` on a bad payload."""
+    return {name: dec.to_dense() for name, dec in decode_record(record, reference).items()}
+
+
+def max_abs(dec: Decoded) -> float:
+    """:math:`\\max |\\hat u|` of a decoded update (no allocation)."""
+    if dec.values.size == 0:
+        return 0.0
+    top = max(abs(float(np.max(dec.values))), abs(float(np.min(dec.values))))
+    return top * (1.0 if dec.scale is None else abs(float(dec.scale)))
+
+
+def check_overflow(decoded: dict[str, Decoded], dtypes: dict[str, np.dtype], server_lr: float) -> None:
+    """``ValueError`` if an update's values could overflow the aggregate's dtype (module docstring)."""
+    for name, dec in decoded.items():
+        dtype = dtypes[name]
+        if dtype.kind == "f" and server_lr * max_abs(dec) > OVERFLOW_SHARE * float(np.finfo(dtype).max):
+            raise ValueError(f"array {name!r}: update values up to {server_lr * max_abs(dec):.3g} could overflow {dtype}")
+
+
+def read_dense_alone(arr: Any, name: str) -> np.ndarray:
+    """A dense array read without a reference (header within Flower's reader's limit, real dtype)."""
+    if arr.stype != DENSE_STYPE or not isinstance(arr.data, bytes):
+        raise ValueError(f"array {name!r} is not a dense numpy array")
+    if npy_header_length(arr.data) > NPY_READER_MAX_HEADER:
+        raise ValueError(f"array {name!r} has a .npy header over {NPY_READER_MAX_HEADER} characters")
+    try:
+        dtype = np.dtype(arr.dtype)
+    except TypeError as exc:
+        raise ValueError(f"array {name!r} declares dtype {arr.dtype!r}, not a numpy dtype") from exc
+    view = read_npy(arr.data, shape=tuple(arr.shape), dtype=dtype)
+    if view.dtype.kind not in "biuf":
+        raise ValueError(f"array {name!r} has dtype {view.dtype}, not a real number type")
+    return view
+
+
+def finite_or_drop(view: np.ndarray, name: str) -> None:
+    """``ValueError`` if a floating ``view`` holds a NaN or an infinity."""
+    if view.dtype.kind == "f" and not np.isfinite(view.sum()) and not np.all(np.isfinite(view)):
+        raise ValueError(f"array {name!r} has non-finite values")

@@ -16,6 +16,10 @@ whole run. ``ReplyGuard(strategy)`` wraps any Message-API strategy and, before i
 * has not exactly one ``MetricRecord``, or a weight (``weighted_by_key``, looked up through
   Flower's DP wrappers too) that is missing, a list, not a finite number in (0, 2**53].
 
+Without ``configure_train`` (Flower's own strategy tests call ``aggregate_train`` alone) there
+is no global model to compare with: each dense array is still parsed and checked for finite
+values, and replies whose names and shapes differ from those of a strict majority are dropped.
+
 Metric keys never cost a reply: the keys every remaining reply holds with one kind are kept, the
 others left out of the aggregated metrics (unless the inner strategy declares
 ``validates_metrics``, :class:`~bouquet.strategies.hooks.ValidatesMetrics`).
@@ -73,12 +77,20 @@ from bouquet.strategies.decoding import (
     DENSE_STYPE,
     check_record,
     dense_view,
+    finite_or_drop,
+    read_dense_alone,
     reference_arrays,
     single_array_record,
 )
 from bouquet.strategies.hooks import ValidatesArrays, ValidatesMetrics
 from bouquet.strategies.reports import CLIENTS_DROPPED, DROP_REASONS, truncate_reason
-from bouquet.strategies.screening import SentMessages, node_label, reply_weight, shared_metrics
+from bouquet.strategies.screening import (
+    SentMessages,
+    majority_layout,
+    node_label,
+    reply_weight,
+    shared_metrics,
+)
 from bouquet.strategies.wrapper import StrategyWrapper, nested, refuse_byte_models, weight_key_of
 
 logger = logging.getLogger(__name__)
@@ -211,13 +223,21 @@ class ReplyGuard(StrategyWrapper):
                 continue
             try:
                 reply_weight(msg.content, self.weight_key)
-                cast = None if own_arrays or self._reference is None else _checked_arrays(msg, self._reference)
-                if own_arrays or self._reference is None:
-                    single_array_record(msg.content)
+                record = single_array_record(msg.content)
+                cast = None
+                if self._reference is not None and not own_arrays:
+                    cast = _checked_arrays(msg, self._reference)
+                elif not own_arrays:  # configure_train not called: each array on its own
+                    for name, arr in record.items():
+                        finite_or_drop(read_dense_alone(arr, name), name)
             except Exception as exc:  # noqa: BLE001 - a malformed reply is a dropped reply
                 self._drop(msg, _reason(exc))
                 continue
             ok.append(msg if cast is None else _with_arrays(msg, cast))
+        if self._reference is None and not own_arrays:
+            ok, odd = majority_layout(ok)
+            for msg, reason in odd:
+                self._drop(msg, reason)
         if self._norm_bounded() and self._reference is not None and not own_arrays:
             norms = [dense_update_norm(m, self._reference) for m in ok]
             keep = set(self.screen_norms(norms))

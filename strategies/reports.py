@@ -25,9 +25,11 @@ def truncate_reason(reason: str) -> str:
 
 
 def inner_report(strategy: object) -> dict[str, Any]:
-    """The ``round_report()`` of ``strategy``, or ``{}`` if it has none."""
-    report = getattr(strategy, "round_report", None)
-    return dict(report()) if callable(report) else {}
+    """The ``round_report()`` of ``strategy``, or ``{}`` if it offers none
+    (:class:`~bouquet.strategies.hooks.RoundReporter`)."""
+    from bouquet.strategies.hooks import RoundReporter
+
+    return dict(strategy.round_report()) if isinstance(strategy, RoundReporter) else {}
 
 
 def merge_reports(*reports: dict[str, Any]) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -172,3 +173,20 @@ class SentMessages:
             else:
                 dropped.append((msg, reason))
         return kept, dropped
+
+
+def majority_layout(replies: list[Message]) -> tuple[list[Message], list[tuple[Message, str]]]:
+    """Without global arrays to compare with: (the replies whose array names and shapes a strict
+    majority shares, [(reply, reason)] for the others; all of them when no layout has one)."""
+    layouts = []
+    for msg in replies:
+        record = next(iter(msg.content.array_records.values()))
+        layouts.append(frozenset((n, tuple(a.shape)) for n, a in record.items()))
+    if len(set(layouts)) <= 1:
+        return replies, []
+    common, count = Counter(layouts).most_common(1)[0]
+    layout = common if 2 * count > len(replies) else None
+    why = ("array names or shapes differ from most replies' and there are no global arrays to compare with "
+           "(configure_train was not called)")
+    kept = [m for m, other in zip(replies, layouts, strict=True) if other == layout]
+    return kept, [(m, why) for m, other in zip(replies, layouts, strict=True) if other != layout]
