@@ -171,9 +171,10 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         sys.exit(EXIT_REFUSED)
     finals = ", ".join(f"{k} {v:.4f}" for k, v in summary.items() if k.startswith("final_") and isinstance(v, float))
     logger.info(
-        "done: %s, %.3f MB up; results in %s",
+        "done: %s, %.3f MB up + %.3f MB down; results in %s",
         finals or "no evaluation",
         summary.get("total_bytes_up", 0) / 1e6,
+        summary.get("total_bytes_down", 0) / 1e6,
         summary.get("run_dir", run_dir),
     )
     acc = summary.get("final_accuracy")

@@ -6,7 +6,9 @@ method metrics such as KL weights' range, staleness, exit accuracies); the resol
 parameters when the run starts; and the final model, curves and summary as artifacts when it
 ends. All offline: TensorBoard event files in ``<run dir>/tensorboard``; MLflow's local file store
 in ``logger.dir`` (``null``: ``mlruns`` under the sweep dir of a multirun, under the run dir of a
-single run; ``bouquet-sim`` fills it in), one MLflow run per job, the experiment named
+single run; ``bouquet-sim`` fills it in; MLflow 3 refuses its file store unless
+``MLFLOW_ALLOW_FILE_STORE=true``, which the tracker sets when it is unset; read it with
+``MLFLOW_ALLOW_FILE_STORE=true mlflow ui --backend-store-uri file://<dir>``), one MLflow run per job, the experiment named
 ``logger.experiment``; CSV: ``<run dir>/metrics.csv``. TensorBoard and MLflow are optional extras
 (``pip install flwr-bouquet[tensorboard]`` / ``[mlflow]``), imported only when chosen; a missing
 one is refused before the run starts, in one line.
@@ -18,6 +20,7 @@ import csv
 import importlib.util
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +117,9 @@ class MLflowTracker(Tracker):
     """One MLflow run in a local file store (``logger.dir``), experiment ``logger.experiment``."""
 
     def __init__(self, store: Path, experiment: str, run_name: str) -> None:
+        # MLflow 3 keeps its local file store "in maintenance mode" and refuses it unless told: the
+        # issue asks for the offline file store (no database to install), so we say so.
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         import mlflow
 
         self.mlflow = mlflow

@@ -218,3 +218,15 @@ def test_a_partition_flwr_datasets_cannot_cut_is_refused_before_start(monkeypatc
     assert err.startswith("bouquet-sim: error: partition=dirichlet cannot give each of simulation.num_clients=400")
     assert "partition.min_partition_size=0" in err and err.count("\n") == 1
     assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_a_tracker_whose_package_is_missing_is_refused_before_start(monkeypatch, tmp_path, capsys, no_full_error):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
+    with pytest.raises(SystemExit) as info:
+        _run_main(monkeypatch, tmp_path, "dataset=digits", "logger=mlflow")
+    assert info.value.code == 2
+    assert capsys.readouterr().err == ("bouquet-sim: error: logger=mlflow needs the mlflow package: "
+                                       "pip install 'flwr-bouquet[mlflow]'\n")
