@@ -282,10 +282,9 @@ class Compressed(StrategyWrapper):
             return None, None
         log(logging.INFO, "Compressed: aggregate_train: Received %d results and %d failures (%d dropped)",
             len(accepted), len(self._dropped), len(self._dropped))
-        if not (isinstance(base, ValidatesMetrics) and base.validates_metrics):
-            accepted = shared_metrics(accepted, base.weighted_by_key, "Compressed")
-        try:
-            metrics = base.train_metrics_aggr_fn([m.content for m in accepted], base.weighted_by_key)
+        try:  # the replies are not handed on: their metrics are cut to the keys all share, whatever the strategy
+            shared = shared_metrics(accepted, base.weighted_by_key, "Compressed")
+            metrics = base.train_metrics_aggr_fn([m.content for m in shared], base.weighted_by_key)
         except Exception as exc:  # noqa: BLE001 - the metrics function read something odd: keep the model
             log(logging.WARNING, "Compressed: round %d: train_metrics_aggr_fn failed (%s); no train metrics",
                 server_round, truncate_reason(_reason(exc)))
@@ -336,7 +335,7 @@ class Compressed(StrategyWrapper):
         :class:`~bouquet.strategies.hooks.ReplyWeights` strategy, else ``weighted_by_key``)."""
         if isinstance(base, ReplyWeights) and base.weighted_mean_aggregation:
             try:
-                weights = [float(w) for w in base.reply_weights([m.content for m in msgs])]
+                weights = [float(w) for w in base.reply_weights(msgs)]
                 if len(weights) != len(msgs):
                     raise ValueError(f"{len(weights)} weights for {len(msgs)} replies")
             except Exception as exc:  # noqa: BLE001 - the strategy's own weights failed: no aggregate this round

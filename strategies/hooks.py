@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from flwr.app import RecordDict
+from flwr.app import Message
 
 # Members that say how a strategy itself aggregates: a wrapper does not inherit them from the
 # strategy it wraps by attribute forwarding (its own aggregate_train may differ).
@@ -85,16 +85,16 @@ class ReplyWeights(Protocol):
     """A weighted-mean strategy: its aggregate is :math:`\\sum_i c_i w_i / \\sum_i c_i`.
 
     ``weighted_mean_aggregation`` must be true (a class attribute, so a subclass that changes
-    ``aggregate_train`` states it again). ``reply_weights(contents)`` returns one finite weight
-    :math:`c_i \\ge 0` per reply content, in order (a weight 0 leaves the reply out);
-    ``Compressed`` then aggregates compressed updates with these weights directly, without a
-    dense copy per reply, and the train metrics with ``train_metrics_aggr_fn``. Flower's FedAvg
-    and FedProx need no declaration (their weight is ``weighted_by_key``).
+    ``aggregate_train`` states it again). ``reply_weights(replies)`` returns one finite weight
+    :math:`c_i \\ge 0` per reply (checked ``Message`` s, in order; a weight 0 leaves the reply
+    out); ``Compressed`` then aggregates compressed updates with these weights directly, without
+    a dense copy per reply, and the train metrics with ``train_metrics_aggr_fn``. Flower's
+    FedAvg and FedProx need no declaration (their weight is ``weighted_by_key``).
     """
 
     weighted_mean_aggregation: bool
 
-    def reply_weights(self, contents: list[RecordDict]) -> list[float]: ...
+    def reply_weights(self, replies: list[Message]) -> list[float]: ...
 
 
 @runtime_checkable

@@ -213,6 +213,7 @@ class KLWeightedFedAvg(FedAvg):
     """
 
     validates_metrics = True  # handles replies with differing metric keys itself (ReplyGuard)
+    weighted_mean_aggregation = True  # Compressed aggregates compressed replies with reply_weights (hooks.ReplyWeights)
 
     def __init__(
         self,
@@ -308,6 +309,36 @@ class KLWeightedFedAvg(FedAvg):
         weights = n / n.sum()  # fallback replies keep their FedAvg share
         weights[good] = raw / raw.sum() * n[good].sum() / n.sum()
         return weights, div, valid, q
+
+    def reply_weights(self, replies: list[Message]) -> list[float]:
+        """The KL weight of every reply, in order (:class:`~bouquet.strategies.hooks.ReplyWeights`:
+        ``Compressed`` then adds compressed updates with them, without a dense copy per reply).
+
+        ``replies`` have been checked by the caller (one ArrayRecord of the global model's
+        names, a usable weight); a reply that ``bad_histogram="drop"`` drops gets weight 0 (the
+        caller drops and counts it). Sets this round's report as :meth:`aggregate_train` does.
+        """
+        num_classes = self._expected_classes(replies)
+        bad = [histogram_problem(_record(m).get(keys.LABEL_HISTOGRAM), num_classes) is not None for m in replies]
+        for m, is_bad in zip(replies, bad, strict=True):
+            if is_bad:
+                log(logging.WARNING, "node %s label histogram %s (%s)", node_label(m),
+                    histogram_problem(_record(m).get(keys.LABEL_HISTOGRAM), num_classes), self.bad_histogram)
+        keep = [i for i, is_bad in enumerate(bad) if not (is_bad and self.bad_histogram == "drop")]
+        self._report = {"kl_bad_histograms": sum(bad), "kl_node_ids": [], "kl_weights": [], "kl_div": [],
+                        "kl_reference": None}
+        out = [0.0] * len(replies)
+        if not keep:
+            return out
+        weights, div, _, q = self.compute_weights([replies[i] for i in keep])
+        norm = weights / weights.sum()
+        for i, w in zip(keep, norm, strict=True):
+            out[i] = float(w)
+        self._report.update(kl_node_ids=[int(replies[i].metadata.src_node_id) for i in keep],
+                            kl_weights=[float(w) for w in norm],
+                            kl_div=[None if not math.isfinite(d) else float(d) for d in div],
+                            kl_reference=None if q is None else [float(v) for v in q])
+        return out
 
     @staticmethod
     def _reweighted(msg: Message, weight_key: str, weight: float, scalar_keys: set[str]) -> Message:

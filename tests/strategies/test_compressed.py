@@ -263,8 +263,8 @@ def test_declared_weighted_mean_with_own_weights_takes_the_fast_path():
     class EqualWeights(FedAvg):
         weighted_mean_aggregation = True
 
-        def reply_weights(self, contents):
-            return [1.0 for _ in contents]
+        def reply_weights(self, replies):
+            return [1.0 for _ in replies]
 
     strategy = Compressed(EqualWeights(fraction_evaluate=0.0))
     configure(strategy)
