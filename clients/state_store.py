@@ -64,17 +64,21 @@ def save_state(state: RecordDict, path_json: Path) -> None:
         for j, (name, arr) in enumerate(rec.items()):
             arrays[f"a{i}_{j}"] = arr.numpy()
             layout["array"][rec_key].append([name, f"a{i}_{j}"])
-    for kind, records in (("config", state.config_records), ("metric", state.metric_records)):
-        for rec_key, rec in records.items():
-            layout[kind][rec_key] = {k: _encode(v) for k, v in rec.items()}
-    npz = path_json.with_suffix(".npz")
-    for path, write in ((npz, lambda fh: np.savez(fh, **arrays)), (path_json, lambda fh: fh.write(json.dumps(layout).encode()))):
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+    for rec_key, config in state.config_records.items():
+        layout["config"][rec_key] = {k: _encode(v) for k, v in config.items()}
+    for rec_key, metric in state.metric_records.items():
+        layout["metric"][rec_key] = {k: _encode(v) for k, v in metric.items()}
+    _atomic(path_json.with_suffix(".npz"), lambda fh: np.savez(fh, **arrays))  # type: ignore[arg-type]
+    _atomic(path_json, lambda fh: fh.write(json.dumps(layout).encode()))
+
+
+def _atomic(path: Path, write: Callable[[Any], Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        write(fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def load_state(path_json: Path) -> RecordDict:
