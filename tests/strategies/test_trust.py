@@ -428,3 +428,4 @@ def test_memory_stays_within_a_few_model_sizes_whatever_the_number_of_replies(ch
         peaks.append(_peak(strategy, replies))
     assert peaks[1] < 8 * model + 2_000_000, (peaks, model)  # 8 replies' worth at most, for 320 replies
     assert peaks[1] < 2 * peaks[0] + model, peaks  # does not grow with the number of replies
+
