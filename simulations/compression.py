@@ -79,8 +79,8 @@ def wrap_compression(cfg: dict[str, Any], exp: Any, strategy: Strategy) -> Strat
     if "gamma" in comp:  # S1: W <- W - gamma * sum_i c_i G_i, and the client uploads -lr * G_i
         server_lr = float(comp["gamma"]) / float(cfg["client"]["lr"])
     server_momentum = float(comp.get("server_momentum", 0.0))
-    logger.info("client %s compresses: wrapping %s in Compressed(server_lr=%s, server_momentum=%s)",
-                cfg["client"]["_target_"], type(strategy).__name__, server_lr, server_momentum)
+    logger.info("client %s compresses: wrapping %s in Compressed(server_lr=%s)%s", cfg["client"]["_target_"],
+                type(strategy).__name__, server_lr, f" inside ServerMomentum(momentum={server_momentum})" if server_momentum > 0 else "")
     wrapped: Strategy = Compressed(strategy, server_lr=server_lr, fast_path=bool(comp.get("fast_path", True)))
     if server_momentum > 0:
         wrapped = ServerMomentum(wrapped, momentum=server_momentum)
