@@ -85,6 +85,7 @@ class NodeSteps:
 
     def _fail(self, node: int, reason: str, count: bool = True) -> None:
         st = self.state
+        reason = truncate_reason(reason)  # reasons quote what a reply holds
         st.failures[node] = st.failures.get(node, 0) + 1
         log(logging.WARNING, "async: node %s: %s", node, reason)
         if count:

@@ -62,6 +62,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from bouquet import keys
+from bouquet.strategies.reports import truncate_reason
+from bouquet.strategies.screening import node_label
 
 logger = logging.getLogger(__name__)
 
@@ -330,13 +332,14 @@ class DepthFedAvg(FedAvg):
         contents: list[RecordDict] = []
         for msg in replies:
             if msg.has_error():
-                log(logging.INFO, "node %d failed: %s", msg.metadata.src_node_id, msg.error.reason)
+                log(logging.INFO, "node %s failed: %s", node_label(msg), truncate_reason(str(msg.error.reason)))
                 continue
             try:
                 arrays, weight = self.check_reply(msg)
             except ValueError as exc:
                 self._dropped += 1
-                log(logging.WARNING, "round %d: dropped the reply of node %d: %s", server_round, msg.metadata.src_node_id, exc)
+                log(logging.WARNING, "round %d: dropped the reply of node %s: %s", server_round, node_label(msg),
+                    truncate_reason(str(exc)))
                 continue
             accepted.append((arrays, weight))
             contents.append(msg.content)
