@@ -257,3 +257,22 @@ def lenet_overrides(dataset: str, seed: int) -> list[str]:
 
 def python() -> str:
     return sys.executable
+
+
+def by_dataset_and_arm(section: str, datasets: Iterable[str]) -> tuple[dict[tuple[str, str], list[dict[str, Any]]], list[str]]:
+    """The raw cells of ``section`` grouped by (dataset, arm), and the ``datasets`` that have cells."""
+    by: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in load_results(section):
+        by.setdefault((r["key"]["dataset"], r["key"]["arm"]), []).append(r)
+    return by, [d for d in datasets if any(k[0] == d for k in by)]
+
+
+def dataset_figure(datasets: list[str]) -> tuple[Any, Any]:
+    """(figure, one axis per dataset) for a report's plot (matplotlib, no display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4.8), squeeze=False)
+    return fig, axes[0]

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +32,9 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks._grid import (  # noqa: E402
     Cell,
+    by_dataset_and_arm,
     cumulative_mb,
+    dataset_figure,
     first_reaching,
     grid_arguments,
     load_results,
@@ -100,22 +101,14 @@ def cells(datasets: list[str], arms: list[str], seeds: list[int]) -> list[Cell]:
 
 def report() -> list[Path]:
     """Rebuild the RESULTS.md section and the plot from the raw results; return what changed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     results = load_results(SECTION)
-    by: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for r in results:
-        by[(r["key"]["dataset"], r["key"]["arm"])].append(r)
-    datasets = [d for d in TARGETS if any(k[0] == d for k in by)]
+    by, datasets = by_dataset_and_arm(SECTION, TARGETS)
     arms = [a for a in ARMS if any(k[1] == a for k in by)]
     if not datasets:
         return []
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4.8), squeeze=False)
+    fig, axes = dataset_figure(datasets)
     rows = []
-    for ax, ds in zip(axes[0], datasets, strict=True):
+    for ax, ds in zip(axes, datasets, strict=True):
         dense = {r["key"]["seed"]: r for r in by.get((ds, "dense FedAvg"), [])}
         target = TARGETS[ds]
         target_note = f"{target:.0%}"

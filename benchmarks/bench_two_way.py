@@ -21,13 +21,21 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._grid import Cell, grid_arguments, load_results, mean_sd, pm, run_grid  # noqa: E402
+from benchmarks._grid import (  # noqa: E402
+    Cell,
+    by_dataset_and_arm,
+    dataset_figure,
+    grid_arguments,
+    load_results,
+    mean_sd,
+    pm,
+    run_grid,
+)
 from benchmarks._results import markdown_table, write_section  # noqa: E402
 
 SECTION = "two_way"
@@ -114,22 +122,15 @@ def arm_row(ds: str, arm: str, cells_: list[dict], dense: dict[int, dict]) -> di
 
 def report() -> list[Path]:
     """Rebuild the RESULTS.md section and the plot from the raw results; return what changed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
     results = load_results(SECTION)
-    by: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for r in results:
-        by[(r["key"]["dataset"], r["key"]["arm"])].append(r)
-    datasets = [d for d in DATASETS if any(k[0] == d for k in by)]
+    by, datasets = by_dataset_and_arm(SECTION, DATASETS)
     if not datasets:
         return []
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4.8), squeeze=False)
+    fig, axes = dataset_figure(datasets)
     rows = []
-    for ax, ds in zip(axes[0], datasets, strict=True):
+    for ax, ds in zip(axes, datasets, strict=True):
         dense = {r["key"]["seed"]: r for r in by.get((ds, "dense FedAvg"), [])}
         for arm in ARMS:
             cells_ = sorted(by.get((ds, arm), []), key=lambda r: r["key"]["seed"])
