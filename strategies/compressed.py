@@ -203,6 +203,18 @@ class Compressed(StrategyWrapper):
         self._dropped = []
         return own
 
+    def state_dict(self) -> dict[str, Any]:
+        """Nothing: decoding keeps no state across rounds (a checkpoint does not copy the global
+        arrays of the last round; server momentum is :class:`~bouquet.strategies.ServerMomentum`'s)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Accept the empty state (and an older bouquet's state without momentum); ``ValueError``
+        for one that holds server momentum (that belongs to ``ServerMomentum`` now)."""
+        if not isinstance(state, dict) or state.get("momentum"):
+            raise ValueError("Compressed keeps no state; a checkpoint holding server momentum needs "
+                             "ServerMomentum(Compressed(...)) (compression.server_momentum)")
+
     # ------------------------------------------------------------------ internals
     def _drop(self, msg: Message, reason: str) -> None:
         node = node_label(msg)

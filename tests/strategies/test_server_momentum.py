@@ -81,7 +81,10 @@ def test_without_momentum_the_step_is_the_plain_mean():
     for rnd in (1, 2, 3):
         w = _round(strategy, rnd, w)
     np.testing.assert_allclose(w["w"], [1 + 0.5 * (2 + 1 + 0), 1 + 0.5 * (-1 + 4 - 3)], rtol=1e-6)
-    assert not hasattr(strategy, "state_dict") and not hasattr(strategy, "momentum")  # one job: decoding
+    assert strategy.state_dict() == {} and not hasattr(strategy, "momentum")  # one job: decoding
+    strategy.load_state_dict({"server_momentum": 0.0, "momentum": {}})  # an older bouquet's, without momentum
+    with pytest.raises(ValueError, match="ServerMomentum"):
+        strategy.load_state_dict({"server_momentum": 0.9, "momentum": {"w": np.ones(2, np.float32)}})
 
 
 def test_server_momentum_survives_a_checkpoint_round_trip(tmp_path: Path):
