@@ -429,3 +429,17 @@ def test_memory_stays_within_a_few_model_sizes_whatever_the_number_of_replies(ch
     assert peaks[1] < 8 * model + 2_000_000, (peaks, model)  # 8 replies' worth at most, for 320 replies
     assert peaks[1] < 2 * peaks[0] + model, peaks  # does not grow with the number of replies
 
+
+
+def test_7_async_an_update_whose_application_overflows_is_rejected_and_the_model_stays_finite():
+    from async_grid import FakeGrid, run_async
+
+    from bouquet.strategies import AsyncFedAvg
+
+    # node 1 moves the model to +3e38; node 2, trained from the model before that, sends -3e38:
+    # mixing it in (x + r (y - x)) overflows float32
+    strategy = AsyncFedAvg(policy="constant", alpha=1.0, buffer_size=1, max_updates=6, eval_every=100,
+                           poll_interval_s=0.0, max_wall_s=5.0)
+    run_async(strategy, FakeGrid({1: ("ok", 1, 3.0e38), 2: ("ok", 2, -3.0e38)}))
+    assert all(np.all(np.isfinite(v)) for v in strategy.state.arrays.values())
+    assert any("would make the model non-finite" in r for r in strategy.state.dropped), strategy.state.dropped
