@@ -21,6 +21,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord
 from flwr.serverapp.strategy import (
     Bulyan,
     DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideAdaptiveClipping,
     DifferentialPrivacyServerSideFixedClipping,
     FedAdagrad,
     FedAdam,
@@ -66,8 +67,11 @@ FLOWER = {
     "QFedAvg": lambda: QFedAvg(client_learning_rate=0.1, q=0.2, train_loss_key="train-loss", **KW),
     "DPClientFixed(FedAvg)": lambda: DifferentialPrivacyClientSideFixedClipping(FedAvg(**KW), 0.0, 100.0, len(NODES)),
     "DPServerFixed(FedAvg)": lambda: DifferentialPrivacyServerSideFixedClipping(FedAvg(**KW), 0.0, 100.0, len(NODES)),
+    "DPServerAdaptive(FedProx)": lambda: DifferentialPrivacyServerSideAdaptiveClipping(
+        FedProx(proximal_mu=0.1, **KW), 0.0, len(NODES), initial_clipping_norm=0.05, clipped_count_stddev=0.0),
 }
-NEEDS_SERVER_STATE = {"FedAvgM", "FedAdam", "FedYogi", "FedAdagrad", "QFedAvg", "DPServerFixed(FedAvg)"}
+NEEDS_SERVER_STATE = {"FedAvgM", "FedAdam", "FedYogi", "FedAdagrad", "QFedAvg", "DPServerFixed(FedAvg)",
+                      "DPServerAdaptive(FedProx)"}
 WRAPPERS = {
     "ReplyGuard": ReplyGuard,
     "Compressed": Compressed,
