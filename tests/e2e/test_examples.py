@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 from conftest import ROOT
@@ -41,3 +42,23 @@ def test_quickstart_compressed_runs_and_uploads_less(flwr_home, tmp_path: Path) 
     assert metrics["eval"]["2"]["accuracy"] > 0.3
     for pid in _pids_with_arg(str(home / "local-superlink")):
         stop_tree(pid)
+
+
+def test_a_copy_outside_the_repository_runs_with_flowers_default_settings(flwr_home, tmp_path: Path) -> None:
+    """Issue 35: the example copied anywhere, run with Flower's runtime dependency installation on
+    (its default; the other tests turn it off): it must complete, not fail with exit code 608."""
+    import shutil
+
+    home, env = flwr_home
+    env = {k: v for k, v in env.items() if k != "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"}
+    app = tmp_path / "my-app"
+    shutil.copytree(APP, app, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    out = subprocess.run(["flwr", "run", str(app), "local", "--stream", "--run-config", "num-server-rounds=1",
+                          "--federation-config", "num-supernodes=2 client-resources-num-cpus=1"],
+                         env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path, check=False)
+    text = out.stdout + out.stderr
+    assert "608" not in text and out.returncode == 0, text[-3000:]
+    run_id = re.search(r"Successfully started run (\d+)", text).group(1)  # type: ignore[union-attr]
+    runs = parse_json_output(_flwr(env, "ls", "local", "--run-id", run_id, "--format", "json").stdout)["runs"]
+    assert runs[0]["status"] == "finished:completed", runs[0]
+    assert "Compressed: round 1" in text
