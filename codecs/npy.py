@@ -21,7 +21,7 @@ import sys
 import numpy as np
 
 NPY_MAGIC = b"\x93NUMPY"
-MAX_HEADER = 1 << 16
+MAX_HEADER = 10_000  # numpy's own limit (np.load refuses longer headers): one reader, one limit
 MAX_ELEMENTS = 1 << 40  # far beyond any model; keeps element counts inside int64 arithmetic
 
 

@@ -19,7 +19,6 @@ from typing import Any
 from bouquet import keys
 from bouquet.simulations.downlink import DOWNLINK_STRATEGIES
 from bouquet.simulations.schema import CODEC_ARGS, CODEC_REQUIRED
-from bouquet.simulations.trackers import check_available
 from bouquet.simulations.validate import Options, check_value, fmt
 
 Rule = Callable[[dict[str, Any], Options], "str | None"]
@@ -61,16 +60,6 @@ def check_combinations(cfg: dict[str, Any], options: Options, *, in_simulation: 
 
 def _both(a: str, b: str, why: str) -> str:
     return f"{a} and {b} cannot be combined: {why}"
-
-
-@combination("logger=tensorboard|mlflow")
-def _logger_package(cfg: dict[str, Any], opt: Options) -> str | None:
-    """The chosen tracker's package (an optional extra) must be installed."""
-    try:
-        check_available(str(opt.get("logger", "none")))
-    except ValueError as exc:
-        return str(exc)
-    return None
 
 
 @combination("downlink + strategy")

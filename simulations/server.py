@@ -49,12 +49,13 @@ from bouquet.simulations.checkpoint import (
 from bouquet.simulations.compression import wrap_compression
 from bouquet.simulations.downlink import client_downlink_mods, wrap_downlink
 from bouquet.simulations.experiment import Experiment, get_experiment
-from bouquet.simulations.metering import MeteredGrid, Period
+from bouquet.simulations.metering import MAX_REASONS, MeteredGrid, Period
 from bouquet.simulations.recsys import wrap_recommendation_evaluation
 from bouquet.simulations.results import RunFailed, RunRecorder, read_rows
 from bouquet.simulations.resume import check_resume
 from bouquet.simulations.trackers import make_tracker
 from bouquet.strategies.guard import ReplyGuard
+from bouquet.strategies.hooks import RecorderBinding
 from bouquet.strategies.round_offset import RoundOffset
 
 logger = logging.getLogger(__name__)
@@ -123,11 +124,15 @@ def client_mods(cfg: dict[str, Any]) -> list[Callable[..., Any]]:
     return mods
 
 
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and len(value) <= MAX_REASONS and all(isinstance(x, str) for x in value)
+
+
 def period_from_state(state: Any) -> Period:
     """The :class:`~bouquet.simulations.metering.Period` of a checkpoint's ``period`` (its fields)."""
     fields = {f.name for f in dataclasses.fields(Period)}
     if not isinstance(state, dict) or not set(state) <= fields or not all(
-            v is None or type(v) in (int, float) for v in state.values()):
+            v is None or type(v) in (int, float) or (k == "error_reasons" and _strings(v)) for k, v in state.items()):
         raise CheckpointError(f"the checkpoint's period is not a Period: keys {sorted(state) if isinstance(state, dict) else state!r}")
     return Period(**state)
 
@@ -152,7 +157,7 @@ def run_server(grid: Grid, cfg: dict[str, Any], run_dir: str | Path) -> dict[str
     num_rounds = int(sim["num_rounds"])
     start_round, previous_rows = 0, None
     initial_named = exp.initial_arrays()
-    own_loop = hasattr(strategy, "bind_recorder")  # asynchronous: checkpoints count applied updates
+    own_loop = isinstance(strategy, RecorderBinding)  # asynchronous: checkpoints count applied updates
     if ckpt is not None:
         if own_loop != ("updates" in ckpt):
             raise CheckpointError(f"cannot resume {run_dir}: its checkpoint is not one of {type(strategy).__name__}'s")

@@ -22,6 +22,7 @@ from functools import cache
 from typing import Any
 
 from bouquet.simulations.schema import GROUPS, ROOT, Key
+from bouquet.simulations.trackers import check_available
 
 Options = dict[str, str]  # config group -> its value (``{"client": "topk", ...}``)
 
@@ -204,6 +205,7 @@ def validate_config(cfg: dict[str, Any], num_train_samples: int | None = None, *
     options = check_schema(cfg)
     check_values(cfg, options)
     check_combinations(cfg, options, in_simulation=in_simulation)
+    check_available(str(options.get("logger", "none")))  # the tracker's optional package
     num_clients = int(cfg["simulation"]["num_clients"])
     if num_train_samples is not None and num_clients > num_train_samples:
         raise ValueError(f"simulation.num_clients={num_clients} is more than the {num_train_samples} training samples")

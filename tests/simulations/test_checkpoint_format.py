@@ -333,7 +333,7 @@ def _chain_factories() -> list[Any]:
     """Builders of the chains bouquet-sim builds (ReplyGuard innermost, then Compressed, ServerAdjusted)."""
     from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 
-    from bouquet.strategies import Compressed, ReplyGuard, ServerAdjusted
+    from bouquet.strategies import Compressed, ReplyGuard, ServerAdjusted, ServerMomentum
     from bouquet.strategies.depth_fedavg import DepthFedAvg
     from bouquet.strategies.kl_weighted import KLWeightedFedAvg
 
@@ -344,7 +344,7 @@ def _chain_factories() -> list[Any]:
         lambda: ReplyGuard(FedAdam(**kw)),
         lambda: ReplyGuard(KLWeightedFedAvg(reference="server", reference_distribution=[3, 1], **kw)),
         lambda: ReplyGuard(DepthFedAvg(depths=[1, 2], **kw)),
-        lambda: Compressed(ReplyGuard(FedAvg(**kw)), server_lr=0.5, server_momentum=0.9),
+        lambda: ServerMomentum(Compressed(ReplyGuard(FedAvg(**kw)), server_lr=0.5), momentum=0.9),
         lambda: ServerAdjusted(Compressed(ReplyGuard(FedAdam(**kw))), adjust_fn=lambda arrays, rnd: (arrays, {"rnd": rnd})),
     ]
 

@@ -48,7 +48,7 @@ def no_run(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
 
     monkeypatch.setattr(flwr.simulation, "run_simulation", fake_run_simulation)
     monkeypatch.setattr(runner, "make_server_app", lambda cfg, out: None)
-    monkeypatch.setattr(runner, "make_client_app", lambda cfg: None)
+    monkeypatch.setattr(runner, "make_client_app", lambda cfg, state_dir=None: None)
     return started
 
 

@@ -39,6 +39,7 @@ from inprocess_grid import Delivery
 from bouquet import keys
 from bouquet.clients.compressed import is_statistic
 from bouquet.codecs import decode
+from bouquet.strategies.compressed import Compressed
 from bouquet.strategies.depth_fedavg import name_depths, submodel_names
 from bouquet.strategies.wrapper import chain
 
@@ -141,7 +142,7 @@ def compressed_uploads(codec: str) -> Check:
 
             loop = links[-1]
             return None if loop.decoder is decode_update else f"the async loop's decoder is {loop.decoder!r}"
-        compressed = [s for s in links if type(s).__name__ == "Compressed"]
+        compressed = [s for s in links if isinstance(s, Compressed)]
         if len(compressed) != 1 or compressed[0].last_path not in ("fast", "dense"):
             return f"no Compressed that decoded this round in {_links(o)}"
         if codec != "ternary" and any(keys.EF_RESIDUAL not in c.state.array_records for c in o.grid.contexts.values()):

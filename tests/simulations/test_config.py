@@ -157,6 +157,7 @@ COMBINATION_CASES: dict[str, tuple[list[str], list[str]]] = {
     "_dgc_options": (["client=topk", "client.momentum_correction=0.9", "client.residual_decay=0"],
                      ["client.momentum_correction=0.9", "client.residual_decay=0", "error-feedback residual"]),
     "_compression": (["+compression.server_lr=0.5"], ["compression.server_lr", "client=plain"]),
+    "_downlink_strategy": (["downlink=stc", "strategy=async"], ["downlink=stc", "strategy=async", "one global model"]),
     "_fault_rates": (["fault=mixed", "fault.crash_rate=0.9"], ["fault.crash_rate=0.9", "fault.hang_rate", "[0, 1]"]),
     "_early_exit_model": (["model=early_exit", "client=early_exit", "model.widths=[16,30,64]"], ["model.widths"]),
     "_depth_probs": (["experiment=s2_federated", "strategy.depth_probs=[0.5,0.5]"], ["strategy.depth_probs", "strategy.depths"]),
