@@ -69,6 +69,7 @@ from flwr.serverapp.strategy import FedAvg, Strategy
 
 from bouquet.codecs import Decoded, decode
 from bouquet.strategies.accumulate import Accumulator, finite_npy, npy_array
+from bouquet.strategies.client_errors import explain_client_error
 from bouquet.strategies.decoding import (
     DENSE_STYPE,
     aggregate_dtype,
@@ -161,6 +162,7 @@ class Compressed(StrategyWrapper):
         self._global: dict[str, np.ndarray] | None = None
         self._sent = SentMessages()
         self._dropped: list[str] = []
+        self._explained: set[str] = set()  # set-up mistakes behind client errors, logged once
 
     def summary(self) -> None:
         log(logging.INFO, "Compressed(server_lr=%s) around %s", self.server_lr, type(self.strategy).__name__)
@@ -191,8 +193,11 @@ class Compressed(StrategyWrapper):
             log(logging.INFO, "Compressed: %d replies for %s, %d dropped", len(usable), type(self.strategy).__name__,
                 len(self._dropped))
             arrays, metrics = self.strategy.aggregate_train(server_round, usable + errors)
-        log(logging.INFO, "Compressed: round %d: %d replies, %d dropped, %.3f MB received vs %.3f MB dense (%.1fx fewer)",
-            server_round, len(replies), len(self._dropped), received / 1e6, dense / 1e6, dense / max(received, 1))
+        log(logging.WARNING if arrays is None else logging.INFO,
+            "Compressed: round %d: %d replies, %d errors, %d dropped, %.3f MB received vs %.3f MB dense (%.1fx fewer)%s",
+            server_round, len(replies), len(errors), len(self._dropped), received / 1e6, dense / 1e6,
+            dense / max(received, 1), "; no usable reply, global model unchanged" if arrays is None else "")
+        self._explain(errors)
         if metrics is not None:  # documented: bouquet's facts ride along in the aggregated MetricRecord
             for key, value in ((BYTES_UP, received), (DENSE_BYTES, dense), (DROPPED, len(self._dropped))):
                 metrics[key] = value
@@ -216,6 +221,14 @@ class Compressed(StrategyWrapper):
                              "ServerMomentum(Compressed(...)) (compression.server_momentum)")
 
     # ------------------------------------------------------------------ internals
+    def _explain(self, errors: list[Message]) -> None:
+        """Log once, at WARNING, the set-up mistake behind a client's error reply (mod order, ...)."""
+        for msg in errors:
+            meaning = explain_client_error(str(msg.error.reason))
+            if meaning is not None and meaning not in self._explained:
+                self._explained.add(meaning)
+                log(logging.WARNING, "Compressed: node %s replied with an error: %s", msg.metadata.src_node_id, meaning)
+
     def _drop(self, msg: Message, reason: str) -> None:
         node = node_label(msg)
         reason = truncate_reason(reason)
