@@ -276,6 +276,8 @@ class AsyncFedAvg(NodeSteps, Strategy):
         if resume is None:
             st.nodes = len(nodes)
         st.budget = self.max_updates or int(num_rounds) * max(1, st.nodes)
+        if self.recorder is not None and hasattr(self.recorder, "total_steps"):
+            self.recorder.total_steps = st.budget  # the progress line's ETA counts applied updates
         st.plateau_window = plateau_evaluations(self.plateau_window, st.nodes, self.eval_every)
         self.summary()
         log(logging.INFO, "async: %d nodes, budget %d updates, reply timeout %.0f s, plateau after %d evaluations",
