@@ -116,7 +116,17 @@ def console_and_file(tmp_path: Path):
     root.handlers[:] = handlers
     root.setLevel(logging.INFO)
     flwr_logger.setLevel(logging.DEBUG)
+    # a library imported earlier in this process may have set its own loggers' level (MLflow does
+    # for alembic once the tracking tests imported it): start each of those from the defaults
+    third_party = [logging.getLogger(n) for n in ("alembic", "alembic.runtime.plugins")]
+    third_saved = [(lg, lg.level, lg.propagate, lg.disabled) for lg in third_party]
+    for lg in third_party:
+        lg.setLevel(logging.NOTSET)
+        lg.propagate, lg.disabled = True, False
     yield console, file
+    for lg, level, propagate, disabled in third_saved:
+        lg.setLevel(level)
+        lg.propagate, lg.disabled = propagate, disabled
     for h in handlers:
         h.close()
     root.handlers[:], _, _ = saved
