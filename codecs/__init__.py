@@ -7,7 +7,6 @@ format (``wire``). :func:`decode` reads any of them.
 """
 
 from bouquet.codecs.compressor import (
-    COMPRESSORS,
     CompressOutput,
     DenseCompressor,
     STCCompressor,
@@ -15,9 +14,9 @@ from bouquet.codecs.compressor import (
     TopKCompressor,
     UpdateCompressor,
     is_statistic,
-    make_compressor,
 )
 from bouquet.codecs.error_feedback import accumulate, new_residual
+from bouquet.codecs.make import COMPRESSORS, codec_options, make_compressor
 from bouquet.codecs.registry import decode, decode_encoded
 from bouquet.codecs.stc import encode_stc
 from bouquet.codecs.ternary import encode_ternary, ternarize
@@ -42,6 +41,7 @@ __all__ = [
     "TopKCompressor",
     "UpdateCompressor",
     "accumulate",
+    "codec_options",
     "decode",
     "decode_encoded",
     "encode_dense",

@@ -8,6 +8,10 @@ that the server can log them once at WARNING instead of leaving the user with Fl
 
 from __future__ import annotations
 
+import logging
+
+from flwr.common.logger import log
+
 from bouquet import keys
 
 # (what the reason contains, what it means and what to do)
@@ -32,3 +36,11 @@ def explain_client_error(reason: str) -> str | None:
         if all(n in text for n in needles):
             return meaning
     return None
+
+
+def log_client_error(who: str, node: object, reason: str, seen: set[str]) -> None:
+    """Log at WARNING, once per mistake (``seen`` remembers), what a client's error reply means."""
+    meaning = explain_client_error(reason)
+    if meaning is not None and meaning not in seen:
+        seen.add(meaning)
+        log(logging.WARNING, "%s: node %s replied with an error: %s", who, node, meaning)

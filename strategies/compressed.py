@@ -69,7 +69,7 @@ from flwr.serverapp.strategy import FedAvg, Strategy
 
 from bouquet.codecs import Decoded, decode
 from bouquet.strategies.accumulate import Accumulator, finite_npy, npy_array
-from bouquet.strategies.client_errors import explain_client_error
+from bouquet.strategies.client_errors import log_client_error
 from bouquet.strategies.decoding import (
     DENSE_STYPE,
     aggregate_dtype,
@@ -87,7 +87,13 @@ from bouquet.strategies.decoding import (
     update_norm,
 )
 from bouquet.strategies.guard import cast_to_reference
-from bouquet.strategies.hooks import ReplyScreen, ReplyWeights, ValidatesMetrics
+from bouquet.strategies.hooks import (  # noqa: F401 - weighted_mean_*: re-exported, as before
+    ReplyScreen,
+    ReplyWeights,
+    ValidatesMetrics,
+    weighted_mean_base,
+    weighted_mean_chain,
+)
 from bouquet.strategies.reports import (
     BYTES_UP,
     CLIENTS_DROPPED,
@@ -108,32 +114,6 @@ from bouquet.strategies.screening import (
 from bouquet.strategies.wrapper import StrategyWrapper, nested, refuse_byte_models, weight_key_of
 
 __all__ = ["Compressed", "decode_reply", "decode_update", "weighted_mean_base", "weighted_mean_chain"]
-
-
-def weighted_mean_chain(strategy: Strategy) -> tuple[FedAvg | None, list[Any]]:
-    """The FedAvg-family strategy whose ``aggregate_train`` is a plain weighted mean (or None),
-    and the :class:`~bouquet.strategies.hooks.ReplyScreen` s looked through on the way to it.
-
-    A weighted mean: a FedAvg whose class uses ``FedAvg.aggregate_train`` unchanged (FedAvg,
-    FedProx), or declares ``weighted_mean_aggregation = True``
-    (:class:`~bouquet.strategies.hooks.ReplyWeights`); a class declaring it ``False`` opts out.
-    """
-    screens: list[Any] = []
-    level: Any = strategy
-    while isinstance(level, ReplyScreen):
-        screens.append(level)
-        level = level.strategy
-    if not isinstance(level, FedAvg):
-        return None, screens
-    declared = getattr(type(level), "weighted_mean_aggregation", None)
-    if declared is not None:
-        return (level if declared else None), screens
-    return (level if type(level).aggregate_train is FedAvg.aggregate_train else None), screens
-
-
-def weighted_mean_base(strategy: Strategy) -> FedAvg | None:
-    """The FedAvg-family strategy of :func:`weighted_mean_chain` (or None)."""
-    return weighted_mean_chain(strategy)[0]
 
 
 class Compressed(StrategyWrapper):
@@ -197,7 +177,8 @@ class Compressed(StrategyWrapper):
             "Compressed: round %d: %d replies, %d errors, %d dropped, %.3f MB received vs %.3f MB dense (%.1fx fewer)%s",
             server_round, len(replies), len(errors), len(self._dropped), received / 1e6, dense / 1e6,
             dense / max(received, 1), "; no usable reply, global model unchanged" if arrays is None else "")
-        self._explain(errors)
+        for msg in errors:  # the set-up mistake behind an error (mod order, ...), once at WARNING
+            log_client_error("Compressed", msg.metadata.src_node_id, str(msg.error.reason), self._explained)
         if metrics is not None:  # documented: bouquet's facts ride along in the aggregated MetricRecord
             for key, value in ((BYTES_UP, received), (DENSE_BYTES, dense), (DROPPED, len(self._dropped))):
                 metrics[key] = value
@@ -221,14 +202,6 @@ class Compressed(StrategyWrapper):
                              "ServerMomentum(Compressed(...)) (compression.server_momentum)")
 
     # ------------------------------------------------------------------ internals
-    def _explain(self, errors: list[Message]) -> None:
-        """Log once, at WARNING, the set-up mistake behind a client's error reply (mod order, ...)."""
-        for msg in errors:
-            meaning = explain_client_error(str(msg.error.reason))
-            if meaning is not None and meaning not in self._explained:
-                self._explained.add(meaning)
-                log(logging.WARNING, "Compressed: node %s replied with an error: %s", msg.metadata.src_node_id, meaning)
-
     def _drop(self, msg: Message, reason: str) -> None:
         node = node_label(msg)
         reason = truncate_reason(reason)

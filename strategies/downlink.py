@@ -68,7 +68,7 @@ from bouquet import keys
 from bouquet.codecs import Encoded, UpdateCompressor, is_statistic, make_compressor
 from bouquet.codecs.npy import read_npy
 from bouquet.codecs.sync import apply_decoded, decode_step, model_digest
-from bouquet.strategies.client_errors import explain_client_error
+from bouquet.strategies.client_errors import log_client_error
 from bouquet.strategies.decoding import DENSE_STYPE, reference_arrays
 from bouquet.strategies.reports import CLIENTS_DROPPED, DROP_REASONS, truncate_reason
 from bouquet.strategies.wrapper import StrategyWrapper, chain
@@ -282,9 +282,8 @@ class CompressedDownlink(StrategyWrapper):
             reason = str(msg.error.reason)
             if sent is not None and RESYNC in reason:
                 self._mismatch(node, "the client could not rebuild the broadcast model")
-            elif (meaning := explain_client_error(reason)) is not None and meaning not in self._explained:
-                self._explained.add(meaning)
-                log(logging.WARNING, "CompressedDownlink: node %s replied with an error: %s", node, meaning)
+            else:
+                log_client_error("CompressedDownlink", node, reason, self._explained)
             return msg
         if sent is None:
             return self._strip(msg)  # not ours to judge: the inner strategy decides

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from flwr.app import Message
+from flwr.serverapp.strategy import FedAvg, Strategy
 
 # Members that say how a strategy itself aggregates: a wrapper does not inherit them from the
 # strategy it wraps by attribute forwarding (its own aggregate_train may differ).
@@ -129,3 +130,29 @@ class Stateful(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def weighted_mean_chain(strategy: Strategy) -> tuple[FedAvg | None, list[Any]]:
+    """The FedAvg-family strategy whose ``aggregate_train`` is a plain weighted mean (or None),
+    and the :class:`~bouquet.strategies.hooks.ReplyScreen` s looked through on the way to it.
+
+    A weighted mean: a FedAvg whose class uses ``FedAvg.aggregate_train`` unchanged (FedAvg,
+    FedProx), or declares ``weighted_mean_aggregation = True``
+    (:class:`~bouquet.strategies.hooks.ReplyWeights`); a class declaring it ``False`` opts out.
+    """
+    screens: list[Any] = []
+    level: Any = strategy
+    while isinstance(level, ReplyScreen):
+        screens.append(level)
+        level = level.strategy
+    if not isinstance(level, FedAvg):
+        return None, screens
+    declared = getattr(type(level), "weighted_mean_aggregation", None)
+    if declared is not None:
+        return (level if declared else None), screens
+    return (level if type(level).aggregate_train is FedAvg.aggregate_train else None), screens
+
+
+def weighted_mean_base(strategy: Strategy) -> FedAvg | None:
+    """The FedAvg-family strategy of :func:`weighted_mean_chain` (or None)."""
+    return weighted_mean_chain(strategy)[0]
