@@ -1,20 +1,26 @@
 """Wall time per round: real deployment (SuperLink + SuperNodes, TLS, node auth) vs simulation.
 
-The same experiment (digits, N clients, R rounds; FedAvg by default) runs
+The same experiment (digits, N clients, R rounds; FedAvg by default), in one invocation:
 
-* in Flower's simulation engine: ``bouquet-sim`` (``run_simulation``, Ray) in a subprocess;
-* on a real local deployment: ``deploy/local.py``'s :class:`LocalDeployment` (``flwr run``).
+* ``sim``: Flower's simulation engine, ``bouquet-sim`` (``run_simulation``, Ray), in a subprocess;
+* ``cold``: a real local deployment with Flower's defaults (``flower-supernode``: a fresh
+  ``flwr-clientapp`` process per message, a 3 s idle poll), ``deploy/local.py --cold``;
+* ``warm``: the same deployment as ``make deploy-demo`` runs it: each SuperNode with
+  ``--isolation process`` beside a :mod:`deploy.warm_clientapp` worker, started by
+  :mod:`deploy.supernode` (0.2 s idle poll);
 
-Both write ``metrics.jsonl``; the table compares the per-round wall time measured by the
-ServerApp (``wall_s`` of rounds >= 1) and the total. To show where a deployed round's time goes,
-``--probe`` times, in a fresh Python process, the stages every ``flwr-clientapp`` process goes
-through for *each* message (a deployed SuperNode starts one process per message): importing
-flwr, torch and bouquet's client stack, composing the Hydra config, loading the data and cutting
-the partitions, building the model, and one local training round.
+with 2 nodes (all three) and 10 nodes (sim and warm). Every mode writes ``metrics.jsonl``; the
+table compares the ServerApp's per-round wall time (``wall_s``) of rounds 2..R, ratios against
+the simulation of the same N measured in this invocation. Where a round goes: ``--probe`` times
+the stages of one fresh ``flwr-clientapp``-like process (the cold path, per message), and the
+warm workers' per-task stages come from their ``--timings`` files. Peak resident memory per node
+(SuperNode + worker, ``VmHWM``) is read before the deployment stops.
 
-Run (a few minutes on 2 cores)::
+Raw per-cell results go to ``benchmarks/results/deploy.jsonl`` as each cell finishes (``--commit``
+commits them); the RESULTS.md section is rebuilt from the latest invocation (``--report``). Run it
+alone (it pauses nothing itself: touch ``benchmarks/results/.pause`` to pause a grid first)::
 
-    nice -n 10 .venv/bin/python benchmarks/bench_deploy.py --nodes 2 --rounds 3
+    .venv/bin/python benchmarks/bench_deploy.py --rounds 6 --commit
 """
 
 from __future__ import annotations
@@ -27,21 +33,30 @@ import sys
 import time
 from pathlib import Path
 from statistics import mean
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks._grid import _append, _commit, load_results, results_path  # noqa: E402
 from benchmarks._results import markdown_table, write_section  # noqa: E402
 from deploy.local import LocalDeployment  # noqa: E402
 from deploy.processes import flower_env  # noqa: E402
 
+SECTION = "deploy"
 RUNS = ROOT / "benchmarks" / ".runs" / "deploy"
 VENV_BIN = Path(sys.executable).parent
+CELLS = [("sim", 2), ("cold", 2), ("warm", 2), ("sim", 10), ("warm", 10)]
+MODE_NAMES = {
+    "sim": "simulation (bouquet-sim, Ray)",
+    "cold": "deployed, Flower defaults (process per message)",
+    "warm": "deployed, warm workers (make deploy-demo)",
+}
 
 
 def probe(overrides: str) -> dict[str, float]:
-    """Time the stages of one ClientApp message in this (fresh) process."""
+    """Time the stages of one cold ClientApp message in this (fresh) process."""
     t0 = time.perf_counter()
     stages: dict[str, float] = {}
 
@@ -66,9 +81,8 @@ def probe(overrides: str) -> dict[str, float]:
 
     exp = get_experiment(cfg)
     _ = exp.dataset
-    mark("load dataset (imports sklearn for digits)")
     exp.client_data(0)
-    mark("cut partitions (imports flwr-datasets)")
+    mark("load dataset + partition (cached on disk)")
     torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1, momentum=0.9)
     mark("first torch.optim.SGD (imports torch._dynamo)")
     from flwr.app import Context, RecordDict
@@ -79,7 +93,7 @@ def probe(overrides: str) -> dict[str, float]:
     client.fit(params, {})
     mark("local training, 1st call in the process")
     client.fit(params, {})
-    mark("local training, 2nd call (warm; not paid in deployment)")
+    mark("local training, 2nd call (what a warm process pays)")
     return stages
 
 
@@ -88,7 +102,7 @@ def run_probe(overrides: str) -> dict[str, float]:
     start = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=flower_env(), check=True, timeout=600)
     stages = json.loads(out.stdout.strip().splitlines()[-1])
-    stages["whole process, wall (incl. interpreter start + exit)"] = round(time.perf_counter() - start, 3)
+    stages["whole process, wall (interpreter start to exit)"] = round(time.perf_counter() - start, 3)
     return stages
 
 
@@ -96,78 +110,131 @@ def read_rows(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def run_simulation(overrides: str, run_dir: Path, timeout_s: float) -> float:
+def run_simulation(overrides: str, run_dir: Path, timeout_s: float) -> dict[str, Any]:
     argv = [str(VENV_BIN / "bouquet-sim"), *overrides.split(), f"hydra.run.dir={run_dir}"]
     start = time.perf_counter()
     subprocess.run(argv, env=flower_env(), check=True, timeout=timeout_s, capture_output=True)
-    return time.perf_counter() - start
+    return {"total_s": round(time.perf_counter() - start, 2)}
 
 
-def run_deployment(nodes: int, overrides: str, run_dir: Path, timeout_s: float) -> tuple[float, float, dict]:
+def run_deployment(mode: str, nodes: int, overrides: str, run_dir: Path, timeout_s: float) -> dict[str, Any]:
     start = time.perf_counter()
-    with LocalDeployment(num_nodes=nodes, state_dir=RUNS / "state") as dep:
+    with LocalDeployment(num_nodes=nodes, state_dir=RUNS / f"state-{mode}-{nodes}", warm=mode == "warm") as dep:
         up = time.perf_counter() - start
         outcome = dep.run(overrides, run_dir, timeout_s=timeout_s)
+        rss = dep.peak_rss_mb()
         timings = dict(dep.timings)
-    total = time.perf_counter() - start
-    timings["flwr run (submit to end)"] = round(outcome.wall_s, 2)
-    return up, total, timings
+    tasks = []
+    for path in sorted((run_dir / "deploy-logs").glob("*.timings.jsonl")):
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        tasks.extend(lines[1:])  # each worker's first task loads torch, the data and the app: start-up
+    per_node = [v for k, v in rss.items() if k.startswith(("supernode-", "clientapp-worker-"))]
+    return {
+        "startup_s": round(up, 2), "total_s": round(time.perf_counter() - start, 2), "startup_steps": timings,
+        "flwr_run_s": round(outcome.wall_s, 2), "peak_rss_mb": rss,
+        "node_rss_mb_mean": round(sum(per_node) / nodes, 1) if per_node else None,
+        "warm_task_stages": {k: round(mean(t[k] for t in tasks), 4) for k in tasks[0] if k != "status"} if tasks else None,
+    }
 
 
-def row_for(mode: str, rows: list[dict], total: float, startup: float | None) -> dict:
+def cell_record(invocation: str, mode: str, nodes: int, rounds: int, overrides: str, run_dir: Path, extra: dict) -> dict:
+    rows = read_rows(run_dir)
     trained = [r for r in rows if r["round"] > 0]
     return {
-        "mode": mode,
-        "rounds": len(trained),
-        "round 1 s": trained[0]["wall_s"],
-        "later rounds s (mean)": mean(r["wall_s"] for r in trained[1:]) if len(trained) > 1 else None,
-        "client train s / round (sum over clients)": mean(r["client_train_s"] for r in trained),
-        "server loop s": rows[-1]["elapsed_s"],
-        "start-up s": startup,
-        "total s": total,
-        "final accuracy": rows[-1]["accuracy"],
+        "invocation": invocation, "mode": mode, "nodes": nodes, "rounds": rounds, "overrides": overrides,
+        "loadavg": list(os.getloadavg()), "cpus": os.cpu_count(),
+        "round_wall_s": [r["wall_s"] for r in trained], "client_train_s": [r["client_train_s"] for r in trained],
+        "final_accuracy": rows[-1]["accuracy"], **extra,
     }
+
+
+def later_mean(rec: dict) -> float:
+    return mean(rec["round_wall_s"][1:])
+
+
+def report() -> None:
+    results = load_results(SECTION)
+    if not results:
+        print("no deploy results yet")
+        return
+    latest = results[-1]["invocation"]
+    recs = [r for r in results if r.get("invocation") == latest]
+    sims = {r["nodes"]: later_mean(r) for r in recs if r["mode"] == "sim"}
+    rows = []
+    for r in recs:
+        base = sims.get(r["nodes"])
+        rows.append({
+            "mode": MODE_NAMES[r["mode"]], "nodes": r["nodes"], "round 1 s": round(r["round_wall_s"][0], 2),
+            "rounds 2-N s (mean)": round(later_mean(r), 3),
+            "x simulation (same N)": f"{later_mean(r) / base:.1f}x" if base else "",
+            "client train s / round (sum)": round(mean(r["client_train_s"][1:]), 3),
+            "start-up s": r.get("startup_s", ""), "total s": r["total_s"],
+            "peak RSS / node MB": r.get("node_rss_mb_mean") or "", "final accuracy": round(r["final_accuracy"], 4),
+        })
+    first = recs[0]
+    load = [round(r["loadavg"][0], 1) for r in recs]
+    experiment = first["overrides"].replace("simulation.num_clients={} ".format(first["nodes"]), "")
+    body = (
+        f"Experiment: `{experiment}` with N = 2 and 10 "
+        f"clients (SuperNodes or simulated clients), FedAvg, server-side evaluation; every mode in one invocation, "
+        f"one after the other, alone on the machine (load average, 1 min, at the end of each cell: {load}). "
+        "`rounds 2-N` is the ServerApp's wall time per round after the first (round 1 includes each node's "
+        "first message); `x simulation` divides it by the simulation of the same N in this invocation. "
+        "Peak RSS / node: SuperNode + its worker (warm) or SuperNode + its SuperExec (cold), `VmHWM` at the end. "
+        f"Raw: `{results_path(SECTION).relative_to(ROOT)}`.\n\n"
+        + markdown_table(rows, list(rows[0]))
+    )
+    probe_rec = next((r for r in recs if r.get("probe")), None)
+    if probe_rec:
+        body += ("\nCold path, per message: a SuperNode with Flower's defaults starts a fresh `flwr-clientapp` "
+                 "for every message, which pays every stage below (one fresh process, data already cached "
+                 "on disk):\n\n" + markdown_table([{"stage": k, "s": v} for k, v in probe_rec["probe"].items()], ["stage", "s"]))
+    warm = [r for r in recs if r["mode"] == "warm" and r.get("warm_task_stages")]
+    if warm:
+        stage_rows = [{"stage": k, **{f"{r['nodes']} nodes s": r["warm_task_stages"][k] for r in warm}}
+                      for k in warm[0]["warm_task_stages"]]
+        body += ("\nWarm path, per message (mean over tasks after each worker's first; `ClientApp call` "
+                 "includes the local training): the rest of a round is the SuperNode noticing the message "
+                 "(idle poll 0.2 s), the SuperNode fetching the message's objects from the SuperLink and "
+                 "sending the reply, and the ServerApp's own work (aggregation, evaluation, checkpoint).\n\n"
+                 + markdown_table(stage_rows, list(stage_rows[0])))
+    write_section(SECTION, "Deployment vs simulation: wall time per round", body,
+                  command=".venv/bin/python benchmarks/bench_deploy.py --commit (report: --report)")
+    print(body)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--nodes", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--overrides", default="dataset=digits", help="extra Hydra overrides for both modes")
-    parser.add_argument("--timeout", type=float, default=1200.0)
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--overrides", default="dataset=digits", help="extra Hydra overrides for every mode")
+    parser.add_argument("--cells", nargs="+", default=[f"{m}:{n}" for m, n in CELLS], help="mode:nodes, e.g. warm:10")
+    parser.add_argument("--timeout", type=float, default=1800.0)
+    parser.add_argument("--no-probe", action="store_true")
+    parser.add_argument("--commit", action="store_true", help="git-commit the raw results after every cell")
+    parser.add_argument("--report", action="store_true", help="only rebuild the RESULTS.md section")
     args = parser.parse_args()
-    overrides = f"{args.overrides} simulation.num_clients={args.nodes} simulation.num_rounds={args.rounds}"
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    sim_dir, dep_dir = RUNS / f"{stamp}-sim", RUNS / f"{stamp}-deploy"
-    load_before = os.getloadavg()[0]
-    print("probe ...", flush=True)
-    stages = run_probe(overrides)
-    print("simulation ...", flush=True)
-    sim_total = run_simulation(overrides, sim_dir, args.timeout)
-    print("deployment ...", flush=True)
-    dep_up, dep_total, dep_timings = run_deployment(args.nodes, overrides, dep_dir, args.timeout)
-    load_after = os.getloadavg()[0]
-    rows = [
-        row_for("simulation (bouquet-sim, Ray)", read_rows(sim_dir), sim_total, None),
-        row_for("deployment (SuperLink + SuperNodes, TLS, auth)", read_rows(dep_dir), dep_total, dep_up),
-    ]
-    cols = list(rows[0])
-    stage_rows = [{"stage": k, "s": v} for k, v in stages.items()]
-    start_rows = [{"deployment start-up step": k, "s": v} for k, v in dep_timings.items()]
-    body = (
-        f"Experiment: `{overrides}` (FedAvg unless overridden), {args.nodes} SuperNodes / simulated clients. "
-        f"Load average (1 min) on this shared machine: {load_before:.1f} before, {load_after:.1f} after "
-        "(2 cores shared with other jobs: absolute times are inflated; compare within this run).\n\n"
-        + markdown_table(rows, cols)
-        + "\nWhere a deployed round goes: a SuperNode starts a fresh `flwr-clientapp` process for every "
-        "message, so every round pays, per client, the stages below (timed in one fresh process); the "
-        "simulation engine pays them once per Ray worker and then reuses the warm process.\n\n"
-        + markdown_table(stage_rows, ["stage", "s"])
-        + "\n"
-        + markdown_table(start_rows, ["deployment start-up step", "s"])
-    )
-    write_section("deploy", "Deployment vs simulation: wall time per round", body)
-    print(body)
+    if args.report:
+        report()
+        return
+    invocation = time.strftime("%Y%m%d-%H%M%S")
+    stages = None if args.no_probe else run_probe(f"{args.overrides} simulation.num_clients=2")
+    for spec in args.cells:
+        mode, nodes = spec.split(":")[0], int(spec.split(":")[1])
+        overrides = f"simulation.num_clients={nodes} {args.overrides} simulation.num_rounds={args.rounds}"
+        run_dir = RUNS / f"{invocation}-{mode}-{nodes}"
+        print(f"{mode} x {nodes} ...", flush=True)
+        if mode == "sim":
+            extra = run_simulation(overrides, run_dir, args.timeout)
+        else:
+            extra = run_deployment(mode, nodes, overrides, run_dir, args.timeout)
+        if stages is not None:
+            extra["probe"], stages = stages, None
+        rec = cell_record(invocation, mode, nodes, args.rounds, overrides, run_dir, extra)
+        _append(SECTION, rec)
+        if args.commit:
+            _commit([results_path(SECTION)], f"benchmarks: deploy cell {mode} x {nodes} ({invocation})")
+        print(json.dumps({k: rec[k] for k in ("mode", "nodes", "round_wall_s", "total_s")}), flush=True)
+    report()
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import shutil
 import signal
@@ -40,7 +41,8 @@ if __package__ in (None, ""):  # run as a script: make the `deploy` package impo
 
 from deploy.flwrcli import FlwrCli, free_port, https_answers, wait_until  # noqa: E402
 from deploy.pki import TlsFiles, make_node_key, make_tls  # noqa: E402
-from deploy.processes import ManagedProcess, flower_env  # noqa: E402
+from deploy.processes import ManagedProcess, descendants, flower_env, peak_rss_kb  # noqa: E402
+from deploy.supernode import DEFAULT_POLL_S, ENV_POLL  # noqa: E402
 
 logger = logging.getLogger("bouquet.deploy")
 
@@ -83,9 +85,18 @@ class LocalDeployment:
         SuperLink port; 0 picks a free one.
     start_timeout_s : float
         Bound on each start-up wait (SuperLink ready, nodes online).
+    warm : bool
+        True (default): each SuperNode runs with ``--isolation process`` beside one
+        :mod:`deploy.warm_clientapp` worker (ClientApp tasks run in that warm process, tasks
+        acquired with a per-node SuperExec secret), and is started by :mod:`deploy.supernode`
+        (idle poll ``node_poll_s`` instead of Flower's 3 s). False: Flower's defaults
+        (``flower-supernode``, a fresh ``flwr-clientapp`` process per message).
+    node_poll_s : float, optional
+        The warm SuperNodes' idle poll (default :data:`deploy.supernode.DEFAULT_POLL_S`).
     """
 
-    def __init__(self, *, num_nodes: int = 2, state_dir: str | Path = DEFAULT_STATE, port: int = 0, start_timeout_s: float = 90.0) -> None:
+    def __init__(self, *, num_nodes: int = 2, state_dir: str | Path = DEFAULT_STATE, port: int = 0, start_timeout_s: float = 90.0,
+                 warm: bool = True, node_poll_s: float | None = None) -> None:
         if num_nodes < 1:
             raise ValueError(f"num_nodes={num_nodes} must be >= 1")
         if port < 0 or port > 65535:
@@ -94,6 +105,9 @@ class LocalDeployment:
         self.state = Path(state_dir).resolve()
         self.port = port or free_port()
         self.start_timeout_s = start_timeout_s
+        self.warm = warm
+        self.node_poll_s = DEFAULT_POLL_S if node_poll_s is None else node_poll_s
+        self.workers: list[ManagedProcess] = []
         self.logs = self.state / "logs"
         self.processes: list[ManagedProcess] = []  # running, stopped by stop()
         self.started_pids: list[int] = []  # every PID ever started (for checks)
@@ -118,7 +132,7 @@ class LocalDeployment:
     def start(self) -> None:
         """Certificates, SuperLink, key registration, SuperNodes; waits until all are online."""
         self.state.mkdir(parents=True, exist_ok=True)
-        for old in self.logs.glob("*.log"):
+        for old in [*self.logs.glob("*.log"), *self.logs.glob("*.timings.jsonl")]:
             old.unlink()
         step = time.perf_counter()
 
@@ -169,20 +183,41 @@ class LocalDeployment:
         return proc
 
     def start_supernode(self, index: int, key: Path, *, partition_id: int | None = None, max_wait_s: int = 60) -> ManagedProcess:
-        """Start SuperNode ``index`` authenticating with ``key`` (no wait)."""
+        """Start SuperNode ``index`` authenticating with ``key`` (no wait); warm: and its worker."""
         tls = self._tls()
         pid = index if partition_id is None else partition_id
-        argv = [
-            "flower-supernode",
+        runtime_port = free_port()
+        common = [
             "--root-certificates", str(tls.ca_cert),
             "--superlink", f"{HOST}:{self.port}",
             "--host", HOST,
-            "--port", str(free_port()),
+            "--port", str(runtime_port),
             "--auth-supernode-private-key", str(key),
             "--node-config", f"partition-id={pid} num-partitions={self.num_nodes}",
             "--max-wait-time", str(max_wait_s),
         ]
-        return self._spawn(f"supernode-{index}", argv, self.state / f"node-{index}-home")
+        home = self.state / f"node-{index}-home"
+        if not self.warm:
+            return self._spawn(f"supernode-{index}", ["flower-supernode", *common], home)
+        secret = self.state / "keys" / f"supernode-{index}.superexec-secret"
+        secret.parent.mkdir(parents=True, exist_ok=True)
+        secret.write_bytes(os.urandom(32))
+        secret.chmod(0o600)
+        node = self._spawn(
+            f"supernode-{index}",
+            [sys.executable, "-m", "deploy.supernode", *common, "--isolation", "process",
+             "--superexec-auth-secret-file", str(secret)],
+            home, extra_env={ENV_POLL: str(self.node_poll_s), "PYTHONPATH": str(ROOT)},
+        )
+        worker = self._spawn(
+            f"clientapp-worker-{index}",
+            [sys.executable, "-m", "deploy.warm_clientapp", "--runtime-api-address", f"{HOST}:{runtime_port}",
+             "--insecure", "--superexec-auth-secret-file", str(secret),
+             "--timings", str(self.logs / f"clientapp-worker-{index}.timings.jsonl"), "--node-pid", str(node.pid)],
+            home, extra_env={"PYTHONPATH": str(ROOT)},
+        )
+        self.workers.append(worker)
+        return node
 
     def _tls(self) -> TlsFiles:
         if self.tls is None:
@@ -191,15 +226,15 @@ class LocalDeployment:
 
     def wait_nodes_online(self, count: int) -> None:
         def online() -> bool:
-            for node in self.nodes:
+            for node in [*self.nodes, *self.workers]:
                 _raise_if_dead(node)
             return self.cli.nodes_online() >= count
 
         wait_until(online, self.start_timeout_s, f"{count} SuperNodes online")
 
-    def _spawn(self, name: str, argv: list[str], home: Path) -> ManagedProcess:
+    def _spawn(self, name: str, argv: list[str], home: Path, extra_env: dict[str, str] | None = None) -> ManagedProcess:
         home.mkdir(parents=True, exist_ok=True)
-        proc = ManagedProcess(name, argv, self.logs / f"{name}.log", flower_env(home), cwd=self.state)
+        proc = ManagedProcess(name, argv, self.logs / f"{name}.log", flower_env(home, extra_env), cwd=self.state)
         self.processes.append(proc)
         self.started_pids.append(proc.pid)
         return proc
@@ -249,6 +284,13 @@ class LocalDeployment:
         for proc in self.processes:
             if proc.log_path.exists():
                 shutil.copyfile(proc.log_path, dest / proc.log_path.name)
+        for timings in self.logs.glob("*.timings.jsonl"):
+            shutil.copyfile(timings, dest / timings.name)
+
+    def peak_rss_mb(self) -> dict[str, float]:
+        """Peak resident memory (``VmHWM``, MB) of each running process, descendants included."""
+        return {proc.name: round(sum(peak_rss_kb(p) for p in [proc.pid, *descendants(proc.pid)]) / 1024, 1)
+                for proc in self.processes if proc.running()}
 
     # ----------------------------------------------------------------- stop
     def stop(self) -> None:
@@ -260,6 +302,7 @@ class LocalDeployment:
             except Exception:  # keep stopping the others
                 logger.exception("could not stop %s (pid %d)", proc.name, proc.pid)
         self.nodes = []
+        self.workers = []
         self.superlink = None
 
 
@@ -289,12 +332,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", default=str(DEFAULT_STATE), help="certificates, keys, logs")
     parser.add_argument("--port", type=int, default=0, help="SuperLink port (0 = a free one)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds allowed for the run")
+    parser.add_argument("--cold", action="store_true",
+                        help="Flower's defaults: a fresh flwr-clientapp process per message, 3 s idle poll")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run_dir = Path(args.run_dir or ROOT / "outputs" / "deploy" / time.strftime("%Y-%m-%d_%H-%M-%S"))
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, _raise_signal)
-    deployment = LocalDeployment(num_nodes=args.nodes, state_dir=args.state_dir, port=args.port)
+    deployment = LocalDeployment(num_nodes=args.nodes, state_dir=args.state_dir, port=args.port, warm=not args.cold)
     try:
         deployment.start()
         outcome = deployment.run(args.overrides, run_dir, timeout_s=args.timeout)

@@ -73,6 +73,18 @@ def alive(pid: int) -> bool:
         return True
 
 
+def peak_rss_kb(pid: int) -> int:
+    """Peak resident set size of ``pid`` in kB (``VmHWM`` in ``/proc``; 0 if unknown)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def _signal(pid: int, sig: int) -> None:
     try:
         os.kill(pid, sig)
