@@ -391,3 +391,6 @@ def check_data(cfg: dict[str, Any], options: Options) -> None:
     exits = getattr(model, "num_exits", None)
     if depths and exits is not None and max(depths) > exits:
         raise ValueError(f"strategy.depths={fmt(depths)} is out of range: the model has {exits} exits (depths 1..{exits})")
+
+
+import bouquet.simulations.privacy  # noqa: E402,F401 - registers the privacy rules (privacy=secagg, privacy=dp_*)

@@ -256,6 +256,9 @@ def read_rows(run_dir: Path, up_to_round: int | None = None) -> list[dict[str, A
 # Per-round counts of a strategy's report that summary.json totals (two-way compression).
 SUMMED = ("sync_mismatches", "catchup_bytes", "dense_sends")
 
+# Per-round values of a strategy's report whose last value summary.json keeps (privacy: spent so far).
+LAST = ("epsilon",)
+
 # Quality metrics a run may report, with the direction that counts as better.
 QUALITY = {"accuracy": max, "rmse": min, "hr_at_10": max, "ndcg_at_10": max}
 
@@ -280,4 +283,5 @@ def summarize(rows: list[dict[str, Any]], total_wall: float) -> dict[str, Any]:
         "clients_failed": int(sum(r["clients_failed"] for r in rows)),
         "wall_s": round(total_wall, 3),
         **{key: int(sum(r.get(key) or 0 for r in rows)) for key in SUMMED if any(key in r for r in rows)},
+        **{key: [r[key] for r in rows if r.get(key) is not None][-1] for key in LAST if any(r.get(key) is not None for r in rows)},
     }

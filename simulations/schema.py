@@ -306,6 +306,9 @@ DOWNLINK = {
     "stc": {"name": choice("stc"), **{k: STC[k] for k in ("alpha", "min_k", "scope")}},
     "ternary": {"name": choice("ternary"), **{k: TERNARY[k] for k in ("stochastic", "clip_c", "packing")}},
 }
+DP = {"clip_norm": real("(0, inf)", doc="C: L2 bound of each client's update"), "delta": real("(0, 1)", doc="epsilon is reported at this delta"),
+      "noise_multiplier": real("(0, inf)", doc="z: Gaussian noise std z * C on the sum of the updates")}
+PRIVACY = {"none": {"name": choice("none")}, **{m: {"name": choice(m), **DP} for m in ("dp_client", "dp_server")}}
 LOGGER = {
     "none": {"name": choice("none")},
     "csv": {"name": choice("csv")},
@@ -374,6 +377,7 @@ GROUPS: dict[str, Group] = {
     "server": Group("name", SERVER),
     "logger": Group("name", LOGGER, optional=True, doc="experiment tracker (offline): per-round metrics, config, artifacts"),
     "downlink": Group("name", DOWNLINK, optional=True, doc="compressed broadcast of the global model (two-way compression)"),
+    "privacy": Group("name", PRIVACY, optional=True, doc="central differential privacy (client- or server-side clipping), secure aggregation"),
     "fault": Group("", {"*": FAULT}, doc="fault injection (tests, benchmarks)"),
     "search": Group("", {"*": SEARCH}, optional=True, doc="only with task=search"),
     "compression": Group("", {"*": COMPRESSION}, optional=True,

@@ -50,6 +50,7 @@ from bouquet.simulations.compression import wrap_compression
 from bouquet.simulations.downlink import client_downlink_mods, wrap_downlink
 from bouquet.simulations.experiment import Experiment, get_experiment
 from bouquet.simulations.metering import MAX_REASONS, MeteredGrid, Period
+from bouquet.simulations.privacy import private_client, wrap_privacy
 from bouquet.simulations.recsys import wrap_recommendation_evaluation
 from bouquet.simulations.results import RunFailed, RunRecorder, read_rows
 from bouquet.simulations.resume import check_resume
@@ -67,8 +68,9 @@ ClientMods = Callable[[dict[str, Any]], list[Callable[..., Any]]]
 # Wrappers applied in order to the configured strategy (compression, server-side adjustment...).
 # Server-side adjustment comes after compression (it adjusts the decoded aggregate).
 # The compressed downlink goes last (outermost): it broadcasts whatever the others made the global model.
-STRATEGY_WRAPPERS: list[StrategyWrapper] = [wrap_compression, wrap_recommendation_evaluation, wrap_server_adjust,
-                                            wrap_downlink]
+# Central DP goes first (innermost): its wrappers must see decoded updates, so Compressed is outside them.
+STRATEGY_WRAPPERS: list[StrategyWrapper] = [wrap_privacy, wrap_compression, wrap_recommendation_evaluation,
+                                            wrap_server_adjust, wrap_downlink]
 
 
 def build_strategy(cfg: dict[str, Any], exp: Experiment) -> Strategy:
@@ -238,7 +240,7 @@ def make_server_app(cfg: dict[str, Any], run_dir: str | Path) -> ServerApp:
 
 
 def _client_from_cfg(cfg: dict[str, Any], context: Context) -> NumPyClient:
-    return get_experiment(cfg).client(context)
+    return private_client(cfg, get_experiment(cfg).client(context))  # privacy=dp_client: clip before the codec
 
 
 CLIENT_STATE_DIR = "client_state"  # in the run directory: the nodes' spilled context.state (simulation)

@@ -19,7 +19,9 @@ KNOWN: tuple[tuple[tuple[str, ...], str], ...] = (
     (("Unsupported serialization type", "'bouquet."),
      "a mod listed before compression_mod read the compressed reply: list compression_mod before the mods that read "
      "the reply's arrays (outermost first), e.g. mods=[downlink_mod, compression_mod('topk', alpha=0.01), "
-     "arrays_size_mod], so they see the dense update before it is compressed"),
+     "arrays_size_mod], so they see the dense update before it is compressed; for DP, clip with "
+     "bouquet.clients.privacy.dp_clip_mod inside compression_mod, or PrivateClient around a client that compresses "
+     "itself, not Flower's fixedclipping_mod/LocalDpMod outside it (docs/privacy.md)"),
     (("compression_mod builds a mod",),
      "compression_mod was listed without being called: write mods=[compression_mod('topk', alpha=0.01)]"),
     (("codec", "takes no option"),

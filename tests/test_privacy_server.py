@@ -1,0 +1,156 @@
+"""Server side of DP with compression (issue 34): Flower's DP wrappers see decoded updates inside
+``Compressed``; ``DPAccountant`` equalises weights, enforces the bound and accounts epsilon."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from conftest import make_reply
+from flwr.app import Array, ArrayRecord, ConfigRecord
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideAdaptiveClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAvg,
+)
+
+from bouquet.clients.compressed import encoded_arrayrecord
+from bouquet.codecs import TopKCompressor
+from bouquet.strategies import Compressed
+from bouquet.strategies.privacy import EPSILON, DPAccountant, epsilon_of
+
+W = {"a": np.array([1.0, 2.0, 3.0, 4.0], np.float32), "b": np.zeros(3, np.float32)}
+TINY = 1e-12  # a noise multiplier whose noise cannot show in float32 (DPAccountant needs z > 0)
+
+
+class Grid:
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def get_node_ids(self):
+        return list(range(1, self.n + 1))
+
+
+def _arrays() -> ArrayRecord:
+    return ArrayRecord({k: Array(v) for k, v in W.items()})
+
+
+def _dp(z: float = TINY, clip: float = 1.0, m: int = 2, server_side: bool = False, n: int = 2) -> DPAccountant:
+    wrapper = DifferentialPrivacyServerSideFixedClipping if server_side else DifferentialPrivacyClientSideFixedClipping
+    inner = FedAvg(fraction_evaluate=0.0, min_available_nodes=1, min_train_nodes=1)
+    return DPAccountant(wrapper(inner, z, clip, m), population_size=n, delta=1e-5)
+
+
+def _updates() -> dict[int, dict[str, np.ndarray]]:
+    return {1: {"a": np.array([3.0, 0, 0, 4.0], np.float32), "b": np.zeros(3, np.float32)},  # norm 5
+            2: {"a": np.zeros(4, np.float32), "b": np.array([0.0, 0.5, 0.0], np.float32)}}  # norm 0.5
+
+
+def _dense(node: int, n: int):
+    return make_reply({k: W[k] + u for k, u in _updates()[node].items()}, n, node_id=node)
+
+
+def _topk(node: int, n: int):
+    names = list(W)
+    enc, _ = TopKCompressor(alpha=1.0, residual_decay=0.0).compress([_updates()[node][k] for k in names], None)
+    return make_reply(None, n, node_id=node, array_record=encoded_arrayrecord(names, enc))
+
+
+def _expected() -> dict[str, np.ndarray]:
+    """Unweighted mean of the updates, node 1's clipped from norm 5 to 1."""
+    u1 = {k: v / 5.0 for k, v in _updates()[1].items()}
+    return {k: W[k] + (u1[k] + _updates()[2][k]) / 2 for k in W}
+
+
+def _check(arrays: ArrayRecord | None) -> None:
+    assert arrays is not None
+    for k, v in _expected().items():
+        np.testing.assert_allclose(arrays[k].numpy(), v, rtol=1e-6, atol=1e-6)
+
+
+def test_epsilon_grows_with_rounds_and_falls_with_noise_and_sampling():
+    eps = [epsilon_of([(1.0, 1.0)] * r, 1e-5) for r in (1, 5, 20)]
+    assert 0 < eps[0] < eps[1] < eps[2] < math.inf
+    assert epsilon_of([(1.0, 2.0)] * 5, 1e-5) < eps[1]
+    assert epsilon_of([(0.1, 1.0)] * 5, 1e-5) < eps[1]  # subsampling amplifies
+    assert epsilon_of([], 1e-5) == 0.0
+    with pytest.raises(ValueError, match="noise multiplier z > 0"):
+        epsilon_of([(1.0, 0.0)], 1e-5)
+
+
+def test_epsilon_is_within_the_classic_rdp_bound_of_the_gaussian():
+    """q = 1: T Gaussians of multiplier z have RDP T a / (2 z^2); eps <= min_a RDP + log(1/delta) / (a - 1)."""
+    t, z, delta = 10, 1.5, 1e-5
+    bound = min(t * a / (2 * z * z) + math.log(1 / delta) / (a - 1) for a in range(2, 513))
+    got = epsilon_of([(1.0, z)] * t, delta)
+    assert 0.5 * bound < got <= bound + 1e-9
+
+
+@pytest.mark.parametrize("server_side", [False, True])
+def test_dense_round_clips_to_the_bound_and_averages_unweighted(server_side):
+    dp = _dp(server_side=server_side)
+    assert len(list(dp.configure_train(1, _arrays(), ConfigRecord(), Grid(2)))) == 2
+    arrays, metrics = dp.aggregate_train(1, [_dense(1, 1), _dense(2, 100)])  # 1 and 100 examples: weights ignored
+    _check(arrays)
+    assert metrics is not None and metrics[EPSILON] == pytest.approx(epsilon_of([(1.0, TINY)], 1e-5))
+    report = dp.round_report()
+    assert report["dp_clipped_server"] == 1 and report[EPSILON] == metrics[EPSILON]
+
+
+def test_inside_compressed_dp_sees_decoded_updates():
+    outer = Compressed(_dp())
+    list(outer.configure_train(1, _arrays(), ConfigRecord(), Grid(2)))
+    arrays, _ = outer.aggregate_train(1, [_topk(1, 1), _topk(2, 100)])
+    assert outer.last_path == "dense"  # the sparse fast path would skip the DP wrapper: never taken
+    _check(arrays)
+    assert outer.round_report()[EPSILON] > 0
+
+
+def test_compressed_reply_reaching_dp_directly_is_dropped_with_a_reason():
+    dp = _dp(m=2)
+    list(dp.configure_train(1, _arrays(), ConfigRecord(), Grid(2)))
+    arrays, _ = dp.aggregate_train(1, [_topk(1, 1), _dense(2, 1)])
+    assert arrays is not None
+    np.testing.assert_allclose(arrays["b"].numpy(), W["b"] + _updates()[2]["b"], atol=1e-6)
+    report = dp.round_report()
+    assert report["clients_dropped"] == 1 and "put Compressed outside it" in report["drop_reasons"][0]
+
+
+def test_a_round_flower_does_not_release_spends_nothing():
+    dp = _dp()
+    list(dp.configure_train(1, _arrays(), ConfigRecord(), Grid(2)))
+    arrays, _ = dp.aggregate_train(1, [_dense(1, 1), make_reply(None, 1, node_id=2, error="boom")])
+    assert arrays is None  # Flower's DP wrappers skip a round with an error reply
+    assert dp.epsilon == 0.0 and dp.round_report()[EPSILON] == 0.0
+
+
+def test_fewer_replies_than_sampled_are_accounted_with_the_noise_actually_added():
+    dp = _dp(z=1.0, m=4, n=8)
+    list(dp.configure_train(1, _arrays(), ConfigRecord(), Grid(4)))
+    dp.aggregate_train(1, [_dense(1, 1), _dense(2, 1)])  # 2 of 4: noise z C / 4 on a mean of 2 = z/2 on the sum
+    assert dp.state_dict() == {"events": [[0.5, 0.5]]}
+    assert dp.epsilon == pytest.approx(epsilon_of([(0.5, 0.5)], 1e-5))
+
+
+def test_state_round_trip_and_refusals():
+    dp = _dp(z=1.0)
+    list(dp.configure_train(1, _arrays(), ConfigRecord(), Grid(2)))
+    dp.aggregate_train(1, [_dense(1, 1), _dense(2, 1)])
+    fresh = _dp(z=1.0)
+    fresh.load_state_dict(dp.state_dict())
+    assert fresh.epsilon == dp.epsilon > 0
+    with pytest.raises(ValueError, match="events"):
+        fresh.load_state_dict({"events": [[1.0]]})
+    with pytest.raises(ValueError, match="noise multiplier z > 0"):
+        fresh.load_state_dict({"events": [[1.0, -1.0]]})
+    with pytest.raises(ValueError, match="DPAccountant wraps Flower's"):
+        DPAccountant(FedAvg(), population_size=2, delta=1e-5)
+    with pytest.raises(ValueError, match="adaptive clipping"):
+        DPAccountant(DifferentialPrivacyServerSideAdaptiveClipping(FedAvg(), 0.1, 20), population_size=2, delta=1e-5)
+    with pytest.raises(ValueError, match="epsilon is infinite"):
+        DPAccountant(DifferentialPrivacyClientSideFixedClipping(FedAvg(), 0.0, 1.0, 2), population_size=2, delta=1e-5)
+    for bad in ({"population_size": 1, "delta": 1e-5}, {"population_size": 2, "delta": 1.0}):
+        with pytest.raises(ValueError):
+            DPAccountant(DifferentialPrivacyClientSideFixedClipping(FedAvg(), 1.0, 1.0, 2), **bad)
