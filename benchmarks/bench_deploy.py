@@ -7,7 +7,7 @@ The same experiment (digits, N clients, R rounds; FedAvg by default), in one inv
   ``flwr-clientapp`` process per message, a 3 s idle poll), ``deploy/local.py --cold``;
 * ``warm``: the same deployment as ``make deploy-demo`` runs it: each SuperNode with
   ``--isolation process`` beside a :mod:`deploy.warm_clientapp` worker, started by
-  :mod:`deploy.supernode` (0.2 s idle poll);
+  :mod:`deploy.supernode` (idle poll backoff up to 0.25 s);
 
 with 2 nodes (all three) and 10 nodes (sim and warm). Every mode writes ``metrics.jsonl``; the
 table compares the ServerApp's per-round wall time (``wall_s``) of rounds 2..R, ratios against
@@ -148,6 +148,11 @@ def cell_record(invocation: str, mode: str, nodes: int, rounds: int, overrides: 
     }
 
 
+def _pairs(probe_stages: Any) -> list:
+    """A probe's stages in their order (older records hold a key-sorted dict)."""
+    return list(probe_stages.items()) if isinstance(probe_stages, dict) else list(probe_stages)
+
+
 def later_mean(rec: dict) -> float:
     return mean(rec["round_wall_s"][1:])
 
@@ -157,16 +162,19 @@ def report() -> None:
     if not results:
         print("no deploy results yet")
         return
-    latest = results[-1]["invocation"]
-    recs = [r for r in results if r.get("invocation") == latest]
-    sims = {r["nodes"]: later_mean(r) for r in recs if r["mode"] == "sim"}
+    latest: dict[tuple[str, int], dict] = {}
+    for r in results:  # the newest cell of each mode and size
+        latest[(r["mode"], r["nodes"])] = r
+    recs = sorted(latest.values(), key=lambda r: (r["nodes"], list(MODE_NAMES).index(r["mode"])))
+    sims = {(r["invocation"], r["nodes"]): later_mean(r) for r in results if r["mode"] == "sim"}
     rows = []
     for r in recs:
-        base = sims.get(r["nodes"])
+        base = sims.get((r["invocation"], r["nodes"]))  # the simulation of the same invocation
         rows.append({
-            "mode": MODE_NAMES[r["mode"]], "nodes": r["nodes"], "round 1 s": round(r["round_wall_s"][0], 2),
+            "mode": MODE_NAMES[r["mode"]], "nodes": r["nodes"], "invocation": r["invocation"],
+            "round 1 s": round(r["round_wall_s"][0], 2),
             "rounds 2-N s (mean)": round(later_mean(r), 3),
-            "x simulation (same N)": f"{later_mean(r) / base:.1f}x" if base else "",
+            "x simulation (same N, same invocation)": f"{later_mean(r) / base:.1f}x" if base else "",
             "client train s / round (sum)": round(mean(r["client_train_s"][1:]), 3),
             "start-up s": r.get("startup_s", ""), "total s": r["total_s"],
             "peak RSS / node MB": r.get("node_rss_mb_mean") or "", "final accuracy": round(r["final_accuracy"], 4),
@@ -176,26 +184,27 @@ def report() -> None:
     experiment = first["overrides"].replace("simulation.num_clients={} ".format(first["nodes"]), "")
     body = (
         f"Experiment: `{experiment}` with N = 2 and 10 "
-        f"clients (SuperNodes or simulated clients), FedAvg, server-side evaluation; every mode in one invocation, "
-        f"one after the other, alone on the machine (load average, 1 min, at the end of each cell: {load}). "
+        "clients (SuperNodes or simulated clients), FedAvg, server-side evaluation. The newest cell of each mode; "
+        "an invocation runs its cells one after the other, and a deployed cell's ratio is against the "
+        f"simulation of its own invocation (load average, 1 min, at the end of each cell: {load}). "
         "`rounds 2-N` is the ServerApp's wall time per round after the first (round 1 includes each node's "
         "first message); `x simulation` divides it by the simulation of the same N in this invocation. "
         "Peak RSS / node: SuperNode + its worker (warm) or SuperNode + its SuperExec (cold), `VmHWM` at the end. "
         f"Raw: `{results_path(SECTION).relative_to(ROOT)}`.\n\n"
         + markdown_table(rows, list(rows[0]))
     )
-    probe_rec = next((r for r in recs if r.get("probe")), None)
+    probe_rec = next((r for r in reversed(results) if r.get("probe")), None)
     if probe_rec:
         body += ("\nCold path, per message: a SuperNode with Flower's defaults starts a fresh `flwr-clientapp` "
                  "for every message, which pays every stage below (one fresh process, data already cached "
-                 "on disk):\n\n" + markdown_table([{"stage": k, "s": v} for k, v in probe_rec["probe"].items()], ["stage", "s"]))
+                 "on disk):\n\n" + markdown_table([{"stage": k, "s": v} for k, v in _pairs(probe_rec["probe"])], ["stage", "s"]))
     warm = [r for r in recs if r["mode"] == "warm" and r.get("warm_task_stages")]
     if warm:
         stage_rows = [{"stage": k, **{f"{r['nodes']} nodes s": r["warm_task_stages"][k] for r in warm}}
                       for k in warm[0]["warm_task_stages"]]
         body += ("\nWarm path, per message (mean over tasks after each worker's first; `ClientApp call` "
                  "includes the local training): the rest of a round is the SuperNode noticing the message "
-                 "(idle poll 0.2 s), the SuperNode fetching the message's objects from the SuperLink and "
+                 "(idle poll backoff 0.02 s doubling to 0.25 s), the SuperNode fetching the message's objects from the SuperLink and "
                  "sending the reply, and the ServerApp's own work (aggregation, evaluation, checkpoint).\n\n"
                  + markdown_table(stage_rows, list(stage_rows[0])))
     write_section(SECTION, "Deployment vs simulation: wall time per round", body,
@@ -228,7 +237,7 @@ def main() -> None:
         else:
             extra = run_deployment(mode, nodes, overrides, run_dir, args.timeout)
         if stages is not None:
-            extra["probe"], stages = stages, None
+            extra["probe"], stages = list(stages.items()), None  # ordered pairs (records are key-sorted)
         rec = cell_record(invocation, mode, nodes, args.rounds, overrides, run_dir, extra)
         _append(SECTION, rec)
         if args.commit:

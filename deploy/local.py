@@ -5,7 +5,9 @@ What :class:`LocalDeployment` does, in order (every wait has a timeout):
 1. writes a CA, a SuperLink certificate (subjectAltName ``IP:127.0.0.1``, ``DNS:localhost``) and
    one ECDSA key pair per SuperNode into the git-ignored ``deploy/.state/`` (:mod:`pki`);
 2. starts ``flower-superlink`` with TLS and ``--enable-supernode-auth`` on a free port;
-3. registers every SuperNode's public key (``flwr supernode register``);
+3. registers every SuperNode's public key (``flwr supernode register``) and keeps the node ids;
+   every run is pinned to them (``+simulation.node_ids=[...]``): a node someone else registers
+   through the Control API is never sampled;
 4. starts N ``flower-supernode`` processes (own port, own ``FLWR_HOME``, ``--node-config
    "partition-id=i num-partitions=N"``) and waits until the SuperLink lists them online;
 5. :meth:`LocalDeployment.run` submits the app with ``flwr run <app> <connection> --stream
@@ -40,7 +42,7 @@ if __package__ in (None, ""):  # run as a script: make the `deploy` package impo
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from deploy.flwrcli import FlwrCli, free_port, https_answers, wait_until  # noqa: E402
-from deploy.pki import TlsFiles, make_node_key, make_tls  # noqa: E402
+from deploy.pki import TlsFiles, make_node_key, make_tls, write_private  # noqa: E402
 from deploy.processes import ManagedProcess, descendants, flower_env, peak_rss_kb  # noqa: E402
 from deploy.supernode import DEFAULT_POLL_S, ENV_POLL  # noqa: E402
 
@@ -49,6 +51,8 @@ logger = logging.getLogger("bouquet.deploy")
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_STATE = ROOT / "deploy" / ".state"
 CONNECTION = "bouquet-local"
+# imported by each warm worker before it serves: torch, torch's first-optimizer-step import, the app
+WORKER_PRELOAD = ("torch", "torch._dynamo", "bouquet.simulations.flower_app")
 HOST = "127.0.0.1"
 RUN_STARTED = re.compile(r"Successfully started run (\d+)")
 EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Failed|Exit)\b(?::.*)?$", re.MULTILINE)
@@ -108,6 +112,7 @@ class LocalDeployment:
         self.warm = warm
         self.node_poll_s = DEFAULT_POLL_S if node_poll_s is None else node_poll_s
         self.workers: list[ManagedProcess] = []
+        self.node_ids: list[int] = []  # assigned by the SuperLink when start() registers the keys
         self.logs = self.state / "logs"
         self.processes: list[ManagedProcess] = []  # running, stopped by stop()
         self.started_pids: list[int] = []  # every PID ever started (for checks)
@@ -148,7 +153,7 @@ class LocalDeployment:
         done("certificates + node keys")
         self.start_superlink()
         done("SuperLink started, TLS answering")
-        self.cli.register_all([k.with_name(k.name + ".pub") for k in node_keys])
+        self.node_ids = [int(n) for n in self.cli.register_all([k.with_name(k.name + ".pub") for k in node_keys])]
         done("node keys registered (flwr supernode register)")
         for i, key in enumerate(node_keys):
             self.nodes.append(self.start_supernode(i, key))
@@ -200,9 +205,7 @@ class LocalDeployment:
         if not self.warm:
             return self._spawn(f"supernode-{index}", ["flower-supernode", *common], home)
         secret = self.state / "keys" / f"supernode-{index}.superexec-secret"
-        secret.parent.mkdir(parents=True, exist_ok=True)
-        secret.write_bytes(os.urandom(32))
-        secret.chmod(0o600)
+        write_private(secret, os.urandom(32))
         node = self._spawn(
             f"supernode-{index}",
             [sys.executable, "-m", "deploy.supernode", *common, "--isolation", "process",
@@ -213,7 +216,8 @@ class LocalDeployment:
             f"clientapp-worker-{index}",
             [sys.executable, "-m", "deploy.warm_clientapp", "--runtime-api-address", f"{HOST}:{runtime_port}",
              "--insecure", "--superexec-auth-secret-file", str(secret),
-             "--timings", str(self.logs / f"clientapp-worker-{index}.timings.jsonl"), "--node-pid", str(node.pid)],
+             "--timings", str(self.logs / f"clientapp-worker-{index}.timings.jsonl"), "--node-pid", str(node.pid),
+             *[arg for module in WORKER_PRELOAD for arg in ("--preload", module)]],
             home, extra_env={"PYTHONPATH": str(ROOT)},
         )
         self.workers.append(worker)
@@ -247,7 +251,10 @@ class LocalDeployment:
         (run_dir / "summary.json").unlink(missing_ok=True)
         if "'" in overrides:
             raise ValueError(f"overrides={overrides!r} must not contain single quotes (use double quotes)")
-        full = f"simulation.num_clients={self.num_nodes} {overrides}".strip()
+        # pin the run to the nodes this deployment registered: a node that someone else registers
+        # through the Control API (it has no authentication in flwr 1.42) is never sampled
+        pinned = ",".join(str(n) for n in self.node_ids)
+        full = f"simulation.num_clients={self.num_nodes} +simulation.node_ids=[{pinned}] {overrides}".strip()
         run_config = f"overrides='{full}' run-dir='{run_dir}'"
         log_path = run_dir / "flwr_run.log"
         start = time.monotonic()

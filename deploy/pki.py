@@ -37,7 +37,8 @@ class TlsFiles:
     server_key: Path
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to a file only its owner can read (created 0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
@@ -110,10 +111,10 @@ def make_tls(directory: str | os.PathLike[str], hosts: list[str] | None = None, 
         .sign(ca_key, hashes.SHA256())
     )
     files = TlsFiles(out / "ca.crt", out / "server.pem", out / "server.key")
-    _write_private(out / "ca.key", _pem_key(ca_key))
+    write_private(out / "ca.key", _pem_key(ca_key))
     files.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     files.server_cert.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
-    _write_private(files.server_key, _pem_key(server_key))
+    write_private(files.server_key, _pem_key(server_key))
     return files
 
 
@@ -126,7 +127,7 @@ def make_node_key(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     """
     private = Path(path)
     key = ec.generate_private_key(ec.SECP384R1())
-    _write_private(
+    write_private(
         private,
         key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()

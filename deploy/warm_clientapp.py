@@ -31,6 +31,7 @@ Run (``deploy/local.py`` starts one per SuperNode)::
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -45,9 +46,9 @@ if __package__ in (None, ""):  # run as a script: make the `deploy` package impo
 
 logger = logging.getLogger("bouquet.deploy.warm")
 
-DEFAULT_POLL_S = 0.5  # longest pause between AcquireTask calls while the node has no task
+DEFAULT_POLL_S = 0.25  # longest pause between AcquireTask calls while the node has no task
 MIN_POLL_S = 0.02  # the first pause after a task; doubles while idle, up to poll_s
-PULL_BACKOFF_S = (0.02, 0.5)  # first and longest retry pause for message objects the node is still fetching
+PULL_BACKOFF_S = (0.01, 0.1)  # first and longest retry pause for message objects the node is still fetching
 
 
 def _flower_log(level: int, msg: str, *args: Any) -> None:
@@ -275,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--poll", type=float, default=DEFAULT_POLL_S, help="seconds between polls when idle")
     parser.add_argument("--timings", default=None, help="append one JSON line of stage seconds per task here")
     parser.add_argument("--node-pid", type=int, default=None, help="exit when this process (the SuperNode) is gone")
+    parser.add_argument("--preload", action="append", default=[], metavar="MODULE",
+                        help="import this module before serving (repeatable), so the first task does not pay it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
@@ -287,6 +290,10 @@ def main(argv: list[str] | None = None) -> int:
         from flwr.supercore.app_utils import start_parent_process_monitor
 
         start_parent_process_monitor(args.node_pid)  # SIGINT to this process when the node exits
+    for module in args.preload:
+        start = time.perf_counter()
+        importlib.import_module(module)
+        _flower_log(INFO, "warm worker: preloaded %s in %.2f s", module, time.perf_counter() - start)
     certs = Path(args.root_certificates).read_bytes() if args.root_certificates else None
     secret = Path(args.superexec_auth_secret_file).read_bytes() if args.superexec_auth_secret_file else None
     worker = WarmClientAppWorker(args.runtime_api_address, insecure=args.insecure, root_certificates=certs,

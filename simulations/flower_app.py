@@ -231,7 +231,8 @@ def follow_federation_size(cfg: dict[str, Any], context: Context, grid: Grid) ->
     named = {o.split("=", 1)[0] for o in run_config_overrides(dict(context.run_config))}
     if "simulation.num_clients" in named:
         return cfg
-    nodes = len(list(grid.get_node_ids()))
+    allowed = cfg["simulation"].get("node_ids")
+    nodes = len([n for n in grid.get_node_ids() if allowed is None or n in allowed])
     if nodes and nodes != int(cfg["simulation"]["num_clients"]):
         logger.info("simulation.num_clients follows the %d connected SuperNodes (was %s)", nodes,
                     cfg["simulation"]["num_clients"])

@@ -19,13 +19,16 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from logging import WARNING
 from typing import Any
 
 from flwr.app import Message, MessageType
+from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from bouquet import keys
 
+PULL_PAUSE_S = (0.01, 0.1)  # first and longest pause between two pulls for pending replies
 MAX_REASONS = 1000  # error reasons kept per period (each cut to 300 characters)
 
 
@@ -63,9 +66,11 @@ class Period:
 class MeteredGrid(Grid):
     """Wrap a Flower ``Grid`` and count bytes and client outcomes (see module docstring)."""
 
-    def __init__(self, grid: Grid, node_wait_s: float | None = None) -> None:
+    def __init__(self, grid: Grid, node_wait_s: float | None = None, node_ids: Iterable[int] | None = None) -> None:
         self._grid = grid
         self.node_wait_s = node_wait_s
+        self.node_ids = None if node_ids is None else frozenset(int(n) for n in node_ids)
+        self.ignored_nodes: set[int] = set()
         self.period = Period()
         self.total = Period()
         self._pending_train: set[str] = set()
@@ -89,7 +94,7 @@ class MeteredGrid(Grid):
         ``min_available_nodes`` are connected. Polls that keep coming without a push in between
         for longer than ``node_wait_s`` raise :class:`NodesUnavailable` instead.
         """
-        ids = list(self._grid.get_node_ids())
+        ids = self._allowed(self._grid.get_node_ids())
         if self.node_wait_s is not None:
             now = time.monotonic()
             if self._waiting_since is None:
@@ -101,8 +106,24 @@ class MeteredGrid(Grid):
                 )
         return ids
 
+    def _allowed(self, ids: Iterable[int]) -> list[int]:
+        """``ids`` without the nodes outside ``simulation.node_ids`` (each named once, at WARNING)."""
+        ids = list(ids)
+        if self.node_ids is None:
+            return ids
+        for node in ids:
+            if node not in self.node_ids and node not in self.ignored_nodes:
+                self.ignored_nodes.add(node)
+                log(WARNING, "node %d is connected but not in simulation.node_ids: it is never sampled "
+                    "and nothing is sent to it", node)
+        return [n for n in ids if n in self.node_ids]
+
     def get_nodes(self) -> Iterable[Any]:  # type: ignore[override]
-        return self._grid.get_nodes()
+        nodes = list(self._grid.get_nodes())
+        if self.node_ids is None:
+            return nodes
+        allowed = set(self._allowed(getattr(n, "node_id", n) for n in nodes))
+        return [n for n in nodes if getattr(n, "node_id", n) in allowed]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
@@ -118,7 +139,7 @@ class MeteredGrid(Grid):
         """
         deadline = time.monotonic() + timeout_s
         while True:
-            have = len(list(self._grid.get_node_ids()))
+            have = len(self._allowed(self._grid.get_node_ids()))
             if have >= num_nodes:
                 return have
             if time.monotonic() >= deadline:
@@ -132,6 +153,10 @@ class MeteredGrid(Grid):
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         self._waiting_since = None
         messages = list(messages)
+        if self.node_ids is not None:
+            outside = sorted({m.metadata.dst_node_id for m in messages} - self.node_ids)
+            if outside:  # a strategy that did not sample through get_node_ids()
+                raise ValueError(f"refusing to send to node(s) {outside}: not in simulation.node_ids")
         ids = list(self._grid.push_messages(messages))
         for msg, mid in zip(messages, ids, strict=False):
             b = message_array_bytes(msg)
@@ -155,13 +180,15 @@ class MeteredGrid(Grid):
         pending = set(ids)
         replies: list[Message] = []
         end = None if timeout is None else time.time() + timeout
+        pause = PULL_PAUSE_S[0]
         while pending and (end is None or time.time() < end):
             got = list(self.pull_messages(pending))
             for r in got:
                 pending.discard(r.metadata.reply_to_message_id)
             replies.extend(got)
-            if pending:
-                time.sleep(0.1)
+            if pending:  # replies come in bursts: ask again soon after one, back off while none come
+                pause = PULL_PAUSE_S[0] if got else min(2 * pause, PULL_PAUSE_S[1])
+                time.sleep(pause)
         self.abandon(pending)
         return replies
 

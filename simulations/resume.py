@@ -31,6 +31,7 @@ RESUME_FREE_KEYS = (
     "simulation.resume",
     "simulation.round_timeout_s",
     "simulation.node_wait_s",
+    "simulation.node_ids",  # a deployment's node ids change when it is started again
     "simulation.checkpoint_every",
     "simulation.client_cpus",
     "simulation.total_cpus",

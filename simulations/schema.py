@@ -328,6 +328,8 @@ SIMULATION = {
     "checkpoint_every": integer("[0, inf)", doc="rounds between checkpoints (strategy=async: applied updates; 0: off)"),
     "resume": Key("str or bool", null="a fresh run", doc="run dir to continue, or true = this run's own dir"),
     "min_replies": integer("[1, inf)", doc="fewer valid replies: the round is skipped"),
+    "node_ids": Key("int list", "[1, inf)", null="every connected node", optional=True,
+                    doc="deployment: the only node ids the run samples (others are ignored, with a WARNING)"),
 }
 RATE = real("[0, 1]")
 FAULT = {

@@ -154,7 +154,7 @@ def run_server(grid: Grid, cfg: dict[str, Any], run_dir: str | Path) -> dict[str
     run_dir.mkdir(parents=True, exist_ok=True)
     exp = get_experiment(cfg)
     exp.run_dir = run_dir  # experiments that write extra outputs (e.g. the best exit model)
-    metered = MeteredGrid(grid, node_wait_s=float(sim.get("node_wait_s") or 0) or None)
+    metered = MeteredGrid(grid, node_wait_s=float(sim.get("node_wait_s") or 0) or None, node_ids=sim.get("node_ids"))
     strategy = build_strategy(cfg, exp)
     num_rounds = int(sim["num_rounds"])
     start_round, previous_rows = 0, None

@@ -125,6 +125,29 @@ def test_unregistered_supernode_is_refused(deployment: LocalDeployment) -> None:
     assert deployment.cli.nodes_online() == NUM_NODES
 
 
+def test_a_node_registered_by_someone_else_joins_but_is_never_sampled(deployment: LocalDeployment, tmp_path: Path) -> None:
+    """Issue 30, class 11: flwr 1.42's Control API has no authentication, so anyone who can read
+    ``ca.crt`` can register a key and join; the deployment pins each run to its own node ids."""
+    key = deployment.node_key("joiner")
+    joiner_id = int(deployment.cli.register(key.with_name(key.name + ".pub")))  # what an intruder can do
+    assert joiner_id not in deployment.node_ids
+    node = deployment.start_supernode(98, key, partition_id=0)
+    worker = deployment.workers[-1]
+    try:
+        wait_until(lambda: deployment.cli.nodes_online() == NUM_NODES + 1, 90, "the joiner online")
+        outcome = deployment.run("dataset=digits simulation.num_rounds=2", tmp_path / "pinned", timeout_s=RUN_TIMEOUT_S)
+        rows = [json.loads(line) for line in (outcome.run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert [r["clients_ok"] for r in rows if r["round"] > 0] == [NUM_NODES, NUM_NODES]
+        assert f"node {joiner_id} is connected but not in simulation.node_ids" in outcome.log_path.read_text()
+        timings = deployment.logs / "clientapp-worker-98.timings.jsonl"
+        assert not timings.exists() or timings.read_text() == "", "the joiner ran a task"
+    finally:
+        for proc in (worker, node):
+            proc.stop()
+            deployment.processes.remove(proc)
+        deployment.workers.remove(worker)
+
+
 def test_compressed_kl_weighted_run(deployment: LocalDeployment, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     outcome = deployment.run(f"{COMPRESSED_KL} simulation.num_rounds={NUM_ROUNDS}", run_dir, timeout_s=RUN_TIMEOUT_S)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from conftest import make_reply
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
@@ -69,3 +70,30 @@ def test_first_train_reply_time_is_kept_for_the_run_and_per_period() -> None:
     assert grid.total.first_reply_at == first  # the run's first reply does not move
     later = grid.take_period().first_reply_at
     assert later is not None and later > first
+
+
+def test_node_ids_pin_the_federation_and_name_each_outsider_once() -> None:
+    import logging
+
+    from flwr.common.logger import FLOWER_LOGGER
+
+    arr = np.zeros(4, dtype=np.float32)
+    replies = {n: make_reply({"w": np.ones(4, dtype=np.float32)}, 1, node_id=n) for n in (1, 2, 66)}
+    grid = MeteredGrid(FakeGrid(replies), node_ids=[1, 2])
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    FLOWER_LOGGER.addHandler(handler)
+    try:
+        assert list(grid.get_node_ids()) == [1, 2]
+        assert list(grid.get_node_ids()) == [1, 2]
+        assert grid.wait_for_nodes(2, timeout_s=0.1) == 2
+    finally:
+        FLOWER_LOGGER.removeHandler(handler)
+    warned = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+    assert warned == ["node 66 is connected but not in simulation.node_ids: it is never sampled and nothing is sent to it"]
+    with pytest.raises(ValueError, match=r"refusing to send to node\(s\) \[66\]"):
+        grid.push_messages([_train_msg(1, arr), _train_msg(66, arr)])
+    assert grid.push_messages([_train_msg(2, arr)]) == ["m2"]
+    unpinned = MeteredGrid(FakeGrid(replies))
+    assert list(unpinned.get_node_ids()) == [1, 2, 66]
