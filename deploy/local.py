@@ -96,7 +96,8 @@ class LocalDeployment:
         (idle poll ``node_poll_s`` instead of Flower's 3 s). False: Flower's defaults
         (``flower-supernode``, a fresh ``flwr-clientapp`` process per message).
     node_poll_s : float, optional
-        The warm SuperNodes' idle poll (default :data:`deploy.supernode.DEFAULT_POLL_S`).
+        The warm SuperNodes' longest idle pause (default: 0.1 s per node, at least
+        :data:`deploy.supernode.DEFAULT_POLL_S`, at most 2 s).
     """
 
     def __init__(self, *, num_nodes: int = 2, state_dir: str | Path = DEFAULT_STATE, port: int = 0, start_timeout_s: float = 90.0,
@@ -110,7 +111,9 @@ class LocalDeployment:
         self.port = port or free_port()
         self.start_timeout_s = start_timeout_s
         self.warm = warm
-        self.node_poll_s = DEFAULT_POLL_S if node_poll_s is None else node_poll_s
+        # every idle poll is a TLS request the one SuperLink process serves (~7 ms of its CPU here):
+        # the longest idle pause grows with the number of nodes, so that idle load stays ~10 requests/s
+        self.node_poll_s = node_poll_s if node_poll_s is not None else min(2.0, max(DEFAULT_POLL_S, 0.1 * num_nodes))
         self.workers: list[ManagedProcess] = []
         self.node_ids: list[int] = []  # assigned by the SuperLink when start() registers the keys
         self.logs = self.state / "logs"
