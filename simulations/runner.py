@@ -23,6 +23,8 @@ def run_in_simulation(cfg: dict[str, Any], run_dir: str | os.PathLike[str]) -> d
     """
     from flwr.simulation import run_simulation
 
+    from bouquet.simulations.engine_poll import install as install_engine_poll
+
     # A resumed run writes into the run it continues: every check of the resume comes before
     # anything is written (the ServerApp loads the checkpoint again, with its warnings).
     out, _ = check_resume(cfg, run_dir, warn=False)
@@ -37,6 +39,8 @@ def run_in_simulation(cfg: dict[str, Any], run_dir: str | os.PathLike[str]) -> d
         "client_resources": {"num_cpus": float(sim["client_cpus"]), "num_gpus": 0.0},
         "init_args": init_args,
     }
+    if os.environ.get("BOUQUET_FLOWER_SIM_LOOP") != "1":  # "1": Flower's own loop (for comparisons)
+        install_engine_poll()  # Flower's message loop, visiting only the nodes with a message (issue 32)
     run_simulation(
         server_app=make_server_app(cfg, out),
         client_app=make_client_app(cfg, out / CLIENT_STATE_DIR),
