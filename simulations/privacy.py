@@ -10,9 +10,13 @@
   compresses (:func:`wrap_privacy` runs before :func:`~bouquet.simulations.compression.wrap_compression`).
 * ``privacy=dp_server``: the same with ``DifferentialPrivacyServerSideFixedClipping`` (the
   server clips the decoded updates; clients do nothing).
-* ``privacy=secagg``: refused before start (see :mod:`bouquet.simulations.combinations`): Flower
-  1.42's SecAgg+ exists only as the legacy ``SecAggPlusWorkflow`` + ``secaggplus_mod``, which drive
-  ``aggregate_fit`` of ``flwr.server.strategy`` strategies, not bouquet's Message-API strategies.
+* ``client=shared_topk``: the strategy is wrapped in
+  :class:`~bouquet.strategies.privacy_secagg.SharedSupport` (the server picks the round's shared
+  coordinates); with ``privacy=secagg`` it sums the clients' masked vectors securely, and the clients
+  get :func:`~bouquet.clients.shared_topk.secagg_key_mod` (:func:`privacy_client_mods`) to answer
+  the key query. Flower 1.42's own SecAgg+ exists only as the legacy ``SecAggPlusWorkflow`` +
+  ``secaggplus_mod``, which drive ``aggregate_fit`` of ``flwr.server.strategy`` strategies, not
+  bouquet's Message-API strategies.
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ from flwr.serverapp.strategy import (
 )
 
 from bouquet.clients.privacy import PrivateClient
+from bouquet.clients.shared_topk import SecureDenseClient, secagg_key_mod
 from bouquet.strategies.privacy import DPAccountant
+from bouquet.strategies.privacy_secagg import SharedSupport
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +57,13 @@ def sampled_clients(cfg: dict[str, Any], strategy: Any) -> int:
 def wrap_privacy(cfg: dict[str, Any], exp: Any, strategy: Strategy) -> Strategy:
     """``DPAccountant(DifferentialPrivacy*SideFixedClipping(strategy, ...))`` for ``privacy=dp_*``, else ``strategy``."""
     mode = privacy_mode(cfg)
+    if shared_support(cfg):
+        client = cfg["client"]
+        topk = shared_topk(cfg)  # else privacy=secagg with a dense client: every coordinate shared
+        alpha, min_k = (float(client["alpha"]), int(client.get("min_k", 1))) if topk else (1.0, 1)
+        logger.info("shared-support uploads: SharedSupport(alpha=%s, secure=%s)", alpha, mode == "secagg")
+        return SharedSupport(strategy, alpha=alpha, min_k=min_k, secure=mode == "secagg", seed=int(cfg.get("seed", 0)),
+                             key_timeout=float(cfg["simulation"]["round_timeout_s"]))
     if mode not in DP_MODES:
         return strategy
     p = cfg["privacy"]
@@ -63,8 +76,27 @@ def wrap_privacy(cfg: dict[str, Any], exp: Any, strategy: Strategy) -> Strategy:
     return DPAccountant(dp, population_size=int(cfg["simulation"]["num_clients"]), delta=float(p["delta"]))
 
 
+def shared_topk(cfg: dict[str, Any]) -> bool:
+    """Whether the client is ``client=shared_topk``."""
+    return str((cfg.get("client") or {}).get("_target_", "")).endswith(".SharedTopKClient")
+
+
+def shared_support(cfg: dict[str, Any]) -> bool:
+    """Whether the run uploads shared-support vectors: ``client=shared_topk``, or ``privacy=secagg``
+    with a dense client (wrapped in :class:`~bouquet.clients.shared_topk.SecureDenseClient`)."""
+    return shared_topk(cfg) or privacy_mode(cfg) == "secagg"
+
+
+def privacy_client_mods(cfg: dict[str, Any]) -> list[Any]:
+    """``[secagg_key_mod]`` for ``client=shared_topk`` (answers the server's key query), else ``[]``."""
+    return [secagg_key_mod] if shared_support(cfg) else []
+
+
 def private_client(cfg: dict[str, Any], client: NumPyClient) -> NumPyClient:
-    """``client`` clipping its update before its codec for ``privacy=dp_client``, else ``client``."""
+    """``client`` clipping its update before its codec for ``privacy=dp_client``, uploading its whole
+    update masked for ``privacy=secagg`` with a dense client, else ``client``."""
+    if privacy_mode(cfg) == "secagg" and not shared_topk(cfg):
+        return SecureDenseClient(client)
     if privacy_mode(cfg) != "dp_client":
         return client
     return PrivateClient(client, float(cfg["privacy"]["clip_norm"]), seed=int(cfg.get("seed", 0)))
@@ -79,21 +111,32 @@ PER_CLIENT_POSITIONS = ("topk", "stc", "ternary")  # codecs whose kept positions
 DP_STRATEGIES = ("fedavg", "fedprox")  # a synchronous (unweighted) mean: what the DP noise is calibrated to
 
 
-@combination("privacy=secagg")
+@combination("privacy=secagg <-> client=shared_topk")
 def _secagg(cfg: dict[str, Any], opt: Options) -> str | None:
-    """Secure aggregation sums vectors laid out the same way on every client (a shared-support codec,
-    client=shared_topk, not per-client top-k/STC/ternary positions); Flower 1.42's SecAgg+ runs only
-    as the legacy SecAggPlusWorkflow, not with bouquet's Message-API strategies: refused for now."""
-    if opt.get("privacy", "none") != "secagg":
+    """Secure aggregation sums vectors laid out the same way on every client: privacy=secagg takes
+    client=shared_topk (or a dense client=plain|slow), not per-client top-k/STC/ternary positions;
+    shared-support uploads serve strategy=fedavg|fedprox with a dense broadcast and without DP (not built together yet)."""
+    mode, client = opt.get("privacy", "none"), opt["client"]
+    if mode == "secagg" and client in PER_CLIENT_POSITIONS:
+        return _both("privacy=secagg", f"client={client}", "secure aggregation sums vectors laid out the same way on "
+                     f"every client, and client={client} sends each client's own positions; use the shared-support "
+                     "codec client=shared_topk (or client=plain: dense secure aggregation)")
+    if mode == "secagg" and client in ("early_exit", "recsys"):
+        return _both("privacy=secagg", f"client={client}", "secure aggregation is built for image-classification "
+                     "clients (shared_topk|plain|slow)")
+    if client != "shared_topk" and mode != "secagg":
         return None
-    client = opt["client"]
-    if client in PER_CLIENT_POSITIONS:
-        return _both("privacy=secagg", f"client={client}", f"secure aggregation sums vectors laid out the same way on every "
-                     f"client, and client={client} sends each client's own positions; use a shared-support codec, "
-                     "client=shared_topk (not built yet: issue 34)")
-    return ("privacy=secagg is not available: Flower 1.42's SecAgg+ is the legacy SecAggPlusWorkflow + secaggplus_mod, "
-            "which drives flwr.server.strategy strategies (aggregate_fit), not bouquet's Message-API strategies "
-            "(see docs/privacy.md); use privacy=dp_client or privacy=dp_server")
+    what = "client=shared_topk" if client == "shared_topk" else "privacy=secagg"
+    if opt["strategy"] not in DP_STRATEGIES:
+        return _both(what, f"strategy={opt['strategy']}", "shared-support uploads serve one synchronous round's mean: "
+                     f"strategy={'|'.join(DP_STRATEGIES)}")
+    if opt.get("downlink", "none") != "none":
+        return _both(what, f"downlink={opt['downlink']}", "shared-support uploads are built and tested with the dense "
+                     "broadcast (downlink=none)")
+    if mode in DP_MODES:
+        return _both("client=shared_topk", f"privacy={mode}", "DP with shared-support uploads is not built yet: use "
+                     "privacy=secagg, or DP with client=plain|topk|stc|ternary")
+    return None
 
 
 @combination("privacy=dp_client|dp_server + strategy, client")

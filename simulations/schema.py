@@ -144,6 +144,7 @@ CLIENT = {
     "topk": {"_target_": target("bouquet.clients.TopKClient"), **TRAINING, **STEPS, **TOPK},
     "stc": {"_target_": target("bouquet.clients.STCClient"), **TRAINING, **STEPS, **STC},
     "ternary": {"_target_": target("bouquet.clients.TernaryClient"), **TRAINING, **STEPS, **TERNARY},
+    "shared_topk": {"_target_": target("bouquet.clients.shared_topk.SharedTopKClient"), **TRAINING, **STEPS, **{k: TOPK[k] for k in ("alpha", "min_k", "residual_decay")}},
     "slow": {
         "_target_": target("bouquet.clients.SlowClient"), **TRAINING, **STEPS,
         "speed_sigma": real("[0, inf)", doc="log-normal sigma of the per-node compute-time factor"),
@@ -306,9 +307,8 @@ DOWNLINK = {
     "stc": {"name": choice("stc"), **{k: STC[k] for k in ("alpha", "min_k", "scope")}},
     "ternary": {"name": choice("ternary"), **{k: TERNARY[k] for k in ("stochastic", "clip_c", "packing")}},
 }
-DP = {"clip_norm": real("(0, inf)", doc="C: L2 bound of each client's update"), "delta": real("(0, 1)", doc="epsilon is reported at this delta"),
-      "noise_multiplier": real("(0, inf)", doc="z: Gaussian noise std z * C on the sum of the updates")}
-PRIVACY = {"none": {"name": choice("none")}, **{m: {"name": choice(m), **DP} for m in ("dp_client", "dp_server")}}
+DP = {"clip_norm": real("(0, inf)", doc="C: L2 bound of each client's update"), "delta": real("(0, 1)", doc="epsilon is reported at this delta"), "noise_multiplier": real("(0, inf)", doc="z: Gaussian noise std z * C on the sum of the updates")}
+PRIVACY = {"none": {"name": choice("none")}, "secagg": {"name": choice("secagg")}, **{m: {"name": choice(m), **DP} for m in ("dp_client", "dp_server")}}
 LOGGER = {
     "none": {"name": choice("none")},
     "csv": {"name": choice("csv")},

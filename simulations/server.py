@@ -50,7 +50,7 @@ from bouquet.simulations.compression import wrap_compression
 from bouquet.simulations.downlink import client_downlink_mods, wrap_downlink
 from bouquet.simulations.experiment import Experiment, get_experiment
 from bouquet.simulations.metering import MAX_REASONS, MeteredGrid, Period
-from bouquet.simulations.privacy import private_client, wrap_privacy
+from bouquet.simulations.privacy import privacy_client_mods, private_client, wrap_privacy
 from bouquet.simulations.recsys import wrap_recommendation_evaluation
 from bouquet.simulations.results import RunFailed, RunRecorder, read_rows
 from bouquet.simulations.resume import check_resume
@@ -104,6 +104,7 @@ def client_mods(cfg: dict[str, Any]) -> list[Callable[..., Any]]:
     strategy.policy=sliding_window strategy.window_side=learner``.
     """
     mods: list[Callable[..., Any]] = list(client_downlink_mods(cfg))  # outermost: rebuilds the model first
+    mods += privacy_client_mods(cfg)  # client=shared_topk: answers the secure-aggregation key query
     fault = cfg.get("fault") or {}
     crash, hang, corrupt = (float(fault.get(k, 0.0)) for k in ("crash_rate", "hang_rate", "corrupt_rate"))
     if crash or hang or corrupt:
