@@ -82,7 +82,8 @@ def report() -> list[Path]:
         f"LeNet, {PROTOCOL['rounds']} rounds. DP: `privacy=dp_client`, C = 1.0, z = 0.7, noise z C / 10 on the mean "
         "of the 10 sampled clients (Flower's DifferentialPrivacyClientSideFixedClipping inside Compressed), epsilon "
         "from dp-accounting's RDP accountant (q = 0.1). secagg: bouquet's pairwise masking (docs/privacy.md). Bytes "
-        "up are measured (`Array.data` of every reply, the key-query replies of secagg included). Raw: "
+        "up are measured (`Array.data` of every reply; secagg's key exchange, 32 bytes up per client and round, is "
+        "not an Array and not counted). Raw: "
         "`benchmarks/results/privacy.jsonl`.\n\n" + markdown_table(rows, list(rows[0]))
     )
     write_section(SECTION, "Privacy with compressed uploads (issue 34)", body,

@@ -249,8 +249,12 @@ class PrivateClient(NumPyClient):
             self.inner.context = value
 
     def capacity(self) -> int:
+        """The inner client's capacity, else the node's ``max-depth`` (what the bridge reads without a wrapper)."""
         cap = getattr(self.inner, "capacity", None)
-        return int(cap()) if callable(cap) else 0
+        if callable(cap):
+            return int(cap())
+        context = self.context
+        return int(context.node_config.get(keys.MAX_DEPTH, 0)) if context is not None else 0
 
     def get_parameters(self, config: dict[str, Any]) -> list[np.ndarray]:
         return self.inner.get_parameters(config)  # type: ignore[arg-type]

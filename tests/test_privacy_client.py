@@ -165,3 +165,12 @@ def test_private_client_clips_before_the_clients_own_encoder():
     assert np.linalg.norm(u) == pytest.approx(1.0, rel=1e-5)
     with pytest.raises(ValueError, match="not already wrapped"):
         PrivateClient(client, 1.0)
+
+
+def test_private_client_keeps_what_the_bridge_reads_of_the_client():
+    inner = _Encoding()
+    client = PrivateClient(inner, 1.0)
+    ctx = Context(run_id=1, node_id=3, node_config={"max-depth": 2}, state=RecordDict(), run_config={})
+    client.context = ctx
+    assert inner.context is ctx and client.context is ctx
+    assert client.capacity() == 2  # the node's max-depth, as the bridge reads it for a client without capacity()
