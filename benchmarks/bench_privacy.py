@@ -5,8 +5,7 @@ LeNet, 100 rounds, 1 local epoch, batch 32, SGD lr 0.01 momentum 0.9; seeds 0, 1
 central DP with client-side clipping (``privacy=dp_client``), clip norm 1.0, noise multiplier 0.7
 (epsilon ~16.6 at delta 1e-5 after 100 releases at q = 0.1, dp-accounting RDP). Secure-aggregation
 arms: ``privacy=secagg`` (pairwise masking) with ``client=shared_topk`` at 5% (the issue's 20x
-goal) and with dense uploads (``client=plain``). DP + shared_topk is not built (refused), so that
-arm of the issue is absent. Every cell is a real ``bouquet-sim`` run; bytes are measured.
+goal) and with dense uploads (``client=plain``). Every cell is a real ``bouquet-sim`` run; bytes are measured.
 
 Raw per-cell results: ``benchmarks/results/privacy.jsonl`` (one line per finished cell, never
 rerun). ``--report`` rebuilds the ``privacy`` section of ``RESULTS.md`` from that file alone::
@@ -34,6 +33,7 @@ ARMS: dict[str, list[str]] = {
     "dense FedAvg": ["client=plain"],
     "DP alone": ["client=plain", *DP],
     "DP + STC 1%": ["client=stc", "client.alpha=0.01", *DP],
+    "DP + shared_topk 5%": ["client=shared_topk", "client.alpha=0.05", *DP],
     "secagg + shared_topk 5%": ["client=shared_topk", "client.alpha=0.05", "privacy=secagg"],
     "secagg dense": ["client=plain", "privacy=secagg"],
 }

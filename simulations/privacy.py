@@ -55,25 +55,26 @@ def sampled_clients(cfg: dict[str, Any], strategy: Any) -> int:
 
 
 def wrap_privacy(cfg: dict[str, Any], exp: Any, strategy: Strategy) -> Strategy:
-    """``DPAccountant(DifferentialPrivacy*SideFixedClipping(strategy, ...))`` for ``privacy=dp_*``, else ``strategy``."""
+    """``DPAccountant(DifferentialPrivacy*SideFixedClipping(strategy, ...))`` for ``privacy=dp_*``, inside
+    ``SharedSupport`` for shared-support uploads (``client=shared_topk``, ``privacy=secagg``); else ``strategy``."""
     mode = privacy_mode(cfg)
-    if shared_support(cfg):
+    if mode in DP_MODES:
+        p = cfg["privacy"]
+        m = sampled_clients(cfg, strategy)
+        wrapper = DifferentialPrivacyClientSideFixedClipping if mode == "dp_client" else DifferentialPrivacyServerSideFixedClipping
+        dp = wrapper(strategy, noise_multiplier=float(p["noise_multiplier"]), clipping_norm=float(p["clip_norm"]),
+                     num_sampled_clients=m)
+        logger.info("privacy=%s: %s(z=%s, C=%s, m=%d) inside DPAccountant(N=%d, delta=%g)", mode, wrapper.__name__,
+                    p["noise_multiplier"], p["clip_norm"], m, int(cfg["simulation"]["num_clients"]), float(p["delta"]))
+        strategy = DPAccountant(dp, population_size=int(cfg["simulation"]["num_clients"]), delta=float(p["delta"]))
+    if shared_support(cfg):  # outside DP: the DP wrappers see the dense replies it rebuilds
         client = cfg["client"]
         topk = shared_topk(cfg)  # else privacy=secagg with a dense client: every coordinate shared
         alpha, min_k = (float(client["alpha"]), int(client.get("min_k", 1))) if topk else (1.0, 1)
         logger.info("shared-support uploads: SharedSupport(alpha=%s, secure=%s)", alpha, mode == "secagg")
-        return SharedSupport(strategy, alpha=alpha, min_k=min_k, secure=mode == "secagg", seed=int(cfg.get("seed", 0)),
-                             key_timeout=float(cfg["simulation"]["round_timeout_s"]))
-    if mode not in DP_MODES:
-        return strategy
-    p = cfg["privacy"]
-    m = sampled_clients(cfg, strategy)
-    wrapper = DifferentialPrivacyClientSideFixedClipping if mode == "dp_client" else DifferentialPrivacyServerSideFixedClipping
-    dp = wrapper(strategy, noise_multiplier=float(p["noise_multiplier"]), clipping_norm=float(p["clip_norm"]),
-                 num_sampled_clients=m)
-    logger.info("privacy=%s: %s(z=%s, C=%s, m=%d) inside DPAccountant(N=%d, delta=%g)", mode, wrapper.__name__,
-                p["noise_multiplier"], p["clip_norm"], m, int(cfg["simulation"]["num_clients"]), float(p["delta"]))
-    return DPAccountant(dp, population_size=int(cfg["simulation"]["num_clients"]), delta=float(p["delta"]))
+        strategy = SharedSupport(strategy, alpha=alpha, min_k=min_k, secure=mode == "secagg", seed=int(cfg.get("seed", 0)),
+                                 key_timeout=float(cfg["simulation"]["round_timeout_s"]))
+    return strategy
 
 
 def shared_topk(cfg: dict[str, Any]) -> bool:
@@ -115,7 +116,7 @@ DP_STRATEGIES = ("fedavg", "fedprox")  # a synchronous (unweighted) mean: what t
 def _secagg(cfg: dict[str, Any], opt: Options) -> str | None:
     """Secure aggregation sums vectors laid out the same way on every client: privacy=secagg takes
     client=shared_topk (or a dense client=plain|slow), not per-client top-k/STC/ternary positions;
-    shared-support uploads serve strategy=fedavg|fedprox with a dense broadcast and without DP (not built together yet)."""
+    shared-support uploads serve strategy=fedavg|fedprox with a dense broadcast."""
     mode, client = opt.get("privacy", "none"), opt["client"]
     if mode == "secagg" and client in PER_CLIENT_POSITIONS:
         return _both("privacy=secagg", f"client={client}", "secure aggregation sums vectors laid out the same way on "
@@ -133,9 +134,6 @@ def _secagg(cfg: dict[str, Any], opt: Options) -> str | None:
     if opt.get("downlink", "none") != "none":
         return _both(what, f"downlink={opt['downlink']}", "shared-support uploads are built and tested with the dense "
                      "broadcast (downlink=none)")
-    if mode in DP_MODES:
-        return _both("client=shared_topk", f"privacy={mode}", "DP with shared-support uploads is not built yet: use "
-                     "privacy=secagg, or DP with client=plain|topk|stc|ternary")
     return None
 
 

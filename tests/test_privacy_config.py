@@ -51,7 +51,6 @@ def test_secagg_with_per_client_positions_is_refused_in_one_line_naming_shared_t
     (["privacy=secagg", "client=ternary"], "client=shared_topk"),
     (["privacy=secagg", "client=early_exit", "model=early_exit"], "image-classification clients"),
     (["privacy=secagg", "strategy=fedprox", "downlink=topk"], "downlink=none"),
-    (["client=shared_topk", "privacy=dp_client"], "not built yet"),
     (["client=shared_topk", "strategy=kl_weighted"], "strategy=fedavg|fedprox"),
     (["client=shared_topk", "downlink=stc"], "downlink=none"),
     (["client=shared_topk", "client.alpha=0"], "client.alpha=0 is out of range (0, 1]"),
@@ -71,6 +70,7 @@ def test_impossible_privacy_settings_are_refused_before_start(overrides: list[st
 @pytest.mark.parametrize("overrides", [
     ["privacy=dp_client", "client=stc"], ["privacy=dp_server", "client=topk"], ["privacy=dp_client", "strategy=fedprox"],
     ["privacy=secagg", "client=shared_topk"], ["client=shared_topk"], ["privacy=secagg"],
+    ["client=shared_topk", "privacy=dp_client"],
 ])
 def test_possible_settings_pass(overrides: list[str]) -> None:
     validate_config(_cfg(*overrides))

@@ -175,3 +175,23 @@ def test_client_refuses_a_round_whose_size_it_was_not_configured_for():
         app(msg, Context(run_id=1, node_id=3, node_config={}, state=RecordDict(), run_config={}))
     with pytest.raises(ValueError, match="min_peers"):
         SharedSupport(FedAvg(), alpha=0.2, secure=True, min_peers=1)
+
+
+def test_dp_inside_shared_support_sees_each_rebuilt_update_and_accounts_it():
+    from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping
+
+    from bouquet.strategies.privacy import EPSILON, DPAccountant, epsilon_of
+
+    grid = Grid()
+    inner = Recording(fraction_evaluate=0.0, min_available_nodes=3, min_train_nodes=3)
+    dp = DPAccountant(DifferentialPrivacyClientSideFixedClipping(inner, 1e-12, 1e-4, 3), population_size=3, delta=1e-5)
+    strategy = SharedSupport(dp, alpha=0.2, secure=False, seed=5)
+    replies = grid.send_and_receive(list(strategy.configure_train(1, _initial(), ConfigRecord(), grid)))
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    assert arrays is not None and len(inner.seen) == 3  # DP got every client's own (rebuilt, dense) update
+    for reply in inner.seen:  # each one clipped to C = 1e-4 on the server, weight 1
+        u = np.concatenate([(reply.content["arrays"][n].numpy().astype(np.float64) - _initial()[n].numpy()).ravel()
+                            for n in _initial().keys()])
+        assert np.linalg.norm(u) <= 1e-4 * (1 + 1e-3) and reply.content["metrics"]["num-examples"] == 1
+    assert strategy.round_report()["dp_clipped_server"] == 3
+    assert metrics is not None and metrics[EPSILON] == pytest.approx(epsilon_of([(1.0, 1e-12)], 1e-5))
