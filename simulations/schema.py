@@ -307,8 +307,7 @@ DOWNLINK = {
     "stc": {"name": choice("stc"), **{k: STC[k] for k in ("alpha", "min_k", "scope")}},
     "ternary": {"name": choice("ternary"), **{k: TERNARY[k] for k in ("stochastic", "clip_c", "packing")}},
 }
-DP = {"clip_norm": real("(0, inf)", doc="C: L2 bound of each client's update"), "delta": real("(0, 1)", doc="epsilon is reported at this delta"), "noise_multiplier": real("(0, inf)", doc="z: Gaussian noise std z * C on the sum of the updates")}
-PRIVACY = {"none": {"name": choice("none")}, "secagg": {"name": choice("secagg")}, **{m: {"name": choice(m), **DP} for m in ("dp_client", "dp_server")}}
+PRIVACY = {"none": {"name": choice("none")}, "secagg": {"name": choice("secagg")}, **{m: {"name": choice(m), "clip_norm": real("(0, inf)", doc="C: L2 bound of each client's update"), "delta": real("(0, 1)", doc="epsilon is reported at this delta"), "noise_multiplier": real("(0, inf)", doc="z: Gaussian noise std z * C on the sum of the updates")} for m in ("dp_client", "dp_server")}}
 LOGGER = {
     "none": {"name": choice("none")},
     "csv": {"name": choice("csv")},
