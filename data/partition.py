@@ -220,7 +220,14 @@ def _cached_partitions(labels: np.ndarray, settings: tuple) -> list[np.ndarray] 
         return None
     try:
         with np.load(path, allow_pickle=False) as f:
-            parts = [f[f"p{i}"].astype(np.int64) for i in range(int(settings[1]))]
+            if "offsets" in f.files:  # two arrays: O(1) members whatever the population
+                flat, offsets = f["indices"].astype(np.int64), f["offsets"].astype(np.int64)
+                if offsets.shape != (int(settings[1]) + 1,) or offsets[0] != 0 or offsets[-1] != flat.size \
+                        or np.any(np.diff(offsets) < 0):
+                    raise ValueError("offsets do not describe the partitions")
+                parts = np.split(flat, offsets[1:-1])
+            else:  # an older cache: one member per partition
+                parts = [f[f"p{i}"].astype(np.int64) for i in range(int(settings[1]))]
     except (OSError, ValueError, KeyError):
         logger.warning("partition cache %s is unreadable; recomputing", path)
         return None
@@ -234,8 +241,9 @@ def _store_partitions(labels: np.ndarray, settings: tuple, parts: list[np.ndarra
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.npz")
-        arrays: dict[str, Any] = {f"p{i}": p for i, p in enumerate(parts)}
-        np.savez(tmp, **arrays)
+        offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64)
+        flat = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+        np.savez(tmp, indices=flat, offsets=offsets)  # 10,000 members took 1.5 s to read; two take ms
         os.replace(tmp, path)
     except OSError as exc:  # a read-only cache only costs the recomputation
         logger.info("could not cache partitions in %s: %s", path, exc)
