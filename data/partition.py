@@ -226,13 +226,17 @@ def _cached_partitions(labels: np.ndarray, settings: tuple) -> list[np.ndarray] 
                         or np.any(np.diff(offsets) < 0):
                     raise ValueError("offsets do not describe the partitions")
                 parts = np.split(flat, offsets[1:-1])
+                old_layout = False
             else:  # an older cache: one member per partition
                 parts = [f[f"p{i}"].astype(np.int64) for i in range(int(settings[1]))]
+                old_layout = True
     except (OSError, ValueError, KeyError):
         logger.warning("partition cache %s is unreadable; recomputing", path)
         return None
     if any(p.size and (p.min() < 0 or p.max() >= len(labels)) for p in parts):
         return None
+    if old_layout:  # rewritten once in the two-array layout
+        _store_partitions(labels, settings, parts)
     return parts
 
 

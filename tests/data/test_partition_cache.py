@@ -41,6 +41,8 @@ def test_an_older_cache_file_is_still_read(private_cache) -> None:
     np.savez(path.with_suffix(""), **{f"p{i}": p for i, p in enumerate(first)})  # the old layout, same name
     parts = partition_module._cached_partitions(LABELS, _settings_of(path, first))
     assert parts is not None and all(np.array_equal(a, b) for a, b in zip(first, parts, strict=True))
+    with np.load(path, allow_pickle=False) as f:  # and rewritten in the two-array layout
+        assert sorted(f.files) == ["indices", "offsets"]
 
 
 def test_offsets_that_do_not_describe_the_partitions_are_recomputed(private_cache) -> None:
