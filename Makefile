@@ -43,7 +43,9 @@ bench: setup data
 	@echo "Benchmarks are scripts in benchmarks/; see benchmarks/README.md"
 
 # A real SuperLink + N SuperNodes on 127.0.0.1 (TLS, node auth), one experiment via `flwr run`.
+# Each SuperNode runs warm: a deploy/warm_clientapp.py worker beside it (docs/running.md).
 # make deploy-demo NODES=3 OVERRIDES="dataset=digits client=topk strategy=kl_weighted"
+# make deploy-demo NODES=10 OVERRIDES="dataset=digits client=stc downlink=stc"   (~1 GB per node)
 NODES ?= 2
 OVERRIDES ?= dataset=digits simulation.num_rounds=3
 deploy-demo: setup
