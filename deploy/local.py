@@ -221,7 +221,9 @@ class LocalDeployment:
              "--insecure", "--superexec-auth-secret-file", str(secret),
              "--timings", str(self.logs / f"clientapp-worker-{index}.timings.jsonl"), "--node-pid", str(node.pid),
              *[arg for module in WORKER_PRELOAD for arg in ("--preload", module)]],
-            home, extra_env={"PYTHONPATH": str(ROOT)},
+            # one torch thread per worker, as Ray gives each simulated client (client_cpus=1): ten
+            # workers with a thread per core each would oversubscribe the machine
+            home, extra_env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
         )
         self.workers.append(worker)
         return node
