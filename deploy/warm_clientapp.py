@@ -199,7 +199,10 @@ class WarmClientAppWorker:
                 status = SubStatus.FAILED
             mark("push reply")
             retry.max_tries = 1
-            push_task_output(client=client, context=context, sub_status=status, details=details)
+            try:  # Flower's own push_task_output logs HTTP errors; anything else must not end the worker
+                push_task_output(client=client, context=context, sub_status=status, details=details)
+            except Exception:  # noqa: BLE001
+                logger.exception("could not push the task output")
             if heartbeat.is_running:
                 heartbeat.stop()
             client.close()
