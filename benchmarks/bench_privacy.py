@@ -75,6 +75,7 @@ def report() -> list[Path]:
             "epsilon (delta 1e-5)": pm(eps, 1, 1) if eps else "-",
             "x fewer up than dense secagg": pm(fewer, 1, 1) if fewer else "",
             "uploads clipped on the server": pm(clipped, 1, 0) if clipped else "",
+            "failed replies": pm([r["summary"].get("clients_failed", 0) for r in runs], 1, 0),
             "wall s / cell": f"{sum(r['wall_s'] for r in runs) / len(runs):.0f}",
         })
     body = (
@@ -84,8 +85,20 @@ def report() -> list[Path]:
         "from dp-accounting's RDP accountant (q = 0.1). secagg: bouquet's pairwise masking (docs/privacy.md). Bytes "
         "up are measured (`Array.data` of every reply; secagg's key exchange, 32 bytes up per client and round, is "
         "not an Array and not counted). Raw: "
-        "`benchmarks/results/privacy.jsonl`.\n\n" + markdown_table(rows, list(rows[0]))
+        "`benchmarks/results/privacy.jsonl`. A DP round with a failed reply releases nothing (Flower's DP wrappers "
+        "skip it), so epsilon stays below the 100-release value.\n\n" + markdown_table(rows, list(rows[0]))
     )
+    reference = [r for r in load_results("two_way") if r["key"].get("arm") == "dense FedAvg" and r["key"].get("dataset") == "mnist"]
+    if reference and not dense:
+        body += ("\nDense FedAvg at the same protocol, from the `two_way` grid (same config, other section): "
+                 + ", ".join(f"seed {r['key']['seed']}: {100 * r['rounds'][-1]['accuracy']:.2f}% with "
+                             f"{sum(x['bytes_up'] for x in r['rounds']) / 1e6:.1f} MB up" for r in reference) + ".\n")
+    done = {(r["key"]["arm"], r["key"]["seed"]) for r in results}
+    missing = [f"{c.key_dict['arm']}/seed {c.key_dict['seed']}" for c in cells(list(ARMS), [0, 1, 2])
+               if (c.key_dict["arm"], c.key_dict["seed"]) not in done]
+    if missing:
+        body += (f"\n**Not yet run** ({len(missing)} cells): " + ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else "")
+                 + ". Command: `nice -n 10 .venv/bin/python benchmarks/bench_privacy.py --commit` (resumable).\n")
     write_section(SECTION, "Privacy with compressed uploads (issue 34)", body,
                   command="nice -n 10 .venv/bin/python benchmarks/bench_privacy.py --commit (report: --report)")
     return [ROOT / "benchmarks/RESULTS.md"]
