@@ -115,17 +115,20 @@ def test_tls_material_and_auth_flags(deployment: LocalDeployment) -> None:
 def test_unregistered_supernode_is_refused(deployment: LocalDeployment) -> None:
     key = deployment.node_key("intruder")  # a valid ECDSA key the SuperLink was never told about
     node = deployment.start_supernode(99, key, partition_id=0, max_wait_s=30)
+    worker = deployment.workers.pop()  # its warm worker exits with it (--node-pid)
     code = node.wait(timeout_s=90)
     log = node.log_text()
-    node.stop()
-    deployment.processes.remove(node)
+    for proc in (node, worker):
+        proc.stop()
+        deployment.processes.remove(proc)
     assert code is not None, f"the unregistered SuperNode is still running; log:\n{log[-2000:]}"
     assert code != 0, log[-2000:]
     assert "2004" in log or "Failed to activate" in log or "not registered" in log.lower(), log[-2000:]
     assert deployment.cli.nodes_online() == NUM_NODES
 
 
-def test_a_node_registered_by_someone_else_joins_but_is_never_sampled(deployment: LocalDeployment, tmp_path: Path) -> None:
+def test_a_node_registered_by_someone_else_joins_but_is_never_sampled_and_crashes_are_error_replies(
+        deployment: LocalDeployment, tmp_path: Path) -> None:
     """Issue 30, class 11: flwr 1.42's Control API has no authentication, so anyone who can read
     ``ca.crt`` can register a key and join; the deployment pins each run to its own node ids."""
     key = deployment.node_key("joiner")
@@ -133,14 +136,25 @@ def test_a_node_registered_by_someone_else_joins_but_is_never_sampled(deployment
     assert joiner_id not in deployment.node_ids
     node = deployment.start_supernode(98, key, partition_id=0)
     worker = deployment.workers[-1]
+    timings = [deployment.logs / f"clientapp-worker-{i}.timings.jsonl" for i in range(NUM_NODES)]
+    before = [len(t.read_text().splitlines()) if t.exists() else 0 for t in timings]
     try:
         wait_until(lambda: deployment.cli.nodes_online() == NUM_NODES + 1, 90, "the joiner online")
-        outcome = deployment.run("dataset=digits simulation.num_rounds=2", tmp_path / "pinned", timeout_s=RUN_TIMEOUT_S)
+        # the same run checks the warm workers' error path: fault.seed=1 with crash rate 0.2 makes
+        # node 0 crash in round 2 and node 1 in round 3 (draws 0.14 and 0.07)
+        outcome = deployment.run("dataset=digits simulation.num_rounds=3 fault.crash_rate=0.2 fault.seed=1",
+                                 tmp_path / "pinned", timeout_s=RUN_TIMEOUT_S)
         rows = [json.loads(line) for line in (outcome.run_dir / "metrics.jsonl").read_text().splitlines()]
-        assert [r["clients_ok"] for r in rows if r["round"] > 0] == [NUM_NODES, NUM_NODES]
+        trained = [r for r in rows if r["round"] > 0]
+        assert [(r["clients_ok"], r["clients_failed"]) for r in trained] == [(2, 0), (1, 1), (1, 1)]
         assert f"node {joiner_id} is connected but not in simulation.node_ids" in outcome.log_path.read_text()
-        timings = deployment.logs / "clientapp-worker-98.timings.jsonl"
-        assert not timings.exists() or timings.read_text() == "", "the joiner ran a task"
+        joiner = deployment.logs / "clientapp-worker-98.timings.jsonl"
+        assert not joiner.exists() or joiner.read_text() == "", "the joiner ran a task"
+        # a ClientApp that raises is Flower's error reply; the warm worker goes on serving
+        statuses = [[json.loads(line)["status"] for line in t.read_text().splitlines()[n:]]
+                    for t, n in zip(timings, before, strict=True)]
+        assert statuses == [["completed", "failed", "completed"], ["completed", "completed", "failed"]]
+        assert all(w.running() for w in deployment.workers[:NUM_NODES])
     finally:
         for proc in (worker, node):
             proc.stop()
