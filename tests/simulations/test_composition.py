@@ -76,12 +76,33 @@ def _expected_aggregate(o: Outcome) -> dict[str, np.ndarray]:
     sent = {k: v for d in _train(o) for k, v in d.received.items()}
     out = {}
     for name, array in sent.items():
-        carriers = [d for d in _train(o) if name in d.reply_arrays]
+        replies = {d.node_id: _reply_as_model(d) for d in _train(o)}
+        carriers = [d for d in _train(o) if name in replies[d.node_id]]
         total = sum(weights[d.node_id] for d in carriers)
         value = array.numpy().astype(np.float64)  # unchanged if no node returned it
         for d in carriers:
-            value = value + weights[d.node_id] / total * _update(d.reply_arrays[name], d.received[name])
+            value = value + weights[d.node_id] / total * _update(replies[d.node_id][name], d.received[name])
         out[name] = value
+    return out
+
+
+def _reply_as_model(d: Delivery) -> dict[str, Array]:
+    """A reply's arrays by model name; a ``client=shared_topk`` reply (one vector of the values at
+    the round's shared coordinates) becomes the received model plus those values there."""
+    from bouquet.clients.shared_topk import SHARED_ARRAY, SHARED_K, SHARED_SEED
+    from bouquet.codecs.shared_topk import shared_indices
+
+    if SHARED_ARRAY not in d.reply_arrays:
+        return dict(d.reply_arrays)
+    floats = {n: a.numpy() for n, a in d.received.items() if a.numpy().dtype.kind == "f"}
+    total = sum(int(v.size) for v in floats.values())
+    delta = np.zeros(total)
+    delta[shared_indices(total, int(d.config[SHARED_K]), int(d.config[SHARED_SEED]), int(d.config["server-round"]))] = (
+        d.reply_arrays[SHARED_ARRAY].numpy().astype(np.float64))
+    out, offset = {}, 0
+    for name, ref in floats.items():
+        out[name] = Array((ref.astype(np.float64) + delta[offset:offset + ref.size].reshape(ref.shape)).astype(ref.dtype))
+        offset += ref.size
     return out
 
 
@@ -120,6 +141,27 @@ def ran_cleanly(o: Outcome) -> str | None:
         return "the final model has non-finite values"
     if all(np.array_equal(o.final[k], o.initial[k]) for k in o.initial):
         return "the global model did not change"
+    return None
+
+
+def shared_support_uploads(o: Outcome) -> str | None:
+    """Every reply is one float32 vector of the round's shared coordinates (fewer bytes than a
+    quarter of the model); ``SharedSupport`` rebuilt them; the nodes keep their residual."""
+    from bouquet.clients.shared_topk import RESIDUAL, SHARED_ARRAY, SHARED_K
+    from bouquet.strategies.privacy_secagg import SharedSupport
+
+    for d in _train(o):
+        if set(d.reply_arrays) != {SHARED_ARRAY}:
+            return f"node {d.node_id} replied {sorted(d.reply_arrays)[:3]}, not one {SHARED_ARRAY!r} vector"
+        vec = d.reply_arrays[SHARED_ARRAY].numpy()
+        if vec.dtype != np.float32 or vec.shape != (int(d.config[SHARED_K]),):
+            return f"node {d.node_id} sent {vec.dtype} {vec.shape}, expected float32 ({d.config[SHARED_K]},)"
+        if not d.reply_bytes * 4 < d.received_bytes:
+            return f"node {d.node_id} sent {d.reply_bytes} bytes for a {d.received_bytes}-byte model"
+    if not any(isinstance(s, SharedSupport) for s in chain(o.strategy)):
+        return f"no SharedSupport in {_links(o)}"
+    if any(RESIDUAL not in c.state.array_records for c in o.grid.contexts.values()):
+        return "a node kept no error-feedback residual in context.state"
     return None
 
 
@@ -307,6 +349,7 @@ FEATURES: dict[tuple[str, str], Check] = {
     ("client", "plain"): dense_uploads,
     ("client", "topk"): compressed_uploads("topk"),
     ("client", "stc"): compressed_uploads("stc"),
+    ("client", "shared_topk"): shared_support_uploads,
     ("client", "ternary"): compressed_uploads("ternary"),
     ("client", "slow"): slow_nodes,
     ("client", "early_exit"): early_exit_training,

@@ -144,6 +144,8 @@ def test_every_partition_instantiates(option: str) -> None:
 # One case per rule of COMBINATIONS (rule name -> overrides, text the one-line reason contains).
 COMBINATION_CASES: dict[str, tuple[list[str], list[str]]] = {
     "_async_adjust": (["strategy=async", "server=adjust"], ["strategy=async", "server=adjust", "never runs"]),
+    "_secagg": (["privacy=secagg", "client=topk"], ["privacy=secagg", "client=topk", "client=shared_topk"]),
+    "_dp": (["privacy=dp_client", "strategy=async"], ["privacy=dp_client", "strategy=async", "synchronous"]),
     "_early_exit_adjust": (["model=early_exit", "client=early_exit", "server=adjust"],
                            ["model=early_exit", "server=adjust", "cannot train"]),
     "_depth_needs_early_exit": (["strategy=depth_fedavg"], ["strategy=depth_fedavg", "model=early_exit"]),
