@@ -66,6 +66,28 @@ def single_record(content: RecordDict, kind: str, preferred: str) -> Any:
     raise ValueError(f"message has {len(records)} {kind} records ({list(records)}); expected one or key {preferred!r}")
 
 
+def reply_array_key(reply: Message) -> str:
+    """The key of a train reply's update record: ``arrays``, or its only array record.
+
+    Raises
+    ------
+    ValueError
+        If the reply has no array record, or several and none named ``arrays``.
+    """
+    records = reply.content.array_records
+    if keys.ARRAYS in records:
+        return keys.ARRAYS
+    if len(records) == 1:
+        return next(iter(records))
+    raise ValueError(f"reply has {len(records)} array records ({list(records)}); expected one or key {keys.ARRAYS!r}")
+
+
+def received_arrays(msg: Message) -> dict[str, np.ndarray]:
+    """Copies of the arrays a train message carries (what a mod compares the reply against)."""
+    sent = single_record(msg.content, "array", keys.ARRAYS)
+    return {name: np.array(arr.numpy(), copy=True) for name, arr in sent.items()}
+
+
 def _to_scalar_metrics(metrics: dict[str, Any]) -> MetricRecord:
     clean: dict[str, Any] = {}
     for key, value in metrics.items():

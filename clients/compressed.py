@@ -33,7 +33,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MessageType, RecordDict
 
 from bouquet import keys
-from bouquet.clients.bridge import single_record
+from bouquet.clients.bridge import received_arrays, reply_array_key, single_record
 from bouquet.clients.torch_client import TorchClient
 from bouquet.codecs import (
     Encoded,
@@ -232,13 +232,12 @@ def compression_mod(compressor: UpdateCompressor | str = "topk", *not_options: A
     def _mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
         if msg.metadata.message_type != MessageType.TRAIN:
             return call_next(msg, context)
-        sent_record = single_record(msg.content, "array", keys.ARRAYS)
-        received = {name: np.array(arr.numpy(), copy=True) for name, arr in sent_record.items()}
+        received = received_arrays(msg)
         config = single_record(msg.content, "config", keys.CONFIG)
         reply = call_next(msg, context)
         if reply.has_error():
             return reply
-        rec_key = keys.ARRAYS if keys.ARRAYS in reply.content.array_records else next(iter(reply.content.array_records))
+        rec_key = reply_array_key(reply)
         record = reply.content.array_records[rec_key]
         if any(is_bouquet_stype(a.stype) for a in record.values()):
             return reply  # already compressed by the client

@@ -45,7 +45,13 @@ from flwr.client import NumPyClient
 from flwr.common.logger import log
 
 from bouquet import keys
-from bouquet.clients.bridge import ReplyEncoder, dense_arrayrecord, single_record
+from bouquet.clients.bridge import (
+    ReplyEncoder,
+    dense_arrayrecord,
+    received_arrays,
+    reply_array_key,
+    single_record,
+)
 from bouquet.codecs import is_bouquet_stype
 
 KEY_CLIPPING_NORM = "clipping_norm"  # the key Flower's DifferentialPrivacyClientSide* wrappers put in the train config
@@ -171,11 +177,11 @@ def dp_clip_mod(clip_norm: float | None = None, *not_options: Any, noise_multipl
         if any(is_bouquet_stype(a.stype) for a in sent.values()):
             raise ValueError("dp_clip_mod received compressed arrays: a compressed broadcast must be rebuilt first "
                              "(list downlink_mod before dp_clip_mod)")
-        received = {name: np.array(arr.numpy(), copy=True) for name, arr in sent.items()}
+        received = received_arrays(msg)
         reply = call_next(msg, context)
         if reply.has_error():
             return reply
-        rec_key = keys.ARRAYS if keys.ARRAYS in reply.content.array_records else next(iter(reply.content.array_records))
+        rec_key = reply_array_key(reply)
         record = reply.content.array_records[rec_key]
         if any(is_bouquet_stype(a.stype) for a in record.values()):
             raise ValueError(f"dp_clip_mod got an already compressed reply: {ORDER_HINT}")
