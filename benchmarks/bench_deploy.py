@@ -204,7 +204,7 @@ def report() -> None:
                       for k in warm[0]["warm_task_stages"]]
         body += ("\nWarm path, per message (mean over tasks after each worker's first; `ClientApp call` "
                  "includes the local training): the rest of a round is the SuperNode noticing the message "
-                 "(idle poll backoff 0.02 s doubling to 0.25 s), the SuperNode fetching the message's objects from the SuperLink and "
+                 "(idle poll backoff from 0.02 s, doubling to 0.1 s per node, 0.25-2 s), the SuperNode fetching the message's objects from the SuperLink and "
                  "sending the reply, and the ServerApp's own work (aggregation, evaluation, checkpoint).\n\n"
                  + markdown_table(stage_rows, list(stage_rows[0])))
     write_section(SECTION, "Deployment vs simulation: wall time per round", body,
