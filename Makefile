@@ -45,7 +45,7 @@ bench: setup data
 # A real SuperLink + N SuperNodes on 127.0.0.1 (TLS, node auth), one experiment via `flwr run`.
 # Each SuperNode runs warm: a deploy/warm_clientapp.py worker beside it (docs/running.md).
 # make deploy-demo NODES=3 OVERRIDES="dataset=digits client=topk strategy=kl_weighted"
-# make deploy-demo NODES=10 OVERRIDES="dataset=digits client=stc downlink=stc"   (~1 GB per node)
+# make deploy-demo NODES=10 OVERRIDES="dataset=digits client=stc downlink=stc"   (~0.6 GB PSS per node)
 NODES ?= 2
 OVERRIDES ?= dataset=digits simulation.num_rounds=3
 deploy-demo: setup

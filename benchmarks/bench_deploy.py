@@ -122,17 +122,19 @@ def run_deployment(mode: str, nodes: int, overrides: str, run_dir: Path, timeout
     with LocalDeployment(num_nodes=nodes, state_dir=RUNS / f"state-{mode}-{nodes}", warm=mode == "warm") as dep:
         up = time.perf_counter() - start
         outcome = dep.run(overrides, run_dir, timeout_s=timeout_s)
-        rss = dep.peak_rss_mb()
+        rss, pss = dep.peak_rss_mb(), dep.pss_mb()
         timings = dict(dep.timings)
     tasks = []
     for path in sorted((run_dir / "deploy-logs").glob("*.timings.jsonl")):
         lines = [json.loads(line) for line in path.read_text().splitlines()]
         tasks.extend(lines[1:])  # each worker's first task loads torch, the data and the app: start-up
     per_node = [v for k, v in rss.items() if k.startswith(("supernode-", "clientapp-worker-"))]
+    per_node_pss = [v for k, v in pss.items() if k.startswith(("supernode-", "clientapp-worker-"))]
     return {
         "startup_s": round(up, 2), "total_s": round(time.perf_counter() - start, 2), "startup_steps": timings,
         "flwr_run_s": round(outcome.wall_s, 2), "peak_rss_mb": rss,
         "node_rss_mb_mean": round(sum(per_node) / nodes, 1) if per_node else None,
+        "pss_mb": pss, "node_pss_mb_mean": round(sum(per_node_pss) / nodes, 1) if per_node_pss else None,
         "warm_task_stages": {k: round(mean(t[k] for t in tasks), 4) for k in tasks[0] if k != "status"} if tasks else None,
     }
 

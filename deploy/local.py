@@ -43,7 +43,7 @@ if __package__ in (None, ""):  # run as a script: make the `deploy` package impo
 
 from deploy.flwrcli import FlwrCli, free_port, https_answers, wait_until  # noqa: E402
 from deploy.pki import TlsFiles, make_node_key, make_tls, write_private  # noqa: E402
-from deploy.processes import ManagedProcess, descendants, flower_env, peak_rss_kb  # noqa: E402
+from deploy.processes import ManagedProcess, descendants, flower_env, peak_rss_kb, pss_kb  # noqa: E402
 from deploy.supernode import DEFAULT_POLL_S, ENV_POLL  # noqa: E402
 
 logger = logging.getLogger("bouquet.deploy")
@@ -302,6 +302,13 @@ class LocalDeployment:
     def peak_rss_mb(self) -> dict[str, float]:
         """Peak resident memory (``VmHWM``, MB) of each running process, descendants included."""
         return {proc.name: round(sum(peak_rss_kb(p) for p in [proc.pid, *descendants(proc.pid)]) / 1024, 1)
+                for proc in self.processes if proc.running()}
+
+    def pss_mb(self) -> dict[str, float]:
+        """Proportional set size now (MB) of each running process, descendants included: the
+        shared pages (torch's libraries) are split among the processes that map them, so unlike
+        :meth:`peak_rss_mb` the figures add up to what the deployment holds."""
+        return {proc.name: round(sum(pss_kb(p) for p in [proc.pid, *descendants(proc.pid)]) / 1024, 1)
                 for proc in self.processes if proc.running()}
 
     # ----------------------------------------------------------------- stop

@@ -85,6 +85,20 @@ def peak_rss_kb(pid: int) -> int:
     return 0
 
 
+def pss_kb(pid: int) -> int:
+    """Proportional set size of ``pid`` in kB now (``Pss`` in ``/proc/<pid>/smaps_rollup``; 0 if
+    unknown): its private pages plus its share of pages mapped by several processes (torch's
+    libraries, shared by every worker), so the PSS of all processes adds up to the memory used."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def _signal(pid: int, sig: int) -> None:
     try:
         os.kill(pid, sig)

@@ -95,7 +95,7 @@ def test_ten_supernodes_with_compression_both_ways(tmp_path: Path) -> None:
         assert all("--isolation" in n.argv and "process" in n.argv for n in dep.nodes)
         outcome = dep.run(f"dataset=digits client=stc downlink=stc simulation.num_rounds={rounds}",
                           tmp_path / "run", timeout_s=600)
-        rss = dep.peak_rss_mb()
+        rss, pss = dep.peak_rss_mb(), dep.pss_mb()
         tree = [pid for p in dep.processes for pid in (p.pid, *descendants(p.pid))]
         started = list(dep.started_pids)
     assert not any(alive(pid) for pid in [*tree, *started]), "processes left after stop()"
@@ -109,6 +109,9 @@ def test_ten_supernodes_with_compression_both_ways(tmp_path: Path) -> None:
     for i in range(nodes):
         lines = (outcome.run_dir / "deploy-logs" / f"clientapp-worker-{i}.timings.jsonl").read_text().splitlines()
         assert [json.loads(line)["status"] for line in lines] == ["completed"] * rounds
-    # bounded memory: SuperNode + worker (torch, the data, the app) stay under 1 GB a node
-    per_node = [rss[f"supernode-{i}"] + rss[f"clientapp-worker-{i}"] for i in range(nodes)]
-    assert max(per_node) < 1024, rss
+    # bounded memory: SuperNode + worker (torch, the data, the app) hold under 1 GB a node. PSS,
+    # not peak RSS: RSS counts torch's shared libraries once in every process that maps them
+    # (peak RSS per node was 0.95 GB here and 1.14 GB on the CI machine).
+    per_node = [pss[f"supernode-{i}"] + pss[f"clientapp-worker-{i}"] for i in range(nodes)]
+    print(f"per-node PSS MB {per_node}; peak RSS MB {rss}")
+    assert max(per_node) < 1024, (pss, rss)

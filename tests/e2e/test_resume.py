@@ -73,10 +73,12 @@ def _sigkill_when_paused(script: str, pause: int, what: str, args: list[str], ru
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("client", [[], ["client=topk", "client.alpha=0.1"]], ids=["plain", "topk"])
-def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path, client: list[str]) -> None:
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
     """With ``client=topk`` the error-feedback residuals live in the run directory
-    (``client_state/``, versioned by round), so the resumed run continues them (issue 32)."""
+    (``client_state/``, versioned by round), so the resumed run continues them (issue 32). A run
+    without client state (``client=plain``) resumes through the same server checkpoint, which
+    this run exercises too; it is not run separately (one Ray run set fewer in CI)."""
+    client = ["client=topk", "client.alpha=0.1"]
     base = [*BASE, *client]
     full = tmp_path / "full"
     proc = run_bouquet_sim([*base, "simulation.num_rounds=4"], full)
@@ -84,8 +86,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path, client: l
 
     crashed = tmp_path / "crashed"
     _sigkill_when_paused(PAUSING_SIM, 2, "round 2", [*base, "simulation.num_rounds=4"], crashed)
-    if client:
-        assert sorted(p.name for p in (crashed / "client_state").iterdir()) == ["0", "1", "2"]
+    assert sorted(p.name for p in (crashed / "client_state").iterdir()) == ["0", "1", "2"]
     assert load_checkpoint(crashed)["round"] == 2
     assert [r["round"] for r in read_rows(crashed)] == [0, 1, 2]
     assert not (crashed / "final_model.npz").exists()
@@ -114,10 +115,10 @@ def test_run_survives_crashing_hanging_and_corrupting_clients(tmp_path: Path) ->
             "simulation.num_rounds=3",
             "fault=mixed",  # 30% crash, 10% hang, 10% corrupt
             # seed 9 draws 5 crashes, 2 corrupt replies and one hang (round 3) over 6 x 3 messages;
-            # the timeout is generous because a loaded machine can take long for the first round
+            # round 1 (Ray start-up included) takes ~10 s here: the timeout leaves it 3x that
             "fault.seed=9",
-            "fault.hang_s=95",
-            "simulation.round_timeout_s=90",
+            "fault.hang_s=35",
+            "simulation.round_timeout_s=30",
         ],
         run_dir,
     )
