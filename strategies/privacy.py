@@ -2,8 +2,9 @@
 
 Flower 1.42's Message-API wrappers ``DifferentialPrivacyClientSideFixedClipping`` (clients clip,
 server adds noise) and ``DifferentialPrivacyServerSideFixedClipping`` (server clips and adds
-noise) add Gaussian noise of standard deviation :math:`zC/m` to the aggregate of the
-:math:`m` = ``num_sampled_clients`` sampled clients (DP-FedAvg, McMahan et al. 2018,
+noise), and their ``...AdaptiveClipping`` namesakes (the bound follows a target quantile), add
+Gaussian noise of standard deviation :math:`zC/m` to the aggregate of the :math:`m` =
+``num_sampled_clients`` sampled clients (DP-FedAvg, McMahan et al. 2018,
 arXiv:1710.06963). ``DPAccountant(dp_wrapper, population_size=N, delta=...)`` goes right
 outside that wrapper (inside :class:`~bouquet.strategies.Compressed`, so both see decoded,
 dense updates) and makes the release match the accounting:
@@ -30,6 +31,9 @@ dense updates) and makes the release match the accounting:
   account it as Poisson sampling with the same rate, as DP-FedAvg, TF Privacy and Opacus do
   (:math:`q = 1`: plain composition, no amplification).
 
+Around the adaptive-clipping wrappers each release also publishes a noisy count of clipped
+updates; both are accounted as one Gaussian (:func:`adaptive_release_multiplier`).
+
 ``epsilon`` at ``delta`` is logged each round through Flower's logger and is part of
 ``round_report()`` (hence ``metrics.jsonl``, and ``summary.json``'s last value).
 """
@@ -46,7 +50,9 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideAdaptiveClipping,
     DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideAdaptiveClipping,
     DifferentialPrivacyServerSideFixedClipping,
     Strategy,
 )
@@ -67,6 +73,25 @@ EPSILON = "epsilon"
 CLIPPED = "dp_clipped_server"
 ORDERS = tuple(range(2, 65)) + (80, 96, 128, 192, 256, 512, 1024)  # integer RDP orders: closed form, fast
 FIXED_CLIPPING = (DifferentialPrivacyClientSideFixedClipping, DifferentialPrivacyServerSideFixedClipping)
+ADAPTIVE_CLIPPING = (DifferentialPrivacyClientSideAdaptiveClipping, DifferentialPrivacyServerSideAdaptiveClipping)
+
+
+def adaptive_release_multiplier(z_update: float, count_stddev: float) -> float:
+    r"""The noise multiplier of one adaptive-clipping release, accounted as one Gaussian.
+
+    Flower's adaptive wrappers release two things per round on the same sample: the aggregate with
+    noise multiplier ``z_update`` (already scaled to the replies aggregated, see
+    :class:`DPAccountant`) and the count of clipped updates (0/1 bits, sensitivity 1 under
+    add-or-remove) with noise of standard deviation ``count_stddev``. Two Gaussians on the same
+    sample compose as one of multiplier :math:`(z_u^{-2} + \sigma_b^{-2})^{-1/2}` (Andrew et al.
+    2021, arXiv:1905.03871, Sec. 3). Our reading: the paper counts centred bits (sensitivity 1/2,
+    hence the :math:`2\sigma_b` Flower uses to set ``z_update``); Flower sums uncentred bits over
+    the replies that arrived, so we take sensitivity 1, which gives a larger (safe) epsilon.
+    """
+    if not (math.isfinite(count_stddev) and count_stddev > 0):
+        raise ValueError(f"clipped_count_stddev={count_stddev!r}: the clipped count is released without noise, "
+                         "epsilon is infinite (> 0 needed)")
+    return float((z_update ** -2 + count_stddev ** -2) ** -0.5)
 
 
 class RdpLedger:
@@ -106,12 +131,15 @@ def epsilon_of(events: Iterable[tuple[float, float]], delta: float) -> float:
 
 class DPAccountant(StrategyWrapper):
     """Uniform weights, the clip bound enforced, and (epsilon, delta) accounting around one of
-    Flower's fixed-clipping DP wrappers (see module docstring).
+    Flower's central-DP wrappers (see module docstring).
 
     Parameters
     ----------
-    strategy : DifferentialPrivacyClientSideFixedClipping or DifferentialPrivacyServerSideFixedClipping
-        Flower's wrapper (its noise multiplier, clipping norm and ``num_sampled_clients`` are read).
+    strategy : one of Flower's DifferentialPrivacy{Client,Server}Side{Fixed,Adaptive}Clipping
+        Flower's wrapper (its noise multiplier, clipping norm and ``num_sampled_clients`` are read;
+        for adaptive clipping also ``clipped_count_stddev``, see :func:`adaptive_release_multiplier`;
+        around server-side adaptive clipping the bound is not enforced a second time, since the
+        wrapper counts the updates above it).
     population_size : int
         :math:`N`, the clients the sample is drawn from.
     delta : float
@@ -119,10 +147,11 @@ class DPAccountant(StrategyWrapper):
     """
 
     def __init__(self, strategy: Strategy, *, population_size: int, delta: float) -> None:
-        if not isinstance(strategy, FIXED_CLIPPING):
-            raise ValueError(f"DPAccountant wraps Flower's DifferentialPrivacy{{Client,Server}}SideFixedClipping, not "
-                             f"{type(strategy).__name__} (adaptive clipping spends budget on its clipped-count noise too: "
-                             "not accounted here)")
+        if not isinstance(strategy, FIXED_CLIPPING + ADAPTIVE_CLIPPING):
+            raise ValueError("DPAccountant wraps one of Flower's DifferentialPrivacy{Client,Server}Side{Fixed,Adaptive}"
+                             f"Clipping wrappers, not {type(strategy).__name__}")
+        if isinstance(strategy, ADAPTIVE_CLIPPING):
+            adaptive_release_multiplier(1.0, float(strategy.clipped_count_stddev))  # refuses a noiseless count
         if isinstance(population_size, bool) or not isinstance(population_size, int) or population_size < 1:
             raise ValueError(f"population_size={population_size!r} must be an integer >= 1")
         if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 < delta < 1:
@@ -148,9 +177,10 @@ class DPAccountant(StrategyWrapper):
 
     def summary(self) -> None:
         dp = self.strategy
-        log(logging.INFO, "DPAccountant(N=%d, delta=%g) around %s (z=%s, C=%s, m=%s)", self.population_size, self.delta,
+        log(logging.INFO, "\t├──> DPAccountant(N=%d, delta=%g) around %s (z=%s, C=%s, m=%s%s)", self.population_size, self.delta,
             type(dp).__name__, getattr(dp, "noise_multiplier", "?"), getattr(dp, "clipping_norm", "?"),
-            getattr(dp, "num_sampled_clients", "?"))
+            getattr(dp, "num_sampled_clients", "?"),
+            f", clipped-count stddev={dp.clipped_count_stddev}" if isinstance(dp, ADAPTIVE_CLIPPING) else "")
         self.strategy.summary()
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
@@ -166,7 +196,10 @@ class DPAccountant(StrategyWrapper):
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         self._clipped, self._dropped = 0, []
         dp: Any = self.strategy
-        clip = float(dp.clipping_norm)
+        clip = float(dp.clipping_norm)  # the bound sent this round (an adaptive wrapper moves it after aggregating)
+        # Server-side adaptive clipping counts the updates above the bound itself: clipping them
+        # first would hide them from that count. It clips every update to the same bound.
+        enforce = not isinstance(dp, DifferentialPrivacyServerSideAdaptiveClipping)
         weight_key = weight_key_of(self.strategy)
         out: list[Message] = []
         for msg in replies:
@@ -174,7 +207,7 @@ class DPAccountant(StrategyWrapper):
                 out.append(msg)
                 continue
             try:
-                out.append(self._bounded_uniform(msg, clip, weight_key))
+                out.append(self._bounded_uniform(msg, clip if enforce else math.inf, weight_key))
             except Exception as exc:  # noqa: BLE001 - any failure of one reply is that reply's drop
                 reason = truncate_reason(str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}")
                 log(logging.WARNING, "DPAccountant: dropping reply from node %s: %s", node_label(msg), reason)
@@ -189,6 +222,8 @@ class DPAccountant(StrategyWrapper):
             return arrays, metrics
         k = sum(1 for m in out if not m.has_error())
         z_eff = float(dp.noise_multiplier) * k / max(int(dp.num_sampled_clients), 1)
+        if isinstance(dp, ADAPTIVE_CLIPPING):  # the clipped count is released on the same sample
+            z_eff = adaptive_release_multiplier(z_eff, float(dp.clipped_count_stddev))
         q = min(1.0, max(self._sampled, k) / self.population_size)
         self._ledger.compose(q, z_eff)
         eps = self._epsilon = self._ledger.epsilon(self.delta)

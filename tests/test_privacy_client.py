@@ -8,7 +8,7 @@ from conftest import make_train_message
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.client import NumPyClient
 from flwr.clientapp import ClientApp
-from flwr.clientapp.mod import LocalDpMod, fixedclipping_mod
+from flwr.clientapp.mod import LocalDpMod, adaptiveclipping_mod, fixedclipping_mod
 
 from bouquet.clients import compression_mod
 from bouquet.clients.privacy import KEY_CLIPPING_NORM, PrivateClient, clip_update, dp_clip_mod
@@ -136,6 +136,21 @@ def test_flowers_message_api_mods_work_inside_compression_mod_and_fail_outside_i
             _app(mods)(make_train_message(rec, config={KEY_CLIPPING_NORM: 1.0}), _ctx())
         meaning = explain_client_error(f"<class 'TypeError'>:<'{err.value}'>")
         assert meaning is not None and "dp_clip_mod" in meaning  # the server names bouquet's mod
+
+
+def test_flowers_adaptive_clipping_mod_works_inside_compression_mod_and_fails_outside_it():
+    """Client-side adaptive clipping: the clip and the norm bit come before the codec."""
+    rec = _received()
+    reply = _app([compression_mod("stc", alpha=0.5), adaptiveclipping_mod])(
+        make_train_message(rec, config={KEY_CLIPPING_NORM: 1.0}), _ctx())
+    assert not reply.has_error()
+    assert _update_norm(reply, rec) <= 1.0 + 1e-5
+    assert reply.content["metrics"]["norm_bit"] == 1  # the update (norm 17.7) was above the bound
+    with pytest.raises(TypeError, match="Unsupported serialization type") as err:
+        _app([adaptiveclipping_mod, compression_mod("stc", alpha=0.5)])(
+            make_train_message(rec, config={KEY_CLIPPING_NORM: 1.0}), _ctx())
+    meaning = explain_client_error(f"<class 'TypeError'>:<'{err.value}'>")
+    assert meaning is not None and "dp_clip_mod" in meaning
 
 
 class _Encoding(NumPyClient):

@@ -10,6 +10,7 @@ import pytest
 from conftest import make_reply
 from flwr.app import Array, ArrayRecord, ConfigRecord
 from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideAdaptiveClipping,
     DifferentialPrivacyClientSideFixedClipping,
     DifferentialPrivacyServerSideAdaptiveClipping,
     DifferentialPrivacyServerSideFixedClipping,
@@ -19,7 +20,12 @@ from flwr.serverapp.strategy import (
 from bouquet.clients.compressed import encoded_arrayrecord
 from bouquet.codecs import TopKCompressor
 from bouquet.strategies import Compressed
-from bouquet.strategies.privacy import EPSILON, DPAccountant, epsilon_of
+from bouquet.strategies.privacy import (
+    EPSILON,
+    DPAccountant,
+    adaptive_release_multiplier,
+    epsilon_of,
+)
 
 W = {"a": np.array([1.0, 2.0, 3.0, 4.0], np.float32), "b": np.zeros(3, np.float32)}
 TINY = 1e-12  # a noise multiplier whose noise cannot show in float32 (DPAccountant needs z > 0)
@@ -145,12 +151,57 @@ def test_state_round_trip_and_refusals():
         fresh.load_state_dict({"events": [[1.0]]})
     with pytest.raises(ValueError, match="noise multiplier z > 0"):
         fresh.load_state_dict({"events": [[1.0, -1.0]]})
-    with pytest.raises(ValueError, match="DPAccountant wraps Flower's"):
+    with pytest.raises(ValueError, match="DPAccountant wraps one of Flower's"):
         DPAccountant(FedAvg(), population_size=2, delta=1e-5)
-    with pytest.raises(ValueError, match="adaptive clipping"):
-        DPAccountant(DifferentialPrivacyServerSideAdaptiveClipping(FedAvg(), 0.1, 20), population_size=2, delta=1e-5)
+    noiseless_count = DifferentialPrivacyServerSideAdaptiveClipping(FedAvg(), 0.1, 20, clipped_count_stddev=1.0)
+    noiseless_count.clipped_count_stddev = 0.0  # Flower refuses it only together with z > 0
+    with pytest.raises(ValueError, match="clipped count is released without noise"):
+        DPAccountant(noiseless_count, population_size=20, delta=1e-5)
     with pytest.raises(ValueError, match="epsilon is infinite"):
         DPAccountant(DifferentialPrivacyClientSideFixedClipping(FedAvg(), 0.0, 1.0, 2), population_size=2, delta=1e-5)
     for bad in ({"population_size": 1, "delta": 1e-5}, {"population_size": 2, "delta": 1.0}):
         with pytest.raises(ValueError):
             DPAccountant(DifferentialPrivacyClientSideFixedClipping(FedAvg(), 1.0, 1.0, 2), **bad)
+
+
+# ------------------------------------------------------------------ adaptive clipping
+def _adaptive(server_side: bool, z: float = TINY, sigma_b: float = 1e-9) -> DPAccountant:
+    wrapper = DifferentialPrivacyServerSideAdaptiveClipping if server_side else DifferentialPrivacyClientSideAdaptiveClipping
+    inner = FedAvg(fraction_evaluate=0.0, min_available_nodes=1, min_train_nodes=1)
+    # target quantile 0: the bound moves by exp(-0.2 * clipped fraction), as Flower computes it
+    dp = wrapper(inner, z, 2, initial_clipping_norm=1.0, target_clipped_quantile=0.0, clip_norm_lr=0.2,
+                 clipped_count_stddev=sigma_b)
+    dp.noise_multiplier = TINY  # the test reads values, not noise; the accounting below uses what it is set to
+    return DPAccountant(dp, population_size=4, delta=1e-5)
+
+
+def _with_bit(reply, clipped: bool):
+    reply.content["metrics"]["norm_bit"] = int(clipped)  # what Flower's adaptiveclipping_mod adds
+    return reply
+
+
+@pytest.mark.parametrize("server_side", [False, True], ids=["client-side", "server-side"])
+def test_adaptive_clipping_inside_compressed_sees_decoded_updates_and_is_accounted(server_side):
+    outer = Compressed(_adaptive(server_side))
+    list(outer.configure_train(1, _arrays(), ConfigRecord(), Grid(2)))
+    replies = [_topk(1, 1), _topk(2, 100)]
+    if not server_side:  # the clients report whether they clipped (node 1's norm 5 is above C = 1)
+        replies = [_with_bit(replies[0], True), _with_bit(replies[1], False)]
+    arrays, metrics = outer.aggregate_train(1, replies)
+    assert outer.last_path == "dense"
+    _check(arrays)  # decoded, node 1's update clipped to C = 1, unweighted mean
+    dp = outer.strategy.strategy
+    # one of two updates was above the bound: the count saw it (not hidden by a clip before it)
+    assert dp.clipping_norm == pytest.approx(math.exp(-0.2 * 0.5), rel=1e-6)
+    report = outer.round_report()
+    assert report["dp_clipped_server"] == (0 if server_side else 1)  # server-side: the wrapper clips, not us
+    z = adaptive_release_multiplier(TINY * 2 / 2, 1e-9)
+    assert metrics is not None and metrics[EPSILON] == pytest.approx(epsilon_of([(0.5, z)], 1e-5))
+
+
+def test_adaptive_release_is_one_gaussian_of_both_multipliers():
+    assert adaptive_release_multiplier(1.0, 1.0) == pytest.approx(2 ** -0.5)
+    assert adaptive_release_multiplier(0.7, 1e6) == pytest.approx(0.7)  # a count with huge noise costs nothing
+    assert adaptive_release_multiplier(1e6, 0.5) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="without noise"):
+        adaptive_release_multiplier(1.0, 0.0)
