@@ -204,7 +204,7 @@ class AsyncFedAvg(NodeSteps, Strategy):
     # ------------------------------------------------------------ Strategy API
     def summary(self) -> None:
         side = f", window on the learners (learner_rate={self.learner_rate})" if self.learner_side else ""
-        log(logging.INFO, "AsyncFedAvg: %s%s, alpha=%s, eval every %d updates", self.policy.describe(), side, self.alpha, self.eval_every)
+        log(logging.INFO, "\t├──> AsyncFedAvg: %s%s, alpha=%s, eval every %d updates", self.policy.describe(), side, self.alpha, self.eval_every)
 
     def bind_recorder(self, recorder: Any) -> Strategy:
         """Record one ``metrics.jsonl`` line per evaluation through the run recorder.

@@ -145,7 +145,7 @@ class Compressed(StrategyWrapper):
         self._explained: set[str] = set()  # set-up mistakes behind client errors, logged once
 
     def summary(self) -> None:
-        log(logging.INFO, "Compressed(server_lr=%s) around %s", self.server_lr, type(self.strategy).__name__)
+        log(logging.INFO, "\t├──> Compressed(server_lr=%s) around %s", self.server_lr, type(self.strategy).__name__)
         self.strategy.summary()
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:

@@ -366,5 +366,5 @@ class DepthFedAvg(FedAvg):
 
     def summary(self) -> None:
         super().summary()
-        log(logging.INFO, "DepthFedAvg: depths %s (probs %s), seed %d, assignment %s", self.depths or "all",
+        log(logging.INFO, "\t├──> DepthFedAvg: depths %s (probs %s), seed %d, assignment %s", self.depths or "all",
             self.depth_probs, self.seed, self.assignment)

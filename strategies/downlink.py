@@ -140,7 +140,7 @@ class CompressedDownlink(StrategyWrapper):
         self._explained: set[str] = set()  # set-up mistakes already logged
 
     def summary(self) -> None:
-        log(logging.INFO, "CompressedDownlink(%s) around %s", self.compressor.codec, type(self.strategy).__name__)
+        log(logging.INFO, "\t├──> CompressedDownlink(%s) around %s", self.compressor.codec, type(self.strategy).__name__)
         self.strategy.summary()
 
     # ------------------------------------------------------------------ the model clients hold

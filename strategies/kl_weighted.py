@@ -312,5 +312,5 @@ class KLWeightedFedAvg(FedAvg):
 
     def summary(self) -> None:
         super().summary()
-        log(logging.INFO, "KL weighting: mode=%s tau=%s a=%s b=%s reference=%s direction=%s bad_histogram=%s",
+        log(logging.INFO, "\t├──> KL weighting: mode=%s tau=%s a=%s b=%s reference=%s direction=%s bad_histogram=%s",
                     self.mode, self.tau, self.a, self.b, self.reference, self.direction, self.bad_histogram)

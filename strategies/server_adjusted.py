@@ -77,7 +77,7 @@ class ServerAdjusted(StrategyWrapper):
         self._report: dict[str, Any] = {}
 
     def summary(self) -> None:
-        log(logging.INFO, "ServerAdjusted (every %d rounds) around %s", self.every_n_rounds, type(self.strategy).__name__)
+        log(logging.INFO, "\t├──> ServerAdjusted (every %d rounds) around %s", self.every_n_rounds, type(self.strategy).__name__)
         self.strategy.summary()
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:

@@ -68,7 +68,7 @@ class ServerMomentum(StrategyWrapper):
         self._global: dict[str, np.ndarray] | None = None
 
     def summary(self) -> None:
-        log(logging.INFO, "ServerMomentum(momentum=%s) around %s", self.momentum, type(self.strategy).__name__)
+        log(logging.INFO, "\t├──> ServerMomentum(momentum=%s) around %s", self.momentum, type(self.strategy).__name__)
         self.strategy.summary()
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:

@@ -138,7 +138,7 @@ class StrategyWrapper(Strategy, metaclass=_SealedAfterInit):
         return Strategy.start(self, grid, initial_arrays, *args, **kwargs)
 
     def summary(self) -> None:
-        log(logging.INFO, "%s around %s", type(self).__name__, type(self.strategy).__name__)
+        log(logging.INFO, "\t├──> %s around %s", type(self).__name__, type(self.strategy).__name__)
         self.strategy.summary()
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:

@@ -50,6 +50,18 @@ from bouquet.strategies.kl_weighted import KLWeightedFedAvg
 
 NODES = [1, 2, 3, 4, 5]
 KW = {"fraction_evaluate": 0.0, "min_available_nodes": 1, "min_train_nodes": 1}
+
+
+@pytest.fixture(autouse=True)
+def _no_forced_gc(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bulyan and QFedAvg call ``to_numpy_ndarrays(keep_input=False)``, which runs a full
+    ``gc.collect()`` per call: ~0.3 s in a test process that holds the whole suite's objects
+    (~9 s a case). It frees memory and changes no value, so it is skipped here."""
+    import types
+
+    import flwr.app.message.arrayrecord as arrayrecord
+
+    monkeypatch.setattr(arrayrecord, "gc", types.SimpleNamespace(collect=lambda *a, **k: 0))
 GLOBAL = {"conv.w": np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4), "conv.b": np.arange(4, dtype=np.float32) / 7}
 
 FLOWER = {
@@ -266,3 +278,32 @@ def test_hooks_are_protocols_checked_with_isinstance():
         for member in ("min_replies", "skip_round", "within_norm_bounds"):
             if path.name != "guard.py":
                 assert not re.search(rf"\.{member}\b", path.read_text()), f"{path.name} reaches into the guard: {member}"
+
+
+def test_wrapper_summaries_are_branches_of_flowers_strategy_tree():
+    """``Strategy.start`` logs "Starting X strategy:" then a tree ("\\t├── ..."); each wrapper's
+    summary line is a branch of it, not a line that breaks the tree (issue 35)."""
+    import logging
+
+    from flwr.common.logger import FLOWER_LOGGER
+
+    from bouquet.strategies import CompressedDownlink
+
+    lines: list[str] = []
+
+    class _Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    strategy = CompressedDownlink(ServerMomentum(Compressed(ReplyGuard(KLWeightedFedAvg(**KW))), momentum=0.5),
+                                  "topk", alpha=0.1)
+    handler = _Keep()
+    FLOWER_LOGGER.addHandler(handler)
+    try:
+        strategy.summary()
+    finally:
+        FLOWER_LOGGER.removeHandler(handler)
+    assert len(lines) >= 5 and all(line.startswith("\t") for line in lines), lines
+    assert [line for line in lines if "around" in line] == [
+        "\t├──> CompressedDownlink(topk) around ServerMomentum", "\t├──> ServerMomentum(momentum=0.5) around Compressed",
+        "\t├──> Compressed(server_lr=1.0) around ReplyGuard", "\t├──> ReplyGuard around KLWeightedFedAvg"]
