@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MessageType, RecordDict
+from flwr.clientapp.typing import Mod  # Flower's own client-mod type
 
 from bouquet import keys
 from bouquet.clients.bridge import received_arrays, reply_array_key, single_record
@@ -188,9 +189,6 @@ class STCClient(CompressingClient):
         comp = STCCompressor(alpha=alpha, rho=rho, min_k=min_k, scope=scope, residual_decay=residual_decay,
                              momentum_correction=momentum_correction, clip_norm=clip_norm, warmup_rounds=warmup_rounds)
         super().__init__(*args, compressor=comp, **kwargs)
-
-
-Mod = Callable[[Message, Context, Callable[[Message, Context], Message]], Message]
 
 
 def compression_mod(compressor: UpdateCompressor | str = "topk", *not_options: Any, state_key: str = keys.EF_RESIDUAL,

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MessageType
 from flwr.client import NumPyClient
+from flwr.clientapp.typing import Mod  # Flower's own client-mod type
 from flwr.common.logger import log
 
 from bouquet import keys
@@ -57,7 +58,6 @@ from bouquet.codecs import is_bouquet_stype
 KEY_CLIPPING_NORM = "clipping_norm"  # the key Flower's DifferentialPrivacyClientSide* wrappers put in the train config
 ORDER_HINT = ("list dp_clip_mod after compression_mod (inner), e.g. mods=[compression_mod('stc', alpha=0.01), "
               "dp_clip_mod(clip_norm=1.0)], so the update is clipped before it is compressed")
-Mod = Callable[[Message, Context, Callable[[Message, Context], Message]], Message]
 _warned: set[str] = set()
 
 

@@ -42,6 +42,7 @@ from collections.abc import Callable
 from typing import Any, TypeGuard
 
 from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord
+from flwr.clientapp.typing import Mod  # Flower's own client-mod type
 
 from bouquet import keys
 from bouquet.clients.bridge import single_record
@@ -49,7 +50,6 @@ from bouquet.clients.bridge import single_record
 logger = logging.getLogger(__name__)
 
 CONTEXTS = ("mean", "median")  # the same as bouquet.strategies.staleness.CONTEXTS (a test checks)
-Mod = Callable[[Message, Context, Callable[[Message, Context], Message]], Message]
 
 
 def window_context(samples: list[float], kind: str = "mean") -> float | None:
