@@ -20,7 +20,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
 from bouquet import keys
 from bouquet.strategies.async_rules import Arrays
-from bouquet.strategies.decoding import dense_view
+from bouquet.strategies.decoding import decode_update, dense_view
 from bouquet.strategies.guard import DENSE_STYPE, check_dense_reply
 
 Decoder = Callable[[ArrayRecord, Arrays], Arrays]
@@ -112,7 +112,8 @@ def reply_update(
 
     Dense replies hold the client's full weights (:math:`\\Delta = y - x_{v_c}`, checked by
     :func:`~bouquet.strategies.guard.check_dense_reply`); compressed ones (a non-dense
-    ``stype``) hold the encoded update, decoded by ``decoder`` (default: bouquet's codecs).
+    ``stype``) hold the encoded update, decoded by ``decoder`` (default:
+    :func:`~bouquet.strategies.decoding.decode_update`, bouquet's codecs).
     The echoed ``model-version`` must be ``sent_version``, and every other echo the value in
     ``echo`` (:func:`check_echo`). Returns ``(delta, None)``, or ``({}, reason)`` when the reply
     is unusable.
@@ -122,9 +123,7 @@ def reply_update(
         return {}, mismatch
     records = list(reply.content.array_records.values())
     if len(records) == 1 and any(a.stype != DENSE_STYPE for a in records[0].values()):
-        decoder = decoder or _default_decoder()
-        if decoder is None:
-            return {}, "compressed reply but no decoder configured"
+        decoder = decoder or decode_update
         try:
             delta = decoder(records[0], base)
         except Exception as exc:  # noqa: BLE001 - any failure of one reply is that reply's rejection
@@ -135,12 +134,3 @@ def reply_update(
     if reason is not None:
         return {}, reason
     return {k: dense_view(records[0][k]) - base[k] for k in base}, None
-
-
-def _default_decoder() -> Decoder | None:
-    """bouquet's codec decoder (:func:`bouquet.strategies.compressed.decode_update`), if present."""
-    try:
-        from bouquet.strategies.compressed import decode_update
-    except ImportError:
-        return None
-    return decode_update
