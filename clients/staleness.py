@@ -46,30 +46,23 @@ from flwr.clientapp.typing import Mod  # Flower's own client-mod type
 
 from bouquet import keys
 from bouquet.clients.bridge import single_record
+from bouquet.staleness_window import CONTEXTS, DEFAULT_WINDOW, staleness_context, window_scale
 
 logger = logging.getLogger(__name__)
 
-CONTEXTS = ("mean", "median")  # the same as bouquet.strategies.staleness.CONTEXTS (a test checks)
-
 
 def window_context(samples: list[float], kind: str = "mean") -> float | None:
-    """The staleness context value of ``samples``: their mean or median (``None`` if empty)."""
+    """The staleness context value of ``samples``: their mean or median (``None`` if empty; an
+    unknown ``kind`` is refused even then)."""
     if kind not in CONTEXTS:
         raise ValueError(f"context={kind!r} is unknown; allowed: {', '.join(CONTEXTS)}")
-    values = sorted(float(s) for s in samples)
-    if not values:
-        return None
-    if kind == "mean":
-        return sum(values) / len(values)
-    mid = len(values) // 2
-    return values[mid] if len(values) % 2 else 0.5 * (values[mid - 1] + values[mid])
+    return staleness_context(samples, kind)
 
 
 def learner_scale(prev_staleness: float, context: float | None, exponent: float = 1.0, max_scale: float = 1.0) -> float:
-    """The learner's scale :math:`\\min(s_{max}, ((1 + c) / (1 + \\tau_k))^a)` (1 capped if ``context`` is None)."""
-    if context is None:
-        return min(max_scale, 1.0)
-    return min(max_scale, ((1.0 + float(context)) / (1.0 + float(prev_staleness))) ** exponent)
+    """The learner's scale :math:`\\min(s_{max}, ((1 + c) / (1 + \\tau_k))^a)` (1 capped if ``context`` is None):
+    the server's rule, :func:`bouquet.staleness_window.window_scale`."""
+    return window_scale(prev_staleness, context, exponent, max_scale)
 
 
 def _number(value: Any) -> TypeGuard[int | float]:
@@ -120,7 +113,7 @@ class LearnerWindow:
 
 def staleness_window_mod(
     *,
-    window: int = 20,
+    window: int = DEFAULT_WINDOW,
     context: str = "mean",
     exponent: float = 1.0,
     max_scale: float = 1.0,

@@ -55,6 +55,7 @@ from bouquet.simulations.recsys import wrap_recommendation_evaluation
 from bouquet.simulations.results import RunFailed, RunRecorder, read_rows
 from bouquet.simulations.resume import check_resume
 from bouquet.simulations.trackers import make_tracker
+from bouquet.staleness_window import DEFAULT_WINDOW
 from bouquet.strategies.guard import ReplyGuard
 from bouquet.strategies.hooks import RecorderBinding
 from bouquet.strategies.round_offset import RoundOffset
@@ -120,7 +121,7 @@ def client_mods(cfg: dict[str, Any]) -> list[Callable[..., Any]]:
         exponent = strategy.get("exponent")
         lr = (cfg.get("client") or {}).get("lr")  # train_config's lr, when set, is in every message and wins
         mods.append(staleness_window_mod(
-            window=int(strategy.get("window", 20)), context=str(strategy.get("context", "mean")),
+            window=int(strategy.get("window", DEFAULT_WINDOW)), context=str(strategy.get("context", "mean")),
             exponent=1.0 if exponent is None else float(exponent), max_scale=float(strategy.get("max_scale", 1.0)),
             base_lr=None if lr is None else float(lr), scale_lr=strategy.get("learner_rate", "both") != "server",
         ))  # fmt: skip

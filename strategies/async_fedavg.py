@@ -91,7 +91,7 @@ from bouquet.strategies.async_rules import (
     plateaued,
 )
 from bouquet.strategies.async_state import AsyncState, split_state
-from bouquet.strategies.staleness import StalenessPolicy, make_policy
+from bouquet.strategies.staleness import DEFAULT_WINDOW, StalenessPolicy, make_policy
 
 __all__ = ["LEARNER_RATES", "WINDOW_SIDES", "AsyncFedAvg", "buffered_step", "mix"]
 
@@ -147,7 +147,7 @@ class AsyncFedAvg(NodeSteps, Strategy):
         hinge_b: float = 4.0,
         buffer_size: int = 5,
         server_lr: float = 1.0,
-        window: int = 20,
+        window: int = DEFAULT_WINDOW,
         context: str = "mean",
         max_scale: float = 1.0,
         per_node: bool = False,

@@ -33,6 +33,7 @@ server's mixing rate (see :mod:`bouquet.strategies.async_fedavg` for the update 
   An update as stale as is usual right now gets the full rate, a staler one is damped, a
   fresher one gets up to :math:`s_{max}` (1 by default: never boosted). With an empty window
   :math:`c_t = \\tau_t` (scale 1). The sample is added to the window *after* it is scaled.
+  The rule's functions are :mod:`bouquet.staleness_window`'s, which the learners use too.
 
   Where the window lives (``window_side`` of :class:`~bouquet.strategies.async_fedavg.AsyncFedAvg`):
 
@@ -63,11 +64,11 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable
 from typing import Any
 
+from bouquet.staleness_window import CONTEXTS, DEFAULT_WINDOW, staleness_context, window_scale
+
 POLICIES = ("constant", "polynomial", "hinge", "fedbuff", "sliding_window")
-CONTEXTS = ("mean", "median")
 
 
 def _check_staleness(staleness: float) -> float:
@@ -87,25 +88,10 @@ def hinge_scale(staleness: float, a: float, b: float) -> float:
     return 1.0 if tau <= b else 1.0 / (a * (tau - b) + 1.0)
 
 
-def staleness_context(samples: Iterable[float], kind: str = "mean") -> float | None:
-    """The staleness context value of a window (``None`` for an empty window)."""
-    values = sorted(float(s) for s in samples)
-    if not values:
-        return None
-    if kind == "mean":
-        return sum(values) / len(values)
-    if kind == "median":
-        mid = len(values) // 2
-        return values[mid] if len(values) % 2 else 0.5 * (values[mid - 1] + values[mid])
-    raise ValueError(f"context={kind!r} is unknown; allowed: {', '.join(CONTEXTS)}")
-
-
 def sliding_window_scale(staleness: float, context: float | None, exponent: float = 1.0, max_scale: float = 1.0) -> float:
-    """S4 scale :math:`\\min(s_{max}, ((1 + c) / (1 + \\tau))^a)`; ``context=None`` gives 1."""
-    tau = _check_staleness(staleness)
-    if context is None:
-        return min(max_scale, 1.0)
-    return min(max_scale, ((1.0 + float(context)) / (1.0 + tau)) ** exponent)
+    """S4 scale :math:`\\min(s_{max}, ((1 + c) / (1 + \\tau))^a)`; ``context=None`` gives 1
+    (:func:`bouquet.staleness_window.window_scale`, after checking ``staleness``)."""
+    return window_scale(_check_staleness(staleness), context, exponent, max_scale)
 
 
 class StalenessPolicy:
@@ -233,7 +219,7 @@ class SlidingWindowPolicy(StalenessPolicy):
     def __init__(
         self,
         *,
-        window: int = 20,
+        window: int = DEFAULT_WINDOW,
         exponent: float = 1.0,
         context: str = "mean",
         max_scale: float = 1.0,
@@ -301,7 +287,7 @@ def make_policy(
     hinge_b: float = 4.0,
     buffer_size: int = 5,
     server_lr: float = 1.0,
-    window: int = 20,
+    window: int = DEFAULT_WINDOW,
     context: str = "mean",
     max_scale: float = 1.0,
     per_node: bool = False,

@@ -166,3 +166,21 @@ def test_sliding_window_state_round_trip() -> None:
     assert PolynomialPolicy().state_dict() == {}
     with pytest.raises(ValueError, match="policy 'constant' keeps no state"):
         ConstantPolicy().load_state_dict({"windows": []})
+
+
+def test_one_default_window_everywhere() -> None:
+    # DEFAULT_WINDOW is the default of every window in Python and the value of conf/strategy/async.yaml
+    import inspect
+    from pathlib import Path
+
+    import yaml
+
+    from bouquet.clients.staleness import staleness_window_mod
+    from bouquet.staleness_window import DEFAULT_WINDOW
+    from bouquet.strategies.async_fedavg import AsyncFedAvg
+
+    conf = yaml.safe_load((Path(__file__).resolve().parents[2] / "conf" / "strategy" / "async.yaml").read_text())
+    assert conf["window"] == DEFAULT_WINDOW
+    for fn in (SlidingWindowPolicy, make_policy, AsyncFedAvg, staleness_window_mod):
+        assert inspect.signature(fn).parameters["window"].default == DEFAULT_WINDOW, fn
+    assert SlidingWindowPolicy().window == DEFAULT_WINDOW
