@@ -1,9 +1,11 @@
 """Issue 36's done criterion: a Hydra sweep with ``logger=tensorboard`` / ``logger=mlflow`` leaves
 records that TensorBoard's ``EventAccumulator`` / MLflow's client read back (an accuracy for every
-round of every job), and ``bouquet-report`` compares the sweep's jobs in a table and a plot."""
+round of every job), ``bouquet-sim``'s own ``multirun_summary.csv`` has a row per job, and
+``bouquet-report`` compares the sweep's jobs in a table and a plot."""
 
 from __future__ import annotations
 
+import csv
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +53,13 @@ def test_mlflow_store_holds_every_round_of_both_jobs(tmp_path: Path, monkeypatch
         assert sorted(m.step for m in history) == [0, 1, 2, 3]
         assert run.data.params["simulation.num_rounds"] == "3" and run.info.status == "FINISHED"
         assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"summary.json", "curves.png"}
+
+
+def test_multirun_writes_summary_table(tensorboard_sweep: Path) -> None:
+    with open(tensorboard_sweep / "multirun_summary.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [[o for o in r["overrides"].split() if o.startswith("client=")] for r in rows] == [["client=plain"], ["client=stc"]]
+    assert all(r["status"] == "ok" and float(r["final_accuracy"]) > 0 for r in rows)
 
 
 def test_bouquet_report_compares_the_jobs_of_a_sweep(tensorboard_sweep: Path, tmp_path: Path) -> None:
