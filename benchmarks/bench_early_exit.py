@@ -3,9 +3,9 @@
 Protocol: MNIST and Fashion-MNIST, 10 clients, Dirichlet(0.5), all clients every round, 20 rounds,
 ``client.local_steps=50`` batches of 32 per round (the early-exit ResNets cost ~5-15x LeNet per
 sample; a full local epoch would make a cell ~20 min on 2 cores), SGD lr 0.05 momentum 0.9;
-seeds 0, 1, 2. Per dataset and seed, the search (``experiment=s2_search``, its defaults: 40 steps,
+seeds 0, 1, 2. Per dataset and seed, the search (``experiment=early_exit_search``, its defaults: 40 steps,
 reward pricing parameters and MACs) runs first; its ``architecture.json`` is kept in the raw
-record and written to ``benchmarks/results/early_exit_arch/``. Arms (``experiment=s2_federated``):
+record and written to ``benchmarks/results/early_exit_arch/``. Arms (``experiment=early_exit``):
 
 - ``searched, per-round depths``: the searched network, every node's depth redrawn every round
   uniformly from 1..3 (``strategy.assignment=per_round``, the default);
@@ -56,14 +56,14 @@ def arch_path(dataset: str, seed: int) -> Path:
 
 
 def search_cell(dataset: str, seed: int) -> Cell:
-    return Cell.of(["experiment=s2_search", f"dataset={dataset}", f"seed={seed}"], keep=["architecture.json"],
+    return Cell.of(["experiment=early_exit_search", f"dataset={dataset}", f"seed={seed}"], keep=["architecture.json"],
                    dataset=dataset, arm="search", seed=seed)
 
 
 def federated_cell(dataset: str, arm: str, seed: int) -> Cell:
     net, extra = ARMS[arm]
     p = PROTOCOL
-    overrides = ["experiment=s2_federated", f"dataset={dataset}", "partition=dirichlet", "partition.alpha=0.5",
+    overrides = ["experiment=early_exit", f"dataset={dataset}", "partition=dirichlet", "partition.alpha=0.5",
                  f"simulation.num_clients={p['clients']}", f"simulation.num_rounds={p['rounds']}",
                  "simulation.fraction_train=1.0", f"client.local_steps={p['local_steps']}",
                  f"client.batch_size={p['batch_size']}", f"seed={seed}", *extra]

@@ -2,7 +2,7 @@
 
 MNIST, MLP, 10 clients, Dirichlet(0.5), seeds 0, 1, 2. Arms:
 
-* ``s1_source``: ``experiment=s1_source`` (one SGD step per member per iteration, top-1% of the
+* ``s1_source`` (the arm's key in the raw results): ``experiment=sparse_source`` (one SGD step per member per iteration, top-1% of the
   gradient without error feedback, KL-correlation weights, ``gamma`` = 0.1), 300 iterations;
 * ``FedSGD (dense)``: the same with ``client.alpha=1.0 strategy=fedavg`` (dense gradients);
 * ``bouquet default``: 1 local epoch, SGD momentum 0.9, lr 0.01, top-1% with error feedback,
@@ -28,9 +28,9 @@ from benchmarks._grid import Cell, cumulative_mb, load_results, pm, run_grid  # 
 from benchmarks._results import markdown_table, write_section  # noqa: E402
 
 SECTION = "s1"
-COMMON = ["experiment=s1_source", "dataset=mnist", "model=mlp", "simulation.num_clients=10"]
+COMMON = ["experiment=sparse_source", "dataset=mnist", "model=mlp", "simulation.num_clients=10"]
 ARMS: dict[str, list[str]] = {
-    "s1_source": ["simulation.num_rounds=300"],
+    "s1_source": ["simulation.num_rounds=300"],  # the raw results' key (the preset was experiment=s1_source)
     "FedSGD (dense)": ["simulation.num_rounds=300", "client.alpha=1.0", "strategy=fedavg"],
     "bouquet default": ["simulation.num_rounds=30", "client.local_steps=null", "client.momentum=0.9", "client.lr=0.01",
                         "client.residual_decay=1.0", "compression.gamma=0.01"],
@@ -93,7 +93,7 @@ def report() -> list[Path]:
     png = ROOT / "benchmarks/s1_curves.png"
     fig.savefig(png, dpi=110)
     cols = ["arm", "seeds", "rounds", "final acc (%)", "MB up", "acc at the default arm's MB (%)", "wall s / cell"]
-    body = ("Real `bouquet-sim` runs (`experiment=s1_source`, MNIST, MLP, 10 clients, Dirichlet(0.5)); mean ± sd over "
+    body = ("Real `bouquet-sim` runs (`experiment=sparse_source`, MNIST, MLP, 10 clients, Dirichlet(0.5)); mean ± sd over "
             "seeds; bytes are the measured payload bytes. `acc at the default arm's MB`: accuracy after the last round "
             "whose cumulative upload fits the bouquet-default arm's total (equal uploaded bytes). Plot: "
             "`benchmarks/s1_curves.png`; raw: `benchmarks/results/s1.jsonl`.\n\n" + markdown_table(rows, cols))

@@ -262,7 +262,7 @@ def _early_exit_model(cfg: dict[str, Any], opt: Options) -> str | None:
         return f"model.exit_weights={fmt(model['exit_weights'])} must have a positive sum"
     arch = model["architecture"]
     if arch is not None and not Path(arch).expanduser().is_file():
-        return f"model.architecture={fmt(arch)}: no such file (write one with experiment=s2_search)"
+        return f"model.architecture={fmt(arch)}: no such file (write one with experiment=early_exit_search)"
     return None
 
 
@@ -285,7 +285,7 @@ def _search(cfg: dict[str, Any], opt: Options) -> str | None:
     """The search task searches the early-exit backbone on an image dataset; the search group does nothing
     in a federated run."""
     if cfg["task"] == "federated":
-        return "search.* is set but task=federated ignores it (use experiment=s2_search)" if "search" in cfg else None
+        return "search.* is set but task=federated ignores it (use experiment=early_exit_search)" if "search" in cfg else None
     if opt["model"] != "early_exit":
         return f"task=search needs model=early_exit, not model={opt['model']}"
     if opt["dataset"] == "movielens":

@@ -13,8 +13,8 @@
   Only ``task=federated`` runs here (``task=search`` is server-only: use ``bouquet-sim``).
 * Flower-style keys (:data:`RUN_CONFIG_KEYS`): ``num-server-rounds``, ``num-clients``,
   ``fraction-train``, ``local-epochs``, ``local-steps``, ``lr``, ``batch-size``, ``dataset``,
-  ``partition``, ``strategy``, ``codec`` (``plain`` | ``topk`` | ``stc`` | ``ternary``), ``alpha``,
-  ``seed``: ``flwr run . --run-config "num-server-rounds=5 codec='topk' alpha=0.01"``. Empty
+  ``partition``, ``strategy``, ``client`` (``plain`` | ``topk`` | ``stc`` | ``ternary``), ``alpha``,
+  ``seed``: ``flwr run . --run-config "num-server-rounds=5 client='topk' alpha=0.01"``. Empty
   (the declared default) keeps bouquet's default; without ``num-clients`` the number of clients
   is the number of connected SuperNodes (a simulation federation's ``num-supernodes``).
 * ``run-dir``: where the ServerApp writes ``config.json``, ``metrics.jsonl``, ``summary.json``,
@@ -77,7 +77,7 @@ RUN_CONFIG_KEYS: dict[str, str] = {
     "dataset": "dataset",
     "partition": "partition",
     "strategy": "strategy",
-    "codec": "client",
+    "client": "client",
     "alpha": "client.alpha",
     "seed": "seed",
 }
@@ -86,7 +86,7 @@ RUN_CONFIG_KEYS: dict[str, str] = {
 def run_config_overrides(run_config: dict[str, Any]) -> list[str]:
     """Hydra overrides for ``overrides`` plus the Flower-style keys of :data:`RUN_CONFIG_KEYS`.
 
-    Group choices (``dataset``, ``partition``, ``strategy``, ``codec``) come first so that the
+    Group choices (``dataset``, ``partition``, ``strategy``, ``client``) come first so that the
     keys they define can be set by the others.
 
     Raises

@@ -87,8 +87,8 @@ def test_rho_schedule_reaches_the_wire(tmp_path: Path) -> None:
 
 
 def test_s1_source_preset_runs_one_step_per_round_with_gamma(tmp_path: Path) -> None:
-    """The s1_source preset: one SGD step per round, no error feedback, KL weights, gamma."""
-    proc = run_bouquet_sim(["experiment=s1_source", "dataset=digits", "simulation.num_clients=3", "simulation.num_rounds=3",
+    """The sparse_source preset: one SGD step per round, no error feedback, KL weights, gamma."""
+    proc = run_bouquet_sim(["experiment=sparse_source", "dataset=digits", "simulation.num_clients=3", "simulation.num_rounds=3",
                             "client.alpha=0.5"], tmp_path / "s1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     cfg = json.loads((tmp_path / "s1" / "config.json").read_text())

@@ -18,7 +18,7 @@ from bouquet.models.early_exit import (
 def test_short_federated_run_on_digits(tmp_path):
     run_dir = tmp_path / "run"
     proc = run_bouquet_sim(
-        ["experiment=s2_federated", "dataset=digits", "simulation.num_clients=3", "simulation.num_rounds=4",
+        ["experiment=early_exit", "dataset=digits", "simulation.num_clients=3", "simulation.num_rounds=4",
          "server.shared_fraction=0.1", "client.max_depth_by_partition=[1,3,3]",
          # 3 local epochs: 1 epoch on ~480 digits left the best exit near chance in some draws
          "client.local_epochs=3"],

@@ -44,7 +44,7 @@ def test_bouquet_sim_writes_kl_weights(tmp_path):
 
 
 def test_bouquet_sim_sparse_kl_preset(tmp_path):
-    rows = run_sim(tmp_path / "s1", "experiment=s1_sparse_kl", "dataset=digits", "simulation.num_clients=3",
+    rows = run_sim(tmp_path / "s1", "experiment=sparse_kl", "dataset=digits", "simulation.num_clients=3",
                    "simulation.num_rounds=2", "partition=pathological")
     for row in rows[1:]:
         assert len(row["kl_weights"]) == 3 and row["clients_ok"] == 3

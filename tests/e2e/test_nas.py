@@ -16,7 +16,7 @@ from bouquet.models.nas import (
 @pytest.mark.e2e
 def test_short_search_on_digits(tmp_path):
     proc = run_bouquet_sim(
-        ["experiment=s2_search", "dataset=digits", "search.steps=6", "search.warmup_steps=2", "search.final_samples=2"],
+        ["experiment=early_exit_search", "dataset=digits", "search.steps=6", "search.warmup_steps=2", "search.final_samples=2"],
         tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

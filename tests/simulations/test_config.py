@@ -151,20 +151,20 @@ COMBINATION_CASES: dict[str, tuple[list[str], list[str]]] = {
     "_depth_needs_early_exit": (["strategy=depth_fedavg"], ["strategy=depth_fedavg", "model=early_exit"]),
     "_early_exit_pair": (["model=early_exit"], ["model=early_exit", "client=early_exit"]),
     "_recsys_pair": (["client=recsys"], ["client=recsys", "dataset=movielens"]),
-    "_recsys_strategy": (["experiment=s5_recsys", "strategy=kl_weighted"], ["dataset=movielens", "strategy=kl_weighted"]),
+    "_recsys_strategy": (["experiment=recsys", "strategy=kl_weighted"], ["dataset=movielens", "strategy=kl_weighted"]),
     "_lenet_digits": (["dataset=digits", "model=lenet"], ["model=lenet", "dataset=digits"]),
     "_capacity_needs_depths": (["model=early_exit", "client=early_exit", "client.max_depth=2"],
                                ["strategy=fedavg", "client.max_depth=2", "depth_fedavg"]),
-    "_codec_args": (["experiment=s5_recsys", "client.codec=topk"], ["client.codec=topk", "client.codec_args.alpha"]),
+    "_codec_args": (["experiment=recsys", "client.codec=topk"], ["client.codec=topk", "client.codec_args.alpha"]),
     "_dgc_options": (["client=topk", "client.momentum_correction=0.9", "client.residual_decay=0"],
                      ["client.momentum_correction=0.9", "client.residual_decay=0", "error-feedback residual"]),
     "_compression": (["+compression.server_lr=0.5"], ["compression.server_lr", "client=plain"]),
     "_downlink_strategy": (["downlink=stc", "strategy=async"], ["downlink=stc", "strategy=async", "one global model"]),
     "_fault_rates": (["fault=mixed", "fault.crash_rate=0.9"], ["fault.crash_rate=0.9", "fault.hang_rate", "[0, 1]"]),
     "_early_exit_model": (["model=early_exit", "client=early_exit", "model.widths=[16,30,64]"], ["model.widths"]),
-    "_depth_probs": (["experiment=s2_federated", "strategy.depth_probs=[0.5,0.5]"], ["strategy.depth_probs", "strategy.depths"]),
+    "_depth_probs": (["experiment=early_exit", "strategy.depth_probs=[0.5,0.5]"], ["strategy.depth_probs", "strategy.depths"]),
     "_search": (["+search=default"], ["search.", "task=federated"]),
-    "_users": (["experiment=s5_recsys", "dataset.max_users=5"], ["simulation.num_clients=10", "dataset.max_users=5"]),
+    "_users": (["experiment=recsys", "dataset.max_users=5"], ["simulation.num_clients=10", "dataset.max_users=5"]),
     "_train_config": (["+train_config.lr=0"], ["train_config.lr=0"]),
     "_cpus": (["simulation.total_cpus=2", "simulation.client_cpus=3"], ["simulation.client_cpus=3", "total_cpus"]),
     "_min_nodes": (["strategy.min_train_nodes=11"], ["strategy.min_train_nodes=11", "simulation.num_clients=10"]),
@@ -196,11 +196,11 @@ def _group_values(cfg: dict) -> dict:
 @pytest.mark.parametrize(("overrides", "expected"), [
     (["client=stc", "client.momentum_correction=0.5", "client.residual_decay=0.0"], "client.momentum_correction=0.5 and"),
     (["client=stc", "client.alpha=1.0", "client.warmup_rounds=3"], "client.warmup_rounds=3 and client.alpha=1.0"),
-    (["experiment=s5_recsys", "client.codec=topk", "+client.codec_args.alpha=0.1",
+    (["experiment=recsys", "client.codec=topk", "+client.codec_args.alpha=0.1",
       "+client.codec_args.momentum_correction=0.9", "+client.codec_args.residual_decay=0"],
      "client.codec_args.momentum_correction=0.9 and client.codec_args.residual_decay=0"),
     (["client=ternary", "+client.momentum_correction=0.9"], "client.momentum_correction is not a key of client=ternary"),
-    (["experiment=s5_recsys", "client.codec=ternary", "+client.codec_args.momentum_correction=0.9"],
+    (["experiment=recsys", "client.codec=ternary", "+client.codec_args.momentum_correction=0.9"],
      "client.codec_args.momentum_correction is not a setting of client.codec=ternary"),
     (["client=topk", "+compression.server_momentum=1.0"], "compression.server_momentum=1.0 is out of range [0, 1)"),
     (["+compression.server_momentum=0.9"], "compression.server_momentum has no effect: client=plain"),
@@ -214,7 +214,7 @@ def test_dgc_and_server_momentum_settings_pass() -> None:
     for overrides in (["client=topk", "client.momentum_correction=0.9", "client.clip_norm=1.0", "client.warmup_rounds=4",
                        "+compression.server_momentum=0.9", "+compression.server_lr=0.1"],
                       ["client=stc", "client.alpha=1.0", "client.rho=0.5", "client.warmup_rounds=2"],
-                      ["experiment=s5_recsys", "client.codec=stc", "+client.codec_args.alpha=0.1",
+                      ["experiment=recsys", "client.codec=stc", "+client.codec_args.alpha=0.1",
                        "+client.codec_args.momentum_correction=0.9"]):
         validate_config(_compose(overrides))
 
@@ -227,7 +227,7 @@ def test_every_combination_rule_has_a_case() -> None:
 
 def test_the_two_known_silent_failures_are_refused_in_one_line() -> None:
     for overrides, a, b in [(["strategy=async", "server=adjust"], "strategy=async", "server=adjust"),
-                            (["experiment=s2_federated", "server=adjust"], "model=early_exit", "server=adjust")]:
+                            (["experiment=early_exit", "server=adjust"], "model=early_exit", "server=adjust")]:
         with pytest.raises(ValueError, match=rf"^{a} and {b} cannot be combined: [^\n]+$"):
             validate_config(_compose(overrides))
 

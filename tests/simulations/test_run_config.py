@@ -34,7 +34,7 @@ def test_every_key_is_declared_in_pyproject_with_an_empty_default():
 
 
 def test_keys_map_onto_the_hydra_config_and_win_over_defaults():
-    rc = {"overrides": "+compression.server_lr=0.5", "num-server-rounds": 4, "dataset": "digits", "codec": "topk",
+    rc = {"overrides": "+compression.server_lr=0.5", "num-server-rounds": 4, "dataset": "digits", "client": "topk",
           "alpha": 0.05, "lr": 0.1, "local-epochs": 2, "batch-size": 16, "fraction-train": 0.5, "seed": 7,
           "strategy": "fedprox", "partition": "iid", "num-clients": 4, "local-steps": ""}
     cfg = compose_config(" ".join(run_config_overrides(rc)))

@@ -29,7 +29,7 @@ COMPANIONS: dict[tuple[str, str], list[str]] = {
     ("model", "mf"): ["dataset=movielens", "client=recsys"],
     ("dataset", "movielens"): ["model=mf", "client=recsys"],
     ("strategy", "depth_fedavg"): ["model=early_exit", "client=early_exit"],
-    ("search", "*"): ["experiment=s2_search"],
+    ("search", "*"): ["experiment=early_exit_search"],
     ("compression", "*"): ["client=topk", "+compression.server_lr=0.5", "+compression.fast_path=true"],
 }
 WRONG_TYPE = {"int": 2.5, "float": "abc", "bool": "yes", "str": 5, "str or bool": 5, "dict": 5}
