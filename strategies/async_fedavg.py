@@ -60,9 +60,11 @@ applied updates (after that update's evaluation line) and when the run stops; a 
 the next :meth:`AsyncFedAvg.start` continue that run (version, counters, windows, budgets; what is
 kept and what is not: :mod:`bouquet.strategies.async_state` and ``docs/async.md``).
 
-Layout: this module holds the strategy (settings, the Strategy API, checkpoints, the ``start()``
-loop with its evaluations and stop conditions); the loop's per-node steps are
-:class:`~bouquet.strategies.async_nodes.NodeSteps`, its bookkeeping
+Layout: this module holds the strategy (the Strategy API, checkpoints, the ``start()`` loop with
+its evaluations and stop conditions); its settings are a frozen
+:class:`~bouquet.strategies.async_rules.AsyncSettings` (``strategy.settings``; ``strategy.alpha``
+and the others read it), the loop's per-node steps a collaborator
+:class:`~bouquet.strategies.async_nodes.NodeSteps` built for each run, its bookkeeping
 :class:`~bouquet.strategies.async_state.AsyncState`, the messages and reply checks
 :mod:`~bouquet.strategies.async_messages`, and the pure rules :mod:`~bouquet.strategies.async_rules`.
 """
@@ -84,11 +86,12 @@ from bouquet.strategies.async_nodes import NodeSteps, wait_for_nodes
 from bouquet.strategies.async_rules import (
     LEARNER_RATES,
     WINDOW_SIDES,
+    AsyncSettings,
     buffered_step,
-    check_settings,
     mix,
     plateau_evaluations,
     plateaued,
+    show_settings,
 )
 from bouquet.strategies.async_state import AsyncState, split_state
 from bouquet.strategies.staleness import DEFAULT_WINDOW, StalenessPolicy, make_policy
@@ -96,8 +99,12 @@ from bouquet.strategies.staleness import DEFAULT_WINDOW, StalenessPolicy, make_p
 __all__ = ["LEARNER_RATES", "WINDOW_SIDES", "AsyncFedAvg", "buffered_step", "mix"]
 
 
-class AsyncFedAvg(NodeSteps, Strategy):
+@show_settings  # strategy.alpha is strategy.settings.alpha, ... (read-only)
+class AsyncFedAvg(Strategy):
     """Asynchronous FedAvg with a staleness policy (see the module docstring).
+
+    The keyword arguments but the policy's and ``decoder`` make its frozen ``settings``
+    (:class:`~bouquet.strategies.async_rules.AsyncSettings`), shown as read-only attributes.
 
     Parameters
     ----------
@@ -166,10 +173,12 @@ class AsyncFedAvg(NodeSteps, Strategy):
         poll_interval_s: float = 0.02,
         decoder: Decoder | None = None,
     ) -> None:
-        check_settings(alpha=alpha, max_updates=max_updates, max_wall_s=max_wall_s, reply_timeout_s=reply_timeout_s,
-                       eval_every=eval_every, plateau_window=plateau_window, plateau_min_delta=plateau_min_delta,
-                       plateau_mode=plateau_mode, window_side=window_side, learner_rate=learner_rate,
-                       max_node_failures=max_node_failures)
+        self.settings = AsyncSettings(
+            alpha=alpha, window_side=window_side, learner_rate=learner_rate, max_updates=max_updates,
+            max_wall_s=max_wall_s, eval_every=eval_every, plateau_window=plateau_window,
+            plateau_min_delta=plateau_min_delta, plateau_metric=plateau_metric, plateau_mode=plateau_mode,
+            reply_timeout_s=reply_timeout_s, max_node_failures=max_node_failures, poll_interval_s=poll_interval_s,
+        )  # fmt: skip
         if isinstance(policy, StalenessPolicy):
             self.policy = policy
         else:
@@ -178,33 +187,27 @@ class AsyncFedAvg(NodeSteps, Strategy):
                 server_lr=server_lr, window=window, context=context, max_scale=max_scale,
                 per_node=per_node, max_staleness=max_staleness,
             )  # fmt: skip
-        self.alpha = float(alpha)
-        self.window_side = window_side
-        self.learner_rate = learner_rate
         # the learner-side window acts only for the sliding window (other policies have none)
         self.learner_side = window_side == "learner" and self.policy.name == "sliding_window"
         self.max_scale = float(getattr(self.policy, "max_scale", max_scale))
-        self.max_updates = None if max_updates is None else int(max_updates)
-        self.max_wall_s = None if max_wall_s is None else float(max_wall_s)
-        self.eval_every = int(eval_every)
-        self.plateau_window = None if plateau_window is None else int(plateau_window)
-        self.plateau_min_delta = float(plateau_min_delta)
-        self.plateau_metric = plateau_metric
-        self.plateau_mode = plateau_mode
-        self.reply_timeout_s = reply_timeout_s
-        self.max_node_failures = int(max_node_failures)
-        self.poll_interval_s = float(poll_interval_s)
-        self.decoder = decoder
+        self.decoder = decoder  # an attribute of its own: bouquet-sim sets it when the clients compress
         self.recorder: Any = None
         self.state = AsyncState()
+        self._steps = self._node_steps()  # built again for each run (start() starts a new state)
         self.checkpoint: Callable[[int, dict[str, Any]], None] | None = None
         self.checkpoint_every = 0
         self._resume: dict[str, Any] | None = None  # set by load_state_dict, used by the next start()
 
+    def _node_steps(self) -> NodeSteps:
+        """The per-node steps of a run on ``self.state`` (with the decoder set now)."""
+        return NodeSteps(self.settings, self.policy, self.state, learner_side=self.learner_side, max_scale=self.max_scale,
+                         decoder=self.decoder)
+
     # ------------------------------------------------------------ Strategy API
     def summary(self) -> None:
-        side = f", window on the learners (learner_rate={self.learner_rate})" if self.learner_side else ""
-        log(logging.INFO, "\t├──> AsyncFedAvg: %s%s, alpha=%s, eval every %d updates", self.policy.describe(), side, self.alpha, self.eval_every)
+        s = self.settings
+        side = f", window on the learners (learner_rate={s.learner_rate})" if self.learner_side else ""
+        log(logging.INFO, "\t├──> AsyncFedAvg: %s%s, alpha=%s, eval every %d updates", self.policy.describe(), side, s.alpha, s.eval_every)
 
     def bind_recorder(self, recorder: Any) -> Strategy:
         """Record one ``metrics.jsonl`` line per evaluation through the run recorder.
@@ -265,20 +268,22 @@ class AsyncFedAvg(NodeSteps, Strategy):
         run loaded by :meth:`load_state_dict`, ``initial_arrays`` being its model)."""
         resume, self._resume = self._resume, None
         st = self.state = AsyncState()
+        steps = self._steps = self._node_steps()
+        settings = self.settings
         arrays = {k: v.numpy().copy() for k, v in initial_arrays.items()}
         if resume is None:
             st.reset(arrays)
         else:
             st.restore(resume, arrays)
         config = ConfigRecord(dict(train_config or {}))
-        reply_timeout = float(self.reply_timeout_s or timeout)
+        reply_timeout = float(settings.reply_timeout_s or timeout)
         nodes = wait_for_nodes(grid, reply_timeout)
         if resume is None:
             st.nodes = len(nodes)
-        st.budget = self.max_updates or int(num_rounds) * max(1, st.nodes)
+        st.budget = settings.max_updates or int(num_rounds) * max(1, st.nodes)
         if self.recorder is not None and hasattr(self.recorder, "total_steps"):
             self.recorder.total_steps = st.budget  # the progress line's ETA counts applied updates
-        st.plateau_window = plateau_evaluations(self.plateau_window, st.nodes, self.eval_every)
+        st.plateau_window = plateau_evaluations(settings.plateau_window, st.nodes, settings.eval_every)
         self.summary()
         log(logging.INFO, "async: %d nodes, budget %d updates, reply timeout %.0f s, plateau after %d evaluations",
             len(nodes), st.budget, reply_timeout, st.plateau_window)  # fmt: skip
@@ -291,25 +296,25 @@ class AsyncFedAvg(NodeSteps, Strategy):
         idle = True  # some node may be idle: ask the grid for nodes only then (an RPC on a SuperLink)
         while st.stop_reason is None:
             if idle:
-                self._dispatch(grid, config)
+                steps.dispatch(grid, config)
             if not st.inflight:
                 st.stop_reason = "no usable node left"
                 break
             replies = list(grid.pull_messages(list(st.inflight)))
             idle = bool(replies)
             for reply in sorted(replies, key=lambda m: m.metadata.created_at):  # arrival order
-                self._handle(reply)
+                steps.handle(reply)
                 st.stop_reason = self._stop_reason()
-                if st.stop_reason is None and st.updates_since_eval >= self.eval_every:
+                if st.stop_reason is None and st.updates_since_eval >= settings.eval_every:
                     self._evaluate(evaluate_fn, result)  # may find a plateau
                 if st.stop_reason:
                     break
                 self._checkpoint(final=False)
             st.stop_reason = st.stop_reason or self._stop_reason()
             if st.stop_reason is None:
-                idle = self._expire(grid, reply_timeout) or idle
+                idle = steps.expire(grid, reply_timeout) or idle
                 if not replies:
-                    time.sleep(self.poll_interval_s)
+                    time.sleep(settings.poll_interval_s)
         log(logging.INFO, "async: stopped after %d updates (version %d): %s", st.updates, st.version, st.stop_reason)
         if st.updates_since_eval:
             self._evaluate(evaluate_fn, result)  # the final line carries the stop reason
@@ -350,8 +355,8 @@ class AsyncFedAvg(NodeSteps, Strategy):
             metrics = dict(self.recorder.evaluate_arrays({k: v.copy() for k, v in st.arrays.items()}))
         elif evaluate_fn is not None:
             metrics = dict(evaluate_fn(st.updates, record) or {})
-        if self.plateau_metric in metrics:
-            st.history.append(float(metrics[self.plateau_metric]))
+        if self.settings.plateau_metric in metrics:
+            st.history.append(float(metrics[self.settings.plateau_metric]))
         st.stop_reason = st.stop_reason or self._stop_reason()  # so that this line carries it
         if self.recorder is not None:
             self.recorder.record(st.updates, {**metrics}, step_key="updates")
@@ -364,11 +369,11 @@ class AsyncFedAvg(NodeSteps, Strategy):
             )
 
     def _stop_reason(self) -> str | None:
-        st = self.state
+        st, s = self.state, self.settings
         if st.updates >= st.budget:
             return f"update budget {st.budget} reached"
-        if self.max_wall_s is not None and time.monotonic() - st.t_start >= self.max_wall_s:
-            return f"wall-time budget {self.max_wall_s:.0f} s reached"
-        if plateaued(st.history, st.plateau_window, self.plateau_min_delta, self.plateau_mode):
-            return f"{self.plateau_metric} plateaued over {st.plateau_window} evaluations"
+        if s.max_wall_s is not None and time.monotonic() - st.t_start >= s.max_wall_s:
+            return f"wall-time budget {s.max_wall_s:.0f} s reached"
+        if plateaued(st.history, st.plateau_window, s.plateau_min_delta, s.plateau_mode):
+            return f"{s.plateau_metric} plateaued over {st.plateau_window} evaluations"
         return None

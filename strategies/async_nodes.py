@@ -1,18 +1,21 @@
 """The per-node steps of the asynchronous loop (:mod:`~bouquet.strategies.async_fedavg`).
 
-:class:`NodeSteps`, a base class of :class:`~bouquet.strategies.async_fedavg.AsyncFedAvg`,
-does what the loop does for one node or one reply, on the strategy's settings and its
+:class:`NodeSteps`, a collaborator that :class:`~bouquet.strategies.async_fedavg.AsyncFedAvg`
+holds for each run, does what the loop does for one node or one reply, with the strategy's
+:class:`~bouquet.strategies.async_rules.AsyncSettings`, its staleness policy and the run's
 :class:`~bouquet.strategies.async_state.AsyncState`: push the current model to every idle node
-(``_dispatch``), abandon messages older than the reply timeout (``_expire``), count a node's
-consecutive failures and stop using it after ``max_node_failures`` (``_fail``), and validate one
-reply and apply or buffer its update (``_handle``) with the scale of the server's rule or the
-one the learner reported (``_scale``). :func:`wait_for_nodes` waits for the grid's first node.
+(:meth:`~NodeSteps.dispatch`), abandon messages older than the reply timeout
+(:meth:`~NodeSteps.expire`), count a node's consecutive failures and stop using it after
+``max_node_failures`` (:meth:`~NodeSteps.fail`), and validate one reply and apply or buffer its
+update (:meth:`~NodeSteps.handle`) with the scale of the server's rule or the one the learner
+reported (:meth:`~NodeSteps.scale`). :func:`wait_for_nodes` waits for the grid's first node.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import KW_ONLY, dataclass
 
 import numpy as np
 from flwr.app import ConfigRecord, Message
@@ -20,7 +23,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from bouquet.strategies.async_messages import Decoder, reply_update, reported_scale, train_message
-from bouquet.strategies.async_rules import buffered_step, mix
+from bouquet.strategies.async_rules import AsyncSettings, buffered_step, mix
 from bouquet.strategies.async_state import AsyncState
 from bouquet.strategies.reports import truncate_reason
 from bouquet.strategies.screening import node_label
@@ -39,20 +42,35 @@ def wait_for_nodes(grid: Grid, timeout: float) -> list[int]:
         time.sleep(0.5)
 
 
+@dataclass(eq=False)
 class NodeSteps:
-    """The loop's per-node steps (see the module docstring); the attributes below are the
-    :class:`~bouquet.strategies.async_fedavg.AsyncFedAvg` settings and state they use."""
+    """The loop's per-node steps (see the module docstring) on one run's ``state``.
 
-    state: AsyncState
+    Parameters
+    ----------
+    settings : AsyncSettings
+        The strategy's settings (``alpha``, ``learner_rate``, ``max_node_failures`` act here).
+    policy : StalenessPolicy
+        The strategy's staleness policy.
+    state : AsyncState
+        The run's bookkeeping, updated in place.
+    learner_side : bool
+        Whether the learners keep the sliding window and report their scale.
+    max_scale : float
+        The largest scale a learner may report.
+    decoder : callable, optional
+        Decoder of compressed replies (``None``: bouquet's codecs).
+    """
+
+    settings: AsyncSettings
     policy: StalenessPolicy
-    alpha: float
+    state: AsyncState
+    _: KW_ONLY
     learner_side: bool
-    learner_rate: str
     max_scale: float
-    max_node_failures: int
     decoder: Decoder | None
 
-    def _dispatch(self, grid: Grid, config: ConfigRecord) -> None:
+    def dispatch(self, grid: Grid, config: ConfigRecord) -> None:
         """Push the current model to every available node that has nothing in flight."""
         st = self.state
         busy = {f.node_id for f in st.inflight.values()}
@@ -66,9 +84,9 @@ class NodeSteps:
             if ids:
                 st.send(ids[0], flight)
             else:
-                self._fail(node, "push failed", count=False)
+                self.fail(node, "push failed", count=False)
 
-    def _expire(self, grid: Grid, reply_timeout: float) -> bool:
+    def expire(self, grid: Grid, reply_timeout: float) -> bool:
         """Abandon messages older than ``reply_timeout`` (their nodes become idle); any?"""
         st = self.state
         now = time.monotonic()
@@ -80,21 +98,22 @@ class NodeSteps:
             abandon(late)  # MeteredGrid counts them as failed
         for mid in late:
             flight = st.receive(mid)
-            self._fail(flight.node_id, f"no reply within {reply_timeout:.1f} s", count=False)
+            self.fail(flight.node_id, f"no reply within {reply_timeout:.1f} s", count=False)
         return True
 
-    def _fail(self, node: int, reason: str, count: bool = True) -> None:
+    def fail(self, node: int, reason: str, count: bool = True) -> None:
+        """Count a failure of ``node`` (as a dropped reply if ``count``); exclude it after too many."""
         st = self.state
         reason = truncate_reason(reason)  # reasons quote what a reply holds
         st.failures[node] = st.failures.get(node, 0) + 1
         log(logging.WARNING, "async: node %s: %s", node, reason)
         if count:
             st.drop(f"node {node}: {reason}")
-        if st.failures[node] >= self.max_node_failures and node not in st.excluded:
+        if st.failures[node] >= self.settings.max_node_failures and node not in st.excluded:
             st.excluded.add(node)
             log(logging.WARNING, "async: node %s failed %d times in a row; not used any more", node, st.failures[node])
 
-    def _handle(self, reply: Message) -> None:
+    def handle(self, reply: Message) -> None:
         """Validate one reply and apply (or buffer) it."""
         st = self.state
         mid = reply.metadata.reply_to_message_id
@@ -109,7 +128,7 @@ class NodeSteps:
         flight = st.receive(mid)
         if reply.has_error():
             # MeteredGrid already counts error replies as failed: not a drop.
-            self._fail(node, f"error reply: {reply.error.reason}", count=False)
+            self.fail(node, f"error reply: {reply.error.reason}", count=False)
             return
         delta, reason = reply_update(reply, st.snapshot(flight.version), flight.version, self.decoder, flight.echo())
         tau = st.version - flight.version
@@ -117,10 +136,10 @@ class NodeSteps:
         if reason is None and not self.policy.accepts(tau):
             reason = f"staleness {tau} > max_staleness {self.policy.max_staleness}"
         if reason is not None:
-            self._fail(node, f"reply rejected: {reason}")
+            self.fail(node, f"reply rejected: {reason}")
             return
         st.failures[node] = 0
-        scale, rate = self._scale(reply, tau, node)
+        scale, rate = self.scale(reply, tau, node)
         st.accept(tau, scale, node)
         if self.policy.buffer_size > 1:
             st.buffer.append((delta, rate))
@@ -134,17 +153,17 @@ class NodeSteps:
                     st.buffer = []
                 else:  # this reply tipped the step over: it goes, the others wait for the next one
                     st.buffer.pop()
-                    self._fail(node, "reply rejected: adding it to the buffered step would make the model non-finite")
+                    self.fail(node, "reply rejected: adding it to the buffered step would make the model non-finite")
         else:
             with np.errstate(over="ignore", invalid="ignore"):
                 client = {k: st.snapshot(flight.version)[k] + delta[k] for k in delta}
-                mixed = mix(st.arrays, client, self.alpha * rate)
+                mixed = mix(st.arrays, client, self.settings.alpha * rate)
             if _finite(mixed):
                 st.advance(mixed)
             else:
-                self._fail(node, "reply rejected: applying it would make the model non-finite")
+                self.fail(node, "reply rejected: applying it would make the model non-finite")
 
-    def _scale(self, reply: Message, tau: int, node: int) -> tuple[float, float]:
+    def scale(self, reply: Message, tau: int, node: int) -> tuple[float, float]:
         """The update's rate scale and the scale the server mixes with (see the module docstring).
 
         The server's rule always sees ``tau`` (its window stays current for fallbacks).
@@ -158,7 +177,7 @@ class NodeSteps:
             level = logging.WARNING if len(self.state.fallbacks) == 1 else logging.DEBUG
             log(level, "async: node %s: %s; the server-side rule applies (scale %.3g)", node, problem, server_scale)
             return server_scale, server_scale
-        return reported, (1.0 if self.learner_rate == "local" else reported)
+        return reported, (1.0 if self.settings.learner_rate == "local" else reported)
 
 
 def _finite(arrays: dict[str, np.ndarray]) -> bool:

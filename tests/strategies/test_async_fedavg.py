@@ -126,6 +126,32 @@ def test_bad_settings_are_refused() -> None:
         AsyncFedAvg(eval_every=0)
 
 
+def test_keyword_settings_are_one_frozen_object_shown_as_attributes() -> None:
+    import dataclasses
+
+    from bouquet.strategies.async_nodes import NodeSteps
+    from bouquet.strategies.async_rules import AsyncSettings
+
+    strategy = AsyncFedAvg(alpha=1, max_updates=7.0, eval_every=2.0, plateau_window=4.0, max_node_failures=2.0,
+                           poll_interval_s=0, reply_timeout_s=5, plateau_metric="loss", plateau_mode="min")
+    s = strategy.settings
+    assert isinstance(s, AsyncSettings) and dataclasses.is_dataclass(s)
+    assert (s.alpha, s.max_updates, s.eval_every, s.plateau_window, s.max_node_failures, s.poll_interval_s) == (1.0, 7, 2, 4, 2, 0.0)
+    assert [type(v) for v in (s.alpha, s.max_updates, s.eval_every, s.poll_interval_s)] == [float, int, int, float]
+    assert s.reply_timeout_s == 5 and type(s.reply_timeout_s) is int  # kept as given
+    for field in dataclasses.fields(AsyncSettings):  # every setting reads as an attribute of the strategy
+        assert getattr(strategy, field.name) == getattr(s, field.name)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.alpha = 0.5  # type: ignore[misc]
+    with pytest.raises(AttributeError, match="frozen setting"):
+        strategy.alpha = 0.5
+    assert AsyncSettings() == AsyncFedAvg().settings  # the same defaults
+    # the per-node steps are a collaborator built on the run's state, not a base class
+    assert not isinstance(strategy, NodeSteps)
+    run_async(strategy, FakeGrid({1: ("ok", 1, 1.0)}))
+    assert strategy._steps.state is strategy.state and strategy._steps.settings is s
+
+
 def test_reply_update_checks_echo_and_payload(reply_factory) -> None:
     from bouquet.strategies.async_messages import reply_update
 
