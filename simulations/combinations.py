@@ -62,6 +62,21 @@ def _both(a: str, b: str, why: str) -> str:
     return f"{a} and {b} cannot be combined: {why}"
 
 
+NON_IMAGE_CLIENTS = ("early_exit", "recsys")  # clients other than image classifiers with one global model
+
+
+def sync_image_only(choice: str, opt: Options, strategies: tuple[str, ...], why_strategy: str, what: str) -> str | None:
+    """The refusal of ``choice`` (e.g. ``downlink=stc``) with a strategy outside ``strategies``
+    (``why_strategy`` says why) or a client that is not an image classifier (``what`` is built and
+    tested for those), else ``None``."""
+    if opt["strategy"] not in strategies:
+        return _both(choice, f"strategy={opt['strategy']}", f"{why_strategy}: strategy={'|'.join(strategies)}")
+    if opt["client"] in NON_IMAGE_CLIENTS:
+        return _both(choice, f"client={opt['client']}", f"{what} is built and tested for image-classification clients "
+                     "(plain|topk|stc|ternary|slow)")
+    return None
+
+
 @combination("downlink + strategy")
 def _downlink_strategy(cfg: dict[str, Any], opt: Options) -> str | None:
     """A compressed downlink broadcasts one global model each round: strategy=fedavg|fedprox|kl_weighted,
@@ -69,31 +84,29 @@ def _downlink_strategy(cfg: dict[str, Any], opt: Options) -> str | None:
     down = opt.get("downlink", "none")
     if down == "none":
         return None
-    if opt["strategy"] not in DOWNLINK_STRATEGIES:
-        return _both(f"downlink={down}", f"strategy={opt['strategy']}", "the compressed downlink serves strategies "
-                     f"that broadcast one global model in synchronous rounds: strategy={'|'.join(DOWNLINK_STRATEGIES)}")
-    if opt["client"] in ("early_exit", "recsys"):
-        return _both(f"downlink={down}", f"client={opt['client']}", "the compressed downlink is built and tested for "
-                     "image-classification clients (plain|topk|stc|ternary|slow)")
-    return None
+    return sync_image_only(f"downlink={down}", opt, DOWNLINK_STRATEGIES, "the compressed downlink serves strategies "
+                           "that broadcast one global model in synchronous rounds", "the compressed downlink")
 
 
-@combination("strategy=async + server=adjust")
-def _async_adjust(cfg: dict[str, Any], opt: Options) -> str | None:
-    """The asynchronous loop applies every update on arrival and never runs the server-side adjustment."""
-    if opt["strategy"] == "async" and opt["server"] == "adjust":
-        return _both("strategy=async", "server=adjust", "the asynchronous loop applies every update on arrival "
-                     "and never runs the server-side adjustment (use a synchronous strategy)")
-    return None
+def refuse_together(name: str, a: str, b: str, why: str, *, doc: str) -> None:
+    """Register the rule ``name`` refusing the group choices ``a`` and ``b`` (e.g.
+    ``"strategy=async"``) together, with the reason ``why``; ``doc`` is its README line."""
+    (group_a, value_a), (group_b, value_b) = a.split("=", 1), b.split("=", 1)
+
+    def rule(cfg: dict[str, Any], opt: Options) -> str | None:
+        return _both(a, b, why) if opt.get(group_a) == value_a and opt.get(group_b) == value_b else None
+
+    rule.__name__ = rule.__qualname__ = name
+    rule.__doc__ = doc
+    combination(f"{a} + {b}")(rule)
 
 
-@combination("model=early_exit + server=adjust")
-def _early_exit_adjust(cfg: dict[str, Any], opt: Options) -> str | None:
-    """The adjuster fine-tunes with a single-exit cross-entropy and cannot train an early-exit model."""
-    if opt["model"] == "early_exit" and opt["server"] == "adjust":
-        return _both("model=early_exit", "server=adjust", "the server-side adjuster trains a single-exit "
-                     "model and cannot train the early-exit model (server.shared_fraction alone keeps a validation slice)")
-    return None
+refuse_together("_async_adjust", "strategy=async", "server=adjust", "the asynchronous loop applies every update on arrival and never runs "
+                "the server-side adjustment (use a synchronous strategy)",
+                doc="The asynchronous loop applies every update on arrival and never runs the server-side adjustment.")
+refuse_together("_early_exit_adjust", "model=early_exit", "server=adjust", "the server-side adjuster trains a single-exit model and cannot "
+                "train the early-exit model (server.shared_fraction alone keeps a validation slice)",
+                doc="The adjuster fine-tunes with a single-exit cross-entropy and cannot train an early-exit model.")
 
 
 @combination("strategy=depth_fedavg without model=early_exit")

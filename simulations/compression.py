@@ -20,7 +20,7 @@
   selects the same positions in :math:`u_i` as in :math:`G_i`), so ``server_lr = gamma / client.lr``.
 
 A strategy with its own ``start()`` loop that takes a ``decoder`` (the asynchronous strategy)
-is not wrapped: it gets :func:`~bouquet.strategies.compressed.decode_update` as its decoder.
+is not wrapped: it gets :func:`~bouquet.strategies.decoding.decode_update` as its decoder.
 
 The codec settings themselves (``client.alpha``, ``client.rho``, ``client.min_k``,
 ``client.scope``, ``client.value_dtype``, ``client.residual_decay``, ``client.stochastic``,
@@ -37,7 +37,8 @@ from flwr.serverapp.strategy import Strategy
 from hydra.utils import get_class
 
 from bouquet.clients.compressed import CompressingClient
-from bouquet.strategies.compressed import Compressed, decode_update
+from bouquet.strategies.compressed import Compressed
+from bouquet.strategies.decoding import decode_update
 from bouquet.strategies.server_momentum import ServerMomentum
 
 logger = logging.getLogger(__name__)

@@ -136,7 +136,6 @@ def quiet_console(verbose: bool) -> None:
         warnings.filterwarnings("ignore", message="Tip: In future versions of Ray", category=FutureWarning)
 
 
-quiet_flower = quiet_console  # the former name
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

@@ -105,7 +105,7 @@ def private_client(cfg: dict[str, Any], client: NumPyClient) -> NumPyClient:
 
 # ------------------------------------------------------------------ refused combinations
 # Registered in bouquet.simulations.combinations.COMBINATIONS (imported at its end).
-from bouquet.simulations.combinations import _both, combination  # noqa: E402
+from bouquet.simulations.combinations import NON_IMAGE_CLIENTS, _both, combination, sync_image_only  # noqa: E402
 from bouquet.simulations.validate import Options  # noqa: E402
 
 PER_CLIENT_POSITIONS = ("topk", "stc", "ternary")  # codecs whose kept positions differ from client to client
@@ -122,7 +122,7 @@ def _secagg(cfg: dict[str, Any], opt: Options) -> str | None:
         return _both("privacy=secagg", f"client={client}", "secure aggregation sums vectors laid out the same way on "
                      f"every client, and client={client} sends each client's own positions; use the shared-support "
                      "codec client=shared_topk (or client=plain: dense secure aggregation)")
-    if mode == "secagg" and client in ("early_exit", "recsys"):
+    if mode == "secagg" and client in NON_IMAGE_CLIENTS:
         return _both("privacy=secagg", f"client={client}", "secure aggregation is built for image-classification "
                      "clients (shared_topk|plain|slow)")
     if client != "shared_topk" and mode != "secagg":
@@ -144,10 +144,5 @@ def _dp(cfg: dict[str, Any], opt: Options) -> str | None:
     mode = opt.get("privacy", "none")
     if mode not in DP_MODES:
         return None
-    if opt["strategy"] not in DP_STRATEGIES:
-        return _both(f"privacy={mode}", f"strategy={opt['strategy']}", "the DP noise is calibrated to the mean of one "
-                     f"synchronous round's updates: strategy={'|'.join(DP_STRATEGIES)}")
-    if opt["client"] in ("early_exit", "recsys"):
-        return _both(f"privacy={mode}", f"client={opt['client']}", "central DP is built and tested for "
-                     "image-classification clients (plain|topk|stc|ternary|slow)")
-    return None
+    return sync_image_only(f"privacy={mode}", opt, DP_STRATEGIES, "the DP noise is calibrated to the mean of one "
+                           "synchronous round's updates", "central DP")

@@ -28,7 +28,7 @@ from bouquet.data.partition import PARTITIONERS, SIZE_RULES
 from bouquet.models.nas import FAMILIES
 from bouquet.simulations.adjust import OPTIMIZERS as ADJUST_OPTIMIZERS
 from bouquet.strategies.async_fedavg import LEARNER_RATES, WINDOW_SIDES
-from bouquet.strategies.kl_weighted import BAD_HISTOGRAM_RULES, DIRECTIONS, MODES, REFERENCES
+from bouquet.strategies.kl_math import BAD_HISTOGRAM_RULES, DIRECTIONS, MODES, REFERENCES
 from bouquet.strategies.staleness import CONTEXTS, POLICIES
 
 KINDS = ("int", "float", "bool", "str", "str or bool", "int list", "float list", "str list", "dict")

@@ -76,22 +76,18 @@ from bouquet.strategies.decoding import (
     check_overflow,
     check_record,
     decode_record,
-    decode_reply,
-    decode_update,
+    decoded_norm,
     dense_update,
     dense_view,
     finite_or_drop,
     read_dense_alone,
     reference_arrays,
     single_array_record,
-    update_norm,
 )
 from bouquet.strategies.guard import cast_to_reference
-from bouquet.strategies.hooks import (  # noqa: F401 - weighted_mean_*: re-exported, as before
-    ReplyScreen,
+from bouquet.strategies.hooks import (
     ReplyWeights,
     ValidatesMetrics,
-    weighted_mean_base,
     weighted_mean_chain,
 )
 from bouquet.strategies.reports import (
@@ -113,7 +109,7 @@ from bouquet.strategies.screening import (
 )
 from bouquet.strategies.wrapper import StrategyWrapper, nested, refuse_byte_models, weight_key_of
 
-__all__ = ["Compressed", "decode_reply", "decode_update", "weighted_mean_base", "weighted_mean_chain"]
+__all__ = ["Compressed"]
 
 
 class Compressed(StrategyWrapper):
@@ -313,7 +309,7 @@ class Compressed(StrategyWrapper):
                     clean = False
                     continue
                 survivors.append(msg)
-                norms.append(update_norm(decoded) * self.server_lr if screens else 0.0)
+                norms.append(decoded_norm(decoded) * self.server_lr if screens else 0.0)
                 if clean:
                     for name, dec in decoded.items():
                         acc[name].add(dec, self.server_lr * share)

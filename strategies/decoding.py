@@ -40,7 +40,7 @@ NPY_READER_MAX_HEADER = 10000  # np.load's default max_header_size (numpy.lib.fo
 __all__ = ["DENSE_STYPE", "NPY_READER_MAX_HEADER", "OVERFLOW_SHARE", "aggregate_dtype", "check_overflow", "check_record",
            "decode_record", "decode_reply", "decode_update", "dense_update", "dense_view", "finite_or_drop", "max_abs",
            "npy_header_length", "read_dense_alone", "reference_arrays", "reply_weight", "single_array_record",
-           "update_norm"]
+           "decoded_norm"]
 
 
 def npy_header_length(data: bytes) -> int:
@@ -150,7 +150,7 @@ def dense_update(full: np.ndarray, ref: np.ndarray, work: np.dtype | None = None
     return Decoded(ref.shape, np.dtype(work), None, update.reshape(-1))
 
 
-def update_norm(decoded: dict[str, Decoded]) -> float:
+def decoded_norm(decoded: dict[str, Decoded]) -> float:
     """L2 norm of a decoded update over all its tensors."""
     return float(np.sqrt(sum(d.sq_norm() for d in decoded.values())))
 

@@ -61,7 +61,7 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from bouquet import keys
-from bouquet.strategies.kl_math import (  # noqa: F401 - the pure functions, importable from here as before
+from bouquet.strategies.kl_math import (
     BAD_HISTOGRAM_RULES,
     DIRECTIONS,
     MODES,
@@ -69,7 +69,6 @@ from bouquet.strategies.kl_math import (  # noqa: F401 - the pure functions, imp
     _check_choice,
     disco_values,
     histogram_problem,
-    kl_divergence,
     kl_divergences,
     kl_weights,
     smooth_distribution,

@@ -180,7 +180,7 @@ def compressed_uploads(codec: str) -> Check:
                 return f"node {d.node_id} sent {d.reply_bytes} bytes for a {d.received_bytes}-byte model"
         links = chain(o.strategy)
         if o.is_async:
-            from bouquet.strategies.compressed import decode_update
+            from bouquet.strategies.decoding import decode_update
 
             loop = links[-1]
             return None if loop.decoder is decode_update else f"the async loop's decoder is {loop.decoder!r}"

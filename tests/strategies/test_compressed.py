@@ -234,7 +234,7 @@ def test_compression_mod_passes_evaluate_and_errors():
 def test_wrap_compression_follows_the_client_config():
     from bouquet.simulations.compression import wrap_compression
     from bouquet.strategies.async_fedavg import AsyncFedAvg
-    from bouquet.strategies.compressed import decode_update
+    from bouquet.strategies.decoding import decode_update
 
     plain = {"client": {"_target_": "bouquet.clients.TorchClient"}}
     topk = {"client": {"_target_": "bouquet.clients.TopKClient"}, "compression": {"server_lr": 0.5}}
@@ -249,7 +249,7 @@ def test_wrap_compression_follows_the_client_config():
 
 
 def test_decode_update_for_async_decoder():
-    from bouquet.strategies.compressed import decode_update
+    from bouquet.strategies.decoding import decode_update
 
     enc = encode_topk(np.array([0.0, 5.0, 0.0, -1.0], np.float32), np.array([1]))[0]
     record = encoded_arrayrecord(["a"], [enc])

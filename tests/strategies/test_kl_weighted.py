@@ -12,14 +12,14 @@ from flwr.serverapp.strategy import FedAvg
 
 from bouquet import keys
 from bouquet.strategies.guard import ReplyGuard
-from bouquet.strategies.kl_weighted import (
-    KLWeightedFedAvg,
+from bouquet.strategies.kl_math import (
     histogram_problem,
     kl_divergence,
     kl_divergences,
     kl_weights,
     smooth_distribution,
 )
+from bouquet.strategies.kl_weighted import KLWeightedFedAvg
 
 H = keys.LABEL_HISTOGRAM
 ROOT = Path(__file__).resolve().parents[2]
