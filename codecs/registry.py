@@ -12,46 +12,25 @@ tensors may use a lossy codec; integer and bool tensors travel as ``bouquet.dens
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import numpy as np
-
+from bouquet.codecs.catalog import CODECS, parse_stype
 from bouquet.codecs.npy import element_count
-from bouquet.codecs.stc import decode_stc_body
-from bouquet.codecs.ternary import decode_ternary_body
-from bouquet.codecs.topk import decode_topk_body
-from bouquet.codecs.wire import (
-    Decoded,
-    Encoded,
-    Reader,
-    decode_dense_body,
-    numpy_dtype,
-    parse_stype,
-    read_header,
-)
-
-BodyDecoder = Callable[[Reader, np.dtype, int], Decoded]
-BODY_DECODERS: dict[str, BodyDecoder] = {
-    "dense": decode_dense_body,
-    "topk": decode_topk_body,
-    "ternary": decode_ternary_body,
-    "stc": decode_stc_body,
-}
+from bouquet.codecs.wire import DENSE, Decoded, Encoded, Reader, numpy_dtype, read_header
 
 
 def decode(stype: str, dtype: str, shape: tuple[int, ...] | list[int], data: bytes) -> Decoded:
     """Decode one tensor; raises ``ValueError`` saying what is wrong with a bad payload."""
     codec, _ = parse_stype(stype)
     np_dtype = numpy_dtype(str(dtype))
-    if codec != "dense" and np_dtype.kind != "f":
+    if codec != DENSE and np_dtype.kind != "f":
         raise ValueError(f"codec {codec!r} carries floating-point tensors only; a {np_dtype} tensor must be sent dense")
     shape = tuple(int(s) for s in shape)
     n = element_count(shape)  # exact and bounded: no int64 wrap-around
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ValueError(f"payload is {type(data).__name__}, not bytes")
     reader = Reader(data)
-    read_header(reader, codec, str(dtype), shape)
-    decoded = BODY_DECODERS[codec](reader, np_dtype, n)
+    spec = CODECS[codec]
+    read_header(reader, codec, spec.wire_id, str(dtype), shape)
+    decoded = spec.decode_body(reader, np_dtype, n)
     reader.finish()
     decoded.shape = shape
     return decoded

@@ -21,7 +21,10 @@ from __future__ import annotations
 import numpy as np
 
 from bouquet.codecs.ternary import read_scale, read_sparse_ternary, sparse_ternary_body
-from bouquet.codecs.wire import Decoded, Encoded, Reader, checked_scale, stype_for, write_header
+from bouquet.codecs.wire import Decoded, Encoded, Reader, checked_scale, stype_string, write_header
+
+NAME = "stc"  # the codec's name: bouquet.stc/1 (see bouquet.codecs.catalog)
+WIRE_ID = 3  # its id in the header (wire.py)
 
 
 def encode_stc(x: np.ndarray, indices: np.ndarray, *, pos_coding: int | None = None) -> tuple[Encoded, Decoded]:
@@ -38,11 +41,11 @@ def encode_stc(x: np.ndarray, indices: np.ndarray, *, pos_coding: int | None = N
     if not nonzero.all():
         idx, kept = idx[nonzero], kept[nonzero]
     shape, dtype = tuple(x.shape), str(x.dtype)
-    data = write_header("stc", dtype, shape) + mu.astype("<f4").tobytes() + sparse_ternary_body(idx, kept < 0, flat.size, pos_coding)
+    data = write_header(WIRE_ID, dtype, shape) + mu.astype("<f4").tobytes() + sparse_ternary_body(idx, kept < 0, flat.size, pos_coding)
     signs = np.where(kept < 0, -1, 1).astype(np.int8)
     full = idx.size == flat.size and pos_coding is None  # all kept: positions coded as 'all'
     sent = Decoded(shape, x.dtype, None if full else idx, signs, scale=float(x.dtype.type(mu)))
-    return Encoded(stype_for("stc"), dtype, shape, data), sent
+    return Encoded(stype_string(NAME), dtype, shape, data), sent
 
 
 def decode_stc_body(reader: Reader, dtype: np.dtype, n: int) -> Decoded:

@@ -35,7 +35,10 @@ import math
 import numpy as np
 
 from bouquet.codecs import kernels, packing
-from bouquet.codecs.wire import Decoded, Encoded, Reader, checked_scale, stype_for, write_header
+from bouquet.codecs.wire import Decoded, Encoded, Reader, checked_scale, stype_string, write_header
+
+NAME = "ternary"  # the codec's name: bouquet.ternary/1 (see bouquet.codecs.catalog)
+WIRE_ID = 2  # its id in the header (wire.py)
 
 FORMS = {"2bit": 0, "trit": 1, "sparse": 2}
 PACKINGS = ("auto", *FORMS)
@@ -254,7 +257,7 @@ def _encode(idx: np.ndarray | None, negative: np.ndarray | None, flat: np.ndarra
             flat[idx] = np.where(np.asarray(negative), -1, 1)
         body = packing.pack_trits(flat) if form == "trit" else packing.pack_2bit(flat)
     scale32 = np.float32(scale)
-    data = write_header("ternary", dtype, shape) + scale32.astype("<f4").tobytes() + bytes([FORMS[form]]) + body
+    data = write_header(WIRE_ID, dtype, shape) + scale32.astype("<f4").tobytes() + bytes([FORMS[form]]) + body
     np_dtype = np.dtype(dtype)
     typed = float(np_dtype.type(scale32))
     if form == "sparse" and idx is not None and idx.size < n:
@@ -263,7 +266,7 @@ def _encode(idx: np.ndarray | None, negative: np.ndarray | None, flat: np.ndarra
         sent = Decoded(shape, np_dtype, idx, signs, scale=typed)
     else:
         sent = Decoded(shape, np_dtype, None, flat, scale=typed)  # type: ignore[arg-type]
-    return Encoded(stype_for("ternary"), dtype, shape, data), sent
+    return Encoded(stype_string(NAME), dtype, shape, data), sent
 
 
 def decode_ternary_body(reader: Reader, dtype: np.dtype, n: int) -> Decoded:

@@ -28,7 +28,17 @@ import math
 import numpy as np
 
 from bouquet.codecs import packing
-from bouquet.codecs.wire import Decoded, Encoded, Reader, finite_or_raise, stype_for, write_header
+from bouquet.codecs.wire import (
+    Decoded,
+    Encoded,
+    Reader,
+    finite_or_raise,
+    stype_string,
+    write_header,
+)
+
+NAME = "topk"  # the codec's name: bouquet.topk/1 (see bouquet.codecs.catalog)
+WIRE_ID = 1  # its id in the header (wire.py)
 
 VALUE_DTYPES = {"float32": 0, "float16": 1}
 _VALUE_NAMES = {v: k for k, v in VALUE_DTYPES.items()}
@@ -138,7 +148,7 @@ def encode_topk(x: np.ndarray, indices: np.ndarray, *, value_dtype: str = "float
     coding, block = packing.encode_positions(idx, flat.size, pos_coding)
     shape, dtype = tuple(x.shape), str(x.dtype)
     data = b"".join([
-        write_header("topk", dtype, shape),
+        write_header(WIRE_ID, dtype, shape),
         np.array([idx.size], "<u4").tobytes(),
         bytes([VALUE_DTYPES[value_dtype], coding]),
         np.array([len(block)], "<u4").tobytes(),
@@ -146,7 +156,7 @@ def encode_topk(x: np.ndarray, indices: np.ndarray, *, value_dtype: str = "float
         values.astype(values.dtype.newbyteorder("<")).tobytes(),
     ])
     sent = Decoded(shape, x.dtype, None if coding == packing.POS_ALL else idx, values.astype(x.dtype))
-    return Encoded(stype_for("topk"), dtype, shape, data), sent
+    return Encoded(stype_string(NAME), dtype, shape, data), sent
 
 
 def decode_topk_body(reader: Reader, dtype: np.dtype, n: int) -> Decoded:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +29,8 @@ from bouquet.codecs import kernels
 MAGIC = b"BQ"
 VERSION = 1
 STYPE_PREFIX = "bouquet."
-CODEC_IDS: dict[str, int] = {"dense": 0, "topk": 1, "ternary": 2, "stc": 3}
+DENSE = "dense"  # the uncompressed codec (``bouquet.dense/1``); the others live in their modules
+DENSE_WIRE_ID = 0
 DTYPE_CODES: dict[str, int] = {
     "float32": 0, "float16": 1, "float64": 2, "int64": 3, "int32": 4, "int16": 5, "int8": 6, "uint8": 7, "bool": 8,
 }
@@ -36,10 +38,9 @@ DTYPE_NAMES = {v: k for k, v in DTYPE_CODES.items()}
 MAX_NDIM = 8
 
 
-def stype_for(codec: str) -> str:
-    """The ``stype`` string of ``codec`` at the current version, e.g. ``bouquet.topk/1``."""
-    if codec not in CODEC_IDS:
-        raise ValueError(f"codec={codec!r} is unknown; allowed: {sorted(CODEC_IDS)}")
+def stype_string(codec: str) -> str:
+    """``bouquet.<codec>/<version>`` (no check that ``codec`` exists: see
+    :func:`bouquet.codecs.catalog.stype_for`)."""
     return f"{STYPE_PREFIX}{codec}/{VERSION}"
 
 
@@ -48,13 +49,14 @@ def is_bouquet_stype(stype: str) -> bool:
     return stype.startswith(STYPE_PREFIX)
 
 
-def parse_stype(stype: str) -> tuple[str, int]:
-    """Split ``bouquet.<codec>/<version>`` into ``(codec, version)``, validating both."""
+def split_stype(stype: str, known: Iterable[str]) -> tuple[str, int]:
+    """Split ``bouquet.<codec>/<version>`` into ``(codec, version)``: the codec one of ``known``,
+    the version this decoder's."""
     if not is_bouquet_stype(stype) or "/" not in stype:
         raise ValueError(f"stype {stype!r} is not of the form 'bouquet.<codec>/<version>'")
     codec, _, version = stype[len(STYPE_PREFIX):].partition("/")
-    if codec not in CODEC_IDS:
-        raise ValueError(f"stype {stype!r}: codec {codec!r} is unknown; allowed: {sorted(CODEC_IDS)}")
+    if codec not in known:
+        raise ValueError(f"stype {stype!r}: codec {codec!r} is unknown; allowed: {sorted(known)}")
     if version != str(VERSION):
         raise ValueError(f"stype {stype!r}: version {version!r} is not supported (this decoder reads {VERSION})")
     return codec, VERSION
@@ -205,26 +207,26 @@ def numpy_dtype(name: str) -> np.dtype:
     return np.dtype(name)
 
 
-def write_header(codec: str, dtype: str, shape: tuple[int, ...]) -> bytes:
-    """Header bytes for a tensor of ``dtype`` and ``shape`` coded with ``codec``."""
+def write_header(codec_id: int, dtype: str, shape: tuple[int, ...]) -> bytes:
+    """Header bytes for a tensor of ``dtype`` and ``shape`` coded with the codec of wire id ``codec_id``."""
     if len(shape) > MAX_NDIM:
         raise ValueError(f"shape {shape} has more than {MAX_NDIM} dimensions")
     code = DTYPE_CODES.get(str(dtype))
     if code is None:
         raise ValueError(f"dtype {dtype!r} is not supported; allowed: {sorted(DTYPE_CODES)}")
-    return MAGIC + struct.pack(f"<BBBB{len(shape)}I", VERSION, CODEC_IDS[codec], code, len(shape), *shape)
+    return MAGIC + struct.pack(f"<BBBB{len(shape)}I", VERSION, codec_id, code, len(shape), *shape)
 
 
-def read_header(reader: Reader, codec: str, dtype: str, shape: tuple[int, ...]) -> None:
-    """Read and check a header against the ``Array``'s stype codec, dtype and shape."""
+def read_header(reader: Reader, codec: str, codec_id: int, dtype: str, shape: tuple[int, ...]) -> None:
+    """Read and check a header against the ``Array``'s stype codec (wire id ``codec_id``), dtype and shape."""
     magic = reader.take(2, "magic")
     if magic != MAGIC:
         raise ValueError(f"bad magic {magic!r}, expected {MAGIC!r}")
-    version, codec_id, dtype_code, ndim = reader.unpack("BBBB", "header")
+    version, header_id, dtype_code, ndim = reader.unpack("BBBB", "header")
     if version != VERSION:
         raise ValueError(f"header version {version} is not supported (this decoder reads {VERSION})")
-    if codec_id != CODEC_IDS[codec]:
-        raise ValueError(f"header codec id {codec_id} does not match stype codec {codec!r} ({CODEC_IDS[codec]})")
+    if header_id != codec_id:
+        raise ValueError(f"header codec id {header_id} does not match stype codec {codec!r} ({codec_id})")
     if DTYPE_NAMES.get(dtype_code) != str(dtype):
         raise ValueError(f"header dtype code {dtype_code} ({DTYPE_NAMES.get(dtype_code)}) does not match Array dtype {dtype!r}")
     if ndim > MAX_NDIM:
@@ -239,7 +241,7 @@ def encode_dense(x: np.ndarray) -> Encoded:
     x = np.asarray(x)
     dtype = str(x.dtype)
     body = x.astype(x.dtype.newbyteorder("<"), copy=False).tobytes()
-    return Encoded(stype_for("dense"), dtype, tuple(x.shape), write_header("dense", dtype, tuple(x.shape)) + body)
+    return Encoded(stype_string(DENSE), dtype, tuple(x.shape), write_header(DENSE_WIRE_ID, dtype, tuple(x.shape)) + body)
 
 
 def decode_dense_body(reader: Reader, dtype: np.dtype, n: int) -> Decoded:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bouquet import keys
+from bouquet.codecs.catalog import LOSSY_CODECS
 from bouquet.simulations.downlink import DOWNLINK_STRATEGIES
 from bouquet.simulations.schema import CODEC_ARGS, CODEC_REQUIRED
 from bouquet.simulations.validate import Options, check_value, fmt
@@ -238,7 +239,7 @@ def _compression(cfg: dict[str, Any], opt: Options) -> str | None:
     if "compression" not in cfg:
         return None
     name = f"compression.{next(iter(cfg['compression']), 'server_lr')}"
-    compresses = opt["client"] in ("topk", "stc", "ternary") or (opt["client"] == "recsys" and cfg["client"]["codec"])
+    compresses = opt["client"] in LOSSY_CODECS or (opt["client"] == "recsys" and cfg["client"]["codec"])
     if not compresses:
         return f"{name} has no effect: client={opt['client']} does not upload compressed updates"
     if opt["strategy"] == "async":

@@ -105,10 +105,10 @@ def private_client(cfg: dict[str, Any], client: NumPyClient) -> NumPyClient:
 
 # ------------------------------------------------------------------ refused combinations
 # Registered in bouquet.simulations.combinations.COMBINATIONS (imported at its end).
+from bouquet.codecs.catalog import PER_CLIENT_POSITIONS  # noqa: E402
 from bouquet.simulations.combinations import NON_IMAGE_CLIENTS, _both, combination, sync_image_only  # noqa: E402
 from bouquet.simulations.validate import Options  # noqa: E402
 
-PER_CLIENT_POSITIONS = ("topk", "stc", "ternary")  # codecs whose kept positions differ from client to client
 DP_STRATEGIES = ("fedavg", "fedprox")  # a synchronous (unweighted) mean: what the DP noise is calibrated to
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bouquet.clients.recsys_client import OPTIMIZERS as RECSYS_OPTIMIZERS
-from bouquet.codecs import COMPRESSORS
+from bouquet.codecs.catalog import COMPRESSORS, DOWNLINK_CODECS, codec_options
 from bouquet.codecs.compressor import SCOPES
 from bouquet.codecs.ternary import PACKINGS
 from bouquet.codecs.topk import VALUE_DTYPES
@@ -132,12 +132,8 @@ TERNARY = {
     "residual_decay": TOPK["residual_decay"],
 }
 # Keyword arguments of client.codec_args per client.codec (recsys), and the ones without a default.
-CODEC_ARGS: dict[str, dict[str, Key]] = {
-    "topk": TOPK, "stc": STC, "ternary": TERNARY, "dense": {"residual_decay": TOPK["residual_decay"]},
-}
-CODEC_REQUIRED: dict[str, tuple[str, ...]] = {"topk": ("alpha",), "stc": ("alpha",)}
-if set(CODEC_ARGS) != set(COMPRESSORS):  # import time: a new codec needs its settings here
-    raise ValueError(f"schema CODEC_ARGS has {sorted(CODEC_ARGS)}, bouquet.codecs has {sorted(COMPRESSORS)}")
+CODEC_ARGS: dict[str, dict[str, Key]] = {"topk": TOPK, "stc": STC, "ternary": TERNARY, "dense": {"residual_decay": TOPK["residual_decay"]}}
+CODEC_REQUIRED: dict[str, tuple[str, ...]] = {c: tuple(codec_options(c)[1]) for c in COMPRESSORS if codec_options(c)[1]}
 
 CLIENT = {
     "plain": {"_target_": target("bouquet.clients.TorchClient"), **TRAINING, **STEPS},
@@ -307,6 +303,9 @@ DOWNLINK = {
     "stc": {"name": choice("stc"), **{k: STC[k] for k in ("alpha", "min_k", "scope")}},
     "ternary": {"name": choice("ternary"), **{k: TERNARY[k] for k in ("stochastic", "clip_c", "packing")}},
 }
+if (set(CODEC_ARGS) != set(COMPRESSORS) or set(DOWNLINK) - {"none"} != set(DOWNLINK_CODECS)  # import time: a new
+        or any(set(a) - set(codec_options(c)[0]) for c, a in CODEC_ARGS.items())):  # codec needs its settings here
+    raise ValueError("schema CODEC_ARGS and DOWNLINK type the options of bouquet.codecs.catalog's codecs, and no others")
 PRIVACY = {"none": {"name": choice("none")}, "secagg": {"name": choice("secagg")}, **{m: {"name": choice(m), "clip_norm": real("(0, inf)", doc="C: L2 bound of each client's update"), "delta": real("(0, 1)", doc="epsilon is reported at this delta"), "noise_multiplier": real("(0, inf)", doc="z: Gaussian noise std z * C on the sum of the updates")} for m in ("dp_client", "dp_server")}}
 LOGGER = {
     "none": {"name": choice("none")},

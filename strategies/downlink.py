@@ -66,6 +66,7 @@ from flwr.serverapp.strategy import Strategy
 
 from bouquet import keys
 from bouquet.codecs import Encoded, UpdateCompressor, is_statistic, make_compressor
+from bouquet.codecs.catalog import DOWNLINK_CODECS
 from bouquet.codecs.npy import read_npy
 from bouquet.codecs.sync import apply_decoded, decode_step, model_digest
 from bouquet.strategies.client_errors import log_client_error
@@ -74,7 +75,7 @@ from bouquet.strategies.reports import CLIENTS_DROPPED, DROP_REASONS, truncate_r
 from bouquet.strategies.wrapper import StrategyWrapper, chain
 
 RESYNC = keys.DOWNLINK_RESYNC  # marker in a client error reason: it could not rebuild the model
-CODECS = ("topk", "stc", "ternary")
+CODECS = DOWNLINK_CODECS  # the codecs that can compress the broadcast (bouquet.codecs.catalog)
 
 
 def step_record_key(version: int) -> str:

@@ -18,6 +18,7 @@ from flwr.serverapp.strategy import FedAvg
 from bouquet.clients.compressed import compress_update
 from bouquet.codecs import TopKCompressor, decode, encode_topk
 from bouquet.codecs.packing import POS_ALL
+from bouquet.codecs.topk import WIRE_ID as TOPK_ID
 from bouquet.codecs.wire import write_header
 from bouquet.strategies import Compressed, ReplyGuard
 
@@ -49,7 +50,7 @@ def _with(node: int, n: int, **arrays: Array):
 def _topk_all_payload(shape: tuple[int, ...]) -> bytes:
     """A 24-byte-ish top-k payload claiming ``shape`` with position coding 'all' and no values."""
     n = int(np.prod(shape, dtype=object))
-    return write_header("topk", "float32", shape) + struct.pack("<IBBI", min(n, 2**32 - 1), 0, POS_ALL, 0)
+    return write_header(TOPK_ID, "float32", shape) + struct.pack("<IBBI", min(n, 2**32 - 1), 0, POS_ALL, 0)
 
 
 def test_1_tiny_payload_huge_shape_is_refused_without_allocating():
@@ -137,7 +138,7 @@ def test_5_float16_overflow_integer_codecs_and_int64_wrap_are_refused():
     comp = _compressed(global_arrays=glob16)
     enc, _ = encode_topk(np.array([1e6, 0, 0, 0], np.float32), np.array([0]))
     as16 = Array(dtype="float16", shape=(4,), stype="bouquet.topk/1",
-                 data=write_header("topk", "float16", (4,)) + enc.data[len(write_header("topk", "float32", (4,))):])
+                 data=write_header(TOPK_ID, "float16", (4,)) + enc.data[len(write_header(TOPK_ID, "float32", (4,))):])
     ok = make_reply({"w": np.ones(4, np.float16)}, 10, node_id=2)
     arrays, _ = comp.aggregate_train(1, [make_reply(None, 10, node_id=1, array_record=ArrayRecord({"w": as16})), ok])
     report = comp.round_report()
@@ -146,7 +147,7 @@ def test_5_float16_overflow_integer_codecs_and_int64_wrap_are_refused():
     # a lossy codec for an integer tensor: refused, not wrapped around
     with pytest.raises(ValueError, match="floating-point tensors only"):
         enc64 = encode_topk(np.array([1e30, 0], np.float32), np.array([0]))[0]
-        decode("bouquet.topk/1", "int64", (2,), write_header("topk", "int64", (2,)) + enc64.data[len(write_header("topk", "float32", (2,))):])
+        decode("bouquet.topk/1", "int64", (2,), write_header(TOPK_ID, "int64", (2,)) + enc64.data[len(write_header(TOPK_ID, "float32", (2,))):])
     # an element count beyond int64: refused by name, never decoded as empty
     with pytest.raises(ValueError, match="elements"):
         decode("bouquet.topk/1", "float32", (2**32 - 1,) * 3, b"")
