@@ -81,6 +81,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
+from bouquet.staleness_window import DEFAULT_WINDOW
 from bouquet.strategies.async_messages import Decoder, train_message
 from bouquet.strategies.async_nodes import NodeSteps, wait_for_nodes
 from bouquet.strategies.async_rules import (
@@ -94,7 +95,7 @@ from bouquet.strategies.async_rules import (
     show_settings,
 )
 from bouquet.strategies.async_state import AsyncState, split_state
-from bouquet.strategies.staleness import DEFAULT_WINDOW, StalenessPolicy, make_policy
+from bouquet.strategies.staleness import StalenessPolicy, make_policy
 
 __all__ = ["LEARNER_RATES", "WINDOW_SIDES", "AsyncFedAvg", "buffered_step", "mix"]
 
