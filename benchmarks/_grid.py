@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomllib
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 
@@ -118,6 +120,16 @@ def pinned_tree(commit: str) -> tuple[str, Path]:
     return sha, tree / ".pkg"
 
 
+def sim_command(tree: Path | None) -> list[str]:
+    """``bouquet-sim`` of the checkout, or of a pinned ``tree``: its own pyproject's entry point
+    (the module behind the command moved between commits)."""
+    if tree is None:
+        return [str(ROOT / ".venv/bin/bouquet-sim")]
+    entry = tomllib.loads((tree / "pyproject.toml").read_text())["project"]["scripts"]["bouquet-sim"]
+    module, func = entry.split(":")
+    return [sys.executable, "-c", f"import sys; sys.argv[0] = 'bouquet-sim'; from {module} import {func}; {func}()"]
+
+
 def run_cell(section: str, cell: Cell, *, timeout_s: float = 3 * 3600, pin: str | None = None) -> dict[str, Any]:
     """Run one cell with ``bouquet-sim`` in a scratch run directory and append its raw record."""
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -130,8 +142,8 @@ def run_cell(section: str, cell: Cell, *, timeout_s: float = 3 * 3600, pin: str 
     with tempfile.TemporaryDirectory(prefix=f"bouquet-{section}-") as tmp:
         run_dir = Path(tmp) / "run"
         if cell.script is None:
-            cmd = [str(ROOT / ".venv/bin/bouquet-sim"), *cell.overrides, f"hydra.run.dir={run_dir}",
-                   "simulation.checkpoint_every=0"]
+            cmd = [*sim_command(None if pin is None else pinned_tree(pin)[1].parent), *cell.overrides,
+                   f"hydra.run.dir={run_dir}", "simulation.checkpoint_every=0"]
         else:
             tree = ROOT if pin is None else pinned_tree(pin)[1].parent
             cmd = [sys.executable, str(tree / "benchmarks" / cell.script), f"--run-dir={run_dir}", *cell.overrides]

@@ -8,7 +8,7 @@ same amount of client work (``rounds`` x ``clients`` local trainings). Reported 
 fluctuation = std of the evaluation loss over the last ``window`` evaluations.
 
 Engines (the strategies, recorder and metering are exactly those of ``bouquet-sim``,
-:func:`bouquet.simulations.server.run_server`; every client task is real torch training):
+:func:`bouquet.simulations.run.serverapp.run_server`; every client task is real torch training):
 
 * ``virtual`` (default): :class:`VirtualClockGrid`, a discrete-event grid: node ``i`` takes
   ``f_i * base_time`` virtual seconds per task (seeded factors of
@@ -207,7 +207,7 @@ def run_cell(method: str, seed: int, args: argparse.Namespace, out: Path) -> dic
         cfg = compose(overrides_for(method, seed, args))
         if args.engine == "virtual":
             from bouquet.clients.slow import speed_factors
-            from bouquet.simulations.server import make_client_app, run_server
+            from bouquet.simulations.run.serverapp import make_client_app, run_server
 
             factors = speed_factors(args.clients, args.sigma, args.slow_fraction, args.slow_factor, seed)
             vgrid = VirtualClockGrid(make_client_app(cfg), args.clients, factors, args.base_time)
@@ -218,11 +218,11 @@ def run_cell(method: str, seed: int, args: argparse.Namespace, out: Path) -> dic
             rows = [json.loads(line) for line in metrics.read_text().splitlines()]
             times_file.write_text(json.dumps(virtual_times(rows, vgrid.trace)))
         elif args.engine == "flower":
-            from bouquet.simulations.runner import run_in_simulation
+            from bouquet.simulations.run.runner import run_in_simulation
 
             run_in_simulation(cfg, run_dir)
         else:
-            from bouquet.simulations.server import make_client_app, run_server
+            from bouquet.simulations.run.serverapp import make_client_app, run_server
 
             grid = ThreadGrid(make_client_app(cfg), args.clients)
             try:

@@ -35,8 +35,8 @@ t0 = time.perf_counter()
 import flwr, torch
 t1 = time.perf_counter()
 from flwr.app import Context, RecordDict
-from bouquet.simulations.flower_app import _client_app_for, client_config
-from bouquet.simulations.experiment import get_experiment
+from bouquet.simulations.run.flower_app import _client_app_for, client_config
+from bouquet.simulations.methods.experiments import get_experiment
 ctx = Context(run_id=1, node_id=1, node_config={"partition-id": 1, "num-partitions": 2}, state=RecordDict(),
               run_config={"overrides": sys.argv[1]})
 cfg = client_config(ctx)

@@ -72,12 +72,12 @@ def probe(overrides: str) -> dict[str, float]:
     import torch
 
     mark("import torch")
-    from bouquet.simulations import flower_app
+    from bouquet.simulations.run import flower_app
 
     mark("import bouquet client stack")
     cfg = flower_app.compose_config(overrides)
     mark("compose Hydra config")
-    from bouquet.simulations.experiment import get_experiment
+    from bouquet.simulations.methods.experiments import get_experiment
 
     exp = get_experiment(cfg)
     _ = exp.dataset

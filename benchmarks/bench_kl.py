@@ -97,7 +97,7 @@ def compose_cfg(overrides: list[str]) -> dict[str, Any]:
 def check(grid: list[Cell], *, with_data: bool = True) -> None:
     """Compose and validate every cell as ``bouquet-sim`` would (with the data: cuts and caches
     the partitions too); raise on the first refusal."""
-    from bouquet.simulations.validate import validate_config, validate_run
+    from bouquet.simulations.config.validate import validate_config, validate_run
 
     for cell in grid:
         cfg = compose_cfg(list(cell.overrides))

@@ -1,6 +1,6 @@
 """The ``central x%`` control of the server-adjustment benchmark: the shared slice alone.
 
-The server's own :class:`~bouquet.simulations.adjust.ServerAdjuster` (same slice, same optimiser,
+The server's own :class:`~bouquet.simulations.methods.adjust.ServerAdjuster` (same slice, same optimiser,
 same epochs per call) is applied ``simulation.num_rounds`` times to the initial model, with no
 clients at all; the model is evaluated after every call. Writes ``metrics.jsonl`` and
 ``summary.json`` into ``--run-dir`` like a ``bouquet-sim`` run, so ``benchmarks/_grid.py`` records
@@ -29,8 +29,8 @@ def main() -> None:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from bouquet.simulations.adjust import build_adjust_fn
-    from bouquet.simulations.experiment import Experiment
+    from bouquet.simulations.methods.adjust import build_adjust_fn
+    from bouquet.simulations.methods.experiment import Experiment
 
     t0 = time.time()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):

@@ -6,7 +6,7 @@ options) and its body decoder, and says whether each client keeps its own positi
 aggregation cannot sum those) and whether it can compress the server's broadcast. Adding a codec
 is one module (body encoder and decoder, ``NAME``, ``WIRE_ID``, a compressor in
 ``compressor.py``), one record here and its config YAML; the config schema
-(``bouquet.simulations.schema``) types the options and checks at import that it covers every
+(``bouquet.simulations.config.schema``) types the options and checks at import that it covers every
 codec here.
 """
 

@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_STATE = ROOT / "deploy" / ".state"
 CONNECTION = "bouquet-local"
 # imported by each warm worker before it serves: torch, torch's first-optimizer-step import, the app
-WORKER_PRELOAD = ("torch", "torch._dynamo", "bouquet.simulations.flower_app")
+WORKER_PRELOAD = ("torch", "torch._dynamo", "bouquet.simulations.run.flower_app")
 HOST = "127.0.0.1"
 RUN_STARTED = re.compile(r"Successfully started run (\d+)")
 EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Failed|Exit)\b(?::.*)?$", re.MULTILINE)

@@ -11,7 +11,7 @@ passed through ``adjust_fn`` and the result becomes the next global model:
 
 In bouquet's simulations ``adjust_fn`` fine-tunes on a small class-balanced slice held only by
 the server, optionally with a proximal term :math:`\\mu \\|w - \\bar w_t\\|^2`
-(``bouquet.simulations.adjust``). This follows Zhao et al. 2018, "Federated Learning with
+(``bouquet.simulations.methods.adjust``). This follows Zhao et al. 2018, "Federated Learning with
 Non-IID Data" (arXiv:1806.00582), who show that a small globally shared dataset recovers much of
 the accuracy lost to non-IID data; here the shared data stay on the server, as in FedDF/FedFTG's
 server-side refinement.

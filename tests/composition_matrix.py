@@ -3,9 +3,9 @@
 Every ``client`` x ``strategy`` x ``server`` x ``model`` value of ``conf/`` is one
 :class:`Combo`. :func:`verdict` says whether validation accepts it; :func:`run_round` runs an
 accepted one for one round exactly as ``bouquet-sim``'s ServerApp does
-(:func:`bouquet.simulations.server.run_server`: ``build_strategy`` with the run's
+(:func:`bouquet.simulations.run.serverapp.run_server`: ``build_strategy`` with the run's
 ``Experiment``, the run recorder, the async loop's ``bind_recorder``), with the real ClientApp
-of :func:`~bouquet.simulations.server.make_client_app` answering on an
+of :func:`~bouquet.simulations.run.serverapp.make_client_app` answering on an
 :class:`~inprocess_grid.InProcessGrid` (no Ray), and returns what a test needs to show that
 each named feature acted (:class:`Outcome`).
 
@@ -118,7 +118,7 @@ def verdict(combo: Combo) -> str | None:
     FileNotFoundError
         If the combination's dataset is not in the data cache.
     """
-    from bouquet.simulations.validate import validate_run
+    from bouquet.simulations.config.validate import validate_run
 
     try:
         validate_run(assembled(combo))
@@ -189,8 +189,9 @@ def _spy(adjust_fn: Callable[..., Any], calls: list[tuple[dict[str, np.ndarray],
 
 def run_round(cfg: dict[str, Any], run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Outcome:
     """Run ``cfg`` through ``run_server`` on an :class:`InProcessGrid` (see the module docstring)."""
-    from bouquet.simulations import results, server
-    from bouquet.simulations.experiment import get_experiment
+    from bouquet.simulations.methods.experiments import get_experiment
+    from bouquet.simulations.run import results
+    from bouquet.simulations.run import serverapp as server
     from bouquet.strategies.server_adjusted import ServerAdjusted
     from bouquet.strategies.wrapper import chain
 

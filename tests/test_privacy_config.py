@@ -15,13 +15,13 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from bouquet.simulations.validate import validate_config
+from bouquet.simulations.config.validate import validate_config
 from bouquet.strategies.privacy import epsilon_of
 
 
 def _bouquet_sim() -> list[str]:
     script = Path(sys.executable).parent / "bouquet-sim"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "bouquet.simulations.main"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "bouquet.simulations.run.main"]
 
 
 def _run(tmp_path: Path, *overrides: str, timeout: float = 180) -> subprocess.CompletedProcess:

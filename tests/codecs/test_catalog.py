@@ -7,7 +7,7 @@ import pytest
 
 from bouquet.codecs import CODECS, COMPRESSORS, decode, make_compressor, parse_stype, stype_for
 from bouquet.codecs.catalog import CODEC_IDS, DOWNLINK_CODECS, LOSSY_CODECS, PER_CLIENT_POSITIONS
-from bouquet.simulations.schema import CODEC_ARGS, CODEC_REQUIRED, DOWNLINK
+from bouquet.simulations.config.schema import CODEC_ARGS, CODEC_REQUIRED, DOWNLINK
 
 OPTIONS = {"topk": {"alpha": 0.5}, "stc": {"alpha": 0.5}, "ternary": {}, "dense": {}}
 

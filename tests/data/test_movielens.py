@@ -114,8 +114,8 @@ def _train_message(arrays: dict[str, np.ndarray], server_round: int):
 def test_user_factors_stay_in_context_state_and_never_in_replies(codec: str | None) -> None:
     from flwr.app import Context, RecordDict
 
-    from bouquet.simulations.experiment import get_experiment
-    from bouquet.simulations.server import make_client_app
+    from bouquet.simulations.methods.experiments import get_experiment
+    from bouquet.simulations.run.serverapp import make_client_app
 
     cfg = _cfg("dataset.max_users=40", "simulation.num_clients=2", f"client.codec={codec or 'null'}")
     exp = get_experiment(cfg)
@@ -148,7 +148,7 @@ def test_user_factors_stay_in_context_state_and_never_in_replies(codec: str | No
 
 # ------------------------------------------------------------------ server side
 def test_pool_evaluation_weights_by_ratings_and_drops_bad_replies() -> None:
-    from bouquet.simulations.recsys import pool_evaluation
+    from bouquet.simulations.methods.recsys import pool_evaluation
 
     def ev(n: int, mse: float, hr: float, ndcg: float, node: int):
         return make_reply(None, n, {keys.EVAL_MSE: mse, keys.EVAL_HR_AT_10: hr, keys.EVAL_NDCG_AT_10: ndcg}, node_id=node)
@@ -166,7 +166,7 @@ def test_pool_evaluation_weights_by_ratings_and_drops_bad_replies() -> None:
 
 
 def test_server_holds_no_ratings_and_no_user_factors() -> None:
-    from bouquet.simulations.experiment import get_experiment
+    from bouquet.simulations.methods.experiments import get_experiment
 
     exp = get_experiment(_cfg("dataset.max_users=40", "simulation.num_clients=2"))
     assert exp.evaluate_arrays(exp.initial_arrays()) == {}
@@ -177,9 +177,9 @@ def test_server_holds_no_ratings_and_no_user_factors() -> None:
 def test_build_strategy_adds_federated_evaluation_and_decoding(codec: str | None) -> None:
     from flwr.app import Array, ArrayRecord, ConfigRecord, MessageType
 
-    from bouquet.simulations.experiment import get_experiment
-    from bouquet.simulations.recsys import FederatedEvaluation, _has_compressed
-    from bouquet.simulations.server import build_strategy
+    from bouquet.simulations.methods.experiments import get_experiment
+    from bouquet.simulations.methods.recsys import FederatedEvaluation, _has_compressed
+    from bouquet.simulations.run.serverapp import build_strategy
 
     cfg = _cfg("dataset.max_users=40", "simulation.num_clients=2", "dataset.eval_fraction=0.5",
                f"client.codec={codec or 'null'}")

@@ -11,7 +11,7 @@ from docs_commands import commands, overrides_of, snippets
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from bouquet.simulations.validate import validate_config
+from bouquet.simulations.config.validate import validate_config
 
 
 def test_the_docs_have_commands():

@@ -21,7 +21,7 @@ def test_real_async_simulation_on_digits(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
     cmd = [
-        sys.executable, "-m", "bouquet.simulations.main", "dataset=digits", "simulation.num_clients=3",
+        sys.executable, "-m", "bouquet.simulations.run.main", "dataset=digits", "simulation.num_clients=3",
         "simulation.num_rounds=6", "strategy=async", "strategy.policy=polynomial", "strategy.eval_every=4",
         "client=slow", "client.base_time_s=0.5", "client.slow_fraction=0.34", "client.slow_factor=4",
         "simulation.client_cpus=0.5", f"hydra.run.dir={run_dir}",
@@ -87,7 +87,7 @@ def test_sliding_window_per_node_on_the_server_in_flowers_engine(tmp_path: Path)
 
 def _run_rows(overrides: list[str], run_dir: Path) -> list[dict]:
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
-    cmd = [sys.executable, "-m", "bouquet.simulations.main", *overrides, f"hydra.run.dir={run_dir}"]
+    cmd = [sys.executable, "-m", "bouquet.simulations.run.main", *overrides, f"hydra.run.dir={run_dir}"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -87,7 +87,7 @@ def _context(run_config: dict, node_config: dict):
 
 
 def test_split_overrides_keeps_quoted_values() -> None:
-    from bouquet.simulations.flower_app import split_overrides
+    from bouquet.simulations.run.flower_app import split_overrides
 
     assert split_overrides("  a=1 b=\"x y\"  c=[1,2] d='p q' ") == ["a=1", 'b="x y"', "c=[1,2]", "d='p q'"]
     assert split_overrides("") == []
@@ -96,7 +96,7 @@ def test_split_overrides_keeps_quoted_values() -> None:
 
 
 def test_compose_config_applies_overrides_like_bouquet_sim() -> None:
-    from bouquet.simulations.flower_app import compose_config
+    from bouquet.simulations.run.flower_app import compose_config
 
     cfg = compose_config("dataset=digits strategy=fedprox simulation.num_rounds=3")
     assert cfg["dataset"]["name"] == "digits"
@@ -110,7 +110,7 @@ def test_compose_config_applies_overrides_like_bouquet_sim() -> None:
 
 
 def test_client_config_takes_partitions_from_node_config() -> None:
-    from bouquet.simulations.flower_app import client_config
+    from bouquet.simulations.run.flower_app import client_config
 
     ctx = _context({"overrides": "dataset=digits simulation.num_clients=10"}, {"partition-id": 2, "num-partitions": 3})
     assert client_config(ctx)["simulation"]["num_clients"] == 3
@@ -122,7 +122,7 @@ def test_client_config_takes_partitions_from_node_config() -> None:
 
 
 def test_run_dir_default_is_timestamped_under_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from bouquet.simulations.flower_app import resolve_run_dir
+    from bouquet.simulations.run.flower_app import resolve_run_dir
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     default = resolve_run_dir("", run_id=42)
@@ -131,7 +131,7 @@ def test_run_dir_default_is_timestamped_under_cache(monkeypatch: pytest.MonkeyPa
 
 
 def test_wait_for_nodes_fails_clearly() -> None:
-    from bouquet.simulations.metering import MeteredGrid, NodesUnavailable
+    from bouquet.simulations.run.metering import MeteredGrid, NodesUnavailable
 
     assert MeteredGrid(_FakeGrid([0, 1, 2])).wait_for_nodes(2, timeout_s=5, poll_s=0.01) == 2
     with pytest.raises(NodesUnavailable, match="only 1 of the 3 nodes"):
@@ -144,8 +144,8 @@ def test_client_app_trains_through_the_bridge() -> None:
     from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
     from bouquet import keys
-    from bouquet.simulations.experiment import get_experiment
-    from bouquet.simulations.flower_app import client_app, client_config
+    from bouquet.simulations.methods.experiments import get_experiment
+    from bouquet.simulations.run.flower_app import client_app, client_config
 
     ctx = _context({"overrides": "dataset=digits"}, {"partition-id": 1, "num-partitions": 2})
     cfg = client_config(ctx)

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from conftest import ROOT, run_bouquet_sim
 
-from bouquet.simulations.checkpoint import (
+from bouquet.simulations.run.checkpoint import (
     load_checkpoint,
 )
-from bouquet.simulations.results import read_rows
+from bouquet.simulations.run.results import read_rows
 
 BASE = ["dataset=digits", "simulation.num_clients=3", "client.lr=0.05"]
 
@@ -31,7 +31,7 @@ def _final(run_dir: Path) -> dict[str, np.ndarray]:
 PAUSING_SIM = """
 import sys, threading
 from pathlib import Path
-from bouquet.simulations import checkpoint, main
+from bouquet.simulations.run import checkpoint, main
 pause, marker = int(sys.argv[1]), Path(sys.argv[2])
 save = checkpoint.Checkpointer.__call__
 def save_then_pause(self, server_round, arrays):
@@ -138,7 +138,7 @@ def test_run_survives_crashing_hanging_and_corrupting_clients(tmp_path: Path) ->
 PAUSING_ASYNC_SIM = """
 import sys, threading
 from pathlib import Path
-from bouquet.simulations import checkpoint, main
+from bouquet.simulations.run import checkpoint, main
 pause, marker = int(sys.argv[1]), Path(sys.argv[2])
 save = checkpoint.Checkpointer.save
 def save_then_pause(self, step, arrays, *, step_key="round", extra=None):

@@ -22,7 +22,7 @@ from bouquet.models.early_exit import (
 )
 from bouquet.models.nas import Architecture, make_space
 from bouquet.models.training import get_weights, set_weights
-from bouquet.simulations.early_exit import best_exit
+from bouquet.simulations.methods.early_exit import best_exit
 
 
 def _client(model, max_depth=None, node_config=None, **kwargs):

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bouquet.simulations import checkpoint_format as fmt
-from bouquet.simulations.checkpoint import (
+from bouquet.simulations.run import checkpoint_format as fmt
+from bouquet.simulations.run.checkpoint import (
     CHECKPOINT,
     PREVIOUS,
     CheckpointError,
@@ -36,7 +36,7 @@ from bouquet.simulations.checkpoint import (
     set_rng_state,
     strategy_state,
 )
-from bouquet.simulations.resume import check_resume
+from bouquet.simulations.run.resume import check_resume
 
 LEGACY_MAGIC = b"BOUQUET-CKPT-1\n"  # the header of the old checkpoint.pkl
 
@@ -281,11 +281,11 @@ def test_unknown_types_are_refused_not_dropped(tmp_path: Path, value: Any, where
 def test_the_dataclass_period_of_an_async_run_is_refused_but_its_fields_are_saved(tmp_path: Path) -> None:
     import dataclasses
 
-    from bouquet.simulations.metering import Period
-    from bouquet.simulations.server import period_from_state
+    from bouquet.simulations.run.metering import Period
+    from bouquet.simulations.run.serverapp import period_from_state
 
     period = Period(bytes_up=3, client_train_s=0.5, first_reply_at=None)
-    with pytest.raises(ValueError, match=r"payload\['period'\] is a bouquet.simulations.metering.Period"):
+    with pytest.raises(ValueError, match=r"payload\['period'\] is a bouquet.simulations.run.metering.Period"):
         fmt.flatten({"period": period})
     assert period_from_state(_round_trip(dataclasses.asdict(period))) == period
     with pytest.raises(CheckpointError, match="period is not a Period"):

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bouquet.simulations import main as sim_main
-from bouquet.simulations.checkpoint import save_checkpoint
+from bouquet.simulations.run import main as sim_main
+from bouquet.simulations.run.checkpoint import save_checkpoint
 
 NO_HYDRA_LOGGING = ["hydra/job_logging=none", "hydra/hydra_logging=none"]
 SMALL = ["dataset=digits", "simulation.num_clients=2", "simulation.num_rounds=1"]
@@ -36,7 +36,7 @@ def no_full_error(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def no_run(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
     """Replace the simulation engine: a config that passes every check is recorded, not run."""
-    from bouquet.simulations import runner
+    from bouquet.simulations.run import runner
 
     started: list[dict] = []
 
@@ -44,9 +44,7 @@ def no_run(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
         started.append(kwargs)
         raise AssertionError("the simulation started: a check is missing")
 
-    import flwr.simulation
-
-    monkeypatch.setattr(flwr.simulation, "run_simulation", fake_run_simulation)
+    monkeypatch.setattr(runner, "run_simulation", fake_run_simulation)
     monkeypatch.setattr(runner, "make_server_app", lambda cfg, out: None)
     monkeypatch.setattr(runner, "make_client_app", lambda cfg, state_dir=None: None)
     return started
@@ -101,7 +99,7 @@ def _composed(*overrides: str) -> dict:
 
 
 def _a_run(directory: Path, cfg: dict) -> None:
-    from bouquet.simulations.checkpoint import rng_state
+    from bouquet.simulations.run.checkpoint import rng_state
 
     directory.mkdir()
     (directory / "config.json").write_text("{}")
@@ -148,7 +146,7 @@ def test_the_real_cli_refuses_an_old_pickle_checkpoint_without_running_it(tmp_pa
     (run / "summary.json").write_text("{}")
     before = _snapshot(run)
     script = Path(sys.executable).parent / "bouquet-sim"
-    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "bouquet.simulations.main"]
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "bouquet.simulations.run.main"]
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     res = subprocess.run([*cmd, *SMALL, f"simulation.resume={run}", f"hydra.run.dir={tmp_path / 'run'}"],
                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
@@ -225,7 +223,7 @@ def test_impossible_train_config_values_are_refused(monkeypatch, tmp_path, capsy
 def test_every_key_the_server_writes_is_refused() -> None:
     """The table follows bouquet.keys: every key the strategies write into a train config."""
     from bouquet import keys
-    from bouquet.simulations.values import SERVER_SET_KEYS, check_train_config
+    from bouquet.simulations.config.values import SERVER_SET_KEYS, check_train_config
 
     written = {keys.SERVER_ROUND, keys.PROXIMAL_MU, keys.MODEL_VERSION, keys.SUBMODEL_DEPTH, keys.PREV_STALENESS,
                keys.APPLIED_UPDATES, keys.NODE_INFO}

@@ -11,7 +11,7 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from bouquet.simulations.validate import validate_config
+from bouquet.simulations.config.validate import validate_config
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -118,7 +118,8 @@ MODEL_DATASET = {"mf": ["dataset=movielens", "dataset.max_users=30"]}
 def test_every_model_instantiates(option: str) -> None:
     import torch
 
-    from bouquet.simulations.experiment import Experiment, experiment_class
+    from bouquet.simulations.methods.experiment import Experiment
+    from bouquet.simulations.methods.experiments import experiment_class
 
     cfg = _compose([f"model={option}", *MODEL_DATASET.get(option, ["dataset=mnist"])])
     exp: Experiment = experiment_class(cfg)(cfg)
@@ -173,7 +174,7 @@ COMBINATION_CASES: dict[str, tuple[list[str], list[str]]] = {
 
 @pytest.mark.parametrize("rule", sorted(COMBINATION_CASES))
 def test_each_combination_rule_refuses_naming_the_keys(rule: str) -> None:
-    from bouquet.simulations.combinations import COMBINATIONS
+    from bouquet.simulations.config.combinations import COMBINATIONS
 
     overrides, expected = COMBINATION_CASES[rule]
     cfg = _compose(overrides)
@@ -188,7 +189,7 @@ def test_each_combination_rule_refuses_naming_the_keys(rule: str) -> None:
 
 
 def _group_values(cfg: dict) -> dict:
-    from bouquet.simulations.validate import check_schema
+    from bouquet.simulations.config.validate import check_schema
 
     return check_schema(cfg)
 
@@ -220,7 +221,7 @@ def test_dgc_and_server_momentum_settings_pass() -> None:
 
 
 def test_every_combination_rule_has_a_case() -> None:
-    from bouquet.simulations.combinations import COMBINATIONS
+    from bouquet.simulations.config.combinations import COMBINATIONS
 
     assert {c.rule.__name__ for c in COMBINATIONS} == set(COMBINATION_CASES)
 
@@ -254,7 +255,7 @@ def test_flwr_run_skips_the_simulation_only_checks() -> None:
     ],
 )
 def test_data_checks_refuse_before_the_engine(overrides: list[str], text: str) -> None:
-    from bouquet.simulations.validate import validate_run
+    from bouquet.simulations.config.validate import validate_run
 
     cfg = _compose(overrides)
     validate_config(cfg)  # fine without the data
@@ -264,7 +265,7 @@ def test_data_checks_refuse_before_the_engine(overrides: list[str], text: str) -
 
 
 def test_missing_dataset_is_a_file_not_found_naming_make_data(tmp_path: Path) -> None:
-    from bouquet.simulations.validate import validate_run
+    from bouquet.simulations.config.validate import validate_run
 
     with pytest.raises(FileNotFoundError, match="make data"):
         validate_run(_compose([f"dataset.root={tmp_path}"]))

@@ -1,4 +1,4 @@
-"""simulations/engine_poll.py: Flower's simulation message loop, visiting only nodes with mail."""
+"""simulations/run/engine_poll.py: Flower's simulation message loop, visiting only nodes with mail."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import threading
 from queue import Queue
 from types import SimpleNamespace
 
-from bouquet.simulations import engine_poll
+from bouquet.simulations.run import engine_poll
 
 
 class OneTick:

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from flwr.app import Context, RecordDict
 
-from bouquet.simulations import flower_app
-from bouquet.simulations import main as sim_main
-from bouquet.simulations.results import RunFailed
+from bouquet.simulations.run import flower_app
+from bouquet.simulations.run import main as sim_main
+from bouquet.simulations.run.results import RunFailed
 
 # Hydra in-process without its logging set-up (the test process keeps its own handlers).
 NO_HYDRA_LOGGING = ["hydra/job_logging=none", "hydra/hydra_logging=none"]
@@ -23,7 +23,7 @@ NO_HYDRA_LOGGING = ["hydra/job_logging=none", "hydra/hydra_logging=none"]
 
 def _bouquet_sim() -> list[str]:
     script = Path(sys.executable).parent / "bouquet-sim"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "bouquet.simulations.main"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "bouquet.simulations.run.main"]
 
 
 def test_real_bouquet_sim_refuses_in_one_line_with_exit_code_2(tmp_path: Path) -> None:
@@ -141,7 +141,7 @@ def _log_a_run() -> None:
     flwr_logger.debug("Terminated RayBackend")
     flwr_logger.info("[ROUND 1/1]")
     logging.getLogger("alembic.runtime.plugins").info("setup plugin alembic.autogenerate.schemas")
-    logging.getLogger("bouquet.simulations.server").info("2 nodes connected")
+    logging.getLogger("bouquet.simulations.run.serverapp").info("2 nodes connected")
     logging.getLogger("bouquet.progress").info("round 1: accuracy=0.9")
     flwr_logger.warning("DEPRECATED FEATURE: The `run_simulation` function is deprecated")
     flwr_logger.warning("round 1 skipped: 0 usable replies")
@@ -189,7 +189,7 @@ def _context(overrides: str, run_dir: Path) -> Context:
     ],
 )
 def test_server_app_refuses_before_the_first_round(tmp_path, caplog, overrides: str, reason: str) -> None:
-    with caplog.at_level(logging.ERROR, logger="bouquet.simulations.flower_app"), pytest.raises(Exception) as info:
+    with caplog.at_level(logging.ERROR, logger="bouquet.simulations.run.flower_app"), pytest.raises(Exception) as info:
         flower_app._server_main(None, _context(overrides, tmp_path / "run"))  # type: ignore[arg-type]
     assert reason in " ".join(str(info.value).split())  # Flower puts this into the run's status details
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())

@@ -8,7 +8,7 @@ import sys
 import pytest
 from conftest import ROOT
 
-from bouquet.simulations.validate import validate_config
+from bouquet.simulations.config.validate import validate_config
 
 
 def _bench_kl():  # type: ignore[no-untyped-def]

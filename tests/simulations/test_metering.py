@@ -7,7 +7,7 @@ import pytest
 from conftest import make_reply
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
-from bouquet.simulations.metering import MeteredGrid, message_array_bytes
+from bouquet.simulations.run.metering import MeteredGrid, message_array_bytes
 
 
 class FakeGrid:

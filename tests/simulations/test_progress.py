@@ -8,8 +8,8 @@ from pathlib import Path
 
 from flwr.app import ArrayRecord
 
-from bouquet.simulations.metering import Period
-from bouquet.simulations.results import RunRecorder
+from bouquet.simulations.run.metering import Period
+from bouquet.simulations.run.results import RunRecorder
 
 
 class _Grid:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from flwr.app import ArrayRecord, Error, Message
 
-from bouquet.simulations.metering import MeteredGrid, Period
-from bouquet.simulations.results import RunFailed, RunRecorder, repeating_failure
+from bouquet.simulations.run.metering import MeteredGrid, Period
+from bouquet.simulations.run.results import RunFailed, RunRecorder, repeating_failure
 
 
 def _period(ok: int, reasons: list[str], failed: int | None = None) -> Period:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import make_reply
 
-from bouquet.simulations.checkpoint import (
+from bouquet.simulations.run.checkpoint import (
     CHECKPOINT,
     PREVIOUS,
     CheckpointError,
@@ -18,8 +18,8 @@ from bouquet.simulations.checkpoint import (
     save_checkpoint,
     strategy_state,
 )
-from bouquet.simulations.metering import MeteredGrid, NodesUnavailable
-from bouquet.simulations.resume import config_differences
+from bouquet.simulations.run.metering import MeteredGrid, NodesUnavailable
+from bouquet.simulations.run.resume import config_differences
 
 BASE = ["dataset=digits", "simulation.num_clients=3", "client.lr=0.05"]
 
@@ -104,8 +104,9 @@ def test_async_run_resumes_where_its_checkpoint_left_off(tmp_path: Path, monkeyp
     ``context.state`` (as SuperNodes do), the run ends exactly as the uninterrupted one."""
     from inprocess_grid import InProcessGrid
 
-    from bouquet.simulations import checkpoint, results, server
-    from bouquet.simulations.results import read_rows
+    from bouquet.simulations.run import checkpoint, results
+    from bouquet.simulations.run import serverapp as server
+    from bouquet.simulations.run.results import read_rows
 
     monkeypatch.setattr(results, "plot_curves", lambda rows, path: None)
     cfg = _async_cfg()

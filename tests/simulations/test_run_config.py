@@ -7,7 +7,7 @@ import tomllib
 from conftest import ROOT
 from flwr.app import Context, RecordDict
 
-from bouquet.simulations.flower_app import (
+from bouquet.simulations.run.flower_app import (
     RUN_CONFIG_KEYS,
     compose_config,
     follow_federation_size,

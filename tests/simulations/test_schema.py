@@ -14,10 +14,11 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from bouquet.simulations import main as sim_main
-from bouquet.simulations.schema import GROUPS, ROOT, TASKS, Key
-from bouquet.simulations.schema_doc import markdown, readme_section, yaml_values
-from bouquet.simulations.validate import interval, validate_config
+from bouquet.simulations.config.checks import interval
+from bouquet.simulations.config.schema import GROUPS, ROOT, TASKS, Key
+from bouquet.simulations.config.schema_doc import markdown, readme_section, yaml_values
+from bouquet.simulations.config.validate import validate_config
+from bouquet.simulations.run import main as sim_main
 
 ROOT_DIR = Path(__file__).resolve().parents[2]
 
@@ -160,12 +161,12 @@ def test_the_issue_example_message() -> None:
 def test_readme_config_reference_is_the_generated_one() -> None:
     readme = (ROOT_DIR / "docs" / "config.md").read_text()
     assert readme_section(readme) == markdown(), (
-        "docs/config.md's config reference is stale: regenerate it with `python -m bouquet.simulations.schema --markdown`"
+        "docs/config.md's config reference is stale: regenerate it with `python -m bouquet.simulations.config.schema_doc --markdown`"
     )
 
 
 def test_generated_reference_lists_every_key_and_combination() -> None:
-    from bouquet.simulations.combinations import COMBINATIONS
+    from bouquet.simulations.config.combinations import COMBINATIONS
 
     text = markdown()
     for group, spec in GROUPS.items():

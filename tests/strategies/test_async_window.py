@@ -142,7 +142,8 @@ def test_learner_side_window_through_the_real_loop_in_process(tmp_path: Path, mo
     from omegaconf import OmegaConf
 
     from bouquet.clients import torch_client
-    from bouquet.simulations import results, server
+    from bouquet.simulations.run import results
+    from bouquet.simulations.run import serverapp as server
     from bouquet.strategies import async_state
 
     class LaggedGrid(InProcessGrid):

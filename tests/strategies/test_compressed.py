@@ -232,7 +232,7 @@ def test_compression_mod_passes_evaluate_and_errors():
 
 
 def test_wrap_compression_follows_the_client_config():
-    from bouquet.simulations.compression import wrap_compression
+    from bouquet.simulations.methods.compression import wrap_compression
     from bouquet.strategies.async_fedavg import AsyncFedAvg
     from bouquet.strategies.decoding import decode_update
 

@@ -19,7 +19,7 @@ from bouquet import keys
 from bouquet.clients import compression_mod, downlink_mod
 from bouquet.clients.downlink import held_model
 from bouquet.codecs.sync import model_digest
-from bouquet.simulations.metering import MeteredGrid
+from bouquet.simulations.run.metering import MeteredGrid
 from bouquet.strategies import Compressed, CompressedDownlink
 
 SHAPES = {"conv": (4, 3, 3), "fc": (50, 20), "bias": (20,)}

@@ -224,8 +224,8 @@ def test_works_behind_reply_guard():
 def test_runtime_kwargs_give_the_server_reference():
     from functools import partial
 
-    from bouquet.simulations.experiment import Experiment
-    from bouquet.simulations.server import strategy_runtime_kwargs
+    from bouquet.simulations.methods.experiment import Experiment
+    from bouquet.simulations.run.serverapp import strategy_runtime_kwargs
 
     cfg = {"seed": 0, "dataset": {"name": "digits", "root": None}, "simulation": {"num_clients": 2}}
     exp = Experiment(cfg)

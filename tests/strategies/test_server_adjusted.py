@@ -1,4 +1,4 @@
-"""Tests of the server-side adjustment wrapper (strategies/server_adjusted.py, simulations/adjust.py)."""
+"""Tests of the server-side adjustment wrapper (strategies/server_adjusted.py, simulations/methods/adjust.py)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from flwr.app import Array, ArrayRecord
 from flwr.serverapp.strategy import FedAvg, FedProx
 
 from bouquet import keys
-from bouquet.simulations.adjust import (
+from bouquet.simulations.methods.adjust import (
     ServerAdjuster,
     build_adjust_fn,
     shared_data,
     wrap_server_adjust,
 )
-from bouquet.simulations.experiment import Experiment
+from bouquet.simulations.methods.experiment import Experiment
 from bouquet.strategies.kl_weighted import KLWeightedFedAvg
 from bouquet.strategies.server_adjusted import ServerAdjusted
 

@@ -14,7 +14,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM
 
 from bouquet.clients.compressed import encoded_arrayrecord
 from bouquet.codecs import TopKCompressor
-from bouquet.simulations.checkpoint import (
+from bouquet.simulations.run.checkpoint import (
     load_checkpoint,
     load_strategy_state,
     save_checkpoint,
@@ -144,7 +144,7 @@ def test_d2_compressed_no_longer_shadows_fedavgm():
 
 
 def test_wrap_compression_reads_server_momentum():
-    from bouquet.simulations.compression import wrap_compression
+    from bouquet.simulations.methods.compression import wrap_compression
 
     cfg = {"client": {"_target_": "bouquet.clients.TopKClient"}, "compression": {"server_lr": 0.5, "server_momentum": 0.9}}
     wrapped = wrap_compression(cfg, None, ReplyGuard(_fedavg()))

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from bouquet.simulations.results import METRICS_FILE, SUMMARY_FILE, read_rows
+from bouquet.simulations.run.results import METRICS_FILE, SUMMARY_FILE, read_rows
 
 
 def find_runs(paths: list[Path]) -> list[Path]:

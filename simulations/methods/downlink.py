@@ -1,14 +1,14 @@
 """Wrap the strategy in :class:`~bouquet.strategies.CompressedDownlink` when ``downlink`` asks for it.
 
 :func:`wrap_downlink` is the last (outermost) of
-:data:`bouquet.simulations.server.STRATEGY_WRAPPERS`: it compresses what the server broadcasts
+:data:`bouquet.simulations.run.serverapp.STRATEGY_WRAPPERS`: it compresses what the server broadcasts
 after every other wrapper has decided what the global model is. ``downlink=none`` (the default)
 leaves the strategy as it is; ``downlink=topk|stc|ternary`` builds the wrapper with the group's
 codec options (``downlink.alpha`` ...) and :func:`client_downlink_mods` puts
 :class:`~bouquet.clients.DownlinkMod` outermost among the client mods.
 
 ``bouquet-sim`` clients build the initial model from the run's seed exactly as the server does
-(:meth:`~bouquet.simulations.experiment.Experiment.initial_arrays`), so the wrapper is built
+(:meth:`~bouquet.simulations.methods.experiment.Experiment.initial_arrays`), so the wrapper is built
 with ``initial_known=True``: a node's first round costs the steps since the initial model, not
 the dense model, while those are smaller (the client checks the initial model's digest; a
 mismatch falls back to the dense model).
@@ -22,7 +22,7 @@ from typing import Any
 from flwr.serverapp.strategy import Strategy
 
 from bouquet.clients.downlink import DownlinkMod
-from bouquet.simulations.experiment import get_experiment
+from bouquet.simulations.methods.experiments import get_experiment
 from bouquet.strategies.downlink import CompressedDownlink
 
 logger = logging.getLogger(__name__)

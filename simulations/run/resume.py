@@ -1,7 +1,7 @@
 """Resume a run from its checkpoint: every check before anything is written.
 
 ``simulation.resume=<run dir>`` (or ``true``: this run's own directory) continues a run from
-the last usable checkpoint of that directory (:mod:`bouquet.simulations.checkpoint`), in that
+the last usable checkpoint of that directory (:mod:`bouquet.simulations.run.checkpoint`), in that
 directory. :func:`check_resume` is called before the run writes anything (by the simulation
 runner before it clears the old ``summary.json``, by the ServerApp before it writes its
 config): the directory must exist and be the directory of a bouquet run (its ``config.json`` or
@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from bouquet.simulations.checkpoint import (
+from bouquet.simulations.run.checkpoint import (
     CHECKPOINT,
     CONFIG_FILE,
     LEGACY,

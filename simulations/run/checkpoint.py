@@ -2,7 +2,7 @@
 
 After every ``simulation.checkpoint_every`` rounds the run directory gets ``checkpoint/``: the
 global arrays, the round number, the strategy's state, the RNG states (``random``, numpy,
-torch) and the resolved config, in the format of :mod:`bouquet.simulations.checkpoint_format`
+torch) and the resolved config, in the format of :mod:`bouquet.simulations.run.checkpoint_format`
 (arrays in ``arrays.npz``, everything else in ``state.json``, the SHA-256 of both in
 ``SHA256SUMS``: data that cannot execute anything when read). It is written atomically: into
 ``checkpoint.tmp/``, every file ``fsync``'ed, then renamed. An asynchronous run
@@ -17,7 +17,7 @@ is used.
 
 A run directory of an older bouquet holds ``checkpoint.pkl``, a pickle: it is never read
 (unpickling can run any code, and its SHA-256 sat in the same file); resuming such a run is
-refused in one line. :func:`bouquet.simulations.resume.check_resume` does every check of a
+refused in one line. :func:`bouquet.simulations.run.resume.check_resume` does every check of a
 resume (a directory of a bouquet run, a usable checkpoint, the same config) before anything is
 written.
 
@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 from flwr.common.logger import log
 
-from bouquet.simulations.checkpoint_format import (
+from bouquet.simulations.run.checkpoint_format import (
     CorruptCheckpoint,
     encode_checkpoint,
     fsync_dir,

@@ -4,7 +4,7 @@
 resolved config (a plain ``dict``). The strategy is instantiated from ``cfg["strategy"]``
 (``_target_``), then wrapped by the wrappers that the config asks for (see
 :data:`STRATEGY_WRAPPERS`), and driven by its own ``start()`` on a
-:class:`~bouquet.simulations.metering.MeteredGrid`.
+:class:`~bouquet.simulations.run.metering.MeteredGrid`.
 
 Strategy hooks read by the runner (all optional, forwarded by bouquet's wrappers):
 
@@ -38,23 +38,24 @@ from bouquet.clients.faults import fault_mod
 from bouquet.clients.staleness import staleness_window_mod
 from bouquet.clients.state_store import SpilledState, prune
 from bouquet.data import label_histogram
-from bouquet.simulations.adjust import wrap_server_adjust
-from bouquet.simulations.checkpoint import (
+from bouquet.simulations.methods.adjust import wrap_server_adjust
+from bouquet.simulations.methods.compression import wrap_compression
+from bouquet.simulations.methods.downlink import client_downlink_mods, wrap_downlink
+from bouquet.simulations.methods.experiment import Experiment
+from bouquet.simulations.methods.experiments import get_experiment
+from bouquet.simulations.methods.privacy import privacy_client_mods, private_client, wrap_privacy
+from bouquet.simulations.methods.recsys import wrap_recommendation_evaluation
+from bouquet.simulations.run.checkpoint import (
     CONFIG_FILE,
     Checkpointer,
     CheckpointError,
     load_strategy_state,
     set_rng_state,
 )
-from bouquet.simulations.compression import wrap_compression
-from bouquet.simulations.downlink import client_downlink_mods, wrap_downlink
-from bouquet.simulations.experiment import Experiment, get_experiment
-from bouquet.simulations.metering import MAX_REASONS, MeteredGrid, Period
-from bouquet.simulations.privacy import privacy_client_mods, private_client, wrap_privacy
-from bouquet.simulations.recsys import wrap_recommendation_evaluation
-from bouquet.simulations.results import RunFailed, RunRecorder, read_rows
-from bouquet.simulations.resume import check_resume
-from bouquet.simulations.trackers import make_tracker
+from bouquet.simulations.run.metering import MAX_REASONS, MeteredGrid, Period
+from bouquet.simulations.run.results import RunFailed, RunRecorder, read_rows
+from bouquet.simulations.run.resume import check_resume
+from bouquet.simulations.run.trackers import make_tracker
 from bouquet.staleness_window import DEFAULT_WINDOW
 from bouquet.strategies.guard import ReplyGuard
 from bouquet.strategies.hooks import RecorderBinding
@@ -133,7 +134,7 @@ def _strings(value: Any) -> bool:
 
 
 def period_from_state(state: Any) -> Period:
-    """The :class:`~bouquet.simulations.metering.Period` of a checkpoint's ``period`` (its fields)."""
+    """The :class:`~bouquet.simulations.run.metering.Period` of a checkpoint's ``period`` (its fields)."""
     fields = {f.name for f in dataclasses.fields(Period)}
     if not isinstance(state, dict) or not set(state) <= fields or not all(
             v is None or type(v) in (int, float) or (k == "error_reasons" and _strings(v)) for k, v in state.items()):
@@ -145,8 +146,8 @@ def run_server(grid: Grid, cfg: dict[str, Any], run_dir: str | Path) -> dict[str
     """Run the configured strategy on ``grid`` and write the run's outputs into ``run_dir``.
 
     With ``simulation.resume`` set, the run continues from the last valid checkpoint of that
-    run directory (see :mod:`bouquet.simulations.checkpoint`) and writes into it; every check
-    of the resume is done before anything is written (:func:`~bouquet.simulations.resume.check_resume`).
+    run directory (see :mod:`bouquet.simulations.run.checkpoint`) and writes into it; every check
+    of the resume is done before anything is written (:func:`~bouquet.simulations.run.resume.check_resume`).
     """
     sim = cfg["simulation"]
     seed = int(cfg.get("seed", 0))

@@ -10,7 +10,7 @@ shared set :math:`S`, starting from the aggregate :math:`\\bar w_t`:
     + \\mu \\|w - \\bar w_t\\|^2
 
 Shared data (config group ``server``): by default the class-balanced
-``server.shared_fraction`` slice that :class:`~bouquet.simulations.experiment.Experiment` carves
+``server.shared_fraction`` slice that :class:`~bouquet.simulations.methods.experiment.Experiment` carves
 out of the training set before partitioning (``exp.server_shared_indices``: disjoint from every
 client partition and from the test set). ``server.shared_source=<dataset name>`` instead takes a
 class-balanced ``shared_fraction`` slice of that dataset's *training* split (same input shape and
@@ -30,7 +30,7 @@ from flwr.serverapp.strategy import Strategy
 
 from bouquet.data import load_dataset, split_server_holdout
 from bouquet.models.training import evaluate, get_weights, iterate_batches, set_weights
-from bouquet.simulations.experiment import Experiment
+from bouquet.simulations.methods.experiment import Experiment
 from bouquet.strategies.server_adjusted import ServerAdjusted
 
 logger = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 Each rule of :data:`COMBINATIONS` gets the composed config and the value of each config group
 (``{"client": "topk", "strategy": "async", ...}``, from
-:func:`bouquet.simulations.validate.check_schema`) and returns a one-line reason naming the keys
+:func:`bouquet.simulations.config.validate.check_schema`) and returns a one-line reason naming the keys
 involved, or ``None``. Most are silent failures otherwise: the run starts, and the feature does
 nothing or every client fails. The rule's docstring is its line in the README.
 :func:`check_data` holds the checks that need the dataset.
@@ -11,74 +11,23 @@ nothing or every client fails. The rule's docstring is its line in the README.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bouquet import keys
 from bouquet.codecs.catalog import LOSSY_CODECS
-from bouquet.simulations.downlink import DOWNLINK_STRATEGIES
-from bouquet.simulations.schema import CODEC_ARGS, CODEC_REQUIRED
-from bouquet.simulations.validate import Options, check_value, fmt
+from bouquet.data import load_dataset
+from bouquet.simulations.config import privacy_rules
+from bouquet.simulations.config.checks import Options, check_value, fmt
+from bouquet.simulations.config.rules import Combination, Rules, both, sync_image_only
+from bouquet.simulations.config.schema import CODEC_ARGS, CODEC_REQUIRED
+from bouquet.simulations.methods.downlink import DOWNLINK_STRATEGIES
+from bouquet.simulations.methods.experiments import get_experiment
 
-Rule = Callable[[dict[str, Any], Options], "str | None"]
-
-
-@dataclass(frozen=True)
-class Combination:
-    """One refused combination: the keys it names, the README line, the rule."""
-
-    keys: str
-    why: str
-    rule: Rule
-    tasks: tuple[str, ...]
-    simulation_only: bool
+RULES = Rules()
 
 
-COMBINATIONS: list[Combination] = []
-
-
-def combination(keys_: str, *, tasks: tuple[str, ...] = ("federated",), simulation_only: bool = False) -> Callable[[Rule], Rule]:
-    """Register a rule (its docstring is the README line)."""
-
-    def register(rule: Rule) -> Rule:
-        COMBINATIONS.append(Combination(keys_, " ".join((rule.__doc__ or "").split()), rule, tasks, simulation_only))
-        return rule
-
-    return register
-
-
-def check_combinations(cfg: dict[str, Any], options: Options, *, in_simulation: bool = True) -> None:
-    """Raise ``ValueError`` with the reason of the first rule of :data:`COMBINATIONS` that refuses."""
-    for combo in COMBINATIONS:
-        if cfg["task"] not in combo.tasks or (combo.simulation_only and not in_simulation):
-            continue
-        reason = combo.rule(cfg, options)
-        if reason:
-            raise ValueError(reason)
-
-
-def _both(a: str, b: str, why: str) -> str:
-    return f"{a} and {b} cannot be combined: {why}"
-
-
-NON_IMAGE_CLIENTS = ("early_exit", "recsys")  # clients other than image classifiers with one global model
-
-
-def sync_image_only(choice: str, opt: Options, strategies: tuple[str, ...], why_strategy: str, what: str) -> str | None:
-    """The refusal of ``choice`` (e.g. ``downlink=stc``) with a strategy outside ``strategies``
-    (``why_strategy`` says why) or a client that is not an image classifier (``what`` is built and
-    tested for those), else ``None``."""
-    if opt["strategy"] not in strategies:
-        return _both(choice, f"strategy={opt['strategy']}", f"{why_strategy}: strategy={'|'.join(strategies)}")
-    if opt["client"] in NON_IMAGE_CLIENTS:
-        return _both(choice, f"client={opt['client']}", f"{what} is built and tested for image-classification clients "
-                     "(plain|topk|stc|ternary|slow)")
-    return None
-
-
-@combination("downlink + strategy")
+@RULES("downlink + strategy")
 def _downlink_strategy(cfg: dict[str, Any], opt: Options) -> str | None:
     """A compressed downlink broadcasts one global model each round: strategy=fedavg|fedprox|kl_weighted,
     with an image-classification client (not early-exit sub-models, recommendation or the asynchronous loop)."""
@@ -89,28 +38,15 @@ def _downlink_strategy(cfg: dict[str, Any], opt: Options) -> str | None:
                            "that broadcast one global model in synchronous rounds", "the compressed downlink")
 
 
-def refuse_together(name: str, a: str, b: str, why: str, *, doc: str) -> None:
-    """Register the rule ``name`` refusing the group choices ``a`` and ``b`` (e.g.
-    ``"strategy=async"``) together, with the reason ``why``; ``doc`` is its README line."""
-    (group_a, value_a), (group_b, value_b) = a.split("=", 1), b.split("=", 1)
-
-    def rule(cfg: dict[str, Any], opt: Options) -> str | None:
-        return _both(a, b, why) if opt.get(group_a) == value_a and opt.get(group_b) == value_b else None
-
-    rule.__name__ = rule.__qualname__ = name
-    rule.__doc__ = doc
-    combination(f"{a} + {b}")(rule)
-
-
-refuse_together("_async_adjust", "strategy=async", "server=adjust", "the asynchronous loop applies every update on arrival and never runs "
+RULES.refuse_together("_async_adjust", "strategy=async", "server=adjust", "the asynchronous loop applies every update on arrival and never runs "
                 "the server-side adjustment (use a synchronous strategy)",
                 doc="The asynchronous loop applies every update on arrival and never runs the server-side adjustment.")
-refuse_together("_early_exit_adjust", "model=early_exit", "server=adjust", "the server-side adjuster trains a single-exit model and cannot "
+RULES.refuse_together("_early_exit_adjust", "model=early_exit", "server=adjust", "the server-side adjuster trains a single-exit model and cannot "
                 "train the early-exit model (server.shared_fraction alone keeps a validation slice)",
                 doc="The adjuster fine-tunes with a single-exit cross-entropy and cannot train an early-exit model.")
 
 
-@combination("strategy=depth_fedavg without model=early_exit")
+@RULES("strategy=depth_fedavg without model=early_exit")
 def _depth_needs_early_exit(cfg: dict[str, Any], opt: Options) -> str | None:
     """Depth sub-models are cut from the early-exit model's per-stage arrays; other models have none."""
     if opt["strategy"] == "depth_fedavg" and opt["model"] != "early_exit":
@@ -119,7 +55,7 @@ def _depth_needs_early_exit(cfg: dict[str, Any], opt: Options) -> str | None:
     return None
 
 
-@combination("model=early_exit <-> client=early_exit")
+@RULES("model=early_exit <-> client=early_exit")
 def _early_exit_pair(cfg: dict[str, Any], opt: Options) -> str | None:
     """The early-exit model is trained only by client=early_exit (multi-exit loss), which trains nothing else."""
     if opt["model"] == "early_exit" and opt["client"] != "early_exit":
@@ -130,7 +66,7 @@ def _early_exit_pair(cfg: dict[str, Any], opt: Options) -> str | None:
     return None
 
 
-@combination("dataset=movielens <-> client=recsys, model=mf")
+@RULES("dataset=movielens <-> client=recsys, model=mf")
 def _recsys_pair(cfg: dict[str, Any], opt: Options) -> str | None:
     """Ratings are trained only by client=recsys with model=mf (or auto); client=recsys and model=mf need ratings."""
     movielens = opt["dataset"] == "movielens"
@@ -146,7 +82,7 @@ def _recsys_pair(cfg: dict[str, Any], opt: Options) -> str | None:
     return None
 
 
-@combination("dataset=movielens + strategy=kl_weighted|async|fedprox, server=adjust")
+@RULES("dataset=movielens + strategy=kl_weighted|async|fedprox, server=adjust")
 def _recsys_strategy(cfg: dict[str, Any], opt: Options) -> str | None:
     """Ratings have no class labels (KL weighting, server-side adjustment), the asynchronous loop never
     runs the federated evaluation, and client=recsys does not apply FedProx's proximal term."""
@@ -156,21 +92,21 @@ def _recsys_strategy(cfg: dict[str, Any], opt: Options) -> str | None:
            "async": "the asynchronous loop never runs the clients' federated evaluation (no RMSE/HR@10)",
            "fedprox": "client=recsys does not apply the proximal term"}.get(opt["strategy"])
     if why:
-        return _both("dataset=movielens", f"strategy={opt['strategy']}", why)
+        return both("dataset=movielens", f"strategy={opt['strategy']}", why)
     if opt["server"] == "adjust":
-        return _both("dataset=movielens", "server=adjust", "the server holds no ratings to fine-tune on")
+        return both("dataset=movielens", "server=adjust", "the server holds no ratings to fine-tune on")
     return None
 
 
-@combination("model=lenet + dataset=digits")
+@RULES("model=lenet + dataset=digits")
 def _lenet_digits(cfg: dict[str, Any], opt: Options) -> str | None:
     """LeNet needs inputs of at least 16x16; digits are 8x8."""
     if opt["model"] == "lenet" and opt["dataset"] == "digits":
-        return _both("model=lenet", "dataset=digits", "LeNet needs inputs >= 16x16 and digits are 8x8 (use model=mlp or model=auto)")
+        return both("model=lenet", "dataset=digits", "LeNet needs inputs >= 16x16 and digits are 8x8 (use model=mlp or model=auto)")
     return None
 
 
-@combination("client.max_depth|max_depth_by_partition without strategy=depth_fedavg")
+@RULES("client.max_depth|max_depth_by_partition without strategy=depth_fedavg")
 def _capacity_needs_depths(cfg: dict[str, Any], opt: Options) -> str | None:
     """A node with a capacity returns a sub-model; only strategy=depth_fedavg aggregates sub-models
     (every other strategy drops such replies, the asynchronous loop refuses them)."""
@@ -178,12 +114,12 @@ def _capacity_needs_depths(cfg: dict[str, Any], opt: Options) -> str | None:
     if opt["client"] == "early_exit" and opt["strategy"] != "depth_fedavg":
         for name in ("max_depth", "max_depth_by_partition"):
             if client[name]:
-                return _both(f"strategy={opt['strategy']}", f"client.{name}={fmt(client[name])}", "a node with a "
+                return both(f"strategy={opt['strategy']}", f"client.{name}={fmt(client[name])}", "a node with a "
                              "capacity returns a sub-model, which only strategy=depth_fedavg aggregates")
     return None
 
 
-@combination("client.codec_args vs client.codec")
+@RULES("client.codec_args vs client.codec")
 def _codec_args(cfg: dict[str, Any], opt: Options) -> str | None:
     """client.codec_args holds the settings of client.codec (for topk and stc at least alpha)."""
     if opt["client"] != "recsys":
@@ -212,7 +148,7 @@ def _codec_settings(cfg: dict[str, Any], opt: Options) -> tuple[str, dict[str, A
     return None
 
 
-@combination("client.momentum_correction | warmup_rounds vs residual_decay, alpha, rho")
+@RULES("client.momentum_correction | warmup_rounds vs residual_decay, alpha, rho")
 def _dgc_options(cfg: dict[str, Any], opt: Options) -> str | None:
     """DGC's momentum correction accumulates the momentum in the error-feedback residual, so it needs
     residual_decay > 0; a density warm-up from a density of 1 (alpha = rho = 1) sends nothing less."""
@@ -222,17 +158,17 @@ def _dgc_options(cfg: dict[str, Any], opt: Options) -> str | None:
     prefix, codec = found
     mc = codec.get("momentum_correction", 0.0) or 0.0
     if mc > 0 and codec.get("residual_decay", 1.0) == 0:
-        return _both(f"{prefix}.momentum_correction={fmt(mc)}", f"{prefix}.residual_decay=0",
+        return both(f"{prefix}.momentum_correction={fmt(mc)}", f"{prefix}.residual_decay=0",
                      "momentum correction accumulates the momentum in the error-feedback residual and zeroes it where "
                      "sent; without error feedback the unsent momentum is lost (use residual_decay > 0)")
     warmup = codec.get("warmup_rounds", 0) or 0
     if warmup > 0 and codec.get("alpha") == 1.0 and codec.get("rho", 1.0) == 1.0:
-        return _both(f"{prefix}.warmup_rounds={warmup}", f"{prefix}.alpha=1.0",
+        return both(f"{prefix}.warmup_rounds={warmup}", f"{prefix}.alpha=1.0",
                      "the warm-up starts denser than the target, and a target density of 1 is already dense")
     return None
 
 
-@combination("compression.* without compressed uploads")
+@RULES("compression.* without compressed uploads")
 def _compression(cfg: dict[str, Any], opt: Options) -> str | None:
     """compression.* sets how the server decodes compressed uploads: it needs a compressing client and a
     synchronous strategy (the asynchronous loop decodes each reply itself)."""
@@ -243,13 +179,13 @@ def _compression(cfg: dict[str, Any], opt: Options) -> str | None:
     if not compresses:
         return f"{name} has no effect: client={opt['client']} does not upload compressed updates"
     if opt["strategy"] == "async":
-        return _both(name, "strategy=async", "the asynchronous loop decodes each reply itself")
+        return both(name, "strategy=async", "the asynchronous loop decodes each reply itself")
     if "gamma" in cfg["compression"] and "server_lr" in cfg["compression"]:
-        return _both("compression.gamma", "compression.server_lr", "gamma sets server_lr = gamma / client.lr: give one")
+        return both("compression.gamma", "compression.server_lr", "gamma sets server_lr = gamma / client.lr: give one")
     return None
 
 
-@combination("fault.crash_rate + hang_rate + corrupt_rate")
+@RULES("fault.crash_rate + hang_rate + corrupt_rate")
 def _fault_rates(cfg: dict[str, Any], opt: Options) -> str | None:
     """The fault rates are shares of the same messages: their sum is at most 1."""
     fault = cfg["fault"]
@@ -260,7 +196,7 @@ def _fault_rates(cfg: dict[str, Any], opt: Options) -> str | None:
     return None
 
 
-@combination("model.families, model.widths, model.exit_weights, model.architecture",
+@RULES("model.families, model.widths, model.exit_weights, model.architecture",
              tasks=("federated", "search"))
 def _early_exit_model(cfg: dict[str, Any], opt: Options) -> str | None:
     """At least 2 different residual families, widths that are multiples of 4, exit weights with a positive
@@ -280,7 +216,7 @@ def _early_exit_model(cfg: dict[str, Any], opt: Options) -> str | None:
     return None
 
 
-@combination("strategy.depth_probs vs strategy.depths")
+@RULES("strategy.depth_probs vs strategy.depths")
 def _depth_probs(cfg: dict[str, Any], opt: Options) -> str | None:
     """strategy.depth_probs gives one weight per depth of strategy.depths, with a positive sum."""
     if opt["strategy"] != "depth_fedavg" or cfg["strategy"]["depth_probs"] is None:
@@ -294,7 +230,7 @@ def _depth_probs(cfg: dict[str, Any], opt: Options) -> str | None:
     return None
 
 
-@combination("task=search needs model=early_exit; search.* needs task=search", tasks=("federated", "search"))
+@RULES("task=search needs model=early_exit; search.* needs task=search", tasks=("federated", "search"))
 def _search(cfg: dict[str, Any], opt: Options) -> str | None:
     """The search task searches the early-exit backbone on an image dataset; the search group does nothing
     in a federated run."""
@@ -307,7 +243,7 @@ def _search(cfg: dict[str, Any], opt: Options) -> str | None:
     return None
 
 
-@combination("dataset.max_users vs simulation.num_clients")
+@RULES("dataset.max_users vs simulation.num_clients")
 def _users(cfg: dict[str, Any], opt: Options) -> str | None:
     """Every recommendation client needs at least one user."""
     if opt["dataset"] != "movielens" or cfg["dataset"]["max_users"] is None:
@@ -318,7 +254,7 @@ def _users(cfg: dict[str, Any], opt: Options) -> str | None:
     return None
 
 
-@combination("train_config.*")
+@RULES("train_config.*")
 def _train_config(cfg: dict[str, Any], opt: Options) -> str | None:
     """train_config values are ConfigRecord values; its lr is > 0 and its local-epochs an integer >= 0."""
     for name, value in cfg["train_config"].items():
@@ -334,7 +270,7 @@ def _train_config(cfg: dict[str, Any], opt: Options) -> str | None:
     return None
 
 
-@combination("simulation.client_cpus vs total_cpus", simulation_only=True)
+@RULES("simulation.client_cpus vs total_cpus", simulation_only=True)
 def _cpus(cfg: dict[str, Any], opt: Options) -> str | None:
     """Ray cannot place a client that needs more CPUs than the simulation has."""
     sim = cfg["simulation"]
@@ -345,7 +281,7 @@ def _cpus(cfg: dict[str, Any], opt: Options) -> str | None:
     return None
 
 
-@combination("strategy.min_*_nodes vs simulation.num_clients", simulation_only=True)
+@RULES("strategy.min_*_nodes vs simulation.num_clients", simulation_only=True)
 def _min_nodes(cfg: dict[str, Any], opt: Options) -> str | None:
     """The simulation never has more nodes than simulation.num_clients: waiting for more would never end."""
     n = cfg["simulation"]["num_clients"]
@@ -354,6 +290,20 @@ def _min_nodes(cfg: dict[str, Any], opt: Options) -> str | None:
         if value is not None and value > n:
             return f"strategy.{name}={value} is more than simulation.num_clients={n}: the simulation never has that many nodes"
     return None
+
+
+# Every rule, in the order they are tried: these, then the privacy group's.
+COMBINATIONS: list[Combination] = [*RULES, *privacy_rules.RULES]
+
+
+def check_combinations(cfg: dict[str, Any], options: Options, *, in_simulation: bool = True) -> None:
+    """Raise ``ValueError`` with the reason of the first rule of :data:`COMBINATIONS` that refuses."""
+    for combo in COMBINATIONS:
+        if cfg["task"] not in combo.tasks or (combo.simulation_only and not in_simulation):
+            continue
+        reason = combo.rule(cfg, options)
+        if reason:
+            raise ValueError(reason)
 
 
 def check_data(cfg: dict[str, Any], options: Options) -> None:
@@ -368,8 +318,6 @@ def check_data(cfg: dict[str, Any], options: Options) -> None:
     bouquet.data.loaders.DataMissingError
         If the dataset is not in the cache.
     """
-    from bouquet.data import load_dataset
-    from bouquet.simulations.experiment import get_experiment
 
     exp: Any = get_experiment(cfg)  # a RecsysExperiment for dataset=movielens
     data = exp.dataset
@@ -405,6 +353,3 @@ def check_data(cfg: dict[str, Any], options: Options) -> None:
     exits = getattr(model, "num_exits", None)
     if depths and exits is not None and max(depths) > exits:
         raise ValueError(f"strategy.depths={fmt(depths)} is out of range: the model has {exits} exits (depths 1..{exits})")
-
-
-import bouquet.simulations.privacy  # noqa: E402,F401 - registers the privacy rules (privacy=secagg, privacy=dp_*)

@@ -3,7 +3,7 @@
 Method S2 (cloud-edge training with NAS), step S5: after each round the aggregated early-exit
 model is validated and the best exit model is kept (BranchyNet, Teerapittayanon et al., 2016;
 DepthFL, Kim et al., ICLR 2023). :class:`EarlyExitExperiment` is chosen by
-:func:`bouquet.simulations.experiment.experiment_class` when ``model.name == "early_exit"``.
+:func:`bouquet.simulations.methods.experiment.experiment_class` when ``model.name == "early_exit"``.
 
 Each round's ``metrics.jsonl`` line gets, on the server test set, ``accuracy_exit_i`` and
 ``loss_exit_i`` for ``i = 1..L``, ``total_loss`` (``sum_i lambda_i CE_i``), and ``accuracy`` /
@@ -30,7 +30,7 @@ import numpy as np
 
 from bouquet.models.early_exit import EarlyExitNet, depth_names, evaluate_exits, exit_costs
 from bouquet.models.training import set_weights
-from bouquet.simulations.experiment import Experiment
+from bouquet.simulations.methods.experiment import Experiment
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@
   ``noise_multiplier * clip_norm / m`` on the mean of the ``m`` sampled clients) inside
   :class:`~bouquet.strategies.privacy.DPAccountant` (uniform weights, the bound enforced on the
   decoded updates, epsilon at ``privacy.delta``), all inside ``Compressed`` when the client
-  compresses (:func:`wrap_privacy` runs before :func:`~bouquet.simulations.compression.wrap_compression`).
+  compresses (:func:`wrap_privacy` runs before :func:`~bouquet.simulations.methods.compression.wrap_compression`).
 * ``privacy=dp_server``: the same with ``DifferentialPrivacyServerSideFixedClipping`` (the
   server clips the decoded updates; clients do nothing).
 * ``client=shared_topk``: the strategy is wrapped in
@@ -33,13 +33,13 @@ from flwr.serverapp.strategy import (
 
 from bouquet.clients.privacy import PrivateClient
 from bouquet.clients.shared_topk import SecureDenseClient, secagg_key_mod
+from bouquet.simulations.config.privacy_rules import DP_MODES
 from bouquet.strategies.privacy import DPAccountant
 from bouquet.strategies.privacy_secagg import SharedSupport
 
 logger = logging.getLogger(__name__)
 
 MODES = ("none", "dp_client", "dp_server", "secagg")
-DP_MODES = ("dp_client", "dp_server")
 
 
 def privacy_mode(cfg: dict[str, Any]) -> str:
@@ -101,48 +101,3 @@ def private_client(cfg: dict[str, Any], client: NumPyClient) -> NumPyClient:
     if privacy_mode(cfg) != "dp_client":
         return client
     return PrivateClient(client, float(cfg["privacy"]["clip_norm"]), seed=int(cfg.get("seed", 0)))
-
-
-# ------------------------------------------------------------------ refused combinations
-# Registered in bouquet.simulations.combinations.COMBINATIONS (imported at its end).
-from bouquet.codecs.catalog import PER_CLIENT_POSITIONS  # noqa: E402
-from bouquet.simulations.combinations import NON_IMAGE_CLIENTS, _both, combination, sync_image_only  # noqa: E402
-from bouquet.simulations.validate import Options  # noqa: E402
-
-DP_STRATEGIES = ("fedavg", "fedprox")  # a synchronous (unweighted) mean: what the DP noise is calibrated to
-
-
-@combination("privacy=secagg <-> client=shared_topk")
-def _secagg(cfg: dict[str, Any], opt: Options) -> str | None:
-    """Secure aggregation sums vectors laid out the same way on every client: privacy=secagg takes
-    client=shared_topk (or a dense client=plain|slow), not per-client top-k/STC/ternary positions;
-    shared-support uploads serve strategy=fedavg|fedprox with a dense broadcast."""
-    mode, client = opt.get("privacy", "none"), opt["client"]
-    if mode == "secagg" and client in PER_CLIENT_POSITIONS:
-        return _both("privacy=secagg", f"client={client}", "secure aggregation sums vectors laid out the same way on "
-                     f"every client, and client={client} sends each client's own positions; use the shared-support "
-                     "codec client=shared_topk (or client=plain: dense secure aggregation)")
-    if mode == "secagg" and client in NON_IMAGE_CLIENTS:
-        return _both("privacy=secagg", f"client={client}", "secure aggregation is built for image-classification "
-                     "clients (shared_topk|plain|slow)")
-    if client != "shared_topk" and mode != "secagg":
-        return None
-    what = "client=shared_topk" if client == "shared_topk" else "privacy=secagg"
-    if opt["strategy"] not in DP_STRATEGIES:
-        return _both(what, f"strategy={opt['strategy']}", "shared-support uploads serve one synchronous round's mean: "
-                     f"strategy={'|'.join(DP_STRATEGIES)}")
-    if opt.get("downlink", "none") != "none":
-        return _both(what, f"downlink={opt['downlink']}", "shared-support uploads are built and tested with the dense "
-                     "broadcast (downlink=none)")
-    return None
-
-
-@combination("privacy=dp_client|dp_server + strategy, client")
-def _dp(cfg: dict[str, Any], opt: Options) -> str | None:
-    """Central DP noise is calibrated to an unweighted mean of synchronous rounds: strategy=fedavg|fedprox,
-    with an image-classification client (not early-exit sub-models or recommendation)."""
-    mode = opt.get("privacy", "none")
-    if mode not in DP_MODES:
-        return None
-    return sync_image_only(f"privacy={mode}", opt, DP_STRATEGIES, "the DP noise is calibrated to the mean of one "
-                           "synchronous round's updates", "central DP")

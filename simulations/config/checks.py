@@ -1,18 +1,5 @@
-"""Checks on a composed config before anything starts: one ``ValueError`` naming the key.
-
-Four layers, all before the simulation engine (or a SuperLink run) starts:
-
-1. :func:`check_schema`: every key of every config group value against the table of
-   :mod:`bouquet.simulations.schema` (unknown and missing keys, types, ranges, allowed values);
-2. :func:`~bouquet.simulations.values.check_values`: values that reach the file system or the
-   clients (paths, ``train_config``) and options the chosen dataset would ignore;
-3. :data:`COMBINATIONS` (:mod:`bouquet.simulations.combinations`): values that are fine alone but
-   cannot work together, most of them known silent failures;
-4. :func:`validate_run`: the checks that need the data (clients vs samples, the model built for
-   the dataset's inputs, the strategy's depths vs the model's exits).
-
-Every message is one line: ``client.alpha=2 is out of range (0, 1]``.
-"""
+"""The pieces every config check uses: reading an interval, checking one value against its
+:class:`~bouquet.simulations.config.schema.Key`, showing a value in a one-line message."""
 
 from __future__ import annotations
 
@@ -21,8 +8,7 @@ import re
 from functools import cache
 from typing import Any
 
-from bouquet.simulations.schema import GROUPS, ROOT, Key
-from bouquet.simulations.trackers import check_available
+from bouquet.simulations.config.schema import GROUPS, Key
 
 Options = dict[str, str]  # config group -> its value (``{"client": "topk", ...}``)
 
@@ -149,80 +135,3 @@ def group_value(name: str, section: dict[str, Any]) -> str:
         f"{name}.{group.by}={fmt(found)} is not allowed; allowed: {', '.join(fmt(a) for a in allowed)} "
         f"(choose {name}={'|'.join(group.values)})"
     )
-
-
-def check_schema(cfg: dict[str, Any]) -> Options:
-    """Check ``cfg`` against :mod:`bouquet.simulations.schema`; return each group's value.
-
-    Raises
-    ------
-    ValueError
-        Naming the first key that is unknown, missing, of the wrong type or out of range.
-    """
-    known = [*ROOT, *GROUPS]
-    for name in cfg:
-        if name not in known:
-            raise ValueError(f"{name} is not a config key; allowed: {', '.join(known)}")
-    for name, key in ROOT.items():
-        if name not in cfg:
-            raise ValueError(f"{name} is missing from the config")
-        check_value(name, key, cfg[name])
-    options: Options = {}
-    for name, group in GROUPS.items():
-        if name not in cfg:
-            if group.optional:
-                continue
-            raise ValueError(f"config group {name} is missing; allowed: {', '.join(group.values)}")
-        section = cfg[name]
-        if not isinstance(section, dict):
-            raise ValueError(f"{name}={fmt(section)} is not a config group; allowed: {', '.join(group.values)}")
-        value = group_value(name, section)
-        options[name] = value
-        check_keys(name, name if value == "*" else f"{name}={value}", group.values[value], section)
-    return options
-
-
-def validate_config(cfg: dict[str, Any], num_train_samples: int | None = None, *, in_simulation: bool = True) -> Options:
-    """Raise ``ValueError`` naming the first impossible value or combination in ``cfg``.
-
-    Parameters
-    ----------
-    cfg : dict
-        The resolved config (``OmegaConf.to_container(cfg, resolve=True)``).
-    num_train_samples : int, optional
-        When known, more clients than samples are refused too.
-    in_simulation : bool
-        Also apply the checks that hold only in the simulation engine (``False`` for ``flwr run``).
-
-    Returns
-    -------
-    dict
-        The value of each config group (``{"client": "topk", "simulation": "*", ...}``).
-    """
-    from bouquet.simulations.combinations import check_combinations
-    from bouquet.simulations.values import check_values
-
-    options = check_schema(cfg)
-    check_values(cfg, options)
-    check_combinations(cfg, options, in_simulation=in_simulation)
-    check_available(str(options.get("logger", "none")))  # the tracker's optional package
-    num_clients = int(cfg["simulation"]["num_clients"])
-    if num_train_samples is not None and num_clients > num_train_samples:
-        raise ValueError(f"simulation.num_clients={num_clients} is more than the {num_train_samples} training samples")
-    return options
-
-
-def validate_run(cfg: dict[str, Any], *, in_simulation: bool = True) -> None:
-    """:func:`validate_config`, then the checks that need the data.
-
-    Raises
-    ------
-    ValueError
-        For an impossible value or combination (naming the key).
-    bouquet.data.loaders.DataMissingError
-        If the dataset is not in the cache (a ``FileNotFoundError`` naming ``make data``).
-    """
-    from bouquet.simulations.combinations import check_data
-
-    options = validate_config(cfg, in_simulation=in_simulation)
-    check_data(cfg, options)

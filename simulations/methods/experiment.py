@@ -7,10 +7,9 @@ Everything heavy (dataset, partitions) is built lazily and cached per process.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
-from functools import cached_property, lru_cache
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -105,36 +104,3 @@ class Experiment:
             num_classes=self.dataset.num_classes,
             seed=self.seed * 100_003 + pid * 1009,
         )
-
-
-# Experiment classes by ``cfg["dataset"]["task_type"]`` (image classification by default).
-EXPERIMENT_TYPES: dict[str, type[Experiment]] = {"classification": Experiment}
-
-
-def experiment_class(cfg: dict[str, Any]) -> type[Experiment]:
-    task_type = cfg.get("dataset", {}).get("task_type", "classification")
-    if task_type not in EXPERIMENT_TYPES:
-        raise ValueError(f"dataset.task_type={task_type!r} is unknown; allowed: {', '.join(EXPERIMENT_TYPES)}")
-    if task_type == "classification" and (cfg.get("model") or {}).get("name") == "early_exit":
-        from bouquet.simulations.early_exit import (
-            EarlyExitExperiment,  # subclass: imported here (cycle)
-        )
-
-        return EarlyExitExperiment
-    return EXPERIMENT_TYPES[task_type]
-
-
-@lru_cache(maxsize=4)
-def _cached(cfg_json: str) -> Experiment:
-    cfg = json.loads(cfg_json)
-    return experiment_class(cfg)(cfg)
-
-
-def get_experiment(cfg: dict[str, Any]) -> Experiment:
-    """The process-wide cached :class:`Experiment` for ``cfg`` (data is loaded once)."""
-    return _cached(json.dumps(cfg, sort_keys=True))
-
-
-# EXPERIMENT_TYPES["recommendation"] = RecsysExperiment: the module registers itself on import
-# (imported last because it subclasses Experiment; works whichever of the two is imported first).
-import bouquet.simulations.recsys  # noqa: E402,F401

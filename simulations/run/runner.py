@@ -7,9 +7,12 @@ import logging
 import os
 from typing import Any
 
-from bouquet.simulations.results import SUMMARY_FILE, RunFailed
-from bouquet.simulations.resume import check_resume
-from bouquet.simulations.server import CLIENT_STATE_DIR, make_client_app, make_server_app
+from flwr.simulation import run_simulation
+
+from bouquet.simulations.run.engine_poll import install as install_engine_poll
+from bouquet.simulations.run.results import SUMMARY_FILE, RunFailed
+from bouquet.simulations.run.resume import check_resume
+from bouquet.simulations.run.serverapp import CLIENT_STATE_DIR, make_client_app, make_server_app
 
 logger = logging.getLogger(__name__)
 
@@ -19,11 +22,9 @@ def run_in_simulation(cfg: dict[str, Any], run_dir: str | os.PathLike[str]) -> d
 
     ``run_simulation`` returns normally even when every client failed or the ServerApp raised;
     this function reads the ``summary.json`` the ServerApp wrote and raises
-    :class:`~bouquet.simulations.results.RunFailed` with the reason instead.
+    :class:`~bouquet.simulations.run.results.RunFailed` with the reason instead.
     """
-    from flwr.simulation import run_simulation
 
-    from bouquet.simulations.engine_poll import install as install_engine_poll
 
     # A resumed run writes into the run it continues: every check of the resume comes before
     # anything is written (the ServerApp loads the checkpoint again, with its warnings).

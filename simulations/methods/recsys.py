@@ -56,7 +56,7 @@ from bouquet.data.movielens import (
     temporal_split,
 )
 from bouquet.models.recsys import MatrixFactorization, build_recsys_model, shared_weights
-from bouquet.simulations.experiment import EXPERIMENT_TYPES, Experiment
+from bouquet.simulations.methods.experiment import Experiment
 from bouquet.strategies.compressed import Compressed
 from bouquet.strategies.wrapper import StrategyWrapper
 
@@ -261,4 +261,3 @@ class RecsysExperiment(Experiment):
         return factory(**kwargs)
 
 
-EXPERIMENT_TYPES["recommendation"] = RecsysExperiment

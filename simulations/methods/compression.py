@@ -1,6 +1,6 @@
 """Wrap the configured strategy in :class:`~bouquet.strategies.Compressed` when clients compress.
 
-:func:`wrap_compression` is one of :data:`bouquet.simulations.server.STRATEGY_WRAPPERS`. It reads
+:func:`wrap_compression` is one of :data:`bouquet.simulations.run.serverapp.STRATEGY_WRAPPERS`. It reads
 
 * ``client._target_``: when it names a subclass of
   :class:`~bouquet.clients.compressed.CompressingClient` (``client=topk|ternary|stc``), the

@@ -6,8 +6,8 @@ Flower's simulation engine and writes the results into the Hydra run directory::
     bouquet-sim dataset=digits simulation.num_clients=3 simulation.num_rounds=2
     bouquet-sim --multirun partition=iid,dirichlet seed=0,1,2
 
-A refused config (:mod:`bouquet.simulations.validate`; a command-line value that names a file
-is checked before Hydra opens it, :func:`~bouquet.simulations.values.check_overrides`), a missing
+A refused config (:mod:`bouquet.simulations.config.validate`; a command-line value that names a file
+is checked before Hydra opens it, :func:`~bouquet.simulations.config.values.check_overrides`), a missing
 dataset, a misspelled key, a refused resume and a failed run end with one line on stderr and
 exit code 2::
 
@@ -36,13 +36,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from bouquet.simulations.checkpoint import CheckpointError
-from bouquet.simulations.results import RunFailed
-from bouquet.simulations.runner import run_in_simulation
-from bouquet.simulations.schema import GROUPS
-from bouquet.simulations.search import run_search
-from bouquet.simulations.validate import validate_run
-from bouquet.simulations.values import check_overrides
+from bouquet.simulations.config.schema import GROUPS
+from bouquet.simulations.config.validate import validate_run
+from bouquet.simulations.config.values import check_overrides
+from bouquet.simulations.methods.search import run_search
+from bouquet.simulations.run.checkpoint import CheckpointError
+from bouquet.simulations.run.results import RunFailed
+from bouquet.simulations.run.runner import run_in_simulation
 
 logger = logging.getLogger("bouquet.progress")
 
@@ -138,7 +138,7 @@ def quiet_console(verbose: bool) -> None:
 
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="config")
 def _hydra_main(cfg: DictConfig) -> float | None:
     global _verbose
     hydra_cfg = HydraConfig.get()

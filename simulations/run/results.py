@@ -2,7 +2,7 @@
 
 :class:`RunRecorder` is the ``evaluate_fn`` of a Flower strategy's ``start()``: Flower calls it
 before the first round (round 0) and after every round with the current global arrays; it
-evaluates them on the server test set, reads the :class:`~bouquet.simulations.metering.MeteredGrid`
+evaluates them on the server test set, reads the :class:`~bouquet.simulations.run.metering.MeteredGrid`
 counters of that round, writes one JSON line and logs one progress line.
 """
 
@@ -22,8 +22,8 @@ import numpy as np
 from flwr.app import ArrayRecord, MetricRecord
 
 from bouquet.curves import plot_curves
-from bouquet.simulations.metering import MeteredGrid
-from bouquet.simulations.trackers import Tracker
+from bouquet.simulations.run.metering import MeteredGrid
+from bouquet.simulations.run.trackers import Tracker
 
 logger = logging.getLogger("bouquet.progress")
 

@@ -22,18 +22,18 @@
   timestamp>-run<run id>`` of the user running the SuperLink (``$XDG_CACHE_HOME`` is honoured).
   A relative path is taken relative to the SuperLink's working directory: prefer absolute.
 
-A refused config (:func:`~bouquet.simulations.validate.validate_run`: an unknown key, a value out
+A refused config (:func:`~bouquet.simulations.config.validate.validate_run`: an unknown key, a value out
 of range, a combination that cannot work, a missing dataset) fails the run before its first
 round: the ServerApp logs the reason in one line, writes ``summary.json`` with ``status: failed``
 and the reason into the run directory, and raises, so that ``flwr ls`` shows the run as
 ``finished:failed`` with the reason in its status details. A ClientApp refuses the same config
 (``validate_config``) before it builds anything.
 
-The server side reuses :func:`bouquet.simulations.server.run_server`; before the first round it
+The server side reuses :func:`bouquet.simulations.run.serverapp.run_server`; before the first round it
 waits (at most ``simulation.round_timeout_s``) until ``strategy.min_available_nodes`` SuperNodes
 are connected and fails the run with a clear message otherwise (Flower's own sampler would wait
 forever). The client side reuses the NumPyClient bridge: each node builds its client with
-:meth:`~bouquet.simulations.experiment.Experiment.client` for the ``partition-id`` in its node
+:meth:`~bouquet.simulations.methods.experiment.Experiment.client` for the ``partition-id`` in its node
 config; a ``num-partitions`` there overrides ``simulation.num_clients`` on that node, so the
 node cuts the same partitions as a simulation with that many clients.
 """
@@ -53,10 +53,10 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from bouquet import keys
-from bouquet.simulations.engine_poll import shorten_reply_object_retry
-from bouquet.simulations.results import SUMMARY_FILE
-from bouquet.simulations.server import make_client_app, run_server
-from bouquet.simulations.validate import validate_config, validate_run
+from bouquet.simulations.config.validate import validate_config, validate_run
+from bouquet.simulations.run.engine_poll import shorten_reply_object_retry
+from bouquet.simulations.run.results import SUMMARY_FILE
+from bouquet.simulations.run.serverapp import make_client_app, run_server
 
 logger = logging.getLogger(__name__)
 

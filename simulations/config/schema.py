@@ -4,10 +4,10 @@ One declarative table. For each config group (``client``, ``strategy``, ...) and
 values (``client=topk``, ``strategy=async``, ...) it lists the keys that value has, each with its
 type, its range or allowed values, and what ``null`` means where null is allowed. A group's values
 are told apart by one key (``client._target_``, ``model.name``, ...). Defaults are not here: they
-are defined once, in the yaml files under ``conf/``. :mod:`bouquet.simulations.validate` checks a
+are defined once, in the yaml files under ``conf/``. :mod:`bouquet.simulations.config.validate` checks a
 composed config against this table (unknown keys, types, ranges), then the combinations that
-cannot work. ``python -m bouquet.simulations.schema --markdown`` prints the README's config
-reference (:mod:`bouquet.simulations.schema_doc`).
+cannot work. ``python -m bouquet.simulations.config.schema_doc --markdown`` prints the README's config
+reference (:mod:`bouquet.simulations.config.schema_doc`).
 
 Ranges are intervals written as in mathematics: ``(0, 1]`` excludes 0 and includes 1; ``inf``
 is unbounded. A ``float`` key takes an integer too; an ``int`` key takes no float.
@@ -26,7 +26,7 @@ from bouquet.codecs.topk import VALUE_DTYPES
 from bouquet.data.loaders import DATASETS
 from bouquet.data.partition import PARTITIONERS, SIZE_RULES
 from bouquet.models.nas import FAMILIES
-from bouquet.simulations.adjust import OPTIMIZERS as ADJUST_OPTIMIZERS
+from bouquet.simulations.methods.adjust import OPTIMIZERS as ADJUST_OPTIMIZERS
 from bouquet.strategies.async_fedavg import LEARNER_RATES, WINDOW_SIDES
 from bouquet.strategies.kl_math import BAD_HISTOGRAM_RULES, DIRECTIONS, MODES, REFERENCES
 from bouquet.strategies.staleness import CONTEXTS, POLICIES
@@ -390,9 +390,3 @@ ROOT = {
     "seed": SEED,
     "train_config": Key("dict", doc="extra key/values of every train ConfigRecord (lr > 0, local-epochs >= 0)"),
 }
-
-
-if __name__ == "__main__":  # python -m bouquet.simulations.schema --markdown
-    from bouquet.simulations.schema_doc import main
-
-    main()

@@ -1,6 +1,6 @@
 """Config values that reach the file system or the clients, checked before anything starts.
 
-:func:`check_values` runs after the schema (:func:`bouquet.simulations.validate.check_schema`:
+:func:`check_values` runs after the schema (:func:`bouquet.simulations.config.validate.check_schema`:
 types are known) and before the combinations, so that no check opens a path the user gave
 before it is known to be a usable one. Every refusal is one ``ValueError`` line naming the key.
 
@@ -25,7 +25,8 @@ import math
 from typing import Any
 
 from bouquet import keys
-from bouquet.simulations.schema import Key
+from bouquet.simulations.config.checks import check_value, fmt
+from bouquet.simulations.config.schema import Key
 
 PATH_MAX = 4096  # bytes of a path (Linux PATH_MAX)
 NAME_MAX = 255  # bytes of one path component (Linux NAME_MAX, most file systems)
@@ -101,7 +102,6 @@ def _config_value_problem(value: Any) -> str | None:
 
 def check_train_config(train_config: Any) -> None:
     """Refuse a ``train_config`` the clients could not use (see the module docstring)."""
-    from bouquet.simulations.validate import check_value, fmt
 
     if not isinstance(train_config, dict):
         raise ValueError(f"train_config={fmt(train_config)} is not a mapping")
@@ -122,7 +122,6 @@ def check_train_config(train_config: Any) -> None:
 
 def check_dataset_options(cfg: dict[str, Any], dataset: str) -> None:
     """Refuse dataset options that ``dataset`` would ignore (see the module docstring)."""
-    from bouquet.simulations.validate import fmt
 
     section = cfg.get("dataset") or {}
     if dataset == "digits" and section.get("root") is not None:

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bouquet.models.early_exit import EarlyExitNet, exit_costs
 from bouquet.models.nas import (
     Architecture,
     Controller,
@@ -49,7 +50,7 @@ from bouquet.models.nas import (
     make_space,
     search_space_size,
 )
-from bouquet.simulations.experiment import get_experiment
+from bouquet.simulations.methods.experiments import get_experiment
 
 logger = logging.getLogger("bouquet.progress")
 
@@ -94,8 +95,6 @@ def search_settings(cfg: dict[str, Any]) -> dict[str, Any]:
 def network_costs(space: SearchSpace, indices: list[int]) -> dict[str, Any]:
     """Costs of the early-exit model on network ``indices``: ``params`` (all of it), ``macs``
     (mean over the exits of the MACs up to each exit), and both per exit."""
-    from bouquet.models.early_exit import EarlyExitNet, exit_costs
-
     model = EarlyExitNet(Architecture.from_indices(space, indices))
     per_exit = exit_costs(model)
     return {"params": sum(p.numel() for p in model.parameters()),

@@ -1,0 +1,2 @@
+"""Running: ``bouquet-sim``, the ServerApp and ClientApp, the simulation engine, metering,
+results, checkpoints, trackers and reports."""
