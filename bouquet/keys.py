@@ -45,3 +45,10 @@ CATCHUP_BYTES = "bouquet-catchup-bytes"  # aggregated train metric: bytes of mul
 DOWNLINK_RESYNC = "bouquet-downlink-resync"  # starts a client's error reason when it cannot rebuild the broadcast model
 BYTES_DOWN = "bouquet-bytes-down"  # aggregated train metric: Array bytes of the train messages the downlink built
 DENSE_BYTES_DOWN = "bouquet-dense-bytes-down"  # aggregated train metric: the same messages with the dense model
+# Shared-support uploads and secure aggregation (client=shared_topk, privacy=secagg)
+SHARED_SEED = "bouquet-shared-seed"  # train config: seed of the round's coordinates
+SHARED_K = "bouquet-shared-k"  # train config: how many coordinates
+SECAGG_QUERY = "bouquet-secagg-keys"  # query config: the round whose key is asked for
+SECAGG_PEERS = "bouquet-secagg-peers"  # train config: node ids of the round's peers (this node included)
+SECAGG_PUBLIC = "bouquet-secagg-public"  # query reply / train config: X25519 public key(s)
+SHARED_ARRAY = "bouquet-shared"  # the reply's one array

@@ -34,12 +34,9 @@ from bouquet.codecs.shared_topk import (
     to_fixed,
 )
 
-SHARED_SEED = "bouquet-shared-seed"  # train config: seed of the round's coordinates
-SHARED_K = "bouquet-shared-k"  # train config: how many coordinates
-SECAGG_QUERY = "bouquet-secagg-keys"  # query config: the round whose key is asked for
-SECAGG_PEERS = "bouquet-secagg-peers"  # train config: node ids of the round's peers (this node included)
-SECAGG_PUBLIC = "bouquet-secagg-public"  # query reply / train config: X25519 public key(s)
-SHARED_ARRAY = "bouquet-shared"  # the reply's one array
+SHARED_SEED, SHARED_K = keys.SHARED_SEED, keys.SHARED_K
+SECAGG_QUERY, SECAGG_PEERS, SECAGG_PUBLIC = keys.SECAGG_QUERY, keys.SECAGG_PEERS, keys.SECAGG_PUBLIC
+SHARED_ARRAY = keys.SHARED_ARRAY
 RESIDUAL = "shared-ef-residual"  # context.state: flat error-feedback residual
 SECRET = "bouquet-secagg"  # context.state: {"round", "sk"}
 

@@ -42,14 +42,6 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 
 from bouquet import keys
-from bouquet.clients.shared_topk import (
-    SECAGG_PEERS,
-    SECAGG_PUBLIC,
-    SECAGG_QUERY,
-    SHARED_ARRAY,
-    SHARED_K,
-    SHARED_SEED,
-)
 from bouquet.codecs.shared_topk import KEY_BYTES, from_fixed, shared_indices, shared_k
 from bouquet.strategies.decoding import (
     check_record,
@@ -107,7 +99,7 @@ class SharedSupport(StrategyWrapper):
         self._round = int(server_round)
         total = sum(int(a.size) for a in self._global.values() if a.dtype.kind == "f")
         self._k = shared_k(total, self.alpha, self.min_k)
-        config[SHARED_SEED], config[SHARED_K] = self.seed, self._k
+        config[keys.SHARED_SEED], config[keys.SHARED_K] = self.seed, self._k
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         if self.secure and messages:
             messages = self._exchange_keys(server_round, messages, grid)
@@ -169,14 +161,14 @@ class SharedSupport(StrategyWrapper):
     def _exchange_keys(self, server_round: int, messages: list[Message], grid: Grid) -> list[Message]:
         """Ask the sampled nodes for their public keys; train only those that gave one."""
         nodes = [int(m.metadata.dst_node_id) for m in messages]
-        queries = [Message(RecordDict({keys.CONFIG: ConfigRecord({SECAGG_QUERY: server_round, keys.SERVER_ROUND: server_round})}), dst_node_id=n,
+        queries = [Message(RecordDict({keys.CONFIG: ConfigRecord({keys.SECAGG_QUERY: server_round, keys.SERVER_ROUND: server_round})}), dst_node_id=n,
                            message_type=MessageType.QUERY) for n in nodes]
         publics: dict[int, bytes] = {}
         for reply in grid.send_and_receive(queries, timeout=self.key_timeout):
             src = int(reply.metadata.src_node_id)
             if reply.has_error() or src not in nodes or src in publics:
                 continue
-            public = reply.content.config_records.get(keys.CONFIG, ConfigRecord()).get(SECAGG_PUBLIC)
+            public = reply.content.config_records.get(keys.CONFIG, ConfigRecord()).get(keys.SECAGG_PUBLIC)
             if isinstance(public, bytes) and len(public) == KEY_BYTES:
                 publics[src] = public
         self._peers = sorted(publics)
@@ -191,18 +183,18 @@ class SharedSupport(StrategyWrapper):
         out = [m for m in messages if int(m.metadata.dst_node_id) in publics]
         for msg in out:
             config = msg.content.config_records[keys.CONFIG]
-            config[SECAGG_PEERS] = list(self._peers)
-            config[SECAGG_PUBLIC] = [publics[n] for n in self._peers]
+            config[keys.SECAGG_PEERS] = list(self._peers)
+            config[keys.SECAGG_PUBLIC] = [publics[n] for n in self._peers]
         return out
 
     def _vector(self, msg: Message) -> np.ndarray:
         """The reply's one vector, checked (name, dense stype, dtype, shape) before it is read."""
         record = single_array_record(msg.content)
         dtype = np.dtype(np.uint32 if self.secure else np.float32)
-        check_record(record, {SHARED_ARRAY: np.empty(self._k, dtype)}, dense_only=True)
-        arr = record[SHARED_ARRAY]
+        check_record(record, {keys.SHARED_ARRAY: np.empty(self._k, dtype)}, dense_only=True)
+        arr = record[keys.SHARED_ARRAY]
         if np.dtype(arr.dtype) != dtype:
-            raise ValueError(f"array {SHARED_ARRAY!r} has dtype {arr.dtype}, expected {dtype}")
+            raise ValueError(f"array {keys.SHARED_ARRAY!r} has dtype {arr.dtype}, expected {dtype}")
         vec = np.array(dense_view(arr), copy=True)
         if not self.secure and not np.all(np.isfinite(vec)):
             raise ValueError("the shared values are not finite")
