@@ -28,6 +28,7 @@ from flwr.client import NumPyClient
 from flwr.clientapp import ClientApp
 
 from bouquet import keys
+from bouquet.codecs.wire import is_bouquet_stype
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,24 @@ def reply_array_key(reply: Message) -> str:
     if len(records) == 1:
         return next(iter(records))
     raise ValueError(f"reply has {len(records)} array records ({list(records)}); expected one or key {keys.ARRAYS!r}")
+
+
+def reply_update(reply: Message, received: dict[str, np.ndarray]) -> tuple[str, ArrayRecord, list[str], bool]:
+    """(key, record, array names, already compressed?) of a train reply's update record.
+
+    Raises
+    ------
+    ValueError
+        If the record cannot be found (:func:`reply_array_key`), or if it is not compressed and
+        its arrays are not the ``received`` ones.
+    """
+    rec_key = reply_array_key(reply)
+    record = reply.content.array_records[rec_key]
+    names = list(record.keys())
+    compressed = any(is_bouquet_stype(a.stype) for a in record.values())
+    if not compressed and set(names) != set(received):
+        raise ValueError(f"reply arrays {names[:3]}... differ from the received arrays {list(received)[:3]}...")
+    return rec_key, record, names, compressed
 
 
 def received_arrays(msg: Message) -> dict[str, np.ndarray]:

@@ -34,7 +34,7 @@ from flwr.app import Array, ArrayRecord, Context, Message, MessageType, RecordDi
 from flwr.clientapp.typing import Mod  # Flower's own client-mod type
 
 from bouquet import keys
-from bouquet.clients.bridge import received_arrays, reply_array_key, single_record
+from bouquet.clients.bridge import received_arrays, reply_update, single_record
 from bouquet.clients.torch_client import TorchClient
 from bouquet.codecs import (
     Encoded,
@@ -42,7 +42,6 @@ from bouquet.codecs import (
     TernaryCompressor,
     TopKCompressor,
     UpdateCompressor,
-    is_bouquet_stype,
     make_compressor,
 )
 from bouquet.codecs.compressor import is_statistic
@@ -232,13 +231,9 @@ def compression_mod(compressor: UpdateCompressor | str = "topk", *not_options: A
         reply = call_next(msg, context)
         if reply.has_error():
             return reply
-        rec_key = reply_array_key(reply)
-        record = reply.content.array_records[rec_key]
-        if any(is_bouquet_stype(a.stype) for a in record.values()):
+        rec_key, record, names, compressed = reply_update(reply, received)
+        if compressed:
             return reply  # already compressed by the client
-        names = list(record.keys())
-        if set(names) != set(received):
-            raise ValueError(f"reply arrays {names[:3]}... differ from the received arrays {list(received)[:3]}...")
         server_round = int(config.get(keys.SERVER_ROUND, 1))
         rng = np.random.default_rng([seed, int(context.node_id) % 2**32, server_round])
         out = compress_update(comp, names, [received[n] for n in names], [record[n].numpy() for n in names],

@@ -50,7 +50,7 @@ from bouquet.clients.bridge import (
     ReplyEncoder,
     dense_arrayrecord,
     received_arrays,
-    reply_array_key,
+    reply_update,
     single_record,
 )
 from bouquet.codecs import is_bouquet_stype
@@ -181,13 +181,9 @@ def dp_clip_mod(clip_norm: float | None = None, *not_options: Any, noise_multipl
         reply = call_next(msg, context)
         if reply.has_error():
             return reply
-        rec_key = reply_array_key(reply)
-        record = reply.content.array_records[rec_key]
-        if any(is_bouquet_stype(a.stype) for a in record.values()):
+        rec_key, record, names, compressed = reply_update(reply, received)
+        if compressed:
             raise ValueError(f"dp_clip_mod got an already compressed reply: {ORDER_HINT}")
-        names = list(record.keys())
-        if set(names) != set(received) or len(names) != len(received):
-            raise ValueError(f"reply arrays {names[:3]}... differ from the received arrays {list(received)[:3]}...")
         server_round = int(config.get(keys.SERVER_ROUND, 1))
         rng = np.random.default_rng([seed, int(context.node_id) % 2**32, server_round, 29])
         out, norm = clip_update(names, [received[n] for n in names], [record[n].numpy() for n in names], bound,
