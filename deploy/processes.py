@@ -73,30 +73,28 @@ def alive(pid: int) -> bool:
         return True
 
 
-def peak_rss_kb(pid: int) -> int:
-    """Peak resident set size of ``pid`` in kB (``VmHWM`` in ``/proc``; 0 if unknown)."""
+def _proc_kb(path: str, field: str) -> int:
+    """The kB value of ``field`` (e.g. ``VmHWM:``) in the ``/proc`` file ``path`` (0 if unknown)."""
     try:
-        with open(f"/proc/{pid}/status") as fh:
+        with open(path) as fh:
             for line in fh:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field):
                     return int(line.split()[1])
     except OSError:
         pass
     return 0
+
+
+def peak_rss_kb(pid: int) -> int:
+    """Peak resident set size of ``pid`` in kB (``VmHWM`` in ``/proc``; 0 if unknown)."""
+    return _proc_kb(f"/proc/{pid}/status", "VmHWM:")
 
 
 def pss_kb(pid: int) -> int:
     """Proportional set size of ``pid`` in kB now (``Pss`` in ``/proc/<pid>/smaps_rollup``; 0 if
     unknown): its private pages plus its share of pages mapped by several processes (torch's
     libraries, shared by every worker), so the PSS of all processes adds up to the memory used."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as fh:
-            for line in fh:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    return _proc_kb(f"/proc/{pid}/smaps_rollup", "Pss:")
 
 
 def _signal(pid: int, sig: int) -> None:

@@ -37,18 +37,19 @@ def in_range(value: float, text: str) -> bool:
     return (value >= low if low_closed else value > low) and (value <= high if high_closed else value < high)
 
 
-def fmt(value: Any) -> str:
-    """A value as it is written on the command line (``null``, ``true``, ``'tensor'``, ``[1, 2]``)."""
+def fmt(value: Any, *, quote: bool = True) -> str:
+    """A value as it is written on the command line (``null``, ``true``, ``'tensor'``, ``[1, 2]``;
+    strings unquoted with ``quote=False``, as in a YAML file)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, str):
+    if isinstance(value, str) and quote:
         return repr(value)
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(fmt(v) for v in value) + "]"
+        return "[" + ", ".join(fmt(v, quote=quote) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {fmt(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{k}: {fmt(v, quote=quote)}" for k, v in value.items()) + "}"
     return str(value)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from bouquet.simulations.config.checks import describe
+from bouquet.simulations.config.checks import describe, fmt
 from bouquet.simulations.config.combinations import COMBINATIONS
 from bouquet.simulations.config.schema import GROUPS, ROOT, Key
 
@@ -55,17 +55,7 @@ def _config_defaults() -> dict[str, str]:
 
 
 def _show(value: Any) -> str:
-    if value is ABSENT:
-        return "absent"
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_show(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {_show(v)}" for k, v in value.items()) + "}"
-    return str(value)
+    return "absent" if value is ABSENT else fmt(value, quote=False)
 
 
 def _cell(text: str) -> str:
