@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bouquet import keys
-from bouquet.codecs.catalog import LOSSY_CODECS
+from bouquet.codecs.catalog import CODECS, LOSSY_CODECS
 from bouquet.data import load_dataset
 from bouquet.simulations.config import privacy_rules
 from bouquet.simulations.config.checks import Options, check_value, fmt
@@ -25,6 +25,7 @@ from bouquet.simulations.methods.downlink import DOWNLINK_STRATEGIES
 from bouquet.simulations.methods.experiments import get_experiment
 
 RULES = Rules()
+SPARSE_CODECS = tuple(name for name, c in CODECS.items() if "alpha" in c.options()[0])  # a density: topk, stc
 
 
 @RULES("downlink + strategy")
@@ -141,9 +142,9 @@ def _codec_args(cfg: dict[str, Any], opt: Options) -> str | None:
 def _codec_settings(cfg: dict[str, Any], opt: Options) -> tuple[str, dict[str, Any]] | None:
     """(prefix of the keys, settings) of a top-k or STC upload (client=topk|stc, or client=recsys
     with client.codec=topk|stc; absent codec_args take the codec's defaults), else None."""
-    if opt["client"] in ("topk", "stc"):
+    if opt["client"] in SPARSE_CODECS:
         return "client", cfg["client"]
-    if opt["client"] == "recsys" and cfg["client"]["codec"] in ("topk", "stc"):
+    if opt["client"] == "recsys" and cfg["client"]["codec"] in SPARSE_CODECS:
         return "client.codec_args", {"residual_decay": 1.0, "rho": 1.0, **cfg["client"]["codec_args"]}
     return None
 
