@@ -34,9 +34,6 @@ from bouquet.codecs.shared_topk import (
     to_fixed,
 )
 
-SHARED_SEED, SHARED_K = keys.SHARED_SEED, keys.SHARED_K
-SECAGG_QUERY, SECAGG_PEERS, SECAGG_PUBLIC = keys.SECAGG_QUERY, keys.SECAGG_PEERS, keys.SECAGG_PUBLIC
-SHARED_ARRAY = keys.SHARED_ARRAY
 RESIDUAL = "shared-ef-residual"  # context.state: flat error-feedback residual
 SECRET = "bouquet-secagg"  # context.state: {"round", "sk"}
 
@@ -46,14 +43,14 @@ def secagg_key_mod(msg: Message, context: Context, call_next: Callable[[Message,
     if msg.metadata.message_type != MessageType.QUERY:
         return call_next(msg, context)
     config = single_record(msg.content, "config", keys.CONFIG)
-    if SECAGG_QUERY not in config:
+    if keys.SECAGG_QUERY not in config:
         return call_next(msg, context)
-    server_round = config[SECAGG_QUERY]
+    server_round = config[keys.SECAGG_QUERY]
     if isinstance(server_round, bool) or not isinstance(server_round, int):
-        raise ValueError(f"{SECAGG_QUERY}={server_round!r} is not a round number")
+        raise ValueError(f"{keys.SECAGG_QUERY}={server_round!r} is not a round number")
     private, public = new_keypair()
     context.state[SECRET] = ConfigRecord({"round": server_round, "sk": private})
-    return Message(RecordDict({keys.CONFIG: ConfigRecord({SECAGG_PUBLIC: public})}), reply_to=msg)
+    return Message(RecordDict({keys.CONFIG: ConfigRecord({keys.SECAGG_PUBLIC: public})}), reply_to=msg)
 
 
 class SharedEncoding:
@@ -69,10 +66,10 @@ class SharedEncoding:
     def encode_train_reply(self, names: Sequence[str], received: Sequence[np.ndarray], returned: Sequence[np.ndarray]) -> ArrayRecord:
         """The shared vector (float32, or masked uint32 under secure aggregation)."""
         cfg = self.train_config
-        if SHARED_SEED not in cfg or SHARED_K not in cfg:
-            raise ValueError(f"client=shared_topk needs the server's {SHARED_SEED} and {SHARED_K} in the train config: "
+        if keys.SHARED_SEED not in cfg or keys.SHARED_K not in cfg:
+            raise ValueError(f"client=shared_topk needs the server's {keys.SHARED_SEED} and {keys.SHARED_K} in the train config: "
                              "pair it with SharedSupport on the server")
-        server_round, k = int(cfg.get(keys.SERVER_ROUND, 1)), int(cfg[SHARED_K])
+        server_round, k = int(cfg.get(keys.SERVER_ROUND, 1)), int(cfg[keys.SHARED_K])
         parts = []
         for name, g, r in zip(names, received, returned, strict=True):
             g, r = np.asarray(g), np.asarray(r)
@@ -92,9 +89,9 @@ class SharedEncoding:
         if k != shared_k(a.size, self.alpha, self.min_k):
             raise ValueError(f"the server asks for {k} shared values, this client's alpha={self.alpha}, min_k={self.min_k} "
                              f"give {shared_k(a.size, self.alpha, self.min_k)}: configure both alike")
-        idx = shared_indices(a.size, k, int(cfg[SHARED_SEED]), server_round)
+        idx = shared_indices(a.size, k, int(cfg[keys.SHARED_SEED]), server_round)
         values = a[idx]
-        if SECAGG_PEERS in cfg:
+        if keys.SECAGG_PEERS in cfg:
             out, sent = self._masked(values, cfg, server_round, state)
         else:
             out = values.astype(np.float32)
@@ -102,11 +99,11 @@ class SharedEncoding:
         a[idx] = values - sent  # what was not sent waits in the residual
         if state is not None and self.residual_decay > 0:
             state[RESIDUAL] = ArrayRecord({"e": Array(a)})
-        return ArrayRecord({SHARED_ARRAY: Array(out)})
+        return ArrayRecord({keys.SHARED_ARRAY: Array(out)})
 
     def _masked(self, values: np.ndarray, cfg: dict[str, Any], server_round: int,
                 state: RecordDict | None) -> tuple[np.ndarray, np.ndarray]:
-        peers, publics = list(cfg[SECAGG_PEERS]), list(cfg.get(SECAGG_PUBLIC, []))
+        peers, publics = list(cfg[keys.SECAGG_PEERS]), list(cfg.get(keys.SECAGG_PUBLIC, []))
         node = int(self.context.node_id) if self.context is not None else -1
         if len(peers) != len(publics) or node not in peers or any(len(p) != KEY_BYTES for p in publics):
             raise ValueError(f"secure aggregation: {len(peers)} peers, {len(publics)} keys, this node {node} "

@@ -47,6 +47,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from bouquet.codecs import stc, ternary, topk
 from bouquet.codecs.error_feedback import accumulate, check_decay, subtract_sent
 from bouquet.codecs.stc import encode_stc
 from bouquet.codecs.ternary import (
@@ -63,7 +64,7 @@ from bouquet.codecs.topk import (
     select_topk_model,
     topk_count,
 )
-from bouquet.codecs.wire import Decoded, Encoded, encode_dense, sum_squares
+from bouquet.codecs.wire import DENSE, Decoded, Encoded, encode_dense, sum_squares
 
 SCOPES = ("tensor", "model")
 
@@ -90,7 +91,7 @@ class CompressOutput(NamedTuple):
 class UpdateCompressor:
     """Base class: error feedback (and the DGC options) around :meth:`encode` (override it)."""
 
-    codec = "dense"
+    codec = DENSE
     checks_finite = False  # True: encode() raises ValueError on NaN / inf in the accumulated update
     # DGC options (see the module docstring); set by the top-k and STC compressors, off here.
     momentum_correction = 0.0
@@ -318,7 +319,7 @@ class _TopKSelection(UpdateCompressor):
 class TopKCompressor(_TopKSelection):
     """Top-k sparsification with error feedback (``bouquet.topk/1``)."""
 
-    codec = "topk"
+    codec = topk.NAME
 
     def __init__(self, *, alpha: float, rho: float = 1.0, min_k: int = 1, scope: str = "tensor",
                  value_dtype: str = "float32", residual_decay: float = 1.0, momentum_correction: float = 0.0,
@@ -336,7 +337,7 @@ class TopKCompressor(_TopKSelection):
 class STCCompressor(_TopKSelection):
     """Sparse ternary compression with error feedback (``bouquet.stc/1``)."""
 
-    codec = "stc"
+    codec = stc.NAME
 
     def encode(self, tensors: list[np.ndarray], round_index: int, rng: np.random.Generator) -> list[tuple[Encoded, Decoded]]:
         return [encode_stc(t, idx) for t, idx in zip(tensors, self.select(tensors, round_index), strict=True)]
@@ -345,7 +346,7 @@ class STCCompressor(_TopKSelection):
 class TernaryCompressor(UpdateCompressor):
     """TernGrad ternarisation (``bouquet.ternary/1``); error feedback off by default."""
 
-    codec = "ternary"
+    codec = ternary.NAME
     checks_finite = True  # ternarize / ternarize_sparse refuse NaN and inf
 
     def __init__(self, *, stochastic: bool = True, clip_c: float | None = None, packing: str = "auto", residual_decay: float = 0.0) -> None:

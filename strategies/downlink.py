@@ -75,7 +75,6 @@ from bouquet.strategies.reports import CLIENTS_DROPPED, DROP_REASONS, truncate_r
 from bouquet.strategies.wrapper import StrategyWrapper, chain
 
 RESYNC = keys.DOWNLINK_RESYNC  # marker in a client error reason: it could not rebuild the model
-CODECS = DOWNLINK_CODECS  # the codecs that can compress the broadcast (bouquet.codecs.catalog)
 
 
 def step_record_key(version: int) -> str:
@@ -107,12 +106,12 @@ class CompressedDownlink(StrategyWrapper):
     def __init__(self, strategy: Strategy, compressor: UpdateCompressor | str = "topk", *, seed: int = 0,
                  initial_known: bool = False, **codec_kwargs: Any) -> None:
         if isinstance(compressor, str):
-            if compressor not in CODECS:
-                raise ValueError(f"compressor={compressor!r} is not a downlink codec; allowed: {list(CODECS)}")
+            if compressor not in DOWNLINK_CODECS:
+                raise ValueError(f"compressor={compressor!r} is not a downlink codec; allowed: {list(DOWNLINK_CODECS)}")
             compressor = make_compressor(compressor, **codec_kwargs)
         elif codec_kwargs:
             raise ValueError(f"codec options {sorted(codec_kwargs)} given with a compressor object: set them on it")
-        if not isinstance(compressor, UpdateCompressor) or compressor.codec not in CODECS:
+        if not isinstance(compressor, UpdateCompressor) or compressor.codec not in DOWNLINK_CODECS:
             raise ValueError(f"compressor must be a top-k, STC or ternary UpdateCompressor, got {compressor!r}")
         if compressor.momentum_correction > 0 or compressor.clip_norm is not None or compressor.warmup_rounds:
             raise ValueError("downlink compressors take no DGC options (momentum_correction, clip_norm, warmup_rounds)")

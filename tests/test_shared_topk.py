@@ -10,7 +10,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MessageType, Rec
 from flwr.serverapp.strategy import FedAvg
 
 from bouquet.clients import numpyclient_app
-from bouquet.clients.shared_topk import SHARED_ARRAY, SharedTopKClient, secagg_key_mod
+from bouquet.clients.shared_topk import SharedTopKClient, secagg_key_mod
 from bouquet.codecs.shared_topk import (
     SCALE,
     from_fixed,
@@ -22,6 +22,7 @@ from bouquet.codecs.shared_topk import (
     to_fixed,
     value_bound,
 )
+from bouquet.keys import SHARED_ARRAY
 from bouquet.models import build_model
 from bouquet.models.training import get_weights
 from bouquet.strategies.privacy_secagg import SharedSupport

@@ -89,8 +89,8 @@ def _expected_aggregate(o: Outcome) -> dict[str, np.ndarray]:
 def _reply_as_model(d: Delivery) -> dict[str, Array]:
     """A reply's arrays by model name; a ``client=shared_topk`` reply (one vector of the values at
     the round's shared coordinates) becomes the received model plus those values there."""
-    from bouquet.clients.shared_topk import SHARED_ARRAY, SHARED_K, SHARED_SEED
     from bouquet.codecs.shared_topk import shared_indices
+    from bouquet.keys import SHARED_ARRAY, SHARED_K, SHARED_SEED
 
     if SHARED_ARRAY not in d.reply_arrays:
         return dict(d.reply_arrays)
@@ -147,7 +147,8 @@ def ran_cleanly(o: Outcome) -> str | None:
 def shared_support_uploads(o: Outcome) -> str | None:
     """Every reply is one float32 vector of the round's shared coordinates (fewer bytes than a
     quarter of the model); ``SharedSupport`` rebuilt them; the nodes keep their residual."""
-    from bouquet.clients.shared_topk import RESIDUAL, SHARED_ARRAY, SHARED_K
+    from bouquet.clients.shared_topk import RESIDUAL
+    from bouquet.keys import SHARED_ARRAY, SHARED_K
     from bouquet.strategies.privacy_secagg import SharedSupport
 
     for d in _train(o):
