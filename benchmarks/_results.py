@@ -1,9 +1,9 @@
 """Write a benchmark's figures into its own section of ``benchmarks/RESULTS.md``.
 
-Each benchmark owns one section, delimited by ``<!-- begin NAME -->`` / ``<!-- end NAME -->``;
-:func:`write_section` replaces that section (or appends it) under a file lock, so several
-benchmark scripts can update the file without losing each other's figures. Every section
-records the command, the machine and the date.
+Each benchmark owns one section, delimited by ``<!-- begin NAME -->`` / ``<!-- end NAME
+-->``; :func:`write_section` replaces that section (or appends it) under a file lock, so
+several benchmark scripts can update the file without losing each other's figures. Every
+section records the command, the machine and the date.
 """
 
 from __future__ import annotations
@@ -19,14 +19,19 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 HEADER = (
     "# Benchmark results\n\n"
-    "Written by the scripts in `benchmarks/` (each owns one section). Figures are from the\n"
-    "machine named in each section; compare ratios measured in the same run, not absolute times.\n"
+    "Written by the scripts in `benchmarks/` (each owns one section). Figures are "
+    "from the\n"
+    "machine named in each section; compare ratios measured in the same run, not "
+    "absolute times.\n"
 )
 
 
 def machine() -> str:
     """A one-line description of this machine."""
-    return f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}, {platform.system()}"
+    return (
+        f"{os.cpu_count()} cores, {platform.machine()}, Python "
+        f"{platform.python_version()}, {platform.system()}"
+    )
 
 
 def write_section(name: str, title: str, body: str, command: str | None = None) -> None:
@@ -35,7 +40,8 @@ def write_section(name: str, title: str, body: str, command: str | None = None) 
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     block = (
         f"<!-- begin {name} -->\n## {title}\n\n"
-        f"- command: `{command}`\n- machine: {machine()}\n- date: {stamp}\n\n{body.rstrip()}\n"
+        f"- command: `{command}`\n- machine: {machine()}\n- date: "
+        f"{stamp}\n\n{body.rstrip()}\n"
         f"<!-- end {name} -->\n"
     )
     RESULTS.touch(exist_ok=True)
@@ -57,6 +63,7 @@ def write_section(name: str, title: str, body: str, command: str | None = None) 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
     """A markdown table of ``rows`` restricted to ``columns``."""
+
     def fmt(v: object) -> str:
         if isinstance(v, float):
             return f"{v:.4g}"

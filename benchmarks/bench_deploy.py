@@ -1,24 +1,29 @@
-"""Wall time per round: real deployment (SuperLink + SuperNodes, TLS, node auth) vs simulation.
+"""Wall time per round: real deployment (SuperLink + SuperNodes, TLS, node auth) vs
+simulation.
 
 The same experiment (digits, N clients, R rounds; FedAvg by default), in one invocation:
 
-* ``sim``: Flower's simulation engine, ``bouquet-sim`` (``run_simulation``, Ray), in a subprocess;
-* ``cold``: a real local deployment with Flower's defaults (``flower-supernode``: a fresh
-  ``flwr-clientapp`` process per message, a 3 s idle poll), ``deploy/local.py --cold``;
+* ``sim``: Flower's simulation engine, ``bouquet-sim`` (``run_simulation``, Ray), in a
+  subprocess;
+* ``cold``: a real local deployment with Flower's defaults (``flower-supernode``: a
+  fresh ``flwr-clientapp`` process per message, a 3 s idle poll), ``deploy/local.py
+  --cold``;
 * ``warm``: the same deployment as ``make deploy-demo`` runs it: each SuperNode with
   ``--isolation process`` beside a :mod:`deploy.warm_clientapp` worker, started by
   :mod:`deploy.supernode` (idle poll backoff up to 0.25 s);
 
-with 2 nodes (all three) and 10 nodes (sim and warm). Every mode writes ``metrics.jsonl``; the
-table compares the ServerApp's per-round wall time (``wall_s``) of rounds 2..R, ratios against
-the simulation of the same N measured in this invocation. Where a round goes: ``--probe`` times
-the stages of one fresh ``flwr-clientapp``-like process (the cold path, per message), and the
-warm workers' per-task stages come from their ``--timings`` files. Peak resident memory per node
-(SuperNode + worker, ``VmHWM``) is read before the deployment stops.
+with 2 nodes (all three) and 10 nodes (sim and warm). Every mode writes
+``metrics.jsonl``; the table compares the ServerApp's per-round wall time (``wall_s``)
+of rounds 2..R, ratios against the simulation of the same N measured in this invocation.
+Where a round goes: ``--probe`` times the stages of one fresh ``flwr-clientapp``-like
+process (the cold path, per message), and the warm workers' per-task stages come from
+their ``--timings`` files. Peak resident memory per node (SuperNode + worker, ``VmHWM``)
+is read before the deployment stops.
 
-Raw per-cell results go to ``benchmarks/results/deploy.jsonl`` as each cell finishes (``--commit``
-commits them); the RESULTS.md section is rebuilt from the latest invocation (``--report``). Run it
-alone (it pauses nothing itself: touch ``benchmarks/results/.pause`` to pause a grid first)::
+Raw per-cell results go to ``benchmarks/results/deploy.jsonl`` as each cell finishes
+(``--commit`` commits them); the RESULTS.md section is rebuilt from the latest
+invocation (``--report``). Run it alone (it pauses nothing itself: touch
+``benchmarks/results/.pause`` to pause a grid first)::
 
     .venv/bin/python benchmarks/bench_deploy.py --rounds 6 --commit
 """
@@ -87,7 +92,15 @@ def probe(overrides: str) -> dict[str, float]:
     mark("first torch.optim.SGD (imports torch._dynamo)")
     from flwr.app import Context, RecordDict
 
-    client = exp.client(Context(run_id=1, node_id=1, node_config={"partition-id": 0}, state=RecordDict(), run_config={}))
+    client = exp.client(
+        Context(
+            run_id=1,
+            node_id=1,
+            node_config={"partition-id": 0},
+            state=RecordDict(),
+            run_config={},
+        )
+    )
     params = client.get_parameters({})
     mark("build model + client")
     client.fit(params, {})
@@ -98,28 +111,54 @@ def probe(overrides: str) -> dict[str, float]:
 
 
 def run_probe(overrides: str) -> dict[str, float]:
-    code = f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); from benchmarks.bench_deploy import probe; print(json.dumps(probe({overrides!r})))"
+    code = (
+        f"import json, sys; sys.path.insert(0, {str(ROOT)!r}); from "
+        "benchmarks.bench_deploy import probe; "
+        f"print(json.dumps(probe({overrides!r})))"
+    )
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=flower_env(), check=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=flower_env(),
+        check=True,
+        timeout=600,
+    )
     stages = json.loads(out.stdout.strip().splitlines()[-1])
-    stages["whole process, wall (interpreter start to exit)"] = round(time.perf_counter() - start, 3)
+    stages["whole process, wall (interpreter start to exit)"] = round(
+        time.perf_counter() - start, 3
+    )
     return stages
 
 
 def read_rows(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [
+        json.loads(line)
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
 
 
 def run_simulation(overrides: str, run_dir: Path, timeout_s: float) -> dict[str, Any]:
-    argv = [str(VENV_BIN / "bouquet-sim"), *overrides.split(), f"hydra.run.dir={run_dir}"]
+    argv = [
+        str(VENV_BIN / "bouquet-sim"),
+        *overrides.split(),
+        f"hydra.run.dir={run_dir}",
+    ]
     start = time.perf_counter()
-    subprocess.run(argv, env=flower_env(), check=True, timeout=timeout_s, capture_output=True)
+    subprocess.run(
+        argv, env=flower_env(), check=True, timeout=timeout_s, capture_output=True
+    )
     return {"total_s": round(time.perf_counter() - start, 2)}
 
 
-def run_deployment(mode: str, nodes: int, overrides: str, run_dir: Path, timeout_s: float) -> dict[str, Any]:
+def run_deployment(
+    mode: str, nodes: int, overrides: str, run_dir: Path, timeout_s: float
+) -> dict[str, Any]:
     start = time.perf_counter()
-    with LocalDeployment(num_nodes=nodes, state_dir=RUNS / f"state-{mode}-{nodes}", warm=mode == "warm") as dep:
+    with LocalDeployment(
+        num_nodes=nodes, state_dir=RUNS / f"state-{mode}-{nodes}", warm=mode == "warm"
+    ) as dep:
         up = time.perf_counter() - start
         outcome = dep.run(overrides, run_dir, timeout_s=timeout_s)
         rss, pss = dep.peak_rss_mb(), dep.pss_mb()
@@ -127,32 +166,67 @@ def run_deployment(mode: str, nodes: int, overrides: str, run_dir: Path, timeout
     tasks = []
     for path in sorted((run_dir / "deploy-logs").glob("*.timings.jsonl")):
         lines = [json.loads(line) for line in path.read_text().splitlines()]
-        tasks.extend(lines[1:])  # each worker's first task loads torch, the data and the app: start-up
-    per_node = [v for k, v in rss.items() if k.startswith(("supernode-", "clientapp-worker-"))]
-    per_node_pss = [v for k, v in pss.items() if k.startswith(("supernode-", "clientapp-worker-"))]
+        tasks.extend(
+            lines[1:]
+        )  # each worker's first task loads torch, the data and the app: start-up
+    per_node = [
+        v for k, v in rss.items() if k.startswith(("supernode-", "clientapp-worker-"))
+    ]
+    per_node_pss = [
+        v for k, v in pss.items() if k.startswith(("supernode-", "clientapp-worker-"))
+    ]
     return {
-        "startup_s": round(up, 2), "total_s": round(time.perf_counter() - start, 2), "startup_steps": timings,
-        "flwr_run_s": round(outcome.wall_s, 2), "peak_rss_mb": rss,
+        "startup_s": round(up, 2),
+        "total_s": round(time.perf_counter() - start, 2),
+        "startup_steps": timings,
+        "flwr_run_s": round(outcome.wall_s, 2),
+        "peak_rss_mb": rss,
         "node_rss_mb_mean": round(sum(per_node) / nodes, 1) if per_node else None,
-        "pss_mb": pss, "node_pss_mb_mean": round(sum(per_node_pss) / nodes, 1) if per_node_pss else None,
-        "warm_task_stages": {k: round(mean(t[k] for t in tasks), 4) for k in tasks[0] if k != "status"} if tasks else None,
+        "pss_mb": pss,
+        "node_pss_mb_mean": round(sum(per_node_pss) / nodes, 1)
+        if per_node_pss
+        else None,
+        "warm_task_stages": {
+            k: round(mean(t[k] for t in tasks), 4) for k in tasks[0] if k != "status"
+        }
+        if tasks
+        else None,
     }
 
 
-def cell_record(invocation: str, mode: str, nodes: int, rounds: int, overrides: str, run_dir: Path, extra: dict) -> dict:
+def cell_record(
+    invocation: str,
+    mode: str,
+    nodes: int,
+    rounds: int,
+    overrides: str,
+    run_dir: Path,
+    extra: dict,
+) -> dict:
     rows = read_rows(run_dir)
     trained = [r for r in rows if r["round"] > 0]
     return {
-        "invocation": invocation, "mode": mode, "nodes": nodes, "rounds": rounds, "overrides": overrides,
-        "loadavg": list(os.getloadavg()), "cpus": os.cpu_count(),
-        "round_wall_s": [r["wall_s"] for r in trained], "client_train_s": [r["client_train_s"] for r in trained],
-        "final_accuracy": rows[-1]["accuracy"], **extra,
+        "invocation": invocation,
+        "mode": mode,
+        "nodes": nodes,
+        "rounds": rounds,
+        "overrides": overrides,
+        "loadavg": list(os.getloadavg()),
+        "cpus": os.cpu_count(),
+        "round_wall_s": [r["wall_s"] for r in trained],
+        "client_train_s": [r["client_train_s"] for r in trained],
+        "final_accuracy": rows[-1]["accuracy"],
+        **extra,
     }
 
 
 def _pairs(probe_stages: Any) -> list:
     """A probe's stages in their order (older records hold a key-sorted dict)."""
-    return list(probe_stages.items()) if isinstance(probe_stages, dict) else list(probe_stages)
+    return (
+        list(probe_stages.items())
+        if isinstance(probe_stages, dict)
+        else list(probe_stages)
+    )
 
 
 def later_mean(rec: dict) -> float:
@@ -167,71 +241,142 @@ def report() -> None:
     latest: dict[tuple[str, int], dict] = {}
     for r in results:  # the newest cell of each mode and size
         latest[(r["mode"], r["nodes"])] = r
-    recs = sorted(latest.values(), key=lambda r: (r["nodes"], list(MODE_NAMES).index(r["mode"])))
-    sims = {(r["invocation"], r["nodes"]): later_mean(r) for r in results if r["mode"] == "sim"}
+    recs = sorted(
+        latest.values(), key=lambda r: (r["nodes"], list(MODE_NAMES).index(r["mode"]))
+    )
+    sims = {
+        (r["invocation"], r["nodes"]): later_mean(r)
+        for r in results
+        if r["mode"] == "sim"
+    }
     rows = []
     for r in recs:
-        base = sims.get((r["invocation"], r["nodes"]))  # the simulation of the same invocation
-        rows.append({
-            "mode": MODE_NAMES[r["mode"]], "nodes": r["nodes"], "invocation": r["invocation"],
-            "round 1 s": round(r["round_wall_s"][0], 2),
-            "rounds 2-N s (mean)": round(later_mean(r), 3),
-            "x simulation (same N, same invocation)": f"{later_mean(r) / base:.1f}x" if base else "",
-            "client train s / round (sum)": round(mean(r["client_train_s"][1:]), 3),
-            "start-up s": r.get("startup_s", ""), "total s": r["total_s"],
-            "peak RSS / node MB": r.get("node_rss_mb_mean") or "", "final accuracy": round(r["final_accuracy"], 4),
-        })
+        base = sims.get(
+            (r["invocation"], r["nodes"])
+        )  # the simulation of the same invocation
+        rows.append(
+            {
+                "mode": MODE_NAMES[r["mode"]],
+                "nodes": r["nodes"],
+                "invocation": r["invocation"],
+                "round 1 s": round(r["round_wall_s"][0], 2),
+                "rounds 2-N s (mean)": round(later_mean(r), 3),
+                "x simulation (same N, same invocation)": f"{later_mean(r) / base:.1f}x"
+                if base
+                else "",
+                "client train s / round (sum)": round(mean(r["client_train_s"][1:]), 3),
+                "start-up s": r.get("startup_s", ""),
+                "total s": r["total_s"],
+                "peak RSS / node MB": r.get("node_rss_mb_mean") or "",
+                "final accuracy": round(r["final_accuracy"], 4),
+            }
+        )
     first = recs[0]
     load = [round(r["loadavg"][0], 1) for r in recs]
-    experiment = first["overrides"].replace("simulation.num_clients={} ".format(first["nodes"]), "")
+    experiment = first["overrides"].replace(
+        "simulation.num_clients={} ".format(first["nodes"]), ""
+    )
     body = (
         f"Experiment: `{experiment}` with N = 2 and 10 "
-        "clients (SuperNodes or simulated clients), FedAvg, server-side evaluation. The newest cell of each mode; "
-        "an invocation runs its cells one after the other, and a deployed cell's ratio is against the "
-        f"simulation of its own invocation (load average, 1 min, at the end of each cell: {load}). "
-        "`rounds 2-N` is the ServerApp's wall time per round after the first (round 1 includes each node's "
-        "first message); `x simulation` divides it by the simulation of the same N in this invocation. "
-        "Peak RSS / node: SuperNode + its worker (warm) or SuperNode + its SuperExec (cold), `VmHWM` at the end. "
+        "clients (SuperNodes or simulated clients), FedAvg, server-side evaluation. "
+        "The newest cell of each mode; "
+        "an invocation runs its cells one after the other, and a deployed cell's "
+        "ratio is against the "
+        "simulation of its own invocation (load average, 1 min, at the end of each "
+        f"cell: {load}). "
+        "`rounds 2-N` is the ServerApp's wall time per round after the first (round "
+        "1 includes each node's "
+        "first message); `x simulation` divides it by the simulation of the same N "
+        "in this invocation. "
+        "Peak RSS / node: SuperNode + its worker (warm) or SuperNode + its SuperExec "
+        "(cold), `VmHWM` at the end. "
         f"Raw: `{results_path(SECTION).relative_to(ROOT)}`.\n\n"
         + markdown_table(rows, list(rows[0]))
     )
     probe_rec = next((r for r in reversed(results) if r.get("probe")), None)
     if probe_rec:
-        body += ("\nCold path, per message: a SuperNode with Flower's defaults starts a fresh `flwr-clientapp` "
-                 "for every message, which pays every stage below (one fresh process, data already cached "
-                 "on disk):\n\n" + markdown_table([{"stage": k, "s": v} for k, v in _pairs(probe_rec["probe"])], ["stage", "s"]))
+        body += (
+            "\nCold path, per message: a SuperNode with Flower's defaults starts a "
+            "fresh `flwr-clientapp` "
+            "for every message, which pays every stage below (one fresh process, "
+            "data already cached "
+            "on disk):\n\n"
+            + markdown_table(
+                [{"stage": k, "s": v} for k, v in _pairs(probe_rec["probe"])],
+                ["stage", "s"],
+            )
+        )
     warm = [r for r in recs if r["mode"] == "warm" and r.get("warm_task_stages")]
     if warm:
-        stage_rows = [{"stage": k, **{f"{r['nodes']} nodes s": r["warm_task_stages"][k] for r in warm}}
-                      for k in warm[0]["warm_task_stages"]]
-        body += ("\nWarm path, per message (mean over tasks after each worker's first; `ClientApp call` "
-                 "includes the local training): the rest of a round is the SuperNode noticing the message "
-                 "(idle poll backoff from 0.02 s, doubling to 0.1 s per node, 0.25-2 s), the SuperNode fetching the message's objects from the SuperLink and "
-                 "sending the reply, and the ServerApp's own work (aggregation, evaluation, checkpoint).\n\n"
-                 + markdown_table(stage_rows, list(stage_rows[0])))
-    write_section(SECTION, "Deployment vs simulation: wall time per round", body,
-                  command=".venv/bin/python benchmarks/bench_deploy.py --commit (report: --report)")
+        stage_rows = [
+            {
+                "stage": k,
+                **{f"{r['nodes']} nodes s": r["warm_task_stages"][k] for r in warm},
+            }
+            for k in warm[0]["warm_task_stages"]
+        ]
+        body += (
+            "\nWarm path, per message (mean over tasks after each worker's first; "
+            "`ClientApp call` "
+            "includes the local training): the rest of a round is the SuperNode "
+            "noticing the message "
+            "(idle poll backoff from 0.02 s, doubling to 0.1 s per node, 0.25-2 s), "
+            "the SuperNode fetching the message's objects from the SuperLink and "
+            "sending the reply, and the ServerApp's own work (aggregation, "
+            "evaluation, checkpoint).\n\n"
+            + markdown_table(stage_rows, list(stage_rows[0]))
+        )
+    write_section(
+        SECTION,
+        "Deployment vs simulation: wall time per round",
+        body,
+        command=(
+            ".venv/bin/python benchmarks/bench_deploy.py --commit (report: --report)"
+        ),
+    )
     print(body)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--overrides", default="dataset=digits", help="extra Hydra overrides for every mode")
-    parser.add_argument("--cells", nargs="+", default=[f"{m}:{n}" for m, n in CELLS], help="mode:nodes, e.g. warm:10")
+    parser.add_argument(
+        "--overrides",
+        default="dataset=digits",
+        help="extra Hydra overrides for every mode",
+    )
+    parser.add_argument(
+        "--cells",
+        nargs="+",
+        default=[f"{m}:{n}" for m, n in CELLS],
+        help="mode:nodes, e.g. warm:10",
+    )
     parser.add_argument("--timeout", type=float, default=1800.0)
     parser.add_argument("--no-probe", action="store_true")
-    parser.add_argument("--commit", action="store_true", help="git-commit the raw results after every cell")
-    parser.add_argument("--report", action="store_true", help="only rebuild the RESULTS.md section")
+    parser.add_argument(
+        "--commit",
+        action="store_true",
+        help="git-commit the raw results after every cell",
+    )
+    parser.add_argument(
+        "--report", action="store_true", help="only rebuild the RESULTS.md section"
+    )
     args = parser.parse_args()
     if args.report:
         report()
         return
     invocation = time.strftime("%Y%m%d-%H%M%S")
-    stages = None if args.no_probe else run_probe(f"{args.overrides} simulation.num_clients=2")
+    stages = (
+        None
+        if args.no_probe
+        else run_probe(f"{args.overrides} simulation.num_clients=2")
+    )
     for spec in args.cells:
         mode, nodes = spec.split(":")[0], int(spec.split(":")[1])
-        overrides = f"simulation.num_clients={nodes} {args.overrides} simulation.num_rounds={args.rounds}"
+        overrides = (
+            f"simulation.num_clients={nodes} {args.overrides} "
+            f"simulation.num_rounds={args.rounds}"
+        )
         run_dir = RUNS / f"{invocation}-{mode}-{nodes}"
         print(f"{mode} x {nodes} ...", flush=True)
         if mode == "sim":
@@ -239,12 +384,25 @@ def main() -> None:
         else:
             extra = run_deployment(mode, nodes, overrides, run_dir, args.timeout)
         if stages is not None:
-            extra["probe"], stages = list(stages.items()), None  # ordered pairs (records are key-sorted)
-        rec = cell_record(invocation, mode, nodes, args.rounds, overrides, run_dir, extra)
+            extra["probe"], stages = (
+                list(stages.items()),
+                None,
+            )  # ordered pairs (records are key-sorted)
+        rec = cell_record(
+            invocation, mode, nodes, args.rounds, overrides, run_dir, extra
+        )
         _append(SECTION, rec)
         if args.commit:
-            _commit([results_path(SECTION)], f"benchmarks: deploy cell {mode} x {nodes} ({invocation})")
-        print(json.dumps({k: rec[k] for k in ("mode", "nodes", "round_wall_s", "total_s")}), flush=True)
+            _commit(
+                [results_path(SECTION)],
+                f"benchmarks: deploy cell {mode} x {nodes} ({invocation})",
+            )
+        print(
+            json.dumps(
+                {k: rec[k] for k in ("mode", "nodes", "round_wall_s", "total_s")}
+            ),
+            flush=True,
+        )
     report()
 
 

@@ -1,20 +1,25 @@
 """KL-weighted aggregation vs FedAvg on the unbalanced cell (issue 15 §3).
 
-Protocol: Fashion-MNIST, 10 clients, ``partition=unbalanced`` (client sizes by flwr-datasets'
-exponential rule over what is left after 32 samples each, labels by its
-``InnerDirichletPartitioner`` with Dirichlet(0.5); ``docs/kl-weighting.md``), all clients every
-round, LeNet, 30 rounds, 1 local epoch, batch 32, SGD lr 0.01 momentum 0.9; seeds 0, 1, 2. Arms:
-FedAvg and the KL-weighted settings of the earlier reduced grid (``exp`` tau=1 a=1 towards the
-clients close to Q or far from it, FedDisco's published a=0.5 b=0.1, and a=0.05 b=0.1; Q = the
-pooled client histograms, smoothing 1e-3).
+Protocol: Fashion-MNIST, 10 clients, ``partition=unbalanced`` (client sizes by
+flwr-datasets' exponential rule over what is left after 32 samples each, labels by its
+``InnerDirichletPartitioner`` with Dirichlet(0.5); ``docs/kl-weighting.md``), all
+clients every round, LeNet, 30 rounds, 1 local epoch, batch 32, SGD lr 0.01 momentum
+0.9; seeds 0, 1, 2. Arms: FedAvg and the KL-weighted settings of the earlier reduced
+grid (``exp`` tau=1 a=1 towards the clients close to Q or far from it, FedDisco's
+published a=0.5 b=0.1, and a=0.05 b=0.1; Q = the pooled client histograms, smoothing
+1e-3).
 
-Every cell is a real ``bouquet-sim`` run in Flower's simulation engine. Raw per-cell results:
-``benchmarks/results/kl.jsonl`` (a finished cell is never rerun). ``--report`` rebuilds the ``kl``
-section of ``RESULTS.md`` from that file alone (and leaves it alone while the file has no cell)::
+Every cell is a real ``bouquet-sim`` run in Flower's simulation engine. Raw per-cell
+results: ``benchmarks/results/kl.jsonl`` (a finished cell is never rerun). ``--report``
+rebuilds the ``kl`` section of ``RESULTS.md`` from that file alone (and leaves it alone
+while the file has no cell)::
 
-    nice -n 10 .venv/bin/python benchmarks/bench_kl.py --commit --pin HEAD   # run what is missing
-    .venv/bin/python benchmarks/bench_kl.py --report                         # table only
-    .venv/bin/python benchmarks/bench_kl.py --check                          # compose + validate every cell
+    # run what is missing
+    nice -n 10 .venv/bin/python benchmarks/bench_kl.py --commit --pin HEAD
+    # table only
+    .venv/bin/python benchmarks/bench_kl.py --report
+    # compose + validate every cell
+    .venv/bin/python benchmarks/bench_kl.py --check
 """
 
 from __future__ import annotations
@@ -44,24 +49,63 @@ from benchmarks._grid import (  # noqa: E402
 from benchmarks._results import markdown_table, write_section  # noqa: E402
 
 SECTION = "kl"
-TITLE = "KL-divergence-weighted aggregation: the unbalanced cell (LeNet, 30 rounds, 3 seeds)"
+TITLE = (
+    "KL-divergence-weighted aggregation: the unbalanced cell (LeNet, 30 rounds, 3 "
+    "seeds)"
+)
 # The settings are explicit, so a changed yaml default cannot change a cell silently.
 PARTITIONS: dict[str, list[str]] = {
-    "unbalanced exp, min 32, dir0.5": ["partition=unbalanced", "partition.sizes=exponential",
-                                       "partition.min_size=32", "partition.alpha=0.5"],
-    "unbalanced linear, min 32, dir0.5": ["partition=unbalanced", "partition.sizes=linear",
-                                          "partition.min_size=32", "partition.alpha=0.5"],
-    "unbalanced exp, min 32, dir0.1": ["partition=unbalanced", "partition.sizes=exponential",
-                                       "partition.min_size=32", "partition.alpha=0.1"],
+    "unbalanced exp, min 32, dir0.5": [
+        "partition=unbalanced",
+        "partition.sizes=exponential",
+        "partition.min_size=32",
+        "partition.alpha=0.5",
+    ],
+    "unbalanced linear, min 32, dir0.5": [
+        "partition=unbalanced",
+        "partition.sizes=linear",
+        "partition.min_size=32",
+        "partition.alpha=0.5",
+    ],
+    "unbalanced exp, min 32, dir0.1": [
+        "partition=unbalanced",
+        "partition.sizes=exponential",
+        "partition.min_size=32",
+        "partition.alpha=0.1",
+    ],
 }
 DEFAULT_PARTITIONS = ["unbalanced exp, min 32, dir0.5"]
 _KL = ["strategy=kl_weighted", "strategy.reference=pooled", "strategy.smoothing=0.001"]
 ARMS: dict[str, list[str]] = {
     "fedavg": ["strategy=fedavg"],
-    "exp closer": [*_KL, "strategy.mode=exp", "strategy.tau=1.0", "strategy.a=1.0", "strategy.direction=closer"],
-    "exp farther": [*_KL, "strategy.mode=exp", "strategy.tau=1.0", "strategy.a=1.0", "strategy.direction=farther"],
-    "disco": [*_KL, "strategy.mode=disco", "strategy.a=0.5", "strategy.b=0.1", "strategy.direction=closer"],
-    "disco a=0.05": [*_KL, "strategy.mode=disco", "strategy.a=0.05", "strategy.b=0.1", "strategy.direction=closer"],
+    "exp closer": [
+        *_KL,
+        "strategy.mode=exp",
+        "strategy.tau=1.0",
+        "strategy.a=1.0",
+        "strategy.direction=closer",
+    ],
+    "exp farther": [
+        *_KL,
+        "strategy.mode=exp",
+        "strategy.tau=1.0",
+        "strategy.a=1.0",
+        "strategy.direction=farther",
+    ],
+    "disco": [
+        *_KL,
+        "strategy.mode=disco",
+        "strategy.a=0.5",
+        "strategy.b=0.1",
+        "strategy.direction=closer",
+    ],
+    "disco a=0.05": [
+        *_KL,
+        "strategy.mode=disco",
+        "strategy.a=0.05",
+        "strategy.b=0.1",
+        "strategy.direction=closer",
+    ],
 }
 DATASETS = ["fashion_mnist", "mnist"]
 DEFAULT_DATASETS = ["fashion_mnist"]
@@ -74,11 +118,24 @@ def base(dataset: str, seed: int) -> list[str]:
     return lenet_overrides(dataset, seed)
 
 
-def cells(datasets: list[str], partitions: list[str], arms: list[str], seeds: list[int]) -> list[Cell]:
+def cells(
+    datasets: list[str], partitions: list[str], arms: list[str], seeds: list[int]
+) -> list[Cell]:
     """Seed-major, so a partial grid has whole seeds of every arm."""
-    return [Cell.of([*base(ds, seed), *PARTITIONS[part], *ARMS[arm]], dataset=ds, partition=part, arm=arm,
-                    seed=seed, **PROTOCOL)
-            for seed in seeds for ds in datasets for part in partitions for arm in arms]
+    return [
+        Cell.of(
+            [*base(ds, seed), *PARTITIONS[part], *ARMS[arm]],
+            dataset=ds,
+            partition=part,
+            arm=arm,
+            seed=seed,
+            **PROTOCOL,
+        )
+        for seed in seeds
+        for ds in datasets
+        for part in partitions
+        for arm in arms
+    ]
 
 
 def compose_cfg(overrides: list[str]) -> dict[str, Any]:
@@ -90,12 +147,15 @@ def compose_cfg(overrides: list[str]) -> dict[str, Any]:
         cfg = compose(config_name="config", overrides=overrides)
     container = OmegaConf.to_container(cfg, resolve=True)
     if not isinstance(container, dict):
-        raise TypeError(f"composed config is a {type(container).__name__}, not a mapping")
+        raise TypeError(
+            f"composed config is a {type(container).__name__}, not a mapping"
+        )
     return container  # type: ignore[return-value]
 
 
 def check(grid: list[Cell], *, with_data: bool = True) -> None:
-    """Compose and validate every cell as ``bouquet-sim`` would (with the data: cuts and caches
+    """Compose and validate every cell as ``bouquet-sim`` would (with the data: cuts and
+    caches
     the partitions too); raise on the first refusal."""
     from bouquet.simulations.config.validate import validate_config, validate_run
 
@@ -105,31 +165,47 @@ def check(grid: list[Cell], *, with_data: bool = True) -> None:
         print(f"ok: {cell.label()}", flush=True)
 
 
-# ---------------------------------------------------------------------------------- report
+# ------------------------------------------------------------------------------- report
 def _final(record: dict[str, Any]) -> float:
     return float(record["rounds"][-1]["accuracy"])
 
 
 def _weight_range(records: list[dict[str, Any]]) -> str:
-    """Smallest and largest normalised client weight of the last round (mean over seeds)."""
-    last = [r["rounds"][-1].get("kl_weights") for r in records if r["rounds"] and r["rounds"][-1].get("kl_weights")]
+    """Smallest and largest normalised client weight of the last round (mean over
+    seeds)."""
+    last = [
+        r["rounds"][-1].get("kl_weights")
+        for r in records
+        if r["rounds"] and r["rounds"][-1].get("kl_weights")
+    ]
     if not last:
         return "n_i/N"
-    return (f"{statistics.fmean(min(w) for w in last):.3f}-{statistics.fmean(max(w) for w in last):.3f}")
+    low = statistics.fmean(min(w) for w in last)
+    high = statistics.fmean(max(w) for w in last)
+    return f"{low:.3f}-{high:.3f}"
 
 
 def _fallback_rounds(records: list[dict[str, Any]]) -> str:
-    """Rounds in which FedDisco's weights were all 0 (the round fell back to n_i), per seed."""
-    counts = [sum(1 for x in r["rounds"] if x.get("kl_disco_all_zero")) for r in records]
-    return " ".join(map(str, counts)) if any("kl_disco_all_zero" in x for r in records for x in r["rounds"]) else ""
+    """Rounds in which FedDisco's weights were all 0 (the round fell back to n_i), per
+    seed."""
+    counts = [
+        sum(1 for x in r["rounds"] if x.get("kl_disco_all_zero")) for r in records
+    ]
+    return (
+        " ".join(map(str, counts))
+        if any("kl_disco_all_zero" in x for r in records for x in r["rounds"])
+        else ""
+    )
 
 
 def verdict(dataset: str, partition: str, finals: dict[str, dict[int, float]]) -> str:
-    """One plain sentence per (dataset, partition): does any KL setting gain beyond the seed spread?
+    """One plain sentence per (dataset, partition): does any KL setting gain beyond the
+    seed spread?
 
-    An arm gains beyond the seed spread when it beats FedAvg in every paired seed (at least 3) and
-    its mean paired difference exceeds the larger standard deviation over seeds of the two arms'
-    final accuracies; it loses beyond the spread in the mirror case.
+    An arm gains beyond the seed spread when it beats FedAvg in every paired seed (at
+    least 3) and its mean paired difference exceeds the larger standard deviation over
+    seeds of the two arms' final accuracies; it loses beyond the spread in the mirror
+    case.
     """
     where = f"On {dataset} ({partition})"
     fedavg = finals.get("fedavg", {})
@@ -142,22 +218,38 @@ def verdict(dataset: str, partition: str, finals: dict[str, dict[int, float]]) -
                 pending.append(f"{arm} ({len(seeds)} paired seeds)")
             continue
         diffs = [accs[s] - fedavg[s] for s in seeds]
-        spread = max(mean_sd([fedavg[s] for s in seeds])[1], mean_sd([accs[s] for s in seeds])[1])
+        spread = max(
+            mean_sd([fedavg[s] for s in seeds])[1], mean_sd([accs[s] for s in seeds])[1]
+        )
         mean = statistics.fmean(diffs)
         decided.append((mean, arm, spread))
-        text = f"{arm} ({100 * mean:+.2f} pt, per seed {' '.join(f'{100 * d:+.2f}' for d in diffs)}; spread {100 * spread:.2f} pt)"
+        text = (
+            f"{arm} ({100 * mean:+.2f} pt, per seed "
+            f"{' '.join(f'{100 * d:+.2f}' for d in diffs)}; spread "
+            f"{100 * spread:.2f} pt)"
+        )
         if all(d > 0 for d in diffs) and mean > spread:
             gains.append(text)
         elif all(d < 0 for d in diffs) and -mean > spread:
             losses.append(text)
     if not decided:
-        return f"{where}: no verdict yet (no KL setting has {len(SEEDS)} seeds paired with FedAvg)."
+        return (
+            f"{where}: no verdict yet (no KL setting has {len(SEEDS)} seeds paired "
+            "with FedAvg)."
+        )
     if gains:
-        out = f"{where}, {'; '.join(gains)} {'gains' if len(gains) == 1 else 'gain'} over FedAvg beyond the seed spread."
+        out = (
+            f"{where}, {'; '.join(gains)} {'gains' if len(gains) == 1 else 'gain'} "
+            "over FedAvg beyond the seed spread."
+        )
     else:
         mean, arm, spread = max(decided)
-        out = (f"{where}, no KL-weighted setting gains over FedAvg beyond the seed spread: the largest mean paired "
-               f"difference is {arm}'s {100 * mean:+.2f} pt, against a seed spread of {100 * spread:.2f} pt.")
+        out = (
+            f"{where}, no KL-weighted setting gains over FedAvg beyond the seed "
+            "spread: the largest mean paired "
+            f"difference is {arm}'s {100 * mean:+.2f} pt, against a seed spread of "
+            f"{100 * spread:.2f} pt."
+        )
     if losses:
         out += f" Below FedAvg beyond the spread: {'; '.join(losses)}."
     if pending:
@@ -176,56 +268,117 @@ def render(results: list[dict[str, Any]]) -> str | None:
     rows, sentences = [], []
     for ds in DATASETS:
         for part in PARTITIONS:
-            finals = {arm: {s: _final(r) for s, r in by[(ds, part, arm)].items()} for arm in ARMS if by.get((ds, part, arm))}
+            finals = {
+                arm: {s: _final(r) for s, r in by[(ds, part, arm)].items()}
+                for arm in ARMS
+                if by.get((ds, part, arm))
+            }
             if not finals:
                 continue
             fedavg = finals.get("fedavg", {})
             for arm, accs in finals.items():
                 records = [by[(ds, part, arm)][s] for s in sorted(accs)]
                 diffs = {s: accs[s] - fedavg[s] for s in sorted(accs) if s in fedavg}
-                rows.append({
-                    "dataset": ds, "partition": part, "arm": arm, "seeds": ",".join(map(str, sorted(accs))),
-                    "final acc (%)": pm(list(accs.values()), 100),
-                    "Δ vs FedAvg per seed (pt)": "" if arm == "fedavg" else " ".join(f"{100 * d:+.2f}" for d in diffs.values()),
-                    "Δ vs FedAvg (pt)": "" if arm == "fedavg" or not diffs else pm(list(diffs.values()), 100),
-                    "weights min-max (last round)": _weight_range(records),
-                    "disco rounds all 0 (per seed)": _fallback_rounds(records),
-                    "wall s / cell": f"{mean_sd([r['wall_s'] for r in records])[0]:.0f}",
-                })
+                rows.append(
+                    {
+                        "dataset": ds,
+                        "partition": part,
+                        "arm": arm,
+                        "seeds": ",".join(map(str, sorted(accs))),
+                        "final acc (%)": pm(list(accs.values()), 100),
+                        "Δ vs FedAvg per seed (pt)": ""
+                        if arm == "fedavg"
+                        else " ".join(f"{100 * d:+.2f}" for d in diffs.values()),
+                        "Δ vs FedAvg (pt)": ""
+                        if arm == "fedavg" or not diffs
+                        else pm(list(diffs.values()), 100),
+                        "weights min-max (last round)": _weight_range(records),
+                        "disco rounds all 0 (per seed)": _fallback_rounds(records),
+                        "wall s / cell": (
+                            f"{mean_sd([r['wall_s'] for r in records])[0]:.0f}"
+                        ),
+                    }
+                )
             sentences.append(verdict(ds, part, finals))
-    cols = ["dataset", "partition", "arm", "seeds", "final acc (%)", "Δ vs FedAvg per seed (pt)", "Δ vs FedAvg (pt)",
-            "weights min-max (last round)", "disco rounds all 0 (per seed)", "wall s / cell"]
-    done = {(r["key"]["dataset"], r["key"]["partition"], r["key"]["arm"], r["key"]["seed"]) for r in results}
-    todo = [c.key_dict for c in cells(DEFAULT_DATASETS, DEFAULT_PARTITIONS, list(ARMS), SEEDS)
-            if (c.key_dict["dataset"], c.key_dict["partition"], c.key_dict["arm"], c.key_dict["seed"]) not in done]
+    cols = [
+        "dataset",
+        "partition",
+        "arm",
+        "seeds",
+        "final acc (%)",
+        "Δ vs FedAvg per seed (pt)",
+        "Δ vs FedAvg (pt)",
+        "weights min-max (last round)",
+        "disco rounds all 0 (per seed)",
+        "wall s / cell",
+    ]
+    done = {
+        (r["key"]["dataset"], r["key"]["partition"], r["key"]["arm"], r["key"]["seed"])
+        for r in results
+    }
+    todo = [
+        c.key_dict
+        for c in cells(DEFAULT_DATASETS, DEFAULT_PARTITIONS, list(ARMS), SEEDS)
+        if (
+            c.key_dict["dataset"],
+            c.key_dict["partition"],
+            c.key_dict["arm"],
+            c.key_dict["seed"],
+        )
+        not in done
+    ]
     body = (
-        "Real `bouquet-sim` runs in Flower's simulation engine: 10 clients, all clients every round, LeNet, 30 rounds, "
-        "1 local epoch, batch 32, SGD lr 0.01 momentum 0.9. `partition=unbalanced`: every client gets `min_size` "
-        "samples, the rest is split by flwr-datasets' size rule (exponential: client i = 1..10 gets a share ~ e^i; "
-        "linear: ~ i), labels within those sizes by flwr-datasets' `InnerDirichletPartitioner` (Dirichlet(alpha) "
-        "class priors per client). `exp`: w_i ~ n_i^a exp(-(s_i - min s)/tau), tau=1, a=1; `disco`: "
-        "w_i ~ ReLU(n_i/N - a s_i + b), FedDisco's a=0.5, b=0.1, and a=0.05, b=0.1; s_i = KL(P_i || Q) "
-        "(`closer`) or its negative (`farther`); Q = the pooled client histograms, smoothing 1e-3. Mean ± sd "
-        "over seeds; `Δ vs FedAvg` is paired by seed. An arm *gains beyond the seed spread* when it beats FedAvg "
-        "in every paired seed (3) and its mean paired difference exceeds the larger sd over seeds of the two "
-        "arms' final accuracies. Raw per-cell results: `benchmarks/results/kl.jsonl`.\n\n"
-        + markdown_table(rows, cols) + "\n**Reading (computed).** " + " ".join(sentences) + "\n"
+        "Real `bouquet-sim` runs in Flower's simulation engine: 10 clients, all "
+        "clients every round, LeNet, 30 rounds, "
+        "1 local epoch, batch 32, SGD lr 0.01 momentum 0.9. `partition=unbalanced`: "
+        "every client gets `min_size` "
+        "samples, the rest is split by flwr-datasets' size rule (exponential: client "
+        "i = 1..10 gets a share ~ e^i; "
+        "linear: ~ i), labels within those sizes by flwr-datasets' "
+        "`InnerDirichletPartitioner` (Dirichlet(alpha) "
+        "class priors per client). `exp`: w_i ~ n_i^a exp(-(s_i - min s)/tau), "
+        "tau=1, a=1; `disco`: "
+        "w_i ~ ReLU(n_i/N - a s_i + b), FedDisco's a=0.5, b=0.1, and a=0.05, b=0.1; "
+        "s_i = KL(P_i || Q) "
+        "(`closer`) or its negative (`farther`); Q = the pooled client histograms, "
+        "smoothing 1e-3. Mean ± sd "
+        "over seeds; `Δ vs FedAvg` is paired by seed. An arm *gains beyond the seed "
+        "spread* when it beats FedAvg "
+        "in every paired seed (3) and its mean paired difference exceeds the larger "
+        "sd over seeds of the two "
+        "arms' final accuracies. Raw per-cell results: "
+        "`benchmarks/results/kl.jsonl`.\n\n"
+        + markdown_table(rows, cols)
+        + "\n**Reading (computed).** "
+        + " ".join(sentences)
+        + "\n"
     ) + overhead_note(results)
     if todo:
-        body += (f"\n**Not yet run** ({len(todo)} cells): "
-                 + ", ".join(f"{k['dataset']}/{k['arm']}/seed {k['seed']}" for k in todo)
-                 + f". Command: `{COMMAND}`.\n")
-    body += ("\nThe earlier reduced grid of issue 4 (MNIST, MLP, 10 rounds, Dirichlet(0.1) and 2 labels per client, "
-             "clients called in-process) found no gain beyond the seed spread; its table is in this file's git "
-             "history.\n")
+        body += (
+            f"\n**Not yet run** ({len(todo)} cells): "
+            + ", ".join(f"{k['dataset']}/{k['arm']}/seed {k['seed']}" for k in todo)
+            + f". Command: `{COMMAND}`.\n"
+        )
+    body += (
+        "\nThe earlier reduced grid of issue 4 (MNIST, MLP, 10 rounds, "
+        "Dirichlet(0.1) and 2 labels per client, "
+        "clients called in-process) found no gain beyond the seed spread; its table "
+        "is in this file's git "
+        "history.\n"
+    )
     return body
 
 
 def report() -> list[Path]:
-    """Rebuild the ``kl`` section from ``results/kl.jsonl``; leave RESULTS.md alone while it has no cell."""
+    """Rebuild the ``kl`` section from ``results/kl.jsonl``; leave RESULTS.md alone
+    while it has no cell."""
     body = render(load_results(SECTION))
     if body is None:
-        print(f"no finished {SECTION} cell in benchmarks/results/{SECTION}.jsonl: RESULTS.md left alone", flush=True)
+        print(
+            f"no finished {SECTION} cell in benchmarks/results/{SECTION}.jsonl: "
+            "RESULTS.md left alone",
+            flush=True,
+        )
         return []
     write_section(SECTION, TITLE, body, command=COMMAND + " (report: --report)")
     return [ROOT / "benchmarks/RESULTS.md"]
@@ -234,10 +387,16 @@ def report() -> list[Path]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--datasets", nargs="+", default=DEFAULT_DATASETS, choices=DATASETS)
-    p.add_argument("--partitions", nargs="+", default=DEFAULT_PARTITIONS, choices=list(PARTITIONS))
+    p.add_argument(
+        "--partitions", nargs="+", default=DEFAULT_PARTITIONS, choices=list(PARTITIONS)
+    )
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     grid_arguments(p, SEEDS)
-    p.add_argument("--check", action="store_true", help="compose and validate every cell (with the data), run nothing")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="compose and validate every cell (with the data), run nothing",
+    )
     args = p.parse_args()
     grid = cells(args.datasets, args.partitions, args.arms, args.seeds)
     if args.check:

@@ -1,12 +1,14 @@
-"""Federated recommendation on MovieLens-100K: plain vs ternary vs STC uploads vs central training.
+"""Federated recommendation on MovieLens-100K: plain vs ternary vs STC uploads vs
+central training.
 
-Every federated cell is a real ``bouquet-sim`` run (``dataset=movielens model=mf client=recsys``,
-all 943 users in seeded groups, the same rounds and seed for all); bytes are the bytes of
-``Array.data`` that crossed the grid (``metrics.jsonl``). RMSE / HR@10 / NDCG@10 are the pooled
-federated evaluation of each round's global item side with the clients' private user factors.
-The central baseline trains the same model (same client code, same hyperparameters) on all
-training ratings in one process, one epoch per "round". Cells whose ``summary.json`` exists are
-skipped (resumable). Writes the ``recsys`` section of ``benchmarks/RESULTS.md``.
+Every federated cell is a real ``bouquet-sim`` run (``dataset=movielens model=mf
+client=recsys``, all 943 users in seeded groups, the same rounds and seed for all);
+bytes are the bytes of ``Array.data`` that crossed the grid (``metrics.jsonl``). RMSE /
+HR@10 / NDCG@10 are the pooled federated evaluation of each round's global item side
+with the clients' private user factors. The central baseline trains the same model (same
+client code, same hyperparameters) on all training ratings in one process, one epoch per
+"round". Cells whose ``summary.json`` exists are skipped (resumable). Writes the
+``recsys`` section of ``benchmarks/RESULTS.md``.
 
 Reduced default (~10 CPU minutes on 2 shared cores)::
 
@@ -37,7 +39,9 @@ CELLS: dict[str, list[str]] = {
 
 
 def slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name).strip("_").replace("__", "_")
+    return (
+        "".join(c if c.isalnum() else "_" for c in name).strip("_").replace("__", "_")
+    )
 
 
 def run_cell(name: str, args: argparse.Namespace, out: Path) -> Path:
@@ -46,16 +50,32 @@ def run_cell(name: str, args: argparse.Namespace, out: Path) -> Path:
         print(f"skip {name} (done)")
         return run_dir
     cmd = [
-        str(Path(sys.executable).with_name("bouquet-sim")), "dataset=movielens", "model=mf", "client=recsys",
-        f"simulation.num_clients={args.clients}", f"simulation.num_rounds={args.rounds}", f"seed={args.seed}",
-        *CELLS[name], f"hydra.run.dir={run_dir}",
+        str(Path(sys.executable).with_name("bouquet-sim")),
+        "dataset=movielens",
+        "model=mf",
+        "client=recsys",
+        f"simulation.num_clients={args.clients}",
+        f"simulation.num_rounds={args.rounds}",
+        f"seed={args.seed}",
+        *CELLS[name],
+        f"hydra.run.dir={run_dir}",
     ]
-    for attempt in (1, 2):  # Ray's node start-up can time out on a loaded machine: retry once
+    for attempt in (
+        1,
+        2,
+    ):  # Ray's node start-up can time out on a loaded machine: retry once
         print("run", " ".join(cmd[1:]), flush=True)
         start = time.perf_counter()
-        # own session: on a timeout the whole group (bouquet-sim and its Ray processes) is ended
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
+        # own session: on a timeout the whole group (bouquet-sim and its Ray processes)
+        # is ended
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         try:
             _, err = proc.communicate(timeout=args.cell_timeout)
         except subprocess.TimeoutExpired:
@@ -65,7 +85,10 @@ def run_cell(name: str, args: argparse.Namespace, out: Path) -> Path:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.communicate()
-            print(f"  timed out after {args.cell_timeout} s (attempt {attempt})", flush=True)
+            print(
+                f"  timed out after {args.cell_timeout} s (attempt {attempt})",
+                flush=True,
+            )
             continue
         if proc.returncode == 0:
             print(f"  done in {time.perf_counter() - start:.0f} s", flush=True)
@@ -75,19 +98,34 @@ def run_cell(name: str, args: argparse.Namespace, out: Path) -> Path:
 
 
 def federated_rows(name: str, run_dir: Path) -> tuple[dict, list[dict]]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line)
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
     mb, curve = 0.0, []
     for r in rows:
         mb += r["bytes_up"] / 1e6
         if r.get("rmse") is not None:
-            curve.append({"round": r["round"], "mb_up": mb, "rmse": r["rmse"], "hr_at_10": r["hr_at_10"]})
+            curve.append(
+                {
+                    "round": r["round"],
+                    "mb_up": mb,
+                    "rmse": r["rmse"],
+                    "hr_at_10": r["hr_at_10"],
+                }
+            )
     last = curve[-1]
     best = min(curve, key=lambda c: c["rmse"])
     per_round = rows[-1]["bytes_up"] / max(1, rows[-1]["clients_ok"]) / 1e3
     summary = {
-        "upload": name, "final RMSE": last["rmse"], "best RMSE (round)": f"{best['rmse']:.4f} ({best['round']})",
-        "final HR@10": last["hr_at_10"], "final NDCG@10": rows[-1]["ndcg_at_10"], "MB up (total)": mb,
-        "KB up per client-round": per_round, "wall s": round(rows[-1]["elapsed_s"]),
+        "upload": name,
+        "final RMSE": last["rmse"],
+        "best RMSE (round)": f"{best['rmse']:.4f} ({best['round']})",
+        "final HR@10": last["hr_at_10"],
+        "final NDCG@10": rows[-1]["ndcg_at_10"],
+        "MB up (total)": mb,
+        "KB up per client-round": per_round,
+        "wall s": round(rows[-1]["elapsed_s"]),
     }
     return summary, curve
 
@@ -103,20 +141,41 @@ def central(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     ratings = load_movielens()
     split = temporal_split(ratings, 5)
     users = np.arange(ratings.num_users)
-    model = build_recsys_model(num_items=ratings.num_items, num_users=ratings.num_users, seed=args.seed)
-    client = RecsysClient(model, users, split.train, split.test, sample_negatives(ratings, users, 99, args.seed),
-                          seed=args.seed)
+    model = build_recsys_model(
+        num_items=ratings.num_items, num_users=ratings.num_users, seed=args.seed
+    )
+    client = RecsysClient(
+        model,
+        users,
+        split.train,
+        split.test,
+        sample_negatives(ratings, users, 99, args.seed),
+        seed=args.seed,
+    )
     params, curve = client.get_parameters({}), []
     start = time.perf_counter()
     for epoch in range(1, args.rounds + 1):
         params, _, _ = client.fit(params, {"server-round": epoch})
         mse, hr, ndcg = client.test_metrics()
-        curve.append({"round": epoch, "mb_up": 0.0, "rmse": mse ** 0.5, "hr_at_10": hr, "ndcg_at_10": ndcg})
+        curve.append(
+            {
+                "round": epoch,
+                "mb_up": 0.0,
+                "rmse": mse**0.5,
+                "hr_at_10": hr,
+                "ndcg_at_10": ndcg,
+            }
+        )
     last, best = curve[-1], min(curve, key=lambda c: c["rmse"])
     return {
-        "upload": "central (no upload)", "final RMSE": last["rmse"], "best RMSE (round)": f"{best['rmse']:.4f} ({best['round']})",
-        "final HR@10": last["hr_at_10"], "final NDCG@10": last["ndcg_at_10"], "MB up (total)": 0.0,
-        "KB up per client-round": None, "wall s": round(time.perf_counter() - start),
+        "upload": "central (no upload)",
+        "final RMSE": last["rmse"],
+        "best RMSE (round)": f"{best['rmse']:.4f} ({best['round']})",
+        "final HR@10": last["hr_at_10"],
+        "final NDCG@10": last["ndcg_at_10"],
+        "MB up (total)": 0.0,
+        "KB up per client-round": None,
+        "wall s": round(time.perf_counter() - start),
     }, curve
 
 
@@ -125,12 +184,22 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cell-timeout", type=float, default=900.0,
-                        help="seconds per bouquet-sim run (a crashed Ray start-up hangs it)")
+    parser.add_argument(
+        "--cell-timeout",
+        type=float,
+        default=900.0,
+        help="seconds per bouquet-sim run (a crashed Ray start-up hangs it)",
+    )
     parser.add_argument("--cells", nargs="*", default=list(CELLS))
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / ".runs" / "recsys")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "benchmarks" / ".runs" / "recsys"
+    )
     args = parser.parse_args()
-    for k in ("FLWR_TELEMETRY_ENABLED", "FLWR_DISABLE_UPDATE_CHECK", "RAY_USAGE_STATS_ENABLED"):
+    for k in (
+        "FLWR_TELEMETRY_ENABLED",
+        "FLWR_DISABLE_UPDATE_CHECK",
+        "RAY_USAGE_STATS_ENABLED",
+    ):
         os.environ.setdefault(k, "0" if k != "FLWR_DISABLE_UPDATE_CHECK" else "1")
     out = args.out / f"c{args.clients}_r{args.rounds}_s{args.seed}"
     table, curves = [], {}
@@ -148,16 +217,25 @@ def main() -> None:
             if point["round"] in marks:
                 curve_rows.append({"upload": name, **point})
     body = (
-        f"MovieLens-100K, all 943 users in {args.clients} seeded groups (one group per client), "
-        f"{args.rounds} rounds, FedAvg, biased MF (dim 32), 1 local epoch of Adam (lr 0.01, batch 256, "
-        "L2 0.05), last 5 ratings per user held out by time, HR@10/NDCG@10 against 99 sampled unrated "
-        "items; the central row trains the same model and client code on all training ratings, one "
-        "epoch per round. Evaluation runs on the clients (the server holds no ratings).\n\n"
+        f"MovieLens-100K, all 943 users in {args.clients} seeded groups (one group "
+        "per client), "
+        f"{args.rounds} rounds, FedAvg, biased MF (dim 32), 1 local epoch of Adam "
+        "(lr 0.01, batch 256, "
+        "L2 0.05), last 5 ratings per user held out by time, HR@10/NDCG@10 against "
+        "99 sampled unrated "
+        "items; the central row trains the same model and client code on all "
+        "training ratings, one "
+        "epoch per round. Evaluation runs on the clients (the server holds no "
+        "ratings).\n\n"
         + markdown_table(table, list(table[0]))
         + "\nRMSE and HR@10 against cumulative MB uploaded:\n\n"
         + markdown_table(curve_rows, ["upload", "round", "mb_up", "rmse", "hr_at_10"])
     )
-    write_section("recsys", "Federated recommendation (MovieLens-100K): plain vs ternary vs STC", body)
+    write_section(
+        "recsys",
+        "Federated recommendation (MovieLens-100K): plain vs ternary vs STC",
+        body,
+    )
     print(body)
 
 

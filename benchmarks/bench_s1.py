@@ -2,14 +2,17 @@
 
 MNIST, MLP, 10 clients, Dirichlet(0.5), seeds 0, 1, 2. Arms:
 
-* ``s1_source`` (the arm's key in the raw results): ``experiment=sparse_source`` (one SGD step per member per iteration, top-1% of the
-  gradient without error feedback, KL-correlation weights, ``gamma`` = 0.1), 300 iterations;
-* ``FedSGD (dense)``: the same with ``client.alpha=1.0 strategy=fedavg`` (dense gradients);
-* ``bouquet default``: 1 local epoch, SGD momentum 0.9, lr 0.01, top-1% with error feedback,
-  KL weights, 30 rounds (the same bytes per round as ``s1_source``).
+* ``s1_source`` (the arm's key in the raw results): ``experiment=sparse_source`` (one
+  SGD step per member per iteration, top-1% of the gradient without error feedback,
+  KL-correlation weights, ``gamma`` = 0.1), 300 iterations;
+* ``FedSGD (dense)``: the same with ``client.alpha=1.0 strategy=fedavg`` (dense
+  gradients);
+* ``bouquet default``: 1 local epoch, SGD momentum 0.9, lr 0.01, top-1% with error
+  feedback, KL weights, 30 rounds (the same bytes per round as ``s1_source``).
 
-Every cell is a real ``bouquet-sim`` run; raw per-cell results in ``benchmarks/results/s1.jsonl``;
-``--report`` rebuilds the ``s1`` section of ``RESULTS.md`` and ``benchmarks/s1_curves.png``::
+Every cell is a real ``bouquet-sim`` run; raw per-cell results in
+``benchmarks/results/s1.jsonl``; ``--report`` rebuilds the ``s1`` section of
+``RESULTS.md`` and ``benchmarks/s1_curves.png``::
 
     nice -n 10 .venv/bin/python benchmarks/bench_s1.py --commit
 """
@@ -28,17 +31,38 @@ from benchmarks._grid import Cell, cumulative_mb, load_results, pm, run_grid  # 
 from benchmarks._results import markdown_table, write_section  # noqa: E402
 
 SECTION = "s1"
-COMMON = ["experiment=sparse_source", "dataset=mnist", "model=mlp", "simulation.num_clients=10"]
+COMMON = [
+    "experiment=sparse_source",
+    "dataset=mnist",
+    "model=mlp",
+    "simulation.num_clients=10",
+]
 ARMS: dict[str, list[str]] = {
-    "s1_source": ["simulation.num_rounds=300"],  # the raw results' key (the preset was experiment=s1_source)
-    "FedSGD (dense)": ["simulation.num_rounds=300", "client.alpha=1.0", "strategy=fedavg"],
-    "bouquet default": ["simulation.num_rounds=30", "client.local_steps=null", "client.momentum=0.9", "client.lr=0.01",
-                        "client.residual_decay=1.0", "compression.gamma=0.01"],
+    "s1_source": [
+        "simulation.num_rounds=300"
+    ],  # the raw results' key (the preset was experiment=s1_source)
+    "FedSGD (dense)": [
+        "simulation.num_rounds=300",
+        "client.alpha=1.0",
+        "strategy=fedavg",
+    ],
+    "bouquet default": [
+        "simulation.num_rounds=30",
+        "client.local_steps=null",
+        "client.momentum=0.9",
+        "client.lr=0.01",
+        "client.residual_decay=1.0",
+        "compression.gamma=0.01",
+    ],
 }
 
 
 def cells(seeds: list[int]) -> list[Cell]:
-    return [Cell.of([*COMMON, *ARMS[arm], f"seed={seed}"], arm=arm, seed=seed) for seed in seeds for arm in ARMS]
+    return [
+        Cell.of([*COMMON, *ARMS[arm], f"seed={seed}"], arm=arm, seed=seed)
+        for seed in seeds
+        for arm in ARMS
+    ]
 
 
 def _acc_at(rounds: list[dict], budget_mb: float) -> float | None:
@@ -70,35 +94,71 @@ def report() -> list[Path]:
         cells_ = sorted(by.get(arm, []), key=lambda r: r["key"]["seed"])
         if not cells_:
             continue
-        rows.append({
-            "arm": arm, "seeds": ",".join(str(r["key"]["seed"]) for r in cells_), "rounds": len(cells_[0]["rounds"]) - 1,
-            "final acc (%)": pm([r["rounds"][-1]["accuracy"] for r in cells_], 100),
-            "MB up": pm([cumulative_mb(r["rounds"])[-1] for r in cells_], 1, 2),
-            "acc at the default arm's MB (%)": "" if budget is None else pm([_acc_at(r["rounds"], budget) for r in cells_], 100),
-            "wall s / cell": f"{np.mean([r['wall_s'] for r in cells_]):.0f}",
-        })
+        rows.append(
+            {
+                "arm": arm,
+                "seeds": ",".join(str(r["key"]["seed"]) for r in cells_),
+                "rounds": len(cells_[0]["rounds"]) - 1,
+                "final acc (%)": pm([r["rounds"][-1]["accuracy"] for r in cells_], 100),
+                "MB up": pm([cumulative_mb(r["rounds"])[-1] for r in cells_], 1, 2),
+                "acc at the default arm's MB (%)": ""
+                if budget is None
+                else pm([_acc_at(r["rounds"], budget) for r in cells_], 100),
+                "wall s / cell": f"{np.mean([r['wall_s'] for r in cells_]):.0f}",
+            }
+        )
         n = min(len(r["rounds"]) for r in cells_)
         mb = np.mean([cumulative_mb(r["rounds"])[:n] for r in cells_], axis=0)
         acc = np.array([[x["accuracy"] for x in r["rounds"][:n]] for r in cells_])
         keep = mb > 0
-        line = ax.plot(mb[keep], acc.mean(axis=0)[keep], label=f"{arm} (n={len(cells_)})")[0]
-        ax.fill_between(mb[keep], acc.min(axis=0)[keep], acc.max(axis=0)[keep], alpha=0.15, color=line.get_color())
+        line = ax.plot(
+            mb[keep], acc.mean(axis=0)[keep], label=f"{arm} (n={len(cells_)})"
+        )[0]
+        ax.fill_between(
+            mb[keep],
+            acc.min(axis=0)[keep],
+            acc.max(axis=0)[keep],
+            alpha=0.15,
+            color=line.get_color(),
+        )
     ax.set_xscale("log")
     ax.set_xlabel("MB uploaded (cumulative, all clients)")
     ax.set_ylabel("test accuracy")
-    ax.set_title("S1 source form vs FedSGD vs bouquet default: MNIST, MLP, 10 clients, Dirichlet(0.5)", fontsize=8)
+    ax.set_title(
+        "S1 source form vs FedSGD vs bouquet default: MNIST, MLP, 10 clients, "
+        "Dirichlet(0.5)",
+        fontsize=8,
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     png = ROOT / "benchmarks/s1_curves.png"
     fig.savefig(png, dpi=110)
-    cols = ["arm", "seeds", "rounds", "final acc (%)", "MB up", "acc at the default arm's MB (%)", "wall s / cell"]
-    body = ("Real `bouquet-sim` runs (`experiment=sparse_source`, MNIST, MLP, 10 clients, Dirichlet(0.5)); mean ± sd over "
-            "seeds; bytes are the measured payload bytes. `acc at the default arm's MB`: accuracy after the last round "
-            "whose cumulative upload fits the bouquet-default arm's total (equal uploaded bytes). Plot: "
-            "`benchmarks/s1_curves.png`; raw: `benchmarks/results/s1.jsonl`.\n\n" + markdown_table(rows, cols))
-    write_section(SECTION, "S1 in its source's form: per-iteration sparse gradients (issue 22)", body,
-                  command="nice -n 10 .venv/bin/python benchmarks/bench_s1.py --commit")
+    cols = [
+        "arm",
+        "seeds",
+        "rounds",
+        "final acc (%)",
+        "MB up",
+        "acc at the default arm's MB (%)",
+        "wall s / cell",
+    ]
+    body = (
+        "Real `bouquet-sim` runs (`experiment=sparse_source`, MNIST, MLP, 10 "
+        "clients, Dirichlet(0.5)); mean ± sd over "
+        "seeds; bytes are the measured payload bytes. `acc at the default arm's MB`: "
+        "accuracy after the last round "
+        "whose cumulative upload fits the bouquet-default arm's total (equal "
+        "uploaded bytes). Plot: "
+        "`benchmarks/s1_curves.png`; raw: `benchmarks/results/s1.jsonl`.\n\n"
+        + markdown_table(rows, cols)
+    )
+    write_section(
+        SECTION,
+        "S1 in its source's form: per-iteration sparse gradients (issue 22)",
+        body,
+        command="nice -n 10 .venv/bin/python benchmarks/bench_s1.py --commit",
+    )
     return [ROOT / "benchmarks/RESULTS.md", png]
 
 
@@ -110,7 +170,13 @@ def main() -> None:
     p.add_argument("--pin", default=None)
     args = p.parse_args()
     if not args.report:
-        run_grid(SECTION, cells(args.seeds), commit=args.commit, after_cell=report, pin=args.pin)
+        run_grid(
+            SECTION,
+            cells(args.seeds),
+            commit=args.commit,
+            after_cell=report,
+            pin=args.pin,
+        )
     report()
 
 

@@ -1,4 +1,5 @@
-"""bouquet: Flower plugins for communication-efficient, heterogeneity-aware federated learning.
+"""bouquet: Flower plugins for communication-efficient, heterogeneity-aware federated
+learning.
 
 The top-level folders of the repository are mapped into this namespace by
 ``[tool.setuptools.package-dir]``: ``bouquet.codecs``, ``bouquet.strategies``,

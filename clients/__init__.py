@@ -1,6 +1,11 @@
 """bouquet.clients: NumPyClient subclasses, client mods and the ClientApp bridge."""
 
-from bouquet.clients.bridge import ReplyEncoder, dense_arrayrecord, numpyclient_app, single_record
+from bouquet.clients.bridge import (
+    ReplyEncoder,
+    dense_arrayrecord,
+    numpyclient_app,
+    single_record,
+)
 from bouquet.clients.compressed import (
     CompressingClient,
     STCClient,

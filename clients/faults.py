@@ -1,14 +1,16 @@
-"""Fault injection for simulations: a client mod that crashes, hangs or corrupts replies.
+"""Fault injection for simulations: a client mod that crashes, hangs or corrupts
+replies.
 
-``fault_mod(crash_rate, hang_rate, corrupt_rate, hang_s, seed)`` wraps any ClientApp. For each
-train message it draws one uniform number from a generator seeded by
-``(seed, partition-id, server-round)`` (so the same node fails in the same rounds on every run):
+``fault_mod(crash_rate, hang_rate, corrupt_rate, hang_s, seed)`` wraps any ClientApp.
+For each train message it draws one uniform number from a generator seeded by
+``(seed, partition-id, server-round)`` (so the same node fails in the same rounds on
+every run):
 
 * ``u < crash_rate``: raise (Flower turns it into an error reply);
-* ``u < crash_rate + hang_rate``: sleep ``hang_s`` seconds before training (longer than the
-  round timeout, the reply arrives too late and is counted as failed);
-* ``u < crash_rate + hang_rate + corrupt_rate``: train, then corrupt the reply: NaN values,
-  a wrong shape, or truncated bytes (chosen by the same generator).
+* ``u < crash_rate + hang_rate``: sleep ``hang_s`` seconds before training (longer than
+  the round timeout, the reply arrives too late and is counted as failed);
+* ``u < crash_rate + hang_rate + corrupt_rate``: train, then corrupt the reply: NaN
+  values, a wrong shape, or truncated bytes (chosen by the same generator).
 
 Used to test that a run survives bad clients; never enable it in a real deployment.
 """
@@ -33,20 +35,32 @@ class InjectedCrash(RuntimeError):
     """The error a crashing client raises."""
 
 
-def _validate_rates(crash_rate: float, hang_rate: float, corrupt_rate: float, hang_s: float) -> None:
-    for name, rate in (("fault.crash_rate", crash_rate), ("fault.hang_rate", hang_rate), ("fault.corrupt_rate", corrupt_rate)):
+def _validate_rates(
+    crash_rate: float, hang_rate: float, corrupt_rate: float, hang_s: float
+) -> None:
+    for name, rate in (
+        ("fault.crash_rate", crash_rate),
+        ("fault.hang_rate", hang_rate),
+        ("fault.corrupt_rate", corrupt_rate),
+    ):
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"{name}={rate} must be in [0, 1]")
     if crash_rate + hang_rate + corrupt_rate > 1.0 + 1e-12:
-        raise ValueError(f"fault rates sum to {crash_rate + hang_rate + corrupt_rate} > 1")
+        raise ValueError(
+            f"fault rates sum to {crash_rate + hang_rate + corrupt_rate} > 1"
+        )
     if hang_s < 0:
         raise ValueError(f"fault.hang_s={hang_s} must be >= 0")
 
 
-def corrupt_record(record: ArrayRecord, kind: str, rng: np.random.Generator) -> ArrayRecord:
+def corrupt_record(
+    record: ArrayRecord, kind: str, rng: np.random.Generator
+) -> ArrayRecord:
     """A copy of ``record`` with one array corrupted in the way ``kind`` names."""
     if kind not in CORRUPTIONS:
-        raise ValueError(f"corruption kind={kind!r} is unknown; allowed: {', '.join(CORRUPTIONS)}")
+        raise ValueError(
+            f"corruption kind={kind!r} is unknown; allowed: {', '.join(CORRUPTIONS)}"
+        )
     names = list(record.keys())
     victim = names[int(rng.integers(len(names)))]
     out = ArrayRecord()
@@ -55,18 +69,30 @@ def corrupt_record(record: ArrayRecord, kind: str, rng: np.random.Generator) -> 
         if name != victim:
             out[name] = arr
         elif kind == "truncate":
-            out[name] = Array(dtype=arr.dtype, shape=tuple(arr.shape), stype=arr.stype, data=arr.data[: len(arr.data) // 2])
+            out[name] = Array(
+                dtype=arr.dtype,
+                shape=tuple(arr.shape),
+                stype=arr.stype,
+                data=arr.data[: len(arr.data) // 2],
+            )
         elif arr.stype == "numpy.ndarray" and kind == "nan":
             value = arr.numpy().astype(np.float32)
             value.flat[0] = np.nan
             out[name] = Array(value)
         elif arr.stype == "numpy.ndarray":
-            out[name] = Array(np.zeros(np.asarray(arr.numpy()).size + 1, dtype=np.float32))
+            out[name] = Array(
+                np.zeros(np.asarray(arr.numpy()).size + 1, dtype=np.float32)
+            )
         else:  # encoded arrays: flip bytes in the payload
             data = bytearray(arr.data)
             for i in range(0, len(data), 7):
                 data[i] ^= 0xFF
-            out[name] = Array(dtype=arr.dtype, shape=tuple(arr.shape), stype=arr.stype, data=bytes(data))
+            out[name] = Array(
+                dtype=arr.dtype,
+                shape=tuple(arr.shape),
+                stype=arr.stype,
+                data=bytes(data),
+            )
     return out
 
 
@@ -80,7 +106,9 @@ def fault_mod(
     """Build the fault-injecting client mod (see module docstring)."""
     _validate_rates(crash_rate, hang_rate, corrupt_rate, hang_s)
 
-    def _mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
+    def _mod(
+        msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
+    ) -> Message:
         if msg.metadata.message_type != MessageType.TRAIN:
             return call_next(msg, context)
         pid = int(context.node_config.get(keys.PARTITION_ID, 0))
@@ -90,12 +118,17 @@ def fault_mod(
         rng = np.random.default_rng([seed, pid, server_round])
         u = rng.random()
         if u < crash_rate:
-            raise InjectedCrash(f"injected crash (partition {pid}, round {server_round})")
+            raise InjectedCrash(
+                f"injected crash (partition {pid}, round {server_round})"
+            )
         if u < crash_rate + hang_rate:
             logger.info("partition %d hangs for %.1f s", pid, hang_s)
             time.sleep(hang_s)
         reply = call_next(msg, context)
-        if crash_rate + hang_rate <= u < crash_rate + hang_rate + corrupt_rate and not reply.has_error():
+        if (
+            crash_rate + hang_rate <= u < crash_rate + hang_rate + corrupt_rate
+            and not reply.has_error()
+        ):
             kind = CORRUPTIONS[int(rng.integers(len(CORRUPTIONS)))]
             for key, record in list(reply.content.array_records.items()):
                 reply.content[key] = corrupt_record(record, kind, rng)

@@ -1,10 +1,10 @@
 """A NumPyClient that trains a torch model on its partition.
 
-``fit`` trains for ``local_epochs`` (or exactly ``local_steps`` batches, when set) with SGD
-(momentum) and reports ``num-examples``,
+``fit`` trains for ``local_epochs`` (or exactly ``local_steps`` batches, when set) with
+SGD (momentum) and reports ``num-examples``,
 ``train-loss``, ``train-time-s`` and ``label-histogram`` (counts per class, so that
-distribution-aware strategies such as KL weighting can use it). The server's train config may
-override ``lr``, ``local-epochs`` and ``local-steps`` per round.
+distribution-aware strategies such as KL weighting can use it). The server's train
+config may override ``lr``, ``local-epochs`` and ``local-steps`` per round.
 """
 
 from __future__ import annotations
@@ -56,13 +56,14 @@ class TorchClient(NumPyClient):
         Length of the reported label histogram.
     local_epochs, batch_size, lr, momentum, weight_decay : training settings.
     local_steps : int, optional
-        Train exactly this many batches per round instead of ``local_epochs`` (``1`` with
-        ``momentum=0`` is one SGD iteration per round: the S1 source's per-iteration form).
+        Train exactly this many batches per round instead of ``local_epochs`` (``1``
+        with ``momentum=0`` is one SGD iteration per round: the S1 source's
+        per-iteration form).
     seed : int
         Base seed; each round trains with ``seed + server_round``.
     torch_threads : int
-        ``torch.set_num_threads`` for this client (1 avoids oversubscribing the cores when
-        several simulated clients run at once).
+        ``torch.set_num_threads`` for this client (1 avoids oversubscribing the cores
+        when several simulated clients run at once).
     """
 
     def __init__(
@@ -90,7 +91,10 @@ class TorchClient(NumPyClient):
         self.y = y
         self.num_classes = num_classes
         if local_steps is not None and int(local_steps) < 1:
-            raise ValueError(f"client.local_steps={local_steps} must be >= 1 (or null: use local_epochs)")
+            raise ValueError(
+                f"client.local_steps={local_steps} must be >= 1 (or null: use "
+                "local_epochs)"
+            )
         self.local_epochs = local_epochs
         self.local_steps = None if local_steps is None else int(local_steps)
         self.batch_size = batch_size
@@ -105,7 +109,9 @@ class TorchClient(NumPyClient):
     def get_parameters(self, config: dict[str, Any]) -> list[np.ndarray]:
         return list(get_weights(self.model).values())
 
-    def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict[str, Any]]:
+    def fit(
+        self, parameters: list[np.ndarray], config: dict[str, Any]
+    ) -> tuple[list[np.ndarray], int, dict[str, Any]]:
         torch.set_num_threads(self.torch_threads)
         set_weights(self.model, list(parameters))
         server_round = int(config.get(keys.SERVER_ROUND, 0))
@@ -114,8 +120,13 @@ class TorchClient(NumPyClient):
         lr = float(config.get(keys.LR, self.lr))
         mu = float(config.get(keys.PROXIMAL_MU, 0.0))
         proximal = None
-        if mu > 0:  # FedProx: the strategy sends "proximal-mu"; the client adds the term
-            proximal = (mu, {n: p.detach().clone() for n, p in self.model.named_parameters()})
+        if (
+            mu > 0
+        ):  # FedProx: the strategy sends "proximal-mu"; the client adds the term
+            proximal = (
+                mu,
+                {n: p.detach().clone() for n, p in self.model.named_parameters()},
+            )
         start = time.perf_counter()
         loss = train(
             self.model,
@@ -139,7 +150,9 @@ class TorchClient(NumPyClient):
         }
         return self.get_parameters({}), len(self.y), metrics
 
-    def evaluate(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[float, int, dict[str, Any]]:
+    def evaluate(
+        self, parameters: list[np.ndarray], config: dict[str, Any]
+    ) -> tuple[float, int, dict[str, Any]]:
         torch.set_num_threads(self.torch_threads)
         set_weights(self.model, list(parameters))
         loss, acc = evaluate(self.model, self.x, self.y)

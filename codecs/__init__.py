@@ -2,8 +2,9 @@
 
 Top-k sparsification (``topk``), TernGrad ternarisation (``ternary``), sparse ternary
 compression (``stc``), error feedback (``error_feedback``), position/trit packing
-(``packing``, its varint and Golomb-Rice gap codes in ``gap_codes``) and the versioned wire
-format (``wire``). :func:`decode` reads any of them; ``catalog`` holds one record per codec.
+(``packing``, its varint and Golomb-Rice gap codes in ``gap_codes``) and the versioned
+wire format (``wire``). :func:`decode` reads any of them; ``catalog`` holds one record
+per codec.
 """
 
 from bouquet.codecs.catalog import (

@@ -1,8 +1,9 @@
-"""Compiled loops (numba) behind :mod:`bouquet.codecs.kernels`; import that module, not this one.
+"""Compiled loops (numba) behind :mod:`bouquet.codecs.kernels`; import that module, not
+this one.
 
-Every loop that reads client bytes checks its own bounds and returns a status code instead of
-reading or writing outside its arrays (numba does not bounds-check); the callers turn a
-non-zero status into the same ``ValueError`` the numpy code raises.
+Every loop that reads client bytes checks its own bounds and returns a status code
+instead of reading or writing outside its arrays (numba does not bounds-check); the
+callers turn a non-zero status into the same ``ValueError`` the numpy code raises.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ OK, UNARY_SHORT, BIT_COUNT, OUT_OF_RANGE, LENGTHS, UNSORTED = 0, 1, 2, 3, 4, 5
 
 def _unary_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per byte value of the unary stream (MSB first; a code is ones ended by a zero):
-    how many zero bits it has, where they are, the runs of ones that each of them ends, and the
-    ones after the last zero (8 when there is no zero)."""
+    how many zero bits it has, where they are, the runs of ones that each of them ends,
+    and the ones after the last zero (8 when there is no zero)."""
     count = np.zeros(256, dtype=np.int64)
     where = np.zeros((256, 8), dtype=np.int64)
     runs = np.zeros((256, 8), dtype=np.int64)
@@ -42,13 +43,15 @@ SLACK = 8  # extra entries ``rice_positions`` may write past ``count`` in ``out`
 @njit(cache=True, nogil=True)
 def rice_positions(b, count, r, n, out):  # type: ignore[no-untyped-def]
     """Decode ``count`` Rice-coded gaps (unary stream, then ``r``-bit remainders, see
-    ``packing.rice_encode``) into sorted positions ``out[j] = sum(gap + 1) - 1``; the status is
-    ``OK`` or why the block is invalid. ``out`` needs ``count + SLACK`` entries.
+    ``packing.rice_encode``) into sorted positions ``out[j] = sum(gap + 1) - 1``; the
+    status is ``OK`` or why the block is invalid. ``out`` needs ``count + SLACK``
+    entries.
 
-    The unary stream is read a byte at a time: the byte's runs of ones come from a table and
-    are written as eight entries whatever the byte holds (no branch per code), the count of
-    its zeros advances the output. Remainders come out of a 64-bit bit register. Quotients
-    and positions are checked against ``n`` (no overflow, nothing outside the tensor)."""
+    The unary stream is read a byte at a time: the byte's runs of ones come from a table
+    and are written as eight entries whatever the byte holds (no branch per code), the
+    count of its zeros advances the output. Remainders come out of a 64-bit bit
+    register. Quotients and positions are checked against ``n`` (no overflow, nothing
+    outside the tensor)."""
     nbits = b.size * 8
     if out.size < count + SLACK:
         return LENGTHS
@@ -98,8 +101,12 @@ def rice_positions(b, count, r, n, out):  # type: ignore[no-untyped-def]
     reg = np.uint64(b[byte]) & np.uint64((1 << have) - 1)
     byte += 1
     for j in range(count):
-        while have < r:  # at most 4 bytes (r <= 31); past the block reads as 0 (counted above)
-            reg = (reg << np.uint64(8)) | (np.uint64(b[byte]) if byte < b.size else np.uint64(0))
+        while (
+            have < r
+        ):  # at most 4 bytes (r <= 31); past the block reads as 0 (counted above)
+            reg = (reg << np.uint64(8)) | (
+                np.uint64(b[byte]) if byte < b.size else np.uint64(0)
+            )
             byte += 1
             have += 8
         have -= r
@@ -107,14 +114,17 @@ def rice_positions(b, count, r, n, out):  # type: ignore[no-untyped-def]
         reg &= (np.uint64(1) << np.uint64(have)) - np.uint64(1)
         if out[j] > limit:  # (q << r) >= n, checked before shifting (no overflow)
             return OUT_OF_RANGE
-        pos += (out[j] << r) + rem + 1  # positions increase: the last one is checked below
+        pos += (
+            (out[j] << r) + rem + 1
+        )  # positions increase: the last one is checked below
         out[j] = pos
     return OK if pos < n else OUT_OF_RANGE
 
 
 @njit(cache=True, nogil=True)
 def rice_sizes(idx, r_lo, r_hi):  # type: ignore[no-untyped-def]
-    """Bits of the Rice code of the gaps ``idx[i] - idx[i-1] - 1`` (``idx[-1] = -1``) of sorted
+    """Bits of the Rice code of the gaps ``idx[i] - idx[i-1] - 1`` (``idx[-1] = -1``) of
+    sorted
     positions, for every parameter in ``r_lo..r_hi`` (one pass, no gap array)."""
     m = r_hi - r_lo + 1
     sums = np.zeros(m, dtype=np.int64)
@@ -131,7 +141,8 @@ def rice_sizes(idx, r_lo, r_hi):  # type: ignore[no-untyped-def]
 
 @njit(cache=True, nogil=True)
 def _flush32(reg, held, out, pos):  # type: ignore[no-untyped-def]
-    """Move the oldest 32 of the ``held`` (>= 32) bits in ``reg`` to ``out[pos:pos + 4]``."""
+    """Move the oldest 32 of the ``held`` (>= 32) bits in ``reg`` to ``out[pos:pos +
+    4]``."""
     held -= 32
     word = reg >> held
     out[pos] = (word >> 24) & 0xFF
@@ -143,11 +154,12 @@ def _flush32(reg, held, out, pos):  # type: ignore[no-untyped-def]
 
 @njit(cache=True, nogil=True)
 def rice_encode(idx, r, out):  # type: ignore[no-untyped-def]
-    """Write the Rice code of the gaps of sorted positions ``idx`` (see :func:`rice_sizes`) into
-    ``out`` (sized by the caller from :func:`rice_sizes`): the unary stream (``q`` ones, a
-    zero), then the ``r``-bit remainders, MSB first, the last byte zero-padded. Bits gather in
-    a 64-bit register (under 32 pending between codes) and leave 32 at a time; returns the bit
-    count."""
+    """Write the Rice code of the gaps of sorted positions ``idx`` (see
+    :func:`rice_sizes`) into
+    ``out`` (sized by the caller from :func:`rice_sizes`): the unary stream (``q`` ones,
+    a zero), then the ``r``-bit remainders, MSB first, the last byte zero-padded. Bits
+    gather in a 64-bit register (under 32 pending between codes) and leave 32 at a time;
+    returns the bit count."""
     reg = 0
     held = 0
     pos = 0
@@ -189,9 +201,10 @@ def rice_encode(idx, r, out):  # type: ignore[no-untyped-def]
 
 @njit(cache=True, nogil=True)
 def scatter_add(acc, idx, values, factor):  # type: ignore[no-untyped-def]
-    """``acc[idx[j]] += factor * values[j]`` (``values`` and ``factor`` of ``acc``'s dtype: numpy's
-    ``acc[idx] += factor * values`` for unique indices, the same roundings); indices outside
-    ``acc`` are refused before anything is written."""
+    """``acc[idx[j]] += factor * values[j]`` (``values`` and ``factor`` of ``acc``'s
+    dtype: numpy's
+    ``acc[idx] += factor * values`` for unique indices, the same roundings); indices
+    outside ``acc`` are refused before anything is written."""
     n = acc.size
     if values.size != idx.size:
         return LENGTHS
@@ -205,10 +218,12 @@ def scatter_add(acc, idx, values, factor):  # type: ignore[no-untyped-def]
 
 @njit(cache=True, nogil=True)
 def ternary_candidates(part, u, bound, factor, start, cand, tie, neg):  # type: ignore[no-untyped-def]
-    """One block of TernGrad's byte-draw ternarisation (``ternary.ternarize_sparse``), float32:
-    ``q = min(min(|g|, bound) * factor, 255)`` in float32, keep when ``u < floor(q)``, a tie when
-    ``u == floor(q)``. Writes the candidates' positions (``start`` + offset), tie flags and sign
-    flags in order; returns how many (or -1 when a buffer is shorter than the block)."""
+    """One block of TernGrad's byte-draw ternarisation (``ternary.ternarize_sparse``),
+    float32:
+    ``q = min(min(|g|, bound) * factor, 255)`` in float32, keep when ``u < floor(q)``, a
+    tie when ``u == floor(q)``. Writes the candidates' positions (``start`` + offset),
+    tie flags and sign flags in order; returns how many (or -1 when a buffer is shorter
+    than the block)."""
     if min(cand.size, tie.size, neg.size, u.size) < part.size:
         return -1
     m = 0
@@ -223,7 +238,9 @@ def ternary_candidates(part, u, bound, factor, start, cand, tie, neg):  # type: 
         if q > top:
             q = top
         qi = np.uint8(q)
-        cand[m] = start + i  # written always, kept by advancing m (no unpredictable branch)
+        cand[m] = (
+            start + i
+        )  # written always, kept by advancing m (no unpredictable branch)
         tie[m] = u[i] == qi
         neg[m] = part[i] < 0
         m += u[i] <= qi
@@ -232,7 +249,8 @@ def ternary_candidates(part, u, bound, factor, start, cand, tie, neg):  # type: 
 
 @njit(cache=True, nogil=True)
 def drop_entries(a, b, drop):  # type: ignore[no-untyped-def]
-    """Remove entries ``drop`` (strictly increasing, inside both arrays) from ``a`` and ``b`` in
+    """Remove entries ``drop`` (strictly increasing, inside both arrays) from ``a`` and
+    ``b`` in
     place, keeping the order; returns the new length (-1 when ``drop`` is not valid)."""
     n = min(a.size, b.size)
     prev = -1
@@ -256,7 +274,8 @@ def drop_entries(a, b, drop):  # type: ignore[no-untyped-def]
 
 @njit(cache=True, nogil=True)
 def stage_positions(idx, n, out):  # type: ignore[no-untyped-def]
-    """Copy positions into ``out`` (same length) while checking they are strictly increasing and
+    """Copy positions into ``out`` (same length) while checking they are strictly
+    increasing and
     inside ``[0, n)``: what :func:`sparse_sum` relies on to stay inside its arrays."""
     if out.size != idx.size:
         return LENGTHS
@@ -274,11 +293,13 @@ def stage_positions(idx, n, out):  # type: ignore[no-untyped-def]
 
 @njit(cache=True, nogil=True)
 def sparse_sum(acc, src, idx, vals, starts, tile):  # type: ignore[no-untyped-def]
-    """``acc[idx[s]] += vals[s]`` for the segments ``starts[r]:starts[r+1]`` (one per update, each
-    strictly increasing, staged by :func:`stage_positions`), in tiles of ``acc``: each tile is
-    first set from ``src`` (when ``src`` is not empty), then gets every segment's entries in it,
-    segment after segment, so each element sees its additions in segment order (numpy's result)
-    while the tile stays in cache. Re-checks the staged bounds before writing anything."""
+    """``acc[idx[s]] += vals[s]`` for the segments ``starts[r]:starts[r+1]`` (one per
+    update, each
+    strictly increasing, staged by :func:`stage_positions`), in tiles of ``acc``: each
+    tile is first set from ``src`` (when ``src`` is not empty), then gets every
+    segment's entries in it, segment after segment, so each element sees its additions
+    in segment order (numpy's result) while the tile stays in cache. Re-checks the
+    staged bounds before writing anything."""
     n = acc.size
     m = starts.size - 1
     if src.size != 0 and src.size != n:
@@ -288,7 +309,9 @@ def sparse_sum(acc, src, idx, vals, starts, tile):  # type: ignore[no-untyped-de
     for r in range(m):
         if starts[r + 1] < starts[r]:
             return LENGTHS
-        if starts[r + 1] > starts[r] and (idx[starts[r]] < 0 or idx[starts[r + 1] - 1] >= n):
+        if starts[r + 1] > starts[r] and (
+            idx[starts[r]] < 0 or idx[starts[r + 1] - 1] >= n
+        ):
             return OUT_OF_RANGE
     cur = starts[:m].copy()
     for t0 in range(0, n, tile):

@@ -1,18 +1,19 @@
 """Integer codes for the gaps between sorted positions: LEB128 varints and Golomb-Rice.
 
-The position codings ``varint`` and ``rice`` of :mod:`bouquet.codecs.packing` code sorted unique
-indices by their gaps :math:`d_0 = i_0 + 1,\\ d_j = i_j - i_{j-1} \\ge 1`:
+The position codings ``varint`` and ``rice`` of :mod:`bouquet.codecs.packing` code
+sorted unique indices by their gaps :math:`d_0 = i_0 + 1,\\ d_j = i_j - i_{j-1} \\ge 1`:
 
-* ``varint``: the gaps as LEB128 varints (:func:`varint_encode`, :func:`varint_decode`; 7 bits
-  a byte, at most 5 bytes a value);
+* ``varint``: the gaps as LEB128 varints (:func:`varint_encode`, :func:`varint_decode`;
+  7 bits a byte, at most 5 bytes a value);
 * ``rice``: Golomb-Rice code of :math:`d_j - 1` with parameter :math:`r` (a quotient
-  :math:`q = (d_j - 1) \\gg r` in unary, the remainder in :math:`r` raw bits; :func:`rice_encode`,
-  :func:`rice_decode`). The unary parts and the remainders are stored as two separate bit streams:
-  the same number of bits as the interleaved code, but both encode and decode vectorise (Golomb
-  1966; Rice 1979). :func:`best_rice_parameter` picks :math:`r` in :func:`rice_window`.
+  :math:`q = (d_j - 1) \\gg r` in unary, the remainder in :math:`r` raw bits;
+  :func:`rice_encode`, :func:`rice_decode`). The unary parts and the remainders are
+  stored as two separate bit streams: the same number of bits as the interleaved code,
+  but both encode and decode vectorise (Golomb 1966; Rice 1979).
+  :func:`best_rice_parameter` picks :math:`r` in :func:`rice_window`.
 
-Sizes are had without encoding (:func:`varint_size`, :func:`rice_size_bits`). Every decoder
-validates what it reads and raises ``ValueError`` naming what is wrong.
+Sizes are had without encoding (:func:`varint_size`, :func:`rice_size_bits`). Every
+decoder validates what it reads and raises ``ValueError`` naming what is wrong.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def varint_encode(values: np.ndarray) -> bytes:
 
 
 def varint_decode(data: bytes, count: int) -> np.ndarray:
-    """Decode exactly ``count`` LEB128 varints (each at most 5 bytes) filling ``data``."""
+    """Decode exactly ``count`` LEB128 varints (each at most 5 bytes) filling
+    ``data``."""
     b = np.frombuffer(data, dtype=np.uint8)
     if count == 0:
         if b.size:
@@ -53,7 +55,10 @@ def varint_decode(data: bytes, count: int) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     ends = np.flatnonzero((b & 0x80) == 0)
     if ends.size != count or ends[-1] != b.size - 1:
-        raise ValueError(f"varint block holds {ends.size} complete values in {b.size} bytes, expected {count}")
+        raise ValueError(
+            f"varint block holds {ends.size} complete values in {b.size} bytes, "
+            f"expected {count}"
+        )
     starts = np.concatenate(([0], ends[:-1] + 1))
     lengths = ends - starts + 1
     if lengths.max() > 5:
@@ -66,7 +71,10 @@ def varint_decode(data: bytes, count: int) -> np.ndarray:
 
 def varint_size(gaps: np.ndarray) -> int:
     """Bytes of :func:`varint_encode` of ``gaps`` without building it."""
-    return int(gaps.size + sum(int(np.count_nonzero(gaps >= (1 << s))) for s in (7, 14, 21, 28)))
+    return int(
+        gaps.size
+        + sum(int(np.count_nonzero(gaps >= (1 << s))) for s in (7, 14, 21, 28))
+    )
 
 
 # ----------------------------------------------------------------------- Golomb-Rice
@@ -76,41 +84,57 @@ def rice_size_bits(gaps: np.ndarray, r: int) -> int:
 
 
 def best_rice_parameter(gaps: np.ndarray) -> int:
-    """The Rice parameter in a window around ``log2(mean gap)`` giving the fewest bits (the
+    """The Rice parameter in a window around ``log2(mean gap)`` giving the fewest bits
+    (the
     optimum for geometric gaps is within one of it)."""
     if gaps.size == 0:
         return 0
     g = gaps.astype(np.int32, copy=False) if int(gaps.max()) < 2**31 else gaps
-    return min(rice_window(int(gaps.sum(dtype=np.int64)), gaps.size), key=lambda r: rice_size_bits(g, r))
+    return min(
+        rice_window(int(gaps.sum(dtype=np.int64)), gaps.size),
+        key=lambda r: rice_size_bits(g, r),
+    )
 
 
 def rice_window(total: int, count: int) -> range:
-    """The Rice parameters tried for ``count`` gaps summing to ``total``: ``log2(mean gap)`` and
+    """The Rice parameters tried for ``count`` gaps summing to ``total``: ``log2(mean
+    gap)`` and
     its neighbours (from exact integers, so every encoder picks the same window)."""
     centre = int(math.log2(max(total / count, 1.0))) if count else 0
     return range(max(0, centre - 1), min(31, centre + 2))
 
 
 def rice_encode(gaps: np.ndarray, r: int) -> bytes:
-    """Rice-code non-negative ``gaps``: unary stream (``q`` ones, one zero), then remainders."""
+    """Rice-code non-negative ``gaps``: unary stream (``q`` ones, one zero), then
+    remainders."""
     g = np.asarray(gaps)
     g = g.astype(np.int32 if g.size and int(g.max()) < 2**31 else np.int64, copy=False)
     q = g >> r
     ends = np.cumsum(q, dtype=np.int64)
-    ends += np.arange(1, g.size + 1)  # the zero closing code j is at bit q_0 + ... + q_j + j
+    ends += np.arange(
+        1, g.size + 1
+    )  # the zero closing code j is at bit q_0 + ... + q_j + j
     unary_len = int(ends[-1]) if g.size else 0
     unary = np.ones(unary_len, dtype=np.uint8)
     unary[ends - 1] = 0
     if not r:
         return np.packbits(unary).tobytes()
     if r > 8:
-        rem_bits = ((g[:, None] >> np.arange(r - 1, -1, -1)) & 1).astype(np.uint8).reshape(-1)
+        rem_bits = (
+            ((g[:, None] >> np.arange(r - 1, -1, -1)) & 1).astype(np.uint8).reshape(-1)
+        )
         return np.packbits(np.concatenate([unary, rem_bits])).tobytes()
-    return _append_bits(np.packbits(unary), unary_len, _pack_fixed_width(g & ((1 << r) - 1), r), g.size * r)
+    return _append_bits(
+        np.packbits(unary),
+        unary_len,
+        _pack_fixed_width(g & ((1 << r) - 1), r),
+        g.size * r,
+    )
 
 
 def _pack_fixed_width(values: np.ndarray, r: int) -> np.ndarray:
-    """``values`` (each < 2**r, r <= 8) as consecutive r-bit fields, MSB first, packed in bytes:
+    """``values`` (each < 2**r, r <= 8) as consecutive r-bit fields, MSB first, packed
+    in bytes:
     8 values make r bytes, built as one 64-bit word per group."""
     pad = (-values.size) % 8
     v = np.concatenate([values, np.zeros(pad, dtype=values.dtype)]) if pad else values
@@ -122,8 +146,11 @@ def _pack_fixed_width(values: np.ndarray, r: int) -> np.ndarray:
     return packed[: (values.size * r + 7) // 8]
 
 
-def _append_bits(head: np.ndarray, head_bits: int, tail: np.ndarray, tail_bits: int) -> bytes:
-    """The bit string ``head[:head_bits] + tail[:tail_bits]`` packed in bytes (both MSB first)."""
+def _append_bits(
+    head: np.ndarray, head_bits: int, tail: np.ndarray, tail_bits: int
+) -> bytes:
+    """The bit string ``head[:head_bits] + tail[:tail_bits]`` packed in bytes (both MSB
+    first)."""
     shift = head_bits % 8
     if shift == 0 or tail.size == 0:
         return head.tobytes() + tail.tobytes()
@@ -136,8 +163,11 @@ def _append_bits(head: np.ndarray, head_bits: int, tail: np.ndarray, tail_bits: 
     return (out_head.tobytes() + rest.tobytes())[:total]
 
 
-def _fixed_width_fields(b: np.ndarray, bit_offset: int, count: int, r: int) -> np.ndarray:
-    """``count`` consecutive ``r``-bit big-endian fields (r <= 31) starting at ``bit_offset`` of ``b``,
+def _fixed_width_fields(
+    b: np.ndarray, bit_offset: int, count: int, r: int
+) -> np.ndarray:
+    """``count`` consecutive ``r``-bit big-endian fields (r <= 31) starting at
+    ``bit_offset`` of ``b``,
     read with five byte gathers per field (no expansion to one byte per bit)."""
     padded = np.zeros(b.size + 8, dtype=np.uint64)
     padded[: b.size] = b
@@ -153,8 +183,8 @@ def _fixed_width_fields(b: np.ndarray, bit_offset: int, count: int, r: int) -> n
 def rice_decode(data: bytes | memoryview, count: int, r: int) -> np.ndarray:
     """Decode ``count`` Rice-coded gaps with parameter ``r`` (see :func:`rice_encode`).
 
-    Only the unary stream is expanded to bits (it ends at the ``count``-th zero bit, found with
-    a per-byte zero count); the remainders are read as fixed-width fields.
+    Only the unary stream is expanded to bits (it ends at the ``count``-th zero bit,
+    found with a per-byte zero count); the remainders are read as fixed-width fields.
     """
     b = np.frombuffer(data, dtype=np.uint8)
     if count == 0:
@@ -171,7 +201,9 @@ def rice_decode(data: bytes | memoryview, count: int, r: int) -> np.ndarray:
     unary_end = int(zeros[-1]) + 1
     total = unary_end + count * r
     if not total <= 8 * b.size < total + 8:
-        raise ValueError(f"rice block has {8 * b.size} bits, expected {total} plus padding")
+        raise ValueError(
+            f"rice block has {8 * b.size} bits, expected {total} plus padding"
+        )
     q = np.diff(zeros, prepend=-1) - 1
     if not r:
         return q.astype(np.int64)
@@ -183,7 +215,8 @@ def rice_decode(data: bytes | memoryview, count: int, r: int) -> np.ndarray:
 
 
 def _bits_from(b: np.ndarray, bit_offset: int, nbits: int) -> np.ndarray:
-    """The ``nbits`` bits of ``b`` from ``bit_offset`` on, re-aligned to start a byte."""
+    """The ``nbits`` bits of ``b`` from ``bit_offset`` on, re-aligned to start a
+    byte."""
     start, shift = divmod(bit_offset, 8)
     nbytes = (nbits + 7) // 8
     part = b[start : start + nbytes + 1]
@@ -197,7 +230,8 @@ def _bits_from(b: np.ndarray, bit_offset: int, nbits: int) -> np.ndarray:
 
 
 def _unpack_fixed_width(packed: np.ndarray, count: int, r: int) -> np.ndarray:
-    """Inverse of :func:`_pack_fixed_width`: ``count`` r-bit fields (r <= 8) from aligned bytes."""
+    """Inverse of :func:`_pack_fixed_width`: ``count`` r-bit fields (r <= 8) from
+    aligned bytes."""
     groups = (count + 7) // 8
     buf = np.zeros(groups * r, dtype=np.uint8)
     buf[: packed.size] = packed[: groups * r]

@@ -1,4 +1,5 @@
-"""bouquet.data: offline loaders, partitioning and label histograms (numpy, flwr-datasets)."""
+"""bouquet.data: offline loaders, partitioning and label histograms (numpy,
+flwr-datasets)."""
 
 from bouquet.data.loaders import (
     DATASETS,

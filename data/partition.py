@@ -1,15 +1,17 @@
 r"""Partitioning of a training set across clients with flwr-datasets' partitioners.
 
-Partitions are lists of indices into the training arrays; the server-side test set is never
-partitioned. A class-balanced slice can be carved out of the training set for the server
-(:func:`split_server_holdout`) before partitioning, so it is disjoint from every client.
+Partitions are lists of indices into the training arrays; the server-side test set is
+never partitioned. A class-balanced slice can be carved out of the training set for the
+server (:func:`split_server_holdout`) before partitioning, so it is disjoint from every
+client.
 
-``kind="unbalanced"`` gives clients very different sizes *and* skewed labels: the sizes follow
-one of flwr-datasets' id-to-size rules (``ExponentialPartitioner``, ``LinearPartitioner``,
-``SquarePartitioner``: client ``i = 1..N`` gets a share proportional to ``f(i)``), computed by
-:func:`unbalanced_sizes` on what is left after every client got ``min_size`` samples, and the
-labels within those sizes come from flwr-datasets' ``InnerDirichletPartitioner`` (Dirichlet(alpha)
-class priors per client, Acar et al., FedDyn, 2021).
+``kind="unbalanced"`` gives clients very different sizes *and* skewed labels: the sizes
+follow one of flwr-datasets' id-to-size rules (``ExponentialPartitioner``,
+``LinearPartitioner``, ``SquarePartitioner``: client ``i = 1..N`` gets a share
+proportional to ``f(i)``), computed by :func:`unbalanced_sizes` on what is left after
+every client got ``min_size`` samples, and the labels within those sizes come from
+flwr-datasets' ``InnerDirichletPartitioner`` (Dirichlet(alpha) class priors per client,
+Acar et al., FedDyn, 2021).
 
 .. math::
 
@@ -35,39 +37,57 @@ logger = logging.getLogger(__name__)
 
 PARTITIONERS = ("iid", "dirichlet", "pathological", "unbalanced")
 #: Size rules of ``kind="unbalanced"``: the id-to-size functions of flwr-datasets'
-#: ``ExponentialPartitioner`` (``np.exp``), ``LinearPartitioner`` and ``SquarePartitioner``.
+#: ``ExponentialPartitioner`` (``np.exp``), ``LinearPartitioner`` and
+#: ``SquarePartitioner``.
 SIZE_RULES = ("exponential", "linear", "square")
 _SIZE_FNS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "exponential": np.exp, "linear": lambda x: x, "square": np.square,
+    "exponential": np.exp,
+    "linear": lambda x: x,
+    "square": np.square,
 }
 
 
 def _as_hf_dataset(labels: np.ndarray):  # type: ignore[no-untyped-def]
     from datasets import Dataset as HFDataset
 
-    return HFDataset.from_dict({"label": labels.astype(np.int64), "idx": np.arange(len(labels))})
+    return HFDataset.from_dict(
+        {"label": labels.astype(np.int64), "idx": np.arange(len(labels))}
+    )
 
 
 def validate_partition_args(
-    kind: str, num_partitions: int, num_samples: int, alpha: float, labels_per_client: int, num_classes: int,
-    *, sizes: str = "exponential", min_size: int = 0,
+    kind: str,
+    num_partitions: int,
+    num_samples: int,
+    alpha: float,
+    labels_per_client: int,
+    num_classes: int,
+    *,
+    sizes: str = "exponential",
+    min_size: int = 0,
 ) -> None:
     """Refuse impossible partition settings with a message naming the key."""
     if kind not in PARTITIONERS:
-        raise ValueError(f"partition.kind={kind!r} is unknown; allowed: {', '.join(PARTITIONERS)}")
+        raise ValueError(
+            f"partition.kind={kind!r} is unknown; allowed: {', '.join(PARTITIONERS)}"
+        )
     if num_partitions < 1:
         raise ValueError(f"simulation.num_clients={num_partitions} must be >= 1")
     if num_partitions > num_samples:
         raise ValueError(
-            f"simulation.num_clients={num_partitions} is more than the {num_samples} training samples"
+            f"simulation.num_clients={num_partitions} is more than the {num_samples} "
+            "training samples"
         )
     if kind in ("dirichlet", "unbalanced") and not alpha > 0:
         raise ValueError(f"partition.alpha={alpha} must be > 0")
     if kind == "unbalanced":
-        unbalanced_sizes(num_samples, num_partitions, sizes, min_size)  # raises naming the key
+        unbalanced_sizes(
+            num_samples, num_partitions, sizes, min_size
+        )  # raises naming the key
     if kind == "pathological" and not 1 <= labels_per_client <= num_classes:
         raise ValueError(
-            f"partition.labels_per_client={labels_per_client} must be in [1, {num_classes}]"
+            f"partition.labels_per_client={labels_per_client} must be in [1, "
+            f"{num_classes}]"
         )
 
 
@@ -93,11 +113,12 @@ def partition_indices(
         Number of clients.
     kind : str
         ``iid`` (:class:`~flwr_datasets.partitioner.IidPartitioner`), ``dirichlet``
-        (:class:`~flwr_datasets.partitioner.DirichletPartitioner`, by label, concentration
-        ``alpha``) or ``pathological``
-        (:class:`~flwr_datasets.partitioner.PathologicalPartitioner`, ``labels_per_client``
-        classes per client; the first class of client i is i mod C, so every class is used,
-        the others at random), or ``unbalanced`` (sizes by :func:`unbalanced_sizes`, labels by
+        (:class:`~flwr_datasets.partitioner.DirichletPartitioner`, by label,
+        concentration ``alpha``) or ``pathological``
+        (:class:`~flwr_datasets.partitioner.PathologicalPartitioner`,
+        ``labels_per_client`` classes per client; the first class of client i is i mod
+        C, so every class is used, the others at random), or ``unbalanced`` (sizes by
+        :func:`unbalanced_sizes`, labels by
         :class:`~flwr_datasets.partitioner.InnerDirichletPartitioner` with concentration
         ``alpha``; client 0 is the smallest, client N-1 the largest).
     min_partition_size : int
@@ -115,91 +136,158 @@ def partition_indices(
         Sorted int64 index arrays, one per client, pairwise disjoint.
     """
     num_classes = int(labels.max()) + 1 if len(labels) else 0
-    validate_partition_args(kind, num_partitions, len(labels), alpha, labels_per_client, num_classes,
-                            sizes=sizes, min_size=min_size)
+    validate_partition_args(
+        kind,
+        num_partitions,
+        len(labels),
+        alpha,
+        labels_per_client,
+        num_classes,
+        sizes=sizes,
+        min_size=min_size,
+    )
     settings: tuple
     if kind == "unbalanced":
         settings = (kind, num_partitions, float(alpha), sizes, int(min_size), seed)
     else:  # unchanged, so the partitions cached before stay valid
-        settings = (kind, num_partitions, alpha, labels_per_client, min_partition_size, seed)
+        settings = (
+            kind,
+            num_partitions,
+            alpha,
+            labels_per_client,
+            min_partition_size,
+            seed,
+        )
     cached = _cached_partitions(labels, settings)
     if cached is not None:
         return cached
     if kind == "unbalanced":
-        parts = _unbalanced(labels, unbalanced_sizes(len(labels), num_partitions, sizes, min_size), float(alpha), seed)
+        parts = _unbalanced(
+            labels,
+            unbalanced_sizes(len(labels), num_partitions, sizes, min_size),
+            float(alpha),
+            seed,
+        )
     else:
-        parts = _partition(labels, num_partitions, kind, alpha, labels_per_client, min_partition_size, seed, num_classes)
+        parts = _partition(
+            labels,
+            num_partitions,
+            kind,
+            alpha,
+            labels_per_client,
+            min_partition_size,
+            seed,
+            num_classes,
+        )
     _store_partitions(labels, settings, parts)
     return parts
 
 
-def unbalanced_sizes(num_samples: int, num_partitions: int, sizes: str = "exponential", min_size: int = 0) -> np.ndarray:
-    """Client sizes of ``kind="unbalanced"``: ``min_size`` each, the rest split by a flwr-datasets size rule.
+def unbalanced_sizes(
+    num_samples: int, num_partitions: int, sizes: str = "exponential", min_size: int = 0
+) -> np.ndarray:
+    """Client sizes of ``kind="unbalanced"``: ``min_size`` each, the rest split by a
+    flwr-datasets size rule.
 
-    The rest ``n - N * min_size`` is split exactly as flwr-datasets' ``IdToSizeFncPartitioner``
-    splits a dataset (``ExponentialPartitioner``: ``f = exp``, ``LinearPartitioner``: ``f(i) = i``,
-    ``SquarePartitioner``: ``f(i) = i**2``, for ``i = 1..N``): client ``i`` gets
-    ``floor(f(i) / sum_j f(j) * rest)`` samples and the last (largest) client the remainder. With
-    ``min_size=0`` the sizes are flwr-datasets' own.
+    The rest ``n - N * min_size`` is split exactly as flwr-datasets'
+    ``IdToSizeFncPartitioner`` splits a dataset (``ExponentialPartitioner``: ``f =
+    exp``, ``LinearPartitioner``: ``f(i) = i``, ``SquarePartitioner``: ``f(i) = i**2``,
+    for ``i = 1..N``): client ``i`` gets ``floor(f(i) / sum_j f(j) * rest)`` samples and
+    the last (largest) client the remainder. With ``min_size=0`` the sizes are
+    flwr-datasets' own.
 
-    Our reading: ``exp`` over 10 clients puts ~63% of the data on the last client and a handful of
-    samples (4 of 60,000) on the first; ``min_size`` is an additive floor, so every client can
-    train, while the rule still shapes the sizes above it.
+    Our reading: ``exp`` over 10 clients puts ~63% of the data on the last client and a
+    handful of samples (4 of 60,000) on the first; ``min_size`` is an additive floor, so
+    every client can train, while the rule still shapes the sizes above it.
 
     Raises
     ------
     ValueError
-        Naming ``partition.sizes`` (unknown rule), ``partition.min_size`` (negative, more than the
-        samples allow, or a client left with no sample) or ``simulation.num_clients``.
+        Naming ``partition.sizes`` (unknown rule), ``partition.min_size`` (negative,
+        more than the samples allow, or a client left with no sample) or
+        ``simulation.num_clients``.
     """
     if sizes not in SIZE_RULES:
-        raise ValueError(f"partition.sizes={sizes!r} is unknown; allowed: {', '.join(SIZE_RULES)}")
-    if isinstance(min_size, bool) or not isinstance(min_size, (int, np.integer)) or min_size < 0:
+        raise ValueError(
+            f"partition.sizes={sizes!r} is unknown; allowed: {', '.join(SIZE_RULES)}"
+        )
+    if (
+        isinstance(min_size, bool)
+        or not isinstance(min_size, (int, np.integer))
+        or min_size < 0
+    ):
         raise ValueError(f"partition.min_size={min_size!r} must be an integer >= 0")
     if num_partitions < 1:
         raise ValueError(f"simulation.num_clients={num_partitions} must be >= 1")
     rest = num_samples - num_partitions * int(min_size)
     if rest < 0:
-        raise ValueError(f"partition.min_size={min_size} x simulation.num_clients={num_partitions} is more than "
-                         f"the {num_samples} training samples")
-    ids = np.linspace(start=1, stop=num_partitions, num=num_partitions)  # flwr-datasets' partition ids 1..N
+        raise ValueError(
+            f"partition.min_size={min_size} x "
+            f"simulation.num_clients={num_partitions} is more than "
+            f"the {num_samples} training samples"
+        )
+    ids = np.linspace(
+        start=1, stop=num_partitions, num=num_partitions
+    )  # flwr-datasets' partition ids 1..N
     with np.errstate(over="ignore", invalid="ignore"):
         units = _SIZE_FNS[sizes](ids)
         fractions = units / units.sum()
-    if not np.all(np.isfinite(fractions)):  # exp(i) overflows float64 beyond i = 709: same fractions, shifted
+    if not np.all(
+        np.isfinite(fractions)
+    ):  # exp(i) overflows float64 beyond i = 709: same fractions, shifted
         units = np.exp(ids - ids[-1])
         fractions = units / units.sum()
-    out = np.array(fractions * rest, dtype=np.int64)  # truncation, as flwr-datasets does
+    out = np.array(
+        fractions * rest, dtype=np.int64
+    )  # truncation, as flwr-datasets does
     out[-1] += rest - out.sum()
     out += int(min_size)
     if out.min() < 1:
         empty = int(np.argmin(out))
-        raise ValueError(f"partition.sizes={sizes} leaves client {empty} without samples ({num_partitions} clients, "
-                         f"{num_samples} samples): set partition.min_size >= 1")
+        raise ValueError(
+            f"partition.sizes={sizes} leaves client {empty} without samples "
+            f"({num_partitions} clients, "
+            f"{num_samples} samples): set partition.min_size >= 1"
+        )
     return out
 
 
-def _unbalanced(labels: np.ndarray, sizes: np.ndarray, alpha: float, seed: int) -> list[np.ndarray]:
-    """flwr-datasets' ``InnerDirichletPartitioner`` over ``sizes`` (which sum to ``len(labels)``)."""
+def _unbalanced(
+    labels: np.ndarray, sizes: np.ndarray, alpha: float, seed: int
+) -> list[np.ndarray]:
+    """flwr-datasets' ``InnerDirichletPartitioner`` over ``sizes`` (which sum to
+    ``len(labels)``)."""
     from flwr_datasets.partitioner import InnerDirichletPartitioner
 
-    # It looks classes up as 0..K-1 (K = the number of distinct labels): relabel densely.
+    # It looks classes up as 0..K-1 (K = the number of distinct labels): relabel
+    # densely.
     dense = np.unique(labels, return_inverse=True)[1].reshape(-1)
     partitioner = InnerDirichletPartitioner(
-        partition_sizes=[int(s) for s in sizes], partition_by="label", alpha=alpha, shuffle=False, seed=seed
+        partition_sizes=[int(s) for s in sizes],
+        partition_by="label",
+        alpha=alpha,
+        shuffle=False,
+        seed=seed,
     )
     partitioner.dataset = _as_hf_dataset(dense)
     try:
         with np.errstate(invalid="ignore", divide="ignore"):
-            parts = [np.sort(np.asarray(partitioner.load_partition(pid)["idx"], dtype=np.int64))
-                     for pid in range(len(sizes))]
+            parts = [
+                np.sort(
+                    np.asarray(partitioner.load_partition(pid)["idx"], dtype=np.int64)
+                )
+                for pid in range(len(sizes))
+            ]
     except ValueError as exc:
         if "NaN" not in str(exc):
             raise
-        # A client's Dirichlet prior put all its mass on classes that ran out: nothing left to draw.
+        # A client's Dirichlet prior put all its mass on classes that ran out: nothing
+        # left to draw.
         raise ValueError(
-            f"partition.alpha={alpha} is too small for partition=unbalanced with these sizes and seed: "
-            "flwr-datasets' InnerDirichletPartitioner drew a client whose classes all ran out before it was full "
+            f"partition.alpha={alpha} is too small for partition=unbalanced with "
+            "these sizes and seed: "
+            "flwr-datasets' InnerDirichletPartitioner drew a client whose classes "
+            "all ran out before it was full "
             f"({exc}); use a larger partition.alpha"
         ) from exc
     return parts
@@ -213,7 +301,8 @@ def _cache_file(labels: np.ndarray, settings: tuple) -> Path:
 
 
 def _cached_partitions(labels: np.ndarray, settings: tuple) -> list[np.ndarray] | None:
-    """Partitions computed before for the same labels and settings (no flwr-datasets import:
+    """Partitions computed before for the same labels and settings (no flwr-datasets
+    import:
     ~0.7 s in every fresh process, and a deployed SuperNode starts one per message)."""
     path = _cache_file(labels, settings)
     if not path.is_file():
@@ -221,9 +310,16 @@ def _cached_partitions(labels: np.ndarray, settings: tuple) -> list[np.ndarray] 
     try:
         with np.load(path, allow_pickle=False) as f:
             if "offsets" in f.files:  # two arrays: O(1) members whatever the population
-                flat, offsets = f["indices"].astype(np.int64), f["offsets"].astype(np.int64)
-                if offsets.shape != (int(settings[1]) + 1,) or offsets[0] != 0 or offsets[-1] != flat.size \
-                        or np.any(np.diff(offsets) < 0):
+                flat, offsets = (
+                    f["indices"].astype(np.int64),
+                    f["offsets"].astype(np.int64),
+                )
+                if (
+                    offsets.shape != (int(settings[1]) + 1,)
+                    or offsets[0] != 0
+                    or offsets[-1] != flat.size
+                    or np.any(np.diff(offsets) < 0)
+                ):
                     raise ValueError("offsets do not describe the partitions")
                 parts = np.split(flat, offsets[1:-1])
                 old_layout = False
@@ -240,21 +336,37 @@ def _cached_partitions(labels: np.ndarray, settings: tuple) -> list[np.ndarray] 
     return parts
 
 
-def _store_partitions(labels: np.ndarray, settings: tuple, parts: list[np.ndarray]) -> None:
+def _store_partitions(
+    labels: np.ndarray, settings: tuple, parts: list[np.ndarray]
+) -> None:
     path = _cache_file(labels, settings)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.npz")
-        offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64)
-        flat = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
-        np.savez(tmp, indices=flat, offsets=offsets)  # 10,000 members took 1.5 s to read; two take ms
+        offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(
+            np.int64
+        )
+        flat = (
+            np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+        )
+        np.savez(
+            tmp, indices=flat, offsets=offsets
+        )  # 10,000 members took 1.5 s to read; two take ms
         os.replace(tmp, path)
     except OSError as exc:  # a read-only cache only costs the recomputation
         logger.info("could not cache partitions in %s: %s", path, exc)
 
 
-def _partition(labels: np.ndarray, num_partitions: int, kind: str, alpha: float, labels_per_client: int,
-               min_partition_size: int, seed: int, num_classes: int) -> list[np.ndarray]:
+def _partition(
+    labels: np.ndarray,
+    num_partitions: int,
+    kind: str,
+    alpha: float,
+    labels_per_client: int,
+    min_partition_size: int,
+    seed: int,
+    num_classes: int,
+) -> list[np.ndarray]:
     from flwr_datasets.partitioner import (
         DirichletPartitioner,
         IidPartitioner,
@@ -263,7 +375,8 @@ def _partition(labels: np.ndarray, num_partitions: int, kind: str, alpha: float,
 
     if kind == "iid":
         partitioner = IidPartitioner(num_partitions=num_partitions)
-        # IidPartitioner splits in order; shuffle first so the result depends on the seed.
+        # IidPartitioner splits in order; shuffle first so the result depends on the
+        # seed.
         order = np.random.default_rng(seed).permutation(len(labels))
         hf = _as_hf_dataset(labels[order])
     elif kind == "dirichlet":
@@ -283,7 +396,8 @@ def _partition(labels: np.ndarray, num_partitions: int, kind: str, alpha: float,
             num_partitions=num_partitions,
             partition_by="label",
             num_classes_per_partition=labels_per_client,
-            class_assignment_mode="first-deterministic",  # every class is used (as in the paper)
+            # every class is used (as in the paper)
+            class_assignment_mode="first-deterministic",
             seed=seed,
         )
         order = np.arange(len(labels))
@@ -291,46 +405,82 @@ def _partition(labels: np.ndarray, num_partitions: int, kind: str, alpha: float,
     partitioner.dataset = hf
     try:
         index_map = _index_map(partitioner, kind, len(labels), num_partitions)
-    except ValueError as exc:  # flwr-datasets gives up (e.g. a Dirichlet minimum it cannot meet)
-        raise PartitionImpossible(_impossible(kind, num_partitions, len(labels), alpha, min_partition_size, exc)) from exc
-    return [np.sort(order[np.asarray(index_map[pid], dtype=np.int64)]) for pid in range(num_partitions)]
+    except (
+        ValueError
+    ) as exc:  # flwr-datasets gives up (e.g. a Dirichlet minimum it cannot meet)
+        raise PartitionImpossible(
+            _impossible(
+                kind, num_partitions, len(labels), alpha, min_partition_size, exc
+            )
+        ) from exc
+    return [
+        np.sort(order[np.asarray(index_map[pid], dtype=np.int64)])
+        for pid in range(num_partitions)
+    ]
 
 
 class PartitionImpossible(ValueError):
     """The partitioner cannot cut these partitions (refused before the run starts)."""
 
 
-def _impossible(kind: str, n: int, samples: int, alpha: float, min_partition_size: int, exc: Exception) -> str:
+def _impossible(
+    kind: str,
+    n: int,
+    samples: int,
+    alpha: float,
+    min_partition_size: int,
+    exc: Exception,
+) -> str:
     if kind == "dirichlet":
-        return (f"partition=dirichlet cannot give each of simulation.num_clients={n} clients at least "
-                f"{min(min_partition_size, samples // n)} of the {samples} samples with partition.alpha={alpha} "
-                "(flwr-datasets gave up after 10 draws): use fewer clients, a larger partition.alpha, or "
-                "partition.min_partition_size=0")
-    return f"partition={kind} cannot cut {n} partitions of {samples} samples: {' '.join(str(exc).split())[:200]}"
+        return (
+            f"partition=dirichlet cannot give each of simulation.num_clients={n} "
+            "clients at least "
+            f"{min(min_partition_size, samples // n)} of the {samples} samples with "
+            f"partition.alpha={alpha} "
+            "(flwr-datasets gave up after 10 draws): use fewer clients, a larger "
+            "partition.alpha, or "
+            "partition.min_partition_size=0"
+        )
+    return (
+        f"partition={kind} cannot cut {n} partitions of {samples} samples: "
+        f"{' '.join(str(exc).split())[:200]}"
+    )
 
 
-def _index_map(partitioner: Any, kind: str, num_samples: int, num_partitions: int) -> dict[int, Any]:
-    """Partition id -> indices into the partitioner's dataset, computed once for all partitions.
+def _index_map(
+    partitioner: Any, kind: str, num_samples: int, num_partitions: int
+) -> dict[int, Any]:
+    """Partition id -> indices into the partitioner's dataset, computed once for all
+    partitions.
 
-    flwr-datasets' ``load_partition(i)`` builds a dataset per partition (14 s for 10,000 IID
-    partitions of MNIST here); its own index map is read instead when it has one, and IID is
-    the contiguous sharding that ``IidPartitioner`` does (``datasets.Dataset.shard``).
+    flwr-datasets' ``load_partition(i)`` builds a dataset per partition (14 s for 10,000
+    IID partitions of MNIST here); its own index map is read instead when it has one,
+    and IID is the contiguous sharding that ``IidPartitioner`` does
+    (``datasets.Dataset.shard``).
     """
     if kind == "iid":
         return dict(enumerate(np.array_split(np.arange(num_samples), num_partitions)))
-    determine = getattr(partitioner, "_determine_partition_id_to_indices_if_needed", None)
+    determine = getattr(
+        partitioner, "_determine_partition_id_to_indices_if_needed", None
+    )
     index_map = getattr(partitioner, "_partition_id_to_indices", None)
     if callable(determine) and isinstance(index_map, dict):
-        with warnings.catch_warnings():  # its retries warn at length; a failure is raised (and refused) anyway
+        with (
+            warnings.catch_warnings()
+        ):  # its retries warn at length; a failure is raised (and refused) anyway
             warnings.simplefilter("ignore", UserWarning)
             determine()
         return partitioner._partition_id_to_indices  # type: ignore[no-any-return]
-    return {pid: partitioner.load_partition(pid)["idx"] for pid in range(num_partitions)}
+    return {
+        pid: partitioner.load_partition(pid)["idx"] for pid in range(num_partitions)
+    }
 
 
 def label_histogram(labels: np.ndarray, num_classes: int) -> np.ndarray:
     """Counts per class (int64, length ``num_classes``)."""
-    return np.bincount(labels.astype(np.int64), minlength=num_classes)[:num_classes].astype(np.int64)
+    return np.bincount(labels.astype(np.int64), minlength=num_classes)[
+        :num_classes
+    ].astype(np.int64)
 
 
 def split_server_holdout(
@@ -338,8 +488,8 @@ def split_server_holdout(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Carve a class-balanced slice of ``fraction`` of the samples for the server.
 
-    Returns ``(server_idx, rest_idx)``, disjoint and together all indices. Each class gets
-    ``round(fraction * n / C)`` samples (capped by the class size).
+    Returns ``(server_idx, rest_idx)``, disjoint and together all indices. Each class
+    gets ``round(fraction * n / C)`` samples (capped by the class size).
     """
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"server.shared_fraction={fraction} must be in [0, 1)")

@@ -1,10 +1,11 @@
-"""The ``flwr`` command line, driven from Python with its own ``FLWR_HOME`` and timeouts.
+"""The ``flwr`` command line, driven from Python with its own ``FLWR_HOME`` and
+timeouts.
 
 ``flwr`` keeps its SuperLink connections in ``$FLWR_HOME/config.toml``; :class:`FlwrCli`
-writes a private one (``[superlink.<name>]`` with the address and the CA certificate) so that
-nothing in the user's own ``~/.flwr`` is read or changed. Every call has a timeout. JSON output
-(``--format json``) is parsed; ``flwr run`` exits 0 even when the run failed, so the status is
-read with ``flwr ls <connection> --run-id <id> --format json``.
+writes a private one (``[superlink.<name>]`` with the address and the CA certificate) so
+that nothing in the user's own ``~/.flwr`` is read or changed. Every call has a timeout.
+JSON output (``--format json``) is parsed; ``flwr run`` exits 0 even when the run
+failed, so the status is read with ``flwr ls <connection> --run-id <id> --format json``.
 """
 
 from __future__ import annotations
@@ -35,8 +36,11 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until(check: Callable[[], bool], timeout_s: float, what: str, poll_s: float = 0.5) -> None:
-    """Call ``check`` until it returns True; raise ``TimeoutError`` naming ``what`` after ``timeout_s``."""
+def wait_until(
+    check: Callable[[], bool], timeout_s: float, what: str, poll_s: float = 0.5
+) -> None:
+    """Call ``check`` until it returns True; raise ``TimeoutError`` naming ``what``
+    after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if check():
@@ -46,7 +50,8 @@ def wait_until(check: Callable[[], bool], timeout_s: float, what: str, poll_s: f
 
 
 def https_answers(host: str, port: int, ca_cert: Path, timeout_s: float = 3.0) -> bool:
-    """True if an HTTPS server whose certificate ``ca_cert`` validates answers on ``host:port``."""
+    """True if an HTTPS server whose certificate ``ca_cert`` validates answers on
+    ``host:port``."""
     import httpx
 
     try:
@@ -85,7 +90,8 @@ class FlwrCli:
         self.env = flower_env(self.home)
 
     def write_connection(self, address: str, root_certificates: Path | None) -> Path:
-        """Write ``config.toml`` with this connection as the default (TLS unless no CA given)."""
+        """Write ``config.toml`` with this connection as the default (TLS unless no CA
+        given)."""
         self.home.mkdir(parents=True, exist_ok=True)
         security = (
             f'root-certificates = "{Path(root_certificates).resolve()}"'
@@ -99,15 +105,30 @@ class FlwrCli:
         )
         return path
 
-    def call(self, *args: str, timeout_s: float = CLI_TIMEOUT_S, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """Run ``flwr <args>``; raise ``RuntimeError`` with its output if it fails and ``check``."""
+    def call(
+        self, *args: str, timeout_s: float = CLI_TIMEOUT_S, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``flwr <args>``; raise ``RuntimeError`` with its output if it fails and
+        ``check``."""
         argv = ["flwr", *args]
         try:
-            out = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=timeout_s, check=False)
+            out = subprocess.run(
+                argv,
+                env=self.env,
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+                check=False,
+            )
         except subprocess.TimeoutExpired as exc:
-            raise TimeoutError(f"`{' '.join(argv)}` took longer than {timeout_s:.0f} s") from exc
+            raise TimeoutError(
+                f"`{' '.join(argv)}` took longer than {timeout_s:.0f} s"
+            ) from exc
         if check and out.returncode != 0:
-            raise RuntimeError(f"`{' '.join(argv)}` exited {out.returncode}: {(out.stdout + out.stderr)[-1500:]}")
+            raise RuntimeError(
+                f"`{' '.join(argv)}` exited {out.returncode}: "
+                f"{(out.stdout + out.stderr)[-1500:]}"
+            )
         return out
 
     def call_json(self, *args: str, timeout_s: float = CLI_TIMEOUT_S) -> dict[str, Any]:
@@ -115,13 +136,16 @@ class FlwrCli:
         return parse_json_output(out.stdout)
 
     def register_all(self, public_keys: Sequence[Path]) -> list[str]:
-        """Register several public keys at once (each ``flwr`` call spends seconds importing)."""
+        """Register several public keys at once (each ``flwr`` call spends seconds
+        importing)."""
         with ThreadPoolExecutor(max_workers=max(1, len(public_keys))) as pool:
             return list(pool.map(self.register, public_keys))
 
     def ready(self) -> bool:
         """True once the SuperLink answers ``flwr ls`` over TLS."""
-        out = self.call("ls", self.connection, "--format", "json", timeout_s=30, check=False)
+        out = self.call(
+            "ls", self.connection, "--format", "json", timeout_s=30, check=False
+        )
         if out.returncode != 0:
             return False
         try:
@@ -130,7 +154,8 @@ class FlwrCli:
             return False
 
     def register(self, public_key: Path) -> str:
-        """Register a SuperNode public key; return the node id the SuperLink assigned."""
+        """Register a SuperNode public key; return the node id the SuperLink
+        assigned."""
         res = self.call_json("supernode", "register", str(public_key), self.connection)
         if not res.get("success"):
             raise RuntimeError(f"registering {public_key} failed: {res}")
@@ -143,7 +168,8 @@ class FlwrCli:
         return sum(1 for n in self.nodes() if n.get("status") == "online")
 
     def run_status(self, run_id: str) -> dict[str, Any]:
-        """The run's entry of ``flwr ls --run-id`` (``status``, ``status-details``, ...)."""
+        """The run's entry of ``flwr ls --run-id`` (``status``, ``status-details``,
+        ...)."""
         res = self.call_json("ls", self.connection, "--run-id", str(run_id))
         runs = res.get("runs") or []
         if not runs:
@@ -164,15 +190,33 @@ class FlwrCli:
     def stop_run(self, run_id: str) -> None:
         self.call("stop", str(run_id), self.connection, check=False)
 
-    def run_stream(self, app: Path, run_config: str, log_path: Path, timeout_s: float) -> tuple[int | None, str]:
-        """``flwr run <app> <connection> --stream --run-config ...``, output into ``log_path``.
+    def run_stream(
+        self, app: Path, run_config: str, log_path: Path, timeout_s: float
+    ) -> tuple[int | None, str]:
+        """``flwr run <app> <connection> --stream --run-config ...``, output into
+        ``log_path``.
 
-        Returns the exit code (None if it was stopped after ``timeout_s``) and the output.
+        Returns the exit code (None if it was stopped after ``timeout_s``) and the
+        output.
         """
-        argv = ["flwr", "run", str(app), self.connection, "--stream", "--run-config", run_config]
+        argv = [
+            "flwr",
+            "run",
+            str(app),
+            self.connection,
+            "--stream",
+            "--run-config",
+            run_config,
+        ]
         logger.info("%s", " ".join(argv))
         with open(log_path, "w") as log:
-            proc = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                argv,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
             try:
                 code: int | None = proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:

@@ -1,26 +1,30 @@
-"""Run a bouquet experiment on a real Flower deployment on this machine (127.0.0.1 only).
+"""Run a bouquet experiment on a real Flower deployment on this machine (127.0.0.1
+only).
 
 What :class:`LocalDeployment` does, in order (every wait has a timeout):
 
-1. writes a CA, a SuperLink certificate (subjectAltName ``IP:127.0.0.1``, ``DNS:localhost``) and
-   one ECDSA key pair per SuperNode into the git-ignored ``deploy/.state/`` (:mod:`pki`);
+1. writes a CA, a SuperLink certificate (subjectAltName ``IP:127.0.0.1``,
+   ``DNS:localhost``) and one ECDSA key pair per SuperNode into the git-ignored
+   ``deploy/.state/`` (:mod:`pki`);
 2. starts ``flower-superlink`` with TLS and ``--enable-supernode-auth`` on a free port;
-3. registers every SuperNode's public key (``flwr supernode register``) and keeps the node ids;
-   every run is pinned to them (``+simulation.node_ids=[...]``): a node someone else registers
-   through the Control API is never sampled;
+3. registers every SuperNode's public key (``flwr supernode register``) and keeps the
+   node ids; every run is pinned to them (``+simulation.node_ids=[...]``): a node
+   someone else registers through the Control API is never sampled;
 4. starts N ``flower-supernode`` processes (own port, own ``FLWR_HOME``, ``--node-config
    "partition-id=i num-partitions=N"``) and waits until the SuperLink lists them online;
-5. :meth:`LocalDeployment.run` submits the app with ``flwr run <app> <connection> --stream
-   --run-config 'overrides="..." run-dir="..."'``, reads the final status with ``flwr ls``
-   (``flwr run`` exits 0 even when the run failed), copies the logs into the run directory
-   and raises :class:`DeployFailed` with the reason if the run did not complete;
-6. :meth:`LocalDeployment.stop` stops every process it started, children included, by PID;
-   the context manager, the CLI's ``try/finally`` and its SIGTERM/SIGINT/SIGHUP handlers make
-   sure that also happens on failure.
+5. :meth:`LocalDeployment.run` submits the app with ``flwr run <app> <connection>
+   --stream --run-config 'overrides="..." run-dir="..."'``, reads the final status with
+   ``flwr ls`` (``flwr run`` exits 0 even when the run failed), copies the logs into the
+   run directory and raises :class:`DeployFailed` with the reason if the run did not
+   complete;
+6. :meth:`LocalDeployment.stop` stops every process it started, children included, by
+   PID; the context manager, the CLI's ``try/finally`` and its SIGTERM/SIGINT/SIGHUP
+   handlers make sure that also happens on failure.
 
 Command line (``make deploy-demo`` runs it with defaults)::
 
-    python deploy/local.py --nodes 2 --overrides "dataset=digits simulation.num_rounds=2"
+    python deploy/local.py --nodes 2 \\
+        --overrides "dataset=digits simulation.num_rounds=2"
 """
 
 from __future__ import annotations
@@ -43,7 +47,13 @@ if __package__ in (None, ""):  # run as a script: make the `deploy` package impo
 
 from deploy.flwrcli import FlwrCli, free_port, https_answers, wait_until  # noqa: E402
 from deploy.pki import TlsFiles, make_node_key, make_tls, write_private  # noqa: E402
-from deploy.processes import ManagedProcess, descendants, flower_env, peak_rss_kb, pss_kb  # noqa: E402
+from deploy.processes import (  # noqa: E402
+    ManagedProcess,
+    descendants,
+    flower_env,
+    peak_rss_kb,
+    pss_kb,
+)
 from deploy.supernode import DEFAULT_POLL_S, ENV_POLL  # noqa: E402
 
 logger = logging.getLogger("bouquet.deploy")
@@ -51,11 +61,15 @@ logger = logging.getLogger("bouquet.deploy")
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_STATE = ROOT / "deploy" / ".state"
 CONNECTION = "bouquet-local"
-# imported by each warm worker before it serves: torch, torch's first-optimizer-step import, the app
+# imported by each warm worker before it serves: torch, torch's first-optimizer-step
+# import, the app
 WORKER_PRELOAD = ("torch", "torch._dynamo", "bouquet.simulations.run.flower_app")
 HOST = "127.0.0.1"
 RUN_STARTED = re.compile(r"Successfully started run (\d+)")
-EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Failed|Exit)\b(?::.*)?$", re.MULTILINE)
+EXCEPTION_LINE = re.compile(
+    r"^(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Failed|Exit)\b(?::.*)?$",
+    re.MULTILINE,
+)
 
 
 class DeployFailed(RuntimeError):
@@ -77,31 +91,42 @@ class RunOutcome:
 
 
 class LocalDeployment:
-    """A SuperLink and ``num_nodes`` SuperNodes on 127.0.0.1 with TLS and node authentication.
+    """A SuperLink and ``num_nodes`` SuperNodes on 127.0.0.1 with TLS and node
+    authentication.
 
     Parameters
     ----------
     num_nodes : int
         SuperNodes to start (partition ids ``0..num_nodes-1``).
     state_dir : path
-        Where certificates, keys, ``FLWR_HOME`` folders and logs go (git-ignored by default).
+        Where certificates, keys, ``FLWR_HOME`` folders and logs go (git-ignored by
+        default).
     port : int
         SuperLink port; 0 picks a free one.
     start_timeout_s : float
         Bound on each start-up wait (SuperLink ready, nodes online).
     warm : bool
         True (default): each SuperNode runs with ``--isolation process`` beside one
-        :mod:`deploy.warm_clientapp` worker (ClientApp tasks run in that warm process, tasks
-        acquired with a per-node SuperExec secret), and is started by :mod:`deploy.supernode`
-        (idle poll ``node_poll_s`` instead of Flower's 3 s). False: Flower's defaults
-        (``flower-supernode``, a fresh ``flwr-clientapp`` process per message).
+        :mod:`deploy.warm_clientapp` worker (ClientApp tasks run in that warm process,
+        tasks acquired with a per-node SuperExec secret), and is started by
+        :mod:`deploy.supernode` (idle poll ``node_poll_s`` instead of Flower's 3 s).
+        False: Flower's defaults (``flower-supernode``, a fresh ``flwr-clientapp``
+        process per message).
     node_poll_s : float, optional
         The warm SuperNodes' longest idle pause (default: 0.1 s per node, at least
         :data:`deploy.supernode.DEFAULT_POLL_S`, at most 2 s).
     """
 
-    def __init__(self, *, num_nodes: int = 2, state_dir: str | Path = DEFAULT_STATE, port: int = 0, start_timeout_s: float = 90.0,
-                 warm: bool = True, node_poll_s: float | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        num_nodes: int = 2,
+        state_dir: str | Path = DEFAULT_STATE,
+        port: int = 0,
+        start_timeout_s: float = 90.0,
+        warm: bool = True,
+        node_poll_s: float | None = None,
+    ) -> None:
         if num_nodes < 1:
             raise ValueError(f"num_nodes={num_nodes} must be >= 1")
         if port < 0 or port > 65535:
@@ -111,11 +136,18 @@ class LocalDeployment:
         self.port = port or free_port()
         self.start_timeout_s = start_timeout_s
         self.warm = warm
-        # every idle poll is a TLS request the one SuperLink process serves (~7 ms of its CPU here):
-        # the longest idle pause grows with the number of nodes, so that idle load stays ~10 requests/s
-        self.node_poll_s = node_poll_s if node_poll_s is not None else min(2.0, max(DEFAULT_POLL_S, 0.1 * num_nodes))
+        # every idle poll is a TLS request the one SuperLink process serves (~7 ms of
+        # its CPU here): the longest idle pause grows with the number of nodes, so that
+        # idle load stays ~10 requests/s
+        self.node_poll_s = (
+            node_poll_s
+            if node_poll_s is not None
+            else min(2.0, max(DEFAULT_POLL_S, 0.1 * num_nodes))
+        )
         self.workers: list[ManagedProcess] = []
-        self.node_ids: list[int] = []  # assigned by the SuperLink when start() registers the keys
+        self.node_ids: list[
+            int
+        ] = []  # assigned by the SuperLink when start() registers the keys
         self.logs = self.state / "logs"
         self.processes: list[ManagedProcess] = []  # running, stopped by stop()
         self.started_pids: list[int] = []  # every PID ever started (for checks)
@@ -123,7 +155,9 @@ class LocalDeployment:
         self.nodes: list[ManagedProcess] = []
         self.tls: TlsFiles | None = None
         self.cli = FlwrCli(self.state / "cli-home", CONNECTION)
-        self.timings: dict[str, float] = {}  # seconds per start-up step (for benchmarks)
+        self.timings: dict[
+            str, float
+        ] = {}  # seconds per start-up step (for benchmarks)
 
     # ---------------------------------------------------------------- start
     def __enter__(self) -> LocalDeployment:
@@ -138,7 +172,8 @@ class LocalDeployment:
         self.stop()
 
     def start(self) -> None:
-        """Certificates, SuperLink, key registration, SuperNodes; waits until all are online."""
+        """Certificates, SuperLink, key registration, SuperNodes; waits until all are
+        online."""
         self.state.mkdir(parents=True, exist_ok=True)
         for old in [*self.logs.glob("*.log"), *self.logs.glob("*.timings.jsonl")]:
             old.unlink()
@@ -156,7 +191,12 @@ class LocalDeployment:
         done("certificates + node keys")
         self.start_superlink()
         done("SuperLink started, TLS answering")
-        self.node_ids = [int(n) for n in self.cli.register_all([k.with_name(k.name + ".pub") for k in node_keys])]
+        self.node_ids = [
+            int(n)
+            for n in self.cli.register_all(
+                [k.with_name(k.name + ".pub") for k in node_keys]
+            )
+        ]
         done("node keys registered (flwr supernode register)")
         for i, key in enumerate(node_keys):
             self.nodes.append(self.start_supernode(i, key))
@@ -164,22 +204,29 @@ class LocalDeployment:
         done("SuperNodes started and online")
 
     def node_key(self, name: str) -> Path:
-        """Private key path of a fresh ECDSA key pair ``keys/<name>`` (public key: ``.pub``)."""
+        """Private key path of a fresh ECDSA key pair ``keys/<name>`` (public key:
+        ``.pub``)."""
         private, _ = make_node_key(self.state / "keys" / name)
         return private
 
     def start_superlink(self) -> ManagedProcess:
-        """Start ``flower-superlink`` with TLS and SuperNode authentication; wait until ready."""
+        """Start ``flower-superlink`` with TLS and SuperNode authentication; wait until
+        ready."""
         tls = self._tls()
         argv = [
             "flower-superlink",
-            "--ssl-ca-certfile", str(tls.ca_cert),
-            "--ssl-certfile", str(tls.server_cert),
-            "--ssl-keyfile", str(tls.server_key),
+            "--ssl-ca-certfile",
+            str(tls.ca_cert),
+            "--ssl-certfile",
+            str(tls.server_cert),
+            "--ssl-keyfile",
+            str(tls.server_key),
             "--enable-supernode-auth",
             "--disable-runtime-dependency-installation",
-            "--host", HOST,
-            "--port", str(self.port),
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
         ]
         proc = self._spawn("superlink", argv, self.state / "superlink-home")
         self.superlink = proc
@@ -190,40 +237,79 @@ class LocalDeployment:
         )
         return proc
 
-    def start_supernode(self, index: int, key: Path, *, partition_id: int | None = None, max_wait_s: int = 60) -> ManagedProcess:
-        """Start SuperNode ``index`` authenticating with ``key`` (no wait); warm: and its worker."""
+    def start_supernode(
+        self,
+        index: int,
+        key: Path,
+        *,
+        partition_id: int | None = None,
+        max_wait_s: int = 60,
+    ) -> ManagedProcess:
+        """Start SuperNode ``index`` authenticating with ``key`` (no wait); warm: and
+        its worker."""
         tls = self._tls()
         pid = index if partition_id is None else partition_id
         runtime_port = free_port()
         common = [
-            "--root-certificates", str(tls.ca_cert),
-            "--superlink", f"{HOST}:{self.port}",
-            "--host", HOST,
-            "--port", str(runtime_port),
-            "--auth-supernode-private-key", str(key),
-            "--node-config", f"partition-id={pid} num-partitions={self.num_nodes}",
-            "--max-wait-time", str(max_wait_s),
+            "--root-certificates",
+            str(tls.ca_cert),
+            "--superlink",
+            f"{HOST}:{self.port}",
+            "--host",
+            HOST,
+            "--port",
+            str(runtime_port),
+            "--auth-supernode-private-key",
+            str(key),
+            "--node-config",
+            f"partition-id={pid} num-partitions={self.num_nodes}",
+            "--max-wait-time",
+            str(max_wait_s),
         ]
         home = self.state / f"node-{index}-home"
         if not self.warm:
-            return self._spawn(f"supernode-{index}", ["flower-supernode", *common], home)
+            return self._spawn(
+                f"supernode-{index}", ["flower-supernode", *common], home
+            )
         secret = self.state / "keys" / f"supernode-{index}.superexec-secret"
         write_private(secret, os.urandom(32))
         node = self._spawn(
             f"supernode-{index}",
-            [sys.executable, "-m", "deploy.supernode", *common, "--isolation", "process",
-             "--superexec-auth-secret-file", str(secret)],
-            home, extra_env={ENV_POLL: str(self.node_poll_s), "PYTHONPATH": str(ROOT)},
+            [
+                sys.executable,
+                "-m",
+                "deploy.supernode",
+                *common,
+                "--isolation",
+                "process",
+                "--superexec-auth-secret-file",
+                str(secret),
+            ],
+            home,
+            extra_env={ENV_POLL: str(self.node_poll_s), "PYTHONPATH": str(ROOT)},
         )
         worker = self._spawn(
             f"clientapp-worker-{index}",
-            [sys.executable, "-m", "deploy.warm_clientapp", "--runtime-api-address", f"{HOST}:{runtime_port}",
-             "--insecure", "--superexec-auth-secret-file", str(secret),
-             "--timings", str(self.logs / f"clientapp-worker-{index}.timings.jsonl"), "--node-pid", str(node.pid),
-             *[arg for module in WORKER_PRELOAD for arg in ("--preload", module)]],
-            # one torch thread per worker, as Ray gives each simulated client (client_cpus=1): ten
-            # workers with a thread per core each would oversubscribe the machine
-            home, extra_env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+            [
+                sys.executable,
+                "-m",
+                "deploy.warm_clientapp",
+                "--runtime-api-address",
+                f"{HOST}:{runtime_port}",
+                "--insecure",
+                "--superexec-auth-secret-file",
+                str(secret),
+                "--timings",
+                str(self.logs / f"clientapp-worker-{index}.timings.jsonl"),
+                "--node-pid",
+                str(node.pid),
+                *[arg for module in WORKER_PRELOAD for arg in ("--preload", module)],
+            ],
+            # one torch thread per worker, as Ray gives each simulated client
+            # (client_cpus=1): ten workers with a thread per core each would
+            # oversubscribe the machine
+            home,
+            extra_env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
         )
         self.workers.append(worker)
         return node
@@ -241,25 +327,52 @@ class LocalDeployment:
 
         wait_until(online, self.start_timeout_s, f"{count} SuperNodes online")
 
-    def _spawn(self, name: str, argv: list[str], home: Path, extra_env: dict[str, str] | None = None) -> ManagedProcess:
+    def _spawn(
+        self,
+        name: str,
+        argv: list[str],
+        home: Path,
+        extra_env: dict[str, str] | None = None,
+    ) -> ManagedProcess:
         home.mkdir(parents=True, exist_ok=True)
-        proc = ManagedProcess(name, argv, self.logs / f"{name}.log", flower_env(home, extra_env), cwd=self.state)
+        proc = ManagedProcess(
+            name,
+            argv,
+            self.logs / f"{name}.log",
+            flower_env(home, extra_env),
+            cwd=self.state,
+        )
         self.processes.append(proc)
         self.started_pids.append(proc.pid)
         return proc
 
     # ------------------------------------------------------------------ run
-    def run(self, overrides: str, run_dir: str | Path, *, app: str | Path = ROOT, timeout_s: float = 900.0) -> RunOutcome:
-        """Run the app with these Hydra overrides; return the outcome or raise :class:`DeployFailed`."""
+    def run(
+        self,
+        overrides: str,
+        run_dir: str | Path,
+        *,
+        app: str | Path = ROOT,
+        timeout_s: float = 900.0,
+    ) -> RunOutcome:
+        """Run the app with these Hydra overrides; return the outcome or raise
+        :class:`DeployFailed`."""
         run_dir = Path(run_dir).resolve()
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "summary.json").unlink(missing_ok=True)
         if "'" in overrides:
-            raise ValueError(f"overrides={overrides!r} must not contain single quotes (use double quotes)")
-        # pin the run to the nodes this deployment registered: a node that someone else registers
-        # through the Control API (it has no authentication in flwr 1.42) is never sampled
+            raise ValueError(
+                f"overrides={overrides!r} must not contain single quotes (use double "
+                "quotes)"
+            )
+        # pin the run to the nodes this deployment registered: a node that someone else
+        # registers through the Control API (it has no authentication in flwr 1.42) is
+        # never sampled
         pinned = ",".join(str(n) for n in self.node_ids)
-        full = f"simulation.num_clients={self.num_nodes} +simulation.node_ids=[{pinned}] {overrides}".strip()
+        full = (
+            f"simulation.num_clients={self.num_nodes} "
+            f"+simulation.node_ids=[{pinned}] {overrides}"
+        ).strip()
         run_config = f"overrides='{full}' run-dir='{run_dir}'"
         log_path = run_dir / "flwr_run.log"
         start = time.monotonic()
@@ -267,7 +380,10 @@ class LocalDeployment:
         wall = time.monotonic() - start
         match = RUN_STARTED.search(output)
         if match is None:
-            raise DeployFailed(f"flwr run did not start a run (exit {code}); output in {log_path}:\n{output[-2000:]}")
+            raise DeployFailed(
+                f"flwr run did not start a run (exit {code}); output in "
+                f"{log_path}:\n{output[-2000:]}"
+            )
         run_id = match.group(1)
         if code is None:
             self.cli.stop_run(run_id)
@@ -275,18 +391,36 @@ class LocalDeployment:
             info = self.cli.wait_finished(run_id, timeout_s=60.0)
         except (TimeoutError, RuntimeError) as exc:
             info = {"status": "unknown", "status-details": str(exc)}
-        status, details = str(info.get("status", "unknown")), str(info.get("status-details", ""))
+        status, details = (
+            str(info.get("status", "unknown")),
+            str(info.get("status-details", "")),
+        )
         self.collect_logs(run_dir)
         summary_path = run_dir / "summary.json"
-        summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
-        outcome = RunOutcome(run_id, status, details, run_dir, summary, wall, log_path, extra=info)
+        summary = (
+            json.loads(summary_path.read_text()) if summary_path.exists() else None
+        )
+        outcome = RunOutcome(
+            run_id, status, details, run_dir, summary, wall, log_path, extra=info
+        )
         if code is None:
-            raise DeployFailed(f"run {run_id} did not finish within {timeout_s:.0f} s and was stopped; see {log_path}")
+            raise DeployFailed(
+                f"run {run_id} did not finish within {timeout_s:.0f} s and was "
+                f"stopped; see {log_path}"
+            )
         if status != "finished:completed":
-            reason = (summary or {}).get("reason") or last_exception(log_path.read_text(errors="replace")) or details
-            raise DeployFailed(f"run {run_id} ended with status {status}: {reason}; see {log_path}")
+            reason = (
+                (summary or {}).get("reason")
+                or last_exception(log_path.read_text(errors="replace"))
+                or details
+            )
+            raise DeployFailed(
+                f"run {run_id} ended with status {status}: {reason}; see {log_path}"
+            )
         if not summary or summary.get("status") != "ok":
-            raise DeployFailed(f"run {run_id} completed but {summary_path} says {summary!r}")
+            raise DeployFailed(
+                f"run {run_id} completed but {summary_path} says {summary!r}"
+            )
         return outcome
 
     def collect_logs(self, run_dir: Path) -> None:
@@ -300,16 +434,29 @@ class LocalDeployment:
             shutil.copyfile(timings, dest / timings.name)
 
     def peak_rss_mb(self) -> dict[str, float]:
-        """Peak resident memory (``VmHWM``, MB) of each running process, descendants included."""
-        return {proc.name: round(sum(peak_rss_kb(p) for p in [proc.pid, *descendants(proc.pid)]) / 1024, 1)
-                for proc in self.processes if proc.running()}
+        """Peak resident memory (``VmHWM``, MB) of each running process, descendants
+        included."""
+        return {
+            proc.name: round(
+                sum(peak_rss_kb(p) for p in [proc.pid, *descendants(proc.pid)]) / 1024,
+                1,
+            )
+            for proc in self.processes
+            if proc.running()
+        }
 
     def pss_mb(self) -> dict[str, float]:
-        """Proportional set size now (MB) of each running process, descendants included: the
-        shared pages (torch's libraries) are split among the processes that map them, so unlike
-        :meth:`peak_rss_mb` the figures add up to what the deployment holds."""
-        return {proc.name: round(sum(pss_kb(p) for p in [proc.pid, *descendants(proc.pid)]) / 1024, 1)
-                for proc in self.processes if proc.running()}
+        """Proportional set size now (MB) of each running process, descendants included:
+        the
+        shared pages (torch's libraries) are split among the processes that map them, so
+        unlike :meth:`peak_rss_mb` the figures add up to what the deployment holds."""
+        return {
+            proc.name: round(
+                sum(pss_kb(p) for p in [proc.pid, *descendants(proc.pid)]) / 1024, 1
+            )
+            for proc in self.processes
+            if proc.running()
+        }
 
     # ----------------------------------------------------------------- stop
     def stop(self) -> None:
@@ -326,14 +473,18 @@ class LocalDeployment:
 
 
 def last_exception(log: str) -> str:
-    """The last Python exception line (``ValueError: ...``) in a streamed ServerApp log."""
+    """The last Python exception line (``ValueError: ...``) in a streamed ServerApp
+    log."""
     found = EXCEPTION_LINE.findall(log)
     return found[-1].strip() if found else ""
 
 
 def _raise_if_dead(proc: ManagedProcess) -> bool:
     if not proc.running():
-        raise DeployFailed(f"{proc.name} exited with code {proc.popen.returncode}; log {proc.log_path}:\n{proc.log_text()[-2000:]}")
+        raise DeployFailed(
+            f"{proc.name} exited with code {proc.popen.returncode}; log "
+            f"{proc.log_path}:\n{proc.log_text()[-2000:]}"
+        )
     return False
 
 
@@ -344,21 +495,50 @@ def _raise_signal(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--nodes", type=int, default=2, help="SuperNodes to start (default 2)")
-    parser.add_argument("--overrides", default="dataset=digits simulation.num_rounds=2",
-                        help="Hydra overrides, as for bouquet-sim (simulation.num_clients is set to --nodes)")
-    parser.add_argument("--run-dir", default=None, help="results directory (default outputs/deploy/<timestamp>)")
-    parser.add_argument("--state-dir", default=str(DEFAULT_STATE), help="certificates, keys, logs")
-    parser.add_argument("--port", type=int, default=0, help="SuperLink port (0 = a free one)")
-    parser.add_argument("--timeout", type=float, default=900.0, help="seconds allowed for the run")
-    parser.add_argument("--cold", action="store_true",
-                        help="Flower's defaults: a fresh flwr-clientapp process per message, 3 s idle poll")
+    parser.add_argument(
+        "--nodes", type=int, default=2, help="SuperNodes to start (default 2)"
+    )
+    parser.add_argument(
+        "--overrides",
+        default="dataset=digits simulation.num_rounds=2",
+        help="Hydra overrides, as for bouquet-sim (simulation.num_clients is set to "
+        "--nodes)",
+    )
+    parser.add_argument(
+        "--run-dir",
+        default=None,
+        help="results directory (default outputs/deploy/<timestamp>)",
+    )
+    parser.add_argument(
+        "--state-dir", default=str(DEFAULT_STATE), help="certificates, keys, logs"
+    )
+    parser.add_argument(
+        "--port", type=int, default=0, help="SuperLink port (0 = a free one)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=900.0, help="seconds allowed for the run"
+    )
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="Flower's defaults: a fresh flwr-clientapp process per message, 3 s idle "
+        "poll",
+    )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_dir = Path(args.run_dir or ROOT / "outputs" / "deploy" / time.strftime("%Y-%m-%d_%H-%M-%S"))
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    run_dir = Path(
+        args.run_dir or ROOT / "outputs" / "deploy" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    )
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, _raise_signal)
-    deployment = LocalDeployment(num_nodes=args.nodes, state_dir=args.state_dir, port=args.port, warm=not args.cold)
+    deployment = LocalDeployment(
+        num_nodes=args.nodes,
+        state_dir=args.state_dir,
+        port=args.port,
+        warm=not args.cold,
+    )
     try:
         deployment.start()
         outcome = deployment.run(args.overrides, run_dir, timeout_s=args.timeout)
@@ -370,12 +550,20 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)  # stopping has its own timeouts: let it finish
+            signal.signal(
+                sig, signal.SIG_IGN
+            )  # stopping has its own timeouts: let it finish
         deployment.stop()
     summary = outcome.summary or {}
-    logger.info("run %s %s: final accuracy %s, %d bytes up, %.1f s; results in %s",
-                outcome.run_id, outcome.status, summary.get("final_accuracy"),
-                summary.get("total_bytes_up", 0), outcome.wall_s, outcome.run_dir)
+    logger.info(
+        "run %s %s: final accuracy %s, %d bytes up, %.1f s; results in %s",
+        outcome.run_id,
+        outcome.status,
+        summary.get("final_accuracy"),
+        summary.get("total_bytes_up", 0),
+        outcome.wall_s,
+        outcome.run_dir,
+    )
     return 0
 
 

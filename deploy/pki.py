@@ -1,15 +1,16 @@
 """Certificates and SuperNode keys for a local (or lab) Flower deployment.
 
-* A self-signed CA and a server certificate signed by it, for the SuperLink's TLS. The server
-  certificate's subjectAltName lists ``IP:127.0.0.1`` (the SuperLink's own helpers connect by
-  IP), ``DNS:localhost`` and any extra hosts given (the names/IPs SuperNodes on other machines
-  use to reach the SuperLink).
+* A self-signed CA and a server certificate signed by it, for the SuperLink's TLS. The
+  server certificate's subjectAltName lists ``IP:127.0.0.1`` (the SuperLink's own
+  helpers connect by IP), ``DNS:localhost`` and any extra hosts given (the names/IPs
+  SuperNodes on other machines use to reach the SuperLink).
 * One ECDSA (P-384) key pair per SuperNode in OpenSSH format, what ``flower-superlink
-  --enable-supernode-auth`` expects (``flwr supernode register <key>.pub``; ed25519 keys are
-  rejected by Flower 1.41).
+  --enable-supernode-auth`` expects (``flwr supernode register <key>.pub``; ed25519 keys
+  are rejected by Flower 1.41).
 
-Everything is written with the ``cryptography`` package (a Flower dependency), so neither
-``openssl`` nor ``ssh-keygen`` is needed. Private keys are written with mode 0600.
+Everything is written with the ``cryptography`` package (a Flower dependency), so
+neither ``openssl`` nor ``ssh-keygen`` is needed. Private keys are written with mode
+0600.
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ def write_private(path: Path, data: bytes) -> None:
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
     )
 
 
@@ -62,7 +65,11 @@ def _san(hosts: list[str]) -> x509.SubjectAlternativeName:
     return x509.SubjectAlternativeName(unique)
 
 
-def make_tls(directory: str | os.PathLike[str], hosts: list[str] | None = None, days: int = CERT_DAYS) -> TlsFiles:
+def make_tls(
+    directory: str | os.PathLike[str],
+    hosts: list[str] | None = None,
+    days: int = CERT_DAYS,
+) -> TlsFiles:
     """Write ``ca.crt``, ``server.pem`` and ``server.key`` into ``directory``.
 
     Parameters
@@ -70,8 +77,8 @@ def make_tls(directory: str | os.PathLike[str], hosts: list[str] | None = None, 
     directory : path
         Created if missing.
     hosts : list of str, optional
-        Extra DNS names or IP addresses for the server certificate (besides 127.0.0.1 and
-        localhost).
+        Extra DNS names or IP addresses for the server certificate (besides 127.0.0.1
+        and localhost).
     days : int
         Validity of both certificates.
     """
@@ -93,7 +100,10 @@ def make_tls(directory: str | os.PathLike[str], hosts: list[str] | None = None, 
         .not_valid_before(now)
         .not_valid_after(until)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
         .sign(ca_key, hashes.SHA256())
     )
     server_key = ec.generate_private_key(ec.SECP384R1())
@@ -107,7 +117,10 @@ def make_tls(directory: str | os.PathLike[str], hosts: list[str] | None = None, 
         .not_valid_after(until)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_san(list(hosts or [])), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]),
+            critical=False,
+        )
         .sign(ca_key, hashes.SHA256())
     )
     files = TlsFiles(out / "ca.crt", out / "server.pem", out / "server.key")
@@ -130,12 +143,16 @@ def make_node_key(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     write_private(
         private,
         key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
         ),
     )
     public = private.with_name(private.name + ".pub")
     public.write_bytes(
-        key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
         + b" bouquet-supernode\n"
     )
     return private, public

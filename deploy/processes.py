@@ -1,10 +1,11 @@
-"""Start Flower processes with a clean environment and stop them, children included, by PID.
+"""Start Flower processes with a clean environment and stop them, children included, by
+PID.
 
-Every ``flower-superlink`` / ``flower-supernode`` starts a ``flower-superexec`` child (the
-SuperLink's in its own session) that exits a few seconds after its parent, and each message or
-run starts ``flwr-clientapp`` / ``flwr-serverapp`` grandchildren. :func:`stop_tree` collects the
-whole tree with ``pgrep -P`` *before* signalling, sends SIGTERM, waits, and SIGKILLs what is
-left. Nothing is ever stopped by name.
+Every ``flower-superlink`` / ``flower-supernode`` starts a ``flower-superexec`` child
+(the SuperLink's in its own session) that exits a few seconds after its parent, and each
+message or run starts ``flwr-clientapp`` / ``flwr-serverapp`` grandchildren.
+:func:`stop_tree` collects the whole tree with ``pgrep -P`` *before* signalling, sends
+SIGTERM, waits, and SIGKILLs what is left. Nothing is ever stopped by name.
 """
 
 from __future__ import annotations
@@ -30,8 +31,11 @@ FLOWER_ENV = {
 }
 
 
-def flower_env(flwr_home: str | os.PathLike[str] | None = None, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment for a Flower process: no network side trips, the venv first on PATH."""
+def flower_env(
+    flwr_home: str | os.PathLike[str] | None = None, extra: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The environment for a Flower process: no network side trips, the venv first on
+    PATH."""
     env = dict(os.environ)
     env.update(FLOWER_ENV)
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
@@ -43,7 +47,13 @@ def flower_env(flwr_home: str | os.PathLike[str] | None = None, extra: dict[str,
 
 def children(pid: int) -> list[int]:
     """Direct children of ``pid`` (``pgrep -P``)."""
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, timeout=10, check=False)
+    out = subprocess.run(
+        ["pgrep", "-P", str(pid)],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
     return [int(p) for p in out.stdout.split()]
 
 
@@ -74,7 +84,8 @@ def alive(pid: int) -> bool:
 
 
 def _proc_kb(path: str, field: str) -> int:
-    """The kB value of ``field`` (e.g. ``VmHWM:``) in the ``/proc`` file ``path`` (0 if unknown)."""
+    """The kB value of ``field`` (e.g. ``VmHWM:``) in the ``/proc`` file ``path`` (0 if
+    unknown)."""
     try:
         with open(path) as fh:
             for line in fh:
@@ -86,14 +97,17 @@ def _proc_kb(path: str, field: str) -> int:
 
 
 def peak_rss_kb(pid: int) -> int:
-    """Peak resident set size of ``pid`` in kB (``VmHWM`` in ``/proc``; 0 if unknown)."""
+    """Peak resident set size of ``pid`` in kB (``VmHWM`` in ``/proc``; 0 if
+    unknown)."""
     return _proc_kb(f"/proc/{pid}/status", "VmHWM:")
 
 
 def pss_kb(pid: int) -> int:
-    """Proportional set size of ``pid`` in kB now (``Pss`` in ``/proc/<pid>/smaps_rollup``; 0 if
-    unknown): its private pages plus its share of pages mapped by several processes (torch's
-    libraries, shared by every worker), so the PSS of all processes adds up to the memory used."""
+    """Proportional set size of ``pid`` in kB now (``Pss`` in
+    ``/proc/<pid>/smaps_rollup``; 0 if
+    unknown): its private pages plus its share of pages mapped by several processes
+    (torch's libraries, shared by every worker), so the PSS of all processes adds up to
+    the memory used."""
     return _proc_kb(f"/proc/{pid}/smaps_rollup", "Pss:")
 
 
@@ -104,8 +118,11 @@ def _signal(pid: int, sig: int) -> None:
         pass
 
 
-def stop_tree(pid: int, timeout_s: float = 20.0, popen: subprocess.Popen | None = None) -> list[int]:
-    """SIGTERM ``pid`` and its descendants, wait up to ``timeout_s``, then SIGKILL survivors.
+def stop_tree(
+    pid: int, timeout_s: float = 20.0, popen: subprocess.Popen | None = None
+) -> list[int]:
+    """SIGTERM ``pid`` and its descendants, wait up to ``timeout_s``, then SIGKILL
+    survivors.
 
     Returns the PIDs that had to be killed.
     """
@@ -127,8 +144,9 @@ def stop_tree(pid: int, timeout_s: float = 20.0, popen: subprocess.Popen | None 
             popen.wait(timeout=5)
         except subprocess.TimeoutExpired:
             logger.warning("pid %d did not exit after SIGKILL", popen.pid)
-    # SIGKILL is delivered asynchronously: a grandchild can still be running (state R/S) for a
-    # moment, then is a zombie until init reaps it. Wait until every killed PID is gone or a zombie.
+    # SIGKILL is delivered asynchronously: a grandchild can still be running (state R/S)
+    # for a moment, then is a zombie until init reaps it. Wait until every killed PID is
+    # gone or a zombie.
     deadline = time.monotonic() + 5.0
     while any(alive(p) for p in killed) and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -141,7 +159,8 @@ def stop_tree(pid: int, timeout_s: float = 20.0, popen: subprocess.Popen | None 
 
 
 class ManagedProcess:
-    """A process we started, its output in ``log_path``; :meth:`stop` stops its whole tree.
+    """A process we started, its output in ``log_path``; :meth:`stop` stops its whole
+    tree.
 
     Parameters
     ----------
@@ -157,15 +176,27 @@ class ManagedProcess:
         Working directory.
     """
 
-    def __init__(self, name: str, argv: Sequence[str], log_path: str | os.PathLike[str], env: dict[str, str], cwd: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_path: str | os.PathLike[str],
+        env: dict[str, str],
+        cwd: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.name = name
         self.argv = list(argv)
         self.log_path = Path(log_path)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log: IO[bytes] = open(self.log_path, "ab")  # closed in stop()
         self.popen = subprocess.Popen(
-            self.argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env, cwd=cwd, start_new_session=True,
+            self.argv,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
         )
         self.pid = self.popen.pid
         logger.info("started %s (pid %d): %s", name, self.pid, " ".join(self.argv))
@@ -185,7 +216,8 @@ class ManagedProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self, timeout_s: float = 20.0) -> list[int]:
-        """Stop the process and every descendant; return the PIDs that needed SIGKILL."""
+        """Stop the process and every descendant; return the PIDs that needed
+        SIGKILL."""
         killed = stop_tree(self.pid, timeout_s=timeout_s, popen=self.popen)
         self._log.close()
         return killed

@@ -1,27 +1,30 @@
 """A warm ClientApp worker for a SuperNode started with ``--isolation process``.
 
 Flower 1.42's SuperNode, in its default ``--isolation subprocess`` mode, starts a
-``flower-superexec`` that launches a fresh ``flwr-clientapp`` process for *every* message: each
-one imports flwr and torch, loads the data and takes torch's first optimizer step before it
-trains (~3-4 s here; benchmarks/RESULTS.md, "Deployed ClientApp start-up"). Flower's warm
-executor (``supercore/superexec/executor/warm_executor*.py``) exists for the Kubernetes executor
+``flower-superexec`` that launches a fresh ``flwr-clientapp`` process for *every*
+message: each one imports flwr and torch, loads the data and takes torch's first
+optimizer step before it trains (measured in ``benchmarks/RESULTS.md``, "Deployed
+ClientApp start-up"). Flower's warm executor
+(``supercore/superexec/executor/warm_executor*.py``) exists for the Kubernetes executor
 only, and ``flwr-clientapp`` serves one task per process.
 
 This worker takes the place of ``flower-superexec`` beside one SuperNode started with
 ``--isolation process``: it polls the SuperNode's Runtime API for ClientApp tasks
-(``AcquireTask``, as ``flower-superexec`` does) and runs each one *in this process*, with the
-same steps as Flower's ``run_clientapp`` (pull the message, context, run and FAB; install the FAB
-once per hash; load the ClientApp once per FAB; call it; push the reply and the context; push
-the task's final status), so flwr, torch, the data and the built ClientApp stay warm between
-messages. Tasks run one at a time, in the order the SuperNode hands them out.
+(``AcquireTask``, as ``flower-superexec`` does) and runs each one *in this process*,
+with the same steps as Flower's ``run_clientapp`` (pull the message, context, run and
+FAB; install the FAB once per hash; load the ClientApp once per FAB; call it; push the
+reply and the context; push the task's final status), so flwr, torch, the data and the
+built ClientApp stay warm between messages. Tasks run one at a time, in the order the
+SuperNode hands them out.
 
-What it does not do (say so where it is used): no per-task process isolation (a ClientApp's
-module state survives between its messages, which is the point; only FABs you trust should run
-in it, the same trust ``flwr-clientapp`` needs); no runtime dependency installation (refused at
-start); a task that raises is answered with Flower's error reply and the worker goes on; a
-worker that dies takes its node's in-flight task with it (the SuperLink's task expiry applies, as
-for a crashed ``flwr-clientapp``). With ``--superexec-auth-secret-file`` (give the same file to
-the SuperNode) only holders of the secret can acquire the node's tasks.
+What it does not do (say so where it is used): no per-task process isolation (a
+ClientApp's module state survives between its messages, which is the point; only FABs
+you trust should run in it, the same trust ``flwr-clientapp`` needs); no runtime
+dependency installation (refused at start); a task that raises is answered with Flower's
+error reply and the worker goes on; a worker that dies takes its node's in-flight task
+with it (the SuperLink's task expiry applies, as for a crashed ``flwr-clientapp``). With
+``--superexec-auth-secret-file`` (give the same file to the SuperNode) only holders of
+the secret can acquire the node's tasks.
 
 Run (``deploy/local.py`` starts one per SuperNode)::
 
@@ -46,9 +49,14 @@ if __package__ in (None, ""):  # run as a script: make the `deploy` package impo
 
 logger = logging.getLogger("bouquet.deploy.warm")
 
-DEFAULT_POLL_S = 0.25  # longest pause between AcquireTask calls while the node has no task
+DEFAULT_POLL_S = (
+    0.25  # longest pause between AcquireTask calls while the node has no task
+)
 MIN_POLL_S = 0.02  # the first pause after a task; doubles while idle, up to poll_s
-PULL_BACKOFF_S = (0.01, 0.1)  # first and longest retry pause for message objects the node is still fetching
+PULL_BACKOFF_S = (
+    0.01,
+    0.1,
+)  # first and longest retry pause for message objects the node is still fetching
 
 
 def _flower_log(level: int, msg: str, *args: Any) -> None:
@@ -58,7 +66,8 @@ def _flower_log(level: int, msg: str, *args: Any) -> None:
 
 
 class WarmClientAppWorker:
-    """Acquire ClientApp tasks from one SuperNode's Runtime API and run them in this process.
+    """Acquire ClientApp tasks from one SuperNode's Runtime API and run them in this
+    process.
 
     Parameters
     ----------
@@ -71,16 +80,24 @@ class WarmClientAppWorker:
     auth_secret : bytes, optional
         The SuperNode's ``--superexec-auth-secret-file`` contents.
     poll_s : float
-        Longest pause between ``AcquireTask`` calls while idle (the first after a task is
-        ``MIN_POLL_S``, doubling).
+        Longest pause between ``AcquireTask`` calls while idle (the first after a task
+        is ``MIN_POLL_S``, doubling).
     timings_path : path, optional
-        Append one JSON line per task: seconds spent pulling the task input, loading the app,
-        in the app, pushing the reply and the task output (for benchmarks/bench_deploy.py).
+        Append one JSON line per task: seconds spent pulling the task input, loading the
+        app, in the app, pushing the reply and the task output (for
+        benchmarks/bench_deploy.py).
     """
 
-    def __init__(self, runtime_api_address: str, *, insecure: bool = True, root_certificates: bytes | None = None,
-                 auth_secret: bytes | None = None, poll_s: float = DEFAULT_POLL_S,
-                 timings_path: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        runtime_api_address: str,
+        *,
+        insecure: bool = True,
+        root_certificates: bytes | None = None,
+        auth_secret: bytes | None = None,
+        poll_s: float = DEFAULT_POLL_S,
+        timings_path: str | Path | None = None,
+    ) -> None:
         if not 0.001 <= poll_s <= 60:
             raise ValueError(f"poll_s={poll_s} must be in [0.001, 60] seconds")
         from flwr.supercore.interceptors import (
@@ -98,13 +115,22 @@ class WarmClientAppWorker:
         self.tasks_done = 0
         self.tasks_failed = 0
         self._installed: set[str] = set()  # FAB hashes installed by this process
-        interceptors: list[Any] = [RuntimeVersionHttpInterceptor(component_name="SuperExec")]
+        interceptors: list[Any] = [
+            RuntimeVersionHttpInterceptor(component_name="SuperExec")
+        ]
         if auth_secret:
-            interceptors.append(SuperExecAuthHttpInterceptor(
-                master_secret=auth_secret, protected_methods=frozenset({"/flwr.proto.Runtime/AcquireTask"})))
+            interceptors.append(
+                SuperExecAuthHttpInterceptor(
+                    master_secret=auth_secret,
+                    protected_methods=frozenset({"/flwr.proto.Runtime/AcquireTask"}),
+                )
+            )
         self.client = RuntimeHttpClient.from_server_address(
-            server_address=runtime_api_address, insecure=insecure, root_certificates=root_certificates,
-            interceptors=interceptors, retry_invoker=make_simple_http_retry_invoker(),
+            server_address=runtime_api_address,
+            insecure=insecure,
+            root_certificates=root_certificates,
+            interceptors=interceptors,
+            retry_invoker=make_simple_http_retry_invoker(),
         )
 
     def close(self) -> None:
@@ -115,20 +141,29 @@ class WarmClientAppWorker:
         from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
         from flwr.supercore.constant import TaskType
 
-        res = self.client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP.value],
-                                                         agentapp_fab_hashes=[]))
+        res = self.client.AcquireTask(
+            AcquireTaskRequest(
+                supported_task_types=[TaskType.CLIENT_APP.value], agentapp_fab_hashes=[]
+            )
+        )
         if res.HasField("task") and res.token:
             return res.token, res.task
         return None
 
-    def serve(self, max_tasks: int | None = None, idle_exit_s: float | None = None) -> int:
-        """Run tasks until stopped (or ``max_tasks`` done, or idle for ``idle_exit_s``); return the count."""
+    def serve(
+        self, max_tasks: int | None = None, idle_exit_s: float | None = None
+    ) -> int:
+        """Run tasks until stopped (or ``max_tasks`` done, or idle for ``idle_exit_s``);
+        return the count."""
         idle_since = time.monotonic()
         pause = MIN_POLL_S
         while max_tasks is None or self.tasks_done + self.tasks_failed < max_tasks:
             got = self.acquire()
             if got is None:
-                if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
+                if (
+                    idle_exit_s is not None
+                    and time.monotonic() - idle_since > idle_exit_s
+                ):
                     break
                 time.sleep(pause)
                 pause = min(2 * pause, self.poll_s)
@@ -142,12 +177,16 @@ class WarmClientAppWorker:
         return self.tasks_done + self.tasks_failed
 
     def run_task(self, token: str) -> bool:
-        """Flower's ``run_clientapp`` steps for one task, in this process; True if the app replied."""
+        """Flower's ``run_clientapp`` steps for one task, in this process; True if the
+        app replied."""
         from flwr.app import Message
         from flwr.app.error import Error
         from flwr.clientapp.client_app import LoadClientAppError
         from flwr.common.constant import ErrorCode, SubStatus
-        from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+        from flwr.supercore.heartbeat import (
+            HeartbeatSender,
+            make_task_heartbeat_fn_http,
+        )
         from flwr.supercore.interceptors import (
             RuntimeTokenHttpInterceptor,
             RuntimeVersionHttpInterceptor,
@@ -158,14 +197,21 @@ class WarmClientAppWorker:
 
         retry = make_simple_http_retry_invoker()
         client = RuntimeHttpClient.from_server_address(
-            server_address=self.address, insecure=self.insecure, root_certificates=self.root_certificates,
-            interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
-                          RuntimeTokenHttpInterceptor(token)],
+            server_address=self.address,
+            insecure=self.insecure,
+            root_certificates=self.root_certificates,
+            interceptors=[
+                RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
+                RuntimeTokenHttpInterceptor(token),
+            ],
             retry_invoker=retry,
         )
         heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
         message = reply = context = None
-        status, details = SubStatus.FAILED, "ClientApp task failed due to unknown reason"
+        status, details = (
+            SubStatus.FAILED,
+            "ClientApp task failed due to unknown reason",
+        )
         start = time.perf_counter()
         stages: dict[str, float] = {}
 
@@ -182,9 +228,16 @@ class WarmClientAppWorker:
             mark("ClientApp call")
             status, details = SubStatus.COMPLETED, ""
         except Exception as ex:  # the same error reply as flwr-clientapp's
-            code = ErrorCode.LOAD_CLIENT_APP_EXCEPTION if isinstance(ex, LoadClientAppError) else ErrorCode.CLIENT_APP_RAISED_EXCEPTION
-            reason = ("An exception was raised when attempting to load `ClientApp`" if isinstance(ex, LoadClientAppError)
-                      else f"{type(ex)}:<'{ex}'>")
+            code = (
+                ErrorCode.LOAD_CLIENT_APP_EXCEPTION
+                if isinstance(ex, LoadClientAppError)
+                else ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+            )
+            reason = (
+                "An exception was raised when attempting to load `ClientApp`"
+                if isinstance(ex, LoadClientAppError)
+                else f"{type(ex)}:<'{ex}'>"
+            )
             _flower_log(ERROR, "ClientApp raised an exception (warm worker)")
             logger.exception("task failed")
             details = reason
@@ -199,8 +252,12 @@ class WarmClientAppWorker:
                 status = SubStatus.FAILED
             mark("push reply")
             retry.max_tries = 1
-            try:  # Flower's own push_task_output logs HTTP errors; anything else must not end the worker
-                push_task_output(client=client, context=context, sub_status=status, details=details)
+            # Flower's own push_task_output logs HTTP errors; anything else must not end
+            # the worker
+            try:
+                push_task_output(
+                    client=client, context=context, sub_status=status, details=details
+                )
             except Exception:  # noqa: BLE001
                 logger.exception("could not push the task output")
             if heartbeat.is_running:
@@ -211,11 +268,17 @@ class WarmClientAppWorker:
         _flower_log(DEBUG, "warm worker: task done in %.3f s (%s)", total, status)
         if self.timings_path is not None:
             with self.timings_path.open("a") as fh:
-                fh.write(json.dumps({"status": str(status), "total": round(total, 4), **stages}) + "\n")
+                fh.write(
+                    json.dumps(
+                        {"status": str(status), "total": round(total, 4), **stages}
+                    )
+                    + "\n"
+                )
         return status == SubStatus.COMPLETED
 
     def _client_app(self, run: Any, fab: Any) -> Any:
-        """Install the FAB once per hash, load its ClientApp (Flower caches the module import)."""
+        """Install the FAB once per hash, load its ClientApp (Flower caches the module
+        import)."""
         from flwr.cli.install import install_from_fab
         from flwr.clientapp.utils import get_load_client_app_fn
 
@@ -227,22 +290,27 @@ class WarmClientAppWorker:
 
 
 def pull_task_input(client: Any) -> tuple[Any, Any, Any, Any]:
-    """Flower's ``run_clientapp.pull_task_input`` with a short retry for the message's objects.
+    """Flower's ``run_clientapp.pull_task_input`` with a short retry for the message's
+    objects.
 
     The SuperNode creates the task before it has fetched the message's objects from the
-    SuperLink; Flower's pull retries an unavailable object after 1 s, 2 s, 4 s ... (a process
-    started per message rarely asks that early). A warm worker asks at once, so it retries after
-    ``PULL_BACKOFF_S[0]``, doubling up to ``PULL_BACKOFF_S[1]``.
+    SuperLink; Flower's pull retries an unavailable object after 1 s, 2 s, 4 s ... (a
+    process started per message rarely asks that early). A warm worker asks at once, so
+    it retries after ``PULL_BACKOFF_S[0]``, doubling up to ``PULL_BACKOFF_S[1]``.
     """
     from flwr.app import Message
     from flwr.common.serde import context_from_proto, fab_from_proto, run_from_proto
     from flwr.proto.node_pb2 import Node  # pylint: disable=E0611
-    from flwr.proto.runtime_pb2 import PullAppMessagesRequest, PullTaskInputRequest  # pylint: disable=E0611
+
+    # pylint: disable=E0611
+    from flwr.proto.runtime_pb2 import PullAppMessagesRequest, PullTaskInputRequest
     from flwr.supercore.inflatable.inflatable_protobuf_utils import (
         make_confirm_message_received_fn_protobuf,
         make_pull_object_fn_protobuf,
     )
-    from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree
+    from flwr.supercore.inflatable.inflatable_utils import (
+        pull_and_inflate_object_from_tree,
+    )
     from flwr.supercore.task_identity import TaskIdentity
 
     res = client.PullTaskInput(PullTaskInputRequest())
@@ -260,7 +328,9 @@ def pull_task_input(client: Any) -> tuple[Any, Any, Any, Any]:
     message = pull_and_inflate_object_from_tree(
         tree,
         make_pull_object_fn_protobuf(client.PullObject, node, context.run_id),
-        make_confirm_message_received_fn_protobuf(client.ConfirmMessageReceived, node, context.run_id),
+        make_confirm_message_received_fn_protobuf(
+            client.ConfirmMessageReceived, node, context.run_id
+        ),
         return_type=Message,
         initial_backoff=PULL_BACKOFF_S[0],
         backoff_cap=PULL_BACKOFF_S[1],
@@ -272,43 +342,113 @@ def pull_task_input(client: Any) -> tuple[Any, Any, Any, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runtime-api-address", required=True, help="the SuperNode's Runtime API, host:port")
-    parser.add_argument("--insecure", action="store_true", help="plain HTTP to the Runtime API")
-    parser.add_argument("--root-certificates", default=None, help="PEM CA of an HTTPS Runtime API")
-    parser.add_argument("--superexec-auth-secret-file", default=None, help="the SuperNode's SuperExec secret")
-    parser.add_argument("--poll", type=float, default=DEFAULT_POLL_S, help="seconds between polls when idle")
-    parser.add_argument("--timings", default=None, help="append one JSON line of stage seconds per task here")
-    parser.add_argument("--node-pid", type=int, default=None, help="exit when this process (the SuperNode) is gone")
-    parser.add_argument("--preload", action="append", default=[], metavar="MODULE",
-                        help="import this module before serving (repeatable), so the first task does not pay it")
+    parser.add_argument(
+        "--runtime-api-address",
+        required=True,
+        help="the SuperNode's Runtime API, host:port",
+    )
+    parser.add_argument(
+        "--insecure", action="store_true", help="plain HTTP to the Runtime API"
+    )
+    parser.add_argument(
+        "--root-certificates", default=None, help="PEM CA of an HTTPS Runtime API"
+    )
+    parser.add_argument(
+        "--superexec-auth-secret-file",
+        default=None,
+        help="the SuperNode's SuperExec secret",
+    )
+    parser.add_argument(
+        "--poll",
+        type=float,
+        default=DEFAULT_POLL_S,
+        help="seconds between polls when idle",
+    )
+    parser.add_argument(
+        "--timings",
+        default=None,
+        help="append one JSON line of stage seconds per task here",
+    )
+    parser.add_argument(
+        "--node-pid",
+        type=int,
+        default=None,
+        help="exit when this process (the SuperNode) is gone",
+    )
+    parser.add_argument(
+        "--preload",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import this module before serving (repeatable), so the first task does "
+        "not pay it",
+    )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
-    if os.environ.get("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "") not in ("1", "true", "True"):
-        _flower_log(WARNING, "warm worker: runtime dependency installation is not supported; apps run "
-                    "with this interpreter's packages")
+    if os.environ.get("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "") not in (
+        "1",
+        "true",
+        "True",
+    ):
+        _flower_log(
+            WARNING,
+            "warm worker: runtime dependency installation is not supported; apps run "
+            "with this interpreter's packages",
+        )
     if args.insecure == (args.root_certificates is not None):
         parser.error("give exactly one of --insecure and --root-certificates")
     if args.node_pid is not None:
         from flwr.supercore.app_utils import start_parent_process_monitor
 
-        start_parent_process_monitor(args.node_pid)  # SIGINT to this process when the node exits
+        start_parent_process_monitor(
+            args.node_pid
+        )  # SIGINT to this process when the node exits
     for module in args.preload:
         start = time.perf_counter()
         importlib.import_module(module)
-        _flower_log(INFO, "warm worker: preloaded %s in %.2f s", module, time.perf_counter() - start)
-    certs = Path(args.root_certificates).read_bytes() if args.root_certificates else None
-    secret = Path(args.superexec_auth_secret_file).read_bytes() if args.superexec_auth_secret_file else None
-    worker = WarmClientAppWorker(args.runtime_api_address, insecure=args.insecure, root_certificates=certs,
-                                 auth_secret=secret, poll_s=args.poll, timings_path=args.timings)
-    _flower_log(INFO, "warm ClientApp worker serving %s (poll %.3f s)", args.runtime_api_address, args.poll)
+        _flower_log(
+            INFO,
+            "warm worker: preloaded %s in %.2f s",
+            module,
+            time.perf_counter() - start,
+        )
+    certs = (
+        Path(args.root_certificates).read_bytes() if args.root_certificates else None
+    )
+    secret = (
+        Path(args.superexec_auth_secret_file).read_bytes()
+        if args.superexec_auth_secret_file
+        else None
+    )
+    worker = WarmClientAppWorker(
+        args.runtime_api_address,
+        insecure=args.insecure,
+        root_certificates=certs,
+        auth_secret=secret,
+        poll_s=args.poll,
+        timings_path=args.timings,
+    )
+    _flower_log(
+        INFO,
+        "warm ClientApp worker serving %s (poll %.3f s)",
+        args.runtime_api_address,
+        args.poll,
+    )
     try:
         worker.serve()
     except KeyboardInterrupt:
         pass
     finally:
         worker.close()
-        _flower_log(INFO, "warm worker: %d tasks done, %d failed", worker.tasks_done, worker.tasks_failed)
+        _flower_log(
+            INFO,
+            "warm worker: %d tasks done, %d failed",
+            worker.tasks_done,
+            worker.tasks_failed,
+        )
     return 0
 
 

@@ -8,17 +8,19 @@ Architecture Search for Mobile", arXiv:1807.11626).
 Search space
 ------------
 ``P >= 2`` residual families (torchvision's ``BasicBlock`` and ``Bottleneck`` from
-``torchvision.models.resnet``), each taken at several depths (``blocks_per_stage``), give source
-networks ``ResNet(family, [b] * L)``. Every source network is cut by stage; pool ``l`` keeps
-stage ``l`` of every source network, so each pool holds ``N = P * len(blocks_per_stage)``
-candidate stages, all mapping ``widths[l-1] -> widths[l]`` channels (stride 2 from stage 2 on).
-A candidate network picks one candidate per pool: ``N^L`` networks.
+``torchvision.models.resnet``), each taken at several depths (``blocks_per_stage``),
+give source networks ``ResNet(family, [b] * L)``. Every source network is cut by stage;
+pool ``l`` keeps stage ``l`` of every source network, so each pool holds ``N = P *
+len(blocks_per_stage)`` candidate stages, all mapping ``widths[l-1] -> widths[l]``
+channels (stride 2 from stage 2 on). A candidate network picks one candidate per pool:
+``N^L`` networks.
 
 Widths: 28x28 inputs use a stride-2 stem of 16 channels and stages of 16/32/64 channels
-(spatial 14, 7, 4); inputs smaller than 16x16 (8x8 digits) use a stride-1 stem of 8 channels
-and stages of 8/16/32 (spatial 8, 4, 2). Normalisation is ``GroupNorm`` (passed to torchvision
-as ``norm_layer``): no running statistics, which suits federated training on non-IID data
-(Hsieh et al., 2020, "The Non-IID Data Quagmire of Decentralized Machine Learning").
+(spatial 14, 7, 4); inputs smaller than 16x16 (8x8 digits) use a stride-1 stem of 8
+channels and stages of 8/16/32 (spatial 8, 4, 2). Normalisation is ``GroupNorm`` (passed
+to torchvision as ``norm_layer``): no running statistics, which suits federated training
+on non-IID data (Hsieh et al., 2020, "The Non-IID Data Quagmire of Decentralized Machine
+Learning").
 
 The controller that samples networks of this space, the reward and REINFORCE are in
 :mod:`bouquet.models.nas_controller` (:class:`Controller`, :func:`cost_reward`,
@@ -34,11 +36,9 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-# the search's controller and reward live in nas_controller; re-exported for existing importers
-from bouquet.models.nas_controller import Controller, Reinforce, cost_reward, size_reward  # noqa: F401
-
-# Residual families by name; the torchvision classes are imported on first use (importing
-# torchvision.models costs ~1.4 s, paid by every deployed ClientApp process otherwise).
+# Residual families by name; the torchvision classes are imported on first use
+# (importing torchvision.models costs ~1.4 s, paid by every deployed ClientApp process
+# otherwise).
 FAMILIES: dict[str, str] = {"basic": "BasicBlock", "bottleneck": "Bottleneck"}
 
 
@@ -92,14 +92,23 @@ class SearchSpace:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SearchSpace:
-        return cls(**{**data, "widths": tuple(data["widths"]), "candidates": tuple(data["candidates"])})
+        return cls(
+            **{
+                **data,
+                "widths": tuple(data["widths"]),
+                "candidates": tuple(data["candidates"]),
+            }
+        )
 
 
 def parse_candidate(name: str) -> tuple[str, int]:
     """Split ``"basicx2"`` into ``("basic", 2)``, validating both parts."""
     family, _, blocks = name.rpartition("x")
     if family not in FAMILIES or not blocks.isdigit() or int(blocks) < 1:
-        raise ValueError(f"candidate={name!r} is not '<family>x<blocks>' with family in {sorted(FAMILIES)}")
+        raise ValueError(
+            f"candidate={name!r} is not '<family>x<blocks>' with family in "
+            f"{sorted(FAMILIES)}"
+        )
     return family, int(blocks)
 
 
@@ -116,18 +125,27 @@ def make_space(
     Raises
     ------
     ValueError
-        For fewer than 2 families, an unknown family, blocks < 1 or widths not divisible by 4.
+        For fewer than 2 families, an unknown family, blocks < 1 or widths not divisible
+        by 4.
     """
     if len(input_shape) != 3:
         raise ValueError(f"input_shape={input_shape} must be (C, H, W)")
     if len(set(families)) < 2 or any(f not in FAMILIES for f in families):
-        raise ValueError(f"families={list(families)} must name >= 2 of {sorted(FAMILIES)}")
+        raise ValueError(
+            f"families={list(families)} must name >= 2 of {sorted(FAMILIES)}"
+        )
     if not blocks_per_stage or any(int(b) < 1 for b in blocks_per_stage):
-        raise ValueError(f"blocks_per_stage={list(blocks_per_stage)} must be a non-empty list of ints >= 1")
+        raise ValueError(
+            f"blocks_per_stage={list(blocks_per_stage)} must be a non-empty list of "
+            "ints >= 1"
+        )
     small = min(input_shape[1:]) < 16
     widths = tuple(int(w) for w in (widths or ((8, 16, 32) if small else (16, 32, 64))))
     if not widths or any(w < 4 or w % 4 for w in widths):
-        raise ValueError(f"widths={list(widths)} must be positive multiples of 4 (Bottleneck expansion)")
+        raise ValueError(
+            f"widths={list(widths)} must be positive multiples of 4 (Bottleneck "
+            "expansion)"
+        )
     candidates = tuple(f"{f}x{int(b)}" for f in families for b in blocks_per_stage)
     return SearchSpace(
         in_channels=int(input_shape[0]),
@@ -149,7 +167,14 @@ def search_space_size(space: SearchSpace) -> dict[str, int]:
 def make_stem(space: SearchSpace) -> nn.Sequential:
     """3x3 convolution, GroupNorm, ReLU."""
     return nn.Sequential(
-        nn.Conv2d(space.in_channels, space.stem_width, 3, stride=space.stem_stride, padding=1, bias=False),
+        nn.Conv2d(
+            space.in_channels,
+            space.stem_width,
+            3,
+            stride=space.stem_stride,
+            padding=1,
+            bias=False,
+        ),
         group_norm(space.stem_width),
         nn.ReLU(inplace=True),
     )
@@ -172,14 +197,20 @@ def make_stage(space: SearchSpace, pool: int, candidate: str) -> nn.Sequential:
         cin, s = (in_ch, stride) if i == 0 else (out_ch, 1)
         down = None
         if s != 1 or cin != out_ch:
-            down = nn.Sequential(nn.Conv2d(cin, out_ch, 1, stride=s, bias=False), group_norm(out_ch))
-        layers.append(block_cls(cin, planes, stride=s, downsample=down, norm_layer=group_norm))
+            down = nn.Sequential(
+                nn.Conv2d(cin, out_ch, 1, stride=s, bias=False), group_norm(out_ch)
+            )
+        layers.append(
+            block_cls(cin, planes, stride=s, downsample=down, norm_layer=group_norm)
+        )
     return nn.Sequential(*layers)
 
 
 def make_head(channels: int, num_classes: int) -> nn.Sequential:
     """Output layer: global average pooling and a linear classifier."""
-    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
+    return nn.Sequential(
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes)
+    )
 
 
 def count_params(module: nn.Module) -> int:
@@ -195,10 +226,16 @@ class Architecture:
 
     def __post_init__(self) -> None:
         if len(self.choices) != self.space.num_pools:
-            raise ValueError(f"architecture has {len(self.choices)} choices, the space has {self.space.num_pools} pools")
+            raise ValueError(
+                f"architecture has {len(self.choices)} choices, the space has "
+                f"{self.space.num_pools} pools"
+            )
         for c in self.choices:
             if c not in self.space.candidates:
-                raise ValueError(f"choice {c!r} is not a candidate; allowed: {', '.join(self.space.candidates)}")
+                raise ValueError(
+                    f"choice {c!r} is not a candidate; allowed: "
+                    f"{', '.join(self.space.candidates)}"
+                )
 
     @classmethod
     def from_indices(cls, space: SearchSpace, indices: list[int]) -> Architecture:
@@ -213,7 +250,8 @@ class Architecture:
 
 
 def baseline_architecture(space: SearchSpace) -> Architecture:
-    """The baseline network: the BasicBlock family at its largest depth in every pool."""
+    """The baseline network: the BasicBlock family at its largest depth in every
+    pool."""
     basic = [c for c in space.candidates if parse_candidate(c)[0] == "basic"]
     pool = basic or list(space.candidates)
     best = max(pool, key=lambda c: parse_candidate(c)[1])
@@ -221,22 +259,31 @@ def baseline_architecture(space: SearchSpace) -> Architecture:
 
 
 class SuperNet(nn.Module):
-    """Shared weights (ENAS): a stem, every candidate stage of every pool, and one output layer
-    per candidate of the last pool (a stand-alone network's output layer follows its last stage)."""
+    """Shared weights (ENAS): a stem, every candidate stage of every pool, and one
+    output layer
+    per candidate of the last pool (a stand-alone network's output layer follows its
+    last stage)."""
 
     def __init__(self, space: SearchSpace) -> None:
         super().__init__()
         self.space = space
         self.stem = make_stem(space)
         self.pools = nn.ModuleList(
-            nn.ModuleList(make_stage(space, p, c) for c in space.candidates) for p in range(space.num_pools)
+            nn.ModuleList(make_stage(space, p, c) for c in space.candidates)
+            for p in range(space.num_pools)
         )
-        # one output layer per candidate of the last pool: the candidates' features are unrelated
-        self.heads = nn.ModuleList(make_head(space.widths[-1], space.num_classes) for _ in space.candidates)
+        # one output layer per candidate of the last pool: the candidates' features are
+        # unrelated
+        self.heads = nn.ModuleList(
+            make_head(space.widths[-1], space.num_classes) for _ in space.candidates
+        )
 
     def forward(self, x: torch.Tensor, indices: list[int]) -> torch.Tensor:
         if len(indices) != self.space.num_pools:
-            raise ValueError(f"indices={indices} must pick one candidate in each of {self.space.num_pools} pools")
+            raise ValueError(
+                f"indices={indices} must pick one candidate in each of "
+                f"{self.space.num_pools} pools"
+            )
         x = self.stem(x)
         for stage in self._stages(indices):
             x = stage(x)
@@ -244,7 +291,10 @@ class SuperNet(nn.Module):
 
     def _stages(self, indices: list[int]) -> list[nn.Module]:
         """The candidate ``indices`` picks in each pool, in order."""
-        return [cast(nn.ModuleList, pool)[i] for pool, i in zip(self.pools, indices, strict=True)]
+        return [
+            cast(nn.ModuleList, pool)[i]
+            for pool, i in zip(self.pools, indices, strict=True)
+        ]
 
     def path_params(self, indices: list[int]) -> int:
         """Parameters of the stand-alone network picked by ``indices``."""

@@ -1,8 +1,10 @@
-"""Small models for the spine: an MLP for 8x8 digits and the LeNet-style CNN for 28x28 images.
+"""Small models for the spine: an MLP for 8x8 digits and the LeNet-style CNN for 28x28
+images.
 
-LeNet-style CNN (LeCun et al., 1998, as used by niid_bench / Li et al. 2022, "Federated learning
-on non-IID data silos: an experimental study"): conv(6, k5) - ReLU - maxpool(2) - conv(16, k5) -
-ReLU - maxpool(2) - fc(120) - ReLU - fc(84) - ReLU - fc(classes).
+LeNet-style CNN (LeCun et al., 1998, as used by niid_bench / Li et al. 2022, "Federated
+learning on non-IID data silos: an experimental study"): conv(6, k5) - ReLU -
+maxpool(2) - conv(16, k5) - ReLU - maxpool(2) - fc(120) - ReLU - fc(84) - ReLU -
+fc(classes).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ class MLP(nn.Module):
         super().__init__()
         if in_features < 1 or num_classes < 2 or hidden < 1:
             raise ValueError(
-                f"MLP needs in_features>=1, num_classes>=2, hidden>=1; got {in_features}, {num_classes}, {hidden}"
+                "MLP needs in_features>=1, num_classes>=2, hidden>=1; got "
+                f"{in_features}, {num_classes}, {hidden}"
             )
         self.net = nn.Sequential(
             nn.Flatten(),
@@ -38,12 +41,17 @@ class MLP(nn.Module):
 
 
 class LeNet(nn.Module):
-    """LeNet-style CNN: two conv layers (6 and 16 channels, kernel 5), three linear layers."""
+    """LeNet-style CNN: two conv layers (6 and 16 channels, kernel 5), three linear
+    layers."""
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28) -> None:
+    def __init__(
+        self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28
+    ) -> None:
         super().__init__()
         if image_size < 16:
-            raise ValueError(f"LeNet needs image_size >= 16, got {image_size} (use model=mlp)")
+            raise ValueError(
+                f"LeNet needs image_size >= 16, got {image_size} (use model=mlp)"
+            )
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, 6, 5),
             nn.ReLU(),
@@ -67,8 +75,10 @@ class LeNet(nn.Module):
 
 
 class BatchNormCNN(nn.Module):
-    """A small CNN with BatchNorm: conv 16 - BN - ReLU - pool - conv 32 - BN - ReLU - global pool
-    - linear. Its BatchNorm buffers include the 0-d int64 ``num_batches_tracked`` that every
+    """A small CNN with BatchNorm: conv 16 - BN - ReLU - pool - conv 32 - BN - ReLU -
+    global pool
+    - linear. Its BatchNorm buffers include the 0-d int64 ``num_batches_tracked`` that
+      every
     BatchNorm model carries (any input size >= 2x2)."""
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10) -> None:
@@ -90,7 +100,11 @@ class BatchNormCNN(nn.Module):
 
 
 def build_model(
-    name: str, input_shape: tuple[int, ...], num_classes: int, hidden: int = 64, seed: int | None = None
+    name: str,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    hidden: int = 64,
+    seed: int | None = None,
 ) -> nn.Module:
     """Build a model by name for inputs of ``input_shape`` (C, H, W).
 
@@ -98,7 +112,9 @@ def build_model(
     With ``seed``, the initial weights are reproducible.
     """
     if name not in MODELS:
-        raise ValueError(f"model.name={name!r} is unknown; allowed: {', '.join(MODELS)}")
+        raise ValueError(
+            f"model.name={name!r} is unknown; allowed: {', '.join(MODELS)}"
+        )
     if len(input_shape) != 3:
         raise ValueError(f"input_shape={input_shape} must be (C, H, W)")
     if name == "auto":

@@ -1,4 +1,5 @@
-"""bouquet.strategies: Flower Message-API strategies and strategy wrappers (no torch)."""
+"""bouquet.strategies: Flower Message-API strategies and strategy wrappers (no
+torch)."""
 
 from bouquet.strategies.async_fedavg import AsyncFedAvg
 from bouquet.strategies.compressed import Compressed

@@ -1,11 +1,13 @@
-"""Weighted sums of decoded updates written straight into the bytes of a dense Flower ``Array``.
+"""Weighted sums of decoded updates written straight into the bytes of a dense Flower
+``Array``.
 
-:class:`Accumulator` builds ``w + sum_i c_i u_i`` for one tensor directly in the ``bytes`` that
-become the aggregate's ``Array.data`` (:func:`bouquet.codecs.npy.npy_bytes`): no model-sized
-buffer besides the output, no copy at the end. Big sparse updates are staged and added in one
-tiled pass that also copies ``w`` (:class:`bouquet.codecs.kernels.SparseSum`). Flower's dtype
-rule applies (floats keep their dtype, the rest becomes float64; float16 is summed in float32
-and converted at the end).
+:class:`Accumulator` builds ``w + sum_i c_i u_i`` for one tensor directly in the
+``bytes`` that become the aggregate's ``Array.data``
+(:func:`bouquet.codecs.npy.npy_bytes`): no model-sized buffer besides the output, no
+copy at the end. Big sparse updates are staged and added in one tiled pass that also
+copies ``w`` (:class:`bouquet.codecs.kernels.SparseSum`). Flower's dtype rule applies
+(floats keep their dtype, the rest becomes float64; float16 is summed in float32 and
+converted at the end).
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from bouquet.strategies.decoding import DENSE_STYPE, aggregate_dtype, dense_view
 
 
 class Accumulator:
-    """``ref + sum(weight * update)`` for one tensor, returned as a dense ``Array`` of ``dtype``
+    """``ref + sum(weight * update)`` for one tensor, returned as a dense ``Array`` of
+    ``dtype``
     (default: Flower's aggregate dtype of ``ref``).
 
-    The sum is made in the output bytes themselves when the tensor's aggregate dtype is at least
-    4 bytes wide (else in a float32 buffer converted at the end). Additions land in the order
-    they are made, so the result is bit-identical to adding update after update with numpy.
+    The sum is made in the output bytes themselves when the tensor's aggregate dtype is
+    at least 4 bytes wide (else in a float32 buffer converted at the end). Additions
+    land in the order they are made, so the result is bit-identical to adding update
+    after update with numpy.
     """
 
     def __init__(self, ref: np.ndarray, dtype: np.dtype | None = None) -> None:
@@ -33,7 +37,9 @@ class Accumulator:
         self.dtype = aggregate_dtype(ref) if dtype is None else np.dtype(dtype)
         self.work = self.dtype if self.dtype.itemsize >= 4 else np.dtype(np.float32)
         self._ref = ref.reshape(-1)
-        self._data: bytes | None = None  # the output bytes, when the sum is made in them
+        self._data: bytes | None = (
+            None  # the output bytes, when the sum is made in them
+        )
         self._acc: np.ndarray | None = None  # flat sum so far (allocated on first need)
         self._staged = SparseSum.create(self._ref.size, self.work)
 
@@ -42,7 +48,9 @@ class Accumulator:
         if staged is not None and dec.indices is not None:
             if staged.take(dec.indices, dec.values, dec.factor(weight)):
                 return
-            if staged.pending:  # the stage is full: apply it and stage this update afresh
+            if (
+                staged.pending
+            ):  # the stage is full: apply it and stage this update afresh
                 self._apply_staged()
                 if staged.take(dec.indices, dec.values, dec.factor(weight)):
                     return
@@ -79,13 +87,22 @@ class Accumulator:
         acc, data = self._sum(), self._data
         self._acc = self._data = self._staged = None
         if data is None:
-            body = memoryview(np.ascontiguousarray(acc.astype(self.dtype, copy=False))).cast("B")  # type: ignore[arg-type]
-            data = b"".join((npy_header(self.dtype, self.shape), body))  # one copy into the reply bytes
-        return Array(dtype=str(self.dtype), shape=self.shape, stype=DENSE_STYPE, data=data)
+            body = memoryview(
+                np.ascontiguousarray(acc.astype(self.dtype, copy=False))
+            ).cast("B")  # type: ignore[arg-type]
+            data = b"".join(
+                (npy_header(self.dtype, self.shape), body)
+            )  # one copy into the reply bytes
+        return Array(
+            dtype=str(self.dtype), shape=self.shape, stype=DENSE_STYPE, data=data
+        )
 
 
-def npy_array(ref: np.ndarray, adds: list[tuple[Decoded, float]], dtype: np.dtype | None = None) -> Array:
-    """``ref + sum(weight * update)`` as a dense ``Array`` (see :class:`Accumulator`)."""
+def npy_array(
+    ref: np.ndarray, adds: list[tuple[Decoded, float]], dtype: np.dtype | None = None
+) -> Array:
+    """``ref + sum(weight * update)`` as a dense ``Array`` (see
+    :class:`Accumulator`)."""
     acc = Accumulator(ref, dtype)
     for dec, weight in adds:
         acc.add(dec, weight)
@@ -94,4 +111,8 @@ def npy_array(ref: np.ndarray, adds: list[tuple[Decoded, float]], dtype: np.dtyp
 
 def finite_npy(arr: Array) -> bool:
     view = dense_view(arr)
-    return view.dtype.kind != "f" or bool(np.isfinite(view.sum())) or bool(np.all(np.isfinite(view)))
+    return (
+        view.dtype.kind != "f"
+        or bool(np.isfinite(view.sum()))
+        or bool(np.all(np.isfinite(view)))
+    )

@@ -1,72 +1,83 @@
-"""Asynchronous federated averaging with staleness-aware mixing (FedAsync / FedBuff / S4).
+"""Asynchronous federated averaging with staleness-aware mixing (FedAsync / FedBuff /
+S4).
 
 :class:`AsyncFedAvg` owns its ``start()`` loop on ``grid.push_messages`` /
-``grid.pull_messages``: every available node always has one train message in flight; each reply
-is applied as soon as it arrives, and the node at once gets the current model again. Every train
-message carries the global model version :math:`v_c` in its ConfigRecord
-(``model-version``); a reply applied at version :math:`v` has staleness :math:`\\tau = v - v_c`.
-The server remembers the version it sent with each message id (authoritative; a client cannot
-make its update look fresher), and a reply that echoes a different version is rejected.
+``grid.pull_messages``: every available node always has one train message in flight;
+each reply is applied as soon as it arrives, and the node at once gets the current model
+again. Every train message carries the global model version :math:`v_c` in its
+ConfigRecord (``model-version``); a reply applied at version :math:`v` has staleness
+:math:`\\tau = v - v_c`. The server remembers the version it sent with each message id
+(authoritative; a client cannot make its update look fresher), and a reply that echoes a
+different version is rejected.
 
-Update rules (:math:`x` the global model, :math:`y` the client's returned model trained from
-:math:`x_{v_c}`, :math:`\\Delta = y - x_{v_c}` its update, :math:`s(\\tau)` the policy's scale,
-see :mod:`bouquet.strategies.staleness`):
+Update rules (:math:`x` the global model, :math:`y` the client's returned model trained
+from :math:`x_{v_c}`, :math:`\\Delta = y - x_{v_c}` its update, :math:`s(\\tau)` the
+policy's scale, see :mod:`bouquet.strategies.staleness`):
 
-* mixing policies (constant, polynomial, hinge, sliding_window; FedAsync, Xie et al. 2019):
+* mixing policies (constant, polynomial, hinge, sliding_window; FedAsync, Xie et al.
+  2019):
 
   .. math:: x \\leftarrow (1 - \\alpha s(\\tau))\\, x + \\alpha s(\\tau)\\, y
       \\qquad (v \\leftarrow v + 1 \\text{ per update})
 
 * buffered policy (FedBuff, Nguyen et al. 2022), after :math:`K` accepted updates:
 
-  .. math:: x \\leftarrow x + \\eta_g \\frac{1}{K} \\sum_{i=1}^{K} s(\\tau_i)\\, \\Delta_i
+  .. math:: x \\leftarrow x + \\eta_g \\frac{1}{K} \\sum_{i=1}^{K} s(\\tau_i)\\,
+  \\Delta_i
       \\qquad (v \\leftarrow v + 1 \\text{ per buffer})
 
 Where the sliding window lives (``policy="sliding_window"``; formulas in
-:mod:`bouquet.strategies.staleness`): with ``window_side="learner"`` (default) every train
-message also carries ``applied-updates`` :math:`k` (how many of that node's updates were applied)
-and ``prev-staleness`` :math:`\\tau_k` (the staleness of the last one); the node keeps its window
-in ``context.state``, scales its local learning rate by its :math:`s` and reports it
-(``lr-scale``; :func:`bouquet.clients.staleness_window_mod`), echoing the values it was sent. The
-server uses the reported :math:`s` in place of :math:`s(\\tau)`: ``learner_rate="both"`` (the
-learner trained with :math:`s \\eta` *and* the server mixes with :math:`\\alpha s`), ``"local"``
-(only the local rate; the server mixes with :math:`\\alpha`) or ``"server"`` (the learner trains
-with :math:`\\eta`, the server mixes with :math:`\\alpha s`). A reported :math:`s` that is
-missing, not a finite number or outside :math:`[0, s_{max}]` is not used: the server's rule is
-(counted as ``lr_scale_fallbacks``). A reply whose echo differs from what its message carried is
-rejected. With ``window_side="server"`` the server keeps the window(s); other policies ignore
-``window_side``.
+:mod:`bouquet.strategies.staleness`): with ``window_side="learner"`` (default) every
+train message also carries ``applied-updates`` :math:`k` (how many of that node's
+updates were applied) and ``prev-staleness`` :math:`\\tau_k` (the staleness of the last
+one); the node keeps its window in ``context.state``, scales its local learning rate by
+its :math:`s` and reports it (``lr-scale``;
+:func:`bouquet.clients.staleness_window_mod`), echoing the values it was sent. The
+server uses the reported :math:`s` in place of :math:`s(\\tau)`: ``learner_rate="both"``
+(the learner trained with :math:`s \\eta` *and* the server mixes with
+:math:`\\alpha s`), ``"local"`` (only the local rate; the server mixes with
+:math:`\\alpha`) or ``"server"`` (the learner trains with :math:`\\eta`, the server
+mixes with :math:`\\alpha s`). A reported :math:`s` that is missing, not a finite number
+or outside :math:`[0, s_{max}]` is not used: the server's rule is (counted as
+``lr_scale_fallbacks``). A reply whose echo differs from what its message carried is
+rejected. With ``window_side="server"`` the server keeps the window(s); other policies
+ignore ``window_side``.
 
-Compressed replies (arrays whose ``stype`` is not a dense numpy array) are decoded into the
-update :math:`\\Delta` by the ``decoder`` callable (``decoder(record, reference) -> {name:
-delta}``, e.g. bouquet's codecs), so :math:`y = x_{v_c} + \\Delta`. To have :math:`x_{v_c}`, the
-server keeps a snapshot of every version that still has a message in flight.
+Compressed replies (arrays whose ``stype`` is not a dense numpy array) are decoded into
+the update :math:`\\Delta` by the ``decoder`` callable (``decoder(record, reference) ->
+{name: delta}``, e.g. bouquet's codecs), so :math:`y = x_{v_c} + \\Delta`. To have
+:math:`x_{v_c}`, the server keeps a snapshot of every version that still has a message
+in flight.
 
-Bad input never reaches the model: error replies, malformed or non-finite arrays, undecodable
-payloads and updates beyond ``max_staleness`` are dropped (logged, counted as failed) and the
-node is re-dispatched; a node that does not answer within ``reply_timeout_s`` is abandoned for
-that message and re-dispatched; after ``max_node_failures`` consecutive failures it is no longer
-used. The grid is asked for its nodes only when a node may be idle (at the start, after a
-reply or a timeout), so a node that joins later gets work at the next reply. The run stops after ``max_updates`` accepted updates (default ``num_rounds`` x nodes, the
-work of the synchronous run), after ``max_wall_s`` seconds, or when the evaluation metric has
-not improved by ``plateau_min_delta`` over the last ``plateau_window`` evaluations (default
+Bad input never reaches the model: error replies, malformed or non-finite arrays,
+undecodable payloads and updates beyond ``max_staleness`` are dropped (logged, counted
+as failed) and the node is re-dispatched; a node that does not answer within
+``reply_timeout_s`` is abandoned for that message and re-dispatched; after
+``max_node_failures`` consecutive failures it is no longer used. The grid is asked for
+its nodes only when a node may be idle (at the start, after a reply or a timeout), so a
+node that joins later gets work at the next reply. The run stops after ``max_updates``
+accepted updates (default ``num_rounds`` x nodes, the work of the synchronous run),
+after ``max_wall_s`` seconds, or when the evaluation metric has not improved by
+``plateau_min_delta`` over the last ``plateau_window`` evaluations (default
 :math:`\\max(5, \\lceil 5 N / E \\rceil)` for :math:`N` nodes evaluated every :math:`E`
-updates, see :func:`~bouquet.strategies.async_rules.plateau_evaluations`; the update budget caps
-the run either way).
+updates, see :func:`~bouquet.strategies.async_rules.plateau_evaluations`; the update
+budget caps the run either way).
 
-Checkpoints and resume (:meth:`AsyncFedAvg.bind_checkpoint`, :meth:`AsyncFedAvg.state_dict`,
-:meth:`AsyncFedAvg.load_state_dict`): a bound ``save(updates, arrays)`` is called every ``every``
-applied updates (after that update's evaluation line) and when the run stops; a loaded state makes
-the next :meth:`AsyncFedAvg.start` continue that run (version, counters, windows, budgets; what is
-kept and what is not: :mod:`bouquet.strategies.async_state` and ``docs/async.md``).
+Checkpoints and resume (:meth:`AsyncFedAvg.bind_checkpoint`,
+:meth:`AsyncFedAvg.state_dict`, :meth:`AsyncFedAvg.load_state_dict`): a bound
+``save(updates, arrays)`` is called every ``every`` applied updates (after that update's
+evaluation line) and when the run stops; a loaded state makes the next
+:meth:`AsyncFedAvg.start` continue that run (version, counters, windows, budgets; what
+is kept and what is not: :mod:`bouquet.strategies.async_state` and ``docs/async.md``).
 
-Layout: this module holds the strategy (the Strategy API, checkpoints, the ``start()`` loop with
-its evaluations and stop conditions); its settings are a frozen
-:class:`~bouquet.strategies.async_rules.AsyncSettings` (``strategy.settings``; ``strategy.alpha``
-and the others read it), the loop's per-node steps a collaborator
+Layout: this module holds the strategy (the Strategy API, checkpoints, the ``start()``
+loop with its evaluations and stop conditions); its settings are a frozen
+:class:`~bouquet.strategies.async_rules.AsyncSettings` (``strategy.settings``;
+``strategy.alpha`` and the others read it), the loop's per-node steps a collaborator
 :class:`~bouquet.strategies.async_nodes.NodeSteps` built for each run, its bookkeeping
 :class:`~bouquet.strategies.async_state.AsyncState`, the messages and reply checks
-:mod:`~bouquet.strategies.async_messages`, and the pure rules :mod:`~bouquet.strategies.async_rules`.
+:mod:`~bouquet.strategies.async_messages`, and the pure rules
+:mod:`~bouquet.strategies.async_rules`.
 """
 
 from __future__ import annotations
@@ -105,25 +116,27 @@ class AsyncFedAvg(Strategy):
     """Asynchronous FedAvg with a staleness policy (see the module docstring).
 
     The keyword arguments but the policy's and ``decoder`` make its frozen ``settings``
-    (:class:`~bouquet.strategies.async_rules.AsyncSettings`), shown as read-only attributes.
+    (:class:`~bouquet.strategies.async_rules.AsyncSettings`), shown as read-only
+    attributes.
 
     Parameters
     ----------
     policy : str or StalenessPolicy
         ``constant | polynomial | hinge | fedbuff | sliding_window`` (built by
-        :func:`~bouquet.strategies.staleness.make_policy` from the policy keyword arguments
-        below) or a ready policy object.
+        :func:`~bouquet.strategies.staleness.make_policy` from the policy keyword
+        arguments below) or a ready policy object.
     alpha : float
         Mixing rate of the mixing policies, in (0, 1].
-    exponent, hinge_a, hinge_b, buffer_size, server_lr, window, context, max_scale, per_node,
-    max_staleness :
+    exponent, hinge_a, hinge_b, buffer_size, server_lr, window, context, max_scale,
+    per_node, max_staleness :
         Policy settings (see :mod:`bouquet.strategies.staleness`).
     window_side : str
-        ``learner`` (each node keeps its window and reports its scale) or ``server`` (the server
-        keeps the window); only the sliding window has one (see the module docstring).
+        ``learner`` (each node keeps its window and reports its scale) or ``server``
+        (the server keeps the window); only the sliding window has one (see the module
+        docstring).
     learner_rate : str
-        With the learner-side window: ``both`` (local rate and server mixing scaled), ``local``
-        (only the local rate) or ``server`` (only the server mixing).
+        With the learner-side window: ``both`` (local rate and server mixing scaled),
+        ``local`` (only the local rate) or ``server`` (only the server mixing).
     max_updates : int, optional
         Budget of accepted client updates (``None``: ``num_rounds`` x number of nodes).
     max_wall_s : float, optional
@@ -131,13 +144,16 @@ class AsyncFedAvg(Strategy):
     eval_every : int
         Evaluate (``evaluate_fn`` / run recorder) every this many accepted updates.
     plateau_window, plateau_min_delta, plateau_metric, plateau_mode :
-        Stop when the best ``plateau_metric`` of the last ``plateau_window`` evaluations is not
-        better than the best before by ``plateau_min_delta`` (``plateau_window=0``: never;
-        ``None``: at least 5 evaluations and 5 updates per node, see the module docstring).
+        Stop when the best ``plateau_metric`` of the last ``plateau_window`` evaluations
+        is not better than the best before by ``plateau_min_delta``
+        (``plateau_window=0``: never; ``None``: at least 5 evaluations and 5 updates per
+        node, see the module docstring).
     reply_timeout_s : float, optional
-        Abandon a message after this many seconds (``None``: the ``timeout`` of ``start``).
+        Abandon a message after this many seconds (``None``: the ``timeout`` of
+        ``start``).
     max_node_failures : int
-        Consecutive failures (errors, timeouts, rejected replies) after which a node is unused.
+        Consecutive failures (errors, timeouts, rejected replies) after which a node is
+        unused.
     poll_interval_s : float
         Sleep between polls when no reply arrived.
     decoder : callable, optional
@@ -175,79 +191,155 @@ class AsyncFedAvg(Strategy):
         decoder: Decoder | None = None,
     ) -> None:
         self.settings = AsyncSettings(
-            alpha=alpha, window_side=window_side, learner_rate=learner_rate, max_updates=max_updates,
-            max_wall_s=max_wall_s, eval_every=eval_every, plateau_window=plateau_window,
-            plateau_min_delta=plateau_min_delta, plateau_metric=plateau_metric, plateau_mode=plateau_mode,
-            reply_timeout_s=reply_timeout_s, max_node_failures=max_node_failures, poll_interval_s=poll_interval_s,
-        )  # fmt: skip
+            alpha=alpha,
+            window_side=window_side,
+            learner_rate=learner_rate,
+            max_updates=max_updates,
+            max_wall_s=max_wall_s,
+            eval_every=eval_every,
+            plateau_window=plateau_window,
+            plateau_min_delta=plateau_min_delta,
+            plateau_metric=plateau_metric,
+            plateau_mode=plateau_mode,
+            reply_timeout_s=reply_timeout_s,
+            max_node_failures=max_node_failures,
+            poll_interval_s=poll_interval_s,
+        )
         if isinstance(policy, StalenessPolicy):
             self.policy = policy
         else:
             self.policy = make_policy(
-                policy, exponent=exponent, hinge_a=hinge_a, hinge_b=hinge_b, buffer_size=buffer_size,
-                server_lr=server_lr, window=window, context=context, max_scale=max_scale,
-                per_node=per_node, max_staleness=max_staleness,
-            )  # fmt: skip
-        # the learner-side window acts only for the sliding window (other policies have none)
-        self.learner_side = window_side == "learner" and self.policy.name == "sliding_window"
+                policy,
+                exponent=exponent,
+                hinge_a=hinge_a,
+                hinge_b=hinge_b,
+                buffer_size=buffer_size,
+                server_lr=server_lr,
+                window=window,
+                context=context,
+                max_scale=max_scale,
+                per_node=per_node,
+                max_staleness=max_staleness,
+            )
+        # the learner-side window acts only for the sliding window (other policies have
+        # none)
+        self.learner_side = (
+            window_side == "learner" and self.policy.name == "sliding_window"
+        )
         self.max_scale = float(getattr(self.policy, "max_scale", max_scale))
-        self.decoder = decoder  # an attribute of its own: bouquet-sim sets it when the clients compress
+        # an attribute of its own: bouquet-sim sets it when the clients compress
+        self.decoder = decoder
         self.recorder: Any = None
         self.state = AsyncState()
-        self._steps = self._node_steps()  # built again for each run (start() starts a new state)
+        self._steps = (
+            self._node_steps()
+        )  # built again for each run (start() starts a new state)
         self.checkpoint: Callable[[int, dict[str, Any]], None] | None = None
         self.checkpoint_every = 0
-        self._resume: dict[str, Any] | None = None  # set by load_state_dict, used by the next start()
+        self._resume: dict[str, Any] | None = (
+            None  # set by load_state_dict, used by the next start()
+        )
 
     def _node_steps(self) -> NodeSteps:
         """The per-node steps of a run on ``self.state`` (with the decoder set now)."""
-        return NodeSteps(self.settings, self.policy, self.state, learner_side=self.learner_side, max_scale=self.max_scale,
-                         decoder=self.decoder)
+        return NodeSteps(
+            self.settings,
+            self.policy,
+            self.state,
+            learner_side=self.learner_side,
+            max_scale=self.max_scale,
+            decoder=self.decoder,
+        )
 
     # ------------------------------------------------------------ Strategy API
     def summary(self) -> None:
         s = self.settings
-        side = f", window on the learners (learner_rate={s.learner_rate})" if self.learner_side else ""
-        log(logging.INFO, "\t├──> AsyncFedAvg: %s%s, alpha=%s, eval every %d updates", self.policy.describe(), side, s.alpha, s.eval_every)
+        side = (
+            f", window on the learners (learner_rate={s.learner_rate})"
+            if self.learner_side
+            else ""
+        )
+        log(
+            logging.INFO,
+            "\t├──> AsyncFedAvg: %s%s, alpha=%s, eval every %d updates",
+            self.policy.describe(),
+            side,
+            s.alpha,
+            s.eval_every,
+        )
 
     def bind_recorder(self, recorder: Any) -> Strategy:
         """Record one ``metrics.jsonl`` line per evaluation through the run recorder.
 
-        Returns the strategy whose ``start()`` drives the run (this one: an asynchronous loop
-        does its own reply validation and decoding, so synchronous wrappers do not apply).
+        Returns the strategy whose ``start()`` drives the run (this one: an asynchronous
+        loop does its own reply validation and decoding, so synchronous wrappers do not
+        apply).
         """
         self.recorder = recorder
         return self
 
-    def bind_checkpoint(self, save: Callable[[int, dict[str, Any]], None] | None, every: int) -> AsyncFedAvg:
-        """Call ``save(updates, arrays)`` every ``every`` applied updates and at the end (0: never)."""
+    def bind_checkpoint(
+        self, save: Callable[[int, dict[str, Any]], None] | None, every: int
+    ) -> AsyncFedAvg:
+        """Call ``save(updates, arrays)`` every ``every`` applied updates and at the end
+        (0: never)."""
         if isinstance(every, bool) or not isinstance(every, int) or every < 0:
-            raise ValueError(f"checkpoint every={every!r} must be an integer >= 0 (applied updates; 0: off)")
+            raise ValueError(
+                f"checkpoint every={every!r} must be an integer >= 0 (applied "
+                "updates; 0: off)"
+            )
         self.checkpoint, self.checkpoint_every = save, every
         return self
 
     def state_dict(self) -> dict[str, Any]:
-        """The run's state without the model, as plain data (see the module docstring)."""
-        return {"run": self.state.state_dict(), "policy": {"name": self.policy.name, **self.policy.state_dict()}}
+        """The run's state without the model, as plain data (see the module
+        docstring)."""
+        return {
+            "run": self.state.state_dict(),
+            "policy": {"name": self.policy.name, **self.policy.state_dict()},
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue the run of :meth:`state_dict` at the next :meth:`start` (see the module docstring)."""
+        """Continue the run of :meth:`state_dict` at the next :meth:`start` (see the
+        module docstring)."""
         run, policy = split_state(state, self.policy.name)
         self.policy.load_state_dict(policy)
         self._resume = run
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        """One train message (model version ``server_round``) for every node of ``grid``."""
-        return [train_message(node, arrays, server_round, config, 1, self.state.flight(node, server_round, self.learner_side)) for node in grid.get_node_ids()]
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """One train message (model version ``server_round``) for every node of
+        ``grid``."""
+        return [
+            train_message(
+                node,
+                arrays,
+                server_round,
+                config,
+                1,
+                self.state.flight(node, server_round, self.learner_side),
+            )
+            for node in grid.get_node_ids()
+        ]
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Not used: :meth:`start` applies every reply as it arrives (no synchronous rounds)."""
-        raise NotImplementedError("AsyncFedAvg applies replies in start(); it has no synchronous aggregation")
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Not used: :meth:`start` applies every reply as it arrives (no synchronous
+        rounds)."""
+        raise NotImplementedError(
+            "AsyncFedAvg applies replies in start(); it has no synchronous aggregation"
+        )
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         return []  # evaluation is server-side (evaluate_fn)
 
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
         return None
 
     def round_report(self) -> dict[str, Any]:
@@ -265,7 +357,8 @@ class AsyncFedAvg(Strategy):
         evaluate_config: ConfigRecord | None = None,
         evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
     ) -> Result:
-        """Run asynchronous training on ``grid`` until a stop condition holds (or continue the
+        """Run asynchronous training on ``grid`` until a stop condition holds (or
+        continue the
         run loaded by :meth:`load_state_dict`, ``initial_arrays`` being its model)."""
         resume, self._resume = self._resume, None
         st = self.state = AsyncState()
@@ -283,18 +376,31 @@ class AsyncFedAvg(Strategy):
             st.nodes = len(nodes)
         st.budget = settings.max_updates or int(num_rounds) * max(1, st.nodes)
         if self.recorder is not None and hasattr(self.recorder, "total_steps"):
-            self.recorder.total_steps = st.budget  # the progress line's ETA counts applied updates
-        st.plateau_window = plateau_evaluations(settings.plateau_window, st.nodes, settings.eval_every)
+            self.recorder.total_steps = (
+                st.budget
+            )  # the progress line's ETA counts applied updates
+        st.plateau_window = plateau_evaluations(
+            settings.plateau_window, st.nodes, settings.eval_every
+        )
         self.summary()
-        log(logging.INFO, "async: %d nodes, budget %d updates, reply timeout %.0f s, plateau after %d evaluations",
-            len(nodes), st.budget, reply_timeout, st.plateau_window)  # fmt: skip
+        log(
+            logging.INFO,
+            "async: %d nodes, budget %d updates, reply timeout %.0f s, plateau after "
+            "%d evaluations",
+            len(nodes),
+            st.budget,
+            reply_timeout,
+            st.plateau_window,
+        )
         result = Result()
         if resume is None:
             self._evaluate(evaluate_fn, result)
         else:
             self._log_resume(nodes)
             st.stop_reason = self._stop_reason()
-        idle = True  # some node may be idle: ask the grid for nodes only then (an RPC on a SuperLink)
+        # some node may be idle: ask the grid for nodes only then (an RPC on a
+        # SuperLink)
+        idle = True
         while st.stop_reason is None:
             if idle:
                 steps.dispatch(grid, config)
@@ -303,10 +409,15 @@ class AsyncFedAvg(Strategy):
                 break
             replies = list(grid.pull_messages(list(st.inflight)))
             idle = bool(replies)
-            for reply in sorted(replies, key=lambda m: m.metadata.created_at):  # arrival order
+            for reply in sorted(
+                replies, key=lambda m: m.metadata.created_at
+            ):  # arrival order
                 steps.handle(reply)
                 st.stop_reason = self._stop_reason()
-                if st.stop_reason is None and st.updates_since_eval >= settings.eval_every:
+                if (
+                    st.stop_reason is None
+                    and st.updates_since_eval >= settings.eval_every
+                ):
                     self._evaluate(evaluate_fn, result)  # may find a plateau
                 if st.stop_reason:
                     break
@@ -316,54 +427,105 @@ class AsyncFedAvg(Strategy):
                 idle = steps.expire(grid, reply_timeout) or idle
                 if not replies:
                     time.sleep(settings.poll_interval_s)
-        log(logging.INFO, "async: stopped after %d updates (version %d): %s", st.updates, st.version, st.stop_reason)
+        log(
+            logging.INFO,
+            "async: stopped after %d updates (version %d): %s",
+            st.updates,
+            st.version,
+            st.stop_reason,
+        )
         if st.updates_since_eval:
-            self._evaluate(evaluate_fn, result)  # the final line carries the stop reason
+            self._evaluate(
+                evaluate_fn, result
+            )  # the final line carries the stop reason
         self._checkpoint(final=True)
         result.arrays = st.record()
         return result
 
     def _checkpoint(self, final: bool) -> None:
-        """Save through the bound callable every ``checkpoint_every`` applied updates (and at the end)."""
+        """Save through the bound callable every ``checkpoint_every`` applied updates
+        (and at the end)."""
         st = self.state
-        if self.checkpoint is None or self.checkpoint_every <= 0 or st.updates == st.checkpointed:
+        if (
+            self.checkpoint is None
+            or self.checkpoint_every <= 0
+            or st.updates == st.checkpointed
+        ):
             return
         if not final and st.updates % self.checkpoint_every:
             return
         previous, st.checkpointed = st.checkpointed, st.updates
         try:
             self.checkpoint(st.updates, st.arrays)
-        except OSError as exc:  # the previous checkpoint stays valid (written atomically): go on
+        except (
+            OSError
+        ) as exc:  # the previous checkpoint stays valid (written atomically): go on
             st.checkpointed = previous
-            log(logging.WARNING, "async: checkpoint after %d updates skipped: %s", st.updates, exc)
+            log(
+                logging.WARNING,
+                "async: checkpoint after %d updates skipped: %s",
+                st.updates,
+                exc,
+            )
 
     def _log_resume(self, nodes: list[int]) -> None:
-        """Say where a resumed run continues, and which per-node values cannot be used."""
+        """Say where a resumed run continues, and which per-node values cannot be
+        used."""
         st = self.state
-        log(logging.INFO, "async: resuming at version %d after %d updates (%d evaluations), budget %d",
-            st.version, st.updates, len(st.history), st.budget)  # fmt: skip
+        log(
+            logging.INFO,
+            "async: resuming at version %d after %d updates (%d evaluations), budget "
+            "%d",
+            st.version,
+            st.updates,
+            len(st.history),
+            st.budget,
+        )
         gone, known = st.absent_nodes(nodes)
         if gone:
-            log(logging.WARNING, "async: %d of the %d nodes in the checkpoint are not connected (a simulation gives its nodes "
-                "new ids); their counters and windows are not used, the nodes now connected start afresh", gone, known)
+            log(
+                logging.WARNING,
+                "async: %d of the %d nodes in the checkpoint are not connected (a "
+                "simulation gives its nodes "
+                "new ids); their counters and windows are not used, the nodes now "
+                "connected start afresh",
+                gone,
+                known,
+            )
 
-    def _evaluate(self, evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None, result: Result) -> None:
+    def _evaluate(
+        self,
+        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None,
+        result: Result,
+    ) -> None:
         st = self.state
         st.updates_since_eval = 0
         record = st.record()
         metrics: dict[str, Any] = {}
         if self.recorder is not None:
-            metrics = dict(self.recorder.evaluate_arrays({k: v.copy() for k, v in st.arrays.items()}))
+            metrics = dict(
+                self.recorder.evaluate_arrays(
+                    {k: v.copy() for k, v in st.arrays.items()}
+                )
+            )
         elif evaluate_fn is not None:
             metrics = dict(evaluate_fn(st.updates, record) or {})
         if self.settings.plateau_metric in metrics:
             st.history.append(float(metrics[self.settings.plateau_metric]))
-        st.stop_reason = st.stop_reason or self._stop_reason()  # so that this line carries it
+        st.stop_reason = (
+            st.stop_reason or self._stop_reason()
+        )  # so that this line carries it
         if self.recorder is not None:
             self.recorder.record(st.updates, {**metrics}, step_key="updates")
             self.recorder.last_arrays = record
         else:
-            log(logging.INFO, "async: updates %d %s %s", st.updates, metrics, self.round_report())
+            log(
+                logging.INFO,
+                "async: updates %d %s %s",
+                st.updates,
+                metrics,
+                self.round_report(),
+            )
         if metrics:
             result.evaluate_metrics_serverapp[st.updates] = MetricRecord(
                 {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
@@ -375,6 +537,8 @@ class AsyncFedAvg(Strategy):
             return f"update budget {st.budget} reached"
         if s.max_wall_s is not None and time.monotonic() - st.t_start >= s.max_wall_s:
             return f"wall-time budget {s.max_wall_s:.0f} s reached"
-        if plateaued(st.history, st.plateau_window, s.plateau_min_delta, s.plateau_mode):
+        if plateaued(
+            st.history, st.plateau_window, s.plateau_min_delta, s.plateau_mode
+        ):
             return f"{s.plateau_metric} plateaued over {st.plateau_window} evaluations"
         return None

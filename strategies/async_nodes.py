@@ -1,14 +1,17 @@
-"""The per-node steps of the asynchronous loop (:mod:`~bouquet.strategies.async_fedavg`).
+"""The per-node steps of the asynchronous loop
+(:mod:`~bouquet.strategies.async_fedavg`).
 
-:class:`NodeSteps`, a collaborator that :class:`~bouquet.strategies.async_fedavg.AsyncFedAvg`
-holds for each run, does what the loop does for one node or one reply, with the strategy's
-:class:`~bouquet.strategies.async_rules.AsyncSettings`, its staleness policy and the run's
-:class:`~bouquet.strategies.async_state.AsyncState`: push the current model to every idle node
-(:meth:`~NodeSteps.dispatch`), abandon messages older than the reply timeout
-(:meth:`~NodeSteps.expire`), count a node's consecutive failures and stop using it after
-``max_node_failures`` (:meth:`~NodeSteps.fail`), and validate one reply and apply or buffer its
-update (:meth:`~NodeSteps.handle`) with the scale of the server's rule or the one the learner
-reported (:meth:`~NodeSteps.scale`). :func:`wait_for_nodes` waits for the grid's first node.
+:class:`NodeSteps`, a collaborator that
+:class:`~bouquet.strategies.async_fedavg.AsyncFedAvg` holds for each run, does what the
+loop does for one node or one reply, with the strategy's
+:class:`~bouquet.strategies.async_rules.AsyncSettings`, its staleness policy and the
+run's :class:`~bouquet.strategies.async_state.AsyncState`: push the current model to
+every idle node (:meth:`~NodeSteps.dispatch`), abandon messages older than the reply
+timeout (:meth:`~NodeSteps.expire`), count a node's consecutive failures and stop using
+it after ``max_node_failures`` (:meth:`~NodeSteps.fail`), and validate one reply and
+apply or buffer its update (:meth:`~NodeSteps.handle`) with the scale of the server's
+rule or the one the learner reported (:meth:`~NodeSteps.scale`). :func:`wait_for_nodes`
+waits for the grid's first node.
 """
 
 from __future__ import annotations
@@ -22,7 +25,12 @@ from flwr.app import ConfigRecord, Message
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from bouquet.strategies.async_messages import Decoder, reply_update, reported_scale, train_message
+from bouquet.strategies.async_messages import (
+    Decoder,
+    reply_update,
+    reported_scale,
+    train_message,
+)
 from bouquet.strategies.async_rules import AsyncSettings, buffered_step, mix
 from bouquet.strategies.async_state import AsyncState
 from bouquet.strategies.reports import truncate_reason
@@ -49,7 +57,8 @@ class NodeSteps:
     Parameters
     ----------
     settings : AsyncSettings
-        The strategy's settings (``alpha``, ``learner_rate``, ``max_node_failures`` act here).
+        The strategy's settings (``alpha``, ``learner_rate``, ``max_node_failures`` act
+        here).
     policy : StalenessPolicy
         The strategy's staleness policy.
     state : AsyncState
@@ -74,23 +83,45 @@ class NodeSteps:
         """Push the current model to every available node that has nothing in flight."""
         st = self.state
         busy = {f.node_id for f in st.inflight.values()}
-        idle = [n for n in grid.get_node_ids() if n not in busy and n not in st.excluded]
+        idle = [
+            n for n in grid.get_node_ids() if n not in busy and n not in st.excluded
+        ]
         if not idle:
             return
-        for node in idle:  # one push per message: a grid may drop a message it cannot store
+        for (
+            node
+        ) in idle:  # one push per message: a grid may drop a message it cannot store
             st.tasks[node] = st.tasks.get(node, 0) + 1
             flight = st.flight(node, st.version, self.learner_side)
-            ids = [m for m in grid.push_messages([train_message(node, st.record(), st.version, config, st.tasks[node], flight)]) if m]
+            ids = [
+                m
+                for m in grid.push_messages(
+                    [
+                        train_message(
+                            node,
+                            st.record(),
+                            st.version,
+                            config,
+                            st.tasks[node],
+                            flight,
+                        )
+                    ]
+                )
+                if m
+            ]
             if ids:
                 st.send(ids[0], flight)
             else:
                 self.fail(node, "push failed", count=False)
 
     def expire(self, grid: Grid, reply_timeout: float) -> bool:
-        """Abandon messages older than ``reply_timeout`` (their nodes become idle); any?"""
+        """Abandon messages older than ``reply_timeout`` (their nodes become idle);
+        any?"""
         st = self.state
         now = time.monotonic()
-        late = [mid for mid, f in st.inflight.items() if now - f.sent_at > reply_timeout]
+        late = [
+            mid for mid, f in st.inflight.items() if now - f.sent_at > reply_timeout
+        ]
         if not late:
             return False
         abandon = getattr(grid, "abandon", None)
@@ -98,20 +129,31 @@ class NodeSteps:
             abandon(late)  # MeteredGrid counts them as failed
         for mid in late:
             flight = st.receive(mid)
-            self.fail(flight.node_id, f"no reply within {reply_timeout:.1f} s", count=False)
+            self.fail(
+                flight.node_id, f"no reply within {reply_timeout:.1f} s", count=False
+            )
         return True
 
     def fail(self, node: int, reason: str, count: bool = True) -> None:
-        """Count a failure of ``node`` (as a dropped reply if ``count``); exclude it after too many."""
+        """Count a failure of ``node`` (as a dropped reply if ``count``); exclude it
+        after too many."""
         st = self.state
         reason = truncate_reason(reason)  # reasons quote what a reply holds
         st.failures[node] = st.failures.get(node, 0) + 1
         log(logging.WARNING, "async: node %s: %s", node, reason)
         if count:
             st.drop(f"node {node}: {reason}")
-        if st.failures[node] >= self.settings.max_node_failures and node not in st.excluded:
+        if (
+            st.failures[node] >= self.settings.max_node_failures
+            and node not in st.excluded
+        ):
             st.excluded.add(node)
-            log(logging.WARNING, "async: node %s failed %d times in a row; not used any more", node, st.failures[node])
+            log(
+                logging.WARNING,
+                "async: node %s failed %d times in a row; not used any more",
+                node,
+                st.failures[node],
+            )
 
     def handle(self, reply: Message) -> None:
         """Validate one reply and apply (or buffer) it."""
@@ -120,19 +162,40 @@ class NodeSteps:
         if mid not in st.inflight:
             return  # a reply to an abandoned message
         node = st.inflight[mid].node_id
-        if reply.metadata.src_node_id != node:  # identity: only the node the message went to answers it
-            st.drop(f"node {node_label(reply)}: " + truncate_reason(f"answers the message sent to node {node}"))
-            log(logging.WARNING, "async: a reply from node %s answers the message sent to node %s; ignored",
-                node_label(reply), node)
+        if (
+            reply.metadata.src_node_id != node
+        ):  # identity: only the node the message went to answers it
+            st.drop(
+                f"node {node_label(reply)}: "
+                + truncate_reason(f"answers the message sent to node {node}")
+            )
+            log(
+                logging.WARNING,
+                "async: a reply from node %s answers the message sent to node %s; "
+                "ignored",
+                node_label(reply),
+                node,
+            )
             return
         flight = st.receive(mid)
         if reply.has_error():
             # MeteredGrid already counts error replies as failed: not a drop.
             self.fail(node, f"error reply: {reply.error.reason}", count=False)
             return
-        delta, reason = reply_update(reply, st.snapshot(flight.version), flight.version, self.decoder, flight.echo())
+        delta, reason = reply_update(
+            reply,
+            st.snapshot(flight.version),
+            flight.version,
+            self.decoder,
+            flight.echo(),
+        )
         tau = st.version - flight.version
-        logger.debug("async: reply from node %s sent at version %d, now %d", node, flight.version, st.version)
+        logger.debug(
+            "async: reply from node %s sent at version %d, now %d",
+            node,
+            flight.version,
+            st.version,
+        )
         if reason is None and not self.policy.accepts(tau):
             reason = f"staleness {tau} > max_staleness {self.policy.max_staleness}"
         if reason is not None:
@@ -151,9 +214,15 @@ class NodeSteps:
                 if _finite(stepped):
                     st.advance(stepped)
                     st.buffer = []
-                else:  # this reply tipped the step over: it goes, the others wait for the next one
+                # this reply tipped the step over: it goes, the others wait for the next
+                # one
+                else:
                     st.buffer.pop()
-                    self.fail(node, "reply rejected: adding it to the buffered step would make the model non-finite")
+                    self.fail(
+                        node,
+                        "reply rejected: adding it to the buffered step would make "
+                        "the model non-finite",
+                    )
         else:
             with np.errstate(over="ignore", invalid="ignore"):
                 client = {k: st.snapshot(flight.version)[k] + delta[k] for k in delta}
@@ -161,10 +230,13 @@ class NodeSteps:
             if _finite(mixed):
                 st.advance(mixed)
             else:
-                self.fail(node, "reply rejected: applying it would make the model non-finite")
+                self.fail(
+                    node, "reply rejected: applying it would make the model non-finite"
+                )
 
     def scale(self, reply: Message, tau: int, node: int) -> tuple[float, float]:
-        """The update's rate scale and the scale the server mixes with (see the module docstring).
+        """The update's rate scale and the scale the server mixes with (see the module
+        docstring).
 
         The server's rule always sees ``tau`` (its window stays current for fallbacks).
         """
@@ -175,11 +247,19 @@ class NodeSteps:
         if reported is None:
             self.state.fallback(f"node {node}: {problem}")
             level = logging.WARNING if len(self.state.fallbacks) == 1 else logging.DEBUG
-            log(level, "async: node %s: %s; the server-side rule applies (scale %.3g)", node, problem, server_scale)
+            log(
+                level,
+                "async: node %s: %s; the server-side rule applies (scale %.3g)",
+                node,
+                problem,
+                server_scale,
+            )
             return server_scale, server_scale
         return reported, (1.0 if self.settings.learner_rate == "local" else reported)
 
 
 def _finite(arrays: dict[str, np.ndarray]) -> bool:
     """Whether every float array holds only finite values (a model worth installing)."""
-    return all(a.dtype.kind not in "fc" or bool(np.isfinite(a).all()) for a in arrays.values())
+    return all(
+        a.dtype.kind not in "fc" or bool(np.isfinite(a).all()) for a in arrays.values()
+    )

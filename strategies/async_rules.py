@@ -1,12 +1,13 @@
-"""Pure rules and settings of the asynchronous loop (:mod:`~bouquet.strategies.async_fedavg`).
+"""Pure rules and settings of the asynchronous loop
+(:mod:`~bouquet.strategies.async_fedavg`).
 
-The update rules :func:`mix` (FedAsync, Xie et al. 2019) and :func:`buffered_step` (FedBuff,
-Nguyen et al. 2022), the convergence test :func:`plateaued` with its default window
-:func:`plateau_evaluations`, the loop's frozen settings :class:`AsyncSettings` (all of
-:class:`~bouquet.strategies.async_fedavg.AsyncFedAvg`'s keyword arguments but the staleness
-policy's and the decoder) and :func:`check_settings`, which refuses impossible ones
-(``window_side`` in :data:`WINDOW_SIDES`, ``learner_rate`` in :data:`LEARNER_RATES`, ...). No
-state, no messages: tests call these directly.
+The update rules :func:`mix` (FedAsync, Xie et al. 2019) and :func:`buffered_step`
+(FedBuff, Nguyen et al. 2022), the convergence test :func:`plateaued` with its default
+window :func:`plateau_evaluations`, the loop's frozen settings :class:`AsyncSettings`
+(all of :class:`~bouquet.strategies.async_fedavg.AsyncFedAvg`'s keyword arguments but
+the staleness policy's and the decoder) and :func:`check_settings`, which refuses
+impossible ones (``window_side`` in :data:`WINDOW_SIDES`, ``learner_rate`` in
+:data:`LEARNER_RATES`, ...). No state, no messages: tests call these directly.
 """
 
 from __future__ import annotations
@@ -20,11 +21,16 @@ import numpy as np
 Arrays = dict[str, np.ndarray]
 T = TypeVar("T")
 
-WINDOW_SIDES = ("learner", "server")  # where the sliding window lives (policy=sliding_window)
+WINDOW_SIDES = (
+    "learner",
+    "server",
+)  # where the sliding window lives (policy=sliding_window)
 LEARNER_RATES = ("both", "local", "server")  # where a learner-reported scale acts
 
 
-PLATEAU_MIN_EVALUATIONS = 5  # the default plateau window: at least this many evaluations ...
+PLATEAU_MIN_EVALUATIONS = (
+    5  # the default plateau window: at least this many evaluations ...
+)
 PLATEAU_UPDATES_PER_NODE = 5  # ... and at least this many updates per node
 
 
@@ -32,22 +38,27 @@ def plateau_evaluations(window: int | None, num_nodes: int, eval_every: int) -> 
     """Evaluations without gain after which the run stops (``0``: never).
 
     ``window`` if set, else the default
-    :math:`\\max(5, \\lceil 5 N / E \\rceil)` for :math:`N` nodes evaluated every :math:`E`
-    updates: at least 5 evaluations and at least 5 updates per node (five rounds' worth of
-    client work) without a gain.
+    :math:`\\max(5, \\lceil 5 N / E \\rceil)` for :math:`N` nodes evaluated every
+    :math:`E` updates: at least 5 evaluations and at least 5 updates per node (five
+    rounds' worth of client work) without a gain.
     """
     if window is not None:
         return int(window)
-    per_node = math.ceil(PLATEAU_UPDATES_PER_NODE * max(1, num_nodes) / max(1, eval_every))
+    per_node = math.ceil(
+        PLATEAU_UPDATES_PER_NODE * max(1, num_nodes) / max(1, eval_every)
+    )
     return max(PLATEAU_MIN_EVALUATIONS, per_node)
 
 
-def plateaued(history: list[float], window: int, min_delta: float, mode: str = "max") -> bool:
+def plateaued(
+    history: list[float], window: int, min_delta: float, mode: str = "max"
+) -> bool:
     """Whether the metric stopped improving.
 
-    True when ``window > 0``, there are more than ``window`` values, and the best of the last
-    ``window`` values is not better than the best before them by at least ``min_delta``
-    (``mode="max"``: higher is better, e.g. accuracy; ``"min"``: lower is better, e.g. loss).
+    True when ``window > 0``, there are more than ``window`` values, and the best of the
+    last ``window`` values is not better than the best before them by at least
+    ``min_delta`` (``mode="max"``: higher is better, e.g. accuracy; ``"min"``: lower is
+    better, e.g. loss).
     """
     if window <= 0 or len(history) <= window:
         return False
@@ -61,10 +72,17 @@ def plateaued(history: list[float], window: int, min_delta: float, mode: str = "
 
 def mix(current: Arrays, client: Arrays, rate: float) -> Arrays:
     """FedAsync mixing :math:`(1 - r) x + r y` per array."""
-    return {k: (current[k] + rate * (client[k].astype(current[k].dtype) - current[k])).astype(current[k].dtype) for k in current}
+    return {
+        k: (
+            current[k] + rate * (client[k].astype(current[k].dtype) - current[k])
+        ).astype(current[k].dtype)
+        for k in current
+    }
 
 
-def buffered_step(current: Arrays, deltas: list[Arrays], scales: list[float], server_lr: float) -> Arrays:
+def buffered_step(
+    current: Arrays, deltas: list[Arrays], scales: list[float], server_lr: float
+) -> Arrays:
     """FedBuff step :math:`x + \\eta_g \\frac{1}{K} \\sum_i s_i \\Delta_i`."""
     if not deltas:
         return current
@@ -79,9 +97,11 @@ def buffered_step(current: Arrays, deltas: list[Arrays], scales: list[float], se
 
 @dataclass(frozen=True, kw_only=True)
 class AsyncSettings:
-    """The settings of :class:`~bouquet.strategies.async_fedavg.AsyncFedAvg`'s loop (see its
-    parameters), checked by :func:`check_settings` and then normalised (``alpha`` a float,
-    ``eval_every`` an int, ...) when built. Frozen: a run's settings never change."""
+    """The settings of :class:`~bouquet.strategies.async_fedavg.AsyncFedAvg`'s loop (see
+    its
+    parameters), checked by :func:`check_settings` and then normalised (``alpha`` a
+    float, ``eval_every`` an int, ...) when built. Frozen: a run's settings never
+    change."""
 
     alpha: float = 0.6
     window_side: str = "learner"
@@ -104,7 +124,9 @@ class AsyncSettings:
             "max_updates": None if self.max_updates is None else int(self.max_updates),
             "max_wall_s": None if self.max_wall_s is None else float(self.max_wall_s),
             "eval_every": int(self.eval_every),
-            "plateau_window": None if self.plateau_window is None else int(self.plateau_window),
+            "plateau_window": None
+            if self.plateau_window is None
+            else int(self.plateau_window),
             "plateau_min_delta": float(self.plateau_min_delta),
             "max_node_failures": int(self.max_node_failures),
             "poll_interval_s": float(self.poll_interval_s),
@@ -114,31 +136,50 @@ class AsyncSettings:
 
 
 def check_settings(s: AsyncSettings) -> None:
-    """``ValueError`` naming the first impossible :class:`AsyncSettings` value (as given)."""
+    """``ValueError`` naming the first impossible :class:`AsyncSettings` value (as
+    given)."""
     if not 0.0 < s.alpha <= 1.0:
         raise ValueError(f"alpha={s.alpha} must be in (0, 1]")
-    for name, value in (("max_updates", s.max_updates), ("max_wall_s", s.max_wall_s), ("reply_timeout_s", s.reply_timeout_s)):
+    for name, value in (
+        ("max_updates", s.max_updates),
+        ("max_wall_s", s.max_wall_s),
+        ("reply_timeout_s", s.reply_timeout_s),
+    ):
         if value is not None and not value > 0:
             raise ValueError(f"{name}={value} must be > 0 or null")
     if int(s.eval_every) < 1:
         raise ValueError(f"eval_every={s.eval_every} must be >= 1")
     if s.plateau_window is not None and int(s.plateau_window) < 0:
-        raise ValueError(f"plateau_window={s.plateau_window} must be >= 0 (0 = off) or None (the default window)")
+        raise ValueError(
+            f"plateau_window={s.plateau_window} must be >= 0 (0 = off) or None (the "
+            "default window)"
+        )
     if not 0.0 <= s.plateau_min_delta < float("inf"):
-        raise ValueError(f"plateau_min_delta={s.plateau_min_delta} must be a finite number >= 0")
+        raise ValueError(
+            f"plateau_min_delta={s.plateau_min_delta} must be a finite number >= 0"
+        )
     if s.plateau_mode not in ("max", "min"):
-        raise ValueError(f"plateau_mode={s.plateau_mode!r} is unknown; allowed: max, min")
+        raise ValueError(
+            f"plateau_mode={s.plateau_mode!r} is unknown; allowed: max, min"
+        )
     if s.window_side not in WINDOW_SIDES:
-        raise ValueError(f"window_side={s.window_side!r} is unknown; allowed: {', '.join(WINDOW_SIDES)}")
+        raise ValueError(
+            f"window_side={s.window_side!r} is unknown; allowed: "
+            f"{', '.join(WINDOW_SIDES)}"
+        )
     if s.learner_rate not in LEARNER_RATES:
-        raise ValueError(f"learner_rate={s.learner_rate!r} is unknown; allowed: {', '.join(LEARNER_RATES)}")
+        raise ValueError(
+            f"learner_rate={s.learner_rate!r} is unknown; allowed: "
+            f"{', '.join(LEARNER_RATES)}"
+        )
     if int(s.max_node_failures) < 1:
         raise ValueError(f"max_node_failures={s.max_node_failures} must be >= 1")
 
 
 class Setting:
     """A read-only attribute that shows the field ``name`` of its object's ``settings``
-    (``strategy.alpha`` is ``strategy.settings.alpha``); setting it is refused (they are frozen)."""
+    (``strategy.alpha`` is ``strategy.settings.alpha``); setting it is refused (they are
+    frozen)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -147,12 +188,16 @@ class Setting:
         return self if obj is None else getattr(obj.settings, self.name)
 
     def __set__(self, obj: Any, value: Any) -> None:
-        raise AttributeError(f"{type(obj).__name__}.{self.name} is a frozen setting (of its {type(obj.settings).__name__}); "
-                             "build a new strategy with the value you want")
+        raise AttributeError(
+            f"{type(obj).__name__}.{self.name} is a frozen setting (of its "
+            f"{type(obj.settings).__name__}); "
+            "build a new strategy with the value you want"
+        )
 
 
 def show_settings(cls: type[T]) -> type[T]:
-    """Class decorator: every :class:`AsyncSettings` field becomes a read-only :class:`Setting`
+    """Class decorator: every :class:`AsyncSettings` field becomes a read-only
+    :class:`Setting`
     attribute of ``cls`` (whose instances have ``settings``)."""
     for field in fields(AsyncSettings):
         setattr(cls, field.name, Setting(field.name))

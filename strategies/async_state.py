@@ -1,14 +1,16 @@
 """Bookkeeping of the asynchronous loop (:mod:`~bouquet.strategies.async_fedavg`).
 
-:class:`AsyncState` holds the global model and its version, snapshots of the versions still in
-flight, the messages in flight (:class:`~bouquet.strategies.async_messages.InFlight`), the
-per-node counters and the staleness statistics of each report.
+:class:`AsyncState` holds the global model and its version, snapshots of the versions
+still in flight, the messages in flight
+(:class:`~bouquet.strategies.async_messages.InFlight`), the per-node counters and the
+staleness statistics of each report.
 
 :meth:`AsyncState.state_dict` / :meth:`AsyncState.restore` are what a checkpoint of an
-asynchronous run holds besides the model: the version, the counters, the per-node values the
-learner-side window is sent, FedBuff's partial buffer and the plateau history. Messages in flight
-are not saved: a resumed run sends every node the current model again. :func:`split_state`
-takes apart an :class:`~bouquet.strategies.async_fedavg.AsyncFedAvg` state.
+asynchronous run holds besides the model: the version, the counters, the per-node values
+the learner-side window is sent, FedBuff's partial buffer and the plateau history.
+Messages in flight are not saved: a resumed run sends every node the current model
+again. :func:`split_state` takes apart an
+:class:`~bouquet.strategies.async_fedavg.AsyncFedAvg` state.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from bouquet.strategies.reports import CLIENTS_DROPPED, DROP_REASONS
 
 
 class AsyncState:
-    """Global model, its version, snapshots of versions still in flight, and counters."""
+    """Global model, its version, snapshots of versions still in flight, and
+    counters."""
 
     def __init__(self) -> None:
         self.arrays: Arrays = {}
@@ -35,7 +38,9 @@ class AsyncState:
         self.updates = 0
         self.updates_since_eval = 0
         self.budget = 0
-        self.nodes = 0  # nodes at the start of the run (the default budget and plateau window)
+        self.nodes = (
+            0  # nodes at the start of the run (the default budget and plateau window)
+        )
         self.checkpointed = 0  # updates at the last checkpoint
         self.plateau_window = 0
         self.snapshots: dict[int, Arrays] = {}
@@ -70,13 +75,17 @@ class AsyncState:
     def record(self) -> ArrayRecord:
         """The current model as an ``ArrayRecord`` (built once per version)."""
         if self._record is None:
-            self._record = ArrayRecord({k: Array(np.asarray(v)) for k, v in self.arrays.items()})
+            self._record = ArrayRecord(
+                {k: Array(np.asarray(v)) for k, v in self.arrays.items()}
+            )
         return self._record
 
     def snapshot(self, version: int) -> Arrays:
         """The model at ``version`` (kept while a message sent with it is in flight)."""
         if version not in self.snapshots:
-            raise ValueError(f"model version {version} is not kept (current {self.version})")
+            raise ValueError(
+                f"model version {version} is not kept (current {self.version})"
+            )
         return self.snapshots[version]
 
     def send(self, message_id: str, flight: InFlight) -> None:
@@ -87,7 +96,8 @@ class AsyncState:
         return self.inflight.pop(message_id)
 
     def accept(self, staleness: int, scale: float, node_id: int | None = None) -> None:
-        """Count an accepted update of this staleness and scale (from ``node_id``, if known)."""
+        """Count an accepted update of this staleness and scale (from ``node_id``, if
+        known)."""
         if node_id is not None:
             self.node_staleness[node_id] = int(staleness)
             self.node_applied[node_id] = self.node_applied.get(node_id, 0) + 1
@@ -100,7 +110,8 @@ class AsyncState:
         self.period_log.append([node_id, int(staleness), float(scale)])
 
     def fallback(self, reason: str) -> None:
-        """Count a learner-reported scale that could not be used (the server's rule was)."""
+        """Count a learner-reported scale that could not be used (the server's rule
+        was)."""
         self.fallbacks.append(reason)
         self.period_fallbacks += 1
 
@@ -110,7 +121,8 @@ class AsyncState:
         self.period_dropped.append(reason)
 
     def report(self, learner_side: bool) -> dict[str, Any]:
-        """Staleness statistics and dropped replies since the previous report (then reset)."""
+        """Staleness statistics and dropped replies since the previous report (then
+        reset)."""
         st = self
         taus, scales = st.period_staleness, st.period_scales
         report: dict[str, Any] = {
@@ -126,28 +138,61 @@ class AsyncState:
             report["lr_scale_fallbacks"] = st.period_fallbacks
         if st.stop_reason:
             report["stop_reason"] = st.stop_reason
-        st.period_staleness, st.period_scales, st.period_dropped, st.period_fallbacks = [], [], [], 0
+        (
+            st.period_staleness,
+            st.period_scales,
+            st.period_dropped,
+            st.period_fallbacks,
+        ) = [], [], [], 0
         st.period_log = []
         return report
 
     # Counters a checkpoint holds (see the module docstring), restored as they were.
     SAVED = (
-        "version", "updates", "updates_since_eval", "nodes", "checkpointed", "tasks", "failures", "history",
-        "applied_versions", "staleness_log", "scale_log", "dropped", "node_staleness", "node_applied", "fallbacks",
-        "period_fallbacks", "period_staleness", "period_scales", "period_dropped", "period_log",
-    )  # fmt: skip
+        "version",
+        "updates",
+        "updates_since_eval",
+        "nodes",
+        "checkpointed",
+        "tasks",
+        "failures",
+        "history",
+        "applied_versions",
+        "staleness_log",
+        "scale_log",
+        "dropped",
+        "node_staleness",
+        "node_applied",
+        "fallbacks",
+        "period_fallbacks",
+        "period_staleness",
+        "period_scales",
+        "period_dropped",
+        "period_log",
+    )
 
     def state_dict(self) -> dict[str, Any]:
-        """The run's state as plain data, without the model (see the module docstring)."""
-        state: dict[str, Any] = {name: copy.deepcopy(getattr(self, name)) for name in self.SAVED}
+        """The run's state as plain data, without the model (see the module
+        docstring)."""
+        state: dict[str, Any] = {
+            name: copy.deepcopy(getattr(self, name)) for name in self.SAVED
+        }
         state["excluded"] = sorted(self.excluded)
-        state["buffer"] = [[{k: v.copy() for k, v in delta.items()}, float(rate)] for delta, rate in self.buffer]
+        state["buffer"] = [
+            [{k: v.copy() for k, v in delta.items()}, float(rate)]
+            for delta, rate in self.buffer
+        ]
         state["elapsed_s"] = time.monotonic() - self.t_start
         return state
 
     def restore(self, state: Mapping[str, Any], arrays: Arrays) -> None:
-        """Continue from :meth:`state_dict` with ``arrays`` as the model at its version."""
-        missing = [k for k in (*self.SAVED, "excluded", "buffer", "elapsed_s") if k not in state]
+        """Continue from :meth:`state_dict` with ``arrays`` as the model at its
+        version."""
+        missing = [
+            k
+            for k in (*self.SAVED, "excluded", "buffer", "elapsed_s")
+            if k not in state
+        ]
         if missing:
             raise ValueError(f"async checkpoint state lacks {', '.join(missing)}")
         self.reset(arrays)
@@ -159,20 +204,29 @@ class AsyncState:
         self.t_start = time.monotonic() - float(state["elapsed_s"])
 
     def absent_nodes(self, nodes: list[int]) -> tuple[int, int]:
-        """(how many of the nodes this state has values for are not in ``nodes``, how many it has)."""
+        """(how many of the nodes this state has values for are not in ``nodes``, how
+        many it has)."""
         known = set(self.node_applied) | set(self.tasks)
         return len(known - set(nodes)), len(known)
 
     def flight(self, node: int, version: int, learner_side: bool) -> InFlight:
-        """The in-flight entry of a message to ``node`` now (with the learner-side window's sample)."""
+        """The in-flight entry of a message to ``node`` now (with the learner-side
+        window's sample)."""
         if not learner_side:
             return InFlight(node_id=node, version=version, sent_at=time.monotonic())
         applied = self.node_applied.get(node, 0)
         prev = self.node_staleness.get(node) if applied else None
-        return InFlight(node_id=node, version=version, sent_at=time.monotonic(), prev_staleness=prev, applied=applied)
+        return InFlight(
+            node_id=node,
+            version=version,
+            sent_at=time.monotonic(),
+            prev_staleness=prev,
+            applied=applied,
+        )
 
     def advance(self, arrays: Arrays) -> None:
-        """Install a new global model (next version); drop snapshots nobody waits for."""
+        """Install a new global model (next version); drop snapshots nobody waits
+        for."""
         self.arrays = arrays
         self.version += 1
         self.applied_versions.append(self.version)
@@ -184,12 +238,18 @@ class AsyncState:
 
 
 def split_state(state: Any, policy_name: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(run state, policy state) of an :class:`~bouquet.strategies.async_fedavg.AsyncFedAvg`
+    """(run state, policy state) of an
+    :class:`~bouquet.strategies.async_fedavg.AsyncFedAvg`
     ``state_dict()``; ``ValueError`` if it is not one, or of another policy."""
     if not isinstance(state, dict) or set(state) != {"run", "policy"}:
-        raise ValueError(f"not an AsyncFedAvg state: keys {sorted(state) if isinstance(state, dict) else type(state).__name__}")
+        raise ValueError(
+            "not an AsyncFedAvg state: keys "
+            f"{sorted(state) if isinstance(state, dict) else type(state).__name__}"
+        )
     policy = dict(state["policy"])
     name = policy.pop("name", None)
     if name != policy_name:
-        raise ValueError(f"the checkpoint's policy is {name!r}, this strategy's {policy_name!r}")
+        raise ValueError(
+            f"the checkpoint's policy is {name!r}, this strategy's {policy_name!r}"
+        )
     return dict(state["run"]), policy

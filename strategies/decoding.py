@@ -1,23 +1,26 @@
 """Reading client replies against the global model, treating every byte as hostile.
 
-Shared by :class:`~bouquet.strategies.Compressed` and :class:`~bouquet.strategies.ReplyGuard`:
+Shared by :class:`~bouquet.strategies.Compressed` and
+:class:`~bouquet.strategies.ReplyGuard`:
 
-* :func:`reference_arrays` turns the global ``ArrayRecord`` the server sends into zero-copy
-  read-only views (no deserialising copy of the model);
-* :func:`check_record` compares a reply's arrays with the global model *without decoding*:
-  names, shape and dtype of every ``Array``, its stype, and for dense arrays the ``.npy`` header
-  and exact length. Nothing is allocated from what a reply declares;
-* :func:`decode_record` then decodes (:func:`bouquet.codecs.decode`, bounded by the payload's
-  bytes and the model size) into updates :math:`\\hat u_i` against the global arrays;
+* :func:`reference_arrays` turns the global ``ArrayRecord`` the server sends into
+  zero-copy read-only views (no deserialising copy of the model);
+* :func:`check_record` compares a reply's arrays with the global model *without
+  decoding*: names, shape and dtype of every ``Array``, its stype, and for dense arrays
+  the ``.npy`` header and exact length. Nothing is allocated from what a reply declares;
+* :func:`decode_record` then decodes (:func:`bouquet.codecs.decode`, bounded by the
+  payload's bytes and the model size) into updates :math:`\\hat u_i` against the global
+  arrays;
 * :func:`reply_weight` reads the positive finite weight.
 
-Dtype rule (Flower's FedAvg): a floating tensor keeps its dtype; an integer or bool tensor is
-averaged in float64 (so from round 2 on its global array is float64). A compressed (bouquet)
-array must have exactly the global array's dtype; a dense array (full local weights) may have
-any real numeric dtype and is converted, and must still be finite after the conversion.
+Dtype rule (Flower's FedAvg): a floating tensor keeps its dtype; an integer or bool
+tensor is averaged in float64 (so from round 2 on its global array is float64). A
+compressed (bouquet) array must have exactly the global array's dtype; a dense array
+(full local weights) may have any real numeric dtype and is converted, and must still be
+finite after the conversion.
 
-One reader, one limit: a dense array's ``.npy`` header must also be one that Flower's own
-reader (``Array.numpy()``, i.e. ``np.load``, which refuses headers over
+One reader, one limit: a dense array's ``.npy`` header must also be one that Flower's
+own reader (``Array.numpy()``, i.e. ``np.load``, which refuses headers over
 :data:`NPY_READER_MAX_HEADER` characters) accepts, because the inner strategy reads the
 replies a wrapper passes on with it.
 """
@@ -35,16 +38,36 @@ from bouquet.codecs.wire import finite_or_raise
 from bouquet.strategies.screening import reply_weight
 
 DENSE_STYPE = "numpy.ndarray"
-NPY_READER_MAX_HEADER = 10000  # np.load's default max_header_size (numpy.lib.format._MAX_HEADER_SIZE)
+NPY_READER_MAX_HEADER = (
+    10000  # np.load's default max_header_size (numpy.lib.format._MAX_HEADER_SIZE)
+)
 
-__all__ = ["DENSE_STYPE", "NPY_READER_MAX_HEADER", "OVERFLOW_SHARE", "aggregate_dtype", "check_overflow", "check_record",
-           "decode_record", "decode_reply", "decode_update", "dense_update", "dense_view", "finite_or_drop", "max_abs",
-           "npy_header_length", "read_dense_alone", "reference_arrays", "reply_weight", "single_array_record",
-           "decoded_norm"]
+__all__ = [
+    "DENSE_STYPE",
+    "NPY_READER_MAX_HEADER",
+    "OVERFLOW_SHARE",
+    "aggregate_dtype",
+    "check_overflow",
+    "check_record",
+    "decode_record",
+    "decode_reply",
+    "decode_update",
+    "dense_update",
+    "dense_view",
+    "finite_or_drop",
+    "max_abs",
+    "npy_header_length",
+    "read_dense_alone",
+    "reference_arrays",
+    "reply_weight",
+    "single_array_record",
+    "decoded_norm",
+]
 
 
 def npy_header_length(data: bytes) -> int:
-    """Length of the header dict of a ``.npy`` payload (``ValueError`` if it is not one)."""
+    """Length of the header dict of a ``.npy`` payload (``ValueError`` if it is not
+    one)."""
     if len(data) < 10 or data[:6] != b"\x93NUMPY":
         raise ValueError("not a .npy payload")
     if data[6] == 1:
@@ -61,12 +84,16 @@ def reference_arrays(arrays: ArrayRecord) -> dict[str, np.ndarray]:
         if arr.stype == DENSE_STYPE:
             out[name] = read_npy(arr.data, shape=tuple(arr.shape), dtype=arr.dtype)
         else:
-            raise ValueError(f"global array {name!r} has stype {arr.stype!r}; the server must send {DENSE_STYPE!r} arrays")
+            raise ValueError(
+                f"global array {name!r} has stype {arr.stype!r}; the server must "
+                f"send {DENSE_STYPE!r} arrays"
+            )
     return out
 
 
 def aggregate_dtype(ref: np.ndarray) -> np.dtype:
-    """The dtype Flower's FedAvg gives a tensor like ``ref``: float stays, the rest is float64."""
+    """The dtype Flower's FedAvg gives a tensor like ``ref``: float stays, the rest is
+    float64."""
     return ref.dtype if ref.dtype.kind == "f" else np.dtype(np.float64)
 
 
@@ -76,8 +103,11 @@ def single_array_record(content: RecordDict) -> ArrayRecord:
     return next(iter(content.array_records.values()))
 
 
-def check_record(record: ArrayRecord, reference: dict[str, np.ndarray], *, dense_only: bool = False) -> None:
-    """Check names, shapes, dtypes and stypes of ``record`` against ``reference`` (no decoding).
+def check_record(
+    record: ArrayRecord, reference: dict[str, np.ndarray], *, dense_only: bool = False
+) -> None:
+    """Check names, shapes, dtypes and stypes of ``record`` against ``reference`` (no
+    decoding).
 
     ``dense_only``: every array must be Flower's dense stype (``ReplyGuard`` without
     ``Compressed`` around it).
@@ -86,35 +116,55 @@ def check_record(record: ArrayRecord, reference: dict[str, np.ndarray], *, dense
     if set(names) != set(reference):
         missing = sorted(set(reference) - set(names))[:3]
         extra = sorted(set(names) - set(reference))[:3]
-        raise ValueError(f"array names differ from the global model (missing {missing}, extra {extra})")
+        raise ValueError(
+            f"array names differ from the global model (missing {missing}, extra "
+            f"{extra})"
+        )
     for name in names:
         arr, ref = record[name], reference[name]
         if not isinstance(arr, Array) or not isinstance(arr.data, bytes):
             raise ValueError(f"array {name!r} is not a Flower Array with bytes")
         shape = tuple(arr.shape)
         if shape != ref.shape:
-            raise ValueError(f"array {name!r} has shape {shape}, the global model's is {ref.shape}")
+            raise ValueError(
+                f"array {name!r} has shape {shape}, the global model's is {ref.shape}"
+            )
         if arr.stype == DENSE_STYPE:
             if npy_header_length(arr.data) > NPY_READER_MAX_HEADER:
-                raise ValueError(f"array {name[:60]!r} has a .npy header over {NPY_READER_MAX_HEADER} characters, "
-                                 "which Flower's reader (np.load) refuses")
+                raise ValueError(
+                    f"array {name[:60]!r} has a .npy header over "
+                    f"{NPY_READER_MAX_HEADER} characters, "
+                    "which Flower's reader (np.load) refuses"
+                )
             view = read_npy(arr.data, shape=shape, dtype=_numeric(arr.dtype, name))
             if view.dtype.kind not in "biuf":
-                raise ValueError(f"array {name!r} has dtype {view.dtype}, not a real number type")
+                raise ValueError(
+                    f"array {name!r} has dtype {view.dtype}, not a real number type"
+                )
         elif dense_only:
-            raise ValueError(f"array {name!r} has stype {arr.stype!r}, not a dense numpy array "
-                             "(compressed replies need Compressed around ReplyGuard)")
+            raise ValueError(
+                f"array {name!r} has stype {arr.stype!r}, not a dense numpy array "
+                "(compressed replies need Compressed around ReplyGuard)"
+            )
         elif not is_bouquet_stype(arr.stype):
-            raise ValueError(f"array {name!r} has stype {arr.stype!r}, neither bouquet.<codec>/<version> nor {DENSE_STYPE!r}")
+            raise ValueError(
+                f"array {name!r} has stype {arr.stype!r}, neither "
+                f"bouquet.<codec>/<version> nor {DENSE_STYPE!r}"
+            )
         elif arr.dtype != str(ref.dtype):
-            raise ValueError(f"array {name!r} has dtype {arr.dtype}, the global model's is {ref.dtype}")
+            raise ValueError(
+                f"array {name!r} has dtype {arr.dtype}, the global model's is "
+                f"{ref.dtype}"
+            )
 
 
 def _numeric(dtype: str, name: str) -> np.dtype:
     try:
         return np.dtype(dtype)
     except TypeError as exc:
-        raise ValueError(f"array {name!r} declares dtype {dtype!r}, not a numpy dtype") from exc
+        raise ValueError(
+            f"array {name!r} declares dtype {dtype!r}, not a numpy dtype"
+        ) from exc
 
 
 def dense_view(arr: Array) -> np.ndarray:
@@ -122,8 +172,11 @@ def dense_view(arr: Array) -> np.ndarray:
     return read_npy(arr.data, shape=tuple(arr.shape), dtype=np.dtype(arr.dtype))
 
 
-def decode_record(record: ArrayRecord, reference: dict[str, np.ndarray]) -> dict[str, Decoded]:
-    """Decode every array of ``record`` into an update against ``reference`` (validated).
+def decode_record(
+    record: ArrayRecord, reference: dict[str, np.ndarray]
+) -> dict[str, Decoded]:
+    """Decode every array of ``record`` into an update against ``reference``
+    (validated).
 
     Raises ``ValueError`` naming the array and what is wrong.
     """
@@ -132,7 +185,9 @@ def decode_record(record: ArrayRecord, reference: dict[str, np.ndarray]) -> dict
     for name, arr in record.items():
         ref = reference[name]
         try:
-            if arr.stype == DENSE_STYPE:  # full local weights from an uncompressed client
+            if (
+                arr.stype == DENSE_STYPE
+            ):  # full local weights from an uncompressed client
                 out[name] = dense_update(dense_view(arr), ref)
             else:
                 out[name] = decode(arr.stype, arr.dtype, tuple(arr.shape), arr.data)
@@ -141,8 +196,11 @@ def decode_record(record: ArrayRecord, reference: dict[str, np.ndarray]) -> dict
     return out
 
 
-def dense_update(full: np.ndarray, ref: np.ndarray, work: np.dtype | None = None) -> Decoded:
-    """:math:`w_i - w` of full weights in ``work`` (default: the aggregate dtype of ``ref``);
+def dense_update(
+    full: np.ndarray, ref: np.ndarray, work: np.dtype | None = None
+) -> Decoded:
+    """:math:`w_i - w` of full weights in ``work`` (default: the aggregate dtype of
+    ``ref``);
     finite after the conversion."""
     work = aggregate_dtype(ref) if work is None else np.dtype(work)
     converted = finite_or_raise(full.astype(work, copy=False), "dense weights")
@@ -155,18 +213,27 @@ def decoded_norm(decoded: dict[str, Decoded]) -> float:
     return float(np.sqrt(sum(d.sq_norm() for d in decoded.values())))
 
 
-OVERFLOW_SHARE = 0.45  # |eta u_i| above this share of the dtype's max could overflow w + sum c_i eta u_i
+# |eta u_i| above this share of the dtype's max could overflow w + sum c_i eta u_i
+OVERFLOW_SHARE = 0.45
 
 
-def decode_reply(content: RecordDict, reference: dict[str, np.ndarray]) -> dict[str, Decoded]:
-    """Decode every array of a reply into an update against ``reference`` (validated)."""
+def decode_reply(
+    content: RecordDict, reference: dict[str, np.ndarray]
+) -> dict[str, Decoded]:
+    """Decode every array of a reply into an update against ``reference``
+    (validated)."""
     return decode_record(single_array_record(content), reference)
 
 
-def decode_update(record: ArrayRecord, reference: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Dense decoded updates of ``record`` against ``reference`` (the ``decoder`` hook of
+def decode_update(
+    record: ArrayRecord, reference: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Dense decoded updates of ``record`` against ``reference`` (the ``decoder`` hook
+    of
     bouquet's asynchronous strategy); raises ``ValueError`` on a bad payload."""
-    return {name: dec.to_dense() for name, dec in decode_record(record, reference).items()}
+    return {
+        name: dec.to_dense() for name, dec in decode_record(record, reference).items()
+    }
 
 
 def max_abs(dec: Decoded) -> float:
@@ -177,31 +244,50 @@ def max_abs(dec: Decoded) -> float:
     return top * (1.0 if dec.scale is None else abs(float(dec.scale)))
 
 
-def check_overflow(decoded: dict[str, Decoded], dtypes: dict[str, np.dtype], server_lr: float) -> None:
-    """``ValueError`` if an update's values could overflow the aggregate's dtype (module docstring)."""
+def check_overflow(
+    decoded: dict[str, Decoded], dtypes: dict[str, np.dtype], server_lr: float
+) -> None:
+    """``ValueError`` if an update's values could overflow the aggregate's dtype (module
+    docstring)."""
     for name, dec in decoded.items():
         dtype = dtypes[name]
-        if dtype.kind == "f" and server_lr * max_abs(dec) > OVERFLOW_SHARE * float(np.finfo(dtype).max):
-            raise ValueError(f"array {name!r}: update values up to {server_lr * max_abs(dec):.3g} could overflow {dtype}")
+        if dtype.kind == "f" and server_lr * max_abs(dec) > OVERFLOW_SHARE * float(
+            np.finfo(dtype).max
+        ):
+            raise ValueError(
+                f"array {name!r}: update values up to {server_lr * max_abs(dec):.3g} "
+                f"could overflow {dtype}"
+            )
 
 
 def read_dense_alone(arr: Any, name: str) -> np.ndarray:
-    """A dense array read without a reference (header within Flower's reader's limit, real dtype)."""
+    """A dense array read without a reference (header within Flower's reader's limit,
+    real dtype)."""
     if arr.stype != DENSE_STYPE or not isinstance(arr.data, bytes):
         raise ValueError(f"array {name!r} is not a dense numpy array")
     if npy_header_length(arr.data) > NPY_READER_MAX_HEADER:
-        raise ValueError(f"array {name!r} has a .npy header over {NPY_READER_MAX_HEADER} characters")
+        raise ValueError(
+            f"array {name!r} has a .npy header over {NPY_READER_MAX_HEADER} characters"
+        )
     try:
         dtype = np.dtype(arr.dtype)
     except TypeError as exc:
-        raise ValueError(f"array {name!r} declares dtype {arr.dtype!r}, not a numpy dtype") from exc
+        raise ValueError(
+            f"array {name!r} declares dtype {arr.dtype!r}, not a numpy dtype"
+        ) from exc
     view = read_npy(arr.data, shape=tuple(arr.shape), dtype=dtype)
     if view.dtype.kind not in "biuf":
-        raise ValueError(f"array {name!r} has dtype {view.dtype}, not a real number type")
+        raise ValueError(
+            f"array {name!r} has dtype {view.dtype}, not a real number type"
+        )
     return view
 
 
 def finite_or_drop(view: np.ndarray, name: str) -> None:
     """``ValueError`` if a floating ``view`` holds a NaN or an infinity."""
-    if view.dtype.kind == "f" and not np.isfinite(view.sum()) and not np.all(np.isfinite(view)):
+    if (
+        view.dtype.kind == "f"
+        and not np.isfinite(view.sum())
+        and not np.all(np.isfinite(view))
+    ):
         raise ValueError(f"array {name!r} has non-finite values")

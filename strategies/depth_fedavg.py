@@ -1,42 +1,44 @@
 """Depth-heterogeneous FedAvg: each node trains the sub-model of its depth.
 
-Method S2 (cloud-edge training with NAS), federated part: branch models of an early-exit network
-are assigned to edge devices and aggregated by federated learning (DepthFL, Kim et al., ICLR
-2023, "DepthFL: Depthwise Federated Learning for Heterogeneous Clients"; HeteroFL, Diao et al.,
-ICLR 2021, for name-wise partial averaging).
+Method S2 (cloud-edge training with NAS), federated part: branch models of an early-exit
+network are assigned to edge devices and aggregated by federated learning (DepthFL, Kim
+et al., ICLR 2023, "DepthFL: Depthwise Federated Learning for Heterogeneous Clients";
+HeteroFL, Diao et al., ICLR 2021, for name-wise partial averaging).
 
 Every array name carries a depth tag read by a regular expression (default
-``^(?:stages|exits)\\.d(\\d+)\\.``; names without a tag, such as the stem, have depth 0 and go to
-every node). The depth-``d`` sub-model is the set of names whose tag is ``<= d``; no code is
-specific to an architecture and nothing is matched by list position.
+``^(?:stages|exits)\\.d(\\d+)\\.``; names without a tag, such as the stem, have depth 0
+and go to every node). The depth-``d`` sub-model is the set of names whose tag is ``<=
+d``; no code is specific to an architecture and nothing is matched by list position.
 
 Depth of a node
-    Drawn at random from ``depths`` (probabilities ``depth_probs``) by a generator seeded with
-    ``(seed, round, partition-id)``: with ``assignment="per_round"`` (the default, the method's
-    reading: branch models are reassigned at random every round) a node gets a new depth every
-    round; with ``assignment="fixed"`` the round is left out and a node keeps its depth. The
-    ``partition-id`` (not Flower's node id, which changes from run to run) makes two runs with
-    the same seed draw the same depths. The server asks each node once, before its first train
-    message, with a ``query`` message (config ``node-info``) answered by bouquet's ClientApp with
-    the node's ``partition-id`` and ``max-depth`` (its capacity; 0 = no limit). A node that does
-    not answer (another ClientApp, a timeout) is drawn by its node id instead, logged at WARNING.
-    The capacity is also read from every train reply: a client whose capacity is below the
-    depth it received trains and returns only its capacity's sub-model. A node is sent
-    ``min(drawn, capacity)``.
+    Drawn at random from ``depths`` (probabilities ``depth_probs``) by a generator
+    seeded with ``(seed, round, partition-id)``: with ``assignment="per_round"`` (the
+    default, the method's reading: branch models are reassigned at random every round) a
+    node gets a new depth every round; with ``assignment="fixed"`` the round is left out
+    and a node keeps its depth. The ``partition-id`` (not Flower's node id, which
+    changes from run to run) makes two runs with the same seed draw the same depths. The
+    server asks each node once, before its first train message, with a ``query`` message
+    (config ``node-info``) answered by bouquet's ClientApp with the node's
+    ``partition-id`` and ``max-depth`` (its capacity; 0 = no limit). A node that does
+    not answer (another ClientApp, a timeout) is drawn by its node id instead, logged at
+    WARNING. The capacity is also read from every train reply: a client whose capacity
+    is below the depth it received trains and returns only its capacity's sub-model. A
+    node is sent ``min(drawn, capacity)``.
 
-Aggregation, for every name :math:`k` over the accepted replies :math:`S_k` that carry it:
+Aggregation, for every name :math:`k` over the accepted replies :math:`S_k` that carry
+it:
 
 .. math::
 
     w_k \\leftarrow \\sum_{i \\in S_k} \\frac{n_i}{\\sum_{j \\in S_k} n_j} w_{k,i},
     \\qquad w_k \\text{ unchanged if } S_k = \\emptyset.
 
-With every node at full depth this is FedAvg's weighted mean, computed in the same order with
-the same operations (bit-identical to Flower's ``aggregate_arrayrecords``).
+With every node at full depth this is FedAvg's weighted mean, computed in the same order
+with the same operations (bit-identical to Flower's ``aggregate_arrayrecords``).
 
-A reply is rejected (dropped, logged, counted in ``round_report()["clients_dropped"]``) if it
-carries a name outside the sub-model it was sent, is not a complete sub-model of some depth, has
-a wrong shape or dtype, a non-finite value, or a bad ``num-examples``.
+A reply is rejected (dropped, logged, counted in ``round_report()["clients_dropped"]``)
+if it carries a name outside the sub-model it was sent, is not a complete sub-model of
+some depth, has a wrong shape or dtype, a non-finite value, or a bad ``num-examples``.
 """
 
 from __future__ import annotations
@@ -70,7 +72,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_DEPTH_PATTERN = r"^(?:stages|exits)\.d(\d+)\."
 
 
-def name_depths(names: Iterable[str], pattern: str = DEFAULT_DEPTH_PATTERN) -> dict[str, int]:
+def name_depths(
+    names: Iterable[str], pattern: str = DEFAULT_DEPTH_PATTERN
+) -> dict[str, int]:
     """Depth tag of every name (0 for names without a tag)."""
     regex = re.compile(pattern)
     out = {}
@@ -86,16 +90,20 @@ def submodel_names(depths: dict[str, int], depth: int) -> list[str]:
 
 
 def aggregate_by_name(
-    global_arrays: dict[str, np.ndarray], replies: Sequence[tuple[dict[str, np.ndarray], float]]
+    global_arrays: dict[str, np.ndarray],
+    replies: Sequence[tuple[dict[str, np.ndarray], float]],
 ) -> dict[str, np.ndarray]:
-    """Weighted mean of every name over the replies that carry it (see module docstring).
+    """Weighted mean of every name over the replies that carry it (see module
+    docstring).
 
     Parameters
     ----------
     global_arrays : dict
-        Current global arrays (their order is kept; names nobody trained stay unchanged).
+        Current global arrays (their order is kept; names nobody trained stay
+        unchanged).
     replies : list of (arrays, weight)
-        Validated reply arrays (a subset of the global names) and their ``num-examples``.
+        Validated reply arrays (a subset of the global names) and their
+        ``num-examples``.
     """
     totals: dict[str, float] = {}
     for arrays, weight in replies:
@@ -134,11 +142,13 @@ class DepthFedAvg(FedAvg):
     depth_pattern : str
         Regular expression whose group 1 is a name's depth.
     **kwargs
-        Passed to Flower's ``FedAvg`` (``fraction_train``, ``min_available_nodes``, ...).
+        Passed to Flower's ``FedAvg`` (``fraction_train``, ``min_available_nodes``,
+        ...).
     """
 
-    # Replies carry sub-models (fewer names than the global model): ``ReplyGuard`` leaves the
-    # array checks to :meth:`check_reply`, which validates each against what the node was sent.
+    # Replies carry sub-models (fewer names than the global model): ``ReplyGuard``
+    # leaves the array checks to :meth:`check_reply`, which validates each against what
+    # the node was sent.
     validates_arrays = True
 
     def __init__(
@@ -154,25 +164,48 @@ class DepthFedAvg(FedAvg):
     ) -> None:
         super().__init__(**kwargs)
         if assignment not in ("per_round", "fixed"):
-            raise ValueError(f"strategy.assignment={assignment!r} must be 'per_round' or 'fixed'")
+            raise ValueError(
+                f"strategy.assignment={assignment!r} must be 'per_round' or 'fixed'"
+            )
         if not float(node_info_timeout) > 0:
-            raise ValueError(f"strategy.node_info_timeout={node_info_timeout} must be > 0 seconds")
+            raise ValueError(
+                f"strategy.node_info_timeout={node_info_timeout} must be > 0 seconds"
+            )
         if depths is not None and (not depths or any(int(d) < 1 for d in depths)):
-            raise ValueError(f"strategy.depths={depths} must be a non-empty list of depths >= 1")
+            raise ValueError(
+                f"strategy.depths={depths} must be a non-empty list of depths >= 1"
+            )
         if depth_probs is not None:
             probs = [float(p) for p in depth_probs]
-            if depths is None or len(probs) != len(depths) or any(p < 0 for p in probs) or sum(probs) <= 0:
-                raise ValueError(f"strategy.depth_probs={depth_probs} must give one weight >= 0 per depth in {depths}")
+            if (
+                depths is None
+                or len(probs) != len(depths)
+                or any(p < 0 for p in probs)
+                or sum(probs) <= 0
+            ):
+                raise ValueError(
+                    f"strategy.depth_probs={depth_probs} must give one weight >= 0 "
+                    f"per depth in {depths}"
+                )
         if re.compile(depth_pattern).groups < 1:
-            raise ValueError(f"strategy.depth_pattern={depth_pattern!r} needs one capturing group (the depth)")
+            raise ValueError(
+                f"strategy.depth_pattern={depth_pattern!r} needs one capturing group "
+                "(the depth)"
+            )
         self.depths = [int(d) for d in depths] if depths is not None else None
-        self.depth_probs = [float(p) for p in depth_probs] if depth_probs is not None else None
+        self.depth_probs = (
+            [float(p) for p in depth_probs] if depth_probs is not None else None
+        )
         self.seed = int(seed)
         self.depth_pattern = depth_pattern
         self.assignment = assignment
         self.node_info_timeout = float(node_info_timeout)
-        self.assigned: dict[int, int] = {}  # node id -> depth drawn for the current round
-        self.partition: dict[int, int | None] = {}  # node id -> partition-id it reported (None: no answer)
+        self.assigned: dict[
+            int, int
+        ] = {}  # node id -> depth drawn for the current round
+        self.partition: dict[
+            int, int | None
+        ] = {}  # node id -> partition-id it reported (None: no answer)
         self.capacity: dict[int, int] = {}  # node id -> max-depth reported by the node
         self._round = 0
         self.sent: dict[int, int] = {}  # node id -> depth sent this round
@@ -186,14 +219,18 @@ class DepthFedAvg(FedAvg):
         return max(self._depths.values(), default=0)
 
     def draw(self, partition_id: int, server_round: int) -> int:
-        """The depth drawn for ``partition_id`` in ``server_round`` (before any capacity cap)."""
+        """The depth drawn for ``partition_id`` in ``server_round`` (before any capacity
+        cap)."""
         return self._draw([0, int(partition_id)], server_round)
 
     def _draw(self, ident: list[int], server_round: int) -> int:
         choices = self.depths or list(range(1, self.num_depths + 1))
         bad = [d for d in choices if d > self.num_depths]
         if bad:
-            raise ValueError(f"strategy.depths={choices}: the model has only {self.num_depths} depths")
+            raise ValueError(
+                f"strategy.depths={choices}: the model has only {self.num_depths} "
+                "depths"
+            )
         probs = None
         if self.depth_probs is not None:
             probs = np.asarray(self.depth_probs) / sum(self.depth_probs)
@@ -202,7 +239,8 @@ class DepthFedAvg(FedAvg):
         return int(rng.choice(choices, p=probs))
 
     def depth_for(self, node_id: int) -> int:
-        """The depth that ``node_id`` is sent this round (drawn on first use in the round)."""
+        """The depth that ``node_id`` is sent this round (drawn on first use in the
+        round)."""
         if node_id not in self.assigned:
             pid = self.partition.get(node_id)
             ident = [0, pid] if pid is not None else [1, int(node_id) % (2**63)]
@@ -210,27 +248,40 @@ class DepthFedAvg(FedAvg):
         return min(self.assigned[node_id], self.capacity.get(node_id, self.num_depths))
 
     def learn_nodes(self, node_ids: Iterable[int], grid: Grid) -> None:
-        """Ask every node not asked before for its ``partition-id`` and ``max-depth`` (one query).
+        """Ask every node not asked before for its ``partition-id`` and ``max-depth``
+        (one query).
 
-        Answers are client bytes: a ``partition-id`` must be an int in ``[0, 2**31)`` and a
-        ``max-depth`` an int in ``[0, 1000]``; anything else counts as no answer.
+        Answers are client bytes: a ``partition-id`` must be an int in ``[0, 2**31)``
+        and a ``max-depth`` an int in ``[0, 1000]``; anything else counts as no answer.
         """
         unknown = [int(n) for n in node_ids if int(n) not in self.partition]
         if not unknown:
             return
         query = [
-            Message(RecordDict({self.configrecord_key: ConfigRecord({keys.NODE_INFO: 1})}), dst_node_id=node,
-                    message_type=MessageType.QUERY)
+            Message(
+                RecordDict({self.configrecord_key: ConfigRecord({keys.NODE_INFO: 1})}),
+                dst_node_id=node,
+                message_type=MessageType.QUERY,
+            )
             for node in unknown
         ]
         answered: set[int] = set()
         for reply in grid.send_and_receive(query, timeout=self.node_info_timeout):
             node = int(reply.metadata.src_node_id)
-            if node not in unknown or reply.has_error() or len(reply.content.metric_records) != 1:
+            if (
+                node not in unknown
+                or reply.has_error()
+                or len(reply.content.metric_records) != 1
+            ):
                 continue
             info = next(iter(reply.content.metric_records.values()))
             pid, cap = info.get(keys.PARTITION_ID), info.get(keys.MAX_DEPTH, 0)
-            if type(pid) is not int or not 0 <= pid < 2**31 or type(cap) is not int or not 0 <= cap <= 1000:
+            if (
+                type(pid) is not int
+                or not 0 <= pid < 2**31
+                or type(cap) is not int
+                or not 0 <= cap <= 1000
+            ):
                 continue
             self.partition[node] = pid
             if cap >= 1:
@@ -240,31 +291,52 @@ class DepthFedAvg(FedAvg):
         for node in missing:
             self.partition[node] = None
         if missing:
-            log(logging.WARNING, "DepthFedAvg: %d node(s) did not report a partition-id (%s): their depths are "
-                "drawn by node id, which differs from run to run", len(missing), missing[:5])
+            log(
+                logging.WARNING,
+                "DepthFedAvg: %d node(s) did not report a partition-id (%s): their "
+                "depths are "
+                "drawn by node id, which differs from run to run",
+                len(missing),
+                missing[:5],
+            )
 
     def _sub_record(self, arrays: ArrayRecord, depth: int) -> ArrayRecord:
         return ArrayRecord({n: arrays[n] for n in submodel_names(self._depths, depth)})
 
-    def _per_node(self, messages: Iterable[Message], arrays: ArrayRecord, message_type: str) -> list[Message]:
+    def _per_node(
+        self, messages: Iterable[Message], arrays: ArrayRecord, message_type: str
+    ) -> list[Message]:
         """Replace each message's arrays by the sub-model of its node's depth."""
         self._global = arrays
         self._depths = name_depths(arrays.keys(), self.depth_pattern)
         if self.num_depths < 1:
-            raise ValueError(f"no array name matches strategy.depth_pattern={self.depth_pattern!r}")
+            raise ValueError(
+                f"no array name matches strategy.depth_pattern={self.depth_pattern!r}"
+            )
         out = []
         for msg in messages:
             node = msg.metadata.dst_node_id
             depth = self.depth_for(node)
-            config = ConfigRecord(dict(msg.content.config_records[self.configrecord_key]))
+            config = ConfigRecord(
+                dict(msg.content.config_records[self.configrecord_key])
+            )
             config[keys.SUBMODEL_DEPTH] = depth
             if message_type == MessageType.TRAIN:
                 self.sent[node] = depth
-            content = RecordDict({self.arrayrecord_key: self._sub_record(arrays, depth), self.configrecord_key: config})
-            out.append(Message(content=content, message_type=message_type, dst_node_id=node))
+            content = RecordDict(
+                {
+                    self.arrayrecord_key: self._sub_record(arrays, depth),
+                    self.configrecord_key: config,
+                }
+            )
+            out.append(
+                Message(content=content, message_type=message_type, dst_node_id=node)
+            )
         return out
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         """Sample nodes as FedAvg does, then send each its depth's arrays only."""
         self.sent = {}
         if self.assignment == "per_round":
@@ -274,11 +346,15 @@ class DepthFedAvg(FedAvg):
         self.learn_nodes([m.metadata.dst_node_id for m in messages], grid)
         return self._per_node(messages, arrays, MessageType.TRAIN)
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         messages = list(super().configure_evaluate(server_round, arrays, config, grid))
         if messages:
             self.learn_nodes([m.metadata.dst_node_id for m in messages], grid)
-        return self._per_node(messages, arrays, MessageType.EVALUATE) if messages else []
+        return (
+            self._per_node(messages, arrays, MessageType.EVALUATE) if messages else []
+        )
 
     def check_reply(self, msg: Message) -> tuple[dict[str, np.ndarray], float]:
         """Validate one train reply; return its arrays and weight.
@@ -293,20 +369,34 @@ class DepthFedAvg(FedAvg):
             raise ValueError(f"node {node} was not sent a sub-model this round")
         content = msg.content
         if len(content.array_records) != 1 or len(content.metric_records) != 1:
-            raise ValueError("a reply needs exactly one ArrayRecord and one MetricRecord")
+            raise ValueError(
+                "a reply needs exactly one ArrayRecord and one MetricRecord"
+            )
         record = next(iter(content.array_records.values()))
         metrics = next(iter(content.metric_records.values()))
         weight = metrics.get(self.weighted_by_key)
-        if isinstance(weight, (list, bool)) or weight is None or not math.isfinite(float(weight)) or float(weight) <= 0:
-            raise ValueError(f"{self.weighted_by_key}={weight!r} must be a finite number > 0")
+        if (
+            isinstance(weight, (list, bool))
+            or weight is None
+            or not math.isfinite(float(weight))
+            or float(weight) <= 0
+        ):
+            raise ValueError(
+                f"{self.weighted_by_key}={weight!r} must be a finite number > 0"
+            )
         sent = self.sent[node]
         names = set(record.keys())
         outside = names - set(submodel_names(self._depths, sent))
         if outside:
-            raise ValueError(f"arrays outside its depth-{sent} sub-model: {sorted(outside)[:5]}")
+            raise ValueError(
+                f"arrays outside its depth-{sent} sub-model: {sorted(outside)[:5]}"
+            )
         depth = max((self._depths[n] for n in names), default=0)
         if depth < 1 or names != set(submodel_names(self._depths, depth)):
-            raise ValueError(f"the {len(names)} arrays are not a complete sub-model of any depth <= {sent}")
+            raise ValueError(
+                f"the {len(names)} arrays are not a complete sub-model of any depth "
+                f"<= {sent}"
+            )
         arrays: dict[str, np.ndarray] = {}
         for name in names:
             ref = self._global[name]
@@ -315,31 +405,49 @@ class DepthFedAvg(FedAvg):
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"array {name!r} cannot be decoded: {exc}") from exc
             if tuple(arr.shape) != tuple(ref.shape) or str(arr.dtype) != ref.dtype:
-                raise ValueError(f"array {name!r}: {arr.dtype}{list(arr.shape)} != {ref.dtype}{list(ref.shape)}")
+                raise ValueError(
+                    f"array {name!r}: {arr.dtype}{list(arr.shape)} != "
+                    f"{ref.dtype}{list(ref.shape)}"
+                )
             if not np.all(np.isfinite(arr)):
                 raise ValueError(f"array {name!r} has non-finite values")
             arrays[name] = arr
         cap = metrics.get(keys.MAX_DEPTH, 0)
         if isinstance(cap, (int, float)) and cap >= 1:
             self.capacity[node] = int(cap)
-        if depth < sent:  # the node trained less than it was sent: remember its capacity
+        if (
+            depth < sent
+        ):  # the node trained less than it was sent: remember its capacity
             self.capacity[node] = depth
         return arrays, float(weight)
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Aggregate every array by name over the accepted replies (see the module docstring)."""
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Aggregate every array by name over the accepted replies (see the module
+        docstring)."""
         accepted: list[tuple[dict[str, np.ndarray], float]] = []
         contents: list[RecordDict] = []
         for msg in replies:
             if msg.has_error():
-                log(logging.INFO, "node %s failed: %s", node_label(msg), truncate_reason(str(msg.error.reason)))
+                log(
+                    logging.INFO,
+                    "node %s failed: %s",
+                    node_label(msg),
+                    truncate_reason(str(msg.error.reason)),
+                )
                 continue
             try:
                 arrays, weight = self.check_reply(msg)
             except ValueError as exc:
                 self._dropped += 1
-                log(logging.WARNING, "round %d: dropped the reply of node %s: %s", server_round, node_label(msg),
-                    truncate_reason(str(exc)))
+                log(
+                    logging.WARNING,
+                    "round %d: dropped the reply of node %s: %s",
+                    server_round,
+                    node_label(msg),
+                    truncate_reason(str(exc)),
+                )
                 continue
             accepted.append((arrays, weight))
             contents.append(msg.content)
@@ -353,7 +461,11 @@ class DepthFedAvg(FedAvg):
 
     def _aggregate_metrics(self, contents: list[RecordDict]) -> MetricRecord | None:
         first = set(next(iter(contents[0].metric_records.values())).keys())
-        same = [c for c in contents if set(next(iter(c.metric_records.values())).keys()) == first]
+        same = [
+            c
+            for c in contents
+            if set(next(iter(c.metric_records.values())).keys()) == first
+        ]
         return self.train_metrics_aggr_fn(same, self.weighted_by_key)
 
     def round_report(self) -> dict[str, Any]:
@@ -366,5 +478,11 @@ class DepthFedAvg(FedAvg):
 
     def summary(self) -> None:
         super().summary()
-        log(logging.INFO, "\t├──> DepthFedAvg: depths %s (probs %s), seed %d, assignment %s", self.depths or "all",
-            self.depth_probs, self.seed, self.assignment)
+        log(
+            logging.INFO,
+            "\t├──> DepthFedAvg: depths %s (probs %s), seed %d, assignment %s",
+            self.depths or "all",
+            self.depth_probs,
+            self.seed,
+            self.assignment,
+        )

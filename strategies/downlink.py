@@ -1,54 +1,61 @@
-"""``CompressedDownlink``: broadcast compressed steps of the global model instead of the model.
+"""``CompressedDownlink``: broadcast compressed steps of the global model instead of the
+model.
 
-Two-way compression as in sparse ternary compression (Sattler et al. 2019, arXiv:1903.02891) and
-T-FedAvg (Xu et al. 2020): the server compresses what it sends, not only what it receives.
-The wrapper keeps the model the clients hold, :math:`x_v` at version :math:`v` (the sum of what
-it broadcast), beside the server's model :math:`w_t` that the inner strategy aggregates. When
-the inner strategy sends a new :math:`w_t`, one *step* is cut:
+Two-way compression as in sparse ternary compression (Sattler et al. 2019,
+arXiv:1903.02891) and T-FedAvg (Xu et al. 2020): the server compresses what it sends,
+not only what it receives. The wrapper keeps the model the clients hold, :math:`x_v` at
+version :math:`v` (the sum of what it broadcast), beside the server's model :math:`w_t`
+that the inner strategy aggregates. When the inner strategy sends a new :math:`w_t`, one
+*step* is cut:
 
 .. math::
 
     c_{v+1} = C(w_t - x_v), \\qquad x_{v+1} = x_v + \\hat c_{v+1},
 
-:math:`C` an upload codec of :mod:`bouquet.codecs` (top-k, STC, TernGrad) and :math:`\\hat c` its
-decoded payload. The server's residual :math:`w_t - x_{v+1}` is what the step left out; it is
-carried into the next step implicitly (error feedback with decay 1), because the next step
-compresses the whole difference again. Both ends add steps with
-:func:`bouquet.codecs.sync.apply_step`, so a client's rebuilt copy equals :math:`x_v` bit for
-bit; every message names the version and a 64-bit digest of :math:`x_v`.
+:math:`C` an upload codec of :mod:`bouquet.codecs` (top-k, STC, TernGrad) and
+:math:`\\hat c` its decoded payload. The server's residual :math:`w_t - x_{v+1}` is what
+the step left out; it is carried into the next step implicitly (error feedback with
+decay 1), because the next step compresses the whole difference again. Both ends add
+steps with :func:`bouquet.codecs.sync.apply_step`, so a client's rebuilt copy equals
+:math:`x_v` bit for bit; every message names the version and a 64-bit digest of
+:math:`x_v`.
 
-What a node is sent (each node's last *confirmed* version :math:`s`, confirmed by the digest in
-its train reply):
+What a node is sent (each node's last *confirmed* version :math:`s`, confirmed by the
+digest in its train reply):
 
 * :math:`s = v`: no arrays (the node holds the model);
-* the steps :math:`s+1, \\dots, v` in order, when the history still holds them and their bytes
-  are fewer than the dense model's (a node that missed rounds catches up; steps are sent as
-  they were cut, not merged, because a float sum of steps would not rebuild :math:`x_v` exactly);
-* otherwise (new node, history too short, a mismatch or a resync error) the dense :math:`x_v`
-  as Flower's ordinary arrays, so a client without the mod still trains on it.
+* the steps :math:`s+1, \\dots, v` in order, when the history still holds them and their
+  bytes are fewer than the dense model's (a node that missed rounds catches up; steps
+  are sent as they were cut, not merged, because a float sum of steps would not rebuild
+  :math:`x_v` exactly);
+* otherwise (new node, history too short, a mismatch or a resync error) the dense
+  :math:`x_v` as Flower's ordinary arrays, so a client without the mod still trains on
+  it.
 
-The history keeps the most recent steps whose bytes add up to at most the dense model's (a
-longer catch-up is never sent): at most one model size of memory, plus :math:`x_v`, plus one
-version number per node seen.
+The history keeps the most recent steps whose bytes add up to at most the dense model's
+(a longer catch-up is never sent): at most one model size of memory, plus :math:`x_v`,
+plus one version number per node seen.
 
-Per round, the aggregated train ``MetricRecord`` gets ``bouquet-bytes-down`` (the ``Array`` bytes
-of the train messages built), ``bouquet-dense-bytes-down`` (the same messages with the dense
-model), ``bouquet-catchup-bytes`` and ``bouquet-sync-mismatches``, so a plain Flower app sees
-both directions in its ``Result``.
+Per round, the aggregated train ``MetricRecord`` gets ``bouquet-bytes-down`` (the
+``Array`` bytes of the train messages built), ``bouquet-dense-bytes-down`` (the same
+messages with the dense model), ``bouquet-catchup-bytes`` and
+``bouquet-sync-mismatches``, so a plain Flower app sees both directions in its
+``Result``.
 
 Replies: the client mod (:func:`bouquet.clients.downlink_mod`) adds a ``ConfigRecord``
-``bouquet-downlink`` holding the digest of the model it trained from; the wrapper removes it
-before the inner strategy sees the reply. A digest that differs from what was sent counts as
-a *sync mismatch*: the reply is dropped (it was trained from an unknown model) and the node
-gets the dense model next time. A client that cannot rebuild replies with an error naming
-``bouquet-downlink-resync``; that node gets the dense model next time too. A dense reply (full
-weights, Flower's stype) is moved onto the server's model, :math:`w_i + (w_t - x_v)`, so the
-inner strategy reads it as trained from :math:`w_t`; compressed updates need nothing.
+``bouquet-downlink`` holding the digest of the model it trained from; the wrapper
+removes it before the inner strategy sees the reply. A digest that differs from what was
+sent counts as a *sync mismatch*: the reply is dropped (it was trained from an unknown
+model) and the node gets the dense model next time. A client that cannot rebuild replies
+with an error naming ``bouquet-downlink-resync``; that node gets the dense model next
+time too. A dense reply (full weights, Flower's stype) is moved onto the server's model,
+:math:`w_i + (w_t - x_v)`, so the inner strategy reads it as trained from :math:`w_t`;
+compressed updates need nothing.
 
 The model the clients hold is :meth:`held_model`; bouquet's runner evaluates it (not
-:math:`w_t`), so accuracies are those of a model a client has. Flower's ``evaluate_fn`` given
-to ``start()`` by a plain app sees :math:`w_t`. Evaluation messages (``configure_evaluate``)
-are sent dense, as the inner strategy built them.
+:math:`w_t`), so accuracies are those of a model a client has. Flower's ``evaluate_fn``
+given to ``start()`` by a plain app sees :math:`w_t`. Evaluation messages
+(``configure_evaluate``) are sent dense, as the inner strategy built them.
 """
 
 from __future__ import annotations
@@ -74,7 +81,9 @@ from bouquet.strategies.decoding import DENSE_STYPE, reference_arrays
 from bouquet.strategies.reports import CLIENTS_DROPPED, DROP_REASONS, truncate_reason
 from bouquet.strategies.wrapper import StrategyWrapper, chain
 
-RESYNC = keys.DOWNLINK_RESYNC  # marker in a client error reason: it could not rebuild the model
+RESYNC = (
+    keys.DOWNLINK_RESYNC
+)  # marker in a client error reason: it could not rebuild the model
 
 
 def step_record_key(version: int) -> str:
@@ -83,71 +92,126 @@ def step_record_key(version: int) -> str:
 
 
 class CompressedDownlink(StrategyWrapper):
-    """Broadcast compressed steps of the global model around ``strategy`` (see module docstring).
+    """Broadcast compressed steps of the global model around ``strategy`` (see module
+    docstring).
 
     Parameters
     ----------
     strategy : flwr.serverapp.strategy.Strategy
-        Any Message-API strategy whose train messages carry the one global model it was given
-        (``Compressed(...)`` for compressed uploads goes inside).
+        Any Message-API strategy whose train messages carry the one global model it was
+        given (``Compressed(...)`` for compressed uploads goes inside).
     compressor : UpdateCompressor or str
         The downlink codec: a compressor, or ``topk`` / ``stc`` / ``ternary`` built with
-        ``codec_kwargs`` (e.g. ``alpha=0.01``). Its own error feedback is not used: the server's
-        residual is carried by construction.
+        ``codec_kwargs`` (e.g. ``alpha=0.01``). Its own error feedback is not used: the
+        server's residual is carried by construction.
     seed : int
         Seed of the codec's stochastic rounding (mixed with the version).
     initial_known : bool
         Every client can build the initial model itself (e.g. from the run's seed, as
-        ``bouquet-sim`` clients do; give the mod ``DownlinkMod(initial=...)``). A node the server
-        has not served yet then gets the steps since the initial model instead of the dense
-        model, while those are smaller; the client checks the initial model's digest first.
+        ``bouquet-sim`` clients do; give the mod ``DownlinkMod(initial=...)``). A node
+        the server has not served yet then gets the steps since the initial model
+        instead of the dense model, while those are smaller; the client checks the
+        initial model's digest first.
     """
 
-    def __init__(self, strategy: Strategy, compressor: UpdateCompressor | str = "topk", *, seed: int = 0,
-                 initial_known: bool = False, **codec_kwargs: Any) -> None:
+    def __init__(
+        self,
+        strategy: Strategy,
+        compressor: UpdateCompressor | str = "topk",
+        *,
+        seed: int = 0,
+        initial_known: bool = False,
+        **codec_kwargs: Any,
+    ) -> None:
         if isinstance(compressor, str):
             if compressor not in DOWNLINK_CODECS:
-                raise ValueError(f"compressor={compressor!r} is not a downlink codec; allowed: {list(DOWNLINK_CODECS)}")
+                raise ValueError(
+                    f"compressor={compressor!r} is not a downlink codec; allowed: "
+                    f"{list(DOWNLINK_CODECS)}"
+                )
             compressor = make_compressor(compressor, **codec_kwargs)
         elif codec_kwargs:
-            raise ValueError(f"codec options {sorted(codec_kwargs)} given with a compressor object: set them on it")
-        if not isinstance(compressor, UpdateCompressor) or compressor.codec not in DOWNLINK_CODECS:
-            raise ValueError(f"compressor must be a top-k, STC or ternary UpdateCompressor, got {compressor!r}")
-        if compressor.momentum_correction > 0 or compressor.clip_norm is not None or compressor.warmup_rounds:
-            raise ValueError("downlink compressors take no DGC options (momentum_correction, clip_norm, warmup_rounds)")
+            raise ValueError(
+                f"codec options {sorted(codec_kwargs)} given with a compressor "
+                "object: set them on it"
+            )
+        if (
+            not isinstance(compressor, UpdateCompressor)
+            or compressor.codec not in DOWNLINK_CODECS
+        ):
+            raise ValueError(
+                "compressor must be a top-k, STC or ternary UpdateCompressor, got "
+                f"{compressor!r}"
+            )
+        if (
+            compressor.momentum_correction > 0
+            or compressor.clip_norm is not None
+            or compressor.warmup_rounds
+        ):
+            raise ValueError(
+                "downlink compressors take no DGC options (momentum_correction, "
+                "clip_norm, warmup_rounds)"
+            )
         if any(isinstance(s, CompressedDownlink) for s in chain(strategy)):
-            raise ValueError("CompressedDownlink is already in this chain: wrap a strategy in it once")
+            raise ValueError(
+                "CompressedDownlink is already in this chain: wrap a strategy in it "
+                "once"
+            )
         super().__init__(strategy)
         self.compressor = compressor
         self.seed = int(seed)
         self.initial_known = bool(initial_known)
         self._version = 0
-        self._digests: dict[int, str] = {}  # version -> digest of x_version (the initial one and the history's)
+        self._digests: dict[
+            int, str
+        ] = {}  # version -> digest of x_version (the initial one and the history's)
         self._held: dict[str, np.ndarray] = {}
         self._held_digest = ""
         self._server_digest = ""  # digest of the w_t the current version was cut from
-        self._dense_record: ArrayRecord | None = None  # x_v as Flower arrays, built once per version
-        self._steps: deque[tuple[int, dict[str, Encoded], int]] = deque()  # (version, payloads, bytes)
+        self._dense_record: ArrayRecord | None = (
+            None  # x_v as Flower arrays, built once per version
+        )
+        self._steps: deque[tuple[int, dict[str, Encoded], int]] = (
+            deque()
+        )  # (version, payloads, bytes)
         self._nodes: dict[int, int] = {}  # node -> confirmed version
         self._resync: set[int] = set()  # nodes out of sync: the dense model next time
-        self._sent: dict[int, tuple[int, str, bool]] = {}  # node -> (version, digest, dense) this round
-        self._residual: dict[str, np.ndarray] | None = None  # w_t - x_v, built when a dense reply needs it
+        self._sent: dict[
+            int, tuple[int, str, bool]
+        ] = {}  # node -> (version, digest, dense) this round
+        self._residual: dict[str, np.ndarray] | None = (
+            None  # w_t - x_v, built when a dense reply needs it
+        )
         self._server: dict[str, np.ndarray] = {}
         self._dropped: list[str] = []
-        self._round = {"mismatches": 0, "catchup_bytes": 0, "dense_sends": 0, "bytes_down": 0, "dense_down": 0}
+        self._round = {
+            "mismatches": 0,
+            "catchup_bytes": 0,
+            "dense_sends": 0,
+            "bytes_down": 0,
+            "dense_down": 0,
+        }
         self.sync_mismatches = 0
         self._warned_no_mod: set[int] = set()
         self._explained: set[str] = set()  # set-up mistakes already logged
 
     def summary(self) -> None:
-        log(logging.INFO, "\t├──> CompressedDownlink(%s) around %s", self.compressor.codec, type(self.strategy).__name__)
+        log(
+            logging.INFO,
+            "\t├──> CompressedDownlink(%s) around %s",
+            self.compressor.codec,
+            type(self.strategy).__name__,
+        )
         self.strategy.summary()
 
-    # ------------------------------------------------------------------ the model clients hold
+    # ----------------------------------------------------------- the model clients hold
     def held_model(self, arrays: ArrayRecord) -> ArrayRecord:
-        """The model the clients will hold once ``arrays`` (the server's model) is broadcast."""
+        """The model the clients will hold once ``arrays`` (the server's model) is
+        broadcast."""
         self._advance(arrays)
-        return ArrayRecord({name: Array(np.array(a, copy=True)) for name, a in self._held.items()})
+        return ArrayRecord(
+            {name: Array(np.array(a, copy=True)) for name, a in self._held.items()}
+        )
 
     @property
     def version(self) -> int:
@@ -155,30 +219,56 @@ class CompressedDownlink(StrategyWrapper):
         return self._version
 
     def _advance(self, arrays: ArrayRecord) -> None:
-        """Cut the step from :math:`x_v` towards ``arrays`` (once per distinct server model)."""
+        """Cut the step from :math:`x_v` towards ``arrays`` (once per distinct server
+        model)."""
         server = reference_arrays(arrays)
         digest = model_digest(server)
         if digest == self._server_digest:
             return
         self._server, self._server_digest, self._residual = server, digest, None
-        same = self._held and list(self._held) == list(server) and all(
-            self._held[n].shape == a.shape and self._held[n].dtype == a.dtype for n, a in server.items())
-        if not same:  # first broadcast, or the model's layout changed: everyone gets it dense
+        same = (
+            self._held
+            and list(self._held) == list(server)
+            and all(
+                self._held[n].shape == a.shape and self._held[n].dtype == a.dtype
+                for n, a in server.items()
+            )
+        )
+        if (
+            not same
+        ):  # first broadcast, or the model's layout changed: everyone gets it dense
             if self._held:
-                log(logging.INFO, "CompressedDownlink: the model's tensors changed (names, shapes or dtypes): "
-                    "broadcasting it dense")
+                log(
+                    logging.INFO,
+                    "CompressedDownlink: the model's tensors changed (names, shapes "
+                    "or dtypes): "
+                    "broadcasting it dense",
+                )
             self._held = {n: np.array(a, copy=True) for n, a in server.items()}
             self._steps.clear()
             self._nodes.clear()
             self._digests.clear()
         else:
-            updates = [np.subtract(server[n], self._held[n], dtype=self._held[n].dtype) for n in server]
+            updates = [
+                np.subtract(server[n], self._held[n], dtype=self._held[n].dtype)
+                for n in server
+            ]
             rng = np.random.default_rng([self.seed, self._version, 29])
-            payloads, _ = self.compressor.compress(updates, None, server_round=self._version + 1, rng=rng, inplace=True,
-                                                   exact=[is_statistic(n) for n in server])
+            payloads, _ = self.compressor.compress(
+                updates,
+                None,
+                server_round=self._version + 1,
+                rng=rng,
+                inplace=True,
+                exact=[is_statistic(n) for n in server],
+            )
             step = dict(zip(server, payloads, strict=True))
-            apply_decoded(self._held, decode_step(step, self._held))  # exactly what a client does
-            self._steps.append((self._version + 1, step, sum(len(p.data) for p in payloads)))
+            apply_decoded(
+                self._held, decode_step(step, self._held)
+            )  # exactly what a client does
+            self._steps.append(
+                (self._version + 1, step, sum(len(p.data) for p in payloads))
+            )
             while sum(b for _, _, b in self._steps) > self._dense_bytes():
                 dropped, _, _ = self._steps.popleft()
                 if dropped - 1 > 1:
@@ -192,10 +282,18 @@ class CompressedDownlink(StrategyWrapper):
         return sum(a.nbytes for a in self._held.values())
 
     # ------------------------------------------------------------------ broadcast
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         self._advance(arrays)
         self._sent = {}
-        self._round = {"mismatches": 0, "catchup_bytes": 0, "dense_sends": 0, "bytes_down": 0, "dense_down": 0}
+        self._round = {
+            "mismatches": 0,
+            "catchup_bytes": 0,
+            "dense_sends": 0,
+            "bytes_down": 0,
+            "dense_down": 0,
+        }
         out = []
         for msg in self.strategy.configure_train(server_round, arrays, config, grid):
             out.append(self._compress_message(msg, arrays))
@@ -205,47 +303,85 @@ class CompressedDownlink(StrategyWrapper):
         content = msg.content
         keys_of_arrays = list(content.array_records)
         if len(keys_of_arrays) != 1:
-            raise ValueError(f"CompressedDownlink: a train message holds {len(keys_of_arrays)} ArrayRecords; "
-                             "the downlink broadcasts one model")
+            raise ValueError(
+                f"CompressedDownlink: a train message holds {len(keys_of_arrays)} "
+                "ArrayRecords; "
+                "the downlink broadcasts one model"
+            )
         rec_key = keys_of_arrays[0]
         record = content.array_records[rec_key]
-        if record is not arrays and model_digest(reference_arrays(record)) != self._server_digest:
-            raise ValueError("CompressedDownlink: the inner strategy sends node-specific arrays (e.g. sub-models); "
-                             "the downlink broadcasts one model: remove CompressedDownlink")
+        if (
+            record is not arrays
+            and model_digest(reference_arrays(record)) != self._server_digest
+        ):
+            raise ValueError(
+                "CompressedDownlink: the inner strategy sends node-specific arrays "
+                "(e.g. sub-models); "
+                "the downlink broadcasts one model: remove CompressedDownlink"
+            )
         node = int(msg.metadata.dst_node_id)
         new = RecordDict()
         for key, value in content.items():
             if key != rec_key:
                 new[key] = value
         base = self._nodes.get(node)
-        if base is None and self.initial_known and 1 in self._digests and node not in self._resync:
-            base = 1  # a new node builds the initial model itself (its digest is checked)
+        if (
+            base is None
+            and self.initial_known
+            and 1 in self._digests
+            and node not in self._resync
+        ):
+            base = (
+                1  # a new node builds the initial model itself (its digest is checked)
+            )
         steps = self._catchup(base)
         dense = steps is None
         if dense:
             if self._dense_record is None:
-                self._dense_record = ArrayRecord({n: Array(a) for n, a in self._held.items()})
+                self._dense_record = ArrayRecord(
+                    {n: Array(a) for n, a in self._held.items()}
+                )
             new[rec_key] = self._dense_record
             self._round["dense_sends"] += 1
             self._resync.discard(node)
         else:
             for version, payloads, nbytes in steps or []:
-                new[step_record_key(version)] = ArrayRecord({
-                    n: Array(dtype=p.dtype, shape=tuple(p.shape), stype=p.stype, data=p.data) for n, p in payloads.items()})
+                new[step_record_key(version)] = ArrayRecord(
+                    {
+                        n: Array(
+                            dtype=p.dtype,
+                            shape=tuple(p.shape),
+                            stype=p.stype,
+                            data=p.data,
+                        )
+                        for n, p in payloads.items()
+                    }
+                )
                 if len(steps or []) > 1:
-                    self._round["catchup_bytes"] += nbytes  # more than this round's step: catching up
-        new[keys.DOWNLINK] = ConfigRecord({
-            "version": self._version, "base": 0 if dense else int(base or 0), "digest": self._held_digest,
-            "base-digest": "" if dense else self._digests.get(int(base or 0), ""),
-            "kind": "dense" if dense else "steps", "record": rec_key,
-        })
+                    self._round["catchup_bytes"] += (
+                        nbytes  # more than this round's step: catching up
+                    )
+        new[keys.DOWNLINK] = ConfigRecord(
+            {
+                "version": self._version,
+                "base": 0 if dense else int(base or 0),
+                "digest": self._held_digest,
+                "base-digest": "" if dense else self._digests.get(int(base or 0), ""),
+                "kind": "dense" if dense else "steps",
+                "record": rec_key,
+            }
+        )
         self._sent[node] = (self._version, self._held_digest, dense)
-        self._round["bytes_down"] += sum(len(a.data) for r in new.array_records.values() for a in r.values())
+        self._round["bytes_down"] += sum(
+            len(a.data) for r in new.array_records.values() for a in r.values()
+        )
         self._round["dense_down"] += sum(len(a.data) for a in record.values())
         msg.content = new
         return msg
 
-    def _catchup(self, base: int | None) -> list[tuple[int, dict[str, Encoded], int]] | None:
+    def _catchup(
+        self, base: int | None
+    ) -> list[tuple[int, dict[str, Encoded], int]] | None:
         """The steps after ``base`` (None: send the model dense)."""
         if base is None or base > self._version:
             return None
@@ -259,7 +395,9 @@ class CompressedDownlink(StrategyWrapper):
         return steps
 
     # ------------------------------------------------------------------ replies
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         self._dropped = []
         kept = []
         for msg in replies:
@@ -294,16 +432,31 @@ class CompressedDownlink(StrategyWrapper):
             if dense:
                 if node not in self._warned_no_mod:
                     self._warned_no_mod.add(node)
-                    log(logging.WARNING, "CompressedDownlink: node %s replies without a downlink digest (no "
-                        "downlink_mod?): it gets the model dense", node)
+                    log(
+                        logging.WARNING,
+                        "CompressedDownlink: node %s replies without a downlink "
+                        "digest (no "
+                        "downlink_mod?): it gets the model dense",
+                        node,
+                    )
                 return self._strip(msg)
-            self._drop(node, "no downlink digest in a reply to compressed steps (is downlink_mod installed?)")
+            self._drop(
+                node,
+                "no downlink digest in a reply to compressed steps (is downlink_mod "
+                "installed?)",
+            )
             self._nodes.pop(node, None)
             self._resync.add(node)
             return None
         if got != digest:
-            self._mismatch(node, f"trained from a model with digest {str(got)[:32]!r}, the broadcast's is {digest!r}")
-            self._drop(node, "sync mismatch: trained from another model than the broadcast")
+            self._mismatch(
+                node,
+                f"trained from a model with digest {str(got)[:32]!r}, the "
+                f"broadcast's is {digest!r}",
+            )
+            self._drop(
+                node, "sync mismatch: trained from another model than the broadcast"
+            )
             return None
         self._nodes[node] = version
         return self._strip(msg)
@@ -312,15 +465,27 @@ class CompressedDownlink(StrategyWrapper):
         self._round["mismatches"] += 1
         self._nodes.pop(node, None)
         self._resync.add(node)
-        log(logging.WARNING, "CompressedDownlink: node %s out of sync (%s): it gets the dense model next time", node, why)
+        log(
+            logging.WARNING,
+            "CompressedDownlink: node %s out of sync (%s): it gets the dense model "
+            "next time",
+            node,
+            why,
+        )
 
     def _drop(self, node: int, reason: str) -> None:
         reason = truncate_reason(reason)
-        log(logging.WARNING, "CompressedDownlink: dropping reply from node %s: %s", node, reason)
+        log(
+            logging.WARNING,
+            "CompressedDownlink: dropping reply from node %s: %s",
+            node,
+            reason,
+        )
         self._dropped.append(f"node {node}: {reason}")
 
     def _strip(self, msg: Message) -> Message:
-        """The reply without the downlink record, dense arrays moved onto the server's model."""
+        """The reply without the downlink record, dense arrays moved onto the server's
+        model."""
         content = RecordDict()
         for key, value in msg.content.items():
             if key == keys.DOWNLINK:
@@ -332,13 +497,19 @@ class CompressedDownlink(StrategyWrapper):
         return msg
 
     def _to_server_model(self, record: ArrayRecord) -> ArrayRecord:
-        """:math:`w_i + (w_t - x_v)` for every dense float array of the right shape (others unchanged:
+        """:math:`w_i + (w_t - x_v)` for every dense float array of the right shape
+        (others unchanged:
         the inner strategy judges them)."""
         if not any(a.stype == DENSE_STYPE for a in record.values()):
             return record
         if self._residual is None:
-            self._residual = {n: np.subtract(self._server[n], self._held[n], dtype=self._held[n].dtype)
-                              for n in self._held if self._held[n].dtype.kind == "f"}
+            self._residual = {
+                n: np.subtract(
+                    self._server[n], self._held[n], dtype=self._held[n].dtype
+                )
+                for n in self._held
+                if self._held[n].dtype.kind == "f"
+            }
         out: dict[str, Array] = {}
         for name, arr in record.items():
             res = self._residual.get(name)
@@ -346,7 +517,9 @@ class CompressedDownlink(StrategyWrapper):
                 out[name] = arr
                 continue
             try:
-                full = read_npy(arr.data, shape=tuple(arr.shape), dtype=np.dtype(arr.dtype))
+                full = read_npy(
+                    arr.data, shape=tuple(arr.shape), dtype=np.dtype(arr.dtype)
+                )
             except (ValueError, TypeError):
                 out[name] = arr
                 continue
@@ -354,32 +527,51 @@ class CompressedDownlink(StrategyWrapper):
                 out[name] = arr
                 continue
             with np.errstate(over="ignore", invalid="ignore"):
-                out[name] = Array(np.add(full, res, dtype=np.result_type(full.dtype, res.dtype)))
+                out[name] = Array(
+                    np.add(full, res, dtype=np.result_type(full.dtype, res.dtype))
+                )
         return ArrayRecord(out)
 
-    # ------------------------------------------------------------------ reports and state
+    # ---------------------------------------------------------------- reports and state
     def own_report(self) -> dict[str, Any]:
         own: dict[str, Any] = {
-            CLIENTS_DROPPED: len(self._dropped), DROP_REASONS: list(self._dropped),
-            "sync_mismatches": self._round["mismatches"], "catchup_bytes": self._round["catchup_bytes"],
-            "dense_sends": self._round["dense_sends"], "downlink_version": self._version,
+            CLIENTS_DROPPED: len(self._dropped),
+            DROP_REASONS: list(self._dropped),
+            "sync_mismatches": self._round["mismatches"],
+            "catchup_bytes": self._round["catchup_bytes"],
+            "dense_sends": self._round["dense_sends"],
+            "downlink_version": self._version,
         }
         self._dropped = []
         return own
 
     def state_dict(self) -> dict[str, Any]:
-        """Version and held model (the step history and node table are not kept: after a resume
+        """Version and held model (the step history and node table are not kept: after a
+        resume
         every node gets the dense model once)."""
-        return {"version": self._version, "held": {n: a.copy() for n, a in self._held.items()},
-                "sync_mismatches": self.sync_mismatches}
+        return {
+            "version": self._version,
+            "held": {n: a.copy() for n, a in self._held.items()},
+            "sync_mismatches": self.sync_mismatches,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict` (``ValueError`` if it is not one)."""
         held = state.get("held") if isinstance(state, dict) else None
         version = state.get("version") if isinstance(state, dict) else None
-        if not isinstance(held, dict) or not isinstance(version, int) or version < 0 or not all(
-                isinstance(k, str) and isinstance(v, np.ndarray) for k, v in held.items()):
-            raise ValueError("CompressedDownlink.load_state_dict: needs 'version' (int >= 0) and 'held' (name -> array)")
+        if (
+            not isinstance(held, dict)
+            or not isinstance(version, int)
+            or version < 0
+            or not all(
+                isinstance(k, str) and isinstance(v, np.ndarray)
+                for k, v in held.items()
+            )
+        ):
+            raise ValueError(
+                "CompressedDownlink.load_state_dict: needs 'version' (int >= 0) and "
+                "'held' (name -> array)"
+            )
         self._held = {k: np.array(v, copy=True) for k, v in held.items()}
         self._version = version
         self._held_digest = model_digest(self._held) if self._held else ""
@@ -389,4 +581,3 @@ class CompressedDownlink(StrategyWrapper):
         self._resync.clear()
         self._digests = {version: self._held_digest} if self._held else {}
         self.sync_mismatches = int(state.get("sync_mismatches", 0))
-

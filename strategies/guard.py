@@ -1,63 +1,68 @@
 """``ReplyGuard``: drop malformed train replies before they reach any strategy.
 
-Flower's strategies trust their replies: a NaN array is averaged into the global model, and a
-reply whose records differ from the others raises ``InconsistentMessageReplies`` and ends the
-whole run. ``ReplyGuard(strategy)`` wraps any Message-API strategy and, before its
-``aggregate_train``, drops (logs, counts, with a reason cut to
+Flower's strategies trust their replies: a NaN array is averaged into the global model,
+and a reply whose records differ from the others raises ``InconsistentMessageReplies``
+and ends the whole run. ``ReplyGuard(strategy)`` wraps any Message-API strategy and,
+before its ``aggregate_train``, drops (logs, counts, with a reason cut to
 :data:`~bouquet.strategies.reports.MAX_REASON_CHARS`) every reply that
 
-* does not answer a message sent this round from the node it went to, or answers it twice
-  (identity, :class:`~bouquet.strategies.screening.SentMessages`; not checked when
+* does not answer a message sent this round from the node it went to, or answers it
+  twice (identity, :class:`~bouquet.strategies.screening.SentMessages`; not checked when
   ``configure_train`` was not called on the guard);
 * has no ``ArrayRecord`` or several, or array names different from the global model's;
 * carries an array that is not a dense numpy array, whose shape differs from the global
-  array's, whose ``.npy`` header Flower's reader would refuse, or whose values are not finite
-  once cast to the global array's dtype (the *dtype rule* below);
-* has not exactly one ``MetricRecord``, or a weight (``weighted_by_key``, looked up through
-  Flower's DP wrappers too) that is missing, a list, not a finite number in (0, 2**53].
+  array's, whose ``.npy`` header Flower's reader would refuse, or whose values are not
+  finite once cast to the global array's dtype (the *dtype rule* below);
+* has not exactly one ``MetricRecord``, or a weight (``weighted_by_key``, looked up
+  through Flower's DP wrappers too) that is missing, a list, not a finite number in (0,
+  2**53].
 
-Without ``configure_train`` (Flower's own strategy tests call ``aggregate_train`` alone) there
-is no global model to compare with: each dense array is still parsed and checked for finite
-values, and replies whose names and shapes differ from those of a strict majority are dropped.
+Without ``configure_train`` (Flower's own strategy tests call ``aggregate_train`` alone)
+there is no global model to compare with: each dense array is still parsed and checked
+for finite values, and replies whose names and shapes differ from those of a strict
+majority are dropped.
 
-Metric keys never cost a reply: the keys every remaining reply holds with one kind are kept, the
-others left out of the aggregated metrics (unless the inner strategy declares
+Metric keys never cost a reply: the keys every remaining reply holds with one kind are
+kept, the others left out of the aggregated metrics (unless the inner strategy declares
 ``validates_metrics``, :class:`~bouquet.strategies.hooks.ValidatesMetrics`).
 
-Dtype rule: every tensor of a reply must have the dtype of the global array the server sent,
-or is cast to it when the cast is exact enough: to a floating dtype when every cast value is
-finite (a float64 1e300 for a float32 model is refused, a float16 reply for a float32 model is
-widened), to an integer or bool dtype when every value survives the cast unchanged. The inner
-strategy therefore sees replies of the server's dtypes only, and Flower's FedAvg gives a global
-model of the server's dtypes (integer tensors become float64 as in Flower). A reply that needed
-a cast is passed on as a new message (one copy of that reply's arrays).
+Dtype rule: every tensor of a reply must have the dtype of the global array the server
+sent, or is cast to it when the cast is exact enough: to a floating dtype when every
+cast value is finite (a float64 1e300 for a float32 model is refused, a float16 reply
+for a float32 model is widened), to an integer or bool dtype when every value survives
+the cast unchanged. The inner strategy therefore sees replies of the server's dtypes
+only, and Flower's FedAvg gives a global model of the server's dtypes (integer tensors
+become float64 as in Flower). A reply that needed a cast is passed on as a new message
+(one copy of that reply's arrays).
 
-A strategy that sends different arrays to different nodes (sub-models of an early-exit network)
-declares ``validates_arrays = True`` (:class:`~bouquet.strategies.hooks.ValidatesArrays`); the
-guard then leaves the array checks to it and only checks identity and weight.
+A strategy that sends different arrays to different nodes (sub-models of an early-exit
+network) declares ``validates_arrays = True``
+(:class:`~bouquet.strategies.hooks.ValidatesArrays`); the guard then leaves the array
+checks to it and only checks identity and weight.
 
-Nothing is deserialised from what a reply declares: the ``.npy`` header of every dense array is
-parsed and checked (shape, dtype, exact length) before a zero-copy view is made, and any
-exception while checking one reply drops that reply; it never ends the round.
+Nothing is deserialised from what a reply declares: the ``.npy`` header of every dense
+array is parsed and checked (shape, dtype, exact length) before a zero-copy view is
+made, and any exception while checking one reply drops that reply; it never ends the
+round.
 
 Optional robustness (off by default): ``max_update_norm`` drops a reply whose update
-:math:`\\lVert w_i - w \\rVert_2` exceeds an absolute bound, ``max_norm_ratio`` one whose update
-norm exceeds that multiple of the round's median update norm. Both are plain norm filters, not
-a Byzantine-robust aggregation.
+:math:`\\lVert w_i - w \\rVert_2` exceeds an absolute bound, ``max_norm_ratio`` one
+whose update norm exceeds that multiple of the round's median update norm. Both are
+plain norm filters, not a Byzantine-robust aggregation.
 
 Order: ``ReplyGuard`` checks dense arrays, so it goes *inside* ``Compressed``
-(``Compressed(ReplyGuard(strategy))``: on ``Compressed``'s fast path, which never builds dense
-replies, the guard's norm bounds and ``min_replies`` are applied through its
-:class:`~bouquet.strategies.hooks.ReplyScreen` hooks). ``ReplyGuard(Compressed(...))`` is
-refused at construction, and so are Flower's XGBoost strategies (byte-array models).
+(``Compressed(ReplyGuard(strategy))``: on ``Compressed``'s fast path, which never builds
+dense replies, the guard's norm bounds and ``min_replies`` are applied through its
+:class:`~bouquet.strategies.hooks.ReplyScreen` hooks). ``ReplyGuard(Compressed(...))``
+is refused at construction, and so are Flower's XGBoost strategies (byte-array models).
 
-A round with fewer than ``min_replies`` usable replies is skipped: the inner strategy is not
-called, ``aggregate_train`` returns ``(None, None)`` and Flower's loop keeps the current global
-model; the round is counted in ``rounds_skipped``.
+A round with fewer than ``min_replies`` usable replies is skipped: the inner strategy is
+not called, ``aggregate_train`` returns ``(None, None)`` and Flower's loop keeps the
+current global model; the round is counted in ``rounds_skipped``.
 
-The remaining replies go to the inner strategy unchanged (error replies pass through: Flower's
-strategies skip them), so on valid replies of the server's dtypes ``ReplyGuard(FedAvg)`` gives
-exactly FedAvg's result.
+The remaining replies go to the inner strategy unchanged (error replies pass through:
+Flower's strategies skip them), so on valid replies of the server's dtypes
+``ReplyGuard(FedAvg)`` gives exactly FedAvg's result.
 """
 
 from __future__ import annotations
@@ -91,29 +96,50 @@ from bouquet.strategies.screening import (
     reply_weight,
     shared_metrics,
 )
-from bouquet.strategies.wrapper import StrategyWrapper, nested, refuse_byte_models, weight_key_of
+from bouquet.strategies.wrapper import (
+    StrategyWrapper,
+    nested,
+    refuse_byte_models,
+    weight_key_of,
+)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DENSE_STYPE", "ReplyGuard", "cast_to_reference", "check_dense_reply", "check_weight"]
+__all__ = [
+    "DENSE_STYPE",
+    "ReplyGuard",
+    "cast_to_reference",
+    "check_dense_reply",
+    "check_weight",
+]
 
 
 def cast_to_reference(view: np.ndarray, ref: np.ndarray, name: str) -> np.ndarray:
-    """``view`` in ``ref``'s dtype under the guard's dtype rule (module docstring), else ``ValueError``."""
+    """``view`` in ``ref``'s dtype under the guard's dtype rule (module docstring), else
+    ``ValueError``."""
     if view.dtype == ref.dtype:
         return view
     with np.errstate(over="ignore", invalid="ignore"):
         cast = view.astype(ref.dtype)
     if ref.dtype.kind in "fc":
         if not np.all(np.isfinite(cast)):
-            raise ValueError(f"array {name!r} ({view.dtype}) has values that are not finite as {ref.dtype}")
+            raise ValueError(
+                f"array {name!r} ({view.dtype}) has values that are not finite as "
+                f"{ref.dtype}"
+            )
     elif not np.array_equal(cast, view):
-        raise ValueError(f"array {name!r} ({view.dtype}) has values that {ref.dtype} cannot hold exactly")
+        raise ValueError(
+            f"array {name!r} ({view.dtype}) has values that {ref.dtype} cannot hold "
+            "exactly"
+        )
     return cast
 
 
-def _checked_arrays(msg: Message, reference: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
-    """The reply's arrays cast to the reference's dtypes when one differs (None: all equal)."""
+def _checked_arrays(
+    msg: Message, reference: dict[str, np.ndarray]
+) -> dict[str, np.ndarray] | None:
+    """The reply's arrays cast to the reference's dtypes when one differs (None: all
+    equal)."""
     record = single_array_record(msg.content)
     check_record(record, reference, dense_only=True)
     cast: dict[str, np.ndarray] = {}
@@ -121,19 +147,27 @@ def _checked_arrays(msg: Message, reference: dict[str, np.ndarray]) -> dict[str,
         view, ref = dense_view(arr), reference[name]
         if view.dtype != ref.dtype:
             cast[name] = cast_to_reference(view, ref, name)
-        elif view.dtype.kind in "fc" and not np.isfinite(view.sum()) and not np.all(np.isfinite(view)):
+        elif (
+            view.dtype.kind in "fc"
+            and not np.isfinite(view.sum())
+            and not np.all(np.isfinite(view))
+        ):
             raise ValueError(f"array {name!r} has non-finite values")
     if not cast:
         return None
     return {name: cast.get(name, dense_view(arr)) for name, arr in record.items()}
 
 
-def check_dense_reply(msg: Message, reference: dict[str, np.ndarray] | None, weight_key: str = "num-examples") -> str | None:
+def check_dense_reply(
+    msg: Message,
+    reference: dict[str, np.ndarray] | None,
+    weight_key: str = "num-examples",
+) -> str | None:
     """Return why ``msg`` is unusable for dense aggregation, or ``None`` if it is fine.
 
-    ``reference`` maps array name -> the global array sent this round (``None``: only the
-    records and the weight are checked). A dtype that differs from the reference's is fine
-    when the guard's dtype rule can cast it.
+    ``reference`` maps array name -> the global array sent this round (``None``: only
+    the records and the weight are checked). A dtype that differs from the reference's
+    is fine when the guard's dtype rule can cast it.
     """
     try:
         if reference is not None:
@@ -146,10 +180,17 @@ def check_dense_reply(msg: Message, reference: dict[str, np.ndarray] | None, wei
 
 
 def dense_update_norm(msg: Message, reference: dict[str, np.ndarray]) -> float:
-    """:math:`\\lVert w_i - w \\rVert_2` of a reply that passed :func:`check_dense_reply`."""
+    """:math:`\\lVert w_i - w \\rVert_2` of a reply that passed
+    :func:`check_dense_reply`."""
     record = single_array_record(msg.content)
-    return float(np.sqrt(sum(sum_squares(dense_view(arr).astype(np.float64) - reference[name])
-                             for name, arr in record.items())))
+    return float(
+        np.sqrt(
+            sum(
+                sum_squares(dense_view(arr).astype(np.float64) - reference[name])
+                for name, arr in record.items()
+            )
+        )
+    )
 
 
 def check_weight(msg: Message, weight_key: str = "num-examples") -> str | None:
@@ -169,28 +210,50 @@ class ReplyGuard(StrategyWrapper):
     strategy : flwr.serverapp.strategy.Strategy
         The strategy to protect (not one that contains ``Compressed``).
     weight_key : str, optional
-        The weight metric (default: the ``weighted_by_key`` of the strategy, looked up through
-        Flower's DP wrappers, else ``num-examples``).
+        The weight metric (default: the ``weighted_by_key`` of the strategy, looked up
+        through Flower's DP wrappers, else ``num-examples``).
     min_replies : int
         Fewer usable replies than this skip the round (global model unchanged).
     max_update_norm : float, optional
         Drop a reply whose update norm exceeds this (``None``: no bound).
     max_norm_ratio : float, optional
-        Drop a reply whose update norm exceeds this multiple of the round's median (``None``: off).
+        Drop a reply whose update norm exceeds this multiple of the round's median
+        (``None``: off).
     """
 
-    def __init__(self, strategy: Strategy, weight_key: str | None = None, min_replies: int = 1, *,
-                 max_update_norm: float | None = None, max_norm_ratio: float | None = None) -> None:
+    def __init__(
+        self,
+        strategy: Strategy,
+        weight_key: str | None = None,
+        min_replies: int = 1,
+        *,
+        max_update_norm: float | None = None,
+        max_norm_ratio: float | None = None,
+    ) -> None:
         from bouquet.strategies.compressed import Compressed
 
-        if isinstance(min_replies, bool) or not isinstance(min_replies, int) or min_replies < 1:
-            raise ValueError(f"simulation.min_replies={min_replies!r} must be an integer >= 1")
-        for name, value in (("max_update_norm", max_update_norm), ("max_norm_ratio", max_norm_ratio)):
+        if (
+            isinstance(min_replies, bool)
+            or not isinstance(min_replies, int)
+            or min_replies < 1
+        ):
+            raise ValueError(
+                f"simulation.min_replies={min_replies!r} must be an integer >= 1"
+            )
+        for name, value in (
+            ("max_update_norm", max_update_norm),
+            ("max_norm_ratio", max_norm_ratio),
+        ):
             if value is not None and not (np.isfinite(value) and value > 0):
-                raise ValueError(f"{name}={value} must be finite and > 0 (or None: no bound)")
+                raise ValueError(
+                    f"{name}={value} must be finite and > 0 (or None: no bound)"
+                )
         if any(isinstance(s, Compressed) for s in nested(strategy)):
-            raise ValueError("ReplyGuard(Compressed(...)) would drop every compressed reply: put the guard inside, "
-                             "Compressed(ReplyGuard(strategy))")
+            raise ValueError(
+                "ReplyGuard(Compressed(...)) would drop every compressed reply: put "
+                "the guard inside, "
+                "Compressed(ReplyGuard(strategy))"
+            )
         refuse_byte_models(strategy, "ReplyGuard")
         super().__init__(strategy)
         self.min_replies = min_replies
@@ -203,15 +266,20 @@ class ReplyGuard(StrategyWrapper):
         self._sent = SentMessages()
         self._dropped: list[str] = []
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         self._reference = reference_arrays(arrays)
-        return self._sent.remember(self.strategy.configure_train(server_round, arrays, config, grid))
+        return self._sent.remember(
+            self.strategy.configure_train(server_round, arrays, config, grid)
+        )
 
     def _inner_flag(self, hook: type, flag: str) -> bool:
         return isinstance(self.strategy, hook) and bool(getattr(self.strategy, flag))
 
     def filter_replies(self, replies: Iterable[Message]) -> list[Message]:
-        """Keep the usable replies (and error replies); record why the others were dropped."""
+        """Keep the usable replies (and error replies); record why the others were
+        dropped."""
         kept, wrong = self._sent.screen(replies)
         for msg, reason in wrong:
             self._drop(msg, reason)
@@ -227,7 +295,9 @@ class ReplyGuard(StrategyWrapper):
                 cast = None
                 if self._reference is not None and not own_arrays:
                     cast = _checked_arrays(msg, self._reference)
-                elif not own_arrays:  # configure_train not called: each array on its own
+                elif (
+                    not own_arrays
+                ):  # configure_train not called: each array on its own
                     for name, arr in record.items():
                         finite_or_drop(read_dense_alone(arr, name), name)
             except Exception as exc:  # noqa: BLE001 - a malformed reply is a dropped reply
@@ -253,7 +323,8 @@ class ReplyGuard(StrategyWrapper):
         return self.max_update_norm is not None or self.max_norm_ratio is not None
 
     def screen_norms(self, norms: Sequence[float]) -> list[int]:
-        """Indices of the update norms within this guard's bounds (all finite ones when none is
+        """Indices of the update norms within this guard's bounds (all finite ones when
+        none is
         set; :class:`~bouquet.strategies.hooks.ReplyScreen`)."""
         keep = [i for i, n in enumerate(norms) if np.isfinite(n)]
         if self.max_update_norm is not None:
@@ -264,31 +335,47 @@ class ReplyGuard(StrategyWrapper):
         return keep
 
     def admit_round(self, server_round: int, usable: int) -> bool:
-        """Whether a round with ``usable`` replies is aggregated; a skipped one is counted and
+        """Whether a round with ``usable`` replies is aggregated; a skipped one is
+        counted and
         logged (:class:`~bouquet.strategies.hooks.ReplyScreen`)."""
         if usable >= self.min_replies:
             return True
         self.rounds_skipped += 1
         self._skipped_now = True
-        log(logging.WARNING, "round %d skipped: %d usable replies < min_replies=%d; global model unchanged",
-            server_round, usable, self.min_replies)
+        log(
+            logging.WARNING,
+            "round %d skipped: %d usable replies < min_replies=%d; global model "
+            "unchanged",
+            server_round,
+            usable,
+            self.min_replies,
+        )
         return False
 
     def _drop(self, msg: Message, reason: str) -> None:
         node = node_label(msg)
         reason = truncate_reason(reason)
-        log(logging.WARNING, "ReplyGuard: dropping reply from node %s: %s", node, reason)
+        log(
+            logging.WARNING, "ReplyGuard: dropping reply from node %s: %s", node, reason
+        )
         self._dropped.append(f"node {node}: {reason}")
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         self._dropped = []
         kept = self.filter_replies(replies)
-        if not self.admit_round(server_round, sum(1 for m in kept if not m.has_error())):
+        if not self.admit_round(
+            server_round, sum(1 for m in kept if not m.has_error())
+        ):
             return None, None
         return self.strategy.aggregate_train(server_round, kept)
 
     def own_report(self) -> dict[str, Any]:
-        own: dict[str, Any] = {CLIENTS_DROPPED: len(self._dropped), DROP_REASONS: list(self._dropped)}
+        own: dict[str, Any] = {
+            CLIENTS_DROPPED: len(self._dropped),
+            DROP_REASONS: list(self._dropped),
+        }
         if self._skipped_now:
             own["round_skipped"] = True
         self._dropped = []
@@ -297,13 +384,25 @@ class ReplyGuard(StrategyWrapper):
 
 
 def _with_arrays(msg: Message, arrays: dict[str, np.ndarray]) -> Message:
-    """A new reply with the same metadata and records, its arrays replaced by ``arrays``."""
+    """A new reply with the same metadata and records, its arrays replaced by
+    ``arrays``."""
     record_key = next(iter(msg.content.array_records))
     content = RecordDict()
     for key, value in msg.content.items():
-        content[key] = ArrayRecord({n: Array(a if a.flags.c_contiguous else a.copy()) for n, a in arrays.items()}) if key == record_key else value
+        content[key] = (
+            ArrayRecord(
+                {
+                    n: Array(a if a.flags.c_contiguous else a.copy())
+                    for n, a in arrays.items()
+                }
+            )
+            if key == record_key
+            else value
+        )
     return Message(metadata=msg.metadata, content=content)  # type: ignore[call-overload]
 
 
 def _reason(exc: BaseException) -> str:
-    return truncate_reason(str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}")
+    return truncate_reason(
+        str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+    )

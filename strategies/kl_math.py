@@ -1,4 +1,5 @@
-"""The pure functions of KL-divergence weighting (:mod:`bouquet.strategies.kl_weighted`): label
+"""The pure functions of KL-divergence weighting
+(:mod:`bouquet.strategies.kl_weighted`): label
 histograms checked, smoothed, compared with KL divergence, and turned into weights."""
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ BAD_HISTOGRAM_RULES = ("fallback", "drop")
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not allowed; allowed: {', '.join(allowed)}")
+        raise ValueError(
+            f"{name}={value!r} is not allowed; allowed: {', '.join(allowed)}"
+        )
 
 
 def histogram_problem(value: Any, num_classes: int | None) -> str | None:
@@ -47,18 +50,31 @@ def histogram_problem(value: Any, num_classes: int | None) -> str | None:
     return None
 
 
-def smooth_distribution(counts: Sequence[float] | np.ndarray, smoothing: float) -> np.ndarray:
-    """Normalise ``counts`` and mix with the uniform distribution: ``(1-eps) p + eps/C``."""
+def smooth_distribution(
+    counts: Sequence[float] | np.ndarray, smoothing: float
+) -> np.ndarray:
+    """Normalise ``counts`` and mix with the uniform distribution: ``(1-eps) p +
+    eps/C``."""
     arr = np.asarray(counts, dtype=np.float64)
-    if arr.ndim != 1 or arr.size == 0 or not np.all(np.isfinite(arr)) or np.any(arr < 0) or arr.sum() <= 0:
-        raise ValueError(f"counts={arr.tolist()} must be a non-empty 1-D list of finite values >= 0, not all 0")
+    if (
+        arr.ndim != 1
+        or arr.size == 0
+        or not np.all(np.isfinite(arr))
+        or np.any(arr < 0)
+        or arr.sum() <= 0
+    ):
+        raise ValueError(
+            f"counts={arr.tolist()} must be a non-empty 1-D list of finite values >= "
+            "0, not all 0"
+        )
     if not 0.0 <= smoothing < 1.0:
         raise ValueError(f"smoothing={smoothing} must be in [0, 1)")
     return (1.0 - smoothing) * arr / arr.sum() + smoothing / arr.size
 
 
 def kl_divergence(p: np.ndarray, q: np.ndarray) -> float:
-    """:math:`D_{KL}(p \\| q)` of two distributions (terms with ``p = 0`` contribute 0)."""
+    """:math:`D_{KL}(p \\| q)` of two distributions (terms with ``p = 0`` contribute
+    0)."""
     p = np.asarray(p, dtype=np.float64)
     q = np.asarray(q, dtype=np.float64)
     if p.shape != q.shape:
@@ -69,10 +85,17 @@ def kl_divergence(p: np.ndarray, q: np.ndarray) -> float:
     return float(np.sum(p[mask] * np.log(p[mask] / q[mask])))
 
 
-def kl_divergences(histograms: Sequence[Sequence[float]], reference: Sequence[float] | np.ndarray, smoothing: float) -> np.ndarray:
-    """:math:`D_{KL}(\\tilde P_i \\| \\tilde Q)` for every histogram against ``reference``."""
+def kl_divergences(
+    histograms: Sequence[Sequence[float]],
+    reference: Sequence[float] | np.ndarray,
+    smoothing: float,
+) -> np.ndarray:
+    """:math:`D_{KL}(\\tilde P_i \\| \\tilde Q)` for every histogram against
+    ``reference``."""
     q = smooth_distribution(reference, smoothing)
-    return np.array([kl_divergence(smooth_distribution(h, smoothing), q) for h in histograms])
+    return np.array(
+        [kl_divergence(smooth_distribution(h, smoothing), q) for h in histograms]
+    )
 
 
 def kl_weights(
@@ -95,7 +118,10 @@ def kl_weights(
     n = np.asarray(num_examples, dtype=np.float64)
     d = np.asarray(divergences, dtype=np.float64)
     if n.shape != d.shape or n.ndim != 1:
-        raise ValueError(f"num_examples ({n.shape}) and divergences ({d.shape}) must be 1-D of equal length")
+        raise ValueError(
+            f"num_examples ({n.shape}) and divergences ({d.shape}) must be 1-D of "
+            "equal length"
+        )
     if n.size == 0:
         return n
     s = d if direction == "closer" else -d
@@ -105,12 +131,21 @@ def kl_weights(
         return n**a * np.exp(-(s - s.min()) / tau)
     raw = disco_values(n, s, a, b)
     if raw.sum() <= 0:
-        log(logging.WARNING, "disco weights are all zero (a=%s, b=%s): falling back to num-examples", a, b)
+        log(
+            logging.WARNING,
+            "disco weights are all zero (a=%s, b=%s): falling back to num-examples",
+            a,
+            b,
+        )
         return n.copy()
     return raw
 
 
-def disco_values(num_examples: np.ndarray, signed_div: np.ndarray, a: float, b: float) -> np.ndarray:
+def disco_values(
+    num_examples: np.ndarray, signed_div: np.ndarray, a: float, b: float
+) -> np.ndarray:
     """FedDisco's :math:`\\mathrm{ReLU}(n_i / N - a s_i + b)` (before renormalising)."""
     n = np.asarray(num_examples, dtype=np.float64)
-    return np.maximum(n / n.sum() - a * np.asarray(signed_div, dtype=np.float64) + b, 0.0)
+    return np.maximum(
+        n / n.sum() - a * np.asarray(signed_div, dtype=np.float64) + b, 0.0
+    )

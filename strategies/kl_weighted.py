@@ -1,49 +1,51 @@
 """KL-divergence-weighted federated averaging (method S1's server side, FedDisco-style).
 
 Each train reply carries the client's label histogram in its MetricRecord under
-:data:`bouquet.keys.LABEL_HISTOGRAM` (``"label-histogram"``: a list of per-class counts, one entry
-per class; a user's own ClientApp only has to add that list to its reply metrics). The strategy
-compares every client's label distribution :math:`P_i` with a reference :math:`Q` and weights the
-client's update by how the two relate.
+:data:`bouquet.keys.LABEL_HISTOGRAM` (``"label-histogram"``: a list of per-class counts,
+one entry per class; a user's own ClientApp only has to add that list to its reply
+metrics). The strategy compares every client's label distribution :math:`P_i` with a
+reference :math:`Q` and weights the client's update by how the two relate.
 
 Reference: ``reference="server"`` uses a distribution given by the server (in bouquet's
-simulations: the label histogram of the server's test set); ``reference="pooled"`` pools the
-histograms of this round's valid replies, :math:`Q \\propto \\sum_i h_i`.
+simulations: the label histogram of the server's test set); ``reference="pooled"`` pools
+the histograms of this round's valid replies, :math:`Q \\propto \\sum_i h_i`.
 
 Smoothing (both sides, so the divergence is finite), with :math:`C` classes:
 
 .. math::
 
-    \\tilde P_i = (1 - \\varepsilon) \\frac{h_i}{\\sum_c h_{i,c}} + \\frac{\\varepsilon}{C},
+    \\tilde P_i = (1 - \\varepsilon) \\frac{h_i}{\\sum_c h_{i,c}} +
+        \\frac{\\varepsilon}{C},
     \\qquad d_i = D_{KL}(\\tilde P_i \\,\\|\\, \\tilde Q) = \\sum_c \\tilde P_{i,c}
     \\log \\frac{\\tilde P_{i,c}}{\\tilde Q_c}
 
-The direction sets a signed discrepancy :math:`s_i = d_i` (``direction="closer"``: clients
-close to :math:`Q` count more, the default) or :math:`s_i = -d_i` (``"farther"``: clients whose
-data differ from :math:`Q`, i.e. under-represented ones, count more). Weights, normalised to sum
-to one:
+The direction sets a signed discrepancy :math:`s_i = d_i` (``direction="closer"``:
+clients close to :math:`Q` count more, the default) or :math:`s_i = -d_i`
+(``"farther"``: clients whose data differ from :math:`Q`, i.e. under-represented ones,
+count more). Weights, normalised to sum to one:
 
 * ``mode="exp"``: :math:`w_i \\propto n_i^{a} \\exp(-(s_i - \\min_j s_j) / \\tau)`;
 * ``mode="disco"`` (FedDisco, Ye et al., ICML 2023, arXiv:2305.19229):
-  :math:`w_i \\propto \\mathrm{ReLU}(n_i / N - a\\, s_i + b)` with :math:`N = \\sum_j n_j`;
-  if every value is 0 the round falls back to :math:`w_i \\propto n_i` (logged, reported as
-  ``kl_disco_all_zero``). Scale matters: KL divergences of label-skewed clients are ~1-2 nats,
-  so FedDisco's published ``a=0.5, b=0.1`` zero every client on MNIST with Dirichlet(0.1) or
-  2 labels per client (measured: the run is FedAvg); ``a`` ~ 0.05 keeps the weights positive.
+  :math:`w_i \\propto \\mathrm{ReLU}(n_i / N - a\\, s_i + b)` with
+  :math:`N = \\sum_j n_j`; if every value is 0 the round falls back to
+  :math:`w_i \\propto n_i` (logged, reported as ``kl_disco_all_zero``). Scale matters:
+  KL divergences of label-skewed clients are ~1-2 nats, so FedDisco's published ``a=0.5,
+  b=0.1`` zero every client on MNIST with Dirichlet(0.1) or 2 labels per client
+  (measured: the run is FedAvg); ``a`` ~ 0.05 keeps the weights positive.
 
-Why ``closer`` is the default: it is the reading of the patent's "correlation" and FedDisco's
-rule (a client whose data look like the global distribution gets more weight). The measurement
-(``benchmarks/RESULTS.md``, section ``kl``: MNIST, 10 clients, Dirichlet(0.1) and 2 labels per
-client, 3 seeds) does not separate the two directions: both stay within one seed spread of
-FedAvg (mean final-accuracy difference, closer: -0.002 and -0.021; farther: -0.003 and +0.008),
-so the default follows the method's text, not a measured gain.
+Why ``closer`` is the default: it is the reading of the patent's "correlation" and
+FedDisco's rule (a client whose data look like the global distribution gets more
+weight). The benchmark does not separate the two directions (both stay within one
+seed spread of FedAvg; the figures are in ``docs/kl-weighting.md``), so the default
+follows the method's text, not a measured gain.
 
-Bad histograms (missing, not a list, wrong length, negative, non-finite, all zero) follow
-``bad_histogram``: ``"fallback"`` keeps the reply with its FedAvg share :math:`n_i/N` of the total
-weight (the valid clients share the rest by their KL weights), ``"drop"`` discards the reply
-(counted in ``clients_dropped``). Either way the reply is counted (``kl_bad_histograms``) and the
-round goes on. Replies without a usable ``num-examples`` or with an ArrayRecord that does not
-match the others are always dropped, so Flower's consistency check never stops the round.
+Bad histograms (missing, not a list, wrong length, negative, non-finite, all zero)
+follow ``bad_histogram``: ``"fallback"`` keeps the reply with its FedAvg share
+:math:`n_i/N` of the total weight (the valid clients share the rest by their KL
+weights), ``"drop"`` discards the reply (counted in ``clients_dropped``). Either way the
+reply is counted (``kl_bad_histograms``) and the round goes on. Replies without a usable
+``num-examples`` or with an ArrayRecord that does not match the others are always
+dropped, so Flower's consistency check never stops the round.
 """
 
 from __future__ import annotations
@@ -79,22 +81,25 @@ from bouquet.strategies.screening import node_label, reply_weight, shared_metric
 logger = logging.getLogger(__name__)
 
 
-
 def _metrics(msg: Message) -> MetricRecord | None:
     records = msg.content.metric_records
     return next(iter(records.values())) if len(records) == 1 else None
 
 
 def _record(msg: Message) -> MetricRecord:
-    """The single MetricRecord of a reply that :meth:`KLWeightedFedAvg._usable` accepted."""
+    """The single MetricRecord of a reply that :meth:`KLWeightedFedAvg._usable`
+    accepted."""
     record = _metrics(msg)
     if record is None:
-        raise ValueError(f"reply of node {msg.metadata.src_node_id} has no single MetricRecord")
+        raise ValueError(
+            f"reply of node {msg.metadata.src_node_id} has no single MetricRecord"
+        )
     return record
 
 
 class KLWeightedFedAvg(FedAvg):
-    """FedAvg whose client weights depend on :math:`D_{KL}(P_i \\| Q)` (module docstring).
+    """FedAvg whose client weights depend on :math:`D_{KL}(P_i \\| Q)` (module
+    docstring).
 
     Parameters
     ----------
@@ -103,7 +108,8 @@ class KLWeightedFedAvg(FedAvg):
     tau : float
         Temperature of ``exp`` (> 0).
     a, b : float
-        ``exp``: exponent of :math:`n_i` (``a`` only); ``disco``: FedDisco's ``a`` and ``b``.
+        ``exp``: exponent of :math:`n_i` (``a`` only); ``disco``: FedDisco's ``a`` and
+        ``b``.
     reference : {"pooled", "server"}
         Where :math:`Q` comes from; ``server`` needs ``reference_distribution``.
     reference_distribution : list of float, optional
@@ -121,8 +127,11 @@ class KLWeightedFedAvg(FedAvg):
         Passed to :class:`flwr.serverapp.strategy.FedAvg`.
     """
 
-    validates_metrics = True  # handles replies with differing metric keys itself (ReplyGuard)
-    weighted_mean_aggregation = True  # Compressed aggregates compressed replies with reply_weights (hooks.ReplyWeights)
+    validates_metrics = (
+        True  # handles replies with differing metric keys itself (ReplyGuard)
+    )
+    # Compressed aggregates compressed replies with reply_weights (hooks.ReplyWeights)
+    weighted_mean_aggregation = True
 
     def __init__(
         self,
@@ -151,12 +160,23 @@ class KLWeightedFedAvg(FedAvg):
         self.reference_distribution: np.ndarray | None = None
         if reference == "server":
             if reference_distribution is None:
-                raise ValueError("reference='server' needs reference_distribution (counts per class)")
-            self.reference_distribution = smooth_distribution(reference_distribution, 0.0)
+                raise ValueError(
+                    "reference='server' needs reference_distribution (counts per class)"
+                )
+            self.reference_distribution = smooth_distribution(
+                reference_distribution, 0.0
+            )
         if num_classes is None and self.reference_distribution is not None:
             num_classes = len(self.reference_distribution)
-        if num_classes is not None and self.reference_distribution is not None and num_classes != len(self.reference_distribution):
-            raise ValueError(f"num_classes={num_classes} but reference_distribution has {len(self.reference_distribution)} entries")
+        if (
+            num_classes is not None
+            and self.reference_distribution is not None
+            and num_classes != len(self.reference_distribution)
+        ):
+            raise ValueError(
+                f"num_classes={num_classes} but reference_distribution has "
+                f"{len(self.reference_distribution)} entries"
+            )
         self.mode, self.tau, self.a, self.b = mode, float(tau), float(a), float(b)
         self.reference, self.direction = reference, direction
         self.bad_histogram, self.smoothing = bad_histogram, float(smoothing)
@@ -178,24 +198,39 @@ class KLWeightedFedAvg(FedAvg):
                 dropped.append(f"node {node_label(msg)}: {truncate_reason(str(exc))}")
                 continue
             ok.append(msg)
-        if ok:  # array names must agree (Flower raises otherwise): keep the most common set
-            names = [frozenset(next(iter(m.content.array_records.values())).keys()) for m in ok]
+        if (
+            ok
+        ):  # array names must agree (Flower raises otherwise): keep the most common set
+            names = [
+                frozenset(next(iter(m.content.array_records.values())).keys())
+                for m in ok
+            ]
             common = Counter(names).most_common(1)[0][0]
-            dropped += [f"node {node_label(m)}: array names differ" for m, k in zip(ok, names, strict=True) if k != common]
+            dropped += [
+                f"node {node_label(m)}: array names differ"
+                for m, k in zip(ok, names, strict=True)
+                if k != common
+            ]
             ok = [m for m, k in zip(ok, names, strict=True) if k == common]
         return ok, dropped
 
     def _expected_classes(self, replies: list[Message]) -> int | None:
         if self.num_classes is not None:
             return self.num_classes
-        lengths = [len(h) for m in replies if isinstance(h := _record(m).get(keys.LABEL_HISTOGRAM), list)]
+        lengths = [
+            len(h)
+            for m in replies
+            if isinstance(h := _record(m).get(keys.LABEL_HISTOGRAM), list)
+        ]
         return Counter(lengths).most_common(1)[0][0] if lengths else None
 
-    def compute_weights(self, replies: list[Message]) -> tuple[np.ndarray, np.ndarray, list[bool], np.ndarray | None]:
+    def compute_weights(
+        self, replies: list[Message]
+    ) -> tuple[np.ndarray, np.ndarray, list[bool], np.ndarray | None]:
         """Final weights, divergences (NaN for fallback replies), validity flags and Q.
 
-        ``replies`` are usable replies (see :meth:`_usable`); with ``bad_histogram="drop"``
-        the caller has removed the invalid ones already.
+        ``replies`` are usable replies (see :meth:`_usable`); with
+        ``bad_histogram="drop"`` the caller has removed the invalid ones already.
         """
         num_classes = self._expected_classes(replies)
         hists: list[Any] = [_record(m).get(keys.LABEL_HISTOGRAM) for m in replies]
@@ -207,12 +242,25 @@ class KLWeightedFedAvg(FedAvg):
             return n.copy(), div, valid, None
         q = self.reference_distribution
         if q is None:
-            q = smooth_distribution(np.sum([np.asarray(hists[i], dtype=np.float64) for i in good], axis=0), 0.0)
+            q = smooth_distribution(
+                np.sum([np.asarray(hists[i], dtype=np.float64) for i in good], axis=0),
+                0.0,
+            )
         div[good] = kl_divergences([hists[i] for i in good], q, self.smoothing)
-        raw = kl_weights(n[good], div[good], mode=self.mode, tau=self.tau, a=self.a, b=self.b, direction=self.direction)
+        raw = kl_weights(
+            n[good],
+            div[good],
+            mode=self.mode,
+            tau=self.tau,
+            a=self.a,
+            b=self.b,
+            direction=self.direction,
+        )
         if self.mode == "disco":
             signed = div[good] if self.direction == "closer" else -div[good]
-            self._report["kl_disco_all_zero"] = bool(disco_values(n[good], signed, self.a, self.b).sum() <= 0)
+            self._report["kl_disco_all_zero"] = bool(
+                disco_values(n[good], signed, self.a, self.b).sum() <= 0
+            )
         if len(good) == len(replies):
             return raw, div, valid, q
         weights = n / n.sum()  # fallback replies keep their FedAvg share
@@ -220,22 +268,45 @@ class KLWeightedFedAvg(FedAvg):
         return weights, div, valid, q
 
     def reply_weights(self, replies: list[Message]) -> list[float]:
-        """The KL weight of every reply, in order (:class:`~bouquet.strategies.hooks.ReplyWeights`:
-        ``Compressed`` then adds compressed updates with them, without a dense copy per reply).
+        """The KL weight of every reply, in order
+        (:class:`~bouquet.strategies.hooks.ReplyWeights`:
+        ``Compressed`` then adds compressed updates with them, without a dense copy per
+        reply).
 
-        ``replies`` have been checked by the caller (one ArrayRecord of the global model's
-        names, a usable weight); a reply that ``bad_histogram="drop"`` drops gets weight 0 (the
-        caller drops and counts it). Sets this round's report as :meth:`aggregate_train` does.
+        ``replies`` have been checked by the caller (one ArrayRecord of the global
+        model's names, a usable weight); a reply that ``bad_histogram="drop"`` drops
+        gets weight 0 (the caller drops and counts it). Sets this round's report as
+        :meth:`aggregate_train` does.
         """
         num_classes = self._expected_classes(replies)
-        bad = [histogram_problem(_record(m).get(keys.LABEL_HISTOGRAM), num_classes) is not None for m in replies]
+        bad = [
+            histogram_problem(_record(m).get(keys.LABEL_HISTOGRAM), num_classes)
+            is not None
+            for m in replies
+        ]
         for m, is_bad in zip(replies, bad, strict=True):
             if is_bad:
-                log(logging.WARNING, "node %s label histogram %s (%s)", node_label(m),
-                    histogram_problem(_record(m).get(keys.LABEL_HISTOGRAM), num_classes), self.bad_histogram)
-        keep = [i for i, is_bad in enumerate(bad) if not (is_bad and self.bad_histogram == "drop")]
-        self._report = {"kl_bad_histograms": sum(bad), "kl_node_ids": [], "kl_weights": [], "kl_div": [],
-                        "kl_reference": None}
+                log(
+                    logging.WARNING,
+                    "node %s label histogram %s (%s)",
+                    node_label(m),
+                    histogram_problem(
+                        _record(m).get(keys.LABEL_HISTOGRAM), num_classes
+                    ),
+                    self.bad_histogram,
+                )
+        keep = [
+            i
+            for i, is_bad in enumerate(bad)
+            if not (is_bad and self.bad_histogram == "drop")
+        ]
+        self._report = {
+            "kl_bad_histograms": sum(bad),
+            "kl_node_ids": [],
+            "kl_weights": [],
+            "kl_div": [],
+            "kl_reference": None,
+        }
         out = [0.0] * len(replies)
         if not keep:
             return out
@@ -243,73 +314,140 @@ class KLWeightedFedAvg(FedAvg):
         norm = weights / weights.sum()
         for i, w in zip(keep, norm, strict=True):
             out[i] = float(w)
-        self._report.update(kl_node_ids=[int(replies[i].metadata.src_node_id) for i in keep],
-                            kl_weights=[float(w) for w in norm],
-                            kl_div=[None if not math.isfinite(d) else float(d) for d in div],
-                            kl_reference=None if q is None else [float(v) for v in q])
+        self._report.update(
+            kl_node_ids=[int(replies[i].metadata.src_node_id) for i in keep],
+            kl_weights=[float(w) for w in norm],
+            kl_div=[None if not math.isfinite(d) else float(d) for d in div],
+            kl_reference=None if q is None else [float(v) for v in q],
+        )
         return out
 
     @staticmethod
-    def _reweighted(msg: Message, weight_key: str, weight: float, scalar_keys: set[str]) -> Message:
+    def _reweighted(
+        msg: Message, weight_key: str, weight: float, scalar_keys: set[str]
+    ) -> Message:
         metrics = _record(msg)
         record = MetricRecord({k: metrics[k] for k in scalar_keys})
         record[weight_key] = float(weight)
-        content = RecordDict({keys.ARRAYS: next(iter(msg.content.array_records.values())), keys.METRICS: record})
+        content = RecordDict(
+            {
+                keys.ARRAYS: next(iter(msg.content.array_records.values())),
+                keys.METRICS: record,
+            }
+        )
         return Message(metadata=msg.metadata, content=content)  # type: ignore[call-overload]  # Flower's reply constructor
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Weight the usable replies by their KL weights, then aggregate as FedAvg."""
         replies = list(replies)
         errors = [m for m in replies if m.has_error()]
         usable, dropped = self._usable([m for m in replies if not m.has_error()])
         num_classes = self._expected_classes(usable)
-        bad = [m for m in usable if histogram_problem(_record(m).get(keys.LABEL_HISTOGRAM), num_classes) is not None]
+        bad = [
+            m
+            for m in usable
+            if histogram_problem(_record(m).get(keys.LABEL_HISTOGRAM), num_classes)
+            is not None
+        ]
         for m in bad:
             why = histogram_problem(_record(m).get(keys.LABEL_HISTOGRAM), num_classes)
-            log(logging.WARNING, "round %d: node %s label histogram %s (%s)", server_round, node_label(m), why, self.bad_histogram)
+            log(
+                logging.WARNING,
+                "round %d: node %s label histogram %s (%s)",
+                server_round,
+                node_label(m),
+                why,
+                self.bad_histogram,
+            )
         if self.bad_histogram == "drop":
             dropped += [f"node {node_label(m)}: bad label histogram" for m in bad]
             bad_ids = {id(m) for m in bad}
             usable = [m for m in usable if id(m) not in bad_ids]
         for reason in dropped:
-            log(logging.WARNING, "round %d: dropping reply from %s", server_round, reason)
+            log(
+                logging.WARNING,
+                "round %d: dropping reply from %s",
+                server_round,
+                reason,
+            )
         usable.sort(key=lambda m: m.metadata.src_node_id)
-        self._report = {CLIENTS_DROPPED: len(dropped), DROP_REASONS: dropped, "kl_bad_histograms": len(bad),
-                        "kl_node_ids": [], "kl_weights": [], "kl_div": [], "kl_reference": None}
+        self._report = {
+            CLIENTS_DROPPED: len(dropped),
+            DROP_REASONS: dropped,
+            "kl_bad_histograms": len(bad),
+            "kl_node_ids": [],
+            "kl_weights": [],
+            "kl_div": [],
+            "kl_reference": None,
+        }
         if not usable:
             return super().aggregate_train(server_round, errors)
         weights, div, _, q = self.compute_weights(usable)
-        rebuilt = [self._reweighted(m, self.weighted_by_key, w, set()) for m, w in zip(usable, weights, strict=True)]
+        rebuilt = [
+            self._reweighted(m, self.weighted_by_key, w, set())
+            for m, w in zip(usable, weights, strict=True)
+        ]
         self._report.update(
             kl_node_ids=[int(m.metadata.src_node_id) for m in usable],
             kl_weights=[float(w) for w in weights / weights.sum()],
             kl_div=[None if not math.isfinite(d) else float(d) for d in div],
             kl_reference=None if q is None else [float(v) for v in q],
         )
-        # arrays: the KL-weighted mean; metrics: the user's (or FedAvg's) aggregation of the
-        # replies' own, untouched MetricRecords (weighted by num-examples, lists included)
+        # arrays: the KL-weighted mean; metrics: the user's (or FedAvg's) aggregation of
+        # the replies' own, untouched MetricRecords (weighted by num-examples, lists
+        # included)
         norm = weights / weights.sum()
         counts = np.array([float(_record(m)[self.weighted_by_key]) for m in usable])  # type: ignore[arg-type]
         shares = counts / counts.sum()
-        log(logging.INFO, "aggregate_train: Received %d results and %d failures (KL weights %.3f-%.3f; FedAvg's "
-            "shares would be %.3f-%.3f)", len(usable), len(replies) - len(usable), float(norm.min()), float(norm.max()),
-            float(shares.min()), float(shares.max()))
-        arrays = aggregate_arrayrecords([m.content for m in rebuilt], self.weighted_by_key)
+        log(
+            logging.INFO,
+            "aggregate_train: Received %d results and %d failures (KL weights "
+            "%.3f-%.3f; FedAvg's "
+            "shares would be %.3f-%.3f)",
+            len(usable),
+            len(replies) - len(usable),
+            float(norm.min()),
+            float(norm.max()),
+            float(shares.min()),
+            float(shares.max()),
+        )
+        arrays = aggregate_arrayrecords(
+            [m.content for m in rebuilt], self.weighted_by_key
+        )
         try:
             shared = shared_metrics(usable, self.weighted_by_key, "KL weighting")
-            metrics = self.train_metrics_aggr_fn([m.content for m in shared], self.weighted_by_key)
+            metrics = self.train_metrics_aggr_fn(
+                [m.content for m in shared], self.weighted_by_key
+            )
         except Exception as exc:  # noqa: BLE001 - a metric value the function cannot read: keep the model
-            log(logging.WARNING, "round %d: train_metrics_aggr_fn failed (%s); no train metrics", server_round,
-                truncate_reason(f"{type(exc).__name__}: {exc}"))
+            log(
+                logging.WARNING,
+                "round %d: train_metrics_aggr_fn failed (%s); no train metrics",
+                server_round,
+                truncate_reason(f"{type(exc).__name__}: {exc}"),
+            )
             metrics = MetricRecord()
         return arrays, metrics
 
     def round_report(self) -> dict[str, Any]:
-        """This round's ``kl_weights``, ``kl_div``, ``kl_node_ids``, ``kl_reference`` (Q) and counts."""
+        """This round's ``kl_weights``, ``kl_div``, ``kl_node_ids``, ``kl_reference``
+        (Q) and counts."""
         report, self._report = self._report, {}
         return report
 
     def summary(self) -> None:
         super().summary()
-        log(logging.INFO, "\t├──> KL weighting: mode=%s tau=%s a=%s b=%s reference=%s direction=%s bad_histogram=%s",
-                    self.mode, self.tau, self.a, self.b, self.reference, self.direction, self.bad_histogram)
+        log(
+            logging.INFO,
+            "\t├──> KL weighting: mode=%s tau=%s a=%s b=%s reference=%s direction=%s "
+            "bad_histogram=%s",
+            self.mode,
+            self.tau,
+            self.a,
+            self.b,
+            self.reference,
+            self.direction,
+            self.bad_histogram,
+        )

@@ -1,25 +1,29 @@
-"""``DPAccountant``: the (epsilon, delta) a run spends, around Flower's central-DP wrappers.
+"""``DPAccountant``: the (epsilon, delta) a run spends, around Flower's central-DP
+wrappers.
 
-Flower 1.42's Message-API wrappers ``DifferentialPrivacyClientSideFixedClipping`` (clients clip,
-server adds noise) and ``DifferentialPrivacyServerSideFixedClipping`` (server clips and adds
-noise), and their ``...AdaptiveClipping`` namesakes (the bound follows a target quantile), add
-Gaussian noise of standard deviation :math:`zC/m` to the aggregate of the :math:`m` =
-``num_sampled_clients`` sampled clients (DP-FedAvg, McMahan et al. 2018,
-arXiv:1710.06963). ``DPAccountant(dp_wrapper, population_size=N, delta=...)`` goes right
-outside that wrapper (inside :class:`~bouquet.strategies.Compressed`, so both see decoded,
-dense updates) and makes the release match the accounting:
+Flower 1.42's Message-API wrappers ``DifferentialPrivacyClientSideFixedClipping``
+(clients clip, server adds noise) and ``DifferentialPrivacyServerSideFixedClipping``
+(server clips and adds noise), and their ``...AdaptiveClipping`` namesakes (the bound
+follows a target quantile), add Gaussian noise of standard deviation :math:`zC/m` to the
+aggregate of the :math:`m` = ``num_sampled_clients`` sampled clients (DP-FedAvg, McMahan
+et al. 2018, arXiv:1710.06963). ``DPAccountant(dp_wrapper, population_size=N,
+delta=...)`` goes right outside that wrapper (inside
+:class:`~bouquet.strategies.Compressed`, so both see decoded, dense updates) and makes
+the release match the accounting:
 
-* **uniform mean**: each reply's weight (``num-examples``) is set to 1, since the noise is
-  calibrated to a client's share :math:`C/m` of an unweighted mean (a weighted mean gives the
-  largest client more than :math:`1/m`); train metrics are then averaged unweighted too;
-* **the bound is enforced on what arrived**: an update :math:`u_i = w_i - w` whose norm (over the
-  floating-point tensors) exceeds :math:`C` is scaled to :math:`C` (client-side clipping does not
-  bound what error feedback adds after it, and a client is not trusted), counted in
-  ``dp_clipped_server`` and logged at WARNING; a reply that cannot be read as dense arrays of
-  the global shapes is dropped with its reason;
-* **accounting** per released aggregate (a round whose aggregate is ``None`` releases nothing)
-  with the RDP accountant of Google's ``dp-accounting`` (the backend of Flower's own
-  ``RdpAccountant``): a Poisson-subsampled Gaussian with :math:`q = m / N` and noise multiplier
+* **uniform mean**: each reply's weight (``num-examples``) is set to 1, since the noise
+  is calibrated to a client's share :math:`C/m` of an unweighted mean (a weighted mean
+  gives the largest client more than :math:`1/m`); train metrics are then averaged
+  unweighted too;
+* **the bound is enforced on what arrived**: an update :math:`u_i = w_i - w` whose norm
+  (over the floating-point tensors) exceeds :math:`C` is scaled to :math:`C`
+  (client-side clipping does not bound what error feedback adds after it, and a client
+  is not trusted), counted in ``dp_clipped_server`` and logged at WARNING; a reply that
+  cannot be read as dense arrays of the global shapes is dropped with its reason;
+* **accounting** per released aggregate (a round whose aggregate is ``None`` releases
+  nothing) with the RDP accountant of Google's ``dp-accounting`` (the backend of
+  Flower's own ``RdpAccountant``): a Poisson-subsampled Gaussian with :math:`q = m / N`
+  and noise multiplier
 
   .. math::
 
@@ -27,12 +31,13 @@ dense updates) and makes the release match the accounting:
 
   :math:`k` the replies aggregated (noise :math:`zC/m` on a mean of :math:`k` is noise
   :math:`zCk/m` on their sum, whose sensitivity is :math:`C`), add-or-remove-one-client
-  neighbouring. Our reading: Flower samples exactly :math:`m` clients without replacement; we
-  account it as Poisson sampling with the same rate, as DP-FedAvg, TF Privacy and Opacus do
-  (:math:`q = 1`: plain composition, no amplification).
+  neighbouring. Our reading: Flower samples exactly :math:`m` clients without
+  replacement; we account it as Poisson sampling with the same rate, as DP-FedAvg, TF
+  Privacy and Opacus do (:math:`q = 1`: plain composition, no amplification).
 
-Around the adaptive-clipping wrappers each release also publishes a noisy count of clipped
-updates; both are accounted as one Gaussian (:func:`adaptive_release_multiplier`).
+Around the adaptive-clipping wrappers each release also publishes a noisy count of
+clipped updates; both are accounted as one Gaussian
+(:func:`adaptive_release_multiplier`).
 
 ``epsilon`` at ``delta`` is logged each round through Flower's logger and is part of
 ``round_report()`` (hence ``metrics.jsonl``, and ``summary.json``'s last value).
@@ -65,38 +70,64 @@ from bouquet.strategies.decoding import (
     single_array_record,
 )
 from bouquet.strategies.hooks import RoundReporter
-from bouquet.strategies.reports import CLIENTS_DROPPED, DROP_REASONS, merge_reports, truncate_reason
+from bouquet.strategies.reports import (
+    CLIENTS_DROPPED,
+    DROP_REASONS,
+    merge_reports,
+    truncate_reason,
+)
 from bouquet.strategies.screening import node_label
 from bouquet.strategies.wrapper import StrategyWrapper, weight_key_of
 
 EPSILON = "epsilon"
 CLIPPED = "dp_clipped_server"
-ORDERS = tuple(range(2, 65)) + (80, 96, 128, 192, 256, 512, 1024)  # integer RDP orders: closed form, fast
-FIXED_CLIPPING = (DifferentialPrivacyClientSideFixedClipping, DifferentialPrivacyServerSideFixedClipping)
-ADAPTIVE_CLIPPING = (DifferentialPrivacyClientSideAdaptiveClipping, DifferentialPrivacyServerSideAdaptiveClipping)
+ORDERS = tuple(range(2, 65)) + (
+    80,
+    96,
+    128,
+    192,
+    256,
+    512,
+    1024,
+)  # integer RDP orders: closed form, fast
+FIXED_CLIPPING = (
+    DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+)
+ADAPTIVE_CLIPPING = (
+    DifferentialPrivacyClientSideAdaptiveClipping,
+    DifferentialPrivacyServerSideAdaptiveClipping,
+)
 
 
 def adaptive_release_multiplier(z_update: float, count_stddev: float) -> float:
-    r"""The noise multiplier of one adaptive-clipping release, accounted as one Gaussian.
+    r"""The noise multiplier of one adaptive-clipping release, accounted as one
+    Gaussian.
 
-    Flower's adaptive wrappers release two things per round on the same sample: the aggregate with
-    noise multiplier ``z_update`` (already scaled to the replies aggregated, see
-    :class:`DPAccountant`) and the count of clipped updates (0/1 bits, sensitivity 1 under
-    add-or-remove) with noise of standard deviation ``count_stddev``. Two Gaussians on the same
-    sample compose as one of multiplier :math:`(z_u^{-2} + \sigma_b^{-2})^{-1/2}` (Andrew et al.
-    2021, arXiv:1905.03871, Sec. 3). Our reading: the paper counts centred bits (sensitivity 1/2,
-    hence the :math:`2\sigma_b` Flower uses to set ``z_update``); Flower sums uncentred bits over
-    the replies that arrived, so we take sensitivity 1, which gives a larger (safe) epsilon.
+    Flower's adaptive wrappers release two things per round on the same sample: the
+    aggregate with noise multiplier ``z_update`` (already scaled to the replies
+    aggregated, see :class:`DPAccountant`) and the count of clipped updates (0/1 bits,
+    sensitivity 1 under add-or-remove) with noise of standard deviation
+    ``count_stddev``. Two Gaussians on the same sample compose as one of multiplier
+    :math:`(z_u^{-2} + \sigma_b^{-2})^{-1/2}` (Andrew et al. 2021, arXiv:1905.03871,
+    Sec. 3). Our reading: the paper counts centred bits (sensitivity 1/2, hence the
+    :math:`2\sigma_b` Flower uses to set ``z_update``); Flower sums uncentred bits over
+    the replies that arrived, so we take sensitivity 1, which gives a larger (safe)
+    epsilon.
     """
     if not (math.isfinite(count_stddev) and count_stddev > 0):
-        raise ValueError(f"clipped_count_stddev={count_stddev!r}: the clipped count is released without noise, "
-                         "epsilon is infinite (> 0 needed)")
-    return float((z_update ** -2 + count_stddev ** -2) ** -0.5)
+        raise ValueError(
+            f"clipped_count_stddev={count_stddev!r}: the clipped count is released "
+            "without noise, "
+            "epsilon is infinite (> 0 needed)"
+        )
+    return float((z_update**-2 + count_stddev**-2) ** -0.5)
 
 
 class RdpLedger:
     """Releases composed in the RDP accountant of ``dp-accounting`` (add-or-remove-one
-    neighbouring), each a Gaussian of noise multiplier ``z`` Poisson-subsampled at rate ``q``."""
+    neighbouring), each a Gaussian of noise multiplier ``z`` Poisson-subsampled at rate
+    ``q``."""
 
     def __init__(self) -> None:
         from dp_accounting.rdp import RdpAccountant
@@ -105,13 +136,24 @@ class RdpLedger:
         self.events: list[tuple[float, float]] = []
 
     def compose(self, q: float, z: float) -> None:
-        """Add one release; ``ValueError`` unless ``q`` in (0, 1] and ``z`` finite and > 0."""
+        """Add one release; ``ValueError`` unless ``q`` in (0, 1] and ``z`` finite and >
+        0."""
         from dp_accounting import dp_event
 
-        if isinstance(q, bool) or not (0 < q <= 1) or isinstance(z, bool) or not (math.isfinite(z) and z > 0):
-            raise ValueError(f"a release needs a sampling rate q in (0, 1] and a noise multiplier z > 0, got q={q!r}, z={z!r}")
+        if (
+            isinstance(q, bool)
+            or not (0 < q <= 1)
+            or isinstance(z, bool)
+            or not (math.isfinite(z) and z > 0)
+        ):
+            raise ValueError(
+                "a release needs a sampling rate q in (0, 1] and a noise multiplier "
+                f"z > 0, got q={q!r}, z={z!r}"
+            )
         gaussian = dp_event.GaussianDpEvent(float(z))
-        self._accountant.compose(gaussian if q == 1 else dp_event.PoissonSampledDpEvent(float(q), gaussian))
+        self._accountant.compose(
+            gaussian if q == 1 else dp_event.PoissonSampledDpEvent(float(q), gaussian)
+        )
         self.events.append((float(q), float(z)))
 
     def epsilon(self, delta: float) -> float:
@@ -130,15 +172,18 @@ def epsilon_of(events: Iterable[tuple[float, float]], delta: float) -> float:
 
 
 class DPAccountant(StrategyWrapper):
-    """Uniform weights, the clip bound enforced, and (epsilon, delta) accounting around one of
+    """Uniform weights, the clip bound enforced, and (epsilon, delta) accounting around
+    one of
     Flower's central-DP wrappers (see module docstring).
 
     Parameters
     ----------
-    strategy : one of Flower's DifferentialPrivacy{Client,Server}Side{Fixed,Adaptive}Clipping
-        Flower's wrapper (its noise multiplier, clipping norm and ``num_sampled_clients`` are read;
-        for adaptive clipping also ``clipped_count_stddev``, see :func:`adaptive_release_multiplier`;
-        around server-side adaptive clipping the bound is not enforced a second time, since the
+    strategy : one of Flower's
+    DifferentialPrivacy{Client,Server}Side{Fixed,Adaptive}Clipping
+        Flower's wrapper (its noise multiplier, clipping norm and
+        ``num_sampled_clients`` are read; for adaptive clipping also
+        ``clipped_count_stddev``, see :func:`adaptive_release_multiplier`; around
+        server-side adaptive clipping the bound is not enforced a second time, since the
         wrapper counts the updates above it).
     population_size : int
         :math:`N`, the clients the sample is drawn from.
@@ -146,20 +191,43 @@ class DPAccountant(StrategyWrapper):
         The :math:`\\delta` at which epsilon is reported, in (0, 1).
     """
 
-    def __init__(self, strategy: Strategy, *, population_size: int, delta: float) -> None:
+    def __init__(
+        self, strategy: Strategy, *, population_size: int, delta: float
+    ) -> None:
         if not isinstance(strategy, FIXED_CLIPPING + ADAPTIVE_CLIPPING):
-            raise ValueError("DPAccountant wraps one of Flower's DifferentialPrivacy{Client,Server}Side{Fixed,Adaptive}"
-                             f"Clipping wrappers, not {type(strategy).__name__}")
+            raise ValueError(
+                "DPAccountant wraps one of Flower's "
+                "DifferentialPrivacy{Client,Server}Side{Fixed,Adaptive}"
+                f"Clipping wrappers, not {type(strategy).__name__}"
+            )
         if isinstance(strategy, ADAPTIVE_CLIPPING):
-            adaptive_release_multiplier(1.0, float(strategy.clipped_count_stddev))  # refuses a noiseless count
-        if isinstance(population_size, bool) or not isinstance(population_size, int) or population_size < 1:
-            raise ValueError(f"population_size={population_size!r} must be an integer >= 1")
-        if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 < delta < 1:
+            adaptive_release_multiplier(
+                1.0, float(strategy.clipped_count_stddev)
+            )  # refuses a noiseless count
+        if (
+            isinstance(population_size, bool)
+            or not isinstance(population_size, int)
+            or population_size < 1
+        ):
+            raise ValueError(
+                f"population_size={population_size!r} must be an integer >= 1"
+            )
+        if (
+            isinstance(delta, bool)
+            or not isinstance(delta, (int, float))
+            or not 0 < delta < 1
+        ):
             raise ValueError(f"delta={delta!r} must be a number in (0, 1)")
         if not strategy.noise_multiplier > 0:
-            raise ValueError(f"noise_multiplier={strategy.noise_multiplier!r}: epsilon is infinite without noise (> 0 needed)")
+            raise ValueError(
+                f"noise_multiplier={strategy.noise_multiplier!r}: epsilon is "
+                "infinite without noise (> 0 needed)"
+            )
         if strategy.num_sampled_clients > population_size:
-            raise ValueError(f"num_sampled_clients={strategy.num_sampled_clients} exceeds population_size={population_size}")
+            raise ValueError(
+                f"num_sampled_clients={strategy.num_sampled_clients} exceeds "
+                f"population_size={population_size}"
+            )
         super().__init__(strategy)
         self.population_size = int(population_size)
         self.delta = float(delta)
@@ -177,28 +245,53 @@ class DPAccountant(StrategyWrapper):
 
     def summary(self) -> None:
         dp = self.strategy
-        log(logging.INFO, "\t├──> DPAccountant(N=%d, delta=%g) around %s (z=%s, C=%s, m=%s%s)", self.population_size, self.delta,
-            type(dp).__name__, getattr(dp, "noise_multiplier", "?"), getattr(dp, "clipping_norm", "?"),
+        log(
+            logging.INFO,
+            "\t├──> DPAccountant(N=%d, delta=%g) around %s (z=%s, C=%s, m=%s%s)",
+            self.population_size,
+            self.delta,
+            type(dp).__name__,
+            getattr(dp, "noise_multiplier", "?"),
+            getattr(dp, "clipping_norm", "?"),
             getattr(dp, "num_sampled_clients", "?"),
-            f", clipped-count stddev={dp.clipped_count_stddev}" if isinstance(dp, ADAPTIVE_CLIPPING) else "")
+            f", clipped-count stddev={dp.clipped_count_stddev}"
+            if isinstance(dp, ADAPTIVE_CLIPPING)
+            else "",
+        )
         self.strategy.summary()
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         self._global = reference_arrays(arrays)
-        messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        messages = list(
+            self.strategy.configure_train(server_round, arrays, config, grid)
+        )
         self._sampled = len(messages)
         dp: Any = self.strategy
         if messages and self._sampled != dp.num_sampled_clients:
-            log(logging.WARNING, "DPAccountant: round %d sampled %d clients, the DP wrapper's num_sampled_clients is %d: "
-                "accounted with the noise it adds", server_round, self._sampled, dp.num_sampled_clients)
+            log(
+                logging.WARNING,
+                "DPAccountant: round %d sampled %d clients, the DP wrapper's "
+                "num_sampled_clients is %d: "
+                "accounted with the noise it adds",
+                server_round,
+                self._sampled,
+                dp.num_sampled_clients,
+            )
         return messages
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         self._clipped, self._dropped = 0, []
         dp: Any = self.strategy
-        clip = float(dp.clipping_norm)  # the bound sent this round (an adaptive wrapper moves it after aggregating)
-        # Server-side adaptive clipping counts the updates above the bound itself: clipping them
-        # first would hide them from that count. It clips every update to the same bound.
+        clip = float(
+            dp.clipping_norm
+        )  # the bound sent this round (an adaptive wrapper moves it after aggregating)
+        # Server-side adaptive clipping counts the updates above the bound itself:
+        # clipping them first would hide them from that count. It clips every update to
+        # the same bound.
         enforce = not isinstance(dp, DifferentialPrivacyServerSideAdaptiveClipping)
         weight_key = weight_key_of(self.strategy)
         out: list[Message] = []
@@ -207,39 +300,82 @@ class DPAccountant(StrategyWrapper):
                 out.append(msg)
                 continue
             try:
-                out.append(self._bounded_uniform(msg, clip if enforce else math.inf, weight_key))
+                out.append(
+                    self._bounded_uniform(
+                        msg, clip if enforce else math.inf, weight_key
+                    )
+                )
             except Exception as exc:  # noqa: BLE001 - any failure of one reply is that reply's drop
-                reason = truncate_reason(str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}")
-                log(logging.WARNING, "DPAccountant: dropping reply from node %s: %s", node_label(msg), reason)
+                reason = truncate_reason(
+                    str(exc)
+                    if isinstance(exc, ValueError)
+                    else f"{type(exc).__name__}: {exc}"
+                )
+                log(
+                    logging.WARNING,
+                    "DPAccountant: dropping reply from node %s: %s",
+                    node_label(msg),
+                    reason,
+                )
                 self._dropped.append(f"node {node_label(msg)}: {reason}")
         if self._clipped:
-            log(logging.WARNING, "DPAccountant: round %d: %d update(s) had a norm above C=%g and were clipped on the "
-                "server", server_round, self._clipped, clip)
+            log(
+                logging.WARNING,
+                "DPAccountant: round %d: %d update(s) had a norm above C=%g and were "
+                "clipped on the "
+                "server",
+                server_round,
+                self._clipped,
+                clip,
+            )
         arrays, metrics = self.strategy.aggregate_train(server_round, out)
         if arrays is None:
-            log(logging.WARNING, "DPAccountant: round %d released no aggregate: no privacy spent (epsilon %.4g at delta %g)",
-                server_round, self.epsilon, self.delta)
+            log(
+                logging.WARNING,
+                "DPAccountant: round %d released no aggregate: no privacy spent "
+                "(epsilon %.4g at delta %g)",
+                server_round,
+                self.epsilon,
+                self.delta,
+            )
             return arrays, metrics
         k = sum(1 for m in out if not m.has_error())
         z_eff = float(dp.noise_multiplier) * k / max(int(dp.num_sampled_clients), 1)
-        if isinstance(dp, ADAPTIVE_CLIPPING):  # the clipped count is released on the same sample
+        if isinstance(
+            dp, ADAPTIVE_CLIPPING
+        ):  # the clipped count is released on the same sample
             z_eff = adaptive_release_multiplier(z_eff, float(dp.clipped_count_stddev))
         q = min(1.0, max(self._sampled, k) / self.population_size)
         self._ledger.compose(q, z_eff)
         eps = self._epsilon = self._ledger.epsilon(self.delta)
-        log(logging.INFO, "DPAccountant: round %d: epsilon=%.4f at delta=%g after %d releases (q=%.4g, z_eff=%.4g, "
-            "%d replies)", server_round, eps, self.delta, len(self._ledger.events), q, z_eff, k)
+        log(
+            logging.INFO,
+            "DPAccountant: round %d: epsilon=%.4f at delta=%g after %d releases "
+            "(q=%.4g, z_eff=%.4g, "
+            "%d replies)",
+            server_round,
+            eps,
+            self.delta,
+            len(self._ledger.events),
+            q,
+            z_eff,
+            k,
+        )
         if metrics is not None:
             metrics[EPSILON] = eps
         return arrays, metrics
 
     def own_report(self) -> dict[str, Any]:
-        # Flower's DP wrapper offers no round_report(): read the reports of the strategies below it.
+        # Flower's DP wrapper offers no round_report(): read the reports of the
+        # strategies below it.
         below = [s for s in _below(self.strategy) if isinstance(s, RoundReporter)]
         inner = below[0].round_report() if below else {}
         own: dict[str, Any] = {EPSILON: self.epsilon, CLIPPED: self._clipped}
         if self._dropped:
-            own[CLIENTS_DROPPED], own[DROP_REASONS] = len(self._dropped), list(self._dropped)
+            own[CLIENTS_DROPPED], own[DROP_REASONS] = (
+                len(self._dropped),
+                list(self._dropped),
+            )
         self._dropped, self._clipped = [], 0
         return merge_reports(inner, own)
 
@@ -253,7 +389,11 @@ class DPAccountant(StrategyWrapper):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         events = state.get("events") if isinstance(state, dict) else None
         if not isinstance(events, list) or not all(
-                isinstance(e, list) and len(e) == 2 and all(type(v) in (int, float) for v in e) for e in events):
+            isinstance(e, list)
+            and len(e) == 2
+            and all(type(v) in (int, float) for v in e)
+            for e in events
+        ):
             raise ValueError("DPAccountant state must be {'events': [[q, z], ...]}")
         ledger = RdpLedger()
         for q, z in events:
@@ -262,24 +402,42 @@ class DPAccountant(StrategyWrapper):
 
     # ------------------------------------------------------------------ internals
     def _bounded_uniform(self, msg: Message, clip: float, weight_key: str) -> Message:
-        """``msg`` with its update scaled to norm <= ``clip`` and its weight set to 1."""
+        """``msg`` with its update scaled to norm <= ``clip`` and its weight set to
+        1."""
         reference = self._global
         if reference is None:
-            raise ValueError("no global arrays (configure_train was not called on DPAccountant)")
+            raise ValueError(
+                "no global arrays (configure_train was not called on DPAccountant)"
+            )
         record = single_array_record(msg.content)
         if any(a.stype != DENSE_STYPE for a in record.values()):
-            raise ValueError("a compressed reply reached DPAccountant: put Compressed outside it (Compressed(DPAccountant(...)))")
+            raise ValueError(
+                "a compressed reply reached DPAccountant: put Compressed outside it "
+                "(Compressed(DPAccountant(...)))"
+            )
         check_record(record, reference, dense_only=True)
         arrays = {name: dense_view(record[name]) for name in reference}
-        updates = {n: np.subtract(a, reference[n], dtype=np.float64) for n, a in arrays.items() if reference[n].dtype.kind == "f"}
-        norm = math.sqrt(sum(float(np.dot(u.ravel(), u.ravel())) for u in updates.values()))
+        updates = {
+            n: np.subtract(a, reference[n], dtype=np.float64)
+            for n, a in arrays.items()
+            if reference[n].dtype.kind == "f"
+        }
+        norm = math.sqrt(
+            sum(float(np.dot(u.ravel(), u.ravel())) for u in updates.values())
+        )
         if not math.isfinite(norm):
             raise ValueError("the update is not finite")
         if norm > clip * (1 + 1e-6):
             self._clipped += 1
             scale = clip / norm
-            arrays = {n: ((reference[n] + updates[n] * scale).astype(reference[n].dtype) if n in updates else a)
-                      for n, a in arrays.items()}
+            arrays = {
+                n: (
+                    (reference[n] + updates[n] * scale).astype(reference[n].dtype)
+                    if n in updates
+                    else a
+                )
+                for n, a in arrays.items()
+            }
             record = ArrayRecord({n: Array(np.asarray(a)) for n, a in arrays.items()})
         content = RecordDict()
         for key, value in msg.content.items():

@@ -1,9 +1,10 @@
 """Per-round reports that strategies hand to the run recorder (``round_report()``).
 
-A strategy (or wrapper) may expose ``round_report() -> dict``; the simulation runner merges it
-into that round's ``metrics.jsonl`` line. ``clients_dropped`` counts replies that arrived but
-were rejected (they are moved from ``clients_ok`` to ``clients_failed``); wrappers add their own
-count to their inner strategy's with :func:`merge_reports`.
+A strategy (or wrapper) may expose ``round_report() -> dict``; the simulation runner
+merges it into that round's ``metrics.jsonl`` line. ``clients_dropped`` counts replies
+that arrived but were rejected (they are moved from ``clients_ok`` to
+``clients_failed``); wrappers add their own count to their inner strategy's with
+:func:`merge_reports`.
 """
 
 from __future__ import annotations
@@ -15,13 +16,20 @@ from flwr.app import Message
 
 CLIENTS_DROPPED = "clients_dropped"
 DROP_REASONS = "drop_reasons"
-MAX_REASON_CHARS = 300  # a drop reason (and its log line) is cut to this size, whatever a reply holds
+MAX_REASON_CHARS = (
+    300  # a drop reason (and its log line) is cut to this size, whatever a reply holds
+)
 
 
 def truncate_reason(reason: str) -> str:
-    """``reason`` cut to :data:`MAX_REASON_CHARS` characters (a reply's names and values can be
+    """``reason`` cut to :data:`MAX_REASON_CHARS` characters (a reply's names and values
+    can be
     any size; the log and ``metrics.jsonl`` must not be)."""
-    return reason if len(reason) <= MAX_REASON_CHARS else reason[: MAX_REASON_CHARS - 12] + "... (cut)"
+    return (
+        reason
+        if len(reason) <= MAX_REASON_CHARS
+        else reason[: MAX_REASON_CHARS - 12] + "... (cut)"
+    )
 
 
 def inner_report(strategy: object) -> dict[str, Any]:
@@ -33,7 +41,8 @@ def inner_report(strategy: object) -> dict[str, Any]:
 
 
 def merge_reports(*reports: dict[str, Any]) -> dict[str, Any]:
-    """Merge reports: ``clients_dropped`` is summed, ``drop_reasons`` concatenated, the rest
+    """Merge reports: ``clients_dropped`` is summed, ``drop_reasons`` concatenated, the
+    rest
     updated left to right."""
     out: dict[str, Any] = {}
     dropped = 0
@@ -54,20 +63,33 @@ def merge_reports(*reports: dict[str, Any]) -> dict[str, Any]:
 
 
 BYTES_UP = "bouquet-bytes-up"  # payload bytes of the round's replies (Array.data)
-DENSE_BYTES = "bouquet-dense-bytes"  # what the same replies would have been as dense float arrays
+DENSE_BYTES = (
+    "bouquet-dense-bytes"  # what the same replies would have been as dense float arrays
+)
 DROPPED = "bouquet-dropped"  # replies dropped by Compressed this round
 
 
-def payload_bytes(replies: list[Message], reference: dict[str, np.ndarray] | None) -> tuple[int, int]:
-    """(bytes of every array of the non-error replies, bytes of the same arrays sent dense;
+def payload_bytes(
+    replies: list[Message], reference: dict[str, np.ndarray] | None
+) -> tuple[int, int]:
+    """(bytes of every array of the non-error replies, bytes of the same arrays sent
+    dense;
     without ``reference``, the replies' own bytes)."""
     received = dense = 0
-    per_reply = None if reference is None else sum(int(ref.nbytes) for ref in reference.values())
+    per_reply = (
+        None
+        if reference is None
+        else sum(int(ref.nbytes) for ref in reference.values())
+    )
     for msg in replies:
         if msg.has_error():
             continue
-        got = sum(len(a.data) for rec in msg.content.array_records.values() for a in rec.values()
-                  if isinstance(a.data, bytes))
+        got = sum(
+            len(a.data)
+            for rec in msg.content.array_records.values()
+            for a in rec.values()
+            if isinstance(a.data, bytes)
+        )
         received += got
         dense += got if per_reply is None else per_reply
     return received, dense

@@ -1,9 +1,11 @@
-"""``RoundOffset``: number a strategy's rounds from ``offset + 1`` (used to resume a run).
+"""``RoundOffset``: number a strategy's rounds from ``offset + 1`` (used to resume a
+run).
 
-Flower's ``Strategy.start()`` always counts rounds from 1. A resumed run that continues after
-round ``k`` wraps its strategy in ``RoundOffset(strategy, k)``, so that the inner strategy, the
-clients (through ``server-round`` in the train config) and round-dependent schedules (e.g. the
-top-k attenuation ``rho ** round``) see the same round numbers as an uninterrupted run.
+Flower's ``Strategy.start()`` always counts rounds from 1. A resumed run that continues
+after round ``k`` wraps its strategy in ``RoundOffset(strategy, k)``, so that the inner
+strategy, the clients (through ``server-round`` in the train config) and round-dependent
+schedules (e.g. the top-k attenuation ``rho ** round``) see the same round numbers as an
+uninterrupted run.
 """
 
 from __future__ import annotations
@@ -26,14 +28,26 @@ class RoundOffset(StrategyWrapper):
         super().__init__(strategy)
         self.offset = offset
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        return self.strategy.configure_train(server_round + self.offset, arrays, config, grid)
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.strategy.configure_train(
+            server_round + self.offset, arrays, config, grid
+        )
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         return self.strategy.aggregate_train(server_round + self.offset, replies)
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        return self.strategy.configure_evaluate(server_round + self.offset, arrays, config, grid)
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.strategy.configure_evaluate(
+            server_round + self.offset, arrays, config, grid
+        )
 
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
         return self.strategy.aggregate_evaluate(server_round + self.offset, replies)

@@ -1,25 +1,27 @@
-"""Server-side adjustment of the aggregated model on a globally shared dataset (method S3).
+"""Server-side adjustment of the aggregated model on a globally shared dataset (method
+S3).
 
-``ServerAdjusted(strategy, adjust_fn, every_n_rounds)`` wraps any Message-API strategy. In every
-adjusted round :math:`t` (``t % every_n_rounds == 0``) the aggregate of the inner strategy is
-passed through ``adjust_fn`` and the result becomes the next global model:
+``ServerAdjusted(strategy, adjust_fn, every_n_rounds)`` wraps any Message-API strategy.
+In every adjusted round :math:`t` (``t % every_n_rounds == 0``) the aggregate of the
+inner strategy is passed through ``adjust_fn`` and the result becomes the next global
+model:
 
 .. math::
 
     w_{t+1} = \\mathrm{adjust}(\\bar w_t), \\qquad
     \\bar w_t = \\mathrm{aggregate}_{\\text{inner}}(\\{w_t^{(i)}\\})
 
-In bouquet's simulations ``adjust_fn`` fine-tunes on a small class-balanced slice held only by
-the server, optionally with a proximal term :math:`\\mu \\|w - \\bar w_t\\|^2`
-(``bouquet.simulations.methods.adjust``). This follows Zhao et al. 2018, "Federated Learning with
-Non-IID Data" (arXiv:1806.00582), who show that a small globally shared dataset recovers much of
-the accuracy lost to non-IID data; here the shared data stay on the server, as in FedDF/FedFTG's
-server-side refinement.
+In bouquet's simulations ``adjust_fn`` fine-tunes on a small class-balanced slice held
+only by the server, optionally with a proximal term :math:`\\mu \\|w - \\bar w_t\\|^2`
+(``bouquet.simulations.methods.adjust``). This follows Zhao et al. 2018, "Federated
+Learning with Non-IID Data" (arXiv:1806.00582), who show that a small globally shared
+dataset recovers much of the accuracy lost to non-IID data; here the shared data stay on
+the server, as in FedDF/FedFTG's server-side refinement.
 
-The wrapper never imports torch: ``adjust_fn(arrays, server_round)`` is injected and returns an
-``ArrayRecord`` (or a ``dict`` of numpy arrays), optionally as ``(arrays, report)`` where
-``report`` is a dict merged into :meth:`ServerAdjusted.round_report` (e.g.
-``acc_before_adjust``). It must return the same array names as it received.
+The wrapper never imports torch: ``adjust_fn(arrays, server_round)`` is injected and
+returns an ``ArrayRecord`` (or a ``dict`` of numpy arrays), optionally as ``(arrays,
+report)`` where ``report`` is a dict merged into :meth:`ServerAdjusted.round_report`
+(e.g. ``acc_before_adjust``). It must return the same array names as it received.
 """
 
 from __future__ import annotations
@@ -37,7 +39,11 @@ from bouquet.strategies.wrapper import StrategyWrapper
 
 logger = logging.getLogger(__name__)
 
-AdjustResult = ArrayRecord | dict[str, np.ndarray] | tuple[ArrayRecord | dict[str, np.ndarray], dict[str, Any]]
+AdjustResult = (
+    ArrayRecord
+    | dict[str, np.ndarray]
+    | tuple[ArrayRecord | dict[str, np.ndarray], dict[str, Any]]
+)
 AdjustFn = Callable[[ArrayRecord, int], AdjustResult]
 
 
@@ -47,7 +53,10 @@ def as_array_record(arrays: ArrayRecord | dict[str, np.ndarray]) -> ArrayRecord:
         return arrays
     if isinstance(arrays, dict):
         return ArrayRecord({k: Array(np.asarray(v)) for k, v in arrays.items()})
-    raise ValueError(f"adjust_fn returned {type(arrays).__name__}; allowed: ArrayRecord, dict of arrays, or (arrays, dict)")
+    raise ValueError(
+        f"adjust_fn returned {type(arrays).__name__}; allowed: ArrayRecord, dict of "
+        "arrays, or (arrays, dict)"
+    )
 
 
 class ServerAdjusted(StrategyWrapper):
@@ -63,9 +72,13 @@ class ServerAdjusted(StrategyWrapper):
         Adjust in rounds ``t`` with ``t % every_n_rounds == 0`` (1 = every round).
     """
 
-    def __init__(self, strategy: Strategy, adjust_fn: AdjustFn, every_n_rounds: int = 1) -> None:
+    def __init__(
+        self, strategy: Strategy, adjust_fn: AdjustFn, every_n_rounds: int = 1
+    ) -> None:
         if not isinstance(strategy, Strategy):
-            raise ValueError(f"strategy={strategy!r} is not a flwr.serverapp.strategy.Strategy")
+            raise ValueError(
+                f"strategy={strategy!r} is not a flwr.serverapp.strategy.Strategy"
+            )
         if not callable(adjust_fn):
             raise ValueError(f"adjust_fn={adjust_fn!r} is not callable")
         if int(every_n_rounds) < 1:
@@ -77,11 +90,19 @@ class ServerAdjusted(StrategyWrapper):
         self._report: dict[str, Any] = {}
 
     def summary(self) -> None:
-        log(logging.INFO, "\t├──> ServerAdjusted (every %d rounds) around %s", self.every_n_rounds, type(self.strategy).__name__)
+        log(
+            logging.INFO,
+            "\t├──> ServerAdjusted (every %d rounds) around %s",
+            self.every_n_rounds,
+            type(self.strategy).__name__,
+        )
         self.strategy.summary()
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Aggregate with the inner strategy, then adjust the aggregate in adjusted rounds."""
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Aggregate with the inner strategy, then adjust the aggregate in adjusted
+        rounds."""
         arrays, metrics = self.strategy.aggregate_train(server_round, replies)
         self._report = {"adjusted": False}
         if arrays is None or server_round % self.every_n_rounds != 0:
@@ -95,13 +116,15 @@ class ServerAdjusted(StrategyWrapper):
         adjusted = as_array_record(result)
         if set(adjusted.keys()) != set(arrays.keys()):
             raise ValueError(
-                f"adjust_fn changed the array names: {sorted(set(adjusted.keys()) ^ set(arrays.keys()))[:5]}"
+                "adjust_fn changed the array names: "
+                f"{sorted(set(adjusted.keys()) ^ set(arrays.keys()))[:5]}"
             )
         self.adjusted_rounds.append(server_round)
         self._report = {"adjusted": True, **extra}
         return adjusted, metrics
 
     def own_report(self) -> dict[str, Any]:
-        """This round's adjustment report (merged with the inner strategy's by the base)."""
+        """This round's adjustment report (merged with the inner strategy's by the
+        base)."""
         own, self._report = self._report, {}
         return own

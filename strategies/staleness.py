@@ -1,12 +1,14 @@
 """Staleness policies for asynchronous federated training (method S4 and its relatives).
 
-In asynchronous training an update computed from model version :math:`v_c` is applied when the
-server is already at version :math:`v`; its **staleness** is :math:`\\tau = v - v_c \\ge 0`.
-A policy maps :math:`\\tau` to a scale :math:`s(\\tau) \\in [0, s_{max}]` that multiplies the
-server's mixing rate (see :mod:`bouquet.strategies.async_fedavg` for the update rules).
+In asynchronous training an update computed from model version :math:`v_c` is applied
+when the server is already at version :math:`v`; its **staleness** is
+:math:`\\tau = v - v_c \\ge 0`. A policy maps :math:`\\tau` to a scale
+:math:`s(\\tau) \\in [0, s_{max}]` that multiplies the server's mixing rate (see
+:mod:`bouquet.strategies.async_fedavg` for the update rules).
 
 * **constant**: :math:`s(\\tau) = 1` (plain asynchronous training).
-* **polynomial** (FedAsync, Xie, Koyejo & Gupta 2019, "Asynchronous Federated Optimization"):
+* **polynomial** (FedAsync, Xie, Koyejo & Gupta 2019, "Asynchronous Federated
+  Optimization"):
 
   .. math:: s(\\tau) = (1 + \\tau)^{-a}
 
@@ -17,47 +19,55 @@ server's mixing rate (see :mod:`bouquet.strategies.async_fedavg` for the update 
 
 * **fedbuff** (Nguyen et al. 2022, "Federated Learning with Buffered Asynchronous
   Aggregation"): the server buffers :math:`K` updates, each scaled by
-  :math:`(1 + \\tau)^{-a}` (:math:`a = 0.5` in the paper, :math:`a = 0` switches scaling off),
-  and applies their mean at once (one new model version per :math:`K` updates).
-* **sliding_window** (S4; in the spirit of staleness-aware async-SGD, Zhang, Gupta, Lian & Liu
-  2016, "Staleness-aware Async-SGD for Distributed Deep Learning", which divides the learning
-  rate by the staleness): keep the last :math:`W` staleness samples
+  :math:`(1 + \\tau)^{-a}` (:math:`a = 0.5` in the paper, :math:`a = 0` switches scaling
+  off), and applies their mean at once (one new model version per :math:`K` updates).
+* **sliding_window** (S4; in the spirit of staleness-aware async-SGD, Zhang, Gupta, Lian
+  & Liu 2016, "Staleness-aware Async-SGD for Distributed Deep Learning", which divides
+  the learning rate by the staleness): keep the last :math:`W` staleness samples
   :math:`\\tau_{t-W}, \\dots, \\tau_{t-1}`, compute a staleness context value
   :math:`c_t` from them (their mean, or median), and scale the update by its staleness
   *relative to that context*:
 
   .. math::
-      c_t = \\frac{1}{|\\mathcal{W}_t|} \\sum_{\\tau' \\in \\mathcal{W}_t} \\tau', \\qquad
-      s(\\tau_t) = \\min\\Big(s_{max}, \\Big(\\frac{1 + c_t}{1 + \\tau_t}\\Big)^{a}\\Big)
+      c_t = \\frac{1}{|\\mathcal{W}_t|} \\sum_{\\tau' \\in \\mathcal{W}_t} \\tau',
+          \\qquad
+      s(\\tau_t) = \\min\\Big(s_{max}, \\Big(\\frac{1 + c_t}{1 +
+          \\tau_t}\\Big)^{a}\\Big)
 
   An update as stale as is usual right now gets the full rate, a staler one is damped, a
-  fresher one gets up to :math:`s_{max}` (1 by default: never boosted). With an empty window
-  :math:`c_t = \\tau_t` (scale 1). The sample is added to the window *after* it is scaled.
-  The rule's functions are :mod:`bouquet.staleness_window`'s, which the learners use too.
+  fresher one gets up to :math:`s_{max}` (1 by default: never boosted). With an empty
+  window :math:`c_t = \\tau_t` (scale 1). The sample is added to the window *after* it
+  is scaled. The rule's functions are :mod:`bouquet.staleness_window`'s, which the
+  learners use too.
 
-  Where the window lives (``window_side`` of :class:`~bouquet.strategies.async_fedavg.AsyncFedAvg`):
+  Where the window lives (``window_side`` of
+  :class:`~bouquet.strategies.async_fedavg.AsyncFedAvg`):
 
-  - ``learner`` (the default; S4's "each learner keeps a sliding window of its own staleness
-    samples, adjusts its learning rate, the server applies the update with that rate"): the
-    server sends each node the staleness :math:`\\tau_k` of its previous applied update; the
-    node (:func:`bouquet.clients.staleness_window_mod`) keeps its own window of these samples in
-    ``context.state`` and, when a new one arrives, computes
+  - ``learner`` (the default; S4's "each learner keeps a sliding window of its own
+    staleness samples, adjusts its learning rate, the server applies the update with
+    that rate"): the server sends each node the staleness :math:`\\tau_k` of its
+    previous applied update; the node (:func:`bouquet.clients.staleness_window_mod`)
+    keeps its own window of these samples in ``context.state`` and, when a new one
+    arrives, computes
 
     .. math::
         c = \\operatorname{ctx}(\\tau_{k-W}, \\dots, \\tau_{k-1}), \\qquad
-        s = \\min\\Big(s_{max}, \\Big(\\frac{1 + c}{1 + \\tau_k}\\Big)^{a}\\Big), \\qquad
+        s = \\min\\Big(s_{max}, \\Big(\\frac{1 + c}{1 + \\tau_k}\\Big)^{a}\\Big),
+            \\qquad
         \\eta_{local} = s\\, \\eta
 
-    (the same rule, with the last applied staleness as the estimate of the next one: **our
-    reading**), trains with :math:`\\eta_{local}` and reports :math:`s`; the server applies the
-    update with the reported :math:`s` (bounded to :math:`[0, s_{max}]`; otherwise this
-    class's rule is the fallback). This class then only keeps the server's fallback window.
+    (the same rule, with the last applied staleness as the estimate of the next one:
+    **our reading**), trains with :math:`\\eta_{local}` and reports :math:`s`; the
+    server applies the update with the reported :math:`s` (bounded to
+    :math:`[0, s_{max}]`; otherwise this class's rule is the fallback). This class then
+    only keeps the server's fallback window.
   - ``server``: this class keeps the window and its :math:`s(\\tau_t)` is applied. With
-    ``per_node=True`` every node has its own window here, otherwise one window is shared by the
-    whole federation.
+    ``per_node=True`` every node has its own window here, otherwise one window is shared
+    by the whole federation.
 
-Every policy also has a **max-staleness cutoff**: an update with :math:`\\tau >` ``max_staleness``
-is rejected (scale 0; the strategy drops it and re-dispatches the node).
+Every policy also has a **max-staleness cutoff**: an update with :math:`\\tau >`
+``max_staleness`` is rejected (scale 0; the strategy drops it and re-dispatches the
+node).
 """
 
 from __future__ import annotations
@@ -66,13 +76,22 @@ import math
 from collections import deque
 from typing import Any
 
-from bouquet.staleness_window import CONTEXTS, DEFAULT_WINDOW, staleness_context, window_scale
+from bouquet.staleness_window import (
+    CONTEXTS,
+    DEFAULT_WINDOW,
+    staleness_context,
+    window_scale,
+)
 
 POLICIES = ("constant", "polynomial", "hinge", "fedbuff", "sliding_window")
 
 
 def _check_staleness(staleness: float) -> float:
-    if not (isinstance(staleness, (int, float)) and math.isfinite(staleness) and staleness >= 0):
+    if not (
+        isinstance(staleness, (int, float))
+        and math.isfinite(staleness)
+        and staleness >= 0
+    ):
         raise ValueError(f"staleness={staleness!r} must be a finite number >= 0")
     return float(staleness)
 
@@ -88,8 +107,14 @@ def hinge_scale(staleness: float, a: float, b: float) -> float:
     return 1.0 if tau <= b else 1.0 / (a * (tau - b) + 1.0)
 
 
-def sliding_window_scale(staleness: float, context: float | None, exponent: float = 1.0, max_scale: float = 1.0) -> float:
-    """S4 scale :math:`\\min(s_{max}, ((1 + c) / (1 + \\tau))^a)`; ``context=None`` gives 1
+def sliding_window_scale(
+    staleness: float,
+    context: float | None,
+    exponent: float = 1.0,
+    max_scale: float = 1.0,
+) -> float:
+    """S4 scale :math:`\\min(s_{max}, ((1 + c) / (1 + \\tau))^a)`; ``context=None``
+    gives 1
     (:func:`bouquet.staleness_window.window_scale`, after checking ``staleness``)."""
     return window_scale(_check_staleness(staleness), context, exponent, max_scale)
 
@@ -105,9 +130,11 @@ class StalenessPolicy:
     Attributes
     ----------
     buffer_size : int
-        Number of updates the server buffers before applying them (1: apply each at once).
+        Number of updates the server buffers before applying them (1: apply each at
+        once).
     server_lr : float or None
-        Server learning rate of buffered policies (``None``: the strategy's mixing rate).
+        Server learning rate of buffered policies (``None``: the strategy's mixing
+        rate).
     """
 
     name = "constant"
@@ -121,10 +148,14 @@ class StalenessPolicy:
 
     def accepts(self, staleness: float) -> bool:
         """Whether an update this stale passes the max-staleness cutoff."""
-        return self.max_staleness is None or _check_staleness(staleness) <= self.max_staleness
+        return (
+            self.max_staleness is None
+            or _check_staleness(staleness) <= self.max_staleness
+        )
 
     def scale(self, staleness: float, context: float | None = None) -> float:
-        """Pure scale of an update with this staleness (``context`` only for windowed policies)."""
+        """Pure scale of an update with this staleness (``context`` only for windowed
+        policies)."""
         _check_staleness(staleness)
         return 1.0
 
@@ -136,7 +167,8 @@ class StalenessPolicy:
         """Record a staleness sample (no-op unless the policy keeps a window)."""
 
     def __call__(self, staleness: float, node_id: int | None = None) -> float:
-        """Scale of the next update from ``node_id`` (0 if cut off), then record its staleness."""
+        """Scale of the next update from ``node_id`` (0 if cut off), then record its
+        staleness."""
         if not self.accepts(staleness):
             return 0.0
         value = self.scale(staleness, self.context(node_id))
@@ -145,16 +177,22 @@ class StalenessPolicy:
 
     def describe(self) -> dict[str, Any]:
         """The policy's name and settings (for logs)."""
-        return {"policy": self.name, **{k: v for k, v in vars(self).items() if not k.startswith("_")}}
+        return {
+            "policy": self.name,
+            **{k: v for k, v in vars(self).items() if not k.startswith("_")},
+        }
 
     def state_dict(self) -> dict[str, Any]:
-        """What the policy learned during a run, as plain data (none for memoryless policies)."""
+        """What the policy learned during a run, as plain data (none for memoryless
+        policies)."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (a checkpoint of a run with the same policy)."""
         if state:
-            raise ValueError(f"policy {self.name!r} keeps no state, got keys {sorted(state)}")
+            raise ValueError(
+                f"policy {self.name!r} keeps no state, got keys {sorted(state)}"
+            )
 
 
 class ConstantPolicy(StalenessPolicy):
@@ -166,7 +204,9 @@ class PolynomialPolicy(StalenessPolicy):
 
     name = "polynomial"
 
-    def __init__(self, *, exponent: float = 0.5, max_staleness: int | None = None) -> None:
+    def __init__(
+        self, *, exponent: float = 0.5, max_staleness: int | None = None
+    ) -> None:
         super().__init__(max_staleness=max_staleness)
         if not exponent >= 0:
             raise ValueError(f"exponent={exponent} must be >= 0")
@@ -177,11 +217,18 @@ class PolynomialPolicy(StalenessPolicy):
 
 
 class HingePolicy(StalenessPolicy):
-    """FedAsync hinge: 1 for :math:`\\tau \\le b`, then :math:`1 / (a(\\tau - b) + 1)`."""
+    """FedAsync hinge: 1 for :math:`\\tau \\le b`, then
+    :math:`1 / (a(\\tau - b) + 1)`."""
 
     name = "hinge"
 
-    def __init__(self, *, hinge_a: float = 10.0, hinge_b: float = 4.0, max_staleness: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        hinge_a: float = 10.0,
+        hinge_b: float = 4.0,
+        max_staleness: int | None = None,
+    ) -> None:
         super().__init__(max_staleness=max_staleness)
         if not hinge_a > 0:
             raise ValueError(f"hinge_a={hinge_a} must be > 0")
@@ -195,12 +242,18 @@ class HingePolicy(StalenessPolicy):
 
 
 class FedBuffPolicy(PolynomialPolicy):
-    """FedBuff: buffer ``buffer_size`` updates scaled by :math:`(1+\\tau)^{-a}`, apply their mean."""
+    """FedBuff: buffer ``buffer_size`` updates scaled by :math:`(1+\\tau)^{-a}`, apply
+    their mean."""
 
     name = "fedbuff"
 
     def __init__(
-        self, *, buffer_size: int = 5, exponent: float = 0.5, server_lr: float = 1.0, max_staleness: int | None = None
+        self,
+        *,
+        buffer_size: int = 5,
+        exponent: float = 0.5,
+        server_lr: float = 1.0,
+        max_staleness: int | None = None,
     ) -> None:
         super().__init__(exponent=exponent, max_staleness=max_staleness)
         if int(buffer_size) < 1:
@@ -212,7 +265,8 @@ class FedBuffPolicy(PolynomialPolicy):
 
 
 class SlidingWindowPolicy(StalenessPolicy):
-    """S4: scale by staleness relative to the context value of the last ``window`` samples."""
+    """S4: scale by staleness relative to the context value of the last ``window``
+    samples."""
 
     name = "sliding_window"
 
@@ -232,7 +286,9 @@ class SlidingWindowPolicy(StalenessPolicy):
         if not exponent >= 0:
             raise ValueError(f"exponent={exponent} must be >= 0")
         if context not in CONTEXTS:
-            raise ValueError(f"context={context!r} is unknown; allowed: {', '.join(CONTEXTS)}")
+            raise ValueError(
+                f"context={context!r} is unknown; allowed: {', '.join(CONTEXTS)}"
+            )
         if not max_scale > 0:
             raise ValueError(f"max_scale={max_scale} must be > 0")
         self.window = int(window)
@@ -262,20 +318,36 @@ class SlidingWindowPolicy(StalenessPolicy):
         self._window(node_id).append(_check_staleness(staleness))
 
     def state_dict(self) -> dict[str, Any]:
-        """The windows: ``{"windows": [[node_id or None (shared), [samples]], ...]}``."""
-        return {"windows": [[key, list(samples)] for key, samples in self._windows.items()]}
+        """The windows: ``{"windows": [[node_id or None (shared), [samples]],
+        ...]}``."""
+        return {
+            "windows": [[key, list(samples)] for key, samples in self._windows.items()]
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the windows of :meth:`state_dict` (each cut to this policy's ``window``)."""
+        """Restore the windows of :meth:`state_dict` (each cut to this policy's
+        ``window``)."""
         windows = state.get("windows")
         if set(state) != {"windows"} or not isinstance(windows, list):
-            raise ValueError(f"sliding_window state must be {{'windows': [[node, samples], ...]}}, got keys {sorted(state)}")
+            raise ValueError(
+                "sliding_window state must be {'windows': [[node, samples], "
+                f"...]}}, got keys {sorted(state)}"
+            )
         restored: dict[int | None, deque[float]] = {}
         for entry in windows:
-            if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and (entry[0] is None or isinstance(entry[0], int))
-                    and isinstance(entry[1], (list, tuple))):  # fmt: skip
-                raise ValueError(f"sliding_window state: {entry!r} is not [node_id or None, [samples]]")
-            restored[entry[0]] = deque((_check_staleness(s) for s in entry[1]), maxlen=self.window)
+            if not (
+                isinstance(entry, (list, tuple))
+                and len(entry) == 2
+                and (entry[0] is None or isinstance(entry[0], int))
+                and isinstance(entry[1], (list, tuple))
+            ):
+                raise ValueError(
+                    f"sliding_window state: {entry!r} is not [node_id or None, "
+                    "[samples]]"
+                )
+            restored[entry[0]] = deque(
+                (_check_staleness(s) for s in entry[1]), maxlen=self.window
+            )
         self._windows = restored
 
 
@@ -301,9 +373,13 @@ def make_policy(
     if policy == "constant":
         return ConstantPolicy(max_staleness=max_staleness)
     if policy == "polynomial":
-        return PolynomialPolicy(exponent=0.5 if exponent is None else exponent, max_staleness=max_staleness)
+        return PolynomialPolicy(
+            exponent=0.5 if exponent is None else exponent, max_staleness=max_staleness
+        )
     if policy == "hinge":
-        return HingePolicy(hinge_a=hinge_a, hinge_b=hinge_b, max_staleness=max_staleness)
+        return HingePolicy(
+            hinge_a=hinge_a, hinge_b=hinge_b, max_staleness=max_staleness
+        )
     if policy == "fedbuff":
         return FedBuffPolicy(
             buffer_size=buffer_size,

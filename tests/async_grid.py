@@ -1,8 +1,10 @@
-"""A scripted in-memory Grid for ``AsyncFedAvg`` unit tests, and the helpers that drive it.
+"""A scripted in-memory Grid for ``AsyncFedAvg`` unit tests, and the helpers that drive
+it.
 
-``FakeGrid`` replays each node's behaviour tick by tick; ``run_async`` runs a strategy on it,
-``learner_reports`` makes its nodes report a learner-side rate and echo their message's
-staleness values, and ``run_recorded`` keeps one row per evaluation with the round report.
+``FakeGrid`` replays each node's behaviour tick by tick; ``run_async`` runs a strategy
+on it, ``learner_reports`` makes its nodes report a learner-side rate and echo their
+message's staleness values, and ``run_recorded`` keeps one row per evaluation with the
+round report.
 """
 
 from __future__ import annotations
@@ -16,18 +18,21 @@ from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDic
 from bouquet import keys
 from bouquet.strategies.async_fedavg import AsyncFedAvg
 
-# A node's behaviour: ("ok", latency_in_polls, delta) | ("error", latency, None) | ("hang", 0, None)
+# A node's behaviour: ("ok", latency_in_polls, delta) | ("error", latency, None) |
+# ("hang", 0, None)
 Behaviour = tuple[str, int, float | None]
 
 
 class FakeGrid:
-    """In-memory Grid: each pull is one tick; replies become ready after the node's latency.
+    """In-memory Grid: each pull is one tick; replies become ready after the node's
+    latency.
 
-    Replies are built as a ClientApp would: the received arrays plus a per-node constant, the
-    echoed model version and ``num-examples``. Replies ready in the same tick are returned in
-    the order their messages were pushed (their ``created_at`` follows that order).
-    ``extra(node, config, task)`` adds metrics to a reply (``config`` the train config its
-    message carried, ``task`` that node's message count), e.g. a learner's ``lr-scale`` and echoes.
+    Replies are built as a ClientApp would: the received arrays plus a per-node
+    constant, the echoed model version and ``num-examples``. Replies ready in the same
+    tick are returned in the order their messages were pushed (their ``created_at``
+    follows that order). ``extra(node, config, task)`` adds metrics to a reply
+    (``config`` the train config its message carried, ``task`` that node's message
+    count), e.g. a learner's ``lr-scale`` and echoes.
     """
 
     def __init__(
@@ -39,7 +44,9 @@ class FakeGrid:
         self.behaviours = behaviours
         self.tick_s = tick_s
         self.extra = extra
-        self.configs: list[tuple[int, dict]] = []  # (node, train config) per train message
+        self.configs: list[
+            tuple[int, dict]
+        ] = []  # (node, train config) per train message
         self.tick = 0
         self.counter = 0
         self.pending: dict[str, tuple[int, Message]] = {}
@@ -87,12 +94,16 @@ class FakeGrid:
             metrics = {keys.NUM_EXAMPLES: 10, keys.MODEL_VERSION: version}
             if self.extra is not None:
                 node = msg.metadata.dst_node_id
-                task = sum(1 for n, _ in self.pushed[: self._index(mid)] if n == node) + 1
+                task = (
+                    sum(1 for n, _ in self.pushed[: self._index(mid)] if n == node) + 1
+                )
                 metrics.update(self.extra(node, dict(msg.content["config"]), task))
             content = RecordDict(
                 {
                     "arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
-                    "metrics": MetricRecord({k: v for k, v in metrics.items() if v is not None}),
+                    "metrics": MetricRecord(
+                        {k: v for k, v in metrics.items() if v is not None}
+                    ),
                 }
             )
             out.append(Message(content, reply_to=msg))
@@ -107,21 +118,43 @@ class FakeGrid:
 
 def initial_arrays() -> ArrayRecord:
     """A two-tensor model of zeros."""
-    return ArrayRecord({"w": Array(np.zeros(3, dtype=np.float32)), "b": Array(np.zeros(1, dtype=np.float32))})
+    return ArrayRecord(
+        {
+            "w": Array(np.zeros(3, dtype=np.float32)),
+            "b": Array(np.zeros(1, dtype=np.float32)),
+        }
+    )
 
 
-def run_async(strategy: AsyncFedAvg, grid: FakeGrid, evals: list[int] | None = None, num_rounds: int = 3):
+def run_async(
+    strategy: AsyncFedAvg,
+    grid: FakeGrid,
+    evals: list[int] | None = None,
+    num_rounds: int = 3,
+):
     def evaluate_fn(step: int, arrays: ArrayRecord) -> MetricRecord:
         if evals is not None:
             evals.append(step)
         return MetricRecord({"accuracy": float(step)})
 
-    return strategy.start(grid, initial_arrays(), num_rounds=num_rounds, timeout=60, evaluate_fn=evaluate_fn)
+    return strategy.start(
+        grid,
+        initial_arrays(),
+        num_rounds=num_rounds,
+        timeout=60,
+        evaluate_fn=evaluate_fn,
+    )
 
 
-def learner_reports(scales: Callable[[int], object] | list, *, echo: dict[int, Callable[[dict], dict]] | None = None):
-    """``FakeGrid.extra`` of learners that report ``scales`` (per task, 1-based) and echo what
-    their message carried (node ``n`` in ``echo``: what ``echo[n](config)`` returns instead)."""
+def learner_reports(
+    scales: Callable[[int], object] | list,
+    *,
+    echo: dict[int, Callable[[dict], dict]] | None = None,
+):
+    """``FakeGrid.extra`` of learners that report ``scales`` (per task, 1-based) and
+    echo what
+    their message carried (node ``n`` in ``echo``: what ``echo[n](config)`` returns
+    instead)."""
 
     def extra(node: int, config: dict, task: int) -> dict:
         scale = scales(task) if callable(scales) else scales[task - 1]
@@ -134,7 +167,8 @@ def learner_reports(scales: Callable[[int], object] | list, *, echo: dict[int, C
 
 
 class Recorder:
-    """What ``bind_recorder`` needs; one row per evaluation with the strategy's round report."""
+    """What ``bind_recorder`` needs; one row per evaluation with the strategy's round
+    report."""
 
     def __init__(self, strategy: AsyncFedAvg) -> None:
         self.strategy, self.rows, self.last_arrays = strategy, [], None
@@ -151,4 +185,3 @@ def run_recorded(strategy: AsyncFedAvg, grid: FakeGrid) -> list[dict]:
     strategy.bind_recorder(recorder)
     strategy.start(grid, initial_arrays(), timeout=60)
     return recorder.rows
-

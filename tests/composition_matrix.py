@@ -1,20 +1,20 @@
 """The composition matrix of issue 13: enumerate, validate and run config combinations.
 
 Every ``client`` x ``strategy`` x ``server`` x ``model`` value of ``conf/`` is one
-:class:`Combo`. :func:`verdict` says whether validation accepts it; :func:`run_round` runs an
-accepted one for one round exactly as ``bouquet-sim``'s ServerApp does
+:class:`Combo`. :func:`verdict` says whether validation accepts it; :func:`run_round`
+runs an accepted one for one round exactly as ``bouquet-sim``'s ServerApp does
 (:func:`bouquet.simulations.run.serverapp.run_server`: ``build_strategy`` with the run's
-``Experiment``, the run recorder, the async loop's ``bind_recorder``), with the real ClientApp
-of :func:`~bouquet.simulations.run.serverapp.make_client_app` answering on an
-:class:`~inprocess_grid.InProcessGrid` (no Ray), and returns what a test needs to show that
-each named feature acted (:class:`Outcome`).
+``Experiment``, the run recorder, the async loop's ``bind_recorder``), with the real
+ClientApp of :func:`~bouquet.simulations.run.serverapp.make_client_app` answering on an
+:class:`~inprocess_grid.InProcessGrid` (no Ray), and returns what a test needs to show
+that each named feature acted (:class:`Outcome`).
 
-Enumerating 350 combinations with one Hydra ``compose`` each takes half a minute on two busy
-cores, so :func:`assembled` builds a combination's config from per-value compositions (each
-group value composed by Hydra once per dataset, then put into that dataset's base composition).
-Group values interpolate only root, ``simulation`` and ``dataset`` keys, so this is the config
-Hydra composes; :func:`composed` (one real ``compose``) lets a test check that for every
-combination it runs.
+Enumerating 350 combinations with one Hydra ``compose`` each takes half a minute on two
+busy cores, so :func:`assembled` builds a combination's config from per-value
+compositions (each group value composed by Hydra once per dataset, then put into that
+dataset's base composition). Group values interpolate only root, ``simulation`` and
+``dataset`` keys, so this is the config Hydra composes; :func:`composed` (one real
+``compose``) lets a test check that for every combination it runs.
 """
 
 from __future__ import annotations
@@ -37,7 +37,12 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 AXES = ("client", "strategy", "server", "model")
 NUM_NODES = 3
-SMALL = [f"simulation.num_clients={NUM_NODES}", "simulation.num_rounds=1", "seed=0", "client.local_epochs=1"]
+SMALL = [
+    f"simulation.num_clients={NUM_NODES}",
+    "simulation.num_rounds=1",
+    "seed=0",
+    "client.local_epochs=1",
+]
 DATASET_SMALL = {"digits": [], "movielens": ["dataset.max_users=60"]}
 
 
@@ -57,7 +62,9 @@ class Combo(NamedTuple):
     @property
     def dataset(self) -> str:
         """``movielens`` for the recommendation values, else ``digits``."""
-        return "movielens" if self.client == "recsys" or self.model == "mf" else "digits"
+        return (
+            "movielens" if self.client == "recsys" or self.model == "mf" else "digits"
+        )
 
     @property
     def options(self) -> dict[str, str]:
@@ -93,11 +100,14 @@ def _base(dataset: str) -> dict[str, Any]:
 
 @cache
 def _section(group: str, value: str, dataset: str) -> dict[str, Any]:
-    return _compose([f"dataset={dataset}", *DATASET_SMALL[dataset], *SMALL, f"{group}={value}"])[group]
+    return _compose(
+        [f"dataset={dataset}", *DATASET_SMALL[dataset], *SMALL, f"{group}={value}"]
+    )[group]
 
 
 def assembled(combo: Combo) -> dict[str, Any]:
-    """``combo``'s config from per-value compositions (see the module docstring); a fresh copy."""
+    """``combo``'s config from per-value compositions (see the module docstring); a
+    fresh copy."""
     cfg = copy.deepcopy(_base(combo.dataset))
     for group, value in zip(AXES, combo, strict=True):
         cfg[group] = copy.deepcopy(_section(group, value, combo.dataset))
@@ -111,7 +121,8 @@ def composed(combo: Combo) -> dict[str, Any]:
 
 @cache
 def verdict(combo: Combo) -> str | None:
-    """Why validation (``validate_run``) refuses ``combo``, or ``None`` if it accepts it.
+    """Why validation (``validate_run``) refuses ``combo``, or ``None`` if it accepts
+    it.
 
     Raises
     ------
@@ -132,7 +143,10 @@ def verdict_or_skip(combo: Combo) -> str | None:
     try:
         return verdict(combo)
     except FileNotFoundError as exc:
-        pytest.skip(f"dataset={combo.dataset} is not in the data cache ({exc}); `make data` fetches it")
+        pytest.skip(
+            f"dataset={combo.dataset} is not in the data cache ({exc}); `make data` "
+            "fetches it"
+        )
 
 
 @dataclass
@@ -174,21 +188,36 @@ class Outcome:
         return bool(self.rows) and "updates" in self.rows[0]
 
 
-def _spy(adjust_fn: Callable[..., Any], calls: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]) -> Callable[..., Any]:
-    """``adjust_fn`` recording its input and output arrays (it is called exactly as before)."""
+def _spy(
+    adjust_fn: Callable[..., Any],
+    calls: list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]],
+) -> Callable[..., Any]:
+    """``adjust_fn`` recording its input and output arrays (it is called exactly as
+    before)."""
 
     def spied(arrays: Any, server_round: int) -> Any:
         before = {k: v.numpy().copy() for k, v in arrays.items()}
         result = adjust_fn(arrays, server_round)
         out = result[0] if isinstance(result, tuple) else result
-        calls.append((before, {k: np.asarray(v.numpy() if hasattr(v, "numpy") else v) for k, v in out.items()}))
+        calls.append(
+            (
+                before,
+                {
+                    k: np.asarray(v.numpy() if hasattr(v, "numpy") else v)
+                    for k, v in out.items()
+                },
+            )
+        )
         return result
 
     return spied
 
 
-def run_round(cfg: dict[str, Any], run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Outcome:
-    """Run ``cfg`` through ``run_server`` on an :class:`InProcessGrid` (see the module docstring)."""
+def run_round(
+    cfg: dict[str, Any], run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> Outcome:
+    """Run ``cfg`` through ``run_server`` on an :class:`InProcessGrid` (see the module
+    docstring)."""
     from bouquet.simulations.methods.experiments import get_experiment
     from bouquet.simulations.run import results
     from bouquet.simulations.run import serverapp as server
@@ -208,8 +237,12 @@ def run_round(cfg: dict[str, Any], run_dir: Path, monkeypatch: pytest.MonkeyPatc
         return strategy
 
     monkeypatch.setattr(server, "build_strategy", recording_build)
-    monkeypatch.setattr(results, "plot_curves", lambda rows, path: None)  # not under test here
-    grid = InProcessGrid(server.make_client_app(cfg), int(cfg["simulation"]["num_clients"]))
+    monkeypatch.setattr(
+        results, "plot_curves", lambda rows, path: None
+    )  # not under test here
+    grid = InProcessGrid(
+        server.make_client_app(cfg), int(cfg["simulation"]["num_clients"])
+    )
     summary = server.run_server(grid, cfg, run_dir)  # type: ignore[arg-type]
     exp = get_experiment(cfg)
     if len(built) != 1:

@@ -1,5 +1,7 @@
-"""Shared test fixtures: data cache location, Flower env, and the helpers that build train
-messages (``make_train_message``), replies (``make_reply``) and clients (``client_factory``)."""
+"""Shared test fixtures: data cache location, Flower env, and the helpers that build
+train
+messages (``make_train_message``), replies (``make_reply``) and clients
+(``client_factory``)."""
 
 from __future__ import annotations
 
@@ -18,25 +20,45 @@ os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
-def make_train_message(weights: dict[str, np.ndarray], server_round: int = 1, config: dict | None = None,
-                       *, node_id: int = 5):
-    """A train Message as a server sends it to ``node_id``: ``weights`` as dense Arrays, the round
+def make_train_message(
+    weights: dict[str, np.ndarray],
+    server_round: int = 1,
+    config: dict | None = None,
+    *,
+    node_id: int = 5,
+):
+    """A train Message as a server sends it to ``node_id``: ``weights`` as dense Arrays,
+    the round
     and ``config`` in its ConfigRecord, message id ``m<server_round>``."""
-    from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+    from flwr.app import (
+        Array,
+        ArrayRecord,
+        ConfigRecord,
+        Message,
+        MessageType,
+        RecordDict,
+    )
 
     from bouquet import keys
 
-    content = RecordDict({
-        keys.ARRAYS: ArrayRecord({k: Array(np.asarray(v)) for k, v in weights.items()}),
-        keys.CONFIG: ConfigRecord({keys.SERVER_ROUND: server_round, **(config or {})}),
-    })
+    content = RecordDict(
+        {
+            keys.ARRAYS: ArrayRecord(
+                {k: Array(np.asarray(v)) for k, v in weights.items()}
+            ),
+            keys.CONFIG: ConfigRecord(
+                {keys.SERVER_ROUND: server_round, **(config or {})}
+            ),
+        }
+    )
     msg = Message(content=content, dst_node_id=node_id, message_type=MessageType.TRAIN)
     msg.metadata.__dict__["_message_id"] = f"m{server_round}"
     return msg
 
 
 def client_factory(cls, **kwargs):
-    """A ``client_fn`` building NumPyClient ``cls`` (e.g. ``TopKClient``) on 40 seeded random
+    """A ``client_fn`` building NumPyClient ``cls`` (e.g. ``TopKClient``) on 40 seeded
+    random
     1x8x8 samples of 3 classes with an MLP and ``lr=0.1``; ``kwargs`` go to ``cls``."""
     from bouquet.models import build_model
 
@@ -44,7 +66,15 @@ def client_factory(cls, **kwargs):
         rng = np.random.default_rng(0)
         x = rng.normal(size=(40, 1, 8, 8)).astype(np.float32)
         y = (np.arange(40) % 3).astype(np.int64)
-        return cls(build_model("mlp", (1, 8, 8), 3, seed=0), x, y, num_classes=3, lr=0.1, **kwargs)
+        return cls(
+            build_model("mlp", (1, 8, 8), 3, seed=0),
+            x,
+            y,
+            num_classes=3,
+            lr=0.1,
+            **kwargs,
+        )
+
     return client_fn
 
 
@@ -62,7 +92,15 @@ def make_reply(
     ``arrays`` become dense Arrays (or pass a ready ``array_record``, e.g. compressed);
     ``error`` builds an error reply instead.
     """
-    from flwr.app import Array, ArrayRecord, Error, Message, MessageType, MetricRecord, RecordDict
+    from flwr.app import (
+        Array,
+        ArrayRecord,
+        Error,
+        Message,
+        MessageType,
+        MetricRecord,
+        RecordDict,
+    )
     from flwr.app.metadata import Metadata
 
     from bouquet import keys
@@ -72,7 +110,9 @@ def make_reply(
         array_record = ArrayRecord({k: Array(np.asarray(v)) for k, v in arrays.items()})
     if array_record is not None:
         content[keys.ARRAYS] = array_record
-    content[keys.METRICS] = MetricRecord({keys.NUM_EXAMPLES: num_examples, **(metrics or {})})
+    content[keys.METRICS] = MetricRecord(
+        {keys.NUM_EXAMPLES: num_examples, **(metrics or {})}
+    )
     metadata = Metadata(
         run_id=1,
         message_id=f"r{node_id}",
@@ -91,8 +131,10 @@ def make_reply(
 
 @contextlib.contextmanager
 def address_space_limit(extra_bytes: int):
-    """Cap this process's address space at its current size + ``extra_bytes`` (soft limit,
-    restored afterwards): an allocation beyond it raises MemoryError instead of swapping."""
+    """Cap this process's address space at its current size + ``extra_bytes`` (soft
+    limit,
+    restored afterwards): an allocation beyond it raises MemoryError instead of
+    swapping."""
     with open("/proc/self/statm") as fh:
         vsize = int(fh.read().split()[0]) * resource.getpagesize()
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
@@ -104,7 +146,8 @@ def address_space_limit(extra_bytes: int):
 
 
 def set_task_identity() -> None:
-    """Let strategies build instruction Messages outside a running ServerApp (unit tests)."""
+    """Let strategies build instruction Messages outside a running ServerApp (unit
+    tests)."""
     from flwr.supercore.task_identity import TaskIdentity
 
     TaskIdentity.run_id = 1
@@ -120,20 +163,32 @@ def reply_factory():
     return make_reply
 
 
-def run_bouquet_sim(overrides: list[str], run_dir, *, multirun: bool = False, timeout: float = 600):
-    """Run the real ``bouquet-sim`` CLI in a subprocess; returns the CompletedProcess."""
+def run_bouquet_sim(
+    overrides: list[str], run_dir, *, multirun: bool = False, timeout: float = 600
+):
+    """Run the real ``bouquet-sim`` CLI in a subprocess; returns the
+    CompletedProcess."""
     import subprocess
     import sys
 
     exe = Path(sys.executable).with_name("bouquet-sim")
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    cmd = [str(exe), *(["--multirun"] if multirun else []), *overrides, f"{key}={run_dir}"]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    cmd = [
+        str(exe),
+        *(["--multirun"] if multirun else []),
+        *overrides,
+        f"{key}={run_dir}",
+    ]
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
 
 
 def pytest_collection_modifyitems(config, items):
-    """Everything under ``tests/e2e/`` starts real engines (Ray, ``flwr run``, a SuperLink):
-    mark it ``e2e`` so that ``-m "not e2e"`` is the fast unit loop and ``-m e2e`` the slow one."""
+    """Everything under ``tests/e2e/`` starts real engines (Ray, ``flwr run``, a
+    SuperLink):
+    mark it ``e2e`` so that ``-m "not e2e"`` is the fast unit loop and ``-m e2e`` the
+    slow one."""
     for item in items:
         if "e2e" in Path(str(item.fspath)).parts:
             item.add_marker(pytest.mark.e2e)

@@ -1,4 +1,5 @@
-"""The commands and Python snippets documented in README.md and docs/ (shared by the docs tests)."""
+"""The commands and Python snippets documented in README.md and docs/ (shared by the
+docs tests)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
 def commands() -> list[tuple[str, str]]:
-    """(file, command) for every ``bouquet-sim`` line in a fenced code block of the docs."""
+    """(file, command) for every ``bouquet-sim`` line in a fenced code block of the
+    docs."""
     out = []
     for path in DOCS:
         in_block = False
@@ -22,7 +24,9 @@ def commands() -> list[tuple[str, str]]:
                 in_block = not in_block
                 continue
             cmd = line.split("#", 1)[0].strip()
-            if in_block and cmd.startswith("bouquet-sim ") and "<" not in cmd:  # <placeholders> aside
+            if (
+                in_block and cmd.startswith("bouquet-sim ") and "<" not in cmd
+            ):  # <placeholders> aside
                 out.append((path.name, cmd))
     return out
 
@@ -47,5 +51,3 @@ def snippets() -> list[tuple[str, str]]:
         for block in re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S):
             out.append((path.name, block))
     return out
-
-

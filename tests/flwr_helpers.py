@@ -1,7 +1,8 @@
-"""A private FLWR_HOME with a local simulation connection, for the e2e tests that drive `flwr run`.
+"""A private FLWR_HOME with a local simulation connection, for the e2e tests that drive
+`flwr run`.
 
-The SuperLink that ``flwr run`` starts keeps running detached; the fixture stops it by PID (its
-command line holds this test's ``FLWR_HOME``).
+The SuperLink that ``flwr run`` starts keeps running detached; the fixture stops it by
+PID (its command line holds this test's ``FLWR_HOME``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,12 @@ def _pids_with_arg(marker: str) -> list[int]:
         if not entry.name.isdigit():
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cmdline = (
+                (entry / "cmdline")
+                .read_bytes()
+                .replace(b"\0", b" ")
+                .decode(errors="replace")
+            )
         except OSError:
             continue
         if marker in cmdline and int(entry.name) != os.getpid():
@@ -40,11 +46,16 @@ def _pids_with_arg(marker: str) -> list[int]:
 def flwr_home(tmp_path: Path):
     home = tmp_path / "flwr-home"
     home.mkdir()
-    (home / "config.toml").write_text('[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n')
-    env = flower_env(home, {
-        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
-        "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
-    })
+    (home / "config.toml").write_text(
+        '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n'
+    )
+    env = flower_env(
+        home,
+        {
+            "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
+            "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()),
+        },
+    )
     try:
         yield home, env
     finally:  # the SuperLink `flwr run` started keeps running detached: stop it by PID
@@ -52,5 +63,14 @@ def flwr_home(tmp_path: Path):
             stop_tree(pid)
 
 
-def _flwr(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["flwr", *args], env=env, capture_output=True, text=True, timeout=timeout, check=False)
+def _flwr(
+    env: dict[str, str], *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["flwr", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

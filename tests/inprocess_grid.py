@@ -1,17 +1,19 @@
-"""An in-process Flower ``Grid`` for tests: the real ``ClientApp`` answers every message, no Ray.
+"""An in-process Flower ``Grid`` for tests: the real ``ClientApp`` answers every
+message, no Ray.
 
 :class:`InProcessGrid` duck-types :class:`flwr.serverapp.Grid` (``get_node_ids``,
-``push_messages``, ``pull_messages``, ``send_and_receive``). Every pushed message goes through
-Flower's wire format (``message_to_proto`` / ``message_from_proto``) to the node's ``ClientApp``,
-called as ``client_app(message, context)`` with one persistent ``Context`` per node
-(``partition-id`` / ``num-partitions`` in its node config, ``context.state`` kept across
-messages), and the reply comes back through the wire format too. An exception in the
-``ClientApp`` becomes an error reply, as in Flower's runtime, and is kept in
-:attr:`InProcessGrid.errors` so that a test can show it.
+``push_messages``, ``pull_messages``, ``send_and_receive``). Every pushed message goes
+through Flower's wire format (``message_to_proto`` / ``message_from_proto``) to the
+node's ``ClientApp``, called as ``client_app(message, context)`` with one persistent
+``Context`` per node (``partition-id`` / ``num-partitions`` in its node config,
+``context.state`` kept across messages), and the reply comes back through the wire
+format too. An exception in the ``ClientApp`` becomes an error reply, as in Flower's
+runtime, and is kept in :attr:`InProcessGrid.errors` so that a test can show it.
 
 Everything the nodes saw and sent is kept in :attr:`InProcessGrid.log` (one
 :class:`Delivery` per message) for assertions: the arrays and config each node received,
-the reply's arrays (with their ``stype``) and metrics, and how long the ``ClientApp`` took.
+the reply's arrays (with their ``stype``) and metrics, and how long the ``ClientApp``
+took.
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ def _wire(message: Message) -> Message:
 
 
 class InProcessGrid:
-    """A ``Grid`` whose nodes run ``client_app`` in this process (see the module docstring).
+    """A ``Grid`` whose nodes run ``client_app`` in this process (see the module
+    docstring).
 
     Parameters
     ----------
@@ -71,7 +74,9 @@ class InProcessGrid:
         Node ids are ``first_node_id + i`` (not the partition ids, so a mix-up shows).
     """
 
-    def __init__(self, client_app: ClientApp, num_nodes: int, *, first_node_id: int = 101) -> None:
+    def __init__(
+        self, client_app: ClientApp, num_nodes: int, *, first_node_id: int = 101
+    ) -> None:
         if num_nodes < 1:
             raise ValueError(f"num_nodes={num_nodes} must be >= 1")
         self.client_app = client_app
@@ -95,7 +100,8 @@ class InProcessGrid:
         return list(self.node_ids)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        """Deliver every message to its node now; its reply waits for :meth:`pull_messages`."""
+        """Deliver every message to its node now; its reply waits for
+        :meth:`pull_messages`."""
         ids = []
         for msg in messages:
             self._count += 1
@@ -109,7 +115,9 @@ class InProcessGrid:
         """The replies to ``message_ids`` that have not been pulled yet."""
         return [self._ready.pop(mid) for mid in list(message_ids) if mid in self._ready]
 
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
         return self.pull_messages(self.push_messages(messages))
 
     def deliveries(self, message_type: str) -> list[Delivery]:
@@ -119,13 +127,17 @@ class InProcessGrid:
     def _deliver(self, msg: Message) -> Message:
         node = msg.metadata.dst_node_id
         if node not in self.contexts:
-            raise ValueError(f"message for node {node}; this grid has nodes {self.node_ids}")
+            raise ValueError(
+                f"message for node {node}; this grid has nodes {self.node_ids}"
+            )
         content = msg.content
         config = next(iter(content.config_records.values()), {})
         delivery = Delivery(
             node_id=node,
             message_type=msg.metadata.message_type,
-            received={k: v for rec in content.array_records.values() for k, v in rec.items()},
+            received={
+                k: v for rec in content.array_records.values() for k, v in rec.items()
+            },
             config=dict(config),
         )
         self.log.append(delivery)
@@ -134,13 +146,23 @@ class InProcessGrid:
             reply = self.client_app(msg, self.contexts[node])
         except Exception as exc:  # noqa: BLE001 - Flower's runtime turns this into an error reply
             delivery.error = f"{type(exc).__name__}: {exc}"
-            self.errors.append(f"node {node} ({delivery.message_type}): {traceback.format_exc()}")
+            self.errors.append(
+                f"node {node} ({delivery.message_type}): {traceback.format_exc()}"
+            )
             reply = Message(Error(code=0, reason=delivery.error), reply_to=msg)
         delivery.seconds = time.perf_counter() - start
         reply = _wire(reply)
         if not reply.has_error():
-            delivery.reply_arrays = {k: v for rec in reply.content.array_records.values() for k, v in rec.items()}
-            delivery.reply_metrics = {k: v for rec in reply.content.metric_records.values() for k, v in rec.items()}
+            delivery.reply_arrays = {
+                k: v
+                for rec in reply.content.array_records.values()
+                for k, v in rec.items()
+            }
+            delivery.reply_metrics = {
+                k: v
+                for rec in reply.content.metric_records.values()
+                for k, v in rec.items()
+            }
         elif delivery.error is None:
             delivery.error = reply.error.reason
         return reply

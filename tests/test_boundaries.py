@@ -1,6 +1,7 @@
-"""The package boundaries of DESIGN.md, checked on every import statement (top level or not):
-which bouquet packages each folder may import, no torch in codecs/strategies/data, Hydra and
-omegaconf only in simulations/, nothing imports simulations/."""
+"""The package boundaries of DESIGN.md, checked on every import statement (top level or
+not):
+which bouquet packages each folder may import, no torch in codecs/strategies/data, Hydra
+and omegaconf only in simulations/, nothing imports simulations/."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# bouquet/*.py (keys, the staleness window maths, curves) and bouquet.conf: every package may use them
+# bouquet/*.py (keys, the staleness window maths, curves) and bouquet.conf: every
+# package may use them
 ALLOWED = {
     "codecs": {"codecs"},
     "strategies": {"codecs", "strategies"},
@@ -38,7 +40,9 @@ def test_package_imports_only_what_design_allows(package: str) -> None:
     for path in sorted((ROOT / package).rglob("*.py")):
         for mod in _imports(path):
             top = mod.split(".")[0]
-            if top == "bouquet":  # bouquet.<package>... or one of the shared modules of bouquet/
+            if (
+                top == "bouquet"
+            ):  # bouquet.<package>... or one of the shared modules of bouquet/
                 inner = mod.split(".")[1] if "." in mod else ""
                 if inner in ALLOWED and inner not in ALLOWED[package]:
                     bad.append(f"{path.relative_to(ROOT)}: {mod}")

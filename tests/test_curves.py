@@ -1,4 +1,5 @@
-"""``bouquet.curves``: rows and a plot from a plain Flower app's ``Result`` (issue 35, point 5)."""
+"""``bouquet.curves``: rows and a plot from a plain Flower app's ``Result`` (issue 35,
+point 5)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,12 @@ def _result() -> Result:
     result = Result()
     result.evaluate_metrics_serverapp[0] = MetricRecord({"accuracy": 0.1, "loss": 2.3})
     for rnd, (up, down, acc) in enumerate([(100, 4000, 0.5), (120, 300, 0.7)], start=1):
-        result.train_metrics_clientapp[rnd] = MetricRecord({BYTES_UP: up, keys.BYTES_DOWN: down, "train-loss": 1.0})
-        result.evaluate_metrics_serverapp[rnd] = MetricRecord({"accuracy": acc, "loss": 1.0 / rnd})
+        result.train_metrics_clientapp[rnd] = MetricRecord(
+            {BYTES_UP: up, keys.BYTES_DOWN: down, "train-loss": 1.0}
+        )
+        result.evaluate_metrics_serverapp[rnd] = MetricRecord(
+            {"accuracy": acc, "loss": 1.0 / rnd}
+        )
     return result
 
 
@@ -25,7 +30,11 @@ def test_result_rows_carry_accuracy_and_bytes_both_ways() -> None:
     rows = result_rows(_result())
     assert [r["round"] for r in rows] == [0, 1, 2]
     assert rows[0]["bytes_up"] is None and rows[0]["accuracy"] == 0.1
-    assert (rows[1]["bytes_up"], rows[1]["bytes_down"], rows[1]["accuracy"]) == (100, 4000, 0.5)
+    assert (rows[1]["bytes_up"], rows[1]["bytes_down"], rows[1]["accuracy"]) == (
+        100,
+        4000,
+        0.5,
+    )
     assert (rows[2]["bytes_up"], rows[2]["bytes_down"]) == (120, 300)
 
 

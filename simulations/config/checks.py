@@ -1,5 +1,7 @@
-"""The pieces every config check uses: reading an interval, checking one value against its
-:class:`~bouquet.simulations.config.schema.Key`, showing a value in a one-line message."""
+"""The pieces every config check uses: reading an interval, checking one value against
+its
+:class:`~bouquet.simulations.config.schema.Key`, showing a value in a one-line
+message."""
 
 from __future__ import annotations
 
@@ -12,9 +14,17 @@ from bouquet.simulations.config.schema import GROUPS, Key
 
 Options = dict[str, str]  # config group -> its value (``{"client": "topk", ...}``)
 
-_TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
-               "str or bool": "a string or true", "dict": "a mapping"}
-_INTERVAL = re.compile(r"^([\[(])\s*(-inf|[-+0-9.e]+)\s*,\s*(inf|[-+0-9.e]+)\s*([\])])$")
+_TYPE_NAMES = {
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "str": "a string",
+    "str or bool": "a string or true",
+    "dict": "a mapping",
+}
+_INTERVAL = re.compile(
+    r"^([\[(])\s*(-inf|[-+0-9.e]+)\s*,\s*(inf|[-+0-9.e]+)\s*([\])])$"
+)
 
 
 @cache
@@ -22,23 +32,29 @@ def interval(text: str) -> tuple[float, float, bool, bool]:
     """``(low, high, low_closed, high_closed)`` of an interval such as ``"(0, 1]"``."""
     match = _INTERVAL.match(text)
     if match is None:
-        raise ValueError(f"range={text!r} is not an interval like '(0, 1]' or '[1, inf)'")
+        raise ValueError(
+            f"range={text!r} is not an interval like '(0, 1]' or '[1, inf)'"
+        )
     opening, low, high, closing = match.groups()
     return float(low), float(high), opening == "[", closing == "]"
 
 
 def in_range(value: float, text: str) -> bool:
-    """Whether ``value`` is finite and in the interval ``text`` ("" = any finite value)."""
+    """Whether ``value`` is finite and in the interval ``text`` ("" = any finite
+    value)."""
     if not math.isfinite(value):
         return False
     if not text:
         return True
     low, high, low_closed, high_closed = interval(text)
-    return (value >= low if low_closed else value > low) and (value <= high if high_closed else value < high)
+    return (value >= low if low_closed else value > low) and (
+        value <= high if high_closed else value < high
+    )
 
 
 def fmt(value: Any, *, quote: bool = True) -> str:
-    """A value as it is written on the command line (``null``, ``true``, ``'tensor'``, ``[1, 2]``;
+    """A value as it is written on the command line (``null``, ``true``, ``'tensor'``,
+    ``[1, 2]``;
     strings unquoted with ``quote=False``, as in a YAML file)."""
     if value is None:
         return "null"
@@ -49,12 +65,17 @@ def fmt(value: Any, *, quote: bool = True) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(fmt(v, quote=quote) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {fmt(v, quote=quote)}" for k, v in value.items()) + "}"
+        return (
+            "{"
+            + ", ".join(f"{k}: {fmt(v, quote=quote)}" for k, v in value.items())
+            + "}"
+        )
     return str(value)
 
 
 def describe(key: Key) -> str:
-    """What ``key`` allows, in words: ``a number in (0, 1]``, ``one of 'tensor', 'model' or null``."""
+    """What ``key`` allows, in words: ``a number in (0, 1]``, ``one of 'tensor', 'model'
+    or null``."""
     element = key.kind.removesuffix(" list")
     what = _TYPE_NAMES[element]
     if len(key.choices) == 1:
@@ -84,14 +105,20 @@ def _type_ok(kind: str, value: Any) -> bool:
 
 def _check_one(path: str, key: Key, kind: str, value: Any, shown: Any) -> None:
     if not _type_ok(kind, value):
-        raise ValueError(f"{path}={fmt(shown)} has the wrong type; allowed: {describe(key)}")
+        raise ValueError(
+            f"{path}={fmt(shown)} has the wrong type; allowed: {describe(key)}"
+        )
     if key.choices and value not in key.choices:
-        raise ValueError(f"{path}={fmt(shown)} is not allowed; allowed: {describe(key)}")
+        raise ValueError(
+            f"{path}={fmt(shown)} is not allowed; allowed: {describe(key)}"
+        )
     if kind in ("int", "float") and not in_range(float(value), key.range):
         where = key.range or "(-inf, inf)"
         if shown is value:
             raise ValueError(f"{path}={fmt(value)} is out of range {where}")
-        raise ValueError(f"{path}={fmt(shown)} is out of range: every element must be in {where}")
+        raise ValueError(
+            f"{path}={fmt(shown)} is out of range: every element must be in {where}"
+        )
 
 
 def check_value(path: str, key: Key, value: Any) -> None:
@@ -102,18 +129,25 @@ def check_value(path: str, key: Key, value: Any) -> None:
         raise ValueError(f"{path}=null is not allowed; allowed: {describe(key)}")
     if key.kind.endswith(" list"):
         if not isinstance(value, list) or not value:
-            raise ValueError(f"{path}={fmt(value)} is not allowed; allowed: {describe(key)}")
+            raise ValueError(
+                f"{path}={fmt(value)} is not allowed; allowed: {describe(key)}"
+            )
         for element in value:
             _check_one(path, key, key.kind.removesuffix(" list"), element, value)
         return
     _check_one(path, key, key.kind, value, value)
 
 
-def check_keys(prefix: str, label: str, table: dict[str, Key], section: dict[str, Any]) -> None:
-    """Unknown and missing keys of one group value, then every value (``prefix.key`` in messages)."""
+def check_keys(
+    prefix: str, label: str, table: dict[str, Key], section: dict[str, Any]
+) -> None:
+    """Unknown and missing keys of one group value, then every value (``prefix.key`` in
+    messages)."""
     for name in section:
         if name not in table:
-            raise ValueError(f"{prefix}.{name} is not a key of {label}; allowed: {', '.join(table)}")
+            raise ValueError(
+                f"{prefix}.{name} is not a key of {label}; allowed: {', '.join(table)}"
+            )
     for name, key in table.items():
         if name not in section:
             if key.optional:
@@ -123,7 +157,8 @@ def check_keys(prefix: str, label: str, table: dict[str, Key], section: dict[str
 
 
 def group_value(name: str, section: dict[str, Any]) -> str:
-    """Which value of config group ``name`` the composed ``section`` is (``"*"`` for one-table groups)."""
+    """Which value of config group ``name`` the composed ``section`` is (``"*"`` for
+    one-table groups)."""
     group = GROUPS[name]
     if not group.by:
         return "*"
@@ -133,6 +168,7 @@ def group_value(name: str, section: dict[str, Any]) -> str:
             return value
     allowed = [c for table in group.values.values() for c in table[group.by].choices]
     raise ValueError(
-        f"{name}.{group.by}={fmt(found)} is not allowed; allowed: {', '.join(fmt(a) for a in allowed)} "
+        f"{name}.{group.by}={fmt(found)} is not allowed; allowed: "
+        f"{', '.join(fmt(a) for a in allowed)} "
         f"(choose {name}={'|'.join(group.values)})"
     )

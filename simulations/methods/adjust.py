@@ -1,8 +1,9 @@
-"""Server-side adjustment on a shared dataset (method S3): the ``adjust_fn`` and its wrapper.
+"""Server-side adjustment on a shared dataset (method S3): the ``adjust_fn`` and its
+wrapper.
 
-:class:`ServerAdjuster` fine-tunes the aggregated model on the server's shared data and is the
-``adjust_fn`` of :class:`~bouquet.strategies.server_adjusted.ServerAdjusted`. The objective on the
-shared set :math:`S`, starting from the aggregate :math:`\\bar w_t`:
+:class:`ServerAdjuster` fine-tunes the aggregated model on the server's shared data and
+is the ``adjust_fn`` of :class:`~bouquet.strategies.server_adjusted.ServerAdjusted`. The
+objective on the shared set :math:`S`, starting from the aggregate :math:`\\bar w_t`:
 
 .. math::
 
@@ -10,11 +11,13 @@ shared set :math:`S`, starting from the aggregate :math:`\\bar w_t`:
     + \\mu \\|w - \\bar w_t\\|^2
 
 Shared data (config group ``server``): by default the class-balanced
-``server.shared_fraction`` slice that :class:`~bouquet.simulations.methods.experiment.Experiment` carves
-out of the training set before partitioning (``exp.server_shared_indices``: disjoint from every
-client partition and from the test set). ``server.shared_source=<dataset name>`` instead takes a
-class-balanced ``shared_fraction`` slice of that dataset's *training* split (same input shape and
-classes required); the clients' data still lose the carved slice in that case.
+``server.shared_fraction`` slice that
+:class:`~bouquet.simulations.methods.experiment.Experiment` carves out of the training
+set before partitioning (``exp.server_shared_indices``: disjoint from every client
+partition and from the test set). ``server.shared_source=<dataset name>`` instead takes
+a class-balanced ``shared_fraction`` slice of that dataset's *training* split (same
+input shape and classes required); the clients' data still lose the carved slice in that
+case.
 """
 
 from __future__ import annotations
@@ -43,23 +46,31 @@ def shared_data(cfg: dict[str, Any], exp: Experiment) -> tuple[np.ndarray, np.nd
     server = cfg.get("server", {})
     fraction = float(server.get("shared_fraction", 0.0) or 0.0)
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"server.shared_fraction={fraction} must be in (0, 1) for server=adjust")
+        raise ValueError(
+            f"server.shared_fraction={fraction} must be in (0, 1) for server=adjust"
+        )
     source = server.get("shared_source")
     if not source:
         idx = exp.server_shared_indices
         return exp.dataset.x_train[idx], exp.dataset.y_train[idx]
     other = load_dataset(str(source), cfg["dataset"].get("root"))
-    if other.input_shape != exp.dataset.input_shape or other.num_classes != exp.dataset.num_classes:
+    if (
+        other.input_shape != exp.dataset.input_shape
+        or other.num_classes != exp.dataset.num_classes
+    ):
         raise ValueError(
-            f"server.shared_source={source!r} has inputs {other.input_shape} and {other.num_classes} classes; "
-            f"the run's dataset has {exp.dataset.input_shape} and {exp.dataset.num_classes}"
+            f"server.shared_source={source!r} has inputs {other.input_shape} and "
+            f"{other.num_classes} classes; "
+            f"the run's dataset has {exp.dataset.input_shape} and "
+            f"{exp.dataset.num_classes}"
         )
     idx, _ = split_server_holdout(other.y_train, fraction, seed=exp.seed)
     return other.x_train[idx], other.y_train[idx]
 
 
 class ServerAdjuster:
-    """Fine-tune the aggregate on shared data: the ``adjust_fn`` of :class:`ServerAdjusted`.
+    """Fine-tune the aggregate on shared data: the ``adjust_fn`` of
+    :class:`ServerAdjusted`.
 
     Parameters
     ----------
@@ -80,12 +91,25 @@ class ServerAdjuster:
     """
 
     def __init__(
-        self, exp: Experiment, x: np.ndarray, y: np.ndarray, *, epochs: int = 1, lr: float = 0.01,
-        batch_size: int = 32, optimizer: str = "sgd", momentum: float = 0.9, proximal_mu: float = 0.0,
-        record_before: bool = True, seed: int = 0,
+        self,
+        exp: Experiment,
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        epochs: int = 1,
+        lr: float = 0.01,
+        batch_size: int = 32,
+        optimizer: str = "sgd",
+        momentum: float = 0.9,
+        proximal_mu: float = 0.0,
+        record_before: bool = True,
+        seed: int = 0,
     ) -> None:
         if len(y) == 0 or len(x) != len(y):
-            raise ValueError(f"shared data must be non-empty with matching x/y, got {len(x)} / {len(y)}")
+            raise ValueError(
+                f"shared data must be non-empty with matching x/y, got {len(x)} / "
+                f"{len(y)}"
+            )
         if int(epochs) < 1:
             raise ValueError(f"server.epochs={epochs} must be >= 1")
         if not float(lr) > 0:
@@ -93,19 +117,28 @@ class ServerAdjuster:
         if int(batch_size) < 1:
             raise ValueError(f"server.batch_size={batch_size} must be >= 1")
         if optimizer not in OPTIMIZERS:
-            raise ValueError(f"server.optimizer={optimizer!r} is unknown; allowed: {', '.join(OPTIMIZERS)}")
+            raise ValueError(
+                f"server.optimizer={optimizer!r} is unknown; allowed: "
+                f"{', '.join(OPTIMIZERS)}"
+            )
         if not float(proximal_mu) >= 0:
             raise ValueError(f"server.proximal_mu={proximal_mu} must be >= 0")
         self.exp, self.x, self.y = exp, x, y
         self.epochs, self.lr, self.batch_size = int(epochs), float(lr), int(batch_size)
-        self.optimizer, self.momentum, self.proximal_mu = optimizer, float(momentum), float(proximal_mu)
+        self.optimizer, self.momentum, self.proximal_mu = (
+            optimizer,
+            float(momentum),
+            float(proximal_mu),
+        )
         self.record_before, self.seed = bool(record_before), int(seed)
         self.model = exp.build_model()
 
     def _optimizer(self) -> torch.optim.Optimizer:
         if self.optimizer == "adam":
             return torch.optim.Adam(self.model.parameters(), lr=self.lr)
-        return torch.optim.SGD(self.model.parameters(), lr=self.lr, momentum=self.momentum)
+        return torch.optim.SGD(
+            self.model.parameters(), lr=self.lr, momentum=self.momentum
+        )
 
     def train(self, server_round: int) -> float:
         """Fine-tune ``self.model`` in place; return the mean loss of the last epoch."""
@@ -116,28 +149,40 @@ class ServerAdjuster:
         last = float("nan")
         for _ in range(self.epochs):
             total = 0.0
-            for xb, yb in iterate_batches(self.x, self.y, self.batch_size, shuffle=True, rng=rng):
+            for xb, yb in iterate_batches(
+                self.x, self.y, self.batch_size, shuffle=True, rng=rng
+            ):
                 opt.zero_grad()
                 loss = torch.nn.functional.cross_entropy(self.model(xb), yb)
                 if self.proximal_mu > 0:
-                    loss = loss + self.proximal_mu * sum(((p - ref[n]) ** 2).sum() for n, p in self.model.named_parameters())
+                    loss = loss + self.proximal_mu * sum(
+                        ((p - ref[n]) ** 2).sum()
+                        for n, p in self.model.named_parameters()
+                    )
                 loss.backward()
                 opt.step()
                 total += float(loss.detach()) * len(yb)
             last = total / len(self.y)
         return last
 
-    def __call__(self, arrays: ArrayRecord, server_round: int) -> tuple[ArrayRecord, dict[str, Any]]:
-        """Adjust ``arrays`` (the aggregate of ``server_round``); return them with a report."""
+    def __call__(
+        self, arrays: ArrayRecord, server_round: int
+    ) -> tuple[ArrayRecord, dict[str, Any]]:
+        """Adjust ``arrays`` (the aggregate of ``server_round``); return them with a
+        report."""
         start = time.perf_counter()
         set_weights(self.model, {k: v.numpy() for k, v in arrays.items()})
         report: dict[str, Any] = {}
         if self.record_before:
-            loss, acc = evaluate(self.model, self.exp.dataset.x_test, self.exp.dataset.y_test)
+            loss, acc = evaluate(
+                self.model, self.exp.dataset.x_test, self.exp.dataset.y_test
+            )
             report.update(acc_before_adjust=float(acc), loss_before_adjust=float(loss))
         report["adjust_loss"] = self.train(server_round)
         report["adjust_s"] = round(time.perf_counter() - start, 4)
-        out = ArrayRecord({k: Array(np.asarray(v)) for k, v in get_weights(self.model).items()})
+        out = ArrayRecord(
+            {k: Array(np.asarray(v)) for k, v in get_weights(self.model).items()}
+        )
         return out, report
 
 
@@ -145,9 +190,15 @@ def build_adjust_fn(cfg: dict[str, Any], exp: Experiment) -> ServerAdjuster:
     """The :class:`ServerAdjuster` that ``cfg["server"]`` describes."""
     server = cfg["server"]
     x, y = shared_data(cfg, exp)
-    logger.info("server adjustment on %d shared samples (%s)", len(y), server.get("shared_source") or "training-set slice")
+    logger.info(
+        "server adjustment on %d shared samples (%s)",
+        len(y),
+        server.get("shared_source") or "training-set slice",
+    )
     return ServerAdjuster(
-        exp, x, y,
+        exp,
+        x,
+        y,
         epochs=int(server.get("epochs", 1)),
         lr=float(server.get("lr", 0.01)),
         batch_size=int(server.get("batch_size", 32)),
@@ -159,8 +210,11 @@ def build_adjust_fn(cfg: dict[str, Any], exp: Experiment) -> ServerAdjuster:
     )
 
 
-def wrap_server_adjust(cfg: dict[str, Any], exp: Experiment, strategy: Strategy) -> Strategy:
-    """``STRATEGY_WRAPPERS`` entry: wrap in :class:`ServerAdjusted` when ``server.name=adjust``."""
+def wrap_server_adjust(
+    cfg: dict[str, Any], exp: Experiment, strategy: Strategy
+) -> Strategy:
+    """``STRATEGY_WRAPPERS`` entry: wrap in :class:`ServerAdjusted` when
+    ``server.name=adjust``."""
     server = cfg.get("server") or {}
     if server.get("name", "none") != "adjust":
         return strategy

@@ -1,17 +1,19 @@
-"""Wrap the strategy in :class:`~bouquet.strategies.CompressedDownlink` when ``downlink`` asks for it.
+"""Wrap the strategy in :class:`~bouquet.strategies.CompressedDownlink` when
+``downlink`` asks for it.
 
 :func:`wrap_downlink` is the last (outermost) of
-:data:`bouquet.simulations.run.serverapp.STRATEGY_WRAPPERS`: it compresses what the server broadcasts
-after every other wrapper has decided what the global model is. ``downlink=none`` (the default)
-leaves the strategy as it is; ``downlink=topk|stc|ternary`` builds the wrapper with the group's
-codec options (``downlink.alpha`` ...) and :func:`client_downlink_mods` puts
+:data:`bouquet.simulations.run.serverapp.STRATEGY_WRAPPERS`: it compresses what the
+server broadcasts after every other wrapper has decided what the global model is.
+``downlink=none`` (the default) leaves the strategy as it is;
+``downlink=topk|stc|ternary`` builds the wrapper with the group's codec options
+(``downlink.alpha`` ...) and :func:`client_downlink_mods` puts
 :class:`~bouquet.clients.DownlinkMod` outermost among the client mods.
 
-``bouquet-sim`` clients build the initial model from the run's seed exactly as the server does
-(:meth:`~bouquet.simulations.methods.experiment.Experiment.initial_arrays`), so the wrapper is built
-with ``initial_known=True``: a node's first round costs the steps since the initial model, not
-the dense model, while those are smaller (the client checks the initial model's digest; a
-mismatch falls back to the dense model).
+``bouquet-sim`` clients build the initial model from the run's seed exactly as the
+server does (:meth:`~bouquet.simulations.methods.experiment.Experiment.initial_arrays`),
+so the wrapper is built with ``initial_known=True``: a node's first round costs the
+steps since the initial model, not the dense model, while those are smaller (the client
+checks the initial model's digest; a mismatch falls back to the dense model).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from bouquet.strategies.downlink import CompressedDownlink
 
 logger = logging.getLogger(__name__)
 
-# The strategies whose train messages carry the one global model (checked in combinations.py).
+# The strategies whose train messages carry the one global model (checked in
+# combinations.py).
 DOWNLINK_STRATEGIES = ("fedavg", "fedprox", "kl_weighted")
 
 
@@ -37,17 +40,25 @@ def downlink_codec(cfg: dict[str, Any]) -> str:
 
 
 def wrap_downlink(cfg: dict[str, Any], exp: Any, strategy: Strategy) -> Strategy:
-    """``CompressedDownlink(strategy, codec, **options)``, or ``strategy`` for ``downlink=none``."""
+    """``CompressedDownlink(strategy, codec, **options)``, or ``strategy`` for
+    ``downlink=none``."""
     codec = downlink_codec(cfg)
     if codec == "none":
         return strategy
     options = {k: v for k, v in (cfg.get("downlink") or {}).items() if k != "name"}
-    logger.info("downlink=%s: the server broadcasts compressed steps of the global model (%s)", codec, options)
-    return CompressedDownlink(strategy, codec, seed=int(cfg.get("seed", 0)), initial_known=True, **options)
+    logger.info(
+        "downlink=%s: the server broadcasts compressed steps of the global model (%s)",
+        codec,
+        options,
+    )
+    return CompressedDownlink(
+        strategy, codec, seed=int(cfg.get("seed", 0)), initial_known=True, **options
+    )
 
 
 class InitialModel:
-    """``initial()`` of :class:`~bouquet.clients.DownlinkMod`: the run's initial model, built once
+    """``initial()`` of :class:`~bouquet.clients.DownlinkMod`: the run's initial model,
+    built once
     per process from the config (a picklable callable, for Ray's workers)."""
 
     def __init__(self, cfg: dict[str, Any]) -> None:
@@ -61,5 +72,10 @@ class InitialModel:
 
 
 def client_downlink_mods(cfg: dict[str, Any]) -> list[Any]:
-    """``[DownlinkMod(initial)]`` when the broadcast is compressed (the first, outermost mod), else ``[]``."""
-    return [] if downlink_codec(cfg) == "none" else [DownlinkMod(initial=InitialModel(cfg))]
+    """``[DownlinkMod(initial)]`` when the broadcast is compressed (the first, outermost
+    mod), else ``[]``."""
+    return (
+        []
+        if downlink_codec(cfg) == "none"
+        else [DownlinkMod(initial=InitialModel(cfg))]
+    )

@@ -1,8 +1,10 @@
-"""Build an experiment's parts (data, partitions, model, clients) from a resolved config.
+"""Build an experiment's parts (data, partitions, model, clients) from a resolved
+config.
 
-An :class:`Experiment` is built from a plain ``dict`` (the resolved Hydra config), so that it can
-be shipped to simulation workers and rebuilt in a deployed ClientApp from the run config.
-Everything heavy (dataset, partitions) is built lazily and cached per process.
+An :class:`Experiment` is built from a plain ``dict`` (the resolved Hydra config), so
+that it can be shipped to simulation workers and rebuilt in a deployed ClientApp from
+the run config. Everything heavy (dataset, partitions) is built lazily and cached per
+process.
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ class Experiment:
         self.cfg = cfg
         self.seed = int(cfg.get("seed", 0))
         self.num_clients = int(cfg["simulation"]["num_clients"])
-        self.run_dir: Path | None = None  # set by the ServerApp (where extra outputs go)
+        self.run_dir: Path | None = (
+            None  # set by the ServerApp (where extra outputs go)
+        )
 
     # ------------------------------------------------------------------ data
     @cached_property
@@ -49,7 +53,8 @@ class Experiment:
 
     @cached_property
     def server_shared_indices(self) -> np.ndarray:
-        """Indices of the training set held only by the server (``server.shared_fraction``)."""
+        """Indices of the training set held only by the server
+        (``server.shared_fraction``)."""
         return self._holdout[0]
 
     @cached_property
@@ -59,7 +64,8 @@ class Experiment:
 
     @cached_property
     def partitions(self) -> list[np.ndarray]:
-        """Client partitions: index arrays into the training set (never the server's slice)."""
+        """Client partitions: index arrays into the training set (never the server's
+        slice)."""
         rest = self._holdout[1]
         part_fn = instantiate(self.cfg["partition"])
         local = part_fn(self.dataset.y_train[rest], self.num_clients, seed=self.seed)
@@ -67,19 +73,27 @@ class Experiment:
 
     def client_data(self, partition_id: int) -> tuple[np.ndarray, np.ndarray]:
         if not 0 <= partition_id < self.num_clients:
-            raise ValueError(f"partition-id={partition_id} outside [0, {self.num_clients})")
+            raise ValueError(
+                f"partition-id={partition_id} outside [0, {self.num_clients})"
+            )
         idx = self.partitions[partition_id]
         return self.dataset.x_train[idx], self.dataset.y_train[idx]
 
     def label_histograms(self) -> np.ndarray:
         """Counts per class for every partition (clients x classes)."""
         y = self.dataset.y_train
-        return np.stack([label_histogram(y[p], self.dataset.num_classes) for p in self.partitions])
+        return np.stack(
+            [label_histogram(y[p], self.dataset.num_classes) for p in self.partitions]
+        )
 
     # ----------------------------------------------------------------- model
     def build_model(self) -> nn.Module:
         model_fn = instantiate(self.cfg["model"])
-        return model_fn(input_shape=self.dataset.input_shape, num_classes=self.dataset.num_classes, seed=self.seed)
+        return model_fn(
+            input_shape=self.dataset.input_shape,
+            num_classes=self.dataset.num_classes,
+            seed=self.seed,
+        )
 
     def initial_arrays(self) -> dict[str, np.ndarray]:
         return dict(get_weights(self.build_model()))

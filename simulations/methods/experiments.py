@@ -1,9 +1,10 @@
-"""The experiment class a config asks for, and the per-process cache of built experiments.
+"""The experiment class a config asks for, and the per-process cache of built
+experiments.
 
-:class:`~bouquet.simulations.methods.experiment.Experiment` is image classification; a model
-with early exits (``model=early_exit``) takes
-:class:`~bouquet.simulations.methods.early_exit.EarlyExitExperiment`, and a recommendation
-dataset (``dataset.task_type=recommendation``) takes
+:class:`~bouquet.simulations.methods.experiment.Experiment` is image classification; a
+model with early exits (``model=early_exit``) takes
+:class:`~bouquet.simulations.methods.early_exit.EarlyExitExperiment`, and a
+recommendation dataset (``dataset.task_type=recommendation``) takes
 :class:`~bouquet.simulations.methods.recsys.RecsysExperiment`.
 """
 
@@ -17,15 +18,25 @@ from bouquet.simulations.methods.early_exit import EarlyExitExperiment
 from bouquet.simulations.methods.experiment import Experiment
 from bouquet.simulations.methods.recsys import RecsysExperiment
 
-# Experiment classes by ``cfg["dataset"]["task_type"]`` (image classification by default).
-EXPERIMENT_TYPES: dict[str, type[Experiment]] = {"classification": Experiment, "recommendation": RecsysExperiment}
+# Experiment classes by ``cfg["dataset"]["task_type"]`` (image classification by
+# default).
+EXPERIMENT_TYPES: dict[str, type[Experiment]] = {
+    "classification": Experiment,
+    "recommendation": RecsysExperiment,
+}
 
 
 def experiment_class(cfg: dict[str, Any]) -> type[Experiment]:
     task_type = cfg.get("dataset", {}).get("task_type", "classification")
     if task_type not in EXPERIMENT_TYPES:
-        raise ValueError(f"dataset.task_type={task_type!r} is unknown; allowed: {', '.join(EXPERIMENT_TYPES)}")
-    if task_type == "classification" and (cfg.get("model") or {}).get("name") == "early_exit":
+        raise ValueError(
+            f"dataset.task_type={task_type!r} is unknown; allowed: "
+            f"{', '.join(EXPERIMENT_TYPES)}"
+        )
+    if (
+        task_type == "classification"
+        and (cfg.get("model") or {}).get("name") == "early_exit"
+    ):
         return EarlyExitExperiment
     return EXPERIMENT_TYPES[task_type]
 

@@ -1,29 +1,32 @@
-"""The ``search`` task: ENAS-style architecture search of the early-exit backbone on the server.
+"""The ``search`` task: ENAS-style architecture search of the early-exit backbone on the
+server.
 
-Method S2, steps S1-S3 (ENAS, Pham et al., 2018, arXiv:1802.03268; reward after MnasNet, Tan
-et al., 2019, arXiv:1807.11626). The search space, the supernet, the controller and the reward
-:math:`R = Acc(h) \\cdot \\prod_c (c(h) / C)^{-\\beta w}` are in :mod:`bouquet.models.nas`; the costs
-:math:`c(h)` priced (``search.cost``: ``params``, ``macs`` or ``params_macs``, the default) are
-measured on the early-exit model of each network (:func:`network_costs`). Every sampled network's
-accuracy, parameters, MACs and reward are in ``search.jsonl`` (``sampled``) and plotted as
-accuracy vs MACs in ``search_curve.png``.
+Method S2, steps S1-S3 (ENAS, Pham et al., 2018, arXiv:1802.03268; reward after MnasNet,
+Tan et al., 2019, arXiv:1807.11626). The search space, the supernet, the controller and
+the reward :math:`R = Acc(h) \\cdot \\prod_c (c(h) / C)^{-\\beta w}` are in
+:mod:`bouquet.models.nas`; the costs :math:`c(h)` priced (``search.cost``: ``params``,
+``macs`` or ``params_macs``, the default) are measured on the early-exit model of each
+network (:func:`network_costs`). Every sampled network's accuracy, parameters, MACs and
+reward are in ``search.jsonl`` (``sampled``) and plotted as accuracy vs MACs in
+``search_curve.png``.
 
-The server's image samples are the dataset's training split (at most ``search.max_train_samples``
-of them, drawn with the seed), split into a search-training part and a validation part
-(``search.val_fraction``). Each of ``search.steps`` steps
+The server's image samples are the dataset's training split (at most
+``search.max_train_samples`` of them, drawn with the seed), split into a search-training
+part and a validation part (``search.val_fraction``). Each of ``search.steps`` steps
 
-1. trains the shared weights for ``shared_batches`` Adam batches, each on one network drawn by
-   the controller (uniformly during the first ``warmup_steps`` steps);
-2. samples ``controller_samples`` networks, scores each on a fresh random validation batch of
-   ``val_batch`` samples with the shared weights, and takes one REINFORCE step with a
-   moving-average baseline.
+1. trains the shared weights for ``shared_batches`` Adam batches, each on one network
+   drawn by the controller (uniformly during the first ``warmup_steps`` steps);
+2. samples ``controller_samples`` networks, scores each on a fresh random validation
+   batch of ``val_batch`` samples with the shared weights, and takes one REINFORCE step
+   with a moving-average baseline.
 
-The cost per step is fixed (``shared_batches * batch_size`` training samples), so the default
-(40 steps) trains on ~26k samples and takes about a minute on MNIST with 2 cores. At the end the
-greedy network, ``final_samples`` sampled ones and the three best seen are scored on
-``final_val_samples`` validation samples; the one with the highest reward is written to
-``architecture.json`` (architecture, accuracy, parameters, reward, ...), with the curve in
-``search_curve.png``, the per-step log in ``search.jsonl`` and ``summary.json``.
+The cost per step is fixed (``shared_batches * batch_size`` training samples), so the
+default (40 steps) trains on ~26k samples and takes about a minute on MNIST with 2
+cores. At the end the greedy network, ``final_samples`` sampled ones and the three best
+seen are scored on ``final_val_samples`` validation samples; the one with the highest
+reward is written to ``architecture.json`` (architecture, accuracy, parameters, reward,
+...), with the curve in ``search_curve.png``, the per-step log in ``search.jsonl`` and
+``summary.json``.
 """
 
 from __future__ import annotations
@@ -41,15 +44,13 @@ from torch import nn
 from bouquet.models.early_exit import EarlyExitNet, exit_costs
 from bouquet.models.nas import (
     Architecture,
-    Controller,
-    Reinforce,
     SearchSpace,
     SuperNet,
     baseline_architecture,
-    cost_reward,
     make_space,
     search_space_size,
 )
+from bouquet.models.nas_controller import Controller, Reinforce, cost_reward
 from bouquet.simulations.methods.experiments import get_experiment
 
 logger = logging.getLogger("bouquet.progress")
@@ -59,23 +60,49 @@ CURVE_FILE = "search_curve.png"
 LOG_FILE = "search.jsonl"
 
 DEFAULTS: dict[str, Any] = {
-    "steps": 40, "warmup_steps": 5, "shared_batches": 10, "batch_size": 64, "shared_lr": 0.002,
-    "threads": 1, "controller_samples": 4, "controller_lr": 0.02, "controller_hidden": 32,
-    "baseline_decay": 0.9, "entropy_weight": 0.001, "val_fraction": 0.1, "val_batch": 256,
-    "max_train_samples": 20000, "final_samples": 8, "final_val_samples": 2000, "beta": 1, "w": 0.07,
+    "steps": 40,
+    "warmup_steps": 5,
+    "shared_batches": 10,
+    "batch_size": 64,
+    "shared_lr": 0.002,
+    "threads": 1,
+    "controller_samples": 4,
+    "controller_lr": 0.02,
+    "controller_hidden": 32,
+    "baseline_decay": 0.9,
+    "entropy_weight": 0.001,
+    "val_fraction": 0.1,
+    "val_batch": 256,
+    "max_train_samples": 20000,
+    "final_samples": 8,
+    "final_val_samples": 2000,
+    "beta": 1,
+    "w": 0.07,
     "cost": "params_macs",
 }
-#: ``search.cost``: what the reward prices, measured on the early-exit model of a network
+#: ``search.cost``: what the reward prices, measured on the early-exit model of a
+#: network
 COSTS = {"params": ("params",), "macs": ("macs",), "params_macs": ("params", "macs")}
 
 
 def search_settings(cfg: dict[str, Any]) -> dict[str, Any]:
-    """``cfg["search"]`` over :data:`DEFAULTS`, validated (``ValueError`` names the key)."""
+    """``cfg["search"]`` over :data:`DEFAULTS`, validated (``ValueError`` names the
+    key)."""
     s = {**DEFAULTS, **(cfg.get("search") or {})}
     unknown = set(s) - set(DEFAULTS)
     if unknown:
-        raise ValueError(f"search.{sorted(unknown)[0]} is unknown; allowed: {', '.join(DEFAULTS)}")
-    for key in ("steps", "threads", "shared_batches", "batch_size", "controller_samples", "val_batch", "final_val_samples"):
+        raise ValueError(
+            f"search.{sorted(unknown)[0]} is unknown; allowed: {', '.join(DEFAULTS)}"
+        )
+    for key in (
+        "steps",
+        "threads",
+        "shared_batches",
+        "batch_size",
+        "controller_samples",
+        "val_batch",
+        "final_val_samples",
+    ):
         if int(s[key]) < 1:
             raise ValueError(f"search.{key}={s[key]} must be >= 1")
     for key in ("warmup_steps", "final_samples"):
@@ -84,7 +111,9 @@ def search_settings(cfg: dict[str, Any]) -> dict[str, Any]:
     if not 0.0 < float(s["val_fraction"]) < 1.0:
         raise ValueError(f"search.val_fraction={s['val_fraction']} must be in (0, 1)")
     if s["max_train_samples"] is not None and int(s["max_train_samples"]) < 10:
-        raise ValueError(f"search.max_train_samples={s['max_train_samples']} must be >= 10 or null")
+        raise ValueError(
+            f"search.max_train_samples={s['max_train_samples']} must be >= 10 or null"
+        )
     if float(s["shared_lr"]) <= 0:
         raise ValueError(f"search.shared_lr={s['shared_lr']} must be > 0")
     if s["cost"] not in COSTS:
@@ -93,18 +122,27 @@ def search_settings(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def network_costs(space: SearchSpace, indices: list[int]) -> dict[str, Any]:
-    """Costs of the early-exit model on network ``indices``: ``params`` (all of it), ``macs``
+    """Costs of the early-exit model on network ``indices``: ``params`` (all of it),
+    ``macs``
     (mean over the exits of the MACs up to each exit), and both per exit."""
     model = EarlyExitNet(Architecture.from_indices(space, indices))
     per_exit = exit_costs(model)
-    return {"params": sum(p.numel() for p in model.parameters()),
-            "macs": float(np.mean(per_exit["macs_per_exit"])), **per_exit}
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "macs": float(np.mean(per_exit["macs_per_exit"])),
+        **per_exit,
+    }
 
 
 def split_server_data(
-    x: np.ndarray, y: np.ndarray, val_fraction: float, max_samples: int | None, seed: int
+    x: np.ndarray,
+    y: np.ndarray,
+    val_fraction: float,
+    max_samples: int | None,
+    seed: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Seeded subset of the server's samples, split into (x_train, y_train, x_val, y_val)."""
+    """Seeded subset of the server's samples, split into (x_train, y_train, x_val,
+    y_val)."""
     rng = np.random.default_rng(seed + 104729)
     order = rng.permutation(len(y))[: max_samples or len(y)]
     n_val = max(1, int(round(val_fraction * len(order))))
@@ -113,7 +151,9 @@ def split_server_data(
 
 
 @torch.no_grad()
-def path_accuracy(net: SuperNet, x: np.ndarray, y: np.ndarray, indices: list[int], batch: int = 1000) -> float:
+def path_accuracy(
+    net: SuperNet, x: np.ndarray, y: np.ndarray, indices: list[int], batch: int = 1000
+) -> float:
     """Accuracy of the network ``indices`` with the shared weights."""
     net.eval()
     correct = 0
@@ -124,21 +164,41 @@ def path_accuracy(net: SuperNet, x: np.ndarray, y: np.ndarray, indices: list[int
 
 
 class Search:
-    """One search run (see the module docstring); :meth:`run` returns the chosen network."""
+    """One search run (see the module docstring); :meth:`run` returns the chosen
+    network."""
 
-    def __init__(self, space: SearchSpace, data: tuple[np.ndarray, ...], settings: dict[str, Any], seed: int = 0) -> None:
+    def __init__(
+        self,
+        space: SearchSpace,
+        data: tuple[np.ndarray, ...],
+        settings: dict[str, Any],
+        seed: int = 0,
+    ) -> None:
         self.space = space
         self.s = settings
         self.x_train, self.y_train, self.x_val, self.y_val = data
         torch.manual_seed(seed)
         self.net = SuperNet(space)
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=float(settings["shared_lr"]))
-        self.controller = Controller(space.num_pools, space.num_candidates, hidden=int(settings["controller_hidden"]), seed=seed)
-        self.rl = Reinforce(self.controller, lr=float(settings["controller_lr"]),
-                            baseline_decay=float(settings["baseline_decay"]), entropy_weight=float(settings["entropy_weight"]))
+        self.opt = torch.optim.Adam(
+            self.net.parameters(), lr=float(settings["shared_lr"])
+        )
+        self.controller = Controller(
+            space.num_pools,
+            space.num_candidates,
+            hidden=int(settings["controller_hidden"]),
+            seed=seed,
+        )
+        self.rl = Reinforce(
+            self.controller,
+            lr=float(settings["controller_lr"]),
+            baseline_decay=float(settings["baseline_decay"]),
+            entropy_weight=float(settings["entropy_weight"]),
+        )
         self.rng = np.random.default_rng(seed)
         self.baseline = baseline_architecture(space)
-        self.baseline_indices = [space.candidates.index(c) for c in self.baseline.choices]
+        self.baseline_indices = [
+            space.candidates.index(c) for c in self.baseline.choices
+        ]
         self.baseline_params = self.net.path_params(self.baseline_indices)
         self._costs: dict[tuple[int, ...], dict[str, Any]] = {}
         self.baseline_costs = self.costs(self.baseline_indices)
@@ -146,7 +206,8 @@ class Search:
         self.history: list[dict[str, Any]] = []
 
     def costs(self, indices: list[int]) -> dict[str, Any]:
-        """:func:`network_costs` of ``indices`` (cached: the space has ``N^L`` networks)."""
+        """:func:`network_costs` of ``indices`` (cached: the space has ``N^L``
+        networks)."""
         key = tuple(indices)
         if key not in self._costs:
             self._costs[key] = network_costs(self.space, list(indices))
@@ -155,28 +216,48 @@ class Search:
     def reward(self, indices: list[int], accuracy: float) -> float:
         """:func:`cost_reward` of ``accuracy`` and the costs ``search.cost`` prices."""
         costs = self.costs(indices)
-        ratios = {c: costs[c] / self.baseline_costs[c] for c in COSTS[str(self.s["cost"])]}
-        return cost_reward(accuracy, ratios, beta=int(self.s["beta"]), w=float(self.s["w"]))
+        ratios = {
+            c: costs[c] / self.baseline_costs[c] for c in COSTS[str(self.s["cost"])]
+        }
+        return cost_reward(
+            accuracy, ratios, beta=int(self.s["beta"]), w=float(self.s["w"])
+        )
 
     def train_shared(self, warmup: bool) -> float:
         self.net.train()
         total = 0.0
         for _ in range(int(self.s["shared_batches"])):
             if warmup:
-                indices = [int(i) for i in self.rng.integers(0, self.space.num_candidates, self.space.num_pools)]
+                indices = [
+                    int(i)
+                    for i in self.rng.integers(
+                        0, self.space.num_candidates, self.space.num_pools
+                    )
+                ]
             else:
                 with torch.no_grad():
                     indices = self.controller.sample()[0]
-            idx = self.rng.choice(len(self.y_train), size=min(int(self.s["batch_size"]), len(self.y_train)), replace=False)
+            idx = self.rng.choice(
+                len(self.y_train),
+                size=min(int(self.s["batch_size"]), len(self.y_train)),
+                replace=False,
+            )
             self.opt.zero_grad()
-            loss = nn.functional.cross_entropy(self.net(torch.from_numpy(self.x_train[idx]), indices), torch.from_numpy(self.y_train[idx]))
+            loss = nn.functional.cross_entropy(
+                self.net(torch.from_numpy(self.x_train[idx]), indices),
+                torch.from_numpy(self.y_train[idx]),
+            )
             loss.backward()
             self.opt.step()
             total += float(loss.detach())
         return total / int(self.s["shared_batches"])
 
     def train_controller(self) -> dict[str, float]:
-        vidx = self.rng.choice(len(self.y_val), size=min(int(self.s["val_batch"]), len(self.y_val)), replace=False)
+        vidx = self.rng.choice(
+            len(self.y_val),
+            size=min(int(self.s["val_batch"]), len(self.y_val)),
+            replace=False,
+        )
         samples, accs, sampled = [], [], []
         for _ in range(int(self.s["controller_samples"])):
             indices, logp, ent = self.controller.sample()
@@ -186,32 +267,57 @@ class Search:
             samples.append((logp, ent, r))
             accs.append(acc)
             costs = self.costs(indices)
-            sampled.append({"indices": list(indices), "accuracy": acc, "params": costs["params"],
-                            "macs": costs["macs"], "reward": r})
+            sampled.append(
+                {
+                    "indices": list(indices),
+                    "accuracy": acc,
+                    "params": costs["params"],
+                    "macs": costs["macs"],
+                    "reward": r,
+                }
+            )
         diag: dict[str, Any] = dict(self.rl.update(samples))
-        return {"mean_reward": float(np.mean([s[2] for s in samples])), "mean_accuracy": float(np.mean(accs)),
-                "sampled": sampled, **diag}
+        return {
+            "mean_reward": float(np.mean([s[2] for s in samples])),
+            "mean_accuracy": float(np.mean(accs)),
+            "sampled": sampled,
+            **diag,
+        }
 
     def run(self) -> dict[str, Any]:
         t0 = time.perf_counter()
         for step in range(1, int(self.s["steps"]) + 1):
             warmup = step <= int(self.s["warmup_steps"])
-            row: dict[str, Any] = {"step": step, "shared_loss": self.train_shared(warmup)}
+            row: dict[str, Any] = {
+                "step": step,
+                "shared_loss": self.train_shared(warmup),
+            }
             if not warmup:
                 row.update(self.train_controller())
             row["elapsed_s"] = round(time.perf_counter() - t0, 3)
             self.history.append(row)
             if step % 10 == 0 or step == int(self.s["steps"]):
-                logger.info("search step %d: shared loss %.4f, mean reward %s (%.1f s)", step,
-                            row["shared_loss"], row.get("mean_reward"), row["elapsed_s"])
+                logger.info(
+                    "search step %d: shared loss %.4f, mean reward %s (%.1f s)",
+                    step,
+                    row["shared_loss"],
+                    row.get("mean_reward"),
+                    row["elapsed_s"],
+                )
         return self.finalize(time.perf_counter() - t0)
 
     def finalize(self, search_s: float) -> dict[str, Any]:
-        """Score the final candidates on more validation data and return the best (by reward)."""
+        """Score the final candidates on more validation data and return the best (by
+        reward)."""
         candidates = {tuple(self.controller.greedy())}
         with torch.no_grad():
-            candidates |= {tuple(self.controller.sample()[0]) for _ in range(int(self.s["final_samples"]))}
-        candidates |= {k for k, _ in sorted(self.seen.items(), key=lambda kv: -kv[1])[:3]}
+            candidates |= {
+                tuple(self.controller.sample()[0])
+                for _ in range(int(self.s["final_samples"]))
+            }
+        candidates |= {
+            k for k, _ in sorted(self.seen.items(), key=lambda kv: -kv[1])[:3]
+        }
         n = min(int(self.s["final_val_samples"]), len(self.y_val))
         xv, yv = self.x_val[:n], self.y_val[:n]
         scored = []
@@ -240,16 +346,24 @@ class Search:
             "beta": int(self.s["beta"]),
             "w": float(self.s["w"]),
             "search_space": search_space_size(self.space),
-            "candidates_scored": [{"choices": Architecture.from_indices(self.space, i).choices, "accuracy": a, "reward": r,
-                                   "params": self.costs(i)["params"], "macs": self.costs(i)["macs"]}
-                                  for r, a, i in scored],
+            "candidates_scored": [
+                {
+                    "choices": Architecture.from_indices(self.space, i).choices,
+                    "accuracy": a,
+                    "reward": r,
+                    "params": self.costs(i)["params"],
+                    "macs": self.costs(i)["macs"],
+                }
+                for r, a, i in scored
+            ],
             "steps": int(self.s["steps"]),
             "search_wall_s": round(search_s, 3),
         }
 
 
 def plot_search_curve(history: list[dict[str, Any]], path: Path) -> None:
-    """Shared-weight loss and mean controller reward per step; accuracy vs MACs of the sampled networks."""
+    """Shared-weight loss and mean controller reward per step; accuracy vs MACs of the
+    sampled networks."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -260,14 +374,26 @@ def plot_search_curve(history: list[dict[str, Any]], path: Path) -> None:
     ax1.set_xlabel("step")
     ax1.set_ylabel("shared-weight training loss")
     rows = [r for r in history if "mean_reward" in r]
-    ax2.plot([r["step"] for r in rows], [r["mean_reward"] for r in rows], label="mean reward")
+    ax2.plot(
+        [r["step"] for r in rows], [r["mean_reward"] for r in rows], label="mean reward"
+    )
     ax2.plot([r["step"] for r in rows], [r["baseline"] for r in rows], label="baseline")
     ax2.set_xlabel("step")
     ax2.set_ylabel("reward")
     ax2.legend()
-    pts = [(x["macs"], x["accuracy"], r["step"]) for r in rows for x in r.get("sampled", [])]
+    pts = [
+        (x["macs"], x["accuracy"], r["step"])
+        for r in rows
+        for x in r.get("sampled", [])
+    ]
     if pts:
-        sc = ax3.scatter([p[0] / 1e6 for p in pts], [p[1] for p in pts], c=[p[2] for p in pts], s=12, cmap="viridis")
+        sc = ax3.scatter(
+            [p[0] / 1e6 for p in pts],
+            [p[1] for p in pts],
+            c=[p[2] for p in pts],
+            s=12,
+            cmap="viridis",
+        )
         fig.colorbar(sc, ax=ax3, label="step")
     ax3.set_xlabel("mean MACs over exits (M) of the sampled network")
     ax3.set_ylabel("validation accuracy (shared weights)")
@@ -280,35 +406,75 @@ def plot_search_curve(history: list[dict[str, Any]], path: Path) -> None:
 
 
 def run_search(cfg: dict[str, Any], run_dir: str) -> dict[str, Any]:
-    """``TASKS["search"]``: run the search for ``cfg`` and write its outputs into ``run_dir``."""
+    """``TASKS["search"]``: run the search for ``cfg`` and write its outputs into
+    ``run_dir``."""
     settings = search_settings(cfg)
     model_cfg = cfg.get("model") or {}
     if model_cfg.get("name") != "early_exit":
-        raise ValueError(f"model.name={model_cfg.get('name')!r}: the search task needs model=early_exit")
+        raise ValueError(
+            f"model.name={model_cfg.get('name')!r}: the search task needs "
+            "model=early_exit"
+        )
     seed = int(cfg.get("seed", 0))
-    torch.set_num_threads(int(settings["threads"]))  # the machine's cores are shared: 1 by default
+    torch.set_num_threads(
+        int(settings["threads"])
+    )  # the machine's cores are shared: 1 by default
     out = Path(run_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
     ds = get_experiment(cfg).dataset
-    space = make_space(ds.input_shape, ds.num_classes, families=tuple(model_cfg.get("families") or ("basic", "bottleneck")),
-                       blocks_per_stage=tuple(model_cfg.get("blocks_per_stage") or (1, 2)), widths=model_cfg.get("widths"))
+    space = make_space(
+        ds.input_shape,
+        ds.num_classes,
+        families=tuple(model_cfg.get("families") or ("basic", "bottleneck")),
+        blocks_per_stage=tuple(model_cfg.get("blocks_per_stage") or (1, 2)),
+        widths=model_cfg.get("widths"),
+    )
     size = search_space_size(space)
-    logger.info("search space: N=%d candidates per pool, L=%d pools, %d networks (%s)",
-                size["N"], size["L"], size["count"], ", ".join(space.candidates))
-    data = split_server_data(ds.x_train, ds.y_train, float(settings["val_fraction"]), settings["max_train_samples"], seed)
+    logger.info(
+        "search space: N=%d candidates per pool, L=%d pools, %d networks (%s)",
+        size["N"],
+        size["L"],
+        size["count"],
+        ", ".join(space.candidates),
+    )
+    data = split_server_data(
+        ds.x_train,
+        ds.y_train,
+        float(settings["val_fraction"]),
+        settings["max_train_samples"],
+        seed,
+    )
     t0 = time.perf_counter()
     search = Search(space, data, settings, seed)
     result = search.run()
     (out / ARCH_FILE).write_text(json.dumps(result, indent=2))
     (out / LOG_FILE).write_text("".join(json.dumps(r) + "\n" for r in search.history))
     plot_search_curve(search.history, out / CURVE_FILE)
-    summary = {"status": "ok", "task": "search", "final_accuracy": result["accuracy"], "params": result["params"],
-               "reward": result["reward"], "choices": result["choices"], "wall_s": round(time.perf_counter() - t0, 3),
-               "total_bytes_up": 0}
+    summary = {
+        "status": "ok",
+        "task": "search",
+        "final_accuracy": result["accuracy"],
+        "params": result["params"],
+        "reward": result["reward"],
+        "choices": result["choices"],
+        "wall_s": round(time.perf_counter() - t0, 3),
+        "total_bytes_up": 0,
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    logger.info("best network %s: accuracy %.4f, %d params (baseline %d), MACs per exit %s (baseline %s), "
-                "reward %.4f (cost %s, beta %d); %s", result["choices"], result["accuracy"], result["params"],
-                result["baseline_params"], result["macs_per_exit"], result["baseline_macs_per_exit"], result["reward"],
-                result["cost"], result["beta"], out / ARCH_FILE)
+    logger.info(
+        "best network %s: accuracy %.4f, %d params (baseline %d), MACs per exit %s "
+        "(baseline %s), "
+        "reward %.4f (cost %s, beta %d); %s",
+        result["choices"],
+        result["accuracy"],
+        result["params"],
+        result["baseline_params"],
+        result["macs_per_exit"],
+        result["baseline_macs_per_exit"],
+        result["reward"],
+        result["cost"],
+        result["beta"],
+        out / ARCH_FILE,
+    )
     return summary

@@ -1,2 +1,3 @@
-"""Running: ``bouquet-sim``, the ServerApp and ClientApp, the simulation engine, metering,
+"""Running: ``bouquet-sim``, the ServerApp and ClientApp, the simulation engine,
+metering,
 results, checkpoints, trackers and reports."""

@@ -19,12 +19,20 @@ MULTIRUN_SUMMARY = "multirun_summary.csv"
 def collect_multirun(sweep_dir: Path) -> list[dict[str, Any]]:
     """One row per job directory of a sweep: its overrides and its ``summary.json``."""
     rows = []
-    for job_dir in sorted((p for p in sweep_dir.iterdir() if p.is_dir()), key=lambda p: (len(p.name), p.name)):
+    for job_dir in sorted(
+        (p for p in sweep_dir.iterdir() if p.is_dir()),
+        key=lambda p: (len(p.name), p.name),
+    ):
         overrides_file = job_dir / ".hydra" / "overrides.yaml"
         if not overrides_file.exists():
             continue
         overrides = OmegaConf.to_container(OmegaConf.load(overrides_file))
-        row: dict[str, Any] = {"job": job_dir.name, "overrides": " ".join(map(str, overrides if isinstance(overrides, list) else []))}
+        row: dict[str, Any] = {
+            "job": job_dir.name,
+            "overrides": " ".join(
+                map(str, overrides if isinstance(overrides, list) else [])
+            ),
+        }
         summary_file = job_dir / "summary.json"
         if summary_file.exists():
             row.update(json.loads(summary_file.read_text()))
@@ -48,7 +56,8 @@ def write_multirun_summary(sweep_dir: Path) -> Path:
 
 
 class MultirunSummary(Callback):
-    """Write ``multirun_summary.csv`` (one row per job) in the sweep dir at the end of a sweep."""
+    """Write ``multirun_summary.csv`` (one row per job) in the sweep dir at the end of a
+    sweep."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         out = write_multirun_summary(Path(config.hydra.sweep.dir))

@@ -3,15 +3,16 @@
 :class:`MeteredGrid` forwards every call to the wrapped Flower ``Grid`` and counts, per
 period (a round, or an evaluation interval of an asynchronous run):
 
-* ``bytes_down``: bytes of ``Array.data`` in every message pushed (one count per destination
-  node, as each node receives its own copy);
+* ``bytes_down``: bytes of ``Array.data`` in every message pushed (one count per
+  destination node, as each node receives its own copy);
 * ``bytes_up``: bytes of ``Array.data`` in every reply pulled;
 * ``clients_ok`` / ``clients_failed``: train replies without / with an error, plus train
   messages that got no reply before the timeout (counted as failed);
-* the sum of the clients' reported ``train-time-s`` and the example-weighted ``train-loss``.
+* the sum of the clients' reported ``train-time-s`` and the example-weighted
+  ``train-loss``.
 
-Because it sits between any strategy and Flower's grid, the figures are the same for Flower's
-own strategies, bouquet's wrappers and custom ``start()`` loops.
+Because it sits between any strategy and Flower's grid, the figures are the same for
+Flower's own strategies, bouquet's wrappers and custom ``start()`` loops.
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ from flwr.serverapp import Grid
 
 from bouquet import keys
 
-PULL_PAUSE_S = (0.01, 0.1)  # first and longest pause between two pulls for pending replies
+PULL_PAUSE_S = (
+    0.01,
+    0.1,
+)  # first and longest pause between two pulls for pending replies
 MAX_REASONS = 1000  # error reasons kept per period (each cut to 300 characters)
 
 
@@ -40,7 +44,11 @@ def message_array_bytes(msg: Message) -> int:
     """Bytes of all ``Array.data`` payloads in a message (0 for an error reply)."""
     if msg.has_error():
         return 0
-    return sum(len(arr.data) for rec in msg.content.array_records.values() for arr in rec.values())
+    return sum(
+        len(arr.data)
+        for rec in msg.content.array_records.values()
+        for arr in rec.values()
+    )
 
 
 @dataclass
@@ -55,21 +63,35 @@ class Period:
     client_train_s: float = 0.0
     train_loss_sum: float = 0.0
     train_examples: int = 0
-    first_reply_at: float | None = None  # time.perf_counter() of the period's first train reply
-    error_reasons: list[str] = field(default_factory=list)  # of the train error replies (cut, at most MAX_REASONS)
+    first_reply_at: float | None = (
+        None  # time.perf_counter() of the period's first train reply
+    )
+    error_reasons: list[str] = field(
+        default_factory=list
+    )  # of the train error replies (cut, at most MAX_REASONS)
 
     @property
     def train_loss(self) -> float | None:
-        return self.train_loss_sum / self.train_examples if self.train_examples else None
+        return (
+            self.train_loss_sum / self.train_examples if self.train_examples else None
+        )
 
 
 class MeteredGrid(Grid):
-    """Wrap a Flower ``Grid`` and count bytes and client outcomes (see module docstring)."""
+    """Wrap a Flower ``Grid`` and count bytes and client outcomes (see module
+    docstring)."""
 
-    def __init__(self, grid: Grid, node_wait_s: float | None = None, node_ids: Iterable[int] | None = None) -> None:
+    def __init__(
+        self,
+        grid: Grid,
+        node_wait_s: float | None = None,
+        node_ids: Iterable[int] | None = None,
+    ) -> None:
         self._grid = grid
         self.node_wait_s = node_wait_s
-        self.node_ids = None if node_ids is None else frozenset(int(n) for n in node_ids)
+        self.node_ids = (
+            None if node_ids is None else frozenset(int(n) for n in node_ids)
+        )
         self.ignored_nodes: set[int] = set()
         self.period = Period()
         self.total = Period()
@@ -91,8 +113,8 @@ class MeteredGrid(Grid):
         """Forward; and bound the wait for nodes.
 
         Flower's samplers poll ``get_node_ids()`` once a second, forever, until
-        ``min_available_nodes`` are connected. Polls that keep coming without a push in between
-        for longer than ``node_wait_s`` raise :class:`NodesUnavailable` instead.
+        ``min_available_nodes`` are connected. Polls that keep coming without a push in
+        between for longer than ``node_wait_s`` raise :class:`NodesUnavailable` instead.
         """
         ids = self._allowed(self._grid.get_node_ids())
         if self.node_wait_s is not None:
@@ -101,21 +123,29 @@ class MeteredGrid(Grid):
                 self._waiting_since = now
             elif now - self._waiting_since > self.node_wait_s:
                 raise NodesUnavailable(
-                    f"waited {self.node_wait_s:.0f} s (simulation.node_wait_s) for nodes; "
-                    f"{len(ids)} connected, fewer than the strategy's min_available_nodes"
+                    f"waited {self.node_wait_s:.0f} s (simulation.node_wait_s) for "
+                    "nodes; "
+                    f"{len(ids)} connected, fewer than the strategy's "
+                    "min_available_nodes"
                 )
         return ids
 
     def _allowed(self, ids: Iterable[int]) -> list[int]:
-        """``ids`` without the nodes outside ``simulation.node_ids`` (each named once, at WARNING)."""
+        """``ids`` without the nodes outside ``simulation.node_ids`` (each named once,
+        at WARNING)."""
         ids = list(ids)
         if self.node_ids is None:
             return ids
         for node in ids:
             if node not in self.node_ids and node not in self.ignored_nodes:
                 self.ignored_nodes.add(node)
-                log(WARNING, "node %d is connected but not in simulation.node_ids: it is never sampled "
-                    "and nothing is sent to it", node)
+                log(
+                    WARNING,
+                    "node %d is connected but not in simulation.node_ids: it is "
+                    "never sampled "
+                    "and nothing is sent to it",
+                    node,
+                )
         return [n for n in ids if n in self.node_ids]
 
     def get_nodes(self) -> Iterable[Any]:  # type: ignore[override]
@@ -129,7 +159,9 @@ class MeteredGrid(Grid):
         return getattr(self._grid, name)
 
     # --- metering ------------------------------------------------------------
-    def wait_for_nodes(self, num_nodes: int, timeout_s: float, poll_s: float = 0.5) -> int:
+    def wait_for_nodes(
+        self, num_nodes: int, timeout_s: float, poll_s: float = 0.5
+    ) -> int:
         """Wait until ``num_nodes`` nodes are connected; return how many are.
 
         Raises
@@ -144,8 +176,10 @@ class MeteredGrid(Grid):
                 return have
             if time.monotonic() >= deadline:
                 raise NodesUnavailable(
-                    f"only {have} of the {num_nodes} nodes the strategy needs (min_available_nodes) "
-                    f"connected within {timeout_s:.0f} s (simulation.node_wait_s); start more "
+                    f"only {have} of the {num_nodes} nodes the strategy needs "
+                    "(min_available_nodes) "
+                    f"connected within {timeout_s:.0f} s (simulation.node_wait_s); "
+                    "start more "
                     "SuperNodes or lower simulation.num_clients"
                 )
             time.sleep(poll_s)
@@ -156,7 +190,9 @@ class MeteredGrid(Grid):
         if self.node_ids is not None:
             outside = sorted({m.metadata.dst_node_id for m in messages} - self.node_ids)
             if outside:  # a strategy that did not sample through get_node_ids()
-                raise ValueError(f"refusing to send to node(s) {outside}: not in simulation.node_ids")
+                raise ValueError(
+                    f"refusing to send to node(s) {outside}: not in simulation.node_ids"
+                )
         ids = list(self._grid.push_messages(messages))
         for msg, mid in zip(messages, ids, strict=False):
             b = message_array_bytes(msg)
@@ -174,7 +210,9 @@ class MeteredGrid(Grid):
             self._count_reply(reply)
         return replies
 
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
         # Implemented with our own push/pull so every byte is metered.
         ids = [mid for mid in self.push_messages(messages) if mid]
         pending = set(ids)
@@ -186,7 +224,8 @@ class MeteredGrid(Grid):
             for r in got:
                 pending.discard(r.metadata.reply_to_message_id)
             replies.extend(got)
-            if pending:  # replies come in bursts: ask again soon after one, back off while none come
+            # replies come in bursts: ask again soon after one, back off while none come
+            if pending:
                 pause = PULL_PAUSE_S[0] if got else min(2 * pause, PULL_PAUSE_S[1])
                 time.sleep(pause)
         self.abandon(pending)
@@ -222,7 +261,9 @@ class MeteredGrid(Grid):
                 n = rec.get(keys.NUM_EXAMPLES, 0)
                 loss = rec.get(keys.TRAIN_LOSS)
                 train_s = rec.get(keys.TRAIN_TIME, 0.0)
-                p.client_train_s += float(train_s) if isinstance(train_s, int | float) else 0.0
+                p.client_train_s += (
+                    float(train_s) if isinstance(train_s, int | float) else 0.0
+                )
                 if isinstance(n, (int, float)) and isinstance(loss, (int, float)):
                     p.train_loss_sum += float(loss) * float(n)
                     p.train_examples += int(n)

@@ -1,12 +1,13 @@
-"""``bouquet-report RUN_OR_SWEEP_DIR...``: one table and one plot comparing runs or sweep jobs.
+"""``bouquet-report RUN_OR_SWEEP_DIR...``: one table and one plot comparing runs or
+sweep jobs.
 
-Every argument is a run directory (it has ``summary.json``) or a sweep directory (its job
-directories are read in order). Runs are labelled by the overrides that differ between them
-(from Hydra's ``.hydra/overrides.yaml``; the directory name when there are none). Writes, into
-``--out`` (default: the first argument):
+Every argument is a run directory (it has ``summary.json``) or a sweep directory (its
+job directories are read in order). Runs are labelled by the overrides that differ
+between them (from Hydra's ``.hydra/overrides.yaml``; the directory name when there are
+none). Writes, into ``--out`` (default: the first argument):
 
-* ``report.md`` (or ``report.csv`` with ``--format csv``): final and best accuracy, MB up, down
-  and both, rounds, wall time, sync mismatches, status;
+* ``report.md`` (or ``report.csv`` with ``--format csv``): final and best accuracy, MB
+  up, down and both, rounds, wall time, sync mismatches, status;
 * ``report.png``: accuracy vs round, and vs MB up + down (cumulative), one line per run.
 """
 
@@ -31,9 +32,16 @@ def find_runs(paths: list[Path]) -> list[Path]:
         if (path / SUMMARY_FILE).exists() or (path / METRICS_FILE).exists():
             runs.append(path)
             continue
-        jobs = [p for p in path.iterdir() if p.is_dir() and ((p / SUMMARY_FILE).exists() or (p / METRICS_FILE).exists())]
+        jobs = [
+            p
+            for p in path.iterdir()
+            if p.is_dir()
+            and ((p / SUMMARY_FILE).exists() or (p / METRICS_FILE).exists())
+        ]
         if not jobs:
-            raise ValueError(f"{path} is neither a bouquet run directory nor a sweep of them")
+            raise ValueError(
+                f"{path} is neither a bouquet run directory nor a sweep of them"
+            )
         runs.extend(sorted(jobs, key=lambda p: (len(p.name), p.name)))
     return runs
 
@@ -47,9 +55,12 @@ def overrides_of(run: Path) -> list[str]:
 
 
 def labels(runs: list[Path]) -> list[str]:
-    """Each run's overrides that are not the same in every run (its directory name if none)."""
+    """Each run's overrides that are not the same in every run (its directory name if
+    none)."""
     all_overrides = [overrides_of(r) for r in runs]
-    common = set.intersection(*(set(o) for o in all_overrides)) if all_overrides else set()
+    common = (
+        set.intersection(*(set(o) for o in all_overrides)) if all_overrides else set()
+    )
     out = []
     for run, ovr in zip(runs, all_overrides, strict=True):
         differing = [o for o in ovr if o not in common]
@@ -60,18 +71,36 @@ def labels(runs: list[Path]) -> list[str]:
 def table_rows(runs: list[Path]) -> list[dict[str, Any]]:
     rows = []
     for run, label in zip(runs, labels(runs), strict=True):
-        summary = json.loads((run / SUMMARY_FILE).read_text()) if (run / SUMMARY_FILE).exists() else {}
-        up, down = summary.get("total_bytes_up", 0) or 0, summary.get("total_bytes_down", 0) or 0
+        summary = (
+            json.loads((run / SUMMARY_FILE).read_text())
+            if (run / SUMMARY_FILE).exists()
+            else {}
+        )
+        up, down = (
+            summary.get("total_bytes_up", 0) or 0,
+            summary.get("total_bytes_down", 0) or 0,
+        )
         acc = summary.get("final_accuracy")
         best = summary.get("best_accuracy")
-        rows.append({
-            "run": label, "status": summary.get("status", "running?"),
-            "final acc (%)": f"{100 * acc:.2f}" if isinstance(acc, (int, float)) else "",
-            "best acc (%)": f"{100 * best:.2f}" if isinstance(best, (int, float)) else "",
-            "MB up": f"{up / 1e6:.3f}", "MB down": f"{down / 1e6:.3f}", "MB both": f"{(up + down) / 1e6:.3f}",
-            "rounds": summary.get("rounds", ""), "wall s": summary.get("wall_s", ""),
-            "sync mismatches": summary.get("sync_mismatches", ""), "dir": str(run),
-        })
+        rows.append(
+            {
+                "run": label,
+                "status": summary.get("status", "running?"),
+                "final acc (%)": f"{100 * acc:.2f}"
+                if isinstance(acc, (int, float))
+                else "",
+                "best acc (%)": f"{100 * best:.2f}"
+                if isinstance(best, (int, float))
+                else "",
+                "MB up": f"{up / 1e6:.3f}",
+                "MB down": f"{down / 1e6:.3f}",
+                "MB both": f"{(up + down) / 1e6:.3f}",
+                "rounds": summary.get("rounds", ""),
+                "wall s": summary.get("wall_s", ""),
+                "sync mismatches": summary.get("sync_mismatches", ""),
+                "dir": str(run),
+            }
+        )
     return rows
 
 
@@ -105,7 +134,10 @@ def write_plot(runs: list[Path], out: Path) -> Path:
             continue
         step = "round" if "round" in rows[0] else "updates"
         acc = [100 * r["accuracy"] for r in rows]
-        both = np.cumsum([r.get("bytes_up", 0) + r.get("bytes_down", 0) for r in rows]) / 1e6
+        both = (
+            np.cumsum([r.get("bytes_up", 0) + r.get("bytes_down", 0) for r in rows])
+            / 1e6
+        )
         ax1.plot([r[step] for r in rows], acc, marker=".", label=label)
         ax2.plot(both, acc, marker=".", label=label)
     ax1.set_xlabel("round")
@@ -123,9 +155,16 @@ def write_plot(runs: list[Path], out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="bouquet-report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="bouquet-report", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("paths", nargs="+", type=Path, help="run or sweep directories")
-    parser.add_argument("--out", type=Path, default=None, help="where report.md/csv and report.png go (default: the first path)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where report.md/csv and report.png go (default: the first path)",
+    )
     parser.add_argument("--format", choices=("md", "csv"), default="md")
     args = parser.parse_args(argv)
     try:

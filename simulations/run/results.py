@@ -1,9 +1,11 @@
-"""Run outputs: ``metrics.jsonl``, ``summary.json``, ``final_model.npz`` and ``curves.png``.
+"""Run outputs: ``metrics.jsonl``, ``summary.json``, ``final_model.npz`` and
+``curves.png``.
 
-:class:`RunRecorder` is the ``evaluate_fn`` of a Flower strategy's ``start()``: Flower calls it
-before the first round (round 0) and after every round with the current global arrays; it
-evaluates them on the server test set, reads the :class:`~bouquet.simulations.run.metering.MeteredGrid`
-counters of that round, writes one JSON line and logs one progress line.
+:class:`RunRecorder` is the ``evaluate_fn`` of a Flower strategy's ``start()``: Flower
+calls it before the first round (round 0) and after every round with the current global
+arrays; it evaluates them on the server test set, reads the
+:class:`~bouquet.simulations.run.metering.MeteredGrid` counters of that round, writes
+one JSON line and logs one progress line.
 """
 
 from __future__ import annotations
@@ -61,21 +63,21 @@ class RunRecorder:
     run_dir : path
         Output directory (created).
     evaluate : callable
-        ``evaluate(arrays_by_name) -> dict`` of server-side metrics (at least ``accuracy``
-        and ``loss``).
+        ``evaluate(arrays_by_name) -> dict`` of server-side metrics (at least
+        ``accuracy`` and ``loss``).
     grid : MeteredGrid
         Source of bytes and client counts.
     extra : callable, optional
-        ``extra() -> dict`` of strategy-specific values merged into each line (e.g. dropped
-        replies, KL weights).
+        ``extra() -> dict`` of strategy-specific values merged into each line (e.g.
+        dropped replies, KL weights).
     tracker : Tracker, optional
         Gets every line, and the summary and artifacts at the end (``logger=...``).
     total_steps : int, optional
         Rounds (or evaluations) of the run, for the ETA of the progress line.
     view : callable, optional
-        ``view(arrays) -> arrays``: the model that is evaluated, when it is not the server's
-        (with a compressed downlink, the model the clients hold); checkpoints and
-        ``final_model.npz`` keep the server's.
+        ``view(arrays) -> arrays``: the model that is evaluated, when it is not the
+        server's (with a compressed downlink, the model the clients hold); checkpoints
+        and ``final_model.npz`` keep the server's.
     """
 
     def __init__(
@@ -107,13 +109,15 @@ class RunRecorder:
         self.t_last = self.t_start
         self.last_arrays: ArrayRecord | None = None
         # A resumed run rewrites the lines up to its checkpoint, then appends.
-        (self.run_dir / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+        (self.run_dir / METRICS_FILE).write_text(
+            "".join(json.dumps(r) + "\n" for r in self.rows)
+        )
 
     def __call__(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         """Flower ``evaluate_fn``: evaluate, record one line, return the metrics.
 
-        With ``round_offset`` (a resumed run) the call before the first new round is skipped:
-        that round was recorded before the checkpoint.
+        With ``round_offset`` (a resumed run) the call before the first new round is
+        skipped: that round was recorded before the checkpoint.
         """
         self.last_arrays = arrays
         if server_round == 0 and self.round_offset > 0:
@@ -121,14 +125,24 @@ class RunRecorder:
             self.t_last = time.perf_counter()
             return None
         named = arrays_to_numpy(arrays)
-        metrics = self.evaluate_arrays(named if self.view is None else arrays_to_numpy(self.view(arrays)))
+        metrics = self.evaluate_arrays(
+            named if self.view is None else arrays_to_numpy(self.view(arrays))
+        )
         actual_round = server_round + self.round_offset
         self.record(actual_round, metrics)
         if self.on_round is not None and actual_round > 0:
             self.on_round(actual_round, named)
-        return MetricRecord({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)})
+        return MetricRecord(
+            {
+                k: float(v)
+                for k, v in metrics.items()
+                if isinstance(v, (int, float)) and math.isfinite(v)
+            }
+        )
 
-    def record(self, step: int, metrics: dict[str, Any], step_key: str = "round") -> dict[str, Any]:
+    def record(
+        self, step: int, metrics: dict[str, Any], step_key: str = "round"
+    ) -> dict[str, Any]:
         now = time.perf_counter()
         period = self.grid.take_period()
         row: dict[str, Any] = {
@@ -143,11 +157,18 @@ class RunRecorder:
             "wall_s": round(now - self.t_last, 4),
             "elapsed_s": round(now - self.t_start, 4),
         }
-        if period.first_reply_at is not None and self.grid.total.first_reply_at == period.first_reply_at:
-            row["first_reply_s"] = round(period.first_reply_at - self.t_start, 4)  # the run's first train reply
+        if (
+            period.first_reply_at is not None
+            and self.grid.total.first_reply_at == period.first_reply_at
+        ):
+            row["first_reply_s"] = round(
+                period.first_reply_at - self.t_start, 4
+            )  # the run's first train reply
         if self.extra is not None:
             extra = self.extra()
-            dropped = int(extra.pop("clients_dropped", 0))  # replies the strategy rejected
+            dropped = int(
+                extra.pop("clients_dropped", 0)
+            )  # replies the strategy rejected
             row["clients_failed"] += dropped
             row["clients_ok"] = max(0, row["clients_ok"] - dropped)
             row.update(extra)
@@ -156,13 +177,22 @@ class RunRecorder:
         with open(self.run_dir / METRICS_FILE, "a") as fh:
             fh.write(json.dumps(row) + "\n")
         repeated = repeating_failure(period)
-        if repeated is not None:  # it will fail the same way in every round: stop now, with the reason
-            reason = (f"no client result came back in {step_key} {step}: all {period.clients_failed} clients failed "
-                      f"with the same error, which would repeat every {step_key}: {repeated}")
+        if (
+            repeated is not None
+        ):  # it will fail the same way in every round: stop now, with the reason
+            reason = (
+                f"no client result came back in {step_key} {step}: all "
+                f"{period.clients_failed} clients failed "
+                f"with the same error, which would repeat every {step_key}: {repeated}"
+            )
             self.fail(reason)
             raise RunFailed(reason)
         self.tracker.log(step, row, step_key)
-        shown = " ".join(f"{k}={row[k]:.4f}" for k in (*QUALITY, "loss") if isinstance(row.get(k), (int, float)))
+        shown = " ".join(
+            f"{k}={row[k]:.4f}"
+            for k in (*QUALITY, "loss")
+            if isinstance(row.get(k), (int, float))
+        )
         logger.info(
             "%s %d: %s up=%.3f MB down=%.3f MB ok=%d failed=%d (%.1f s%s)",
             step_key,
@@ -183,9 +213,16 @@ class RunRecorder:
         if not self.total_steps or step <= 0 or step >= self.total_steps or not done:
             return ""
         left = (self.total_steps - step) * sum(done) / len(done)
-        return f", {self.total_steps - step} of {self.total_steps} left, ETA {int(left // 60)}m{int(left % 60):02d}s"
+        return (
+            f", {self.total_steps - step} of {self.total_steps} left, ETA "
+            f"{int(left // 60)}m{int(left % 60):02d}s"
+        )
 
-    def finish(self, arrays: ArrayRecord | dict[str, np.ndarray] | None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    def finish(
+        self,
+        arrays: ArrayRecord | dict[str, np.ndarray] | None,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """Write ``final_model.npz``, ``summary.json`` and ``curves.png``.
 
         Raises
@@ -201,19 +238,30 @@ class RunRecorder:
         if ok == 0:
             reason = (
                 f"no client result came back ({total.clients_failed} failed, "
-                f"{total.train_messages} train messages sent); see the client errors in the log"
+                f"{total.train_messages} train messages sent); see the client errors "
+                "in the log"
             )
             summary.update(status="failed", reason=reason)
-            atomic_write_text(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
+            atomic_write_text(
+                self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2)
+            )
             self.tracker.finish(summary, [self.run_dir / SUMMARY_FILE])
             raise RunFailed(reason)
         if arrays is not None:
-            named: dict[str, Any] = arrays_to_numpy(arrays) if isinstance(arrays, ArrayRecord) else arrays
+            named: dict[str, Any] = (
+                arrays_to_numpy(arrays) if isinstance(arrays, ArrayRecord) else arrays
+            )
             np.savez(self.run_dir / MODEL_FILE, **named)
         summary["status"] = "ok"
         atomic_write_text(self.run_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
         plot_curves(self.rows, self.run_dir / CURVES_FILE)
-        self.tracker.finish(summary, [self.run_dir / f for f in (MODEL_FILE, CURVES_FILE, SUMMARY_FILE, METRICS_FILE)])
+        self.tracker.finish(
+            summary,
+            [
+                self.run_dir / f
+                for f in (MODEL_FILE, CURVES_FILE, SUMMARY_FILE, METRICS_FILE)
+            ],
+        )
         logger.info("results in %s", self.run_dir)
         return summary
 
@@ -228,8 +276,8 @@ class RunRecorder:
 def repeating_failure(period: Any) -> str | None:
     """The one error every client of ``period`` replied with (digits aside), or None.
 
-    None when a client succeeded, timed out (no reason) or failed otherwise: only a failure that
-    is the same for every client will repeat in every round.
+    None when a client succeeded, timed out (no reason) or failed otherwise: only a
+    failure that is the same for every client will repeat in every round.
     """
     reasons = list(getattr(period, "error_reasons", []))
     if period.clients_ok or not reasons or len(reasons) != period.clients_failed:
@@ -239,7 +287,8 @@ def repeating_failure(period: Any) -> str | None:
 
 
 def read_rows(run_dir: Path, up_to_round: int | None = None) -> list[dict[str, Any]]:
-    """Rows of an existing ``metrics.jsonl`` (only complete lines, rounds <= ``up_to_round``)."""
+    """Rows of an existing ``metrics.jsonl`` (only complete lines, rounds <=
+    ``up_to_round``)."""
     path = Path(run_dir) / METRICS_FILE
     rows = []
     if path.exists():
@@ -253,10 +302,12 @@ def read_rows(run_dir: Path, up_to_round: int | None = None) -> list[dict[str, A
     return rows
 
 
-# Per-round counts of a strategy's report that summary.json totals (two-way compression).
+# Per-round counts of a strategy's report that summary.json totals (two-way
+# compression).
 SUMMED = ("sync_mismatches", "catchup_bytes", "dense_sends")
 
-# Per-round values of a strategy's report whose last value summary.json keeps (privacy: spent so far).
+# Per-round values of a strategy's report whose last value summary.json keeps (privacy:
+# spent so far).
 LAST = ("epsilon",)
 
 # Quality metrics a run may report, with the direction that counts as better.
@@ -264,7 +315,8 @@ QUALITY = {"accuracy": max, "rmse": min, "hr_at_10": max, "ndcg_at_10": max}
 
 
 def summarize(rows: list[dict[str, Any]], total_wall: float) -> dict[str, Any]:
-    """Summary of a run from its metric rows: ``final_X``/``best_X`` for every quality metric
+    """Summary of a run from its metric rows: ``final_X``/``best_X`` for every quality
+    metric
     the rows carry (``accuracy`` always present, ``None`` when never evaluated)."""
     quality: dict[str, Any] = {}
     for name, better in QUALITY.items():
@@ -282,6 +334,14 @@ def summarize(rows: list[dict[str, Any]], total_wall: float) -> dict[str, Any]:
         "clients_ok": int(sum(r["clients_ok"] for r in rows)),
         "clients_failed": int(sum(r["clients_failed"] for r in rows)),
         "wall_s": round(total_wall, 3),
-        **{key: int(sum(r.get(key) or 0 for r in rows)) for key in SUMMED if any(key in r for r in rows)},
-        **{key: [r[key] for r in rows if r.get(key) is not None][-1] for key in LAST if any(r.get(key) is not None for r in rows)},
+        **{
+            key: int(sum(r.get(key) or 0 for r in rows))
+            for key in SUMMED
+            if any(key in r for r in rows)
+        },
+        **{
+            key: [r[key] for r in rows if r.get(key) is not None][-1]
+            for key in LAST
+            if any(r.get(key) is not None for r in rows)
+        },
     }

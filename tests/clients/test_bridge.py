@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    RecordDict,
+)
 
 from bouquet import keys
 from bouquet.clients import TorchClient, numpyclient_app
@@ -12,10 +20,18 @@ from bouquet.models import build_model, get_weights
 
 
 def _context(pid: int = 0) -> Context:
-    return Context(run_id=1, node_id=5, node_config={keys.PARTITION_ID: pid}, state=RecordDict(), run_config={})
+    return Context(
+        run_id=1,
+        node_id=5,
+        node_config={keys.PARTITION_ID: pid},
+        state=RecordDict(),
+        run_config={},
+    )
 
 
-def _train_message(weights: dict[str, np.ndarray], config: dict | None = None) -> Message:
+def _train_message(
+    weights: dict[str, np.ndarray], config: dict | None = None
+) -> Message:
     content = RecordDict(
         {
             keys.ARRAYS: ArrayRecord({k: Array(v) for k, v in weights.items()}),
@@ -31,7 +47,9 @@ def _client(context: Context) -> TorchClient:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, 1, 8, 8)).astype(np.float32)
     y = (np.arange(40) % 3).astype(np.int64)
-    return TorchClient(build_model("mlp", (1, 8, 8), 3, seed=0), x, y, num_classes=3, lr=0.1)
+    return TorchClient(
+        build_model("mlp", (1, 8, 8), 3, seed=0), x, y, num_classes=3, lr=0.1
+    )
 
 
 def test_train_reply_has_same_keys_trained_values_and_metrics() -> None:
@@ -57,7 +75,9 @@ def test_evaluate_reply() -> None:
     reply = app(msg, _context())
     assert not reply.has_error(), reply.error
     metrics = reply.content[keys.METRICS]
-    assert metrics[keys.NUM_EXAMPLES] == 40 and 0.0 <= metrics[keys.EVAL_ACCURACY] <= 1.0
+    assert (
+        metrics[keys.NUM_EXAMPLES] == 40 and 0.0 <= metrics[keys.EVAL_ACCURACY] <= 1.0
+    )
 
 
 def test_wrong_shapes_raise_naming_the_tensor() -> None:
@@ -70,7 +90,8 @@ def test_wrong_shapes_raise_naming_the_tensor() -> None:
 
 
 def test_bare_numpyclient_fails_against_message_api_strategy() -> None:
-    """Why the bridge exists: Flower's legacy wrapper cannot read Message-API content."""
+    """Why the bridge exists: Flower's legacy wrapper cannot read Message-API
+    content."""
     from flwr.clientapp import ClientApp
 
     legacy = ClientApp(client_fn=lambda ctx: _client(ctx).to_client())
@@ -82,14 +103,28 @@ def test_bare_numpyclient_fails_against_message_api_strategy() -> None:
 def test_bad_client_settings_refused() -> None:
     x = np.zeros((4, 1, 8, 8), dtype=np.float32)
     with pytest.raises(ValueError, match="client.lr"):
-        TorchClient(build_model("mlp", (1, 8, 8), 3), x, np.zeros(4, dtype=np.int64), num_classes=3, lr=0.0)
+        TorchClient(
+            build_model("mlp", (1, 8, 8), 3),
+            x,
+            np.zeros(4, dtype=np.int64),
+            num_classes=3,
+            lr=0.0,
+        )
     with pytest.raises(ValueError, match="samples"):
-        TorchClient(build_model("mlp", (1, 8, 8), 3), x, np.zeros(3, dtype=np.int64), num_classes=3)
+        TorchClient(
+            build_model("mlp", (1, 8, 8), 3),
+            x,
+            np.zeros(3, dtype=np.int64),
+            num_classes=3,
+        )
 
 
 def _query(config: dict) -> Message:
-    msg = Message(content=RecordDict({keys.CONFIG: ConfigRecord(config)}), dst_node_id=5,
-                  message_type=MessageType.QUERY)
+    msg = Message(
+        content=RecordDict({keys.CONFIG: ConfigRecord(config)}),
+        dst_node_id=5,
+        message_type=MessageType.QUERY,
+    )
     msg.metadata.__dict__["_message_id"] = "q1"
     return msg
 
@@ -101,14 +136,26 @@ def test_node_info_query_answers_partition_id_and_capacity() -> None:
     app = numpyclient_app(_client)
     reply = app(_query({keys.NODE_INFO: 1}), _context(pid=4))
     assert not reply.has_error(), reply.error
-    assert dict(reply.content[keys.METRICS]) == {keys.PARTITION_ID: 4, keys.MAX_DEPTH: 0}
+    assert dict(reply.content[keys.METRICS]) == {
+        keys.PARTITION_ID: 4,
+        keys.MAX_DEPTH: 0,
+    }
 
     def early(context: Context) -> EarlyExitClient:
         x = np.zeros((4, 1, 8, 8), np.float32)
-        return EarlyExitClient(build_early_exit((1, 8, 8), 3, seed=0), x, np.zeros(4, np.int64), num_classes=3,
-                               max_depth_by_partition=[1, 2, 3])
+        return EarlyExitClient(
+            build_early_exit((1, 8, 8), 3, seed=0),
+            x,
+            np.zeros(4, np.int64),
+            num_classes=3,
+            max_depth_by_partition=[1, 2, 3],
+        )
+
     reply = numpyclient_app(early)(_query({keys.NODE_INFO: 1}), _context(pid=4))
-    assert dict(reply.content[keys.METRICS]) == {keys.PARTITION_ID: 4, keys.MAX_DEPTH: 2}  # capacity of partition 4
+    assert dict(reply.content[keys.METRICS]) == {
+        keys.PARTITION_ID: 4,
+        keys.MAX_DEPTH: 2,
+    }  # capacity of partition 4
 
 
 def test_unknown_query_is_refused_naming_what_is_answered() -> None:

@@ -1,4 +1,5 @@
-"""Property tests of the top-k, ternary, STC codecs and error feedback (bouquet.codecs)."""
+"""Property tests of the top-k, ternary, STC codecs and error feedback
+(bouquet.codecs)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ from bouquet.codecs import (
 )
 
 finite = st.floats(-1e3, 1e3, allow_nan=False, width=32)
-tensors = arrays(np.float32, array_shapes(min_dims=1, max_dims=3, max_side=12), elements=finite)
+tensors = arrays(
+    np.float32, array_shapes(min_dims=1, max_dims=3, max_side=12), elements=finite
+)
 
 
 @settings(max_examples=60, deadline=None)
@@ -73,16 +76,28 @@ def test_model_scope_selects_global_top_m(ts, m):
     m = min(m, total)
     parts = select_topk_model(ts, m)
     assert sum(p.size for p in parts) == m
-    kept = np.concatenate([np.abs(t.reshape(-1))[p] for t, p in zip(ts, parts, strict=True)])
-    dropped = np.concatenate([np.delete(np.abs(t.reshape(-1)), p) for t, p in zip(ts, parts, strict=True)])
+    kept = np.concatenate(
+        [np.abs(t.reshape(-1))[p] for t, p in zip(ts, parts, strict=True)]
+    )
+    dropped = np.concatenate(
+        [np.delete(np.abs(t.reshape(-1)), p) for t, p in zip(ts, parts, strict=True)]
+    )
     if kept.size and dropped.size:
         assert kept.min() >= dropped.max()
 
 
 @settings(max_examples=60, deadline=None)
-@given(tensors, st.booleans(), st.sampled_from([None, 2.5]), st.sampled_from(["auto", "trit", "2bit", "sparse"]), st.integers(0, 99))
+@given(
+    tensors,
+    st.booleans(),
+    st.sampled_from([None, 2.5]),
+    st.sampled_from(["auto", "trit", "2bit", "sparse"]),
+    st.integers(0, 99),
+)
 def test_ternary_values_in_minus_s_0_s(x, stochastic, clip_c, form, seed):
-    t, s = ternarize(x, stochastic=stochastic, clip_c=clip_c, rng=np.random.default_rng(seed))
+    t, s = ternarize(
+        x, stochastic=stochastic, clip_c=clip_c, rng=np.random.default_rng(seed)
+    )
     assert set(np.unique(t)) <= {-1, 0, 1}
     enc, sent = encode_ternary(t, s, packing_form=form)
     dense = decode_encoded(enc).to_dense()
@@ -104,7 +119,8 @@ def test_stochastic_ternary_is_unbiased():
         mean += s * t
     mean /= draws
     s_max = float(np.abs(x).max())
-    # per element the variance is <= s * |x|, so the standard error is <= sqrt(s * |x| / draws)
+    # per element the variance is <= s * |x|, so the standard error is <= sqrt(s * |x| /
+    # draws)
     assert np.all(np.abs(mean - x) <= 5 * np.sqrt(s_max * np.abs(x) / draws) + 1e-6)
 
 
@@ -131,7 +147,11 @@ def test_stc_round_trip(x, alpha):
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(tensors, min_size=1, max_size=3), st.sampled_from(["topk", "topk16", "stc", "ternary"]), st.integers(0, 9))
+@given(
+    st.lists(tensors, min_size=1, max_size=3),
+    st.sampled_from(["topk", "topk16", "stc", "ternary"]),
+    st.integers(0, 9),
+)
 def test_error_feedback_invariant(ts, kind, seed):
     rng = np.random.default_rng(seed)
     comp = {
@@ -169,7 +189,8 @@ def test_sampled_threshold_selection_is_exact_top_m(kind):
         "gaussian": rng.normal(size=n),
         "sorted": np.sort(rng.normal(size=n)),  # a strided sample sees a biased picture
         "ties": rng.integers(-3, 4, size=n).astype(float),
-        "spiky": np.where(np.arange(n) % 997 == 0, 100.0, 0.0) + 1e-3 * rng.normal(size=n),
+        "spiky": np.where(np.arange(n) % 997 == 0, 100.0, 0.0)
+        + 1e-3 * rng.normal(size=n),
     }[kind].astype(np.float32)
     idx = select_topk(x, m)
     assert idx.size == m and np.all(np.diff(idx) > 0)

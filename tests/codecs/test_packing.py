@@ -15,12 +15,25 @@ def position_sets(draw):
     n = draw(st.integers(1, 3000))
     k = draw(st.integers(0, n))
     seed = draw(st.integers(0, 2**32 - 1))
-    idx = np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False)).astype(np.int64)
+    idx = np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False)).astype(
+        np.int64
+    )
     return n, idx
 
 
 @settings(max_examples=80, deadline=None)
-@given(position_sets(), st.sampled_from([None, packing.POS_BITMAP, packing.POS_VARINT, packing.POS_RICE, packing.POS_RAW]))
+@given(
+    position_sets(),
+    st.sampled_from(
+        [
+            None,
+            packing.POS_BITMAP,
+            packing.POS_VARINT,
+            packing.POS_RICE,
+            packing.POS_RAW,
+        ]
+    ),
+)
 def test_positions_round_trip(case, coding):
     n, idx = case
     used, block = packing.encode_positions(idx, n, coding)
@@ -32,7 +45,12 @@ def test_positions_round_trip(case, coding):
 def test_auto_coding_is_the_smallest(case):
     n, idx = case
     used, block = packing.encode_positions(idx, n)
-    for coding in (packing.POS_BITMAP, packing.POS_VARINT, packing.POS_RICE, packing.POS_RAW):
+    for coding in (
+        packing.POS_BITMAP,
+        packing.POS_VARINT,
+        packing.POS_RICE,
+        packing.POS_RAW,
+    ):
         assert len(block) <= len(packing.encode_positions(idx, n, coding)[1])
     if idx.size == n:
         assert used == packing.POS_ALL and block == b""
@@ -66,7 +84,9 @@ def test_trits_and_2bit_round_trip(values):
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.booleans(), max_size=100))
 def test_signs_round_trip(neg):
-    signs = packing.unpack_signs(packing.pack_signs(np.array(neg, dtype=bool)), len(neg))
+    signs = packing.unpack_signs(
+        packing.pack_signs(np.array(neg, dtype=bool)), len(neg)
+    )
     assert np.array_equal(signs, np.where(np.array(neg, dtype=bool), -1, 1))
 
 

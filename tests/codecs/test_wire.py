@@ -58,7 +58,9 @@ def test_random_corruption_never_crashes_otherwise(name, pos, xor):
         dec = decode(enc.stype, enc.dtype, enc.shape, bytes(data))
     except ValueError:
         return
-    dense = dec.to_dense()  # if it decodes, it is a well-formed finite tensor of the right shape
+    dense = (
+        dec.to_dense()
+    )  # if it decodes, it is a well-formed finite tensor of the right shape
     assert dense.shape == X.shape and np.all(np.isfinite(dense))
 
 
@@ -86,22 +88,48 @@ def test_wrong_shape_and_dtype():
         decode(enc.stype, "float64", enc.shape, enc.data)
 
 
-def _topk_payload(k: int, coding: int, block: bytes, values: np.ndarray, shape=(10,)) -> bytes:
+def _topk_payload(
+    k: int, coding: int, block: bytes, values: np.ndarray, shape=(10,)
+) -> bytes:
     head = MAGIC + struct.pack("<BBBBI", 1, 1, 0, 1, shape[0])
-    return head + struct.pack("<IBBI", k, 0, coding, len(block)) + block + values.astype("<f4").tobytes()
+    return (
+        head
+        + struct.pack("<IBBI", k, 0, coding, len(block))
+        + block
+        + values.astype("<f4").tobytes()
+    )
 
 
 def test_index_out_of_range_unsorted_and_nan():
     ok = _topk_payload(2, 4, np.array([1, 4], "<u4").tobytes(), np.array([1.0, 2.0]))
     assert decode("bouquet.topk/1", "float32", (10,), ok).to_dense()[4] == 2.0
     with pytest.raises(ValueError, match="out of range"):
-        decode("bouquet.topk/1", "float32", (10,), _topk_payload(2, 4, np.array([1, 10], "<u4").tobytes(), np.ones(2)))
+        decode(
+            "bouquet.topk/1",
+            "float32",
+            (10,),
+            _topk_payload(2, 4, np.array([1, 10], "<u4").tobytes(), np.ones(2)),
+        )
     with pytest.raises(ValueError, match="unsorted"):
-        decode("bouquet.topk/1", "float32", (10,), _topk_payload(2, 4, np.array([4, 1], "<u4").tobytes(), np.ones(2)))
+        decode(
+            "bouquet.topk/1",
+            "float32",
+            (10,),
+            _topk_payload(2, 4, np.array([4, 1], "<u4").tobytes(), np.ones(2)),
+        )
     with pytest.raises(ValueError, match="NaN"):
-        decode("bouquet.topk/1", "float32", (10,), _topk_payload(2, 4, np.array([1, 4], "<u4").tobytes(), np.array([1.0, np.nan])))
+        decode(
+            "bouquet.topk/1",
+            "float32",
+            (10,),
+            _topk_payload(
+                2, 4, np.array([1, 4], "<u4").tobytes(), np.array([1.0, np.nan])
+            ),
+        )
     with pytest.raises(ValueError, match="k=11"):
-        decode("bouquet.topk/1", "float32", (10,), _topk_payload(11, 4, b"", np.ones(0)))
+        decode(
+            "bouquet.topk/1", "float32", (10,), _topk_payload(11, 4, b"", np.ones(0))
+        )
 
 
 def test_nan_scale():

@@ -13,7 +13,9 @@ from bouquet.data.loaders import _load_idx_dataset
 
 
 def _write_idx(path: Path, arr: np.ndarray, gz: bool = False) -> None:
-    header = bytes([0, 0, 8, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+    header = bytes([0, 0, 8, arr.ndim]) + b"".join(
+        int(d).to_bytes(4, "big") for d in arr.shape
+    )
     data = header + arr.astype(np.uint8).tobytes()
     if gz:
         with gzip.open(path, "wb") as fh:
@@ -26,9 +28,17 @@ def _fake_mnist(folder: Path, gz: bool) -> None:
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     suffix = ".gz" if gz else ""
-    _write_idx(folder / f"train-images-idx3-ubyte{suffix}", rng.integers(0, 255, (20, 28, 28)), gz)
+    _write_idx(
+        folder / f"train-images-idx3-ubyte{suffix}",
+        rng.integers(0, 255, (20, 28, 28)),
+        gz,
+    )
     _write_idx(folder / f"train-labels-idx1-ubyte{suffix}", np.arange(20) % 10, gz)
-    _write_idx(folder / f"t10k-images-idx3-ubyte{suffix}", rng.integers(0, 255, (6, 28, 28)), gz)
+    _write_idx(
+        folder / f"t10k-images-idx3-ubyte{suffix}",
+        rng.integers(0, 255, (6, 28, 28)),
+        gz,
+    )
     _write_idx(folder / f"t10k-labels-idx1-ubyte{suffix}", np.arange(6) % 10, gz)
 
 

@@ -1,7 +1,8 @@
-"""Federated recommendation on MovieLens-100K: split, grouping, privacy of user factors, a real run.
+"""Federated recommendation on MovieLens-100K: split, grouping, privacy of user factors,
+a real run.
 
-Needs ``$BOUQUET_DATA/movielens/ml-100k.inter`` (``scripts/fetch_data.sh movielens``); without it
-the tests fail with ``DataMissingError`` naming that command.
+Needs ``$BOUQUET_DATA/movielens/ml-100k.inter`` (``scripts/fetch_data.sh movielens``);
+without it the tests fail with ``DataMissingError`` naming that command.
 """
 
 from __future__ import annotations
@@ -32,7 +33,10 @@ def _cfg(*overrides: str) -> dict:
     from omegaconf import OmegaConf
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=["dataset=movielens", "model=mf", "client=recsys", *overrides])
+        cfg = compose(
+            "config",
+            overrides=["dataset=movielens", "model=mf", "client=recsys", *overrides],
+        )
     return OmegaConf.to_container(cfg, resolve=True)
 
 
@@ -45,8 +49,12 @@ def test_movielens_is_the_100k_file(ratings) -> None:
 def test_temporal_split_has_no_leakage(ratings) -> None:
     split = temporal_split(ratings, test_per_user=5)
     assert len(split.train) + len(split.test) == len(ratings)
-    train_pairs = set(zip(split.train.user.tolist(), split.train.item.tolist(), strict=True))
-    test_pairs = set(zip(split.test.user.tolist(), split.test.item.tolist(), strict=True))
+    train_pairs = set(
+        zip(split.train.user.tolist(), split.train.item.tolist(), strict=True)
+    )
+    test_pairs = set(
+        zip(split.test.user.tolist(), split.test.item.tolist(), strict=True)
+    )
     assert not train_pairs & test_pairs  # no held-out rating is in the training set
     assert len(train_pairs | test_pairs) == len(ratings)
     for u in range(ratings.num_users):
@@ -59,9 +67,19 @@ def test_temporal_split_has_no_leakage(ratings) -> None:
 def test_temporal_split_keeps_one_training_rating() -> None:
     from bouquet.data.movielens import Ratings
 
-    r = Ratings(np.array([0, 0, 1]), np.array([0, 1, 2]), np.ones(3, np.float32), np.array([5, 1, 3]), 2, 3)
+    r = Ratings(
+        np.array([0, 0, 1]),
+        np.array([0, 1, 2]),
+        np.ones(3, np.float32),
+        np.array([5, 1, 3]),
+        2,
+        3,
+    )
     split = temporal_split(r, test_per_user=3)
-    assert split.test.item.tolist() == [0] and sorted(split.train.item.tolist()) == [1, 2]
+    assert split.test.item.tolist() == [0] and sorted(split.train.item.tolist()) == [
+        1,
+        2,
+    ]
     with pytest.raises(ValueError, match="test_per_user"):
         temporal_split(r, 0)
 
@@ -101,30 +119,55 @@ def test_rank_metrics_by_hand() -> None:
 
 # ------------------------------------------------------------------ client privacy
 def _train_message(arrays: dict[str, np.ndarray], server_round: int):
-    from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+    from flwr.app import (
+        Array,
+        ArrayRecord,
+        ConfigRecord,
+        Message,
+        MessageType,
+        RecordDict,
+    )
 
-    content = RecordDict({
-        keys.ARRAYS: ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()}),
-        keys.CONFIG: ConfigRecord({keys.SERVER_ROUND: server_round}),
-    })
+    content = RecordDict(
+        {
+            keys.ARRAYS: ArrayRecord(
+                {k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()}
+            ),
+            keys.CONFIG: ConfigRecord({keys.SERVER_ROUND: server_round}),
+        }
+    )
     return Message(content=content, message_type=MessageType.TRAIN, dst_node_id=7)
 
 
 @pytest.mark.parametrize("codec", [None, "ternary"])
-def test_user_factors_stay_in_context_state_and_never_in_replies(codec: str | None) -> None:
+def test_user_factors_stay_in_context_state_and_never_in_replies(
+    codec: str | None,
+) -> None:
     from flwr.app import Context, RecordDict
 
     from bouquet.simulations.methods.experiments import get_experiment
     from bouquet.simulations.run.serverapp import make_client_app
 
-    cfg = _cfg("dataset.max_users=40", "simulation.num_clients=2", f"client.codec={codec or 'null'}")
+    cfg = _cfg(
+        "dataset.max_users=40",
+        "simulation.num_clients=2",
+        f"client.codec={codec or 'null'}",
+    )
     exp = get_experiment(cfg)
     app = make_client_app(cfg)
     shared = exp.initial_arrays()
     assert shared and all(k.startswith("shared.") for k in shared)
-    context = Context(run_id=1, node_id=7, node_config={keys.PARTITION_ID: 1}, state=RecordDict(), run_config={})
+    context = Context(
+        run_id=1,
+        node_id=7,
+        node_config={keys.PARTITION_ID: 1},
+        state=RecordDict(),
+        run_config={},
+    )
     n_users = len(exp.partitions[1])
-    assert all(a.shape[0] != n_users for a in shared.values())  # so shapes tell the two sides apart
+    assert all(
+        a.shape[0] != n_users for a in shared.values()
+    )  # so shapes tell the two sides apart
     stored = []
     for rnd in (1, 2):
         reply = app(_train_message(shared, rnd), context)
@@ -134,16 +177,25 @@ def test_user_factors_stay_in_context_state_and_never_in_replies(codec: str | No
         for rec in reply.content.array_records.values():
             for name, arr in rec.items():
                 assert "private" not in name and "user" not in name
-                assert tuple(arr.shape) == shared[name].shape  # never a (users,) or (users, dim) table
+                assert (
+                    tuple(arr.shape) == shared[name].shape
+                )  # never a (users,) or (users, dim) table
         user_state = context.state[keys.RECSYS_USER_STATE]
         assert sorted(user_state) == ["private.user_bias", "private.user_emb"]
         assert user_state["private.user_emb"].numpy().shape[0] == n_users
         stored.append(user_state["private.user_emb"].numpy().copy())
         metrics = next(iter(reply.content.metric_records.values()))
-        assert metrics[keys.NUM_EXAMPLES] > 0 and math.isfinite(metrics[keys.TRAIN_LOSS])
+        assert metrics[keys.NUM_EXAMPLES] > 0 and math.isfinite(
+            metrics[keys.TRAIN_LOSS]
+        )
         if codec:
-            assert all(a.stype.startswith("bouquet.ternary") for a in next(iter(reply.content.array_records.values())).values())
-    assert not np.array_equal(stored[0], stored[1])  # round 2 trained the factors kept from round 1
+            assert all(
+                a.stype.startswith("bouquet.ternary")
+                for a in next(iter(reply.content.array_records.values())).values()
+            )
+    assert not np.array_equal(
+        stored[0], stored[1]
+    )  # round 2 trained the factors kept from round 1
 
 
 # ------------------------------------------------------------------ server side
@@ -151,10 +203,19 @@ def test_pool_evaluation_weights_by_ratings_and_drops_bad_replies() -> None:
     from bouquet.simulations.methods.recsys import pool_evaluation
 
     def ev(n: int, mse: float, hr: float, ndcg: float, node: int):
-        return make_reply(None, n, {keys.EVAL_MSE: mse, keys.EVAL_HR_AT_10: hr, keys.EVAL_NDCG_AT_10: ndcg}, node_id=node)
+        return make_reply(
+            None,
+            n,
+            {keys.EVAL_MSE: mse, keys.EVAL_HR_AT_10: hr, keys.EVAL_NDCG_AT_10: ndcg},
+            node_id=node,
+        )
 
     good = [ev(10, 1.0, 0.5, 0.25, 1), ev(30, 0.5, 0.1, 0.05, 2)]
-    bad = [ev(5, float("nan"), 0.5, 0.1, 3), ev(5, 0.4, 1.5, 0.1, 4), make_reply(None, 0, error="crash", node_id=5)]
+    bad = [
+        ev(5, float("nan"), 0.5, 0.1, 3),
+        ev(5, 0.4, 1.5, 0.1, 4),
+        make_reply(None, 0, error="crash", node_id=5),
+    ]
     report, record = pool_evaluation(good + bad)
     assert report["rmse"] == pytest.approx(math.sqrt((10 * 1.0 + 30 * 0.5) / 40))
     assert report["hr_at_10"] == pytest.approx((10 * 0.5 + 30 * 0.1) / 40)
@@ -174,15 +235,21 @@ def test_server_holds_no_ratings_and_no_user_factors() -> None:
 
 
 @pytest.mark.parametrize("codec", [None, "stc"])
-def test_build_strategy_adds_federated_evaluation_and_decoding(codec: str | None) -> None:
+def test_build_strategy_adds_federated_evaluation_and_decoding(
+    codec: str | None,
+) -> None:
     from flwr.app import Array, ArrayRecord, ConfigRecord, MessageType
 
     from bouquet.simulations.methods.experiments import get_experiment
     from bouquet.simulations.methods.recsys import FederatedEvaluation, _has_compressed
     from bouquet.simulations.run.serverapp import build_strategy
 
-    cfg = _cfg("dataset.max_users=40", "simulation.num_clients=2", "dataset.eval_fraction=0.5",
-               f"client.codec={codec or 'null'}")
+    cfg = _cfg(
+        "dataset.max_users=40",
+        "simulation.num_clients=2",
+        "dataset.eval_fraction=0.5",
+        f"client.codec={codec or 'null'}",
+    )
     strategy = build_strategy(cfg, get_experiment(cfg))
     assert isinstance(strategy, FederatedEvaluation)
     assert _has_compressed(strategy) == (codec is not None)
@@ -197,8 +264,20 @@ def test_build_strategy_adds_federated_evaluation_and_decoding(codec: str | None
     assert all(m.metadata.message_type == MessageType.EVALUATE for m in msgs)
     assert all(m.content[keys.CONFIG][keys.SERVER_ROUND] == 3 for m in msgs)
     assert strategy.round_report()["rmse"] is None  # nothing evaluated yet
-    strategy.aggregate_evaluate(3, [make_reply(None, 4, {keys.EVAL_MSE: 0.81, keys.EVAL_HR_AT_10: 0.5,
-                                                       keys.EVAL_NDCG_AT_10: 0.3})])
+    strategy.aggregate_evaluate(
+        3,
+        [
+            make_reply(
+                None,
+                4,
+                {
+                    keys.EVAL_MSE: 0.81,
+                    keys.EVAL_HR_AT_10: 0.5,
+                    keys.EVAL_NDCG_AT_10: 0.3,
+                },
+            )
+        ],
+    )
     report = strategy.round_report()
     assert report["rmse"] == pytest.approx(0.9) and report["eval_clients"] == 1
     assert strategy.round_report()["rmse"] is None  # a report is used once

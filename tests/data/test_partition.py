@@ -50,7 +50,9 @@ def test_dirichlet_small_alpha_is_skewed() -> None:
     flat = partition_indices(LABELS, 10, "dirichlet", alpha=100.0, seed=0)
 
     def max_share(parts: list[np.ndarray]) -> float:
-        return float(np.mean([label_histogram(LABELS[p], 10).max() / len(p) for p in parts]))
+        return float(
+            np.mean([label_histogram(LABELS[p], 10).max() / len(p) for p in parts])
+        )
 
     assert max_share(skewed) > 0.5 > max_share(flat)
 
@@ -66,7 +68,10 @@ def test_label_histogram_counts() -> None:
         ({"num_partitions": 5, "kind": "dirichlet", "alpha": 0.0}, "partition.alpha"),
         ({"num_partitions": 5, "kind": "dirichlet", "alpha": -1.0}, "partition.alpha"),
         ({"num_partitions": 2000, "kind": "iid"}, "simulation.num_clients"),
-        ({"num_partitions": 5, "kind": "pathological", "labels_per_client": 11}, "partition.labels_per_client"),
+        (
+            {"num_partitions": 5, "kind": "pathological", "labels_per_client": 11},
+            "partition.labels_per_client",
+        ),
         ({"num_partitions": 5, "kind": "zipf"}, "partition.kind"),
     ],
 )

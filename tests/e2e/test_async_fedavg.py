@@ -1,4 +1,5 @@
-"""End-to-end runs of AsyncFedAvg (they start bouquet-sim / Ray); the unit tests are in tests/strategies/test_async_*.py."""
+"""End-to-end runs of AsyncFedAvg (they start bouquet-sim / Ray); the unit tests are in
+tests/strategies/test_async_*.py."""
 
 from __future__ import annotations
 
@@ -12,29 +13,64 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# A node's behaviour: ("ok", latency_in_polls, delta) | ("error", latency, None) | ("hang", 0, None)
+# A node's behaviour: ("ok", latency_in_polls, delta) | ("error", latency, None) |
+# ("hang", 0, None)
 Behaviour = tuple[str, int, float | None]
 
 
 def test_real_async_simulation_on_digits(tmp_path: Path) -> None:
     """A short real run: 3 nodes of different speed, one very slow; stops by itself."""
     run_dir = tmp_path / "run"
-    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
+    env = {
+        **os.environ,
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+    }
     cmd = [
-        sys.executable, "-m", "bouquet.simulations.run.main", "dataset=digits", "simulation.num_clients=3",
-        "simulation.num_rounds=6", "strategy=async", "strategy.policy=polynomial", "strategy.eval_every=4",
-        "client=slow", "client.base_time_s=0.5", "client.slow_fraction=0.34", "client.slow_factor=4",
-        "simulation.client_cpus=0.5", f"hydra.run.dir={run_dir}",
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        sys.executable,
+        "-m",
+        "bouquet.simulations.run.main",
+        "dataset=digits",
+        "simulation.num_clients=3",
+        "simulation.num_rounds=6",
+        "strategy=async",
+        "strategy.policy=polynomial",
+        "strategy.eval_every=4",
+        "client=slow",
+        "client.base_time_s=0.5",
+        "client.slow_fraction=0.34",
+        "client.slow_factor=4",
+        "simulation.client_cpus=0.5",
+        f"hydra.run.dir={run_dir}",
+    ]
+    proc = subprocess.run(
+        cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    for key in ("updates", "version", "accuracy", "loss", "staleness_mean", "staleness_max", "lr_scale", "bytes_up", "wall_s"):
+    rows = [
+        json.loads(line)
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
+    for key in (
+        "updates",
+        "version",
+        "accuracy",
+        "loss",
+        "staleness_mean",
+        "staleness_max",
+        "lr_scale",
+        "bytes_up",
+        "wall_s",
+    ):
         assert all(key in r for r in rows), key
     assert [r["updates"] for r in rows] == sorted(r["updates"] for r in rows)
     assert [r["version"] for r in rows] == sorted(r["version"] for r in rows)
-    assert rows[-1]["updates"] == 18 and rows[-1]["stop_reason"] == "update budget 18 reached"
-    # The slow node's updates arrive late: some staleness > 0, and those are down-weighted.
+    assert (
+        rows[-1]["updates"] == 18
+        and rows[-1]["stop_reason"] == "update budget 18 reached"
+    )
+    # The slow node's updates arrive late: some staleness > 0, and those are
+    # down-weighted.
     assert max(r["staleness_max"] or 0 for r in rows) >= 1
     assert min(r["lr_scale"] for r in rows[1:]) < 1.0
     assert sum(r["bytes_up"] for r in rows) > 0
@@ -44,53 +80,101 @@ def test_real_async_simulation_on_digits(tmp_path: Path) -> None:
 
 WINDOW = 4
 SLIDING = [
-    "dataset=digits", "simulation.num_clients=4", "simulation.num_rounds=6", "strategy=async",
-    "strategy.policy=sliding_window", f"strategy.window={WINDOW}", "strategy.eval_every=4", "strategy.plateau_window=0",
-    "client=slow", "client.base_time_s=0.3", "client.slow_fraction=0.25", "client.slow_factor=5",
-    "simulation.client_cpus=0.5", "simulation.checkpoint_every=0",
-]  # fmt: skip
+    "dataset=digits",
+    "simulation.num_clients=4",
+    "simulation.num_rounds=6",
+    "strategy=async",
+    "strategy.policy=sliding_window",
+    f"strategy.window={WINDOW}",
+    "strategy.eval_every=4",
+    "strategy.plateau_window=0",
+    "client=slow",
+    "client.base_time_s=0.3",
+    "client.slow_fraction=0.25",
+    "client.slow_factor=5",
+    "simulation.client_cpus=0.5",
+    "simulation.checkpoint_every=0",
+]
 
 
 def test_sliding_window_on_the_learners_in_flowers_engine(tmp_path: Path) -> None:
-    """The learner-side window (the default) through the real loop in Flower's simulation
-    engine: every applied scale is the one each learner computed from its own window (kept in
-    ``context.state`` on its Ray worker), recomputed here from the staleness in metrics.jsonl."""
+    """The learner-side window (the default) through the real loop in Flower's
+    simulation
+    engine: every applied scale is the one each learner computed from its own window
+    (kept in ``context.state`` on its Ray worker), recomputed here from the staleness in
+    metrics.jsonl."""
     from async_checks import learner_scales, server_scales, update_log
 
-    rows = _run_rows([*SLIDING, "strategy.window_side=learner", "strategy.per_node=true"], tmp_path / "run")
+    rows = _run_rows(
+        [*SLIDING, "strategy.window_side=learner", "strategy.per_node=true"],
+        tmp_path / "run",
+    )
     log = update_log(rows)
     assert len(log) == 24 and len({n for n, _, _ in log}) == 4
-    assert sum(r["lr_scale_fallbacks"] for r in rows) == 0 and sum(r["clients_failed"] for r in rows) == 0
+    assert (
+        sum(r["lr_scale_fallbacks"] for r in rows) == 0
+        and sum(r["clients_failed"] for r in rows) == 0
+    )
     scales = [s for *_, s in log]
-    assert scales == pytest.approx(learner_scales(log, WINDOW))  # the learners' rates were applied
+    assert scales == pytest.approx(
+        learner_scales(log, WINDOW)
+    )  # the learners' rates were applied
     assert min(scales) < 1.0  # and some learner damped its rate
-    assert scales != pytest.approx(server_scales(log, WINDOW, per_node=True))  # not the server's own rule
+    assert scales != pytest.approx(
+        server_scales(log, WINDOW, per_node=True)
+    )  # not the server's own rule
     for row in rows[1:]:  # the line's mean scale is the mean of the scales it lists
-        assert row["lr_scale"] == pytest.approx(sum(s for *_, s in row["update_log"]) / len(row["update_log"]))
+        assert row["lr_scale"] == pytest.approx(
+            sum(s for *_, s in row["update_log"]) / len(row["update_log"])
+        )
 
 
-def test_sliding_window_per_node_on_the_server_in_flowers_engine(tmp_path: Path) -> None:
-    """``window_side=server per_node=true`` through the real loop: each node's update is scaled
+def test_sliding_window_per_node_on_the_server_in_flowers_engine(
+    tmp_path: Path,
+) -> None:
+    """``window_side=server per_node=true`` through the real loop: each node's update is
+    scaled
     against that node's own earlier staleness, not the federation's."""
     from async_checks import server_scales, update_log
 
-    rows = _run_rows([*SLIDING, "strategy.window_side=server", "strategy.per_node=true"], tmp_path / "run")
+    rows = _run_rows(
+        [*SLIDING, "strategy.window_side=server", "strategy.per_node=true"],
+        tmp_path / "run",
+    )
     log = update_log(rows)
     assert len(log) == 24 and len({n for n, _, _ in log}) == 4
-    assert all("lr_scale_fallbacks" not in r for r in rows)  # no learner-side window in play
+    assert all(
+        "lr_scale_fallbacks" not in r for r in rows
+    )  # no learner-side window in play
     scales = [s for *_, s in log]
     assert scales == pytest.approx(server_scales(log, WINDOW, per_node=True))
-    # the slow node's staleness is high but usual for it: per node it is not damped, shared it would be
+    # the slow node's staleness is high but usual for it: per node it is not damped,
+    # shared it would be
     assert scales != pytest.approx(server_scales(log, WINDOW, per_node=False))
     assert min(scales) < 1.0
 
 
 def _run_rows(overrides: list[str], run_dir: Path) -> list[dict]:
-    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
-    cmd = [sys.executable, "-m", "bouquet.simulations.run.main", *overrides, f"hydra.run.dir={run_dir}"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "bouquet.simulations.run.main",
+        *overrides,
+        f"hydra.run.dir={run_dir}",
+    ]
+    proc = subprocess.run(
+        cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line)
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
     assert rows[-1]["stop_reason"] == "update budget 24 reached"
     assert [r["version"] for r in rows] == [r["updates"] for r in rows]
     return rows

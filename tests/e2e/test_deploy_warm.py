@@ -1,8 +1,9 @@
-"""The warm deployment path (issue 33): deploy/supernode.py's idle backoff, the warm ClientApp
+"""The warm deployment path (issue 33): deploy/supernode.py's idle backoff, the warm
+ClientApp
 worker, and 10 SuperNodes on this machine with compression both ways.
 
-The 2-node deployment of test_deploy.py runs warm too (``LocalDeployment``'s default); this
-module checks the pieces and the 10-node run.
+The 2-node deployment of test_deploy.py runs warm too (``LocalDeployment``'s default);
+this module checks the pieces and the 10-node run.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ class FakeClock:
         self.now += seconds
 
 
-def test_idle_sleeps_back_off_and_reset_after_activity(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_idle_sleeps_back_off_and_reset_after_activity(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     clock = FakeClock()
     monkeypatch.setattr(supernode, "time", clock)
     patched = supernode.CappedSleepTime(cap_s=0.5)
@@ -72,11 +75,18 @@ def test_launcher_patches_flowers_supernode_loop_of_this_flwr() -> None:
 
     pull = loop.pull_objects
     try:
-        assert supernode.cap_idle_poll(0.5) is True  # flwr 1.42's loop is the one it knows
+        assert (
+            supernode.cap_idle_poll(0.5) is True
+        )  # flwr 1.42's loop is the one it knows
         assert isinstance(loop.time, supernode.CappedSleepTime)
-        assert loop.pull_objects.keywords == {"initial_backoff": 0.02, "backoff_cap": 0.2}
+        assert loop.pull_objects.keywords == {
+            "initial_backoff": 0.02,
+            "backoff_cap": 0.2,
+        }
         assert loop.pull_objects.func is pull
-        assert supernode.cap_idle_poll(0.5) is False  # already patched: refuses, says so
+        assert (
+            supernode.cap_idle_poll(0.5) is False
+        )  # already patched: refuses, says so
     finally:
         loop.time = time  # type: ignore[attr-defined]
         loop.pull_objects = pull
@@ -93,25 +103,40 @@ def test_ten_supernodes_with_compression_both_ways(tmp_path: Path) -> None:
     with LocalDeployment(num_nodes=nodes, state_dir=tmp_path / "state") as dep:
         assert dep.warm and len(dep.workers) == nodes
         assert all("--isolation" in n.argv and "process" in n.argv for n in dep.nodes)
-        outcome = dep.run(f"dataset=digits client=stc downlink=stc simulation.num_rounds={rounds}",
-                          tmp_path / "run", timeout_s=600)
+        outcome = dep.run(
+            f"dataset=digits client=stc downlink=stc simulation.num_rounds={rounds}",
+            tmp_path / "run",
+            timeout_s=600,
+        )
         rss, pss = dep.peak_rss_mb(), dep.pss_mb()
         tree = [pid for p in dep.processes for pid in (p.pid, *descendants(p.pid))]
         started = list(dep.started_pids)
-    assert not any(alive(pid) for pid in [*tree, *started]), "processes left after stop()"
+    assert not any(alive(pid) for pid in [*tree, *started]), (
+        "processes left after stop()"
+    )
     assert outcome.status == "finished:completed"
-    rows = [json.loads(line) for line in (outcome.run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line)
+        for line in (outcome.run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
     trained = [r for r in rows if r["round"] > 0]
     assert [r["clients_ok"] for r in trained] == [nodes] * rounds
     assert all(r["clients_failed"] == 0 for r in trained)
     assert outcome.summary is not None and outcome.summary["sync_mismatches"] == 0
-    # every message ran in the node's warm worker (one timing line per task, all completed)
+    # every message ran in the node's warm worker (one timing line per task, all
+    # completed)
     for i in range(nodes):
-        lines = (outcome.run_dir / "deploy-logs" / f"clientapp-worker-{i}.timings.jsonl").read_text().splitlines()
+        lines = (
+            (outcome.run_dir / "deploy-logs" / f"clientapp-worker-{i}.timings.jsonl")
+            .read_text()
+            .splitlines()
+        )
         assert [json.loads(line)["status"] for line in lines] == ["completed"] * rounds
-    # bounded memory: SuperNode + worker (torch, the data, the app) hold under 1 GB a node. PSS,
-    # not peak RSS: RSS counts torch's shared libraries once in every process that maps them
-    # (peak RSS per node was 0.95 GB here and 1.14 GB on the CI machine).
-    per_node = [pss[f"supernode-{i}"] + pss[f"clientapp-worker-{i}"] for i in range(nodes)]
+    # bounded memory: SuperNode + worker (torch, the data, the app) hold under 1 GB a
+    # node. PSS, not peak RSS: RSS counts torch's shared libraries once in every process
+    # that maps them (peak RSS per node was 0.95 GB here and 1.14 GB on the CI machine).
+    per_node = [
+        pss[f"supernode-{i}"] + pss[f"clientapp-worker-{i}"] for i in range(nodes)
+    ]
     print(f"per-node PSS MB {per_node}; peak RSS MB {rss}")
     assert max(per_node) < 1024, (pss, rss)

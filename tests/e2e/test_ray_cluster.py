@@ -1,5 +1,7 @@
-"""``bouquet-sim`` joins an existing Ray cluster (``RAY_ADDRESS``): a Ray head is started on
-127.0.0.1 by this test, a 2-round run uses it, and the head is stopped by PID (issue 18)."""
+"""``bouquet-sim`` joins an existing Ray cluster (``RAY_ADDRESS``): a Ray head is
+started on
+127.0.0.1 by this test, a 2-round run uses it, and the head is stopped by PID (issue
+18)."""
 
 from __future__ import annotations
 
@@ -29,28 +31,61 @@ def _port_open(port: int) -> bool:
 def test_bouquet_sim_joins_an_existing_ray_cluster(tmp_path: Path, monkeypatch) -> None:
     port = free_port()
     ray = str(Path(sys.executable).with_name("ray"))
-    temp = Path(tempfile.mkdtemp(prefix="bqray", dir="/tmp"))  # Ray's socket paths must stay < 108 bytes
-    head = ManagedProcess("ray-head", [ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-                                       f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
-                                       "--disable-usage-stats", f"--temp-dir={temp}"],
-                          tmp_path / "ray-head.log", flower_env())
+    temp = Path(
+        tempfile.mkdtemp(prefix="bqray", dir="/tmp")
+    )  # Ray's socket paths must stay < 108 bytes
+    head = ManagedProcess(
+        "ray-head",
+        [
+            ray,
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--temp-dir={temp}",
+        ],
+        tmp_path / "ray-head.log",
+        flower_env(),
+    )
     try:
         deadline = time.monotonic() + 120
         while not _port_open(port):
-            assert head.running() and time.monotonic() < deadline, (tmp_path / "ray-head.log").read_text()[-2000:]
+            assert head.running() and time.monotonic() < deadline, (
+                tmp_path / "ray-head.log"
+            ).read_text()[-2000:]
             time.sleep(1)
         monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
-        proc = run_bouquet_sim(["dataset=digits", "simulation.num_clients=2", "simulation.num_rounds=2", "verbose=true"],
-                               tmp_path / "run")
+        proc = run_bouquet_sim(
+            [
+                "dataset=digits",
+                "simulation.num_clients=2",
+                "simulation.num_rounds=2",
+                "verbose=true",
+            ],
+            tmp_path / "run",
+        )
         text = proc.stdout + proc.stderr
         assert proc.returncode == 0, text[-3000:]
-        # joined, not started: the run's driver and its client actors logged into the head's session
+        # joined, not started: the run's driver and its client actors logged into the
+        # head's session
         drivers = list(temp.glob("session_*/logs/python-core-driver-*.log"))
-        actors = [p for p in temp.glob("session_*/logs/worker-*.out") if "ClientAppActor" in p.read_text(errors="replace")]
-        assert drivers and actors, sorted(p.name for p in temp.glob("session_*/logs/*"))[:40]
+        actors = [
+            p
+            for p in temp.glob("session_*/logs/worker-*.out")
+            if "ClientAppActor" in p.read_text(errors="replace")
+        ]
+        assert drivers and actors, sorted(
+            p.name for p in temp.glob("session_*/logs/*")
+        )[:40]
         summary = json.loads((tmp_path / "run" / "summary.json").read_text())
         assert summary["status"] == "ok" and summary["rounds"] == 2
-        assert _port_open(port)  # the run left the cluster running: it is not the run's own
+        assert _port_open(
+            port
+        )  # the run left the cluster running: it is not the run's own
     finally:
         tree = [head.pid, *descendants(head.pid)]
         stop_tree(head.pid, timeout_s=30, popen=head.popen)

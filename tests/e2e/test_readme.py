@@ -1,4 +1,5 @@
-"""End-to-end runs split out of tests/docs/test_readme.py (they start bouquet-sim / Ray)."""
+"""End-to-end runs split out of tests/docs/test_readme.py (they start bouquet-sim /
+Ray)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from docs_commands import commands
 
 @pytest.mark.e2e
 def test_quick_start_example_learns(tmp_path: Path):
-    """README's first example: digits, 3 clients, 2 rounds, well above chance (> 60%)."""
+    """README's first example: digits, 3 clients, 2 rounds, well above chance (>
+    60%)."""
     first = next(c for _, c in commands() if "dataset=digits" in c)
     proc = run_bouquet_sim(shlex.split(first)[1:], tmp_path / "run")
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -1,4 +1,5 @@
-"""End-to-end runs split out of tests/strategies/test_server_adjusted.py (they start bouquet-sim / Ray)."""
+"""End-to-end runs split out of tests/strategies/test_server_adjusted.py (they start
+bouquet-sim / Ray)."""
 
 from __future__ import annotations
 
@@ -9,25 +10,46 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-make_reply = sys.modules["tests.conftest"].make_reply  # conftest, loaded by pytest (importlib mode)
+make_reply = sys.modules[
+    "tests.conftest"
+].make_reply  # conftest, loaded by pytest (importlib mode)
 
 
 # ------------------------------------------------------------------ end to end
 def test_bouquet_sim_with_server_adjust_and_kl(tmp_path):
     run_dir = tmp_path / "adjust"
-    cmd = [str(Path(sys.executable).parent / "bouquet-sim"), "dataset=digits", "simulation.num_clients=3",
-           "simulation.num_rounds=2", "server=adjust", "server.shared_fraction=0.1", "strategy=kl_weighted",
-           "partition=pathological", f"hydra.run.dir={run_dir}"]
-    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0",
-           "FLWR_DISABLE_UPDATE_CHECK": "1", "RAY_USAGE_STATS_ENABLED": "0"}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)  # slow when the cores are shared
+    cmd = [
+        str(Path(sys.executable).parent / "bouquet-sim"),
+        "dataset=digits",
+        "simulation.num_clients=3",
+        "simulation.num_rounds=2",
+        "server=adjust",
+        "server.shared_fraction=0.1",
+        "strategy=kl_weighted",
+        "partition=pathological",
+        f"hydra.run.dir={run_dir}",
+    ]
+    env = {
+        **os.environ,
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    proc = subprocess.run(
+        cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800
+    )  # slow when the cores are shared
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line)
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
     assert [r["round"] for r in rows] == [0, 1, 2]
     for row in rows[1:]:
         assert row["adjusted"] is True and 0.0 <= row["acc_before_adjust"] <= 1.0
         assert row["accuracy"] is not None and row["adjust_loss"] > 0
-        assert row["loss"] != row["loss_before_adjust"]  # the recorded model is the adjusted one
+        assert (
+            row["loss"] != row["loss_before_adjust"]
+        )  # the recorded model is the adjusted one
         assert len(row["kl_weights"]) == 3
     cfg = json.loads((run_dir / "config.json").read_text())
     assert cfg["server"]["name"] == "adjust"

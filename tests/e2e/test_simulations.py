@@ -1,4 +1,5 @@
-"""End-to-end: real ``bouquet-sim`` runs in Flower's simulation engine (digits, tiny)."""
+"""End-to-end: real ``bouquet-sim`` runs in Flower's simulation engine (digits,
+tiny)."""
 
 from __future__ import annotations
 
@@ -11,18 +12,39 @@ from conftest import run_bouquet_sim
 
 pytestmark = pytest.mark.e2e
 
-REQUIRED_ROW_KEYS = {"round", "accuracy", "loss", "bytes_up", "bytes_down", "wall_s", "clients_ok", "clients_failed"}
+REQUIRED_ROW_KEYS = {
+    "round",
+    "accuracy",
+    "loss",
+    "bytes_up",
+    "bytes_down",
+    "wall_s",
+    "clients_ok",
+    "clients_failed",
+}
 
 
 def _rows(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [
+        json.loads(line)
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
 
 
 def test_digits_run_writes_every_output(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    proc = run_bouquet_sim(["dataset=digits", "simulation.num_clients=3", "simulation.num_rounds=2"], run_dir)
+    proc = run_bouquet_sim(
+        ["dataset=digits", "simulation.num_clients=3", "simulation.num_rounds=2"],
+        run_dir,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for name in ("metrics.jsonl", "summary.json", "final_model.npz", "curves.png", "config.json"):
+    for name in (
+        "metrics.jsonl",
+        "summary.json",
+        "final_model.npz",
+        "curves.png",
+        "config.json",
+    ):
         assert (run_dir / name).stat().st_size > 0, name
     rows = _rows(run_dir)
     assert [r["round"] for r in rows] == [0, 1, 2]
@@ -38,15 +60,25 @@ def test_digits_run_writes_every_output(tmp_path: Path) -> None:
     assert summary["status"] == "ok" and summary["rounds"] == 2
     assert summary["total_bytes_up"] == sum(r["bytes_up"] for r in rows)
     assert summary["final_accuracy"] == rows[-1]["accuracy"]
-    assert summary["final_accuracy"] > 0.15 > rows[0]["accuracy"] - 0.05  # above chance (0.1), improved
+    assert (
+        summary["final_accuracy"] > 0.15 > rows[0]["accuracy"] - 0.05
+    )  # above chance (0.1), improved
     assert summary["best_accuracy"] >= summary["final_accuracy"]
-    assert "round 2: accuracy=" in proc.stderr + proc.stdout  # one progress line per round
+    assert (
+        "round 2: accuracy=" in proc.stderr + proc.stdout
+    )  # one progress line per round
 
 
 def test_all_clients_failing_exits_nonzero_with_reason(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     proc = run_bouquet_sim(
-        ["dataset=digits", "simulation.num_clients=2", "simulation.num_rounds=1", "fault.crash_rate=1.0"], run_dir
+        [
+            "dataset=digits",
+            "simulation.num_clients=2",
+            "simulation.num_rounds=1",
+            "fault.crash_rate=1.0",
+        ],
+        run_dir,
     )
     assert proc.returncode != 0
     assert "no client result came back" in proc.stderr + proc.stdout
@@ -55,11 +87,14 @@ def test_all_clients_failing_exits_nonzero_with_reason(tmp_path: Path) -> None:
 
 
 def test_bad_override_refused_before_start(tmp_path: Path) -> None:
-    proc = run_bouquet_sim(["dataset=digits", "simulation.num_clientz=3"], tmp_path / "a")
+    proc = run_bouquet_sim(
+        ["dataset=digits", "simulation.num_clientz=3"], tmp_path / "a"
+    )
     assert proc.returncode != 0 and "num_clientz" in proc.stderr
     proc = run_bouquet_sim(["dataset=digits", "partition.alpha=-1"], tmp_path / "b")
     assert proc.returncode != 0 and "partition.alpha" in proc.stderr
     assert not (tmp_path / "b" / "metrics.jsonl").exists()
 
 
-# The multirun summary table (multirun_summary.csv) is checked on the sweep of tests/e2e/test_tracking.py.
+# The multirun summary table (multirun_summary.csv) is checked on the sweep of
+# tests/e2e/test_tracking.py.

@@ -29,8 +29,23 @@ def _client(model, max_depth=None, node_config=None, **kwargs):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(40, 1, 8, 8)).astype(np.float32)
     y = rng.integers(0, 10, 40).astype(np.int64)
-    client = EarlyExitClient(model, x, y, num_classes=10, max_depth=max_depth, batch_size=16, lr=0.05, **kwargs)
-    client.context = Context(run_id=1, node_id=1, node_config=node_config or {}, state=RecordDict(), run_config={})
+    client = EarlyExitClient(
+        model,
+        x,
+        y,
+        num_classes=10,
+        max_depth=max_depth,
+        batch_size=16,
+        lr=0.05,
+        **kwargs,
+    )
+    client.context = Context(
+        run_id=1,
+        node_id=1,
+        node_config=node_config or {},
+        state=RecordDict(),
+        run_config={},
+    )
     return client
 
 
@@ -41,7 +56,9 @@ def test_submodel_names_are_subsets_with_same_shapes():
     for d in (1, 2, 3):
         sub = model.submodel(d).state_dict()
         assert set(sub) <= set(full)
-        assert list(sub) == depth_names(model, d)  # same order as the full model, filtered
+        assert list(sub) == depth_names(
+            model, d
+        )  # same order as the full model, filtered
         assert previous < set(sub)  # strictly nested
         assert all(sub[n].shape == full[n].shape for n in sub)
         assert {name_depth(n) for n in sub} == set(range(d + 1))
@@ -61,8 +78,12 @@ def test_multi_exit_loss_is_weighted_sum():
     z = [torch.randn(4, 10) for _ in range(3)]
     y = torch.tensor([1, 2, 3, 4])
     ce = [torch.nn.functional.cross_entropy(zi, y) for zi in z]
-    assert torch.allclose(multi_exit_loss(z, y, [0.5, 1.0, 2.0]), 0.5 * ce[0] + ce[1] + 2 * ce[2])
-    assert torch.allclose(multi_exit_loss(z[:2], y, [0.5, 1.0, 2.0]), 0.5 * ce[0] + ce[1])
+    assert torch.allclose(
+        multi_exit_loss(z, y, [0.5, 1.0, 2.0]), 0.5 * ce[0] + ce[1] + 2 * ce[2]
+    )
+    assert torch.allclose(
+        multi_exit_loss(z[:2], y, [0.5, 1.0, 2.0]), 0.5 * ce[0] + ce[1]
+    )
     with pytest.raises(ValueError, match="exit_weights"):
         build_early_exit((1, 8, 8), 10, exit_weights=[1.0, 1.0])
 
@@ -73,7 +94,9 @@ def test_macs_and_params_grow_with_depth():
     assert len(macs) == 3 and macs[0] > 0
     assert macs[2] > macs[0]  # the deepest exit costs more than the first
     stem_conv = model.stem[0]
-    assert macs[0] > 14 * 14 * stem_conv.out_channels * 9  # at least the stem's convolution
+    assert (
+        macs[0] > 14 * 14 * stem_conv.out_channels * 9
+    )  # at least the stem's convolution
 
 
 def test_architecture_json_round_trip(tmp_path):
@@ -140,12 +163,16 @@ def test_evaluate_exits_and_best_exit():
     assert best_exit([0.5, 0.9, 0.9], [1.0, 0.4, 0.3]) == 3
     assert best_exit([0.5, 0.9, 0.9], [1.0, 0.3, 0.3]) == 2
     sub = EarlyExitNet(model.architecture, depth=1)
-    set_weights(sub, {n: v for n, v in get_weights(model).items() if n in sub.state_dict()})
+    set_weights(
+        sub, {n: v for n, v in get_weights(model).items() if n in sub.state_dict()}
+    )
 
 
 def test_exit_cost_grows_with_depth_for_every_network_in_the_space():
-    """Issue 16: stopping at exit i costs less than going on, for all N^L candidate networks
-    (MNIST-sized and digits-sized inputs), and the intermediate exits are cheap heads."""
+    """Issue 16: stopping at exit i costs less than going on, for all N^L candidate
+    networks
+    (MNIST-sized and digits-sized inputs), and the intermediate exits are cheap
+    heads."""
     import itertools
 
     from bouquet.models.early_exit import EarlyExitNet, exit_macs, exit_params
@@ -157,12 +184,21 @@ def test_exit_cost_grows_with_depth_for_every_network_in_the_space():
         for choices in itertools.product(space.candidates, repeat=space.num_pools):
             model = EarlyExitNet(Architecture(space, tuple(choices)))
             macs, params = exit_macs(model), exit_params(model)
-            assert all(a < b for a, b in zip(macs, macs[1:], strict=False)), (choices, macs)
-            assert all(a < b for a, b in zip(params, params[1:], strict=False)), (choices, params)
+            assert all(a < b for a, b in zip(macs, macs[1:], strict=False)), (
+                choices,
+                macs,
+            )
+            assert all(a < b for a, b in zip(params, params[1:], strict=False)), (
+                choices,
+                params,
+            )
             assert params[-1] <= sum(p.numel() for p in model.parameters())
             ratios.append(macs[0] / macs[-1])
         median = sorted(ratios)[len(ratios) // 2]
-        assert max(ratios) < 1.0 and median < (0.4 if shape[1] == 28 else 0.45), (shape, median)
+        assert max(ratios) < 1.0 and median < (0.4 if shape[1] == 28 else 0.45), (
+            shape,
+            median,
+        )
 
 
 def test_self_distillation_adds_the_exits_mutual_kl_with_fixed_teachers():
@@ -175,18 +211,32 @@ def test_self_distillation_adds_the_exits_mutual_kl_with_fixed_teachers():
     y = torch.randint(0, 10, (8,))
     plain = multi_exit_loss(z, y, [1.0, 1.0, 1.0])
     assert torch.equal(multi_exit_loss(z, y, [1.0, 1.0, 1.0], distill=0.0), plain)
-    kl = sum(torch.nn.functional.kl_div(torch.log_softmax(z[i], 1), torch.softmax(z[j], 1), reduction="batchmean")
-             for i in range(3) for j in range(3) if i != j)
+    kl = sum(
+        torch.nn.functional.kl_div(
+            torch.log_softmax(z[i], 1), torch.softmax(z[j], 1), reduction="batchmean"
+        )
+        for i in range(3)
+        for j in range(3)
+        if i != j
+    )
     with_kd = multi_exit_loss(z, y, [1.0, 1.0, 1.0], distill=0.5)
     assert torch.allclose(with_kd, plain + 0.5 * kl / 2)
     # teachers are fixed: the KL term's gradient on z_0 comes only from z_0 as a student
     (g_kd,) = torch.autograd.grad(with_kd - plain, z[0])
-    student = sum(torch.nn.functional.kl_div(torch.log_softmax(z[0], 1), torch.softmax(z[j].detach(), 1),
-                                             reduction="batchmean") for j in (1, 2))
+    student = sum(
+        torch.nn.functional.kl_div(
+            torch.log_softmax(z[0], 1),
+            torch.softmax(z[j].detach(), 1),
+            reduction="batchmean",
+        )
+        for j in (1, 2)
+    )
     (g_student,) = torch.autograd.grad(0.5 * student / 2, z[0])
     assert torch.allclose(g_kd, g_student, atol=1e-6)
     one = [z[0]]  # a single exit has nobody to learn from
-    assert torch.equal(multi_exit_loss(one, y, [1.0], distill=1.0), multi_exit_loss(one, y, [1.0]))
+    assert torch.equal(
+        multi_exit_loss(one, y, [1.0], distill=1.0), multi_exit_loss(one, y, [1.0])
+    )
 
 
 def test_client_self_distillation_changes_training_only_when_on():
@@ -196,7 +246,13 @@ def test_client_self_distillation_changes_training_only_when_on():
         client = _client(build_early_exit((1, 8, 8), 10, seed=0), self_distillation=kd)
         out, _, _ = client.fit(list(weights.values()), {})
         trained[name] = out
-    assert all(np.array_equal(a, b) for a, b in zip(trained["off"], trained["off again"], strict=True))
-    assert any(not np.array_equal(a, b) for a, b in zip(trained["off"], trained["on"], strict=True))
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(trained["off"], trained["off again"], strict=True)
+    )
+    assert any(
+        not np.array_equal(a, b)
+        for a, b in zip(trained["off"], trained["on"], strict=True)
+    )
     with pytest.raises(ValueError, match="self_distillation"):
         _client(build_early_exit((1, 8, 8), 10, seed=0), self_distillation=-1.0)

@@ -8,25 +8,27 @@ import torch
 
 from bouquet.models.nas import (
     Architecture,
-    Controller,
-    Reinforce,
     SuperNet,
     baseline_architecture,
     count_params,
     make_space,
     make_stage,
     search_space_size,
-    size_reward,
 )
+from bouquet.models.nas_controller import Controller, Reinforce, size_reward
 
 
 def test_search_space_count_and_pools():
     space = make_space((1, 28, 28), 10)
     assert search_space_size(space) == {"N": 4, "L": 3, "count": 64}
     assert space.candidates == ("basicx1", "basicx2", "bottleneckx1", "bottleneckx2")
-    three = make_space((1, 8, 8), 10, families=["basic", "bottleneck"], blocks_per_stage=[1, 2, 3])
+    three = make_space(
+        (1, 8, 8), 10, families=["basic", "bottleneck"], blocks_per_stage=[1, 2, 3]
+    )
     assert search_space_size(three) == {"N": 6, "L": 3, "count": 216}
-    four_pools = make_space((1, 28, 28), 10, blocks_per_stage=[1], widths=[8, 16, 32, 64])
+    four_pools = make_space(
+        (1, 28, 28), 10, blocks_per_stage=[1], widths=[8, 16, 32, 64]
+    )
     assert search_space_size(four_pools) == {"N": 2, "L": 4, "count": 16}
 
 
@@ -59,8 +61,12 @@ def test_path_params_equal_a_standalone_network():
     net = SuperNet(space)
     idx = [2, 0, 3]
     arch = Architecture.from_indices(space, idx)
-    stand_alone = sum(count_params(make_stage(space, p, c)) for p, c in enumerate(arch.choices))
-    assert net.path_params(idx) == stand_alone + count_params(net.stem) + count_params(net.heads[3])
+    stand_alone = sum(
+        count_params(make_stage(space, p, c)) for p, c in enumerate(arch.choices)
+    )
+    assert net.path_params(idx) == stand_alone + count_params(net.stem) + count_params(
+        net.heads[3]
+    )
 
 
 def test_controller_sampling_is_seeded_and_reproducible():
@@ -102,23 +108,35 @@ def test_reinforce_moves_probability_towards_rewarded_choice():
 
 def test_size_reward_formula_and_validation():
     assert size_reward(0.9, 100, 100) == pytest.approx(0.9)
-    assert size_reward(0.9, 50, 100, beta=2, w=0.07) == pytest.approx(0.9 * 0.5 ** (-0.14))
-    assert size_reward(0.9, 50, 100) > size_reward(0.9, 100, 100) > size_reward(0.9, 200, 100)
+    assert size_reward(0.9, 50, 100, beta=2, w=0.07) == pytest.approx(
+        0.9 * 0.5 ** (-0.14)
+    )
+    assert (
+        size_reward(0.9, 50, 100)
+        > size_reward(0.9, 100, 100)
+        > size_reward(0.9, 200, 100)
+    )
     for beta in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="beta"):
             size_reward(0.9, 50, 100, beta=beta)
 
 
 def test_cost_reward_moves_with_beta_and_prices_each_cost():
-    from bouquet.models.nas import cost_reward
+    from bouquet.models.nas_controller import cost_reward
 
     assert cost_reward(0.9, {"params": 1.0, "macs": 1.0}) == pytest.approx(0.9)
-    assert cost_reward(0.9, {"macs": 0.5}, beta=1) == pytest.approx(0.9 * 2 ** 0.07)
-    assert cost_reward(0.9, {"params": 0.5, "macs": 0.25}, beta=2) == pytest.approx(0.9 * 2 ** 0.14 * 4 ** 0.14)
+    assert cost_reward(0.9, {"macs": 0.5}, beta=1) == pytest.approx(0.9 * 2**0.07)
+    assert cost_reward(0.9, {"params": 0.5, "macs": 0.25}, beta=2) == pytest.approx(
+        0.9 * 2**0.14 * 4**0.14
+    )
     # the reward of a cheaper network grows with beta, that of a costlier one falls
     cheap = [cost_reward(0.9, {"macs": 0.5}, beta=b) for b in (1, 2, 3, 4)]
     dear = [cost_reward(0.9, {"macs": 2.0}, beta=b) for b in (1, 2, 3, 4)]
-    assert cheap == sorted(cheap) and len(set(cheap)) == 4 and dear == sorted(dear, reverse=True)
+    assert (
+        cheap == sorted(cheap)
+        and len(set(cheap)) == 4
+        and dear == sorted(dear, reverse=True)
+    )
     with pytest.raises(ValueError, match="cost ratios"):
         cost_reward(0.9, {})
     with pytest.raises(ValueError, match="cost ratios"):
@@ -126,35 +144,73 @@ def test_cost_reward_moves_with_beta_and_prices_each_cost():
 
 
 def test_beta_changes_which_network_wins():
-    """A 3x cheaper network 15 points less accurate loses at beta 1-2 and wins at beta 3-4."""
-    from bouquet.models.nas import cost_reward
+    """A 3x cheaper network 15 points less accurate loses at beta 1-2 and wins at beta
+    3-4."""
+    from bouquet.models.nas_controller import cost_reward
 
     candidates = {"accurate": (0.90, 1.0), "cheap": (0.75, 1 / 3)}
 
     def winner(beta):
-        return max(candidates, key=lambda k: cost_reward(candidates[k][0], {"macs": candidates[k][1]}, beta=beta))
-    assert [winner(b) for b in (1, 2, 3, 4)] == ["accurate", "accurate", "cheap", "cheap"]
+        return max(
+            candidates,
+            key=lambda k: cost_reward(
+                candidates[k][0], {"macs": candidates[k][1]}, beta=beta
+            ),
+        )
+
+    assert [winner(b) for b in (1, 2, 3, 4)] == [
+        "accurate",
+        "accurate",
+        "cheap",
+        "cheap",
+    ]
 
 
 def test_search_reward_prices_the_early_exit_models_costs():
-    from bouquet.simulations.methods.search import Search, network_costs, search_settings
+    from bouquet.simulations.methods.search import (
+        Search,
+        network_costs,
+        search_settings,
+    )
 
     space = make_space((1, 8, 8), 10)
     rng = np.random.default_rng(0)
-    data = (rng.normal(size=(20, 1, 8, 8)).astype(np.float32), rng.integers(0, 10, 20),
-            rng.normal(size=(10, 1, 8, 8)).astype(np.float32), rng.integers(0, 10, 10))
+    data = (
+        rng.normal(size=(20, 1, 8, 8)).astype(np.float32),
+        rng.integers(0, 10, 20),
+        rng.normal(size=(10, 1, 8, 8)).astype(np.float32),
+        rng.integers(0, 10, 10),
+    )
     cheap = [space.candidates.index("basicx1")] * 3
     by_cost = {}
     for cost in ("params", "macs", "params_macs"):
         for beta in (1, 3):
-            search = Search(space, data, search_settings({"search": {"cost": cost, "beta": beta}}), seed=0)
+            search = Search(
+                space,
+                data,
+                search_settings({"search": {"cost": cost, "beta": beta}}),
+                seed=0,
+            )
             by_cost[cost, beta] = search.reward(cheap, 0.5)
-    c, base = network_costs(space, cheap), network_costs(space, [space.candidates.index("basicx2")] * 3)
-    assert c["macs"] == pytest.approx(np.mean(c["macs_per_exit"])) and c["params"] < base["params"]
-    assert by_cost["params", 1] == pytest.approx(0.5 * (c["params"] / base["params"]) ** -0.07)
-    assert by_cost["macs", 1] == pytest.approx(0.5 * (c["macs"] / base["macs"]) ** -0.07)
+    c, base = (
+        network_costs(space, cheap),
+        network_costs(space, [space.candidates.index("basicx2")] * 3),
+    )
+    assert (
+        c["macs"] == pytest.approx(np.mean(c["macs_per_exit"]))
+        and c["params"] < base["params"]
+    )
+    assert by_cost["params", 1] == pytest.approx(
+        0.5 * (c["params"] / base["params"]) ** -0.07
+    )
+    assert by_cost["macs", 1] == pytest.approx(
+        0.5 * (c["macs"] / base["macs"]) ** -0.07
+    )
     assert by_cost["params_macs", 3] == pytest.approx(
-        0.5 * (c["params"] / base["params"]) ** -0.21 * (c["macs"] / base["macs"]) ** -0.21)
+        0.5
+        * (c["params"] / base["params"]) ** -0.21
+        * (c["macs"] / base["macs"]) ** -0.21
+    )
     assert by_cost["macs", 3] > by_cost["macs", 1] > 0.5
     with pytest.raises(ValueError, match="search.cost"):
         search_settings({"search": {"cost": "latency"}})

@@ -1,4 +1,5 @@
-"""Config composition, instantiation of every config group, and refusals before a run starts."""
+"""Config composition, instantiation of every config group, and refusals before a run
+starts."""
 
 from __future__ import annotations
 
@@ -34,7 +35,19 @@ def test_default_is_fedavg_mnist_10_clients_dirichlet_05() -> None:
     assert cfg["strategy"]["_target_"] == "flwr.serverapp.strategy.FedAvg"
 
 
-@pytest.mark.parametrize("group", ["dataset", "partition", "model", "client", "strategy", "server", "simulation", "fault"])
+@pytest.mark.parametrize(
+    "group",
+    [
+        "dataset",
+        "partition",
+        "model",
+        "client",
+        "strategy",
+        "server",
+        "simulation",
+        "fault",
+    ],
+)
 def test_every_option_of_every_group_composes(group: str) -> None:
     options = _options(group)
     assert options, f"conf/{group} is empty"
@@ -68,11 +81,18 @@ def test_user_overrides_apply() -> None:
     assert cfg["client"]["lr"] == 0.05 and cfg["seed"] == 4
 
 
-@pytest.mark.parametrize("override", ["simulation.num_clientz=3", "client.learning_rate=0.1", "partition.alpha=0.1"])
+@pytest.mark.parametrize(
+    "override",
+    ["simulation.num_clientz=3", "client.learning_rate=0.1", "partition.alpha=0.1"],
+)
 def test_misspelled_or_foreign_key_refused(override: str) -> None:
     # partition.alpha exists only for the dirichlet partition, so it is foreign to iid
-    overrides = ["partition=iid", override] if override.startswith("partition") else [override]
-    with pytest.raises(ConfigCompositionException, match=override.split("=")[0].split(".")[-1]):
+    overrides = (
+        ["partition=iid", override] if override.startswith("partition") else [override]
+    )
+    with pytest.raises(
+        ConfigCompositionException, match=override.split("=")[0].split(".")[-1]
+    ):
         _compose(overrides)
 
 
@@ -124,7 +144,10 @@ def test_every_model_instantiates(option: str) -> None:
     cfg = _compose([f"model={option}", *MODEL_DATASET.get(option, ["dataset=mnist"])])
     exp: Experiment = experiment_class(cfg)(cfg)
     model = exp.build_model()
-    assert isinstance(model, torch.nn.Module) and sum(p.numel() for p in model.parameters()) > 0
+    assert (
+        isinstance(model, torch.nn.Module)
+        and sum(p.numel() for p in model.parameters()) > 0
+    )
     if option in MODEL_DATASET:
         return
     out = model(torch.zeros(2, 1, 28, 28))
@@ -141,34 +164,93 @@ def test_every_partition_instantiates(option: str) -> None:
     assert len(parts) == 4
 
 
-# ------------------------------------------------------------- combinations that cannot work
-# One case per rule of COMBINATIONS (rule name -> overrides, text the one-line reason contains).
+# -------------------------------------------------------- combinations that cannot work
+# One case per rule of COMBINATIONS (rule name -> overrides, text the one-line reason
+# contains).
 COMBINATION_CASES: dict[str, tuple[list[str], list[str]]] = {
-    "_async_adjust": (["strategy=async", "server=adjust"], ["strategy=async", "server=adjust", "never runs"]),
-    "_secagg": (["privacy=secagg", "client=topk"], ["privacy=secagg", "client=topk", "client=shared_topk"]),
-    "_dp": (["privacy=dp_client", "strategy=async"], ["privacy=dp_client", "strategy=async", "synchronous"]),
-    "_early_exit_adjust": (["model=early_exit", "client=early_exit", "server=adjust"],
-                           ["model=early_exit", "server=adjust", "cannot train"]),
-    "_depth_needs_early_exit": (["strategy=depth_fedavg"], ["strategy=depth_fedavg", "model=early_exit"]),
-    "_early_exit_pair": (["model=early_exit"], ["model=early_exit", "client=early_exit"]),
+    "_async_adjust": (
+        ["strategy=async", "server=adjust"],
+        ["strategy=async", "server=adjust", "never runs"],
+    ),
+    "_secagg": (
+        ["privacy=secagg", "client=topk"],
+        ["privacy=secagg", "client=topk", "client=shared_topk"],
+    ),
+    "_dp": (
+        ["privacy=dp_client", "strategy=async"],
+        ["privacy=dp_client", "strategy=async", "synchronous"],
+    ),
+    "_early_exit_adjust": (
+        ["model=early_exit", "client=early_exit", "server=adjust"],
+        ["model=early_exit", "server=adjust", "cannot train"],
+    ),
+    "_depth_needs_early_exit": (
+        ["strategy=depth_fedavg"],
+        ["strategy=depth_fedavg", "model=early_exit"],
+    ),
+    "_early_exit_pair": (
+        ["model=early_exit"],
+        ["model=early_exit", "client=early_exit"],
+    ),
     "_recsys_pair": (["client=recsys"], ["client=recsys", "dataset=movielens"]),
-    "_recsys_strategy": (["experiment=recsys", "strategy=kl_weighted"], ["dataset=movielens", "strategy=kl_weighted"]),
-    "_lenet_digits": (["dataset=digits", "model=lenet"], ["model=lenet", "dataset=digits"]),
-    "_capacity_needs_depths": (["model=early_exit", "client=early_exit", "client.max_depth=2"],
-                               ["strategy=fedavg", "client.max_depth=2", "depth_fedavg"]),
-    "_codec_args": (["experiment=recsys", "client.codec=topk"], ["client.codec=topk", "client.codec_args.alpha"]),
-    "_dgc_options": (["client=topk", "client.momentum_correction=0.9", "client.residual_decay=0"],
-                     ["client.momentum_correction=0.9", "client.residual_decay=0", "error-feedback residual"]),
-    "_compression": (["+compression.server_lr=0.5"], ["compression.server_lr", "client=plain"]),
-    "_downlink_strategy": (["downlink=stc", "strategy=async"], ["downlink=stc", "strategy=async", "one global model"]),
-    "_fault_rates": (["fault=mixed", "fault.crash_rate=0.9"], ["fault.crash_rate=0.9", "fault.hang_rate", "[0, 1]"]),
-    "_early_exit_model": (["model=early_exit", "client=early_exit", "model.widths=[16,30,64]"], ["model.widths"]),
-    "_depth_probs": (["experiment=early_exit", "strategy.depth_probs=[0.5,0.5]"], ["strategy.depth_probs", "strategy.depths"]),
+    "_recsys_strategy": (
+        ["experiment=recsys", "strategy=kl_weighted"],
+        ["dataset=movielens", "strategy=kl_weighted"],
+    ),
+    "_lenet_digits": (
+        ["dataset=digits", "model=lenet"],
+        ["model=lenet", "dataset=digits"],
+    ),
+    "_capacity_needs_depths": (
+        ["model=early_exit", "client=early_exit", "client.max_depth=2"],
+        ["strategy=fedavg", "client.max_depth=2", "depth_fedavg"],
+    ),
+    "_codec_args": (
+        ["experiment=recsys", "client.codec=topk"],
+        ["client.codec=topk", "client.codec_args.alpha"],
+    ),
+    "_dgc_options": (
+        ["client=topk", "client.momentum_correction=0.9", "client.residual_decay=0"],
+        [
+            "client.momentum_correction=0.9",
+            "client.residual_decay=0",
+            "error-feedback residual",
+        ],
+    ),
+    "_compression": (
+        ["+compression.server_lr=0.5"],
+        ["compression.server_lr", "client=plain"],
+    ),
+    "_downlink_strategy": (
+        ["downlink=stc", "strategy=async"],
+        ["downlink=stc", "strategy=async", "one global model"],
+    ),
+    "_fault_rates": (
+        ["fault=mixed", "fault.crash_rate=0.9"],
+        ["fault.crash_rate=0.9", "fault.hang_rate", "[0, 1]"],
+    ),
+    "_early_exit_model": (
+        ["model=early_exit", "client=early_exit", "model.widths=[16,30,64]"],
+        ["model.widths"],
+    ),
+    "_depth_probs": (
+        ["experiment=early_exit", "strategy.depth_probs=[0.5,0.5]"],
+        ["strategy.depth_probs", "strategy.depths"],
+    ),
     "_search": (["+search=default"], ["search.", "task=federated"]),
-    "_users": (["experiment=recsys", "dataset.max_users=5"], ["simulation.num_clients=10", "dataset.max_users=5"]),
+    "_users": (
+        ["experiment=recsys", "dataset.max_users=5"],
+        ["simulation.num_clients=10", "dataset.max_users=5"],
+    ),
     "_train_config": (["+train_config.lr=0"], ["train_config.lr=0"]),
-    "_cpus": (["simulation.total_cpus=2", "simulation.client_cpus=3"], ["simulation.client_cpus=3", "total_cpus"]),
-    "_min_nodes": (["strategy.min_train_nodes=11"], ["strategy.min_train_nodes=11", "simulation.num_clients=10"]),
+    "_cpus": (
+        ["simulation.total_cpus=2", "simulation.client_cpus=3"],
+        ["simulation.client_cpus=3", "total_cpus"],
+    ),
+    "_min_nodes": (
+        ["strategy.min_train_nodes=11"],
+        ["strategy.min_train_nodes=11", "simulation.num_clients=10"],
+    ),
 }
 
 
@@ -184,7 +266,9 @@ def test_each_combination_rule_refuses_naming_the_keys(rule: str) -> None:
     assert "\n" not in message
     for text in expected:
         assert text in message, message
-    refusing = [c.rule.__name__ for c in COMBINATIONS if c.rule(cfg, _group_values(cfg))]
+    refusing = [
+        c.rule.__name__ for c in COMBINATIONS if c.rule(cfg, _group_values(cfg))
+    ]
     assert refusing[:1] == [rule]
 
 
@@ -194,29 +278,78 @@ def _group_values(cfg: dict) -> dict:
     return check_schema(cfg)
 
 
-@pytest.mark.parametrize(("overrides", "expected"), [
-    (["client=stc", "client.momentum_correction=0.5", "client.residual_decay=0.0"], "client.momentum_correction=0.5 and"),
-    (["client=stc", "client.alpha=1.0", "client.warmup_rounds=3"], "client.warmup_rounds=3 and client.alpha=1.0"),
-    (["experiment=recsys", "client.codec=topk", "+client.codec_args.alpha=0.1",
-      "+client.codec_args.momentum_correction=0.9", "+client.codec_args.residual_decay=0"],
-     "client.codec_args.momentum_correction=0.9 and client.codec_args.residual_decay=0"),
-    (["client=ternary", "+client.momentum_correction=0.9"], "client.momentum_correction is not a key of client=ternary"),
-    (["experiment=recsys", "client.codec=ternary", "+client.codec_args.momentum_correction=0.9"],
-     "client.codec_args.momentum_correction is not a setting of client.codec=ternary"),
-    (["client=topk", "+compression.server_momentum=1.0"], "compression.server_momentum=1.0 is out of range [0, 1)"),
-    (["+compression.server_momentum=0.9"], "compression.server_momentum has no effect: client=plain"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            [
+                "client=stc",
+                "client.momentum_correction=0.5",
+                "client.residual_decay=0.0",
+            ],
+            "client.momentum_correction=0.5 and",
+        ),
+        (
+            ["client=stc", "client.alpha=1.0", "client.warmup_rounds=3"],
+            "client.warmup_rounds=3 and client.alpha=1.0",
+        ),
+        (
+            [
+                "experiment=recsys",
+                "client.codec=topk",
+                "+client.codec_args.alpha=0.1",
+                "+client.codec_args.momentum_correction=0.9",
+                "+client.codec_args.residual_decay=0",
+            ],
+            "client.codec_args.momentum_correction=0.9 and "
+            "client.codec_args.residual_decay=0",
+        ),
+        (
+            ["client=ternary", "+client.momentum_correction=0.9"],
+            "client.momentum_correction is not a key of client=ternary",
+        ),
+        (
+            [
+                "experiment=recsys",
+                "client.codec=ternary",
+                "+client.codec_args.momentum_correction=0.9",
+            ],
+            "client.codec_args.momentum_correction is not a setting of "
+            "client.codec=ternary",
+        ),
+        (
+            ["client=topk", "+compression.server_momentum=1.0"],
+            "compression.server_momentum=1.0 is out of range [0, 1)",
+        ),
+        (
+            ["+compression.server_momentum=0.9"],
+            "compression.server_momentum has no effect: client=plain",
+        ),
+    ],
+)
 def test_dgc_and_server_momentum_refusals(overrides: list[str], expected: str) -> None:
     with pytest.raises(ValueError, match=re.escape(expected)):
         validate_config(_compose(overrides))
 
 
 def test_dgc_and_server_momentum_settings_pass() -> None:
-    for overrides in (["client=topk", "client.momentum_correction=0.9", "client.clip_norm=1.0", "client.warmup_rounds=4",
-                       "+compression.server_momentum=0.9", "+compression.server_lr=0.1"],
-                      ["client=stc", "client.alpha=1.0", "client.rho=0.5", "client.warmup_rounds=2"],
-                      ["experiment=recsys", "client.codec=stc", "+client.codec_args.alpha=0.1",
-                       "+client.codec_args.momentum_correction=0.9"]):
+    for overrides in (
+        [
+            "client=topk",
+            "client.momentum_correction=0.9",
+            "client.clip_norm=1.0",
+            "client.warmup_rounds=4",
+            "+compression.server_momentum=0.9",
+            "+compression.server_lr=0.1",
+        ],
+        ["client=stc", "client.alpha=1.0", "client.rho=0.5", "client.warmup_rounds=2"],
+        [
+            "experiment=recsys",
+            "client.codec=stc",
+            "+client.codec_args.alpha=0.1",
+            "+client.codec_args.momentum_correction=0.9",
+        ],
+    ):
         validate_config(_compose(overrides))
 
 
@@ -227,31 +360,73 @@ def test_every_combination_rule_has_a_case() -> None:
 
 
 def test_the_two_known_silent_failures_are_refused_in_one_line() -> None:
-    for overrides, a, b in [(["strategy=async", "server=adjust"], "strategy=async", "server=adjust"),
-                            (["experiment=early_exit", "server=adjust"], "model=early_exit", "server=adjust")]:
-        with pytest.raises(ValueError, match=rf"^{a} and {b} cannot be combined: [^\n]+$"):
+    for overrides, a, b in [
+        (["strategy=async", "server=adjust"], "strategy=async", "server=adjust"),
+        (
+            ["experiment=early_exit", "server=adjust"],
+            "model=early_exit",
+            "server=adjust",
+        ),
+    ]:
+        with pytest.raises(
+            ValueError, match=rf"^{a} and {b} cannot be combined: [^\n]+$"
+        ):
             validate_config(_compose(overrides))
 
 
 def test_flwr_run_skips_the_simulation_only_checks() -> None:
     cfg = _compose(["strategy.min_train_nodes=11"])
-    validate_config(cfg, in_simulation=False)  # a SuperLink may have more nodes than partitions
+    validate_config(
+        cfg, in_simulation=False
+    )  # a SuperLink may have more nodes than partitions
     with pytest.raises(ValueError, match="min_train_nodes"):
         validate_config(cfg)
 
 
-# ------------------------------------------------------------------ checks that need the data
+# ------------------------------------------------------------ checks that need the data
 @pytest.mark.parametrize(
     ("overrides", "text"),
     [
-        (["dataset=digits", "simulation.num_clients=2000"], "simulation.num_clients=2000 is more than the"),
-        (["dataset=digits", "partition=pathological", "partition.labels_per_client=11"], "partition.labels_per_client=11"),
-        (["dataset=digits", "partition=unbalanced", "partition.min_size=200"],
-         "partition.min_size=200 x simulation.num_clients=10 is more than the 1438 training samples"),
-        (["dataset=digits", "partition=unbalanced", "partition.alpha=0.00001"], "partition.alpha=1e-05 is too small"),
-        (["dataset=digits", "model=early_exit", "client=early_exit", "strategy=depth_fedavg", "strategy.depths=[4]"],
-         "strategy.depths=[4] is out of range: the model has 3 exits"),
-        (["dataset=digits", "model=early_exit", "client=early_exit", "model.exit_weights=[1,1]"], "model.exit_weights"),
+        (
+            ["dataset=digits", "simulation.num_clients=2000"],
+            "simulation.num_clients=2000 is more than the",
+        ),
+        (
+            [
+                "dataset=digits",
+                "partition=pathological",
+                "partition.labels_per_client=11",
+            ],
+            "partition.labels_per_client=11",
+        ),
+        (
+            ["dataset=digits", "partition=unbalanced", "partition.min_size=200"],
+            "partition.min_size=200 x simulation.num_clients=10 is more than the "
+            "1438 training samples",
+        ),
+        (
+            ["dataset=digits", "partition=unbalanced", "partition.alpha=0.00001"],
+            "partition.alpha=1e-05 is too small",
+        ),
+        (
+            [
+                "dataset=digits",
+                "model=early_exit",
+                "client=early_exit",
+                "strategy=depth_fedavg",
+                "strategy.depths=[4]",
+            ],
+            "strategy.depths=[4] is out of range: the model has 3 exits",
+        ),
+        (
+            [
+                "dataset=digits",
+                "model=early_exit",
+                "client=early_exit",
+                "model.exit_weights=[1,1]",
+            ],
+            "model.exit_weights",
+        ),
     ],
 )
 def test_data_checks_refuse_before_the_engine(overrides: list[str], text: str) -> None:

@@ -1,4 +1,5 @@
-"""simulations/run/engine_poll.py: Flower's simulation message loop, visiting only nodes with mail."""
+"""simulations/run/engine_poll.py: Flower's simulation message loop, visiting only nodes
+with mail."""
 
 from __future__ import annotations
 
@@ -25,13 +26,17 @@ class OneTick:
 
 
 class StoreState:
-    """The parts of Flower's InMemoryLinkState the loops use: a message store, its lock, and
-    ``get_message_ins`` with Flower's semantics (undelivered, for that node, marked delivered)."""
+    """The parts of Flower's InMemoryLinkState the loops use: a message store, its lock,
+    and
+    ``get_message_ins`` with Flower's semantics (undelivered, for that node, marked
+    delivered)."""
 
     def __init__(self, messages: list[tuple[str, int]]) -> None:
         self.lock = threading.RLock()
         self.message_ins_store = {
-            mid: SimpleNamespace(mid=mid, metadata=SimpleNamespace(dst_node_id=node, delivered_at=""))
+            mid: SimpleNamespace(
+                mid=mid, metadata=SimpleNamespace(dst_node_id=node, delivered_at="")
+            )
             for mid, node in messages
         }
         self.asked: list[int] = []
@@ -41,7 +46,10 @@ class StoreState:
         out = []
         with self.lock:
             for msg in self.message_ins_store.values():
-                if msg.metadata.dst_node_id == node_id and msg.metadata.delivered_at == "":
+                if (
+                    msg.metadata.dst_node_id == node_id
+                    and msg.metadata.delivered_at == ""
+                ):
                     out.append(msg)
                 if limit and len(out) == limit:
                     break
@@ -69,13 +77,20 @@ def test_same_messages_in_the_same_order_as_flowers_loop() -> None:
     rng = random.Random(0)
     for trial in range(30):
         nodes = rng.sample(range(1, 10**6), rng.randint(1, 300))
-        messages = [(f"m{trial}-{i}", rng.choice(nodes + [999_999_999])) for i in range(rng.randint(0, 40))]
+        messages = [
+            (f"m{trial}-{i}", rng.choice(nodes + [999_999_999]))
+            for i in range(rng.randint(0, 40))
+        ]
         for ticks in (1, 2, 5):
             theirs, asked_all = _deliver(flowers, messages, nodes, ticks)
-            ours, asked_pending = _deliver(engine_poll.add_pending_messages_to_queue, messages, nodes, ticks)
+            ours, asked_pending = _deliver(
+                engine_poll.add_pending_messages_to_queue, messages, nodes, ticks
+            )
             assert ours == theirs, (trial, ticks)
             assert len(asked_all) == ticks * len(nodes)
-            assert set(asked_pending) <= {n for _, n in messages}  # only nodes with mail
+            assert set(asked_pending) <= {
+                n for _, n in messages
+            }  # only nodes with mail
 
 
 def test_a_state_it_cannot_read_falls_back_to_every_node() -> None:

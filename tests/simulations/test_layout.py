@@ -1,5 +1,7 @@
-"""simulations/ in three rooms (issue 37): config/, run/, methods/; no import cycles among its
-modules, no import inside a function to dodge one, no import kept for its side effect."""
+"""simulations/ in three rooms (issue 37): config/, run/, methods/; no import cycles
+among its
+modules, no import inside a function to dodge one, no import kept for its side
+effect."""
 
 from __future__ import annotations
 
@@ -14,13 +16,19 @@ def _modules() -> dict[str, ast.Module]:
     out = {}
     for path in sorted(ROOT.rglob("*.py")):
         rel = path.relative_to(ROOT).with_suffix("")
-        name = ".".join(("bouquet", "simulations", *rel.parts)).removesuffix(".__init__")
+        name = ".".join(("bouquet", "simulations", *rel.parts)).removesuffix(
+            ".__init__"
+        )
         out[name] = ast.parse(path.read_text())
     return out
 
 
 def _imported(node: ast.AST) -> list[str]:
-    if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("bouquet.simulations"):
+    if (
+        isinstance(node, ast.ImportFrom)
+        and node.module
+        and node.module.startswith("bouquet.simulations")
+    ):
         return [f"{node.module}.{a.name}" for a in node.names] + [node.module]
     if isinstance(node, ast.Import):
         return [a.name for a in node.names if a.name.startswith("bouquet.simulations")]
@@ -37,21 +45,35 @@ def test_no_import_cycles_and_no_imports_inside_functions():
     modules = _modules()
     graph: dict[str, set[str]] = {}
     for name, tree in modules.items():
-        deps = {m for node in tree.body for m in _imported(node) if m in modules and m != name}
+        deps = {
+            m
+            for node in tree.body
+            for m in _imported(node)
+            if m in modules and m != name
+        }
         graph[name] = deps
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 inner = [m for sub in ast.walk(node) for m in _imported(sub)]
-                assert not inner, f"{name}.{node.name} imports {inner} inside the function"
-            if isinstance(node, ast.Import):  # `import bouquet.simulations.x` only to run it
-                assert not _imported(node), f"{name}: import {[a.name for a in node.names]} (for its side effect?)"
+                assert not inner, (
+                    f"{name}.{node.name} imports {inner} inside the function"
+                )
+            if isinstance(
+                node, ast.Import
+            ):  # `import bouquet.simulations.x` only to run it
+                assert not _imported(node), (
+                    f"{name}: import {[a.name for a in node.names]} (for its side "
+                    "effect?)"
+                )
     state: dict[str, int] = {}
 
     def visit(node: str, path: list[str]) -> None:
         state[node] = 1
         for dep in sorted(graph[node]):
             if state.get(dep) == 1:
-                raise AssertionError("import cycle: " + " -> ".join([*path[path.index(dep):], dep]))
+                raise AssertionError(
+                    "import cycle: " + " -> ".join([*path[path.index(dep) :], dep])
+                )
             if dep not in state:
                 visit(dep, [*path, dep])
         state[node] = 2

@@ -28,20 +28,33 @@ class FakeGrid:
         return ids
 
     def pull_messages(self, message_ids):
-        return [self.replies[int(m[1:])] for m in list(message_ids) if int(m[1:]) in self.replies and self.replies[int(m[1:])] is not None]
+        return [
+            self.replies[int(m[1:])]
+            for m in list(message_ids)
+            if int(m[1:]) in self.replies and self.replies[int(m[1:])] is not None
+        ]
 
 
 def _train_msg(node: int, arr: np.ndarray) -> Message:
-    content = RecordDict({"arrays": ArrayRecord({"w": Array(arr)}), "config": ConfigRecord()})
+    content = RecordDict(
+        {"arrays": ArrayRecord({"w": Array(arr)}), "config": ConfigRecord()}
+    )
     return Message(content=content, dst_node_id=node, message_type=MessageType.TRAIN)
 
 
 def test_bytes_and_outcomes_counted() -> None:
     arr = np.zeros(100, dtype=np.float32)
-    ok = make_reply({"w": np.ones(10, dtype=np.float32)}, 7, {"train-loss": 2.0, "train-time-s": 0.5}, node_id=1)
+    ok = make_reply(
+        {"w": np.ones(10, dtype=np.float32)},
+        7,
+        {"train-loss": 2.0, "train-time-s": 0.5},
+        node_id=1,
+    )
     failed = make_reply(None, 1, node_id=2, error="boom")
     grid = MeteredGrid(FakeGrid({1: ok, 2: failed, 3: None}))  # node 3 never answers
-    replies = grid.send_and_receive([_train_msg(n, arr) for n in (1, 2, 3)], timeout=0.3)
+    replies = grid.send_and_receive(
+        [_train_msg(n, arr) for n in (1, 2, 3)], timeout=0.3
+    )
     assert len(replies) == 2
     period = grid.take_period()
     per_msg = message_array_bytes(_train_msg(1, arr))
@@ -78,7 +91,10 @@ def test_node_ids_pin_the_federation_and_name_each_outsider_once() -> None:
     from flwr.common.logger import FLOWER_LOGGER
 
     arr = np.zeros(4, dtype=np.float32)
-    replies = {n: make_reply({"w": np.ones(4, dtype=np.float32)}, 1, node_id=n) for n in (1, 2, 66)}
+    replies = {
+        n: make_reply({"w": np.ones(4, dtype=np.float32)}, 1, node_id=n)
+        for n in (1, 2, 66)
+    }
     grid = MeteredGrid(FakeGrid(replies), node_ids=[1, 2])
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
@@ -91,7 +107,10 @@ def test_node_ids_pin_the_federation_and_name_each_outsider_once() -> None:
     finally:
         FLOWER_LOGGER.removeHandler(handler)
     warned = [r.getMessage() for r in records if r.levelno == logging.WARNING]
-    assert warned == ["node 66 is connected but not in simulation.node_ids: it is never sampled and nothing is sent to it"]
+    assert warned == [
+        "node 66 is connected but not in simulation.node_ids: it is never sampled "
+        "and nothing is sent to it"
+    ]
     with pytest.raises(ValueError, match=r"refusing to send to node\(s\) \[66\]"):
         grid.push_messages([_train_msg(1, arr), _train_msg(66, arr)])
     assert grid.push_messages([_train_msg(2, arr)]) == ["m2"]

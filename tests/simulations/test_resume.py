@@ -38,8 +38,16 @@ def test_truncated_checkpoint_falls_back_to_previous(tmp_path: Path) -> None:
 
 
 def test_config_differences_name_the_keys() -> None:
-    saved = {"seed": 0, "client": {"lr": 0.1}, "simulation": {"num_rounds": 3, "resume": None}}
-    current = {"seed": 1, "client": {"lr": 0.1}, "simulation": {"num_rounds": 5, "resume": "/x"}}
+    saved = {
+        "seed": 0,
+        "client": {"lr": 0.1},
+        "simulation": {"num_rounds": 3, "resume": None},
+    }
+    current = {
+        "seed": 1,
+        "client": {"lr": 0.1},
+        "simulation": {"num_rounds": 5, "resume": "/x"},
+    }
     assert config_differences(saved, current) == ["seed"]
 
 
@@ -52,9 +60,15 @@ def test_fedadam_state_round_trip() -> None:
             return [1, 2]
 
     def run_round(strategy: FedAdam, server_round: int, value: float) -> np.ndarray:
-        arrays = ArrayRecord({"w": Array(np.zeros(4, dtype=np.float32))}) if strategy.current_arrays is None else ArrayRecord({"w": Array(strategy.current_arrays["w"])})
+        arrays = (
+            ArrayRecord({"w": Array(np.zeros(4, dtype=np.float32))})
+            if strategy.current_arrays is None
+            else ArrayRecord({"w": Array(strategy.current_arrays["w"])})
+        )
         list(strategy.configure_train(server_round, arrays, ConfigRecord(), _Grid()))
-        agg, _ = strategy.aggregate_train(server_round, [make_reply({"w": np.full(4, value, dtype=np.float32)}, 3)])
+        agg, _ = strategy.aggregate_train(
+            server_round, [make_reply({"w": np.full(4, value, dtype=np.float32)}, 3)]
+        )
         return agg["w"].numpy()
 
     a = FedAdam(min_available_nodes=1, min_train_nodes=1)
@@ -77,9 +91,7 @@ def test_node_wait_is_bounded() -> None:
         grid.get_node_ids()
 
 
-
-
-# ------------------------------------------------------------ asynchronous runs (in process)
+# ------------------------------------------------------- asynchronous runs (in process)
 class _Crash(BaseException):
     """Stands for a SIGKILL: not an Exception, so run_server records nothing more."""
 
@@ -89,19 +101,33 @@ def _async_cfg(*extra: str) -> dict:
     from omegaconf import OmegaConf
 
     with initialize_config_module("bouquet.conf", version_base="1.3"):
-        cfg = compose("config", overrides=[
-            "dataset=digits", "model=mlp", "client=plain", "strategy=async", "simulation.num_clients=3",
-            "strategy.max_updates=12", "strategy.eval_every=6", "strategy.plateau_window=0",
-            "simulation.checkpoint_every=3", *extra,
-        ])  # fmt: skip
+        cfg = compose(
+            "config",
+            overrides=[
+                "dataset=digits",
+                "model=mlp",
+                "client=plain",
+                "strategy=async",
+                "simulation.num_clients=3",
+                "strategy.max_updates=12",
+                "strategy.eval_every=6",
+                "strategy.plateau_window=0",
+                "simulation.checkpoint_every=3",
+                *extra,
+            ],
+        )
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
-def test_async_run_resumes_where_its_checkpoint_left_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``run_server`` on an in-process grid whose 3 nodes answer at once (each batch of 3 replies
-    is handled before the next push, so nothing is in flight at a checkpoint every 3 updates):
-    killed right after the checkpoint of update 9 and resumed with nodes that kept their
-    ``context.state`` (as SuperNodes do), the run ends exactly as the uninterrupted one."""
+def test_async_run_resumes_where_its_checkpoint_left_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``run_server`` on an in-process grid whose 3 nodes answer at once (each batch of
+    3 replies
+    is handled before the next push, so nothing is in flight at a checkpoint every 3
+    updates): killed right after the checkpoint of update 9 and resumed with nodes that
+    kept their ``context.state`` (as SuperNodes do), the run ends exactly as the
+    uninterrupted one."""
     from inprocess_grid import InProcessGrid
 
     from bouquet.simulations.run import checkpoint, results
@@ -134,20 +160,44 @@ def test_async_run_resumes_where_its_checkpoint_left_off(tmp_path: Path, monkeyp
     assert not (crashed / "final_model.npz").exists()
 
     with pytest.raises(CheckpointError, match="config differs in strategy.alpha"):
-        server.run_server(grid, {**cfg, "strategy": {**cfg["strategy"], "alpha": 0.3}, "simulation": {**cfg["simulation"], "resume": str(crashed)}}, tmp_path / "x")
+        server.run_server(
+            grid,
+            {
+                **cfg,
+                "strategy": {**cfg["strategy"], "alpha": 0.3},
+                "simulation": {**cfg["simulation"], "resume": str(crashed)},
+            },
+            tmp_path / "x",
+        )
 
     again = InProcessGrid(server.make_client_app(cfg), 3)
     again.contexts = grid.contexts  # the nodes kept their learner windows
     resumed = {**cfg, "simulation": {**cfg["simulation"], "resume": str(crashed)}}
     summary = server.run_server(again, resumed, tmp_path / "elsewhere")
     assert summary["status"] == "ok"
-    assert not (tmp_path / "elsewhere" / "metrics.jsonl").exists()  # a resume writes into the run it continues
+    assert not (
+        tmp_path / "elsewhere" / "metrics.jsonl"
+    ).exists()  # a resume writes into the run it continues
     rows, expected = read_rows(crashed), read_rows(full)
-    assert [r["updates"] for r in rows] == [0, 6, 12] and [r["version"] for r in rows] == [0, 6, 12]
+    assert [r["updates"] for r in rows] == [0, 6, 12] and [
+        r["version"] for r in rows
+    ] == [0, 6, 12]
     assert rows[-1]["stop_reason"] == "update budget 12 reached"
-    keys_ = ("accuracy", "loss", "clients_ok", "clients_failed", "bytes_up", "bytes_down", "staleness_mean", "lr_scale", "update_log")
+    keys_ = (
+        "accuracy",
+        "loss",
+        "clients_ok",
+        "clients_failed",
+        "bytes_up",
+        "bytes_down",
+        "staleness_mean",
+        "lr_scale",
+        "update_log",
+    )
     for row, want in zip(rows, expected, strict=True):
-        assert {k: row[k] for k in keys_ if k in want} == {k: want[k] for k in keys_ if k in want}
+        assert {k: row[k] for k in keys_ if k in want} == {
+            k: want[k] for k in keys_ if k in want
+        }
     a, b = _final(full), _final(crashed)
     for key in a:
         np.testing.assert_array_equal(a[key], b[key])

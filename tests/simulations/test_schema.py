@@ -1,5 +1,7 @@
-"""The config schema: every key of every config group value refused with a bad value, by name,
-before the simulation engine starts; the README's config reference is the generated one."""
+"""The config schema: every key of every config group value refused with a bad value, by
+name,
+before the simulation engine starts; the README's config reference is the generated
+one."""
 
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ from bouquet.simulations.run import main as sim_main
 
 ROOT_DIR = Path(__file__).resolve().parents[2]
 
-# Overrides that make a group value's config valid as a whole (values that need each other).
+# Overrides that make a group value's config valid as a whole (values that need each
+# other).
 COMPANIONS: dict[tuple[str, str], list[str]] = {
     ("client", "early_exit"): ["model=early_exit"],
     ("client", "recsys"): ["dataset=movielens", "model=mf"],
@@ -31,9 +34,20 @@ COMPANIONS: dict[tuple[str, str], list[str]] = {
     ("dataset", "movielens"): ["model=mf", "client=recsys"],
     ("strategy", "depth_fedavg"): ["model=early_exit", "client=early_exit"],
     ("search", "*"): ["experiment=early_exit_search"],
-    ("compression", "*"): ["client=topk", "+compression.server_lr=0.5", "+compression.fast_path=true"],
+    ("compression", "*"): [
+        "client=topk",
+        "+compression.server_lr=0.5",
+        "+compression.fast_path=true",
+    ],
 }
-WRONG_TYPE = {"int": 2.5, "float": "abc", "bool": "yes", "str": 5, "str or bool": 5, "dict": 5}
+WRONG_TYPE = {
+    "int": 2.5,
+    "float": "abc",
+    "bool": "yes",
+    "str": 5,
+    "str or bool": 5,
+    "dict": 5,
+}
 
 
 @cache
@@ -47,12 +61,17 @@ def _composed(overrides: tuple[str, ...]) -> dict[str, Any]:
 
 def base_config(group: str, value: str) -> dict[str, Any]:
     """A valid composed config with ``group=value`` (a fresh copy)."""
-    own = [] if value == "*" or group in ("search", "compression") else [f"{group}={value}"]
+    own = (
+        []
+        if value == "*" or group in ("search", "compression")
+        else [f"{group}={value}"]
+    )
     return copy.deepcopy(_composed(tuple(own + COMPANIONS.get((group, value), []))))
 
 
 def bad_values(key: Key) -> list[Any]:
-    """Values that ``key`` must refuse: wrong type, out of range, not a choice, null, empty list."""
+    """Values that ``key`` must refuse: wrong type, out of range, not a choice, null,
+    empty list."""
     element = key.kind.removesuffix(" list")
     scalars: list[Any] = [WRONG_TYPE[element]]
     if key.choices:
@@ -80,7 +99,9 @@ def _cases() -> list[Any]:
             for key_name, key in table.items():
                 for bad in bad_values(key):
                     case_id = f"{group_name}={value}:{key_name}={bad!r}"
-                    cases.append(pytest.param(group_name, value, key_name, bad, id=case_id))
+                    cases.append(
+                        pytest.param(group_name, value, key_name, bad, id=case_id)
+                    )
     for key_name, key in ROOT.items():
         for bad in bad_values(key):
             cases.append(pytest.param("", "", key_name, bad, id=f"{key_name}={bad!r}"))
@@ -92,7 +113,9 @@ def no_engine(monkeypatch: pytest.MonkeyPatch) -> None:
     """``run_task`` with tasks that fail the test if they are ever reached."""
 
     def engine_must_not_start(cfg: dict[str, Any], run_dir: str) -> dict[str, Any]:
-        raise AssertionError("the simulation engine started with a config that should be refused")
+        raise AssertionError(
+            "the simulation engine started with a config that should be refused"
+        )
 
     monkeypatch.setattr(sim_main, "TASKS", dict.fromkeys(TASKS, engine_must_not_start))
 
@@ -110,16 +133,22 @@ def test_every_key_refuses_a_bad_value_before_the_engine_starts(
 
 
 @pytest.mark.parametrize(
-    ("group", "value"), [(g, v) for g, group in GROUPS.items() for v in group.values], ids=lambda x: str(x)
+    ("group", "value"),
+    [(g, v) for g, group in GROUPS.items() for v in group.values],
+    ids=lambda x: str(x),
 )
-def test_every_group_value_is_valid_as_composed_and_refuses_unknown_and_missing_keys(group: str, value: str) -> None:
+def test_every_group_value_is_valid_as_composed_and_refuses_unknown_and_missing_keys(
+    group: str, value: str
+) -> None:
     cfg = base_config(group, value)
     options = validate_config(cfg)
     assert options[group] == value
     table = GROUPS[group].values[value]
     unknown = copy.deepcopy(cfg)
     unknown[group]["no_such_key"] = 1
-    with pytest.raises(ValueError, match=re.escape(f"{group}.no_such_key is not a key of")):
+    with pytest.raises(
+        ValueError, match=re.escape(f"{group}.no_such_key is not a key of")
+    ):
         validate_config(unknown)
     required = [k for k, key in table.items() if not key.optional]
     for name in required:
@@ -134,7 +163,9 @@ def test_schema_values_are_the_yaml_files() -> None:
         files = set(yaml_values(group))
         if spec.by:  # one key table per yaml file
             assert set(spec.values) == files, group
-        else:  # one table for every file (or no file: an optional group set with +group.key=...)
+        # one table for every file (or no file: an optional group set with
+        # +group.key=...)
+        else:
             assert list(spec.values) == ["*"] and (files or spec.optional), group
     assert set(TASKS) == set(sim_main.TASKS)
 
@@ -146,7 +177,10 @@ def test_unknown_top_level_key_and_foreign_group_value_refused() -> None:
         validate_config(cfg)
     cfg = base_config("client", "plain")
     cfg["client"]["_target_"] = "my.Client"
-    with pytest.raises(ValueError, match=r"client\._target_='my.Client' is not allowed.*choose client=plain\|topk"):
+    with pytest.raises(
+        ValueError,
+        match=r"client\._target_='my.Client' is not allowed.*choose client=plain\|topk",
+    ):
         validate_config(cfg)
 
 
@@ -161,7 +195,8 @@ def test_the_issue_example_message() -> None:
 def test_readme_config_reference_is_the_generated_one() -> None:
     readme = (ROOT_DIR / "docs" / "config.md").read_text()
     assert readme_section(readme) == markdown(), (
-        "docs/config.md's config reference is stale: regenerate it with `python -m bouquet.simulations.config.schema_doc --markdown`"
+        "docs/config.md's config reference is stale: regenerate it with `python -m "
+        "bouquet.simulations.config.schema_doc --markdown`"
     )
 
 

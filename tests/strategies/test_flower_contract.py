@@ -1,12 +1,13 @@
 """Issue 31: bouquet's wrappers are drop-ins for Flower's own Message-API strategies.
 
-Written from Flower's documented behaviour (``flwr/serverapp/strategy``), not from its tests:
-every strategy below aggregates the same real ``Message`` replies unwrapped and wrapped in
-``ReplyGuard``, ``Compressed`` and ``Compressed(ReplyGuard(...))``, both the way Flower's own
-tests drive a strategy (``aggregate_train`` alone, server state written on the strategy) and the
-way ``Strategy.start`` does (``configure_train`` first); arrays and metrics must agree. Then the
-four differences the issue measured (D1-D4), the XGBoost refusal, and the attribute and hook
-rules of :mod:`bouquet.strategies.wrapper` / :mod:`bouquet.strategies.hooks`.
+Written from Flower's documented behaviour (``flwr/serverapp/strategy``), not from its
+tests: every strategy below aggregates the same real ``Message`` replies unwrapped and
+wrapped in ``ReplyGuard``, ``Compressed`` and ``Compressed(ReplyGuard(...))``, both the
+way Flower's own tests drive a strategy (``aggregate_train`` alone, server state written
+on the strategy) and the way ``Strategy.start`` does (``configure_train`` first); arrays
+and metrics must agree. Then the four differences the issue measured (D1-D4), the
+XGBoost refusal, and the attribute and hook rules of :mod:`bouquet.strategies.wrapper` /
+:mod:`bouquet.strategies.hooks`.
 """
 
 from __future__ import annotations
@@ -54,15 +55,24 @@ KW = {"fraction_evaluate": 0.0, "min_available_nodes": 1, "min_train_nodes": 1}
 
 @pytest.fixture(autouse=True)
 def _no_forced_gc(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Bulyan and QFedAvg call ``to_numpy_ndarrays(keep_input=False)``, which runs a full
-    ``gc.collect()`` per call: ~0.3 s in a test process that holds the whole suite's objects
-    (~9 s a case). It frees memory and changes no value, so it is skipped here."""
+    """Bulyan and QFedAvg call ``to_numpy_ndarrays(keep_input=False)``, which runs a
+    full
+    ``gc.collect()`` per call: ~0.3 s in a test process that holds the whole suite's
+    objects (~9 s a case). It frees memory and changes no value, so it is skipped
+    here."""
     import types
 
     import flwr.app.message.arrayrecord as arrayrecord
 
-    monkeypatch.setattr(arrayrecord, "gc", types.SimpleNamespace(collect=lambda *a, **k: 0))
-GLOBAL = {"conv.w": np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4), "conv.b": np.arange(4, dtype=np.float32) / 7}
+    monkeypatch.setattr(
+        arrayrecord, "gc", types.SimpleNamespace(collect=lambda *a, **k: 0)
+    )
+
+
+GLOBAL = {
+    "conv.w": np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4),
+    "conv.b": np.arange(4, dtype=np.float32) / 7,
+}
 
 FLOWER = {
     "FedAvg": lambda: FedAvg(**KW),
@@ -76,14 +86,32 @@ FLOWER = {
     "Krum": lambda: Krum(num_malicious_nodes=1, **KW),
     "MultiKrum": lambda: MultiKrum(num_malicious_nodes=1, num_nodes_to_select=2, **KW),
     "Bulyan": lambda: Bulyan(num_malicious_nodes=0, **KW),
-    "QFedAvg": lambda: QFedAvg(client_learning_rate=0.1, q=0.2, train_loss_key="train-loss", **KW),
-    "DPClientFixed(FedAvg)": lambda: DifferentialPrivacyClientSideFixedClipping(FedAvg(**KW), 0.0, 100.0, len(NODES)),
-    "DPServerFixed(FedAvg)": lambda: DifferentialPrivacyServerSideFixedClipping(FedAvg(**KW), 0.0, 100.0, len(NODES)),
+    "QFedAvg": lambda: QFedAvg(
+        client_learning_rate=0.1, q=0.2, train_loss_key="train-loss", **KW
+    ),
+    "DPClientFixed(FedAvg)": lambda: DifferentialPrivacyClientSideFixedClipping(
+        FedAvg(**KW), 0.0, 100.0, len(NODES)
+    ),
+    "DPServerFixed(FedAvg)": lambda: DifferentialPrivacyServerSideFixedClipping(
+        FedAvg(**KW), 0.0, 100.0, len(NODES)
+    ),
     "DPServerAdaptive(FedProx)": lambda: DifferentialPrivacyServerSideAdaptiveClipping(
-        FedProx(proximal_mu=0.1, **KW), 0.0, len(NODES), initial_clipping_norm=0.05, clipped_count_stddev=0.0),
+        FedProx(proximal_mu=0.1, **KW),
+        0.0,
+        len(NODES),
+        initial_clipping_norm=0.05,
+        clipped_count_stddev=0.0,
+    ),
 }
-NEEDS_SERVER_STATE = {"FedAvgM", "FedAdam", "FedYogi", "FedAdagrad", "QFedAvg", "DPServerFixed(FedAvg)",
-                      "DPServerAdaptive(FedProx)"}
+NEEDS_SERVER_STATE = {
+    "FedAvgM",
+    "FedAdam",
+    "FedYogi",
+    "FedAdagrad",
+    "QFedAvg",
+    "DPServerFixed(FedAvg)",
+    "DPServerAdaptive(FedProx)",
+}
 WRAPPERS = {
     "ReplyGuard": ReplyGuard,
     "Compressed": Compressed,
@@ -105,13 +133,24 @@ def _replies(rnd: int, base: dict[str, np.ndarray] = GLOBAL) -> list:
     out = []
     for node in NODES:
         rng = np.random.default_rng([node, rnd])
-        local = {k: (v + rng.normal(size=v.shape) * 0.1).astype(v.dtype) for k, v in base.items()}
-        out.append(make_reply(local, 10 * node, {"train-loss": float(node) / 3, "acc": [0.5, 0.25]}, node_id=node))
+        local = {
+            k: (v + rng.normal(size=v.shape) * 0.1).astype(v.dtype)
+            for k, v in base.items()
+        }
+        out.append(
+            make_reply(
+                local,
+                10 * node,
+                {"train-loss": float(node) / 3, "acc": [0.5, 0.25]},
+                node_id=node,
+            )
+        )
     return out
 
 
 def _server_state(strategy, name: str, arrays: ArrayRecord) -> None:
-    """What Flower's own tests do for strategies that need the current model: write it on the
+    """What Flower's own tests do for strategies that need the current model: write it
+    on the
     strategy (through any wrapper, which forwards the write to its owner)."""
     if name in {"FedAdam", "FedYogi", "FedAdagrad"}:
         strategy.current_arrays = {k: a.numpy() for k, a in arrays.items()}
@@ -123,20 +162,35 @@ def _same(got, want, what: str) -> None:
     (ga, gm), (wa, wm) = got, want
     assert (ga is None) == (wa is None), what
     if wa is not None:
-        assert list(ga.keys()) == list(wa.keys()) or set(ga.keys()) == set(wa.keys()), what
+        assert list(ga.keys()) == list(wa.keys()) or set(ga.keys()) == set(wa.keys()), (
+            what
+        )
         for k in wa:
             g, w = ga[k].numpy(), wa[k].numpy()
-            assert g.shape == w.shape and g.dtype == w.dtype, f"{what}: {k} {g.shape} {g.dtype} vs {w.shape} {w.dtype}"
-            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6, err_msg=f"{what}: {k}")
+            assert g.shape == w.shape and g.dtype == w.dtype, (
+                f"{what}: {k} {g.shape} {g.dtype} vs {w.shape} {w.dtype}"
+            )
+            np.testing.assert_allclose(
+                g, w, rtol=1e-5, atol=1e-6, err_msg=f"{what}: {k}"
+            )
     assert (gm is None) == (wm is None), what
     if wm is not None:
-        extra = {k for k in gm.keys() if k.startswith("bouquet-")}  # intended: bouquet's facts
+        extra = {
+            k for k in gm.keys() if k.startswith("bouquet-")
+        }  # intended: bouquet's facts
         assert set(gm.keys()) - extra == set(wm.keys()), what
         for k in wm:
-            np.testing.assert_allclose(np.asarray(gm[k], float), np.asarray(wm[k], float), rtol=1e-9, err_msg=f"{what}: {k}")
+            np.testing.assert_allclose(
+                np.asarray(gm[k], float),
+                np.asarray(wm[k], float),
+                rtol=1e-9,
+                err_msg=f"{what}: {k}",
+            )
 
 
-@pytest.mark.parametrize("configured", [False, True], ids=["aggregate only", "configure first"])
+@pytest.mark.parametrize(
+    "configured", [False, True], ids=["aggregate only", "configure first"]
+)
 @pytest.mark.parametrize("wrapper", list(WRAPPERS))
 @pytest.mark.parametrize("name", list(FLOWER))
 def test_wrapped_flower_strategy_aggregates_as_unwrapped(name, wrapper, configured):
@@ -144,11 +198,19 @@ def test_wrapped_flower_strategy_aggregates_as_unwrapped(name, wrapper, configur
     for rnd in (1, 2):  # two rounds: server optimisers carry state across rounds
         for strategy in (plain, wrapped):
             if configured:
-                sent = list(strategy.configure_train(rnd, _arrays(GLOBAL), ConfigRecord(), _Grid()))
+                sent = list(
+                    strategy.configure_train(
+                        rnd, _arrays(GLOBAL), ConfigRecord(), _Grid()
+                    )
+                )
                 assert sorted(int(m.metadata.dst_node_id) for m in sent) == NODES
             elif name in NEEDS_SERVER_STATE:
-                _server_state(strategy, name, _arrays(GLOBAL))  # QFedAvg consumes the record it is given
-        want = plain.aggregate_train(rnd, _replies(rnd))  # fresh replies: FedMedian & co. consume theirs
+                _server_state(
+                    strategy, name, _arrays(GLOBAL)
+                )  # QFedAvg consumes the record it is given
+        want = plain.aggregate_train(
+            rnd, _replies(rnd)
+        )  # fresh replies: FedMedian & co. consume theirs
         got = wrapped.aggregate_train(rnd, _replies(rnd))
         _same(got, want, f"{wrapper}({name}) round {rnd}")
         report = wrapped.round_report()
@@ -159,18 +221,28 @@ def test_compressed_drops_compressed_replies_it_cannot_decode_without_configure_
     from bouquet.clients.compressed import encoded_arrayrecord
     from bouquet.codecs import TopKCompressor
 
-    enc, _ = TopKCompressor(alpha=0.5, residual_decay=0.0).compress([np.ones((3, 4), np.float32), np.ones(4, np.float32)])
-    compressed = make_reply(None, 10, node_id=9, array_record=encoded_arrayrecord(list(GLOBAL), enc))
+    enc, _ = TopKCompressor(alpha=0.5, residual_decay=0.0).compress(
+        [np.ones((3, 4), np.float32), np.ones(4, np.float32)]
+    )
+    compressed = make_reply(
+        None, 10, node_id=9, array_record=encoded_arrayrecord(list(GLOBAL), enc)
+    )
     comp = Compressed(FedAvg(**KW))
     got = comp.aggregate_train(1, [compressed, *_replies(1)])
     want = FedAvg(**KW).aggregate_train(1, _replies(1))
     _same(got, want, "dense replies alone")
     reasons = comp.round_report()["drop_reasons"]
-    assert len(reasons) == 1 and "node 9" in reasons[0] and "configure_train" in reasons[0]
+    assert (
+        len(reasons) == 1 and "node 9" in reasons[0] and "configure_train" in reasons[0]
+    )
 
 
 def test_without_configure_train_dense_layouts_are_checked_among_replies():
-    odd = make_reply({"conv.w": np.zeros((2, 2), np.float32), "conv.b": np.zeros(4, np.float32)}, 10, node_id=9)
+    odd = make_reply(
+        {"conv.w": np.zeros((2, 2), np.float32), "conv.b": np.zeros(4, np.float32)},
+        10,
+        node_id=9,
+    )
     comp = Compressed(FedAvg(**KW))
     got = comp.aggregate_train(1, [odd, *_replies(1)])
     _same(got, FedAvg(**KW).aggregate_train(1, _replies(1)), "majority layout")
@@ -179,7 +251,12 @@ def test_without_configure_train_dense_layouts_are_checked_among_replies():
 
 # ---------------------------------------------------------------------------- D1-D4
 def test_d1_float64_replies_for_a_float32_model_follow_flower_without_the_guard():
-    r64 = [make_reply({k: v.astype(np.float64) + n for k, v in GLOBAL.items()}, 10 * n, node_id=n) for n in NODES]
+    r64 = [
+        make_reply(
+            {k: v.astype(np.float64) + n for k, v in GLOBAL.items()}, 10 * n, node_id=n
+        )
+        for n in NODES
+    ]
     want, _ = FedAvg(**KW).aggregate_train(1, r64)
     assert want["conv.w"].dtype == "float64"
     for configured in (False, True):
@@ -189,21 +266,30 @@ def test_d1_float64_replies_for_a_float32_model_follow_flower_without_the_guard(
                 list(comp.configure_train(1, _arrays(GLOBAL), ConfigRecord(), _Grid()))
             got, _ = comp.aggregate_train(1, r64)
             assert got["conv.w"].dtype == "float64", (configured, fast)
-            np.testing.assert_allclose(got["conv.w"].numpy(), want["conv.w"].numpy(), rtol=1e-6)
-    # behind ReplyGuard: the dtype rule (docs/resilience.md): cast to the server's float32
+            np.testing.assert_allclose(
+                got["conv.w"].numpy(), want["conv.w"].numpy(), rtol=1e-6
+            )
+    # behind ReplyGuard: the dtype rule (docs/resilience.md): cast to the server's
+    # float32
     for chain in (ReplyGuard(FedAvg(**KW)), Compressed(ReplyGuard(FedAvg(**KW)))):
         list(chain.configure_train(1, _arrays(GLOBAL), ConfigRecord(), _Grid()))
         got, _ = chain.aggregate_train(1, r64)
         assert got["conv.w"].dtype == "float32"
-        np.testing.assert_allclose(got["conv.w"].numpy(), want["conv.w"].numpy(), rtol=1e-6)
+        np.testing.assert_allclose(
+            got["conv.w"].numpy(), want["conv.w"].numpy(), rtol=1e-6
+        )
 
 
 def test_d3_weighted_by_key_is_honoured_through_flowers_dp_wrappers():
     def dp():
-        return DifferentialPrivacyClientSideFixedClipping(FedAvg(weighted_by_key="w8", **KW), 0.0, 100.0, 2)
+        return DifferentialPrivacyClientSideFixedClipping(
+            FedAvg(weighted_by_key="w8", **KW), 0.0, 100.0, 2
+        )
 
-    replies = [make_reply({"w": np.array([1.0], np.float32)}, 1, {"w8": 3.0}, node_id=1),
-               make_reply({"w": np.array([5.0], np.float32)}, 1, {"w8": 1.0}, node_id=2)]
+    replies = [
+        make_reply({"w": np.array([1.0], np.float32)}, 1, {"w8": 3.0}, node_id=1),
+        make_reply({"w": np.array([5.0], np.float32)}, 1, {"w8": 1.0}, node_id=2),
+    ]
     want, _ = dp().aggregate_train(1, replies)
     np.testing.assert_allclose(want["w"].numpy(), [2.0])
     for chain in (ReplyGuard(dp()), Compressed(dp()), Compressed(ReplyGuard(dp()))):
@@ -216,8 +302,12 @@ def test_d3_weighted_by_key_is_honoured_through_flowers_dp_wrappers():
 def test_d4_float16_model_replies_keep_their_bits():
     glob = {"w": np.array([-0.4578], np.float16)}
 
-    def replies():  # fresh each time: FedMedian consumes the arrays of the replies it reads
-        return [make_reply({"w": np.array([0.6606], np.float16)}, 10, node_id=n) for n in (1, 2, 3)]
+    # fresh each time: FedMedian consumes the arrays of the replies it reads
+    def replies():
+        return [
+            make_reply({"w": np.array([0.6606], np.float16)}, 10, node_id=n)
+            for n in (1, 2, 3)
+        ]
 
     want, _ = FedMedian(**KW).aggregate_train(1, replies())
     for chain in (Compressed(FedMedian(**KW)), Compressed(ReplyGuard(FedMedian(**KW)))):
@@ -228,20 +318,26 @@ def test_d4_float16_model_replies_keep_their_bits():
 
 
 @pytest.mark.parametrize("xgb", [FedXgbBagging, FedXgbCyclic])
-@pytest.mark.parametrize("wrapper", [ReplyGuard, Compressed, lambda s: ServerMomentum(s, 0.9)])
+@pytest.mark.parametrize(
+    "wrapper", [ReplyGuard, Compressed, lambda s: ServerMomentum(s, 0.9)]
+)
 def test_flower_xgboost_strategies_are_refused_at_construction(xgb, wrapper):
     with pytest.raises(ValueError, match="booster"):
         wrapper(xgb())
 
 
-# ---------------------------------------------------------------------------- attributes and hooks
+# ----------------------------------------------------------------- attributes and hooks
 def test_writes_go_to_the_one_owner_or_are_refused():
     inner = FedAvgM(server_momentum=0.9)
     chain = ServerAdjusted(Compressed(ReplyGuard(inner)), lambda arrays, rnd: arrays)
     chain.server_momentum = 0.3  # FedAvgM's, three levels down
     chain.min_replies = 2  # the guard's
     chain.server_lr = 0.5  # Compressed's
-    assert inner.server_momentum == 0.3 and chain.strategy.strategy.min_replies == 2 and chain.strategy.server_lr == 0.5
+    assert (
+        inner.server_momentum == 0.3
+        and chain.strategy.strategy.min_replies == 2
+        and chain.strategy.server_lr == 0.5
+    )
     for level in (chain, chain.strategy, chain.strategy.strategy):
         assert not {"server_momentum", "fraction_train"} & set(vars(level))
     with pytest.raises(AttributeError, match="no attribute 'typo_lr'"):
@@ -258,30 +354,46 @@ def test_a_wrapper_attribute_that_would_shadow_the_inner_strategys_is_refused():
 
     with pytest.raises(ValueError, match="shadow"):
         Shadowing(FedAvg())
-    for wrapper in (ReplyGuard, Compressed, lambda s: ServerMomentum(s, 0.5), lambda s: RoundOffset(s, 2)):
+    for wrapper in (
+        ReplyGuard,
+        Compressed,
+        lambda s: ServerMomentum(s, 0.5),
+        lambda s: RoundOffset(s, 2),
+    ):
         for name, make in FLOWER.items():
             if name not in {"FedAvgM", "FedAdam", "FedYogi", "FedAdagrad"}:
-                wrapper(make())  # none of bouquet's wrappers shadows any Flower strategy
+                wrapper(
+                    make()
+                )  # none of bouquet's wrappers shadows any Flower strategy
 
 
 def test_hooks_are_protocols_checked_with_isinstance():
     guard = ReplyGuard(KLWeightedFedAvg(**KW))
     comp = Compressed(guard)
-    assert isinstance(guard, hooks.ReplyScreen) and not isinstance(comp, hooks.ReplyScreen)  # not forwarded
-    assert isinstance(comp, hooks.RoundReporter) and isinstance(comp, hooks.ValidatesMetrics)  # KL's flag, forwarded
+    assert isinstance(guard, hooks.ReplyScreen) and not isinstance(
+        comp, hooks.ReplyScreen
+    )  # not forwarded
+    assert isinstance(comp, hooks.RoundReporter) and isinstance(
+        comp, hooks.ValidatesMetrics
+    )  # KL's flag, forwarded
     assert not isinstance(ServerAdjusted(guard, lambda a, r: a), hooks.ReplyScreen)
     assert isinstance(ServerMomentum(FedAvg(), 0.5), hooks.Stateful)
     assert not isinstance(FedAvg(), hooks.ReplyWeights)
     root = Path(__file__).resolve().parents[2] / "strategies"
     for path in root.glob("*.py"):
-        assert not re.search(r"__name__\s*==", path.read_text()), f"{path.name} recognises a class by name"
+        assert not re.search(r"__name__\s*==", path.read_text()), (
+            f"{path.name} recognises a class by name"
+        )
         for member in ("min_replies", "skip_round", "within_norm_bounds"):
             if path.name != "guard.py":
-                assert not re.search(rf"\.{member}\b", path.read_text()), f"{path.name} reaches into the guard: {member}"
+                assert not re.search(rf"\.{member}\b", path.read_text()), (
+                    f"{path.name} reaches into the guard: {member}"
+                )
 
 
 def test_wrapper_summaries_are_branches_of_flowers_strategy_tree():
-    """``Strategy.start`` logs "Starting X strategy:" then a tree ("\\t├── ..."); each wrapper's
+    """``Strategy.start`` logs "Starting X strategy:" then a tree ("\\t├── ..."); each
+    wrapper's
     summary line is a branch of it, not a line that breaks the tree (issue 35)."""
     import logging
 
@@ -295,8 +407,11 @@ def test_wrapper_summaries_are_branches_of_flowers_strategy_tree():
         def emit(self, record: logging.LogRecord) -> None:
             lines.append(record.getMessage())
 
-    strategy = CompressedDownlink(ServerMomentum(Compressed(ReplyGuard(KLWeightedFedAvg(**KW))), momentum=0.5),
-                                  "topk", alpha=0.1)
+    strategy = CompressedDownlink(
+        ServerMomentum(Compressed(ReplyGuard(KLWeightedFedAvg(**KW))), momentum=0.5),
+        "topk",
+        alpha=0.1,
+    )
     handler = _Keep()
     FLOWER_LOGGER.addHandler(handler)
     try:
@@ -305,5 +420,8 @@ def test_wrapper_summaries_are_branches_of_flowers_strategy_tree():
         FLOWER_LOGGER.removeHandler(handler)
     assert len(lines) >= 5 and all(line.startswith("\t") for line in lines), lines
     assert [line for line in lines if "around" in line] == [
-        "\t├──> CompressedDownlink(topk) around ServerMomentum", "\t├──> ServerMomentum(momentum=0.5) around Compressed",
-        "\t├──> Compressed(server_lr=1.0) around ReplyGuard", "\t├──> ReplyGuard around KLWeightedFedAvg"]
+        "\t├──> CompressedDownlink(topk) around ServerMomentum",
+        "\t├──> ServerMomentum(momentum=0.5) around Compressed",
+        "\t├──> Compressed(server_lr=1.0) around ReplyGuard",
+        "\t├──> ReplyGuard around KLWeightedFedAvg",
+    ]

@@ -1,4 +1,5 @@
-"""ReplyGuard: malformed replies are dropped and counted; valid ones give FedAvg's result."""
+"""ReplyGuard: malformed replies are dropped and counted; valid ones give FedAvg's
+result."""
 
 from __future__ import annotations
 
@@ -19,7 +20,12 @@ class _Grid:
 
 def _guarded() -> ReplyGuard:
     guard = ReplyGuard(FedAvg(min_available_nodes=1, min_train_nodes=1))
-    guard.configure_train(1, ArrayRecord({k: Array(v) for k, v in GLOBAL.items()}), ConfigRecord(), _Grid())
+    guard.configure_train(
+        1,
+        ArrayRecord({k: Array(v) for k, v in GLOBAL.items()}),
+        ConfigRecord(),
+        _Grid(),
+    )
     return guard
 
 
@@ -28,7 +34,10 @@ def _arrays(value: float) -> dict[str, np.ndarray]:
 
 
 def test_valid_replies_equal_fedavg() -> None:
-    replies = [make_reply(_arrays(1.0), 10, node_id=1), make_reply(_arrays(4.0), 30, node_id=2)]
+    replies = [
+        make_reply(_arrays(1.0), 10, node_id=1),
+        make_reply(_arrays(4.0), 30, node_id=2),
+    ]
     guarded, _ = _guarded().aggregate_train(1, replies)
     plain, _ = FedAvg().aggregate_train(1, replies)
     for k in GLOBAL:
@@ -49,7 +58,9 @@ def test_bad_replies_dropped_counted_and_round_goes_on() -> None:
         make_reply(wrong_shape, 5, node_id=3),
         make_reply(missing, 5, node_id=4),
         make_reply(_arrays(9.0), 0, node_id=5),  # zero weight
-        make_reply(_arrays(9.0), 5, {"extra": 1.0}, node_id=6),  # an extra metric key: kept, the key left out
+        make_reply(
+            _arrays(9.0), 5, {"extra": 1.0}, node_id=6
+        ),  # an extra metric key: kept, the key left out
         make_reply(None, 5, node_id=7, error="client crashed"),
     ]
     guard = _guarded()
@@ -76,8 +87,15 @@ def test_strategy_that_validates_arrays_gets_sub_model_replies() -> None:
         validates_arrays = True
 
     guard = ReplyGuard(SubModelFedAvg(min_available_nodes=1, min_train_nodes=1))
-    guard.configure_train(1, ArrayRecord({k: Array(v) for k, v in GLOBAL.items()}), ConfigRecord(), _Grid())
-    partial = make_reply({"w": np.ones((2, 3), dtype=np.float32)}, 4, node_id=1)  # fewer names
+    guard.configure_train(
+        1,
+        ArrayRecord({k: Array(v) for k, v in GLOBAL.items()}),
+        ConfigRecord(),
+        _Grid(),
+    )
+    partial = make_reply(
+        {"w": np.ones((2, 3), dtype=np.float32)}, 4, node_id=1
+    )  # fewer names
     no_weight = make_reply({"w": np.ones((2, 3), dtype=np.float32)}, 0, node_id=2)
     agg, _ = guard.aggregate_train(1, [partial, no_weight])
     np.testing.assert_allclose(agg["w"].numpy(), 1.0)

@@ -31,14 +31,19 @@ class _Grid:
 
 
 def _compressed(strategy=None, global_arrays=None):
-    comp = Compressed(strategy or FedAvg(fraction_evaluate=0.0, min_available_nodes=1, min_train_nodes=1))
+    comp = Compressed(
+        strategy
+        or FedAvg(fraction_evaluate=0.0, min_available_nodes=1, min_train_nodes=1)
+    )
     arrays = ArrayRecord({k: Array(v) for k, v in (global_arrays or GLOBAL).items()})
     list(comp.configure_train(1, arrays, ConfigRecord(), _Grid()))
     return comp
 
 
 def _good(node: int, value: float = 1.0, n: int = 10):
-    return make_reply({k: np.full_like(v, value) for k, v in GLOBAL.items()}, n, node_id=node)
+    return make_reply(
+        {k: np.full_like(v, value) for k, v in GLOBAL.items()}, n, node_id=node
+    )
 
 
 def _with(node: int, n: int, **arrays: Array):
@@ -48,15 +53,20 @@ def _with(node: int, n: int, **arrays: Array):
 
 
 def _topk_all_payload(shape: tuple[int, ...]) -> bytes:
-    """A 24-byte-ish top-k payload claiming ``shape`` with position coding 'all' and no values."""
+    """A 24-byte-ish top-k payload claiming ``shape`` with position coding 'all' and no
+    values."""
     n = int(np.prod(shape, dtype=object))
-    return write_header(TOPK_ID, "float32", shape) + struct.pack("<IBBI", min(n, 2**32 - 1), 0, POS_ALL, 0)
+    return write_header(TOPK_ID, "float32", shape) + struct.pack(
+        "<IBBI", min(n, 2**32 - 1), 0, POS_ALL, 0
+    )
 
 
 def test_1_tiny_payload_huge_shape_is_refused_without_allocating():
     data = _topk_all_payload((65536, 65535))
     assert len(data) <= 30
-    huge = Array(dtype="float32", shape=(65536, 65535), stype="bouquet.topk/1", data=data)
+    huge = Array(
+        dtype="float32", shape=(65536, 65535), stype="bouquet.topk/1", data=data
+    )
     comp = _compressed()
     t0 = time.perf_counter()
     with address_space_limit(1 << 30):  # 1 GiB more than now; the claim is ~32 GiB
@@ -78,7 +88,14 @@ def test_1b_dense_npy_claiming_a_huge_shape_is_refused_without_allocating():
     bad = Array(dtype="float32", shape=(4, 3), stype="numpy.ndarray", data=data)
     comp = _compressed()
     guard = ReplyGuard(FedAvg(min_available_nodes=1, min_train_nodes=1))
-    list(guard.configure_train(1, ArrayRecord({k: Array(v) for k, v in GLOBAL.items()}), ConfigRecord(), _Grid()))
+    list(
+        guard.configure_train(
+            1,
+            ArrayRecord({k: Array(v) for k, v in GLOBAL.items()}),
+            ConfigRecord(),
+            _Grid(),
+        )
+    )
     with address_space_limit(1 << 30):
         comp.aggregate_train(1, [_with(1, 10, w=bad), _good(2)])
         guard.aggregate_train(1, [_with(1, 10, w=bad), _good(2)])
@@ -89,12 +106,29 @@ def test_1b_dense_npy_claiming_a_huge_shape_is_refused_without_allocating():
 def test_2_finite_values_do_not_overflow_the_fast_path():
     big = np.full(12, 3e37, np.float32)
     enc, _ = encode_topk(big, np.arange(12))
-    record = {"w": Array(dtype=enc.dtype, shape=(4, 3), stype=enc.stype, data=encode_topk(big.reshape(4, 3), np.arange(12))[0].data)}
+    record = {
+        "w": Array(
+            dtype=enc.dtype,
+            shape=(4, 3),
+            stype=enc.stype,
+            data=encode_topk(big.reshape(4, 3), np.arange(12))[0].data,
+        )
+    }
     record["b"] = Array(np.zeros(3, np.float32))
     comp = _compressed()
-    replies = [make_reply(None, 100, node_id=1, array_record=ArrayRecord(record)), _good(2, 1.0, n=100), _good(3, 2.0, n=100)]
+    replies = [
+        make_reply(None, 100, node_id=1, array_record=ArrayRecord(record)),
+        _good(2, 1.0, n=100),
+        _good(3, 2.0, n=100),
+    ]
     arrays, _ = comp.aggregate_train(1, replies)
-    dense = [make_reply({"w": big.reshape(4, 3), "b": np.zeros(3, np.float32)}, 100, node_id=1), _good(2, 1.0, 100), _good(3, 2.0, 100)]
+    dense = [
+        make_reply(
+            {"w": big.reshape(4, 3), "b": np.zeros(3, np.float32)}, 100, node_id=1
+        ),
+        _good(2, 1.0, 100),
+        _good(3, 2.0, 100),
+    ]
     flower, _ = FedAvg().aggregate_train(1, dense)
     assert np.all(np.isfinite(flower["w"].numpy()))
     assert np.all(np.isfinite(arrays["w"].numpy()))
@@ -103,9 +137,21 @@ def test_2_finite_values_do_not_overflow_the_fast_path():
 
 def test_3_empty_dense_payload_is_a_dropped_reply():
     empty = Array(dtype="float32", shape=(4, 3), stype="numpy.ndarray", data=b"")
-    for strategy in (_compressed(), _compressed(FedAvg(fraction_evaluate=0.0)).__class__(
-            ReplyGuard(FedAvg(min_available_nodes=1, min_train_nodes=1)), fast_path=False)):
-        list(strategy.configure_train(1, ArrayRecord({k: Array(v) for k, v in GLOBAL.items()}), ConfigRecord(), _Grid()))
+    for strategy in (
+        _compressed(),
+        _compressed(FedAvg(fraction_evaluate=0.0)).__class__(
+            ReplyGuard(FedAvg(min_available_nodes=1, min_train_nodes=1)),
+            fast_path=False,
+        ),
+    ):
+        list(
+            strategy.configure_train(
+                1,
+                ArrayRecord({k: Array(v) for k, v in GLOBAL.items()}),
+                ConfigRecord(),
+                _Grid(),
+            )
+        )
         arrays, _ = strategy.aggregate_train(1, [_with(1, 10, w=empty), _good(2)])
         assert strategy.round_report()["clients_dropped"] == 1
         np.testing.assert_allclose(arrays["w"].numpy(), 1.0)
@@ -117,18 +163,44 @@ def test_4_a_non_finite_local_step_does_not_poison_the_residual():
     names = ["w"]
     received = [np.zeros(4, np.float32)]
     rng = np.random.default_rng(0)
-    compress_update(comp, names, received, [np.array([1.0, -2.0, 0.5, 0.1], np.float32)], state=state, server_round=1, rng=rng)
-    before = state.array_records["ef-residual" if "ef-residual" in state.array_records else next(iter(state.array_records))]
+    compress_update(
+        comp,
+        names,
+        received,
+        [np.array([1.0, -2.0, 0.5, 0.1], np.float32)],
+        state=state,
+        server_round=1,
+        rng=rng,
+    )
+    before = state.array_records[
+        "ef-residual"
+        if "ef-residual" in state.array_records
+        else next(iter(state.array_records))
+    ]
     before = {k: v.numpy().copy() for k, v in before.items()}
     with pytest.raises(ValueError, match="NaN or inf"):
-        compress_update(comp, names, received, [np.array([np.nan, 1.0, 0.0, 0.0], np.float32)], state=state,
-                        server_round=2, rng=rng)
+        compress_update(
+            comp,
+            names,
+            received,
+            [np.array([np.nan, 1.0, 0.0, 0.0], np.float32)],
+            state=state,
+            server_round=2,
+            rng=rng,
+        )
     after = {k: v.numpy() for k, v in next(iter(state.array_records.values())).items()}
     for k in before:
         np.testing.assert_array_equal(after[k], before[k])
         assert np.all(np.isfinite(after[k]))
-    out = compress_update(comp, names, received, [np.array([0.0, 1.0, 0.0, 3.0], np.float32)], state=state,
-                          server_round=3, rng=rng)
+    out = compress_update(
+        comp,
+        names,
+        received,
+        [np.array([0.0, 1.0, 0.0, 3.0], np.float32)],
+        state=state,
+        server_round=3,
+        rng=rng,
+    )
     dec = decode(out["w"].stype, out["w"].dtype, tuple(out["w"].shape), out["w"].data)
     assert np.all(np.isfinite(dec.to_dense()))
 
@@ -137,17 +209,30 @@ def test_5_float16_overflow_integer_codecs_and_int64_wrap_are_refused():
     glob16 = {"w": np.zeros(4, np.float16)}
     comp = _compressed(global_arrays=glob16)
     enc, _ = encode_topk(np.array([1e6, 0, 0, 0], np.float32), np.array([0]))
-    as16 = Array(dtype="float16", shape=(4,), stype="bouquet.topk/1",
-                 data=write_header(TOPK_ID, "float16", (4,)) + enc.data[len(write_header(TOPK_ID, "float32", (4,))):])
+    as16 = Array(
+        dtype="float16",
+        shape=(4,),
+        stype="bouquet.topk/1",
+        data=write_header(TOPK_ID, "float16", (4,))
+        + enc.data[len(write_header(TOPK_ID, "float32", (4,))) :],
+    )
     ok = make_reply({"w": np.ones(4, np.float16)}, 10, node_id=2)
-    arrays, _ = comp.aggregate_train(1, [make_reply(None, 10, node_id=1, array_record=ArrayRecord({"w": as16})), ok])
+    arrays, _ = comp.aggregate_train(
+        1, [make_reply(None, 10, node_id=1, array_record=ArrayRecord({"w": as16})), ok]
+    )
     report = comp.round_report()
     assert report["clients_dropped"] == 1 and "NaN or inf" in report["drop_reasons"][0]
     np.testing.assert_allclose(arrays["w"].numpy(), 1.0)
     # a lossy codec for an integer tensor: refused, not wrapped around
     with pytest.raises(ValueError, match="floating-point tensors only"):
         enc64 = encode_topk(np.array([1e30, 0], np.float32), np.array([0]))[0]
-        decode("bouquet.topk/1", "int64", (2,), write_header(TOPK_ID, "int64", (2,)) + enc64.data[len(write_header(TOPK_ID, "float32", (2,))):])
+        decode(
+            "bouquet.topk/1",
+            "int64",
+            (2,),
+            write_header(TOPK_ID, "int64", (2,))
+            + enc64.data[len(write_header(TOPK_ID, "float32", (2,))) :],
+        )
     # an element count beyond int64: refused by name, never decoded as empty
     with pytest.raises(ValueError, match="elements"):
         decode("bouquet.topk/1", "float32", (2**32 - 1,) * 3, b"")
@@ -161,14 +246,34 @@ def test_6_guard_outside_compressed_is_refused_with_the_right_order():
 
 
 def test_update_norm_bounds_drop_and_report():
-    comp = _compressed(ReplyGuard(FedAvg(fraction_evaluate=0.0, min_available_nodes=1, min_train_nodes=1), max_norm_ratio=3.0))
+    comp = _compressed(
+        ReplyGuard(
+            FedAvg(fraction_evaluate=0.0, min_available_nodes=1, min_train_nodes=1),
+            max_norm_ratio=3.0,
+        )
+    )
     replies = [_good(1, 1.0), _good(2, 1.1), _good(3, 0.9), _good(4, 50.0)]
     arrays, _ = comp.aggregate_train(1, replies)
     report = comp.round_report()
-    assert report["clients_dropped"] == 1 and "norm" in report["drop_reasons"][0] and "node 4" in report["drop_reasons"][0]
-    np.testing.assert_allclose(arrays["w"].numpy(), 1.0, rtol=1e-6)  # mean of 1.0, 1.1, 0.9
-    dense_guard = ReplyGuard(FedAvg(min_available_nodes=1, min_train_nodes=1), max_update_norm=10.0)
-    list(dense_guard.configure_train(1, ArrayRecord({k: Array(v) for k, v in GLOBAL.items()}), ConfigRecord(), _Grid()))
+    assert (
+        report["clients_dropped"] == 1
+        and "norm" in report["drop_reasons"][0]
+        and "node 4" in report["drop_reasons"][0]
+    )
+    np.testing.assert_allclose(
+        arrays["w"].numpy(), 1.0, rtol=1e-6
+    )  # mean of 1.0, 1.1, 0.9
+    dense_guard = ReplyGuard(
+        FedAvg(min_available_nodes=1, min_train_nodes=1), max_update_norm=10.0
+    )
+    list(
+        dense_guard.configure_train(
+            1,
+            ArrayRecord({k: Array(v) for k, v in GLOBAL.items()}),
+            ConfigRecord(),
+            _Grid(),
+        )
+    )
     arrays, _ = dense_guard.aggregate_train(1, replies)
     assert dense_guard.round_report()["clients_dropped"] == 1
     np.testing.assert_allclose(arrays["w"].numpy(), 1.0, rtol=1e-6)
@@ -193,6 +298,15 @@ def test_unexpected_exception_in_one_reply_is_a_drop(monkeypatch):
 
 def test_ordered_record_names_do_not_matter():
     comp = _compressed()
-    record = ArrayRecord(OrderedDict([("b", Array(np.ones(3, np.float32))), ("w", Array(np.ones((4, 3), np.float32)))]))
-    arrays, _ = comp.aggregate_train(1, [make_reply(None, 10, node_id=1, array_record=record)])
+    record = ArrayRecord(
+        OrderedDict(
+            [
+                ("b", Array(np.ones(3, np.float32))),
+                ("w", Array(np.ones((4, 3), np.float32))),
+            ]
+        )
+    )
+    arrays, _ = comp.aggregate_train(
+        1, [make_reply(None, 10, node_id=1, array_record=record)]
+    )
     np.testing.assert_allclose(arrays["b"].numpy(), 1.0)

@@ -23,12 +23,17 @@ from bouquet.strategies.kl_weighted import KLWeightedFedAvg
 
 H = keys.LABEL_HISTOGRAM
 ROOT = Path(__file__).resolve().parents[2]
-make_reply = sys.modules["tests.conftest"].make_reply  # conftest, loaded by pytest (importlib mode)
+make_reply = sys.modules[
+    "tests.conftest"
+].make_reply  # conftest, loaded by pytest (importlib mode)
 
 
 def _arrays(seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {"w": rng.normal(size=(3, 4)).astype(np.float32), "b": rng.normal(size=4).astype(np.float32)}
+    return {
+        "w": rng.normal(size=(3, 4)).astype(np.float32),
+        "b": rng.normal(size=4).astype(np.float32),
+    }
 
 
 def _reply(node: int, n: int, hist, seed: int | None = None, **metrics):
@@ -45,7 +50,13 @@ def _agg(strategy, replies):
 
 def _manual(weights, nodes):
     w = np.asarray(weights, dtype=np.float64) / np.sum(weights)
-    return {k: sum(wi * _arrays(n)[k].astype(np.float64) for wi, n in zip(w, nodes, strict=True)) for k in ("w", "b")}
+    return {
+        k: sum(
+            wi * _arrays(n)[k].astype(np.float64)
+            for wi, n in zip(w, nodes, strict=True)
+        )
+        for k in ("w", "b")
+    }
 
 
 # ------------------------------------------------------------------ pure functions
@@ -90,8 +101,15 @@ def test_disco_weights_by_hand():
 
 @pytest.mark.parametrize(
     ("value", "reason"),
-    [(None, "missing"), (3, "not a list"), ([1, 2], "length"), ([1, -1, 2], "negative"),
-     ([1, float("nan"), 2], "non-finite"), ([0, 0, 0], "all zero"), ([1, 2, 3], None)],
+    [
+        (None, "missing"),
+        (3, "not a list"),
+        ([1, 2], "length"),
+        ([1, -1, 2], "negative"),
+        ([1, float("nan"), 2], "non-finite"),
+        ([0, 0, 0], "all zero"),
+        ([1, 2, 3], None),
+    ],
 )
 def test_histogram_problem(value, reason):
     got = histogram_problem(value, 3)
@@ -99,9 +117,15 @@ def test_histogram_problem(value, reason):
 
 
 def test_bad_arguments_raise():
-    for kwargs, key in [({"mode": "x"}, "mode"), ({"tau": 0.0}, "tau"), ({"reference": "x"}, "reference"),
-                        ({"direction": "x"}, "direction"), ({"bad_histogram": "x"}, "bad_histogram"),
-                        ({"reference": "server"}, "reference_distribution"), ({"smoothing": 1.5}, "smoothing")]:
+    for kwargs, key in [
+        ({"mode": "x"}, "mode"),
+        ({"tau": 0.0}, "tau"),
+        ({"reference": "x"}, "reference"),
+        ({"direction": "x"}, "direction"),
+        ({"bad_histogram": "x"}, "bad_histogram"),
+        ({"reference": "server"}, "reference_distribution"),
+        ({"smoothing": 1.5}, "smoothing"),
+    ]:
         with pytest.raises(ValueError, match=key):
             KLWeightedFedAvg(**kwargs)
 
@@ -110,12 +134,17 @@ def test_bad_arguments_raise():
 def test_identical_histograms_give_exactly_fedavg():
     hist = [5, 3, 2]
     replies = [_reply(i, n, hist) for i, n in [(1, 10), (2, 25), (3, 7)]]
-    ref, ref_m = _agg(FedAvg(), [_reply(i, n, hist) for i, n in [(1, 10), (2, 25), (3, 7)]])
+    ref, ref_m = _agg(
+        FedAvg(), [_reply(i, n, hist) for i, n in [(1, 10), (2, 25), (3, 7)]]
+    )
     got, got_m = _agg(KLWeightedFedAvg(mode="exp", a=1.0), replies)
     for k in ref:
         np.testing.assert_array_equal(got[k], ref[k])
     assert got_m[keys.TRAIN_LOSS] == ref_m[keys.TRAIN_LOSS]
-    disco, _ = _agg(KLWeightedFedAvg(mode="disco", a=1.0, b=0.0), [_reply(i, n, hist) for i, n in [(1, 10), (2, 25), (3, 7)]])
+    disco, _ = _agg(
+        KLWeightedFedAvg(mode="disco", a=1.0, b=0.0),
+        [_reply(i, n, hist) for i, n in [(1, 10), (2, 25), (3, 7)]],
+    )
     for k in ref:
         np.testing.assert_allclose(disco[k], ref[k], rtol=1e-6, atol=1e-7)
 
@@ -124,7 +153,9 @@ def test_aggregate_matches_hand_weights_and_report():
     hists = {1: [8, 2], 2: [5, 5], 3: [1, 9]}
     nums = {1: 10, 2: 10, 3: 20}
     strategy = KLWeightedFedAvg(mode="exp", tau=0.3, a=1.0, smoothing=0.01)
-    replies = [_reply(i, nums[i], hists[i]) for i in (3, 1, 2)]  # arrival order != node order
+    replies = [
+        _reply(i, nums[i], hists[i]) for i in (3, 1, 2)
+    ]  # arrival order != node order
     got, _ = _agg(strategy, replies)
     pooled = np.sum([hists[i] for i in (1, 2, 3)], axis=0)
     d = kl_divergences([hists[i] for i in (1, 2, 3)], pooled, 0.01)
@@ -143,7 +174,9 @@ def test_aggregate_matches_hand_weights_and_report():
 
 def test_server_reference_is_used():
     q = [1, 1]
-    strategy = KLWeightedFedAvg(mode="exp", tau=1.0, reference="server", reference_distribution=q, smoothing=0.0)
+    strategy = KLWeightedFedAvg(
+        mode="exp", tau=1.0, reference="server", reference_distribution=q, smoothing=0.0
+    )
     _agg(strategy, [_reply(1, 10, [9, 1]), _reply(2, 10, [5, 5])])
     report = strategy.round_report()
     assert report["kl_reference"] == [0.5, 0.5]
@@ -162,7 +195,9 @@ def test_bad_histogram_fallback_keeps_fedavg_share(bad):
     assert report["kl_node_ids"] == [1, 2, 3] and report["kl_div"][2] is None
     w = np.array(report["kl_weights"])
     assert w[2] == pytest.approx(20 / 60)  # its FedAvg share
-    d = kl_divergences([good[1][0], good[2][0]], np.sum([good[1][0], good[2][0]], axis=0), 1e-3)
+    d = kl_divergences(
+        [good[1][0], good[2][0]], np.sum([good[1][0], good[2][0]], axis=0), 1e-3
+    )
     raw = np.array([10, 30]) * np.exp(-(d - d.min()) / 0.5)
     np.testing.assert_allclose(w[:2], raw / raw.sum() * 40 / 60)
     want = _manual(w, [1, 2, 3])
@@ -173,7 +208,12 @@ def test_bad_histogram_fallback_keeps_fedavg_share(bad):
 
 def test_bad_histogram_drop_rule_counts_and_excludes():
     strategy = KLWeightedFedAvg(mode="exp", bad_histogram="drop")
-    replies = [_reply(1, 10, [3, 7]), _reply(2, 10, [7, 3]), _reply(3, 50, [float("nan"), 1.0]), _reply(4, 5, None)]
+    replies = [
+        _reply(1, 10, [3, 7]),
+        _reply(2, 10, [7, 3]),
+        _reply(3, 50, [float("nan"), 1.0]),
+        _reply(4, 5, None),
+    ]
     got, _ = _agg(strategy, replies)
     report = strategy.round_report()
     assert report["clients_dropped"] == 2 and report["kl_bad_histograms"] == 2
@@ -186,9 +226,14 @@ def test_bad_histogram_drop_rule_counts_and_excludes():
 def test_unusable_replies_never_stop_the_round():
     strategy = KLWeightedFedAvg()
     bad_weight = make_reply(_arrays(5), 0, {H: [1, 1]}, node_id=5)
-    other_arrays = make_reply({"x": np.zeros(2, np.float32)}, 10, {H: [1, 1]}, node_id=6)
+    other_arrays = make_reply(
+        {"x": np.zeros(2, np.float32)}, 10, {H: [1, 1]}, node_id=6
+    )
     error = make_reply(None, 1, node_id=7, error="boom")
-    got, _ = _agg(strategy, [_reply(1, 10, [1, 1]), _reply(2, 10, [1, 1]), bad_weight, other_arrays, error])
+    got, _ = _agg(
+        strategy,
+        [_reply(1, 10, [1, 1]), _reply(2, 10, [1, 1]), bad_weight, other_arrays, error],
+    )
     assert strategy.round_report()["clients_dropped"] == 2
     want = _manual([1, 1], [1, 2])
     for k in want:
@@ -199,7 +244,10 @@ def test_unusable_replies_never_stop_the_round():
 
 def test_disco_all_zero_is_reported_and_is_fedavg():
     strategy = KLWeightedFedAvg(mode="disco", a=2.0, b=0.0)
-    replies = [_reply(1, 10, [10, 0]), _reply(2, 30, [0, 10])]  # d ~ log 2: 0.75 - 2 * 0.69 < 0
+    replies = [
+        _reply(1, 10, [10, 0]),
+        _reply(2, 30, [0, 10]),
+    ]  # d ~ log 2: 0.75 - 2 * 0.69 < 0
     got, _ = _agg(strategy, replies)
     report = strategy.round_report()
     assert report["kl_disco_all_zero"] is True
@@ -214,7 +262,11 @@ def test_disco_all_zero_is_reported_and_is_fedavg():
 
 def test_works_behind_reply_guard():
     guarded = ReplyGuard(KLWeightedFedAvg(mode="disco", a=0.5, b=0.05))
-    replies = [_reply(1, 10, [3, 7]), _reply(2, 20, [7, 3]), _reply(3, 20, None)]  # node 3: no histogram key
+    replies = [
+        _reply(1, 10, [3, 7]),
+        _reply(2, 20, [7, 3]),
+        _reply(3, 20, None),
+    ]  # node 3: no histogram key
     arrays, _ = guarded.aggregate_train(1, replies)
     assert arrays is not None
     report = guarded.round_report()
@@ -227,15 +279,26 @@ def test_runtime_kwargs_give_the_server_reference():
     from bouquet.simulations.methods.experiment import Experiment
     from bouquet.simulations.run.serverapp import strategy_runtime_kwargs
 
-    cfg = {"seed": 0, "dataset": {"name": "digits", "root": None}, "simulation": {"num_clients": 2}}
+    cfg = {
+        "seed": 0,
+        "dataset": {"name": "digits", "root": None},
+        "simulation": {"num_clients": 2},
+    }
     exp = Experiment(cfg)
-    kwargs = strategy_runtime_kwargs(cfg, exp, partial(KLWeightedFedAvg, reference="server"))
-    assert kwargs["reference_distribution"] == np.bincount(exp.dataset.y_test, minlength=10).tolist()
-    assert "reference_distribution" not in strategy_runtime_kwargs(cfg, exp, partial(KLWeightedFedAvg, reference="pooled"))
+    kwargs = strategy_runtime_kwargs(
+        cfg, exp, partial(KLWeightedFedAvg, reference="server")
+    )
+    assert (
+        kwargs["reference_distribution"]
+        == np.bincount(exp.dataset.y_test, minlength=10).tolist()
+    )
+    assert "reference_distribution" not in strategy_runtime_kwargs(
+        cfg, exp, partial(KLWeightedFedAvg, reference="pooled")
+    )
 
 
 # ------------------------------------------------------------------ end to end
-# ------------------------------------------------------------------ composition with Compressed
+# ---------------------------------------------------------- composition with Compressed
 class _Grid:
     """The two Grid calls FedAvg.configure_train makes."""
 
@@ -244,7 +307,8 @@ class _Grid:
 
 
 def _topk_reply(node: int, n: int, hist, global_arrays: dict[str, np.ndarray], k: int):
-    """A reply whose arrays are the top-k of (local - global), encoded as bouquet.topk/1."""
+    """A reply whose arrays are the top-k of (local - global), encoded as
+    bouquet.topk/1."""
     from flwr.app import Array, ArrayRecord
 
     from bouquet.codecs import encode_topk, select_topk
@@ -253,9 +317,17 @@ def _topk_reply(node: int, n: int, hist, global_arrays: dict[str, np.ndarray], k
     for name, ref in global_arrays.items():
         update = _arrays(node)[name] - ref
         enc, sent = encode_topk(update, select_topk(update.reshape(-1), k))
-        record[name] = Array(dtype=enc.dtype, shape=tuple(enc.shape), stype=enc.stype, data=enc.data)
+        record[name] = Array(
+            dtype=enc.dtype, shape=tuple(enc.shape), stype=enc.stype, data=enc.data
+        )
         dense[name] = ref + sent.to_dense()
-    reply = make_reply(None, n, {H: hist, keys.TRAIN_LOSS: 1.0}, node_id=node, array_record=ArrayRecord(record))
+    reply = make_reply(
+        None,
+        n,
+        {H: hist, keys.TRAIN_LOSS: 1.0},
+        node_id=node,
+        array_record=ArrayRecord(record),
+    )
     return reply, dense
 
 
@@ -269,15 +341,38 @@ def test_inside_compressed_equals_kl_on_decoded_updates():
     nums = {1: 10, 2: 30, 3: 20}
     made = [_topk_reply(i, nums[i], hists[i], global_arrays, k=2) for i in (1, 2, 3)]
     comp = Compressed(KLWeightedFedAvg(mode="exp", tau=0.5))
-    comp.configure_train(1, ArrayRecord({k: Array(v) for k, v in global_arrays.items()}), ConfigRecord(), _Grid())
-    bad = make_reply(None, 5, {H: [1, 1]}, node_id=4,
-                     array_record=ArrayRecord({"w": Array(dtype="float32", shape=(3, 4), stype="bouquet.topk/1", data=b"xx")}))
+    comp.configure_train(
+        1,
+        ArrayRecord({k: Array(v) for k, v in global_arrays.items()}),
+        ConfigRecord(),
+        _Grid(),
+    )
+    bad = make_reply(
+        None,
+        5,
+        {H: [1, 1]},
+        node_id=4,
+        array_record=ArrayRecord(
+            {
+                "w": Array(
+                    dtype="float32", shape=(3, 4), stype="bouquet.topk/1", data=b"xx"
+                )
+            }
+        ),
+    )
     arrays, _ = comp.aggregate_train(1, [m for m, _ in made] + [bad])
-    assert comp.last_path == "fast"  # KL weighting declares a weighted mean with its own reply_weights
+    assert (
+        comp.last_path == "fast"
+    )  # KL weighting declares a weighted mean with its own reply_weights
     report = comp.round_report()
     assert report["clients_dropped"] == 1 and report["kl_node_ids"] == [1, 2, 3]
-    dense_replies = [make_reply(d, nums[i], {H: hists[i], keys.TRAIN_LOSS: 1.0}, node_id=i) for i, (_, d) in zip((1, 2, 3), made, strict=True)]
+    dense_replies = [
+        make_reply(d, nums[i], {H: hists[i], keys.TRAIN_LOSS: 1.0}, node_id=i)
+        for i, (_, d) in zip((1, 2, 3), made, strict=True)
+    ]
     ref, _ = KLWeightedFedAvg(mode="exp", tau=0.5).aggregate_train(1, dense_replies)
     for k, v in ref.items():
         np.testing.assert_allclose(arrays[k].numpy(), v.numpy(), rtol=1e-6, atol=1e-7)
-        assert np.count_nonzero(arrays[k].numpy()) <= 3 * 2  # only the uploaded top-k moved
+        assert (
+            np.count_nonzero(arrays[k].numpy()) <= 3 * 2
+        )  # only the uploaded top-k moved

@@ -1,4 +1,5 @@
-"""Tests of the server-side adjustment wrapper (strategies/server_adjusted.py, simulations/methods/adjust.py)."""
+"""Tests of the server-side adjustment wrapper (strategies/server_adjusted.py,
+simulations/methods/adjust.py)."""
 
 from __future__ import annotations
 
@@ -22,17 +23,30 @@ from bouquet.strategies.kl_weighted import KLWeightedFedAvg
 from bouquet.strategies.server_adjusted import ServerAdjusted
 
 ROOT = Path(__file__).resolve().parents[2]
-make_reply = sys.modules["tests.conftest"].make_reply  # conftest, loaded by pytest (importlib mode)
+make_reply = sys.modules[
+    "tests.conftest"
+].make_reply  # conftest, loaded by pytest (importlib mode)
 
 
 def _arrays(seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {"w": rng.normal(size=(2, 3)).astype(np.float32), "b": rng.normal(size=3).astype(np.float32)}
+    return {
+        "w": rng.normal(size=(2, 3)).astype(np.float32),
+        "b": rng.normal(size=3).astype(np.float32),
+    }
 
 
 def _replies(hists=None):
     hists = hists or {1: [4, 6], 2: [9, 1], 3: [5, 5]}
-    return [make_reply(_arrays(i), 10 * i, {keys.LABEL_HISTOGRAM: h, keys.TRAIN_LOSS: 1.0}, node_id=i) for i, h in hists.items()]
+    return [
+        make_reply(
+            _arrays(i),
+            10 * i,
+            {keys.LABEL_HISTOGRAM: h, keys.TRAIN_LOSS: 1.0},
+            node_id=i,
+        )
+        for i, h in hists.items()
+    ]
 
 
 def _np(record: ArrayRecord) -> dict[str, np.ndarray]:
@@ -48,10 +62,14 @@ class Recorder:
 
     def __call__(self, arrays: ArrayRecord, server_round: int):
         self.calls.append((server_round, _np(arrays)))
-        return {k: v + self.delta for k, v in _np(arrays).items()}, {"acc_before_adjust": 0.5}
+        return {k: v + self.delta for k, v in _np(arrays).items()}, {
+            "acc_before_adjust": 0.5
+        }
 
 
-@pytest.mark.parametrize("inner", [FedAvg, lambda: KLWeightedFedAvg(mode="exp", tau=0.5)])
+@pytest.mark.parametrize(
+    "inner", [FedAvg, lambda: KLWeightedFedAvg(mode="exp", tau=0.5)]
+)
 def test_identity_adjust_gives_exactly_inner_result(inner):
     ref, ref_metrics = inner().aggregate_train(1, _replies())
     wrapped = ServerAdjusted(inner(), lambda arrays, rnd: arrays)
@@ -70,8 +88,12 @@ def test_adjust_called_once_per_round_with_the_aggregate():
         got, _ = wrapped.aggregate_train(rnd, _replies())
         assert len(rec.calls) == rnd and rec.calls[-1][0] == rnd
         for k, v in _np(agg).items():
-            np.testing.assert_array_equal(rec.calls[-1][1][k], v)  # called with the aggregate
-            np.testing.assert_allclose(_np(got)[k], v + 1.0)  # its result is the new global model
+            np.testing.assert_array_equal(
+                rec.calls[-1][1][k], v
+            )  # called with the aggregate
+            np.testing.assert_allclose(
+                _np(got)[k], v + 1.0
+            )  # its result is the new global model
         assert wrapped.round_report()["acc_before_adjust"] == 0.5
 
 
@@ -93,13 +115,17 @@ def test_every_n_rounds():
 def test_no_results_no_adjustment_and_bad_arguments():
     rec = Recorder()
     wrapped = ServerAdjusted(FedAvg(), rec)
-    arrays, _ = wrapped.aggregate_train(1, [make_reply(None, 1, node_id=9, error="down")])
+    arrays, _ = wrapped.aggregate_train(
+        1, [make_reply(None, 1, node_id=9, error="down")]
+    )
     assert arrays is None and rec.calls == []
     with pytest.raises(ValueError, match="every_n_rounds"):
         ServerAdjusted(FedAvg(), rec, every_n_rounds=0)
     with pytest.raises(ValueError, match="adjust_fn"):
         ServerAdjusted(FedAvg(), None)  # type: ignore[arg-type]
-    renaming = ServerAdjusted(FedAvg(), lambda a, r: ArrayRecord({"z": Array(np.zeros(1))}))
+    renaming = ServerAdjusted(
+        FedAvg(), lambda a, r: ArrayRecord({"z": Array(np.zeros(1))})
+    )
     with pytest.raises(ValueError, match="array names"):
         renaming.aggregate_train(1, _replies())
 
@@ -108,9 +134,13 @@ def test_composes_with_kl_and_merges_reports():
     rec = Recorder(delta=0.0)
     kl = KLWeightedFedAvg(mode="disco", a=0.5, b=0.05)
     wrapped = ServerAdjusted(kl, rec)
-    bad = make_reply(_arrays(4), 10, {keys.LABEL_HISTOGRAM: [1, -1], keys.TRAIN_LOSS: 1.0}, node_id=4)
+    bad = make_reply(
+        _arrays(4), 10, {keys.LABEL_HISTOGRAM: [1, -1], keys.TRAIN_LOSS: 1.0}, node_id=4
+    )
     got, _ = wrapped.aggregate_train(1, [*_replies(), bad])
-    ref, _ = KLWeightedFedAvg(mode="disco", a=0.5, b=0.05).aggregate_train(1, [*_replies(), bad])
+    ref, _ = KLWeightedFedAvg(mode="disco", a=0.5, b=0.05).aggregate_train(
+        1, [*_replies(), bad]
+    )
     for k, v in _np(ref).items():
         np.testing.assert_array_equal(_np(got)[k], v)
     report = wrapped.round_report()
@@ -120,22 +150,46 @@ def test_composes_with_kl_and_merges_reports():
     assert isinstance(ServerAdjusted(FedProx(), rec).strategy, FedProx)
 
 
-# ------------------------------------------------------------------ shared data (real Experiment)
+# -------------------------------------------------------- shared data (real Experiment)
 def _cfg(**server) -> dict:
     return {
         "seed": 0,
-        "dataset": {"_target_": "bouquet.data.load_dataset", "name": "digits", "root": None},
-        "partition": {"_target_": "bouquet.data.partition_indices", "_partial_": True, "kind": "pathological",
-                      "labels_per_client": 2},
-        "model": {"_target_": "bouquet.models.build_model", "_partial_": True, "name": "mlp", "hidden": 16},
+        "dataset": {
+            "_target_": "bouquet.data.load_dataset",
+            "name": "digits",
+            "root": None,
+        },
+        "partition": {
+            "_target_": "bouquet.data.partition_indices",
+            "_partial_": True,
+            "kind": "pathological",
+            "labels_per_client": 2,
+        },
+        "model": {
+            "_target_": "bouquet.models.build_model",
+            "_partial_": True,
+            "name": "mlp",
+            "hidden": 16,
+        },
         "simulation": {"num_clients": 4},
-        "server": {"name": "adjust", "shared_fraction": 0.1, "epochs": 2, "lr": 0.05, "batch_size": 16, **server},
+        "server": {
+            "name": "adjust",
+            "shared_fraction": 0.1,
+            "epochs": 2,
+            "lr": 0.05,
+            "batch_size": 16,
+            **server,
+        },
     }
 
 
 def test_shared_slice_disjoint_from_clients_and_test():
     cfg = _cfg()
-    cfg["partition"] = {"_target_": "bouquet.data.partition_indices", "_partial_": True, "kind": "iid"}
+    cfg["partition"] = {
+        "_target_": "bouquet.data.partition_indices",
+        "_partial_": True,
+        "kind": "iid",
+    }
     exp = Experiment(cfg)
     shared = exp.server_shared_indices
     assert len(shared) == pytest.approx(0.1 * len(exp.dataset.y_train), abs=10)
@@ -144,10 +198,14 @@ def test_shared_slice_disjoint_from_clients_and_test():
     for part in exp.partitions:
         assert np.intersect1d(part, shared).size == 0
     covered = np.sort(np.concatenate([*exp.partitions, shared]))
-    np.testing.assert_array_equal(covered, np.arange(len(exp.dataset.y_train)))  # nothing else lost
+    np.testing.assert_array_equal(
+        covered, np.arange(len(exp.dataset.y_train))
+    )  # nothing else lost
     x, _ = shared_data(exp.cfg, exp)
     train_rows = {row.tobytes() for row in x}
-    assert not any(row.tobytes() in train_rows for row in exp.dataset.x_test)  # test set untouched
+    assert not any(
+        row.tobytes() in train_rows for row in exp.dataset.x_test
+    )  # test set untouched
 
 
 def test_server_adjuster_trains_on_shared_data_with_proximal_term():
@@ -157,16 +215,27 @@ def test_server_adjuster_trains_on_shared_data_with_proximal_term():
     free, rep = build_adjust_fn(exp.cfg, exp)(record, 1)
     assert 0.0 <= rep["acc_before_adjust"] <= 1.0 and rep["adjust_loss"] > 0
     x, y = shared_data(exp.cfg, exp)
-    held = ServerAdjuster(exp, x, y, epochs=2, lr=0.05, batch_size=16, proximal_mu=10.0)(record, 1)[0]
-    dist = {name: sum(float(np.sum((r[k].numpy() - init[k]) ** 2)) for k in init) for name, r in (("free", free), ("held", held))}
-    assert dist["held"] < dist["free"]  # the proximal term keeps the adjusted model near the aggregate
+    held = ServerAdjuster(
+        exp, x, y, epochs=2, lr=0.05, batch_size=16, proximal_mu=10.0
+    )(record, 1)[0]
+    dist = {
+        name: sum(float(np.sum((r[k].numpy() - init[k]) ** 2)) for k in init)
+        for name, r in (("free", free), ("held", held))
+    }
+    assert (
+        dist["held"] < dist["free"]
+    )  # the proximal term keeps the adjusted model near the aggregate
     assert dist["free"] > 0
     before = exp.evaluate_arrays(init)["loss"]
-    assert exp.evaluate_arrays(_np(free))["loss"] < before  # training on the shared slice helps from scratch
+    assert (
+        exp.evaluate_arrays(_np(free))["loss"] < before
+    )  # training on the shared slice helps from scratch
     with pytest.raises(ValueError, match="server.optimizer"):
         ServerAdjuster(exp, x, y, optimizer="lbfgs")
     with pytest.raises(ValueError, match="server.shared_fraction"):
-        build_adjust_fn(_cfg(shared_fraction=0.0), Experiment(_cfg(shared_fraction=0.0)))
+        build_adjust_fn(
+            _cfg(shared_fraction=0.0), Experiment(_cfg(shared_fraction=0.0))
+        )
 
 
 def test_shared_source_and_wrapper_selection():
@@ -200,8 +269,18 @@ def test_composes_with_compressed():
             for name, ref in glob.items():
                 update = _arrays(node)[name] - ref
                 e, _ = encode_topk(update, select_topk(update.reshape(-1), 2))
-                enc[name] = Array(dtype=e.dtype, shape=tuple(e.shape), stype=e.stype, data=e.data)
-            out.append(make_reply(None, 10 * node, {keys.TRAIN_LOSS: 1.0}, node_id=node, array_record=ArrayRecord(enc)))
+                enc[name] = Array(
+                    dtype=e.dtype, shape=tuple(e.shape), stype=e.stype, data=e.data
+                )
+            out.append(
+                make_reply(
+                    None,
+                    10 * node,
+                    {keys.TRAIN_LOSS: 1.0},
+                    node_id=node,
+                    array_record=ArrayRecord(enc),
+                )
+            )
         return out
 
     plain = Compressed(FedAvg())
@@ -212,6 +291,8 @@ def test_composes_with_compressed():
     wrapped.configure_train(1, record, ConfigRecord(), _Grid())
     got, _ = wrapped.aggregate_train(1, replies())
     for k, v in _np(ref).items():
-        np.testing.assert_array_equal(rec.calls[0][1][k], v)  # adjust_fn sees the decoded aggregate
+        np.testing.assert_array_equal(
+            rec.calls[0][1][k], v
+        )  # adjust_fn sees the decoded aggregate
         np.testing.assert_array_equal(_np(got)[k], v)
     assert len(rec.calls) == 1 and wrapped.round_report()["adjusted"] is True

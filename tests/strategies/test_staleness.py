@@ -34,7 +34,9 @@ def test_constant_is_one() -> None:
 
 def test_polynomial_by_hand() -> None:
     policy = PolynomialPolicy(exponent=0.5)
-    assert [policy(t) for t in SEQUENCE] == pytest.approx([1.0, 1 / math.sqrt(2), 0.5, 1.0, 1 / math.sqrt(8), 1 / math.sqrt(3)])
+    assert [policy(t) for t in SEQUENCE] == pytest.approx(
+        [1.0, 1 / math.sqrt(2), 0.5, 1.0, 1 / math.sqrt(8), 1 / math.sqrt(3)]
+    )
     assert polynomial_scale(3, 1.0) == pytest.approx(0.25)
     assert polynomial_scale(5, 0.0) == 1.0
 
@@ -42,7 +44,9 @@ def test_polynomial_by_hand() -> None:
 def test_hinge_by_hand() -> None:
     policy = HingePolicy(hinge_a=10, hinge_b=4)
     # 1 up to b = 4, then 1 / (10 (tau - 4) + 1)
-    assert [policy(t) for t in [0, 4, 5, 7]] == pytest.approx([1.0, 1.0, 1 / 11, 1 / 31])
+    assert [policy(t) for t in [0, 4, 5, 7]] == pytest.approx(
+        [1.0, 1.0, 1 / 11, 1 / 31]
+    )
     assert hinge_scale(6, 0.5, 2) == pytest.approx(1 / 3)
 
 
@@ -56,21 +60,27 @@ def test_fedbuff_scales_and_buffers() -> None:
 def test_sliding_window_by_hand() -> None:
     policy = SlidingWindowPolicy(window=3, exponent=1.0)
     got = [policy(t) for t in SEQUENCE]
-    # context = mean of the last <= 3 samples before each one; scale = min(1, (1 + c) / (1 + tau))
+    # context = mean of the last <= 3 samples before each one; scale = min(1, (1 + c) /
+    # (1 + tau))
     expected = [
         1.0,  # empty window: scale 1
         min(1.0, (1 + 0) / (1 + 1)),  # window [0]
         min(1.0, (1 + 0.5) / (1 + 3)),  # window [0, 1]
-        min(1.0, (1 + 4 / 3) / (1 + 0)),  # window [0, 1, 3]: fresher than usual, capped at 1
+        min(
+            1.0, (1 + 4 / 3) / (1 + 0)
+        ),  # window [0, 1, 3]: fresher than usual, capped at 1
         min(1.0, (1 + 4 / 3) / (1 + 7)),  # window [1, 3, 0]
-        min(1.0, (1 + 10 / 3) / (1 + 2)),  # window [3, 0, 7]: tau 2 below the context -> 1
+        min(
+            1.0, (1 + 10 / 3) / (1 + 2)
+        ),  # window [3, 0, 7]: tau 2 below the context -> 1
     ]
     assert got == pytest.approx(expected)
     assert policy.samples() == [0.0, 7.0, 2.0]
 
 
 def test_sliding_window_relative_not_absolute() -> None:
-    """Under uniformly high staleness the window gives full rate where FedAsync damps all."""
+    """Under uniformly high staleness the window gives full rate where FedAsync damps
+    all."""
     window = SlidingWindowPolicy(window=5)
     poly = PolynomialPolicy(exponent=0.5)
     steady = [10] * 8
@@ -91,7 +101,9 @@ def test_sliding_window_median_and_per_node() -> None:
     assert staleness_context([], "mean") is None
     boosted = SlidingWindowPolicy(window=2, max_scale=2.0)
     boosted(4)
-    assert boosted(0) == pytest.approx(2.0)  # fresher than the context: boosted up to the cap
+    assert boosted(0) == pytest.approx(
+        2.0
+    )  # fresher than the context: boosted up to the cap
 
 
 def test_max_staleness_cutoff() -> None:
@@ -155,7 +167,9 @@ def test_sliding_window_state_round_trip() -> None:
     assert state == {"windows": [[1, [2.0, 5.0, 1.0]], [2, [4.0, 1.0]]]}
     copy = SlidingWindowPolicy(window=3, per_node=True)
     copy.load_state_dict(state)
-    assert [copy(t, n) for n, t in [(1, 3), (2, 0), (3, 2)]] == [policy(t, n) for n, t in [(1, 3), (2, 0), (3, 2)]]
+    assert [copy(t, n) for n, t in [(1, 3), (2, 0), (3, 2)]] == [
+        policy(t, n) for n, t in [(1, 3), (2, 0), (3, 2)]
+    ]
     shared = SlidingWindowPolicy(window=2)
     shared.load_state_dict({"windows": [[None, [1, 2, 3]]]})
     assert shared.samples() == [2.0, 3.0]  # cut to this policy's window
@@ -169,7 +183,8 @@ def test_sliding_window_state_round_trip() -> None:
 
 
 def test_one_default_window_everywhere() -> None:
-    # DEFAULT_WINDOW is the default of every window in Python and the value of conf/strategy/async.yaml
+    # DEFAULT_WINDOW is the default of every window in Python and the value of
+    # conf/strategy/async.yaml
     import inspect
     from pathlib import Path
 
@@ -179,7 +194,11 @@ def test_one_default_window_everywhere() -> None:
     from bouquet.staleness_window import DEFAULT_WINDOW
     from bouquet.strategies.async_fedavg import AsyncFedAvg
 
-    conf = yaml.safe_load((Path(__file__).resolve().parents[2] / "conf" / "strategy" / "async.yaml").read_text())
+    conf = yaml.safe_load(
+        (
+            Path(__file__).resolve().parents[2] / "conf" / "strategy" / "async.yaml"
+        ).read_text()
+    )
     assert conf["window"] == DEFAULT_WINDOW
     for fn in (SlidingWindowPolicy, make_policy, AsyncFedAvg, staleness_window_mod):
         assert inspect.signature(fn).parameters["window"].default == DEFAULT_WINDOW, fn

@@ -1,1 +1,2 @@
-"""quickstart-compressed: a plain Flower app using bouquet's compression, guard and KL weighting."""
+"""quickstart-compressed: a plain Flower app using bouquet's compression, guard and KL
+weighting."""

@@ -1,4 +1,5 @@
-"""ServerApp: KL-weighted FedAvg, malformed replies dropped, compressed replies decoded, and the
+"""ServerApp: KL-weighted FedAvg, malformed replies dropped, compressed replies decoded,
+and the
 global model broadcast compressed (both directions)."""
 
 import json
@@ -21,10 +22,17 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     rounds = int(context.run_config["num-server-rounds"])
-    strategy = Compressed(ReplyGuard(KLWeightedFedAvg(  # three bouquet pieces, wrapped the documented way
-        fraction_train=float(context.run_config["fraction-train"]), fraction_evaluate=0.0,
-        train_metrics_aggr_fn=scalar_metrics_mean)))
-    # outermost: broadcast STC steps of the global model (5% of each tensor) instead of the model
+    strategy = Compressed(
+        ReplyGuard(
+            KLWeightedFedAvg(  # three bouquet pieces, wrapped the documented way
+                fraction_train=float(context.run_config["fraction-train"]),
+                fraction_evaluate=0.0,
+                train_metrics_aggr_fn=scalar_metrics_mean,
+            )
+        )
+    )
+    # outermost: broadcast STC steps of the global model (5% of each tensor) instead of
+    # the model
     strategy = CompressedDownlink(strategy, "stc", alpha=0.05)
     x, y = test_data()
 
@@ -34,10 +42,26 @@ def main(grid: Grid, context: Context) -> None:
         loss, acc = evaluate(net, x, y)
         return MetricRecord({"loss": loss, "accuracy": acc})
 
-    result = strategy.start(grid=grid, initial_arrays=ArrayRecord(Net().state_dict()), num_rounds=rounds,
-                            train_config=ConfigRecord(), evaluate_fn=global_eval)
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(Net().state_dict()),
+        num_rounds=rounds,
+        train_config=ConfigRecord(),
+        evaluate_fn=global_eval,
+    )
     out = str(context.run_config.get("out-file", ""))
     if out:
         with open(out, "w") as fh:
-            json.dump({"train": {str(r): dict(m) for r, m in result.train_metrics_clientapp.items()},
-                       "eval": {str(r): dict(m) for r, m in result.evaluate_metrics_serverapp.items()}}, fh)
+            json.dump(
+                {
+                    "train": {
+                        str(r): dict(m)
+                        for r, m in result.train_metrics_clientapp.items()
+                    },
+                    "eval": {
+                        str(r): dict(m)
+                        for r, m in result.evaluate_metrics_serverapp.items()
+                    },
+                },
+                fh,
+            )

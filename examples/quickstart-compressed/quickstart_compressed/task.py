@@ -12,7 +12,9 @@ from bouquet.data import label_histogram, load_dataset, partition_indices
 class Net(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.layers = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+        self.layers = nn.Sequential(
+            nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
@@ -21,7 +23,9 @@ class Net(nn.Module):
 def load_data(partition_id: int, num_partitions: int) -> tuple[np.ndarray, np.ndarray]:
     """This node's Dirichlet(0.5) share of the digits training set."""
     ds = load_dataset("digits")
-    parts = partition_indices(ds.y_train, num_partitions, kind="dirichlet", alpha=0.5, seed=0)
+    parts = partition_indices(
+        ds.y_train, num_partitions, kind="dirichlet", alpha=0.5, seed=0
+    )
     idx = parts[partition_id]
     return ds.x_train[idx], ds.y_train[idx]
 
@@ -37,7 +41,9 @@ def train(net: Net, x: np.ndarray, y: np.ndarray, epochs: int, lr: float) -> flo
     for _ in range(epochs):
         for i in range(0, len(y), 32):
             opt.zero_grad()
-            loss = nn.functional.cross_entropy(net(torch.from_numpy(x[i:i + 32])), torch.from_numpy(y[i:i + 32]))
+            loss = nn.functional.cross_entropy(
+                net(torch.from_numpy(x[i : i + 32])), torch.from_numpy(y[i : i + 32])
+            )
             loss.backward()
             opt.step()
     return float(loss.detach())
@@ -46,7 +52,9 @@ def train(net: Net, x: np.ndarray, y: np.ndarray, epochs: int, lr: float) -> flo
 def evaluate(net: Net, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     with torch.no_grad():
         logits = net(torch.from_numpy(x))
-        return float(nn.functional.cross_entropy(logits, torch.from_numpy(y))), float((logits.argmax(1).numpy() == y).mean())
+        return float(nn.functional.cross_entropy(logits, torch.from_numpy(y))), float(
+            (logits.argmax(1).numpy() == y).mean()
+        )
 
 
 def histogram(y: np.ndarray) -> list[float]:
