@@ -137,10 +137,7 @@ class EarlyExitExperiment(Experiment):
         if self.best is None or (
             candidate["val_accuracy"],
             -candidate["val_total_loss"],
-        ) > (
-            self.best["val_accuracy"],
-            -self.best["val_total_loss"],
-        ):
+        ) > (self.best["val_accuracy"], -self.best["val_total_loss"]):
             self.best = candidate
             self._save(model, arrays, out_dir)
         metrics["best_exit"] = float(self.best["exit"])

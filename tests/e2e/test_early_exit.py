@@ -9,10 +9,7 @@ import numpy as np
 import pytest
 from conftest import run_bouquet_sim
 
-from bouquet.models.early_exit import (
-    build_early_exit,
-    depth_names,
-)
+from bouquet.models.early_exit import build_early_exit, depth_names
 
 
 @pytest.mark.e2e

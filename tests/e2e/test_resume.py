@@ -15,9 +15,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, run_bouquet_sim
 
-from bouquet.simulations.run.checkpoint import (
-    load_checkpoint,
-)
+from bouquet.simulations.run.checkpoint import load_checkpoint
 from bouquet.simulations.run.results import read_rows
 
 BASE = ["dataset=digits", "simulation.num_clients=3", "client.lr=0.05"]
