@@ -3,9 +3,10 @@ torch)."""
 
 from bouquet.strategies.async_fedavg import AsyncFedAvg
 from bouquet.strategies.compressed import Compressed
+from bouquet.strategies.dense_checks import check_dense_reply
 from bouquet.strategies.depth_fedavg import DepthFedAvg
 from bouquet.strategies.downlink import CompressedDownlink
-from bouquet.strategies.guard import ReplyGuard, check_dense_reply
+from bouquet.strategies.guard import ReplyGuard
 from bouquet.strategies.kl_weighted import KLWeightedFedAvg
 from bouquet.strategies.metrics import scalar_metrics_mean
 from bouquet.strategies.reports import inner_report, merge_reports

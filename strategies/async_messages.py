@@ -21,8 +21,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
 from bouquet import keys
 from bouquet.strategies.async_rules import Arrays
-from bouquet.strategies.decoding import decode_update, dense_view
-from bouquet.strategies.guard import DENSE_STYPE, check_dense_reply
+from bouquet.strategies.decoding import DENSE_STYPE, decode_update, dense_view
+from bouquet.strategies.dense_checks import check_dense_reply
 
 Decoder = Callable[[ArrayRecord, Arrays], Arrays]
 
@@ -139,7 +139,7 @@ def reply_update(
     sent).
 
     Dense replies hold the client's full weights (:math:`\\Delta = y - x_{v_c}`, checked
-    by :func:`~bouquet.strategies.guard.check_dense_reply`); compressed ones (a
+    by :func:`~bouquet.strategies.dense_checks.check_dense_reply`); compressed ones (a
     non-dense ``stype``) hold the encoded update, decoded by ``decoder`` (default:
     :func:`~bouquet.strategies.decoding.decode_update`, bouquet's codecs).
     The echoed ``model-version`` must be ``sent_version``, and every other echo the

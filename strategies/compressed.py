@@ -90,12 +90,8 @@ from bouquet.strategies.decoding import (
     reference_arrays,
     single_array_record,
 )
-from bouquet.strategies.guard import cast_to_reference
-from bouquet.strategies.hooks import (
-    ReplyWeights,
-    ValidatesMetrics,
-    weighted_mean_chain,
-)
+from bouquet.strategies.dense_checks import cast_to_reference
+from bouquet.strategies.hooks import ReplyWeights, ValidatesMetrics, weighted_mean_chain
 from bouquet.strategies.reports import (
     BYTES_UP,
     CLIENTS_DROPPED,

@@ -72,23 +72,30 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from bouquet.codecs.wire import sum_squares
+from bouquet.strategies.compressed import Compressed
 from bouquet.strategies.decoding import (
-    DENSE_STYPE,
-    check_record,
-    dense_view,
     finite_or_drop,
     read_dense_alone,
     reference_arrays,
     single_array_record,
 )
+from bouquet.strategies.dense_checks import (
+    checked_arrays,
+    dense_update_norm,
+    with_arrays,
+)
 from bouquet.strategies.hooks import ValidatesArrays, ValidatesMetrics
-from bouquet.strategies.reports import CLIENTS_DROPPED, DROP_REASONS, truncate_reason
+from bouquet.strategies.reports import (
+    CLIENTS_DROPPED,
+    DROP_REASONS,
+    exception_reason,
+    truncate_reason,
+)
 from bouquet.strategies.screening import (
     SentMessages,
     majority_layout,
@@ -105,101 +112,7 @@ from bouquet.strategies.wrapper import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "DENSE_STYPE",
-    "ReplyGuard",
-    "cast_to_reference",
-    "check_dense_reply",
-    "check_weight",
-]
-
-
-def cast_to_reference(view: np.ndarray, ref: np.ndarray, name: str) -> np.ndarray:
-    """``view`` in ``ref``'s dtype under the guard's dtype rule (module docstring), else
-    ``ValueError``."""
-    if view.dtype == ref.dtype:
-        return view
-    with np.errstate(over="ignore", invalid="ignore"):
-        cast = view.astype(ref.dtype)
-    if ref.dtype.kind in "fc":
-        if not np.all(np.isfinite(cast)):
-            raise ValueError(
-                f"array {name!r} ({view.dtype}) has values that are not finite as "
-                f"{ref.dtype}"
-            )
-    elif not np.array_equal(cast, view):
-        raise ValueError(
-            f"array {name!r} ({view.dtype}) has values that {ref.dtype} cannot hold "
-            "exactly"
-        )
-    return cast
-
-
-def _checked_arrays(
-    msg: Message, reference: dict[str, np.ndarray]
-) -> dict[str, np.ndarray] | None:
-    """The reply's arrays cast to the reference's dtypes when one differs (None: all
-    equal)."""
-    record = single_array_record(msg.content)
-    check_record(record, reference, dense_only=True)
-    cast: dict[str, np.ndarray] = {}
-    for name, arr in record.items():
-        view, ref = dense_view(arr), reference[name]
-        if view.dtype != ref.dtype:
-            cast[name] = cast_to_reference(view, ref, name)
-        elif (
-            view.dtype.kind in "fc"
-            and not np.isfinite(view.sum())
-            and not np.all(np.isfinite(view))
-        ):
-            raise ValueError(f"array {name!r} has non-finite values")
-    if not cast:
-        return None
-    return {name: cast.get(name, dense_view(arr)) for name, arr in record.items()}
-
-
-def check_dense_reply(
-    msg: Message,
-    reference: dict[str, np.ndarray] | None,
-    weight_key: str = "num-examples",
-) -> str | None:
-    """Return why ``msg`` is unusable for dense aggregation, or ``None`` if it is fine.
-
-    ``reference`` maps array name -> the global array sent this round (``None``: only
-    the records and the weight are checked). A dtype that differs from the reference's
-    is fine when the guard's dtype rule can cast it.
-    """
-    try:
-        if reference is not None:
-            _checked_arrays(msg, reference)
-        else:
-            single_array_record(msg.content)
-    except Exception as exc:  # noqa: BLE001 - a malformed reply is a dropped reply
-        return _reason(exc)
-    return check_weight(msg, weight_key)
-
-
-def dense_update_norm(msg: Message, reference: dict[str, np.ndarray]) -> float:
-    """:math:`\\lVert w_i - w \\rVert_2` of a reply that passed
-    :func:`check_dense_reply`."""
-    record = single_array_record(msg.content)
-    return float(
-        np.sqrt(
-            sum(
-                sum_squares(dense_view(arr).astype(np.float64) - reference[name])
-                for name, arr in record.items()
-            )
-        )
-    )
-
-
-def check_weight(msg: Message, weight_key: str = "num-examples") -> str | None:
-    """Return why the reply's single MetricRecord / weight is unusable, or ``None``."""
-    try:
-        reply_weight(msg.content, weight_key)
-    except ValueError as exc:
-        return str(exc)
-    return None
+__all__ = ["ReplyGuard"]
 
 
 class ReplyGuard(StrategyWrapper):
@@ -230,8 +143,6 @@ class ReplyGuard(StrategyWrapper):
         max_update_norm: float | None = None,
         max_norm_ratio: float | None = None,
     ) -> None:
-        from bouquet.strategies.compressed import Compressed
-
         if (
             isinstance(min_replies, bool)
             or not isinstance(min_replies, int)
@@ -294,16 +205,16 @@ class ReplyGuard(StrategyWrapper):
                 record = single_array_record(msg.content)
                 cast = None
                 if self._reference is not None and not own_arrays:
-                    cast = _checked_arrays(msg, self._reference)
+                    cast = checked_arrays(msg, self._reference)
                 elif (
                     not own_arrays
                 ):  # configure_train not called: each array on its own
                     for name, arr in record.items():
                         finite_or_drop(read_dense_alone(arr, name), name)
             except Exception as exc:  # noqa: BLE001 - a malformed reply is a dropped reply
-                self._drop(msg, _reason(exc))
+                self._drop(msg, exception_reason(exc))
                 continue
-            ok.append(msg if cast is None else _with_arrays(msg, cast))
+            ok.append(msg if cast is None else with_arrays(msg, cast))
         if self._reference is None and not own_arrays:
             ok, odd = majority_layout(ok)
             for msg, reason in odd:
@@ -381,28 +292,3 @@ class ReplyGuard(StrategyWrapper):
         self._dropped = []
         self._skipped_now = False
         return own
-
-
-def _with_arrays(msg: Message, arrays: dict[str, np.ndarray]) -> Message:
-    """A new reply with the same metadata and records, its arrays replaced by
-    ``arrays``."""
-    record_key = next(iter(msg.content.array_records))
-    content = RecordDict()
-    for key, value in msg.content.items():
-        content[key] = (
-            ArrayRecord(
-                {
-                    n: Array(a if a.flags.c_contiguous else a.copy())
-                    for n, a in arrays.items()
-                }
-            )
-            if key == record_key
-            else value
-        )
-    return Message(metadata=msg.metadata, content=content)  # type: ignore[call-overload]
-
-
-def _reason(exc: BaseException) -> str:
-    return truncate_reason(
-        str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
-    )

@@ -32,6 +32,15 @@ def truncate_reason(reason: str) -> str:
     )
 
 
+def exception_reason(exc: BaseException) -> str:
+    """Why one reply was dropped, from the exception its handling raised: a
+    ``ValueError``'s message (the checks name what is wrong), else the exception's type
+    and message; cut by :func:`truncate_reason`."""
+    return truncate_reason(
+        str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+    )
+
+
 def inner_report(strategy: object) -> dict[str, Any]:
     """The ``round_report()`` of ``strategy``, or ``{}`` if it offers none
     (:class:`~bouquet.strategies.hooks.RoundReporter`)."""
