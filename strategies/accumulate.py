@@ -87,9 +87,8 @@ class Accumulator:
         acc, data = self._sum(), self._data
         self._acc = self._data = self._staged = None
         if data is None:
-            body = memoryview(
-                np.ascontiguousarray(acc.astype(self.dtype, copy=False))
-            ).cast("B")  # type: ignore[arg-type]
+            contiguous = np.ascontiguousarray(acc.astype(self.dtype, copy=False))
+            body = memoryview(contiguous).cast("B")  # type: ignore[arg-type]
             data = b"".join(
                 (npy_header(self.dtype, self.shape), body)
             )  # one copy into the reply bytes

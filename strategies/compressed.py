@@ -71,10 +71,9 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, Strategy
+from flwr.serverapp.strategy import Strategy
 
-from bouquet.codecs import Decoded, decode
-from bouquet.strategies.accumulate import Accumulator, finite_npy, npy_array
+from bouquet.strategies.accumulate import npy_array
 from bouquet.strategies.client_errors import log_client_error
 from bouquet.strategies.decoding import (
     DENSE_STYPE,
@@ -82,22 +81,20 @@ from bouquet.strategies.decoding import (
     check_overflow,
     check_record,
     decode_record,
-    decoded_norm,
-    dense_update,
     dense_view,
     finite_or_drop,
     read_dense_alone,
     reference_arrays,
     single_array_record,
 )
-from bouquet.strategies.dense_checks import cast_to_reference
-from bouquet.strategies.hooks import ReplyWeights, ValidatesMetrics, weighted_mean_chain
+from bouquet.strategies.hooks import ValidatesMetrics, weighted_mean_chain
 from bouquet.strategies.reports import (
     BYTES_UP,
     CLIENTS_DROPPED,
     DENSE_BYTES,
     DROP_REASONS,
     DROPPED,
+    exception_reason,
     payload_bytes,
     truncate_reason,
 )
@@ -105,10 +102,10 @@ from bouquet.strategies.screening import (
     SentMessages,
     majority_layout,
     node_label,
-    normalised,
     reply_weight,
     shared_metrics,
 )
+from bouquet.strategies.sparse_mean import SparseWeightedMean
 from bouquet.strategies.wrapper import (
     StrategyWrapper,
     nested,
@@ -197,9 +194,10 @@ class Compressed(StrategyWrapper):
         )
         if base is not None:
             self.last_path = "fast"
-            arrays, metrics = self._aggregate_weighted_mean(
-                server_round, base, screens, candidates
+            mean = SparseWeightedMean(
+                self._global, self.server_lr, self._drop, self._dropped
             )
+            arrays, metrics = mean.aggregate(server_round, base, screens, candidates)
         else:
             self.last_path = "dense"
             usable = self._densify(candidates)
@@ -297,7 +295,7 @@ class Compressed(StrategyWrapper):
                 single_array_record(msg.content)
                 ok.append(msg)
             except Exception as exc:  # noqa: BLE001 - any failure of one reply is that reply's drop
-                self._drop(msg, _reason(exc))
+                self._drop(msg, exception_reason(exc))
         return ok
 
     def _densify(self, candidates: list[Message]) -> list[Message]:
@@ -308,7 +306,7 @@ class Compressed(StrategyWrapper):
             try:
                 out.append(self._dense_reply(msg))
             except Exception as exc:  # noqa: BLE001 - MemoryError, struct.error, ...: a dropped reply
-                self._drop(msg, _reason(exc))
+                self._drop(msg, exception_reason(exc))
         if self._global is not None:
             return out
         out, odd = majority_layout(out)
@@ -355,202 +353,3 @@ class Compressed(StrategyWrapper):
         for key, value in msg.content.items():
             content[key] = dense if value is record else value
         return Message(metadata=msg.metadata, content=content)  # type: ignore[call-overload]
-
-    def _aggregate_weighted_mean(
-        self,
-        server_round: int,
-        base: FedAvg,
-        screens: list[Any],
-        candidates: list[Message],
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """:math:`w + \\eta \\sum_i c_i \\hat u_i`, each payload decoded and added at
-        its indices,
-        in place, in the output buffers."""
-        accepted, out = self._accumulate(candidates, base, screens)
-        for screen in screens:
-            if not screen.admit_round(server_round, len(accepted)):
-                return None, None
-        if not accepted or out is None:
-            log(
-                logging.WARNING,
-                "Compressed: round %d has no usable reply; global model unchanged",
-                server_round,
-            )
-            return None, None
-        bad = [name for name, arr in out.items() if not finite_npy(arr)]
-        if bad:  # only a non-finite global model gets here: every update was bounded
-            log(
-                logging.WARNING,
-                "Compressed: round %d aggregate of %s is not finite; global model "
-                "unchanged",
-                server_round,
-                truncate_reason(str(bad[:3])),
-            )
-            return None, None
-        log(
-            logging.INFO,
-            "Compressed: aggregate_train: Received %d results and %d failures (%d "
-            "dropped)",
-            len(accepted),
-            len(self._dropped),
-            len(self._dropped),
-        )
-        # the replies are not handed on: their metrics are cut to the keys all share,
-        # whatever the strategy
-        try:
-            shared = shared_metrics(accepted, base.weighted_by_key, "Compressed")
-            metrics = base.train_metrics_aggr_fn(
-                [m.content for m in shared], base.weighted_by_key
-            )
-        except Exception as exc:  # noqa: BLE001 - the metrics function read something odd: keep the model
-            log(
-                logging.WARNING,
-                "Compressed: round %d: train_metrics_aggr_fn failed (%s); no train "
-                "metrics",
-                server_round,
-                truncate_reason(_reason(exc)),
-            )
-            metrics = MetricRecord()
-        return ArrayRecord(out), metrics
-
-    def _accumulate(
-        self, candidates: list[Message], base: FedAvg, screens: list[Any]
-    ) -> tuple[list[Message], dict[str, Any] | None]:
-        """Decode every candidate and add it, with its normalised weight, straight into
-        the output
-        buffers. A reply dropped on the way changes the normalisation: then one more
-        pass over the survivors (decoded again)."""
-        reference = self._global
-        if reference is None:
-            return [], None
-        for attempt in range(3):
-            weighted = self._weighted(candidates, base)
-            if not weighted:
-                return [], None
-            shares = normalised([w for _, w in weighted])
-            dtypes = self._out_dtypes(weighted[0][0], reference, bool(screens))
-            acc = {
-                name: Accumulator(ref, dtypes[name]) for name, ref in reference.items()
-            }
-            survivors: list[Message] = []
-            norms: list[float] = []
-            clean = True
-            for (msg, _), share in zip(weighted, shares, strict=True):
-                decoded = self._decode(msg, acc, screens)
-                if decoded is None:
-                    clean = False
-                    continue
-                survivors.append(msg)
-                norms.append(decoded_norm(decoded) * self.server_lr if screens else 0.0)
-                if clean:
-                    for name, dec in decoded.items():
-                        acc[name].add(dec, self.server_lr * share)
-            keep = list(range(len(survivors)))
-            if attempt == 0:
-                for screen in screens:
-                    keep = [
-                        keep[i] for i in screen.screen_norms([norms[j] for j in keep])
-                    ]
-            for i in sorted(set(range(len(survivors))) - set(keep)):
-                self._drop(
-                    survivors[i],
-                    f"update norm {norms[i]:.4g} exceeds the guard's bound",
-                )
-            if clean and len(keep) == len(weighted):
-                return survivors, {name: a.array() for name, a in acc.items()}
-            candidates = [survivors[i] for i in keep]
-        return [], None
-
-    def _weighted(
-        self, msgs: list[Message], base: FedAvg
-    ) -> list[tuple[Message, float]]:
-        """(reply, weight) for the replies with a positive weight (custom weights of a
-        :class:`~bouquet.strategies.hooks.ReplyWeights` strategy, else
-        ``weighted_by_key``)."""
-        if isinstance(base, ReplyWeights) and base.weighted_mean_aggregation:
-            try:
-                weights = [float(w) for w in base.reply_weights(msgs)]
-                if len(weights) != len(msgs):
-                    raise ValueError(f"{len(weights)} weights for {len(msgs)} replies")
-            except Exception as exc:  # noqa: BLE001 - the strategy's own weights failed: no aggregate this round
-                log(
-                    logging.WARNING,
-                    "Compressed: %s.reply_weights failed (%s); round not aggregated",
-                    type(base).__name__,
-                    truncate_reason(_reason(exc)),
-                )
-                return []
-        else:
-            weights = [
-                reply_weight(m.content, base.weighted_by_key) for m in msgs
-            ]  # checked in _candidates
-        out = []
-        for msg, weight in zip(msgs, weights, strict=True):
-            if np.isfinite(weight) and weight > 0:
-                out.append((msg, weight))
-            else:
-                self._drop(
-                    msg,
-                    f"aggregation weight {weight:.4g} from {type(base).__name__} is "
-                    "not finite and > 0",
-                )
-        return out
-
-    def _out_dtypes(
-        self, first: Message, reference: dict[str, np.ndarray], screened: bool
-    ) -> dict[str, np.dtype]:
-        """Flower's rule (the first reply's dtypes, float64 for integers; never narrower
-        than the
-        server's, so one reply cannot make the others overflow), or the server's behind
-        a screen."""
-        dtypes = {name: aggregate_dtype(ref) for name, ref in reference.items()}
-        if screened:
-            return dtypes
-        for name, arr in single_array_record(first.content).items():
-            if name in dtypes and arr.stype == DENSE_STYPE:
-                try:
-                    promoted = np.result_type(
-                        reference[name].dtype, np.dtype(arr.dtype)
-                    )
-                except TypeError:
-                    continue  # the reply is dropped when decoded
-                dtypes[name] = aggregate_dtype(np.empty(0, dtype=promoted))
-        return dtypes
-
-    def _decode(
-        self, msg: Message, acc: dict[str, Accumulator], screens: list[Any]
-    ) -> dict[str, Decoded] | None:
-        """The reply's updates (dense arrays in the accumulators' working dtype), or
-        None (dropped)."""
-        reference = self._global or {}
-        try:
-            record = single_array_record(msg.content)
-            check_record(record, reference)
-            decoded: dict[str, Decoded] = {}
-            for name, arr in record.items():
-                ref = reference[name]
-                try:
-                    if arr.stype == DENSE_STYPE:
-                        view = dense_view(arr)
-                        if screens and view.dtype != ref.dtype:
-                            view = cast_to_reference(view, ref, name)
-                        decoded[name] = dense_update(view, ref, acc[name].work)
-                    else:
-                        decoded[name] = decode(
-                            arr.stype, arr.dtype, tuple(arr.shape), arr.data
-                        )
-                except ValueError as exc:
-                    raise ValueError(f"array {name!r}: {exc}") from exc
-            check_overflow(
-                decoded, {n: a.dtype for n, a in acc.items()}, self.server_lr
-            )
-            return decoded
-        except Exception as exc:  # noqa: BLE001 - MemoryError, struct.error, ...: a dropped reply
-            self._drop(msg, _reason(exc))
-            return None
-
-
-def _reason(exc: BaseException) -> str:
-    return truncate_reason(
-        str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
-    )
