@@ -61,7 +61,6 @@ given to ``start()`` by a plain app sees :math:`w_t`. Evaluation messages
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -72,12 +71,17 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from bouquet import keys
-from bouquet.codecs import Encoded, UpdateCompressor, is_statistic, make_compressor
-from bouquet.codecs.catalog import DOWNLINK_CODECS
-from bouquet.codecs.npy import read_npy
-from bouquet.codecs.sync import apply_decoded, decode_step, model_digest
+from bouquet.codecs import UpdateCompressor
 from bouquet.strategies.client_errors import log_client_error
-from bouquet.strategies.decoding import DENSE_STYPE, reference_arrays
+from bouquet.strategies.decoding import DENSE_STYPE
+from bouquet.strategies.downlink_model import (
+    HeldModel,
+    broadcast_key,
+    downlink_compressor,
+    onto_server_model,
+    step_record,
+    step_record_key,
+)
 from bouquet.strategies.reports import CLIENTS_DROPPED, DROP_REASONS, truncate_reason
 from bouquet.strategies.wrapper import StrategyWrapper, chain
 
@@ -86,9 +90,14 @@ RESYNC = (
 )  # marker in a client error reason: it could not rebuild the model
 
 
-def step_record_key(version: int) -> str:
-    """RecordDict key of the ``ArrayRecord`` holding broadcast step ``version``."""
-    return f"{keys.DOWNLINK_STEP_PREFIX}{version}"
+# per-round counters of the broadcast (reset by every configure_train)
+ROUND_COUNTERS = (
+    "mismatches",
+    "catchup_bytes",
+    "dense_sends",
+    "bytes_down",
+    "dense_down",
+)
 
 
 class CompressedDownlink(StrategyWrapper):
@@ -123,35 +132,7 @@ class CompressedDownlink(StrategyWrapper):
         initial_known: bool = False,
         **codec_kwargs: Any,
     ) -> None:
-        if isinstance(compressor, str):
-            if compressor not in DOWNLINK_CODECS:
-                raise ValueError(
-                    f"compressor={compressor!r} is not a downlink codec; allowed: "
-                    f"{list(DOWNLINK_CODECS)}"
-                )
-            compressor = make_compressor(compressor, **codec_kwargs)
-        elif codec_kwargs:
-            raise ValueError(
-                f"codec options {sorted(codec_kwargs)} given with a compressor "
-                "object: set them on it"
-            )
-        if (
-            not isinstance(compressor, UpdateCompressor)
-            or compressor.codec not in DOWNLINK_CODECS
-        ):
-            raise ValueError(
-                "compressor must be a top-k, STC or ternary UpdateCompressor, got "
-                f"{compressor!r}"
-            )
-        if (
-            compressor.momentum_correction > 0
-            or compressor.clip_norm is not None
-            or compressor.warmup_rounds
-        ):
-            raise ValueError(
-                "downlink compressors take no DGC options (momentum_correction, "
-                "clip_norm, warmup_rounds)"
-            )
+        compressor = downlink_compressor(compressor, codec_kwargs)
         if any(isinstance(s, CompressedDownlink) for s in chain(strategy)):
             raise ValueError(
                 "CompressedDownlink is already in this chain: wrap a strategy in it "
@@ -161,36 +142,13 @@ class CompressedDownlink(StrategyWrapper):
         self.compressor = compressor
         self.seed = int(seed)
         self.initial_known = bool(initial_known)
-        self._version = 0
-        self._digests: dict[
-            int, str
-        ] = {}  # version -> digest of x_version (the initial one and the history's)
-        self._held: dict[str, np.ndarray] = {}
-        self._held_digest = ""
-        self._server_digest = ""  # digest of the w_t the current version was cut from
-        self._dense_record: ArrayRecord | None = (
-            None  # x_v as Flower arrays, built once per version
-        )
-        self._steps: deque[tuple[int, dict[str, Encoded], int]] = (
-            deque()
-        )  # (version, payloads, bytes)
+        self._held = HeldModel(compressor, self.seed)
         self._nodes: dict[int, int] = {}  # node -> confirmed version
         self._resync: set[int] = set()  # nodes out of sync: the dense model next time
-        self._sent: dict[
-            int, tuple[int, str, bool]
-        ] = {}  # node -> (version, digest, dense) this round
-        self._residual: dict[str, np.ndarray] | None = (
-            None  # w_t - x_v, built when a dense reply needs it
-        )
-        self._server: dict[str, np.ndarray] = {}
+        # node -> (version, digest, dense) this round
+        self._sent: dict[int, tuple[int, str, bool]] = {}
         self._dropped: list[str] = []
-        self._round = {
-            "mismatches": 0,
-            "catchup_bytes": 0,
-            "dense_sends": 0,
-            "bytes_down": 0,
-            "dense_down": 0,
-        }
+        self._round = dict.fromkeys(ROUND_COUNTERS, 0)
         self.sync_mismatches = 0
         self._warned_no_mod: set[int] = set()
         self._explained: set[str] = set()  # set-up mistakes already logged
@@ -210,76 +168,21 @@ class CompressedDownlink(StrategyWrapper):
         broadcast."""
         self._advance(arrays)
         return ArrayRecord(
-            {name: Array(np.array(a, copy=True)) for name, a in self._held.items()}
+            {
+                name: Array(np.array(a, copy=True))
+                for name, a in self._held.arrays.items()
+            }
         )
 
     @property
     def version(self) -> int:
         """Version :math:`v` of the held model (0 before the first broadcast)."""
-        return self._version
+        return self._held.version
 
     def _advance(self, arrays: ArrayRecord) -> None:
-        """Cut the step from :math:`x_v` towards ``arrays`` (once per distinct server
-        model)."""
-        server = reference_arrays(arrays)
-        digest = model_digest(server)
-        if digest == self._server_digest:
-            return
-        self._server, self._server_digest, self._residual = server, digest, None
-        same = (
-            self._held
-            and list(self._held) == list(server)
-            and all(
-                self._held[n].shape == a.shape and self._held[n].dtype == a.dtype
-                for n, a in server.items()
-            )
-        )
-        if (
-            not same
-        ):  # first broadcast, or the model's layout changed: everyone gets it dense
-            if self._held:
-                log(
-                    logging.INFO,
-                    "CompressedDownlink: the model's tensors changed (names, shapes "
-                    "or dtypes): "
-                    "broadcasting it dense",
-                )
-            self._held = {n: np.array(a, copy=True) for n, a in server.items()}
-            self._steps.clear()
+        """Cut the step towards ``arrays``; a new layout resets the node table."""
+        if self._held.advance(arrays):
             self._nodes.clear()
-            self._digests.clear()
-        else:
-            updates = [
-                np.subtract(server[n], self._held[n], dtype=self._held[n].dtype)
-                for n in server
-            ]
-            rng = np.random.default_rng([self.seed, self._version, 29])
-            payloads, _ = self.compressor.compress(
-                updates,
-                None,
-                server_round=self._version + 1,
-                rng=rng,
-                inplace=True,
-                exact=[is_statistic(n) for n in server],
-            )
-            step = dict(zip(server, payloads, strict=True))
-            apply_decoded(
-                self._held, decode_step(step, self._held)
-            )  # exactly what a client does
-            self._steps.append(
-                (self._version + 1, step, sum(len(p.data) for p in payloads))
-            )
-            while sum(b for _, _, b in self._steps) > self._dense_bytes():
-                dropped, _, _ = self._steps.popleft()
-                if dropped - 1 > 1:
-                    self._digests.pop(dropped - 1, None)
-        self._version += 1
-        self._held_digest = model_digest(self._held)
-        self._digests[self._version] = self._held_digest
-        self._dense_record = None
-
-    def _dense_bytes(self) -> int:
-        return sum(a.nbytes for a in self._held.values())
 
     # ------------------------------------------------------------------ broadcast
     def configure_train(
@@ -287,13 +190,7 @@ class CompressedDownlink(StrategyWrapper):
     ) -> Iterable[Message]:
         self._advance(arrays)
         self._sent = {}
-        self._round = {
-            "mismatches": 0,
-            "catchup_bytes": 0,
-            "dense_sends": 0,
-            "bytes_down": 0,
-            "dense_down": 0,
-        }
+        self._round = dict.fromkeys(ROUND_COUNTERS, 0)
         out = []
         for msg in self.strategy.configure_train(server_round, arrays, config, grid):
             out.append(self._compress_message(msg, arrays))
@@ -301,24 +198,8 @@ class CompressedDownlink(StrategyWrapper):
 
     def _compress_message(self, msg: Message, arrays: ArrayRecord) -> Message:
         content = msg.content
-        keys_of_arrays = list(content.array_records)
-        if len(keys_of_arrays) != 1:
-            raise ValueError(
-                f"CompressedDownlink: a train message holds {len(keys_of_arrays)} "
-                "ArrayRecords; "
-                "the downlink broadcasts one model"
-            )
-        rec_key = keys_of_arrays[0]
+        rec_key = broadcast_key(content, arrays, self._held.server_digest)
         record = content.array_records[rec_key]
-        if (
-            record is not arrays
-            and model_digest(reference_arrays(record)) != self._server_digest
-        ):
-            raise ValueError(
-                "CompressedDownlink: the inner strategy sends node-specific arrays "
-                "(e.g. sub-models); "
-                "the downlink broadcasts one model: remove CompressedDownlink"
-            )
         node = int(msg.metadata.dst_node_id)
         new = RecordDict()
         for key, value in content.items():
@@ -328,71 +209,40 @@ class CompressedDownlink(StrategyWrapper):
         if (
             base is None
             and self.initial_known
-            and 1 in self._digests
+            and 1 in self._held.digests
             and node not in self._resync
         ):
-            base = (
-                1  # a new node builds the initial model itself (its digest is checked)
-            )
-        steps = self._catchup(base)
+            base = 1  # a new node builds the initial model itself (digest checked)
+        steps = self._held.catchup(base)
         dense = steps is None
         if dense:
-            if self._dense_record is None:
-                self._dense_record = ArrayRecord(
-                    {n: Array(a) for n, a in self._held.items()}
-                )
-            new[rec_key] = self._dense_record
+            new[rec_key] = self._held.dense_record()
             self._round["dense_sends"] += 1
             self._resync.discard(node)
         else:
             for version, payloads, nbytes in steps or []:
-                new[step_record_key(version)] = ArrayRecord(
-                    {
-                        n: Array(
-                            dtype=p.dtype,
-                            shape=tuple(p.shape),
-                            stype=p.stype,
-                            data=p.data,
-                        )
-                        for n, p in payloads.items()
-                    }
-                )
-                if len(steps or []) > 1:
-                    self._round["catchup_bytes"] += (
-                        nbytes  # more than this round's step: catching up
-                    )
+                new[step_record_key(version)] = step_record(payloads)
+                if len(steps or []) > 1:  # more than this round's step: catching up
+                    self._round["catchup_bytes"] += nbytes
         new[keys.DOWNLINK] = ConfigRecord(
             {
-                "version": self._version,
+                "version": self._held.version,
                 "base": 0 if dense else int(base or 0),
-                "digest": self._held_digest,
-                "base-digest": "" if dense else self._digests.get(int(base or 0), ""),
+                "digest": self._held.digest,
+                "base-digest": ""
+                if dense
+                else self._held.digests.get(int(base or 0), ""),
                 "kind": "dense" if dense else "steps",
                 "record": rec_key,
             }
         )
-        self._sent[node] = (self._version, self._held_digest, dense)
+        self._sent[node] = (self._held.version, self._held.digest, dense)
         self._round["bytes_down"] += sum(
             len(a.data) for r in new.array_records.values() for a in r.values()
         )
         self._round["dense_down"] += sum(len(a.data) for a in record.values())
         msg.content = new
         return msg
-
-    def _catchup(
-        self, base: int | None
-    ) -> list[tuple[int, dict[str, Encoded], int]] | None:
-        """The steps after ``base`` (None: send the model dense)."""
-        if base is None or base > self._version:
-            return None
-        if base == self._version:
-            return []
-        steps = [s for s in self._steps if s[0] > base]
-        if not steps or steps[0][0] != base + 1:
-            return None  # the history no longer reaches back to base
-        if sum(b for _, _, b in steps) >= self._dense_bytes():
-            return None
-        return steps
 
     # ------------------------------------------------------------------ replies
     def aggregate_train(
@@ -498,39 +348,10 @@ class CompressedDownlink(StrategyWrapper):
 
     def _to_server_model(self, record: ArrayRecord) -> ArrayRecord:
         """:math:`w_i + (w_t - x_v)` for every dense float array of the right shape
-        (others unchanged:
-        the inner strategy judges them)."""
+        (others unchanged: the inner strategy judges them)."""
         if not any(a.stype == DENSE_STYPE for a in record.values()):
             return record
-        if self._residual is None:
-            self._residual = {
-                n: np.subtract(
-                    self._server[n], self._held[n], dtype=self._held[n].dtype
-                )
-                for n in self._held
-                if self._held[n].dtype.kind == "f"
-            }
-        out: dict[str, Array] = {}
-        for name, arr in record.items():
-            res = self._residual.get(name)
-            if arr.stype != DENSE_STYPE or res is None or tuple(arr.shape) != res.shape:
-                out[name] = arr
-                continue
-            try:
-                full = read_npy(
-                    arr.data, shape=tuple(arr.shape), dtype=np.dtype(arr.dtype)
-                )
-            except (ValueError, TypeError):
-                out[name] = arr
-                continue
-            if full.dtype.kind != "f":
-                out[name] = arr
-                continue
-            with np.errstate(over="ignore", invalid="ignore"):
-                out[name] = Array(
-                    np.add(full, res, dtype=np.result_type(full.dtype, res.dtype))
-                )
-        return ArrayRecord(out)
+        return onto_server_model(record, self._held.residual())
 
     # ---------------------------------------------------------------- reports and state
     def own_report(self) -> dict[str, Any]:
@@ -540,44 +361,19 @@ class CompressedDownlink(StrategyWrapper):
             "sync_mismatches": self._round["mismatches"],
             "catchup_bytes": self._round["catchup_bytes"],
             "dense_sends": self._round["dense_sends"],
-            "downlink_version": self._version,
+            "downlink_version": self._held.version,
         }
         self._dropped = []
         return own
 
     def state_dict(self) -> dict[str, Any]:
         """Version and held model (the step history and node table are not kept: after a
-        resume
-        every node gets the dense model once)."""
-        return {
-            "version": self._version,
-            "held": {n: a.copy() for n, a in self._held.items()},
-            "sync_mismatches": self.sync_mismatches,
-        }
+        resume every node gets the dense model once)."""
+        return {**self._held.state_dict(), "sync_mismatches": self.sync_mismatches}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict` (``ValueError`` if it is not one)."""
-        held = state.get("held") if isinstance(state, dict) else None
-        version = state.get("version") if isinstance(state, dict) else None
-        if (
-            not isinstance(held, dict)
-            or not isinstance(version, int)
-            or version < 0
-            or not all(
-                isinstance(k, str) and isinstance(v, np.ndarray)
-                for k, v in held.items()
-            )
-        ):
-            raise ValueError(
-                "CompressedDownlink.load_state_dict: needs 'version' (int >= 0) and "
-                "'held' (name -> array)"
-            )
-        self._held = {k: np.array(v, copy=True) for k, v in held.items()}
-        self._version = version
-        self._held_digest = model_digest(self._held) if self._held else ""
-        self._server_digest, self._dense_record = "", None
-        self._steps.clear()
+        self._held.load_state_dict(state)
         self._nodes.clear()
         self._resync.clear()
-        self._digests = {version: self._held_digest} if self._held else {}
         self.sync_mismatches = int(state.get("sync_mismatches", 0))

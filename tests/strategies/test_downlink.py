@@ -111,7 +111,7 @@ def test_every_served_copy_equals_the_server_copy(codec, options, upload):
         served += 1
         assert version <= strategy.version
         if version == strategy.version:
-            assert model_digest(model) == strategy._held_digest
+            assert model_digest(model) == strategy._held.digest
     assert served == 8
     dense_total = sum(np.prod(s) * 4 for s in SHAPES.values()) * len(
         grid.deliveries("train")
@@ -199,7 +199,7 @@ def test_a_new_client_gets_the_dense_model_and_a_corrupted_copy_is_repaired():
     errors = len(grid.errors)
     strategy.aggregate_train(4, list(grid.send_and_receive(msgs)))
     assert len(grid.errors) == errors  # repaired
-    assert model_digest(node_copy(grid, node)[1]) == strategy._held_digest
+    assert model_digest(node_copy(grid, node)[1]) == strategy._held.digest
     assert strategy.sync_mismatches == 1
 
 
@@ -214,7 +214,7 @@ def test_dense_replies_are_moved_onto_the_server_model():
     arrays = one_round(strategy, grid, 2, arrays)  # first compressed step: x != w
     w = {n: a.numpy() for n, a in arrays.items()}
     msgs = list(strategy.configure_train(3, arrays, ConfigRecord({}), grid))  # type: ignore[arg-type]
-    x = {n: a.copy() for n, a in strategy._held.items()}
+    x = {n: a.copy() for n, a in strategy._held.arrays.items()}
     assert any(not np.array_equal(x[n], w[n]) for n in w)
     replies = list(grid.send_and_receive(msgs))
     local = {
