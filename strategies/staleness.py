@@ -74,6 +74,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from inspect import signature
 from typing import Any
 
 from bouquet.staleness_window import (
@@ -82,8 +83,6 @@ from bouquet.staleness_window import (
     staleness_context,
     window_scale,
 )
-
-POLICIES = ("constant", "polynomial", "hinge", "fedbuff", "sliding_window")
 
 
 def _check_staleness(staleness: float) -> float:
@@ -113,8 +112,7 @@ def sliding_window_scale(
     exponent: float = 1.0,
     max_scale: float = 1.0,
 ) -> float:
-    """S4 scale :math:`\\min(s_{max}, ((1 + c) / (1 + \\tau))^a)`; ``context=None``
-    gives 1
+    """S4 scale :math:`\\min(s_{max}, ((1 + c) / (1 + \\tau))^a)`, 1 if ``context=None``
     (:func:`bouquet.staleness_window.window_scale`, after checking ``staleness``)."""
     return window_scale(_check_staleness(staleness), context, exponent, max_scale)
 
@@ -154,8 +152,7 @@ class StalenessPolicy:
         )
 
     def scale(self, staleness: float, context: float | None = None) -> float:
-        """Pure scale of an update with this staleness (``context`` only for windowed
-        policies)."""
+        """Pure scale of an update this stale (``context``: windowed policies only)."""
         _check_staleness(staleness)
         return 1.0
 
@@ -167,8 +164,7 @@ class StalenessPolicy:
         """Record a staleness sample (no-op unless the policy keeps a window)."""
 
     def __call__(self, staleness: float, node_id: int | None = None) -> float:
-        """Scale of the next update from ``node_id`` (0 if cut off), then record its
-        staleness."""
+        """Scale of ``node_id``'s next update (0 if cut off), then records it."""
         if not self.accepts(staleness):
             return 0.0
         value = self.scale(staleness, self.context(node_id))
@@ -183,8 +179,7 @@ class StalenessPolicy:
         }
 
     def state_dict(self) -> dict[str, Any]:
-        """What the policy learned during a run, as plain data (none for memoryless
-        policies)."""
+        """What the policy learned in a run, as plain data (memoryless: none)."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -318,11 +313,9 @@ class SlidingWindowPolicy(StalenessPolicy):
         self._window(node_id).append(_check_staleness(staleness))
 
     def state_dict(self) -> dict[str, Any]:
-        """The windows: ``{"windows": [[node_id or None (shared), [samples]],
-        ...]}``."""
-        return {
-            "windows": [[key, list(samples)] for key, samples in self._windows.items()]
-        }
+        """The windows as ``{"windows": [[node or None (shared), [samples]], ...]}``."""
+        windows = [[key, list(samples)] for key, samples in self._windows.items()]
+        return {"windows": windows}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the windows of :meth:`state_dict` (each cut to this policy's
@@ -351,49 +344,36 @@ class SlidingWindowPolicy(StalenessPolicy):
         self._windows = restored
 
 
-def make_policy(
-    policy: str,
-    *,
-    exponent: float | None = None,
-    hinge_a: float = 10.0,
-    hinge_b: float = 4.0,
-    buffer_size: int = 5,
-    server_lr: float = 1.0,
-    window: int = DEFAULT_WINDOW,
-    context: str = "mean",
-    max_scale: float = 1.0,
-    per_node: bool = False,
-    max_staleness: int | None = None,
-) -> StalenessPolicy:
+POLICY_CLASSES: dict[str, type[StalenessPolicy]] = {
+    "constant": ConstantPolicy,
+    "polynomial": PolynomialPolicy,
+    "hinge": HingePolicy,
+    "fedbuff": FedBuffPolicy,
+    "sliding_window": SlidingWindowPolicy,
+}
+POLICIES = tuple(POLICY_CLASSES)
+# every setting some policy takes (the keyword arguments of its class)
+SETTINGS = frozenset(
+    name for cls in POLICY_CLASSES.values() for name in signature(cls).parameters
+)
+
+
+def make_policy(policy: str, **settings: Any) -> StalenessPolicy:
     """Build a policy by name (one of :data:`POLICIES`) from flat keyword arguments.
 
-    ``exponent=None`` takes each policy's default (0.5 for polynomial/fedbuff, 1 for the
-    sliding window).
+    Each policy takes the settings its class has and ignores the others (the caller may
+    pass them all, as :class:`~bouquet.strategies.async_fedavg.AsyncFedAvg` does); a
+    setting that is absent or ``None`` takes the policy's default (``exponent``: 0.5
+    for polynomial/fedbuff, 1 for the sliding window). ``TypeError`` for a setting no
+    policy has.
     """
-    if policy == "constant":
-        return ConstantPolicy(max_staleness=max_staleness)
-    if policy == "polynomial":
-        return PolynomialPolicy(
-            exponent=0.5 if exponent is None else exponent, max_staleness=max_staleness
+    cls = POLICY_CLASSES.get(policy)
+    if cls is None:
+        raise ValueError(
+            f"policy={policy!r} is unknown; allowed: {', '.join(POLICIES)}"
         )
-    if policy == "hinge":
-        return HingePolicy(
-            hinge_a=hinge_a, hinge_b=hinge_b, max_staleness=max_staleness
-        )
-    if policy == "fedbuff":
-        return FedBuffPolicy(
-            buffer_size=buffer_size,
-            exponent=0.5 if exponent is None else exponent,
-            server_lr=server_lr,
-            max_staleness=max_staleness,
-        )
-    if policy == "sliding_window":
-        return SlidingWindowPolicy(
-            window=window,
-            exponent=1.0 if exponent is None else exponent,
-            context=context,
-            max_scale=max_scale,
-            per_node=per_node,
-            max_staleness=max_staleness,
-        )
-    raise ValueError(f"policy={policy!r} is unknown; allowed: {', '.join(POLICIES)}")
+    unknown = sorted(set(settings) - SETTINGS)
+    if unknown:
+        raise TypeError(f"make_policy() got unknown settings {unknown}")
+    takes = signature(cls).parameters
+    return cls(**{k: v for k, v in settings.items() if k in takes and v is not None})

@@ -130,6 +130,18 @@ def test_scales_stay_in_range(taus: list[int]) -> None:
         assert sliding_window_scale(b, 5.0) <= sliding_window_scale(a, 5.0)
 
 
+def test_make_policy_takes_each_policys_own_settings_and_defaults() -> None:
+    assert make_policy("polynomial").exponent == 0.5
+    assert make_policy("fedbuff", exponent=None).exponent == 0.5
+    assert make_policy("sliding_window").exponent == 1.0
+    hinge = make_policy("hinge", window=3, exponent=2.0, hinge_a=2.0)
+    assert isinstance(hinge, HingePolicy) and (hinge.a, hinge.b) == (2.0, 4.0)
+    buffered = make_policy("fedbuff", buffer_size=3, server_lr=0.5, max_scale=2.0)
+    assert (buffered.buffer_size, buffered.server_lr) == (3, 0.5)
+    with pytest.raises(TypeError, match="windw"):
+        make_policy("sliding_window", windw=3)
+
+
 def test_bad_values_are_refused() -> None:
     with pytest.raises(ValueError, match="policy='fifo'"):
         make_policy("fifo")
@@ -200,6 +212,7 @@ def test_one_default_window_everywhere() -> None:
         ).read_text()
     )
     assert conf["window"] == DEFAULT_WINDOW
-    for fn in (SlidingWindowPolicy, make_policy, AsyncFedAvg, staleness_window_mod):
+    for fn in (SlidingWindowPolicy, AsyncFedAvg, staleness_window_mod):
         assert inspect.signature(fn).parameters["window"].default == DEFAULT_WINDOW, fn
     assert SlidingWindowPolicy().window == DEFAULT_WINDOW
+    assert make_policy("sliding_window").window == DEFAULT_WINDOW  # the class's default
