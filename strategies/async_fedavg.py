@@ -70,10 +70,11 @@ evaluation line) and when the run stops; a loaded state makes the next
 :meth:`AsyncFedAvg.start` continue that run (version, counters, windows, budgets; what
 is kept and what is not: :mod:`bouquet.strategies.async_state` and ``docs/async.md``).
 
-Layout: this module holds the strategy (the Strategy API, checkpoints, the ``start()``
-loop with its evaluations and stop conditions); its settings are a frozen
-:class:`~bouquet.strategies.async_rules.AsyncSettings` (``strategy.settings``;
-``strategy.alpha`` and the others read it), the loop's per-node steps a collaborator
+Layout: this module holds the strategy (the Strategy API, checkpoints, ``start()``);
+its settings are a frozen :class:`~bouquet.strategies.async_rules.AsyncSettings`
+(``strategy.settings``; ``strategy.alpha`` and the others read it), the loop with its
+evaluations and stop conditions :class:`~bouquet.strategies.async_run.AsyncRun`, the
+loop's per-node steps a collaborator
 :class:`~bouquet.strategies.async_nodes.NodeSteps` built for each run, its bookkeeping
 :class:`~bouquet.strategies.async_state.AsyncState`, the messages and reply checks
 :mod:`~bouquet.strategies.async_messages`, and the pure rules
@@ -83,7 +84,6 @@ loop with its evaluations and stop conditions); its settings are a frozen
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -94,17 +94,16 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from bouquet.staleness_window import DEFAULT_WINDOW
 from bouquet.strategies.async_messages import Decoder, train_message
-from bouquet.strategies.async_nodes import NodeSteps, wait_for_nodes
+from bouquet.strategies.async_nodes import NodeSteps
 from bouquet.strategies.async_rules import (
     LEARNER_RATES,
     WINDOW_SIDES,
     AsyncSettings,
     buffered_step,
     mix,
-    plateau_evaluations,
-    plateaued,
     show_settings,
 )
+from bouquet.strategies.async_run import AsyncRun
 from bouquet.strategies.async_state import AsyncState, split_state
 from bouquet.strategies.staleness import StalenessPolicy, make_policy
 
@@ -358,187 +357,21 @@ class AsyncFedAvg(Strategy):
         evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
     ) -> Result:
         """Run asynchronous training on ``grid`` until a stop condition holds (or
-        continue the
-        run loaded by :meth:`load_state_dict`, ``initial_arrays`` being its model)."""
+        continue the run loaded by :meth:`load_state_dict`, ``initial_arrays`` being its
+        model; :class:`~bouquet.strategies.async_run.AsyncRun`)."""
         resume, self._resume = self._resume, None
-        st = self.state = AsyncState()
-        steps = self._steps = self._node_steps()
-        settings = self.settings
+        self.state = AsyncState()
+        self._steps = self._node_steps()
+        run = AsyncRun(
+            self.settings,
+            self.state,
+            self._steps,
+            learner_side=self.learner_side,
+            recorder=self.recorder,
+            evaluate_fn=evaluate_fn,
+            save=self.checkpoint,
+            every=self.checkpoint_every,
+        )
         arrays = {k: v.numpy().copy() for k, v in initial_arrays.items()}
-        if resume is None:
-            st.reset(arrays)
-        else:
-            st.restore(resume, arrays)
         config = ConfigRecord(dict(train_config or {}))
-        reply_timeout = float(settings.reply_timeout_s or timeout)
-        nodes = wait_for_nodes(grid, reply_timeout)
-        if resume is None:
-            st.nodes = len(nodes)
-        st.budget = settings.max_updates or int(num_rounds) * max(1, st.nodes)
-        if self.recorder is not None and hasattr(self.recorder, "total_steps"):
-            self.recorder.total_steps = (
-                st.budget
-            )  # the progress line's ETA counts applied updates
-        st.plateau_window = plateau_evaluations(
-            settings.plateau_window, st.nodes, settings.eval_every
-        )
-        self.summary()
-        log(
-            logging.INFO,
-            "async: %d nodes, budget %d updates, reply timeout %.0f s, plateau after "
-            "%d evaluations",
-            len(nodes),
-            st.budget,
-            reply_timeout,
-            st.plateau_window,
-        )
-        result = Result()
-        if resume is None:
-            self._evaluate(evaluate_fn, result)
-        else:
-            self._log_resume(nodes)
-            st.stop_reason = self._stop_reason()
-        # some node may be idle: ask the grid for nodes only then (an RPC on a
-        # SuperLink)
-        idle = True
-        while st.stop_reason is None:
-            if idle:
-                steps.dispatch(grid, config)
-            if not st.inflight:
-                st.stop_reason = "no usable node left"
-                break
-            replies = list(grid.pull_messages(list(st.inflight)))
-            idle = bool(replies)
-            for reply in sorted(
-                replies, key=lambda m: m.metadata.created_at
-            ):  # arrival order
-                steps.handle(reply)
-                st.stop_reason = self._stop_reason()
-                if (
-                    st.stop_reason is None
-                    and st.updates_since_eval >= settings.eval_every
-                ):
-                    self._evaluate(evaluate_fn, result)  # may find a plateau
-                if st.stop_reason:
-                    break
-                self._checkpoint(final=False)
-            st.stop_reason = st.stop_reason or self._stop_reason()
-            if st.stop_reason is None:
-                idle = steps.expire(grid, reply_timeout) or idle
-                if not replies:
-                    time.sleep(settings.poll_interval_s)
-        log(
-            logging.INFO,
-            "async: stopped after %d updates (version %d): %s",
-            st.updates,
-            st.version,
-            st.stop_reason,
-        )
-        if st.updates_since_eval:
-            self._evaluate(
-                evaluate_fn, result
-            )  # the final line carries the stop reason
-        self._checkpoint(final=True)
-        result.arrays = st.record()
-        return result
-
-    def _checkpoint(self, final: bool) -> None:
-        """Save through the bound callable every ``checkpoint_every`` applied updates
-        (and at the end)."""
-        st = self.state
-        if (
-            self.checkpoint is None
-            or self.checkpoint_every <= 0
-            or st.updates == st.checkpointed
-        ):
-            return
-        if not final and st.updates % self.checkpoint_every:
-            return
-        previous, st.checkpointed = st.checkpointed, st.updates
-        try:
-            self.checkpoint(st.updates, st.arrays)
-        except (
-            OSError
-        ) as exc:  # the previous checkpoint stays valid (written atomically): go on
-            st.checkpointed = previous
-            log(
-                logging.WARNING,
-                "async: checkpoint after %d updates skipped: %s",
-                st.updates,
-                exc,
-            )
-
-    def _log_resume(self, nodes: list[int]) -> None:
-        """Say where a resumed run continues, and which per-node values cannot be
-        used."""
-        st = self.state
-        log(
-            logging.INFO,
-            "async: resuming at version %d after %d updates (%d evaluations), budget "
-            "%d",
-            st.version,
-            st.updates,
-            len(st.history),
-            st.budget,
-        )
-        gone, known = st.absent_nodes(nodes)
-        if gone:
-            log(
-                logging.WARNING,
-                "async: %d of the %d nodes in the checkpoint are not connected (a "
-                "simulation gives its nodes "
-                "new ids); their counters and windows are not used, the nodes now "
-                "connected start afresh",
-                gone,
-                known,
-            )
-
-    def _evaluate(
-        self,
-        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None,
-        result: Result,
-    ) -> None:
-        st = self.state
-        st.updates_since_eval = 0
-        record = st.record()
-        metrics: dict[str, Any] = {}
-        if self.recorder is not None:
-            metrics = dict(
-                self.recorder.evaluate_arrays(
-                    {k: v.copy() for k, v in st.arrays.items()}
-                )
-            )
-        elif evaluate_fn is not None:
-            metrics = dict(evaluate_fn(st.updates, record) or {})
-        if self.settings.plateau_metric in metrics:
-            st.history.append(float(metrics[self.settings.plateau_metric]))
-        st.stop_reason = (
-            st.stop_reason or self._stop_reason()
-        )  # so that this line carries it
-        if self.recorder is not None:
-            self.recorder.record(st.updates, {**metrics}, step_key="updates")
-            self.recorder.last_arrays = record
-        else:
-            log(
-                logging.INFO,
-                "async: updates %d %s %s",
-                st.updates,
-                metrics,
-                self.round_report(),
-            )
-        if metrics:
-            result.evaluate_metrics_serverapp[st.updates] = MetricRecord(
-                {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-            )
-
-    def _stop_reason(self) -> str | None:
-        st, s = self.state, self.settings
-        if st.updates >= st.budget:
-            return f"update budget {st.budget} reached"
-        if s.max_wall_s is not None and time.monotonic() - st.t_start >= s.max_wall_s:
-            return f"wall-time budget {s.max_wall_s:.0f} s reached"
-        if plateaued(
-            st.history, st.plateau_window, s.plateau_min_delta, s.plateau_mode
-        ):
-            return f"{s.plateau_metric} plateaued over {st.plateau_window} evaluations"
-        return None
+        return run.run(grid, arrays, resume, num_rounds, timeout, config, self.summary)

@@ -54,12 +54,12 @@ def _continue(
 
 
 def _loop_warnings(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The warnings AsyncFedAvg logs from now on (its own and its per-node steps'), as
-    strings."""
-    from bouquet.strategies import async_fedavg, async_nodes
+    """The warnings AsyncFedAvg logs from now on (its own, its run loop's and its
+    per-node steps'), as strings."""
+    from bouquet.strategies import async_fedavg, async_nodes, async_run
 
     warnings: list[str] = []
-    for module in (async_fedavg, async_nodes):
+    for module in (async_fedavg, async_nodes, async_run):
         monkeypatch.setattr(
             module,
             "log",
