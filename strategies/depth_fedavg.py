@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -64,64 +63,20 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from bouquet import keys
+from bouquet.strategies.depth_math import (
+    DEFAULT_DEPTH_PATTERN,
+    aggregate_by_name,
+    check_depth_settings,
+    name_depths,
+    node_info,
+    submodel_arrays,
+    submodel_depth,
+    submodel_names,
+)
 from bouquet.strategies.reports import truncate_reason
 from bouquet.strategies.screening import node_label
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_DEPTH_PATTERN = r"^(?:stages|exits)\.d(\d+)\."
-
-
-def name_depths(
-    names: Iterable[str], pattern: str = DEFAULT_DEPTH_PATTERN
-) -> dict[str, int]:
-    """Depth tag of every name (0 for names without a tag)."""
-    regex = re.compile(pattern)
-    out = {}
-    for name in names:
-        match = regex.search(name)
-        out[name] = int(match.group(1)) if match else 0
-    return out
-
-
-def submodel_names(depths: dict[str, int], depth: int) -> list[str]:
-    """Names of the depth-``depth`` sub-model, in the order of ``depths``."""
-    return [n for n, d in depths.items() if d <= depth]
-
-
-def aggregate_by_name(
-    global_arrays: dict[str, np.ndarray],
-    replies: Sequence[tuple[dict[str, np.ndarray], float]],
-) -> dict[str, np.ndarray]:
-    """Weighted mean of every name over the replies that carry it (see module
-    docstring).
-
-    Parameters
-    ----------
-    global_arrays : dict
-        Current global arrays (their order is kept; names nobody trained stay
-        unchanged).
-    replies : list of (arrays, weight)
-        Validated reply arrays (a subset of the global names) and their
-        ``num-examples``.
-    """
-    totals: dict[str, float] = {}
-    for arrays, weight in replies:
-        for name in arrays:
-            totals[name] = totals.get(name, 0.0) + weight
-    out: dict[str, np.ndarray] = {}
-    for name, current in global_arrays.items():
-        total = totals.get(name, 0.0)
-        if total <= 0:
-            out[name] = current
-            continue
-        acc = None
-        for arrays, weight in replies:
-            if name in arrays:
-                term = arrays[name] * (weight / total)
-                acc = term if acc is None else acc + term
-        out[name] = np.asarray(acc)
-    return out
 
 
 class DepthFedAvg(FedAvg):
@@ -163,35 +118,9 @@ class DepthFedAvg(FedAvg):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if assignment not in ("per_round", "fixed"):
-            raise ValueError(
-                f"strategy.assignment={assignment!r} must be 'per_round' or 'fixed'"
-            )
-        if not float(node_info_timeout) > 0:
-            raise ValueError(
-                f"strategy.node_info_timeout={node_info_timeout} must be > 0 seconds"
-            )
-        if depths is not None and (not depths or any(int(d) < 1 for d in depths)):
-            raise ValueError(
-                f"strategy.depths={depths} must be a non-empty list of depths >= 1"
-            )
-        if depth_probs is not None:
-            probs = [float(p) for p in depth_probs]
-            if (
-                depths is None
-                or len(probs) != len(depths)
-                or any(p < 0 for p in probs)
-                or sum(probs) <= 0
-            ):
-                raise ValueError(
-                    f"strategy.depth_probs={depth_probs} must give one weight >= 0 "
-                    f"per depth in {depths}"
-                )
-        if re.compile(depth_pattern).groups < 1:
-            raise ValueError(
-                f"strategy.depth_pattern={depth_pattern!r} needs one capturing group "
-                "(the depth)"
-            )
+        check_depth_settings(
+            depths, depth_probs, assignment, node_info_timeout, depth_pattern
+        )
         self.depths = [int(d) for d in depths] if depths is not None else None
         self.depth_probs = (
             [float(p) for p in depth_probs] if depth_probs is not None else None
@@ -268,21 +197,10 @@ class DepthFedAvg(FedAvg):
         answered: set[int] = set()
         for reply in grid.send_and_receive(query, timeout=self.node_info_timeout):
             node = int(reply.metadata.src_node_id)
-            if (
-                node not in unknown
-                or reply.has_error()
-                or len(reply.content.metric_records) != 1
-            ):
+            info = node_info(reply) if node in unknown else None
+            if info is None:
                 continue
-            info = next(iter(reply.content.metric_records.values()))
-            pid, cap = info.get(keys.PARTITION_ID), info.get(keys.MAX_DEPTH, 0)
-            if (
-                type(pid) is not int
-                or not 0 <= pid < 2**31
-                or type(cap) is not int
-                or not 0 <= cap <= 1000
-            ):
-                continue
+            pid, cap = info
             self.partition[node] = pid
             if cap >= 1:
                 self.capacity[node] = cap
@@ -386,38 +304,12 @@ class DepthFedAvg(FedAvg):
             )
         sent = self.sent[node]
         names = set(record.keys())
-        outside = names - set(submodel_names(self._depths, sent))
-        if outside:
-            raise ValueError(
-                f"arrays outside its depth-{sent} sub-model: {sorted(outside)[:5]}"
-            )
-        depth = max((self._depths[n] for n in names), default=0)
-        if depth < 1 or names != set(submodel_names(self._depths, depth)):
-            raise ValueError(
-                f"the {len(names)} arrays are not a complete sub-model of any depth "
-                f"<= {sent}"
-            )
-        arrays: dict[str, np.ndarray] = {}
-        for name in names:
-            ref = self._global[name]
-            try:
-                arr = record[name].numpy()
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"array {name!r} cannot be decoded: {exc}") from exc
-            if tuple(arr.shape) != tuple(ref.shape) or str(arr.dtype) != ref.dtype:
-                raise ValueError(
-                    f"array {name!r}: {arr.dtype}{list(arr.shape)} != "
-                    f"{ref.dtype}{list(ref.shape)}"
-                )
-            if not np.all(np.isfinite(arr)):
-                raise ValueError(f"array {name!r} has non-finite values")
-            arrays[name] = arr
+        depth = submodel_depth(names, self._depths, sent)
+        arrays = submodel_arrays(record, names, self._global)
         cap = metrics.get(keys.MAX_DEPTH, 0)
         if isinstance(cap, (int, float)) and cap >= 1:
             self.capacity[node] = int(cap)
-        if (
-            depth < sent
-        ):  # the node trained less than it was sent: remember its capacity
+        if depth < sent:  # the node trained less than it was sent: its capacity
             self.capacity[node] = depth
         return arrays, float(weight)
 

@@ -42,7 +42,7 @@ from bouquet import keys
 from bouquet.clients.compressed import is_statistic
 from bouquet.codecs import decode
 from bouquet.strategies.compressed import Compressed
-from bouquet.strategies.depth_fedavg import name_depths, submodel_names
+from bouquet.strategies.depth_math import name_depths, submodel_names
 from bouquet.strategies.wrapper import chain
 
 DENSE = "numpy.ndarray"

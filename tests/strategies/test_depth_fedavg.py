@@ -18,9 +18,9 @@ from bouquet.models.early_exit import (
     name_depth,
 )
 from bouquet.models.training import get_weights
-from bouquet.strategies.depth_fedavg import (
+from bouquet.strategies.depth_fedavg import DepthFedAvg
+from bouquet.strategies.depth_math import (
     DEFAULT_DEPTH_PATTERN,
-    DepthFedAvg,
     aggregate_by_name,
     name_depths,
     submodel_names,
