@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from bouquet.simulations.config.validate import validate_config
-from bouquet.strategies.privacy import epsilon_of
+from bouquet.strategies.rdp import epsilon_of
 
 
 def _bouquet_sim() -> list[str]:

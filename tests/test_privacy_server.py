@@ -22,12 +22,8 @@ from flwr.serverapp.strategy import (
 from bouquet.clients.compressed import encoded_arrayrecord
 from bouquet.codecs import TopKCompressor
 from bouquet.strategies import Compressed
-from bouquet.strategies.privacy import (
-    EPSILON,
-    DPAccountant,
-    adaptive_release_multiplier,
-    epsilon_of,
-)
+from bouquet.strategies.privacy import EPSILON, DPAccountant
+from bouquet.strategies.rdp import adaptive_release_multiplier, epsilon_of
 
 W = {"a": np.array([1.0, 2.0, 3.0, 4.0], np.float32), "b": np.zeros(3, np.float32)}
 # a noise multiplier whose noise cannot show in float32 (DPAccountant needs z > 0)

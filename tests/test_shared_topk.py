@@ -252,7 +252,8 @@ def test_client_refuses_a_round_whose_size_it_was_not_configured_for():
 def test_dp_inside_shared_support_sees_each_rebuilt_update_and_accounts_it():
     from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping
 
-    from bouquet.strategies.privacy import EPSILON, DPAccountant, epsilon_of
+    from bouquet.strategies.privacy import EPSILON, DPAccountant
+    from bouquet.strategies.rdp import epsilon_of
 
     grid = Grid()
     inner = Recording(fraction_evaluate=0.0, min_available_nodes=3, min_train_nodes=3)
