@@ -89,6 +89,7 @@ class ThreadGrid(Grid):
     def run(self) -> Any:  # type: ignore[override]
         return None
 
+    # type: ignore[override]
     def create_message(
         self,
         content: RecordDict,
@@ -96,7 +97,7 @@ class ThreadGrid(Grid):
         dst_node_id: int,
         group_id: str,
         ttl: float | None = None,
-    ) -> Message:  # type: ignore[override]
+    ) -> Message:
         return Message(
             content=content,
             message_type=message_type,
@@ -228,9 +229,8 @@ def overrides_for(method: str, seed: int, args: argparse.Namespace) -> list[str]
         f"simulation.num_rounds={args.rounds}",
         f"seed={seed}",
     ]
-    if (
-        args.engine == "virtual"
-    ):  # speeds come from the virtual clock, not from sleeping
+    # speeds come from the virtual clock, not from sleeping
+    if args.engine == "virtual":
         common = [
             o.replace("client=slow", "client=plain")
             for o in common

@@ -78,10 +78,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cold_root = Path(tmp) / "data"
         cold_root.mkdir()
-        for name in (
-            "mnist",
-            "fashion_mnist",
-        ):  # the raw datasets only, no derived caches
+        # the raw datasets only, no derived caches
+        for name in ("mnist", "fashion_mnist"):
             if (data_root() / name).is_dir():
                 (cold_root / name).symlink_to(data_root() / name)
         runs: dict[str, list[dict]] = {"cold": [], "cached": []}

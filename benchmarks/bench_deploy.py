@@ -166,9 +166,8 @@ def run_deployment(
     tasks = []
     for path in sorted((run_dir / "deploy-logs").glob("*.timings.jsonl")):
         lines = [json.loads(line) for line in path.read_text().splitlines()]
-        tasks.extend(
-            lines[1:]
-        )  # each worker's first task loads torch, the data and the app: start-up
+        # each worker's first task loads torch, the data and the app: start-up
+        tasks.extend(lines[1:])
     per_node = [
         v for k, v in rss.items() if k.startswith(("supernode-", "clientapp-worker-"))
     ]
@@ -251,9 +250,8 @@ def report() -> None:
     }
     rows = []
     for r in recs:
-        base = sims.get(
-            (r["invocation"], r["nodes"])
-        )  # the simulation of the same invocation
+        # the simulation of the same invocation
+        base = sims.get((r["invocation"], r["nodes"]))
         rows.append(
             {
                 "mode": MODE_NAMES[r["mode"]],
@@ -384,10 +382,8 @@ def main() -> None:
         else:
             extra = run_deployment(mode, nodes, overrides, run_dir, args.timeout)
         if stages is not None:
-            extra["probe"], stages = (
-                list(stages.items()),
-                None,
-            )  # ordered pairs (records are key-sorted)
+            # ordered pairs (records are key-sorted)
+            extra["probe"], stages = (list(stages.items()), None)
         rec = cell_record(
             invocation, mode, nodes, args.rounds, overrides, run_dir, extra
         )

@@ -42,11 +42,8 @@ PARTITIONS = {
     "1 label": ["partition=pathological", "partition.labels_per_client=1"],
     "3 labels": ["partition=pathological", "partition.labels_per_client=3"],
 }
-FIRST = [
-    "iid",
-    "dir0.5",
-    "2 labels",
-]  # the six cells; 1 and 3 labels if time allows
+# the six cells; 1 and 3 labels if time allows
+FIRST = ["iid", "dir0.5", "2 labels"]
 DATASETS = ["mnist", "fashion_mnist"]
 PROTOCOL = {
     "model": "lenet",

@@ -191,9 +191,8 @@ def main() -> None:
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     grid_arguments(p)
     args = p.parse_args()
-    if (
-        not args.report
-    ):  # the report is rebuilt at the end only: RESULTS.md is committed by hand
+    # the report is rebuilt at the end only: RESULTS.md is committed by hand
+    if not args.report:
         run_grid(
             SECTION, cells(args.arms, args.seeds), commit=args.commit, pin=args.pin
         )

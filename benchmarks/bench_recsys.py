@@ -60,10 +60,8 @@ def run_cell(name: str, args: argparse.Namespace, out: Path) -> Path:
         *CELLS[name],
         f"hydra.run.dir={run_dir}",
     ]
-    for attempt in (
-        1,
-        2,
-    ):  # Ray's node start-up can time out on a loaded machine: retry once
+    # Ray's node start-up can time out on a loaded machine: retry once
+    for attempt in (1, 2):
         print("run", " ".join(cmd[1:]), flush=True)
         start = time.perf_counter()
         # own session: on a timeout the whole group (bouquet-sim and its Ray processes)

@@ -38,9 +38,8 @@ COMMON = [
     "simulation.num_clients=10",
 ]
 ARMS: dict[str, list[str]] = {
-    "s1_source": [
-        "simulation.num_rounds=300"
-    ],  # the raw results' key (the preset was experiment=s1_source)
+    # the raw results' key (the preset was experiment=s1_source)
+    "s1_source": ["simulation.num_rounds=300"],
     "FedSGD (dense)": [
         "simulation.num_rounds=300",
         "client.alpha=1.0",

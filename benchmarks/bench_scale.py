@@ -68,9 +68,8 @@ def overrides(population: int, partition: str, client: str) -> list[str]:
         *CLIENTS[client],
     ]
     if partition.startswith("dirichlet") and population >= 10000:
-        out.append(
-            "partition.min_partition_size=0"
-        )  # the documented rule for a population this large
+        # the documented rule for a population this large
+        out.append("partition.min_partition_size=0")
     return out
 
 

@@ -97,9 +97,8 @@ TARGET_GAP = 0.01  # target accuracy: the same seed's dense final accuracy minus
 
 def cells(datasets: list[str], arms: list[str], seeds: list[int]) -> list[Cell]:
     out = []
-    for (
-        dataset
-    ) in datasets:  # MNIST first (the goal's dataset), then seed-major within a dataset
+    # MNIST first (the goal's dataset), then seed-major within a dataset
+    for dataset in datasets:
         for seed in seeds:
             for arm in arms:
                 overrides = [

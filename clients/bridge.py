@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 import numpy as np
 from flwr.app import (
@@ -39,6 +39,9 @@ from flwr.clientapp import ClientApp
 from bouquet import keys
 from bouquet.codecs.wire import is_bouquet_stype
 
+#: One model's arrays, in the order of their names.
+Arrays: TypeAlias = Sequence[np.ndarray]
+
 logger = logging.getLogger(__name__)
 
 ClientFn = Callable[[Context], NumPyClient]
@@ -50,10 +53,7 @@ class ReplyEncoder(Protocol):
     compressed)."""
 
     def encode_train_reply(
-        self,
-        names: Sequence[str],
-        received: Sequence[np.ndarray],
-        returned: Sequence[np.ndarray],
+        self, names: Sequence[str], received: Arrays, returned: Arrays
     ) -> ArrayRecord: ...
 
 

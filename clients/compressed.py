@@ -26,24 +26,17 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MessageType, RecordDict
-from flwr.clientapp.typing import Mod  # Flower's own client-mod type
+from flwr.clientapp.typing import ClientAppCallable, Mod  # Flower's own client-mod type
 
 from bouquet import keys
-from bouquet.clients.bridge import received_arrays, reply_update, single_record
+from bouquet.clients.bridge import Arrays, received_arrays, reply_update, single_record
 from bouquet.clients.torch_client import TorchClient
-from bouquet.codecs import (
-    Encoded,
-    STCCompressor,
-    TernaryCompressor,
-    TopKCompressor,
-    UpdateCompressor,
-    make_compressor,
-)
+from bouquet.codecs import Encoded, UpdateCompressor, codec_options, make_compressor
 from bouquet.codecs.compressor import is_statistic
 
 logger = logging.getLogger(__name__)
@@ -90,8 +83,8 @@ def load_residuals(
 def compress_update(
     compressor: UpdateCompressor,
     names: Sequence[str],
-    received: Sequence[np.ndarray],
-    returned: Sequence[np.ndarray],
+    received: Arrays,
+    returned: Arrays,
     *,
     state: RecordDict | None,
     server_round: int,
@@ -161,18 +154,66 @@ def compress_update(
     return encoded_arrayrecord(names, out.payloads)
 
 
+class CompressingNode(Protocol):
+    """What :func:`compress_for` reads of a client."""
+
+    @property
+    def compressor(self) -> UpdateCompressor | None: ...
+    @property
+    def context(self) -> Context | None: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def server_round(self) -> int: ...
+
+
+def compress_for(
+    client: CompressingNode, names: Sequence[str], received: Arrays, returned: Arrays
+) -> ArrayRecord:
+    """:func:`compress_update` with ``client``'s compressor, its ``context.state`` for
+    the residual and an rng of its seed and the round."""
+    if client.compressor is None:
+        raise ValueError("compress_for needs a client with a compressor")
+    state = client.context.state if client.context is not None else None
+    rng = np.random.default_rng([client.seed, client.server_round, 17])
+    return compress_update(
+        client.compressor,
+        names,
+        received,
+        returned,
+        state=state,
+        server_round=client.server_round,
+        rng=rng,
+    )
+
+
 class CompressingClient(TorchClient):
     """A :class:`TorchClient` uploading its update encoded by ``compressor``.
 
     Parameters
     ----------
-    compressor : bouquet.codecs.UpdateCompressor
-        The codec and its settings (top-k, ternary, STC, dense).
+    compressor : bouquet.codecs.UpdateCompressor, optional
+        The codec and its settings (top-k, ternary, STC, dense). Left out in a subclass
+        that names its :attr:`codec`: built from the keyword arguments that are that
+        codec's options (:func:`bouquet.codecs.catalog.codec_options`).
     **kwargs
         :class:`TorchClient` arguments (model, data, training settings).
     """
 
-    def __init__(self, *args: Any, compressor: UpdateCompressor, **kwargs: Any) -> None:
+    #: The codec a subclass builds from its keyword arguments (``None``: pass one).
+    codec: ClassVar[str | None] = None
+    #: This client's defaults for that codec's options.
+    codec_defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(
+        self, *args: Any, compressor: UpdateCompressor | None = None, **kwargs: Any
+    ) -> None:
+        if compressor is None and self.codec is not None:
+            names = codec_options(self.codec)[0]
+            options = {k: kwargs.pop(k) for k in names if k in kwargs}
+            compressor = make_compressor(
+                self.codec, **{**self.codec_defaults, **options}
+            )
         super().__init__(*args, **kwargs)
         if not isinstance(compressor, UpdateCompressor):
             raise ValueError(
@@ -189,61 +230,24 @@ class CompressingClient(TorchClient):
         return super().fit(parameters, config)
 
     def encode_train_reply(
-        self,
-        names: Sequence[str],
-        received: Sequence[np.ndarray],
-        returned: Sequence[np.ndarray],
+        self, names: Sequence[str], received: Arrays, returned: Arrays
     ) -> ArrayRecord:
         """Compressed update arrays; the residual goes to ``self.context.state``."""
-        state = self.context.state if self.context is not None else None
-        rng = np.random.default_rng([self.seed, self.server_round, 17])
-        return compress_update(
-            self.compressor,
-            names,
-            received,
-            returned,
-            state=state,
-            server_round=self.server_round,
-            rng=rng,
-        )
+        return compress_for(self, names, received, returned)
 
 
 class TopKClient(CompressingClient):
     """Uploads the top-:math:`m_j` elements of its update, with error feedback
     (``bouquet.topk/1``).
 
-    ``alpha``, ``rho``, ``min_k``, ``scope`` (``tensor`` | ``model``), ``value_dtype``
-    (``float32`` | ``float16``), ``residual_decay`` and DGC's ``momentum_correction``,
-    ``clip_norm`` and ``warmup_rounds`` are those of
+    ``alpha`` (here 0.01 by default), ``rho``, ``min_k``, ``scope`` (``tensor`` |
+    ``model``), ``value_dtype`` (``float32`` | ``float16``), ``residual_decay`` and
+    DGC's ``momentum_correction``, ``clip_norm`` and ``warmup_rounds`` are those of
     :class:`bouquet.codecs.TopKCompressor`; other arguments go to :class:`TorchClient`.
     """
 
-    def __init__(
-        self,
-        *args: Any,
-        alpha: float = 0.01,
-        rho: float = 1.0,
-        min_k: int = 1,
-        scope: str = "tensor",
-        value_dtype: str = "float32",
-        residual_decay: float = 1.0,
-        momentum_correction: float = 0.0,
-        clip_norm: float | None = None,
-        warmup_rounds: int = 0,
-        **kwargs: Any,
-    ) -> None:
-        comp = TopKCompressor(
-            alpha=alpha,
-            rho=rho,
-            min_k=min_k,
-            scope=scope,
-            value_dtype=value_dtype,
-            residual_decay=residual_decay,
-            momentum_correction=momentum_correction,
-            clip_norm=clip_norm,
-            warmup_rounds=warmup_rounds,
-        )
-        super().__init__(*args, compressor=comp, **kwargs)
+    codec = "topk"
+    codec_defaults = {"alpha": 0.01}
 
 
 class TernaryClient(CompressingClient):
@@ -251,57 +255,24 @@ class TernaryClient(CompressingClient):
 
     ``stochastic``, ``clip_c``, ``packing`` (``auto`` | ``trit`` | ``2bit`` |
     ``sparse``) and ``residual_decay`` (default 0: unbiased, no error feedback) are
-    those of :class:`bouquet.codecs.TernaryCompressor`.
+    those of :class:`bouquet.codecs.TernaryCompressor`; other arguments go to
+    :class:`TorchClient`.
     """
 
-    def __init__(
-        self,
-        *args: Any,
-        stochastic: bool = True,
-        clip_c: float | None = None,
-        packing: str = "auto",
-        residual_decay: float = 0.0,
-        **kwargs: Any,
-    ) -> None:
-        comp = TernaryCompressor(
-            stochastic=stochastic,
-            clip_c=clip_c,
-            packing=packing,
-            residual_decay=residual_decay,
-        )
-        super().__init__(*args, compressor=comp, **kwargs)
+    codec = "ternary"
 
 
 class STCClient(CompressingClient):
     """Uploads its update as sparse ternary (STC; ``bouquet.stc/1``), with error
-    feedback; the
-    codec options (DGC's ``momentum_correction``, ``clip_norm``, ``warmup_rounds``
-    included) are those of :class:`bouquet.codecs.STCCompressor`."""
+    feedback.
 
-    def __init__(
-        self,
-        *args: Any,
-        alpha: float = 0.01,
-        rho: float = 1.0,
-        min_k: int = 1,
-        scope: str = "tensor",
-        residual_decay: float = 1.0,
-        momentum_correction: float = 0.0,
-        clip_norm: float | None = None,
-        warmup_rounds: int = 0,
-        **kwargs: Any,
-    ) -> None:
-        comp = STCCompressor(
-            alpha=alpha,
-            rho=rho,
-            min_k=min_k,
-            scope=scope,
-            residual_decay=residual_decay,
-            momentum_correction=momentum_correction,
-            clip_norm=clip_norm,
-            warmup_rounds=warmup_rounds,
-        )
-        super().__init__(*args, compressor=comp, **kwargs)
+    ``alpha`` (here 0.01 by default) and the other codec options (DGC's
+    ``momentum_correction``, ``clip_norm``, ``warmup_rounds`` included) are those of
+    :class:`bouquet.codecs.STCCompressor`; other arguments go to :class:`TorchClient`.
+    """
+
+    codec = "stc"
+    codec_defaults = {"alpha": 0.01}
 
 
 def compression_mod(
@@ -357,9 +328,7 @@ def compression_mod(
             f"{type(compressor).__name__}"
         )
 
-    def _mod(
-        msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
-    ) -> Message:
+    def _mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
         if msg.metadata.message_type != MessageType.TRAIN:
             return call_next(msg, context)
         received = received_arrays(msg)

@@ -31,6 +31,7 @@ from collections.abc import Callable
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp.typing import ClientAppCallable
 
 from bouquet import keys
 from bouquet.codecs.npy import read_npy
@@ -190,10 +191,7 @@ class DownlinkMod:
         self.initial = initial
 
     def __call__(
-        self,
-        msg: Message,
-        context: Context,
-        call_next: Callable[[Message, Context], Message],
+        self, msg: Message, context: Context, call_next: ClientAppCallable
     ) -> Message:
         if msg.has_error() or keys.DOWNLINK not in msg.content.config_records:
             return call_next(msg, context)

@@ -35,7 +35,7 @@ import numpy as np
 from flwr.app import ArrayRecord
 
 from bouquet import keys
-from bouquet.clients.bridge import dense_arrayrecord
+from bouquet.clients.bridge import Arrays, dense_arrayrecord
 from bouquet.clients.torch_client import TorchClient
 from bouquet.models.early_exit import (
     EarlyExitNet,
@@ -172,10 +172,7 @@ class EarlyExitClient(TorchClient):
         return [received[n] for n in self.received_names], num_examples, metrics
 
     def encode_train_reply(
-        self,
-        names: Sequence[str],
-        received: Sequence[np.ndarray],
-        returned: Sequence[np.ndarray],
+        self, names: Sequence[str], received: Arrays, returned: Arrays
     ) -> ArrayRecord:
         """Check the record's names, then send only the arrays this node trained."""
         if list(names) != self.received_names:

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MessageType
+from flwr.clientapp.typing import ClientAppCallable, Mod
 
 from bouquet import keys
 
@@ -102,13 +102,11 @@ def fault_mod(
     corrupt_rate: float = 0.0,
     hang_s: float = 30.0,
     seed: int = 0,
-) -> Callable[[Message, Context, Callable[[Message, Context], Message]], Message]:
+) -> Mod:
     """Build the fault-injecting client mod (see module docstring)."""
     _validate_rates(crash_rate, hang_rate, corrupt_rate, hang_s)
 
-    def _mod(
-        msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
-    ) -> Message:
+    def _mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
         if msg.metadata.message_type != MessageType.TRAIN:
             return call_next(msg, context)
         pid = int(context.node_config.get(keys.PARTITION_ID, 0))

@@ -39,17 +39,18 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MessageType
 from flwr.client import NumPyClient
-from flwr.clientapp.typing import Mod  # Flower's own client-mod type
+from flwr.clientapp.typing import ClientAppCallable, Mod  # Flower's own client-mod type
 from flwr.common.logger import log
 
 from bouquet import keys
 from bouquet.clients.bridge import (
+    Arrays,
     ReplyEncoder,
     dense_arrayrecord,
     received_arrays,
@@ -90,8 +91,8 @@ def check_dp_options(clip_norm: float | None, noise_multiplier: float) -> None:
 
 def clip_update(
     names: Sequence[str],
-    received: Sequence[np.ndarray],
-    returned: Sequence[np.ndarray],
+    received: Arrays,
+    returned: Arrays,
     clip_norm: float,
     *,
     noise_multiplier: float = 0.0,
@@ -155,15 +156,15 @@ def clip_update(
         raise ValueError("the update is not finite: not uploaded")
     scale = min(1.0, clip_norm / norm) if norm > 0 else 1.0
     out = []
-    for g, u in zip(received, updates, strict=True):
+    for g, step in zip(received, updates, strict=True):
         g = np.asarray(g)
-        if u is None:
+        if step is None:
             out.append(np.array(g, copy=True))
             continue
-        u *= scale
+        step *= scale
         if noise_multiplier > 0:
-            u += rng.normal(0.0, noise_multiplier * clip_norm, size=u.shape)  # type: ignore[union-attr]
-        out.append((g.astype(np.float64) + u).astype(g.dtype))
+            step += rng.normal(0.0, noise_multiplier * clip_norm, size=step.shape)  # type: ignore[union-attr]
+        out.append((g.astype(np.float64) + step).astype(g.dtype))
     return out, norm
 
 
@@ -204,9 +205,7 @@ def dp_clip_mod(
         )
     check_dp_options(clip_norm, noise_multiplier)
 
-    def _mod(
-        msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
-    ) -> Message:
+    def _mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
         if msg.metadata.message_type != MessageType.TRAIN:
             return call_next(msg, context)
         config = single_record(msg.content, "config", keys.CONFIG)
@@ -368,10 +367,7 @@ class PrivateClient(NumPyClient):
         return self.inner.evaluate(parameters, config)  # type: ignore[arg-type,return-value]
 
     def encode_train_reply(
-        self,
-        names: Sequence[str],
-        received: Sequence[np.ndarray],
-        returned: Sequence[np.ndarray],
+        self, names: Sequence[str], received: Arrays, returned: Arrays
     ) -> ArrayRecord:
         """Clip (and noise) ``returned - received``, then the inner client's encoder (or
         dense arrays)."""

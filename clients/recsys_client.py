@@ -36,8 +36,8 @@ from flwr.app import Array, ArrayRecord, Context
 from flwr.client import NumPyClient
 
 from bouquet import keys
-from bouquet.clients.bridge import dense_arrayrecord
-from bouquet.clients.compressed import compress_update
+from bouquet.clients.bridge import Arrays, dense_arrayrecord
+from bouquet.clients.compressed import compress_for
 from bouquet.clients.torch_client import check_training_args
 from bouquet.codecs import UpdateCompressor, make_compressor
 from bouquet.data.movielens import Ratings, rank_metrics
@@ -248,26 +248,13 @@ class RecsysClient(NumPyClient):
         return last
 
     def encode_train_reply(
-        self,
-        names: Sequence[str],
-        received: Sequence[np.ndarray],
-        returned: Sequence[np.ndarray],
+        self, names: Sequence[str], received: Arrays, returned: Arrays
     ) -> ArrayRecord:
         """The reply arrays: plain shared arrays, or their update encoded by
         ``codec``."""
         if self.compressor is None:
             return dense_arrayrecord(names, returned)
-        state = self.context.state if self.context is not None else None
-        rng = np.random.default_rng([self.seed, self.server_round, 17])
-        return compress_update(
-            self.compressor,
-            names,
-            received,
-            returned,
-            state=state,
-            server_round=max(1, self.server_round),
-            rng=rng,
-        )
+        return compress_for(self, names, received, returned)
 
     def evaluate(
         self, parameters: list[np.ndarray], config: dict[str, Any]

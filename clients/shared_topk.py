@@ -16,7 +16,7 @@ the server.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -30,10 +30,11 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.client import NumPyClient
+from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.logger import log
 
 from bouquet import keys
-from bouquet.clients.bridge import single_record
+from bouquet.clients.bridge import Arrays, single_record
 from bouquet.clients.torch_client import TorchClient
 from bouquet.codecs.shared_topk import (
     KEY_BYTES,
@@ -50,7 +51,7 @@ SECRET = "bouquet-secagg"  # context.state: {"round", "sk"}
 
 
 def secagg_key_mod(
-    msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
+    msg: Message, context: Context, call_next: ClientAppCallable
 ) -> Message:
     """Answer the server's secure-aggregation key query (other messages pass
     through)."""
@@ -83,10 +84,7 @@ class SharedEncoding:
     context: Context | None
 
     def encode_train_reply(
-        self,
-        names: Sequence[str],
-        received: Sequence[np.ndarray],
-        returned: Sequence[np.ndarray],
+        self, names: Sequence[str], received: Arrays, returned: Arrays
     ) -> ArrayRecord:
         """The shared vector (float32, or masked uint32 under secure aggregation)."""
         cfg = self.train_config

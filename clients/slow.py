@@ -88,9 +88,8 @@ class SlowClient(TorchClient):
         super().__init__(*args, **kwargs)
         if not base_time_s >= 0:
             raise ValueError(f"client.base_time_s={base_time_s} must be >= 0")
-        speed_factors(
-            1, speed_sigma, slow_fraction, slow_factor, speed_seed
-        )  # validates
+        # validates
+        speed_factors(1, speed_sigma, slow_fraction, slow_factor, speed_seed)
         self.speed_sigma = float(speed_sigma)
         self.slow_fraction = float(slow_fraction)
         self.slow_factor = float(slow_factor)

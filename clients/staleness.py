@@ -41,11 +41,10 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
 from typing import Any, TypeGuard
 
 from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord
-from flwr.clientapp.typing import Mod  # Flower's own client-mod type
+from flwr.clientapp.typing import ClientAppCallable, Mod  # Flower's own client-mod type
 
 from bouquet import keys
 from bouquet.clients.bridge import single_record
@@ -208,9 +207,7 @@ def staleness_window_mod(
     if base_lr is not None and not base_lr > 0:
         raise ValueError(f"base_lr={base_lr} must be > 0 or None")
 
-    def _mod(
-        msg: Message, ctx: Context, call_next: Callable[[Message, Context], Message]
-    ) -> Message:
+    def _mod(msg: Message, ctx: Context, call_next: ClientAppCallable) -> Message:
         if msg.metadata.message_type != MessageType.TRAIN:
             return call_next(msg, ctx)
         config = single_record(msg.content, "config", keys.CONFIG)

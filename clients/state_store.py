@@ -46,6 +46,7 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
+from flwr.clientapp.typing import ClientAppCallable
 
 from bouquet import keys
 
@@ -172,10 +173,7 @@ class SpilledState:
         return int(pid) if isinstance(pid, int) else int(context.node_id)
 
     def __call__(
-        self,
-        msg: Message,
-        context: Context,
-        call_next: Callable[[Message, Context], Message],
+        self, msg: Message, context: Context, call_next: ClientAppCallable
     ) -> Message:
         key = self._key(context)
         rounds = node_rounds(self.directory, key)

@@ -120,9 +120,8 @@ class TorchClient(NumPyClient):
         lr = float(config.get(keys.LR, self.lr))
         mu = float(config.get(keys.PROXIMAL_MU, 0.0))
         proximal = None
-        if (
-            mu > 0
-        ):  # FedProx: the strategy sends "proximal-mu"; the client adds the term
+        # FedProx: the strategy sends "proximal-mu"; the client adds the term
+        if mu > 0:
             proximal = (
                 mu,
                 {n: p.detach().clone() for n, p in self.model.named_parameters()},

@@ -101,9 +101,8 @@ def rice_positions(b, count, r, n, out):  # type: ignore[no-untyped-def]
     reg = np.uint64(b[byte]) & np.uint64((1 << have) - 1)
     byte += 1
     for j in range(count):
-        while (
-            have < r
-        ):  # at most 4 bytes (r <= 31); past the block reads as 0 (counted above)
+        # at most 4 bytes (r <= 31); past the block reads as 0 (counted above)
+        while have < r:
             reg = (reg << np.uint64(8)) | (
                 np.uint64(b[byte]) if byte < b.size else np.uint64(0)
             )
@@ -114,9 +113,8 @@ def rice_positions(b, count, r, n, out):  # type: ignore[no-untyped-def]
         reg &= (np.uint64(1) << np.uint64(have)) - np.uint64(1)
         if out[j] > limit:  # (q << r) >= n, checked before shifting (no overflow)
             return OUT_OF_RANGE
-        pos += (
-            (out[j] << r) + rem + 1
-        )  # positions increase: the last one is checked below
+        # positions increase: the last one is checked below
+        pos += (out[j] << r) + rem + 1
         out[j] = pos
     return OK if pos < n else OUT_OF_RANGE
 
@@ -238,9 +236,8 @@ def ternary_candidates(part, u, bound, factor, start, cand, tie, neg):  # type: 
         if q > top:
             q = top
         qi = np.uint8(q)
-        cand[m] = (
-            start + i
-        )  # written always, kept by advancing m (no unpredictable branch)
+        # written always, kept by advancing m (no unpredictable branch)
+        cand[m] = start + i
         tie[m] = u[i] == qi
         neg[m] = part[i] < 0
         m += u[i] <= qi

@@ -57,12 +57,22 @@ class Codec:
 
     def options(self) -> tuple[list[str], list[str]]:
         """(every option, the required ones): the compressor's keyword-only constructor
-        arguments."""
-        params = inspect.signature(self.compressor.__init__).parameters.values()
-        keyword = [p for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
-        return [p.name for p in keyword], [
-            p.name for p in keyword if p.default is p.empty
-        ]
+        arguments, and its parents' where a constructor passes ``**options`` on."""
+        names: list[str] = []
+        required: list[str] = []
+        for cls in self.compressor.__mro__:
+            init = cls.__dict__.get("__init__")
+            if init is None:
+                continue
+            params = list(inspect.signature(init).parameters.values())
+            for p in params:
+                if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in names:
+                    names.append(p.name)
+                    if p.default is p.empty:
+                        required.append(p.name)
+            if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+                break
+        return names, required
 
 
 CODECS: dict[str, Codec] = {

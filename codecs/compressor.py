@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, TypedDict
 
 import numpy as np
 
@@ -83,6 +83,23 @@ def is_statistic(name: str) -> bool:
     could make a running variance negative), and left out of server momentum. Our
     choice; they are a tiny share of any model."""
     return name.endswith(STATISTIC_SUFFIXES)
+
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+
+class SelectionOptions(TypedDict, total=False):
+    """The options of top-k selection besides ``alpha`` (:class:`TopKCompressor`,
+    :class:`STCCompressor` and the clients that build them), declared once."""
+
+    rho: float
+    min_k: int
+    scope: str
+    residual_decay: float
+    momentum_correction: float
+    clip_norm: float | None
+    warmup_rounds: int
 
 
 class CompressOutput(NamedTuple):
@@ -191,9 +208,8 @@ class UpdateCompressor:
         arrays = [np.asarray(u) for u in updates]
         if exact is not None and len(exact) != len(arrays):
             raise ValueError(f"{len(exact)} exact flags for {len(arrays)} updates")
-        for i, u in enumerate(
-            arrays
-        ):  # the selecting codecs check NaN / inf in their own pass
+        # the selecting codecs check NaN / inf in their own pass
+        for i, u in enumerate(arrays):
             if not self.checks_finite or (exact is not None and exact[i]):
                 check_finite_update(u, i)
         use_ef = self.residual_decay > 0
@@ -231,19 +247,20 @@ class UpdateCompressor:
                     self.residual_decay,
                     inplace=inplace and not (use_momentum and residual is None),
                 )
-        encoded: list[tuple[Encoded, Decoded] | None] = [None] * len(acc)
-        for i, pair in zip(
-            floats, self.encode([acc[i] for i in floats], round_index, rng), strict=True
-        ):
-            encoded[i] = pair
-        for i, a in enumerate(acc):
-            if encoded[i] is None:  # integer / bool tensors travel dense and exact
-                encoded[i] = _dense(a)
-        payloads = [e for e, _ in encoded]  # type: ignore[misc]
+        lossy_pairs = dict(
+            zip(
+                floats,
+                self.encode([acc[i] for i in floats], round_index, rng),
+                strict=True,
+            )
+        )
+        # integer / bool tensors travel dense and exact
+        encoded = [lossy_pairs.get(i) or _dense(a) for i, a in enumerate(acc)]
+        payloads = [e for e, _ in encoded]
         new = None
         if use_ef:
             new = [
-                subtract_sent(acc[i], encoded[i][1]) if i in lossy else np.zeros_like(a)  # type: ignore[index]
+                subtract_sent(acc[i], encoded[i][1]) if i in lossy else np.zeros_like(a)
                 for i, a in enumerate(acc)
             ]
         masked = None
@@ -251,7 +268,7 @@ class UpdateCompressor:
             masked = [
                 mask_sent(velocity[i], encoded[i][1])
                 if i in lossy
-                else np.zeros_like(a)  # type: ignore[index]
+                else np.zeros_like(a)
                 for i, a in enumerate(acc)
             ]
         return CompressOutput(payloads, new, masked)
@@ -411,9 +428,8 @@ class _TopKSelection(UpdateCompressor):
 
     def select(self, tensors: list[np.ndarray], round_index: int) -> list[np.ndarray]:
         """Flat kept indices of each tensor for this round."""
-        if (
-            round_index + 1 <= self.warmup_rounds
-        ):  # warm-up: the round's density, no further decay
+        # warm-up: the round's density, no further decay
+        if round_index + 1 <= self.warmup_rounds:
             alpha, rho, j = self.density(round_index), 1.0, 0
         else:
             alpha, rho, j = self.alpha, self.rho, round_index
@@ -439,25 +455,10 @@ class TopKCompressor(_TopKSelection):
         self,
         *,
         alpha: float,
-        rho: float = 1.0,
-        min_k: int = 1,
-        scope: str = "tensor",
         value_dtype: str = "float32",
-        residual_decay: float = 1.0,
-        momentum_correction: float = 0.0,
-        clip_norm: float | None = None,
-        warmup_rounds: int = 0,
+        **options: Unpack[SelectionOptions],
     ) -> None:
-        super().__init__(
-            alpha=alpha,
-            rho=rho,
-            min_k=min_k,
-            scope=scope,
-            residual_decay=residual_decay,
-            momentum_correction=momentum_correction,
-            clip_norm=clip_norm,
-            warmup_rounds=warmup_rounds,
-        )
+        super().__init__(alpha=alpha, **options)
         if value_dtype not in VALUE_DTYPES:
             raise ValueError(
                 f"value_dtype={value_dtype!r} is not allowed; allowed: "

@@ -111,9 +111,8 @@ def rice_encode(gaps: np.ndarray, r: int) -> bytes:
     g = g.astype(np.int32 if g.size and int(g.max()) < 2**31 else np.int64, copy=False)
     q = g >> r
     ends = np.cumsum(q, dtype=np.int64)
-    ends += np.arange(
-        1, g.size + 1
-    )  # the zero closing code j is at bit q_0 + ... + q_j + j
+    # the zero closing code j is at bit q_0 + ... + q_j + j
+    ends += np.arange(1, g.size + 1)
     unary_len = int(ends[-1]) if g.size else 0
     unary = np.ones(unary_len, dtype=np.uint8)
     unary[ends - 1] = 0

@@ -25,9 +25,8 @@ NPY_MAGIC = b"\x93NUMPY"
 MAX_HEADER = (
     10_000  # numpy's own limit (np.load refuses longer headers): one reader, one limit
 )
-MAX_ELEMENTS = (
-    1 << 40
-)  # far beyond any model; keeps element counts inside int64 arithmetic
+# far beyond any model; keeps element counts inside int64 arithmetic
+MAX_ELEMENTS = 1 << 40
 
 
 def element_count(shape: tuple[int, ...]) -> int:
@@ -165,18 +164,16 @@ def npy_bytes(
     return data, raw[len(header) :].view(dtype)
 
 
-_HUGE_FROM = (
-    4 << 20
-)  # bytes from which fresh buffers are advised as huge pages (numpy's rule)
+# bytes from which fresh buffers are advised as huge pages (numpy's rule)
+_HUGE_FROM = 4 << 20
 
 
 def _fresh_bytes(size: int) -> tuple[bytes, np.ndarray] | None:
     """An unshared, uninitialised ``bytes`` of ``size`` and a writable ``uint8`` view of
     it
     that keeps it alive (``None`` off CPython)."""
-    if (
-        sys.implementation.name != "cpython" or size <= 1
-    ):  # b"" and 1-byte bytes are shared singletons
+    # b"" and 1-byte bytes are shared singletons
+    if sys.implementation.name != "cpython" or size <= 1:
         return None
     try:
         make = ctypes.pythonapi.PyBytes_FromStringAndSize

@@ -207,19 +207,15 @@ def decode_positions(coding: int, block: bytes, k: int, n: int) -> np.ndarray:
 # -------------------------------------------------------------------------- trits
 def pack_trits(t: np.ndarray) -> bytes:
     """Pack values in {-1, 0, 1} five per byte (base 3, digit = t + 1)."""
-    d = np.asarray(t, dtype=np.int8).reshape(-1).view(np.uint8) + np.uint8(
-        1
-    )  # -1 -> 0, 0 -> 1, 1 -> 2
+    # -1 -> 0, 0 -> 1, 1 -> 2
+    d = np.asarray(t, dtype=np.int8).reshape(-1).view(np.uint8) + np.uint8(1)
     pad = (-d.size) % 5
     if pad:
         d = np.concatenate([d, np.ones(pad, dtype=np.uint8)])  # pad with t = 0
     d5 = d.reshape(-1, 5)
     out = d5[:, 4] * np.uint8(3)
-    for j in (
-        3,
-        2,
-        1,
-    ):  # Horner: ((d4 * 3 + d3) * 3 + d2) * 3 + ...; stays < 243 in uint8
+    # Horner: ((d4 * 3 + d3) * 3 + d2) * 3 + ...; stays < 243 in uint8
+    for j in (3, 2, 1):
         out += d5[:, j]
         out *= np.uint8(3)
     out += d5[:, 0]

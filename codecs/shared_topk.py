@@ -142,7 +142,6 @@ def mask(
         if peer == node:
             continue
         stream = prg(pair_key(private, public, server_round), k)
-        out = (
-            out + stream if node < peer else out - stream
-        )  # uint32 arithmetic wraps mod 2^32
+        # uint32 arithmetic wraps mod 2^32
+        out = out + stream if node < peer else out - stream
     return out

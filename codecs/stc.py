@@ -60,9 +60,8 @@ def encode_stc(
         + sparse_ternary_body(idx, kept < 0, flat.size, pos_coding)
     )
     signs = np.where(kept < 0, -1, 1).astype(np.int8)
-    full = (
-        idx.size == flat.size and pos_coding is None
-    )  # all kept: positions coded as 'all'
+    # all kept: positions coded as 'all'
+    full = idx.size == flat.size and pos_coding is None
     sent = Decoded(
         shape, x.dtype, None if full else idx, signs, scale=float(x.dtype.type(mu))
     )

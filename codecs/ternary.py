@@ -169,9 +169,8 @@ def ternarize_sparse(
         if bound is not None:
             np.minimum(qb, bound, out=qb)
         qb *= factor
-        np.minimum(
-            qb, 255.0, out=qb
-        )  # q = 256 (the largest element): byte 255 ties, frac 1
+        # q = 256 (the largest element): byte 255 ties, frac 1
+        np.minimum(qb, 255.0, out=qb)
         np.copyto(qib, qb, casting="unsafe")  # floor of a non-negative value
         local = np.flatnonzero(u <= qib)
         cand, neg = _settle_ties(
@@ -225,9 +224,8 @@ def _settle_ties(
     lose = ties[tie_rng.random(ties.size) >= mag * factor - u[at]]
     if not lose.size:
         return cand, neg
-    compacted = kernels.drop_entries(
-        cand, neg, lose
-    )  # in place: cand and neg are this call's own
+    # in place: cand and neg are this call's own
+    compacted = kernels.drop_entries(cand, neg, lose)
     if compacted is not None:
         return compacted
     keep = np.ones(cand.size, dtype=bool)
@@ -354,9 +352,8 @@ def _encode(
     form, body = packing_form, b""
     if packing_form == "auto":  # 2-bit is never smaller than 5 trits per byte
         form = "trit"
-        if (
-            idx is not None and idx.size < 0.6 * n
-        ):  # positions + signs may beat 1.6 bits per element
+        # positions + signs may beat 1.6 bits per element
+        if idx is not None and idx.size < 0.6 * n:
             body = sparse_ternary_body(idx, negative, n)  # type: ignore[arg-type]
             form = "sparse" if len(body) < (n + 4) // 5 else "trit"
     if form == "sparse" and not body:
@@ -376,9 +373,8 @@ def _encode(
     np_dtype = np.dtype(dtype)
     typed = float(np_dtype.type(scale32))
     if form == "sparse" and idx is not None and idx.size < n:
-        signs = np.asarray(negative, dtype=bool).view(np.int8) * np.int8(
-            -2
-        )  # 1 - 2 * negative
+        # 1 - 2 * negative
+        signs = np.asarray(negative, dtype=bool).view(np.int8) * np.int8(-2)
         signs += np.int8(1)
         sent = Decoded(shape, np_dtype, idx, signs, scale=typed)
     else:

@@ -212,9 +212,8 @@ def decode_topk_body(reader: Reader, dtype: np.dtype, n: int) -> Decoded:
         plen + k * vdtype.itemsize, f"a position block of {plen} bytes and {k} values"
     )
     indices = packing.read_position_block(reader, coding, plen, k, n)
-    with np.errstate(
-        over="ignore", invalid="ignore"
-    ):  # an overflow is refused just below, not warned
+    # an overflow is refused just below, not warned
+    with np.errstate(over="ignore", invalid="ignore"):
         values = np.frombuffer(
             reader.take(k * vdtype.itemsize, "values"), dtype=vdtype
         ).astype(dtype)

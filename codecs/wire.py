@@ -156,9 +156,8 @@ class Decoded:
         dense ones
         block by block (no temporary of the tensor's size)."""
         factor = self.factor(weight)
-        if (
-            self.indices is not None
-        ):  # indices are unique and sorted (validated): fancy += is exact
+        # indices are unique and sorted (validated): fancy += is exact
+        if self.indices is not None:
             if not kernels.scatter_add(acc, self.indices, self.values, factor):
                 acc[self.indices] += factor * self.values.astype(acc.dtype, copy=False)
             return

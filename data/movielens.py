@@ -173,9 +173,8 @@ def temporal_split(ratings: Ratings, test_per_user: int) -> RatingsSplit:
     """
     if test_per_user < 1:
         raise ValueError(f"dataset.test_per_user={test_per_user} must be >= 1")
-    order = np.lexsort(
-        (ratings.item, ratings.timestamp, ratings.user)
-    )  # user, then time, then item
+    # user, then time, then item
+    order = np.lexsort((ratings.item, ratings.timestamp, ratings.user))
     users = ratings.user[order]
     starts = np.searchsorted(users, users, side="left")
     ends = np.searchsorted(users, users, side="right")

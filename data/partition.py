@@ -81,9 +81,8 @@ def validate_partition_args(
     if kind in ("dirichlet", "unbalanced") and not alpha > 0:
         raise ValueError(f"partition.alpha={alpha} must be > 0")
     if kind == "unbalanced":
-        unbalanced_sizes(
-            num_samples, num_partitions, sizes, min_size
-        )  # raises naming the key
+        # raises naming the key
+        unbalanced_sizes(num_samples, num_partitions, sizes, min_size)
     if kind == "pathological" and not 1 <= labels_per_client <= num_classes:
         raise ValueError(
             f"partition.labels_per_client={labels_per_client} must be in [1, "
@@ -226,20 +225,17 @@ def unbalanced_sizes(
             f"simulation.num_clients={num_partitions} is more than "
             f"the {num_samples} training samples"
         )
-    ids = np.linspace(
-        start=1, stop=num_partitions, num=num_partitions
-    )  # flwr-datasets' partition ids 1..N
+    # flwr-datasets' partition ids 1..N
+    ids = np.linspace(start=1, stop=num_partitions, num=num_partitions)
     with np.errstate(over="ignore", invalid="ignore"):
         units = _SIZE_FNS[sizes](ids)
         fractions = units / units.sum()
-    if not np.all(
-        np.isfinite(fractions)
-    ):  # exp(i) overflows float64 beyond i = 709: same fractions, shifted
+    # exp(i) overflows float64 beyond i = 709: same fractions, shifted
+    if not np.all(np.isfinite(fractions)):
         units = np.exp(ids - ids[-1])
         fractions = units / units.sum()
-    out = np.array(
-        fractions * rest, dtype=np.int64
-    )  # truncation, as flwr-datasets does
+    # truncation, as flwr-datasets does
+    out = np.array(fractions * rest, dtype=np.int64)
     out[-1] += rest - out.sum()
     out += int(min_size)
     if out.min() < 1:
@@ -349,9 +345,8 @@ def _store_partitions(
         flat = (
             np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
         )
-        np.savez(
-            tmp, indices=flat, offsets=offsets
-        )  # 10,000 members took 1.5 s to read; two take ms
+        # 10,000 members took 1.5 s to read; two take ms
+        np.savez(tmp, indices=flat, offsets=offsets)
         os.replace(tmp, path)
     except OSError as exc:  # a read-only cache only costs the recomputation
         logger.info("could not cache partitions in %s: %s", path, exc)
@@ -405,9 +400,8 @@ def _partition(
     partitioner.dataset = hf
     try:
         index_map = _index_map(partitioner, kind, len(labels), num_partitions)
-    except (
-        ValueError
-    ) as exc:  # flwr-datasets gives up (e.g. a Dirichlet minimum it cannot meet)
+    # flwr-datasets gives up (e.g. a Dirichlet minimum it cannot meet)
+    except ValueError as exc:
         raise PartitionImpossible(
             _impossible(
                 kind, num_partitions, len(labels), alpha, min_partition_size, exc
@@ -465,9 +459,8 @@ def _index_map(
     )
     index_map = getattr(partitioner, "_partition_id_to_indices", None)
     if callable(determine) and isinstance(index_map, dict):
-        with (
-            warnings.catch_warnings()
-        ):  # its retries warn at length; a failure is raised (and refused) anyway
+        # its retries warn at length; a failure is raised (and refused) anyway
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             determine()
         return partitioner._partition_id_to_indices  # type: ignore[no-any-return]

@@ -145,9 +145,8 @@ class LocalDeployment:
             else min(2.0, max(DEFAULT_POLL_S, 0.1 * num_nodes))
         )
         self.workers: list[ManagedProcess] = []
-        self.node_ids: list[
-            int
-        ] = []  # assigned by the SuperLink when start() registers the keys
+        # assigned by the SuperLink when start() registers the keys
+        self.node_ids: list[int] = []
         self.logs = self.state / "logs"
         self.processes: list[ManagedProcess] = []  # running, stopped by stop()
         self.started_pids: list[int] = []  # every PID ever started (for checks)
@@ -155,9 +154,8 @@ class LocalDeployment:
         self.nodes: list[ManagedProcess] = []
         self.tls: TlsFiles | None = None
         self.cli = FlwrCli(self.state / "cli-home", CONNECTION)
-        self.timings: dict[
-            str, float
-        ] = {}  # seconds per start-up step (for benchmarks)
+        # seconds per start-up step (for benchmarks)
+        self.timings: dict[str, float] = {}
 
     # ---------------------------------------------------------------- start
     def __enter__(self) -> LocalDeployment:
@@ -550,9 +548,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(
-                sig, signal.SIG_IGN
-            )  # stopping has its own timeouts: let it finish
+            # stopping has its own timeouts: let it finish
+            signal.signal(sig, signal.SIG_IGN)
         deployment.stop()
     summary = outcome.summary or {}
     logger.info(

@@ -35,10 +35,8 @@ from logging import INFO, WARNING
 
 ENV_POLL = "BOUQUET_SUPERNODE_POLL_S"
 DEFAULT_POLL_S = 0.25
-PULL_BACKOFF_S = (
-    0.02,
-    0.2,
-)  # first and longest retry pause for a message's objects (Flower's: 1 s, 10 s)
+# first and longest retry pause for a message's objects (Flower's: 1 s, 10 s)
+PULL_BACKOFF_S = (0.02, 0.2)
 
 
 class CappedSleepTime(types.ModuleType):

@@ -53,10 +53,8 @@ DEFAULT_POLL_S = (
     0.25  # longest pause between AcquireTask calls while the node has no task
 )
 MIN_POLL_S = 0.02  # the first pause after a task; doubles while idle, up to poll_s
-PULL_BACKOFF_S = (
-    0.01,
-    0.1,
-)  # first and longest retry pause for message objects the node is still fetching
+# first and longest retry pause for message objects the node is still fetching
+PULL_BACKOFF_S = (0.01, 0.1)
 
 
 def _flower_log(level: int, msg: str, *args: Any) -> None:
@@ -403,9 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.node_pid is not None:
         from flwr.supercore.app_utils import start_parent_process_monitor
 
-        start_parent_process_monitor(
-            args.node_pid
-        )  # SIGINT to this process when the node exits
+        # SIGINT to this process when the node exits
+        start_parent_process_monitor(args.node_pid)
     for module in args.preload:
         start = time.perf_counter()
         importlib.import_module(module)

@@ -59,9 +59,8 @@ class Controller(nn.Module):
         self.num_pools = num_pools
         self.num_candidates = num_candidates
         with torch.random.fork_rng(devices=[]):  # leave torch's global RNG untouched
-            self.embed = nn.Embedding(
-                num_candidates + 1, hidden
-            )  # last index: start token
+            # last index: start token
+            self.embed = nn.Embedding(num_candidates + 1, hidden)
             self.lstm = nn.LSTMCell(hidden, hidden)
             self.decoders = nn.ModuleList(
                 nn.Linear(hidden, num_candidates) for _ in range(num_pools)

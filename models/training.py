@@ -54,13 +54,14 @@ def set_weights(
     model.load_state_dict(new_state, strict=True)
 
 
+# type: ignore[no-untyped-def]
 def iterate_batches(
     x: np.ndarray,
     y: np.ndarray,
     batch_size: int,
     shuffle: bool,
     rng: np.random.Generator | None = None,
-):  # type: ignore[no-untyped-def]
+):
     """Yield ``(x_batch, y_batch)`` torch tensors."""
     n = len(y)
     order = (rng or np.random.default_rng()).permutation(n) if shuffle else np.arange(n)

@@ -44,9 +44,8 @@ class FakeGrid:
         self.behaviours = behaviours
         self.tick_s = tick_s
         self.extra = extra
-        self.configs: list[
-            tuple[int, dict]
-        ] = []  # (node, train config) per train message
+        # (node, train config) per train message
+        self.configs: list[tuple[int, dict]] = []
         self.tick = 0
         self.counter = 0
         self.pending: dict[str, tuple[int, Message]] = {}

@@ -237,9 +237,8 @@ def run_round(
         return strategy
 
     monkeypatch.setattr(server, "build_strategy", recording_build)
-    monkeypatch.setattr(
-        results, "plot_curves", lambda rows, path: None
-    )  # not under test here
+    # not under test here
+    monkeypatch.setattr(results, "plot_curves", lambda rows, path: None)
     grid = InProcessGrid(
         server.make_client_app(cfg), int(cfg["simulation"]["num_clients"])
     )

@@ -24,9 +24,8 @@ def commands() -> list[tuple[str, str]]:
                 in_block = not in_block
                 continue
             cmd = line.split("#", 1)[0].strip()
-            if (
-                in_block and cmd.startswith("bouquet-sim ") and "<" not in cmd
-            ):  # <placeholders> aside
+            # <placeholders> aside
+            if in_block and cmd.startswith("bouquet-sim ") and "<" not in cmd:
                 out.append((path.name, cmd))
     return out
 

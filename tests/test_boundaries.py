@@ -40,9 +40,8 @@ def test_package_imports_only_what_design_allows(package: str) -> None:
     for path in sorted((ROOT / package).rglob("*.py")):
         for mod in _imports(path):
             top = mod.split(".")[0]
-            if (
-                top == "bouquet"
-            ):  # bouquet.<package>... or one of the shared modules of bouquet/
+            # bouquet.<package>... or one of the shared modules of bouquet/
+            if top == "bouquet":
                 inner = mod.split(".")[1] if "." in mod else ""
                 if inner in ALLOWED and inner not in ALLOWED[package]:
                     bad.append(f"{path.relative_to(ROOT)}: {mod}")

@@ -129,9 +129,8 @@ def test_right_order_clips_before_compressing(codec, kwargs):
         make_train_message(rec), _ctx()
     )
     assert not reply.has_error()
-    assert all(
-        is_bouquet_stype(a.stype) for a in reply.content["arrays"].values()
-    )  # compressed on the wire
+    # compressed on the wire
+    assert all(is_bouquet_stype(a.stype) for a in reply.content["arrays"].values())
     assert _update_norm(reply, rec) <= 1.0 + 1e-5  # of the clipped update
 
 
@@ -189,9 +188,8 @@ def test_flowers_message_api_mods_work_inside_compression_mod_and_fail_outside_i
         with pytest.raises(TypeError, match="Unsupported serialization type") as err:
             _app(mods)(make_train_message(rec, config={KEY_CLIPPING_NORM: 1.0}), _ctx())
         meaning = explain_client_error(f"<class 'TypeError'>:<'{err.value}'>")
-        assert (
-            meaning is not None and "dp_clip_mod" in meaning
-        )  # the server names bouquet's mod
+        # the server names bouquet's mod
+        assert meaning is not None and "dp_clip_mod" in meaning
 
 
 def test_flowers_adaptive_clipping_mod_works_inside_compression_mod_not_outside():
@@ -203,9 +201,8 @@ def test_flowers_adaptive_clipping_mod_works_inside_compression_mod_not_outside(
     )
     assert not reply.has_error()
     assert _update_norm(reply, rec) <= 1.0 + 1e-5
-    assert (
-        reply.content["metrics"]["norm_bit"] == 1
-    )  # the update (norm 17.7) was above the bound
+    # the update (norm 17.7) was above the bound
+    assert reply.content["metrics"]["norm_bit"] == 1
     with pytest.raises(TypeError, match="Unsupported serialization type") as err:
         _app([adaptiveclipping_mod, compression_mod("stc", alpha=0.5)])(
             make_train_message(rec, config={KEY_CLIPPING_NORM: 1.0}), _ctx()
@@ -262,6 +259,5 @@ def test_private_client_keeps_what_the_bridge_reads_of_the_client():
     )
     client.context = ctx
     assert inner.context is ctx and client.context is ctx
-    assert (
-        client.capacity() == 2
-    )  # the node's max-depth, as the bridge reads it for a client without capacity()
+    # the node's max-depth, as the bridge reads it for a client without capacity()
+    assert client.capacity() == 2

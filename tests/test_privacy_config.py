@@ -181,7 +181,5 @@ def test_secagg_with_shared_topk_runs_and_uploads_at_least_5x_fewer_bytes_than_p
         .read_text()
         .splitlines()
     ]
-    assert [r.get("secagg_peers") for r in rows if r["round"] > 0] == [
-        3,
-        3,
-    ]  # every round summed all 3 masked vectors
+    # every round summed all 3 masked vectors
+    assert [r.get("secagg_peers") for r in rows if r["round"] > 0] == [3, 3]

@@ -59,13 +59,12 @@ def _dp(
 
 
 def _updates() -> dict[int, dict[str, np.ndarray]]:
+    # norm 0.5
     return {
-        1: {
-            "a": np.array([3.0, 0, 0, 4.0], np.float32),
-            "b": np.zeros(3, np.float32),
-        },  # norm 5
+        # norm 5
+        1: {"a": np.array([3.0, 0, 0, 4.0], np.float32), "b": np.zeros(3, np.float32)},
         2: {"a": np.zeros(4, np.float32), "b": np.array([0.0, 0.5, 0.0], np.float32)},
-    }  # norm 0.5
+    }
 
 
 def _dense(node: int, n: int):
@@ -121,9 +120,8 @@ def test_epsilon_is_within_the_classic_rdp_bound_of_the_gaussian():
 def test_dense_round_clips_to_the_bound_and_averages_unweighted(server_side):
     dp = _dp(server_side=server_side)
     assert len(list(dp.configure_train(1, _arrays(), ConfigRecord(), Grid(2)))) == 2
-    arrays, metrics = dp.aggregate_train(
-        1, [_dense(1, 1), _dense(2, 100)]
-    )  # 1 and 100 examples: weights ignored
+    # 1 and 100 examples: weights ignored
+    arrays, metrics = dp.aggregate_train(1, [_dense(1, 1), _dense(2, 100)])
     _check(arrays)
     assert metrics is not None and metrics[EPSILON] == pytest.approx(
         epsilon_of([(1.0, TINY)], 1e-5)
@@ -136,9 +134,8 @@ def test_inside_compressed_dp_sees_decoded_updates():
     outer = Compressed(_dp())
     list(outer.configure_train(1, _arrays(), ConfigRecord(), Grid(2)))
     arrays, _ = outer.aggregate_train(1, [_topk(1, 1), _topk(2, 100)])
-    assert (
-        outer.last_path == "dense"
-    )  # the sparse fast path would skip the DP wrapper: never taken
+    # the sparse fast path would skip the DP wrapper: never taken
+    assert outer.last_path == "dense"
     _check(arrays)
     assert outer.round_report()[EPSILON] > 0
 
@@ -171,9 +168,8 @@ def test_a_round_flower_does_not_release_spends_nothing():
 def test_fewer_replies_than_sampled_are_accounted_with_the_noise_actually_added():
     dp = _dp(z=1.0, m=4, n=8)
     list(dp.configure_train(1, _arrays(), ConfigRecord(), Grid(4)))
-    dp.aggregate_train(
-        1, [_dense(1, 1), _dense(2, 1)]
-    )  # 2 of 4: noise z C / 4 on a mean of 2 = z/2 on the sum
+    # 2 of 4: noise z C / 4 on a mean of 2 = z/2 on the sum
+    dp.aggregate_train(1, [_dense(1, 1), _dense(2, 1)])
     assert dp.state_dict() == {"events": [[0.5, 0.5]]}
     assert dp.epsilon == pytest.approx(epsilon_of([(0.5, 0.5)], 1e-5))
 
@@ -242,9 +238,8 @@ def _adaptive(
 
 
 def _with_bit(reply, clipped: bool):
-    reply.content["metrics"]["norm_bit"] = int(
-        clipped
-    )  # what Flower's adaptiveclipping_mod adds
+    # what Flower's adaptiveclipping_mod adds
+    reply.content["metrics"]["norm_bit"] = int(clipped)
     return reply
 
 
@@ -257,9 +252,8 @@ def test_adaptive_clipping_inside_compressed_sees_decoded_updates_and_is_account
     outer = Compressed(_adaptive(server_side))
     list(outer.configure_train(1, _arrays(), ConfigRecord(), Grid(2)))
     replies = [_topk(1, 1), _topk(2, 100)]
-    if (
-        not server_side
-    ):  # the clients report whether they clipped (node 1's norm 5 is above C = 1)
+    # the clients report whether they clipped (node 1's norm 5 is above C = 1)
+    if not server_side:
         replies = [_with_bit(replies[0], True), _with_bit(replies[1], False)]
     arrays, metrics = outer.aggregate_train(1, replies)
     assert outer.last_path == "dense"
@@ -269,9 +263,8 @@ def test_adaptive_clipping_inside_compressed_sees_decoded_updates_and_is_account
     # before it)
     assert dp.clipping_norm == pytest.approx(math.exp(-0.2 * 0.5), rel=1e-6)
     report = outer.round_report()
-    assert report["dp_clipped_server"] == (
-        0 if server_side else 1
-    )  # server-side: the wrapper clips, not us
+    # server-side: the wrapper clips, not us
+    assert report["dp_clipped_server"] == (0 if server_side else 1)
     z = adaptive_release_multiplier(TINY * 2 / 2, 1e-9)
     assert metrics is not None and metrics[EPSILON] == pytest.approx(
         epsilon_of([(0.5, z)], 1e-5)
@@ -280,9 +273,8 @@ def test_adaptive_clipping_inside_compressed_sees_decoded_updates_and_is_account
 
 def test_adaptive_release_is_one_gaussian_of_both_multipliers():
     assert adaptive_release_multiplier(1.0, 1.0) == pytest.approx(2**-0.5)
-    assert adaptive_release_multiplier(0.7, 1e6) == pytest.approx(
-        0.7
-    )  # a count with huge noise costs nothing
+    # a count with huge noise costs nothing
+    assert adaptive_release_multiplier(0.7, 1e6) == pytest.approx(0.7)
     assert adaptive_release_multiplier(1e6, 0.5) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="without noise"):
         adaptive_release_multiplier(1.0, 0.0)

@@ -70,9 +70,8 @@ def test_pairwise_masks_cancel_only_in_the_sum_of_all_peers():
     pairs = {n: new_keypair() for n in NODES}
     publics = {n: pub for n, (_, pub) in pairs.items()}
     assert pair_key(pairs[3][0], publics[7], 2) == pair_key(pairs[7][0], publics[3], 2)
-    assert pair_key(pairs[3][0], publics[7], 2) != pair_key(
-        pairs[3][0], publics[7], 3
-    )  # bound to the round
+    # bound to the round
+    assert pair_key(pairs[3][0], publics[7], 2) != pair_key(pairs[3][0], publics[7], 3)
     masks = [mask(n, pairs[n][0], publics, 100, 2) for n in NODES]
     assert not np.any(sum(masks, np.zeros(100, np.uint32)))  # all three: zero mod 2^32
     assert np.count_nonzero(masks[0] + masks[1]) > 90  # any two alone: still masked
@@ -149,9 +148,8 @@ def _round(
 def test_the_server_strategy_receives_only_the_sum_and_it_equals_the_clear_mean():
     secure_grid = Grid()
     strategy, inner, secure = _round(True, secure_grid)
-    assert (
-        strategy.inner_replies == 1 and len(inner.seen) == 1
-    )  # one reply: the unmasked mean of all peers
+    # one reply: the unmasked mean of all peers
+    assert strategy.inner_replies == 1 and len(inner.seen) == 1
     clear_grid = Grid()
     _, clear_inner, clear = _round(False, clear_grid)
     assert len(clear_inner.seen) == 3  # without secagg: every client's own vector
@@ -166,9 +164,8 @@ def test_the_server_strategy_receives_only_the_sum_and_it_equals_the_clear_mean(
         for n in clear.keys()
     )
     total = sum(int(_initial()[n].numpy().size) for n in clear.keys())
-    assert (
-        0 < moved <= shared_k(total, 0.2)
-    )  # only the shared coordinates moved (beyond FedAvg's float rounding)
+    # only the shared coordinates moved (beyond FedAvg's float rounding)
+    assert 0 < moved <= shared_k(total, 0.2)
     for node in NODES:  # one masked upload says nothing about its client's values
         clear_values = clear_grid.uploads[node].astype(np.float64)
         masked_values = from_fixed(secure_grid.uploads[node])
@@ -187,9 +184,10 @@ def test_a_missing_or_bad_masked_reply_voids_the_round():
     replies = grid.send_and_receive(
         list(strategy.configure_train(1, _initial(), ConfigRecord(), grid))
     )
+    # hostile
     replies[0].content["arrays"] = ArrayRecord(
         {SHARED_ARRAY: Array(np.zeros(3, np.float32))}
-    )  # hostile
+    )
     arrays, _ = strategy.aggregate_train(1, replies)
     assert arrays is None
     assert "shape" in strategy.round_report()["drop_reasons"][0]
@@ -267,9 +265,8 @@ def test_dp_inside_shared_support_sees_each_rebuilt_update_and_accounts_it():
         list(strategy.configure_train(1, _initial(), ConfigRecord(), grid))
     )
     arrays, metrics = strategy.aggregate_train(1, replies)
-    assert (
-        arrays is not None and len(inner.seen) == 3
-    )  # DP got every client's own (rebuilt, dense) update
+    # DP got every client's own (rebuilt, dense) update
+    assert arrays is not None and len(inner.seen) == 3
     for reply in inner.seen:  # each one clipped to C = 1e-4 on the server, weight 1
         u = np.concatenate(
             [

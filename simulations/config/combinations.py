@@ -26,9 +26,8 @@ from bouquet.simulations.methods.downlink import DOWNLINK_STRATEGIES
 from bouquet.simulations.methods.experiments import get_experiment
 
 RULES = Rules()
-SPARSE_CODECS = tuple(
-    name for name, c in CODECS.items() if "alpha" in c.options()[0]
-)  # a density: topk, stc
+# a density: topk, stc
+SPARSE_CODECS = tuple(name for name, c in CODECS.items() if "alpha" in c.options()[0])
 
 
 @RULES("downlink + strategy")

@@ -16,10 +16,8 @@ from bouquet.simulations.config.rules import (
 
 DP_MODES = ("dp_client", "dp_server")
 RULES = Rules()
-DP_STRATEGIES = (
-    "fedavg",
-    "fedprox",
-)  # a synchronous (unweighted) mean: what the DP noise is calibrated to
+# a synchronous (unweighted) mean: what the DP noise is calibrated to
+DP_STRATEGIES = ("fedavg", "fedprox")
 
 
 @RULES("privacy=secagg <-> client=shared_topk")

@@ -72,10 +72,8 @@ def both(a: str, b: str, why: str) -> str:
     return f"{a} and {b} cannot be combined: {why}"
 
 
-NON_IMAGE_CLIENTS = (
-    "early_exit",
-    "recsys",
-)  # clients other than image classifiers with one global model
+# clients other than image classifiers with one global model
+NON_IMAGE_CLIENTS = ("early_exit", "recsys")
 
 
 def sync_image_only(

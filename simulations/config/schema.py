@@ -554,11 +554,12 @@ DOWNLINK = {
         **{k: TERNARY[k] for k in ("stochastic", "clip_c", "packing")},
     },
 }
+# import time: a new codec needs its settings here
 if (
     set(CODEC_ARGS) != set(COMPRESSORS)
-    or set(DOWNLINK) - {"none"} != set(DOWNLINK_CODECS)  # import time: a new
+    or set(DOWNLINK) - {"none"} != set(DOWNLINK_CODECS)
     or any(set(a) - set(codec_options(c)[0]) for c, a in CODEC_ARGS.items())
-):  # codec needs its settings here
+):
     raise ValueError(
         "schema CODEC_ARGS and DOWNLINK type the options of bouquet.codecs.catalog's "
         "codecs, and no others"

@@ -103,9 +103,8 @@ def validate_config(
     options = check_schema(cfg)
     check_values(cfg, options)
     check_combinations(cfg, options, in_simulation=in_simulation)
-    check_available(
-        str(options.get("logger", "none"))
-    )  # the tracker's optional package
+    # the tracker's optional package
+    check_available(str(options.get("logger", "none")))
     num_clients = int(cfg["simulation"]["num_clients"])
     if num_train_samples is not None and num_clients > num_train_samples:
         raise ValueError(

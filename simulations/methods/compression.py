@@ -88,9 +88,8 @@ def wrap_compression(cfg: dict[str, Any], exp: Any, strategy: Strategy) -> Strat
         return strategy
     comp = cfg.get("compression") or {}
     server_lr = float(comp.get("server_lr", 1.0))
-    if (
-        "gamma" in comp
-    ):  # S1: W <- W - gamma * sum_i c_i G_i, and the client uploads -lr * G_i
+    # S1: W <- W - gamma * sum_i c_i G_i, and the client uploads -lr * G_i
+    if "gamma" in comp:
         server_lr = float(comp["gamma"]) / float(cfg["client"]["lr"])
     server_momentum = float(comp.get("server_momentum", 0.0))
     logger.info(

@@ -99,13 +99,11 @@ def wrap_privacy(cfg: dict[str, Any], exp: Any, strategy: Strategy) -> Strategy:
             population_size=int(cfg["simulation"]["num_clients"]),
             delta=float(p["delta"]),
         )
-    if shared_support(
-        cfg
-    ):  # outside DP: the DP wrappers see the dense replies it rebuilds
+    # outside DP: the DP wrappers see the dense replies it rebuilds
+    if shared_support(cfg):
         client = cfg["client"]
-        topk = shared_topk(
-            cfg
-        )  # else privacy=secagg with a dense client: every coordinate shared
+        # else privacy=secagg with a dense client: every coordinate shared
+        topk = shared_topk(cfg)
         alpha, min_k = (
             (float(client["alpha"]), int(client.get("min_k", 1))) if topk else (1.0, 1)
         )

@@ -185,9 +185,8 @@ def pool_evaluation(
             dropped += 1
             continue
         m = records[0]
-        n = float(
-            cast(float, m[keys.NUM_EXAMPLES])
-        )  # a number: checked by _check_eval_metrics
+        # a number: checked by _check_eval_metrics
+        n = float(cast(float, m[keys.NUM_EXAMPLES]))
         total += n
         sums += n * np.array(
             [m[keys.EVAL_MSE], m[keys.EVAL_HR_AT_10], m[keys.EVAL_NDCG_AT_10]],
@@ -295,9 +294,8 @@ class RecsysExperiment(Experiment):
     def build_model(self, num_users: int = 0) -> MatrixFactorization:  # type: ignore[override]
         model_cfg = dict(self.cfg["model"])
         num_items = self.ratings.num_items
-        if (
-            model_cfg.get("name") == "auto"
-        ):  # the image default; the recommendation default is MF
+        # the image default; the recommendation default is MF
+        if model_cfg.get("name") == "auto":
             return build_recsys_model(
                 "mf", num_items=num_items, num_users=num_users, seed=self.seed
             )

@@ -416,9 +416,8 @@ def run_search(cfg: dict[str, Any], run_dir: str) -> dict[str, Any]:
             "model=early_exit"
         )
     seed = int(cfg.get("seed", 0))
-    torch.set_num_threads(
-        int(settings["threads"])
-    )  # the machine's cores are shared: 1 by default
+    # the machine's cores are shared: 1 by default
+    torch.set_num_threads(int(settings["threads"]))
     out = Path(run_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))

@@ -63,10 +63,8 @@ CHECKPOINT = "checkpoint"  # directory: arrays.npz, state.json, SHA256SUMS
 PREVIOUS = "checkpoint.prev"
 _TMP = "checkpoint.tmp"  # being written
 _STALE = "checkpoint.stale"  # the previous-but-one, being removed
-LEGACY = (
-    "checkpoint.pkl",
-    "checkpoint.prev.pkl",
-)  # pickles of older bouquet versions: never read
+# pickles of older bouquet versions: never read
+LEGACY = ("checkpoint.pkl", "checkpoint.prev.pkl")
 CONFIG_FILE = "config.json"  # the resolved config, written into every run directory
 
 
@@ -109,9 +107,8 @@ def strategy_state(strategy: Any) -> list[dict[str, Any]]:
     """The state of every level of a wrapper chain (see module docstring)."""
     states = []
     for obj in _chain(strategy):
-        if callable(
-            getattr(type(obj), "state_dict", None)
-        ):  # not a wrapper's forwarded attribute
+        # not a wrapper's forwarded attribute
+        if callable(getattr(type(obj), "state_dict", None)):
             states.append({"__state_dict__": obj.state_dict()})
         else:
             states.append(
@@ -224,9 +221,8 @@ def save_checkpoint(run_dir: Path, payload: dict[str, Any]) -> Path:
     if prev.exists():
         os.replace(prev, stale)
     if latest.exists():
-        os.replace(
-            latest, prev
-        )  # a crash from here to the next rename leaves prev: it is used
+        # a crash from here to the next rename leaves prev: it is used
+        os.replace(latest, prev)
     os.replace(tmp, latest)
     fsync_dir(run_dir)
     _remove(stale)

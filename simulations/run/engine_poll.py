@@ -68,11 +68,12 @@ def add_pending_messages_to_queue(
     order = {node: i for i, node in enumerate(nodes_mapping)}
     while not f_stop.is_set():
         pending = pending_destinations(state)
+        # a state it cannot read: Flower's walk over every node
         nodes = (
             sorted((n for n in pending if n in order), key=order.__getitem__)
             if pending is not None
             else list(nodes_mapping)
-        )  # a state it cannot read: Flower's walk over every node
+        )
         for node_id in nodes:
             for msg in state.get_message_ins(node_id=node_id, limit=1):
                 queue.put(msg)
@@ -106,10 +107,8 @@ def install() -> bool:
     return True
 
 
-REPLY_PULL_BACKOFF_S = (
-    0.02,
-    0.2,
-)  # first and longest retry pause for a reply's objects (Flower's: 1 s, 10 s)
+# first and longest retry pause for a reply's objects (Flower's: 1 s, 10 s)
+REPLY_PULL_BACKOFF_S = (0.02, 0.2)
 
 
 def shorten_reply_object_retry() -> bool:

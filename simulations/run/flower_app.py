@@ -67,12 +67,10 @@ from bouquet.simulations.run.serverapp import make_client_app, run_server
 
 logger = logging.getLogger(__name__)
 
-RUN_CONFIG_OVERRIDES = (
-    keys.RUN_OVERRIDES
-)  # run-config key: Hydra overrides (space separated)
-RUN_CONFIG_RUN_DIR = (
-    keys.RUN_DIR
-)  # run-config key: output directory ("" = default below)
+# run-config key: Hydra overrides (space separated)
+RUN_CONFIG_OVERRIDES = keys.RUN_OVERRIDES
+# run-config key: output directory ("" = default below)
+RUN_CONFIG_RUN_DIR = keys.RUN_DIR
 
 # Flower-style run-config keys ([tool.flwr.app.config], kebab-case) -> the Hydra key
 # they set. A value of "" (the declared default) leaves bouquet's default; a set value
@@ -305,9 +303,8 @@ def _server_main(grid: Grid, context: Context) -> None:
     try:
         cfg = checked_server_config(context)
         cfg = follow_federation_size(cfg, context, grid)
-    except (
-        Exception
-    ) as exc:  # refused before the first round: say why, where the user looks
+    # refused before the first round: say why, where the user looks
+    except Exception as exc:
         reason = refusal_reason(exc)
         logger.error("run %s refused: %s", context.run_id, reason)
         record_refusal(run_dir, reason)
@@ -353,9 +350,8 @@ def client_config(context: Context) -> dict[str, Any]:
 @lru_cache(maxsize=8)
 def _client_app_for(cfg_json: str) -> ClientApp:
     cfg = json.loads(cfg_json)
-    validate_config(
-        cfg, in_simulation=False
-    )  # the same refusals as the ServerApp's, before building
+    # the same refusals as the ServerApp's, before building
+    validate_config(cfg, in_simulation=False)
     return make_client_app(cfg)
 
 

@@ -29,10 +29,8 @@ from flwr.serverapp import Grid
 
 from bouquet import keys
 
-PULL_PAUSE_S = (
-    0.01,
-    0.1,
-)  # first and longest pause between two pulls for pending replies
+# first and longest pause between two pulls for pending replies
+PULL_PAUSE_S = (0.01, 0.1)
 MAX_REASONS = 1000  # error reasons kept per period (each cut to 300 characters)
 
 
@@ -66,9 +64,8 @@ class Period:
     first_reply_at: float | None = (
         None  # time.perf_counter() of the period's first train reply
     )
-    error_reasons: list[str] = field(
-        default_factory=list
-    )  # of the train error replies (cut, at most MAX_REASONS)
+    # of the train error replies (cut, at most MAX_REASONS)
+    error_reasons: list[str] = field(default_factory=list)
 
     @property
     def train_loss(self) -> float | None:

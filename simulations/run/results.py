@@ -161,14 +161,12 @@ class RunRecorder:
             period.first_reply_at is not None
             and self.grid.total.first_reply_at == period.first_reply_at
         ):
-            row["first_reply_s"] = round(
-                period.first_reply_at - self.t_start, 4
-            )  # the run's first train reply
+            # the run's first train reply
+            row["first_reply_s"] = round(period.first_reply_at - self.t_start, 4)
         if self.extra is not None:
             extra = self.extra()
-            dropped = int(
-                extra.pop("clients_dropped", 0)
-            )  # replies the strategy rejected
+            # replies the strategy rejected
+            dropped = int(extra.pop("clients_dropped", 0))
             row["clients_failed"] += dropped
             row["clients_ok"] = max(0, row["clients_ok"] - dropped)
             row.update(extra)
@@ -177,9 +175,8 @@ class RunRecorder:
         with open(self.run_dir / METRICS_FILE, "a") as fh:
             fh.write(json.dumps(row) + "\n")
         repeated = repeating_failure(period)
-        if (
-            repeated is not None
-        ):  # it will fail the same way in every round: stop now, with the reason
+        # it will fail the same way in every round: stop now, with the reason
+        if repeated is not None:
             reason = (
                 f"no client result came back in {step_key} {step}: all "
                 f"{period.clients_failed} clients failed "

@@ -41,9 +41,8 @@ def run_in_simulation(
     summary_path.unlink(missing_ok=True)
     sim = cfg["simulation"]
     init_args: dict[str, Any] = {"include_dashboard": False}
-    if not os.environ.get(
-        "RAY_ADDRESS"
-    ):  # joining an existing Ray cluster: it owns its CPUs
+    # joining an existing Ray cluster: it owns its CPUs
+    if not os.environ.get("RAY_ADDRESS"):
         init_args["num_cpus"] = (
             int(sim["total_cpus"]) if sim.get("total_cpus") else os.cpu_count()
         )
@@ -51,9 +50,8 @@ def run_in_simulation(
         "client_resources": {"num_cpus": float(sim["client_cpus"]), "num_gpus": 0.0},
         "init_args": init_args,
     }
-    if (
-        os.environ.get("BOUQUET_FLOWER_SIM_LOOP") != "1"
-    ):  # "1": Flower's own loop (for comparisons)
+    # "1": Flower's own loop (for comparisons)
+    if os.environ.get("BOUQUET_FLOWER_SIM_LOOP") != "1":
         # Flower's message loop, visiting only the nodes with a message (issue 32)
         install_engine_poll()
     run_simulation(

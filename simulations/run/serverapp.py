@@ -88,9 +88,8 @@ STRATEGY_WRAPPERS: list[StrategyWrapper] = [
 def build_strategy(cfg: dict[str, Any], exp: Experiment) -> Strategy:
     """Instantiate ``cfg["strategy"]`` and apply :data:`STRATEGY_WRAPPERS`."""
     strategy = instantiate(cfg["strategy"])
-    if isinstance(
-        strategy, partial
-    ):  # strategies that need run-time inputs take them here
+    # strategies that need run-time inputs take them here
+    if isinstance(strategy, partial):
         strategy = strategy(**strategy_runtime_kwargs(cfg, exp, strategy))
     if not isinstance(strategy, Strategy):
         raise ValueError(
@@ -111,9 +110,8 @@ def strategy_runtime_kwargs(
 ) -> dict[str, Any]:
     """Run-time keyword arguments for a ``_partial_`` strategy config."""
     kwargs: dict[str, Any] = {}
-    if (
-        factory.keywords.get("reference") == "server"
-    ):  # KL weighting: Q = the server's test-set labels
+    # KL weighting: Q = the server's test-set labels
+    if factory.keywords.get("reference") == "server":
         kwargs["reference_distribution"] = label_histogram(
             exp.dataset.y_test, exp.dataset.num_classes
         ).tolist()
@@ -128,12 +126,10 @@ def client_mods(cfg: dict[str, Any]) -> list[Callable[..., Any]]:
     (:func:`~bouquet.clients.staleness.staleness_window_mod`) for ``strategy=async
     strategy.policy=sliding_window strategy.window_side=learner``.
     """
-    mods: list[Callable[..., Any]] = list(
-        client_downlink_mods(cfg)
-    )  # outermost: rebuilds the model first
-    mods += privacy_client_mods(
-        cfg
-    )  # client=shared_topk: answers the secure-aggregation key query
+    # outermost: rebuilds the model first
+    mods: list[Callable[..., Any]] = list(client_downlink_mods(cfg))
+    # client=shared_topk: answers the secure-aggregation key query
+    mods += privacy_client_mods(cfg)
     fault = cfg.get("fault") or {}
     crash, hang, corrupt = (
         float(fault.get(k, 0.0)) for k in ("crash_rate", "hang_rate", "corrupt_rate")
@@ -155,9 +151,8 @@ def client_mods(cfg: dict[str, Any]) -> list[Callable[..., Any]]:
         and strategy.get("window_side", "learner") == "learner"
     ):
         exponent = strategy.get("exponent")
-        lr = (cfg.get("client") or {}).get(
-            "lr"
-        )  # train_config's lr, when set, is in every message and wins
+        # train_config's lr, when set, is in every message and wins
+        lr = (cfg.get("client") or {}).get("lr")
         mods.append(
             staleness_window_mod(
                 window=int(strategy.get("window", DEFAULT_WINDOW)),
@@ -228,9 +223,8 @@ def run_server(grid: Grid, cfg: dict[str, Any], run_dir: str | Path) -> dict[str
     num_rounds = int(sim["num_rounds"])
     start_round, previous_rows = 0, None
     initial_named = exp.initial_arrays()
-    own_loop = isinstance(
-        strategy, RecorderBinding
-    )  # asynchronous: checkpoints count applied updates
+    # asynchronous: checkpoints count applied updates
+    own_loop = isinstance(strategy, RecorderBinding)
     if ckpt is not None:
         if own_loop != ("updates" in ckpt):
             raise CheckpointError(
@@ -265,14 +259,12 @@ def run_server(grid: Grid, cfg: dict[str, Any], run_dir: str | Path) -> dict[str
         run_dir, cfg, strategy, int(sim.get("checkpoint_every", 1)), num_rounds
     )
     state_dir = run_dir / CLIENT_STATE_DIR
-    if (
-        not own_loop
-    ):  # the nodes' spilled state follows the checkpoints (clients/state_store.py)
+    # the nodes' spilled state follows the checkpoints (clients/state_store.py)
+    if not own_loop:
         if start_round:
             prune(state_dir, start_round, resuming=True)
-        elif (
-            ckpt is None
-        ):  # a fresh run: no state of an earlier run in the same directory
+        # a fresh run: no state of an earlier run in the same directory
+        elif ckpt is None:
             shutil.rmtree(state_dir, ignore_errors=True)
         checkpointer.after_save = lambda step, _key: prune(state_dir, step)
     recorder = RunRecorder(
@@ -283,9 +275,8 @@ def run_server(grid: Grid, cfg: dict[str, Any], run_dir: str | Path) -> dict[str
         round_offset=start_round,
         previous_rows=previous_rows,
         on_round=checkpointer,
-        view=getattr(
-            strategy, "held_model", None
-        ),  # two-way compression: evaluate the clients' copy
+        # two-way compression: evaluate the clients' copy
+        view=getattr(strategy, "held_model", None),
         tracker=tracker,
         total_steps=None if own_loop else num_rounds,
     )
@@ -341,9 +332,8 @@ def make_server_app(cfg: dict[str, Any], run_dir: str | Path) -> ServerApp:
 
 
 def _client_from_cfg(cfg: dict[str, Any], context: Context) -> NumPyClient:
-    return private_client(
-        cfg, get_experiment(cfg).client(context)
-    )  # privacy=dp_client: clip before the codec
+    # privacy=dp_client: clip before the codec
+    return private_client(cfg, get_experiment(cfg).client(context))
 
 
 # in the run directory: the nodes' spilled context.state (simulation)

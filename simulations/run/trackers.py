@@ -28,10 +28,8 @@ from pathlib import Path
 from typing import Any
 
 TRACKERS = ("none", "csv", "tensorboard", "mlflow")
-EXTRAS = {
-    "tensorboard": ("tensorboard", "tensorboard"),
-    "mlflow": ("mlflow", "mlflow"),
-}  # module, extra
+# module, extra
+EXTRAS = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow")}
 
 
 def check_available(name: str) -> None:

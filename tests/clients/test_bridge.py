@@ -152,10 +152,11 @@ def test_node_info_query_answers_partition_id_and_capacity() -> None:
         )
 
     reply = numpyclient_app(early)(_query({keys.NODE_INFO: 1}), _context(pid=4))
+    # capacity of partition 4
     assert dict(reply.content[keys.METRICS]) == {
         keys.PARTITION_ID: 4,
         keys.MAX_DEPTH: 2,
-    }  # capacity of partition 4
+    }
 
 
 def test_unknown_query_is_refused_naming_what_is_answered() -> None:

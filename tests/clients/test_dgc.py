@@ -156,9 +156,8 @@ def test_client_options_reach_the_codec_and_the_node_state(cls):
     total = np.sqrt(
         sum(float(np.sum(v.astype(np.float64) ** 2)) for v in sent.values())
     )
-    assert total <= 0.01 * (
-        1 + 1e-5
-    )  # nothing sent beyond the clipped update (no residual yet)
+    # nothing sent beyond the clipped update (no residual yet)
+    assert total <= 0.01 * (1 + 1e-5)
     momentum = _state(context.state, keys.DGC_MOMENTUM)
     assert list(momentum) == list(weights)
     for name, v in sent.items():

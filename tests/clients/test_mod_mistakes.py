@@ -84,9 +84,8 @@ def test_a_mod_outside_compression_mod_fails_and_the_server_can_name_the_order()
     msg = make_train_message({"a": np.zeros(100, np.float32)})
     with pytest.raises(Exception, match="Unsupported serialization type") as err:
         _app([_reading_mod, compression_mod("topk", alpha=0.1)])(msg, _ctx())
-    reason = (
-        str(type(err.value)) + ":<'" + str(err.value) + "'>"
-    )  # what Flower sends back
+    # what Flower sends back
+    reason = str(type(err.value)) + ":<'" + str(err.value) + "'>"
     assert "list compression_mod before the mods that read" in (
         explain_client_error(reason) or ""
     )

@@ -92,21 +92,12 @@ def test_window_and_scale_in_context_state_over_several_messages() -> None:
         ((0, None), 1.0, []),  # first task: no sample, empty window -> 1
         ((1, 2), 1.0, [2.0]),  # first sample: empty window before it -> 1
         ((2, 2), 1.0, [2.0, 2.0]),  # c = 2: (3 / 3) = 1
-        (
-            (3, 5),
-            0.5,
-            [2.0, 2.0, 5.0],
-        ),  # c = 2: 3 / 6 = 0.5 (staler than usual: damped)
-        (
-            (3, 5),
-            0.5,
-            [2.0, 2.0, 5.0],
-        ),  # same count (the last update was rejected): no sample, same scale
-        (
-            (4, 0),
-            2.0,
-            [2.0, 5.0, 0.0],
-        ),  # c = 3: 4 / 1 = 4, capped at 2; the window keeps W = 3
+        # c = 2: 3 / 6 = 0.5 (staler than usual: damped)
+        ((3, 5), 0.5, [2.0, 2.0, 5.0]),
+        # same count (the last update was rejected): no sample, same scale
+        ((3, 5), 0.5, [2.0, 2.0, 5.0]),
+        # c = 3: 4 / 1 = 4, capped at 2; the window keeps W = 3
+        ((4, 0), 2.0, [2.0, 5.0, 0.0]),
         ((5, 1), 5 / 3, [5.0, 0.0, 1.0]),  # c = (2 + 5 + 0) / 3 = 7/3: (10/3) / 2 = 5/3
     ]
     for task, ((applied, prev), scale, samples) in enumerate(steps, start=1):
@@ -114,9 +105,8 @@ def test_window_and_scale_in_context_state_over_several_messages() -> None:
         assert not reply.has_error()
         metrics = reply.content[keys.METRICS]
         assert metrics[keys.LR_SCALE] == pytest.approx(scale), task
-        assert app.lrs[-1] == pytest.approx(BASE_LR * scale), (
-            task
-        )  # the inner app trained with s * lr
+        # the inner app trained with s * lr
+        assert app.lrs[-1] == pytest.approx(BASE_LR * scale), task
         assert metrics[keys.NUM_EXAMPLES] == 4  # the app's own metrics stay
         # the reply echoes what its message carried
         assert (metrics[keys.MODEL_VERSION], metrics[keys.APPLIED_UPDATES]) == (
@@ -128,9 +118,8 @@ def test_window_and_scale_in_context_state_over_several_messages() -> None:
         assert (
             state["samples"] == pytest.approx(samples) and state["count"] == applied
         ), task
-        assert state["scale"] == pytest.approx(
-            scale if applied else -1.0
-        )  # -1: no scale computed yet
+        # -1: no scale computed yet
+        assert state["scale"] == pytest.approx(scale if applied else -1.0)
 
 
 def test_median_context_and_defaults_from_the_module() -> None:

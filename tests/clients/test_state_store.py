@@ -84,10 +84,8 @@ def test_prune_keeps_what_a_checkpoint_needs_and_resume_drops_the_future(
             RecordDict({"c": ConfigRecord({"r": rnd})}), tmp_path / "3" / f"r{rnd}.json"
         )
     prune(tmp_path, 4)
-    assert node_rounds(tmp_path, 3) == [
-        4,
-        5,
-    ]  # the newest at or before the checkpoint, and the newer one
+    # the newest at or before the checkpoint, and the newer one
+    assert node_rounds(tmp_path, 3) == [4, 5]
     prune(tmp_path, 4, resuming=True)
     assert node_rounds(tmp_path, 3) == [4]
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 
@@ -19,7 +21,9 @@ from bouquet.codecs.catalog import (
     DOWNLINK_CODECS,
     LOSSY_CODECS,
     PER_CLIENT_POSITIONS,
+    codec_options,
 )
+from bouquet.codecs.compressor import SelectionOptions, TopKCompressor, _TopKSelection
 from bouquet.simulations.config.schema import CODEC_ARGS, CODEC_REQUIRED, DOWNLINK
 
 OPTIONS = {"topk": {"alpha": 0.5}, "stc": {"alpha": 0.5}, "ternary": {}, "dense": {}}
@@ -49,9 +53,24 @@ def test_each_codec_decodes_its_own_encoding_through_its_record(name):
     x = np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)
     enc = make_compressor(name, **OPTIONS[name]).compress([x])[0][0]
     assert parse_stype(enc.stype) == (name, 1) and enc.stype == stype_for(name)
-    assert (
-        enc.data[3] == CODECS[name].wire_id
-    )  # the header's codec byte (after "BQ" and the version)
+    # the header's codec byte (after "BQ" and the version)
+    assert enc.data[3] == CODECS[name].wire_id
     assert decode(enc.stype, enc.dtype, enc.shape, enc.data).to_dense().size == 12
     with pytest.raises(ValueError, match="unknown"):
         stype_for("zip")
+
+
+def test_selection_options_are_the_selection_constructors_options():
+    """``SelectionOptions`` types the ``**options`` that TopKCompressor passes on: the
+    same names as the selection's own constructor, and a bad one still fails there."""
+    own = [
+        p.name
+        for p in inspect.signature(_TopKSelection.__init__).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    ]
+    assert set(SelectionOptions.__annotations__) == set(own) - {"alpha"}
+    assert codec_options("topk")[0] == ["alpha", "value_dtype", *own[1:]]
+    with pytest.raises(TypeError, match="rhoo"):
+        TopKCompressor(alpha=0.1, rhoo=2.0)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="scope"):
+        TopKCompressor(alpha=0.1, scope="row")

@@ -117,9 +117,10 @@ def test_momentum_correction_needs_its_state_back_and_error_feedback():
     for bad in (1.0, -0.1, float("nan")):
         with pytest.raises(ValueError, match="momentum_correction"):
             STCCompressor(alpha=0.1, momentum_correction=bad)
+    # no DGC options
     with pytest.raises(
         ValueError, match="codec 'ternary' takes no option momentum_correction"
-    ):  # no DGC options
+    ):
         make_compressor("ternary", momentum_correction=0.9)
     assert TernaryCompressor().momentum_correction == 0.0
 
@@ -138,17 +139,15 @@ def test_clipping_bounds_the_update_norm_over_all_tensors():
         rng.normal(size=(4, 5)).astype(np.float32),
     )
     joint = update_norm([a, b])
-    bound = 0.8 * max(
-        np.linalg.norm(a), np.linalg.norm(b)
-    )  # each tensor alone is within 1.25x; jointly more
+    # each tensor alone is within 1.25x; jointly more
+    bound = 0.8 * max(np.linalg.norm(a), np.linalg.norm(b))
     comp = TopKCompressor(alpha=1.0, residual_decay=0.0, clip_norm=bound)
     enc, _ = comp.compress([a.copy(), b.copy()])
     sent = [_dense(e) for e in enc]
     assert update_norm(sent) <= bound * (1 + 1e-6)
     assert math.isclose(update_norm(sent), bound, rel_tol=1e-5)
-    for s, t in zip(
-        sent, (a, b), strict=True
-    ):  # the direction is kept: one factor for the whole model
+    # the direction is kept: one factor for the whole model
+    for s, t in zip(sent, (a, b), strict=True):
         np.testing.assert_allclose(s, t * (bound / joint), rtol=1e-5)
     # within the bound: untouched
     enc, _ = TopKCompressor(
@@ -174,23 +173,16 @@ def test_clip_update_refuses_non_finite_and_bad_bounds():
     for bad in (0.0, -1.0, float("inf")):
         with pytest.raises(ValueError, match="clip_norm"):
             TopKCompressor(alpha=0.1, clip_norm=bad)
-    assert update_norm([np.full(4, 3e38, np.float32)]) == pytest.approx(
-        6e38
-    )  # no float32 overflow
+    # no float32 overflow
+    assert update_norm([np.full(4, 3e38, np.float32)]) == pytest.approx(6e38)
 
 
 def test_warmup_density_is_dgc_exponential_schedule():
     comp = TopKCompressor(alpha=0.001, warmup_rounds=4)
     got = [comp.density(j) for j in range(6)]
     np.testing.assert_allclose(got[:4], [0.001 ** (r / 5) for r in (1, 2, 3, 4)])
-    assert [round(100 * d, 1) for d in got] == [
-        25.1,
-        6.3,
-        1.6,
-        0.4,
-        0.1,
-        0.1,
-    ]  # DGC: 25%, 6.25%, 1.56%, 0.39%
+    # DGC: 25%, 6.25%, 1.56%, 0.39%
+    assert [round(100 * d, 1) for d in got] == [25.1, 6.3, 1.6, 0.4, 0.1, 0.1]
     # with attenuation the target of the round is alpha * rho**(r-1)
     att = STCCompressor(alpha=0.01, rho=0.5, warmup_rounds=2)
     assert att.density(1) == pytest.approx((0.01 * 0.5) ** (2 / 3))

@@ -73,9 +73,8 @@ def _decode_bounded(stype: str, dtype: str, shape: tuple, data: bytes) -> None:
     else:
         assert dec.shape == tuple(shape)
         assert np.all(np.isfinite(dec.real_values()))
-        if (
-            dec.indices is not None
-        ):  # a valid sparse update of a (possibly huge) declared shape
+        # a valid sparse update of a (possibly huge) declared shape
+        if dec.indices is not None:
             assert dec.indices.size == 0 or (
                 0 <= dec.indices[0] and dec.indices[-1] < dec.size
             )

@@ -215,9 +215,8 @@ def test_ternary_draws_are_identical_with_and_without_kernels(clip_c):
 
     x = np.random.default_rng(8).normal(size=200_003).astype(np.float32)
     x[17] = 0.0
-    x[99] = -np.abs(
-        x
-    ).max()  # the largest element: q = 256, byte 255 ties with fraction 1
+    # the largest element: q = 256, byte 255 ties with fraction 1
+    x[99] = -np.abs(x).max()
     a, b = both(
         lambda: ternarize_sparse(x, clip_c=clip_c, rng=np.random.default_rng(4))
     )
@@ -291,9 +290,8 @@ def test_staged_sums_are_bit_identical_to_adding_update_after_update(dtype, capa
         first, applied = True, 0
         for idx, values, factor in updates:
             if not staged.take(idx, values, factor):
-                assert (
-                    staged.pending and capacity is not None
-                )  # full: apply and stage afresh
+                # full: apply and stage afresh
+                assert staged.pending and capacity is not None
                 staged.apply(acc, src if first else None)
                 first, applied = False, applied + 1
                 assert staged.take(idx, values, factor)

@@ -58,9 +58,8 @@ def test_random_corruption_never_crashes_otherwise(name, pos, xor):
         dec = decode(enc.stype, enc.dtype, enc.shape, bytes(data))
     except ValueError:
         return
-    dense = (
-        dec.to_dense()
-    )  # if it decodes, it is a well-formed finite tensor of the right shape
+    # if it decodes, it is a well-formed finite tensor of the right shape
+    dense = dec.to_dense()
     assert dense.shape == X.shape and np.all(np.isfinite(dense))
 
 

@@ -165,9 +165,8 @@ def test_user_factors_stay_in_context_state_and_never_in_replies(
         run_config={},
     )
     n_users = len(exp.partitions[1])
-    assert all(
-        a.shape[0] != n_users for a in shared.values()
-    )  # so shapes tell the two sides apart
+    # so shapes tell the two sides apart
+    assert all(a.shape[0] != n_users for a in shared.values())
     stored = []
     for rnd in (1, 2):
         reply = app(_train_message(shared, rnd), context)
@@ -177,9 +176,8 @@ def test_user_factors_stay_in_context_state_and_never_in_replies(
         for rec in reply.content.array_records.values():
             for name, arr in rec.items():
                 assert "private" not in name and "user" not in name
-                assert (
-                    tuple(arr.shape) == shared[name].shape
-                )  # never a (users,) or (users, dim) table
+                # never a (users,) or (users, dim) table
+                assert tuple(arr.shape) == shared[name].shape
         user_state = context.state[keys.RECSYS_USER_STATE]
         assert sorted(user_state) == ["private.user_bias", "private.user_emb"]
         assert user_state["private.user_emb"].numpy().shape[0] == n_users
@@ -193,9 +191,8 @@ def test_user_factors_stay_in_context_state_and_never_in_replies(
                 a.stype.startswith("bouquet.ternary")
                 for a in next(iter(reply.content.array_records.values())).values()
             )
-    assert not np.array_equal(
-        stored[0], stored[1]
-    )  # round 2 trained the factors kept from round 1
+    # round 2 trained the factors kept from round 1
+    assert not np.array_equal(stored[0], stored[1])
 
 
 # ------------------------------------------------------------------ server side

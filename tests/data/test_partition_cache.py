@@ -47,16 +47,14 @@ def test_cache_holds_two_arrays_and_gives_back_the_same_partitions(
 def test_an_older_cache_file_is_still_read(private_cache) -> None:
     first = partition_indices(LABELS, 7, "iid", seed=1)
     path = _only_cache_file(private_cache)
-    np.savez(
-        path.with_suffix(""), **{f"p{i}": p for i, p in enumerate(first)}
-    )  # the old layout, same name
+    # the old layout, same name
+    np.savez(path.with_suffix(""), **{f"p{i}": p for i, p in enumerate(first)})
     parts = partition_module._cached_partitions(LABELS, _settings_of(path, first))
     assert parts is not None and all(
         np.array_equal(a, b) for a, b in zip(first, parts, strict=True)
     )
-    with np.load(
-        path, allow_pickle=False
-    ) as f:  # and rewritten in the two-array layout
+    # and rewritten in the two-array layout
+    with np.load(path, allow_pickle=False) as f:
         assert sorted(f.files) == ["indices", "offsets"]
 
 

@@ -120,9 +120,8 @@ def test_same_seed_same_partition_other_seed_differs() -> None:
     c = partition_indices(LABELS, 5, "unbalanced", min_size=20, alpha=0.3, seed=2)
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     assert not all(np.array_equal(x, y) for x, y in zip(a, c, strict=True))
-    assert [len(x) for x in a] == [
-        len(x) for x in c
-    ]  # the sizes do not depend on the seed
+    # the sizes do not depend on the seed
+    assert [len(x) for x in a] == [len(x) for x in c]
 
 
 def test_cache_key_holds_the_size_rule_and_the_floor() -> None:

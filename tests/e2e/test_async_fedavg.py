@@ -116,13 +116,11 @@ def test_sliding_window_on_the_learners_in_flowers_engine(tmp_path: Path) -> Non
         and sum(r["clients_failed"] for r in rows) == 0
     )
     scales = [s for *_, s in log]
-    assert scales == pytest.approx(
-        learner_scales(log, WINDOW)
-    )  # the learners' rates were applied
+    # the learners' rates were applied
+    assert scales == pytest.approx(learner_scales(log, WINDOW))
     assert min(scales) < 1.0  # and some learner damped its rate
-    assert scales != pytest.approx(
-        server_scales(log, WINDOW, per_node=True)
-    )  # not the server's own rule
+    # not the server's own rule
+    assert scales != pytest.approx(server_scales(log, WINDOW, per_node=True))
     for row in rows[1:]:  # the line's mean scale is the mean of the scales it lists
         assert row["lr_scale"] == pytest.approx(
             sum(s for *_, s in row["update_log"]) / len(row["update_log"])
@@ -143,9 +141,8 @@ def test_sliding_window_per_node_on_the_server_in_flowers_engine(
     )
     log = update_log(rows)
     assert len(log) == 24 and len({n for n, _, _ in log}) == 4
-    assert all(
-        "lr_scale_fallbacks" not in r for r in rows
-    )  # no learner-side window in play
+    # no learner-side window in play
+    assert all("lr_scale_fallbacks" not in r for r in rows)
     scales = [s for *_, s in log]
     assert scales == pytest.approx(server_scales(log, WINDOW, per_node=True))
     # the slow node's staleness is high but usual for it: per node it is not damped,

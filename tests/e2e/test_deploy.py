@@ -60,9 +60,8 @@ def test_server_certificate_is_signed_by_ca_for_loopback_and_extra_hosts(
         "superlink.lab.example",
     }
     assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    assert (
-        tls.server_key.stat().st_mode & 0o077 == 0
-    )  # private key not readable by others
+    # private key not readable by others
+    assert tls.server_key.stat().st_mode & 0o077 == 0
     assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey)
     with pytest.raises(ValueError, match="days=0"):
         make_tls(tmp_path / "x", days=0)
@@ -74,9 +73,8 @@ def test_node_keys_are_ecdsa_openssh_as_flower_expects(tmp_path: Path) -> None:
 
     private, public = make_node_key(tmp_path / "sn0")
     assert public.name == "sn0.pub"
-    pub = serialization.load_ssh_public_key(
-        public.read_bytes()
-    )  # what `flwr supernode register` does
+    # what `flwr supernode register` does
+    pub = serialization.load_ssh_public_key(public.read_bytes())
     assert isinstance(pub, ec.EllipticCurvePublicKey) and pub.curve.name == "secp384r1"
     key = serialization.load_ssh_private_key(private.read_bytes(), password=None)
     assert key.public_key().public_numbers() == pub.public_numbers()
@@ -118,9 +116,8 @@ def test_stop_tree_stops_children_and_kills_what_ignores_sigterm(
         )
         trees = [[p.pid, *descendants(p.pid)] for p in (polite, stubborn)]
         assert polite.stop(timeout_s=20) == []  # SIGTERM was enough
-        assert sorted(stubborn.stop(timeout_s=1.0)) == sorted(
-            trees[1]
-        )  # needed SIGKILL
+        # needed SIGKILL
+        assert sorted(stubborn.stop(timeout_s=1.0)) == sorted(trees[1])
         assert not any(alive(pid) for tree in trees for pid in tree)
     finally:
         for proc in (polite, stubborn):
@@ -163,9 +160,8 @@ def test_tls_material_and_auth_flags(deployment: LocalDeployment) -> None:
 
 
 def test_unregistered_supernode_is_refused(deployment: LocalDeployment) -> None:
-    key = deployment.node_key(
-        "intruder"
-    )  # a valid ECDSA key the SuperLink was never told about
+    # a valid ECDSA key the SuperLink was never told about
+    key = deployment.node_key("intruder")
     node = deployment.start_supernode(99, key, partition_id=0, max_wait_s=30)
     worker = deployment.workers.pop()  # its warm worker exits with it (--node-pid)
     code = node.wait(timeout_s=90)
@@ -191,9 +187,8 @@ def test_a_foreign_node_joins_but_is_never_sampled_and_crashes_are_error_replies
     ``ca.crt`` can register a key and join; the deployment pins each run to its own node
     ids."""
     key = deployment.node_key("joiner")
-    joiner_id = int(
-        deployment.cli.register(key.with_name(key.name + ".pub"))
-    )  # what an intruder can do
+    # what an intruder can do
+    joiner_id = int(deployment.cli.register(key.with_name(key.name + ".pub")))
     assert joiner_id not in deployment.node_ids
     node = deployment.start_supernode(98, key, partition_id=0)
     worker = deployment.workers[-1]
@@ -294,9 +289,8 @@ def test_async_sliding_window_run(deployment: LocalDeployment, tmp_path: Path) -
     from async_checks import learner_scales, update_log
 
     run_dir = tmp_path / "async"
-    budget = (
-        NUM_ROUNDS * NUM_NODES + NUM_NODES
-    )  # a few tasks per node, so that windows fill
+    # a few tasks per node, so that windows fill
+    budget = NUM_ROUNDS * NUM_NODES + NUM_NODES
     overrides = (
         f"dataset=digits strategy=async strategy.max_updates={budget} "
         "strategy.eval_every=2 "
@@ -308,9 +302,8 @@ def test_async_sliding_window_run(deployment: LocalDeployment, tmp_path: Path) -
         for line in (run_dir / "metrics.jsonl").read_text().splitlines()
     ]
     assert [r["updates"] for r in rows] == list(range(0, budget + 1, 2))
-    assert [r["version"] for r in rows] == [
-        r["updates"] for r in rows
-    ]  # one version per applied update
+    # one version per applied update
+    assert [r["version"] for r in rows] == [r["updates"] for r in rows]
     assert rows[-1]["stop_reason"] == f"update budget {budget} reached"
     assert all(
         isinstance(r["accuracy"], float) and isinstance(r["loss"], float) for r in rows
@@ -333,9 +326,8 @@ def test_async_sliding_window_run(deployment: LocalDeployment, tmp_path: Path) -
     assert [tau for _, tau, _ in log] == [
         t for r in trained for _, t, _ in r["update_log"]
     ]
-    assert [s for *_, s in log] == pytest.approx(
-        learner_scales(log, window=4)
-    )  # each learner's own window
+    # each learner's own window
+    assert [s for *_, s in log] == pytest.approx(learner_scales(log, window=4))
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["clients_ok"] >= budget
     cfg = json.loads((run_dir / "config.json").read_text())
@@ -364,8 +356,7 @@ def test_everything_stopped(deployment: LocalDeployment) -> None:
     assert len(tree) > len(deployment.processes), "expected flower-superexec children"
     deployment.stop()
     assert deployment.processes == []
-    assert (
-        len(deployment.started_pids) >= NUM_NODES + 1
-    )  # SuperLink + nodes (+ the refused intruder)
+    # SuperLink + nodes (+ the refused intruder)
+    assert len(deployment.started_pids) >= NUM_NODES + 1
     left = [pid for pid in [*tree, *deployment.started_pids] if alive(pid)]
     assert left == [], f"still running after stop(): {left}"

@@ -75,18 +75,16 @@ def test_launcher_patches_flowers_supernode_loop_of_this_flwr() -> None:
 
     pull = loop.pull_objects
     try:
-        assert (
-            supernode.cap_idle_poll(0.5) is True
-        )  # flwr 1.42's loop is the one it knows
+        # flwr 1.42's loop is the one it knows
+        assert supernode.cap_idle_poll(0.5) is True
         assert isinstance(loop.time, supernode.CappedSleepTime)
         assert loop.pull_objects.keywords == {
             "initial_backoff": 0.02,
             "backoff_cap": 0.2,
         }
         assert loop.pull_objects.func is pull
-        assert (
-            supernode.cap_idle_poll(0.5) is False
-        )  # already patched: refuses, says so
+        # already patched: refuses, says so
+        assert supernode.cap_idle_poll(0.5) is False
     finally:
         loop.time = time  # type: ignore[attr-defined]
         loop.pull_objects = pull

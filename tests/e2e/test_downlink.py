@@ -38,15 +38,13 @@ def test_two_way_stc_downloads_5x_fewer_bytes_in_sync(tmp_path: Path) -> None:
         two_way,
         dense,
     )
-    assert (
-        two_way["total_bytes_up"] < dense["total_bytes_down"] / 50
-    )  # uploads stay compressed
+    # uploads stay compressed
+    assert two_way["total_bytes_up"] < dense["total_bytes_down"] / 50
     rows = [
         json.loads(x)
         for x in (tmp_path / "stc" / "metrics.jsonl").read_text().splitlines()
     ]
     assert all(r["clients_failed"] == 0 for r in rows)
-    assert (
-        rows[-1]["accuracy"] > rows[0]["accuracy"] + 0.15
-    )  # it learns (chance is 0.1)
+    # it learns (chance is 0.1)
+    assert rows[-1]["accuracy"] > rows[0]["accuracy"] + 0.15
     assert rows[-1]["downlink_version"] == 11  # the initial model + one step per round

@@ -128,9 +128,8 @@ def test_compose_config_applies_overrides_like_bouquet_sim() -> None:
     assert cfg["dataset"]["name"] == "digits"
     assert cfg["strategy"]["_target_"] == "flwr.serverapp.strategy.FedProx"
     assert cfg["simulation"]["num_rounds"] == 3
-    assert (
-        cfg["strategy"]["min_available_nodes"] == cfg["simulation"]["num_clients"]
-    )  # resolved
+    # resolved
+    assert cfg["strategy"]["min_available_nodes"] == cfg["simulation"]["num_clients"]
     cfg["dataset"]["name"] = "changed"  # a copy: the cache is not affected
     assert (
         compose_config("dataset=digits strategy=fedprox simulation.num_rounds=3")[
@@ -216,6 +215,5 @@ def test_client_app_trains_through_the_bridge() -> None:
     assert metrics[keys.NUM_EXAMPLES] == len(get_experiment(cfg).client_data(1)[1])
     out = reply.content[keys.ARRAYS]
     assert list(out.keys()) == list(arrays)
-    assert any(
-        not np.allclose(out[k].numpy(), v) for k, v in arrays.items()
-    )  # it trained
+    # it trained
+    assert any(not np.allclose(out[k].numpy(), v) for k, v in arrays.items())

@@ -16,9 +16,8 @@ from bouquet import keys
 
 H = keys.LABEL_HISTOGRAM
 ROOT = Path(__file__).resolve().parents[2]
-make_reply = sys.modules[
-    "tests.conftest"
-].make_reply  # conftest, loaded by pytest (importlib mode)
+# conftest, loaded by pytest (importlib mode)
+make_reply = sys.modules["tests.conftest"].make_reply
 
 
 def sim_env() -> dict[str, str]:
@@ -40,9 +39,10 @@ def run_sim(run_dir: Path, *overrides: str) -> list[dict]:
         f"hydra.run.dir={run_dir}",
         *overrides,
     ]
+    # slow when the cores are shared
     proc = subprocess.run(
         cmd, cwd=ROOT, env=sim_env(), capture_output=True, text=True, timeout=1800
-    )  # slow when the cores are shared
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [
         json.loads(line)
@@ -62,9 +62,8 @@ def test_bouquet_sim_writes_kl_weights(tmp_path):
         assert len(row["kl_weights"]) == 3 and sum(row["kl_weights"]) == pytest.approx(
             1.0
         )
-        assert len(row["kl_div"]) == 3 and all(
-            d > 0 for d in row["kl_div"]
-        )  # 2 labels vs the test set's 10
+        # 2 labels vs the test set's 10
+        assert len(row["kl_div"]) == 3 and all(d > 0 for d in row["kl_div"])
         assert row["kl_reference"] is not None and len(row["kl_reference"]) == 10
         assert row["clients_ok"] == 3 and row["accuracy"] is not None
 
@@ -85,9 +84,7 @@ def test_bouquet_sim_sparse_kl_preset(tmp_path):
         "_target_"
     ].endswith("KLWeightedFedAvg")
     model = np.load(tmp_path / "s1" / "final_model.npz")
-    dense_bytes = 3 * sum(
-        model[k].nbytes for k in model.files
-    )  # 3 dense uploads per round
-    assert all(
-        0 < r["bytes_up"] < 0.2 * dense_bytes for r in rows[1:]
-    )  # top-1% uploads
+    # 3 dense uploads per round
+    dense_bytes = 3 * sum(model[k].nbytes for k in model.files)
+    # top-1% uploads
+    assert all(0 < r["bytes_up"] < 0.2 * dense_bytes for r in rows[1:])

@@ -31,9 +31,8 @@ def _port_open(port: int) -> bool:
 def test_bouquet_sim_joins_an_existing_ray_cluster(tmp_path: Path, monkeypatch) -> None:
     port = free_port()
     ray = str(Path(sys.executable).with_name("ray"))
-    temp = Path(
-        tempfile.mkdtemp(prefix="bqray", dir="/tmp")
-    )  # Ray's socket paths must stay < 108 bytes
+    # Ray's socket paths must stay < 108 bytes
+    temp = Path(tempfile.mkdtemp(prefix="bqray", dir="/tmp"))
     head = ManagedProcess(
         "ray-head",
         [
@@ -83,9 +82,8 @@ def test_bouquet_sim_joins_an_existing_ray_cluster(tmp_path: Path, monkeypatch) 
         )[:40]
         summary = json.loads((tmp_path / "run" / "summary.json").read_text())
         assert summary["status"] == "ok" and summary["rounds"] == 2
-        assert _port_open(
-            port
-        )  # the run left the cluster running: it is not the run's own
+        # the run left the cluster running: it is not the run's own
+        assert _port_open(port)
     finally:
         tree = [head.pid, *descendants(head.pid)]
         stop_tree(head.pid, timeout_s=30, popen=head.popen)

@@ -81,9 +81,8 @@ def _sigkill_when_paused(
             )
             assert time.time() < deadline, f"{what} was not checkpointed within 600 s"
             time.sleep(0.1)
-        os.killpg(
-            child.pid, signal.SIGKILL
-        )  # the whole session: the driver and its Ray workers
+        # the whole session: the driver and its Ray workers
+        os.killpg(child.pid, signal.SIGKILL)
     finally:
         if child.poll() is None:
             os.killpg(child.pid, signal.SIGKILL)
@@ -227,15 +226,8 @@ def test_async_run_sigkilled_after_a_checkpoint_resumes_its_versions_and_updates
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(x) for x in (crashed / "metrics.jsonl").read_text().splitlines()]
     assert [r["updates"] for r in rows] == [0, 3, 6, 9, 12, 15, 18]
-    assert [r["version"] for r in rows] == [
-        0,
-        3,
-        6,
-        9,
-        12,
-        15,
-        18,
-    ]  # one version per applied update, continued
+    # one version per applied update, continued
+    assert [r["version"] for r in rows] == [0, 3, 6, 9, 12, 15, 18]
     assert rows[-1]["stop_reason"] == "update budget 18 reached"
     assert sum(len(r["update_log"]) for r in rows) == 18 and all(
         r["lr_scale_fallbacks"] == 0 for r in rows

@@ -10,9 +10,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-make_reply = sys.modules[
-    "tests.conftest"
-].make_reply  # conftest, loaded by pytest (importlib mode)
+# conftest, loaded by pytest (importlib mode)
+make_reply = sys.modules["tests.conftest"].make_reply
 
 
 # ------------------------------------------------------------------ end to end
@@ -35,9 +34,10 @@ def test_bouquet_sim_with_server_adjust_and_kl(tmp_path):
         "FLWR_DISABLE_UPDATE_CHECK": "1",
         "RAY_USAGE_STATS_ENABLED": "0",
     }
+    # slow when the cores are shared
     proc = subprocess.run(
         cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800
-    )  # slow when the cores are shared
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [
         json.loads(line)
@@ -47,9 +47,8 @@ def test_bouquet_sim_with_server_adjust_and_kl(tmp_path):
     for row in rows[1:]:
         assert row["adjusted"] is True and 0.0 <= row["acc_before_adjust"] <= 1.0
         assert row["accuracy"] is not None and row["adjust_loss"] > 0
-        assert (
-            row["loss"] != row["loss_before_adjust"]
-        )  # the recorded model is the adjusted one
+        # the recorded model is the adjusted one
+        assert row["loss"] != row["loss_before_adjust"]
         assert len(row["kl_weights"]) == 3
     cfg = json.loads((run_dir / "config.json").read_text())
     assert cfg["server"]["name"] == "adjust"

@@ -60,13 +60,11 @@ def test_digits_run_writes_every_output(tmp_path: Path) -> None:
     assert summary["status"] == "ok" and summary["rounds"] == 2
     assert summary["total_bytes_up"] == sum(r["bytes_up"] for r in rows)
     assert summary["final_accuracy"] == rows[-1]["accuracy"]
-    assert (
-        summary["final_accuracy"] > 0.15 > rows[0]["accuracy"] - 0.05
-    )  # above chance (0.1), improved
+    # above chance (0.1), improved
+    assert summary["final_accuracy"] > 0.15 > rows[0]["accuracy"] - 0.05
     assert summary["best_accuracy"] >= summary["final_accuracy"]
-    assert (
-        "round 2: accuracy=" in proc.stderr + proc.stdout
-    )  # one progress line per round
+    # one progress line per round
+    assert "round 2: accuracy=" in proc.stderr + proc.stdout
 
 
 def test_all_clients_failing_exits_nonzero_with_reason(tmp_path: Path) -> None:

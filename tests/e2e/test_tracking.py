@@ -50,9 +50,8 @@ def test_tensorboard_event_files_hold_every_round_of_both_jobs(
 def test_mlflow_store_holds_every_round_of_both_jobs(
     tmp_path: Path, monkeypatch
 ) -> None:
-    monkeypatch.setenv(
-        "MLFLOW_ALLOW_FILE_STORE", "true"
-    )  # MLflow 3's file store is opt-in (see trackers.py)
+    # MLflow 3's file store is opt-in (see trackers.py)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     from mlflow.tracking import MlflowClient
 
     sweep = tmp_path / "sweep"

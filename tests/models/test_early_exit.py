@@ -56,9 +56,8 @@ def test_submodel_names_are_subsets_with_same_shapes():
     for d in (1, 2, 3):
         sub = model.submodel(d).state_dict()
         assert set(sub) <= set(full)
-        assert list(sub) == depth_names(
-            model, d
-        )  # same order as the full model, filtered
+        # same order as the full model, filtered
+        assert list(sub) == depth_names(model, d)
         assert previous < set(sub)  # strictly nested
         assert all(sub[n].shape == full[n].shape for n in sub)
         assert {name_depth(n) for n in sub} == set(range(d + 1))
@@ -94,9 +93,8 @@ def test_macs_and_params_grow_with_depth():
     assert len(macs) == 3 and macs[0] > 0
     assert macs[2] > macs[0]  # the deepest exit costs more than the first
     stem_conv = model.stem[0]
-    assert (
-        macs[0] > 14 * 14 * stem_conv.out_channels * 9
-    )  # at least the stem's convolution
+    # at least the stem's convolution
+    assert macs[0] > 14 * 14 * stem_conv.out_channels * 9
 
 
 def test_architecture_json_round_trip(tmp_path):

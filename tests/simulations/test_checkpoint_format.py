@@ -85,10 +85,8 @@ def test_the_exploit_is_live(tmp_path: Path) -> None:
 
 def _plant_legacy(run_dir: Path, marker: Path) -> None:
     body = _exploit_pickle(marker)
-    for name in (
-        "checkpoint.pkl",
-        "checkpoint.prev.pkl",
-    ):  # the old format, digest recomputed
+    # the old format, digest recomputed
+    for name in ("checkpoint.pkl", "checkpoint.prev.pkl"):
         (run_dir / name).write_bytes(
             LEGACY_MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n" + body
         )
@@ -149,9 +147,8 @@ def _npz_declaring(shape: tuple[int, ...]) -> bytes:
     )
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
-        zf.writestr(
-            "a0.npy", header.getvalue() + b"\0" * 8
-        )  # the header starts with the magic
+        # the header starts with the magic
+        zf.writestr("a0.npy", header.getvalue() + b"\0" * 8)
     return buf.getvalue()
 
 
@@ -553,10 +550,11 @@ def _two_rounds(chain: Any) -> Any:
             # DepthFedAvg's node-info query: no answer (it falls back to the node id)
             return []
 
+    # DepthFedAvg's names
     w = {
         "stages.d1.w": np.zeros(4, dtype=np.float32),
         "stages.d2.w": np.zeros(2, dtype=np.float32),
-    }  # DepthFedAvg's names
+    }
     for rnd in (1, 2):
         sent = list(
             chain.configure_train(
@@ -590,9 +588,8 @@ def test_every_strategy_state_round_trips(tmp_path: Path) -> None:
         assert_same(payload, loaded)
         fresh = make()
         load_strategy_state(fresh, loaded["strategy"])
-        restored = strategy_state(
-            fresh
-        )  # (attributes that held objects, e.g. an ArrayRecord, are not saved)
+        # (attributes that held objects, e.g. an ArrayRecord, are not saved)
+        restored = strategy_state(fresh)
         for level, saved in enumerate(state):
             assert_same(
                 saved,

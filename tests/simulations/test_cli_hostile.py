@@ -93,9 +93,8 @@ def test_resume_into_a_directory_that_is_not_a_run_touches_nothing(
 ):
     foreign = tmp_path / "mine"
     foreign.mkdir()
-    (foreign / "summary.json").write_text(
-        '{"mine": true}'
-    )  # the file the probe saw deleted
+    # the file the probe saw deleted
+    (foreign / "summary.json").write_text('{"mine": true}')
     (foreign / "notes.txt").write_text("keep me")
     before = _snapshot(foreign)
     line = _refused(

@@ -236,9 +236,8 @@ def compressed_uploads(codec: str) -> Check:
         }
         if lossy != {f"bouquet.{codec}/1"}:
             return f"reply stypes {lossy}, not bouquet.{codec}/1"
-        if exact - {
-            "bouquet.dense/1"
-        }:  # normalisation statistics travel dense and exact
+        # normalisation statistics travel dense and exact
+        if exact - {"bouquet.dense/1"}:
             return f"normalisation statistics sent as {exact}, not bouquet.dense/1"
         for d in _train(o):
             if not d.reply_bytes * 4 < d.received_bytes:
@@ -531,9 +530,8 @@ FEATURES: dict[tuple[str, str], Check] = {
     ("strategy", "async"): asynchronous,
     ("server", "none"): no_server_step,
     ("server", "adjust"): server_adjusted,
-    ("model", "auto"): model_is(
-        "MLP", "MatrixFactorization"
-    ),  # digits are 8x8: auto picks the MLP
+    # digits are 8x8: auto picks the MLP
+    ("model", "auto"): model_is("MLP", "MatrixFactorization"),
     ("model", "mlp"): model_is("MLP"),
     ("model", "lenet"): model_is("LeNet"),
     ("model", "cnn_bn"): model_is("BatchNormCNN"),
@@ -569,9 +567,8 @@ def test_combination_is_refused_or_every_feature_acts(
     round in
     which the run is clean and the feature of each of its four values acted."""
     reason = verdict_or_skip(combo)
-    if (
-        reason is not None
-    ):  # refused before anything starts: one line naming its own conflict
+    # refused before anything starts: one line naming its own conflict
+    if reason is not None:
         named = [f"{g}={v}" for g, v in combo.options.items() if f"{g}={v}" in reason]
         assert reason.strip() and "\n" not in reason and named, (
             f"{combo} refused without naming its values: {reason!r}"

@@ -376,9 +376,8 @@ def test_the_two_known_silent_failures_are_refused_in_one_line() -> None:
 
 def test_flwr_run_skips_the_simulation_only_checks() -> None:
     cfg = _compose(["strategy.min_train_nodes=11"])
-    validate_config(
-        cfg, in_simulation=False
-    )  # a SuperLink may have more nodes than partitions
+    # a SuperLink may have more nodes than partitions
+    validate_config(cfg, in_simulation=False)
     with pytest.raises(ValueError, match="min_train_nodes"):
         validate_config(cfg)
 

@@ -88,9 +88,8 @@ def test_same_messages_in_the_same_order_as_flowers_loop() -> None:
             )
             assert ours == theirs, (trial, ticks)
             assert len(asked_all) == ticks * len(nodes)
-            assert set(asked_pending) <= {
-                n for _, n in messages
-            }  # only nodes with mail
+            # only nodes with mail
+            assert set(asked_pending) <= {n for _, n in messages}
 
 
 def test_a_state_it_cannot_read_falls_back_to_every_node() -> None:

@@ -290,9 +290,8 @@ def test_server_app_refuses_before_the_first_round(
         pytest.raises(Exception) as info,
     ):
         flower_app._server_main(None, _context(overrides, tmp_path / "run"))  # type: ignore[arg-type]
-    assert reason in " ".join(
-        str(info.value).split()
-    )  # Flower puts this into the run's status details
+    # Flower puts this into the run's status details
+    assert reason in " ".join(str(info.value).split())
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "failed" and reason in summary["reason"]
     assert any(

@@ -58,9 +58,8 @@ def test_no_import_cycles_and_no_imports_inside_functions():
                 assert not inner, (
                     f"{name}.{node.name} imports {inner} inside the function"
                 )
-            if isinstance(
-                node, ast.Import
-            ):  # `import bouquet.simulations.x` only to run it
+            # `import bouquet.simulations.x` only to run it
+            if isinstance(node, ast.Import):
                 assert not _imported(node), (
                     f"{name}: import {[a.name for a in node.names]} (for its side "
                     "effect?)"

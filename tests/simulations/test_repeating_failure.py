@@ -25,12 +25,10 @@ def test_only_the_same_error_from_every_client_repeats() -> None:
     ]
     assert repeating_failure(_period(0, same)) == same[0]
     assert repeating_failure(_period(1, same)) is None  # someone succeeded
-    assert (
-        repeating_failure(_period(0, [same[0], "<class 'KeyError'>:<'x'>"])) is None
-    )  # different errors
-    assert (
-        repeating_failure(_period(0, same, failed=3)) is None
-    )  # a timeout has no reason: may not repeat
+    # different errors
+    assert repeating_failure(_period(0, [same[0], "<class 'KeyError'>:<'x'>"])) is None
+    # a timeout has no reason: may not repeat
+    assert repeating_failure(_period(0, same, failed=3)) is None
     assert repeating_failure(_period(0, [])) is None
 
 

@@ -175,9 +175,8 @@ def test_async_run_resumes_where_its_checkpoint_left_off(
     resumed = {**cfg, "simulation": {**cfg["simulation"], "resume": str(crashed)}}
     summary = server.run_server(again, resumed, tmp_path / "elsewhere")
     assert summary["status"] == "ok"
-    assert not (
-        tmp_path / "elsewhere" / "metrics.jsonl"
-    ).exists()  # a resume writes into the run it continues
+    # a resume writes into the run it continues
+    assert not (tmp_path / "elsewhere" / "metrics.jsonl").exists()
     rows, expected = read_rows(crashed), read_rows(full)
     assert [r["updates"] for r in rows] == [0, 6, 12] and [
         r["version"] for r in rows
