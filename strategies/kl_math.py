@@ -25,6 +25,45 @@ def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
         )
 
 
+def check_kl_settings(
+    *,
+    mode: str,
+    tau: float,
+    reference: str,
+    reference_distribution: Sequence[float] | None,
+    direction: str,
+    bad_histogram: str,
+    smoothing: float,
+    num_classes: int | None,
+) -> tuple[np.ndarray | None, int | None]:
+    """Refuse impossible settings of
+    :class:`~bouquet.strategies.kl_weighted.KLWeightedFedAvg` (``ValueError`` naming the
+    setting); return the server's reference :math:`Q` (``None``: pooled) and the
+    expected number of classes (default: :math:`Q`'s length)."""
+    _check_choice("mode", mode, MODES)
+    _check_choice("reference", reference, REFERENCES)
+    _check_choice("direction", direction, DIRECTIONS)
+    _check_choice("bad_histogram", bad_histogram, BAD_HISTOGRAM_RULES)
+    if mode == "exp" and not tau > 0:
+        raise ValueError(f"tau={tau} must be > 0")
+    if not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"smoothing={smoothing} must be in [0, 1)")
+    q: np.ndarray | None = None
+    if reference == "server":
+        if reference_distribution is None:
+            raise ValueError(
+                "reference='server' needs reference_distribution (counts per class)"
+            )
+        q = smooth_distribution(reference_distribution, 0.0)
+    if num_classes is None and q is not None:
+        num_classes = len(q)
+    if num_classes is not None and q is not None and num_classes != len(q):
+        raise ValueError(
+            f"num_classes={num_classes} but reference_distribution has {len(q)} entries"
+        )
+    return q, num_classes
+
+
 def histogram_problem(value: Any, num_classes: int | None) -> str | None:
     """Why ``value`` is not a usable label histogram (``None`` if it is)."""
     if value is None:

@@ -51,50 +51,38 @@ dropped, so Flower's consistency check never stops the round.
 from __future__ import annotations
 
 import logging
-import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord
+from flwr.app import Message
+from flwr.app import MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from bouquet import keys
-from bouquet.strategies.kl_math import (
-    BAD_HISTOGRAM_RULES,
-    DIRECTIONS,
-    MODES,
-    REFERENCES,
-    _check_choice,
-    disco_values,
-    histogram_problem,
-    kl_divergences,
-    kl_weights,
-    smooth_distribution,
-)
-from bouquet.strategies.reports import CLIENTS_DROPPED, DROP_REASONS, truncate_reason
-from bouquet.strategies.screening import node_label, reply_weight, shared_metrics
+from bouquet.strategies.kl_math import check_kl_settings
+from bouquet.strategies.kl_math import disco_values
+from bouquet.strategies.kl_math import histogram_problem
+from bouquet.strategies.kl_math import kl_divergences
+from bouquet.strategies.kl_math import kl_weights
+from bouquet.strategies.kl_math import smooth_distribution
+from bouquet.strategies.kl_replies import kl_facts
+from bouquet.strategies.kl_replies import kl_report
+from bouquet.strategies.kl_replies import reply_metrics
+from bouquet.strategies.kl_replies import reweighted
+from bouquet.strategies.kl_replies import usable_replies
+from bouquet.strategies.reports import CLIENTS_DROPPED
+from bouquet.strategies.reports import DROP_REASONS
+from bouquet.strategies.reports import truncate_reason
+from bouquet.strategies.screening import node_label
+from bouquet.strategies.screening import shared_metrics
 
 logger = logging.getLogger(__name__)
-
-
-def _metrics(msg: Message) -> MetricRecord | None:
-    records = msg.content.metric_records
-    return next(iter(records.values())) if len(records) == 1 else None
-
-
-def _record(msg: Message) -> MetricRecord:
-    """The single MetricRecord of a reply that :meth:`KLWeightedFedAvg._usable`
-    accepted."""
-    record = _metrics(msg)
-    if record is None:
-        raise ValueError(
-            f"reply of node {msg.metadata.src_node_id} has no single MetricRecord"
-        )
-    return record
 
 
 class KLWeightedFedAvg(FedAvg):
@@ -149,34 +137,16 @@ class KLWeightedFedAvg(FedAvg):
         **fedavg_kwargs: Any,
     ) -> None:
         super().__init__(**fedavg_kwargs)
-        _check_choice("mode", mode, MODES)
-        _check_choice("reference", reference, REFERENCES)
-        _check_choice("direction", direction, DIRECTIONS)
-        _check_choice("bad_histogram", bad_histogram, BAD_HISTOGRAM_RULES)
-        if mode == "exp" and not tau > 0:
-            raise ValueError(f"tau={tau} must be > 0")
-        if not 0.0 <= smoothing < 1.0:
-            raise ValueError(f"smoothing={smoothing} must be in [0, 1)")
-        self.reference_distribution: np.ndarray | None = None
-        if reference == "server":
-            if reference_distribution is None:
-                raise ValueError(
-                    "reference='server' needs reference_distribution (counts per class)"
-                )
-            self.reference_distribution = smooth_distribution(
-                reference_distribution, 0.0
-            )
-        if num_classes is None and self.reference_distribution is not None:
-            num_classes = len(self.reference_distribution)
-        if (
-            num_classes is not None
-            and self.reference_distribution is not None
-            and num_classes != len(self.reference_distribution)
-        ):
-            raise ValueError(
-                f"num_classes={num_classes} but reference_distribution has "
-                f"{len(self.reference_distribution)} entries"
-            )
+        self.reference_distribution, num_classes = check_kl_settings(
+            mode=mode,
+            tau=tau,
+            reference=reference,
+            reference_distribution=reference_distribution,
+            direction=direction,
+            bad_histogram=bad_histogram,
+            smoothing=smoothing,
+            num_classes=num_classes,
+        )
         self.mode, self.tau, self.a, self.b = mode, float(tau), float(a), float(b)
         self.reference, self.direction = reference, direction
         self.bad_histogram, self.smoothing = bad_histogram, float(smoothing)
@@ -184,43 +154,13 @@ class KLWeightedFedAvg(FedAvg):
         self._report: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ replies
-    def _usable(self, replies: list[Message]) -> tuple[list[Message], list[str]]:
-        """Replies fit for FedAvg's machinery, and why the others were dropped."""
-        dropped: list[str] = []
-        ok: list[Message] = []
-        for msg in replies:
-            if len(msg.content.array_records) != 1:
-                dropped.append(f"node {node_label(msg)}: expected one ArrayRecord")
-                continue
-            try:
-                reply_weight(msg.content, self.weighted_by_key)
-            except ValueError as exc:
-                dropped.append(f"node {node_label(msg)}: {truncate_reason(str(exc))}")
-                continue
-            ok.append(msg)
-        if (
-            ok
-        ):  # array names must agree (Flower raises otherwise): keep the most common set
-            names = [
-                frozenset(next(iter(m.content.array_records.values())).keys())
-                for m in ok
-            ]
-            common = Counter(names).most_common(1)[0][0]
-            dropped += [
-                f"node {node_label(m)}: array names differ"
-                for m, k in zip(ok, names, strict=True)
-                if k != common
-            ]
-            ok = [m for m, k in zip(ok, names, strict=True) if k == common]
-        return ok, dropped
-
     def _expected_classes(self, replies: list[Message]) -> int | None:
         if self.num_classes is not None:
             return self.num_classes
         lengths = [
             len(h)
             for m in replies
-            if isinstance(h := _record(m).get(keys.LABEL_HISTOGRAM), list)
+            if isinstance(h := reply_metrics(m).get(keys.LABEL_HISTOGRAM), list)
         ]
         return Counter(lengths).most_common(1)[0][0] if lengths else None
 
@@ -229,13 +169,14 @@ class KLWeightedFedAvg(FedAvg):
     ) -> tuple[np.ndarray, np.ndarray, list[bool], np.ndarray | None]:
         """Final weights, divergences (NaN for fallback replies), validity flags and Q.
 
-        ``replies`` are usable replies (see :meth:`_usable`); with
+        ``replies`` are usable replies (see
+        :func:`~bouquet.strategies.kl_replies.usable_replies`); with
         ``bad_histogram="drop"`` the caller has removed the invalid ones already.
         """
         num_classes = self._expected_classes(replies)
-        hists: list[Any] = [_record(m).get(keys.LABEL_HISTOGRAM) for m in replies]
+        hists: list[Any] = [reply_metrics(m).get(keys.LABEL_HISTOGRAM) for m in replies]
         valid = [histogram_problem(h, num_classes) is None for h in hists]
-        n = np.array([float(_record(m)[self.weighted_by_key]) for m in replies])  # type: ignore[arg-type]
+        n = np.array([float(reply_metrics(m)[self.weighted_by_key]) for m in replies])  # type: ignore[arg-type]
         div = np.full(len(replies), np.nan)
         good = [i for i, v in enumerate(valid) if v]
         if not good:
@@ -280,7 +221,7 @@ class KLWeightedFedAvg(FedAvg):
         """
         num_classes = self._expected_classes(replies)
         bad = [
-            histogram_problem(_record(m).get(keys.LABEL_HISTOGRAM), num_classes)
+            histogram_problem(reply_metrics(m).get(keys.LABEL_HISTOGRAM), num_classes)
             is not None
             for m in replies
         ]
@@ -291,7 +232,7 @@ class KLWeightedFedAvg(FedAvg):
                     "node %s label histogram %s (%s)",
                     node_label(m),
                     histogram_problem(
-                        _record(m).get(keys.LABEL_HISTOGRAM), num_classes
+                        reply_metrics(m).get(keys.LABEL_HISTOGRAM), num_classes
                     ),
                     self.bad_histogram,
                 )
@@ -300,13 +241,7 @@ class KLWeightedFedAvg(FedAvg):
             for i, is_bad in enumerate(bad)
             if not (is_bad and self.bad_histogram == "drop")
         ]
-        self._report = {
-            "kl_bad_histograms": sum(bad),
-            "kl_node_ids": [],
-            "kl_weights": [],
-            "kl_div": [],
-            "kl_reference": None,
-        }
+        self._report = kl_report(sum(bad))
         out = [0.0] * len(replies)
         if not keep:
             return out
@@ -314,28 +249,8 @@ class KLWeightedFedAvg(FedAvg):
         norm = weights / weights.sum()
         for i, w in zip(keep, norm, strict=True):
             out[i] = float(w)
-        self._report.update(
-            kl_node_ids=[int(replies[i].metadata.src_node_id) for i in keep],
-            kl_weights=[float(w) for w in norm],
-            kl_div=[None if not math.isfinite(d) else float(d) for d in div],
-            kl_reference=None if q is None else [float(v) for v in q],
-        )
+        self._report.update(kl_facts([replies[i] for i in keep], norm, div, q))
         return out
-
-    @staticmethod
-    def _reweighted(
-        msg: Message, weight_key: str, weight: float, scalar_keys: set[str]
-    ) -> Message:
-        metrics = _record(msg)
-        record = MetricRecord({k: metrics[k] for k in scalar_keys})
-        record[weight_key] = float(weight)
-        content = RecordDict(
-            {
-                keys.ARRAYS: next(iter(msg.content.array_records.values())),
-                keys.METRICS: record,
-            }
-        )
-        return Message(metadata=msg.metadata, content=content)  # type: ignore[call-overload]  # Flower's reply constructor
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -343,16 +258,22 @@ class KLWeightedFedAvg(FedAvg):
         """Weight the usable replies by their KL weights, then aggregate as FedAvg."""
         replies = list(replies)
         errors = [m for m in replies if m.has_error()]
-        usable, dropped = self._usable([m for m in replies if not m.has_error()])
+        usable, dropped = usable_replies(
+            [m for m in replies if not m.has_error()], self.weighted_by_key
+        )
         num_classes = self._expected_classes(usable)
         bad = [
             m
             for m in usable
-            if histogram_problem(_record(m).get(keys.LABEL_HISTOGRAM), num_classes)
+            if histogram_problem(
+                reply_metrics(m).get(keys.LABEL_HISTOGRAM), num_classes
+            )
             is not None
         ]
         for m in bad:
-            why = histogram_problem(_record(m).get(keys.LABEL_HISTOGRAM), num_classes)
+            why = histogram_problem(
+                reply_metrics(m).get(keys.LABEL_HISTOGRAM), num_classes
+            )
             log(
                 logging.WARNING,
                 "round %d: node %s label histogram %s (%s)",
@@ -376,30 +297,22 @@ class KLWeightedFedAvg(FedAvg):
         self._report = {
             CLIENTS_DROPPED: len(dropped),
             DROP_REASONS: dropped,
-            "kl_bad_histograms": len(bad),
-            "kl_node_ids": [],
-            "kl_weights": [],
-            "kl_div": [],
-            "kl_reference": None,
+            **kl_report(len(bad)),
         }
         if not usable:
             return super().aggregate_train(server_round, errors)
         weights, div, _, q = self.compute_weights(usable)
         rebuilt = [
-            self._reweighted(m, self.weighted_by_key, w, set())
+            reweighted(m, self.weighted_by_key, w, set())
             for m, w in zip(usable, weights, strict=True)
         ]
-        self._report.update(
-            kl_node_ids=[int(m.metadata.src_node_id) for m in usable],
-            kl_weights=[float(w) for w in weights / weights.sum()],
-            kl_div=[None if not math.isfinite(d) else float(d) for d in div],
-            kl_reference=None if q is None else [float(v) for v in q],
-        )
+        self._report.update(kl_facts(usable, weights / weights.sum(), div, q))
         # arrays: the KL-weighted mean; metrics: the user's (or FedAvg's) aggregation of
         # the replies' own, untouched MetricRecords (weighted by num-examples, lists
         # included)
         norm = weights / weights.sum()
-        counts = np.array([float(_record(m)[self.weighted_by_key]) for m in usable])  # type: ignore[arg-type]
+        key = self.weighted_by_key
+        counts = np.array([float(reply_metrics(m)[key]) for m in usable])  # type: ignore[arg-type]
         shares = counts / counts.sum()
         log(
             logging.INFO,
