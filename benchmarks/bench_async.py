@@ -48,12 +48,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context
+from flwr.app import Message
+from flwr.app import RecordDict
 from flwr.serverapp import Grid
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks._results import markdown_table, write_section  # noqa: E402
+from benchmarks._results import markdown_table  # noqa: E402
+from benchmarks._results import write_section  # noqa: E402
 
 METHODS = ("sync", "constant", "polynomial", "fedbuff", "sliding_window")
 
@@ -258,7 +261,8 @@ def run_cell(
         cfg = compose(overrides_for(method, seed, args))
         if args.engine == "virtual":
             from bouquet.clients.slow import speed_factors
-            from bouquet.simulations.run.serverapp import make_client_app, run_server
+            from bouquet.simulations.run.serverapp import make_client_app
+            from bouquet.simulations.run.serverapp import run_server
 
             factors = speed_factors(
                 args.clients, args.sigma, args.slow_fraction, args.slow_factor, seed
@@ -277,7 +281,8 @@ def run_cell(
 
             run_in_simulation(cfg, run_dir)
         else:
-            from bouquet.simulations.run.serverapp import make_client_app, run_server
+            from bouquet.simulations.run.serverapp import make_client_app
+            from bouquet.simulations.run.serverapp import run_server
 
             grid = ThreadGrid(make_client_app(cfg), args.clients)
             try:

@@ -37,19 +37,21 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from flwr.app import (  # noqa: E402
-    Array,
-    ArrayRecord,
-    ConfigRecord,
-    Message,
-    MessageType,
-    MetricRecord,
-    RecordDict,
-)
+from flwr.app import Array  # noqa: E402
+from flwr.app import ArrayRecord  # noqa: E402
+from flwr.app import ConfigRecord  # noqa: E402
+from flwr.app import Message  # noqa: E402
+from flwr.app import MessageType  # noqa: E402
+from flwr.app import MetricRecord  # noqa: E402
+from flwr.app import RecordDict  # noqa: E402
 from flwr.serverapp.strategy import FedAvg  # noqa: E402
 
-from benchmarks._results import markdown_table, write_section  # noqa: E402
-from bouquet.codecs import STCCompressor, TernaryCompressor, TopKCompressor, decode  # noqa: E402
+from benchmarks._results import markdown_table  # noqa: E402
+from benchmarks._results import write_section  # noqa: E402
+from bouquet.codecs import STCCompressor  # noqa: E402
+from bouquet.codecs import TernaryCompressor  # noqa: E402
+from bouquet.codecs import TopKCompressor  # noqa: E402
+from bouquet.codecs import decode  # noqa: E402
 from bouquet.strategies import Compressed  # noqa: E402
 
 GOALS = {

@@ -36,20 +36,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._grid import (  # noqa: E402
-    Cell,
-    by_dataset_and_arm,
-    cumulative_mb,
-    dataset_figure,
-    first_reaching,
-    grid_arguments,
-    load_results,
-    mean_sd,
-    overhead_note,
-    pm,
-    run_grid,
-)
-from benchmarks._results import markdown_table, write_section  # noqa: E402
+from benchmarks._grid import Cell  # noqa: E402
+from benchmarks._grid import by_dataset_and_arm  # noqa: E402
+from benchmarks._grid import cumulative_mb  # noqa: E402
+from benchmarks._grid import dataset_figure  # noqa: E402
+from benchmarks._grid import first_reaching  # noqa: E402
+from benchmarks._grid import grid_arguments  # noqa: E402
+from benchmarks._grid import load_results  # noqa: E402
+from benchmarks._grid import mean_sd  # noqa: E402
+from benchmarks._grid import overhead_note  # noqa: E402
+from benchmarks._grid import pm  # noqa: E402
+from benchmarks._grid import run_grid  # noqa: E402
+from benchmarks._results import markdown_table  # noqa: E402
+from benchmarks._results import write_section  # noqa: E402
 
 SECTION = "compression"
 # Arms: the five first; the literature's remedies are arms of their own

@@ -44,8 +44,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks._grid import _append, _commit, load_results, results_path  # noqa: E402
-from benchmarks._results import markdown_table, write_section  # noqa: E402
+from benchmarks._grid import _append  # noqa: E402
+from benchmarks._grid import _commit  # noqa: E402
+from benchmarks._grid import load_results  # noqa: E402
+from benchmarks._grid import results_path  # noqa: E402
+from benchmarks._results import markdown_table  # noqa: E402
+from benchmarks._results import write_section  # noqa: E402
 from deploy.local import LocalDeployment  # noqa: E402
 from deploy.processes import flower_env  # noqa: E402
 
@@ -90,7 +94,8 @@ def probe(overrides: str) -> dict[str, float]:
     mark("load dataset + partition (cached on disk)")
     torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1, momentum=0.9)
     mark("first torch.optim.SGD (imports torch._dynamo)")
-    from flwr.app import Context, RecordDict
+    from flwr.app import Context
+    from flwr.app import RecordDict
 
     client = exp.client(
         Context(

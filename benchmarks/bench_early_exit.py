@@ -38,16 +38,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._grid import (  # noqa: E402
-    RESULTS_DIR,
-    Cell,
-    grid_arguments,
-    load_results,
-    mean_sd,
-    pm,
-    run_grid,
-)
-from benchmarks._results import markdown_table, write_section  # noqa: E402
+from benchmarks._grid import RESULTS_DIR  # noqa: E402
+from benchmarks._grid import Cell  # noqa: E402
+from benchmarks._grid import grid_arguments  # noqa: E402
+from benchmarks._grid import load_results  # noqa: E402
+from benchmarks._grid import mean_sd  # noqa: E402
+from benchmarks._grid import pm  # noqa: E402
+from benchmarks._grid import run_grid  # noqa: E402
+from benchmarks._results import markdown_table  # noqa: E402
+from benchmarks._results import write_section  # noqa: E402
 
 SECTION = "early_exit"
 ARCH_DIR = RESULTS_DIR / "early_exit_arch"

@@ -24,15 +24,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._grid import (  # noqa: E402
-    Cell,
-    grid_arguments,
-    load_results,
-    mean_sd,
-    overhead_note,
-    run_grid,
-)
-from benchmarks._results import markdown_table, write_section  # noqa: E402
+from benchmarks._grid import Cell  # noqa: E402
+from benchmarks._grid import grid_arguments  # noqa: E402
+from benchmarks._grid import load_results  # noqa: E402
+from benchmarks._grid import mean_sd  # noqa: E402
+from benchmarks._grid import overhead_note  # noqa: E402
+from benchmarks._grid import run_grid  # noqa: E402
+from benchmarks._results import markdown_table  # noqa: E402
+from benchmarks._results import write_section  # noqa: E402
 
 SECTION = "fedavg"
 PARTITIONS = {

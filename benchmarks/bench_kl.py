@@ -35,18 +35,17 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._grid import (  # noqa: E402
-    LENET_PROTOCOL,
-    Cell,
-    grid_arguments,
-    lenet_overrides,
-    load_results,
-    mean_sd,
-    overhead_note,
-    pm,
-    run_grid,
-)
-from benchmarks._results import markdown_table, write_section  # noqa: E402
+from benchmarks._grid import LENET_PROTOCOL  # noqa: E402
+from benchmarks._grid import Cell  # noqa: E402
+from benchmarks._grid import grid_arguments  # noqa: E402
+from benchmarks._grid import lenet_overrides  # noqa: E402
+from benchmarks._grid import load_results  # noqa: E402
+from benchmarks._grid import mean_sd  # noqa: E402
+from benchmarks._grid import overhead_note  # noqa: E402
+from benchmarks._grid import pm  # noqa: E402
+from benchmarks._grid import run_grid  # noqa: E402
+from benchmarks._results import markdown_table  # noqa: E402
+from benchmarks._results import write_section  # noqa: E402
 
 SECTION = "kl"
 TITLE = (
@@ -140,7 +139,8 @@ def cells(
 
 def compose_cfg(overrides: list[str]) -> dict[str, Any]:
     """The resolved config ``bouquet-sim <overrides>`` would run."""
-    from hydra import compose, initialize_config_dir
+    from hydra import compose
+    from hydra import initialize_config_dir
     from omegaconf import OmegaConf
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -157,7 +157,8 @@ def check(grid: list[Cell], *, with_data: bool = True) -> None:
     """Compose and validate every cell as ``bouquet-sim`` would (with the data: cuts and
     caches
     the partitions too); raise on the first refusal."""
-    from bouquet.simulations.config.validate import validate_config, validate_run
+    from bouquet.simulations.config.validate import validate_config
+    from bouquet.simulations.config.validate import validate_run
 
     for cell in grid:
         cfg = compose_cfg(list(cell.overrides))

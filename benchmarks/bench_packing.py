@@ -27,15 +27,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._results import markdown_table, write_section  # noqa: E402
-from bouquet.codecs import (  # noqa: E402
-    encode_stc,
-    encode_ternary,
-    encode_topk,
-    packing,  # noqa: E402
-    select_topk,
-    ternarize,
-)
+from benchmarks._results import markdown_table  # noqa: E402
+from benchmarks._results import write_section  # noqa: E402
+from bouquet.codecs import encode_stc  # noqa: E402
+from bouquet.codecs import encode_ternary  # noqa: E402
+from bouquet.codecs import encode_topk  # noqa: E402
+from bouquet.codecs import packing  # noqa: E402  # noqa: E402
+from bouquet.codecs import select_topk  # noqa: E402
+from bouquet.codecs import ternarize  # noqa: E402
 
 
 def entropy_bits(values: np.ndarray) -> float:

@@ -29,7 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._results import markdown_table, write_section  # noqa: E402
+from benchmarks._results import markdown_table  # noqa: E402
+from benchmarks._results import write_section  # noqa: E402
 
 CELLS: dict[str, list[str]] = {
     "plain": ["client.codec=null"],
@@ -133,7 +134,9 @@ def central(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     import numpy as np
 
     from bouquet.clients.recsys_client import RecsysClient
-    from bouquet.data.movielens import load_movielens, sample_negatives, temporal_split
+    from bouquet.data.movielens import load_movielens
+    from bouquet.data.movielens import sample_negatives
+    from bouquet.data.movielens import temporal_split
     from bouquet.models.recsys import build_recsys_model
 
     ratings = load_movielens()

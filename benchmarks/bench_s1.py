@@ -27,8 +27,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._grid import Cell, cumulative_mb, load_results, pm, run_grid  # noqa: E402
-from benchmarks._results import markdown_table, write_section  # noqa: E402
+from benchmarks._grid import Cell  # noqa: E402
+from benchmarks._grid import cumulative_mb  # noqa: E402
+from benchmarks._grid import load_results  # noqa: E402
+from benchmarks._grid import pm  # noqa: E402
+from benchmarks._grid import run_grid  # noqa: E402
+from benchmarks._results import markdown_table  # noqa: E402
+from benchmarks._results import write_section  # noqa: E402
 
 SECTION = "s1"
 COMMON = [

@@ -32,15 +32,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._grid import (  # noqa: E402
-    _append,
-    _commit,
-    done_keys,
-    load_results,
-    pinned_tree,
-    results_path,
-)
-from benchmarks._results import markdown_table, write_section  # noqa: E402
+from benchmarks._grid import _append  # noqa: E402
+from benchmarks._grid import _commit  # noqa: E402
+from benchmarks._grid import done_keys  # noqa: E402
+from benchmarks._grid import load_results  # noqa: E402
+from benchmarks._grid import pinned_tree  # noqa: E402
+from benchmarks._grid import results_path  # noqa: E402
+from benchmarks._results import markdown_table  # noqa: E402
+from benchmarks._results import write_section  # noqa: E402
 
 SECTION = "scale"
 POPULATIONS = (100, 1000, 10000)

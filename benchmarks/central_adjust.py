@@ -27,8 +27,10 @@ def main() -> None:
     p.add_argument("--run-dir", required=True)
     p.add_argument("overrides", nargs="*", help="Hydra overrides, as for bouquet-sim")
     args = p.parse_args()
-    from flwr.app import Array, ArrayRecord
-    from hydra import compose, initialize_config_dir
+    from flwr.app import Array
+    from flwr.app import ArrayRecord
+    from hydra import compose
+    from hydra import initialize_config_dir
     from omegaconf import OmegaConf
 
     from bouquet.simulations.methods.adjust import build_adjust_fn

@@ -27,16 +27,30 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any, ClassVar, Protocol
+from typing import Any
+from typing import ClassVar
+from typing import Protocol
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Context, Message, MessageType, RecordDict
-from flwr.clientapp.typing import ClientAppCallable, Mod  # Flower's own client-mod type
+from flwr.app import Array
+from flwr.app import ArrayRecord
+from flwr.app import Context
+from flwr.app import Message
+from flwr.app import MessageType
+from flwr.app import RecordDict
+from flwr.clientapp.typing import ClientAppCallable  # Flower's own client-mod type
+from flwr.clientapp.typing import Mod  # Flower's own client-mod type
 
 from bouquet import keys
-from bouquet.clients.bridge import Arrays, received_arrays, reply_update, single_record
+from bouquet.clients.bridge import Arrays
+from bouquet.clients.bridge import received_arrays
+from bouquet.clients.bridge import reply_update
+from bouquet.clients.bridge import single_record
 from bouquet.clients.torch_client import TorchClient
-from bouquet.codecs import Encoded, UpdateCompressor, codec_options, make_compressor
+from bouquet.codecs import Encoded
+from bouquet.codecs import UpdateCompressor
+from bouquet.codecs import codec_options
+from bouquet.codecs import make_compressor
 from bouquet.codecs.compressor import is_statistic
 
 logger = logging.getLogger(__name__)

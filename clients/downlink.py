@@ -30,12 +30,19 @@ import re
 from collections.abc import Callable
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import Array
+from flwr.app import ArrayRecord
+from flwr.app import ConfigRecord
+from flwr.app import Context
+from flwr.app import Message
+from flwr.app import RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 
 from bouquet import keys
 from bouquet.codecs.npy import read_npy
-from bouquet.codecs.sync import apply_decoded, decode_step, model_digest
+from bouquet.codecs.sync import apply_decoded
+from bouquet.codecs.sync import decode_step
+from bouquet.codecs.sync import model_digest
 from bouquet.codecs.wire import Encoded
 
 DENSE_STYPE = "numpy.ndarray"

@@ -35,14 +35,13 @@ import numpy as np
 from flwr.app import ArrayRecord
 
 from bouquet import keys
-from bouquet.clients.bridge import Arrays, dense_arrayrecord
+from bouquet.clients.bridge import Arrays
+from bouquet.clients.bridge import dense_arrayrecord
 from bouquet.clients.torch_client import TorchClient
-from bouquet.models.early_exit import (
-    EarlyExitNet,
-    depth_names,
-    early_exit_loss_fn,
-    evaluate_exits,
-)
+from bouquet.models.early_exit import EarlyExitNet
+from bouquet.models.early_exit import depth_names
+from bouquet.models.early_exit import early_exit_loss_fn
+from bouquet.models.early_exit import evaluate_exits
 from bouquet.models.training import set_weights
 
 logger = logging.getLogger(__name__)

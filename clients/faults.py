@@ -21,8 +21,13 @@ import logging
 import time
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Context, Message, MessageType
-from flwr.clientapp.typing import ClientAppCallable, Mod
+from flwr.app import Array
+from flwr.app import ArrayRecord
+from flwr.app import Context
+from flwr.app import Message
+from flwr.app import MessageType
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.clientapp.typing import Mod
 
 from bouquet import keys
 

@@ -43,20 +43,23 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Context, Message, MessageType
+from flwr.app import Array
+from flwr.app import ArrayRecord
+from flwr.app import Context
+from flwr.app import Message
+from flwr.app import MessageType
 from flwr.client import NumPyClient
-from flwr.clientapp.typing import ClientAppCallable, Mod  # Flower's own client-mod type
+from flwr.clientapp.typing import ClientAppCallable  # Flower's own client-mod type
+from flwr.clientapp.typing import Mod  # Flower's own client-mod type
 from flwr.common.logger import log
 
 from bouquet import keys
-from bouquet.clients.bridge import (
-    Arrays,
-    ReplyEncoder,
-    dense_arrayrecord,
-    received_arrays,
-    reply_update,
-    single_record,
-)
+from bouquet.clients.bridge import Arrays
+from bouquet.clients.bridge import ReplyEncoder
+from bouquet.clients.bridge import dense_arrayrecord
+from bouquet.clients.bridge import received_arrays
+from bouquet.clients.bridge import reply_update
+from bouquet.clients.bridge import single_record
 from bouquet.codecs import is_bouquet_stype
 
 # the key Flower's DifferentialPrivacyClientSide* wrappers put in the train config

@@ -32,23 +32,26 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, Context
+from flwr.app import Array
+from flwr.app import ArrayRecord
+from flwr.app import Context
 from flwr.client import NumPyClient
 
 from bouquet import keys
-from bouquet.clients.bridge import Arrays, dense_arrayrecord
+from bouquet.clients.bridge import Arrays
+from bouquet.clients.bridge import dense_arrayrecord
 from bouquet.clients.compressed import compress_for
 from bouquet.clients.torch_client import check_training_args
-from bouquet.codecs import UpdateCompressor, make_compressor
-from bouquet.data.movielens import Ratings, rank_metrics
-from bouquet.models.recsys import (
-    PRIVATE_PREFIX,
-    SHARED_PREFIX,
-    MatrixFactorization,
-    load_partial,
-    private_weights,
-    shared_weights,
-)
+from bouquet.codecs import UpdateCompressor
+from bouquet.codecs import make_compressor
+from bouquet.data.movielens import Ratings
+from bouquet.data.movielens import rank_metrics
+from bouquet.models.recsys import PRIVATE_PREFIX
+from bouquet.models.recsys import SHARED_PREFIX
+from bouquet.models.recsys import MatrixFactorization
+from bouquet.models.recsys import load_partial
+from bouquet.models.recsys import private_weights
+from bouquet.models.recsys import shared_weights
 
 logger = logging.getLogger(__name__)
 

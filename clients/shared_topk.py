@@ -20,31 +20,28 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from flwr.app import (
-    Array,
-    ArrayRecord,
-    ConfigRecord,
-    Context,
-    Message,
-    MessageType,
-    RecordDict,
-)
+from flwr.app import Array
+from flwr.app import ArrayRecord
+from flwr.app import ConfigRecord
+from flwr.app import Context
+from flwr.app import Message
+from flwr.app import MessageType
+from flwr.app import RecordDict
 from flwr.client import NumPyClient
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.logger import log
 
 from bouquet import keys
-from bouquet.clients.bridge import Arrays, single_record
+from bouquet.clients.bridge import Arrays
+from bouquet.clients.bridge import single_record
 from bouquet.clients.torch_client import TorchClient
-from bouquet.codecs.shared_topk import (
-    KEY_BYTES,
-    from_fixed,
-    mask,
-    new_keypair,
-    shared_indices,
-    shared_k,
-    to_fixed,
-)
+from bouquet.codecs.shared_topk import KEY_BYTES
+from bouquet.codecs.shared_topk import from_fixed
+from bouquet.codecs.shared_topk import mask
+from bouquet.codecs.shared_topk import new_keypair
+from bouquet.codecs.shared_topk import shared_indices
+from bouquet.codecs.shared_topk import shared_k
+from bouquet.codecs.shared_topk import to_fixed
 
 RESIDUAL = "shared-ef-residual"  # context.state: flat error-feedback residual
 SECRET = "bouquet-secagg"  # context.state: {"round", "sk"}

@@ -41,19 +41,23 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, TypeGuard
+from typing import Any
+from typing import TypeGuard
 
-from flwr.app import ConfigRecord, Context, Message, MessageType, MetricRecord
-from flwr.clientapp.typing import ClientAppCallable, Mod  # Flower's own client-mod type
+from flwr.app import ConfigRecord
+from flwr.app import Context
+from flwr.app import Message
+from flwr.app import MessageType
+from flwr.app import MetricRecord
+from flwr.clientapp.typing import ClientAppCallable  # Flower's own client-mod type
+from flwr.clientapp.typing import Mod  # Flower's own client-mod type
 
 from bouquet import keys
 from bouquet.clients.bridge import single_record
-from bouquet.staleness_window import (
-    CONTEXTS,
-    DEFAULT_WINDOW,
-    staleness_context,
-    window_scale,
-)
+from bouquet.staleness_window import CONTEXTS
+from bouquet.staleness_window import DEFAULT_WINDOW
+from bouquet.staleness_window import staleness_context
+from bouquet.staleness_window import window_scale
 
 logger = logging.getLogger(__name__)
 

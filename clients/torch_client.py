@@ -21,14 +21,12 @@ from torch import nn
 
 from bouquet import keys
 from bouquet.data import label_histogram
-from bouquet.models.training import (
-    LossFn,
-    cross_entropy_loss,
-    evaluate,
-    get_weights,
-    set_weights,
-    train,
-)
+from bouquet.models.training import LossFn
+from bouquet.models.training import cross_entropy_loss
+from bouquet.models.training import evaluate
+from bouquet.models.training import get_weights
+from bouquet.models.training import set_weights
+from bouquet.models.training import train
 
 logger = logging.getLogger(__name__)
 

@@ -7,30 +7,35 @@ wire format (``wire``). :func:`decode` reads any of them; ``catalog`` holds one 
 per codec.
 """
 
-from bouquet.codecs.catalog import (
-    CODECS,
-    COMPRESSORS,
-    Codec,
-    codec_options,
-    make_compressor,
-    parse_stype,
-    stype_for,
-)
-from bouquet.codecs.compressor import (
-    CompressOutput,
-    DenseCompressor,
-    STCCompressor,
-    TernaryCompressor,
-    TopKCompressor,
-    UpdateCompressor,
-    is_statistic,
-)
-from bouquet.codecs.error_feedback import accumulate, new_residual
-from bouquet.codecs.registry import decode, decode_encoded
+from bouquet.codecs.catalog import CODECS
+from bouquet.codecs.catalog import COMPRESSORS
+from bouquet.codecs.catalog import Codec
+from bouquet.codecs.catalog import codec_options
+from bouquet.codecs.catalog import make_compressor
+from bouquet.codecs.catalog import parse_stype
+from bouquet.codecs.catalog import stype_for
+from bouquet.codecs.compressor import CompressOutput
+from bouquet.codecs.compressor import DenseCompressor
+from bouquet.codecs.compressor import STCCompressor
+from bouquet.codecs.compressor import TernaryCompressor
+from bouquet.codecs.compressor import TopKCompressor
+from bouquet.codecs.compressor import UpdateCompressor
+from bouquet.codecs.compressor import is_statistic
+from bouquet.codecs.error_feedback import accumulate
+from bouquet.codecs.error_feedback import new_residual
+from bouquet.codecs.registry import decode
+from bouquet.codecs.registry import decode_encoded
 from bouquet.codecs.stc import encode_stc
-from bouquet.codecs.ternary import encode_ternary, ternarize
-from bouquet.codecs.topk import encode_topk, select_topk, select_topk_model, topk_count
-from bouquet.codecs.wire import Decoded, Encoded, encode_dense, is_bouquet_stype
+from bouquet.codecs.ternary import encode_ternary
+from bouquet.codecs.ternary import ternarize
+from bouquet.codecs.topk import encode_topk
+from bouquet.codecs.topk import select_topk
+from bouquet.codecs.topk import select_topk_model
+from bouquet.codecs.topk import topk_count
+from bouquet.codecs.wire import Decoded
+from bouquet.codecs.wire import Encoded
+from bouquet.codecs.wire import encode_dense
+from bouquet.codecs.wire import is_bouquet_stype
 
 __all__ = [
     "CODECS",

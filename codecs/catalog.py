@@ -19,23 +19,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bouquet.codecs import stc, ternary, topk
-from bouquet.codecs.compressor import (
-    DenseCompressor,
-    STCCompressor,
-    TernaryCompressor,
-    TopKCompressor,
-    UpdateCompressor,
-)
-from bouquet.codecs.wire import (
-    DENSE,
-    DENSE_WIRE_ID,
-    Decoded,
-    Reader,
-    decode_dense_body,
-    split_stype,
-    stype_string,
-)
+from bouquet.codecs import stc
+from bouquet.codecs import ternary
+from bouquet.codecs import topk
+from bouquet.codecs.compressor import DenseCompressor
+from bouquet.codecs.compressor import STCCompressor
+from bouquet.codecs.compressor import TernaryCompressor
+from bouquet.codecs.compressor import TopKCompressor
+from bouquet.codecs.compressor import UpdateCompressor
+from bouquet.codecs.wire import DENSE
+from bouquet.codecs.wire import DENSE_WIRE_ID
+from bouquet.codecs.wire import Decoded
+from bouquet.codecs.wire import Reader
+from bouquet.codecs.wire import decode_dense_body
+from bouquet.codecs.wire import split_stype
+from bouquet.codecs.wire import stype_string
 
 BodyDecoder = Callable[[Reader, np.dtype, int], Decoded]
 

@@ -47,28 +47,34 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NamedTuple, TypedDict
+from typing import TYPE_CHECKING
+from typing import NamedTuple
+from typing import TypedDict
 
 import numpy as np
 
-from bouquet.codecs import stc, ternary, topk
-from bouquet.codecs.error_feedback import accumulate, check_decay, subtract_sent
+from bouquet.codecs import stc
+from bouquet.codecs import ternary
+from bouquet.codecs import topk
+from bouquet.codecs.error_feedback import accumulate
+from bouquet.codecs.error_feedback import check_decay
+from bouquet.codecs.error_feedback import subtract_sent
 from bouquet.codecs.stc import encode_stc
-from bouquet.codecs.ternary import (
-    PACKINGS,
-    encode_ternary,
-    encode_ternary_sparse,
-    ternarize,
-    ternarize_sparse,
-)
-from bouquet.codecs.topk import (
-    VALUE_DTYPES,
-    encode_topk,
-    select_topk,
-    select_topk_model,
-    topk_count,
-)
-from bouquet.codecs.wire import DENSE, Decoded, Encoded, encode_dense, sum_squares
+from bouquet.codecs.ternary import PACKINGS
+from bouquet.codecs.ternary import encode_ternary
+from bouquet.codecs.ternary import encode_ternary_sparse
+from bouquet.codecs.ternary import ternarize
+from bouquet.codecs.ternary import ternarize_sparse
+from bouquet.codecs.topk import VALUE_DTYPES
+from bouquet.codecs.topk import encode_topk
+from bouquet.codecs.topk import select_topk
+from bouquet.codecs.topk import select_topk_model
+from bouquet.codecs.topk import topk_count
+from bouquet.codecs.wire import DENSE
+from bouquet.codecs.wire import Decoded
+from bouquet.codecs.wire import Encoded
+from bouquet.codecs.wire import encode_dense
+from bouquet.codecs.wire import sum_squares
 
 SCOPES = ("tensor", "model")
 

@@ -33,16 +33,14 @@ from typing import Any
 import numpy as np
 
 from bouquet.codecs import kernels
-from bouquet.codecs.gap_codes import (
-    best_rice_parameter,
-    rice_decode,
-    rice_encode,
-    rice_size_bits,
-    rice_window,
-    varint_decode,
-    varint_encode,
-    varint_size,
-)
+from bouquet.codecs.gap_codes import best_rice_parameter
+from bouquet.codecs.gap_codes import rice_decode
+from bouquet.codecs.gap_codes import rice_encode
+from bouquet.codecs.gap_codes import rice_size_bits
+from bouquet.codecs.gap_codes import rice_window
+from bouquet.codecs.gap_codes import varint_decode
+from bouquet.codecs.gap_codes import varint_encode
+from bouquet.codecs.gap_codes import varint_size
 
 POS_ALL, POS_BITMAP, POS_VARINT, POS_RICE, POS_RAW = 0, 1, 2, 3, 4
 POS_CODING_NAMES = {

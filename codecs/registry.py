@@ -15,16 +15,15 @@ travel as ``bouquet.dense/1``.
 
 from __future__ import annotations
 
-from bouquet.codecs.catalog import CODECS, parse_stype
+from bouquet.codecs.catalog import CODECS
+from bouquet.codecs.catalog import parse_stype
 from bouquet.codecs.npy import element_count
-from bouquet.codecs.wire import (
-    DENSE,
-    Decoded,
-    Encoded,
-    Reader,
-    numpy_dtype,
-    read_header,
-)
+from bouquet.codecs.wire import DENSE
+from bouquet.codecs.wire import Decoded
+from bouquet.codecs.wire import Encoded
+from bouquet.codecs.wire import Reader
+from bouquet.codecs.wire import numpy_dtype
+from bouquet.codecs.wire import read_header
 
 
 def decode(

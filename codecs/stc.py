@@ -22,15 +22,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from bouquet.codecs.ternary import read_scale, read_sparse_ternary, sparse_ternary_body
-from bouquet.codecs.wire import (
-    Decoded,
-    Encoded,
-    Reader,
-    checked_scale,
-    stype_string,
-    write_header,
-)
+from bouquet.codecs.ternary import read_scale
+from bouquet.codecs.ternary import read_sparse_ternary
+from bouquet.codecs.ternary import sparse_ternary_body
+from bouquet.codecs.wire import Decoded
+from bouquet.codecs.wire import Encoded
+from bouquet.codecs.wire import Reader
+from bouquet.codecs.wire import checked_scale
+from bouquet.codecs.wire import stype_string
+from bouquet.codecs.wire import write_header
 
 NAME = "stc"  # the codec's name: bouquet.stc/1 (see bouquet.codecs.catalog)
 WIRE_ID = 3  # its id in the header (wire.py)

@@ -26,7 +26,9 @@ from collections.abc import Mapping
 import numpy as np
 
 from bouquet.codecs.registry import decode
-from bouquet.codecs.wire import Decoded, Encoded, is_bouquet_stype
+from bouquet.codecs.wire import Decoded
+from bouquet.codecs.wire import Encoded
+from bouquet.codecs.wire import is_bouquet_stype
 
 DIGEST_BYTES = 8  # 64-bit digest: a short proof that two copies agree, not a MAC
 

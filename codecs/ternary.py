@@ -38,15 +38,14 @@ import math
 
 import numpy as np
 
-from bouquet.codecs import kernels, packing
-from bouquet.codecs.wire import (
-    Decoded,
-    Encoded,
-    Reader,
-    checked_scale,
-    stype_string,
-    write_header,
-)
+from bouquet.codecs import kernels
+from bouquet.codecs import packing
+from bouquet.codecs.wire import Decoded
+from bouquet.codecs.wire import Encoded
+from bouquet.codecs.wire import Reader
+from bouquet.codecs.wire import checked_scale
+from bouquet.codecs.wire import stype_string
+from bouquet.codecs.wire import write_header
 
 NAME = "ternary"  # the codec's name: bouquet.ternary/1 (see bouquet.codecs.catalog)
 WIRE_ID = 2  # its id in the header (wire.py)

@@ -32,14 +32,12 @@ import math
 import numpy as np
 
 from bouquet.codecs import packing
-from bouquet.codecs.wire import (
-    Decoded,
-    Encoded,
-    Reader,
-    finite_or_raise,
-    stype_string,
-    write_header,
-)
+from bouquet.codecs.wire import Decoded
+from bouquet.codecs.wire import Encoded
+from bouquet.codecs.wire import Reader
+from bouquet.codecs.wire import finite_or_raise
+from bouquet.codecs.wire import stype_string
+from bouquet.codecs.wire import write_header
 
 NAME = "topk"  # the codec's name: bouquet.topk/1 (see bouquet.codecs.catalog)
 WIRE_ID = 1  # its id in the header (wire.py)

@@ -36,7 +36,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from bouquet.data.loaders import DataMissingError, data_root
+from bouquet.data.loaders import DataMissingError
+from bouquet.data.loaders import data_root
 
 logger = logging.getLogger(__name__)
 

@@ -362,11 +362,9 @@ def _partition(
     seed: int,
     num_classes: int,
 ) -> list[np.ndarray]:
-    from flwr_datasets.partitioner import (
-        DirichletPartitioner,
-        IidPartitioner,
-        PathologicalPartitioner,
-    )
+    from flwr_datasets.partitioner import DirichletPartitioner
+    from flwr_datasets.partitioner import IidPartitioner
+    from flwr_datasets.partitioner import PathologicalPartitioner
 
     if kind == "iid":
         partitioner = IidPartitioner(num_partitions=num_partitions)

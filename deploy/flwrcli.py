@@ -16,12 +16,14 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from deploy.processes import flower_env, stop_tree
+from deploy.processes import flower_env
+from deploy.processes import stop_tree
 
 logger = logging.getLogger("bouquet.deploy")
 

@@ -38,23 +38,29 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):  # run as a script: make the `deploy` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from deploy.flwrcli import FlwrCli, free_port, https_answers, wait_until  # noqa: E402
-from deploy.pki import TlsFiles, make_node_key, make_tls, write_private  # noqa: E402
-from deploy.processes import (  # noqa: E402
-    ManagedProcess,
-    descendants,
-    flower_env,
-    peak_rss_kb,
-    pss_kb,
-)
-from deploy.supernode import DEFAULT_POLL_S, ENV_POLL  # noqa: E402
+from deploy.flwrcli import FlwrCli  # noqa: E402
+from deploy.flwrcli import free_port  # noqa: E402
+from deploy.flwrcli import https_answers  # noqa: E402
+from deploy.flwrcli import wait_until  # noqa: E402
+from deploy.pki import TlsFiles  # noqa: E402
+from deploy.pki import make_node_key  # noqa: E402
+from deploy.pki import make_tls  # noqa: E402
+from deploy.pki import write_private  # noqa: E402
+from deploy.processes import ManagedProcess  # noqa: E402
+from deploy.processes import descendants  # noqa: E402
+from deploy.processes import flower_env  # noqa: E402
+from deploy.processes import peak_rss_kb  # noqa: E402
+from deploy.processes import pss_kb  # noqa: E402
+from deploy.supernode import DEFAULT_POLL_S  # noqa: E402
+from deploy.supernode import ENV_POLL  # noqa: E402
 
 logger = logging.getLogger("bouquet.deploy")
 

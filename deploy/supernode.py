@@ -31,7 +31,8 @@ import os
 import sys
 import time
 import types
-from logging import INFO, WARNING
+from logging import INFO
+from logging import WARNING
 
 ENV_POLL = "BOUQUET_SUPERNODE_POLL_S"
 DEFAULT_POLL_S = 0.25

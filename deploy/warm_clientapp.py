@@ -40,7 +40,10 @@ import logging
 import os
 import sys
 import time
-from logging import DEBUG, ERROR, INFO, WARNING
+from logging import DEBUG
+from logging import ERROR
+from logging import INFO
+from logging import WARNING
 from pathlib import Path
 from typing import Any
 
@@ -98,10 +101,8 @@ class WarmClientAppWorker:
     ) -> None:
         if not 0.001 <= poll_s <= 60:
             raise ValueError(f"poll_s={poll_s} must be in [0.001, 60] seconds")
-        from flwr.supercore.interceptors import (
-            RuntimeVersionHttpInterceptor,
-            SuperExecAuthHttpInterceptor,
-        )
+        from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+        from flwr.supercore.interceptors import SuperExecAuthHttpInterceptor
         from flwr.supercore.retry import make_simple_http_retry_invoker
         from flwr.supercore.runtime import RuntimeHttpClient
 
@@ -180,18 +181,16 @@ class WarmClientAppWorker:
         from flwr.app import Message
         from flwr.app.error import Error
         from flwr.clientapp.client_app import LoadClientAppError
-        from flwr.common.constant import ErrorCode, SubStatus
-        from flwr.supercore.heartbeat import (
-            HeartbeatSender,
-            make_task_heartbeat_fn_http,
-        )
-        from flwr.supercore.interceptors import (
-            RuntimeTokenHttpInterceptor,
-            RuntimeVersionHttpInterceptor,
-        )
+        from flwr.common.constant import ErrorCode
+        from flwr.common.constant import SubStatus
+        from flwr.supercore.heartbeat import HeartbeatSender
+        from flwr.supercore.heartbeat import make_task_heartbeat_fn_http
+        from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor
+        from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
         from flwr.supercore.retry import make_simple_http_retry_invoker
         from flwr.supercore.runtime import RuntimeHttpClient
-        from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
+        from flwr.supernode.runtime.run_clientapp import push_message
+        from flwr.supernode.runtime.run_clientapp import push_task_output
 
         retry = make_simple_http_retry_invoker()
         client = RuntimeHttpClient.from_server_address(
@@ -297,13 +296,18 @@ def pull_task_input(client: Any) -> tuple[Any, Any, Any, Any]:
     it retries after ``PULL_BACKOFF_S[0]``, doubling up to ``PULL_BACKOFF_S[1]``.
     """
     from flwr.app import Message
-    from flwr.common.serde import context_from_proto, fab_from_proto, run_from_proto
+    from flwr.common.serde import context_from_proto
+    from flwr.common.serde import fab_from_proto
+    from flwr.common.serde import run_from_proto
     from flwr.proto.node_pb2 import Node  # pylint: disable=E0611
 
     # pylint: disable=E0611
-    from flwr.proto.runtime_pb2 import PullAppMessagesRequest, PullTaskInputRequest
+    from flwr.proto.runtime_pb2 import PullAppMessagesRequest
+    from flwr.proto.runtime_pb2 import PullTaskInputRequest
     from flwr.supercore.inflatable.inflatable_protobuf_utils import (
         make_confirm_message_received_fn_protobuf,
+    )
+    from flwr.supercore.inflatable.inflatable_protobuf_utils import (
         make_pull_object_fn_protobuf,
     )
     from flwr.supercore.inflatable.inflatable_utils import (

@@ -35,15 +35,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from bouquet.models.nas import (
-    Architecture,
-    baseline_architecture,
-    group_norm,
-    make_head,
-    make_space,
-    make_stage,
-    make_stem,
-)
+from bouquet.models.nas import Architecture
+from bouquet.models.nas import baseline_architecture
+from bouquet.models.nas import group_norm
+from bouquet.models.nas import make_head
+from bouquet.models.nas import make_space
+from bouquet.models.nas import make_stage
+from bouquet.models.nas import make_stem
 
 # Depth tag of a parameter name (group 1); names without a tag (the stem) belong to
 # every depth.

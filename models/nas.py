@@ -30,8 +30,11 @@ The controller that samples networks of this space, the reward and REINFORCE are
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any, cast
+from dataclasses import asdict
+from dataclasses import dataclass
+from dataclasses import field
+from typing import Any
+from typing import cast
 
 import torch
 from torch import nn

@@ -10,10 +10,16 @@ round report.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from collections.abc import Iterable
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
+from flwr.app import Array
+from flwr.app import ArrayRecord
+from flwr.app import Error
+from flwr.app import Message
+from flwr.app import MetricRecord
+from flwr.app import RecordDict
 
 from bouquet import keys
 from bouquet.strategies.async_fedavg import AsyncFedAvg

@@ -25,11 +25,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
+from typing import NamedTuple
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_module
+from hydra import compose
+from hydra import initialize_config_module
 from inprocess_grid import InProcessGrid
 from omegaconf import OmegaConf
 

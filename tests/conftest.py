@@ -30,14 +30,12 @@ def make_train_message(
     """A train Message as a server sends it to ``node_id``: ``weights`` as dense Arrays,
     the round
     and ``config`` in its ConfigRecord, message id ``m<server_round>``."""
-    from flwr.app import (
-        Array,
-        ArrayRecord,
-        ConfigRecord,
-        Message,
-        MessageType,
-        RecordDict,
-    )
+    from flwr.app import Array
+    from flwr.app import ArrayRecord
+    from flwr.app import ConfigRecord
+    from flwr.app import Message
+    from flwr.app import MessageType
+    from flwr.app import RecordDict
 
     from bouquet import keys
 
@@ -92,15 +90,13 @@ def make_reply(
     ``arrays`` become dense Arrays (or pass a ready ``array_record``, e.g. compressed);
     ``error`` builds an error reply instead.
     """
-    from flwr.app import (
-        Array,
-        ArrayRecord,
-        Error,
-        Message,
-        MessageType,
-        MetricRecord,
-        RecordDict,
-    )
+    from flwr.app import Array
+    from flwr.app import ArrayRecord
+    from flwr.app import Error
+    from flwr.app import Message
+    from flwr.app import MessageType
+    from flwr.app import MetricRecord
+    from flwr.app import RecordDict
     from flwr.app.metadata import Metadata
 
     from bouquet import keys

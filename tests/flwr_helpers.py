@@ -19,7 +19,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from deploy.flwrcli import free_port  # noqa: E402
-from deploy.processes import flower_env, stop_tree  # noqa: E402
+from deploy.processes import flower_env  # noqa: E402
+from deploy.processes import stop_tree  # noqa: E402
 
 
 def _pids_with_arg(marker: str) -> list[int]:

@@ -21,12 +21,18 @@ from __future__ import annotations
 import time
 import traceback
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 from typing import Any
 
-from flwr.app import Array, Context, Error, Message, RecordDict
+from flwr.app import Array
+from flwr.app import Context
+from flwr.app import Error
+from flwr.app import Message
+from flwr.app import RecordDict
 from flwr.clientapp import ClientApp
-from flwr.common.serde import message_from_proto, message_to_proto
+from flwr.common.serde import message_from_proto
+from flwr.common.serde import message_to_proto
 
 from bouquet import keys
 

@@ -9,7 +9,8 @@ from flwr.app import MetricRecord
 from flwr.serverapp.strategy import Result
 
 from bouquet import keys
-from bouquet.curves import result_rows, save_result_curves
+from bouquet.curves import result_rows
+from bouquet.curves import save_result_curves
 from bouquet.strategies.reports import BYTES_UP
 
 

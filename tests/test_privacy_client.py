@@ -6,19 +6,25 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import make_train_message
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array
+from flwr.app import ArrayRecord
+from flwr.app import Context
+from flwr.app import Message
+from flwr.app import MetricRecord
+from flwr.app import RecordDict
 from flwr.client import NumPyClient
 from flwr.clientapp import ClientApp
-from flwr.clientapp.mod import LocalDpMod, adaptiveclipping_mod, fixedclipping_mod
+from flwr.clientapp.mod import LocalDpMod
+from flwr.clientapp.mod import adaptiveclipping_mod
+from flwr.clientapp.mod import fixedclipping_mod
 
 from bouquet.clients import compression_mod
-from bouquet.clients.privacy import (
-    KEY_CLIPPING_NORM,
-    PrivateClient,
-    clip_update,
-    dp_clip_mod,
-)
-from bouquet.codecs import decode, is_bouquet_stype
+from bouquet.clients.privacy import KEY_CLIPPING_NORM
+from bouquet.clients.privacy import PrivateClient
+from bouquet.clients.privacy import clip_update
+from bouquet.clients.privacy import dp_clip_mod
+from bouquet.codecs import decode
+from bouquet.codecs import is_bouquet_stype
 from bouquet.strategies.client_errors import explain_client_error
 
 SHAPES = {"w": (6, 5), "b": (5,)}

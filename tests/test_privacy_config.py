@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hydra import compose, initialize_config_module
+from hydra import compose
+from hydra import initialize_config_module
 from omegaconf import OmegaConf
 
 from bouquet.simulations.config.validate import validate_config

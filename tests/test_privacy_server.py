@@ -10,20 +10,22 @@ import math
 import numpy as np
 import pytest
 from conftest import make_reply
-from flwr.app import Array, ArrayRecord, ConfigRecord
-from flwr.serverapp.strategy import (
-    DifferentialPrivacyClientSideAdaptiveClipping,
-    DifferentialPrivacyClientSideFixedClipping,
-    DifferentialPrivacyServerSideAdaptiveClipping,
-    DifferentialPrivacyServerSideFixedClipping,
-    FedAvg,
-)
+from flwr.app import Array
+from flwr.app import ArrayRecord
+from flwr.app import ConfigRecord
+from flwr.serverapp.strategy import DifferentialPrivacyClientSideAdaptiveClipping
+from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping
+from flwr.serverapp.strategy import DifferentialPrivacyServerSideAdaptiveClipping
+from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
+from flwr.serverapp.strategy import FedAvg
 
 from bouquet.clients.compressed import encoded_arrayrecord
 from bouquet.codecs import TopKCompressor
 from bouquet.strategies import Compressed
-from bouquet.strategies.privacy import EPSILON, DPAccountant
-from bouquet.strategies.rdp import adaptive_release_multiplier, epsilon_of
+from bouquet.strategies.privacy import EPSILON
+from bouquet.strategies.privacy import DPAccountant
+from bouquet.strategies.rdp import adaptive_release_multiplier
+from bouquet.strategies.rdp import epsilon_of
 
 W = {"a": np.array([1.0, 2.0, 3.0, 4.0], np.float32), "b": np.zeros(3, np.float32)}
 # a noise multiplier whose noise cannot show in float32 (DPAccountant needs z > 0)

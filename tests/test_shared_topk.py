@@ -7,22 +7,26 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import client_factory
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MessageType, RecordDict
+from flwr.app import Array
+from flwr.app import ArrayRecord
+from flwr.app import ConfigRecord
+from flwr.app import Context
+from flwr.app import MessageType
+from flwr.app import RecordDict
 from flwr.serverapp.strategy import FedAvg
 
 from bouquet.clients import numpyclient_app
-from bouquet.clients.shared_topk import SharedTopKClient, secagg_key_mod
-from bouquet.codecs.shared_topk import (
-    SCALE,
-    from_fixed,
-    mask,
-    new_keypair,
-    pair_key,
-    shared_indices,
-    shared_k,
-    to_fixed,
-    value_bound,
-)
+from bouquet.clients.shared_topk import SharedTopKClient
+from bouquet.clients.shared_topk import secagg_key_mod
+from bouquet.codecs.shared_topk import SCALE
+from bouquet.codecs.shared_topk import from_fixed
+from bouquet.codecs.shared_topk import mask
+from bouquet.codecs.shared_topk import new_keypair
+from bouquet.codecs.shared_topk import pair_key
+from bouquet.codecs.shared_topk import shared_indices
+from bouquet.codecs.shared_topk import shared_k
+from bouquet.codecs.shared_topk import to_fixed
+from bouquet.codecs.shared_topk import value_bound
 from bouquet.keys import SHARED_ARRAY
 from bouquet.models import build_model
 from bouquet.models.training import get_weights
@@ -250,7 +254,8 @@ def test_client_refuses_a_round_whose_size_it_was_not_configured_for():
 def test_dp_inside_shared_support_sees_each_rebuilt_update_and_accounts_it():
     from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping
 
-    from bouquet.strategies.privacy import EPSILON, DPAccountant
+    from bouquet.strategies.privacy import EPSILON
+    from bouquet.strategies.privacy import DPAccountant
     from bouquet.strategies.rdp import epsilon_of
 
     grid = Grid()

@@ -1,6 +1,6 @@
 """The pieces every config check uses: reading an interval, checking one value against
 its
-:class:`~bouquet.simulations.config.schema.Key`, showing a value in a one-line
+:class:`~bouquet.simulations.config.schema_keys.Key`, showing a value in a one-line
 message."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import re
 from functools import cache
 from typing import Any
 
-from bouquet.simulations.config.schema import GROUPS, Key
+from bouquet.simulations.config.schema import GROUPS
+from bouquet.simulations.config.schema_keys import Key
 
 Options = dict[str, str]  # config group -> its value (``{"client": "topk", ...}``)
 

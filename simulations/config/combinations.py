@@ -16,271 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from bouquet import keys
-from bouquet.codecs.catalog import CODECS, LOSSY_CODECS
 from bouquet.data import load_dataset
+from bouquet.simulations.config import codec_rules
+from bouquet.simulations.config import method_rules
 from bouquet.simulations.config import privacy_rules
-from bouquet.simulations.config.checks import Options, check_value, fmt
-from bouquet.simulations.config.rules import Combination, Rules, both, sync_image_only
-from bouquet.simulations.config.schema import CODEC_ARGS, CODEC_REQUIRED
-from bouquet.simulations.methods.downlink import DOWNLINK_STRATEGIES
+from bouquet.simulations.config.checks import Options
+from bouquet.simulations.config.checks import fmt
+from bouquet.simulations.config.rules import Combination
+from bouquet.simulations.config.rules import Rules
 from bouquet.simulations.methods.experiments import get_experiment
 
 RULES = Rules()
-# a density: topk, stc
-SPARSE_CODECS = tuple(name for name, c in CODECS.items() if "alpha" in c.options()[0])
-
-
-@RULES("downlink + strategy")
-def _downlink_strategy(cfg: dict[str, Any], opt: Options) -> str | None:
-    """A compressed downlink broadcasts one global model each round:
-    strategy=fedavg|fedprox|kl_weighted,
-    with an image-classification client (not early-exit sub-models, recommendation or
-    the asynchronous loop)."""
-    down = opt.get("downlink", "none")
-    if down == "none":
-        return None
-    return sync_image_only(
-        f"downlink={down}",
-        opt,
-        DOWNLINK_STRATEGIES,
-        "the compressed downlink serves strategies "
-        "that broadcast one global model in synchronous rounds",
-        "the compressed downlink",
-    )
-
-
-RULES.refuse_together(
-    "_async_adjust",
-    "strategy=async",
-    "server=adjust",
-    "the asynchronous loop applies every update on arrival and never runs "
-    "the server-side adjustment (use a synchronous strategy)",
-    doc="The asynchronous loop applies every update on arrival and never runs the "
-    "server-side adjustment.",
-)
-RULES.refuse_together(
-    "_early_exit_adjust",
-    "model=early_exit",
-    "server=adjust",
-    "the server-side adjuster trains a single-exit model and cannot "
-    "train the early-exit model (server.shared_fraction alone keeps a validation "
-    "slice)",
-    doc="The adjuster fine-tunes with a single-exit cross-entropy and cannot train "
-    "an early-exit model.",
-)
-
-
-@RULES("strategy=depth_fedavg without model=early_exit")
-def _depth_needs_early_exit(cfg: dict[str, Any], opt: Options) -> str | None:
-    """Depth sub-models are cut from the early-exit model's per-stage arrays; other
-    models have none."""
-    if opt["strategy"] == "depth_fedavg" and opt["model"] != "early_exit":
-        return (
-            f"strategy=depth_fedavg needs model=early_exit, not model={opt['model']}: "
-            "its arrays have no depths to cut sub-models from"
-        )
-    return None
-
-
-@RULES("model=early_exit <-> client=early_exit")
-def _early_exit_pair(cfg: dict[str, Any], opt: Options) -> str | None:
-    """The early-exit model is trained only by client=early_exit (multi-exit loss),
-    which trains nothing else."""
-    if opt["model"] == "early_exit" and opt["client"] != "early_exit":
-        return (
-            f"model=early_exit needs client=early_exit, not client={opt['client']}: "
-            "other clients train with a single-exit loss and fail on the model's "
-            "list of exits"
-        )
-    if opt["client"] == "early_exit" and opt["model"] != "early_exit":
-        return f"client=early_exit needs model=early_exit, not model={opt['model']}"
-    return None
-
-
-@RULES("dataset=movielens <-> client=recsys, model=mf")
-def _recsys_pair(cfg: dict[str, Any], opt: Options) -> str | None:
-    """Ratings are trained only by client=recsys with model=mf (or auto); client=recsys
-    and model=mf need ratings."""
-    movielens = opt["dataset"] == "movielens"
-    if movielens and opt["client"] != "recsys":
-        return (
-            f"dataset=movielens needs client=recsys, not client={opt['client']} "
-            "(for compressed uploads use client=recsys client.codec=topk|stc|ternary)"
-        )
-    if opt["client"] == "recsys" and not movielens:
-        return f"client=recsys needs dataset=movielens, not dataset={opt['dataset']}"
-    if movielens and opt["model"] not in ("mf", "auto"):
-        return f"dataset=movielens needs model=mf, not model={opt['model']}"
-    if opt["model"] == "mf" and not movielens:
-        return f"model=mf needs dataset=movielens, not dataset={opt['dataset']}"
-    return None
-
-
-@RULES("dataset=movielens + strategy=kl_weighted|async|fedprox, server=adjust")
-def _recsys_strategy(cfg: dict[str, Any], opt: Options) -> str | None:
-    """Ratings have no class labels (KL weighting, server-side adjustment), the
-    asynchronous loop never
-    runs the federated evaluation, and client=recsys does not apply FedProx's proximal
-    term."""
-    if opt["dataset"] != "movielens":
-        return None
-    why = {
-        "kl_weighted": "ratings have no class labels to weight clients by",
-        "async": (
-            "the asynchronous loop never runs the clients' federated evaluation "
-            "(no RMSE/HR@10)"
-        ),
-        "fedprox": "client=recsys does not apply the proximal term",
-    }.get(opt["strategy"])
-    if why:
-        return both("dataset=movielens", f"strategy={opt['strategy']}", why)
-    if opt["server"] == "adjust":
-        return both(
-            "dataset=movielens",
-            "server=adjust",
-            "the server holds no ratings to fine-tune on",
-        )
-    return None
-
-
-@RULES("model=lenet + dataset=digits")
-def _lenet_digits(cfg: dict[str, Any], opt: Options) -> str | None:
-    """LeNet needs inputs of at least 16x16; digits are 8x8."""
-    if opt["model"] == "lenet" and opt["dataset"] == "digits":
-        return both(
-            "model=lenet",
-            "dataset=digits",
-            "LeNet needs inputs >= 16x16 and digits are 8x8 (use model=mlp or "
-            "model=auto)",
-        )
-    return None
-
-
-@RULES("client.max_depth|max_depth_by_partition without strategy=depth_fedavg")
-def _capacity_needs_depths(cfg: dict[str, Any], opt: Options) -> str | None:
-    """A node with a capacity returns a sub-model; only strategy=depth_fedavg aggregates
-    sub-models
-    (every other strategy drops such replies, the asynchronous loop refuses them)."""
-    client = cfg["client"]
-    if opt["client"] == "early_exit" and opt["strategy"] != "depth_fedavg":
-        for name in ("max_depth", "max_depth_by_partition"):
-            if client[name]:
-                return both(
-                    f"strategy={opt['strategy']}",
-                    f"client.{name}={fmt(client[name])}",
-                    "a node with a "
-                    "capacity returns a sub-model, which only strategy=depth_fedavg "
-                    "aggregates",
-                )
-    return None
-
-
-@RULES("client.codec_args vs client.codec")
-def _codec_args(cfg: dict[str, Any], opt: Options) -> str | None:
-    """client.codec_args holds the settings of client.codec (for topk and stc at least
-    alpha)."""
-    if opt["client"] != "recsys":
-        return None
-    codec, args = cfg["client"]["codec"], cfg["client"]["codec_args"]
-    if codec is None:
-        return (
-            f"client.codec_args={fmt(args)} is set but client.codec is null"
-            if args
-            else None
-        )
-    table = CODEC_ARGS[codec]
-    for name, value in args.items():
-        if name not in table:
-            return (
-                f"client.codec_args.{name} is not a setting of client.codec={codec}; "
-                f"allowed: {', '.join(table)}"
-            )
-        check_value(f"client.codec_args.{name}", table[name], value)
-    for name in CODEC_REQUIRED.get(codec, ()):
-        if name not in args:
-            return (
-                f"client.codec={codec} needs client.codec_args.{name} (e.g. "
-                f"+client.codec_args.{name}=0.01)"
-            )
-    return None
-
-
-def _codec_settings(
-    cfg: dict[str, Any], opt: Options
-) -> tuple[str, dict[str, Any]] | None:
-    """(prefix of the keys, settings) of a top-k or STC upload (client=topk|stc, or
-    client=recsys
-    with client.codec=topk|stc; absent codec_args take the codec's defaults), else
-    None."""
-    if opt["client"] in SPARSE_CODECS:
-        return "client", cfg["client"]
-    if opt["client"] == "recsys" and cfg["client"]["codec"] in SPARSE_CODECS:
-        return "client.codec_args", {
-            "residual_decay": 1.0,
-            "rho": 1.0,
-            **cfg["client"]["codec_args"],
-        }
-    return None
-
-
-@RULES("client.momentum_correction | warmup_rounds vs residual_decay, alpha, rho")
-def _dgc_options(cfg: dict[str, Any], opt: Options) -> str | None:
-    """DGC's momentum correction accumulates the momentum in the error-feedback
-    residual, so it needs
-    residual_decay > 0; a density warm-up from a density of 1 (alpha = rho = 1) sends
-    nothing less."""
-    found = _codec_settings(cfg, opt)
-    if found is None:
-        return None
-    prefix, codec = found
-    mc = codec.get("momentum_correction", 0.0) or 0.0
-    if mc > 0 and codec.get("residual_decay", 1.0) == 0:
-        return both(
-            f"{prefix}.momentum_correction={fmt(mc)}",
-            f"{prefix}.residual_decay=0",
-            "momentum correction accumulates the momentum in the error-feedback "
-            "residual and zeroes it where "
-            "sent; without error feedback the unsent momentum is lost (use "
-            "residual_decay > 0)",
-        )
-    warmup = codec.get("warmup_rounds", 0) or 0
-    if warmup > 0 and codec.get("alpha") == 1.0 and codec.get("rho", 1.0) == 1.0:
-        return both(
-            f"{prefix}.warmup_rounds={warmup}",
-            f"{prefix}.alpha=1.0",
-            "the warm-up starts denser than the target, and a target density of 1 is "
-            "already dense",
-        )
-    return None
-
-
-@RULES("compression.* without compressed uploads")
-def _compression(cfg: dict[str, Any], opt: Options) -> str | None:
-    """compression.* sets how the server decodes compressed uploads: it needs a
-    compressing client and a
-    synchronous strategy (the asynchronous loop decodes each reply itself)."""
-    if "compression" not in cfg:
-        return None
-    name = f"compression.{next(iter(cfg['compression']), 'server_lr')}"
-    compresses = opt["client"] in LOSSY_CODECS or (
-        opt["client"] == "recsys" and cfg["client"]["codec"]
-    )
-    if not compresses:
-        return (
-            f"{name} has no effect: client={opt['client']} does not upload "
-            "compressed updates"
-        )
-    if opt["strategy"] == "async":
-        return both(
-            name, "strategy=async", "the asynchronous loop decodes each reply itself"
-        )
-    if "gamma" in cfg["compression"] and "server_lr" in cfg["compression"]:
-        return both(
-            "compression.gamma",
-            "compression.server_lr",
-            "gamma sets server_lr = gamma / client.lr: give one",
-        )
-    return None
 
 
 @RULES("fault.crash_rate + hang_rate + corrupt_rate")
@@ -443,8 +189,14 @@ def _min_nodes(cfg: dict[str, Any], opt: Options) -> str | None:
     return None
 
 
-# Every rule, in the order they are tried: these, then the privacy group's.
-COMBINATIONS: list[Combination] = [*RULES, *privacy_rules.RULES]
+# Every rule, in the order they are tried: the methods', the codecs', these, then the
+# privacy group's.
+COMBINATIONS: list[Combination] = [
+    *method_rules.RULES,
+    *codec_rules.RULES,
+    *RULES,
+    *privacy_rules.RULES,
+]
 
 
 def check_combinations(

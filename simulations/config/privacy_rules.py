@@ -7,12 +7,10 @@ from typing import Any
 
 from bouquet.codecs.catalog import PER_CLIENT_POSITIONS
 from bouquet.simulations.config.checks import Options
-from bouquet.simulations.config.rules import (
-    NON_IMAGE_CLIENTS,
-    Rules,
-    both,
-    sync_image_only,
-)
+from bouquet.simulations.config.rules import NON_IMAGE_CLIENTS
+from bouquet.simulations.config.rules import Rules
+from bouquet.simulations.config.rules import both
+from bouquet.simulations.config.rules import sync_image_only
 
 DP_MODES = ("dp_client", "dp_server")
 RULES = Rules()

@@ -17,9 +17,12 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from bouquet.simulations.config.checks import describe, fmt
+from bouquet.simulations.config.checks import describe
+from bouquet.simulations.config.checks import fmt
 from bouquet.simulations.config.combinations import COMBINATIONS
-from bouquet.simulations.config.schema import GROUPS, ROOT, Key
+from bouquet.simulations.config.schema import GROUPS
+from bouquet.simulations.config.schema import ROOT
+from bouquet.simulations.config.schema_keys import Key
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 BEGIN = (

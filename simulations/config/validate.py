@@ -21,15 +21,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from bouquet.simulations.config.checks import (
-    Options,
-    check_keys,
-    check_value,
-    fmt,
-    group_value,
-)
-from bouquet.simulations.config.combinations import check_combinations, check_data
-from bouquet.simulations.config.schema import GROUPS, ROOT
+from bouquet.simulations.config.checks import Options
+from bouquet.simulations.config.checks import check_keys
+from bouquet.simulations.config.checks import check_value
+from bouquet.simulations.config.checks import fmt
+from bouquet.simulations.config.checks import group_value
+from bouquet.simulations.config.combinations import check_combinations
+from bouquet.simulations.config.combinations import check_data
+from bouquet.simulations.config.schema import GROUPS
+from bouquet.simulations.config.schema import ROOT
 from bouquet.simulations.config.values import check_values
 from bouquet.simulations.run.trackers import check_available
 

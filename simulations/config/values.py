@@ -28,8 +28,9 @@ import math
 from typing import Any
 
 from bouquet import keys
-from bouquet.simulations.config.checks import check_value, fmt
-from bouquet.simulations.config.schema import Key
+from bouquet.simulations.config.checks import check_value
+from bouquet.simulations.config.checks import fmt
+from bouquet.simulations.config.schema_keys import Key
 
 PATH_MAX = 4096  # bytes of a path (Linux PATH_MAX)
 NAME_MAX = 255  # bytes of one path component (Linux NAME_MAX, most file systems)

@@ -28,11 +28,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord
+from flwr.app import Array
+from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import Strategy
 
-from bouquet.data import load_dataset, split_server_holdout
-from bouquet.models.training import evaluate, get_weights, iterate_batches, set_weights
+from bouquet.data import load_dataset
+from bouquet.data import split_server_holdout
+from bouquet.models.training import evaluate
+from bouquet.models.training import get_weights
+from bouquet.models.training import iterate_batches
+from bouquet.models.training import set_weights
 from bouquet.simulations.methods.experiment import Experiment
 from bouquet.strategies.server_adjusted import ServerAdjusted
 

@@ -33,12 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from bouquet.models.early_exit import (
-    EarlyExitNet,
-    depth_names,
-    evaluate_exits,
-    exit_costs,
-)
+from bouquet.models.early_exit import EarlyExitNet
+from bouquet.models.early_exit import depth_names
+from bouquet.models.early_exit import evaluate_exits
+from bouquet.models.early_exit import exit_costs
 from bouquet.models.training import set_weights
 from bouquet.simulations.methods.experiment import Experiment
 

@@ -22,8 +22,13 @@ from hydra.utils import instantiate
 from torch import nn
 
 from bouquet import keys
-from bouquet.data import Dataset, label_histogram, load_dataset, split_server_holdout
-from bouquet.models.training import evaluate, get_weights, set_weights
+from bouquet.data import Dataset
+from bouquet.data import label_histogram
+from bouquet.data import load_dataset
+from bouquet.data import split_server_holdout
+from bouquet.models.training import evaluate
+from bouquet.models.training import get_weights
+from bouquet.models.training import set_weights
 
 logger = logging.getLogger(__name__)
 

@@ -28,14 +28,13 @@ import logging
 from typing import Any
 
 from flwr.client import NumPyClient
-from flwr.serverapp.strategy import (
-    DifferentialPrivacyClientSideFixedClipping,
-    DifferentialPrivacyServerSideFixedClipping,
-    Strategy,
-)
+from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping
+from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
+from flwr.serverapp.strategy import Strategy
 
 from bouquet.clients.privacy import PrivateClient
-from bouquet.clients.shared_topk import SecureDenseClient, secagg_key_mod
+from bouquet.clients.shared_topk import SecureDenseClient
+from bouquet.clients.shared_topk import secagg_key_mod
 from bouquet.simulations.config.privacy_rules import DP_MODES
 from bouquet.strategies.privacy import DPAccountant
 from bouquet.strategies.privacy_secagg import SharedSupport

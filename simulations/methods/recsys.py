@@ -33,18 +33,17 @@ import math
 import random
 from collections.abc import Iterable
 from functools import cached_property
-from typing import Any, cast
+from typing import Any
+from typing import cast
 
 import numpy as np
-from flwr.app import (
-    ArrayRecord,
-    ConfigRecord,
-    Context,
-    Message,
-    MessageType,
-    MetricRecord,
-    RecordDict,
-)
+from flwr.app import ArrayRecord
+from flwr.app import ConfigRecord
+from flwr.app import Context
+from flwr.app import Message
+from flwr.app import MessageType
+from flwr.app import MetricRecord
+from flwr.app import RecordDict
 from flwr.client import NumPyClient
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
@@ -52,18 +51,14 @@ from hydra.utils import instantiate
 
 from bouquet import keys
 from bouquet.clients.recsys_client import RecsysClient
-from bouquet.data.movielens import (
-    RatingsSplit,
-    group_users,
-    load_movielens,
-    sample_negatives,
-    temporal_split,
-)
-from bouquet.models.recsys import (
-    MatrixFactorization,
-    build_recsys_model,
-    shared_weights,
-)
+from bouquet.data.movielens import RatingsSplit
+from bouquet.data.movielens import group_users
+from bouquet.data.movielens import load_movielens
+from bouquet.data.movielens import sample_negatives
+from bouquet.data.movielens import temporal_split
+from bouquet.models.recsys import MatrixFactorization
+from bouquet.models.recsys import build_recsys_model
+from bouquet.models.recsys import shared_weights
 from bouquet.simulations.methods.experiment import Experiment
 from bouquet.strategies.compressed import Compressed
 from bouquet.strategies.wrapper import StrategyWrapper

@@ -41,16 +41,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from bouquet.models.early_exit import EarlyExitNet, exit_costs
-from bouquet.models.nas import (
-    Architecture,
-    SearchSpace,
-    SuperNet,
-    baseline_architecture,
-    make_space,
-    search_space_size,
-)
-from bouquet.models.nas_controller import Controller, Reinforce, cost_reward
+from bouquet.models.early_exit import EarlyExitNet
+from bouquet.models.early_exit import exit_costs
+from bouquet.models.nas import Architecture
+from bouquet.models.nas import SearchSpace
+from bouquet.models.nas import SuperNet
+from bouquet.models.nas import baseline_architecture
+from bouquet.models.nas import make_space
+from bouquet.models.nas import search_space_size
+from bouquet.models.nas_controller import Controller
+from bouquet.models.nas_controller import Reinforce
+from bouquet.models.nas_controller import cost_reward
 from bouquet.simulations.methods.experiments import get_experiment
 
 logger = logging.getLogger("bouquet.progress")

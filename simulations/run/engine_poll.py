@@ -23,7 +23,8 @@ from __future__ import annotations
 import hashlib
 import inspect
 import threading
-from logging import DEBUG, WARNING
+from logging import DEBUG
+from logging import WARNING
 from queue import Queue
 from typing import Any
 

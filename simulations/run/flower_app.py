@@ -55,15 +55,19 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from flwr.app import Context, Message
+from flwr.app import Context
+from flwr.app import Message
 from flwr.clientapp import ClientApp
-from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp import Grid
+from flwr.serverapp import ServerApp
 
 from bouquet import keys
-from bouquet.simulations.config.validate import validate_config, validate_run
+from bouquet.simulations.config.validate import validate_config
+from bouquet.simulations.config.validate import validate_run
 from bouquet.simulations.run.engine_poll import shorten_reply_object_retry
 from bouquet.simulations.run.results import SUMMARY_FILE
-from bouquet.simulations.run.serverapp import make_client_app, run_server
+from bouquet.simulations.run.serverapp import make_client_app
+from bouquet.simulations.run.serverapp import run_server
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +174,8 @@ def split_overrides(overrides: str) -> list[str]:
 
 @lru_cache(maxsize=8)
 def _compose_json(overrides: str) -> str:
-    from hydra import compose, initialize_config_module
+    from hydra import compose
+    from hydra import initialize_config_module
     from omegaconf import OmegaConf
 
     with initialize_config_module("bouquet.conf", version_base="1.3"):

@@ -35,7 +35,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from bouquet.simulations.config.schema import GROUPS

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 from logging import WARNING
 from typing import Any
 
-from flwr.app import Message, MessageType
+from flwr.app import Message
+from flwr.app import MessageType
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 

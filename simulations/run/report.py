@@ -22,7 +22,9 @@ from typing import Any
 
 import yaml
 
-from bouquet.simulations.run.results import METRICS_FILE, SUMMARY_FILE, read_rows
+from bouquet.simulations.run.results import METRICS_FILE
+from bouquet.simulations.run.results import SUMMARY_FILE
+from bouquet.simulations.run.results import read_rows
 
 
 def find_runs(paths: list[Path]) -> list[Path]:

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, MetricRecord
+from flwr.app import ArrayRecord
+from flwr.app import MetricRecord
 
 from bouquet.curves import plot_curves
 from bouquet.simulations.run.metering import MeteredGrid

@@ -17,14 +17,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from bouquet.simulations.run.checkpoint import (
-    CHECKPOINT,
-    CONFIG_FILE,
-    LEGACY,
-    PREVIOUS,
-    CheckpointError,
-    load_checkpoint,
-)
+from bouquet.simulations.run.checkpoint import CHECKPOINT
+from bouquet.simulations.run.checkpoint import CONFIG_FILE
+from bouquet.simulations.run.checkpoint import LEGACY
+from bouquet.simulations.run.checkpoint import PREVIOUS
+from bouquet.simulations.run.checkpoint import CheckpointError
+from bouquet.simulations.run.checkpoint import load_checkpoint
 
 # Config keys that may differ between the checkpointed run and its resume.
 RESUME_FREE_KEYS = (

@@ -11,13 +11,12 @@ from typing import Any
 from flwr.simulation import run_simulation
 
 from bouquet.simulations.run.engine_poll import install as install_engine_poll
-from bouquet.simulations.run.results import SUMMARY_FILE, RunFailed
+from bouquet.simulations.run.results import SUMMARY_FILE
+from bouquet.simulations.run.results import RunFailed
 from bouquet.simulations.run.resume import check_resume
-from bouquet.simulations.run.serverapp import (
-    CLIENT_STATE_DIR,
-    make_client_app,
-    make_server_app,
-)
+from bouquet.simulations.run.serverapp import CLIENT_STATE_DIR
+from bouquet.simulations.run.serverapp import make_client_app
+from bouquet.simulations.run.serverapp import make_server_app
 
 logger = logging.getLogger(__name__)
 

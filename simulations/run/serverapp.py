@@ -23,41 +23,48 @@ import shutil
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
+from typing import cast
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context
+from flwr.app import Array
+from flwr.app import ArrayRecord
+from flwr.app import ConfigRecord
+from flwr.app import Context
 from flwr.client import NumPyClient
 from flwr.clientapp import ClientApp
-from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp import Grid
+from flwr.serverapp import ServerApp
 from flwr.serverapp.strategy import Strategy
 from hydra.utils import instantiate
 
 from bouquet.clients.bridge import numpyclient_app
 from bouquet.clients.faults import fault_mod
 from bouquet.clients.staleness import staleness_window_mod
-from bouquet.clients.state_store import SpilledState, prune
+from bouquet.clients.state_store import SpilledState
+from bouquet.clients.state_store import prune
 from bouquet.data import label_histogram
 from bouquet.simulations.methods.adjust import wrap_server_adjust
 from bouquet.simulations.methods.compression import wrap_compression
-from bouquet.simulations.methods.downlink import client_downlink_mods, wrap_downlink
+from bouquet.simulations.methods.downlink import client_downlink_mods
+from bouquet.simulations.methods.downlink import wrap_downlink
 from bouquet.simulations.methods.experiment import Experiment
 from bouquet.simulations.methods.experiments import get_experiment
-from bouquet.simulations.methods.privacy import (
-    privacy_client_mods,
-    private_client,
-    wrap_privacy,
-)
+from bouquet.simulations.methods.privacy import privacy_client_mods
+from bouquet.simulations.methods.privacy import private_client
+from bouquet.simulations.methods.privacy import wrap_privacy
 from bouquet.simulations.methods.recsys import wrap_recommendation_evaluation
-from bouquet.simulations.run.checkpoint import (
-    CONFIG_FILE,
-    Checkpointer,
-    CheckpointError,
-    load_strategy_state,
-    set_rng_state,
-)
-from bouquet.simulations.run.metering import MAX_REASONS, MeteredGrid, Period
-from bouquet.simulations.run.results import RunFailed, RunRecorder, read_rows
+from bouquet.simulations.run.checkpoint import CONFIG_FILE
+from bouquet.simulations.run.checkpoint import Checkpointer
+from bouquet.simulations.run.checkpoint import CheckpointError
+from bouquet.simulations.run.checkpoint import load_strategy_state
+from bouquet.simulations.run.checkpoint import set_rng_state
+from bouquet.simulations.run.metering import MAX_REASONS
+from bouquet.simulations.run.metering import MeteredGrid
+from bouquet.simulations.run.metering import Period
+from bouquet.simulations.run.results import RunFailed
+from bouquet.simulations.run.results import RunRecorder
+from bouquet.simulations.run.results import read_rows
 from bouquet.simulations.run.resume import check_resume
 from bouquet.simulations.run.trackers import make_tracker
 from bouquet.staleness_window import DEFAULT_WINDOW

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import (
-    Array,
-    ArrayRecord,
-    ConfigRecord,
-    Context,
-    Message,
-    MessageType,
-    RecordDict,
-)
+from flwr.app import Array
+from flwr.app import ArrayRecord
+from flwr.app import ConfigRecord
+from flwr.app import Context
+from flwr.app import Message
+from flwr.app import MessageType
+from flwr.app import RecordDict
 
 from bouquet import keys
-from bouquet.clients import TorchClient, numpyclient_app
-from bouquet.models import build_model, get_weights
+from bouquet.clients import TorchClient
+from bouquet.clients import numpyclient_app
+from bouquet.models import build_model
+from bouquet.models import get_weights
 
 
 def _context(pid: int = 0) -> Context:

@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import client_factory, make_train_message
-from flwr.app import Context, Message, RecordDict
+from conftest import client_factory
+from conftest import make_train_message
+from flwr.app import Context
+from flwr.app import Message
+from flwr.app import RecordDict
 
 from bouquet import keys
-from bouquet.clients import STCClient, TernaryClient, TopKClient, numpyclient_app
+from bouquet.clients import STCClient
+from bouquet.clients import TernaryClient
+from bouquet.clients import TopKClient
+from bouquet.clients import numpyclient_app
 from bouquet.codecs import decode
-from bouquet.models import build_model, get_weights
+from bouquet.models import build_model
+from bouquet.models import get_weights
 
 
 def _decoded(reply: Message) -> dict[str, np.ndarray]:
@@ -87,7 +94,8 @@ def test_normalisation_statistics_travel_dense_and_exact():
     from flwr.app import RecordDict
 
     from bouquet.clients.compressed import compress_update
-    from bouquet.codecs import STCCompressor, decode
+    from bouquet.codecs import STCCompressor
+    from bouquet.codecs import decode
 
     names = [
         "conv.weight",

@@ -6,14 +6,25 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import client_factory, make_train_message
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from conftest import client_factory
+from conftest import make_train_message
+from flwr.app import Array
+from flwr.app import ArrayRecord
+from flwr.app import Context
+from flwr.app import Message
+from flwr.app import MetricRecord
+from flwr.app import RecordDict
 
 from bouquet import keys
-from bouquet.clients import STCClient, TopKClient, compression_mod, numpyclient_app
+from bouquet.clients import STCClient
+from bouquet.clients import TopKClient
+from bouquet.clients import compression_mod
+from bouquet.clients import numpyclient_app
 from bouquet.clients.compressed import compress_update
-from bouquet.codecs import TopKCompressor, decode
-from bouquet.models import build_model, get_weights
+from bouquet.codecs import TopKCompressor
+from bouquet.codecs import decode
+from bouquet.models import build_model
+from bouquet.models import get_weights
 
 
 def _dense(arr: Array) -> np.ndarray:

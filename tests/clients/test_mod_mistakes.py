@@ -6,7 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import make_train_message
-from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array
+from flwr.app import ArrayRecord
+from flwr.app import Context
+from flwr.app import Message
+from flwr.app import MetricRecord
+from flwr.app import RecordDict
 from flwr.clientapp import ClientApp
 
 from bouquet.clients import compression_mod

@@ -10,18 +10,18 @@ import math
 import numpy as np
 import pytest
 from conftest import make_train_message
-from flwr.app import (
-    ConfigRecord,
-    Context,
-    Message,
-    MessageType,
-    MetricRecord,
-    RecordDict,
-)
+from flwr.app import ConfigRecord
+from flwr.app import Context
+from flwr.app import Message
+from flwr.app import MessageType
+from flwr.app import MetricRecord
+from flwr.app import RecordDict
 
 from bouquet import keys
 from bouquet.clients import staleness_window_mod
-from bouquet.clients.staleness import CONTEXTS, learner_scale, window_context
+from bouquet.clients.staleness import CONTEXTS
+from bouquet.clients.staleness import learner_scale
+from bouquet.clients.staleness import window_context
 from bouquet.strategies import staleness as server_side
 
 BASE_LR = 0.1

@@ -7,24 +7,20 @@ from pathlib import Path
 
 import numpy as np
 from conftest import make_train_message
-from flwr.app import (
-    Array,
-    ArrayRecord,
-    ConfigRecord,
-    Context,
-    Message,
-    MetricRecord,
-    RecordDict,
-)
+from flwr.app import Array
+from flwr.app import ArrayRecord
+from flwr.app import ConfigRecord
+from flwr.app import Context
+from flwr.app import Message
+from flwr.app import MetricRecord
+from flwr.app import RecordDict
 
 from bouquet import keys
-from bouquet.clients.state_store import (
-    SpilledState,
-    load_state,
-    node_rounds,
-    prune,
-    save_state,
-)
+from bouquet.clients.state_store import SpilledState
+from bouquet.clients.state_store import load_state
+from bouquet.clients.state_store import node_rounds
+from bouquet.clients.state_store import prune
+from bouquet.clients.state_store import save_state
 
 
 def _ctx(pid: int, node: int = 900) -> Context:

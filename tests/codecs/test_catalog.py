@@ -8,23 +8,23 @@ import inspect
 import numpy as np
 import pytest
 
-from bouquet.codecs import (
-    CODECS,
-    COMPRESSORS,
-    decode,
-    make_compressor,
-    parse_stype,
-    stype_for,
-)
-from bouquet.codecs.catalog import (
-    CODEC_IDS,
-    DOWNLINK_CODECS,
-    LOSSY_CODECS,
-    PER_CLIENT_POSITIONS,
-    codec_options,
-)
-from bouquet.codecs.compressor import SelectionOptions, TopKCompressor, _TopKSelection
-from bouquet.simulations.config.schema import CODEC_ARGS, CODEC_REQUIRED, DOWNLINK
+from bouquet.codecs import CODECS
+from bouquet.codecs import COMPRESSORS
+from bouquet.codecs import decode
+from bouquet.codecs import make_compressor
+from bouquet.codecs import parse_stype
+from bouquet.codecs import stype_for
+from bouquet.codecs.catalog import CODEC_IDS
+from bouquet.codecs.catalog import DOWNLINK_CODECS
+from bouquet.codecs.catalog import LOSSY_CODECS
+from bouquet.codecs.catalog import PER_CLIENT_POSITIONS
+from bouquet.codecs.catalog import codec_options
+from bouquet.codecs.compressor import SelectionOptions
+from bouquet.codecs.compressor import TopKCompressor
+from bouquet.codecs.compressor import _TopKSelection
+from bouquet.simulations.config.schema_client import CODEC_ARGS
+from bouquet.simulations.config.schema_client import CODEC_REQUIRED
+from bouquet.simulations.config.schema_client import DOWNLINK
 
 OPTIONS = {"topk": {"alpha": 0.5}, "stc": {"alpha": 0.5}, "ternary": {}, "dense": {}}
 

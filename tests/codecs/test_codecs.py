@@ -7,23 +7,23 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
+from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.extra.numpy import array_shapes, arrays
+from hypothesis.extra.numpy import array_shapes
+from hypothesis.extra.numpy import arrays
 
-from bouquet.codecs import (
-    STCCompressor,
-    TernaryCompressor,
-    TopKCompressor,
-    decode_encoded,
-    encode_stc,
-    encode_ternary,
-    encode_topk,
-    select_topk,
-    select_topk_model,
-    ternarize,
-    topk_count,
-)
+from bouquet.codecs import STCCompressor
+from bouquet.codecs import TernaryCompressor
+from bouquet.codecs import TopKCompressor
+from bouquet.codecs import decode_encoded
+from bouquet.codecs import encode_stc
+from bouquet.codecs import encode_ternary
+from bouquet.codecs import encode_topk
+from bouquet.codecs import select_topk
+from bouquet.codecs import select_topk_model
+from bouquet.codecs import ternarize
+from bouquet.codecs import topk_count
 
 finite = st.floats(-1e3, 1e3, allow_nan=False, width=32)
 tensors = arrays(

@@ -9,14 +9,13 @@ import math
 import numpy as np
 import pytest
 
-from bouquet.codecs import (
-    STCCompressor,
-    TernaryCompressor,
-    TopKCompressor,
-    decode_encoded,
-    make_compressor,
-)
-from bouquet.codecs.compressor import clip_update, update_norm
+from bouquet.codecs import STCCompressor
+from bouquet.codecs import TernaryCompressor
+from bouquet.codecs import TopKCompressor
+from bouquet.codecs import decode_encoded
+from bouquet.codecs import make_compressor
+from bouquet.codecs.compressor import clip_update
+from bouquet.codecs.compressor import update_norm
 
 
 def _dense(enc) -> np.ndarray:

@@ -14,18 +14,19 @@ import time
 import numpy as np
 import pytest
 from conftest import address_space_limit
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck
+from hypothesis import given
+from hypothesis import settings
 from hypothesis import strategies as st
 
-from bouquet.codecs import (
-    STCCompressor,
-    TernaryCompressor,
-    TopKCompressor,
-    decode,
-    encode_dense,
-)
+from bouquet.codecs import STCCompressor
+from bouquet.codecs import TernaryCompressor
+from bouquet.codecs import TopKCompressor
+from bouquet.codecs import decode
+from bouquet.codecs import encode_dense
 from bouquet.codecs.packing import POS_CODING_NAMES
-from bouquet.codecs.topk import encode_topk, select_topk
+from bouquet.codecs.topk import encode_topk
+from bouquet.codecs.topk import select_topk
 
 SHAPES = st.lists(st.integers(1, 40), min_size=0, max_size=3).map(tuple)
 FLOAT_DTYPES = st.sampled_from(["float32", "float16", "float64"])

@@ -14,17 +14,19 @@ import contextlib
 import numpy as np
 import pytest
 from conftest import address_space_limit
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck
+from hypothesis import given
+from hypothesis import settings
 from hypothesis import strategies as st
 
-from bouquet.codecs import (
-    STCCompressor,
-    TernaryCompressor,
-    TopKCompressor,
-    decode,
-    kernels,
-)
-from bouquet.codecs.packing import POS_RICE, decode_positions, encode_positions
+from bouquet.codecs import STCCompressor
+from bouquet.codecs import TernaryCompressor
+from bouquet.codecs import TopKCompressor
+from bouquet.codecs import decode
+from bouquet.codecs import kernels
+from bouquet.codecs.packing import POS_RICE
+from bouquet.codecs.packing import decode_positions
+from bouquet.codecs.packing import encode_positions
 
 pytest.importorskip(
     "numba", reason="numba is a declared dependency: `make setup` installs it"

@@ -6,19 +6,18 @@ import struct
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
+from hypothesis import settings
 from hypothesis import strategies as st
 
-from bouquet.codecs import (
-    decode,
-    encode_dense,
-    encode_stc,
-    encode_ternary,
-    encode_topk,
-    parse_stype,
-    select_topk,
-    ternarize,
-)
+from bouquet.codecs import decode
+from bouquet.codecs import encode_dense
+from bouquet.codecs import encode_stc
+from bouquet.codecs import encode_ternary
+from bouquet.codecs import encode_topk
+from bouquet.codecs import parse_stype
+from bouquet.codecs import select_topk
+from bouquet.codecs import ternarize
 from bouquet.codecs.wire import MAGIC
 
 X = np.random.default_rng(0).normal(size=(6, 7)).astype(np.float32)

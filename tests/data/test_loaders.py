@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bouquet.data import DataMissingError, load_dataset, read_idx
+from bouquet.data import DataMissingError
+from bouquet.data import load_dataset
+from bouquet.data import read_idx
 from bouquet.data.loaders import _load_idx_dataset
 
 

@@ -11,16 +11,15 @@ import math
 
 import numpy as np
 import pytest
-from conftest import ROOT, make_reply
+from conftest import ROOT
+from conftest import make_reply
 
 from bouquet import keys
-from bouquet.data.movielens import (
-    group_users,
-    load_movielens,
-    rank_metrics,
-    sample_negatives,
-    temporal_split,
-)
+from bouquet.data.movielens import group_users
+from bouquet.data.movielens import load_movielens
+from bouquet.data.movielens import rank_metrics
+from bouquet.data.movielens import sample_negatives
+from bouquet.data.movielens import temporal_split
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +28,8 @@ def ratings():
 
 
 def _cfg(*overrides: str) -> dict:
-    from hydra import compose, initialize_config_dir
+    from hydra import compose
+    from hydra import initialize_config_dir
     from omegaconf import OmegaConf
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -119,14 +119,12 @@ def test_rank_metrics_by_hand() -> None:
 
 # ------------------------------------------------------------------ client privacy
 def _train_message(arrays: dict[str, np.ndarray], server_round: int):
-    from flwr.app import (
-        Array,
-        ArrayRecord,
-        ConfigRecord,
-        Message,
-        MessageType,
-        RecordDict,
-    )
+    from flwr.app import Array
+    from flwr.app import ArrayRecord
+    from flwr.app import ConfigRecord
+    from flwr.app import Message
+    from flwr.app import MessageType
+    from flwr.app import RecordDict
 
     content = RecordDict(
         {
@@ -143,7 +141,8 @@ def _train_message(arrays: dict[str, np.ndarray], server_round: int):
 def test_user_factors_stay_in_context_state_and_never_in_replies(
     codec: str | None,
 ) -> None:
-    from flwr.app import Context, RecordDict
+    from flwr.app import Context
+    from flwr.app import RecordDict
 
     from bouquet.simulations.methods.experiments import get_experiment
     from bouquet.simulations.run.serverapp import make_client_app
@@ -235,10 +234,14 @@ def test_server_holds_no_ratings_and_no_user_factors() -> None:
 def test_build_strategy_adds_federated_evaluation_and_decoding(
     codec: str | None,
 ) -> None:
-    from flwr.app import Array, ArrayRecord, ConfigRecord, MessageType
+    from flwr.app import Array
+    from flwr.app import ArrayRecord
+    from flwr.app import ConfigRecord
+    from flwr.app import MessageType
 
     from bouquet.simulations.methods.experiments import get_experiment
-    from bouquet.simulations.methods.recsys import FederatedEvaluation, _has_compressed
+    from bouquet.simulations.methods.recsys import FederatedEvaluation
+    from bouquet.simulations.methods.recsys import _has_compressed
     from bouquet.simulations.run.serverapp import build_strategy
 
     cfg = _cfg(

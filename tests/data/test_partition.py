@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bouquet.data import label_histogram, partition_indices, split_server_holdout
+from bouquet.data import label_histogram
+from bouquet.data import partition_indices
+from bouquet.data import split_server_holdout
 
 LABELS = np.repeat(np.arange(10), 100)  # 1,000 samples, 100 per class
 

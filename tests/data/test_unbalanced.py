@@ -5,12 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bouquet.data import (
-    SIZE_RULES,
-    label_histogram,
-    partition_indices,
-    unbalanced_sizes,
-)
+from bouquet.data import SIZE_RULES
+from bouquet.data import label_histogram
+from bouquet.data import partition_indices
+from bouquet.data import unbalanced_sizes
 
 LABELS = np.repeat(np.arange(10), 300)  # 3,000 samples, 300 per class
 
@@ -19,11 +17,9 @@ def _flwr_sizes(rule: str, num_samples: int, num_partitions: int) -> list[int]:
     """The sizes flwr-datasets' own partitioner of ``rule`` gives ``num_samples``
     samples."""
     from datasets import Dataset
-    from flwr_datasets.partitioner import (
-        ExponentialPartitioner,
-        LinearPartitioner,
-        SquarePartitioner,
-    )
+    from flwr_datasets.partitioner import ExponentialPartitioner
+    from flwr_datasets.partitioner import LinearPartitioner
+    from flwr_datasets.partitioner import SquarePartitioner
 
     cls = {
         "exponential": ExponentialPartitioner,

@@ -10,8 +10,11 @@ import ast
 import re
 
 import pytest
-from docs_commands import commands, overrides_of, snippets
-from hydra import compose, initialize_config_module
+from docs_commands import commands
+from docs_commands import overrides_of
+from docs_commands import snippets
+from hydra import compose
+from hydra import initialize_config_module
 from omegaconf import OmegaConf
 
 from bouquet.simulations.config.validate import validate_config

@@ -103,7 +103,9 @@ def test_sliding_window_on_the_learners_in_flowers_engine(tmp_path: Path) -> Non
     engine: every applied scale is the one each learner computed from its own window
     (kept in ``context.state`` on its Ray worker), recomputed here from the staleness in
     metrics.jsonl."""
-    from async_checks import learner_scales, server_scales, update_log
+    from async_checks import learner_scales
+    from async_checks import server_scales
+    from async_checks import update_log
 
     rows = _run_rows(
         [*SLIDING, "strategy.window_side=learner", "strategy.per_node=true"],
@@ -133,7 +135,8 @@ def test_sliding_window_per_node_on_the_server_in_flowers_engine(
     """``window_side=server per_node=true`` through the real loop: each node's update is
     scaled
     against that node's own earlier staleness, not the federation's."""
-    from async_checks import server_scales, update_log
+    from async_checks import server_scales
+    from async_checks import update_log
 
     rows = _run_rows(
         [*SLIDING, "strategy.window_side=server", "strategy.per_node=true"],

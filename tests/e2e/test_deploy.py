@@ -20,9 +20,15 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from deploy.flwrcli import wait_until  # noqa: E402
-from deploy.local import DeployFailed, LocalDeployment, last_exception  # noqa: E402
-from deploy.pki import make_node_key, make_tls  # noqa: E402
-from deploy.processes import ManagedProcess, alive, descendants, flower_env  # noqa: E402
+from deploy.local import DeployFailed  # noqa: E402
+from deploy.local import LocalDeployment  # noqa: E402
+from deploy.local import last_exception  # noqa: E402
+from deploy.pki import make_node_key  # noqa: E402
+from deploy.pki import make_tls  # noqa: E402
+from deploy.processes import ManagedProcess  # noqa: E402
+from deploy.processes import alive  # noqa: E402
+from deploy.processes import descendants  # noqa: E402
+from deploy.processes import flower_env  # noqa: E402
 
 pytestmark = pytest.mark.deploy
 
@@ -286,7 +292,8 @@ def test_async_sliding_window_run(deployment: LocalDeployment, tmp_path: Path) -
     SuperLink: each
     SuperNode keeps its window in ``context.state`` between its ``flwr-clientapp``
     processes."""
-    from async_checks import learner_scales, update_log
+    from async_checks import learner_scales
+    from async_checks import update_log
 
     run_dir = tmp_path / "async"
     # a few tasks per node, so that windows fill

@@ -20,7 +20,8 @@ if str(ROOT) not in sys.path:
 
 from deploy import supernode  # noqa: E402
 from deploy.local import LocalDeployment  # noqa: E402
-from deploy.processes import alive, descendants  # noqa: E402
+from deploy.processes import alive  # noqa: E402
+from deploy.processes import descendants  # noqa: E402
 from deploy.warm_clientapp import WarmClientAppWorker  # noqa: E402
 
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from conftest import run_bouquet_sim
 
-from bouquet.models.early_exit import build_early_exit, depth_names
+from bouquet.models.early_exit import build_early_exit
+from bouquet.models.early_exit import depth_names
 
 
 @pytest.mark.e2e

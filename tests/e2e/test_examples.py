@@ -12,7 +12,8 @@ import subprocess
 from pathlib import Path
 
 from conftest import ROOT
-from flwr_helpers import _flwr, _pids_with_arg
+from flwr_helpers import _flwr
+from flwr_helpers import _pids_with_arg
 
 from deploy.flwrcli import parse_json_output
 from deploy.processes import stop_tree

@@ -21,10 +21,12 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from flwr_helpers import _flwr, _pids_with_arg  # noqa: E402
+from flwr_helpers import _flwr  # noqa: E402
+from flwr_helpers import _pids_with_arg  # noqa: E402
 
 from deploy.flwrcli import parse_json_output  # noqa: E402
-from deploy.processes import alive, stop_tree  # noqa: E402
+from deploy.processes import alive  # noqa: E402
+from deploy.processes import stop_tree  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 
@@ -96,7 +98,8 @@ class _FakeGrid:
 
 
 def _context(run_config: dict, node_config: dict):
-    from flwr.app import Context, RecordDict
+    from flwr.app import Context
+    from flwr.app import RecordDict
 
     return Context(
         run_id=7,
@@ -172,7 +175,8 @@ def test_run_dir_default_is_timestamped_under_cache(
 
 
 def test_wait_for_nodes_fails_clearly() -> None:
-    from bouquet.simulations.run.metering import MeteredGrid, NodesUnavailable
+    from bouquet.simulations.run.metering import MeteredGrid
+    from bouquet.simulations.run.metering import NodesUnavailable
 
     assert (
         MeteredGrid(_FakeGrid([0, 1, 2])).wait_for_nodes(2, timeout_s=5, poll_s=0.01)
@@ -185,18 +189,17 @@ def test_wait_for_nodes_fails_clearly() -> None:
 def test_client_app_trains_through_the_bridge() -> None:
     """The module-level ClientApp answers a train message with the configured client."""
     import numpy as np
-    from flwr.app import (
-        Array,
-        ArrayRecord,
-        ConfigRecord,
-        Message,
-        MessageType,
-        RecordDict,
-    )
+    from flwr.app import Array
+    from flwr.app import ArrayRecord
+    from flwr.app import ConfigRecord
+    from flwr.app import Message
+    from flwr.app import MessageType
+    from flwr.app import RecordDict
 
     from bouquet import keys
     from bouquet.simulations.methods.experiments import get_experiment
-    from bouquet.simulations.run.flower_app import client_app, client_config
+    from bouquet.simulations.run.flower_app import client_app
+    from bouquet.simulations.run.flower_app import client_config
 
     ctx = _context(
         {"overrides": "dataset=digits"}, {"partition-id": 1, "num-partitions": 2}

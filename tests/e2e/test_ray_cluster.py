@@ -13,13 +13,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from conftest import ROOT, run_bouquet_sim
+from conftest import ROOT
+from conftest import run_bouquet_sim
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from deploy.flwrcli import free_port  # noqa: E402
-from deploy.processes import ManagedProcess, alive, descendants, flower_env, stop_tree  # noqa: E402
+from deploy.processes import ManagedProcess  # noqa: E402
+from deploy.processes import alive  # noqa: E402
+from deploy.processes import descendants  # noqa: E402
+from deploy.processes import flower_env  # noqa: E402
+from deploy.processes import stop_tree  # noqa: E402
 
 
 def _port_open(port: int) -> bool:

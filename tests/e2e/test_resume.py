@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_bouquet_sim
+from conftest import ROOT
+from conftest import run_bouquet_sim
 
 from bouquet.simulations.run.checkpoint import load_checkpoint
 from bouquet.simulations.run.results import read_rows

@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_bouquet_sim
+from conftest import ROOT
+from conftest import run_bouquet_sim
 
 pytestmark = pytest.mark.e2e
 

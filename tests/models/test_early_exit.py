@@ -7,21 +7,22 @@ import json
 import numpy as np
 import pytest
 import torch
-from flwr.app import Context, RecordDict
+from flwr.app import Context
+from flwr.app import RecordDict
 
 from bouquet import keys
 from bouquet.clients.early_exit import EarlyExitClient
-from bouquet.models.early_exit import (
-    EarlyExitNet,
-    build_early_exit,
-    depth_names,
-    evaluate_exits,
-    exit_macs,
-    multi_exit_loss,
-    name_depth,
-)
-from bouquet.models.nas import Architecture, make_space
-from bouquet.models.training import get_weights, set_weights
+from bouquet.models.early_exit import EarlyExitNet
+from bouquet.models.early_exit import build_early_exit
+from bouquet.models.early_exit import depth_names
+from bouquet.models.early_exit import evaluate_exits
+from bouquet.models.early_exit import exit_macs
+from bouquet.models.early_exit import multi_exit_loss
+from bouquet.models.early_exit import name_depth
+from bouquet.models.nas import Architecture
+from bouquet.models.nas import make_space
+from bouquet.models.training import get_weights
+from bouquet.models.training import set_weights
 from bouquet.simulations.methods.early_exit import best_exit
 
 
@@ -173,8 +174,11 @@ def test_exit_cost_grows_with_depth_for_every_network_in_the_space():
     heads."""
     import itertools
 
-    from bouquet.models.early_exit import EarlyExitNet, exit_macs, exit_params
-    from bouquet.models.nas import Architecture, make_space
+    from bouquet.models.early_exit import EarlyExitNet
+    from bouquet.models.early_exit import exit_macs
+    from bouquet.models.early_exit import exit_params
+    from bouquet.models.nas import Architecture
+    from bouquet.models.nas import make_space
 
     for shape in [(1, 28, 28), (1, 8, 8)]:
         space = make_space(shape, 10)

@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from bouquet.models.nas import (
-    Architecture,
-    SuperNet,
-    baseline_architecture,
-    count_params,
-    make_space,
-    make_stage,
-    search_space_size,
-)
-from bouquet.models.nas_controller import Controller, Reinforce, size_reward
+from bouquet.models.nas import Architecture
+from bouquet.models.nas import SuperNet
+from bouquet.models.nas import baseline_architecture
+from bouquet.models.nas import count_params
+from bouquet.models.nas import make_space
+from bouquet.models.nas import make_stage
+from bouquet.models.nas import search_space_size
+from bouquet.models.nas_controller import Controller
+from bouquet.models.nas_controller import Reinforce
+from bouquet.models.nas_controller import size_reward
 
 
 def test_search_space_count_and_pools():
@@ -40,7 +40,8 @@ def test_space_rejects_one_family_and_bad_widths():
 
 
 def test_candidates_are_torchvision_blocks_and_every_network_runs():
-    from torchvision.models.resnet import BasicBlock, Bottleneck
+    from torchvision.models.resnet import BasicBlock
+    from torchvision.models.resnet import Bottleneck
 
     space = make_space((1, 8, 8), 10)
     assert isinstance(make_stage(space, 0, "basicx2")[1], BasicBlock)
@@ -167,11 +168,9 @@ def test_beta_changes_which_network_wins():
 
 
 def test_search_reward_prices_the_early_exit_models_costs():
-    from bouquet.simulations.methods.search import (
-        Search,
-        network_costs,
-        search_settings,
-    )
+    from bouquet.simulations.methods.search import Search
+    from bouquet.simulations.methods.search import network_costs
+    from bouquet.simulations.methods.search import search_settings
 
     space = make_space((1, 8, 8), 10)
     rng = np.random.default_rng(0)

@@ -26,17 +26,15 @@ import numpy as np
 import pytest
 
 from bouquet.simulations.run import checkpoint_format as fmt
-from bouquet.simulations.run.checkpoint import (
-    CHECKPOINT,
-    PREVIOUS,
-    CheckpointError,
-    load_checkpoint,
-    load_strategy_state,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-    strategy_state,
-)
+from bouquet.simulations.run.checkpoint import CHECKPOINT
+from bouquet.simulations.run.checkpoint import PREVIOUS
+from bouquet.simulations.run.checkpoint import CheckpointError
+from bouquet.simulations.run.checkpoint import load_checkpoint
+from bouquet.simulations.run.checkpoint import load_strategy_state
+from bouquet.simulations.run.checkpoint import rng_state
+from bouquet.simulations.run.checkpoint import save_checkpoint
+from bouquet.simulations.run.checkpoint import set_rng_state
+from bouquet.simulations.run.checkpoint import strategy_state
 from bouquet.simulations.run.resume import check_resume
 
 LEGACY_MAGIC = b"BOUQUET-CKPT-1\n"  # the header of the old checkpoint.pkl
@@ -451,7 +449,9 @@ def test_rng_states_round_trip() -> None:
 
 # ---------------------------------------------- every strategy state checkpointed today
 def _async_states() -> list[Any]:
-    from async_grid import FakeGrid, learner_reports, run_async
+    from async_grid import FakeGrid
+    from async_grid import learner_reports
+    from async_grid import run_async
 
     from bouquet.strategies.async_fedavg import AsyncFedAvg
 
@@ -505,14 +505,14 @@ def _async_states() -> list[Any]:
 def _chain_factories() -> list[Any]:
     """Builders of the chains bouquet-sim builds (ReplyGuard innermost, then Compressed,
     ServerAdjusted)."""
-    from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
+    from flwr.serverapp.strategy import FedAdam
+    from flwr.serverapp.strategy import FedAvg
+    from flwr.serverapp.strategy import FedProx
 
-    from bouquet.strategies import (
-        Compressed,
-        ReplyGuard,
-        ServerAdjusted,
-        ServerMomentum,
-    )
+    from bouquet.strategies import Compressed
+    from bouquet.strategies import ReplyGuard
+    from bouquet.strategies import ServerAdjusted
+    from bouquet.strategies import ServerMomentum
     from bouquet.strategies.depth_fedavg import DepthFedAvg
     from bouquet.strategies.kl_weighted import KLWeightedFedAvg
 
@@ -538,7 +538,9 @@ def _chain_factories() -> list[Any]:
 def _two_rounds(chain: Any) -> Any:
     """Two rounds of one reply, so that moments, momentum and references hold arrays."""
     from conftest import make_reply
-    from flwr.app import Array, ArrayRecord, ConfigRecord
+    from flwr.app import Array
+    from flwr.app import ArrayRecord
+    from flwr.app import ConfigRecord
 
     class _Grid:
         def get_node_ids(self) -> list[int]:

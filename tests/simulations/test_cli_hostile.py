@@ -128,7 +128,8 @@ def test_resume_into_a_missing_directory_or_a_file(
 
 
 def _composed(*overrides: str) -> dict:
-    from hydra import compose, initialize_config_module
+    from hydra import compose
+    from hydra import initialize_config_module
     from omegaconf import OmegaConf
 
     with initialize_config_module("bouquet.conf", version_base="1.3"):
@@ -377,7 +378,8 @@ def test_every_key_the_server_writes_is_refused() -> None:
     """The table follows bouquet.keys: every key the strategies write into a train
     config."""
     from bouquet import keys
-    from bouquet.simulations.config.values import SERVER_SET_KEYS, check_train_config
+    from bouquet.simulations.config.values import SERVER_SET_KEYS
+    from bouquet.simulations.config.values import check_train_config
 
     written = {
         keys.SERVER_ROUND,

@@ -23,18 +23,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from composition_matrix import (
-    AXES,
-    COMBOS,
-    NUM_NODES,
-    VALUES,
-    Combo,
-    Outcome,
-    assembled,
-    composed,
-    run_round,
-    verdict_or_skip,
-)
+from composition_matrix import AXES
+from composition_matrix import COMBOS
+from composition_matrix import NUM_NODES
+from composition_matrix import VALUES
+from composition_matrix import Combo
+from composition_matrix import Outcome
+from composition_matrix import assembled
+from composition_matrix import composed
+from composition_matrix import run_round
+from composition_matrix import verdict_or_skip
 from flwr.app import Array
 from inprocess_grid import Delivery
 
@@ -42,7 +40,8 @@ from bouquet import keys
 from bouquet.clients.compressed import is_statistic
 from bouquet.codecs import decode
 from bouquet.strategies.compressed import Compressed
-from bouquet.strategies.depth_math import name_depths, submodel_names
+from bouquet.strategies.depth_math import name_depths
+from bouquet.strategies.depth_math import submodel_names
 from bouquet.strategies.wrapper import chain
 
 DENSE = "numpy.ndarray"
@@ -103,7 +102,9 @@ def _reply_as_model(d: Delivery) -> dict[str, Array]:
     the round's shared coordinates) becomes the received model plus those values
     there."""
     from bouquet.codecs.shared_topk import shared_indices
-    from bouquet.keys import SHARED_ARRAY, SHARED_K, SHARED_SEED
+    from bouquet.keys import SHARED_ARRAY
+    from bouquet.keys import SHARED_K
+    from bouquet.keys import SHARED_SEED
 
     if SHARED_ARRAY not in d.reply_arrays:
         return dict(d.reply_arrays)
@@ -190,7 +191,8 @@ def shared_support_uploads(o: Outcome) -> str | None:
     quarter of the model); ``SharedSupport`` rebuilt them; the nodes keep their
     residual."""
     from bouquet.clients.shared_topk import RESIDUAL
-    from bouquet.keys import SHARED_ARRAY, SHARED_K
+    from bouquet.keys import SHARED_ARRAY
+    from bouquet.keys import SHARED_K
     from bouquet.strategies.privacy_secagg import SharedSupport
 
     for d in _train(o):

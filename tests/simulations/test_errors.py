@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from flwr.app import Context, RecordDict
+from flwr.app import Context
+from flwr.app import RecordDict
 
 from bouquet.simulations.run import flower_app
 from bouquet.simulations.run import main as sim_main

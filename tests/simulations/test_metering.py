@@ -5,9 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import make_reply
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import Array
+from flwr.app import ArrayRecord
+from flwr.app import ConfigRecord
+from flwr.app import Message
+from flwr.app import MessageType
+from flwr.app import RecordDict
 
-from bouquet.simulations.run.metering import MeteredGrid, message_array_bytes
+from bouquet.simulations.run.metering import MeteredGrid
+from bouquet.simulations.run.metering import message_array_bytes
 
 
 class FakeGrid:

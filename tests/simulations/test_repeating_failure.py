@@ -6,10 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from flwr.app import ArrayRecord, Error, Message
+from flwr.app import ArrayRecord
+from flwr.app import Error
+from flwr.app import Message
 
-from bouquet.simulations.run.metering import MeteredGrid, Period
-from bouquet.simulations.run.results import RunFailed, RunRecorder, repeating_failure
+from bouquet.simulations.run.metering import MeteredGrid
+from bouquet.simulations.run.metering import Period
+from bouquet.simulations.run.results import RunFailed
+from bouquet.simulations.run.results import RunRecorder
+from bouquet.simulations.run.results import repeating_failure
 
 
 def _period(ok: int, reasons: list[str], failed: int | None = None) -> Period:

@@ -9,16 +9,15 @@ import numpy as np
 import pytest
 from conftest import make_reply
 
-from bouquet.simulations.run.checkpoint import (
-    CHECKPOINT,
-    PREVIOUS,
-    CheckpointError,
-    load_checkpoint,
-    load_strategy_state,
-    save_checkpoint,
-    strategy_state,
-)
-from bouquet.simulations.run.metering import MeteredGrid, NodesUnavailable
+from bouquet.simulations.run.checkpoint import CHECKPOINT
+from bouquet.simulations.run.checkpoint import PREVIOUS
+from bouquet.simulations.run.checkpoint import CheckpointError
+from bouquet.simulations.run.checkpoint import load_checkpoint
+from bouquet.simulations.run.checkpoint import load_strategy_state
+from bouquet.simulations.run.checkpoint import save_checkpoint
+from bouquet.simulations.run.checkpoint import strategy_state
+from bouquet.simulations.run.metering import MeteredGrid
+from bouquet.simulations.run.metering import NodesUnavailable
 from bouquet.simulations.run.resume import config_differences
 
 BASE = ["dataset=digits", "simulation.num_clients=3", "client.lr=0.05"]
@@ -52,7 +51,9 @@ def test_config_differences_name_the_keys() -> None:
 
 
 def test_fedadam_state_round_trip() -> None:
-    from flwr.app import Array, ArrayRecord, ConfigRecord
+    from flwr.app import Array
+    from flwr.app import ArrayRecord
+    from flwr.app import ConfigRecord
     from flwr.serverapp.strategy import FedAdam
 
     class _Grid:
@@ -97,7 +98,8 @@ class _Crash(BaseException):
 
 
 def _async_cfg(*extra: str) -> dict:
-    from hydra import compose, initialize_config_module
+    from hydra import compose
+    from hydra import initialize_config_module
     from omegaconf import OmegaConf
 
     with initialize_config_module("bouquet.conf", version_base="1.3"):
@@ -130,7 +132,8 @@ def test_async_run_resumes_where_its_checkpoint_left_off(
     uninterrupted one."""
     from inprocess_grid import InProcessGrid
 
-    from bouquet.simulations.run import checkpoint, results
+    from bouquet.simulations.run import checkpoint
+    from bouquet.simulations.run import results
     from bouquet.simulations.run import serverapp as server
     from bouquet.simulations.run.results import read_rows
 

@@ -6,14 +6,13 @@ from __future__ import annotations
 import pytest
 import tomllib
 from conftest import ROOT
-from flwr.app import Context, RecordDict
+from flwr.app import Context
+from flwr.app import RecordDict
 
-from bouquet.simulations.run.flower_app import (
-    RUN_CONFIG_KEYS,
-    compose_config,
-    follow_federation_size,
-    run_config_overrides,
-)
+from bouquet.simulations.run.flower_app import RUN_CONFIG_KEYS
+from bouquet.simulations.run.flower_app import compose_config
+from bouquet.simulations.run.flower_app import follow_federation_size
+from bouquet.simulations.run.flower_app import run_config_overrides
 
 
 def _context(run_config: dict) -> Context:

@@ -13,12 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hydra import compose, initialize_config_module
+from hydra import compose
+from hydra import initialize_config_module
 from omegaconf import OmegaConf
 
 from bouquet.simulations.config.checks import interval
-from bouquet.simulations.config.schema import GROUPS, ROOT, TASKS, Key
-from bouquet.simulations.config.schema_doc import markdown, readme_section, yaml_values
+from bouquet.simulations.config.schema import GROUPS
+from bouquet.simulations.config.schema import ROOT
+from bouquet.simulations.config.schema import TASKS
+from bouquet.simulations.config.schema_doc import markdown
+from bouquet.simulations.config.schema_doc import readme_section
+from bouquet.simulations.config.schema_doc import yaml_values
+from bouquet.simulations.config.schema_keys import Key
 from bouquet.simulations.config.validate import validate_config
 from bouquet.simulations.run import main as sim_main
 

@@ -1,11 +1,19 @@
 """ClientApp: Flower's quickstart shape; bouquet's compression_mod compresses the train
 reply."""
 
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord
+from flwr.app import Context
+from flwr.app import Message
+from flwr.app import MetricRecord
+from flwr.app import RecordDict
 from flwr.clientapp import ClientApp
 
-from bouquet.clients import compression_mod, downlink_mod
-from quickstart_compressed.task import Net, histogram, load_data, train
+from bouquet.clients import compression_mod
+from bouquet.clients import downlink_mod
+from quickstart_compressed.task import Net
+from quickstart_compressed.task import histogram
+from quickstart_compressed.task import load_data
+from quickstart_compressed.task import train
 
 # downlink_mod rebuilds the model from the server's compressed broadcast (outermost,
 # first); compression_mod uploads the top-5% of every tensor's update, error feedback in

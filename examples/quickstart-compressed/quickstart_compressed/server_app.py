@@ -4,17 +4,21 @@ global model broadcast compressed (both directions)."""
 
 import json
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
-from flwr.serverapp import Grid, ServerApp
+from flwr.app import ArrayRecord
+from flwr.app import ConfigRecord
+from flwr.app import Context
+from flwr.app import MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp import ServerApp
 
-from bouquet.strategies import (
-    Compressed,
-    CompressedDownlink,
-    KLWeightedFedAvg,
-    ReplyGuard,
-    scalar_metrics_mean,
-)
-from quickstart_compressed.task import Net, evaluate, test_data
+from bouquet.strategies import Compressed
+from bouquet.strategies import CompressedDownlink
+from bouquet.strategies import KLWeightedFedAvg
+from bouquet.strategies import ReplyGuard
+from bouquet.strategies import scalar_metrics_mean
+from quickstart_compressed.task import Net
+from quickstart_compressed.task import evaluate
+from quickstart_compressed.task import test_data
 
 app = ServerApp()
 

@@ -6,7 +6,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from bouquet.data import label_histogram, load_dataset, partition_indices
+from bouquet.data import label_histogram
+from bouquet.data import load_dataset
+from bouquet.data import partition_indices
 
 
 class Net(nn.Module):
