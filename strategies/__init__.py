@@ -9,7 +9,8 @@ from bouquet.strategies.downlink import CompressedDownlink
 from bouquet.strategies.guard import ReplyGuard
 from bouquet.strategies.kl_weighted import KLWeightedFedAvg
 from bouquet.strategies.metrics import scalar_metrics_mean
-from bouquet.strategies.reports import inner_report, merge_reports
+from bouquet.strategies.reports import inner_report
+from bouquet.strategies.reports import merge_reports
 from bouquet.strategies.round_offset import RoundOffset
 from bouquet.strategies.server_adjusted import ServerAdjusted
 from bouquet.strategies.server_momentum import ServerMomentum

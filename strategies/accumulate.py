@@ -17,8 +17,11 @@ from flwr.app import Array
 
 from bouquet.codecs import Decoded
 from bouquet.codecs.kernels import SparseSum
-from bouquet.codecs.npy import npy_bytes, npy_header
-from bouquet.strategies.decoding import DENSE_STYPE, aggregate_dtype, dense_view
+from bouquet.codecs.npy import npy_bytes
+from bouquet.codecs.npy import npy_header
+from bouquet.strategies.decoding import DENSE_STYPE
+from bouquet.strategies.decoding import aggregate_dtype
+from bouquet.strategies.decoding import dense_view
 
 
 class Accumulator:

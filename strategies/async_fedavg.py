@@ -84,28 +84,36 @@ loop's per-node steps a collaborator
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord
+from flwr.app import ConfigRecord
+from flwr.app import Message
+from flwr.app import MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Result, Strategy
+from flwr.serverapp.strategy import Result
+from flwr.serverapp.strategy import Strategy
 
 from bouquet.staleness_window import DEFAULT_WINDOW
-from bouquet.strategies.async_messages import Decoder, train_message
+from bouquet.strategies.async_messages import Decoder
+from bouquet.strategies.async_messages import train_message
 from bouquet.strategies.async_nodes import NodeSteps
-from bouquet.strategies.async_rules import (
-    LEARNER_RATES,
-    WINDOW_SIDES,
-    AsyncSettings,
-    buffered_step,
-    mix,
-    show_settings,
-)
+from bouquet.strategies.async_rules import LEARNER_RATES
+from bouquet.strategies.async_rules import WINDOW_SIDES
+from bouquet.strategies.async_rules import AsyncSettings
+from bouquet.strategies.async_rules import buffered_step
+from bouquet.strategies.async_rules import mix
+from bouquet.strategies.async_rules import show_settings
 from bouquet.strategies.async_run import AsyncRun
-from bouquet.strategies.async_state import AsyncState, split_state
-from bouquet.strategies.staleness import StalenessPolicy, make_policy
+from bouquet.strategies.async_run import EvaluateFn
+from bouquet.strategies.async_run import SaveFn
+from bouquet.strategies.async_state import AsyncState
+from bouquet.strategies.async_state import join_state
+from bouquet.strategies.async_state import split_state
+from bouquet.strategies.staleness import StalenessPolicy
+from bouquet.strategies.staleness import make_policy
 
 __all__ = ["LEARNER_RATES", "WINDOW_SIDES", "AsyncFedAvg", "buffered_step", "mix"]
 
@@ -230,14 +238,12 @@ class AsyncFedAvg(Strategy):
         self.decoder = decoder
         self.recorder: Any = None
         self.state = AsyncState()
-        self._steps = (
-            self._node_steps()
-        )  # built again for each run (start() starts a new state)
-        self.checkpoint: Callable[[int, dict[str, Any]], None] | None = None
+        # built again for each run (start() starts a new state)
+        self._steps = self._node_steps()
+        self.checkpoint: SaveFn | None = None
         self.checkpoint_every = 0
-        self._resume: dict[str, Any] | None = (
-            None  # set by load_state_dict, used by the next start()
-        )
+        # set by load_state_dict, used by the next start()
+        self._resume: dict[str, Any] | None = None
 
     def _node_steps(self) -> NodeSteps:
         """The per-node steps of a run on ``self.state`` (with the decoder set now)."""
@@ -277,9 +283,7 @@ class AsyncFedAvg(Strategy):
         self.recorder = recorder
         return self
 
-    def bind_checkpoint(
-        self, save: Callable[[int, dict[str, Any]], None] | None, every: int
-    ) -> AsyncFedAvg:
+    def bind_checkpoint(self, save: SaveFn | None, every: int) -> AsyncFedAvg:
         """Call ``save(updates, arrays)`` every ``every`` applied updates and at the end
         (0: never)."""
         if isinstance(every, bool) or not isinstance(every, int) or every < 0:
@@ -293,10 +297,7 @@ class AsyncFedAvg(Strategy):
     def state_dict(self) -> dict[str, Any]:
         """The run's state without the model, as plain data (see the module
         docstring)."""
-        return {
-            "run": self.state.state_dict(),
-            "policy": {"name": self.policy.name, **self.policy.state_dict()},
-        }
+        return join_state(self.state, self.policy)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue the run of :meth:`state_dict` at the next :meth:`start` (see the
@@ -354,7 +355,7 @@ class AsyncFedAvg(Strategy):
         timeout: float = 3600,
         train_config: ConfigRecord | None = None,
         evaluate_config: ConfigRecord | None = None,
-        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+        evaluate_fn: EvaluateFn | None = None,
     ) -> Result:
         """Run asynchronous training on ``grid`` until a stop condition holds (or
         continue the run loaded by :meth:`load_state_dict`, ``initial_arrays`` being its

@@ -13,15 +13,22 @@ and of the model's shapes).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord
+from flwr.app import ConfigRecord
+from flwr.app import Message
+from flwr.app import MessageType
+from flwr.app import RecordDict
 
 from bouquet import keys
 from bouquet.strategies.async_rules import Arrays
-from bouquet.strategies.decoding import DENSE_STYPE, decode_update, dense_view
+from bouquet.strategies.decoding import DENSE_STYPE
+from bouquet.strategies.decoding import decode_update
+from bouquet.strategies.decoding import dense_view
 from bouquet.strategies.dense_checks import check_dense_reply
 
 Decoder = Callable[[ArrayRecord, Arrays], Arrays]

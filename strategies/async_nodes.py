@@ -18,20 +18,22 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import KW_ONLY, dataclass
+from dataclasses import KW_ONLY
+from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import ConfigRecord, Message
+from flwr.app import ConfigRecord
+from flwr.app import Message
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from bouquet.strategies.async_messages import (
-    Decoder,
-    reply_update,
-    reported_scale,
-    train_message,
-)
-from bouquet.strategies.async_rules import AsyncSettings, buffered_step, mix
+from bouquet.strategies.async_messages import Decoder
+from bouquet.strategies.async_messages import reply_update
+from bouquet.strategies.async_messages import reported_scale
+from bouquet.strategies.async_messages import train_message
+from bouquet.strategies.async_rules import AsyncSettings
+from bouquet.strategies.async_rules import buffered_step
+from bouquet.strategies.async_rules import mix
 from bouquet.strategies.async_state import AsyncState
 from bouquet.strategies.reports import truncate_reason
 from bouquet.strategies.screening import node_label

@@ -13,8 +13,10 @@ impossible ones (``window_side`` in :data:`WINDOW_SIDES`, ``learner_rate`` in
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from dataclasses import fields
+from typing import Any
+from typing import TypeVar
 
 import numpy as np
 

@@ -17,13 +17,18 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+from flwr.app import ArrayRecord
+from flwr.app import ConfigRecord
+from flwr.app import MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 
-from bouquet.strategies.async_nodes import NodeSteps, wait_for_nodes
-from bouquet.strategies.async_rules import AsyncSettings, plateau_evaluations, plateaued
+from bouquet.strategies.async_nodes import NodeSteps
+from bouquet.strategies.async_nodes import wait_for_nodes
+from bouquet.strategies.async_rules import AsyncSettings
+from bouquet.strategies.async_rules import plateau_evaluations
+from bouquet.strategies.async_rules import plateaued
 from bouquet.strategies.async_state import AsyncState
 
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]

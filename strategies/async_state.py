@@ -21,11 +21,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord
+from flwr.app import Array
+from flwr.app import ArrayRecord
 
 from bouquet.strategies.async_messages import InFlight
 from bouquet.strategies.async_rules import Arrays
-from bouquet.strategies.reports import CLIENTS_DROPPED, DROP_REASONS
+from bouquet.strategies.reports import CLIENTS_DROPPED
+from bouquet.strategies.reports import DROP_REASONS
+from bouquet.strategies.staleness import StalenessPolicy
 
 
 class AsyncState:
@@ -235,6 +238,15 @@ class AsyncState:
         needed = {f.version for f in self.inflight.values()} | {self.version}
         for v in [v for v in self.snapshots if v not in needed]:
             del self.snapshots[v]
+
+
+def join_state(state: AsyncState, policy: StalenessPolicy) -> dict[str, Any]:
+    """An :class:`~bouquet.strategies.async_fedavg.AsyncFedAvg` ``state_dict()``: the
+    run's state and the policy's, as plain data (what :func:`split_state` parts)."""
+    return {
+        "run": state.state_dict(),
+        "policy": {"name": policy.name, **policy.state_dict()},
+    }
 
 
 def split_state(state: Any, policy_name: str) -> tuple[dict[str, Any], dict[str, Any]]:

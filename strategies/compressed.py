@@ -68,50 +68,47 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord
+from flwr.app import ConfigRecord
+from flwr.app import Message
+from flwr.app import MetricRecord
+from flwr.app import RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from bouquet.strategies.accumulate import npy_array
 from bouquet.strategies.client_errors import log_client_error
-from bouquet.strategies.decoding import (
-    DENSE_STYPE,
-    aggregate_dtype,
-    check_overflow,
-    check_record,
-    decode_record,
-    dense_view,
-    finite_or_drop,
-    read_dense_alone,
-    reference_arrays,
-    single_array_record,
-)
-from bouquet.strategies.hooks import ValidatesMetrics, weighted_mean_chain
-from bouquet.strategies.reports import (
-    BYTES_UP,
-    CLIENTS_DROPPED,
-    DENSE_BYTES,
-    DROP_REASONS,
-    DROPPED,
-    exception_reason,
-    payload_bytes,
-    truncate_reason,
-)
-from bouquet.strategies.screening import (
-    SentMessages,
-    majority_layout,
-    node_label,
-    reply_weight,
-    shared_metrics,
-)
+from bouquet.strategies.decoding import DENSE_STYPE
+from bouquet.strategies.decoding import aggregate_dtype
+from bouquet.strategies.decoding import check_overflow
+from bouquet.strategies.decoding import check_record
+from bouquet.strategies.decoding import decode_record
+from bouquet.strategies.decoding import dense_view
+from bouquet.strategies.decoding import finite_or_drop
+from bouquet.strategies.decoding import read_dense_alone
+from bouquet.strategies.decoding import reference_arrays
+from bouquet.strategies.decoding import single_array_record
+from bouquet.strategies.hooks import ValidatesMetrics
+from bouquet.strategies.hooks import weighted_mean_chain
+from bouquet.strategies.reports import BYTES_UP
+from bouquet.strategies.reports import CLIENTS_DROPPED
+from bouquet.strategies.reports import DENSE_BYTES
+from bouquet.strategies.reports import DROP_REASONS
+from bouquet.strategies.reports import DROPPED
+from bouquet.strategies.reports import exception_reason
+from bouquet.strategies.reports import payload_bytes
+from bouquet.strategies.reports import truncate_reason
+from bouquet.strategies.screening import SentMessages
+from bouquet.strategies.screening import majority_layout
+from bouquet.strategies.screening import node_label
+from bouquet.strategies.screening import reply_weight
+from bouquet.strategies.screening import shared_metrics
 from bouquet.strategies.sparse_mean import SparseWeightedMean
-from bouquet.strategies.wrapper import (
-    StrategyWrapper,
-    nested,
-    refuse_byte_models,
-    weight_key_of,
-)
+from bouquet.strategies.wrapper import StrategyWrapper
+from bouquet.strategies.wrapper import nested
+from bouquet.strategies.wrapper import refuse_byte_models
+from bouquet.strategies.wrapper import weight_key_of
 
 __all__ = ["Compressed"]
 

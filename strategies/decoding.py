@@ -30,9 +30,13 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, RecordDict
+from flwr.app import Array
+from flwr.app import ArrayRecord
+from flwr.app import RecordDict
 
-from bouquet.codecs import Decoded, decode, is_bouquet_stype
+from bouquet.codecs import Decoded
+from bouquet.codecs import decode
+from bouquet.codecs import is_bouquet_stype
 from bouquet.codecs.npy import read_npy
 from bouquet.codecs.wire import finite_or_raise
 from bouquet.strategies.screening import reply_weight

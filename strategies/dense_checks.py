@@ -13,10 +13,15 @@ value is finite, to an integer or bool dtype when every value survives unchanged
 from __future__ import annotations
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message, RecordDict
+from flwr.app import Array
+from flwr.app import ArrayRecord
+from flwr.app import Message
+from flwr.app import RecordDict
 
 from bouquet.codecs.wire import sum_squares
-from bouquet.strategies.decoding import check_record, dense_view, single_array_record
+from bouquet.strategies.decoding import check_record
+from bouquet.strategies.decoding import dense_view
+from bouquet.strategies.decoding import single_array_record
 from bouquet.strategies.reports import exception_reason
 from bouquet.strategies.screening import reply_weight
 

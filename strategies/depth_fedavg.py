@@ -45,34 +45,31 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from flwr.app import (
-    Array,
-    ArrayRecord,
-    ConfigRecord,
-    Message,
-    MessageType,
-    MetricRecord,
-    RecordDict,
-)
+from flwr.app import Array
+from flwr.app import ArrayRecord
+from flwr.app import ConfigRecord
+from flwr.app import Message
+from flwr.app import MessageType
+from flwr.app import MetricRecord
+from flwr.app import RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from bouquet import keys
-from bouquet.strategies.depth_math import (
-    DEFAULT_DEPTH_PATTERN,
-    aggregate_by_name,
-    check_depth_settings,
-    name_depths,
-    node_info,
-    submodel_arrays,
-    submodel_depth,
-    submodel_names,
-)
+from bouquet.strategies.depth_math import DEFAULT_DEPTH_PATTERN
+from bouquet.strategies.depth_math import aggregate_by_name
+from bouquet.strategies.depth_math import check_depth_settings
+from bouquet.strategies.depth_math import name_depths
+from bouquet.strategies.depth_math import node_info
+from bouquet.strategies.depth_math import submodel_arrays
+from bouquet.strategies.depth_math import submodel_depth
+from bouquet.strategies.depth_math import submodel_names
 from bouquet.strategies.reports import truncate_reason
 from bouquet.strategies.screening import node_label
 

@@ -11,10 +11,12 @@ refuses impossible settings. No state: tests call these directly.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
+from collections.abc import Sequence
 
 import numpy as np
-from flwr.app import ArrayRecord, Message
+from flwr.app import ArrayRecord
+from flwr.app import Message
 
 from bouquet import keys
 

@@ -65,7 +65,12 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array
+from flwr.app import ArrayRecord
+from flwr.app import ConfigRecord
+from flwr.app import Message
+from flwr.app import MetricRecord
+from flwr.app import RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
@@ -73,21 +78,20 @@ from flwr.serverapp.strategy import Strategy
 from bouquet import keys
 from bouquet.codecs import UpdateCompressor
 from bouquet.strategies.client_errors import log_client_error
-from bouquet.strategies.decoding import DENSE_STYPE
-from bouquet.strategies.downlink_model import (
-    HeldModel,
-    broadcast_key,
-    downlink_compressor,
-    onto_server_model,
-    step_record,
-    step_record_key,
-)
-from bouquet.strategies.reports import CLIENTS_DROPPED, DROP_REASONS, truncate_reason
-from bouquet.strategies.wrapper import StrategyWrapper, chain
+from bouquet.strategies.downlink_model import HeldModel
+from bouquet.strategies.downlink_model import broadcast_key
+from bouquet.strategies.downlink_model import downlink_compressor
+from bouquet.strategies.downlink_model import step_record
+from bouquet.strategies.downlink_model import step_record_key
+from bouquet.strategies.downlink_model import strip_reply
+from bouquet.strategies.reports import CLIENTS_DROPPED
+from bouquet.strategies.reports import DROP_REASONS
+from bouquet.strategies.reports import truncate_reason
+from bouquet.strategies.wrapper import StrategyWrapper
+from bouquet.strategies.wrapper import chain
 
-RESYNC = (
-    keys.DOWNLINK_RESYNC
-)  # marker in a client error reason: it could not rebuild the model
+# marker in a client error reason: it could not rebuild the model
+RESYNC = keys.DOWNLINK_RESYNC
 
 
 # per-round counters of the broadcast (reset by every configure_train)
@@ -273,8 +277,8 @@ class CompressedDownlink(StrategyWrapper):
             else:
                 log_client_error("CompressedDownlink", node, reason, self._explained)
             return msg
-        if sent is None:
-            return self._strip(msg)  # not ours to judge: the inner strategy decides
+        if sent is None:  # not ours to judge: the inner strategy decides
+            return strip_reply(msg, self._held)
         version, digest, dense = sent
         record = msg.content.config_records.get(keys.DOWNLINK)
         got = record.get("digest") if record is not None else None
@@ -285,11 +289,10 @@ class CompressedDownlink(StrategyWrapper):
                     log(
                         logging.WARNING,
                         "CompressedDownlink: node %s replies without a downlink "
-                        "digest (no "
-                        "downlink_mod?): it gets the model dense",
+                        "digest (no downlink_mod?): it gets the model dense",
                         node,
                     )
-                return self._strip(msg)
+                return strip_reply(msg, self._held)
             self._drop(
                 node,
                 "no downlink digest in a reply to compressed steps (is downlink_mod "
@@ -309,7 +312,7 @@ class CompressedDownlink(StrategyWrapper):
             )
             return None
         self._nodes[node] = version
-        return self._strip(msg)
+        return strip_reply(msg, self._held)
 
     def _mismatch(self, node: int, why: str) -> None:
         self._round["mismatches"] += 1
@@ -332,26 +335,6 @@ class CompressedDownlink(StrategyWrapper):
             reason,
         )
         self._dropped.append(f"node {node}: {reason}")
-
-    def _strip(self, msg: Message) -> Message:
-        """The reply without the downlink record, dense arrays moved onto the server's
-        model."""
-        content = RecordDict()
-        for key, value in msg.content.items():
-            if key == keys.DOWNLINK:
-                continue
-            if isinstance(value, ArrayRecord):
-                value = self._to_server_model(value)
-            content[key] = value
-        msg.content = content
-        return msg
-
-    def _to_server_model(self, record: ArrayRecord) -> ArrayRecord:
-        """:math:`w_i + (w_t - x_v)` for every dense float array of the right shape
-        (others unchanged: the inner strategy judges them)."""
-        if not any(a.stype == DENSE_STYPE for a in record.values()):
-            return record
-        return onto_server_model(record, self._held.residual())
 
     # ---------------------------------------------------------------- reports and state
     def own_report(self) -> dict[str, Any]:

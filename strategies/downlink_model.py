@@ -13,8 +13,8 @@ adding the decoded step exactly as a client does
 (:func:`bouquet.codecs.sync.apply_decoded`); the history keeps the most recent steps
 whose bytes add up to at most the dense model's. :func:`downlink_compressor` checks (or
 builds) the downlink codec, :func:`onto_server_model` moves a dense reply trained from
-:math:`x_v` onto :math:`w_t`. Formulas and what a node is sent:
-:mod:`bouquet.strategies.downlink`.
+:math:`x_v` onto :math:`w_t` (:func:`strip_reply`: the whole reply). Formulas and what a
+node is sent: :mod:`bouquet.strategies.downlink`.
 """
 
 from __future__ import annotations
@@ -24,15 +24,24 @@ from collections import deque
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, RecordDict
+from flwr.app import Array
+from flwr.app import ArrayRecord
+from flwr.app import Message
+from flwr.app import RecordDict
 from flwr.common.logger import log
 
 from bouquet import keys
-from bouquet.codecs import Encoded, UpdateCompressor, is_statistic, make_compressor
+from bouquet.codecs import Encoded
+from bouquet.codecs import UpdateCompressor
+from bouquet.codecs import is_statistic
+from bouquet.codecs import make_compressor
 from bouquet.codecs.catalog import DOWNLINK_CODECS
 from bouquet.codecs.npy import read_npy
-from bouquet.codecs.sync import apply_decoded, decode_step, model_digest
-from bouquet.strategies.decoding import DENSE_STYPE, reference_arrays
+from bouquet.codecs.sync import apply_decoded
+from bouquet.codecs.sync import decode_step
+from bouquet.codecs.sync import model_digest
+from bouquet.strategies.decoding import DENSE_STYPE
+from bouquet.strategies.decoding import reference_arrays
 
 Step = tuple[int, dict[str, Encoded], int]  # (version, payloads, bytes)
 
@@ -281,3 +290,19 @@ def onto_server_model(
                 np.add(full, res, dtype=np.result_type(full.dtype, res.dtype))
             )
     return ArrayRecord(out)
+
+
+def strip_reply(msg: Message, held: HeldModel) -> Message:
+    """The reply without the downlink record, its dense arrays moved onto the server's
+    model (:func:`onto_server_model`; a record without dense arrays as it came)."""
+    content = RecordDict()
+    for key, value in msg.content.items():
+        if key == keys.DOWNLINK:
+            continue
+        if isinstance(value, ArrayRecord) and any(
+            a.stype == DENSE_STYPE for a in value.values()
+        ):
+            value = onto_server_model(value, held.residual())
+        content[key] = value
+    msg.content = content
+    return msg

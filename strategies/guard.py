@@ -68,47 +68,42 @@ Flower's strategies skip them), so on valid replies of the server's dtypes
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord
+from flwr.app import ConfigRecord
+from flwr.app import Message
+from flwr.app import MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from bouquet.strategies.compressed import Compressed
-from bouquet.strategies.decoding import (
-    finite_or_drop,
-    read_dense_alone,
-    reference_arrays,
-    single_array_record,
-)
-from bouquet.strategies.dense_checks import (
-    checked_arrays,
-    dense_update_norm,
-    with_arrays,
-)
-from bouquet.strategies.hooks import ValidatesArrays, ValidatesMetrics
-from bouquet.strategies.reports import (
-    CLIENTS_DROPPED,
-    DROP_REASONS,
-    exception_reason,
-    truncate_reason,
-)
-from bouquet.strategies.screening import (
-    SentMessages,
-    majority_layout,
-    node_label,
-    reply_weight,
-    shared_metrics,
-)
-from bouquet.strategies.wrapper import (
-    StrategyWrapper,
-    nested,
-    refuse_byte_models,
-    weight_key_of,
-)
+from bouquet.strategies.decoding import finite_or_drop
+from bouquet.strategies.decoding import read_dense_alone
+from bouquet.strategies.decoding import reference_arrays
+from bouquet.strategies.decoding import single_array_record
+from bouquet.strategies.dense_checks import checked_arrays
+from bouquet.strategies.dense_checks import dense_update_norm
+from bouquet.strategies.dense_checks import with_arrays
+from bouquet.strategies.hooks import ValidatesArrays
+from bouquet.strategies.hooks import ValidatesMetrics
+from bouquet.strategies.reports import CLIENTS_DROPPED
+from bouquet.strategies.reports import DROP_REASONS
+from bouquet.strategies.reports import exception_reason
+from bouquet.strategies.reports import truncate_reason
+from bouquet.strategies.screening import SentMessages
+from bouquet.strategies.screening import majority_layout
+from bouquet.strategies.screening import node_label
+from bouquet.strategies.screening import reply_weight
+from bouquet.strategies.screening import shared_metrics
+from bouquet.strategies.wrapper import StrategyWrapper
+from bouquet.strategies.wrapper import nested
+from bouquet.strategies.wrapper import refuse_byte_models
+from bouquet.strategies.wrapper import weight_key_of
 
 logger = logging.getLogger(__name__)
 

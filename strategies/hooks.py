@@ -29,10 +29,13 @@ apply on its behalf :class:`Stateful`         strategies whose state a checkpoin
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
+from typing import Protocol
+from typing import runtime_checkable
 
 from flwr.app import Message
-from flwr.serverapp.strategy import FedAvg, Strategy
+from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import Strategy
 
 # Members that say how a strategy itself aggregates: a wrapper does not inherit them
 # from the strategy it wraps by attribute forwarding (its own aggregate_train may

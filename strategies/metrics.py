@@ -10,7 +10,8 @@ the weighted mean of the scalar metrics, with the same weights as Flower's (the
 
 from __future__ import annotations
 
-from flwr.app import MetricRecord, RecordDict
+from flwr.app import MetricRecord
+from flwr.app import RecordDict
 
 
 def scalar_metrics_mean(

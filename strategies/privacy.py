@@ -51,34 +51,36 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array
+from flwr.app import ArrayRecord
+from flwr.app import ConfigRecord
+from flwr.app import Message
+from flwr.app import MetricRecord
+from flwr.app import RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import (
-    DifferentialPrivacyClientSideAdaptiveClipping,
-    DifferentialPrivacyClientSideFixedClipping,
-    DifferentialPrivacyServerSideAdaptiveClipping,
-    DifferentialPrivacyServerSideFixedClipping,
-    Strategy,
-)
+from flwr.serverapp.strategy import DifferentialPrivacyClientSideAdaptiveClipping
+from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping
+from flwr.serverapp.strategy import DifferentialPrivacyServerSideAdaptiveClipping
+from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
+from flwr.serverapp.strategy import Strategy
 
-from bouquet.strategies.decoding import (
-    DENSE_STYPE,
-    check_record,
-    dense_view,
-    reference_arrays,
-    single_array_record,
-)
+from bouquet.strategies.decoding import DENSE_STYPE
+from bouquet.strategies.decoding import check_record
+from bouquet.strategies.decoding import dense_view
+from bouquet.strategies.decoding import reference_arrays
+from bouquet.strategies.decoding import single_array_record
 from bouquet.strategies.hooks import RoundReporter
-from bouquet.strategies.rdp import RdpLedger, adaptive_release_multiplier
-from bouquet.strategies.reports import (
-    CLIENTS_DROPPED,
-    DROP_REASONS,
-    exception_reason,
-    merge_reports,
-)
+from bouquet.strategies.rdp import RdpLedger
+from bouquet.strategies.rdp import adaptive_release_multiplier
+from bouquet.strategies.reports import CLIENTS_DROPPED
+from bouquet.strategies.reports import DROP_REASONS
+from bouquet.strategies.reports import exception_reason
+from bouquet.strategies.reports import merge_reports
 from bouquet.strategies.screening import node_label
-from bouquet.strategies.wrapper import StrategyWrapper, weight_key_of
+from bouquet.strategies.wrapper import StrategyWrapper
+from bouquet.strategies.wrapper import nested
+from bouquet.strategies.wrapper import weight_key_of
 
 EPSILON = "epsilon"
 CLIPPED = "dp_clipped_server"
@@ -122,9 +124,8 @@ class DPAccountant(StrategyWrapper):
                 f"Clipping wrappers, not {type(strategy).__name__}"
             )
         if isinstance(strategy, ADAPTIVE_CLIPPING):
-            adaptive_release_multiplier(
-                1.0, float(strategy.clipped_count_stddev)
-            )  # refuses a noiseless count
+            # refuses a noiseless count
+            adaptive_release_multiplier(1.0, float(strategy.clipped_count_stddev))
         if (
             isinstance(population_size, bool)
             or not isinstance(population_size, int)
@@ -207,9 +208,8 @@ class DPAccountant(StrategyWrapper):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         self._clipped, self._dropped = 0, []
         dp: Any = self.strategy
-        clip = float(
-            dp.clipping_norm
-        )  # the bound sent this round (an adaptive wrapper moves it after aggregating)
+        # the bound sent this round (an adaptive wrapper moves it after aggregating)
+        clip = float(dp.clipping_norm)
         # Server-side adaptive clipping counts the updates above the bound itself:
         # clipping them first would hide them from that count. It clips every update to
         # the same bound.
@@ -258,9 +258,8 @@ class DPAccountant(StrategyWrapper):
             return arrays, metrics
         k = sum(1 for m in out if not m.has_error())
         z_eff = float(dp.noise_multiplier) * k / max(int(dp.num_sampled_clients), 1)
-        if isinstance(
-            dp, ADAPTIVE_CLIPPING
-        ):  # the clipped count is released on the same sample
+        # the clipped count is released on the same sample
+        if isinstance(dp, ADAPTIVE_CLIPPING):
             z_eff = adaptive_release_multiplier(z_eff, float(dp.clipped_count_stddev))
         q = min(1.0, max(self._sampled, k) / self.population_size)
         self._ledger.compose(q, z_eff)
@@ -285,7 +284,7 @@ class DPAccountant(StrategyWrapper):
     def own_report(self) -> dict[str, Any]:
         # Flower's DP wrapper offers no round_report(): read the reports of the
         # strategies below it.
-        below = [s for s in _below(self.strategy) if isinstance(s, RoundReporter)]
+        below = [s for s in nested(self.strategy)[1:] if isinstance(s, RoundReporter)]
         inner = below[0].round_report() if below else {}
         own: dict[str, Any] = {EPSILON: self.epsilon, CLIPPED: self._clipped}
         if self._dropped:
@@ -367,14 +366,3 @@ class DPAccountant(StrategyWrapper):
             else:
                 content[key] = value
         return Message(metadata=msg.metadata, content=content)  # type: ignore[call-overload]
-
-
-def _below(strategy: Strategy) -> list[Any]:
-    out, seen = [], strategy
-    for _ in range(64):
-        inner = vars(seen).get("strategy") if hasattr(seen, "__dict__") else None
-        if not isinstance(inner, Strategy):
-            break
-        out.append(inner)
-        seen = inner
-    return out

@@ -33,30 +33,35 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import (
-    Array,
-    ArrayRecord,
-    ConfigRecord,
-    Message,
-    MessageType,
-    MetricRecord,
-    RecordDict,
-)
+from flwr.app import Array
+from flwr.app import ArrayRecord
+from flwr.app import ConfigRecord
+from flwr.app import Message
+from flwr.app import MessageType
+from flwr.app import MetricRecord
+from flwr.app import RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, Strategy
+from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import Strategy
 
 from bouquet import keys
-from bouquet.codecs.shared_topk import KEY_BYTES, from_fixed, shared_indices, shared_k
-from bouquet.strategies.decoding import (
-    check_record,
-    dense_view,
-    reference_arrays,
-    single_array_record,
-)
-from bouquet.strategies.reports import CLIENTS_DROPPED, DROP_REASONS, truncate_reason
-from bouquet.strategies.screening import SentMessages, node_label
-from bouquet.strategies.wrapper import StrategyWrapper, innermost, weight_key_of
+from bouquet.codecs.shared_topk import KEY_BYTES
+from bouquet.codecs.shared_topk import from_fixed
+from bouquet.codecs.shared_topk import shared_indices
+from bouquet.codecs.shared_topk import shared_k
+from bouquet.strategies.decoding import check_record
+from bouquet.strategies.decoding import dense_view
+from bouquet.strategies.decoding import reference_arrays
+from bouquet.strategies.decoding import single_array_record
+from bouquet.strategies.reports import CLIENTS_DROPPED
+from bouquet.strategies.reports import DROP_REASONS
+from bouquet.strategies.reports import truncate_reason
+from bouquet.strategies.screening import SentMessages
+from bouquet.strategies.screening import node_label
+from bouquet.strategies.wrapper import StrategyWrapper
+from bouquet.strategies.wrapper import innermost
+from bouquet.strategies.wrapper import weight_key_of
 
 SECAGG_PEERS_REPORT = "secagg_peers"
 

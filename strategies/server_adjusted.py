@@ -27,11 +27,15 @@ report)`` where ``report`` is a dict merged into :meth:`ServerAdjusted.round_rep
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message, MetricRecord
+from flwr.app import Array
+from flwr.app import ArrayRecord
+from flwr.app import Message
+from flwr.app import MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp.strategy import Strategy
 

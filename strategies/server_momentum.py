@@ -33,15 +33,22 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array
+from flwr.app import ArrayRecord
+from flwr.app import ConfigRecord
+from flwr.app import Message
+from flwr.app import MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvgM, Strategy
+from flwr.serverapp.strategy import FedAvgM
+from flwr.serverapp.strategy import Strategy
 from flwr.serverapp.strategy.fedopt import FedOpt
 
 from bouquet.codecs import is_statistic
 from bouquet.strategies.decoding import reference_arrays
-from bouquet.strategies.wrapper import StrategyWrapper, nested, refuse_byte_models
+from bouquet.strategies.wrapper import StrategyWrapper
+from bouquet.strategies.wrapper import nested
+from bouquet.strategies.wrapper import refuse_byte_models
 
 
 class ServerMomentum(StrategyWrapper):

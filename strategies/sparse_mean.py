@@ -23,26 +23,31 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.app import ArrayRecord
+from flwr.app import Message
+from flwr.app import MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp.strategy import FedAvg
 
-from bouquet.codecs import Decoded, decode
-from bouquet.strategies.accumulate import Accumulator, finite_npy
-from bouquet.strategies.decoding import (
-    DENSE_STYPE,
-    aggregate_dtype,
-    check_overflow,
-    check_record,
-    decoded_norm,
-    dense_update,
-    dense_view,
-    single_array_record,
-)
+from bouquet.codecs import Decoded
+from bouquet.codecs import decode
+from bouquet.strategies.accumulate import Accumulator
+from bouquet.strategies.accumulate import finite_npy
+from bouquet.strategies.decoding import DENSE_STYPE
+from bouquet.strategies.decoding import aggregate_dtype
+from bouquet.strategies.decoding import check_overflow
+from bouquet.strategies.decoding import check_record
+from bouquet.strategies.decoding import decoded_norm
+from bouquet.strategies.decoding import dense_update
+from bouquet.strategies.decoding import dense_view
+from bouquet.strategies.decoding import single_array_record
 from bouquet.strategies.dense_checks import cast_to_reference
 from bouquet.strategies.hooks import ReplyWeights
-from bouquet.strategies.reports import exception_reason, truncate_reason
-from bouquet.strategies.screening import normalised, reply_weight, shared_metrics
+from bouquet.strategies.reports import exception_reason
+from bouquet.strategies.reports import truncate_reason
+from bouquet.strategies.screening import normalised
+from bouquet.strategies.screening import reply_weight
+from bouquet.strategies.screening import shared_metrics
 
 
 class SparseWeightedMean:

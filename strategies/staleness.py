@@ -77,12 +77,10 @@ from collections import deque
 from inspect import signature
 from typing import Any
 
-from bouquet.staleness_window import (
-    CONTEXTS,
-    DEFAULT_WINDOW,
-    staleness_context,
-    window_scale,
-)
+from bouquet.staleness_window import CONTEXTS
+from bouquet.staleness_window import DEFAULT_WINDOW
+from bouquet.staleness_window import staleness_context
+from bouquet.staleness_window import window_scale
 
 
 def _check_staleness(staleness: float) -> float:

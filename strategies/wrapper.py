@@ -30,14 +30,18 @@ from abc import ABCMeta
 from collections.abc import Iterable
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord
+from flwr.app import ConfigRecord
+from flwr.app import Message
+from flwr.app import MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from bouquet import keys
 from bouquet.strategies.hooks import LOCAL_MEMBERS
-from bouquet.strategies.reports import inner_report, merge_reports
+from bouquet.strategies.reports import inner_report
+from bouquet.strategies.reports import merge_reports
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +90,8 @@ def refuse_byte_models(strategy: Strategy, wrapper: str) -> None:
     """``ValueError`` if ``strategy`` aggregates byte-array models whose length changes
     (Flower's XGBoost strategies): ``wrapper`` checks replies against the global arrays'
     shapes."""
-    from flwr.serverapp.strategy import FedXgbBagging, FedXgbCyclic
+    from flwr.serverapp.strategy import FedXgbBagging
+    from flwr.serverapp.strategy import FedXgbCyclic
 
     for level in nested(strategy):
         if isinstance(level, (FedXgbBagging, FedXgbCyclic)):

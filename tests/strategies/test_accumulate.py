@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from flwr.app import Array
 
-from bouquet.codecs import Decoded, kernels, npy
+from bouquet.codecs import Decoded
+from bouquet.codecs import kernels
+from bouquet.codecs import npy
 from bouquet.strategies.accumulate import Accumulator
 
 

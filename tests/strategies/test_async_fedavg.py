@@ -5,11 +5,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from async_grid import Behaviour, FakeGrid, initial_arrays, learner_reports, run_async
-from flwr.app import Array, ArrayRecord, MetricRecord
+from async_grid import Behaviour
+from async_grid import FakeGrid
+from async_grid import initial_arrays
+from async_grid import learner_reports
+from async_grid import run_async
+from flwr.app import Array
+from flwr.app import ArrayRecord
+from flwr.app import MetricRecord
 
 from bouquet import keys
-from bouquet.strategies.async_fedavg import AsyncFedAvg, buffered_step, mix
+from bouquet.strategies.async_fedavg import AsyncFedAvg
+from bouquet.strategies.async_fedavg import buffered_step
+from bouquet.strategies.async_fedavg import mix
 from bouquet.strategies.async_rules import plateaued
 
 

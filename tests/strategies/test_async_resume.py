@@ -6,8 +6,14 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from async_grid import Behaviour, FakeGrid, learner_reports, run_async, run_recorded
-from flwr.app import Array, ArrayRecord, MetricRecord
+from async_grid import Behaviour
+from async_grid import FakeGrid
+from async_grid import learner_reports
+from async_grid import run_async
+from async_grid import run_recorded
+from flwr.app import Array
+from flwr.app import ArrayRecord
+from flwr.app import MetricRecord
 
 from bouquet import keys
 from bouquet.strategies.async_fedavg import AsyncFedAvg
@@ -56,7 +62,9 @@ def _continue(
 def _loop_warnings(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The warnings AsyncFedAvg logs from now on (its own, its run loop's and its
     per-node steps'), as strings."""
-    from bouquet.strategies import async_fedavg, async_nodes, async_run
+    from bouquet.strategies import async_fedavg
+    from bouquet.strategies import async_nodes
+    from bouquet.strategies import async_run
 
     warnings: list[str] = []
     for module in (async_fedavg, async_nodes, async_run):
@@ -259,7 +267,8 @@ def test_checkpoint_settings_and_foreign_states_are_refused() -> None:
 
 
 def test_update_log_lists_every_accepted_update_with_the_scale_of_its_window() -> None:
-    from async_checks import server_scales, update_log
+    from async_checks import server_scales
+    from async_checks import update_log
 
     def schedule() -> (
         FakeGrid

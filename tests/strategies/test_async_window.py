@@ -8,7 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from async_grid import FakeGrid, learner_reports, run_async, run_recorded
+from async_grid import FakeGrid
+from async_grid import learner_reports
+from async_grid import run_async
+from async_grid import run_recorded
 
 from bouquet import keys
 from bouquet.strategies.async_fedavg import AsyncFedAvg
@@ -251,9 +254,11 @@ def test_learner_side_window_through_the_real_loop_in_process(
     wiring) on an in-process grid whose nodes answer after seeded delays: every node's
     scale follows its own window, the client trained with that rate, the server applied
     it."""
-    from collections import Counter, defaultdict
+    from collections import Counter
+    from collections import defaultdict
 
-    from hydra import compose, initialize_config_module
+    from hydra import compose
+    from hydra import initialize_config_module
     from inprocess_grid import InProcessGrid
     from omegaconf import OmegaConf
 
@@ -396,7 +401,8 @@ def test_learner_side_window_through_the_real_loop_in_process(
         min(scales) < 0.5 and max(scales) == 1.0
     )  # the late node's window damped it, the others not
     # the end-to-end tests' hand computation from metrics.jsonl agrees with this one
-    from async_checks import learner_scales, update_log
+    from async_checks import learner_scales
+    from async_checks import update_log
 
     log = update_log(rows)
     assert len(log) == updates and [s for *_, s in log] == pytest.approx(

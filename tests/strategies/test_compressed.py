@@ -5,29 +5,30 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import make_reply
-from flwr.app import (
-    Array,
-    ArrayRecord,
-    ConfigRecord,
-    Context,
-    Message,
-    MessageType,
-    RecordDict,
-)
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedProx, Krum
+from flwr.app import Array
+from flwr.app import ArrayRecord
+from flwr.app import ConfigRecord
+from flwr.app import Context
+from flwr.app import Message
+from flwr.app import MessageType
+from flwr.app import RecordDict
+from flwr.serverapp.strategy import FedAdam
+from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedMedian
+from flwr.serverapp.strategy import FedProx
+from flwr.serverapp.strategy import Krum
 
 from bouquet import keys
 from bouquet.clients import compression_mod
 from bouquet.clients.compressed import encoded_arrayrecord
-from bouquet.codecs import (
-    DenseCompressor,
-    TopKCompressor,
-    decode,
-    encode_dense,
-    encode_stc,
-    encode_topk,
-)
-from bouquet.strategies import Compressed, ReplyGuard
+from bouquet.codecs import DenseCompressor
+from bouquet.codecs import TopKCompressor
+from bouquet.codecs import decode
+from bouquet.codecs import encode_dense
+from bouquet.codecs import encode_stc
+from bouquet.codecs import encode_topk
+from bouquet.strategies import Compressed
+from bouquet.strategies import ReplyGuard
 
 GLOBAL = {
     "a": np.array([1.0, 2.0, 3.0, 4.0], dtype=np.float32),

@@ -15,11 +15,17 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 from conftest import make_reply
-from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import Array
+from flwr.app import ArrayRecord
+from flwr.app import ConfigRecord
+from flwr.app import RecordDict
 from flwr.serverapp.strategy import FedAvg
 
 from bouquet import keys
-from bouquet.strategies import Compressed, KLWeightedFedAvg, ReplyGuard, ServerAdjusted
+from bouquet.strategies import Compressed
+from bouquet.strategies import KLWeightedFedAvg
+from bouquet.strategies import ReplyGuard
+from bouquet.strategies import ServerAdjusted
 
 NODES = [1, 2, 3]
 H = keys.LABEL_HISTOGRAM
@@ -311,13 +317,11 @@ def test_fast_path_equals_flower_fedavg_on_random_compressed_updates(
     forms), with the compiled loops (staged tiled sums, forced on these small tensors)
     and without."""
     from bouquet.clients.compressed import encoded_arrayrecord
-    from bouquet.codecs import (
-        STCCompressor,
-        TernaryCompressor,
-        TopKCompressor,
-        decode,
-        kernels,
-    )
+    from bouquet.codecs import STCCompressor
+    from bouquet.codecs import TernaryCompressor
+    from bouquet.codecs import TopKCompressor
+    from bouquet.codecs import decode
+    from bouquet.codecs import kernels
 
     if compiled:
         pytest.importorskip(

@@ -6,25 +6,25 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import make_reply
-from flwr.app import Array, ArrayRecord, ConfigRecord, MessageType, MetricRecord
+from flwr.app import Array
+from flwr.app import ArrayRecord
+from flwr.app import ConfigRecord
+from flwr.app import MessageType
+from flwr.app import MetricRecord
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from bouquet import keys
-from bouquet.models.early_exit import (
-    DEPTH_PATTERN,
-    build_early_exit,
-    depth_names,
-    name_depth,
-)
+from bouquet.models.early_exit import DEPTH_PATTERN
+from bouquet.models.early_exit import build_early_exit
+from bouquet.models.early_exit import depth_names
+from bouquet.models.early_exit import name_depth
 from bouquet.models.training import get_weights
 from bouquet.strategies.depth_fedavg import DepthFedAvg
-from bouquet.strategies.depth_math import (
-    DEFAULT_DEPTH_PATTERN,
-    aggregate_by_name,
-    name_depths,
-    submodel_names,
-)
+from bouquet.strategies.depth_math import DEFAULT_DEPTH_PATTERN
+from bouquet.strategies.depth_math import aggregate_by_name
+from bouquet.strategies.depth_math import name_depths
+from bouquet.strategies.depth_math import submodel_names
 
 # A tiny "model": a shared stem and two depths of stage + exit arrays.
 GLOBAL = {

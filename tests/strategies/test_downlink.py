@@ -12,25 +12,25 @@ import random
 
 import numpy as np
 import pytest
-from flwr.app import (
-    Array,
-    ArrayRecord,
-    ConfigRecord,
-    Context,
-    Message,
-    MetricRecord,
-    RecordDict,
-)
+from flwr.app import Array
+from flwr.app import ArrayRecord
+from flwr.app import ConfigRecord
+from flwr.app import Context
+from flwr.app import Message
+from flwr.app import MetricRecord
+from flwr.app import RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAvg
 from inprocess_grid import InProcessGrid
 
 from bouquet import keys
-from bouquet.clients import compression_mod, downlink_mod
+from bouquet.clients import compression_mod
+from bouquet.clients import downlink_mod
 from bouquet.clients.downlink import held_model
 from bouquet.codecs.sync import model_digest
 from bouquet.simulations.run.metering import MeteredGrid
-from bouquet.strategies import Compressed, CompressedDownlink
+from bouquet.strategies import Compressed
+from bouquet.strategies import CompressedDownlink
 
 SHAPES = {"conv": (4, 3, 3), "fc": (50, 20), "bias": (20,)}
 

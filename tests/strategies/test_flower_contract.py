@@ -18,35 +18,33 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import make_reply
-from flwr.app import Array, ArrayRecord, ConfigRecord
-from flwr.serverapp.strategy import (
-    Bulyan,
-    DifferentialPrivacyClientSideFixedClipping,
-    DifferentialPrivacyServerSideAdaptiveClipping,
-    DifferentialPrivacyServerSideFixedClipping,
-    FedAdagrad,
-    FedAdam,
-    FedAvg,
-    FedAvgM,
-    FedMedian,
-    FedProx,
-    FedTrimmedAvg,
-    FedXgbBagging,
-    FedXgbCyclic,
-    FedYogi,
-    Krum,
-    MultiKrum,
-    QFedAvg,
-)
+from flwr.app import Array
+from flwr.app import ArrayRecord
+from flwr.app import ConfigRecord
+from flwr.serverapp.strategy import Bulyan
+from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping
+from flwr.serverapp.strategy import DifferentialPrivacyServerSideAdaptiveClipping
+from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
+from flwr.serverapp.strategy import FedAdagrad
+from flwr.serverapp.strategy import FedAdam
+from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvgM
+from flwr.serverapp.strategy import FedMedian
+from flwr.serverapp.strategy import FedProx
+from flwr.serverapp.strategy import FedTrimmedAvg
+from flwr.serverapp.strategy import FedXgbBagging
+from flwr.serverapp.strategy import FedXgbCyclic
+from flwr.serverapp.strategy import FedYogi
+from flwr.serverapp.strategy import Krum
+from flwr.serverapp.strategy import MultiKrum
+from flwr.serverapp.strategy import QFedAvg
 
-from bouquet.strategies import (
-    Compressed,
-    ReplyGuard,
-    RoundOffset,
-    ServerAdjusted,
-    ServerMomentum,
-    hooks,
-)
+from bouquet.strategies import Compressed
+from bouquet.strategies import ReplyGuard
+from bouquet.strategies import RoundOffset
+from bouquet.strategies import ServerAdjusted
+from bouquet.strategies import ServerMomentum
+from bouquet.strategies import hooks
 from bouquet.strategies.kl_weighted import KLWeightedFedAvg
 
 NODES = [1, 2, 3, 4, 5]

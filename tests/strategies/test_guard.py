@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 from conftest import make_reply
-from flwr.app import Array, ArrayRecord, ConfigRecord
+from flwr.app import Array
+from flwr.app import ArrayRecord
+from flwr.app import ConfigRecord
 from flwr.serverapp.strategy import FedAvg
 
 from bouquet.strategies import ReplyGuard

@@ -11,16 +11,23 @@ from collections import OrderedDict
 
 import numpy as np
 import pytest
-from conftest import address_space_limit, make_reply
-from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from conftest import address_space_limit
+from conftest import make_reply
+from flwr.app import Array
+from flwr.app import ArrayRecord
+from flwr.app import ConfigRecord
+from flwr.app import RecordDict
 from flwr.serverapp.strategy import FedAvg
 
 from bouquet.clients.compressed import compress_update
-from bouquet.codecs import TopKCompressor, decode, encode_topk
+from bouquet.codecs import TopKCompressor
+from bouquet.codecs import decode
+from bouquet.codecs import encode_topk
 from bouquet.codecs.packing import POS_ALL
 from bouquet.codecs.topk import WIRE_ID as TOPK_ID
 from bouquet.codecs.wire import write_header
-from bouquet.strategies import Compressed, ReplyGuard
+from bouquet.strategies import Compressed
+from bouquet.strategies import ReplyGuard
 
 GLOBAL = {"w": np.zeros((4, 3), dtype=np.float32), "b": np.zeros(3, dtype=np.float32)}
 

@@ -12,13 +12,11 @@ from flwr.serverapp.strategy import FedAvg
 
 from bouquet import keys
 from bouquet.strategies.guard import ReplyGuard
-from bouquet.strategies.kl_math import (
-    histogram_problem,
-    kl_divergence,
-    kl_divergences,
-    kl_weights,
-    smooth_distribution,
-)
+from bouquet.strategies.kl_math import histogram_problem
+from bouquet.strategies.kl_math import kl_divergence
+from bouquet.strategies.kl_math import kl_divergences
+from bouquet.strategies.kl_math import kl_weights
+from bouquet.strategies.kl_math import smooth_distribution
 from bouquet.strategies.kl_weighted import KLWeightedFedAvg
 
 H = keys.LABEL_HISTOGRAM
@@ -309,9 +307,11 @@ class _Grid:
 def _topk_reply(node: int, n: int, hist, global_arrays: dict[str, np.ndarray], k: int):
     """A reply whose arrays are the top-k of (local - global), encoded as
     bouquet.topk/1."""
-    from flwr.app import Array, ArrayRecord
+    from flwr.app import Array
+    from flwr.app import ArrayRecord
 
-    from bouquet.codecs import encode_topk, select_topk
+    from bouquet.codecs import encode_topk
+    from bouquet.codecs import select_topk
 
     record, dense = {}, {}
     for name, ref in global_arrays.items():
@@ -332,7 +332,9 @@ def _topk_reply(node: int, n: int, hist, global_arrays: dict[str, np.ndarray], k
 
 
 def test_inside_compressed_equals_kl_on_decoded_updates():
-    from flwr.app import Array, ArrayRecord, ConfigRecord
+    from flwr.app import Array
+    from flwr.app import ArrayRecord
+    from flwr.app import ConfigRecord
 
     from bouquet.strategies.compressed import Compressed
 

@@ -8,16 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord
-from flwr.serverapp.strategy import FedAvg, FedProx
+from flwr.app import Array
+from flwr.app import ArrayRecord
+from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedProx
 
 from bouquet import keys
-from bouquet.simulations.methods.adjust import (
-    ServerAdjuster,
-    build_adjust_fn,
-    shared_data,
-    wrap_server_adjust,
-)
+from bouquet.simulations.methods.adjust import ServerAdjuster
+from bouquet.simulations.methods.adjust import build_adjust_fn
+from bouquet.simulations.methods.adjust import shared_data
+from bouquet.simulations.methods.adjust import wrap_server_adjust
 from bouquet.simulations.methods.experiment import Experiment
 from bouquet.strategies.kl_weighted import KLWeightedFedAvg
 from bouquet.strategies.server_adjusted import ServerAdjusted
@@ -256,7 +256,8 @@ class _Grid:
 def test_composes_with_compressed():
     from flwr.app import ConfigRecord
 
-    from bouquet.codecs import encode_topk, select_topk
+    from bouquet.codecs import encode_topk
+    from bouquet.codecs import select_topk
     from bouquet.strategies.compressed import Compressed
 
     glob = {k: np.zeros_like(v) for k, v in _arrays(0).items()}

@@ -10,18 +10,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import make_reply
-from flwr.app import Array, ArrayRecord, ConfigRecord
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM
+from flwr.app import Array
+from flwr.app import ArrayRecord
+from flwr.app import ConfigRecord
+from flwr.serverapp.strategy import FedAdam
+from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvgM
 
 from bouquet.clients.compressed import encoded_arrayrecord
 from bouquet.codecs import TopKCompressor
-from bouquet.simulations.run.checkpoint import (
-    load_checkpoint,
-    load_strategy_state,
-    save_checkpoint,
-    strategy_state,
-)
-from bouquet.strategies import Compressed, ReplyGuard, ServerMomentum
+from bouquet.simulations.run.checkpoint import load_checkpoint
+from bouquet.simulations.run.checkpoint import load_strategy_state
+from bouquet.simulations.run.checkpoint import save_checkpoint
+from bouquet.simulations.run.checkpoint import strategy_state
+from bouquet.strategies import Compressed
+from bouquet.strategies import ReplyGuard
+from bouquet.strategies import ServerMomentum
 
 W0 = {
     "w": np.array([1.0, 1.0], np.float32),

@@ -10,19 +10,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bouquet.clients.slow import speed_factors
-from bouquet.strategies.staleness import (
-    POLICIES,
-    ConstantPolicy,
-    FedBuffPolicy,
-    HingePolicy,
-    PolynomialPolicy,
-    SlidingWindowPolicy,
-    hinge_scale,
-    make_policy,
-    polynomial_scale,
-    sliding_window_scale,
-    staleness_context,
-)
+from bouquet.strategies.staleness import POLICIES
+from bouquet.strategies.staleness import ConstantPolicy
+from bouquet.strategies.staleness import FedBuffPolicy
+from bouquet.strategies.staleness import HingePolicy
+from bouquet.strategies.staleness import PolynomialPolicy
+from bouquet.strategies.staleness import SlidingWindowPolicy
+from bouquet.strategies.staleness import hinge_scale
+from bouquet.strategies.staleness import make_policy
+from bouquet.strategies.staleness import polynomial_scale
+from bouquet.strategies.staleness import sliding_window_scale
+from bouquet.strategies.staleness import staleness_context
 
 SEQUENCE = [0, 1, 3, 0, 7, 2]
 

@@ -17,24 +17,26 @@ import tracemalloc
 import numpy as np
 import pytest
 from conftest import make_reply
-from flwr.app import (
-    Array,
-    ArrayRecord,
-    ConfigRecord,
-    Message,
-    MessageType,
-    MetricRecord,
-    RecordDict,
-)
+from flwr.app import Array
+from flwr.app import ArrayRecord
+from flwr.app import ConfigRecord
+from flwr.app import Message
+from flwr.app import MessageType
+from flwr.app import MetricRecord
+from flwr.app import RecordDict
 from flwr.app.metadata import Metadata
 from flwr.serverapp.strategy import FedAvg
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck
+from hypothesis import given
+from hypothesis import settings
 from hypothesis import strategies as st
 
 from bouquet import keys
 from bouquet.clients.compressed import encoded_arrayrecord
 from bouquet.codecs import encode_ternary
-from bouquet.strategies import Compressed, KLWeightedFedAvg, ReplyGuard
+from bouquet.strategies import Compressed
+from bouquet.strategies import KLWeightedFedAvg
+from bouquet.strategies import ReplyGuard
 from bouquet.strategies.reports import MAX_REASON_CHARS
 
 KW = {"fraction_evaluate": 0.0, "min_available_nodes": 1, "min_train_nodes": 1}
@@ -327,7 +329,8 @@ def test_5_messages_never_pushed_are_checked_by_node(chain):
 
 
 def test_5_async_reply_from_another_node_is_not_applied_as_that_nodes_update():
-    from async_grid import FakeGrid, run_async
+    from async_grid import FakeGrid
+    from async_grid import run_async
 
     from bouquet.strategies import AsyncFedAvg
 
@@ -691,7 +694,8 @@ def test_memory_stays_within_a_few_model_sizes_whatever_the_number_of_replies(
 
 
 def test_7_async_an_update_that_overflows_is_rejected_and_the_model_stays_finite():
-    from async_grid import FakeGrid, run_async
+    from async_grid import FakeGrid
+    from async_grid import run_async
 
     from bouquet.strategies import AsyncFedAvg
 
