@@ -15,6 +15,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import KW_ONLY
+from dataclasses import dataclass
+from dataclasses import field
 from typing import Any
 
 from flwr.app import ArrayRecord
@@ -35,6 +38,7 @@ EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
 SaveFn = Callable[[int, dict[str, Any]], None]
 
 
+@dataclass(eq=False)
 class AsyncRun:
     """The loop of one asynchronous run, its evaluations, stop conditions and
     checkpoints (module docstring).
@@ -59,29 +63,20 @@ class AsyncRun:
         end.
     every : int
         Applied updates between checkpoints (0: never).
+    result : Result
+        What :meth:`run` returns (the evaluations, then the final model).
     """
 
-    def __init__(
-        self,
-        settings: AsyncSettings,
-        state: AsyncState,
-        steps: NodeSteps,
-        *,
-        learner_side: bool,
-        recorder: Any = None,
-        evaluate_fn: EvaluateFn | None = None,
-        save: SaveFn | None = None,
-        every: int = 0,
-    ) -> None:
-        self.settings = settings
-        self.state = state
-        self.steps = steps
-        self.learner_side = learner_side
-        self.recorder = recorder
-        self.evaluate_fn = evaluate_fn
-        self.save = save
-        self.every = every
-        self.result = Result()
+    settings: AsyncSettings
+    state: AsyncState
+    steps: NodeSteps
+    _: KW_ONLY
+    learner_side: bool
+    recorder: Any = None
+    evaluate_fn: EvaluateFn | None = None
+    save: SaveFn | None = None
+    every: int = 0
+    result: Result = field(default_factory=Result)
 
     def run(
         self,

@@ -98,7 +98,7 @@ from bouquet.strategies.reports import DROP_REASONS
 from bouquet.strategies.reports import DROPPED
 from bouquet.strategies.reports import exception_reason
 from bouquet.strategies.reports import payload_bytes
-from bouquet.strategies.reports import truncate_reason
+from bouquet.strategies.reports import record_drop
 from bouquet.strategies.screening import SentMessages
 from bouquet.strategies.screening import majority_layout
 from bouquet.strategies.screening import node_label
@@ -275,12 +275,7 @@ class Compressed(StrategyWrapper):
 
     # ------------------------------------------------------------------ internals
     def _drop(self, msg: Message, reason: str) -> None:
-        node = node_label(msg)
-        reason = truncate_reason(reason)
-        log(
-            logging.WARNING, "Compressed: dropping reply from node %s: %s", node, reason
-        )
-        self._dropped.append(f"node {node}: {reason}")
+        record_drop("Compressed", node_label(msg), reason, self._dropped)
 
     def _candidates(self, replies: list[Message]) -> list[Message]:
         """Replies whose records and weight look right (nothing decoded yet)."""

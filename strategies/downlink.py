@@ -86,7 +86,7 @@ from bouquet.strategies.downlink_model import step_record_key
 from bouquet.strategies.downlink_model import strip_reply
 from bouquet.strategies.reports import CLIENTS_DROPPED
 from bouquet.strategies.reports import DROP_REASONS
-from bouquet.strategies.reports import truncate_reason
+from bouquet.strategies.reports import record_drop
 from bouquet.strategies.wrapper import StrategyWrapper
 from bouquet.strategies.wrapper import chain
 
@@ -327,14 +327,7 @@ class CompressedDownlink(StrategyWrapper):
         )
 
     def _drop(self, node: int, reason: str) -> None:
-        reason = truncate_reason(reason)
-        log(
-            logging.WARNING,
-            "CompressedDownlink: dropping reply from node %s: %s",
-            node,
-            reason,
-        )
-        self._dropped.append(f"node {node}: {reason}")
+        record_drop("CompressedDownlink", node, reason, self._dropped)
 
     # ---------------------------------------------------------------- reports and state
     def own_report(self) -> dict[str, Any]:

@@ -94,7 +94,7 @@ from bouquet.strategies.hooks import ValidatesMetrics
 from bouquet.strategies.reports import CLIENTS_DROPPED
 from bouquet.strategies.reports import DROP_REASONS
 from bouquet.strategies.reports import exception_reason
-from bouquet.strategies.reports import truncate_reason
+from bouquet.strategies.reports import record_drop
 from bouquet.strategies.screening import SentMessages
 from bouquet.strategies.screening import majority_layout
 from bouquet.strategies.screening import node_label
@@ -259,12 +259,7 @@ class ReplyGuard(StrategyWrapper):
         return False
 
     def _drop(self, msg: Message, reason: str) -> None:
-        node = node_label(msg)
-        reason = truncate_reason(reason)
-        log(
-            logging.WARNING, "ReplyGuard: dropping reply from node %s: %s", node, reason
-        )
-        self._dropped.append(f"node {node}: {reason}")
+        record_drop("ReplyGuard", node_label(msg), reason, self._dropped)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

@@ -77,6 +77,7 @@ from bouquet.strategies.reports import CLIENTS_DROPPED
 from bouquet.strategies.reports import DROP_REASONS
 from bouquet.strategies.reports import exception_reason
 from bouquet.strategies.reports import merge_reports
+from bouquet.strategies.reports import record_drop
 from bouquet.strategies.screening import node_label
 from bouquet.strategies.wrapper import StrategyWrapper
 from bouquet.strategies.wrapper import nested
@@ -228,13 +229,7 @@ class DPAccountant(StrategyWrapper):
                 )
             except Exception as exc:  # noqa: BLE001 - any failure of one reply is that reply's drop
                 reason = exception_reason(exc)
-                log(
-                    logging.WARNING,
-                    "DPAccountant: dropping reply from node %s: %s",
-                    node_label(msg),
-                    reason,
-                )
-                self._dropped.append(f"node {node_label(msg)}: {reason}")
+                record_drop("DPAccountant", node_label(msg), reason, self._dropped)
         if self._clipped:
             log(
                 logging.WARNING,

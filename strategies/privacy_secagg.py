@@ -56,6 +56,7 @@ from bouquet.strategies.decoding import reference_arrays
 from bouquet.strategies.decoding import single_array_record
 from bouquet.strategies.reports import CLIENTS_DROPPED
 from bouquet.strategies.reports import DROP_REASONS
+from bouquet.strategies.reports import record_drop
 from bouquet.strategies.reports import truncate_reason
 from bouquet.strategies.screening import SentMessages
 from bouquet.strategies.screening import node_label
@@ -222,14 +223,7 @@ class SharedSupport(StrategyWrapper):
 
     # ------------------------------------------------------------------ internals
     def _drop(self, msg: Message, reason: str) -> None:
-        reason = truncate_reason(reason)
-        log(
-            logging.WARNING,
-            "SharedSupport: dropping reply from node %s: %s",
-            node_label(msg),
-            reason,
-        )
-        self._dropped.append(f"node {node_label(msg)}: {reason}")
+        record_drop("SharedSupport", node_label(msg), reason, self._dropped)
 
     def _exchange_keys(
         self, server_round: int, messages: list[Message], grid: Grid

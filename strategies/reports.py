@@ -9,10 +9,12 @@ that arrived but were rejected (they are moved from ``clients_ok`` to
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
 from flwr.app import Message
+from flwr.common.logger import log
 
 CLIENTS_DROPPED = "clients_dropped"
 DROP_REASONS = "drop_reasons"
@@ -30,6 +32,15 @@ def truncate_reason(reason: str) -> str:
         if len(reason) <= MAX_REASON_CHARS
         else reason[: MAX_REASON_CHARS - 12] + "... (cut)"
     )
+
+
+def record_drop(owner: str, node: object, reason: str, dropped: list[str]) -> None:
+    """Log at WARNING (Flower's logger) that ``owner`` drops the reply of ``node`` and
+    why, and add ``"node <node>: <reason>"`` to ``dropped`` (the reason cut by
+    :func:`truncate_reason`)."""
+    reason = truncate_reason(reason)
+    log(logging.WARNING, "%s: dropping reply from node %s: %s", owner, node, reason)
+    dropped.append(f"node {node}: {reason}")
 
 
 def exception_reason(exc: BaseException) -> str:
