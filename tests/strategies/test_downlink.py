@@ -70,6 +70,17 @@ def make_app(upload: str | None) -> ClientApp:
     return app
 
 
+def topk_downlink(alpha: float) -> CompressedDownlink:
+    """Top-k (``alpha``) downlink around FedAvg training every node, one at least."""
+    inner = FedAvg(
+        fraction_train=1.0,
+        min_available_nodes=1,
+        min_train_nodes=1,
+        fraction_evaluate=0.0,
+    )
+    return CompressedDownlink(inner, "topk", alpha=alpha)
+
+
 def run(strategy, grid, rounds: int) -> None:
     random.seed(1)
     start = ArrayRecord({n: Array(a) for n, a in initial().items()})
@@ -125,16 +136,7 @@ def test_catch_up_after_missed_rounds_equals_the_server_copy():
     app = make_app(None)
     grid = InProcessGrid(app, 2)
     a, b = grid.node_ids
-    strategy = CompressedDownlink(
-        FedAvg(
-            fraction_train=1.0,
-            min_available_nodes=1,
-            min_train_nodes=1,
-            fraction_evaluate=0.0,
-        ),
-        "topk",
-        alpha=0.01,
-    )
+    strategy = topk_downlink(0.01)
     kinds = {}
     arrays = ArrayRecord({n: Array(v) for n, v in initial().items()})
     rnd = 1
@@ -239,16 +241,7 @@ def hostile(content_edit) -> str:
     """The error a client raises for a broadcast edited by ``content_edit``; its state
     is unchanged."""
     grid = InProcessGrid(make_app(None), 1)
-    strategy = CompressedDownlink(
-        FedAvg(
-            fraction_train=1.0,
-            min_available_nodes=1,
-            min_train_nodes=1,
-            fraction_evaluate=0.0,
-        ),
-        "topk",
-        alpha=0.1,
-    )
+    strategy = topk_downlink(0.1)
     arrays = ArrayRecord({n: Array(v) for n, v in initial().items()})
     arrays = one_round(strategy, grid, 1, arrays)
     node = grid.node_ids[0]

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_reply
 from flwr.serverapp.strategy import FedAvg
 
 from bouquet import keys
@@ -21,9 +21,6 @@ from bouquet.strategies.kl_weighted import KLWeightedFedAvg
 
 H = keys.LABEL_HISTOGRAM
 ROOT = Path(__file__).resolve().parents[2]
-make_reply = sys.modules[
-    "tests.conftest"
-].make_reply  # conftest, loaded by pytest (importlib mode)
 
 
 def _arrays(seed: int) -> dict[str, np.ndarray]:

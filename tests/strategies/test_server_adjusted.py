@@ -3,11 +3,11 @@ simulations/methods/adjust.py)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_reply
 from flwr.app import Array
 from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import FedAvg
@@ -23,9 +23,6 @@ from bouquet.strategies.kl_weighted import KLWeightedFedAvg
 from bouquet.strategies.server_adjusted import ServerAdjusted
 
 ROOT = Path(__file__).resolve().parents[2]
-make_reply = sys.modules[
-    "tests.conftest"
-].make_reply  # conftest, loaded by pytest (importlib mode)
 
 
 def _arrays(seed: int) -> dict[str, np.ndarray]:

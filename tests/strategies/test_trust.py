@@ -131,16 +131,17 @@ def _report(strategy) -> dict:
 
 
 # ---------------------------------------------------------------------- class 2: dtypes
+def _float16_reply(ids: dict[int, str]) -> Message:
+    """Node 1's reply of all ones in float16 (the model is float32)."""
+    arrays = {k: np.full_like(v, 1.0, dtype=np.float16) for k, v in GLOBAL.items()}
+    return _reply(arrays, {keys.NUM_EXAMPLES: 10}, src=1, reply_to=ids[1])
+
+
 @pytest.mark.parametrize("chain", GUARDED)
 def test_2_behind_the_guard_a_float16_reply_first_does_not_narrow_the_model(chain):
     strategy = CHAINS[chain]()
     ids = _configure(strategy)
-    first = _reply(
-        {k: np.full_like(v, 1.0, dtype=np.float16) for k, v in GLOBAL.items()},
-        {keys.NUM_EXAMPLES: 10},
-        src=1,
-        reply_to=ids[1],
-    )
+    first = _float16_reply(ids)
     arrays, _ = strategy.aggregate_train(
         1, [first, _good(ids, 2, 1e5), _good(ids, 3, 1e5)]
     )
@@ -206,12 +207,7 @@ def test_2_an_integer_tensor_takes_only_exact_values(chain):
 def test_2_without_the_guard_flowers_rule_but_never_narrower_than_the_server():
     strategy = Compressed(FedAvg(**KW))
     ids = _configure(strategy)
-    first = _reply(
-        {k: np.full_like(v, 1.0, dtype=np.float16) for k, v in GLOBAL.items()},
-        {keys.NUM_EXAMPLES: 10},
-        src=1,
-        reply_to=ids[1],
-    )
+    first = _float16_reply(ids)
     arrays, _ = strategy.aggregate_train(1, [first, _good(ids, 2, 1e5)])
     assert arrays["w"].dtype == "float32"
     np.testing.assert_allclose(arrays["w"].numpy(), (1.0 + 1e5) / 2, rtol=1e-6)
