@@ -165,7 +165,7 @@ class AsyncFedAvg(Strategy):
         Sleep between polls when no reply arrived.
     decoder : callable, optional
         ``decoder(record, reference) -> {name: delta}`` for compressed replies (default:
-        :func:`bouquet.strategies.compressed.decode_update`).
+        :func:`bouquet.strategies.decoding.decode_update`).
     """
 
     def __init__(
