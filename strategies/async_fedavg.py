@@ -103,8 +103,6 @@ from bouquet.strategies.async_nodes import NodeSteps
 from bouquet.strategies.async_rules import LEARNER_RATES
 from bouquet.strategies.async_rules import WINDOW_SIDES
 from bouquet.strategies.async_rules import AsyncSettings
-from bouquet.strategies.async_rules import buffered_step
-from bouquet.strategies.async_rules import mix
 from bouquet.strategies.async_rules import show_settings
 from bouquet.strategies.async_run import AsyncRun
 from bouquet.strategies.async_run import EvaluateFn
@@ -115,7 +113,7 @@ from bouquet.strategies.async_state import split_state
 from bouquet.strategies.staleness import StalenessPolicy
 from bouquet.strategies.staleness import make_policy
 
-__all__ = ["LEARNER_RATES", "WINDOW_SIDES", "AsyncFedAvg", "buffered_step", "mix"]
+__all__ = ["LEARNER_RATES", "WINDOW_SIDES", "AsyncFedAvg"]
 
 
 @show_settings  # strategy.alpha is strategy.settings.alpha, ... (read-only)

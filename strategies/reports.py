@@ -16,6 +16,8 @@ import numpy as np
 from flwr.app import Message
 from flwr.common.logger import log
 
+from bouquet.strategies.hooks import RoundReporter
+
 CLIENTS_DROPPED = "clients_dropped"
 DROP_REASONS = "drop_reasons"
 MAX_REASON_CHARS = (
@@ -55,8 +57,6 @@ def exception_reason(exc: BaseException) -> str:
 def inner_report(strategy: object) -> dict[str, Any]:
     """The ``round_report()`` of ``strategy``, or ``{}`` if it offers none
     (:class:`~bouquet.strategies.hooks.RoundReporter`)."""
-    from bouquet.strategies.hooks import RoundReporter
-
     return dict(strategy.round_report()) if isinstance(strategy, RoundReporter) else {}
 
 

@@ -16,8 +16,8 @@ from flwr.app import MetricRecord
 
 from bouquet import keys
 from bouquet.strategies.async_fedavg import AsyncFedAvg
-from bouquet.strategies.async_fedavg import buffered_step
-from bouquet.strategies.async_fedavg import mix
+from bouquet.strategies.async_rules import buffered_step
+from bouquet.strategies.async_rules import mix
 from bouquet.strategies.async_rules import plateaued
 
 
