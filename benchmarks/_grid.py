@@ -132,8 +132,8 @@ PACKAGES = ("codecs", "strategies", "clients", "models", "data", "simulations", 
 
 def pinned_tree(commit: str) -> tuple[str, Path]:
     """(full sha, import root) of ``commit`` checked out in a detached worktree, laid
-    out as the
-    ``bouquet`` package (the project maps top-level folders into ``bouquet.*``)."""
+    out as the ``bouquet`` package (the project maps top-level folders into
+    ``bouquet.*``)."""
     sha = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", commit],
         capture_output=True,
@@ -339,9 +339,8 @@ def pm(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
 
 def overhead_note(results: list[dict[str, Any]]) -> str:
     """A sentence on the share of each cell's wall time spent outside its rounds
-    (process and Ray
-    start-up, data loading, shutdown), from the cells whose run summary records its
-    round time."""
+    (process and Ray start-up, data loading, shutdown), from the cells whose run summary
+    records its round time."""
     shares = [
         1 - r["summary"]["wall_s"] / r["wall_s"]
         for r in results

@@ -102,9 +102,8 @@ def cell(arm: str, seed: int) -> Cell:
 
 def figures(rows: list[dict]) -> dict:
     """Times from the run's first train reply (``first_reply_s``): the clients' process
-    start-up
-    before it (actor imports, data loading: ~40 s for ten actors on two cores) is the
-    same for every arm and would otherwise swamp a run of a minute."""
+    start-up before it (actor imports, data loading: ~40 s for ten actors on two cores)
+    is the same for every arm and would otherwise swamp a run of a minute."""
     t0 = next(
         (r["first_reply_s"] for r in rows if r.get("first_reply_s") is not None), 0.0
     )

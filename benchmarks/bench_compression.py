@@ -302,9 +302,8 @@ def _gap_by_round(
     by: dict[tuple[str, str], list[dict]], datasets: list[str], arms: list[str]
 ) -> str:
     """Accuracy minus dense at rounds 10, 20, 30 (paired by seed), and the first round
-    at which the
-    same seed's dense run reached the arm's final accuracy: how far behind per round an
-    arm is."""
+    at which the same seed's dense run reached the arm's final accuracy: how far behind
+    per round an arm is."""
     rows = []
     for ds in datasets:
         dense = {r["key"]["seed"]: r for r in by.get((ds, "dense FedAvg"), [])}

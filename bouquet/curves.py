@@ -11,8 +11,7 @@ them::
 
     result = strategy.start(
         grid=grid, initial_arrays=..., num_rounds=10, evaluate_fn=global_eval
-    )
-    save_result_curves(result, "curves.png")   # accuracy vs round and vs MB up + down
+    ) save_result_curves(result, "curves.png")   # accuracy vs round and vs MB up + down
 """
 
 from __future__ import annotations
@@ -30,8 +29,8 @@ QUALITY = ("accuracy", "rmse", "hr_at_10", "ndcg_at_10")
 
 def result_rows(result: Any) -> list[dict[str, Any]]:
     """One row per round of a Flower ``Result``: ``round``, the server-side evaluation
-    metrics,
-    ``bytes_up`` and ``bytes_down`` (None where the strategy did not report them)."""
+    metrics, ``bytes_up`` and ``bytes_down`` (None where the strategy did not report
+    them)."""
     train = getattr(result, "train_metrics_clientapp", {}) or {}
     evaluated = getattr(result, "evaluate_metrics_serverapp", {}) or {}
     rows = []

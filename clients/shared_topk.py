@@ -70,9 +70,8 @@ def secagg_key_mod(
 
 class SharedEncoding:
     """The reply encoder of shared-support uploads (see module docstring); the class
-    using it has
-    ``alpha``, ``min_k``, ``residual_decay``, ``train_config`` (the last train config)
-    and ``context``."""
+    using it has ``alpha``, ``min_k``, ``residual_decay``, ``train_config`` (the last
+    train config) and ``context``."""
 
     alpha: float
     min_k: int

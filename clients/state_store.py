@@ -160,8 +160,8 @@ def state_bytes(directory: Path) -> int:
 
 class SpilledState:
     """A Flower client mod keeping ``context.state`` in ``directory`` between messages
-    (see the
-    module docstring). Put it outermost: every mod inside it sees the node's state."""
+    (see the module docstring). Put it outermost: every mod inside it sees the node's
+    state."""
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)

@@ -1,10 +1,10 @@
 """A NumPyClient that trains a torch model on its partition.
 
 ``fit`` trains for ``local_epochs`` (or exactly ``local_steps`` batches, when set) with
-SGD (momentum) and reports ``num-examples``,
-``train-loss``, ``train-time-s`` and ``label-histogram`` (counts per class, so that
-distribution-aware strategies such as KL weighting can use it). The server's train
-config may override ``lr``, ``local-epochs`` and ``local-steps`` per round.
+SGD (momentum) and reports ``num-examples``, ``train-loss``, ``train-time-s`` and
+``label-histogram`` (counts per class, so that distribution-aware strategies such as KL
+weighting can use it). The server's train config may override ``lr``, ``local-epochs``
+and ``local-steps`` per round.
 """
 
 from __future__ import annotations

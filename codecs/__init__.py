@@ -15,12 +15,12 @@ from bouquet.codecs.catalog import make_compressor
 from bouquet.codecs.catalog import parse_stype
 from bouquet.codecs.catalog import stype_for
 from bouquet.codecs.compressor import CompressOutput
-from bouquet.codecs.compressor import DenseCompressor
-from bouquet.codecs.compressor import STCCompressor
-from bouquet.codecs.compressor import TernaryCompressor
-from bouquet.codecs.compressor import TopKCompressor
 from bouquet.codecs.compressor import UpdateCompressor
 from bouquet.codecs.compressor import is_statistic
+from bouquet.codecs.compressors import DenseCompressor
+from bouquet.codecs.compressors import STCCompressor
+from bouquet.codecs.compressors import TernaryCompressor
+from bouquet.codecs.compressors import TopKCompressor
 from bouquet.codecs.error_feedback import accumulate
 from bouquet.codecs.error_feedback import new_residual
 from bouquet.codecs.registry import decode

@@ -122,8 +122,7 @@ def rice_positions(b, count, r, n, out):  # type: ignore[no-untyped-def]
 @njit(cache=True, nogil=True)
 def rice_sizes(idx, r_lo, r_hi):  # type: ignore[no-untyped-def]
     """Bits of the Rice code of the gaps ``idx[i] - idx[i-1] - 1`` (``idx[-1] = -1``) of
-    sorted
-    positions, for every parameter in ``r_lo..r_hi`` (one pass, no gap array)."""
+    sorted positions, for every parameter in ``r_lo..r_hi`` (one pass, no gap array)."""
     m = r_hi - r_lo + 1
     sums = np.zeros(m, dtype=np.int64)
     prev = -1
@@ -153,11 +152,10 @@ def _flush32(reg, held, out, pos):  # type: ignore[no-untyped-def]
 @njit(cache=True, nogil=True)
 def rice_encode(idx, r, out):  # type: ignore[no-untyped-def]
     """Write the Rice code of the gaps of sorted positions ``idx`` (see
-    :func:`rice_sizes`) into
-    ``out`` (sized by the caller from :func:`rice_sizes`): the unary stream (``q`` ones,
-    a zero), then the ``r``-bit remainders, MSB first, the last byte zero-padded. Bits
-    gather in a 64-bit register (under 32 pending between codes) and leave 32 at a time;
-    returns the bit count."""
+    :func:`rice_sizes`) into ``out`` (sized by the caller from :func:`rice_sizes`): the
+    unary stream (``q`` ones, a zero), then the ``r``-bit remainders, MSB first, the
+    last byte zero-padded. Bits gather in a 64-bit register (under 32 pending between
+    codes) and leave 32 at a time; returns the bit count."""
     reg = 0
     held = 0
     pos = 0
@@ -200,9 +198,8 @@ def rice_encode(idx, r, out):  # type: ignore[no-untyped-def]
 @njit(cache=True, nogil=True)
 def scatter_add(acc, idx, values, factor):  # type: ignore[no-untyped-def]
     """``acc[idx[j]] += factor * values[j]`` (``values`` and ``factor`` of ``acc``'s
-    dtype: numpy's
-    ``acc[idx] += factor * values`` for unique indices, the same roundings); indices
-    outside ``acc`` are refused before anything is written."""
+    dtype: numpy's ``acc[idx] += factor * values`` for unique indices, the same
+    roundings); indices outside ``acc`` are refused before anything is written."""
     n = acc.size
     if values.size != idx.size:
         return LENGTHS
@@ -247,8 +244,8 @@ def ternary_candidates(part, u, bound, factor, start, cand, tie, neg):  # type: 
 @njit(cache=True, nogil=True)
 def drop_entries(a, b, drop):  # type: ignore[no-untyped-def]
     """Remove entries ``drop`` (strictly increasing, inside both arrays) from ``a`` and
-    ``b`` in
-    place, keeping the order; returns the new length (-1 when ``drop`` is not valid)."""
+    ``b`` in place, keeping the order; returns the new length (-1 when ``drop`` is not
+    valid)."""
     n = min(a.size, b.size)
     prev = -1
     for j in range(drop.size):
@@ -272,8 +269,8 @@ def drop_entries(a, b, drop):  # type: ignore[no-untyped-def]
 @njit(cache=True, nogil=True)
 def stage_positions(idx, n, out):  # type: ignore[no-untyped-def]
     """Copy positions into ``out`` (same length) while checking they are strictly
-    increasing and
-    inside ``[0, n)``: what :func:`sparse_sum` relies on to stay inside its arrays."""
+    increasing and inside ``[0, n)``: what :func:`sparse_sum` relies on to stay inside
+    its arrays."""
     if out.size != idx.size:
         return LENGTHS
     prev = -1
@@ -291,12 +288,11 @@ def stage_positions(idx, n, out):  # type: ignore[no-untyped-def]
 @njit(cache=True, nogil=True)
 def sparse_sum(acc, src, idx, vals, starts, tile):  # type: ignore[no-untyped-def]
     """``acc[idx[s]] += vals[s]`` for the segments ``starts[r]:starts[r+1]`` (one per
-    update, each
-    strictly increasing, staged by :func:`stage_positions`), in tiles of ``acc``: each
-    tile is first set from ``src`` (when ``src`` is not empty), then gets every
-    segment's entries in it, segment after segment, so each element sees its additions
-    in segment order (numpy's result) while the tile stays in cache. Re-checks the
-    staged bounds before writing anything."""
+    update, each strictly increasing, staged by :func:`stage_positions`), in tiles of
+    ``acc``: each tile is first set from ``src`` (when ``src`` is not empty), then gets
+    every segment's entries in it, segment after segment, so each element sees its
+    additions in segment order (numpy's result) while the tile stays in cache. Re-checks
+    the staged bounds before writing anything."""
     n = acc.size
     m = starts.size - 1
     if src.size != 0 and src.size != n:

@@ -22,11 +22,11 @@ import numpy as np
 from bouquet.codecs import stc
 from bouquet.codecs import ternary
 from bouquet.codecs import topk
-from bouquet.codecs.compressor import DenseCompressor
-from bouquet.codecs.compressor import STCCompressor
-from bouquet.codecs.compressor import TernaryCompressor
-from bouquet.codecs.compressor import TopKCompressor
 from bouquet.codecs.compressor import UpdateCompressor
+from bouquet.codecs.compressors import DenseCompressor
+from bouquet.codecs.compressors import STCCompressor
+from bouquet.codecs.compressors import TernaryCompressor
+from bouquet.codecs.compressors import TopKCompressor
 from bouquet.codecs.wire import DENSE
 from bouquet.codecs.wire import DENSE_WIRE_ID
 from bouquet.codecs.wire import Decoded

@@ -98,8 +98,8 @@ def best_rice_parameter(gaps: np.ndarray) -> int:
 
 def rice_window(total: int, count: int) -> range:
     """The Rice parameters tried for ``count`` gaps summing to ``total``: ``log2(mean
-    gap)`` and
-    its neighbours (from exact integers, so every encoder picks the same window)."""
+    gap)`` and its neighbours (from exact integers, so every encoder picks the same
+    window)."""
     centre = int(math.log2(max(total / count, 1.0))) if count else 0
     return range(max(0, centre - 1), min(31, centre + 2))
 

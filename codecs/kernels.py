@@ -59,9 +59,8 @@ def rice_positions(
     block: bytes | memoryview, count: int, r: int, n: int
 ) -> np.ndarray | None:
     """Sorted positions from a Rice block (``None``: use the numpy decoder);
-    ``ValueError`` when
-    the block is invalid. ``count <= 8 * len(block)`` must have been checked by the
-    caller."""
+    ``ValueError`` when the block is invalid. ``count <= 8 * len(block)`` must have been
+    checked by the caller."""
     k = enabled(count)
     if k is None:
         return None
@@ -74,9 +73,8 @@ def rice_positions(
 
 def rice_best(idx: np.ndarray, r_window: range) -> tuple[int, int] | None:
     """``(r, bits)``: the parameter in ``r_window`` giving the shortest Rice code of the
-    gaps
-    ``idx[i] - idx[i-1] - 1`` of sorted positions (the first on a tie) and its length
-    (``None``: use the numpy code)."""
+    gaps ``idx[i] - idx[i-1] - 1`` of sorted positions (the first on a tie) and its
+    length (``None``: use the numpy code)."""
     k = enabled(idx.size)
     if k is None:
         return None
@@ -159,8 +157,8 @@ class SparseSum:
     @classmethod
     def create(cls, size: int, dtype: np.dtype) -> SparseSum | None:
         """A stager for an accumulator of ``size`` elements of ``dtype``, or ``None``
-        when the
-        compiled loops are off or cannot handle it (then add update by update)."""
+        when the compiled loops are off or cannot handle it (then add update by
+        update)."""
         if (
             np.dtype(dtype) not in (np.float32, np.float64)
             or enabled(max(size, 0)) is None
@@ -262,10 +260,9 @@ def ternary_candidates(
     g: np.ndarray, u: np.ndarray, bound: float | None, factor: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Candidates of TernGrad's byte-draw ternarisation of a flat float32 ``g`` (``u``:
-    one
-    random byte per element), compiled: positions, tie flags and sign flags, in order
-    (``None``: use numpy). Written block by block straight into the output buffers,
-    which start at a quarter of ``g`` and double when a gradient keeps more."""
+    one random byte per element), compiled: positions, tie flags and sign flags, in
+    order (``None``: use numpy). Written block by block straight into the output
+    buffers, which start at a quarter of ``g`` and double when a gradient keeps more."""
     k = enabled(g.size) if g.dtype == np.float32 else None
     if k is None:
         return None

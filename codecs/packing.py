@@ -287,8 +287,8 @@ def read_position_block(
     reader: Any, coding: int, plen: int, k: int, n: int
 ) -> np.ndarray | None:
     """The positions of a body from ``reader`` (a :class:`bouquet.codecs.wire.Reader`
-    whose rest
-    was already checked to hold ``plen`` position bytes): ``None`` for coding 'all'."""
+    whose rest was already checked to hold ``plen`` position bytes): ``None`` for coding
+    'all'."""
     if coding == POS_ALL:
         if k != n or plen:
             raise ValueError(

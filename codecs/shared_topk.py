@@ -134,9 +134,8 @@ def mask(
     node: int, private: bytes, peers: dict[int, bytes], k: int, server_round: int
 ) -> np.ndarray:
     """This node's pairwise mask (uint32, length ``k``): :math:`+\\mathrm{PRG}(s_{ij})`
-    for peers
-    with a larger id, :math:`-` for smaller ones; the masks of all nodes sum to 0 mod
-    2^32."""
+    for peers with a larger id, :math:`-` for smaller ones; the masks of all nodes sum
+    to 0 mod 2^32."""
     out = np.zeros(k, dtype=np.uint32)
     for peer, public in sorted(peers.items()):
         if peer == node:

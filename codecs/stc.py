@@ -40,9 +40,8 @@ def encode_stc(
     x: np.ndarray, indices: np.ndarray, *, pos_coding: int | None = None
 ) -> tuple[Encoded, Decoded]:
     """Encode ``x`` at sorted unique flat ``indices`` as :math:`\\pm\\mu` (an exact zero
-    among
-    the kept values is not sent). Returns the payload and what the receiver decodes
-    (sparse)."""
+    among the kept values is not sent). Returns the payload and what the receiver
+    decodes (sparse)."""
     x = np.asarray(x)
     flat = x.reshape(-1)
     idx = np.asarray(indices, dtype=np.int64)

@@ -210,9 +210,8 @@ def _settle_ties(
     tie_rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Candidates (positions into ``flat`` and ``u``) and their signs without the ties
-    that lose
-    their float draw: a tie keeps with probability ``q - floor(q)`` (``q`` unclamped by
-    255), drawn from ``tie_rng`` in position order."""
+    that lose their float draw: a tie keeps with probability ``q - floor(q)`` (``q``
+    unclamped by 255), drawn from ``tie_rng`` in position order."""
     ties = np.flatnonzero(tie)
     if not ties.size:
         return cand, neg

@@ -108,9 +108,8 @@ def select_topk(flat: np.ndarray, m: int) -> np.ndarray:
 
 def _at_least(flat: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """Sorted indices with ``|flat| >= threshold`` and their magnitudes, computed in
-    blocks that
-    stay in cache; ``ValueError`` on NaN or inf (the block maximum is checked on the
-    way)."""
+    blocks that stay in cache; ``ValueError`` on NaN or inf (the block maximum is
+    checked on the way)."""
     block = 1 << 17
     mag = np.empty(min(block, flat.size), dtype=flat.dtype)
     hit = np.empty(mag.size, dtype=bool)

@@ -167,9 +167,8 @@ def _load_idx_dataset(name: str, root: Path) -> Dataset:
 
 def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's bundled digits as (images / 16, labels), kept as ``digits.npz`` in
-    the data
-    cache after the first load: importing scikit-learn costs ~1.2 s in every fresh
-    process (a deployed SuperNode starts one per message)."""
+    the data cache after the first load: importing scikit-learn costs ~1.2 s in every
+    fresh process (a deployed SuperNode starts one per message)."""
     cache = data_root() / "digits.npz"
     if cache.is_file():
         try:

@@ -451,9 +451,9 @@ class LocalDeployment:
 
     def pss_mb(self) -> dict[str, float]:
         """Proportional set size now (MB) of each running process, descendants included:
-        the
-        shared pages (torch's libraries) are split among the processes that map them, so
-        unlike :meth:`peak_rss_mb` the figures add up to what the deployment holds."""
+        the shared pages (torch's libraries) are split among the processes that map
+        them, so unlike :meth:`peak_rss_mb` the figures add up to what the deployment
+        holds."""
         return {
             proc.name: round(
                 sum(pss_kb(p) for p in [proc.pid, *descendants(proc.pid)]) / 1024, 1

@@ -104,10 +104,9 @@ def peak_rss_kb(pid: int) -> int:
 
 def pss_kb(pid: int) -> int:
     """Proportional set size of ``pid`` in kB now (``Pss`` in
-    ``/proc/<pid>/smaps_rollup``; 0 if
-    unknown): its private pages plus its share of pages mapped by several processes
-    (torch's libraries, shared by every worker), so the PSS of all processes adds up to
-    the memory used."""
+    ``/proc/<pid>/smaps_rollup``; 0 if unknown): its private pages plus its share of
+    pages mapped by several processes (torch's libraries, shared by every worker), so
+    the PSS of all processes adds up to the memory used."""
     return _proc_kb(f"/proc/{pid}/smaps_rollup", "Pss:")
 
 

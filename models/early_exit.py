@@ -89,14 +89,13 @@ def exit_head(
     width: int, num_classes: int, bottleneck: int = EXIT_WIDTH, grid: int = EXIT_GRID
 ) -> nn.Module:
     """An intermediate exit that costs less than the stages it skips: a 1x1 convolution
-    down to
-    ``bottleneck`` channels (DepthFL's bottleneck classifiers, reduced), GroupNorm,
-    ReLU, average pooling to a ``grid x grid`` map and a linear layer. At stage
-    resolution ``h x w`` it costs ``h*w*width*bottleneck + bottleneck*grid**2*classes``
-    MACs, against ``9*h*w*width**2`` for the 3x3 convolution exit it replaces. The
-    pooled grid keeps where features are: with global pooling instead, exit 1 of the
-    searched MNIST network reached 26% after 400 central steps, with a 4x4 grid 93%
-    (+1,200 MACs)."""
+    down to ``bottleneck`` channels (DepthFL's bottleneck classifiers, reduced),
+    GroupNorm, ReLU, average pooling to a ``grid x grid`` map and a linear layer. At
+    stage resolution ``h x w`` it costs ``h*w*width*bottleneck +
+    bottleneck*grid**2*classes`` MACs, against ``9*h*w*width**2`` for the 3x3
+    convolution exit it replaces. The pooled grid keeps where features are: with global
+    pooling instead, exit 1 of the searched MNIST network reached 26% after 400 central
+    steps, with a 4x4 grid 93% (+1,200 MACs)."""
     mid = min(bottleneck, width)
     return nn.Sequential(
         nn.Conv2d(width, mid, 1, bias=False),
@@ -181,10 +180,9 @@ def multi_exit_loss(
     distill: float = 0.0,
 ) -> torch.Tensor:
     """``sum_i lambda_i * CE(z_i, y)`` over the exits present (weights cut to their
-    number), plus,
-    with ``distill > 0``, DepthFL's mutual self-distillation (Kim et al., ICLR 2023;
-    Flower's DepthFL baseline): every exit learns from each other exit's softened
-    prediction as a fixed teacher, ``distill / (d - 1) * sum_i sum_{j != i}
+    number), plus, with ``distill > 0``, DepthFL's mutual self-distillation (Kim et al.,
+    ICLR 2023; Flower's DepthFL baseline): every exit learns from each other exit's
+    softened prediction as a fixed teacher, ``distill / (d - 1) * sum_i sum_{j != i}
     KL(softmax(z_j).detach() || softmax(z_i))`` (temperature 1; the weight is ours to
     set, DepthFL's reading is 1)."""
     if len(weights) < len(logits):
@@ -217,8 +215,7 @@ def early_exit_loss_fn(
     model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, distill: float = 0.0
 ) -> torch.Tensor:
     """A ``LossFn`` for :func:`bouquet.models.training.train`: the model's multi-exit
-    loss
-    (with ``distill``: mutual self-distillation, see :func:`multi_exit_loss`)."""
+    loss (with ``distill``: mutual self-distillation, see :func:`multi_exit_loss`)."""
     if not isinstance(model, EarlyExitNet):
         raise ValueError(
             f"early_exit_loss_fn needs an EarlyExitNet, got {type(model).__name__}"

@@ -6,14 +6,13 @@ MnasNet's accuracy-size reward (Tan et al., 2019, "MnasNet: Platform-Aware Neura
 Architecture Search for Mobile", arXiv:1807.11626).
 
 Search space
-------------
-``P >= 2`` residual families (torchvision's ``BasicBlock`` and ``Bottleneck`` from
-``torchvision.models.resnet``), each taken at several depths (``blocks_per_stage``),
-give source networks ``ResNet(family, [b] * L)``. Every source network is cut by stage;
-pool ``l`` keeps stage ``l`` of every source network, so each pool holds ``N = P *
-len(blocks_per_stage)`` candidate stages, all mapping ``widths[l-1] -> widths[l]``
-channels (stride 2 from stage 2 on). A candidate network picks one candidate per pool:
-``N^L`` networks.
+------------ ``P >= 2`` residual families (torchvision's ``BasicBlock`` and
+``Bottleneck`` from ``torchvision.models.resnet``), each taken at several depths
+(``blocks_per_stage``), give source networks ``ResNet(family, [b] * L)``. Every source
+network is cut by stage; pool ``l`` keeps stage ``l`` of every source network, so each
+pool holds ``N = P * len(blocks_per_stage)`` candidate stages, all mapping ``widths[l-1]
+-> widths[l]`` channels (stride 2 from stage 2 on). A candidate network picks one
+candidate per pool: ``N^L`` networks.
 
 Widths: 28x28 inputs use a stride-2 stem of 16 channels and stages of 16/32/64 channels
 (spatial 14, 7, 4); inputs smaller than 16x16 (8x8 digits) use a stride-1 stem of 8
@@ -263,9 +262,8 @@ def baseline_architecture(space: SearchSpace) -> Architecture:
 
 class SuperNet(nn.Module):
     """Shared weights (ENAS): a stem, every candidate stage of every pool, and one
-    output layer
-    per candidate of the last pool (a stand-alone network's output layer follows its
-    last stage)."""
+    output layer per candidate of the last pool (a stand-alone network's output layer
+    follows its last stage)."""
 
     def __init__(self, space: SearchSpace) -> None:
         super().__init__()

@@ -157,9 +157,8 @@ def learner_reports(
     echo: dict[int, Callable[[dict], dict]] | None = None,
 ):
     """``FakeGrid.extra`` of learners that report ``scales`` (per task, 1-based) and
-    echo what
-    their message carried (node ``n`` in ``echo``: what ``echo[n](config)`` returns
-    instead)."""
+    echo what their message carried (node ``n`` in ``echo``: what ``echo[n](config)``
+    returns instead)."""
 
     def extra(node: int, config: dict, task: int) -> dict:
         scale = scales(task) if callable(scales) else scales[task - 1]

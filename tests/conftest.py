@@ -56,8 +56,8 @@ def make_train_message(
 
 def client_factory(cls, **kwargs):
     """A ``client_fn`` building NumPyClient ``cls`` (e.g. ``TopKClient``) on 40 seeded
-    random
-    1x8x8 samples of 3 classes with an MLP and ``lr=0.1``; ``kwargs`` go to ``cls``."""
+    random 1x8x8 samples of 3 classes with an MLP and ``lr=0.1``; ``kwargs`` go to
+    ``cls``."""
     from bouquet.models import build_model
 
     def client_fn(context):

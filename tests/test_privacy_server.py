@@ -1,7 +1,6 @@
 """Server side of DP with compression (issue 34): Flower's DP wrappers see decoded
-updates inside
-``Compressed``; ``DPAccountant`` equalises weights, enforces the bound and accounts
-epsilon."""
+updates inside ``Compressed``; ``DPAccountant`` equalises weights, enforces the bound
+and accounts epsilon."""
 
 from __future__ import annotations
 

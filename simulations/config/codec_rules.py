@@ -55,9 +55,8 @@ def _codec_settings(
     cfg: dict[str, Any], opt: Options
 ) -> tuple[str, dict[str, Any]] | None:
     """(prefix of the keys, settings) of a top-k or STC upload (client=topk|stc, or
-    client=recsys
-    with client.codec=topk|stc; absent codec_args take the codec's defaults), else
-    None."""
+    client=recsys with client.codec=topk|stc; absent codec_args take the codec's
+    defaults), else None."""
     if opt["client"] in SPARSE_CODECS:
         return "client", cfg["client"]
     if opt["client"] == "recsys" and cfg["client"]["codec"] in SPARSE_CODECS:
@@ -72,9 +71,8 @@ def _codec_settings(
 @RULES("client.momentum_correction | warmup_rounds vs residual_decay, alpha, rho")
 def _dgc_options(cfg: dict[str, Any], opt: Options) -> str | None:
     """DGC's momentum correction accumulates the momentum in the error-feedback
-    residual, so it needs
-    residual_decay > 0; a density warm-up from a density of 1 (alpha = rho = 1) sends
-    nothing less."""
+    residual, so it needs residual_decay > 0; a density warm-up from a density of 1
+    (alpha = rho = 1) sends nothing less."""
     found = _codec_settings(cfg, opt)
     if found is None:
         return None

@@ -19,9 +19,8 @@ RULES = Rules()
 @RULES("downlink + strategy")
 def _downlink_strategy(cfg: dict[str, Any], opt: Options) -> str | None:
     """A compressed downlink broadcasts one global model each round:
-    strategy=fedavg|fedprox|kl_weighted,
-    with an image-classification client (not early-exit sub-models, recommendation or
-    the asynchronous loop)."""
+    strategy=fedavg|fedprox|kl_weighted, with an image-classification client (not
+    early-exit sub-models, recommendation or the asynchronous loop)."""
     down = opt.get("downlink", "none")
     if down == "none":
         return None
@@ -105,9 +104,8 @@ def _recsys_pair(cfg: dict[str, Any], opt: Options) -> str | None:
 @RULES("dataset=movielens + strategy=kl_weighted|async|fedprox, server=adjust")
 def _recsys_strategy(cfg: dict[str, Any], opt: Options) -> str | None:
     """Ratings have no class labels (KL weighting, server-side adjustment), the
-    asynchronous loop never
-    runs the federated evaluation, and client=recsys does not apply FedProx's proximal
-    term."""
+    asynchronous loop never runs the federated evaluation, and client=recsys does not
+    apply FedProx's proximal term."""
     if opt["dataset"] != "movielens":
         return None
     why = {
@@ -145,8 +143,8 @@ def _lenet_digits(cfg: dict[str, Any], opt: Options) -> str | None:
 @RULES("client.max_depth|max_depth_by_partition without strategy=depth_fedavg")
 def _capacity_needs_depths(cfg: dict[str, Any], opt: Options) -> str | None:
     """A node with a capacity returns a sub-model; only strategy=depth_fedavg aggregates
-    sub-models
-    (every other strategy drops such replies, the asynchronous loop refuses them)."""
+    sub-models (every other strategy drops such replies, the asynchronous loop refuses
+    them)."""
     client = cfg["client"]
     if opt["client"] == "early_exit" and opt["strategy"] != "depth_fedavg":
         for name in ("max_depth", "max_depth_by_partition"):

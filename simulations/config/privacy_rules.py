@@ -21,10 +21,9 @@ DP_STRATEGIES = ("fedavg", "fedprox")
 @RULES("privacy=secagg <-> client=shared_topk")
 def _secagg(cfg: dict[str, Any], opt: Options) -> str | None:
     """Secure aggregation sums vectors laid out the same way on every client:
-    privacy=secagg takes
-    client=shared_topk (or a dense client=plain|slow), not per-client top-k/STC/ternary
-    positions; shared-support uploads serve strategy=fedavg|fedprox with a dense
-    broadcast."""
+    privacy=secagg takes client=shared_topk (or a dense client=plain|slow), not
+    per-client top-k/STC/ternary positions; shared-support uploads serve
+    strategy=fedavg|fedprox with a dense broadcast."""
     mode, client = opt.get("privacy", "none"), opt["client"]
     if mode == "secagg" and client in PER_CLIENT_POSITIONS:
         return both(

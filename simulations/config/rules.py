@@ -80,9 +80,8 @@ def sync_image_only(
     choice: str, opt: Options, strategies: tuple[str, ...], why_strategy: str, what: str
 ) -> str | None:
     """The refusal of ``choice`` (e.g. ``downlink=stc``) with a strategy outside
-    ``strategies``
-    (``why_strategy`` says why) or a client that is not an image classifier (``what`` is
-    built and tested for those), else ``None``."""
+    ``strategies`` (``why_strategy`` says why) or a client that is not an image
+    classifier (``what`` is built and tested for those), else ``None``."""
     if opt["strategy"] not in strategies:
         return both(
             choice,

@@ -8,7 +8,7 @@ from bouquet.clients.recsys_client import OPTIMIZERS as RECSYS_OPTIMIZERS
 from bouquet.codecs.catalog import COMPRESSORS
 from bouquet.codecs.catalog import DOWNLINK_CODECS
 from bouquet.codecs.catalog import codec_options
-from bouquet.codecs.compressor import SCOPES
+from bouquet.codecs.compressors import SCOPES
 from bouquet.codecs.ternary import PACKINGS
 from bouquet.codecs.topk import VALUE_DTYPES
 from bouquet.simulations.config.schema_keys import PARTIAL

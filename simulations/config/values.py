@@ -184,9 +184,8 @@ def check_values(cfg: dict[str, Any], options: dict[str, str]) -> None:
 
 def check_overrides(overrides: list[str], groups: tuple[str, ...]) -> None:
     """Command-line overrides that name files, before Hydra opens them: a config group's
-    choice
-    (``dataset=<value>`` reads ``conf/dataset/<value>.yaml``; Hydra's own groups are
-    ``hydra/<group>``) and Hydra's output directories.
+    choice (``dataset=<value>`` reads ``conf/dataset/<value>.yaml``; Hydra's own groups
+    are ``hydra/<group>``) and Hydra's output directories.
 
     Raises
     ------

@@ -1,4 +1,3 @@
 """The per-method parts of a run: the experiment (data, partitions, model, clients) and
-each
-method's server-side pieces (compression, downlink, adjustment, early exits, search,
-recommendation, privacy)."""
+each method's server-side pieces (compression, downlink, adjustment, early exits,
+search, recommendation, privacy)."""

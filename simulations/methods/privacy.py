@@ -145,8 +145,8 @@ def privacy_client_mods(cfg: dict[str, Any]) -> list[Any]:
 
 def private_client(cfg: dict[str, Any], client: NumPyClient) -> NumPyClient:
     """``client`` clipping its update before its codec for ``privacy=dp_client``,
-    uploading its whole
-    update masked for ``privacy=secagg`` with a dense client, else ``client``."""
+    uploading its whole update masked for ``privacy=secagg`` with a dense client, else
+    ``client``."""
     if privacy_mode(cfg) == "secagg" and not shared_topk(cfg):
         return SecureDenseClient(client)
     if privacy_mode(cfg) != "dp_client":

@@ -310,9 +310,8 @@ def _read_sums(directory: Path) -> dict[str, str]:
 
 def _check_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
     """A stored ``aN.npy`` member whose header declares a plain dtype and exactly the
-    bytes it
-    holds: ``np.load`` allocates the declared shape before reading, so this bounds its
-    memory by the file's size."""
+    bytes it holds: ``np.load`` allocates the declared shape before reading, so this
+    bounds its memory by the file's size."""
     name = info.filename
     if not (
         name.endswith(".npy")

@@ -117,8 +117,8 @@ class ConsoleFilter(logging.Filter):
 
 class OneLineFormatter(logging.Formatter):
     """At ``verbose=false``: another library's multi-line record (a client's traceback)
-    on one
-    console line, its first and last lines; the full text stays in ``main.log``."""
+    on one console line, its first and last lines; the full text stays in
+    ``main.log``."""
 
     def __init__(self, base: logging.Formatter | None) -> None:
         super().__init__()

@@ -314,8 +314,8 @@ QUALITY = {"accuracy": max, "rmse": min, "hr_at_10": max, "ndcg_at_10": max}
 
 def summarize(rows: list[dict[str, Any]], total_wall: float) -> dict[str, Any]:
     """Summary of a run from its metric rows: ``final_X``/``best_X`` for every quality
-    metric
-    the rows carry (``accuracy`` always present, ``None`` when never evaluated)."""
+    metric the rows carry (``accuracy`` always present, ``None`` when never
+    evaluated)."""
     quality: dict[str, Any] = {}
     for name, better in QUALITY.items():
         values = [r[name] for r in rows if r.get(name) is not None]

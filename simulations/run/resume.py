@@ -68,9 +68,8 @@ def is_resuming(cfg: dict[str, Any]) -> bool:
 
 def resume_dir(cfg: dict[str, Any], run_dir: str | os.PathLike[str]) -> Path:
     """The directory a run writes into: the one named by ``simulation.resume`` when
-    resuming
-    (``true`` = this run's own directory), else ``run_dir``. Reads nothing, writes
-    nothing."""
+    resuming (``true`` = this run's own directory), else ``run_dir``. Reads nothing,
+    writes nothing."""
     resume = cfg.get("simulation", {}).get("resume")
     if not is_resuming(cfg) or resume in (True, "true"):
         return Path(run_dir)

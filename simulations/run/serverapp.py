@@ -349,8 +349,8 @@ CLIENT_STATE_DIR = "client_state"
 
 def spills_client_state(cfg: dict[str, Any]) -> bool:
     """Synchronous rounds keep each node's ``context.state`` on disk between its
-    messages (the
-    asynchronous loop has no rounds to version it by: its state stays in memory)."""
+    messages (the asynchronous loop has no rounds to version it by: its state stays in
+    memory)."""
     return not str((cfg.get("strategy") or {}).get("_target_", "")).endswith(
         ".AsyncFedAvg"
     )
@@ -358,9 +358,8 @@ def spills_client_state(cfg: dict[str, Any]) -> bool:
 
 def make_client_app(cfg: dict[str, Any], state_dir: Path | None = None) -> ClientApp:
     """A Message-API ``ClientApp`` running the configured NumPyClient on the node's
-    partition;
-    with ``state_dir`` (simulation) each node's ``context.state`` lives there between
-    messages."""
+    partition; with ``state_dir`` (simulation) each node's ``context.state`` lives there
+    between messages."""
     spill: list[Callable[..., Any]] = (
         [SpilledState(state_dir)]
         if state_dir is not None and spills_client_state(cfg)

@@ -1,7 +1,6 @@
 """The learner-side sliding window (``staleness_window_mod``): the window and scale a
-node keeps in
-``context.state`` over several train messages, driven with hand-built Messages and a
-fake inner app that records the learning rate it was given."""
+node keeps in ``context.state`` over several train messages, driven with hand-built
+Messages and a fake inner app that records the learning rate it was given."""
 
 from __future__ import annotations
 

@@ -19,9 +19,9 @@ from bouquet.codecs.catalog import DOWNLINK_CODECS
 from bouquet.codecs.catalog import LOSSY_CODECS
 from bouquet.codecs.catalog import PER_CLIENT_POSITIONS
 from bouquet.codecs.catalog import codec_options
-from bouquet.codecs.compressor import SelectionOptions
-from bouquet.codecs.compressor import TopKCompressor
-from bouquet.codecs.compressor import _TopKSelection
+from bouquet.codecs.compressors import SelectionOptions
+from bouquet.codecs.compressors import TopKCompressor
+from bouquet.codecs.compressors import _TopKSelection
 from bouquet.simulations.config.schema_client import CODEC_ARGS
 from bouquet.simulations.config.schema_client import CODEC_REQUIRED
 from bouquet.simulations.config.schema_client import DOWNLINK

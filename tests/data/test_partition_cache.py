@@ -1,6 +1,5 @@
 """The on-disk partition cache: two arrays (indices + offsets) whatever the population;
-an
-older one-member-per-partition file is still read; a file that does not describe the
+an older one-member-per-partition file is still read; a file that does not describe the
 partitions is recomputed."""
 
 from __future__ import annotations

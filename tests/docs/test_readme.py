@@ -1,7 +1,6 @@
 """The README's commands work: every ``bouquet-sim`` command composes and validates
-against the
-config, and the quick-start example learns (issue 18: "every README example works and
-learns").
+against the config, and the quick-start example learns (issue 18: "every README example
+works and learns").
 """
 
 from __future__ import annotations

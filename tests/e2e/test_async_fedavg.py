@@ -99,10 +99,9 @@ SLIDING = [
 
 def test_sliding_window_on_the_learners_in_flowers_engine(tmp_path: Path) -> None:
     """The learner-side window (the default) through the real loop in Flower's
-    simulation
-    engine: every applied scale is the one each learner computed from its own window
-    (kept in ``context.state`` on its Ray worker), recomputed here from the staleness in
-    metrics.jsonl."""
+    simulation engine: every applied scale is the one each learner computed from its own
+    window (kept in ``context.state`` on its Ray worker), recomputed here from the
+    staleness in metrics.jsonl."""
     from async_checks import learner_scales
     from async_checks import server_scales
     from async_checks import update_log

@@ -189,9 +189,8 @@ def test_a_foreign_node_joins_but_is_never_sampled_and_crashes_are_error_replies
     deployment: LocalDeployment, tmp_path: Path
 ) -> None:
     """Issue 30, class 11: flwr 1.42's Control API has no authentication, so anyone who
-    can read
-    ``ca.crt`` can register a key and join; the deployment pins each run to its own node
-    ids."""
+    can read ``ca.crt`` can register a key and join; the deployment pins each run to its
+    own node ids."""
     key = deployment.node_key("joiner")
     # what an intruder can do
     joiner_id = int(deployment.cli.register(key.with_name(key.name + ".pub")))
@@ -289,9 +288,8 @@ def test_compressed_kl_weighted_run(
 
 def test_async_sliding_window_run(deployment: LocalDeployment, tmp_path: Path) -> None:
     """``strategy=async`` (sliding window on the learners, the default) on the TLS
-    SuperLink: each
-    SuperNode keeps its window in ``context.state`` between its ``flwr-clientapp``
-    processes."""
+    SuperLink: each SuperNode keeps its window in ``context.state`` between its
+    ``flwr-clientapp`` processes."""
     from async_checks import learner_scales
     from async_checks import update_log
 

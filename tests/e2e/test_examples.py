@@ -1,8 +1,7 @@
 """``examples/quickstart-compressed``: a plain Flower app using bouquet runs with ``flwr
-run`` on a
-local simulation federation, completes (read from ``flwr ls``: ``flwr run`` exits 0 on a
-failed run), and its uploads and (from round 2) its broadcasts are much smaller than
-dense (issues 18, 29)."""
+run`` on a local simulation federation, completes (read from ``flwr ls``: ``flwr run``
+exits 0 on a failed run), and its uploads and (from round 2) its broadcasts are much
+smaller than dense (issues 18, 29)."""
 
 from __future__ import annotations
 
@@ -63,9 +62,8 @@ def test_a_copy_outside_the_repository_runs_with_flowers_default_settings(
     flwr_home, tmp_path: Path
 ) -> None:
     """Issue 35: the example copied anywhere, run with Flower's runtime dependency
-    installation on
-    (its default; the other tests turn it off): it must complete, not fail with exit
-    code 608."""
+    installation on (its default; the other tests turn it off): it must complete, not
+    fail with exit code 608."""
     import shutil
 
     home, env = flwr_home

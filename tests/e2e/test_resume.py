@@ -50,9 +50,8 @@ def _sigkill_when_paused(
     script: str, pause: int, what: str, args: list[str], run_dir: Path
 ) -> None:
     """Run ``script`` (:data:`PAUSING_SIM` or :data:`PAUSING_ASYNC_SIM`) with ``args``
-    into
-    ``run_dir`` until it pauses at ``pause`` (``what``: "round 2", "update 8"), then
-    SIGKILL its whole session (the driver and its Ray workers). Its output goes to
+    into ``run_dir`` until it pauses at ``pause`` (``what``: "round 2", "update 8"),
+    then SIGKILL its whole session (the driver and its Ray workers). Its output goes to
     ``<run_dir>.log``."""
     marker, log = (
         run_dir.with_name(f"{run_dir.name}.paused"),
@@ -207,9 +206,9 @@ def test_async_run_sigkilled_after_a_checkpoint_resumes_its_versions_and_updates
     tmp_path: Path,
 ) -> None:
     """``strategy=async`` (sliding window on the learners) with a checkpoint every 4
-    applied
-    updates, SIGKILLed after the one of update 8, resumed: the update count and the
-    model version go on from 8 to the budget of 18 (6 rounds x 3 nodes), not from 0."""
+    applied updates, SIGKILLed after the one of update 8, resumed: the update count and
+    the model version go on from 8 to the budget of 18 (6 rounds x 3 nodes), not from
+    0."""
     crashed = tmp_path / "crashed"
     _sigkill_when_paused(PAUSING_ASYNC_SIM, 8, "update 8", ASYNC, crashed)
     ckpt = load_checkpoint(crashed)

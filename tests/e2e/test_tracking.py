@@ -1,8 +1,8 @@
 """Issue 36's done criterion: a Hydra sweep with ``logger=tensorboard`` /
-``logger=mlflow`` leaves
-records that TensorBoard's ``EventAccumulator`` / MLflow's client read back (an accuracy
-for every round of every job), ``bouquet-sim``'s own ``multirun_summary.csv`` has a row
-per job, and ``bouquet-report`` compares the sweep's jobs in a table and a plot."""
+``logger=mlflow`` leaves records that TensorBoard's ``EventAccumulator`` / MLflow's
+client read back (an accuracy for every round of every job), ``bouquet-sim``'s own
+``multirun_summary.csv`` has a row per job, and ``bouquet-report`` compares the sweep's
+jobs in a table and a plot."""
 
 from __future__ import annotations
 

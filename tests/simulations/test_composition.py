@@ -1,8 +1,7 @@
 """Composition matrix (issue 13): every ``client`` x ``strategy`` x ``server`` x
-``model`` that
-validation accepts runs one in-process round on digits (MovieLens for the recommendation
-values), without Ray, and every feature it names is shown to act; every other
-combination is refused before anything starts, with a message naming its conflict.
+``model`` that validation accepts runs one in-process round on digits (MovieLens for the
+recommendation values), without Ray, and every feature it names is shown to act; every
+other combination is refused before anything starts, with a message naming its conflict.
 
 A feature that did not act fails the test: decoded payloads (the new global model is the
 weighted mean of the *decoded* updates), KL weights (reported for every node *and*

@@ -27,8 +27,7 @@ class OneTick:
 
 class StoreState:
     """The parts of Flower's InMemoryLinkState the loops use: a message store, its lock,
-    and
-    ``get_message_ins`` with Flower's semantics (undelivered, for that node, marked
+    and ``get_message_ins`` with Flower's semantics (undelivered, for that node, marked
     delivered)."""
 
     def __init__(self, messages: list[tuple[str, int]]) -> None:

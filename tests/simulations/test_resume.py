@@ -125,11 +125,10 @@ def test_async_run_resumes_where_its_checkpoint_left_off(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``run_server`` on an in-process grid whose 3 nodes answer at once (each batch of
-    3 replies
-    is handled before the next push, so nothing is in flight at a checkpoint every 3
-    updates): killed right after the checkpoint of update 9 and resumed with nodes that
-    kept their ``context.state`` (as SuperNodes do), the run ends exactly as the
-    uninterrupted one."""
+    3 replies is handled before the next push, so nothing is in flight at a checkpoint
+    every 3 updates): killed right after the checkpoint of update 9 and resumed with
+    nodes that kept their ``context.state`` (as SuperNodes do), the run ends exactly as
+    the uninterrupted one."""
     from inprocess_grid import InProcessGrid
 
     from bouquet.simulations.run import checkpoint

@@ -1,7 +1,6 @@
 """The config schema: every key of every config group value refused with a bad value, by
-name,
-before the simulation engine starts; the README's config reference is the generated
-one."""
+name, before the simulation engine starts; the README's config reference is the
+generated one."""
 
 from __future__ import annotations
 
