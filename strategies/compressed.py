@@ -106,6 +106,7 @@ from bouquet.strategies.screening import reply_weight
 from bouquet.strategies.screening import shared_metrics
 from bouquet.strategies.sparse_mean import SparseWeightedMean
 from bouquet.strategies.wrapper import StrategyWrapper
+from bouquet.strategies.wrapper import log_summary
 from bouquet.strategies.wrapper import nested
 from bouquet.strategies.wrapper import refuse_byte_models
 from bouquet.strategies.wrapper import weight_key_of
@@ -155,13 +156,7 @@ class Compressed(StrategyWrapper):
         )  # set-up mistakes behind client errors, logged once
 
     def summary(self) -> None:
-        log(
-            logging.INFO,
-            "\t├──> Compressed(server_lr=%s) around %s",
-            self.server_lr,
-            type(self.strategy).__name__,
-        )
-        self.strategy.summary()
+        log_summary(self, f"Compressed(server_lr={self.server_lr})")
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -89,6 +89,7 @@ from bouquet.strategies.reports import DROP_REASONS
 from bouquet.strategies.reports import record_drop
 from bouquet.strategies.wrapper import StrategyWrapper
 from bouquet.strategies.wrapper import chain
+from bouquet.strategies.wrapper import log_summary
 
 # marker in a client error reason: it could not rebuild the model
 RESYNC = keys.DOWNLINK_RESYNC
@@ -158,13 +159,7 @@ class CompressedDownlink(StrategyWrapper):
         self._explained: set[str] = set()  # set-up mistakes already logged
 
     def summary(self) -> None:
-        log(
-            logging.INFO,
-            "\t├──> CompressedDownlink(%s) around %s",
-            self.compressor.codec,
-            type(self.strategy).__name__,
-        )
-        self.strategy.summary()
+        log_summary(self, f"CompressedDownlink({self.compressor.codec})")
 
     # ----------------------------------------------------------- the model clients hold
     def held_model(self, arrays: ArrayRecord) -> ArrayRecord:

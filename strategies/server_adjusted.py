@@ -36,10 +36,10 @@ from flwr.app import Array
 from flwr.app import ArrayRecord
 from flwr.app import Message
 from flwr.app import MetricRecord
-from flwr.common.logger import log
 from flwr.serverapp.strategy import Strategy
 
 from bouquet.strategies.wrapper import StrategyWrapper
+from bouquet.strategies.wrapper import log_summary
 
 logger = logging.getLogger(__name__)
 
@@ -94,13 +94,7 @@ class ServerAdjusted(StrategyWrapper):
         self._report: dict[str, Any] = {}
 
     def summary(self) -> None:
-        log(
-            logging.INFO,
-            "\t├──> ServerAdjusted (every %d rounds) around %s",
-            self.every_n_rounds,
-            type(self.strategy).__name__,
-        )
-        self.strategy.summary()
+        log_summary(self, f"ServerAdjusted (every {self.every_n_rounds} rounds)")
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

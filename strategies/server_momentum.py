@@ -47,6 +47,7 @@ from flwr.serverapp.strategy.fedopt import FedOpt
 from bouquet.codecs import is_statistic
 from bouquet.strategies.decoding import reference_arrays
 from bouquet.strategies.wrapper import StrategyWrapper
+from bouquet.strategies.wrapper import log_summary
 from bouquet.strategies.wrapper import nested
 from bouquet.strategies.wrapper import refuse_byte_models
 
@@ -91,13 +92,7 @@ class ServerMomentum(StrategyWrapper):
         self._global: dict[str, np.ndarray] | None = None
 
     def summary(self) -> None:
-        log(
-            logging.INFO,
-            "\t├──> ServerMomentum(momentum=%s) around %s",
-            self.momentum,
-            type(self.strategy).__name__,
-        )
-        self.strategy.summary()
+        log_summary(self, f"ServerMomentum(momentum={self.momentum})")
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

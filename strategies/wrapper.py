@@ -103,6 +103,13 @@ def refuse_byte_models(strategy: Strategy, wrapper: str) -> None:
             )
 
 
+def log_summary(wrapper: StrategyWrapper, line: str) -> None:
+    """Log ``line`` (the wrapper and its settings) and the name of the strategy it
+    wraps, then that strategy's own summary."""
+    log(logging.INFO, "\t├──> %s around %s", line, type(wrapper.strategy).__name__)
+    wrapper.strategy.summary()
+
+
 class _SealedAfterInit(ABCMeta):
     """Marks a wrapper as built once its ``__init__`` returns, and refuses a wrapper
     whose own
@@ -175,13 +182,7 @@ class StrategyWrapper(Strategy, metaclass=_SealedAfterInit):
         return Strategy.start(self, grid, initial_arrays, *args, **kwargs)
 
     def summary(self) -> None:
-        log(
-            logging.INFO,
-            "\t├──> %s around %s",
-            type(self).__name__,
-            type(self.strategy).__name__,
-        )
-        self.strategy.summary()
+        log_summary(self, type(self).__name__)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
