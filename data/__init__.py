@@ -8,12 +8,12 @@ from bouquet.data.loaders import data_root
 from bouquet.data.loaders import load_dataset
 from bouquet.data.loaders import read_idx
 from bouquet.data.partition import PARTITIONERS
-from bouquet.data.partition import SIZE_RULES
 from bouquet.data.partition import label_histogram
 from bouquet.data.partition import partition_indices
 from bouquet.data.partition import split_server_holdout
-from bouquet.data.partition import unbalanced_sizes
 from bouquet.data.partition import validate_partition_args
+from bouquet.data.unbalanced import SIZE_RULES
+from bouquet.data.unbalanced import unbalanced_sizes
 
 __all__ = [
     "DATASETS",

@@ -5,54 +5,28 @@ never partitioned. A class-balanced slice can be carved out of the training set 
 server (:func:`split_server_holdout`) before partitioning, so it is disjoint from every
 client.
 
-``kind="unbalanced"`` gives clients very different sizes *and* skewed labels: the sizes
-follow one of flwr-datasets' id-to-size rules (``ExponentialPartitioner``,
-``LinearPartitioner``, ``SquarePartitioner``: client ``i = 1..N`` gets a share
-proportional to ``f(i)``), computed by :func:`unbalanced_sizes` on what is left after
-every client got ``min_size`` samples, and the labels within those sizes come from
-flwr-datasets' ``InnerDirichletPartitioner`` (Dirichlet(alpha) class priors per client,
-Acar et al., FedDyn, 2021).
-
-.. math::
-
-    n_i = m + \left\lfloor \frac{f(i)}{\sum_{j=1}^{N} f(j)} (n - N m) \right\rfloor
-    \quad (\text{the remainder goes to client } N), \qquad f \in \{e^i,\ i,\ i^2\}
+``kind="unbalanced"`` (very different sizes *and* skewed labels) is in
+:mod:`bouquet.data.unbalanced`; computed partitions are cached on disk
+(:mod:`bouquet.data.partition_cache`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import warnings
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bouquet.data.loaders import data_root
+from bouquet.data.partition_cache import cached_partitions
+from bouquet.data.partition_cache import store_partitions
+from bouquet.data.unbalanced import as_hf_dataset
+from bouquet.data.unbalanced import unbalanced_partitions
+from bouquet.data.unbalanced import unbalanced_sizes
 
 logger = logging.getLogger(__name__)
 
 PARTITIONERS = ("iid", "dirichlet", "pathological", "unbalanced")
-#: Size rules of ``kind="unbalanced"``: the id-to-size functions of flwr-datasets'
-#: ``ExponentialPartitioner`` (``np.exp``), ``LinearPartitioner`` and
-#: ``SquarePartitioner``.
-SIZE_RULES = ("exponential", "linear", "square")
-_SIZE_FNS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "exponential": np.exp,
-    "linear": lambda x: x,
-    "square": np.square,
-}
-
-
-def _as_hf_dataset(labels: np.ndarray):  # type: ignore[no-untyped-def]
-    from datasets import Dataset as HFDataset
-
-    return HFDataset.from_dict(
-        {"label": labels.astype(np.int64), "idx": np.arange(len(labels))}
-    )
 
 
 def validate_partition_args(
@@ -157,11 +131,11 @@ def partition_indices(
             min_partition_size,
             seed,
         )
-    cached = _cached_partitions(labels, settings)
+    cached = cached_partitions(labels, settings)
     if cached is not None:
         return cached
     if kind == "unbalanced":
-        parts = _unbalanced(
+        parts = unbalanced_partitions(
             labels,
             unbalanced_sizes(len(labels), num_partitions, sizes, min_size),
             float(alpha),
@@ -178,178 +152,8 @@ def partition_indices(
             seed,
             num_classes,
         )
-    _store_partitions(labels, settings, parts)
+    store_partitions(labels, settings, parts)
     return parts
-
-
-def unbalanced_sizes(
-    num_samples: int, num_partitions: int, sizes: str = "exponential", min_size: int = 0
-) -> np.ndarray:
-    """Client sizes of ``kind="unbalanced"``: ``min_size`` each, the rest split by a
-    flwr-datasets size rule.
-
-    The rest ``n - N * min_size`` is split exactly as flwr-datasets'
-    ``IdToSizeFncPartitioner`` splits a dataset (``ExponentialPartitioner``: ``f =
-    exp``, ``LinearPartitioner``: ``f(i) = i``, ``SquarePartitioner``: ``f(i) = i**2``,
-    for ``i = 1..N``): client ``i`` gets ``floor(f(i) / sum_j f(j) * rest)`` samples and
-    the last (largest) client the remainder. With ``min_size=0`` the sizes are
-    flwr-datasets' own.
-
-    Our reading: ``exp`` over 10 clients puts ~63% of the data on the last client and a
-    handful of samples (4 of 60,000) on the first; ``min_size`` is an additive floor, so
-    every client can train, while the rule still shapes the sizes above it.
-
-    Raises
-    ------
-    ValueError
-        Naming ``partition.sizes`` (unknown rule), ``partition.min_size`` (negative,
-        more than the samples allow, or a client left with no sample) or
-        ``simulation.num_clients``.
-    """
-    if sizes not in SIZE_RULES:
-        raise ValueError(
-            f"partition.sizes={sizes!r} is unknown; allowed: {', '.join(SIZE_RULES)}"
-        )
-    if (
-        isinstance(min_size, bool)
-        or not isinstance(min_size, (int, np.integer))
-        or min_size < 0
-    ):
-        raise ValueError(f"partition.min_size={min_size!r} must be an integer >= 0")
-    if num_partitions < 1:
-        raise ValueError(f"simulation.num_clients={num_partitions} must be >= 1")
-    rest = num_samples - num_partitions * int(min_size)
-    if rest < 0:
-        raise ValueError(
-            f"partition.min_size={min_size} x "
-            f"simulation.num_clients={num_partitions} is more than "
-            f"the {num_samples} training samples"
-        )
-    # flwr-datasets' partition ids 1..N
-    ids = np.linspace(start=1, stop=num_partitions, num=num_partitions)
-    with np.errstate(over="ignore", invalid="ignore"):
-        units = _SIZE_FNS[sizes](ids)
-        fractions = units / units.sum()
-    # exp(i) overflows float64 beyond i = 709: same fractions, shifted
-    if not np.all(np.isfinite(fractions)):
-        units = np.exp(ids - ids[-1])
-        fractions = units / units.sum()
-    # truncation, as flwr-datasets does
-    out = np.array(fractions * rest, dtype=np.int64)
-    out[-1] += rest - out.sum()
-    out += int(min_size)
-    if out.min() < 1:
-        empty = int(np.argmin(out))
-        raise ValueError(
-            f"partition.sizes={sizes} leaves client {empty} without samples "
-            f"({num_partitions} clients, "
-            f"{num_samples} samples): set partition.min_size >= 1"
-        )
-    return out
-
-
-def _unbalanced(
-    labels: np.ndarray, sizes: np.ndarray, alpha: float, seed: int
-) -> list[np.ndarray]:
-    """flwr-datasets' ``InnerDirichletPartitioner`` over ``sizes`` (which sum to
-    ``len(labels)``)."""
-    from flwr_datasets.partitioner import InnerDirichletPartitioner
-
-    # It looks classes up as 0..K-1 (K = the number of distinct labels): relabel
-    # densely.
-    dense = np.unique(labels, return_inverse=True)[1].reshape(-1)
-    partitioner = InnerDirichletPartitioner(
-        partition_sizes=[int(s) for s in sizes],
-        partition_by="label",
-        alpha=alpha,
-        shuffle=False,
-        seed=seed,
-    )
-    partitioner.dataset = _as_hf_dataset(dense)
-    try:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            parts = [
-                np.sort(
-                    np.asarray(partitioner.load_partition(pid)["idx"], dtype=np.int64)
-                )
-                for pid in range(len(sizes))
-            ]
-    except ValueError as exc:
-        if "NaN" not in str(exc):
-            raise
-        # A client's Dirichlet prior put all its mass on classes that ran out: nothing
-        # left to draw.
-        raise ValueError(
-            f"partition.alpha={alpha} is too small for partition=unbalanced with "
-            "these sizes and seed: "
-            "flwr-datasets' InnerDirichletPartitioner drew a client whose classes "
-            "all ran out before it was full "
-            f"({exc}); use a larger partition.alpha"
-        ) from exc
-    return parts
-
-
-def _cache_file(labels: np.ndarray, settings: tuple) -> Path:
-    """``<data cache>/partitions/<sha256 of the labels and the settings>.npz``."""
-    digest = hashlib.sha256(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
-    digest.update(repr(settings).encode())
-    return data_root() / "partitions" / f"{digest.hexdigest()[:32]}.npz"
-
-
-def _cached_partitions(labels: np.ndarray, settings: tuple) -> list[np.ndarray] | None:
-    """Partitions computed before for the same labels and settings (no flwr-datasets
-    import:
-    ~0.7 s in every fresh process, and a deployed SuperNode starts one per message)."""
-    path = _cache_file(labels, settings)
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            if "offsets" in f.files:  # two arrays: O(1) members whatever the population
-                flat, offsets = (
-                    f["indices"].astype(np.int64),
-                    f["offsets"].astype(np.int64),
-                )
-                if (
-                    offsets.shape != (int(settings[1]) + 1,)
-                    or offsets[0] != 0
-                    or offsets[-1] != flat.size
-                    or np.any(np.diff(offsets) < 0)
-                ):
-                    raise ValueError("offsets do not describe the partitions")
-                parts = np.split(flat, offsets[1:-1])
-                old_layout = False
-            else:  # an older cache: one member per partition
-                parts = [f[f"p{i}"].astype(np.int64) for i in range(int(settings[1]))]
-                old_layout = True
-    except (OSError, ValueError, KeyError):
-        logger.warning("partition cache %s is unreadable; recomputing", path)
-        return None
-    if any(p.size and (p.min() < 0 or p.max() >= len(labels)) for p in parts):
-        return None
-    if old_layout:  # rewritten once in the two-array layout
-        _store_partitions(labels, settings, parts)
-    return parts
-
-
-def _store_partitions(
-    labels: np.ndarray, settings: tuple, parts: list[np.ndarray]
-) -> None:
-    path = _cache_file(labels, settings)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.npz")
-        offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(
-            np.int64
-        )
-        flat = (
-            np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
-        )
-        # 10,000 members took 1.5 s to read; two take ms
-        np.savez(tmp, indices=flat, offsets=offsets)
-        os.replace(tmp, path)
-    except OSError as exc:  # a read-only cache only costs the recomputation
-        logger.info("could not cache partitions in %s: %s", path, exc)
 
 
 def _partition(
@@ -371,7 +175,7 @@ def _partition(
         # IidPartitioner splits in order; shuffle first so the result depends on the
         # seed.
         order = np.random.default_rng(seed).permutation(len(labels))
-        hf = _as_hf_dataset(labels[order])
+        hf = as_hf_dataset(labels[order])
     elif kind == "dirichlet":
         min_size = min(min_partition_size, len(labels) // num_partitions)
         partitioner = DirichletPartitioner(
@@ -383,7 +187,7 @@ def _partition(
             self_balancing=False,
         )
         order = np.arange(len(labels))
-        hf = _as_hf_dataset(labels)
+        hf = as_hf_dataset(labels)
     else:
         partitioner = PathologicalPartitioner(
             num_partitions=num_partitions,
@@ -394,7 +198,7 @@ def _partition(
             seed=seed,
         )
         order = np.arange(len(labels))
-        hf = _as_hf_dataset(labels)
+        hf = as_hf_dataset(labels)
     partitioner.dataset = hf
     try:
         index_map = _index_map(partitioner, kind, len(labels), num_partitions)

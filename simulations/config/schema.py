@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from bouquet.data.loaders import DATASETS
 from bouquet.data.partition import PARTITIONERS
-from bouquet.data.partition import SIZE_RULES
+from bouquet.data.unbalanced import SIZE_RULES
 from bouquet.models.nas import FAMILIES
 from bouquet.simulations.config.schema_client import CLIENT
 from bouquet.simulations.config.schema_client import DOWNLINK

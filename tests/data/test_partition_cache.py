@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bouquet.data import partition as partition_module
+from bouquet.data import partition_cache
 from bouquet.data import partition_indices
 
 LABELS = np.repeat(np.arange(10), 120)
@@ -48,7 +48,7 @@ def test_an_older_cache_file_is_still_read(private_cache) -> None:
     path = _only_cache_file(private_cache)
     # the old layout, same name
     np.savez(path.with_suffix(""), **{f"p{i}": p for i, p in enumerate(first)})
-    parts = partition_module._cached_partitions(LABELS, _settings_of(path, first))
+    parts = partition_cache.cached_partitions(LABELS, _settings_of(path, first))
     assert parts is not None and all(
         np.array_equal(a, b) for a, b in zip(first, parts, strict=True)
     )
@@ -69,9 +69,7 @@ def test_offsets_that_do_not_describe_the_partitions_are_recomputed(
         indices=flat,
         offsets=np.array([0, 5, 3, 9, 9, 9, 9, flat.size]),
     )
-    assert (
-        partition_module._cached_partitions(LABELS, _settings_of(path, first)) is None
-    )
+    assert partition_cache.cached_partitions(LABELS, _settings_of(path, first)) is None
     again = partition_indices(LABELS, 7, "iid", seed=1)
     assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
 
@@ -92,5 +90,5 @@ def _settings_of(path, parts):
         d["min_partition_size"],
         1,
     )
-    assert partition_module._cache_file(LABELS, settings) == path
+    assert partition_cache.cache_file(LABELS, settings) == path
     return settings
