@@ -100,8 +100,6 @@ from bouquet.staleness_window import DEFAULT_WINDOW
 from bouquet.strategies.async_messages import Decoder
 from bouquet.strategies.async_messages import train_message
 from bouquet.strategies.async_nodes import NodeSteps
-from bouquet.strategies.async_rules import LEARNER_RATES
-from bouquet.strategies.async_rules import WINDOW_SIDES
 from bouquet.strategies.async_rules import AsyncSettings
 from bouquet.strategies.async_rules import show_settings
 from bouquet.strategies.async_run import AsyncRun
@@ -113,7 +111,7 @@ from bouquet.strategies.async_state import split_state
 from bouquet.strategies.staleness import StalenessPolicy
 from bouquet.strategies.staleness import make_policy
 
-__all__ = ["LEARNER_RATES", "WINDOW_SIDES", "AsyncFedAvg"]
+__all__ = ["AsyncFedAvg"]
 
 
 @show_settings  # strategy.alpha is strategy.settings.alpha, ... (read-only)

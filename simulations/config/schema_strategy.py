@@ -12,8 +12,8 @@ from bouquet.simulations.config.schema_keys import flag
 from bouquet.simulations.config.schema_keys import integer
 from bouquet.simulations.config.schema_keys import real
 from bouquet.simulations.config.schema_keys import target
-from bouquet.strategies.async_fedavg import LEARNER_RATES
-from bouquet.strategies.async_fedavg import WINDOW_SIDES
+from bouquet.strategies.async_rules import LEARNER_RATES
+from bouquet.strategies.async_rules import WINDOW_SIDES
 from bouquet.strategies.kl_math import BAD_HISTOGRAM_RULES
 from bouquet.strategies.kl_math import DIRECTIONS
 from bouquet.strategies.kl_math import MODES
