@@ -51,11 +51,11 @@ from typing import Any
 import numpy as np
 from flwr.common.logger import log
 
-from bouquet.simulations.run.checkpoint_format import CorruptCheckpoint
 from bouquet.simulations.run.checkpoint_format import encode_checkpoint
 from bouquet.simulations.run.checkpoint_format import fsync_dir
 from bouquet.simulations.run.checkpoint_format import read_checkpoint
 from bouquet.simulations.run.checkpoint_format import write_checkpoint
+from bouquet.simulations.run.checkpoint_skeleton import CorruptCheckpoint
 
 CHECKPOINT = "checkpoint"  # directory: arrays.npz, state.json, SHA256SUMS
 PREVIOUS = "checkpoint.prev"

@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 from bouquet.simulations.run import checkpoint_format as fmt
+from bouquet.simulations.run import checkpoint_skeleton as skeleton
 from bouquet.simulations.run.checkpoint import CHECKPOINT
 from bouquet.simulations.run.checkpoint import PREVIOUS
 from bouquet.simulations.run.checkpoint import CheckpointError
@@ -411,7 +412,7 @@ def test_unknown_types_are_refused_not_dropped(
     tmp_path: Path, value: Any, where: str
 ) -> None:
     with pytest.raises(ValueError, match=where):
-        fmt.flatten(value)
+        skeleton.flatten(value)
     with pytest.raises(ValueError, match=where):  # before anything is written
         save_checkpoint(tmp_path, {"round": 1, "arrays": {}, **value})
     assert list(tmp_path.iterdir()) == []
@@ -430,7 +431,7 @@ def test_the_dataclass_period_of_an_async_run_is_refused_but_its_fields_are_save
         ValueError,
         match=r"payload\['period'\] is a bouquet.simulations.run.metering.Period",
     ):
-        fmt.flatten({"period": period})
+        skeleton.flatten({"period": period})
     assert period_from_state(_round_trip(dataclasses.asdict(period))) == period
     with pytest.raises(CheckpointError, match="period is not a Period"):
         period_from_state({"bytes_up": 1, "evil": 2})
