@@ -71,18 +71,6 @@ def window_context(samples: list[float], kind: str = "mean") -> float | None:
     return staleness_context(samples, kind)
 
 
-def learner_scale(
-    prev_staleness: float,
-    context: float | None,
-    exponent: float = 1.0,
-    max_scale: float = 1.0,
-) -> float:
-    """The learner's scale :math:`\\min(s_{max}, ((1 + c) / (1 + \\tau_k))^a)` (1 capped
-    if ``context`` is None):
-    the server's rule, :func:`bouquet.staleness_window.window_scale`."""
-    return window_scale(prev_staleness, context, exponent, max_scale)
-
-
 def _number(value: Any) -> TypeGuard[int | float]:
     """A finite int or float (not a bool)."""
     return (
@@ -234,7 +222,7 @@ def staleness_window_mod(
             )
             state = LearnerWindow([], 0, None)
         if count > state.count and prev is not None:
-            state.scale = learner_scale(
+            state.scale = window_scale(
                 prev, window_context(state.samples, context), exponent, max_scale
             )
             state.samples = [*state.samples, float(prev)][-window:]

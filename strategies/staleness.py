@@ -104,17 +104,6 @@ def hinge_scale(staleness: float, a: float, b: float) -> float:
     return 1.0 if tau <= b else 1.0 / (a * (tau - b) + 1.0)
 
 
-def sliding_window_scale(
-    staleness: float,
-    context: float | None,
-    exponent: float = 1.0,
-    max_scale: float = 1.0,
-) -> float:
-    """S4 scale :math:`\\min(s_{max}, ((1 + c) / (1 + \\tau))^a)`, 1 if ``context=None``
-    (:func:`bouquet.staleness_window.window_scale`, after checking ``staleness``)."""
-    return window_scale(_check_staleness(staleness), context, exponent, max_scale)
-
-
 class StalenessPolicy:
     """Base policy: scale 1 (``constant``) and the max-staleness cutoff.
 
@@ -302,7 +291,8 @@ class SlidingWindowPolicy(StalenessPolicy):
         return list(self._window(node_id))
 
     def scale(self, staleness: float, context: float | None = None) -> float:
-        return sliding_window_scale(staleness, context, self.exponent, self.max_scale)
+        staleness = _check_staleness(staleness)
+        return window_scale(staleness, context, self.exponent, self.max_scale)
 
     def context(self, node_id: int | None = None) -> float | None:
         return staleness_context(self._window(node_id), self.context_kind)

@@ -12,13 +12,13 @@ from bouquet.simulations.config.schema_keys import flag
 from bouquet.simulations.config.schema_keys import integer
 from bouquet.simulations.config.schema_keys import real
 from bouquet.simulations.config.schema_keys import target
+from bouquet.staleness_window import CONTEXTS
 from bouquet.strategies.async_rules import LEARNER_RATES
 from bouquet.strategies.async_rules import WINDOW_SIDES
 from bouquet.strategies.kl_math import BAD_HISTOGRAM_RULES
 from bouquet.strategies.kl_math import DIRECTIONS
 from bouquet.strategies.kl_math import MODES
 from bouquet.strategies.kl_math import REFERENCES
-from bouquet.strategies.staleness import CONTEXTS
 from bouquet.strategies.staleness import POLICIES
 
 # ----------------------------------------------------------------------------- strategy

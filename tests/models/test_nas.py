@@ -168,9 +168,9 @@ def test_beta_changes_which_network_wins():
 
 
 def test_search_reward_prices_the_early_exit_models_costs():
+    from bouquet.simulations.methods.search import search_settings
     from bouquet.simulations.methods.search_loop import Search
     from bouquet.simulations.methods.search_loop import network_costs
-    from bouquet.simulations.methods.search import search_settings
 
     space = make_space((1, 8, 8), 10)
     rng = np.random.default_rng(0)

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bouquet.clients.slow import speed_factors
+from bouquet.staleness_window import window_scale
 from bouquet.strategies.staleness import POLICIES
 from bouquet.strategies.staleness import ConstantPolicy
 from bouquet.strategies.staleness import FedBuffPolicy
@@ -19,7 +20,6 @@ from bouquet.strategies.staleness import SlidingWindowPolicy
 from bouquet.strategies.staleness import hinge_scale
 from bouquet.strategies.staleness import make_policy
 from bouquet.strategies.staleness import polynomial_scale
-from bouquet.strategies.staleness import sliding_window_scale
 from bouquet.strategies.staleness import staleness_context
 
 SEQUENCE = [0, 1, 3, 0, 7, 2]
@@ -125,7 +125,7 @@ def test_scales_stay_in_range(taus: list[int]) -> None:
     for a, b in zip(sorted(taus), sorted(taus)[1:], strict=False):
         assert polynomial_scale(b, 0.5) <= polynomial_scale(a, 0.5)
         assert hinge_scale(b, 10, 4) <= hinge_scale(a, 10, 4)
-        assert sliding_window_scale(b, 5.0) <= sliding_window_scale(a, 5.0)
+        assert window_scale(b, 5.0) <= window_scale(a, 5.0)
 
 
 def test_make_policy_takes_each_policys_own_settings_and_defaults() -> None:
