@@ -27,6 +27,7 @@ reads the same tags). The training loss over the exits present is
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,7 @@ def check_exit_weights(
     weights = [float(w) for w in exit_weights]
     if (
         len(weights) != num_exits
-        or any(not np.isfinite(w) or w < 0 for w in weights)
+        or any(not math.isfinite(w) or w < 0 for w in weights)
         or sum(weights) <= 0
     ):
         raise ValueError(

@@ -21,6 +21,7 @@ client.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 import numpy as np
 import torch
@@ -178,22 +179,13 @@ def load_partial(model: nn.Module, arrays: dict[str, np.ndarray], prefix: str) -
             state[name].copy_(torch.as_tensor(arr, dtype=state[name].dtype))
 
 
-def build_recsys_model(
-    name: str = "mf",
-    *,
-    num_items: int,
-    num_users: int = 0,
-    dim: int = 32,
-    init_std: float = 0.1,
-    mu: float = 3.0,
-    seed: int = 0,
-) -> MatrixFactorization:
-    """Build a recommendation model by name (``mf``)."""
+def build_recsys_model(name: str = "mf", **options: Any) -> MatrixFactorization:
+    """Build a recommendation model by name (``mf``); ``options`` are its constructor's
+    (:class:`MatrixFactorization`: ``num_items``, ``num_users``, ``dim``, ``init_std``,
+    ``mu``, ``seed``)."""
     if name not in RECSYS_MODELS:
         raise ValueError(
             f"model.name={name!r} is not a recommendation model; allowed: "
             f"{', '.join(RECSYS_MODELS)}"
         )
-    return MatrixFactorization(
-        num_items, num_users, dim=dim, init_std=init_std, mu=mu, seed=seed
-    )
+    return MatrixFactorization(**options)
