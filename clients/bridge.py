@@ -44,6 +44,10 @@ from bouquet.codecs.wire import is_bouquet_stype
 
 #: One model's arrays, in the order of their names.
 Arrays: TypeAlias = Sequence[np.ndarray]
+#: What a NumPyClient's ``fit`` returns: arrays, the number of examples, metrics.
+FitResult: TypeAlias = tuple[list[np.ndarray], int, dict[str, Any]]
+#: What a NumPyClient's ``evaluate`` returns: loss, the number of examples, metrics.
+EvaluateResult: TypeAlias = tuple[float, int, dict[str, Any]]
 
 logger = logging.getLogger(__name__)
 

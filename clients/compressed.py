@@ -40,9 +40,11 @@ from flwr.app import MessageType
 from flwr.app import RecordDict
 from flwr.clientapp.typing import ClientAppCallable  # Flower's own client-mod type
 from flwr.clientapp.typing import Mod  # Flower's own client-mod type
+from flwr.common import NDArrays
 
 from bouquet import keys
 from bouquet.clients.bridge import Arrays
+from bouquet.clients.bridge import FitResult
 from bouquet.clients.bridge import received_arrays
 from bouquet.clients.bridge import reply_update
 from bouquet.clients.bridge import single_record
@@ -237,9 +239,7 @@ class CompressingClient(TorchClient):
         self.compressor = compressor
         self.server_round = 1
 
-    def fit(
-        self, parameters: list[np.ndarray], config: dict[str, Any]
-    ) -> tuple[list[np.ndarray], int, dict[str, Any]]:
+    def fit(self, parameters: NDArrays, config: dict[str, Any]) -> FitResult:
         self.server_round = int(config.get(keys.SERVER_ROUND, 1))
         return super().fit(parameters, config)
 

@@ -33,9 +33,12 @@ from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord
+from flwr.common import NDArrays
 
 from bouquet import keys
 from bouquet.clients.bridge import Arrays
+from bouquet.clients.bridge import EvaluateResult
+from bouquet.clients.bridge import FitResult
 from bouquet.clients.bridge import dense_arrayrecord
 from bouquet.clients.torch_client import TorchClient
 from bouquet.models.early_exit import EarlyExitNet
@@ -149,9 +152,7 @@ class EarlyExitClient(TorchClient):
             "early-exit architecture"
         )
 
-    def fit(
-        self, parameters: list[np.ndarray], config: dict[str, Any]
-    ) -> tuple[list[np.ndarray], int, dict[str, Any]]:
+    def fit(self, parameters: NDArrays, config: dict[str, Any]) -> FitResult:
         depth = self.received_depth(parameters)
         cap = self.capacity()
         train_depth = min(depth, cap) if cap > 0 else depth
@@ -185,9 +186,7 @@ class EarlyExitClient(TorchClient):
             self.trained_names, [by_name[n] for n in self.trained_names]
         )
 
-    def evaluate(
-        self, parameters: list[np.ndarray], config: dict[str, Any]
-    ) -> tuple[float, int, dict[str, Any]]:
+    def evaluate(self, parameters: NDArrays, config: dict[str, Any]) -> EvaluateResult:
         """Evaluate the received sub-model; ``eval-accuracy`` is that of its deepest
         exit."""
         depth = self.received_depth(parameters)

@@ -51,10 +51,13 @@ from flwr.app import MessageType
 from flwr.client import NumPyClient
 from flwr.clientapp.typing import ClientAppCallable  # Flower's own client-mod type
 from flwr.clientapp.typing import Mod  # Flower's own client-mod type
+from flwr.common import NDArrays
 from flwr.common.logger import log
 
 from bouquet import keys
 from bouquet.clients.bridge import Arrays
+from bouquet.clients.bridge import EvaluateResult
+from bouquet.clients.bridge import FitResult
 from bouquet.clients.bridge import ReplyEncoder
 from bouquet.clients.bridge import dense_arrayrecord
 from bouquet.clients.bridge import received_arrays
@@ -358,15 +361,11 @@ class PrivateClient(NumPyClient):
     def get_parameters(self, config: dict[str, Any]) -> list[np.ndarray]:
         return self.inner.get_parameters(config)  # type: ignore[arg-type]
 
-    def fit(
-        self, parameters: list[np.ndarray], config: dict[str, Any]
-    ) -> tuple[list[np.ndarray], int, dict[str, Any]]:
+    def fit(self, parameters: NDArrays, config: dict[str, Any]) -> FitResult:
         self.server_round = int(config.get(keys.SERVER_ROUND, 1))
         return self.inner.fit(parameters, config)  # type: ignore[arg-type,return-value]
 
-    def evaluate(
-        self, parameters: list[np.ndarray], config: dict[str, Any]
-    ) -> tuple[float, int, dict[str, Any]]:
+    def evaluate(self, parameters: NDArrays, config: dict[str, Any]) -> EvaluateResult:
         return self.inner.evaluate(parameters, config)  # type: ignore[arg-type,return-value]
 
     def encode_train_reply(

@@ -36,9 +36,12 @@ from flwr.app import Array
 from flwr.app import ArrayRecord
 from flwr.app import Context
 from flwr.client import NumPyClient
+from flwr.common import NDArrays
 
 from bouquet import keys
 from bouquet.clients.bridge import Arrays
+from bouquet.clients.bridge import EvaluateResult
+from bouquet.clients.bridge import FitResult
 from bouquet.clients.bridge import dense_arrayrecord
 from bouquet.clients.compressed import compress_for
 from bouquet.clients.torch_client import check_training_args
@@ -199,9 +202,7 @@ class RecsysClient(NumPyClient):
     def get_parameters(self, config: dict[str, Any]) -> list[np.ndarray]:
         return list(shared_weights(self.model).values())
 
-    def fit(
-        self, parameters: list[np.ndarray], config: dict[str, Any]
-    ) -> tuple[list[np.ndarray], int, dict[str, Any]]:
+    def fit(self, parameters: NDArrays, config: dict[str, Any]) -> FitResult:
         torch.set_num_threads(self.torch_threads)
         self._load_shared(parameters)
         self._load_private()
@@ -259,9 +260,7 @@ class RecsysClient(NumPyClient):
             return dense_arrayrecord(names, returned)
         return compress_for(self, names, received, returned)
 
-    def evaluate(
-        self, parameters: list[np.ndarray], config: dict[str, Any]
-    ) -> tuple[float, int, dict[str, Any]]:
+    def evaluate(self, parameters: NDArrays, config: dict[str, Any]) -> EvaluateResult:
         torch.set_num_threads(self.torch_threads)
         self._load_shared(parameters)
         self._load_private()

@@ -29,10 +29,13 @@ from flwr.app import MessageType
 from flwr.app import RecordDict
 from flwr.client import NumPyClient
 from flwr.clientapp.typing import ClientAppCallable
+from flwr.common import NDArrays
 from flwr.common.logger import log
 
 from bouquet import keys
 from bouquet.clients.bridge import Arrays
+from bouquet.clients.bridge import EvaluateResult
+from bouquet.clients.bridge import FitResult
 from bouquet.clients.bridge import single_record
 from bouquet.clients.torch_client import TorchClient
 from bouquet.codecs.shared_topk import KEY_BYTES
@@ -216,9 +219,7 @@ class SharedTopKClient(SharedEncoding, TorchClient):
         self.residual_decay = float(residual_decay)
         self.train_config: dict[str, Any] = {}
 
-    def fit(
-        self, parameters: list[np.ndarray], config: dict[str, Any]
-    ) -> tuple[list[np.ndarray], int, dict[str, Any]]:
+    def fit(self, parameters: NDArrays, config: dict[str, Any]) -> FitResult:
         self.train_config = dict(config)
         return super().fit(parameters, config)
 
@@ -256,15 +257,11 @@ class SecureDenseClient(SharedEncoding, NumPyClient):
     def get_parameters(self, config: dict[str, Any]) -> list[np.ndarray]:
         return self.inner.get_parameters(config)  # type: ignore[arg-type]
 
-    def fit(
-        self, parameters: list[np.ndarray], config: dict[str, Any]
-    ) -> tuple[list[np.ndarray], int, dict[str, Any]]:
+    def fit(self, parameters: NDArrays, config: dict[str, Any]) -> FitResult:
         self.train_config = dict(config)
         return self.inner.fit(parameters, config)  # type: ignore[arg-type,return-value]
 
-    def evaluate(
-        self, parameters: list[np.ndarray], config: dict[str, Any]
-    ) -> tuple[float, int, dict[str, Any]]:
+    def evaluate(self, parameters: NDArrays, config: dict[str, Any]) -> EvaluateResult:
         return self.inner.evaluate(parameters, config)  # type: ignore[arg-type,return-value]
 
 

@@ -27,8 +27,10 @@ import time
 from typing import Any
 
 import numpy as np
+from flwr.common import NDArrays
 
 from bouquet import keys
+from bouquet.clients.bridge import FitResult
 from bouquet.clients.torch_client import TorchClient
 
 logger = logging.getLogger(__name__)
@@ -118,9 +120,7 @@ class SlowClient(TorchClient):
         )
         return float(factors[pid])
 
-    def fit(
-        self, parameters: list[np.ndarray], config: dict[str, Any]
-    ) -> tuple[list[np.ndarray], int, dict[str, Any]]:
+    def fit(self, parameters: NDArrays, config: dict[str, Any]) -> FitResult:
         start = time.perf_counter()
         arrays, num_examples, metrics = super().fit(parameters, config)
         measured = time.perf_counter() - start

@@ -17,9 +17,12 @@ import numpy as np
 import torch
 from flwr.client import NumPyClient
 from flwr.common import Context
+from flwr.common import NDArrays
 from torch import nn
 
 from bouquet import keys
+from bouquet.clients.bridge import EvaluateResult
+from bouquet.clients.bridge import FitResult
 from bouquet.data import label_histogram
 from bouquet.models.training import LossFn
 from bouquet.models.training import cross_entropy_loss
@@ -107,9 +110,7 @@ class TorchClient(NumPyClient):
     def get_parameters(self, config: dict[str, Any]) -> list[np.ndarray]:
         return list(get_weights(self.model).values())
 
-    def fit(
-        self, parameters: list[np.ndarray], config: dict[str, Any]
-    ) -> tuple[list[np.ndarray], int, dict[str, Any]]:
+    def fit(self, parameters: NDArrays, config: dict[str, Any]) -> FitResult:
         torch.set_num_threads(self.torch_threads)
         set_weights(self.model, list(parameters))
         server_round = int(config.get(keys.SERVER_ROUND, 0))
@@ -147,9 +148,7 @@ class TorchClient(NumPyClient):
         }
         return self.get_parameters({}), len(self.y), metrics
 
-    def evaluate(
-        self, parameters: list[np.ndarray], config: dict[str, Any]
-    ) -> tuple[float, int, dict[str, Any]]:
+    def evaluate(self, parameters: NDArrays, config: dict[str, Any]) -> EvaluateResult:
         torch.set_num_threads(self.torch_threads)
         set_weights(self.model, list(parameters))
         loss, acc = evaluate(self.model, self.x, self.y)
