@@ -5,7 +5,7 @@ Method S2 (cloud-edge training with NAS), step S5: after each round the aggregat
 early-exit model is validated and the best exit model is kept (BranchyNet,
 Teerapittayanon et al., 2016; DepthFL, Kim et al., ICLR 2023).
 :class:`EarlyExitExperiment` is chosen by
-:func:`bouquet.simulations.methods.experiment.experiment_class` when ``model.name ==
+:func:`bouquet.simulations.methods.experiments.experiment_class` when ``model.name ==
 "early_exit"``.
 
 Each round's ``metrics.jsonl`` line gets, on the server test set, ``accuracy_exit_i``
