@@ -18,49 +18,39 @@ What :class:`LocalDeployment` does, in order (every wait has a timeout):
    run directory and raises :class:`DeployFailed` with the reason if the run did not
    complete;
 6. :meth:`LocalDeployment.stop` stops every process it started, children included, by
-   PID; the context manager, the CLI's ``try/finally`` and its SIGTERM/SIGINT/SIGHUP
-   handlers make sure that also happens on failure.
-
-Command line (``make deploy-demo`` runs it with defaults)::
-
-    python deploy/local.py --nodes 2 \\
-        --overrides "dataset=digits simulation.num_rounds=2"
+   PID; the context manager and the command line's (:mod:`deploy.cli`) ``try/finally``
+   and signal handlers make sure that also happens on failure.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
-import re
 import shutil
-import signal
 import sys
 import time
-from dataclasses import dataclass
-from dataclasses import field
 from pathlib import Path
-from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make the `deploy` package importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from deploy.flwrcli import FlwrCli  # noqa: E402
-from deploy.flwrcli import free_port  # noqa: E402
-from deploy.flwrcli import https_answers  # noqa: E402
-from deploy.flwrcli import wait_until  # noqa: E402
-from deploy.pki import TlsFiles  # noqa: E402
-from deploy.pki import make_node_key  # noqa: E402
-from deploy.pki import make_tls  # noqa: E402
-from deploy.pki import write_private  # noqa: E402
-from deploy.processes import ManagedProcess  # noqa: E402
-from deploy.processes import descendants  # noqa: E402
-from deploy.processes import flower_env  # noqa: E402
-from deploy.processes import peak_rss_kb  # noqa: E402
-from deploy.processes import pss_kb  # noqa: E402
-from deploy.supernode import DEFAULT_POLL_S  # noqa: E402
-from deploy.supernode import ENV_POLL  # noqa: E402
+from deploy.flwrcli import FlwrCli
+from deploy.flwrcli import free_port
+from deploy.flwrcli import https_answers
+from deploy.flwrcli import wait_until
+from deploy.outcome import RUN_STARTED
+from deploy.outcome import DeployFailed
+from deploy.outcome import RunOutcome
+from deploy.outcome import last_exception
+from deploy.pki import TlsFiles
+from deploy.pki import make_node_key
+from deploy.pki import make_tls
+from deploy.pki import write_private
+from deploy.processes import ManagedProcess
+from deploy.processes import flower_env
+from deploy.processes import peak_rss_kb
+from deploy.processes import pss_kb
+from deploy.processes import tree_mb
+from deploy.supernode import DEFAULT_POLL_S
+from deploy.supernode import ENV_POLL
 
 logger = logging.getLogger("bouquet.deploy")
 
@@ -71,29 +61,6 @@ CONNECTION = "bouquet-local"
 # import, the app
 WORKER_PRELOAD = ("torch", "torch._dynamo", "bouquet.simulations.run.flower_app")
 HOST = "127.0.0.1"
-RUN_STARTED = re.compile(r"Successfully started run (\d+)")
-EXCEPTION_LINE = re.compile(
-    r"^(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Failed|Exit)\b(?::.*)?$",
-    re.MULTILINE,
-)
-
-
-class DeployFailed(RuntimeError):
-    """The deployment could not start, or the run did not complete."""
-
-
-@dataclass
-class RunOutcome:
-    """Result of one ``flwr run`` on the deployment."""
-
-    run_id: str
-    status: str
-    details: str
-    run_dir: Path
-    summary: dict[str, Any] | None
-    wall_s: float
-    log_path: Path
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class LocalDeployment:
@@ -440,27 +407,14 @@ class LocalDeployment:
     def peak_rss_mb(self) -> dict[str, float]:
         """Peak resident memory (``VmHWM``, MB) of each running process, descendants
         included."""
-        return {
-            proc.name: round(
-                sum(peak_rss_kb(p) for p in [proc.pid, *descendants(proc.pid)]) / 1024,
-                1,
-            )
-            for proc in self.processes
-            if proc.running()
-        }
+        return tree_mb(self.processes, peak_rss_kb)
 
     def pss_mb(self) -> dict[str, float]:
         """Proportional set size now (MB) of each running process, descendants included:
         the shared pages (torch's libraries) are split among the processes that map
         them, so unlike :meth:`peak_rss_mb` the figures add up to what the deployment
         holds."""
-        return {
-            proc.name: round(
-                sum(pss_kb(p) for p in [proc.pid, *descendants(proc.pid)]) / 1024, 1
-            )
-            for proc in self.processes
-            if proc.running()
-        }
+        return tree_mb(self.processes, pss_kb)
 
     # ----------------------------------------------------------------- stop
     def stop(self) -> None:
@@ -476,13 +430,6 @@ class LocalDeployment:
         self.superlink = None
 
 
-def last_exception(log: str) -> str:
-    """The last Python exception line (``ValueError: ...``) in a streamed ServerApp
-    log."""
-    found = EXCEPTION_LINE.findall(log)
-    return found[-1].strip() if found else ""
-
-
 def _raise_if_dead(proc: ManagedProcess) -> bool:
     if not proc.running():
         raise DeployFailed(
@@ -490,85 +437,3 @@ def _raise_if_dead(proc: ManagedProcess) -> bool:
             f"{proc.log_path}:\n{proc.log_text()[-2000:]}"
         )
     return False
-
-
-def _raise_signal(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point; returns the exit code."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--nodes", type=int, default=2, help="SuperNodes to start (default 2)"
-    )
-    parser.add_argument(
-        "--overrides",
-        default="dataset=digits simulation.num_rounds=2",
-        help="Hydra overrides, as for bouquet-sim (simulation.num_clients is set to "
-        "--nodes)",
-    )
-    parser.add_argument(
-        "--run-dir",
-        default=None,
-        help="results directory (default outputs/deploy/<timestamp>)",
-    )
-    parser.add_argument(
-        "--state-dir", default=str(DEFAULT_STATE), help="certificates, keys, logs"
-    )
-    parser.add_argument(
-        "--port", type=int, default=0, help="SuperLink port (0 = a free one)"
-    )
-    parser.add_argument(
-        "--timeout", type=float, default=900.0, help="seconds allowed for the run"
-    )
-    parser.add_argument(
-        "--cold",
-        action="store_true",
-        help="Flower's defaults: a fresh flwr-clientapp process per message, 3 s idle "
-        "poll",
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    run_dir = Path(
-        args.run_dir or ROOT / "outputs" / "deploy" / time.strftime("%Y-%m-%d_%H-%M-%S")
-    )
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, _raise_signal)
-    deployment = LocalDeployment(
-        num_nodes=args.nodes,
-        state_dir=args.state_dir,
-        port=args.port,
-        warm=not args.cold,
-    )
-    try:
-        deployment.start()
-        outcome = deployment.run(args.overrides, run_dir, timeout_s=args.timeout)
-    except (DeployFailed, ValueError, TimeoutError, RuntimeError) as exc:
-        logger.error("deployment failed: %s", exc)
-        return 1
-    except KeyboardInterrupt as exc:
-        logger.error("interrupted (%s); stopping everything", exc)
-        return 130
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            # stopping has its own timeouts: let it finish
-            signal.signal(sig, signal.SIG_IGN)
-        deployment.stop()
-    summary = outcome.summary or {}
-    logger.info(
-        "run %s %s: final accuracy %s, %d bytes up, %.1f s; results in %s",
-        outcome.run_id,
-        outcome.status,
-        summary.get("final_accuracy"),
-        summary.get("total_bytes_up", 0),
-        outcome.wall_s,
-        outcome.run_dir,
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

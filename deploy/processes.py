@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
@@ -220,3 +221,17 @@ class ManagedProcess:
         killed = stop_tree(self.pid, timeout_s=timeout_s, popen=self.popen)
         self._log.close()
         return killed
+
+
+def tree_mb(
+    processes: list[ManagedProcess], measure_kb: Callable[[int], int]
+) -> dict[str, float]:
+    """``measure_kb`` (:func:`peak_rss_kb` or :func:`pss_kb`) of each running process
+    and its descendants together, in MB, by process name."""
+    return {
+        proc.name: round(
+            sum(measure_kb(p) for p in [proc.pid, *descendants(proc.pid)]) / 1024, 1
+        )
+        for proc in processes
+        if proc.running()
+    }

@@ -20,9 +20,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from deploy.flwrcli import wait_until  # noqa: E402
-from deploy.local import DeployFailed  # noqa: E402
 from deploy.local import LocalDeployment  # noqa: E402
-from deploy.local import last_exception  # noqa: E402
+from deploy.outcome import DeployFailed  # noqa: E402
+from deploy.outcome import last_exception  # noqa: E402
 from deploy.pki import make_node_key  # noqa: E402
 from deploy.pki import make_tls  # noqa: E402
 from deploy.processes import ManagedProcess  # noqa: E402
