@@ -51,9 +51,8 @@ class Accumulator:
         if staged is not None and dec.indices is not None:
             if staged.take(dec.indices, dec.values, dec.factor(weight)):
                 return
-            if (
-                staged.pending
-            ):  # the stage is full: apply it and stage this update afresh
+            # the stage is full: apply it and stage this update afresh
+            if staged.pending:
                 self._apply_staged()
                 if staged.take(dec.indices, dec.values, dec.factor(weight)):
                     return
@@ -92,9 +91,8 @@ class Accumulator:
         if data is None:
             contiguous = np.ascontiguousarray(acc.astype(self.dtype, copy=False))
             body = memoryview(contiguous).cast("B")  # type: ignore[arg-type]
-            data = b"".join(
-                (npy_header(self.dtype, self.shape), body)
-            )  # one copy into the reply bytes
+            # one copy into the reply bytes
+            data = b"".join((npy_header(self.dtype, self.shape), body))
         return Array(
             dtype=str(self.dtype), shape=self.shape, stype=DENSE_STYPE, data=data
         )

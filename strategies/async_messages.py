@@ -71,12 +71,10 @@ def train_message(
     the learner-side window, the sample of its previous applied update."""
     cfg = ConfigRecord(dict(config))
     cfg[keys.MODEL_VERSION] = int(version)
-    cfg[keys.SERVER_ROUND] = int(
-        task
-    )  # the node's task counter (seeds its local shuffling)
-    if (
-        flight is not None and flight.applied is not None
-    ):  # the learner-side window's sample
+    # the node's task counter (seeds its local shuffling)
+    cfg[keys.SERVER_ROUND] = int(task)
+    # the learner-side window's sample
+    if flight is not None and flight.applied is not None:
         cfg[keys.APPLIED_UPDATES] = flight.applied
         if flight.prev_staleness is not None:
             cfg[keys.PREV_STALENESS] = flight.prev_staleness

@@ -90,9 +90,8 @@ class NodeSteps:
         ]
         if not idle:
             return
-        for (
-            node
-        ) in idle:  # one push per message: a grid may drop a message it cannot store
+        # one push per message: a grid may drop a message it cannot store
+        for node in idle:
             st.tasks[node] = st.tasks.get(node, 0) + 1
             flight = st.flight(node, st.version, self.learner_side)
             ids = [
@@ -164,9 +163,8 @@ class NodeSteps:
         if mid not in st.inflight:
             return  # a reply to an abandoned message
         node = st.inflight[mid].node_id
-        if (
-            reply.metadata.src_node_id != node
-        ):  # identity: only the node the message went to answers it
+        # identity: only the node the message went to answers it
+        if reply.metadata.src_node_id != node:
             st.drop(
                 f"node {node_label(reply)}: "
                 + truncate_reason(f"answers the message sent to node {node}")

@@ -23,10 +23,8 @@ import numpy as np
 Arrays = dict[str, np.ndarray]
 T = TypeVar("T")
 
-WINDOW_SIDES = (
-    "learner",
-    "server",
-)  # where the sliding window lives (policy=sliding_window)
+# where the sliding window lives (policy=sliding_window)
+WINDOW_SIDES = ("learner", "server")
 LEARNER_RATES = ("both", "local", "server")  # where a learner-reported scale acts
 
 
@@ -100,8 +98,7 @@ def buffered_step(
 @dataclass(frozen=True, kw_only=True)
 class AsyncSettings:
     """The settings of :class:`~bouquet.strategies.async_fedavg.AsyncFedAvg`'s loop (see
-    its
-    parameters), checked by :func:`check_settings` and then normalised (``alpha`` a
+    its parameters), checked by :func:`check_settings` and then normalised (``alpha`` a
     float, ``eval_every`` an int, ...) when built. Frozen: a run's settings never
     change."""
 
@@ -121,6 +118,7 @@ class AsyncSettings:
 
     def __post_init__(self) -> None:
         check_settings(self)
+        # reply_timeout_s and the strings are kept as given
         normal = {
             "alpha": float(self.alpha),
             "max_updates": None if self.max_updates is None else int(self.max_updates),
@@ -132,7 +130,7 @@ class AsyncSettings:
             "plateau_min_delta": float(self.plateau_min_delta),
             "max_node_failures": int(self.max_node_failures),
             "poll_interval_s": float(self.poll_interval_s),
-        }  # reply_timeout_s and the strings are kept as given
+        }
         for name, value in normal.items():
             object.__setattr__(self, name, value)
 

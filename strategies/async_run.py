@@ -174,9 +174,8 @@ class AsyncRun:
         previous, st.checkpointed = st.checkpointed, st.updates
         try:
             self.save(st.updates, st.arrays)
-        except (
-            OSError
-        ) as exc:  # the previous checkpoint stays valid (written atomically): go on
+        # the previous checkpoint stays valid (written atomically): go on
+        except OSError as exc:
             st.checkpointed = previous
             log(
                 logging.WARNING,
@@ -227,9 +226,8 @@ class AsyncRun:
             metrics = dict(self.evaluate_fn(st.updates, record) or {})
         if self.settings.plateau_metric in metrics:
             st.history.append(float(metrics[self.settings.plateau_metric]))
-        st.stop_reason = (
-            st.stop_reason or self.stop_reason()
-        )  # so that this line carries it
+        # so that this line carries it
+        st.stop_reason = st.stop_reason or self.stop_reason()
         if self.recorder is not None:
             self.recorder.record(st.updates, {**metrics}, step_key="updates")
             self.recorder.last_arrays = record

@@ -33,13 +33,12 @@ wrapper aggregates directly, without a dense copy per client,
     w' = w + \\eta\\, \\sum_i c_i \\hat u_i, \\qquad
     c_i = \\frac{n_i / \\max_j n_j}{\\sum_k n_k / \\max_j n_j},
 
-which equals FedAvg over the :math:`\\hat w_i`; it
-costs :math:`O(\\sum_i |\\text{payload}_i| + |w|)` time and :math:`O(|w|)` memory
-(sparse updates are added at their indices, straight into the output bytes). Wrappers
-offering :class:`~bouquet.strategies.hooks.ReplyScreen` (``ReplyGuard``) are looked
-through: their norm bounds and ``min_replies`` are applied
-through that protocol. Train metrics are aggregated by the inner strategy's
-``train_metrics_aggr_fn``.
+which equals FedAvg over the :math:`\\hat w_i`; it costs
+:math:`O(\\sum_i |\\text{payload}_i| + |w|)` time and :math:`O(|w|)` memory (sparse
+updates are added at their indices, straight into the output bytes). Wrappers offering
+:class:`~bouquet.strategies.hooks.ReplyScreen` (``ReplyGuard``) are looked through:
+their norm bounds and ``min_replies`` are applied through that protocol. Train metrics
+are aggregated by the inner strategy's ``train_metrics_aggr_fn``.
 
 Dtypes: without a screen, Flower's FedAvg rule (a tensor of the aggregate takes the
 dtype of the first accepted reply's tensor, float64 for integer ones; compressed arrays
@@ -151,9 +150,8 @@ class Compressed(StrategyWrapper):
         self._global: dict[str, np.ndarray] | None = None
         self._sent = SentMessages()
         self._dropped: list[str] = []
-        self._explained: set[str] = (
-            set()
-        )  # set-up mistakes behind client errors, logged once
+        # set-up mistakes behind client errors, logged once
+        self._explained: set[str] = set()
 
     def summary(self) -> None:
         log_summary(self, f"Compressed(server_lr={self.server_lr})")
@@ -161,9 +159,8 @@ class Compressed(StrategyWrapper):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        self._global = reference_arrays(
-            arrays
-        )  # zero-copy views of the bytes the server sends
+        # zero-copy views of the bytes the server sends
+        self._global = reference_arrays(arrays)
         return self._sent.remember(
             self.strategy.configure_train(server_round, arrays, config, grid)
         )
@@ -223,18 +220,16 @@ class Compressed(StrategyWrapper):
             dense / max(received, 1),
             "; no usable reply, global model unchanged" if arrays is None else "",
         )
-        for msg in (
-            errors
-        ):  # the set-up mistake behind an error (mod order, ...), once at WARNING
+        # the set-up mistake behind an error (mod order, ...), once at WARNING
+        for msg in errors:
             log_client_error(
                 "Compressed",
                 msg.metadata.src_node_id,
                 str(msg.error.reason),
                 self._explained,
             )
-        if (
-            metrics is not None
-        ):  # documented: bouquet's facts ride along in the aggregated MetricRecord
+        # documented: bouquet's facts ride along in the aggregated MetricRecord
+        if metrics is not None:
             for key, value in (
                 (BYTES_UP, received),
                 (DENSE_BYTES, dense),
@@ -260,8 +255,8 @@ class Compressed(StrategyWrapper):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Accept the empty state (and an older bouquet's state without momentum);
-        ``ValueError``
-        for one that holds server momentum (that belongs to ``ServerMomentum`` now)."""
+        ``ValueError`` for one that holds server momentum (that belongs to
+        ``ServerMomentum`` now)."""
         if not isinstance(state, dict) or state.get("momentum"):
             raise ValueError(
                 "Compressed keeps no state; a checkpoint holding server momentum needs "

@@ -189,9 +189,8 @@ def decode_record(
     for name, arr in record.items():
         ref = reference[name]
         try:
-            if (
-                arr.stype == DENSE_STYPE
-            ):  # full local weights from an uncompressed client
+            # full local weights from an uncompressed client
+            if arr.stype == DENSE_STYPE:
                 out[name] = dense_update(dense_view(arr), ref)
             else:
                 out[name] = decode(arr.stype, arr.dtype, tuple(arr.shape), arr.data)

@@ -126,12 +126,10 @@ class DepthFedAvg(FedAvg):
         self.depth_pattern = depth_pattern
         self.assignment = assignment
         self.node_info_timeout = float(node_info_timeout)
-        self.assigned: dict[
-            int, int
-        ] = {}  # node id -> depth drawn for the current round
-        self.partition: dict[
-            int, int | None
-        ] = {}  # node id -> partition-id it reported (None: no answer)
+        # node id -> depth drawn for the current round
+        self.assigned: dict[int, int] = {}
+        # node id -> partition-id it reported (None: no answer)
+        self.partition: dict[int, int | None] = {}
         self.capacity: dict[int, int] = {}  # node id -> max-depth reported by the node
         self._round = 0
         self.sent: dict[int, int] = {}  # node id -> depth sent this round

@@ -201,9 +201,8 @@ class ReplyGuard(StrategyWrapper):
                 cast = None
                 if self._reference is not None and not own_arrays:
                     cast = checked_arrays(msg, self._reference)
-                elif (
-                    not own_arrays
-                ):  # configure_train not called: each array on its own
+                # configure_train not called: each array on its own
+                elif not own_arrays:
                     for name, arr in record.items():
                         finite_or_drop(read_dense_alone(arr, name), name)
             except Exception as exc:  # noqa: BLE001 - a malformed reply is a dropped reply

@@ -152,9 +152,8 @@ class Stateful(Protocol):
 
 def weighted_mean_chain(strategy: Strategy) -> tuple[FedAvg | None, list[Any]]:
     """The FedAvg-family strategy whose ``aggregate_train`` is a plain weighted mean (or
-    None),
-    and the :class:`~bouquet.strategies.hooks.ReplyScreen` s looked through on the way
-    to it.
+    None), and the :class:`~bouquet.strategies.hooks.ReplyScreen` s looked through on
+    the way to it.
 
     A weighted mean: a FedAvg whose class uses ``FedAvg.aggregate_train`` unchanged
     (FedAvg, FedProx), or declares ``weighted_mean_aggregation = True``

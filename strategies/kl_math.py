@@ -1,6 +1,6 @@
 """The pure functions of KL-divergence weighting
-(:mod:`bouquet.strategies.kl_weighted`): label
-histograms checked, smoothed, compared with KL divergence, and turned into weights."""
+(:mod:`bouquet.strategies.kl_weighted`): label histograms checked, smoothed, compared
+with KL divergence, and turned into weights."""
 
 from __future__ import annotations
 

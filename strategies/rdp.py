@@ -16,15 +16,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-ORDERS = tuple(range(2, 65)) + (
-    80,
-    96,
-    128,
-    192,
-    256,
-    512,
-    1024,
-)  # integer RDP orders: closed form, fast
+# integer RDP orders: closed form, fast
+ORDERS = tuple(range(2, 65)) + (80, 96, 128, 192, 256, 512, 1024)
 
 
 def adaptive_release_multiplier(z_update: float, count_stddev: float) -> float:

@@ -44,9 +44,8 @@ from flwr.common.logger import log
 
 from bouquet.strategies.reports import truncate_reason
 
-MAX_WEIGHT = float(
-    2**53
-)  # any more "examples" is not a count; the sum of 2**900 such weights is finite
+# any more "examples" is not a count; the sum of 2**900 such weights is finite
+MAX_WEIGHT = float(2**53)
 
 
 def node_label(msg: Message) -> str:
@@ -232,9 +231,8 @@ def majority_layout(
     replies: list[Message],
 ) -> tuple[list[Message], list[tuple[Message, str]]]:
     """Without global arrays to compare with: (the replies whose array names and shapes
-    a strict
-    majority shares, [(reply, reason)] for the others; all of them when no layout has
-    one)."""
+    a strict majority shares, [(reply, reason)] for the others; all of them when no
+    layout has one)."""
     layouts = []
     for msg in replies:
         record = next(iter(msg.content.array_records.values()))

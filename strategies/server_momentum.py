@@ -156,9 +156,8 @@ class ServerMomentum(StrategyWrapper):
                     ref.shape,
                 )
                 previous = None
-            with np.errstate(
-                over="ignore", invalid="ignore"
-            ):  # an overflow is caught just below
+            # an overflow is caught just below
+            with np.errstate(over="ignore", invalid="ignore"):
                 step = agg.astype(ref.dtype, copy=False) - ref
                 m = (
                     step

@@ -139,9 +139,8 @@ class SparseWeightedMean:
         self, candidates: list[Message], base: FedAvg, screens: list[Any]
     ) -> tuple[list[Message], dict[str, Any] | None]:
         """Decode every candidate and add it, with its normalised weight, straight into
-        the output
-        buffers. A reply dropped on the way changes the normalisation: then one more
-        pass over the survivors (decoded again)."""
+        the output buffers. A reply dropped on the way changes the normalisation: then
+        one more pass over the survivors (decoded again)."""
         reference = self.reference
         if reference is None:
             return [], None
@@ -203,9 +202,8 @@ class SparseWeightedMean:
                 )
                 return []
         else:
-            weights = [
-                reply_weight(m.content, base.weighted_by_key) for m in msgs
-            ]  # checked in _candidates
+            # checked in _candidates
+            weights = [reply_weight(m.content, base.weighted_by_key) for m in msgs]
         out = []
         for msg, weight in zip(msgs, weights, strict=True):
             if np.isfinite(weight) and weight > 0:
@@ -222,9 +220,8 @@ class SparseWeightedMean:
         self, first: Message, reference: dict[str, np.ndarray], screened: bool
     ) -> dict[str, np.dtype]:
         """Flower's rule (the first reply's dtypes, float64 for integers; never narrower
-        than the
-        server's, so one reply cannot make the others overflow), or the server's behind
-        a screen."""
+        than the server's, so one reply cannot make the others overflow), or the
+        server's behind a screen."""
         dtypes = {name: aggregate_dtype(ref) for name, ref in reference.items()}
         if screened:
             return dtypes

@@ -63,8 +63,8 @@ def innermost(strategy: Strategy) -> Strategy:
 
 def nested(strategy: Any) -> list[Any]:
     """``strategy`` and every strategy below it through any wrapper that keeps its inner
-    strategy
-    in ``.strategy`` (bouquet's wrappers and Flower's DP wrappers), outermost first."""
+    strategy in ``.strategy`` (bouquet's wrappers and Flower's DP wrappers), outermost
+    first."""
     out = [strategy]
     while len(out) < 64:
         inner = vars(out[-1]).get("strategy") if hasattr(out[-1], "__dict__") else None
@@ -76,9 +76,8 @@ def nested(strategy: Any) -> list[Any]:
 
 def weight_key_of(strategy: Any) -> str:
     """The weight metric (Flower's ``weighted_by_key``) of the first strategy in the
-    chain that
-    defines one, looking through Flower's DP wrappers too (``num-examples`` if none
-    does)."""
+    chain that defines one, looking through Flower's DP wrappers too (``num-examples``
+    if none does)."""
     for level in nested(strategy):
         key = vars(level).get("weighted_by_key") if hasattr(level, "__dict__") else None
         if isinstance(key, str):

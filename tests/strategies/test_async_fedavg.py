@@ -87,12 +87,10 @@ def test_failing_and_silent_nodes_do_not_stop_the_others() -> None:
     st = strategy.state
     assert st.updates == 40 and st.stop_reason == "update budget 40 reached"
     assert st.excluded == {2, 3}  # failed twice in a row each: no longer used
-    assert (
-        sum(1 for n, _ in grid.pushed if n == 2) == 2
-    )  # re-dispatched once after its first error
-    assert (
-        sum(1 for n, _ in grid.pushed if n == 3) == 2
-    )  # abandoned after the timeout, retried once
+    # re-dispatched once after its first error
+    assert sum(1 for n, _ in grid.pushed if n == 2) == 2
+    # abandoned after the timeout, retried once
+    assert sum(1 for n, _ in grid.pushed if n == 3) == 2
     assert len(grid.abandoned) == 2
     assert np.all(np.isfinite(result.arrays["w"].numpy()))
 
@@ -108,9 +106,8 @@ def test_bad_reply_never_reaches_the_model() -> None:
     result = run_async(strategy, grid)
     assert np.all(np.isfinite(result.arrays["w"].numpy()))
     assert strategy.state.excluded == {2}
-    np.testing.assert_allclose(
-        result.arrays["w"].numpy(), 4.0
-    )  # only node 1's +1 updates, alpha=1
+    # only node 1's +1 updates, alpha=1
+    np.testing.assert_allclose(result.arrays["w"].numpy(), 4.0)
 
 
 def test_fedbuff_applies_the_mean_of_k_updates() -> None:
@@ -218,9 +215,8 @@ def test_keyword_settings_are_one_frozen_object_shown_as_attributes() -> None:
         type(v) for v in (s.alpha, s.max_updates, s.eval_every, s.poll_interval_s)
     ] == [float, int, int, float]
     assert s.reply_timeout_s == 5 and type(s.reply_timeout_s) is int  # kept as given
-    for field in dataclasses.fields(
-        AsyncSettings
-    ):  # every setting reads as an attribute of the strategy
+    # every setting reads as an attribute of the strategy
+    for field in dataclasses.fields(AsyncSettings):
         assert getattr(strategy, field.name) == getattr(s, field.name)
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.alpha = 0.5  # type: ignore[misc]
@@ -243,9 +239,8 @@ def test_reply_update_checks_echo_and_payload(reply_factory) -> None:
     delta, reason = reply_update(ok, base, sent_version=7)
     assert reason is None
     np.testing.assert_allclose(delta["w"], 2.0)
-    _, reason = reply_update(
-        ok, base, sent_version=6
-    )  # a client claiming a fresher model
+    # a client claiming a fresher model
+    _, reason = reply_update(ok, base, sent_version=6)
     assert "echoed model version 7" in reason
     wrong_shape = reply_factory({"w": np.ones(4, dtype=np.float32)}, 5)
     assert "shape" in reply_update(wrong_shape, base, sent_version=0)[1]
@@ -263,15 +258,12 @@ def test_reply_update_checks_echo_and_payload(reply_factory) -> None:
 def test_default_plateau_window_by_hand() -> None:
     from bouquet.strategies.async_rules import plateau_evaluations
 
-    assert (
-        plateau_evaluations(None, num_nodes=1, eval_every=10) == 5
-    )  # at least 5 evaluations
-    assert (
-        plateau_evaluations(None, num_nodes=20, eval_every=10) == 10
-    )  # 5 updates per node = 100 updates
-    assert (
-        plateau_evaluations(None, num_nodes=3, eval_every=4) == 5
-    )  # ceil(15 / 4) = 4 < 5
+    # at least 5 evaluations
+    assert plateau_evaluations(None, num_nodes=1, eval_every=10) == 5
+    # 5 updates per node = 100 updates
+    assert plateau_evaluations(None, num_nodes=20, eval_every=10) == 10
+    # ceil(15 / 4) = 4 < 5
+    assert plateau_evaluations(None, num_nodes=3, eval_every=4) == 5
     assert plateau_evaluations(None, num_nodes=30, eval_every=4) == 38  # ceil(150 / 4)
     assert (
         plateau_evaluations(3, num_nodes=20, eval_every=10) == 3
@@ -300,9 +292,8 @@ def test_a_flat_metric_stops_the_run_by_default_and_the_budget_caps_it_otherwise
         evaluate_fn=_flat,
     )
     assert strategy.state.stop_reason == "accuracy plateaued over 10 evaluations"
-    assert (
-        strategy.state.updates == 10
-    )  # the 11th flat evaluation (after update 10) shows no gain
+    # the 11th flat evaluation (after update 10) shows no gain
+    assert strategy.state.updates == 10
     # a metric that keeps improving by more than plateau_min_delta runs to the update
     # budget
     strategy = AsyncFedAvg(

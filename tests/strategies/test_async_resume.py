@@ -101,26 +101,18 @@ def test_checkpoint_every_n_applied_updates_and_resume_continues_the_run(
     full = make()
     saved = _checkpoints(full, 5)
     expected = run_async(full, FakeGrid({1: ("ok", 1, 1.0)}))
-    assert [u for u, _, _ in saved] == [
-        5,
-        10,
-        12,
-    ]  # every 5 applied updates, and when the run stops
+    # every 5 applied updates, and when the run stops
+    assert [u for u, _, _ in saved] == [5, 10, 12]
     updates, arrays, state = saved[0]
     assert state["run"]["updates"] == 5 and state["run"]["checkpointed"] == 5
     if policy["policy"] == "fedbuff":
-        assert (
-            state["run"]["version"] == 1 and len(state["run"]["buffer"]) == 2
-        )  # 3 applied as v1, 2 buffered
+        # 3 applied as v1, 2 buffered
+        assert state["run"]["version"] == 1 and len(state["run"]["buffer"]) == 2
 
     resumed, evals = make(), []
     result = _continue(resumed, FakeGrid({1: ("ok", 1, 1.0)}), arrays, state, evals)
-    assert evals == [
-        6,
-        8,
-        10,
-        12,
-    ]  # no evaluation at the start: the line of update 4 exists
+    # no evaluation at the start: the line of update 4 exists
+    assert evals == [6, 8, 10, 12]
     st = resumed.state
     assert st.updates == 12 and st.stop_reason == "update budget 12 reached"
     assert (
@@ -161,10 +153,8 @@ def test_resume_sends_the_learner_window_values_on_and_warns_about_unknown_nodes
     _continue(make(), grid, arrays, state)
     assert warnings == []
     first = {node: next(c for n, c in grid.configs if n == node) for node in (1, 2)}
-    for node in (
-        1,
-        2,
-    ):  # each node's count and last staleness go on from the checkpoint
+    # each node's count and last staleness go on from the checkpoint
+    for node in (1, 2):
         assert first[node][keys.APPLIED_UPDATES] == applied[node]
         assert first[node][keys.PREV_STALENESS] == staleness[node]
 
@@ -270,9 +260,8 @@ def test_update_log_lists_every_accepted_update_with_the_scale_of_its_window() -
     from async_checks import server_scales
     from async_checks import update_log
 
-    def schedule() -> (
-        FakeGrid
-    ):  # node 3 is slow on every third task: staleness varies by node
+    # node 3 is slow on every third task: staleness varies by node
+    def schedule() -> FakeGrid:
         return FakeGrid(
             {
                 1: ("ok", 1, 1.0),
@@ -299,7 +288,6 @@ def test_update_log_lists_every_accepted_update_with_the_scale_of_its_window() -
         assert {n for n, _, _ in log} == {1, 2, 3}
         scales = [s for *_, s in log]
         assert scales == pytest.approx(server_scales(log, 3, per_node))
-        assert scales != pytest.approx(
-            server_scales(log, 3, not per_node)
-        )  # per node or shared: it shows
+        # per node or shared: it shows
+        assert scales != pytest.approx(server_scales(log, 3, not per_node))
         assert min(scales) < 0.6

@@ -74,12 +74,10 @@ def test_learner_rate_decides_where_the_scale_acts(
         poll_interval_s=0.0,
     )
     result = run_async(strategy, grid)
-    np.testing.assert_allclose(
-        result.arrays["w"].numpy(), expected
-    )  # 0 + rate (0 + 1 - 0)
-    assert strategy.state.scale_log == [
-        0.5
-    ]  # the scale in effect, reported as lr_scale
+    # 0 + rate (0 + 1 - 0)
+    np.testing.assert_allclose(result.arrays["w"].numpy(), expected)
+    # the scale in effect, reported as lr_scale
+    assert strategy.state.scale_log == [0.5]
 
 
 def test_bad_reported_scale_falls_back_to_the_server_rule_and_is_counted() -> None:
@@ -98,11 +96,8 @@ def test_bad_reported_scale_falls_back_to_the_server_rule_and_is_counted() -> No
     rows = run_recorded(strategy, grid)
     st = strategy.state
     assert st.scale_log == [1.0, 1.0, 1.0, 1.0, 1.0, 0.5]
-    assert [r["lr_scale_fallbacks"] for r in rows] == [
-        0,
-        3,
-        2,
-    ]  # evaluations after updates 0, 3, 6
+    # evaluations after updates 0, 3, 6
+    assert [r["lr_scale_fallbacks"] for r in rows] == [0, 3, 2]
     reasons = " | ".join(st.fallbacks)
     for why in (
         "nan",
@@ -112,9 +107,8 @@ def test_bad_reported_scale_falls_back_to_the_server_rule_and_is_counted() -> No
         "no lr-scale",
     ):
         assert why in reasons
-    assert (
-        st.dropped == []
-    )  # a bad scale is not a bad update: it is applied with the server's rule
+    # a bad scale is not a bad update: it is applied with the server's rule
+    assert st.dropped == []
     x = 0.0
     for s in st.scale_log:
         x = x + 0.5 * s * (x + 1.0 - x)
@@ -159,9 +153,8 @@ def test_staleness_echo_from_another_message_is_rejected(
     result = run_async(strategy, grid)
     assert strategy.state.excluded == {2}
     assert any(reason in r for r in strategy.state.dropped), strategy.state.dropped
-    np.testing.assert_allclose(
-        result.arrays["w"].numpy(), 4.0
-    )  # node 1's four +1 updates, alpha 1; node 2's +100 never
+    # node 1's four +1 updates, alpha 1; node 2's +100 never
+    np.testing.assert_allclose(result.arrays["w"].numpy(), 4.0)
 
 
 def test_check_echo_by_hand(reply_factory) -> None:
@@ -170,9 +163,8 @@ def test_check_echo_by_hand(reply_factory) -> None:
     sent = {keys.MODEL_VERSION: 3, keys.PREV_STALENESS: 2, keys.APPLIED_UPDATES: 5}
     echo = {keys.MODEL_VERSION: 3, keys.PREV_STALENESS: 2, keys.APPLIED_UPDATES: 5}
     assert check_echo(reply_factory({"w": np.ones(1)}, 1, echo), sent) is None
-    assert (
-        check_echo(reply_factory({"w": np.ones(1)}, 1), sent) is None
-    )  # nothing echoed: nothing to check
+    # nothing echoed: nothing to check
+    assert check_echo(reply_factory({"w": np.ones(1)}, 1), sent) is None
     wrong = reply_factory({"w": np.ones(1)}, 1, {**echo, keys.PREV_STALENESS: 1})
     assert check_echo(wrong, sent) == "echoed prev staleness 1 != sent 2"
     fraction = reply_factory({"w": np.ones(1)}, 1, {**echo, keys.APPLIED_UPDATES: 5.5})
@@ -239,9 +231,8 @@ def test_learner_side_settings_are_checked() -> None:
     ):
         AsyncFedAvg(policy="sliding_window", learner_rate="nope")
     assert AsyncFedAvg(policy="sliding_window").learner_side
-    assert not AsyncFedAvg(
-        policy="polynomial", window_side="learner"
-    ).learner_side  # no window to move
+    # no window to move
+    assert not AsyncFedAvg(policy="polynomial", window_side="learner").learner_side
 
 
 # ---------------------------------------- the learner-side window through the real loop
@@ -249,11 +240,10 @@ def test_learner_side_window_through_the_real_loop_in_process(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``strategy=async policy=sliding_window`` (learner side, the default) run by
-    ``run_server``
-    with the ClientApp of ``make_client_app`` (TorchClient + the staleness mod, the real
-    wiring) on an in-process grid whose nodes answer after seeded delays: every node's
-    scale follows its own window, the client trained with that rate, the server applied
-    it."""
+    ``run_server`` with the ClientApp of ``make_client_app`` (TorchClient + the
+    staleness mod, the real wiring) on an in-process grid whose nodes answer after
+    seeded delays: every node's scale follows its own window, the client trained with
+    that rate, the server applied it."""
     from collections import Counter
     from collections import defaultdict
 
@@ -326,9 +316,8 @@ def test_learner_side_window_through_the_real_loop_in_process(
         trained_lrs.append(kwargs["lr"])
         return original_train(*args, **kwargs)
 
-    applied: dict[int, list[tuple[int, float]]] = defaultdict(
-        list
-    )  # node -> (tau, scale) per accepted update
+    # node -> (tau, scale) per accepted update
+    applied: dict[int, list[tuple[int, float]]] = defaultdict(list)
     original_accept = async_state.AsyncState.accept
 
     def spy_accept(self, staleness, scale, node_id=None):
@@ -381,25 +370,21 @@ def test_learner_side_window_through_the_real_loop_in_process(
                     else 1.0
                 )
                 samples.append(float(taus[k - 1]))
-            assert lr == pytest.approx(
-                base_lr * scale
-            )  # the client trained with the scaled rate
-            assert d.reply_metrics[keys.LR_SCALE] == pytest.approx(
-                scale
-            )  # and reported it
+            # the client trained with the scaled rate
+            assert lr == pytest.approx(base_lr * scale)
+            # and reported it
+            assert d.reply_metrics[keys.LR_SCALE] == pytest.approx(scale)
             if k < len(applied[node]):
-                assert applied[node][k][1] == pytest.approx(
-                    scale
-                )  # the server applied that rate
+                # the server applied that rate
+                assert applied[node][k][1] == pytest.approx(scale)
             scales.append(scale)
         state = grid.contexts[node].state.config_records[keys.STALENESS_WINDOW]
         assert (
             state["samples"] == pytest.approx(samples[-window:])
             and state["count"] == len(mine) - 1
         )
-    assert (
-        min(scales) < 0.5 and max(scales) == 1.0
-    )  # the late node's window damped it, the others not
+    # the late node's window damped it, the others not
+    assert min(scales) < 0.5 and max(scales) == 1.0
     # the end-to-end tests' hand computation from metrics.jsonl agrees with this one
     from async_checks import learner_scales
     from async_checks import update_log

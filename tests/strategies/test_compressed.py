@@ -119,11 +119,12 @@ def test_density_one_equals_flower_fedavg_over_rounds(fast_path):
 
 
 def configure(strategy, arrays=None):
+    # nodes 1..8 asked
     list(
         strategy.configure_train(
             1, arrays or initial(), ConfigRecord(), FakeGrid(8, dense_record)
         )
-    )  # nodes 1..8 asked
+    )
 
 
 def reply(node, n, encoded: dict, metrics=None):
@@ -234,9 +235,8 @@ def test_bad_replies_are_dropped_and_counted(inner, caplog):
     with caplog.at_level("WARNING"):
         arrays, _ = strategy.aggregate_train(1, [*hand_replies(), *bad_replies()])
     report = strategy.round_report()
-    expected_drops = (
-        5 if strategy.last_path == "fast" else 4
-    )  # FedMedian itself ignores weights
+    # FedMedian itself ignores weights
+    expected_drops = 5 if strategy.last_path == "fast" else 4
     assert report["clients_dropped"] >= expected_drops
     assert any("node 3" in r and "truncated" in r for r in report["drop_reasons"])
     assert any("node 4" in r and "version" in r for r in report["drop_reasons"])
@@ -270,9 +270,8 @@ def test_all_replies_bad_gives_no_update():
     ],
 )
 def test_composes_with_other_flower_strategies(make):
-    reference = run(
-        make(), dense_record, rounds=3, nodes=4
-    )  # 4 nodes: no ties in Krum's scores
+    # 4 nodes: no ties in Krum's scores
+    reference = run(make(), dense_record, rounds=3, nodes=4)
     wrapped = Compressed(make())
     got = run(wrapped, topk_full_record, rounds=3, nodes=4)
     assert wrapped.last_path == "dense"
@@ -410,9 +409,8 @@ def test_dense_form_payloads_in_the_fast_path():
     from bouquet.codecs import encode_ternary
 
     t = np.array([1, 0, -1, 1], dtype=np.int8)
-    tern = encode_ternary(t, 0.5, packing_form="trit")[
-        0
-    ]  # dense form: decoded again when summed
+    # dense form: decoded again when summed
+    tern = encode_ternary(t, 0.5, packing_form="trit")[0]
     r1 = reply(1, 1, {"a": tern, "b": encode_dense(np.ones((2, 2), np.float32))})
     r2 = reply(
         2,

@@ -160,9 +160,8 @@ def _same(got, want, what: str) -> None:
         g, w = got[k].numpy(), want[k].numpy()
         assert g.shape == w.shape, f"{what}: {k} shape {g.shape} != {w.shape}"
         assert g.dtype == w.dtype, f"{what}: {k} dtype {g.dtype} != {w.dtype}"
-        tol = (
-            2e-3 if w.dtype == np.float16 else 1e-6
-        )  # float16: one unit in the last place
+        # float16: one unit in the last place
+        tol = 2e-3 if w.dtype == np.float16 else 1e-6
         np.testing.assert_allclose(
             g.astype(np.float64), w.astype(np.float64), rtol=tol, atol=tol, err_msg=what
         )
@@ -226,9 +225,8 @@ def test_empty_and_all_error_rounds_match_fedavg(chain):
 
 def test_zero_weight_is_dropped_by_bouquet_where_fedavg_divides_by_zero():
     """Intended difference: a reply with weight 0 (or all weights 0) is dropped and
-    counted by
-    bouquet's chains; Flower's FedAvg averages it in (and with all weights 0 divides by
-    zero)."""
+    counted by bouquet's chains; Flower's FedAvg averages it in (and with all weights 0
+    divides by zero)."""
     arrays = ArrayRecord({k: Array(v) for k, v in F32.items()})
     replies = [
         make_reply({k: v + 1 for k, v in F32.items()}, 0, node_id=1),
@@ -312,8 +310,7 @@ def test_fast_path_equals_flower_fedavg_on_random_compressed_updates(
     seed, compiled, monkeypatch
 ):
     """Issue 14: the sparse fast path and Flower's dense FedAvg agree to 1e-6 on the
-    same
-    updates (top-k with float32 and float16 values, STC, ternary in sparse and trit
+    same updates (top-k with float32 and float16 values, STC, ternary in sparse and trit
     forms), with the compiled loops (staged tiled sums, forced on these small tensors)
     and without."""
     from bouquet.clients.compressed import encoded_arrayrecord

@@ -122,14 +122,12 @@ def test_aggregate_by_name_by_hand():
         "stages.d2.w": np.array([9.0, 9.0, 9.0], np.float32),
     }
     out = aggregate_by_name(GLOBAL, [(a, 1.0), (b, 3.0)])
-    np.testing.assert_allclose(
-        out["stem.w"], [3.0, 5.0]
-    )  # (0*1 + 4*3)/4, (2*1 + 6*3)/4
+    # (0*1 + 4*3)/4, (2*1 + 6*3)/4
+    np.testing.assert_allclose(out["stem.w"], [3.0, 5.0])
     np.testing.assert_allclose(out["stages.d1.w"], [4.0])  # (1*1 + 5*3)/4
     np.testing.assert_allclose(out["stages.d2.w"], [9.0, 9.0, 9.0])  # only b trained it
-    np.testing.assert_array_equal(
-        out["exits.d2.w"], GLOBAL["exits.d2.w"]
-    )  # nobody: unchanged
+    # nobody: unchanged
+    np.testing.assert_array_equal(out["exits.d2.w"], GLOBAL["exits.d2.w"])
     assert list(out) == list(GLOBAL)
 
 
@@ -161,9 +159,8 @@ def _draws(strategy, nodes, pids, rounds):
         msgs = _configure(strategy, nodes, rnd=rnd, grid=grid)
         by_node = {n: m.content["config"][keys.SUBMODEL_DEPTH] for n, m in msgs.items()}
         out.append({p: by_node[n] for n, p in zip(nodes, pids, strict=True)})
-    assert sorted(grid.queries) == sorted(
-        nodes
-    )  # each node asked once, not every round
+    # each node asked once, not every round
+    assert sorted(grid.queries) == sorted(nodes)
     return out
 
 
@@ -199,9 +196,8 @@ def test_per_round_redraw_changes_assignments_and_fixed_keeps_them():
     per_round = _draws(
         DepthFedAvg(seed=1, min_available_nodes=12), nodes, pids, range(1, 5)
     )
-    assert all(
-        per_round[i] != per_round[i + 1] for i in range(3)
-    )  # 12 nodes x 2 depths: a change every round
+    # 12 nodes x 2 depths: a change every round
+    assert all(per_round[i] != per_round[i + 1] for i in range(3))
     for p in pids:  # and each node sees both depths over a few rounds
         assert {
             r[p]
@@ -263,9 +259,8 @@ def test_bad_or_missing_node_info_falls_back_to_node_id_with_a_warning(info, cap
     assert "did not report a partition-id" in caplog.text
     again = DepthFedAvg(seed=2, min_available_nodes=2, fraction_evaluate=0.0)
     _configure(again, [7, 8], grid=FakeGrid([7, 8], grid.info))
-    assert (
-        again.assigned == strategy.assigned
-    )  # the fallback is still seeded (by node id)
+    # the fallback is still seeded (by node id)
+    assert again.assigned == strategy.assigned
 
 
 def test_invalid_assignment_settings_name_the_key():
@@ -287,13 +282,11 @@ def test_mixed_depth_round_aggregates_by_name():
         1, [make_reply(r1, 10, node_id=1), make_reply(r2, 30, node_id=2)]
     )
     out = {k: v.numpy() for k, v in arrays.items()}
-    np.testing.assert_allclose(
-        out["stem.w"], GLOBAL["stem.w"] + 2.5
-    )  # (1*10 + 3*30)/40
+    # (1*10 + 3*30)/40
+    np.testing.assert_allclose(out["stem.w"], GLOBAL["stem.w"] + 2.5)
     np.testing.assert_allclose(out["exits.d1.w"], GLOBAL["exits.d1.w"] + 2.5)
-    np.testing.assert_allclose(
-        out["stages.d2.w"], GLOBAL["stages.d2.w"] + 3.0
-    )  # node 2 only
+    # node 2 only
+    np.testing.assert_allclose(out["stages.d2.w"], GLOBAL["stages.d2.w"] + 3.0)
     assert list(out) == list(GLOBAL)
     assert strategy.round_report() == {"clients_dropped": 0, "nodes_per_depth": [1, 1]}
 
@@ -417,10 +410,8 @@ def test_real_model_round_trip_names():
             make_reply({k: v + 1.0 for k, v in sent.items()}, 10, node_id=node)
         )
     arrays, _ = strategy.aggregate_train(1, replies)
-    for (
-        name,
-        value,
-    ) in arrays.items():  # every array that anyone trained moved by exactly +1
+    # every array that anyone trained moved by exactly +1
+    for name, value in arrays.items():
         trained = any(name in m.content["arrays"] for m in msgs.values())
         np.testing.assert_allclose(
             value.numpy(),

@@ -1,6 +1,5 @@
 """Error replies are counted in Compressed's round line, a round without a usable reply
-is a
-WARNING, and a set-up mistake behind an error is named once (issue 35, point 2)."""
+is a WARNING, and a set-up mistake behind an error is named once (issue 35, point 2)."""
 
 from __future__ import annotations
 

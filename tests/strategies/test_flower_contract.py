@@ -54,10 +54,9 @@ KW = {"fraction_evaluate": 0.0, "min_available_nodes": 1, "min_train_nodes": 1}
 @pytest.fixture(autouse=True)
 def _no_forced_gc(monkeypatch: pytest.MonkeyPatch) -> None:
     """Bulyan and QFedAvg call ``to_numpy_ndarrays(keep_input=False)``, which runs a
-    full
-    ``gc.collect()`` per call: ~0.3 s in a test process that holds the whole suite's
-    objects (~9 s a case). It frees memory and changes no value, so it is skipped
-    here."""
+    full ``gc.collect()`` per call: ~0.3 s in a test process that holds the whole
+    suite's objects (~9 s a case). It frees memory and changes no value, so it is
+    skipped here."""
     import types
 
     import flwr.app.message.arrayrecord as arrayrecord
@@ -173,9 +172,8 @@ def _same(got, want, what: str) -> None:
             )
     assert (gm is None) == (wm is None), what
     if wm is not None:
-        extra = {
-            k for k in gm.keys() if k.startswith("bouquet-")
-        }  # intended: bouquet's facts
+        # intended: bouquet's facts
+        extra = {k for k in gm.keys() if k.startswith("bouquet-")}
         assert set(gm.keys()) - extra == set(wm.keys()), what
         for k in wm:
             np.testing.assert_allclose(
@@ -203,12 +201,10 @@ def test_wrapped_flower_strategy_aggregates_as_unwrapped(name, wrapper, configur
                 )
                 assert sorted(int(m.metadata.dst_node_id) for m in sent) == NODES
             elif name in NEEDS_SERVER_STATE:
-                _server_state(
-                    strategy, name, _arrays(GLOBAL)
-                )  # QFedAvg consumes the record it is given
-        want = plain.aggregate_train(
-            rnd, _replies(rnd)
-        )  # fresh replies: FedMedian & co. consume theirs
+                # QFedAvg consumes the record it is given
+                _server_state(strategy, name, _arrays(GLOBAL))
+        # fresh replies: FedMedian & co. consume theirs
+        want = plain.aggregate_train(rnd, _replies(rnd))
         got = wrapped.aggregate_train(rnd, _replies(rnd))
         _same(got, want, f"{wrapper}({name}) round {rnd}")
         report = wrapped.round_report()
@@ -360,20 +356,21 @@ def test_a_wrapper_attribute_that_would_shadow_the_inner_strategys_is_refused():
     ):
         for name, make in FLOWER.items():
             if name not in {"FedAvgM", "FedAdam", "FedYogi", "FedAdagrad"}:
-                wrapper(
-                    make()
-                )  # none of bouquet's wrappers shadows any Flower strategy
+                # none of bouquet's wrappers shadows any Flower strategy
+                wrapper(make())
 
 
 def test_hooks_are_protocols_checked_with_isinstance():
     guard = ReplyGuard(KLWeightedFedAvg(**KW))
     comp = Compressed(guard)
+    # not forwarded
     assert isinstance(guard, hooks.ReplyScreen) and not isinstance(
         comp, hooks.ReplyScreen
-    )  # not forwarded
+    )
+    # KL's flag, forwarded
     assert isinstance(comp, hooks.RoundReporter) and isinstance(
         comp, hooks.ValidatesMetrics
-    )  # KL's flag, forwarded
+    )
     assert not isinstance(ServerAdjusted(guard, lambda a, r: a), hooks.ReplyScreen)
     assert isinstance(ServerMomentum(FedAvg(), 0.5), hooks.Stateful)
     assert not isinstance(FedAvg(), hooks.ReplyWeights)
@@ -391,8 +388,8 @@ def test_hooks_are_protocols_checked_with_isinstance():
 
 def test_wrapper_summaries_are_branches_of_flowers_strategy_tree():
     """``Strategy.start`` logs "Starting X strategy:" then a tree ("\\t├── ..."); each
-    wrapper's
-    summary line is a branch of it, not a line that breaks the tree (issue 35)."""
+    wrapper's summary line is a branch of it, not a line that breaks the tree (issue
+    35)."""
     import logging
 
     from flwr.common.logger import FLOWER_LOGGER

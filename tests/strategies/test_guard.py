@@ -60,9 +60,8 @@ def test_bad_replies_dropped_counted_and_round_goes_on() -> None:
         make_reply(wrong_shape, 5, node_id=3),
         make_reply(missing, 5, node_id=4),
         make_reply(_arrays(9.0), 0, node_id=5),  # zero weight
-        make_reply(
-            _arrays(9.0), 5, {"extra": 1.0}, node_id=6
-        ),  # an extra metric key: kept, the key left out
+        # an extra metric key: kept, the key left out
+        make_reply(_arrays(9.0), 5, {"extra": 1.0}, node_id=6),
         make_reply(None, 5, node_id=7, error="client crashed"),
     ]
     guard = _guarded()
@@ -95,9 +94,8 @@ def test_strategy_that_validates_arrays_gets_sub_model_replies() -> None:
         ConfigRecord(),
         _Grid(),
     )
-    partial = make_reply(
-        {"w": np.ones((2, 3), dtype=np.float32)}, 4, node_id=1
-    )  # fewer names
+    # fewer names
+    partial = make_reply({"w": np.ones((2, 3), dtype=np.float32)}, 4, node_id=1)
     no_weight = make_reply({"w": np.ones((2, 3), dtype=np.float32)}, 0, node_id=2)
     agg, _ = guard.aggregate_train(1, [partial, no_weight])
     np.testing.assert_allclose(agg["w"].numpy(), 1.0)

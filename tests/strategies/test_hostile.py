@@ -267,9 +267,8 @@ def test_update_norm_bounds_drop_and_report():
         and "norm" in report["drop_reasons"][0]
         and "node 4" in report["drop_reasons"][0]
     )
-    np.testing.assert_allclose(
-        arrays["w"].numpy(), 1.0, rtol=1e-6
-    )  # mean of 1.0, 1.1, 0.9
+    # mean of 1.0, 1.1, 0.9
+    np.testing.assert_allclose(arrays["w"].numpy(), 1.0, rtol=1e-6)
     dense_guard = ReplyGuard(
         FedAvg(min_available_nodes=1, min_train_nodes=1), max_update_norm=10.0
     )

@@ -148,9 +148,8 @@ def test_aggregate_matches_hand_weights_and_report():
     hists = {1: [8, 2], 2: [5, 5], 3: [1, 9]}
     nums = {1: 10, 2: 10, 3: 20}
     strategy = KLWeightedFedAvg(mode="exp", tau=0.3, a=1.0, smoothing=0.01)
-    replies = [
-        _reply(i, nums[i], hists[i]) for i in (3, 1, 2)
-    ]  # arrival order != node order
+    # arrival order != node order
+    replies = [_reply(i, nums[i], hists[i]) for i in (3, 1, 2)]
     got, _ = _agg(strategy, replies)
     pooled = np.sum([hists[i] for i in (1, 2, 3)], axis=0)
     d = kl_divergences([hists[i] for i in (1, 2, 3)], pooled, 0.01)
@@ -239,10 +238,8 @@ def test_unusable_replies_never_stop_the_round():
 
 def test_disco_all_zero_is_reported_and_is_fedavg():
     strategy = KLWeightedFedAvg(mode="disco", a=2.0, b=0.0)
-    replies = [
-        _reply(1, 10, [10, 0]),
-        _reply(2, 30, [0, 10]),
-    ]  # d ~ log 2: 0.75 - 2 * 0.69 < 0
+    # d ~ log 2: 0.75 - 2 * 0.69 < 0
+    replies = [_reply(1, 10, [10, 0]), _reply(2, 30, [0, 10])]
     got, _ = _agg(strategy, replies)
     report = strategy.round_report()
     assert report["kl_disco_all_zero"] is True
@@ -257,11 +254,8 @@ def test_disco_all_zero_is_reported_and_is_fedavg():
 
 def test_works_behind_reply_guard():
     guarded = ReplyGuard(KLWeightedFedAvg(mode="disco", a=0.5, b=0.05))
-    replies = [
-        _reply(1, 10, [3, 7]),
-        _reply(2, 20, [7, 3]),
-        _reply(3, 20, None),
-    ]  # node 3: no histogram key
+    # node 3: no histogram key
+    replies = [_reply(1, 10, [3, 7]), _reply(2, 20, [7, 3]), _reply(3, 20, None)]
     arrays, _ = guarded.aggregate_train(1, replies)
     assert arrays is not None
     report = guarded.round_report()
@@ -360,9 +354,8 @@ def test_inside_compressed_equals_kl_on_decoded_updates():
         ),
     )
     arrays, _ = comp.aggregate_train(1, [m for m, _ in made] + [bad])
-    assert (
-        comp.last_path == "fast"
-    )  # KL weighting declares a weighted mean with its own reply_weights
+    # KL weighting declares a weighted mean with its own reply_weights
+    assert comp.last_path == "fast"
     report = comp.round_report()
     assert report["clients_dropped"] == 1 and report["kl_node_ids"] == [1, 2, 3]
     dense_replies = [
@@ -372,6 +365,5 @@ def test_inside_compressed_equals_kl_on_decoded_updates():
     ref, _ = KLWeightedFedAvg(mode="exp", tau=0.5).aggregate_train(1, dense_replies)
     for k, v in ref.items():
         np.testing.assert_allclose(arrays[k].numpy(), v.numpy(), rtol=1e-6, atol=1e-7)
-        assert (
-            np.count_nonzero(arrays[k].numpy()) <= 3 * 2
-        )  # only the uploaded top-k moved
+        # only the uploaded top-k moved
+        assert np.count_nonzero(arrays[k].numpy()) <= 3 * 2

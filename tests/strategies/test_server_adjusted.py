@@ -85,12 +85,10 @@ def test_adjust_called_once_per_round_with_the_aggregate():
         got, _ = wrapped.aggregate_train(rnd, _replies())
         assert len(rec.calls) == rnd and rec.calls[-1][0] == rnd
         for k, v in _np(agg).items():
-            np.testing.assert_array_equal(
-                rec.calls[-1][1][k], v
-            )  # called with the aggregate
-            np.testing.assert_allclose(
-                _np(got)[k], v + 1.0
-            )  # its result is the new global model
+            # called with the aggregate
+            np.testing.assert_array_equal(rec.calls[-1][1][k], v)
+            # its result is the new global model
+            np.testing.assert_allclose(_np(got)[k], v + 1.0)
         assert wrapped.round_report()["acc_before_adjust"] == 0.5
 
 
@@ -195,14 +193,12 @@ def test_shared_slice_disjoint_from_clients_and_test():
     for part in exp.partitions:
         assert np.intersect1d(part, shared).size == 0
     covered = np.sort(np.concatenate([*exp.partitions, shared]))
-    np.testing.assert_array_equal(
-        covered, np.arange(len(exp.dataset.y_train))
-    )  # nothing else lost
+    # nothing else lost
+    np.testing.assert_array_equal(covered, np.arange(len(exp.dataset.y_train)))
     x, _ = shared_data(exp.cfg, exp)
     train_rows = {row.tobytes() for row in x}
-    assert not any(
-        row.tobytes() in train_rows for row in exp.dataset.x_test
-    )  # test set untouched
+    # test set untouched
+    assert not any(row.tobytes() in train_rows for row in exp.dataset.x_test)
 
 
 def test_server_adjuster_trains_on_shared_data_with_proximal_term():
@@ -219,14 +215,12 @@ def test_server_adjuster_trains_on_shared_data_with_proximal_term():
         name: sum(float(np.sum((r[k].numpy() - init[k]) ** 2)) for k in init)
         for name, r in (("free", free), ("held", held))
     }
-    assert (
-        dist["held"] < dist["free"]
-    )  # the proximal term keeps the adjusted model near the aggregate
+    # the proximal term keeps the adjusted model near the aggregate
+    assert dist["held"] < dist["free"]
     assert dist["free"] > 0
     before = exp.evaluate_arrays(init)["loss"]
-    assert (
-        exp.evaluate_arrays(_np(free))["loss"] < before
-    )  # training on the shared slice helps from scratch
+    # training on the shared slice helps from scratch
+    assert exp.evaluate_arrays(_np(free))["loss"] < before
     with pytest.raises(ValueError, match="server.optimizer"):
         ServerAdjuster(exp, x, y, optimizer="lbfgs")
     with pytest.raises(ValueError, match="server.shared_fraction"):
@@ -289,8 +283,7 @@ def test_composes_with_compressed():
     wrapped.configure_train(1, record, ConfigRecord(), _Grid())
     got, _ = wrapped.aggregate_train(1, replies())
     for k, v in _np(ref).items():
-        np.testing.assert_array_equal(
-            rec.calls[0][1][k], v
-        )  # adjust_fn sees the decoded aggregate
+        # adjust_fn sees the decoded aggregate
+        np.testing.assert_array_equal(rec.calls[0][1][k], v)
         np.testing.assert_array_equal(_np(got)[k], v)
     assert len(rec.calls) == 1 and wrapped.round_report()["adjusted"] is True

@@ -1,6 +1,6 @@
 """``ServerMomentum(Compressed(..., server_lr=eta), momentum=beta)``: heavy-ball
-momentum on the
-aggregate step, m <- beta m + eta u_bar, w <- w + m, kept across a checkpoint."""
+momentum on the aggregate step, m <- beta m + eta u_bar, w <- w + m, kept across a
+checkpoint."""
 
 from __future__ import annotations
 
@@ -120,12 +120,10 @@ def test_without_momentum_the_step_is_the_plain_mean():
     np.testing.assert_allclose(
         w["w"], [1 + 0.5 * (2 + 1 + 0), 1 + 0.5 * (-1 + 4 - 3)], rtol=1e-6
     )
-    assert strategy.state_dict() == {} and not hasattr(
-        strategy, "momentum"
-    )  # one job: decoding
-    strategy.load_state_dict(
-        {"server_momentum": 0.0, "momentum": {}}
-    )  # an older bouquet's, without momentum
+    # one job: decoding
+    assert strategy.state_dict() == {} and not hasattr(strategy, "momentum")
+    # an older bouquet's, without momentum
+    strategy.load_state_dict({"server_momentum": 0.0, "momentum": {}})
     with pytest.raises(ValueError, match="ServerMomentum"):
         strategy.load_state_dict(
             {"server_momentum": 0.9, "momentum": {"w": np.ones(2, np.float32)}}
@@ -153,9 +151,8 @@ def test_a_non_finite_momentum_step_skips_the_round_and_keeps_the_momentum(caplo
     strategy = _momentum(_fedavg(), server_lr=2.0)
     huge = np.array([3e38, 0.0], np.float32)
     strategy.load_state_dict({"momentum": 0.9, "velocity": {"w": huge}})
-    with caplog.at_level(
-        logging.WARNING
-    ):  # w + 0.9 * 3e38 overflows float32 when w is 3e38
+    # w + 0.9 * 3e38 overflows float32 when w is 3e38
+    with caplog.at_level(logging.WARNING):
         assert (
             _round(strategy, 1, {**W0, "w": np.array([3e38, 1.0], np.float32)}) is None
         )
@@ -177,9 +174,8 @@ def test_bad_settings_and_states_are_refused():
         ServerMomentum(ServerMomentum(_fedavg()), momentum=0.9)
     with pytest.raises(TypeError):
         Compressed(_fedavg(), server_momentum=0.9)  # type: ignore[call-arg]  # not Compressed's job any more
-    wrapped = ServerMomentum(
-        FedAvgM(server_momentum=0.0), momentum=0.9
-    )  # FedAvgM without momentum: nothing stacked
+    # FedAvgM without momentum: nothing stacked
+    wrapped = ServerMomentum(FedAvgM(server_momentum=0.0), momentum=0.9)
     assert wrapped.server_momentum == 0.0 and wrapped.momentum == 0.9
     strategy = ServerMomentum(_fedavg(), momentum=0.9)
     for state in (

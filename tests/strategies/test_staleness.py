@@ -64,13 +64,11 @@ def test_sliding_window_by_hand() -> None:
         1.0,  # empty window: scale 1
         min(1.0, (1 + 0) / (1 + 1)),  # window [0]
         min(1.0, (1 + 0.5) / (1 + 3)),  # window [0, 1]
-        min(
-            1.0, (1 + 4 / 3) / (1 + 0)
-        ),  # window [0, 1, 3]: fresher than usual, capped at 1
+        # window [0, 1, 3]: fresher than usual, capped at 1
+        min(1.0, (1 + 4 / 3) / (1 + 0)),
         min(1.0, (1 + 4 / 3) / (1 + 7)),  # window [1, 3, 0]
-        min(
-            1.0, (1 + 10 / 3) / (1 + 2)
-        ),  # window [3, 0, 7]: tau 2 below the context -> 1
+        # window [3, 0, 7]: tau 2 below the context -> 1
+        min(1.0, (1 + 10 / 3) / (1 + 2)),
     ]
     assert got == pytest.approx(expected)
     assert policy.samples() == [0.0, 7.0, 2.0]
@@ -99,9 +97,8 @@ def test_sliding_window_median_and_per_node() -> None:
     assert staleness_context([], "mean") is None
     boosted = SlidingWindowPolicy(window=2, max_scale=2.0)
     boosted(4)
-    assert boosted(0) == pytest.approx(
-        2.0
-    )  # fresher than the context: boosted up to the cap
+    # fresher than the context: boosted up to the cap
+    assert boosted(0) == pytest.approx(2.0)
 
 
 def test_max_staleness_cutoff() -> None:

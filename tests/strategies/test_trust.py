@@ -198,9 +198,8 @@ def test_2_an_integer_tensor_takes_only_exact_values(chain):
     )
     arrays, _ = strategy.aggregate_train(1, [half, whole])
     np.testing.assert_array_equal(arrays["count"].numpy(), [5.0, 6.0])
-    assert (
-        arrays["count"].dtype == "float64"
-    )  # Flower: an integer tensor averages to float64
+    # Flower: an integer tensor averages to float64
+    assert arrays["count"].dtype == "float64"
     assert _report(strategy)["clients_dropped"] == 1
 
 
@@ -255,13 +254,11 @@ def test_4_a_hostile_first_reply_with_other_metric_keys_costs_the_good_one_nothi
     hostile = _good(ids, 1, 5.0, extra={"zzz": 1.0, "train-loss": [1.0, 2.0]})
     good = _good(ids, 2, 1.0, extra={"train-loss": 0.5})
     arrays, metrics = strategy.aggregate_train(1, [hostile, good])
-    np.testing.assert_allclose(
-        arrays["w"].numpy(), 3.0
-    )  # both aggregated: arrays are fine
+    # both aggregated: arrays are fine
+    np.testing.assert_allclose(arrays["w"].numpy(), 3.0)
     assert _report(strategy).get("clients_dropped", 0) == 0
-    assert (
-        "zzz" not in metrics and "train-loss" not in metrics
-    )  # kinds differ: left out, not voted on
+    # kinds differ: left out, not voted on
+    assert "zzz" not in metrics and "train-loss" not in metrics
 
 
 # -------------------------------------------------------------------- class 5: identity
@@ -271,24 +268,27 @@ def test_5_one_reply_per_message_sent_this_round_from_its_node(chain):
     _configure(strategy, nodes=[1, 2, 3], rnd=1)
     ids = _configure(strategy, nodes=[1, 2, 3], rnd=2)
     replies = [
+        # not sent
         _reply(
             {k: np.full_like(v, 50.0) for k, v in GLOBAL.items()},
             {keys.NUM_EXAMPLES: 10},
             src=9,
             reply_to="x",
-        ),  # not sent
+        ),
+        # an earlier round's message
         _reply(
             {k: np.full_like(v, 50.0) for k, v in GLOBAL.items()},
             {keys.NUM_EXAMPLES: 10},
             src=3,
             reply_to="round1-node3",
-        ),  # an earlier round's message
+        ),
+        # node 2 answering node 1's message first...
         _reply(
             {k: np.full_like(v, 50.0) for k, v in GLOBAL.items()},
             {keys.NUM_EXAMPLES: 10},
             src=2,
             reply_to=ids[1],
-        ),  # node 2 answering node 1's message first...
+        ),
         _good(ids, 1, 1.0),  # ...does not cost node 1 its reply
         _good(ids, 2, 3.0),
         _good(ids, 2, 50.0),  # a second reply to the same message
@@ -357,11 +357,12 @@ def test_5_async_reply_from_another_node_is_not_applied_as_that_nodes_update():
 def test_6_kl_histogram_whose_sum_overflows_takes_the_fallback():
     kl = Compressed(ReplyGuard(KLWeightedFedAvg(mode="exp", tau=0.5, **KW)))
     ids = _configure(kl)
+    # no histogram at all: the documented fallback, not a drop
     replies = [
         _good(ids, 1, 1.0, extra={H: [1.7e308, 1.7e308, 1.0]}),
         _good(ids, 2, 3.0, extra={H: [5.0, 5.0, 5.0]}),
         _good(ids, 3, 2.0),
-    ]  # no histogram at all: the documented fallback, not a drop
+    ]
     arrays, _ = kl.aggregate_train(1, replies)
     np.testing.assert_allclose(arrays["w"].numpy(), 2.0, rtol=1e-6)
     report = kl.round_report()
@@ -398,9 +399,8 @@ def test_7_one_update_that_would_overflow_is_dropped_and_never_skips_the_round(
         1, [bad, *(_good(ids, n, 2.0) for n in range(2, others + 2))]
     )
     assert arrays is not None
-    np.testing.assert_allclose(
-        arrays["w"].numpy(), 2.0, rtol=1e-4
-    )  # float32 sums of 999 terms
+    # float32 sums of 999 terms
+    np.testing.assert_allclose(arrays["w"].numpy(), 2.0, rtol=1e-4)
     report = _report(strategy)
     assert report["clients_dropped"] == 1 and "overflow" in report["drop_reasons"][0]
 
@@ -619,9 +619,8 @@ def _peak(strategy, replies) -> int:
             "KL",
         )
         for kind in ("dense", "compressed")
-        if not (
-            chain == "ReplyGuard(FedAvg)" and kind == "compressed"
-        )  # the guard alone takes dense replies only
+        # the guard alone takes dense replies only
+        if not (chain == "ReplyGuard(FedAvg)" and kind == "compressed")
     ],
 )
 def test_memory_stays_within_a_few_model_sizes_whatever_the_number_of_replies(
@@ -632,10 +631,8 @@ def test_memory_stays_within_a_few_model_sizes_whatever_the_number_of_replies(
     of model sizes, not by the number of replies."""
     from bouquet.codecs import TopKCompressor
 
-    glob = {
-        "w": np.zeros((256, 200), np.float32),
-        "b": np.zeros(200, np.float32),
-    }  # ~0.2 MB
+    # ~0.2 MB
+    glob = {"w": np.zeros((256, 200), np.float32), "b": np.zeros(200, np.float32)}
     model = sum(v.nbytes for v in glob.values())
     peaks = []
     for count in (40, 320):
@@ -680,13 +677,10 @@ def test_memory_stays_within_a_few_model_sizes_whatever_the_number_of_replies(
                     )
                 )
         peaks.append(_peak(strategy, replies))
-    assert peaks[1] < 8 * model + 2_000_000, (
-        peaks,
-        model,
-    )  # 8 replies' worth at most, for 320 replies
-    assert peaks[1] < 2 * peaks[0] + model, (
-        peaks
-    )  # does not grow with the number of replies
+    # 8 replies' worth at most, for 320 replies
+    assert peaks[1] < 8 * model + 2_000_000, (peaks, model)
+    # does not grow with the number of replies
+    assert peaks[1] < 2 * peaks[0] + model, peaks
 
 
 def test_7_async_an_update_that_overflows_is_rejected_and_the_model_stays_finite():
