@@ -10,20 +10,20 @@ itself aggregates and are never forwarded (:class:`ReplyWeights`, :class:`ReplyS
 A flag-like member (``validates_arrays``) is read after the check: ``isinstance(s,
 ValidatesArrays) and s.validates_arrays``.
 
-========================
-=================================================================== protocol
-offered by
-========================
-===================================================================
-:class:`RoundReporter`    every bouquet wrapper, ``KLWeightedFedAvg``,
-``DepthFedAvg``, ... :class:`RecorderBinding`  strategies with their own ``start()``
-loop (``AsyncFedAvg``) :class:`ValidatesArrays`  strategies that judge each reply's
-arrays themselves (sub-models) :class:`ValidatesMetrics` strategies that handle replies
-with differing metric keys :class:`ReplyWeights`     weighted-mean strategies with their
-own client weights :class:`ReplyScreen`      ``ReplyGuard``: rules an outer wrapper may
-apply on its behalf :class:`Stateful`         strategies whose state a checkpoint keeps
-========================
-===================================================================
+==========================  ==========================================================
+protocol                    offered by
+==========================  ==========================================================
+:class:`RoundReporter`      every bouquet wrapper, ``KLWeightedFedAvg``,
+                            ``DepthFedAvg``, ...
+:class:`RecorderBinding`    strategies with their own ``start()`` loop (``AsyncFedAvg``)
+:class:`ValidatesArrays`    strategies that judge each reply's arrays themselves
+                            (sub-models)
+:class:`ValidatesMetrics`   strategies that handle replies with differing metric keys
+:class:`ReplyWeights`       weighted-mean strategies with their own client weights
+:class:`ReplyScreen`        ``ReplyGuard``: rules an outer wrapper may apply on its
+                            behalf
+:class:`Stateful`           strategies whose state a checkpoint keeps
+==========================  ==========================================================
 """
 
 from __future__ import annotations

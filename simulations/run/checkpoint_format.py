@@ -11,7 +11,8 @@ by :func:`read_checkpoint`:
     array is refused, never unpickled).
 ``state.json``
     ``{"format": "bouquet-checkpoint/2", "payload": <skeleton>}``: the payload with each
-    array replaced by a reference to its member (:func:`flatten`).
+    array replaced by a reference to its member
+    (:func:`~bouquet.simulations.run.checkpoint_skeleton.flatten`).
 ``SHA256SUMS``
     The SHA-256 of the two files, in ``sha256sum`` format (``sha256sum -c SHA256SUMS``
     checks it). It detects truncation and corruption; it does not authenticate (anyone

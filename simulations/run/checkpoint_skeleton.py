@@ -21,9 +21,10 @@ array, an array of objects or of a structured dtype, ...) is refused with a
 ``ValueError`` naming where it is, rather than dropped or converted silently. Reading
 refuses whatever this table does not produce: a JSON object that is not exactly one of
 the tags, a duplicate key, ``NaN`` / ``Infinity`` literals, a reference to a missing
-member, an npz member that is compressed, not a ``.npy``, holds objects or declares
-another size than the bytes it holds (so ``np.load`` never allocates more than the
-file's size). Every such failure is a :class:`CorruptCheckpoint`.
+member (and :mod:`bouquet.simulations.run.checkpoint_format` refuses an npz member
+that is compressed, not a ``.npy``, holds objects or declares another size than the
+bytes it holds, so ``np.load`` never allocates more than the file's size). Every such
+failure is a :class:`CorruptCheckpoint`.
 """
 
 from __future__ import annotations
