@@ -72,3 +72,16 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def not_yet_run(
+    names: list[str], command: str, *, shown: int = 12, note: str = ""
+) -> str:
+    """The RESULTS.md line naming the cells still to run (the first ``shown``) and the
+    command that runs them; ``note`` follows the count (e.g. an estimated time)."""
+    if not names:
+        return ""
+    count = f"{len(names)} cell{'' if len(names) == 1 else 's'}{note}"
+    more = " ..." if len(names) > shown else ""
+    listed = ", ".join(names[:shown])
+    return f"\n**Not yet run** ({count}): {listed}{more}. Command: `{command}`.\n"

@@ -44,6 +44,7 @@ from benchmarks._grid import overhead_note  # noqa: E402
 from benchmarks._grid import pm  # noqa: E402
 from benchmarks._grid import run_grid  # noqa: E402
 from benchmarks._results import markdown_table  # noqa: E402
+from benchmarks._results import not_yet_run  # noqa: E402
 from benchmarks._results import write_section  # noqa: E402
 
 SECTION = "adjust"
@@ -247,16 +248,12 @@ def report() -> list[Path]:
             else ""
         )
     ) + overhead_note(results)
-    if todo:
-        body += (
-            f"\n**Not yet run** ({len(todo)} cells of the default arms): "
-            + ", ".join(
-                "{dataset}/{partition}/{arm}/seed {seed}".format(**c.key_dict)
-                for c in todo[:10]
-            )
-            + (" ..." if len(todo) > 10 else "")
-            + f". Command: `{COMMAND}`.\n"
-        )
+    body += not_yet_run(
+        ["{dataset}/{partition}/{arm}/seed {seed}".format(**c.key_dict) for c in todo],
+        COMMAND,
+        shown=10,
+        note=" of the default arms",
+    )
     write_section(
         SECTION,
         "Server-side adjustment on a shared dataset (LeNet, 30 rounds)",

@@ -43,6 +43,7 @@ from benchmarks._grid import mean_sd  # noqa: E402
 from benchmarks._grid import pm  # noqa: E402
 from benchmarks._grid import run_grid  # noqa: E402
 from benchmarks._results import markdown_table  # noqa: E402
+from benchmarks._results import not_yet_run  # noqa: E402
 from benchmarks._results import write_section  # noqa: E402
 
 SECTION = "async_wall"
@@ -209,8 +210,9 @@ def report() -> list[Path]:
         if c.key_dict["seed"]
         not in {r["key"]["seed"] for r in by.get(c.key_dict["arm"], [])}
     ]
-    if todo:
-        body += f"\n**Not yet run** ({len(todo)} cells). Command: `{COMMAND}`.\n"
+    body += not_yet_run(
+        ["{arm}/seed {seed}".format(**c.key_dict) for c in todo], COMMAND
+    )
     write_section(
         SECTION,
         "S4 on the wall clock: sync vs async in Flower's simulation engine (measured)",
@@ -218,6 +220,13 @@ def report() -> list[Path]:
         command=COMMAND + " (report: --report)",
     )
     return [ROOT / "benchmarks/RESULTS.md"]
+
+
+def _verdict(diff: tuple[float, float]) -> str:
+    """Accuracy difference (mean, sd) in words: within one sd, better or worse."""
+    if abs(diff[0]) <= diff[1]:
+        return "within one sd"
+    return "better" if diff[0] > 0 else "worse"
 
 
 def _goals(by: dict[str, list[dict]], sync: dict[int, dict]) -> str:
@@ -287,10 +296,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-
-
-def _verdict(diff: tuple[float, float]) -> str:
-    """Accuracy difference (mean, sd) in words: within one sd, better or worse."""
-    if abs(diff[0]) <= diff[1]:
-        return "within one sd"
-    return "better" if diff[0] > 0 else "worse"

@@ -48,6 +48,7 @@ from benchmarks._grid import overhead_note  # noqa: E402
 from benchmarks._grid import pm  # noqa: E402
 from benchmarks._grid import run_grid  # noqa: E402
 from benchmarks._results import markdown_table  # noqa: E402
+from benchmarks._results import not_yet_run  # noqa: E402
 from benchmarks._results import write_section  # noqa: E402
 
 SECTION = "compression"
@@ -251,16 +252,9 @@ def report() -> list[Path]:
         + markdown_table(rows, cols)
     )
     body += _gap_by_round(by, datasets, arms) + overhead_note(results)
-    if missing:
-        body += (
-            "\n**Not yet run** ("
-            + str(len(missing))
-            + " cells): "
-            + ", ".join(missing[:12])
-            + (" ..." if len(missing) > 12 else "")
-            + ". Command: `nice -n 10 .venv/bin/python "
-            "benchmarks/bench_compression.py --commit`.\n"
-        )
+    body += not_yet_run(
+        missing, "nice -n 10 .venv/bin/python benchmarks/bench_compression.py --commit"
+    )
     write_section(
         SECTION,
         "Compressed uploads: accuracy vs MB uploaded (LeNet, 30 rounds, 3 seeds)",

@@ -46,6 +46,7 @@ from benchmarks._grid import mean_sd  # noqa: E402
 from benchmarks._grid import pm  # noqa: E402
 from benchmarks._grid import run_grid  # noqa: E402
 from benchmarks._results import markdown_table  # noqa: E402
+from benchmarks._results import not_yet_run  # noqa: E402
 from benchmarks._results import write_section  # noqa: E402
 
 SECTION = "early_exit"
@@ -215,16 +216,11 @@ def report() -> list[Path]:
             (r["key"]["dataset"], r["key"]["arm"], r["key"]["seed"]) for r in results
         }
     ]
-    if todo:
-        body += (
-            f"\n**Not yet run** ({len(todo)} cells): "
-            + ", ".join(
-                f"{c.key_dict['dataset']}/{c.key_dict['arm']}/seed {c.key_dict['seed']}"
-                for c in todo[:8]
-            )
-            + (" ..." if len(todo) > 8 else "")
-            + f". Command: `{COMMAND}`.\n"
-        )
+    body += not_yet_run(
+        ["{dataset}/{arm}/seed {seed}".format(**c.key_dict) for c in todo],
+        COMMAND,
+        shown=8,
+    )
     write_section(
         "early-exit",
         "S2: early exits, accuracy and cost per exit (20 rounds, 3 seeds)",

@@ -31,6 +31,7 @@ from benchmarks._grid import mean_sd  # noqa: E402
 from benchmarks._grid import overhead_note  # noqa: E402
 from benchmarks._grid import run_grid  # noqa: E402
 from benchmarks._results import markdown_table  # noqa: E402
+from benchmarks._results import not_yet_run  # noqa: E402
 from benchmarks._results import write_section  # noqa: E402
 
 SECTION = "fedavg"
@@ -143,21 +144,12 @@ def report() -> list[Path]:
             if results
             else f"~35 min{each} on 2 cores, estimated"
         )
-        body += (
-            "\n**Not yet run** ("
-            + str(len(todo))
-            + (" cell" if len(todo) == 1 else " cells")
-            + f", {per_cell}): "
-            + ", ".join(
-                f"{c.key_dict['dataset']}/{c.key_dict['partition']}" for c in todo
-            )
-            + f". Command: `{COMMAND}"
-            + (
-                "`"
-                if any(c.key_dict["partition"] in FIRST for c in todo)
-                else ' --partitions "1 label" "3 labels"`'
-            )
-            + " (a finished cell is never rerun).\n"
+        first = any(c.key_dict["partition"] in FIRST for c in todo)
+        body += not_yet_run(
+            ["{dataset}/{partition}".format(**c.key_dict) for c in todo],
+            COMMAND if first else COMMAND + ' --partitions "1 label" "3 labels"',
+            shown=len(todo),
+            note=f", {per_cell}",
         )
     write_section(
         SECTION,

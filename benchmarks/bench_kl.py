@@ -45,6 +45,7 @@ from benchmarks._grid import overhead_note  # noqa: E402
 from benchmarks._grid import pm  # noqa: E402
 from benchmarks._grid import run_grid  # noqa: E402
 from benchmarks._results import markdown_table  # noqa: E402
+from benchmarks._results import not_yet_run  # noqa: E402
 from benchmarks._results import write_section  # noqa: E402
 
 SECTION = "kl"
@@ -354,12 +355,11 @@ def render(results: list[dict[str, Any]]) -> str | None:
         + " ".join(sentences)
         + "\n"
     ) + overhead_note(results)
-    if todo:
-        body += (
-            f"\n**Not yet run** ({len(todo)} cells): "
-            + ", ".join(f"{k['dataset']}/{k['arm']}/seed {k['seed']}" for k in todo)
-            + f". Command: `{COMMAND}`.\n"
-        )
+    body += not_yet_run(
+        ["{dataset}/{arm}/seed {seed}".format(**k) for k in todo],
+        COMMAND,
+        shown=len(todo),
+    )
     body += (
         "\nThe earlier reduced grid of issue 4 (MNIST, MLP, 10 rounds, "
         "Dirichlet(0.1) and 2 labels per client, "

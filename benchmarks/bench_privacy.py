@@ -35,6 +35,7 @@ from benchmarks._grid import load_results  # noqa: E402
 from benchmarks._grid import pm  # noqa: E402
 from benchmarks._grid import run_grid  # noqa: E402
 from benchmarks._results import markdown_table  # noqa: E402
+from benchmarks._results import not_yet_run  # noqa: E402
 from benchmarks._results import write_section  # noqa: E402
 
 SECTION = "privacy"
@@ -173,14 +174,11 @@ def report() -> list[Path]:
         for c in cells(list(ARMS), [0, 1, 2])
         if (c.key_dict["arm"], c.key_dict["seed"]) not in done
     ]
-    if missing:
-        body += (
-            f"\n**Not yet run** ({len(missing)} cells): "
-            + ", ".join(missing[:8])
-            + (" ..." if len(missing) > 8 else "")
-            + ". Command: `nice -n 10 .venv/bin/python benchmarks/bench_privacy.py "
-            "--commit` (resumable).\n"
-        )
+    body += not_yet_run(
+        missing,
+        "nice -n 10 .venv/bin/python benchmarks/bench_privacy.py --commit",
+        shown=8,
+    )
     write_section(
         SECTION,
         "Privacy with compressed uploads (issue 34)",

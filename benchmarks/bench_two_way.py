@@ -40,6 +40,7 @@ from benchmarks._grid import mean_sd  # noqa: E402
 from benchmarks._grid import pm  # noqa: E402
 from benchmarks._grid import run_grid  # noqa: E402
 from benchmarks._results import markdown_table  # noqa: E402
+from benchmarks._results import not_yet_run  # noqa: E402
 from benchmarks._results import write_section  # noqa: E402
 
 SECTION = "two_way"
@@ -249,16 +250,9 @@ def report() -> list[Path]:
         "Raw per-cell results: `benchmarks/results/two_way.jsonl`.\n\n"
         + markdown_table(rows, cols)
     )
-    if missing:
-        body += (
-            "\n**Not yet run** ("
-            + str(len(missing))
-            + " cells): "
-            + ", ".join(missing[:12])
-            + (" ..." if len(missing) > 12 else "")
-            + ". Command: `nice -n 10 .venv/bin/python benchmarks/bench_two_way.py "
-            "--commit` (resumable).\n"
-        )
+    body += not_yet_run(
+        missing, "nice -n 10 .venv/bin/python benchmarks/bench_two_way.py --commit"
+    )
     write_section(
         SECTION,
         "Both directions compressed: total bytes at the cross-device protocol",
