@@ -55,6 +55,7 @@ from flwr.common import NDArrays
 from flwr.common.logger import log
 
 from bouquet import keys
+from bouquet.checks import require_number
 from bouquet.clients.bridge import Arrays
 from bouquet.clients.bridge import EvaluateResult
 from bouquet.clients.bridge import FitResult
@@ -79,20 +80,9 @@ def check_dp_options(clip_norm: float | None, noise_multiplier: float) -> None:
     """``ValueError`` naming a clip norm that is not finite and > 0 or a noise
     multiplier that is
     not finite and >= 0."""
-    if clip_norm is not None and (
-        isinstance(clip_norm, bool)
-        or not isinstance(clip_norm, (int, float))
-        or not (np.isfinite(clip_norm) and clip_norm > 0)
-    ):
-        raise ValueError(f"clip_norm={clip_norm!r} must be a finite number > 0")
-    if (
-        isinstance(noise_multiplier, bool)
-        or not isinstance(noise_multiplier, (int, float))
-        or not (np.isfinite(noise_multiplier) and noise_multiplier >= 0)
-    ):
-        raise ValueError(
-            f"noise_multiplier={noise_multiplier!r} must be a finite number >= 0"
-        )
+    if clip_norm is not None:
+        require_number(clip_norm, "clip_norm", "(0, inf)")
+    require_number(noise_multiplier, "noise_multiplier", "[0, inf)")
 
 
 def clip_update(

@@ -53,6 +53,7 @@ from flwr.clientapp.typing import ClientAppCallable  # Flower's own client-mod t
 from flwr.clientapp.typing import Mod  # Flower's own client-mod type
 
 from bouquet import keys
+from bouquet.checks import require_integer
 from bouquet.clients.bridge import single_record
 from bouquet.staleness_window import CONTEXTS
 from bouquet.staleness_window import DEFAULT_WINDOW
@@ -186,8 +187,7 @@ def staleness_window_mod(
         ``applied-updates`` (not from the asynchronous strategy) and other message types
         pass through untouched.
     """
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise ValueError(f"window={window!r} must be an integer >= 1")
+    require_integer(window, "window", 1)
     if context not in CONTEXTS:
         raise ValueError(
             f"context={context!r} is unknown; allowed: {', '.join(CONTEXTS)}"

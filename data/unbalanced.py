@@ -19,6 +19,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from bouquet.checks import require_integer
+
 logger = logging.getLogger(__name__)
 
 
@@ -71,12 +73,7 @@ def unbalanced_sizes(
         raise ValueError(
             f"partition.sizes={sizes!r} is unknown; allowed: {', '.join(SIZE_RULES)}"
         )
-    if (
-        isinstance(min_size, bool)
-        or not isinstance(min_size, (int, np.integer))
-        or min_size < 0
-    ):
-        raise ValueError(f"partition.min_size={min_size!r} must be an integer >= 0")
+    require_integer(min_size, "partition.min_size", 0)
     if num_partitions < 1:
         raise ValueError(f"simulation.num_clients={num_partitions} must be >= 1")
     rest = num_samples - num_partitions * int(min_size)

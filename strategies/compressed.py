@@ -66,16 +66,14 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-import numpy as np
 from flwr.app import ArrayRecord
-from flwr.app import ConfigRecord
 from flwr.app import Message
 from flwr.app import MetricRecord
 from flwr.app import RecordDict
 from flwr.common.logger import log
-from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from bouquet.checks import require_number
 from bouquet.strategies.accumulate import npy_array
 from bouquet.strategies.client_errors import log_client_error
 from bouquet.strategies.decoding import DENSE_STYPE
@@ -86,10 +84,10 @@ from bouquet.strategies.decoding import decode_record
 from bouquet.strategies.decoding import dense_view
 from bouquet.strategies.decoding import finite_or_drop
 from bouquet.strategies.decoding import read_dense_alone
-from bouquet.strategies.decoding import reference_arrays
 from bouquet.strategies.decoding import single_array_record
 from bouquet.strategies.hooks import ValidatesMetrics
 from bouquet.strategies.hooks import weighted_mean_chain
+from bouquet.strategies.reply_checking import ReplyChecking
 from bouquet.strategies.reports import BYTES_UP
 from bouquet.strategies.reports import CLIENTS_DROPPED
 from bouquet.strategies.reports import DENSE_BYTES
@@ -98,22 +96,20 @@ from bouquet.strategies.reports import DROPPED
 from bouquet.strategies.reports import exception_reason
 from bouquet.strategies.reports import payload_bytes
 from bouquet.strategies.reports import record_drop
-from bouquet.strategies.screening import SentMessages
 from bouquet.strategies.screening import majority_layout
 from bouquet.strategies.screening import node_label
 from bouquet.strategies.screening import reply_weight
 from bouquet.strategies.screening import shared_metrics
 from bouquet.strategies.sparse_mean import SparseWeightedMean
-from bouquet.strategies.wrapper import StrategyWrapper
 from bouquet.strategies.wrapper import log_summary
-from bouquet.strategies.wrapper import nested
 from bouquet.strategies.wrapper import refuse_byte_models
+from bouquet.strategies.wrapper import refuse_twice
 from bouquet.strategies.wrapper import weight_key_of
 
 __all__ = ["Compressed"]
 
 
-class Compressed(StrategyWrapper):
+class Compressed(ReplyChecking):
     """Decode compressed updates around ``strategy`` (see module docstring).
 
     Parameters
@@ -131,24 +127,13 @@ class Compressed(StrategyWrapper):
     def __init__(
         self, strategy: Strategy, server_lr: float = 1.0, *, fast_path: bool = True
     ) -> None:
-        if (
-            isinstance(server_lr, bool)
-            or not isinstance(server_lr, (int, float))
-            or not (np.isfinite(server_lr) and server_lr > 0)
-        ):
-            raise ValueError(f"server_lr={server_lr!r} must be a finite number > 0")
-        if any(isinstance(s, Compressed) for s in nested(strategy)):
-            raise ValueError(
-                "Compressed is already in this chain: wrap a strategy in Compressed "
-                "once"
-            )
+        require_number(server_lr, "server_lr", "(0, inf)")
+        refuse_twice(strategy, Compressed, "wrap a strategy in Compressed once")
         refuse_byte_models(strategy, "Compressed")
         super().__init__(strategy)
         self.server_lr = float(server_lr)
         self.fast_path = bool(fast_path)
         self.last_path = ""
-        self._global: dict[str, np.ndarray] | None = None
-        self._sent = SentMessages()
         self._dropped: list[str] = []
         # set-up mistakes behind client errors, logged once
         self._explained: set[str] = set()
@@ -156,21 +141,12 @@ class Compressed(StrategyWrapper):
     def summary(self) -> None:
         log_summary(self, f"Compressed(server_lr={self.server_lr})")
 
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        # zero-copy views of the bytes the server sends
-        self._global = reference_arrays(arrays)
-        return self._sent.remember(
-            self.strategy.configure_train(server_round, arrays, config, grid)
-        )
-
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         self._dropped = []
         replies = list(replies)
-        received, dense = payload_bytes(replies, self._global)
+        received, dense = payload_bytes(replies, self._reference)
         kept, wrong = self._sent.screen(replies)
         for msg, reason in wrong:
             self._drop(msg, reason)
@@ -178,13 +154,13 @@ class Compressed(StrategyWrapper):
         candidates = self._candidates([m for m in kept if not m.has_error()])
         base, screens = (
             weighted_mean_chain(self.strategy)
-            if self.fast_path and self._global is not None
+            if self.fast_path and self._reference is not None
             else (None, [])
         )
         if base is not None:
             self.last_path = "fast"
             mean = SparseWeightedMean(
-                self._global, self.server_lr, self._drop, self._dropped
+                self._reference, self.server_lr, self._drop, self._dropped
             )
             arrays, metrics = mean.aggregate(server_round, base, screens, candidates)
         else:
@@ -289,7 +265,7 @@ class Compressed(StrategyWrapper):
                 out.append(self._dense_reply(msg))
             except Exception as exc:  # noqa: BLE001 - MemoryError, struct.error, ...: a dropped reply
                 self._drop(msg, exception_reason(exc))
-        if self._global is not None:
+        if self._reference is not None:
             return out
         out, odd = majority_layout(out)
         for msg, reason in odd:
@@ -299,7 +275,7 @@ class Compressed(StrategyWrapper):
     def _dense_reply(self, msg: Message) -> Message:
         record = single_array_record(msg.content)
         all_dense = all(a.stype == DENSE_STYPE for a in record.values())
-        reference = self._global
+        reference = self._reference
         if reference is None:
             if not all_dense:
                 raise ValueError(

@@ -88,8 +88,8 @@ from bouquet.strategies.reports import CLIENTS_DROPPED
 from bouquet.strategies.reports import DROP_REASONS
 from bouquet.strategies.reports import record_drop
 from bouquet.strategies.wrapper import StrategyWrapper
-from bouquet.strategies.wrapper import chain
 from bouquet.strategies.wrapper import log_summary
+from bouquet.strategies.wrapper import refuse_twice
 
 # marker in a client error reason: it could not rebuild the model
 RESYNC = keys.DOWNLINK_RESYNC
@@ -138,11 +138,7 @@ class CompressedDownlink(StrategyWrapper):
         **codec_kwargs: Any,
     ) -> None:
         compressor = downlink_compressor(compressor, codec_kwargs)
-        if any(isinstance(s, CompressedDownlink) for s in chain(strategy)):
-            raise ValueError(
-                "CompressedDownlink is already in this chain: wrap a strategy in it "
-                "once"
-            )
+        refuse_twice(strategy, CompressedDownlink, "wrap a strategy in it once")
         super().__init__(strategy)
         self.compressor = compressor
         self.seed = int(seed)

@@ -74,33 +74,30 @@ from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord
-from flwr.app import ConfigRecord
 from flwr.app import Message
 from flwr.app import MetricRecord
 from flwr.common.logger import log
-from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from bouquet.checks import require_integer
 from bouquet.strategies.compressed import Compressed
 from bouquet.strategies.decoding import finite_or_drop
 from bouquet.strategies.decoding import read_dense_alone
-from bouquet.strategies.decoding import reference_arrays
 from bouquet.strategies.decoding import single_array_record
 from bouquet.strategies.dense_checks import checked_arrays
 from bouquet.strategies.dense_checks import dense_update_norm
 from bouquet.strategies.dense_checks import with_arrays
 from bouquet.strategies.hooks import ValidatesArrays
 from bouquet.strategies.hooks import ValidatesMetrics
+from bouquet.strategies.reply_checking import ReplyChecking
 from bouquet.strategies.reports import CLIENTS_DROPPED
 from bouquet.strategies.reports import DROP_REASONS
 from bouquet.strategies.reports import exception_reason
 from bouquet.strategies.reports import record_drop
-from bouquet.strategies.screening import SentMessages
 from bouquet.strategies.screening import majority_layout
 from bouquet.strategies.screening import node_label
 from bouquet.strategies.screening import reply_weight
 from bouquet.strategies.screening import shared_metrics
-from bouquet.strategies.wrapper import StrategyWrapper
 from bouquet.strategies.wrapper import nested
 from bouquet.strategies.wrapper import refuse_byte_models
 from bouquet.strategies.wrapper import weight_key_of
@@ -110,7 +107,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["ReplyGuard"]
 
 
-class ReplyGuard(StrategyWrapper):
+class ReplyGuard(ReplyChecking):
     """Wrap ``strategy`` and drop malformed train replies (see module docstring).
 
     Parameters
@@ -138,14 +135,7 @@ class ReplyGuard(StrategyWrapper):
         max_update_norm: float | None = None,
         max_norm_ratio: float | None = None,
     ) -> None:
-        if (
-            isinstance(min_replies, bool)
-            or not isinstance(min_replies, int)
-            or min_replies < 1
-        ):
-            raise ValueError(
-                f"simulation.min_replies={min_replies!r} must be an integer >= 1"
-            )
+        require_integer(min_replies, "simulation.min_replies", 1)
         for name, value in (
             ("max_update_norm", max_update_norm),
             ("max_norm_ratio", max_norm_ratio),
@@ -168,17 +158,7 @@ class ReplyGuard(StrategyWrapper):
         self.rounds_skipped = 0
         self.weight_key: str = weight_key or weight_key_of(strategy)
         self._skipped_now = False
-        self._reference: dict[str, np.ndarray] | None = None
-        self._sent = SentMessages()
         self._dropped: list[str] = []
-
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        self._reference = reference_arrays(arrays)
-        return self._sent.remember(
-            self.strategy.configure_train(server_round, arrays, config, grid)
-        )
 
     def _inner_flag(self, hook: type, flag: str) -> bool:
         return isinstance(self.strategy, hook) and bool(getattr(self.strategy, flag))

@@ -65,6 +65,8 @@ from flwr.serverapp.strategy import DifferentialPrivacyServerSideAdaptiveClippin
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
 from flwr.serverapp.strategy import Strategy
 
+from bouquet.checks import require_integer
+from bouquet.checks import require_number
 from bouquet.strategies.decoding import DENSE_STYPE
 from bouquet.strategies.decoding import check_record
 from bouquet.strategies.decoding import dense_view
@@ -127,20 +129,8 @@ class DPAccountant(StrategyWrapper):
         if isinstance(strategy, ADAPTIVE_CLIPPING):
             # refuses a noiseless count
             adaptive_release_multiplier(1.0, float(strategy.clipped_count_stddev))
-        if (
-            isinstance(population_size, bool)
-            or not isinstance(population_size, int)
-            or population_size < 1
-        ):
-            raise ValueError(
-                f"population_size={population_size!r} must be an integer >= 1"
-            )
-        if (
-            isinstance(delta, bool)
-            or not isinstance(delta, (int, float))
-            or not 0 < delta < 1
-        ):
-            raise ValueError(f"delta={delta!r} must be a number in (0, 1)")
+        require_integer(population_size, "population_size", 1)
+        require_number(delta, "delta", "(0, 1)")
         if not strategy.noise_multiplier > 0:
             raise ValueError(
                 f"noise_multiplier={strategy.noise_multiplier!r}: epsilon is "

@@ -46,6 +46,8 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy import Strategy
 
 from bouquet import keys
+from bouquet.checks import require_integer
+from bouquet.checks import require_number
 from bouquet.codecs.shared_topk import KEY_BYTES
 from bouquet.codecs.shared_topk import from_fixed
 from bouquet.codecs.shared_topk import shared_indices
@@ -102,18 +104,8 @@ class SharedSupport(StrategyWrapper):
         key_timeout: float = 60.0,
         min_peers: int = 2,
     ) -> None:
-        if (
-            isinstance(alpha, bool)
-            or not isinstance(alpha, (int, float))
-            or not 0 < alpha <= 1
-        ):
-            raise ValueError(f"alpha={alpha!r} must be a number in (0, 1]")
-        if (
-            isinstance(min_peers, bool)
-            or not isinstance(min_peers, int)
-            or min_peers < 2
-        ):
-            raise ValueError(f"min_peers={min_peers!r} must be an integer >= 2")
+        require_number(alpha, "alpha", "(0, 1]")
+        require_integer(min_peers, "min_peers", 2)
         super().__init__(strategy)
         self.alpha, self.min_k, self.secure, self.seed = (
             float(alpha),

@@ -10,13 +10,6 @@ uninterrupted run.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
-from flwr.app import ArrayRecord
-from flwr.app import ConfigRecord
-from flwr.app import Message
-from flwr.app import MetricRecord
-from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from bouquet.strategies.wrapper import StrategyWrapper
@@ -31,26 +24,5 @@ class RoundOffset(StrategyWrapper):
         super().__init__(strategy)
         self.offset = offset
 
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.strategy.configure_train(
-            server_round + self.offset, arrays, config, grid
-        )
-
-    def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        return self.strategy.aggregate_train(server_round + self.offset, replies)
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return self.strategy.configure_evaluate(
-            server_round + self.offset, arrays, config, grid
-        )
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        return self.strategy.aggregate_evaluate(server_round + self.offset, replies)
+    def inner_round(self, server_round: int) -> int:
+        return server_round + self.offset

@@ -35,24 +35,23 @@ from typing import Any
 import numpy as np
 from flwr.app import Array
 from flwr.app import ArrayRecord
-from flwr.app import ConfigRecord
 from flwr.app import Message
 from flwr.app import MetricRecord
 from flwr.common.logger import log
-from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvgM
 from flwr.serverapp.strategy import Strategy
 from flwr.serverapp.strategy.fedopt import FedOpt
 
+from bouquet.checks import require_number
 from bouquet.codecs import is_statistic
-from bouquet.strategies.decoding import reference_arrays
-from bouquet.strategies.wrapper import StrategyWrapper
+from bouquet.strategies.reply_checking import ReplyChecking
 from bouquet.strategies.wrapper import log_summary
 from bouquet.strategies.wrapper import nested
 from bouquet.strategies.wrapper import refuse_byte_models
+from bouquet.strategies.wrapper import refuse_twice
 
 
-class ServerMomentum(StrategyWrapper):
+class ServerMomentum(ReplyChecking):
     """Heavy-ball momentum :math:`\\beta` on the aggregate step of ``strategy`` (module
     docstring).
 
@@ -65,12 +64,8 @@ class ServerMomentum(StrategyWrapper):
     """
 
     def __init__(self, strategy: Strategy, momentum: float = 0.9) -> None:
-        if (
-            isinstance(momentum, bool)
-            or not isinstance(momentum, (int, float))
-            or not (np.isfinite(momentum) and 0.0 < momentum < 1.0)
-        ):
-            raise ValueError(f"momentum={momentum!r} must be a number in (0, 1)")
+        require_number(momentum, "momentum", "(0, 1)")
+        refuse_twice(strategy, ServerMomentum, "apply server momentum once")
         for inner in nested(strategy):
             if isinstance(inner, FedOpt) or (
                 isinstance(inner, FedAvgM) and inner.server_momentum > 0
@@ -80,25 +75,13 @@ class ServerMomentum(StrategyWrapper):
                     f"{type(inner).__name__}: it already "
                     "applies its own server optimiser to the aggregate"
                 )
-            if isinstance(inner, ServerMomentum):
-                raise ValueError(
-                    "ServerMomentum is already in this chain: apply server momentum "
-                    "once"
-                )
         refuse_byte_models(strategy, "ServerMomentum")
         super().__init__(strategy)
         self.momentum = float(momentum)
         self._velocity: dict[str, np.ndarray] = {}  # m_t per float tensor
-        self._global: dict[str, np.ndarray] | None = None
 
     def summary(self) -> None:
         log_summary(self, f"ServerMomentum(momentum={self.momentum})")
-
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        self._global = reference_arrays(arrays)
-        return self.strategy.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -106,7 +89,7 @@ class ServerMomentum(StrategyWrapper):
         arrays, metrics = self.strategy.aggregate_train(server_round, replies)
         if arrays is None:
             return arrays, metrics
-        if self._global is None:
+        if self._reference is None:
             log(
                 logging.WARNING,
                 "ServerMomentum: round %d: no global arrays (configure_train was not "
@@ -115,7 +98,7 @@ class ServerMomentum(StrategyWrapper):
                 server_round,
             )
             return arrays, metrics
-        stepped = self._step(server_round, arrays, self._global)
+        stepped = self._step(server_round, arrays, self._reference)
         return (None, None) if stepped is None else (stepped, metrics)
 
     def _step(

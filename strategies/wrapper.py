@@ -102,6 +102,13 @@ def refuse_byte_models(strategy: Strategy, wrapper: str) -> None:
             )
 
 
+def refuse_twice(strategy: Strategy, cls: type, advice: str) -> None:
+    """``ValueError`` if a ``cls`` is already in ``strategy``'s chain; ``advice`` says
+    what to do instead."""
+    if any(isinstance(s, cls) for s in nested(strategy)):
+        raise ValueError(f"{cls.__name__} is already in this chain: {advice}")
+
+
 def log_summary(wrapper: StrategyWrapper, line: str) -> None:
     """Log ``line`` (the wrapper and its settings) and the name of the strategy it
     wraps, then that strategy's own summary."""
@@ -183,25 +190,33 @@ class StrategyWrapper(Strategy, metaclass=_SealedAfterInit):
     def summary(self) -> None:
         log_summary(self, type(self).__name__)
 
+    def inner_round(self, server_round: int) -> int:
+        """The round number the wrapped strategy is called with (the same;
+        ``RoundOffset`` shifts it)."""
+        return server_round
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        return self.strategy.configure_train(server_round, arrays, config, grid)
+        inner = self.inner_round(server_round)
+        return self.strategy.configure_train(inner, arrays, config, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        return self.strategy.aggregate_train(server_round, replies)
+        return self.strategy.aggregate_train(self.inner_round(server_round), replies)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+        inner = self.inner_round(server_round)
+        return self.strategy.configure_evaluate(inner, arrays, config, grid)
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        return self.strategy.aggregate_evaluate(server_round, replies)
+        inner = self.inner_round(server_round)
+        return self.strategy.aggregate_evaluate(inner, replies)
 
     def own_report(self) -> dict[str, Any]:
         """This wrapper's values for the round's metrics line (read once, then
