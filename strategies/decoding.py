@@ -27,6 +27,8 @@ replies a wrapper passes on with it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -40,6 +42,9 @@ from bouquet.codecs import is_bouquet_stype
 from bouquet.codecs.npy import read_npy
 from bouquet.codecs.wire import finite_or_raise
 from bouquet.strategies.screening import reply_weight
+
+# (dense view, its reference, the array name) -> the view in an accepted dtype
+CastFn = Callable[[np.ndarray, np.ndarray, str], np.ndarray]
 
 DENSE_STYPE = "numpy.ndarray"
 NPY_READER_MAX_HEADER = (
@@ -177,10 +182,19 @@ def dense_view(arr: Array) -> np.ndarray:
 
 
 def decode_record(
-    record: ArrayRecord, reference: dict[str, np.ndarray]
+    record: ArrayRecord,
+    reference: dict[str, np.ndarray],
+    *,
+    work: Mapping[str, np.dtype] | None = None,
+    cast: CastFn | None = None,
 ) -> dict[str, Decoded]:
     """Decode every array of ``record`` into an update against ``reference``
     (validated).
+
+    A dense array (full local weights from an uncompressed client) becomes
+    :math:`w_i - w` in ``work[name]`` (default: the aggregate dtype of its reference);
+    with ``cast``, one whose dtype differs from its reference's is first passed
+    through ``cast(view, reference, name)``.
 
     Raises ``ValueError`` naming the array and what is wrong.
     """
@@ -189,9 +203,13 @@ def decode_record(
     for name, arr in record.items():
         ref = reference[name]
         try:
-            # full local weights from an uncompressed client
             if arr.stype == DENSE_STYPE:
-                out[name] = dense_update(dense_view(arr), ref)
+                view = dense_view(arr)
+                if cast is not None and view.dtype != ref.dtype:
+                    view = cast(view, ref, name)
+                out[name] = dense_update(
+                    view, ref, None if work is None else work[name]
+                )
             else:
                 out[name] = decode(arr.stype, arr.dtype, tuple(arr.shape), arr.data)
         except ValueError as exc:

@@ -30,16 +30,13 @@ from flwr.common.logger import log
 from flwr.serverapp.strategy import FedAvg
 
 from bouquet.codecs import Decoded
-from bouquet.codecs import decode
 from bouquet.strategies.accumulate import Accumulator
 from bouquet.strategies.accumulate import finite_npy
 from bouquet.strategies.decoding import DENSE_STYPE
 from bouquet.strategies.decoding import aggregate_dtype
 from bouquet.strategies.decoding import check_overflow
-from bouquet.strategies.decoding import check_record
+from bouquet.strategies.decoding import decode_record
 from bouquet.strategies.decoding import decoded_norm
-from bouquet.strategies.decoding import dense_update
-from bouquet.strategies.decoding import dense_view
 from bouquet.strategies.decoding import single_array_record
 from bouquet.strategies.dense_checks import cast_to_reference
 from bouquet.strategies.hooks import ReplyWeights
@@ -244,22 +241,12 @@ class SparseWeightedMean:
         reference = self.reference or {}
         try:
             record = single_array_record(msg.content)
-            check_record(record, reference)
-            decoded: dict[str, Decoded] = {}
-            for name, arr in record.items():
-                ref = reference[name]
-                try:
-                    if arr.stype == DENSE_STYPE:
-                        view = dense_view(arr)
-                        if screens and view.dtype != ref.dtype:
-                            view = cast_to_reference(view, ref, name)
-                        decoded[name] = dense_update(view, ref, acc[name].work)
-                    else:
-                        decoded[name] = decode(
-                            arr.stype, arr.dtype, tuple(arr.shape), arr.data
-                        )
-                except ValueError as exc:
-                    raise ValueError(f"array {name!r}: {exc}") from exc
+            decoded = decode_record(
+                record,
+                reference,
+                work={name: a.work for name, a in acc.items()},
+                cast=cast_to_reference if screens else None,
+            )
             check_overflow(
                 decoded, {n: a.dtype for n, a in acc.items()}, self.server_lr
             )

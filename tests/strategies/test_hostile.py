@@ -286,7 +286,7 @@ def test_update_norm_bounds_drop_and_report():
 
 
 def test_unexpected_exception_in_one_reply_is_a_drop(monkeypatch):
-    import bouquet.strategies.sparse_mean as mod
+    import bouquet.strategies.decoding as mod
 
     real = mod.dense_update
 
