@@ -21,6 +21,8 @@ from flwr.common import NDArrays
 from torch import nn
 
 from bouquet import keys
+from bouquet.checks import require_integer
+from bouquet.checks import require_number
 from bouquet.clients.bridge import EvaluateResult
 from bouquet.clients.bridge import FitResult
 from bouquet.data import label_histogram
@@ -36,12 +38,9 @@ logger = logging.getLogger(__name__)
 
 def check_training_args(local_epochs: int, batch_size: int, lr: float) -> None:
     """Refuse impossible client training settings, naming the config key."""
-    if local_epochs < 0:
-        raise ValueError(f"client.local_epochs={local_epochs} must be >= 0")
-    if batch_size < 1:
-        raise ValueError(f"client.batch_size={batch_size} must be >= 1")
-    if not lr > 0:
-        raise ValueError(f"client.lr={lr} must be > 0")
+    require_integer(local_epochs, "client.local_epochs", 0)
+    require_integer(batch_size, "client.batch_size", 1)
+    require_number(lr, "client.lr", "(0, inf)")
 
 
 class TorchClient(NumPyClient):

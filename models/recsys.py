@@ -27,6 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from bouquet.checks import require_integer
+from bouquet.checks import require_number
+
 SHARED_PREFIX = "shared."
 PRIVATE_PREFIX = "private."
 RECSYS_MODELS = ("mf",)
@@ -81,14 +84,10 @@ class MatrixFactorization(nn.Module):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if num_items < 1:
-            raise ValueError(f"num_items={num_items} must be >= 1")
-        if num_users < 0:
-            raise ValueError(f"num_users={num_users} must be >= 0")
-        if dim < 1:
-            raise ValueError(f"model.dim={dim} must be >= 1")
-        if not init_std > 0:
-            raise ValueError(f"model.init_std={init_std} must be > 0")
+        require_integer(num_items, "num_items", 1)
+        require_integer(num_users, "num_users", 0)
+        require_integer(dim, "model.dim", 1)
+        require_number(init_std, "model.init_std", "(0, inf)")
         gen = torch.Generator().manual_seed(seed)
         self.dim = dim
         self.init_std = init_std
