@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from shared_ray import SharedRay
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -159,11 +160,22 @@ def reply_factory():
     return make_reply
 
 
+def pytest_runtest_teardown(item, nextitem):
+    """Stop the module's shared Ray head after its last test (``shared_ray``)."""
+    if nextitem is None or nextitem.path != item.path:
+        SharedRay.stop()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """An interrupted session stops the shared Ray head too."""
+    SharedRay.stop()
+
+
 def run_bouquet_sim(
     overrides: list[str], run_dir, *, multirun: bool = False, timeout: float = 600
 ):
-    """Run the real ``bouquet-sim`` CLI in a subprocess; returns the
-    CompletedProcess."""
+    """Run the real ``bouquet-sim`` CLI in a subprocess (joining the module's shared
+    Ray head, ``shared_ray.SharedRay``); returns the CompletedProcess."""
     import subprocess
     import sys
 
@@ -175,8 +187,11 @@ def run_bouquet_sim(
         *overrides,
         f"{key}={run_dir}",
     ]
+    env = dict(os.environ)
+    if not env.get("RAY_ADDRESS"):
+        env["RAY_ADDRESS"] = SharedRay.address_for_run()
     return subprocess.run(
-        cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT
+        cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env
     )
 
 

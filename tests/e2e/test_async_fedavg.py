@@ -4,14 +4,10 @@ tests/strategies/test_async_*.py."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
+from conftest import run_bouquet_sim
 
 # A node's behaviour: ("ok", latency_in_polls, delta) | ("error", latency, None) |
 # ("hang", 0, None)
@@ -21,30 +17,21 @@ Behaviour = tuple[str, int, float | None]
 def test_real_async_simulation_on_digits(tmp_path: Path) -> None:
     """A short real run: 3 nodes of different speed, one very slow; stops by itself."""
     run_dir = tmp_path / "run"
-    env = {
-        **os.environ,
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "bouquet.simulations.run.main",
-        "dataset=digits",
-        "simulation.num_clients=3",
-        "simulation.num_rounds=6",
-        "strategy=async",
-        "strategy.policy=polynomial",
-        "strategy.eval_every=4",
-        "client=slow",
-        "client.base_time_s=0.5",
-        "client.slow_fraction=0.34",
-        "client.slow_factor=4",
-        "simulation.client_cpus=0.5",
-        f"hydra.run.dir={run_dir}",
-    ]
-    proc = subprocess.run(
-        cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    proc = run_bouquet_sim(
+        [
+            "dataset=digits",
+            "simulation.num_clients=3",
+            "simulation.num_rounds=6",
+            "strategy=async",
+            "strategy.policy=polynomial",
+            "strategy.eval_every=4",
+            "client=slow",
+            "client.base_time_s=0.5",
+            "client.slow_fraction=0.34",
+            "client.slow_factor=4",
+            "simulation.client_cpus=0.5",
+        ],
+        run_dir,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [
@@ -154,21 +141,7 @@ def test_sliding_window_per_node_on_the_server_in_flowers_engine(
 
 
 def _run_rows(overrides: list[str], run_dir: Path) -> list[dict]:
-    env = {
-        **os.environ,
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "bouquet.simulations.run.main",
-        *overrides,
-        f"hydra.run.dir={run_dir}",
-    ]
-    proc = subprocess.run(
-        cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-    )
+    proc = run_bouquet_sim(overrides, run_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [
         json.loads(line)

@@ -4,44 +4,31 @@ bouquet-sim / Ray)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_bouquet_sim
 
 from bouquet import keys
 
 H = keys.LABEL_HISTOGRAM
-ROOT = Path(__file__).resolve().parents[2]
 # conftest, loaded by pytest (importlib mode)
 make_reply = sys.modules["tests.conftest"].make_reply
 
 
-def sim_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        FLWR_TELEMETRY_ENABLED="0",
-        FLWR_DISABLE_UPDATE_CHECK="1",
-        RAY_USAGE_STATS_ENABLED="0",
-    )
-    return env
-
-
 def run_sim(run_dir: Path, *overrides: str) -> list[dict]:
-    cmd = [
-        str(Path(sys.executable).parent / "bouquet-sim"),
-        "dataset=digits",
-        "simulation.num_clients=3",
-        "simulation.num_rounds=2",
-        f"hydra.run.dir={run_dir}",
-        *overrides,
-    ]
     # slow when the cores are shared
-    proc = subprocess.run(
-        cmd, cwd=ROOT, env=sim_env(), capture_output=True, text=True, timeout=1800
+    proc = run_bouquet_sim(
+        [
+            "dataset=digits",
+            "simulation.num_clients=3",
+            "simulation.num_rounds=2",
+            *overrides,
+        ],
+        run_dir,
+        timeout=1800,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [

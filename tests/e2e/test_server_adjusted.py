@@ -4,12 +4,10 @@ bouquet-sim / Ray)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from conftest import run_bouquet_sim
+
 # conftest, loaded by pytest (importlib mode)
 make_reply = sys.modules["tests.conftest"].make_reply
 
@@ -17,26 +15,19 @@ make_reply = sys.modules["tests.conftest"].make_reply
 # ------------------------------------------------------------------ end to end
 def test_bouquet_sim_with_server_adjust_and_kl(tmp_path):
     run_dir = tmp_path / "adjust"
-    cmd = [
-        str(Path(sys.executable).parent / "bouquet-sim"),
-        "dataset=digits",
-        "simulation.num_clients=3",
-        "simulation.num_rounds=2",
-        "server=adjust",
-        "server.shared_fraction=0.1",
-        "strategy=kl_weighted",
-        "partition=pathological",
-        f"hydra.run.dir={run_dir}",
-    ]
-    env = {
-        **os.environ,
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-        "RAY_USAGE_STATS_ENABLED": "0",
-    }
     # slow when the cores are shared
-    proc = subprocess.run(
-        cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800
+    proc = run_bouquet_sim(
+        [
+            "dataset=digits",
+            "simulation.num_clients=3",
+            "simulation.num_rounds=2",
+            "server=adjust",
+            "server.shared_fraction=0.1",
+            "strategy=kl_weighted",
+            "partition=pathological",
+        ],
+        run_dir,
+        timeout=1800,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [
