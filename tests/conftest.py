@@ -171,6 +171,16 @@ def pytest_sessionfinish(session, exitstatus):
     SharedRay.stop()
 
 
+def metrics_rows(run_dir: Path) -> list[dict]:
+    """The rows of a run's ``metrics.jsonl``, one dict per line."""
+    import json
+
+    return [
+        json.loads(line)
+        for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    ]
+
+
 def run_bouquet_sim(
     overrides: list[str], run_dir, *, multirun: bool = False, timeout: float = 600
 ):

@@ -14,15 +14,64 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def start_ray_head(temp: Path, num_cpus: int) -> tuple[Any, int]:
+    """``ray start --head --block`` on 127.0.0.1 with ``temp`` as its temp dir (its log
+    in ``temp/ray-head.log``); returns the process (a ``ManagedProcess``: stop it by
+    PID) and its GCS port once that accepts connections. ``RuntimeError`` with the end
+    of the log if it does not within 120 s."""
+    import socket
+    import sys
+    import time
+
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from deploy.flwrcli import free_port
+    from deploy.processes import ManagedProcess
+    from deploy.processes import flower_env
+
+    port = free_port()
+    ray = str(Path(sys.executable).with_name("ray"))
+    head = ManagedProcess(
+        "ray-head",
+        [
+            ray,
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            f"--num-cpus={num_cpus}",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--temp-dir={temp}",
+        ],
+        temp / "ray-head.log",
+        flower_env(),
+    )
+    deadline = time.monotonic() + 120
+    while True:
+        with socket.socket() as sock:
+            sock.settimeout(0.5)
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return head, port
+        if not head.running() or time.monotonic() > deadline:
+            head.stop()
+            log = (temp / "ray-head.log").read_text()[-2000:]
+            raise RuntimeError(f"the Ray head did not start:\n{log}")
+        time.sleep(0.5)
+
+
 class SharedRay:
     """One Ray head per test module for that module's ``bouquet-sim`` runs.
 
     Each run joins it (``RAY_ADDRESS``, as ``tests/e2e/test_ray_cluster.py`` checks a
-    run can) instead of starting and stopping a Ray of its own: ~6-8 s less per run on
+    run can) instead of starting and stopping a Ray of its own: ~6 s less per run on
     the two-core machine. The head listens on 127.0.0.1, is started on the first run of
     a module and stopped by PID (its whole process tree) when that module's last test
     ends (``pytest_runtest_teardown`` in ``conftest.py``), so no head outlives its
-    module. A run whose environment already names ``RAY_ADDRESS`` keeps it.
+    module. A run whose environment already names ``RAY_ADDRESS`` keeps it. Its temp
+    dir is its own, so a Ray started without an address elsewhere on the machine never
+    finds it.
     """
 
     head: Any = None
@@ -34,49 +83,11 @@ class SharedRay:
         if cls.head is not None and cls.head.running():
             return cls.address
         cls.stop()
-        import socket
-        import sys
         import tempfile
-        import time
 
-        if str(ROOT) not in sys.path:
-            sys.path.insert(0, str(ROOT))
-        from deploy.flwrcli import free_port
-        from deploy.processes import ManagedProcess
-        from deploy.processes import flower_env
-
-        port = free_port()
         # Ray's socket paths must stay < 108 bytes
         cls.temp = Path(tempfile.mkdtemp(prefix="bqray", dir="/tmp"))
-        ray = str(Path(sys.executable).with_name("ray"))
-        cls.head = ManagedProcess(
-            "ray-head",
-            [
-                ray,
-                "start",
-                "--head",
-                "--block",
-                "--node-ip-address=127.0.0.1",
-                f"--port={port}",
-                f"--num-cpus={os.cpu_count()}",
-                "--include-dashboard=false",
-                "--disable-usage-stats",
-                f"--temp-dir={cls.temp}",
-            ],
-            cls.temp / "ray-head.log",
-            flower_env(),
-        )
-        deadline = time.monotonic() + 120
-        while True:
-            with socket.socket() as sock:
-                sock.settimeout(0.5)
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if not cls.head.running() or time.monotonic() > deadline:
-                log = (cls.temp / "ray-head.log").read_text()[-2000:]
-                cls.stop()
-                raise RuntimeError(f"the shared Ray head did not start:\n{log}")
-            time.sleep(0.5)
+        cls.head, port = start_ray_head(cls.temp, os.cpu_count() or 1)
         cls.address = f"127.0.0.1:{port}"
         return cls.address
 

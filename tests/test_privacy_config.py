@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import metrics_rows
 from hydra import compose
 from hydra import initialize_config_module
 from omegaconf import OmegaConf
@@ -137,10 +138,7 @@ def test_dp_client_with_stc_runs_and_reports_the_epsilon_of_its_rounds(
     )
     assert res.returncode == 0, res.stderr[-2000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    rows = [
-        json.loads(line)
-        for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-    ]
+    rows = metrics_rows(tmp_path / "run")
     assert summary["status"] == "ok" and summary["clients_failed"] == 0
     # all 3 clients every round (q = 1), every reply aggregated (z_eff = z): two
     # Gaussian releases

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import metrics_rows
 from conftest import run_bouquet_sim
 
 # A node's behaviour: ("ok", latency_in_polls, delta) | ("error", latency, None) |
@@ -34,10 +35,7 @@ def test_real_async_simulation_on_digits(tmp_path: Path) -> None:
         run_dir,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [
-        json.loads(line)
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-    ]
+    rows = metrics_rows(run_dir)
     for key in (
         "updates",
         "version",
@@ -143,10 +141,7 @@ def test_sliding_window_per_node_on_the_server_in_flowers_engine(
 def _run_rows(overrides: list[str], run_dir: Path) -> list[dict]:
     proc = run_bouquet_sim(overrides, run_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [
-        json.loads(line)
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-    ]
+    rows = metrics_rows(run_dir)
     assert rows[-1]["stop_reason"] == "update budget 24 reached"
     assert [r["version"] for r in rows] == [r["updates"] for r in rows]
     return rows

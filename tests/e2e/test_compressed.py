@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import metrics_rows
 from conftest import run_bouquet_sim
 
 pytestmark = pytest.mark.e2e
@@ -26,10 +27,7 @@ COMMON = [
 
 
 def _rows(run_dir: Path) -> list[dict]:
-    return [
-        json.loads(line)
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-    ]
+    return metrics_rows(run_dir)
 
 
 def _run(overrides: list[str], run_dir: Path) -> list[dict]:

@@ -14,10 +14,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import metrics_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
 
 from deploy.flwrcli import wait_until  # noqa: E402
 from deploy.local import LocalDeployment  # noqa: E402
@@ -215,10 +217,7 @@ def test_a_foreign_node_joins_but_is_never_sampled_and_crashes_are_error_replies
             tmp_path / "pinned",
             timeout_s=RUN_TIMEOUT_S,
         )
-        rows = [
-            json.loads(line)
-            for line in (outcome.run_dir / "metrics.jsonl").read_text().splitlines()
-        ]
+        rows = metrics_rows(outcome.run_dir)
         trained = [r for r in rows if r["round"] > 0]
         assert [(r["clients_ok"], r["clients_failed"]) for r in trained] == [
             (2, 0),
@@ -262,10 +261,7 @@ def test_compressed_kl_weighted_run(
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "ok"
     assert summary["rounds"] == NUM_ROUNDS
-    rows = [
-        json.loads(line)
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-    ]
+    rows = metrics_rows(run_dir)
     trained = [r for r in rows if r["round"] > 0]
     assert len(trained) == NUM_ROUNDS
     assert all(
@@ -302,10 +298,7 @@ def test_async_sliding_window_run(deployment: LocalDeployment, tmp_path: Path) -
         "strategy.plateau_window=0 strategy.window=4"
     )
     deployment.run(overrides, run_dir, timeout_s=RUN_TIMEOUT_S)
-    rows = [
-        json.loads(line)
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-    ]
+    rows = metrics_rows(run_dir)
     assert [r["updates"] for r in rows] == list(range(0, budget + 1, 2))
     # one version per applied update
     assert [r["version"] for r in rows] == [r["updates"] for r in rows]

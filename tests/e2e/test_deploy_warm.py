@@ -13,10 +13,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import metrics_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
 
 from deploy import supernode  # noqa: E402
 from deploy.local import LocalDeployment  # noqa: E402
@@ -114,10 +116,7 @@ def test_ten_supernodes_with_compression_both_ways(tmp_path: Path) -> None:
         "processes left after stop()"
     )
     assert outcome.status == "finished:completed"
-    rows = [
-        json.loads(line)
-        for line in (outcome.run_dir / "metrics.jsonl").read_text().splitlines()
-    ]
+    rows = metrics_rows(outcome.run_dir)
     trained = [r for r in rows if r["round"] > 0]
     assert [r["clients_ok"] for r in trained] == [nodes] * rounds
     assert all(r["clients_failed"] == 0 for r in trained)

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import metrics_rows
 from conftest import run_bouquet_sim
 
 pytestmark = pytest.mark.e2e
@@ -40,10 +41,7 @@ def test_two_way_stc_downloads_5x_fewer_bytes_in_sync(tmp_path: Path) -> None:
     )
     # uploads stay compressed
     assert two_way["total_bytes_up"] < dense["total_bytes_down"] / 50
-    rows = [
-        json.loads(x)
-        for x in (tmp_path / "stc" / "metrics.jsonl").read_text().splitlines()
-    ]
+    rows = metrics_rows(tmp_path / "stc")
     assert all(r["clients_failed"] == 0 for r in rows)
     # it learns (chance is 0.1)
     assert rows[-1]["accuracy"] > rows[0]["accuracy"] + 0.15

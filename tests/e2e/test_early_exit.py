@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import metrics_rows
 from conftest import run_bouquet_sim
 
 from bouquet.models.early_exit import build_early_exit
@@ -31,10 +32,7 @@ def test_short_federated_run_on_digits(tmp_path):
         run_dir,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [
-        json.loads(line)
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-    ]
+    rows = metrics_rows(run_dir)
     assert [r["round"] for r in rows] == [0, 1, 2, 3, 4]
     for row in rows:
         assert {

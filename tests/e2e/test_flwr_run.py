@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import metrics_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
@@ -70,10 +71,7 @@ def test_flwr_run_local_simulation(
 
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["rounds"] == NUM_ROUNDS
-    rows = [
-        json.loads(line)
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-    ]
+    rows = metrics_rows(run_dir)
     assert [r["round"] for r in rows] == list(range(NUM_ROUNDS + 1))
     assert all(r["clients_ok"] == NUM_NODES for r in rows[1:]), rows
     cfg = json.loads((run_dir / "config.json").read_text())

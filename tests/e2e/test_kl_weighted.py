@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import metrics_rows
 from conftest import run_bouquet_sim
 
 from bouquet import keys
@@ -31,10 +32,7 @@ def run_sim(run_dir: Path, *overrides: str) -> list[dict]:
         timeout=1800,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return [
-        json.loads(line)
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-    ]
+    return metrics_rows(run_dir)
 
 
 def test_bouquet_sim_writes_kl_weights(tmp_path):

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import metrics_rows
 from conftest import run_bouquet_sim
 
 
@@ -27,10 +28,7 @@ def test_bouquet_sim_movielens_small_run(tmp_path: Path) -> None:
         run_dir,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [
-        json.loads(line)
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-    ]
+    rows = metrics_rows(run_dir)
     assert [r["round"] for r in rows] == [0, 1, 2]
     assert rows[0]["rmse"] is None  # nothing evaluated before the first round
     shared_bytes = 4 * (1682 * 32 + 1682 + 1)

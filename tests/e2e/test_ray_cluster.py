@@ -10,20 +10,17 @@ import shutil
 import socket
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from conftest import ROOT
 from conftest import run_bouquet_sim
+from shared_ray import start_ray_head
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from deploy.flwrcli import free_port  # noqa: E402
-from deploy.processes import ManagedProcess  # noqa: E402
 from deploy.processes import alive  # noqa: E402
 from deploy.processes import descendants  # noqa: E402
-from deploy.processes import flower_env  # noqa: E402
 from deploy.processes import stop_tree  # noqa: E402
 
 
@@ -34,34 +31,10 @@ def _port_open(port: int) -> bool:
 
 
 def test_bouquet_sim_joins_an_existing_ray_cluster(tmp_path: Path, monkeypatch) -> None:
-    port = free_port()
-    ray = str(Path(sys.executable).with_name("ray"))
     # Ray's socket paths must stay < 108 bytes
     temp = Path(tempfile.mkdtemp(prefix="bqray", dir="/tmp"))
-    head = ManagedProcess(
-        "ray-head",
-        [
-            ray,
-            "start",
-            "--head",
-            "--block",
-            "--node-ip-address=127.0.0.1",
-            f"--port={port}",
-            "--num-cpus=2",
-            "--include-dashboard=false",
-            "--disable-usage-stats",
-            f"--temp-dir={temp}",
-        ],
-        tmp_path / "ray-head.log",
-        flower_env(),
-    )
+    head, port = start_ray_head(temp, 2)
     try:
-        deadline = time.monotonic() + 120
-        while not _port_open(port):
-            assert head.running() and time.monotonic() < deadline, (
-                tmp_path / "ray-head.log"
-            ).read_text()[-2000:]
-            time.sleep(1)
         monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
         proc = run_bouquet_sim(
             [

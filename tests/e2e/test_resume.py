@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import ROOT
+from conftest import metrics_rows
 from conftest import run_bouquet_sim
 
 from bouquet.simulations.run.checkpoint import load_checkpoint
@@ -133,7 +134,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
         tmp_path / "r1",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [json.loads(x) for x in (crashed / "metrics.jsonl").read_text().splitlines()]
+    rows = metrics_rows(crashed)
     assert [r["round"] for r in rows] == [0, 1, 2, 3, 4]
     a, b = _final(full), _final(crashed)
     assert a.keys() == b.keys()
@@ -160,7 +161,7 @@ def test_run_survives_crashing_hanging_and_corrupting_clients(tmp_path: Path) ->
         run_dir,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = metrics_rows(run_dir)
     assert sum(r["clients_failed"] for r in rows) >= 5 + 2 + 1
     assert sum(r["clients_ok"] for r in rows) > 0
     reasons = [reason for r in rows for reason in r.get("drop_reasons", [])]
@@ -224,7 +225,7 @@ def test_async_run_sigkilled_after_a_checkpoint_resumes_its_versions_and_updates
 
     proc = run_bouquet_sim([*ASYNC, f"simulation.resume={crashed}"], tmp_path / "r1")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [json.loads(x) for x in (crashed / "metrics.jsonl").read_text().splitlines()]
+    rows = metrics_rows(crashed)
     assert [r["updates"] for r in rows] == [0, 3, 6, 9, 12, 15, 18]
     # one version per applied update, continued
     assert [r["version"] for r in rows] == [0, 3, 6, 9, 12, 15, 18]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 
+from conftest import metrics_rows
 from conftest import run_bouquet_sim
 
 # conftest, loaded by pytest (importlib mode)
@@ -30,10 +31,7 @@ def test_bouquet_sim_with_server_adjust_and_kl(tmp_path):
         timeout=1800,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [
-        json.loads(line)
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-    ]
+    rows = metrics_rows(run_dir)
     assert [r["round"] for r in rows] == [0, 1, 2]
     for row in rows[1:]:
         assert row["adjusted"] is True and 0.0 <= row["acc_before_adjust"] <= 1.0

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import metrics_rows
 from conftest import run_bouquet_sim
 
 pytestmark = pytest.mark.e2e
@@ -25,10 +26,7 @@ REQUIRED_ROW_KEYS = {
 
 
 def _rows(run_dir: Path) -> list[dict]:
-    return [
-        json.loads(line)
-        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-    ]
+    return metrics_rows(run_dir)
 
 
 def test_digits_run_writes_every_output(tmp_path: Path) -> None:
