@@ -1,12 +1,14 @@
 """``ReplyChecking``: the base of the wrappers that check a round's replies against
 what the round sent.
 
-:class:`~bouquet.strategies.Compressed`, :class:`~bouquet.strategies.ReplyGuard` and
-:class:`~bouquet.strategies.ServerMomentum` each need, in ``aggregate_train``, the
-global arrays this round's ``configure_train`` broadcast (``self._reference``: zero-copy
-views of the bytes sent, by :func:`~bouquet.strategies.decoding.reference_arrays`) and
-the messages it sent (``self._sent``: a reply is accepted only as the answer to one of
-them, :class:`~bouquet.strategies.screening.SentMessages`). This base keeps both.
+:class:`~bouquet.strategies.Compressed` and :class:`~bouquet.strategies.ReplyGuard`
+need, in ``aggregate_train``, the global arrays this round's ``configure_train``
+broadcast (``self._reference``: zero-copy views of the bytes sent, by
+:func:`~bouquet.strategies.decoding.reference_arrays`) and the messages it sent
+(``self._sent``: a reply is accepted only as the answer to one of them,
+:class:`~bouquet.strategies.screening.SentMessages`). This base keeps both.
+:class:`~bouquet.strategies.ServerMomentum` reads only the arrays; the metadata of the
+round's messages that it keeps unused is one small list per round.
 """
 
 from __future__ import annotations

@@ -150,11 +150,14 @@ class SparseWeightedMean:
             acc = {
                 name: Accumulator(ref, dtypes[name]) for name, ref in reference.items()
             }
+            # the accumulators' output and working dtypes, read once for all replies
+            out_dtypes = {name: a.dtype for name, a in acc.items()}
+            works = {name: a.work for name, a in acc.items()}
             survivors: list[Message] = []
             norms: list[float] = []
             clean = True
             for (msg, _), share in zip(weighted, shares, strict=True):
-                decoded = self._decode(msg, acc, screens)
+                decoded = self._decode(msg, out_dtypes, works, screens)
                 if decoded is None:
                     clean = False
                     continue
@@ -234,22 +237,24 @@ class SparseWeightedMean:
         return dtypes
 
     def _decode(
-        self, msg: Message, acc: dict[str, Accumulator], screens: list[Any]
+        self,
+        msg: Message,
+        out_dtypes: dict[str, np.dtype],
+        works: dict[str, np.dtype],
+        screens: list[Any],
     ) -> dict[str, Decoded] | None:
-        """The reply's updates (dense arrays in the accumulators' working dtype), or
-        None (dropped)."""
+        """The reply's updates (dense arrays in the accumulators' working dtypes
+        ``works``), or None (dropped)."""
         reference = self.reference or {}
         try:
             record = single_array_record(msg.content)
             decoded = decode_record(
                 record,
                 reference,
-                work={name: a.work for name, a in acc.items()},
+                work=works,
                 cast=cast_to_reference if screens else None,
             )
-            check_overflow(
-                decoded, {n: a.dtype for n, a in acc.items()}, self.server_lr
-            )
+            check_overflow(decoded, out_dtypes, self.server_lr)
             return decoded
         except Exception as exc:  # noqa: BLE001 - MemoryError, struct.error, ...: a dropped reply
             self.drop(msg, exception_reason(exc))
