@@ -5,11 +5,9 @@ message."""
 
 from __future__ import annotations
 
-import math
-import re
-from functools import cache
 from typing import Any
 
+from bouquet.checks import in_range
 from bouquet.simulations.config.schema import GROUPS
 from bouquet.simulations.config.schema_keys import Key
 
@@ -23,34 +21,6 @@ _TYPE_NAMES = {
     "str or bool": "a string or true",
     "dict": "a mapping",
 }
-_INTERVAL = re.compile(
-    r"^([\[(])\s*(-inf|[-+0-9.e]+)\s*,\s*(inf|[-+0-9.e]+)\s*([\])])$"
-)
-
-
-@cache
-def interval(text: str) -> tuple[float, float, bool, bool]:
-    """``(low, high, low_closed, high_closed)`` of an interval such as ``"(0, 1]"``."""
-    match = _INTERVAL.match(text)
-    if match is None:
-        raise ValueError(
-            f"range={text!r} is not an interval like '(0, 1]' or '[1, inf)'"
-        )
-    opening, low, high, closing = match.groups()
-    return float(low), float(high), opening == "[", closing == "]"
-
-
-def in_range(value: float, text: str) -> bool:
-    """Whether ``value`` is finite and in the interval ``text`` ("" = any finite
-    value)."""
-    if not math.isfinite(value):
-        return False
-    if not text:
-        return True
-    low, high, low_closed, high_closed = interval(text)
-    return (value >= low if low_closed else value > low) and (
-        value <= high if high_closed else value < high
-    )
 
 
 def fmt(value: Any, *, quote: bool = True) -> str:

@@ -16,7 +16,7 @@ from hydra import compose
 from hydra import initialize_config_module
 from omegaconf import OmegaConf
 
-from bouquet.simulations.config.checks import interval
+from bouquet.checks import interval
 from bouquet.simulations.config.schema import GROUPS
 from bouquet.simulations.config.schema import ROOT
 from bouquet.simulations.config.schema import TASKS
