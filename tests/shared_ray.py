@@ -14,18 +14,26 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def port_open(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:``port``."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
 def start_ray_head(temp: Path, num_cpus: int) -> tuple[Any, int]:
     """``ray start --head --block`` on 127.0.0.1 with ``temp`` as its temp dir (its log
     in ``temp/ray-head.log``); returns the process (a ``ManagedProcess``: stop it by
     PID) and its GCS port once that accepts connections. ``RuntimeError`` with the end
     of the log if it does not within 120 s."""
-    import socket
     import sys
-    import time
 
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     from deploy.flwrcli import free_port
+    from deploy.flwrcli import wait_until
     from deploy.processes import ManagedProcess
     from deploy.processes import flower_env
 
@@ -48,17 +56,19 @@ def start_ray_head(temp: Path, num_cpus: int) -> tuple[Any, int]:
         temp / "ray-head.log",
         flower_env(),
     )
-    deadline = time.monotonic() + 120
-    while True:
-        with socket.socket() as sock:
-            sock.settimeout(0.5)
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return head, port
-        if not head.running() or time.monotonic() > deadline:
-            head.stop()
-            log = (temp / "ray-head.log").read_text()[-2000:]
-            raise RuntimeError(f"the Ray head did not start:\n{log}")
-        time.sleep(0.5)
+
+    def ready() -> bool:
+        if not head.running():
+            raise RuntimeError("the Ray head exited")
+        return port_open(port)
+
+    try:
+        wait_until(ready, 120, "the Ray head's port")
+    except (RuntimeError, TimeoutError) as exc:
+        head.stop()
+        log = (temp / "ray-head.log").read_text()[-2000:]
+        raise RuntimeError(f"the Ray head did not start ({exc}):\n{log}") from exc
+    return head, port
 
 
 class SharedRay:

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import sys
 import tempfile
 from pathlib import Path
 
 from conftest import ROOT
 from conftest import run_bouquet_sim
+from shared_ray import port_open
 from shared_ray import start_ray_head
 
 if str(ROOT) not in sys.path:
@@ -22,12 +22,6 @@ if str(ROOT) not in sys.path:
 from deploy.processes import alive  # noqa: E402
 from deploy.processes import descendants  # noqa: E402
 from deploy.processes import stop_tree  # noqa: E402
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_bouquet_sim_joins_an_existing_ray_cluster(tmp_path: Path, monkeypatch) -> None:
@@ -61,7 +55,7 @@ def test_bouquet_sim_joins_an_existing_ray_cluster(tmp_path: Path, monkeypatch) 
         summary = json.loads((tmp_path / "run" / "summary.json").read_text())
         assert summary["status"] == "ok" and summary["rounds"] == 2
         # the run left the cluster running: it is not the run's own
-        assert _port_open(port)
+        assert port_open(port)
     finally:
         tree = [head.pid, *descendants(head.pid)]
         stop_tree(head.pid, timeout_s=30, popen=head.popen)
